@@ -1,0 +1,54 @@
+//! `flotilla`: the one binary. `server` runs the control plane (today: its store member);
+//! `store` talks to a running member for status and membership changes.
+
+mod server;
+mod store_admin;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A Kubernetes-compatible orchestrator whose nodes run WebAssembly modules as Pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: a store member, on local disk, in a one-member group by default.
+    Server(server::ServerArgs),
+    /// Inspect or change a running store group.
+    Store {
+        #[command(subcommand)]
+        command: store_admin::StoreCommand,
+    },
+}
+
+/// Where state lives when `--data-dir` is not given.
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/flotilla")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Store { command } => store_admin::run(command).await,
+        }
+    })
+}
