@@ -17,6 +17,7 @@ use crate::store::{MemberStatus, MembershipChange};
 #[derive(Clone, Debug)]
 pub struct StoreClient {
     client: PeerClient,
+    cluster_id: Uuid,
     addr: String,
     timeout: Duration,
 }
@@ -29,11 +30,16 @@ impl StoreClient {
             .call(&addr, PATH_IDENTITY, &(), timeout)
             .await
             .map_err(|e| call_error(&addr, e))?;
-        Ok(StoreClient { client: PeerClient::new(cluster_id), addr, timeout })
+        Ok(StoreClient { client: PeerClient::new(cluster_id), cluster_id, addr, timeout })
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The cluster the member belongs to.
+    pub fn cluster_id(&self) -> Uuid {
+        self.cluster_id
     }
 
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse> {

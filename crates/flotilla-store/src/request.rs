@@ -252,8 +252,7 @@ impl TxnRequest {
                 return Err(Error::TooManyOperations { what: what.into(), count, limit: MAX_TXN_OPS });
             }
         }
-        let size = self.compare.iter().map(Compare::size).sum::<usize>()
-            + self.success.iter().chain(&self.failure).map(Op::size).sum::<usize>();
+        let size = self.size();
         if size > MAX_REQUEST_BYTES {
             return Err(Error::RequestTooLarge { size, limit: MAX_REQUEST_BYTES });
         }
@@ -321,6 +320,14 @@ fn validate_branch(ops: &[Op]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl TxnRequest {
+    /// Bytes of keys and values: what the request limit counts.
+    pub(crate) fn size(&self) -> usize {
+        self.compare.iter().map(Compare::size).sum::<usize>()
+            + self.success.iter().chain(&self.failure).map(Op::size).sum::<usize>()
+    }
 }
 
 impl Compare {

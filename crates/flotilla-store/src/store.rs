@@ -13,14 +13,16 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::client::StoreClient;
 use crate::config::{Bootstrap, StoreConfig, initial_cluster_id};
 use crate::db::{Expect, StoreDb};
 use crate::error::{Error, Result};
 use crate::keyspace;
 use crate::kv::{INITIAL_REVISION, KeyRange, KeyValue, Revision};
-use crate::peer::{self, PATH_IDENTITY, PATH_MEMBERSHIP, PATH_READ_INDEX, PATH_WRITE};
+use crate::peer::{self, PATH_MEMBERSHIP, PATH_READ_INDEX, PATH_WRITE};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{CallError, NetworkFactory, PeerClient};
+use crate::raft::proposer::Proposer;
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::{Command, Member, Raft, Reply};
@@ -44,6 +46,7 @@ struct Inner {
     raft: Raft,
     shared: Arc<Shared>,
     client: PeerClient,
+    proposer: Proposer,
     config: StoreConfig,
     progress: tokio::task::JoinHandle<()>,
 }
@@ -167,7 +170,8 @@ impl Store {
             dir = %config.data_dir.display(),
             "store member started"
         );
-        Ok(Store { inner: Arc::new(Inner { id: config.member_id, raft, shared, client, config, progress }) })
+        let proposer = Proposer::spawn(raft.clone());
+        Ok(Store { inner: Arc::new(Inner { id: config.member_id, raft, shared, client, proposer, config, progress }) })
     }
 
     /// Waits until the group has a leader, i.e. writes can be served.
@@ -294,14 +298,7 @@ impl Store {
                 raft.change_membership(change, false).await
             }
         };
-        match result {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => Err(Forward::leader(fwd.leader_node)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Forward::Fail(Error::Membership(e.to_string())))
-            }
-            Err(RaftError::Fatal(_)) => Err(Forward::Fail(Error::Stopped)),
-        }
+        result.map(|_| ()).map_err(Forward::from_write_error)
     }
 
     pub fn status(&self) -> MemberStatus {
@@ -387,14 +384,7 @@ impl Store {
 
     /// Proposes a command to the local Raft node, which must be the leader.
     pub(crate) async fn write_here(&self, command: Command) -> Result<Reply, Forward> {
-        match self.inner.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => Err(Forward::leader(fwd.leader_node)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Forward::Fail(Error::Membership(e.to_string())))
-            }
-            Err(RaftError::Fatal(_)) => Err(Forward::Fail(Error::Stopped)),
-        }
+        self.inner.proposer.propose(command).await
     }
 
     /// Waits until this member has applied everything committed before the call: the leader
@@ -485,7 +475,7 @@ impl Drop for Inner {
 }
 
 /// Why a request could not be served on this member.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Forward {
     /// The leader is elsewhere, at this address.
     To(String),
@@ -497,6 +487,16 @@ pub(crate) enum Forward {
 impl Forward {
     fn leader(node: Option<Member>) -> Self {
         node.map_or(Forward::NoLeader, |member| Forward::To(member.addr))
+    }
+
+    pub(crate) fn from_write_error(err: RaftError<u64, ClientWriteError<u64, Member>>) -> Self {
+        match err {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => Forward::leader(fwd.leader_node),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                Forward::Fail(Error::Membership(e.to_string()))
+            }
+            RaftError::Fatal(_) => Forward::Fail(Error::Stopped),
+        }
     }
 }
 
@@ -510,8 +510,5 @@ async fn pause_until(deadline: Instant, waiting_for: &str) -> Result<()> {
 
 /// Asks a running member which cluster it belongs to, for a member joining through it.
 async fn fetch_identity(via: &str, timeout: Duration) -> Result<Uuid> {
-    PeerClient::new(Uuid::nil())
-        .call::<(), Uuid>(via, PATH_IDENTITY, &(), timeout)
-        .await
-        .map_err(|e| Error::Unreachable { addr: via.to_string(), message: format!("cannot learn the cluster id: {e}") })
+    Ok(StoreClient::connect(via, timeout).await?.cluster_id())
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod log_store;
 pub(crate) mod network;
+pub(crate) mod proposer;
 pub(crate) mod snapshot;
 pub(crate) mod state_machine;
 
@@ -48,6 +49,30 @@ impl fmt::Display for Command {
     }
 }
 
+impl Command {
+    /// Roughly the bytes the command adds to a log entry.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Command::Txn(txn) => txn.size(),
+            Command::Compact(_) => 8,
+        }
+    }
+}
+
+/// A log entry's payload: commands proposed together, applied in order, each at its own revision.
+/// Batching is what lets one fsync carry many writes (see [`proposer`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Batch(pub(crate) Vec<Command>);
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => one.fmt(f),
+            many => write!(f, "batch of {} commands", many.len()),
+        }
+    }
+}
+
 /// What applying an entry answered. A compaction can be refused by the state it meets (a
 /// revision already compacted); that refusal is an answer, decided identically on every member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +86,8 @@ pub(crate) enum Reply {
 openraft::declare_raft_types!(
     /// The store's Raft types: member ids are `u64`, snapshots are files.
     pub(crate) TypeConfig:
-        D = Command,
-        R = Reply,
+        D = Batch,
+        R = Vec<Reply>,
         NodeId = u64,
         Node = Member,
         SnapshotData = tokio::fs::File,

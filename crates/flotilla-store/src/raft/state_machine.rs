@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::snapshot::{self, SnapshotDir};
-use super::{Command, Entry, LogId, Reply, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::{Batch, Command, Entry, LogId, Reply, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::db::{CF_META, StoreDb, encode};
 use crate::error::{Error, Result};
 use crate::keyspace::{Apply, KeyspaceState};
@@ -81,19 +81,26 @@ impl StateMachine {
         self.state.revision
     }
 
-    fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Reply>> {
+    fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Vec<Reply>>> {
         let shared = self.shared.clone();
         let mut apply = Apply::new(&shared.db, self.state);
         let mut replies = Vec::new();
         for entry in entries {
             self.meta.last_applied = Some(entry.log_id);
             replies.push(match entry.payload {
-                EntryPayload::Blank => Reply::Empty,
-                EntryPayload::Normal(Command::Txn(txn)) => Reply::Txn(apply.txn(&txn)?),
-                EntryPayload::Normal(Command::Compact(revision)) => Reply::Compact(apply.compact(revision)),
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(Batch(commands)) => commands
+                    .iter()
+                    .map(|command| {
+                        Ok(match command {
+                            Command::Txn(txn) => Reply::Txn(apply.txn(txn)?),
+                            Command::Compact(revision) => Reply::Compact(apply.compact(*revision)),
+                        })
+                    })
+                    .collect::<Result<_>>()?,
                 EntryPayload::Membership(membership) => {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Reply::Empty
+                    Vec::new()
                 }
             });
         }
@@ -122,7 +129,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.meta.last_applied, self.meta.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Reply>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
