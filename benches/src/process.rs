@@ -1,0 +1,73 @@
+//! Processes under measurement: started with their output captured, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The release `flotilla` binary: `FLOTILLA_BIN`, else `target/release/flotilla` beside this benchmark.
+pub fn flotilla_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FLOTILLA_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let bin =
+        exe.parent().and_then(Path::parent).context("benchmark runs from target/<profile>/deps")?.join("flotilla");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build --release --bin flotilla`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; taken by whoever binds it first).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process, killed when dropped.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `command` with stdout captured line by line (stderr discarded unless `BENCH_VERBOSE`).
+    pub fn spawn(command: &mut Command) -> Result<Running> {
+        let stderr = if std::env::var_os("BENCH_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(stderr).spawn().with_context(|| format!("start {command:?}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Running { child, lines })
+    }
+
+    /// Waits for a line of output that satisfies `ready`.
+    pub fn wait_for_line(&mut self, timeout: Duration, ready: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if ready(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("no ready line within {timeout:?} (exit status: {:?})", self.child.try_wait()?),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
