@@ -12,7 +12,7 @@ use crate::kv::{KeyRange, KeyValue, Revision};
 use crate::peer::{PATH_IDENTITY, PATH_MEMBERSHIP_CHANGE, PATH_RANGE, PATH_STATUS, PATH_TXN};
 use crate::raft::network::{CallError, PeerClient};
 use crate::request::{Op, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
-use crate::store::{MemberStatus, MembershipChange};
+use crate::store::{MemberStatus, Membership, MembershipChange};
 
 #[derive(Clone, Debug)]
 pub struct StoreClient {
@@ -63,7 +63,7 @@ impl StoreClient {
         self.client.call(&self.addr, PATH_STATUS, &(), self.timeout).await.map_err(|e| call_error(&self.addr, e))
     }
 
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<MemberStatus> {
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership> {
         self.call(PATH_MEMBERSHIP_CHANGE, &change).await
     }
 

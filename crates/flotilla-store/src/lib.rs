@@ -36,5 +36,5 @@ pub use request::{
     Compare, CompareOp, CompareTarget, Consistency, MAX_REQUEST_BYTES, MAX_TXN_OPS, Op, OpResponse, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse,
 };
-pub use store::{MemberStatus, MembershipChange, PutResponse, Store};
+pub use store::{MemberStatus, Membership, MembershipChange, PutResponse, Store};
 pub use watch::{DEFAULT_WATCH_BUFFER, Watch, WatchRequest, WatchResponse};

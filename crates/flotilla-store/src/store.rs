@@ -76,8 +76,30 @@ pub struct MemberStatus {
     pub snapshot_index: Option<u64>,
     /// The log is purged up to here: a member behind it needs the snapshot.
     pub purged_index: Option<u64>,
+    /// The group as this member last learned it.
+    pub membership: Membership,
+}
+
+/// Who is in the group: voters and learners, by id, with the URLs they are reached at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
     pub voters: BTreeMap<u64, String>,
     pub learners: BTreeMap<u64, String>,
+}
+
+impl Membership {
+    fn from_raft(membership: &openraft::Membership<u64, Member>) -> Self {
+        let mut members = Membership::default();
+        for (id, member) in membership.nodes() {
+            let role = if membership.voter_ids().any(|voter| voter == *id) {
+                &mut members.voters
+            } else {
+                &mut members.learners
+            };
+            role.insert(*id, member.addr.clone());
+        }
+        members
+    }
 }
 
 /// The answer to a single put.
@@ -259,28 +281,31 @@ impl Store {
         Watch::start(self.inner.shared.clone(), req)
     }
 
-    /// Changes the group's membership (on the leader, wherever it is called).
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<MemberStatus> {
+    /// Changes the group's membership (on the leader, wherever it is called), and returns the
+    /// membership as committed.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
             match self.change_membership_here(&change).await {
+                Ok(membership) => return Ok(membership),
                 Err(Forward::To(addr)) => {
-                    match self.call_peer::<_, Result<(), Error>>(&addr, PATH_MEMBERSHIP, &change, deadline).await? {
-                        Some(Ok(())) => return Ok(self.status()),
+                    match self
+                        .call_peer::<_, Result<Membership, Error>>(&addr, PATH_MEMBERSHIP, &change, deadline)
+                        .await?
+                    {
                         Some(Err(Error::NoLeader(_))) | None => {}
-                        Some(Err(e)) => return Err(e),
+                        Some(result) => return result,
                     }
                 }
-                Err(Forward::Fail(e)) => return Err(e),
                 Err(Forward::NoLeader) => {}
-                Ok(()) => return Ok(self.status()),
+                Err(Forward::Fail(e)) => return Err(e),
             }
             pause_until(deadline, "a leader for the membership change").await?;
         }
     }
 
     /// Applies a membership change if this member leads; otherwise says where the leader is.
-    pub(crate) async fn change_membership_here(&self, change: &MembershipChange) -> Result<(), Forward> {
+    pub(crate) async fn change_membership_here(&self, change: &MembershipChange) -> Result<Membership, Forward> {
         let raft = &self.inner.raft;
         let result = match change {
             MembershipChange::AddLearner { id, addr } => {
@@ -298,21 +323,16 @@ impl Store {
                 raft.change_membership(change, false).await
             }
         };
-        result.map(|_| ()).map_err(Forward::from_write_error)
+        let response = result.map_err(Forward::from_write_error)?;
+        // The committed configuration, not this member's metrics, which may not show it yet.
+        Ok(match &response.membership {
+            Some(membership) => Membership::from_raft(membership),
+            None => self.status().membership,
+        })
     }
 
     pub fn status(&self) -> MemberStatus {
         let metrics = self.inner.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let mut voters = BTreeMap::new();
-        let mut learners = BTreeMap::new();
-        for (id, member) in membership.nodes() {
-            if membership.voter_ids().any(|voter| voter == *id) {
-                voters.insert(*id, member.addr.clone());
-            } else {
-                learners.insert(*id, member.addr.clone());
-            }
-        }
         MemberStatus {
             member_id: self.inner.id,
             cluster_id: self.cluster_id(),
@@ -323,8 +343,7 @@ impl Store {
             applied_index: metrics.last_applied.map(|l| l.index),
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
-            voters,
-            learners,
+            membership: Membership::from_raft(metrics.membership_config.membership()),
         }
     }
 

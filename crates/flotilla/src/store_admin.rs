@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use flotilla_store::{MemberStatus, MembershipChange, StoreClient};
+use flotilla_store::{MembershipChange, StoreClient};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum StoreCommand {
@@ -47,13 +47,14 @@ pub(crate) async fn run(command: StoreCommand) -> Result<()> {
         StoreCommand::Promote { endpoint, id } => (endpoint, MembershipChange::Promote { id }),
         StoreCommand::Remove { endpoint, id } => (endpoint, MembershipChange::Remove { id }),
     };
-    let status = StoreClient::connect(&endpoint, TIMEOUT).await?.change_membership(change).await?;
-    print(&status)
+    let membership = StoreClient::connect(&endpoint, TIMEOUT).await?.change_membership(change).await?;
+    print(&membership)
 }
 
-fn print(status: &MemberStatus) -> Result<()> {
+/// Prints an answer as JSON.
+fn print(answer: &impl serde::Serialize) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string_pretty(status)?)?;
+    writeln!(out, "{}", serde_json::to_string_pretty(answer)?)?;
     Ok(())
 }

@@ -151,21 +151,23 @@ async fn members_join_as_learners_get_promoted_and_are_removed() -> Result<()> {
     let joiner = Member::start(joiner).await?;
     assert_eq!(joiner.store.cluster_id(), cluster.store(1).cluster_id());
     cluster.members.insert(4, joiner);
-    let status = cluster.store(3).change_membership(MembershipChange::AddLearner { id: 4, addr: url.clone() }).await?;
-    assert_eq!(status.learners.get(&4), Some(&url));
-    let status = cluster.store(3).change_membership(MembershipChange::Promote { id: 4 }).await?;
-    assert_eq!(status.voters.len(), 4);
+    let membership =
+        cluster.store(3).change_membership(MembershipChange::AddLearner { id: 4, addr: url.clone() }).await?;
+    assert_eq!(membership.learners.get(&4), Some(&url));
+    let membership = cluster.store(3).change_membership(MembershipChange::Promote { id: 4 }).await?;
+    assert_eq!(membership.voters.len(), 4);
+    assert!(membership.learners.is_empty());
     assert_eq!(count(cluster.store(4), "m/").await?, 20);
 
     // Remove the leader itself: the rest elect a new one and carry on.
     let leader = cluster.leader().await?;
     let other = cluster.follower(leader);
-    cluster.store(other).change_membership(MembershipChange::Remove { id: leader }).await?;
+    let membership = cluster.store(other).change_membership(MembershipChange::Remove { id: leader }).await?;
+    assert_eq!(membership.voters.len(), 3);
+    assert!(!membership.voters.contains_key(&leader) && !membership.learners.contains_key(&leader));
     cluster.stop(leader).await;
     let new_leader = cluster.leader().await?;
-    let status = cluster.store(new_leader).status();
-    assert_eq!(status.voters.len(), 3);
-    assert!(!status.voters.contains_key(&leader) && !status.learners.contains_key(&leader));
+    assert_eq!(cluster.store(new_leader).status().membership, membership);
     cluster.store(new_leader).put("m/after", "v").await?;
     for id in cluster.members.keys() {
         assert_eq!(count(cluster.store(*id), "m/").await?, 21, "member {id}");
