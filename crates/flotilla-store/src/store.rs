@@ -286,7 +286,7 @@ impl Store {
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
-            match self.change_membership_here(&change).await {
+            match before(deadline, "the membership change to commit", self.change_membership_here(&change)).await? {
                 Ok(membership) => return Ok(membership),
                 Err(Forward::To(addr)) => {
                     match self
@@ -386,7 +386,10 @@ impl Store {
     async fn write(&self, command: Command) -> Result<Reply> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
-            match self.write_here(command.clone()).await {
+            // A leader that lost its quorum never commits: give up at the deadline instead.
+            match before(deadline, "the write to commit (it may still be applied)", self.write_here(command.clone()))
+                .await?
+            {
                 Ok(reply) => return Ok(reply),
                 Err(Forward::To(addr)) => {
                     match self.call_peer::<_, Result<Reply, Error>>(&addr, PATH_WRITE, &command, deadline).await? {
@@ -411,7 +414,9 @@ impl Store {
     async fn read_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
-            let index = match self.read_index_here().await {
+            let index = match before(deadline, "a leader to confirm a linearizable read", self.read_index_here())
+                .await?
+            {
                 Ok(index) => index,
                 Err(Forward::To(addr)) => {
                     match self.call_peer::<_, Result<Option<u64>, Error>>(&addr, PATH_READ_INDEX, &(), deadline).await?
@@ -517,6 +522,13 @@ impl Forward {
             RaftError::Fatal(_) => Forward::Fail(Error::Stopped),
         }
     }
+}
+
+/// Runs `work`, or fails with a timeout naming what was awaited once `deadline` passes.
+async fn before<T>(deadline: Instant, waiting_for: &str, work: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| Error::Timeout(format!("gave up waiting for {waiting_for}")))
 }
 
 async fn pause_until(deadline: Instant, waiting_for: &str) -> Result<()> {

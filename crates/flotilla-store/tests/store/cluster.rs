@@ -91,6 +91,41 @@ async fn losing_the_leader_elects_another_and_loses_nothing_acknowledged() -> Re
 }
 
 #[tokio::test]
+async fn a_leader_without_a_quorum_fails_writes_in_time_and_recovers() -> Result<()> {
+    let mut cluster = Cluster::start(3, |mut c| {
+        c.request_timeout = Duration::from_secs(3);
+        c
+    })
+    .await?;
+    let leader = cluster.leader().await?;
+    cluster.store(leader).put("q/before", "v").await?;
+    let followers: Vec<u64> = cluster.members.keys().copied().filter(|id| *id != leader).collect();
+    let mut stopped = Vec::new();
+    for id in &followers {
+        stopped.push(cluster.stop(*id).await);
+    }
+
+    let started = tokio::time::Instant::now();
+    let err = cluster.store(leader).put("q/lonely", "v").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the write failed at its deadline, not never");
+    let err = cluster.store(leader).get("q/before").await.unwrap_err();
+    assert!(err.is_retryable(), "a linearizable read needs a quorum too: {err}");
+    // A serializable read is served from what this member has.
+    let local = cluster.store(leader).range(RangeRequest::new(KeyRange::key("q/before")).serializable()).await?;
+    assert_eq!(local.count, 1);
+
+    for config in stopped {
+        cluster.restart(config).await?;
+    }
+    let leader = cluster.leader().await?;
+    cluster.store(leader).put("q/after", "v").await?;
+    assert!(count(cluster.store(leader), "q/").await? >= 2, "writes resume once the quorum is back");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_member_down_while_the_log_was_purged_catches_up_by_snapshot() -> Result<()> {
     let mut cluster = Cluster::start(3, |mut c| {
         c.snapshot_after_entries = 50;
