@@ -1,0 +1,371 @@
+//! apps/v1 workloads: Deployments, ReplicaSets, DaemonSets and StatefulSets.
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDaemonSet,
+    RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+use super::Kind;
+use super::pod::{check_one_of, default_template, validate_template};
+use crate::error::FieldError;
+use crate::selector;
+use crate::table::{self, Column};
+use crate::validation;
+
+const ALWAYS: &[&str] = &["Always"];
+
+impl Kind for Deployment {
+    fn set_defaults(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+        let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if kind == "RollingUpdate" {
+            let rolling = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
+            rolling.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
+            rolling.max_surge.get_or_insert_with(|| IntOrString::String("25%".into()));
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        spec.progress_deadline_seconds.get_or_insert(600);
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let Some(spec) = &self.spec else { return errors.push(FieldError::required("spec", "")) };
+        non_negative(spec.replicas, "spec.replicas", errors);
+        selector_and_template(Some(&spec.selector), &spec.template, "deployment", ALWAYS, errors);
+        if let Some(strategy) = &spec.strategy {
+            check_one_of(strategy.type_.as_deref(), &["Recreate", "RollingUpdate"], "spec.strategy.type", errors);
+            if strategy.type_.as_deref() == Some("Recreate") && strategy.rolling_update.is_some() {
+                errors.push(FieldError::forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ));
+            }
+            if let Some(rolling) = &strategy.rolling_update
+                && is_zero(&rolling.max_unavailable)
+                && is_zero(&rolling.max_surge)
+            {
+                errors.push(FieldError::invalid(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "0",
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else { return };
+        validation::immutable(&new.selector, &old.selector, "spec.selector", errors);
+    }
+
+    fn columns() -> Vec<Column> {
+        let mut columns = vec![
+            Column::name(),
+            Column::string("Ready", "Number of the pod with ready state"),
+            Column::integer(
+                "Up-to-date",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            Column::integer(
+                "Available",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            Column::age(),
+        ];
+        columns.extend(template_columns());
+        columns
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        let mut cells = vec![
+            table::name(&self.metadata),
+            Value::String(format!("{}/{}", status.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(0))),
+            Value::from(status.updated_replicas.unwrap_or(0)),
+            Value::from(status.available_replicas.unwrap_or(0)),
+            table::age(&self.metadata, now),
+        ];
+        cells.extend(template_cells(&spec.template, Some(&spec.selector)));
+        cells
+    }
+}
+
+impl Kind for ReplicaSet {
+    fn set_defaults(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        if let Some(template) = spec.template.as_mut() {
+            default_template(template);
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let Some(spec) = &self.spec else { return errors.push(FieldError::required("spec", "")) };
+        non_negative(spec.replicas, "spec.replicas", errors);
+        match &spec.template {
+            Some(template) => selector_and_template(Some(&spec.selector), template, "replicaset", ALWAYS, errors),
+            None => errors.push(FieldError::required("spec.template", "")),
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else { return };
+        validation::immutable(&new.selector, &old.selector, "spec.selector", errors);
+    }
+
+    fn columns() -> Vec<Column> {
+        let mut columns = vec![
+            Column::name(),
+            Column::integer("Desired", "Replicas is the number of desired pods."),
+            Column::integer("Current", "Replicas is the most recently observed number of replicas."),
+            Column::integer("Ready", "The number of ready replicas for this replica set."),
+            Column::age(),
+        ];
+        columns.extend(template_columns());
+        columns
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        let mut cells = vec![
+            table::name(&self.metadata),
+            Value::from(spec.replicas.unwrap_or(0)),
+            Value::from(status.replicas),
+            Value::from(status.ready_replicas.unwrap_or(0)),
+            table::age(&self.metadata, now),
+        ];
+        cells.extend(template_cells(&spec.template.unwrap_or_default(), Some(&spec.selector)));
+        cells
+    }
+}
+
+impl Kind for DaemonSet {
+    fn set_defaults(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        let strategy = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
+        if strategy.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
+            let rolling = strategy.rolling_update.get_or_insert_with(RollingUpdateDaemonSet::default);
+            rolling.max_unavailable.get_or_insert(IntOrString::Int(1));
+            rolling.max_surge.get_or_insert(IntOrString::Int(0));
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let Some(spec) = &self.spec else { return errors.push(FieldError::required("spec", "")) };
+        selector_and_template(Some(&spec.selector), &spec.template, "daemonset", ALWAYS, errors);
+        if let Some(strategy) = &spec.update_strategy {
+            check_one_of(strategy.type_.as_deref(), &["RollingUpdate", "OnDelete"], "spec.updateStrategy.type", errors);
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else { return };
+        validation::immutable(&new.selector, &old.selector, "spec.selector", errors);
+    }
+
+    fn columns() -> Vec<Column> {
+        let mut columns = vec![
+            Column::name(),
+            Column::integer(
+                "Desired",
+                "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).",
+            ),
+            Column::integer(
+                "Current",
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+            ),
+            Column::integer(
+                "Ready",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            Column::integer("Up-to-date", "The total number of nodes that are running updated daemon pod"),
+            Column::integer(
+                "Available",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+            ),
+            Column::string(
+                "Node Selector",
+                "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node.",
+            ),
+            Column::age(),
+        ];
+        columns.extend(template_columns());
+        columns
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        let node_selector: Vec<String> = spec
+            .template
+            .spec
+            .iter()
+            .flat_map(|s| s.node_selector.iter().flatten())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut cells = vec![
+            table::name(&self.metadata),
+            Value::from(status.desired_number_scheduled),
+            Value::from(status.current_number_scheduled),
+            Value::from(status.number_ready),
+            Value::from(status.updated_number_scheduled.unwrap_or(0)),
+            Value::from(status.number_available.unwrap_or(0)),
+            table::or_none(node_selector.join(",")),
+            table::age(&self.metadata, now),
+        ];
+        cells.extend(template_cells(&spec.template, Some(&spec.selector)));
+        cells
+    }
+}
+
+impl Kind for StatefulSet {
+    fn set_defaults(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
+        let strategy = spec.update_strategy.get_or_insert_with(StatefulSetUpdateStrategy::default);
+        if strategy.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
+            strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateStatefulSetStrategy::default)
+                .partition
+                .get_or_insert(0);
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+        retention.when_deleted.get_or_insert_with(|| "Retain".into());
+        retention.when_scaled.get_or_insert_with(|| "Retain".into());
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let Some(spec) = &self.spec else { return errors.push(FieldError::required("spec", "")) };
+        non_negative(spec.replicas, "spec.replicas", errors);
+        selector_and_template(Some(&spec.selector), &spec.template, "statefulset", ALWAYS, errors);
+        check_one_of(
+            spec.pod_management_policy.as_deref(),
+            &["OrderedReady", "Parallel"],
+            "spec.podManagementPolicy",
+            errors,
+        );
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else { return };
+        validation::immutable(&new.selector, &old.selector, "spec.selector", errors);
+    }
+
+    fn columns() -> Vec<Column> {
+        let mut columns =
+            vec![Column::name(), Column::string("Ready", "Number of the pod with ready state"), Column::age()];
+        columns.extend(template_columns().into_iter().take(2));
+        columns
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        let mut cells = vec![
+            table::name(&self.metadata),
+            Value::String(format!("{}/{}", status.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(0))),
+            table::age(&self.metadata, now),
+        ];
+        cells.extend(template_cells(&spec.template, None));
+        cells
+    }
+}
+
+fn non_negative(value: Option<i32>, field: &str, errors: &mut Vec<FieldError>) {
+    if let Some(v) = value
+        && v < 0
+    {
+        errors.push(FieldError::invalid(field, v, "must be greater than or equal to 0"));
+    }
+}
+
+fn is_zero(value: &Option<IntOrString>) -> bool {
+    matches!(value, Some(IntOrString::Int(0))) || matches!(value, Some(IntOrString::String(s)) if s == "0%" || s == "0")
+}
+
+/// A workload's selector must be set, non-empty, and select its own template's labels.
+pub(crate) fn selector_and_template(
+    selector: Option<&LabelSelector>,
+    template: &PodTemplateSpec,
+    workload: &str,
+    restart_policies: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    match selector {
+        None => errors.push(FieldError::required("spec.selector", "")),
+        Some(s)
+            if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()) =>
+        {
+            errors.push(FieldError::invalid(
+                "spec.selector",
+                "{}",
+                format!("empty selector is invalid for {workload}"),
+            ));
+        }
+        Some(s) => match selector::LabelSelector::from_api(s) {
+            Err(e) => errors.push(FieldError::invalid("spec.selector", "", e.message)),
+            Ok(parsed) if !parsed.matches(&labels) => {
+                let shown = format!(
+                    "map[string]string{{{}}}",
+                    labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect::<Vec<_>>().join(", ")
+                );
+                errors.push(FieldError::invalid(
+                    "spec.template.metadata.labels",
+                    shown,
+                    "`selector` does not match template `labels`",
+                ));
+            }
+            Ok(_) => {}
+        },
+    }
+    validate_template(template, "spec.template", restart_policies, errors);
+}
+
+/// The `-o wide` columns every workload shares.
+pub(crate) fn template_columns() -> Vec<Column> {
+    vec![
+        Column::string("Containers", "Names of each container in the template.").wide(),
+        Column::string("Images", "Images referenced by each container in the template.").wide(),
+        Column::string("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").wide(),
+    ]
+}
+
+pub(crate) fn template_cells(template: &PodTemplateSpec, selector: Option<&LabelSelector>) -> Vec<Value> {
+    let containers = template.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let mut cells = vec![
+        table::joined(containers.iter().map(|c| c.name.as_str())),
+        table::joined(containers.iter().map(|c| c.image.as_deref().unwrap_or(""))),
+    ];
+    if let Some(selector) = selector {
+        cells.push(Value::String(format_selector(selector)));
+    }
+    cells
+}
+
+/// `metav1.FormatLabelSelector`.
+pub(crate) fn format_selector(selector: &LabelSelector) -> String {
+    match selector::LabelSelector::from_api(selector) {
+        Ok(s) if !s.is_empty() => s.to_string(),
+        _ => "<none>".into(),
+    }
+}

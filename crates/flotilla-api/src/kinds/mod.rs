@@ -1,0 +1,328 @@
+//! Per-kind behaviour: upstream's defaults, validation and table columns for every served kind,
+//! behind the object-safe [`KindOps`] that the API server drives with JSON.
+
+mod apps;
+mod batch;
+mod coordination;
+mod core;
+mod discovery;
+mod pod;
+mod service;
+
+pub use core::NAMESPACE_NAME_LABEL;
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, FieldError, Result};
+use crate::resource::{ResourceDef, Subresource};
+use crate::table::Column;
+use crate::validation::{self, Check};
+
+/// What to do with fields the schema does not know (`?fieldValidation=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Refuse the request.
+    Strict,
+    /// Drop them and say so in a `Warning` header (the default since Kubernetes 1.23).
+    #[default]
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    pub fn parse(value: &str) -> Result<Self> {
+        match value {
+            "Strict" => Ok(FieldValidation::Strict),
+            "Warn" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            other => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other:?}, valid values are: \"Ignore\", \"Warn\", \"Strict\""
+            ))),
+        }
+    }
+}
+
+/// An object ready to store, and the warnings to send with the answer.
+#[derive(Debug)]
+pub struct Admitted {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// A kind's behaviour, over JSON, so that the API server can hold every kind in one table.
+pub trait KindOps: Send + Sync + fmt::Debug {
+    /// Decodes `object`, fills in upstream's defaults, and validates it (and, for an update,
+    /// the change from `old`).
+    fn admit(&self, object: Value, old: Option<&Value>, validation: FieldValidation) -> Result<Admitted>;
+
+    /// The kind's Table columns, in order (those with `priority` 1 only under `-o wide`).
+    fn columns(&self) -> Vec<Column>;
+
+    /// One object's Table cells, one per column.
+    fn cells(&self, object: &Value, now: Timestamp) -> Result<Vec<Value>>;
+
+    /// The kind's JSON schema, generated from its type.
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
+}
+
+/// What a kind adds to the generic behaviour. Implemented for the k8s-openapi types.
+pub trait Kind:
+    k8s_openapi::Resource
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + JsonSchema
+    + Send
+    + Sync
+    + 'static
+{
+    /// Upstream's rule for this kind's names.
+    fn name_check(name: &str) -> Check {
+        validation::dns1123_subdomain(name)
+    }
+
+    fn set_defaults(&mut self) {}
+
+    fn validate(&self, _errors: &mut Vec<FieldError>) {}
+
+    fn validate_update(&self, _old: &Self, _errors: &mut Vec<FieldError>) {}
+
+    fn columns() -> Vec<Column>;
+
+    fn cells(&self, now: Timestamp) -> Vec<Value>;
+}
+
+/// The [`KindOps`] of a typed kind.
+pub struct Typed<T>(PhantomData<fn() -> T>);
+
+impl<T> Typed<T> {
+    pub const OPS: Typed<T> = Typed(PhantomData);
+}
+
+impl<T: Kind> fmt::Debug for Typed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Typed<{}>", T::KIND)
+    }
+}
+
+impl<T: Kind> KindOps for Typed<T> {
+    fn admit(&self, object: Value, old: Option<&Value>, validation: FieldValidation) -> Result<Admitted> {
+        let (mut new, unknown) = decode::<T>(object, true)?;
+        let warnings = match validation {
+            FieldValidation::Strict if !unknown.is_empty() => {
+                let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+                return Err(cannot_handle::<T>(format!("strict decoding error: {}", fields.join(", "))));
+            }
+            FieldValidation::Warn => unknown.iter().map(|f| format!("unknown field {f:?}")).collect(),
+            _ => Vec::new(),
+        };
+        new.set_defaults();
+        let mut errors = Vec::new();
+        validation::object_meta(new.metadata(), T::name_check, &mut errors);
+        new.validate(&mut errors);
+        if let Some(old) = old {
+            let (old, _) = decode::<T>(old.clone(), false)?;
+            new.validate_update(&old, &mut errors);
+        }
+        if !errors.is_empty() {
+            let name = new.metadata().name.clone().unwrap_or_default();
+            return Err(ApiError::invalid(T::GROUP, T::KIND, &name, errors));
+        }
+        let object = serde_json::to_value(&new).map_err(|e| ApiError::internal(format!("encode {}: {e}", T::KIND)))?;
+        Ok(Admitted { object, warnings })
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        T::columns()
+    }
+
+    fn cells(&self, object: &Value, now: Timestamp) -> Result<Vec<Value>> {
+        let (typed, _) = decode::<T>(object.clone(), false)?;
+        Ok(typed.cells(now))
+    }
+
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<T>()
+    }
+}
+
+/// Decodes a JSON object into a kind, returning the paths of fields the kind does not know.
+/// `apiVersion` and `kind` are filled in when missing, as upstream decodes into the URL's kind.
+pub fn decode<T: k8s_openapi::Resource + DeserializeOwned>(
+    mut object: Value,
+    track_unknown: bool,
+) -> Result<(T, Vec<String>)> {
+    if let Some(map) = object.as_object_mut() {
+        map.entry("apiVersion").or_insert_with(|| Value::String(T::API_VERSION.to_string()));
+        map.entry("kind").or_insert_with(|| Value::String(T::KIND.to_string()));
+    }
+    let mut unknown = Vec::new();
+    let decoded = if track_unknown {
+        serde_ignored::deserialize(object, |path| unknown.push(field_path(&path)))
+    } else {
+        T::deserialize(object)
+    };
+    decoded.map(|t| (t, unknown)).map_err(|e| cannot_handle::<T>(e.to_string()))
+}
+
+fn cannot_handle<T: k8s_openapi::Resource>(why: String) -> ApiError {
+    ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: {why}", T::KIND, T::VERSION, T::KIND))
+}
+
+/// `spec.containers[0].foo`, as upstream names fields.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+const ALL: &[&str] = &["all"];
+use Subresource::{Binding, Eviction, Log, Scale, Status};
+
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+macro_rules! resource {
+    ($ty:ty, $plural:literal, $singular:literal, namespaced: $ns:literal, short: $short:expr, categories: $cat:expr, sub: $sub:expr, generation: $gen:literal, fields: $fields:expr) => {
+        ResourceDef {
+            group: <$ty as k8s_openapi::Resource>::GROUP,
+            version: <$ty as k8s_openapi::Resource>::VERSION,
+            kind: <$ty as k8s_openapi::Resource>::KIND,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: $short,
+            categories: $cat,
+            subresources: $sub,
+            generation: $gen,
+            field_selectors: $fields,
+            ops: &Typed::<$ty>::OPS,
+        }
+    };
+}
+
+/// Every served resource, in the order discovery lists them.
+pub(crate) static RESOURCES: &[ResourceDef] = &[
+    resource!(ConfigMap, "configmaps", "configmap", namespaced: true, short: &["cm"], categories: &[], sub: &[], generation: false, fields: &[]),
+    resource!(Endpoints, "endpoints", "endpoints", namespaced: true, short: &["ep"], categories: &[], sub: &[], generation: false, fields: &[]),
+    resource!(Event, "events", "event", namespaced: true, short: &["ev"], categories: &[], sub: &[], generation: false, fields: EVENT_FIELDS),
+    resource!(Namespace, "namespaces", "namespace", namespaced: false, short: &["ns"], categories: &[], sub: &[Status], generation: false, fields: &["status.phase"]),
+    resource!(Node, "nodes", "node", namespaced: false, short: &["no"], categories: &[], sub: &[Status], generation: false, fields: &["spec.unschedulable"]),
+    resource!(Pod, "pods", "pod", namespaced: true, short: &["po"], categories: ALL, sub: &[Binding, Eviction, Log, Status], generation: false, fields: POD_FIELDS),
+    resource!(Secret, "secrets", "secret", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &["type"]),
+    resource!(ServiceAccount, "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], categories: &[], sub: &[], generation: false, fields: &[]),
+    resource!(Service, "services", "service", namespaced: true, short: &["svc"], categories: ALL, sub: &[Status], generation: false, fields: &[]),
+    resource!(DaemonSet, "daemonsets", "daemonset", namespaced: true, short: &["ds"], categories: ALL, sub: &[Status], generation: true, fields: &[]),
+    resource!(Deployment, "deployments", "deployment", namespaced: true, short: &["deploy"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &[]),
+    resource!(ReplicaSet, "replicasets", "replicaset", namespaced: true, short: &["rs"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &["status.replicas"]),
+    resource!(StatefulSet, "statefulsets", "statefulset", namespaced: true, short: &["sts"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &[]),
+    resource!(Job, "jobs", "job", namespaced: true, short: &[], categories: ALL, sub: &[Status], generation: true, fields: &["status.successful"]),
+    resource!(Lease, "leases", "lease", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
+    resource!(EndpointSlice, "endpointslices", "endpointslice", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
+];
+
+/// The value of a field-selector field in a JSON object, as upstream's field sets render it.
+pub fn field_value(object: &Value, field: &str) -> Option<String> {
+    let pointer = match field {
+        // An event's `source` selects on its component.
+        "source" => "/source/component".to_string(),
+        _ => format!("/{}", field.replace('.', "/")),
+    };
+    match object.pointer(&pointer) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Null) | None => match field {
+            // Booleans upstream defaults to false, and counts to 0, render even when unset.
+            "spec.hostNetwork" | "spec.unschedulable" => Some("false".into()),
+            "status.replicas" | "status.successful" => Some("0".into()),
+            _ => None,
+        },
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::find;
+
+    #[test]
+    fn unknown_fields_are_named_as_upstream_names_them() {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "bogus": 1},
+            "spec": {"containers": [{"name": "c", "image": "i", "colour": "red"}]}
+        });
+        let pods = find("", "v1", "pods").unwrap();
+        let err = pods.ops.admit(pod.clone(), None, FieldValidation::Strict).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"metadata.bogus\", unknown field \"spec.containers[0].colour\""
+        );
+        let admitted = pods.ops.admit(pod, None, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            admitted.warnings,
+            vec!["unknown field \"metadata.bogus\"", "unknown field \"spec.containers[0].colour\""]
+        );
+        assert!(admitted.object.pointer("/spec/containers/0/colour").is_none(), "unknown fields are dropped");
+    }
+
+    #[test]
+    fn a_body_of_another_kind_is_refused() {
+        let pods = find("", "v1", "pods").unwrap();
+        let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
+        let err = pods.ops.admit(svc, None, FieldValidation::Strict).unwrap_err();
+        assert!(err.message.starts_with("Pod in version \"v1\" cannot be handled as a Pod"), "{}", err.message);
+    }
+
+    #[test]
+    fn every_resource_is_found_by_its_names() {
+        for r in RESOURCES {
+            assert_eq!(find(r.group, r.version, r.plural).map(|f| f.kind), Some(r.kind));
+            assert_eq!(crate::resource::find_kind(&r.api_version(), r.kind).map(|f| f.plural), Some(r.plural));
+        }
+    }
+}

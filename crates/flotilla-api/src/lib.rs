@@ -1,0 +1,21 @@
+//! `flotilla-api`: Kubernetes API objects as Flotilla serves them.
+//!
+//! The registry of served resources and each kind's behaviour (upstream's defaults, validation
+//! and `kubectl get` columns), label and field selectors, the patch formats, and the OpenAPI
+//! documents generated from the k8s-openapi types. It does no IO: the API server brings the
+//! requests, the store and the clock.
+
+pub mod error;
+pub mod kinds;
+pub mod quantity;
+pub mod resource;
+pub mod selector;
+pub mod table;
+pub mod validation;
+
+pub use error::{ApiError, CauseType, FieldError, Reason, Result};
+pub use kinds::{Admitted, FieldValidation, KindOps};
+pub use resource::{ResourceDef, Subresource};
+
+/// The Kubernetes release whose API Flotilla serves.
+pub const KUBERNETES_VERSION: (u32, u32) = (1, 33);

@@ -1,0 +1,92 @@
+//! Resource quantities (`500m`, `128Mi`, `1.5`, `2e3`), compared exactly: values are held in
+//! nano-units as `i128`, which covers every suffix up to `E`/`Ei` without rounding.
+
+/// The message upstream gives for a malformed quantity.
+pub const FORMAT_ERROR: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+
+/// Parses a quantity into nano-units (`1` → 1e9, `1m` → 1e6, `1Ki` → 1024e9).
+pub fn parse(text: &str) -> Result<i128, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let (negative, digits) = match number.as_bytes().first() {
+        Some(b'-') => (true, &number[1..]),
+        Some(b'+') => (false, &number[1..]),
+        _ => (false, number),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if (whole.is_empty() && fraction.is_empty())
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !fraction.chars().all(|c| c.is_ascii_digit())
+        || whole.len() + fraction.len() > 30
+    {
+        return Err(FORMAT_ERROR.into());
+    }
+    // The mantissa as an integer with `fraction.len()` implied decimals.
+    let mantissa: i128 = format!("{whole}{fraction}").parse().map_err(|_| FORMAT_ERROR.to_string())?;
+    let (multiplier, decimal_exponent): (i128, i32) = match suffix {
+        "" => (1, 0),
+        "n" => (1, -9),
+        "u" => (1, -6),
+        "m" => (1, -3),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        exponent if exponent.starts_with(['e', 'E']) => {
+            let e: i32 = exponent[1..].parse().map_err(|_| FORMAT_ERROR.to_string())?;
+            if !(-30..=30).contains(&e) {
+                return Err(FORMAT_ERROR.into());
+            }
+            (1, e)
+        }
+        _ => return Err(FORMAT_ERROR.into()),
+    };
+    // nanos = mantissa * 10^(9 + exponent - decimals) * multiplier
+    let shift = 9 + decimal_exponent - fraction.len() as i32;
+    let scaled = mantissa.checked_mul(multiplier).ok_or_else(|| FORMAT_ERROR.to_string())?;
+    let value = if shift >= 0 {
+        scaled.checked_mul(10i128.pow(shift as u32)).ok_or_else(|| FORMAT_ERROR.to_string())?
+    } else {
+        // Below a nano-unit: round up, as upstream rounds quantities up to their precision.
+        let divisor = 10i128.pow((-shift) as u32);
+        (scaled + divisor - 1) / divisor
+    };
+    Ok(if negative { -value } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn suffixes_scale_exactly() {
+        assert_eq!(parse("1"), Ok(1_000_000_000));
+        assert_eq!(parse("500m"), Ok(500_000_000));
+        assert_eq!(parse("0.5"), Ok(500_000_000));
+        assert_eq!(parse("1Ki"), Ok(1024 * 1_000_000_000));
+        assert_eq!(parse("128Mi"), Ok(128 * (1 << 20) * 1_000_000_000));
+        assert_eq!(parse("1e3"), Ok(1000 * 1_000_000_000));
+        assert_eq!(parse("1.5G"), Ok(1_500_000_000 * 1_000_000_000));
+        assert_eq!(parse("-2"), Ok(-2_000_000_000));
+        assert_eq!(parse("1n"), Ok(1));
+        assert_eq!(parse("8Ei"), Ok(8 * (1i128 << 60) * 1_000_000_000));
+        assert_eq!(parse("1M"), parse("1000k"));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for bad in ["", "abc", "1x", "1.2.3", "--1", "1Kix", "."] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The resources the API serves: their names, scope, subresources, and the behaviour behind them.
+
+use crate::kinds::{self, KindOps};
+
+/// One served resource, as discovery describes it.
+#[derive(Debug)]
+pub struct ResourceDef {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// `all` for the kinds `kubectl get all` shows.
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    /// Whether `metadata.generation` counts spec changes (for controllers' `observedGeneration`).
+    pub generation: bool,
+    /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`.
+    pub field_selectors: &'static [&'static str],
+    pub ops: &'static dyn KindOps,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    /// `…/status`: get, update and patch the status alone.
+    Status,
+    /// `…/scale`: an `autoscaling/v1` Scale view of `spec.replicas`.
+    Scale,
+    /// `pods/log`: the containers' logs.
+    Log,
+    /// `pods/binding`: assign a pod to a node.
+    Binding,
+    /// `pods/eviction`: delete a pod, respecting disruption budgets.
+    Eviction,
+}
+
+impl Subresource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+            Subresource::Log => "log",
+            Subresource::Binding => "binding",
+            Subresource::Eviction => "eviction",
+        }
+    }
+
+    /// The group, version and kind of what the subresource reads or writes; `None` means the
+    /// parent's own kind.
+    pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Subresource::Status | Subresource::Log => None,
+            Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
+            Subresource::Binding => Some(("", "v1", "Binding")),
+            Subresource::Eviction => Some(("policy", "v1", "Eviction")),
+        }
+    }
+
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
+            Subresource::Log => &["get"],
+            Subresource::Binding | Subresource::Eviction => &["create"],
+        }
+    }
+}
+
+/// Every resource kind supports every verb.
+pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+impl ResourceDef {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    pub fn has(&self, sub: Subresource) -> bool {
+        self.subresources.contains(&sub)
+    }
+
+    /// Whether a field selector may name `field`.
+    pub fn selectable(&self, field: &str) -> bool {
+        field == "metadata.name"
+            || (self.namespaced && field == "metadata.namespace")
+            || self.field_selectors.contains(&field)
+    }
+
+    /// The key prefix of this resource's objects in the store: `/registry/<plural>/`, the layout
+    /// kube-apiserver uses in etcd.
+    pub fn key_prefix(&self) -> String {
+        format!("/registry/{}/", self.plural)
+    }
+}
+
+/// Every served resource, in discovery order.
+pub fn resources() -> &'static [ResourceDef] {
+    kinds::RESOURCES
+}
+
+/// The resource served at `group`/`version` under `plural`.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+    resources().iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The resource of a kind, for objects that name their `apiVersion` and `kind`.
+pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> {
+    resources().iter().find(|r| r.kind == kind && r.api_version() == api_version)
+}
+
+/// The served group/versions, in discovery order: `("", "v1")` first, then the named groups.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in resources() {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
