@@ -7,8 +7,10 @@
 
 pub mod error;
 pub mod kinds;
+pub mod patch;
 pub mod quantity;
 pub mod resource;
+pub mod schema;
 pub mod selector;
 pub mod table;
 pub mod validation;

@@ -1,0 +1,195 @@
+//! The JSON schemas of the served kinds, generated from their k8s-openapi types, with what the
+//! types do not carry: each field's patch strategy and merge key (upstream's `patchStrategy`
+//! and `patchMergeKey` struct tags), and each kind's group, version and kind. Strategic merge
+//! patch navigates objects with them; the OpenAPI documents publish them.
+
+use std::sync::LazyLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use crate::resource::resources;
+
+/// How a field merges under a strategic merge patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchMeta {
+    /// `merge`, `retainKeys`, or `merge,retainKeys`.
+    pub strategy: &'static str,
+    /// The key that identifies a list element, for lists of objects that merge.
+    pub merge_key: Option<&'static str>,
+}
+
+impl PatchMeta {
+    pub fn merges(&self) -> bool {
+        self.strategy.split(',').any(|s| s == "merge")
+    }
+}
+
+const fn merge(key: &'static str) -> PatchMeta {
+    PatchMeta { strategy: "merge", merge_key: Some(key) }
+}
+
+/// Upstream's patch strategies for the served types' fields (k8s.io/api, release 1.33).
+const PATCH_STRATEGIES: &[(&str, &str, PatchMeta)] = &[
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", PatchMeta { strategy: "merge", merge_key: None }),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", merge("uid")),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", PatchMeta { strategy: "merge,retainKeys", merge_key: Some("name") }),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", merge("name")),
+    ("io.k8s.api.core.v1.PodSpec", "containers", merge("name")),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", merge("name")),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", merge("name")),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", merge("ip")),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", merge("topologyKey")),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        PatchMeta { strategy: "merge,retainKeys", merge_key: Some("name") },
+    ),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", merge("name")),
+    ("io.k8s.api.core.v1.Container", "ports", merge("containerPort")),
+    ("io.k8s.api.core.v1.Container", "env", merge("name")),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", merge("mountPath")),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", merge("devicePath")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", merge("containerPort")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", merge("name")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", merge("mountPath")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", merge("devicePath")),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", merge("type")),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", merge("ip")),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", merge("ip")),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        PatchMeta { strategy: "merge,retainKeys", merge_key: Some("name") },
+    ),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", merge("port")),
+    ("io.k8s.api.core.v1.ServiceStatus", "conditions", merge("type")),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", PatchMeta { strategy: "merge", merge_key: None }),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", merge("type")),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", merge("type")),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", merge("type")),
+    ("io.k8s.api.core.v1.ServiceAccount", "secrets", merge("name")),
+    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", PatchMeta { strategy: "retainKeys", merge_key: None }),
+    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", merge("type")),
+    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", merge("type")),
+    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", merge("type")),
+    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", merge("type")),
+    ("io.k8s.api.batch.v1.JobStatus", "conditions", merge("type")),
+];
+
+/// Every served kind's schema and the schemas they refer to, keyed by definition name
+/// (`io.k8s.api.core.v1.Pod`).
+#[derive(Debug)]
+pub struct Schemas {
+    definitions: Map<String, Value>,
+}
+
+static SCHEMAS: LazyLock<Schemas> = LazyLock::new(Schemas::generate);
+
+/// The schemas of the served kinds, generated once.
+pub fn schemas() -> &'static Schemas {
+    &SCHEMAS
+}
+
+impl Schemas {
+    fn generate() -> Schemas {
+        let mut generator = SchemaSettings::openapi3().into_generator();
+        let mut kinds = Vec::new();
+        for resource in resources() {
+            let reference = resource.ops.schema(&mut generator);
+            kinds.push((definition_of(&reference), resource));
+        }
+        let mut definitions = generator.take_definitions(true);
+        for (name, resource) in kinds {
+            if let Some(Value::Object(schema)) = definitions.get_mut(&name) {
+                schema.insert(
+                    "x-kubernetes-group-version-kind".into(),
+                    json!([{"group": resource.group, "kind": resource.kind, "version": resource.version}]),
+                );
+            }
+        }
+        for (definition, field, meta) in PATCH_STRATEGIES {
+            let property =
+                definitions.get_mut(*definition).and_then(|d| d.pointer_mut(&format!("/properties/{field}")));
+            if let Some(property) = property.and_then(Value::as_object_mut) {
+                property.insert("x-kubernetes-patch-strategy".into(), meta.strategy.into());
+                if let Some(key) = meta.merge_key {
+                    property.insert("x-kubernetes-patch-merge-key".into(), key.into());
+                }
+            }
+        }
+        Schemas { definitions }
+    }
+
+    pub fn definitions(&self) -> &Map<String, Value> {
+        &self.definitions
+    }
+
+    pub fn get(&self, definition: &str) -> Option<&Value> {
+        self.definitions.get(definition)
+    }
+
+    /// What a strategic merge patch needs to know of `field` in `definition`: its strategy,
+    /// and the definition of its value (of its elements, for a list), if it is an object.
+    pub fn field(&self, definition: Option<&str>, field: &str) -> FieldInfo {
+        let Some(definition) = definition else { return FieldInfo::default() };
+        let meta = PATCH_STRATEGIES.iter().find(|(d, f, _)| *d == definition && *f == field).map(|(_, _, m)| *m);
+        let property = self.definitions.get(definition).and_then(|d| d.pointer(&format!("/properties/{field}")));
+        let element = property.and_then(|p| p.get("items")).or(property);
+        FieldInfo { meta, definition: element.and_then(reference) }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldInfo {
+    pub meta: Option<PatchMeta>,
+    /// The definition of the field's value (or of its list's elements).
+    pub definition: Option<String>,
+}
+
+/// The definition name a schema refers to, directly or through a single-element `allOf`.
+fn reference(schema: &Value) -> Option<String> {
+    let reference = schema.get("$ref").or_else(|| schema.pointer("/allOf/0/$ref"))?.as_str()?;
+    reference.rsplit('/').next().map(str::to_string)
+}
+
+fn definition_of(reference: &schemars::Schema) -> String {
+    self::reference(&reference.clone().to_value()).unwrap_or_default()
+}
+
+/// The definition name of a served kind (`io.k8s.api.apps.v1.Deployment`).
+pub fn definition_name(api_version: &str, kind: &str) -> Option<String> {
+    let resource = crate::resource::find_kind(api_version, kind)?;
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    Some(definition_of(&resource.ops.schema(&mut generator)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_carry_their_gvk_and_fields_their_strategies() {
+        let schemas = schemas();
+        let deployment = schemas.get("io.k8s.api.apps.v1.Deployment").expect("deployment schema");
+        assert_eq!(deployment["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        let containers = schemas.get("io.k8s.api.core.v1.PodSpec").unwrap().pointer("/properties/containers").unwrap();
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        for (definition, field, _) in PATCH_STRATEGIES {
+            let property = schemas.get(definition).and_then(|d| d.pointer(&format!("/properties/{field}")));
+            assert!(property.is_some(), "{definition}.{field} is in the table but not in the schema");
+        }
+    }
+
+    #[test]
+    fn fields_lead_to_the_definitions_of_their_values() {
+        let schemas = schemas();
+        let spec = schemas.field(Some("io.k8s.api.apps.v1.Deployment"), "spec");
+        assert_eq!(spec.definition.as_deref(), Some("io.k8s.api.apps.v1.DeploymentSpec"));
+        let containers = schemas.field(Some("io.k8s.api.core.v1.PodSpec"), "containers");
+        assert_eq!(containers.definition.as_deref(), Some("io.k8s.api.core.v1.Container"));
+        assert_eq!(containers.meta.and_then(|m| m.merge_key), Some("name"));
+        assert_eq!(definition_name("v1", "Pod").as_deref(), Some("io.k8s.api.core.v1.Pod"));
+    }
+}
