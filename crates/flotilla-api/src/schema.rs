@@ -77,6 +77,9 @@ const PATCH_STRATEGIES: &[(&str, &str, PatchMeta)] = &[
     ("io.k8s.api.batch.v1.JobStatus", "conditions", merge("type")),
 ];
 
+/// The definition of a PATCH body.
+pub const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
+
 /// Every served kind's schema and the schemas they refer to, keyed by definition name
 /// (`io.k8s.api.core.v1.Pod`).
 #[derive(Debug)]
@@ -99,9 +102,38 @@ impl Schemas {
             let reference = resource.ops.schema(&mut generator);
             kinds.push((definition_of(&reference), resource));
         }
+        // What the API's operations take and answer besides the kinds themselves.
+        generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
+        generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
+        generator.subschema_for::<k8s_openapi::api::policy::v1::Eviction>();
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
         let mut definitions = generator.take_definitions(true);
-        for (name, resource) in kinds {
-            if let Some(Value::Object(schema)) = definitions.get_mut(&name) {
+        definitions.insert(
+            PATCH.into(),
+            json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
+        );
+        for (name, resource) in &kinds {
+            let list = format!("{name}List");
+            definitions.insert(
+                list,
+                json!({
+                    "description": format!("{}List is a list of {}.", resource.kind, resource.kind),
+                    "type": "object",
+                    "required": ["items"],
+                    "properties": {
+                        "apiVersion": {"description": "APIVersion defines the versioned schema of this representation of an object.", "type": "string"},
+                        "items": {"description": format!("List of {}.", resource.plural), "type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}},
+                        "kind": {"description": "Kind is a string value representing the REST resource this object represents.", "type": "string"},
+                        "metadata": {"allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"}], "description": "Standard list metadata."},
+                    },
+                    "x-kubernetes-group-version-kind": [{"group": resource.group, "kind": format!("{}List", resource.kind), "version": resource.version}],
+                }),
+            );
+        }
+        for (name, resource) in &kinds {
+            if let Some(Value::Object(schema)) = definitions.get_mut(name) {
                 schema.insert(
                     "x-kubernetes-group-version-kind".into(),
                     json!([{"group": resource.group, "kind": resource.kind, "version": resource.version}]),
@@ -127,6 +159,18 @@ impl Schemas {
 
     pub fn get(&self, definition: &str) -> Option<&Value> {
         self.definitions.get(definition)
+    }
+
+    /// The definition name of a served kind.
+    pub fn kind_definition(&self, resource: &crate::resource::ResourceDef) -> Option<&str> {
+        let matches = |schema: &Value| {
+            schema["x-kubernetes-group-version-kind"].as_array().is_some_and(|gvks| {
+                gvks.iter().any(|g| {
+                    g["group"] == resource.group && g["version"] == resource.version && g["kind"] == resource.kind
+                })
+            })
+        };
+        self.definitions.iter().find(|(_, schema)| matches(schema)).map(|(name, _)| name.as_str())
     }
 
     /// What a strategic merge patch needs to know of `field` in `definition`: its strategy,

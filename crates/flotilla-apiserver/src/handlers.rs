@@ -1,0 +1,495 @@
+//! The resource endpoints: every verb on collections, objects and their subresources.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use flotilla_api::patch::{self, PatchType};
+use flotilla_api::resource::{ResourceDef, Subresource};
+use flotilla_api::selector::{FieldSelector, LabelSelector};
+use flotilla_api::{ApiError, Reason};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::registry::{
+    DeleteOptions, Deleted, ListOptions, ObjectRef, Registry, Stored, WriteOptions, Written, parse_resource_version,
+};
+use crate::request::{Query, Representation, Target, representation};
+use crate::table::{IncludeObject, ListMeta, table};
+use crate::watch::{WatchParams, watch};
+
+/// Upstream's limit on request bodies: `MaxRequestBodyBytes`, 3 MiB.
+pub(crate) const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub(crate) struct Request<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) method: Method,
+    pub(crate) target: Target,
+    pub(crate) query: Query,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
+    let def = req.target.resource;
+    let namespace = req.target.namespace.clone();
+    match (&req.method, req.target.name.clone(), req.target.subresource) {
+        (&Method::GET, None, None) if req.query.flag("watch") => start_watch(&req),
+        (&Method::GET, None, None) => list(&req).await,
+        (&Method::POST, None, None) => {
+            if def.namespaced && namespace.is_none() {
+                return Err(method_not_allowed(&req.method));
+            }
+            create(&req).await
+        }
+        (&Method::DELETE, None, None) => delete_collection(&req).await,
+        (&Method::GET, Some(name), None | Some(Subresource::Status)) => {
+            let stored = req.registry.get(def, namespace.as_deref(), &name).await?;
+            respond_object(&req, StatusCode::OK, &stored, &[])
+        }
+        (&Method::PUT, Some(name), sub @ (None | Some(Subresource::Status))) => {
+            let body = parse_json(&req.body)?;
+            let written =
+                req.registry.update(def, namespace.as_deref(), &name, sub, body, write_options(&req)?).await?;
+            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+            respond_object(&req, code, &written.object, &written.warnings)
+        }
+        (&Method::PATCH, Some(name), sub @ (None | Some(Subresource::Status))) => patch_object(&req, &name, sub).await,
+        (&Method::DELETE, Some(name), None) => delete(&req, &name).await,
+        (method, Some(name), Some(Subresource::Scale)) => scale(&req, method.clone(), &name).await,
+        (&Method::POST, Some(name), Some(Subresource::Binding)) => bind(&req, &name).await,
+        (&Method::POST, Some(name), Some(Subresource::Eviction)) => evict(&req, &name).await,
+        (&Method::GET, Some(name), Some(Subresource::Log)) => logs(&req, &name).await,
+        (method, _, _) => Err(method_not_allowed(method)),
+    }
+}
+
+fn method_not_allowed(method: &Method) -> Error {
+    ApiError::new(
+        Reason::MethodNotAllowed,
+        format!("the server does not allow this method on the requested resource ({method})"),
+    )
+    .into()
+}
+
+fn parse_json(body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")).into())
+}
+
+fn write_options(req: &Request<'_>) -> Result<WriteOptions> {
+    Ok(WriteOptions {
+        dry_run: req.query.dry_run()?,
+        field_validation: req.query.field_validation()?,
+        skip_admission: false,
+    })
+}
+
+fn selectors(def: &ResourceDef, query: &Query) -> Result<(LabelSelector, FieldSelector)> {
+    let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), |f| def.selectable(f))?;
+    Ok((labels, fields))
+}
+
+fn list_options(req: &Request<'_>) -> Result<ListOptions> {
+    let (labels, fields) = selectors(req.target.resource, &req.query)?;
+    let exact = match req.query.get("resourceVersionMatch") {
+        None | Some("NotOlderThan") => false,
+        Some("Exact") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}")).into()),
+    };
+    let limit = req.query.number("limit")?.filter(|l| *l > 0).map(|l| l as u64);
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token: req.query.get("continue").map(str::to_string),
+        resource_version: req.query.get("resourceVersion").map(str::to_string),
+        exact,
+    })
+}
+
+async fn list(req: &Request<'_>) -> Result<Response> {
+    let def = req.target.resource;
+    let options = list_options(req)?;
+    let listed = req.registry.list(def, req.target.namespace.as_deref(), &options).await?;
+    let meta = ListMeta {
+        resource_version: listed.revision.to_string(),
+        continue_token: listed.continue_token,
+        remaining: listed.remaining,
+    };
+    match representation(header(&req.headers, header::ACCEPT))? {
+        Representation::Table(version) => {
+            let include = IncludeObject::parse(req.query.get("includeObject"))?;
+            json_response(StatusCode::OK, &table(def, &listed.items, version, include, meta)?, &[])
+        }
+        Representation::Metadata(version) => {
+            let items: Vec<Value> = listed
+                .items
+                .iter()
+                .map(|s| s.value().map(|o| json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{version}"), "metadata": o.get("metadata")})))
+                .collect::<Result<_>>()?;
+            let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": format!("meta.k8s.io/{version}"), "metadata": list_meta(&meta), "items": items});
+            json_response(StatusCode::OK, &list, &[])
+        }
+        Representation::Object => {
+            // Assembled from the stored bytes: no object is parsed.
+            let mut body = serde_json::to_vec(&json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(), "metadata": list_meta(&meta)}))
+                .unwrap_or_default();
+            body.pop();
+            body.extend_from_slice(b",\"items\":[");
+            for (i, item) in listed.items.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                codec::render_into(&item.bytes, item.revision, &mut body);
+            }
+            body.extend_from_slice(b"]}");
+            Ok(bytes_response(StatusCode::OK, body, &[]))
+        }
+    }
+}
+
+fn list_meta(meta: &ListMeta) -> Value {
+    let mut out = json!({"resourceVersion": meta.resource_version});
+    if let Some(token) = &meta.continue_token {
+        out["continue"] = token.clone().into();
+    }
+    if let Some(remaining) = meta.remaining {
+        out["remainingItemCount"] = remaining.into();
+    }
+    out
+}
+
+fn start_watch(req: &Request<'_>) -> Result<Response> {
+    let (labels, fields) = selectors(req.target.resource, &req.query)?;
+    let timeout = match req.query.number("timeoutSeconds")? {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
+        // Upstream's default: between the minimum request timeout (30 min) and twice that.
+        _ => Duration::from_secs(1800 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 1800 / 255),
+    };
+    let params = WatchParams {
+        labels,
+        fields,
+        resource_version: req.query.get("resourceVersion").map(str::to_string),
+        bookmarks: req.query.flag("allowWatchBookmarks"),
+        timeout,
+        representation: representation(header(&req.headers, header::ACCEPT))?,
+        include: IncludeObject::parse(req.query.get("includeObject"))?,
+    };
+    if let Some(rv) = params.resource_version.as_deref().filter(|rv| *rv != "0") {
+        parse_resource_version(rv)?;
+    }
+    Ok(watch(req.registry.clone(), req.target.resource, req.target.namespace.clone(), params))
+}
+
+async fn create(req: &Request<'_>) -> Result<Response> {
+    let body = parse_json(&req.body)?;
+    let written =
+        req.registry.create(req.target.resource, req.target.namespace.as_deref(), body, write_options(req)?).await?;
+    respond_object(req, StatusCode::CREATED, &written.object, &written.warnings)
+}
+
+async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -> Result<Response> {
+    let def = req.target.resource;
+    let patch_type = content_type(req)?;
+    if patch_type == PatchType::Apply {
+        return Err(ApiError::new(Reason::UnsupportedMediaType, "server-side apply (application/apply-patch+yaml) is not supported by this server yet; use client-side kubectl apply").into());
+    }
+    let patch = parse_json(&req.body)?;
+    let definition = flotilla_api::schema::definition_name(&def.api_version(), def.kind).unwrap_or_default();
+    let options = write_options(req)?;
+    let written = req
+        .registry
+        .guaranteed_update(
+            ObjectRef { def, namespace: req.target.namespace.as_deref(), name },
+            None,
+            options,
+            |current| {
+                let patched = apply_patch(patch_type, current.clone(), &patch, &definition)?;
+                // A resource version in the patch is a precondition, as in an update.
+                let wanted = patched.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                if wanted.is_some() && wanted != have {
+                    return Err(ApiError::conflict(
+                        def.group,
+                        def.plural,
+                        name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    )
+                    .into());
+                }
+                Ok(Some(patched))
+            },
+            sub,
+        )
+        .await?;
+    respond_object(req, StatusCode::OK, &written.object, &written.warnings)
+}
+
+fn content_type(req: &Request<'_>) -> Result<PatchType> {
+    let content_type = header(&req.headers, header::CONTENT_TYPE).unwrap_or("");
+    PatchType::from_content_type(content_type).ok_or_else(|| {
+        ApiError::new(
+            Reason::UnsupportedMediaType,
+            format!("the body of the request was in an unknown format ({content_type}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"),
+        )
+        .into()
+    })
+}
+
+fn apply_patch(patch_type: PatchType, mut object: Value, patch: &Value, definition: &str) -> Result<Value> {
+    match patch_type {
+        PatchType::Json => patch::json_patch(&mut object, patch)?,
+        PatchType::Merge => patch::merge_patch(&mut object, patch)?,
+        PatchType::Strategic => object = patch::strategic_merge(object, patch.clone(), definition)?,
+        PatchType::Apply => unreachable!("handled by the caller"),
+    }
+    Ok(object)
+}
+
+fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
+    let body: Value = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
+    let mut options = DeleteOptions {
+        grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+        propagation_policy: body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
+        orphan_dependents: body.get("orphanDependents").and_then(Value::as_bool),
+        precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+        precondition_resource_version: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        dry_run: body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"))
+            || req.query.dry_run()?,
+    };
+    if let Some(grace) = req.query.number("gracePeriodSeconds")? {
+        options.grace_period_seconds = Some(grace);
+    }
+    if let Some(policy) = req.query.get("propagationPolicy") {
+        options.propagation_policy = Some(policy.to_string());
+    }
+    if let Some(orphan) = req.query.get("orphanDependents") {
+        options.orphan_dependents = Some(orphan == "true");
+    }
+    Ok(options)
+}
+
+async fn delete(req: &Request<'_>, name: &str) -> Result<Response> {
+    let def = req.target.resource;
+    let options = delete_options(req)?;
+    match req.registry.delete(def, req.target.namespace.as_deref(), name, &options).await? {
+        Deleted::Pending(stored) => respond_object(req, StatusCode::OK, &stored, &[]),
+        Deleted::Gone(stored) if returns_deleted_object(def) => respond_object(req, StatusCode::OK, &stored, &[]),
+        Deleted::Gone(stored) => {
+            let uid = stored.value()?.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+            let mut details = json!({"name": name, "kind": def.plural, "uid": uid});
+            if !def.group.is_empty() {
+                details["group"] = def.group.into();
+            }
+            let status =
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details});
+            json_response(StatusCode::OK, &status, &[])
+        }
+    }
+}
+
+/// Upstream returns the deleted object itself for these, a Status for the rest.
+fn returns_deleted_object(def: &ResourceDef) -> bool {
+    def.group.is_empty() && matches!(def.plural, "pods" | "services" | "namespaces" | "nodes")
+}
+
+async fn delete_collection(req: &Request<'_>) -> Result<Response> {
+    let def = req.target.resource;
+    if def.namespaced && req.target.namespace.is_none() {
+        return Err(method_not_allowed(&req.method));
+    }
+    let options = delete_options(req)?;
+    let list_options = ListOptions { continue_token: None, limit: None, ..list_options(req)? };
+    let listed = req.registry.list(def, req.target.namespace.as_deref(), &list_options).await?;
+    let mut deleted = Vec::new();
+    for item in &listed.items {
+        let name = item.value()?.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        match req.registry.delete(def, req.target.namespace.as_deref(), &name, &options).await {
+            Ok(Deleted::Gone(stored) | Deleted::Pending(stored)) => deleted.push(stored.value()?),
+            Err(Error(e)) if e.reason == Reason::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(), "metadata": {"resourceVersion": listed.revision.to_string()}, "items": deleted});
+    json_response(StatusCode::OK, &list, &[])
+}
+
+/// `…/scale`: an `autoscaling/v1` Scale view of `spec.replicas`.
+async fn scale(req: &Request<'_>, method: Method, name: &str) -> Result<Response> {
+    let def = req.target.resource;
+    let namespace = req.target.namespace.as_deref();
+    let written = match method {
+        Method::GET => req.registry.get(def, namespace, name).await?,
+        Method::PUT | Method::PATCH => {
+            let body = parse_json(&req.body)?;
+            let patch_type = if method == Method::PATCH { Some(content_type(req)?) } else { None };
+            let options = write_options(req)?;
+            let Written { object, .. } = req
+                .registry
+                .guaranteed_update(ObjectRef { def, namespace, name }, None, WriteOptions { field_validation: flotilla_api::FieldValidation::Ignore, ..options }, |current| {
+                    let scale = scale_of(current);
+                    let wanted = match patch_type {
+                        None => body.clone(),
+                        Some(PatchType::Apply) => return Err(ApiError::new(Reason::UnsupportedMediaType, "server-side apply of scale is not supported yet").into()),
+                        Some(kind) => apply_patch(kind, scale, &body, "io.k8s.api.autoscaling.v1.Scale")?,
+                    };
+                    if let Some(rv) = wanted.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                        && Some(rv) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                    {
+                        return Err(ApiError::conflict(def.group, def.plural, name, "the object has been modified; please apply your changes to the latest version and try again").into());
+                    }
+                    let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ApiError::invalid("autoscaling", "Scale", name, vec![flotilla_api::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]).into());
+                    }
+                    let mut updated = current.clone();
+                    updated["spec"]["replicas"] = replicas.into();
+                    Ok(Some(updated))
+                }, None)
+                .await?;
+            object
+        }
+        other => return Err(method_not_allowed(&other)),
+    };
+    json_response(StatusCode::OK, &scale_of(&written.value()?), &[])
+}
+
+fn scale_of(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let selector = object.pointer("/spec/selector").cloned().and_then(|s| serde_json::from_value(s).ok()).and_then(
+        |s: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+            flotilla_api::selector::LabelSelector::from_api(&s).ok()
+        },
+    );
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector.map(|s| s.to_string()).unwrap_or_default(),
+        },
+    })
+}
+
+/// `pods/binding`: assigns an unscheduled pod to a node (what the scheduler does).
+async fn bind(req: &Request<'_>, name: &str) -> Result<Response> {
+    let def = req.target.resource;
+    let binding = parse_json(&req.body)?;
+    let node = binding.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
+        ApiError::invalid("", "Binding", name, vec![flotilla_api::FieldError::required("target.name", "")])
+    })?;
+    let options = WriteOptions { skip_admission: true, ..write_options(req)? };
+    req.registry
+        .guaranteed_update(
+            ObjectRef { def, namespace: req.target.namespace.as_deref(), name },
+            None,
+            options,
+            |current| {
+                if let Some(assigned) =
+                    current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+                {
+                    return Err(ApiError::conflict(
+                        "",
+                        "pods",
+                        name,
+                        format!("pod {name} is already assigned to node {assigned:?}"),
+                    )
+                    .into());
+                }
+                if current.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                    return Err(ApiError::conflict(
+                        "",
+                        "pods",
+                        name,
+                        "pod is being deleted, cannot be assigned to a host",
+                    )
+                    .into());
+                }
+                let mut bound = current.clone();
+                bound["spec"]["nodeName"] = node.into();
+                Ok(Some(bound))
+            },
+            None,
+        )
+        .await?;
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    json_response(StatusCode::CREATED, &status, &[])
+}
+
+/// `pods/eviction`: deletes the pod (no disruption budgets are served, so none can refuse).
+async fn evict(req: &Request<'_>, name: &str) -> Result<Response> {
+    let eviction = parse_json(&req.body)?;
+    let grace = eviction.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
+    let options = DeleteOptions { grace_period_seconds: grace, ..Default::default() };
+    req.registry.delete(req.target.resource, req.target.namespace.as_deref(), name, &options).await?;
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    json_response(StatusCode::CREATED, &status, &[])
+}
+
+/// `pods/log`: served by the node that runs the pod.
+async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
+    let pod = req.registry.get(req.target.resource, req.target.namespace.as_deref(), name).await?.value()?;
+    match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        None => {
+            let container = pod.pointer("/spec/containers/0/name").and_then(Value::as_str).unwrap_or("");
+            Err(ApiError::bad_request(format!(
+                "container {container:?} in pod {name:?} is waiting to start: the pod is not scheduled to a node"
+            ))
+            .into())
+        }
+        Some(node) => Err(ApiError::new(
+            Reason::ServiceUnavailable,
+            format!("the logs of pod {name:?} are on node {node:?}, which this server cannot reach"),
+        )
+        .into()),
+    }
+}
+
+/// An object in the representation the client asked for.
+fn respond_object(req: &Request<'_>, code: StatusCode, stored: &Stored, warnings: &[String]) -> Result<Response> {
+    let def = req.target.resource;
+    match representation(header(&req.headers, header::ACCEPT))? {
+        Representation::Table(version) if req.method == Method::GET => {
+            let include = IncludeObject::parse(req.query.get("includeObject"))?;
+            let meta = ListMeta { resource_version: stored.revision.to_string(), ..Default::default() };
+            json_response(code, &table(def, std::slice::from_ref(stored), version, include, meta)?, warnings)
+        }
+        Representation::Metadata(version) if req.method == Method::GET => {
+            let object = stored.value()?;
+            let partial = json!({"kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{version}"), "metadata": object.get("metadata")});
+            json_response(code, &partial, warnings)
+        }
+        _ => Ok(bytes_response(code, stored.json(), warnings)),
+    }
+}
+
+pub(crate) fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Result<Response> {
+    Ok(bytes_response(code, serde_json::to_vec(value).unwrap_or_default(), warnings))
+}
+
+fn bytes_response(code: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
+    let mut response = (code, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response();
+    for warning in warnings {
+        // RFC 7234 warning code 299 ("miscellaneous persistent warning"), as upstream sends them.
+        if let Ok(value) = HeaderValue::from_str(&format!("299 - {warning:?}")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+pub(crate) fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,263 @@
+//! `flotilla-apiserver`: the Kubernetes REST API over the Flotilla store.
+//!
+//! Discovery (legacy and aggregated), OpenAPI v3, every verb on the served resources with
+//! upstream's semantics (optimistic concurrency, finalizers, graceful pod deletion, label and
+//! field selectors, consistent pagination), JSON, merge and strategic merge patches, watches,
+//! Tables for `kubectl get`, bearer-token authentication, and HTTPS with a generated CA.
+
+mod codec;
+mod discovery;
+mod error;
+mod handlers;
+mod openapi;
+pub mod pki;
+mod protobuf;
+mod registry;
+mod request;
+mod services;
+mod table;
+mod tls;
+mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flotilla_api::resource::{self, ResourceDef};
+use flotilla_api::{ApiError, Reason};
+use flotilla_store::Store;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::{Value, json};
+
+pub use error::Error;
+pub use services::Cidr;
+pub use tls::{serve, server_config};
+
+use crate::handlers::{MAX_BODY_BYTES, json_response};
+use crate::registry::{Registry, WriteOptions};
+use crate::request::{Query, Route, parse_path};
+
+/// The namespaces every cluster has from its first start.
+const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+#[derive(Clone, Debug)]
+pub struct ApiServerConfig {
+    /// Cluster IPs of Services come from here. On a single host it lies in 127.0.0.0/8, so
+    /// that nothing needs privileges to route it.
+    pub service_cidr: Cidr,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig { service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR") }
+    }
+}
+
+/// The API server: a router over the store. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    token: String,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer").field("ready", &self.inner.ready.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// An API server over `store`, whose clients authenticate with `token`. Creates the default
+    /// namespaces if they are missing.
+    pub async fn new(store: Store, token: String, config: ApiServerConfig) -> Result<ApiServer, Error> {
+        let allocator = services::Allocator::new(store.clone(), config.service_cidr);
+        let registry = Registry::new(store, allocator);
+        let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
+        for name in DEFAULT_NAMESPACES {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match registry.create(namespaces, None, object, WriteOptions::default()).await {
+                Ok(_) => tracing::info!(namespace = name, "created a default namespace"),
+                Err(Error(e)) if e.reason == Reason::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ApiServer { inner: Arc::new(Inner { registry, token, ready: AtomicBool::new(false) }) })
+    }
+
+    /// From now on `/readyz` answers 200.
+    pub fn set_ready(&self) {
+        self.inner.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/livez", get(|| async { "ok" }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/version", get(|| async { axum::Json(discovery::version()) }))
+            .fallback(dispatch)
+            .with_state(self.clone())
+    }
+}
+
+async fn readyz(State(server): State<ApiServer>) -> Response {
+    if server.inner.ready.load(Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_token(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn dispatch(
+    State(server): State<ApiServer>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| same_token(token.trim(), &server.inner.token));
+    if !authorized {
+        return Error(ApiError::new(Reason::Unauthorized, "Unauthorized")).into_response();
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let err = ApiError::new(
+                Reason::RequestEntityTooLarge,
+                format!("Request entity too large: limit is {MAX_BODY_BYTES}"),
+            );
+            return Error(err).into_response();
+        }
+    };
+    // Typed clients send built-in kinds as protobuf: from here on, everything is JSON.
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with(protobuf::MEDIA_TYPE));
+    let body = if protobuf {
+        match protobuf::decode(&body) {
+            Ok(object) => axum::body::Bytes::from(serde_json::to_vec(&object).unwrap_or_default()),
+            Err(e) => return Error(e).into_response(),
+        }
+    } else {
+        body
+    };
+    match route(&server, method, &uri, headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    server: &ApiServer,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/openapi/v3") {
+        return openapi_response(rest.trim_start_matches('/'), uri.query());
+    }
+    if !path.starts_with("/api") {
+        return Err(request::not_served().into());
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let aggregated = discovery::aggregated_version(accept.as_deref());
+    let only_get = |method: &Method| {
+        if *method == Method::GET {
+            Ok(())
+        } else {
+            Err(Error(ApiError::new(Reason::MethodNotAllowed, "discovery is read-only")))
+        }
+    };
+    match parse_path(path)? {
+        Route::CoreVersions => {
+            only_get(&method)?;
+            match aggregated {
+                Some(v) => discovery_response(&discovery::aggregated_core(v), v),
+                None => json_response(StatusCode::OK, &discovery::core_versions(), &[]),
+            }
+        }
+        Route::Groups => {
+            only_get(&method)?;
+            match aggregated {
+                Some(v) => discovery_response(&discovery::aggregated_groups(v), v),
+                None => json_response(StatusCode::OK, &discovery::group_list(), &[]),
+            }
+        }
+        Route::Group(name) => {
+            only_get(&method)?;
+            json_response(StatusCode::OK, &discovery::group(&name).ok_or_else(request::not_served)?, &[])
+        }
+        Route::Resources { group, version } => {
+            only_get(&method)?;
+            json_response(StatusCode::OK, &discovery::resource_list(&group, &version), &[])
+        }
+        Route::Object(target) => {
+            let request = handlers::Request {
+                registry: &server.inner.registry,
+                method,
+                target,
+                query: Query::parse(uri.query()),
+                headers,
+                body,
+            };
+            handlers::handle(request).await
+        }
+    }
+}
+
+fn discovery_response(document: &Value, version: &str) -> Result<Response, Error> {
+    let mut response = json_response(StatusCode::OK, document, &[])?;
+    if let Ok(content_type) = HeaderValue::from_str(&discovery::aggregated_content_type(version)) {
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    }
+    Ok(response)
+}
+
+fn openapi_response(path: &str, query: Option<&str>) -> Result<Response, Error> {
+    if path.is_empty() {
+        return json_response(StatusCode::OK, &openapi::root(), &[]);
+    }
+    let document = openapi::document_at(path).ok_or_else(request::not_served)?;
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], document.json.clone()).into_response();
+    // A request that names the current hash may be cached for good, as upstream allows.
+    let cache = if Query::parse(query).get("hash") == Some(document.hash.as_str()) {
+        "public, immutable"
+    } else {
+        "no-cache, private"
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", document.hash)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// The resource definitions, for callers that need names (the CLI, tests).
+pub fn served_resources() -> &'static [ResourceDef] {
+    resource::resources()
+}
+
+#[cfg(test)]
+mod tests;

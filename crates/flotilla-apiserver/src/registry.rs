@@ -1,0 +1,779 @@
+//! Objects in the store, with Kubernetes' semantics: system metadata (uid, timestamps,
+//! generation), optimistic concurrency on `resourceVersion`, status kept apart from the rest,
+//! deletion through finalizers and grace periods, and consistent paginated lists.
+
+use std::time::Duration;
+
+use flotilla_api::resource::{ResourceDef, Subresource};
+use flotilla_api::selector::{FieldSelector, LabelSelector};
+use flotilla_api::{ApiError, FieldError, FieldValidation, Reason};
+use flotilla_store::{Compare, Consistency, KeyRange, Op, RangeRequest, Revision, Store, TxnRequest};
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::services::Allocator;
+
+/// How many times an update without a resource version retries after losing a race.
+const UPDATE_ATTEMPTS: usize = 16;
+
+/// One object as the store holds it, and the revision it was last written at.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) revision: Revision,
+}
+
+impl Stored {
+    pub(crate) fn json(&self) -> Vec<u8> {
+        codec::render(&self.bytes, self.revision)
+    }
+
+    pub(crate) fn value(&self) -> Result<Value> {
+        codec::parse(&self.bytes, self.revision)
+    }
+}
+
+/// Which object a write is about.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectRef<'a> {
+    pub(crate) def: &'static ResourceDef,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) name: &'a str,
+}
+
+/// Options every write takes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteOptions {
+    pub(crate) dry_run: bool,
+    pub(crate) field_validation: FieldValidation,
+    /// For the server's own writes that update validation would refuse by design (a pod's
+    /// binding sets the node a client may not change).
+    pub(crate) skip_admission: bool,
+}
+
+/// The result of a write: the object as written, and warnings for the client.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) object: Stored,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) created: bool,
+}
+
+/// What a delete did.
+#[derive(Debug)]
+pub(crate) enum Deleted {
+    /// The object is gone; this is how it was.
+    Gone(Stored),
+    /// The object stays until its finalizers are removed or its grace period ends.
+    Pending(Stored),
+}
+
+/// `metav1.DeleteOptions`, from the query or the body.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeleteOptions {
+    pub(crate) grace_period_seconds: Option<i64>,
+    pub(crate) propagation_policy: Option<String>,
+    pub(crate) orphan_dependents: Option<bool>,
+    pub(crate) precondition_uid: Option<String>,
+    pub(crate) precondition_resource_version: Option<String>,
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Registry {
+    store: Store,
+    services: Allocator,
+}
+
+impl Registry {
+    pub(crate) fn new(store: Store, services: Allocator) -> Self {
+        Registry { store, services }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if def.namespaced => format!("{}{ns}/{name}", def.key_prefix()),
+            _ => format!("{}{name}", def.key_prefix()),
+        }
+    }
+
+    pub(crate) fn prefix(def: &ResourceDef, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if def.namespaced => format!("{}{ns}/", def.key_prefix()),
+            _ => def.key_prefix(),
+        }
+    }
+
+    /// The current object (linearizable).
+    pub(crate) async fn get(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> Result<Stored> {
+        self.read(def, namespace, name, Consistency::Linearizable)
+            .await?
+            .ok_or_else(|| ApiError::not_found(def.group, def.plural, name).into())
+    }
+
+    async fn read(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Stored>> {
+        let mut req = RangeRequest::new(KeyRange::key(Self::key(def, namespace, name)));
+        req.consistency = consistency;
+        let response = self.store.range(req).await?;
+        Ok(response.kvs.into_iter().next().map(|kv| Stored { bytes: kv.value, revision: kv.mod_revision }))
+    }
+
+    /// Creates an object, filling in system metadata and running admission.
+    pub(crate) async fn create(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Written> {
+        let mut object = expect_object(body)?;
+        let meta = object.entry("metadata").or_insert_with(|| json!({}));
+        let meta = meta.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        check_namespace(def, namespace, meta)?;
+        if let Some(ns) = namespace.filter(|_| def.namespaced) {
+            meta.insert("namespace".into(), ns.into());
+            self.check_namespace_accepts_content(ns).await?;
+        } else {
+            meta.remove("namespace");
+        }
+        let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            Some(name) => name.to_string(),
+            None => match meta.get("generateName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                None => {
+                    return Err(ApiError::invalid(
+                        def.group,
+                        def.kind,
+                        "",
+                        vec![FieldError::required("metadata.name", "name or generateName is required")],
+                    )
+                    .into());
+                }
+            },
+        };
+        meta.insert("name".into(), name.clone().into());
+        meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+        meta.insert("creationTimestamp".into(), now().into());
+        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"]
+        {
+            meta.remove(field);
+        }
+        if def.generation {
+            meta.insert("generation".into(), 1.into());
+        } else {
+            meta.remove("generation");
+        }
+        let admitted = def.ops.admit(Value::Object(object), None, options.field_validation)?;
+        let mut object = admitted.object;
+        let key = Self::key(def, namespace, &name);
+        let mut extra = Vec::new();
+        if def.kind == "Service" && def.group.is_empty() {
+            extra = self.services.allocate(&mut object).await?;
+        }
+        let stored = codec::encode(&object)?;
+        if options.dry_run {
+            return Ok(Written {
+                object: Stored { bytes: stored, revision: self.store.revision() },
+                warnings: admitted.warnings,
+                created: true,
+            });
+        }
+        let mut compares = vec![Compare::absent(key.clone())];
+        let mut ops = vec![Op::put(key, stored.clone())];
+        for allocation in extra {
+            compares.push(Compare::absent(allocation.clone()));
+            ops.push(Op::put(allocation, name.clone()));
+        }
+        let response = self.store.txn(TxnRequest::when(compares).then(ops)).await?;
+        if !response.succeeded {
+            return Err(match self.read(def, namespace, &name, Consistency::Linearizable).await? {
+                Some(_) => ApiError::already_exists(def.group, def.plural, &name),
+                None => {
+                    ApiError::new(Reason::Conflict, "an address allocated to the service was taken concurrently; retry")
+                }
+            }
+            .into());
+        }
+        Ok(Written {
+            object: Stored { bytes: stored, revision: response.revision },
+            warnings: admitted.warnings,
+            created: true,
+        })
+    }
+
+    /// Replaces an object (or its status), as a PUT does.
+    pub(crate) async fn update(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        sub: Option<Subresource>,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Written> {
+        let body = expect_object(body)?;
+        let meta = body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        check_namespace(def, namespace, &meta)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        let precondition =
+            meta.get("resourceVersion").and_then(Value::as_str).map(parse_resource_version).transpose()?;
+        let current = self.read(def, namespace, name, Consistency::Linearizable).await?;
+        if current.is_none() && sub.is_none() && allows_create_on_update(def) {
+            return self.create(def, namespace, Value::Object(body), options).await;
+        }
+        self.guaranteed_update(
+            ObjectRef { def, namespace, name },
+            precondition,
+            options,
+            |_| Ok(Some(Value::Object(body.clone()))),
+            sub,
+        )
+        .await
+    }
+
+    /// Reads the object, computes its replacement with `change`, and writes it if the object did
+    /// not change meanwhile; retried when it did, unless the caller named the version to replace.
+    pub(crate) async fn guaranteed_update(
+        &self,
+        at: ObjectRef<'_>,
+        precondition: Option<Revision>,
+        options: WriteOptions,
+        mut change: impl FnMut(&Value) -> Result<Option<Value>>,
+        sub: Option<Subresource>,
+    ) -> Result<Written> {
+        let ObjectRef { def, namespace, name } = at;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.get(def, namespace, name).await?;
+            if let Some(expected) = precondition
+                && expected != current.revision
+            {
+                return Err(stale(def, name).into());
+            }
+            let old = current.value()?;
+            let Some(new) = change(&old)? else {
+                return Ok(Written { object: current, warnings: Vec::new(), created: false });
+            };
+            let merged = merge_update(def, &old, new, sub)?;
+            let admitted = if options.skip_admission {
+                flotilla_api::Admitted { object: merged, warnings: Vec::new() }
+            } else {
+                def.ops.admit(merged, Some(&old), options.field_validation)?
+            };
+            let mut object = admitted.object;
+            set_generation(def, &old, &mut object);
+            let stored = codec::encode(&object)?;
+            if stored == current.bytes {
+                return Ok(Written { object: current, warnings: admitted.warnings, created: false });
+            }
+            if options.dry_run {
+                return Ok(Written {
+                    object: Stored { bytes: stored, revision: current.revision },
+                    warnings: admitted.warnings,
+                    created: false,
+                });
+            }
+            let key = Self::key(def, namespace, name);
+            // An object whose deletion only waited on finalizers goes once the last one is removed.
+            let finished = is_deleting(&object) && finalizers(&object).is_empty() && grace_of(&object) == 0;
+            let op = if finished { Op::delete(key.clone()) } else { Op::put(key.clone(), stored.clone()) };
+            let mut ops = vec![op];
+            if finished {
+                ops.extend(self.services.release(def, &object).into_iter().map(Op::delete));
+            }
+            let response =
+                self.store.txn(TxnRequest::when([Compare::mod_revision(key, current.revision)]).then(ops)).await?;
+            if response.succeeded {
+                return Ok(Written {
+                    object: Stored { bytes: stored, revision: response.revision },
+                    warnings: admitted.warnings,
+                    created: false,
+                });
+            }
+            if precondition.is_some() {
+                return Err(stale(def, name).into());
+            }
+        }
+        Err(ApiError::conflict(def.group, def.plural, name, "the object is being modified too often; please retry")
+            .into())
+    }
+
+    /// Deletes an object: at once, or by marking it (finalizers, a pod's grace period).
+    pub(crate) async fn delete(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Deleted> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.get(def, namespace, name).await?;
+            let mut object = current.value()?;
+            check_preconditions(def, name, &object, &current, options)?;
+            let grace = grace_period(def, &object, options);
+            let mut finalizers = finalizers(&object);
+            if !is_deleting(&object) {
+                match propagation(def, options)? {
+                    Propagation::Orphan => add(&mut finalizers, "orphan"),
+                    Propagation::Foreground => add(&mut finalizers, "foregroundDeletion"),
+                    Propagation::Background => {}
+                }
+            }
+            let pending_namespace = def.kind == "Namespace"
+                && object.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            let key = Self::key(def, namespace, name);
+            if finalizers.is_empty() && grace == 0 && !pending_namespace {
+                if options.dry_run {
+                    return Ok(Deleted::Gone(current));
+                }
+                let mut ops = vec![Op::delete(key.clone())];
+                ops.extend(self.services.release(def, &object).into_iter().map(Op::delete));
+                let response =
+                    self.store.txn(TxnRequest::when([Compare::mod_revision(key, current.revision)]).then(ops)).await?;
+                if response.succeeded {
+                    return Ok(Deleted::Gone(Stored { bytes: current.bytes, revision: response.revision }));
+                }
+                continue;
+            }
+            if is_deleting(&object) && grace >= grace_of(&object) && finalizers == self::finalizers(&object) {
+                // Already being deleted, no sooner than asked: nothing changes.
+                return Ok(Deleted::Pending(current));
+            }
+            let meta = object["metadata"].as_object_mut().expect("stored objects have metadata");
+            let deadline = Timestamp::now() + Duration::from_secs(grace as u64);
+            meta.insert("deletionTimestamp".into(), deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into());
+            meta.insert("deletionGracePeriodSeconds".into(), grace.into());
+            meta.insert(
+                "finalizers".into(),
+                finalizers.iter().map(|f| Value::String(f.clone())).collect::<Vec<_>>().into(),
+            );
+            if def.kind == "Namespace" {
+                object["status"] = json!({"phase": "Terminating"});
+            }
+            let stored = codec::encode(&object)?;
+            if options.dry_run {
+                return Ok(Deleted::Pending(Stored { bytes: stored, revision: current.revision }));
+            }
+            let response = self
+                .store
+                .txn(
+                    TxnRequest::when([Compare::mod_revision(key.clone(), current.revision)])
+                        .then([Op::put(key, stored.clone())]),
+                )
+                .await?;
+            if response.succeeded {
+                return Ok(Deleted::Pending(Stored { bytes: stored, revision: response.revision }));
+            }
+        }
+        Err(ApiError::conflict(def.group, def.plural, name, "the object is being modified too often; please retry")
+            .into())
+    }
+
+    /// Refuses new objects in a namespace that is missing or being deleted.
+    async fn check_namespace_accepts_content(&self, namespace: &str) -> Result<()> {
+        let def = flotilla_api::resource::find("", "v1", "namespaces").expect("namespaces are served");
+        let ns = self.read(def, None, namespace, Consistency::Serializable).await?;
+        let Some(ns) = ns else { return Err(ApiError::not_found("", "namespaces", namespace).into()) };
+        if is_deleting(&ns.value()?) {
+            return Err(ApiError::new(
+                Reason::Forbidden,
+                format!("unable to create new content in namespace {namespace} because it is being terminated"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+fn expect_object(body: Value) -> Result<Map<String, Value>> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request("the request body must be a JSON object").into()),
+    }
+}
+
+fn check_namespace(def: &ResourceDef, namespace: Option<&str>, meta: &Map<String, Value>) -> Result<()> {
+    let given = meta.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
+    if def.namespaced
+        && let (Some(given), Some(url)) = (given, namespace)
+        && given != url
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_resource_version(rv: &str) -> Result<Revision> {
+    rv.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")).into())
+}
+
+fn stale(def: &ResourceDef, name: &str) -> ApiError {
+    ApiError::conflict(
+        def.group,
+        def.plural,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
+}
+
+/// Upstream lets a PUT create only these.
+fn allows_create_on_update(def: &ResourceDef) -> bool {
+    matches!(
+        (def.group, def.plural),
+        ("", "endpoints") | ("", "events") | ("coordination.k8s.io", "leases") | ("discovery.k8s.io", "endpointslices")
+    )
+}
+
+/// The object a PUT (or patch) will write: the body, with the system metadata of the old object,
+/// and with status or everything but status taken from the old one as the subresource says.
+fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresource>) -> Result<Value> {
+    let mut new = expect_object(new)?;
+    let old_map = old.as_object().cloned().unwrap_or_default();
+    if sub == Some(Subresource::Status) {
+        let mut result = old_map;
+        match new.remove("status") {
+            Some(status) => result.insert("status".into(), status),
+            None => result.remove("status"),
+        };
+        return Ok(Value::Object(result));
+    }
+    if def.has(Subresource::Status) {
+        match old_map.get("status") {
+            Some(status) => new.insert("status".into(), status.clone()),
+            None => new.remove("status"),
+        };
+    }
+    let old_meta = old_map.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let meta = new.entry("metadata").or_insert_with(|| json!({}));
+    let meta = meta.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        match old_meta.get(field) {
+            Some(value) => meta.insert(field.into(), value.clone()),
+            None => meta.remove(field),
+        };
+    }
+    meta.remove("selfLink");
+    meta.remove("resourceVersion");
+    if !meta.contains_key("managedFields")
+        && let Some(managed) = old_meta.get("managedFields")
+    {
+        meta.insert("managedFields".into(), managed.clone());
+    }
+    Ok(Value::Object(new))
+}
+
+/// Bumps `metadata.generation` when anything but metadata and status changed.
+fn set_generation(def: &ResourceDef, old: &Value, new: &mut Value) {
+    if !def.generation {
+        return;
+    }
+    let body = |v: &Value| {
+        v.as_object().map(|m| {
+            m.iter()
+                .filter(|(k, _)| *k != "metadata" && *k != "status")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Map<_, _>>()
+        })
+    };
+    let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+    let next = if body(old) != body(new) { generation + 1 } else { generation.max(1) };
+    new["metadata"]["generation"] = next.into();
+}
+
+fn is_deleting(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn grace_of(object: &Value) -> i64 {
+    object.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn add(finalizers: &mut Vec<String>, finalizer: &str) {
+    if !finalizers.iter().any(|f| f == finalizer) {
+        finalizers.push(finalizer.into());
+    }
+}
+
+/// A pod on a node gets its grace period (the option's, else its spec's); anything else, and a
+/// pod no node runs or that has finished, goes at once.
+fn grace_period(def: &ResourceDef, object: &Value, options: &DeleteOptions) -> i64 {
+    if def.kind != "Pod" || !def.group.is_empty() {
+        return 0;
+    }
+    let scheduled = object.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(object.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if !scheduled || finished {
+        return 0;
+    }
+    let spec = object.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    let grace = options.grace_period_seconds.unwrap_or(spec).max(0);
+    // An already-terminating pod can only be hurried, not delayed.
+    if is_deleting(object) { grace.min(grace_of(object)) } else { grace }
+}
+
+enum Propagation {
+    Orphan,
+    Background,
+    Foreground,
+}
+
+fn propagation(def: &ResourceDef, options: &DeleteOptions) -> Result<Propagation> {
+    match (options.propagation_policy.as_deref(), options.orphan_dependents) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            def.group,
+            def.kind,
+            "",
+            vec![FieldError::invalid(
+                "propagationPolicy",
+                "",
+                "orphanDependents and deletionPropagation cannot be both set",
+            )],
+        )
+        .into()),
+        (Some("Orphan"), None) | (None, Some(true)) => Ok(Propagation::Orphan),
+        (Some("Background"), None) | (None, Some(false)) => Ok(Propagation::Background),
+        (Some("Foreground"), None) => Ok(Propagation::Foreground),
+        (Some(other), None) => Err(ApiError::invalid(
+            def.group,
+            def.kind,
+            "",
+            vec![FieldError::not_supported("propagationPolicy", other, &["Foreground", "Background", "Orphan"])],
+        )
+        .into()),
+        // batch/v1 Jobs orphan their pods unless told otherwise, for compatibility (upstream).
+        (None, None) if def.group == "batch" => Ok(Propagation::Orphan),
+        (None, None) => Ok(Propagation::Background),
+    }
+}
+
+fn check_preconditions(
+    def: &ResourceDef,
+    name: &str,
+    object: &Value,
+    current: &Stored,
+    options: &DeleteOptions,
+) -> Result<()> {
+    if let Some(uid) = &options.precondition_uid {
+        let actual = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+        if uid != actual {
+            return Err(ApiError::conflict(
+                def.group,
+                def.plural,
+                name,
+                format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+            )
+            .into());
+        }
+    }
+    if let Some(rv) = &options.precondition_resource_version
+        && parse_resource_version(rv)? != current.revision
+    {
+        return Err(ApiError::conflict(
+            def.group,
+            def.plural,
+            name,
+            format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                current.revision
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Now, as metadata timestamps are written (RFC 3339, seconds).
+pub(crate) fn now() -> String {
+    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Five characters from upstream's `generateName` alphabet (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// `?labelSelector=`, `?fieldSelector=`, paging and version options of a list.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ListOptions {
+    pub(crate) labels: LabelSelector,
+    pub(crate) fields: FieldSelector,
+    pub(crate) limit: Option<u64>,
+    pub(crate) continue_token: Option<String>,
+    pub(crate) resource_version: Option<String>,
+    /// `resourceVersionMatch=Exact`: read at that version, not the latest.
+    pub(crate) exact: bool,
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) items: Vec<Stored>,
+    pub(crate) revision: Revision,
+    pub(crate) continue_token: Option<String>,
+    pub(crate) remaining: Option<u64>,
+}
+
+/// Keys read per store call while filling a filtered page.
+const LIST_CHUNK: u64 = 500;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    rv: Revision,
+    start: String,
+}
+
+impl Registry {
+    /// Lists objects, filtered, one page at a time; every page of a list is read at the revision
+    /// of its first page, so the pages together are a consistent snapshot.
+    pub(crate) async fn list(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<Listed> {
+        let prefix = Self::prefix(def, namespace);
+        let end = flotilla_store::prefix_end(prefix.as_bytes()).expect("registry prefixes end in '/'");
+        let (mut start, mut at, consistency) = match &options.continue_token {
+            Some(token) => {
+                let token = decode_continue(token)?;
+                if !token.start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request(
+                        "continue key is not valid: the list it continues is another one",
+                    )
+                    .into());
+                }
+                (token.start, Some(token.rv), Consistency::Serializable)
+            }
+            None => match options.resource_version.as_deref() {
+                None => (prefix.clone(), None, Consistency::Linearizable),
+                Some("0") => (prefix.clone(), None, Consistency::Serializable),
+                Some(rv) if options.exact => {
+                    (prefix.clone(), Some(parse_resource_version(rv)?), Consistency::Serializable)
+                }
+                Some(rv) => {
+                    let wanted = parse_resource_version(rv)?;
+                    if self.store.revision() < wanted {
+                        self.store.range(RangeRequest::new(KeyRange::key(prefix.clone())).count_only()).await?;
+                    }
+                    (prefix.clone(), None, Consistency::Linearizable)
+                }
+            },
+        };
+        let filtered = !options.labels.is_empty() || !options.fields.is_empty();
+        let limit = options.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut remaining = None;
+        let mut continue_token = None;
+        loop {
+            let chunk = match limit {
+                Some(limit) if !filtered => limit,
+                Some(limit) => limit.max(LIST_CHUNK),
+                None => 0,
+            };
+            let mut req = RangeRequest::new(KeyRange::between(start.clone(), end.clone()));
+            req.limit = Some(chunk);
+            req.revision = at;
+            req.consistency = consistency;
+            let response = self.store.range(req).await.map_err(|e| continued_too_late(e, options))?;
+            let revision = *at.get_or_insert(response.revision);
+            let total = response.count;
+            let returned = response.kvs.len();
+            for (i, kv) in response.kvs.into_iter().enumerate() {
+                let stored = Stored { bytes: kv.value, revision: kv.mod_revision };
+                start = String::from_utf8_lossy(&kv.key).into_owned() + "\0";
+                if filtered {
+                    let object = stored.value()?;
+                    if !options.labels.matches_object(&object)
+                        || !options.fields.matches(|f| flotilla_api::kinds::field_value(&object, f))
+                    {
+                        continue;
+                    }
+                }
+                items.push(stored);
+                if limit.is_some_and(|l| items.len() as u64 >= l) && (i + 1 < returned || response.more) {
+                    let mut next = kv.key.clone();
+                    next.push(0);
+                    continue_token = Some(encode_continue(revision, String::from_utf8_lossy(&next).into_owned()));
+                    if !filtered {
+                        remaining = Some(total - (i as u64 + 1));
+                    }
+                    return Ok(Listed { items, revision, continue_token, remaining });
+                }
+            }
+            if !response.more {
+                return Ok(Listed { items, revision, continue_token, remaining });
+            }
+        }
+    }
+}
+
+fn encode_continue(rv: Revision, start: String) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&Continue { rv, start }).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> Result<Continue> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| ApiError::bad_request("continue key is not valid: not base64"))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("continue key is not valid: {e}")).into())
+}
+
+/// A continued list whose revision was compacted meanwhile gets upstream's 410.
+fn continued_too_late(err: flotilla_store::Error, options: &ListOptions) -> Error {
+    if options.continue_token.is_some() && matches!(err, flotilla_store::Error::Compacted { .. }) {
+        return ApiError::new(
+            Reason::Expired,
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+        )
+        .into();
+    }
+    err.into()
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        err.0
+    }
+}

@@ -1,0 +1,348 @@
+//! The router in-process (`Router::oneshot`), over a real one-member store on disk.
+
+use axum::Router;
+use axum::body::Body;
+use http::{Method, Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+
+const TOKEN: &str = "test-token-0123456789abcdef0123456789";
+
+struct Server {
+    router: Router,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = flotilla_store::StoreConfig::single(dir.path().join("store"), "http://127.0.0.1:1");
+        config.progress_interval = std::time::Duration::from_millis(100);
+        let store = Store::open(config).await.unwrap();
+        store.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
+        let api = ApiServer::new(store.clone(), TOKEN.into(), ApiServerConfig::default()).await.unwrap();
+        api.set_ready();
+        Server { router: api.router(), store, _dir: dir }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut request =
+            Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(serde_json::to_vec(&b).unwrap()));
+        let response = self.router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (parts.status, parts.headers, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let (code, _, body) = self.call(Method::GET, uri, None, &[]).await;
+        (code, body)
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        let (code, _, body) = self.call(Method::POST, uri, Some(body), &[]).await;
+        (code, body)
+    }
+
+    async fn put(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        let (code, _, body) = self.call(Method::PUT, uri, Some(body), &[]).await;
+        (code, body)
+    }
+
+    async fn patch(&self, uri: &str, kind: &str, body: Value) -> (StatusCode, Value) {
+        let (code, _, body) = self.call(Method::PATCH, uri, Some(body), &[("content-type", kind)]).await;
+        (code, body)
+    }
+
+    async fn delete(&self, uri: &str) -> (StatusCode, Value) {
+        let (code, _, body) = self.call(Method::DELETE, uri, None, &[]).await;
+        (code, body)
+    }
+}
+
+fn configmap(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "app:1"}]}})
+}
+
+#[tokio::test]
+async fn requests_without_the_token_are_unauthorized_but_health_is_open() {
+    let server = Server::start().await;
+    let response =
+        server.router.clone().oneshot(Request::get("/api/v1/pods").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let status: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status["kind"].as_str(), status["reason"].as_str(), status["code"].as_u64()),
+        (Some("Status"), Some("Unauthorized"), Some(401))
+    );
+    for open in ["/livez", "/readyz", "/version"] {
+        let response = server.router.clone().oneshot(Request::get(open).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{open}");
+    }
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn discovery_documents_match_their_snapshots() {
+    let server = Server::start().await;
+    let (code, apps) = server.get("/apis/apps/v1").await;
+    assert_eq!(code, StatusCode::OK);
+    expect_test::expect_file!["../tests/snapshots/discovery-apps-v1.json"]
+        .assert_eq(&serde_json::to_string_pretty(&apps).unwrap());
+    let (_, headers, aggregated) = server
+        .call(
+            Method::GET,
+            "/api",
+            None,
+            &[("accept", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json")],
+        )
+        .await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+    expect_test::expect_file!["../tests/snapshots/aggregated-core.json"]
+        .assert_eq(&serde_json::to_string_pretty(&aggregated).unwrap());
+    let (_, root) = server.get("/openapi/v3").await;
+    assert!(root["paths"]["api/v1"]["serverRelativeURL"].is_string());
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn objects_follow_upstream_semantics() {
+    let server = Server::start().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let (code, created) = server.post(base, configmap("a", json!({"app": "web"}))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    assert!(created["metadata"]["uid"].is_string() && created["metadata"]["creationTimestamp"].is_string());
+
+    let (code, status) = server.post(base, configmap("a", json!({}))).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::CONFLICT, Some("AlreadyExists")));
+    assert_eq!(status["message"], "configmaps \"a\" already exists");
+
+    let (code, status) = server.get(&format!("{base}/missing")).await;
+    assert_eq!((code, status["message"].as_str()), (StatusCode::NOT_FOUND, Some("configmaps \"missing\" not found")));
+
+    let (code, status) = server.post("/api/v1/namespaces/nowhere/configmaps", configmap("b", json!({}))).await;
+    assert_eq!((code, status["message"].as_str()), (StatusCode::NOT_FOUND, Some("namespaces \"nowhere\" not found")));
+
+    // An update on the version read succeeds once; the same stale version then conflicts.
+    let mut update = created.clone();
+    update["data"]["k"] = "w".into();
+    let (code, updated) = server.put(&format!("{base}/a"), update.clone()).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_ne!(updated["metadata"]["resourceVersion"].as_str(), Some(rv.as_str()));
+    let (code, status) = server.put(&format!("{base}/a"), update).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::CONFLICT, Some("Conflict")));
+    assert!(status["message"].as_str().unwrap().contains("the object has been modified"));
+
+    let (code, status) = server.post("/api/v1/namespaces/default/pods", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad"}, "spec": {"containers": [{"name": "c"}]}})).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")));
+    let causes: Vec<&str> =
+        status["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(causes, ["metadata.name", "spec.containers[0].image"]);
+
+    let (code, generated) =
+        server.post(base, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen-"}})).await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert!(generated["metadata"]["name"].as_str().unwrap().starts_with("gen-"));
+
+    let (code, _) = server.delete(&format!("{base}/a")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(server.get(&format!("{base}/a")).await.0, StatusCode::NOT_FOUND);
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn lists_select_page_and_tabulate() {
+    let server = Server::start().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    for i in 0..5 {
+        server.post(base, configmap(&format!("cm{i}"), json!({"tier": if i % 2 == 0 { "even" } else { "odd" }}))).await;
+    }
+    let (_, even) = server.get(&format!("{base}?labelSelector=tier%3Deven")).await;
+    assert_eq!(even["items"].as_array().unwrap().len(), 3);
+    assert_eq!(even["kind"], "ConfigMapList");
+    let (_, named) = server.get(&format!("{base}?fieldSelector=metadata.name%3Dcm1")).await;
+    assert_eq!(named["items"][0]["metadata"]["name"], "cm1");
+    let (code, status) = server.get(&format!("{base}?fieldSelector=spec.nope%3Dx")).await;
+    assert_eq!(
+        (code, status["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("field label not supported: spec.nope"))
+    );
+
+    let (_, first) = server.get(&format!("{base}?limit=2")).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    assert_eq!(first["metadata"]["remainingItemCount"], 3);
+    // Pages continue at the first page's version, whatever is written meanwhile.
+    server.post(base, configmap("zz-late", json!({}))).await;
+    let token = first["metadata"]["continue"].as_str().unwrap();
+    let (_, rest) = server.get(&format!("{base}?limit=10&continue={token}")).await;
+    let names: Vec<&str> =
+        rest["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cm2", "cm3", "cm4"]);
+    assert_eq!(rest["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+
+    let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let (_, _, table) =
+        server.call(Method::GET, "/api/v1/namespaces/default/configmaps?limit=500", None, &[("accept", kubectl)]).await;
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Data", "Age"]);
+    assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(table["rows"][0]["cells"][1], 1);
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn patches_of_every_kind_apply() {
+    let server = Server::start().await;
+    let base = "/api/v1/namespaces/default/pods";
+    server.post(base, pod("p")).await;
+    let (code, merged) = server
+        .patch(&format!("{base}/p"), "application/merge-patch+json", json!({"metadata": {"labels": {"tier": "front"}}}))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(merged["metadata"]["labels"], json!({"app": "web", "tier": "front"}));
+    let (_, patched) = server
+        .patch(
+            &format!("{base}/p"),
+            "application/json-patch+json",
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}]),
+        )
+        .await;
+    assert_eq!(patched["metadata"]["annotations"], json!({"a": "b"}));
+    let (code, status) = server
+        .patch(
+            &format!("{base}/p"),
+            "application/json-patch+json",
+            json!([{"op": "test", "path": "/metadata/name", "value": "q"}]),
+        )
+        .await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")));
+    let (_, patched) = server
+        .patch(
+            &format!("{base}/p"),
+            "application/strategic-merge-patch+json",
+            json!({"spec": {"containers": [{"name": "c", "image": "app:2"}]}}),
+        )
+        .await;
+    assert_eq!(patched["spec"]["containers"][0]["image"], "app:2");
+    assert_eq!(patched["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent", "defaults survive a patch");
+    let (code, _) = server.patch(&format!("{base}/p"), "text/plain", json!({})).await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn deletion_waits_for_finalizers_and_scheduled_pods() {
+    let server = Server::start().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let mut held = configmap("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    server.post(base, held).await;
+    let (code, pending) = server.delete(&format!("{base}/held")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(pending["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(server.get(&format!("{base}/held")).await.0, StatusCode::OK, "kept until the finalizer goes");
+    server
+        .patch(&format!("{base}/held"), "application/merge-patch+json", json!({"metadata": {"finalizers": null}}))
+        .await;
+    assert_eq!(server.get(&format!("{base}/held")).await.0, StatusCode::NOT_FOUND);
+
+    let pods = "/api/v1/namespaces/default/pods";
+    server.post(pods, pod("unscheduled")).await;
+    server.delete(&format!("{pods}/unscheduled")).await;
+    assert_eq!(
+        server.get(&format!("{pods}/unscheduled")).await.0,
+        StatusCode::NOT_FOUND,
+        "a pod no node runs goes at once"
+    );
+    server.post(pods, pod("running")).await;
+    let (code, _) = server.post(&format!("{pods}/running/binding"), json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "running"}, "target": {"kind": "Node", "name": "n1"}})).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (_, terminating) = server.delete(&format!("{pods}/running")).await;
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    let (code, _, _) = server.call(Method::DELETE, &format!("{pods}/running?gracePeriodSeconds=0"), None, &[]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        server.get(&format!("{pods}/running")).await.0,
+        StatusCode::NOT_FOUND,
+        "grace 0 deletes a terminating pod"
+    );
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn watches_start_with_the_state_and_follow_changes() {
+    let server = Server::start().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let (_, first) = server.post(base, configmap("w1", json!({}))).await;
+    let request = Request::get(format!("{base}?watch=true&timeoutSeconds=2"))
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = server.router.clone().oneshot(request).await.unwrap();
+    let reader = tokio::spawn(async move { axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut update = first.clone();
+    update["data"]["k"] = "changed".into();
+    server.put(&format!("{base}/w1"), update).await;
+    server.delete(&format!("{base}/w1")).await;
+    let lines = String::from_utf8(reader.await.unwrap().to_vec()).unwrap();
+    let events: Vec<(String, String)> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("ADDED".into(), "w1".into()), ("MODIFIED".into(), "w1".into()), ("DELETED".into(), "w1".into())]
+    );
+
+    // A version below the compaction floor is answered with an ERROR event carrying 410.
+    let now = server.store.revision();
+    server.store.compact(now).await.unwrap();
+    let (_, _, body) =
+        server.call(Method::GET, &format!("{base}?watch=true&resourceVersion=1&timeoutSeconds=1"), None, &[]).await;
+    let text = body.as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+    let event: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["code"].as_u64(), event["object"]["reason"].as_str()),
+        (Some("ERROR"), Some(410), Some("Expired"))
+    );
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let server = Server::start().await;
+    let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"k": "x".repeat(4 * 1024 * 1024)}});
+    let (code, status) = server.post("/api/v1/namespaces/default/configmaps", big).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestEntityTooLarge")));
+    server.store.shutdown().await;
+}
