@@ -173,6 +173,7 @@ fn start_flotilla(members: usize, dir: &std::path::Path) -> Result<(Vec<Running>
         let mut command = Command::new(flotilla_bin()?);
         command.arg("server").arg("--data-dir").arg(dir.join(format!("flotilla-{}", i + 1)));
         command.args(["--peer-listen", &format!("127.0.0.1:{port}"), "--member-id", &(i + 1).to_string()]);
+        command.args(["--listen", &format!("127.0.0.1:{}", free_port()?)]);
         if members > 1 {
             command.args(["--initial-cluster", &initial.join(",")]);
         }
@@ -180,7 +181,7 @@ fn start_flotilla(members: usize, dir: &std::path::Path) -> Result<(Vec<Running>
         processes.push(Running::spawn(&mut command)?);
     }
     for process in &mut processes {
-        process.wait_for_line(Duration::from_secs(60), |line| line.starts_with("store: member"))?;
+        process.wait_for_line(Duration::from_secs(60), |line| line.starts_with("kubeconfig: "))?;
     }
     Ok((processes, urls))
 }

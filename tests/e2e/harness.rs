@@ -20,20 +20,41 @@ pub(crate) fn flotilla_bin() -> PathBuf {
     bin
 }
 
+/// A free port on 127.0.0.1 (free when asked; the server binds it right after).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Where a server listens: the Kubernetes API and the store's peer API.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ports {
+    pub(crate) api: u16,
+    pub(crate) peer: u16,
+}
+
+impl Ports {
+    pub(crate) fn free() -> Ports {
+        Ports { api: free_port(), peer: free_port() }
+    }
+}
+
 /// A running `flotilla server`; killed (SIGKILL) when dropped.
 pub(crate) struct Server {
     child: Child,
-    /// The store member's peer URL, from the line the server prints when it is ready.
+    /// The store member's peer URL.
     pub(crate) store_url: String,
+    /// The admin kubeconfig, from the line the server prints when it is ready.
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl Server {
     /// Starts `flotilla server` on `data_dir` and waits for its ready line.
-    pub(crate) fn start(data_dir: &Path, peer_listen: &str) -> Result<Server> {
+    pub(crate) fn start(data_dir: &Path, ports: Ports) -> Result<Server> {
         let mut child = Command::new(flotilla_bin())
             .args(["server", "--data-dir"])
             .arg(data_dir)
-            .args(["--peer-listen", peer_listen])
+            .args(["--listen", &format!("127.0.0.1:{}", ports.api)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", ports.peer)])
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -53,11 +74,11 @@ impl Server {
                 bail!("flotilla server printed no ready line within 30 s (status: {:?})", child.try_wait());
             }
         };
-        let store_url = line
-            .rsplit_once(" at ")
-            .map(|(_, url)| url.to_string())
+        let kubeconfig = line
+            .strip_prefix("kubeconfig: ")
+            .map(PathBuf::from)
             .with_context(|| format!("unexpected ready line {line:?}"))?;
-        Ok(Server { child, store_url })
+        Ok(Server { child, store_url: format!("http://127.0.0.1:{}", ports.peer), kubeconfig })
     }
 
     /// Kills the process without letting it shut down: what a power cut or the OOM killer does.

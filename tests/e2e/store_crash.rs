@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use flotilla_store::{KeyRange, RangeRequest, StoreClient};
 use tokio::sync::Mutex;
 
-use crate::harness::Server;
+use crate::harness::{Ports, Server};
 
 const WRITERS: usize = 16;
 const CRASHES: usize = 3;
@@ -17,8 +17,8 @@ const CRASHES: usize = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut server = Server::start(dir.path(), "127.0.0.1:0")?;
-    let listen = server.store_url.trim_start_matches("http://").to_string();
+    let ports = Ports::free();
+    let mut server = Server::start(dir.path(), ports)?;
     // key → (value, revision) of every write the server acknowledged.
     let acked: Arc<Mutex<BTreeMap<String, (String, u64)>>> = Arc::default();
     let mut highest = 0;
@@ -47,7 +47,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
             writer.await?;
         }
 
-        server = Server::start(dir.path(), &listen)?;
+        server = Server::start(dir.path(), ports)?;
         let client = StoreClient::connect(&server.store_url, Duration::from_secs(5)).await?;
         let acked = acked.lock().await;
         let before = acked.values().map(|(_, r)| *r).max().unwrap_or(0);

@@ -1,5 +1,6 @@
-//! `flotilla`: the one binary. `server` runs the control plane (today: its store member);
-//! `store` talks to a running member for status and membership changes.
+//! `flotilla`: the one binary. `server` runs the control plane (the API server over its store
+//! member); `kubeconfig` prints the admin kubeconfig; `store` talks to a running store member
+//! for status and membership changes.
 
 mod server;
 mod store_admin;
@@ -21,8 +22,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane: a store member, on local disk, in a one-member group by default.
+    /// Run the control plane: the Kubernetes API over a store member on local disk (a
+    /// one-member group by default).
     Server(server::ServerArgs),
+    /// Print the admin kubeconfig a server wrote to its data directory.
+    Kubeconfig {
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
     /// Inspect or change a running store group.
     Store {
         #[command(subcommand)]
@@ -48,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Kubeconfig { data_dir } => server::print_kubeconfig(&data_dir),
             Command::Store { command } => store_admin::run(command).await,
         }
     })

@@ -1,21 +1,37 @@
-//! `flotilla server`: opens (or creates) the data directory, starts the store member and serves
-//! its peer API until SIGINT or SIGTERM.
+//! `flotilla server`: opens (or creates) the data directory, starts the store member and the
+//! API server over it, writes the admin kubeconfig, and serves until SIGINT or SIGTERM.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use flotilla_apiserver::{ApiServer, ApiServerConfig, Cidr, pki};
 use flotilla_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// Where the server keeps its state (the store is in `<dir>/store`).
+    /// Where the server keeps its state: the store in `<dir>/store`, credentials in `<dir>/pki`,
+    /// the admin kubeconfig in `<dir>/kubeconfig.yaml`.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     data_dir: PathBuf,
+
+    /// Address the Kubernetes API (HTTPS) listens on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: String,
+
+    /// Extra names or IP addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+
+    /// The range Service cluster IPs come from.
+    #[arg(long, default_value = "127.43.0.0/16")]
+    service_cidr: Cidr,
 
     /// Address the store's peer API listens on (Raft traffic, forwarded requests).
     #[arg(long, default_value = "127.0.0.1:2380")]
@@ -55,12 +71,16 @@ fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> Result<()> {
-    let listener = TcpListener::bind(&args.peer_listen)
+    let api_listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", args.listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let peer_listener = TcpListener::bind(&args.peer_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the store's peers", args.peer_listen))?;
     let advertise_url = match args.advertise_url {
         Some(url) => url,
-        None => format!("http://{}", listener.local_addr()?),
+        None => format!("http://{}", peer_listener.local_addr()?),
     };
     let store_dir = args.data_dir.join("store");
     let config = match (args.initial_cluster, args.join) {
@@ -78,26 +98,80 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     };
     let advertised = config.advertise_url.clone();
     let store = Store::open(config).await.context("cannot start the store")?;
-    let server = tokio::spawn(
-        axum::serve(listener, store.peer_router()).with_graceful_shutdown(shutdown_signal()).into_future(),
+    let (stop, stopped) = watch::channel(false);
+    let peer_server = tokio::spawn(
+        axum::serve(peer_listener, store.peer_router())
+            .with_graceful_shutdown(until_stopped(stopped.clone()))
+            .into_future(),
     );
-
     loop {
         match store.wait_for_leader(Duration::from_secs(10)).await {
             Ok(_) => break,
             Err(e) => tracing::warn!(error = %e, "waiting for a quorum of the store group"),
         }
     }
-    // The one line a script waits for: from here on the store takes writes.
+    tracing::info!(member = store.member_id(), cluster = %store.cluster_id(), peers = %advertised, "store ready");
+
+    let credentials = pki::load_or_create(&args.data_dir.join("pki"), &certificate_names(api_addr, &args.tls_sans))
+        .context("cannot set up the cluster's certificates")?;
+    let api =
+        ApiServer::new(store.clone(), credentials.token.clone(), ApiServerConfig { service_cidr: args.service_cidr })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the API server: {}", e.0))?;
+    let tls = flotilla_apiserver::server_config(&credentials).context("cannot configure TLS")?;
+    let api_server =
+        tokio::spawn(flotilla_apiserver::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
+
+    let kubeconfig_path = args.data_dir.join("kubeconfig.yaml");
+    let server_url = format!("https://{}", client_address(api_addr));
+    pki::write_secret(&kubeconfig_path, pki::kubeconfig(&credentials, &server_url).as_bytes())
+        .context("cannot write the kubeconfig")?;
+    api.set_ready();
+    // The one line a script waits for: from here on kubectl works.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "store: member {} of cluster {} at {advertised}", store.member_id(), store.cluster_id())?;
+    writeln!(stdout, "kubeconfig: {}", kubeconfig_path.display())?;
     stdout.flush()?;
     drop(stdout);
+    tracing::info!(api = %server_url, "serving the Kubernetes API");
 
-    server.await?.context("peer API server failed")?;
+    shutdown_signal().await;
     tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = api_server.await;
+    let _ = peer_server.await;
     store.shutdown().await;
     Ok(())
+}
+
+/// The names clients may reach the API by: loopback, the listen address, the in-cluster names
+/// of the `kubernetes` Service, and whatever the operator adds.
+fn certificate_names(addr: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "127.0.0.1",
+        "::1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names
+}
+
+/// The address a local client uses: the listen address, or loopback for a wildcard.
+fn client_address(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr }
+}
+
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {
@@ -107,4 +181,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+pub(crate) fn print_kubeconfig(data_dir: &Path) -> Result<()> {
+    let path = data_dir.join("kubeconfig.yaml");
+    let config = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (has `flotilla server` run there?)", path.display()))?;
+    std::io::stdout().lock().write_all(config.as_bytes())?;
+    Ok(())
 }
