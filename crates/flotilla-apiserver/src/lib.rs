@@ -177,6 +177,9 @@ async fn route(
     if let Some(rest) = path.strip_prefix("/openapi/v3") {
         return openapi_response(rest.trim_start_matches('/'), uri.query());
     }
+    if path == "/openapi/v2" {
+        return Ok(openapi_v2_response(&headers));
+    }
     if !path.starts_with("/api") {
         return Err(request::not_served().into());
     }
@@ -252,6 +255,23 @@ fn openapi_response(path: &str, query: Option<&str>) -> Result<Response, Error> 
         response.headers_mut().insert(header::ETAG, etag);
     }
     Ok(response)
+}
+
+/// `/openapi/v2`, as protobuf when the client asks for it (kubectl does), else as JSON.
+fn openapi_v2_response(headers: &HeaderMap) -> Response {
+    let document = openapi::v2::document();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (content_type, body) = if openapi::v2::wants_protobuf(accept) {
+        (openapi::v2::PROTOBUF, document.protobuf.clone())
+    } else {
+        ("application/json", document.json.clone())
+    };
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, content_type), (header::VARY, "Accept")], body).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", document.hash)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
 }
 
 /// The resource definitions, for callers that need names (the CLI, tests).

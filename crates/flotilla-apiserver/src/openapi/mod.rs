@@ -1,7 +1,9 @@
 //! OpenAPI v3: `/openapi/v3` lists one document per group-version, each with the paths of its
 //! resources and the schemas they reach. kubectl reads them to decide that the server validates
 //! fields (the `fieldValidation` parameter on each kind's PATCH), for `kubectl explain`, and to
-//! compute strategic merge patches.
+//! compute strategic merge patches. Older kubectl reads the same from `/openapi/v2` ([`v2`]).
+
+pub(crate) mod v2;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;

@@ -7,12 +7,14 @@
 //! message the tables do not know is refused rather than dropped.
 
 mod messages;
+mod writer;
 
 use base64::Engine;
 use flotilla_api::{ApiError, Reason};
 use serde_json::{Map, Value};
 
 use messages::MESSAGES;
+pub(crate) use writer::Writer;
 
 /// The media type of Kubernetes protobuf.
 pub(crate) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -312,49 +314,30 @@ mod tests {
 
     use super::*;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn bytes_field(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
-        varint(u64::from(number) << 3 | 2, out);
-        varint(bytes.len() as u64, out);
-        out.extend_from_slice(bytes);
-    }
-
-    fn varint_field(number: u32, v: u64, out: &mut Vec<u8>) {
-        varint(u64::from(number) << 3, out);
-        varint(v, out);
-    }
-
     /// What client-go sends for `kubectl create configmap cfg --from-literal=a=1`.
     fn configmap() -> Vec<u8> {
-        let mut meta = Vec::new();
-        bytes_field(1, b"cfg", &mut meta);
-        bytes_field(3, b"", &mut meta);
-        let mut time = Vec::new();
-        bytes_field(8, &time, &mut meta);
-        time.clear();
-        let mut entry = Vec::new();
-        bytes_field(1, b"a", &mut entry);
-        bytes_field(2, b"1", &mut entry);
-        let mut object = Vec::new();
-        bytes_field(1, &meta, &mut object);
-        bytes_field(2, &entry, &mut object);
-        varint_field(4, 0, &mut object);
-        let mut type_meta = Vec::new();
-        bytes_field(1, b"v1", &mut type_meta);
-        bytes_field(2, b"ConfigMap", &mut type_meta);
-        let mut unknown = Vec::new();
-        bytes_field(1, &type_meta, &mut unknown);
-        bytes_field(2, &object, &mut unknown);
-        bytes_field(3, b"", &mut unknown);
-        bytes_field(4, b"", &mut unknown);
-        [MAGIC, &unknown].concat()
+        let mut unknown = Writer::default();
+        unknown.message(1, type_meta);
+        unknown.message(2, |object| {
+            object.message(1, |meta| {
+                meta.string(1, "cfg");
+                meta.bytes(3, b"");
+                meta.message(8, |_| {});
+            });
+            object.message(2, |entry| {
+                entry.string(1, "a");
+                entry.string(2, "1");
+            });
+            object.uint(4, 0);
+        });
+        unknown.bytes(3, b"");
+        unknown.bytes(4, b"");
+        [MAGIC, &unknown.into_bytes()].concat()
+    }
+
+    fn type_meta(w: &mut Writer) {
+        w.string(1, "v1");
+        w.string(2, "ConfigMap");
     }
 
     #[test]
@@ -369,15 +352,10 @@ mod tests {
     fn unknown_fields_and_garbage_are_refused() {
         let mut body = configmap();
         // Field 99 of the ConfigMap: not in the tables.
-        let mut object = Vec::new();
-        varint_field(99, 1, &mut object);
-        let mut unknown = Vec::new();
-        let mut type_meta = Vec::new();
-        bytes_field(1, b"v1", &mut type_meta);
-        bytes_field(2, b"ConfigMap", &mut type_meta);
-        bytes_field(1, &type_meta, &mut unknown);
-        bytes_field(2, &object, &mut unknown);
-        let err = decode(&[MAGIC, &unknown].concat()).unwrap_err();
+        let mut unknown = Writer::default();
+        unknown.message(1, type_meta);
+        unknown.message(2, |object| object.uint(99, 1));
+        let err = decode(&[MAGIC, &unknown.into_bytes()].concat()).unwrap_err();
         assert!(err.message.contains("field 99 of protobuf message core.v1.ConfigMap"), "{}", err.message);
         body.truncate(body.len() - 3);
         assert!(decode(&body).is_err());
