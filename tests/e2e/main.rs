@@ -2,4 +2,5 @@
 //! real clients. Build the binary first (`cargo build --bin flotilla`; the test script does).
 
 mod harness;
+mod kubectl;
 mod store_crash;

@@ -1,0 +1,323 @@
+//! The real kubectl against `flotilla server`: every workflow runs with kubectl 1.27 and 1.33
+//! (`FLOTILLA_KUBECTL_VERSIONS=1.27,1.30,1.33` picks others), each version in its own
+//! namespace and with its own discovery cache.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::harness::{Ports, Server};
+
+const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+
+fn versions() -> Vec<String> {
+    std::env::var("FLOTILLA_KUBECTL_VERSIONS")
+        .unwrap_or_else(|_| "1.27,1.33".into())
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .collect()
+}
+
+struct Kubectl {
+    version: String,
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    home: tempfile::TempDir,
+    namespace: String,
+}
+
+impl Kubectl {
+    fn new(version: &str, server: &Server) -> Result<Kubectl> {
+        let bin = Path::new(KUBECTL_DIR).join(format!("kubectl.{version}"));
+        ensure!(bin.exists(), "{} is missing: the e2e suite needs the kubectl version matrix", bin.display());
+        let namespace = format!("v{}", version.replace('.', "-"));
+        let kubectl = Kubectl {
+            version: version.into(),
+            bin,
+            kubeconfig: server.kubeconfig.clone(),
+            home: tempfile::tempdir()?,
+            namespace,
+        };
+        kubectl.ok(&["create", "namespace", &kubectl.namespace.clone()])?;
+        Ok(kubectl)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(["-n", &self.namespace]).args(args);
+        command.env("HOME", self.home.path()).env_remove("KUBECONFIG").stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        self.command(args).output().with_context(|| format!("run kubectl {}", self.version))
+    }
+
+    /// Runs kubectl, which must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!("kubectl {} {:?} failed: {}", self.version, args, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs kubectl, which must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if out.status.success() {
+            bail!(
+                "kubectl {} {:?} succeeded, but should have failed: {}",
+                self.version,
+                args,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn start() -> Result<(tempfile::TempDir, Server)> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    Ok((dir, server))
+}
+
+/// The example manifests users copy (`manifests/web` at the top of the repository).
+fn manifests() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/web")
+}
+
+/// Runs `check` once per kubectl version, against one server.
+fn each_version(check: impl Fn(&Kubectl) -> Result<()>) -> Result<()> {
+    let (_dir, server) = start()?;
+    for version in versions() {
+        let kubectl = Kubectl::new(&version, &server)?;
+        check(&kubectl).with_context(|| format!("with kubectl {version}"))?;
+    }
+    Ok(())
+}
+
+fn header(output: &str) -> Vec<&str> {
+    output.lines().next().unwrap_or("").split_whitespace().collect()
+}
+
+#[test]
+fn apply_creates_then_updates_by_strategic_merge() -> Result<()> {
+    each_version(|k| {
+        let out = k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
+        ensure!(
+            out.contains("deployment.apps/web created")
+                && out.contains("service/web created")
+                && out.contains("configmap/web-config created"),
+            "{out}"
+        );
+        // An edited copy: new image, one env var dropped, a label added.
+        let edited = tempfile::tempdir()?;
+        for file in ["deployment.yaml", "service.yaml", "config.yaml"] {
+            let text = std::fs::read_to_string(manifests().join(file))?;
+            let text = text
+                .replace("web:1.0", "web:1.1")
+                .replace("        - name: COLOUR\n          value: blue\n", "")
+                .replace(
+                    "  labels:\n    app: web\nspec:\n  replicas",
+                    "  labels:\n    app: web\n    tier: front\nspec:\n  replicas",
+                );
+            std::fs::write(edited.path().join(file), text)?;
+        }
+        let out = k.ok(&["apply", "-f", edited.path().to_str().unwrap()])?;
+        ensure!(out.contains("deployment.apps/web configured") && out.contains("service/web unchanged"), "{out}");
+        let got = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[*].name} {.metadata.labels.tier} {.metadata.generation}"])?;
+        ensure!(got == "ghcr.io/example/web:1.1 GREETING front 2", "{got}");
+        Ok(())
+    })
+}
+
+#[test]
+fn get_prints_upstream_columns_and_formats() -> Result<()> {
+    each_version(|k| {
+        k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
+        let out = k.ok(&["get", "deploy"])?;
+        ensure!(header(&out) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{out}");
+        ensure!(out.contains("web") && out.contains("0/2"), "{out}");
+        let wide = k.ok(&["get", "deploy", "-o", "wide"])?;
+        ensure!(
+            header(&wide) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
+            "{wide}"
+        );
+        ensure!(wide.contains("ghcr.io/example/web:1.0") && wide.contains("app=web"), "{wide}");
+        let svc = k.ok(&["get", "svc", "web"])?;
+        ensure!(header(&svc) == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], "{svc}");
+        ensure!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
+        let labels = k.ok(&["get", "deploy", "--show-labels"])?;
+        ensure!(labels.contains("LABELS") && labels.contains("app=web"), "{labels}");
+        let column = k.ok(&["get", "deploy", "-L", "app"])?;
+        ensure!(header(&column).last() == Some(&"APP"), "{column}");
+        let all = k.ok(&["get", "cm", "-A"])?;
+        ensure!(header(&all).first() == Some(&"NAMESPACE") && all.contains(&k.namespace), "{all}");
+        let yaml = k.ok(&["get", "cm", "web-config", "-o", "yaml"])?;
+        ensure!(
+            yaml.contains("kind: ConfigMap") && yaml.contains("mode: production") && yaml.contains("resourceVersion:"),
+            "{yaml}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&k.ok(&["get", "cm", "web-config", "-o", "json"])?)?;
+        ensure!(json["metadata"]["name"] == "web-config", "{json}");
+        let path = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].port}"])?;
+        ensure!(path == "80", "{path}");
+        Ok(())
+    })
+}
+
+#[test]
+fn get_watch_sees_a_later_change() -> Result<()> {
+    each_version(|k| {
+        k.ok(&["create", "configmap", "before", "--from-literal=a=1"])?;
+        let mut watch = k.command(&["get", "cm", "-w"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let lines = lines_of(watch.stdout.take().context("kubectl's stdout")?);
+        // The list comes first; once it is printed, anything created is the watch's to report.
+        let seen = wait_for_line(&lines, "before");
+        if seen.is_ok() {
+            k.ok(&["create", "configmap", "later", "--from-literal=a=1"])?;
+        }
+        let later = seen.and_then(|_| wait_for_line(&lines, "later"));
+        let _ = watch.kill();
+        let _ = watch.wait();
+        later.context("the watch did not report the configmap created after the list")
+    })
+}
+
+/// A child's output, line by line, as it arrives.
+fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// Waits (up to 30 s, so a slow machine is not a failure) for a line that starts with `name`.
+fn wait_for_line(lines: &Receiver<String>, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.split_whitespace().next() == Some(name) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => bail!("no line for {name}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn describe_label_annotate_and_patch() -> Result<()> {
+    each_version(|k| {
+        k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
+        k.ok(&["label", "deploy", "web", "team=edge"])?;
+        k.ok(&["annotate", "deploy", "web", "owner=ops"])?;
+        k.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#])?;
+        k.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/minReadySeconds","value":5}]"#,
+        ])?;
+        k.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"ghcr.io/example/web:2.0"}]}}}}"#,
+        ])?;
+        let got = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels.team} {.metadata.annotations.owner} {.spec.replicas} {.spec.minReadySeconds} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[1].name}"])?;
+        ensure!(got == "edge ops 3 5 ghcr.io/example/web:2.0 COLOUR", "{got}");
+        let described = k.ok(&["describe", "deploy", "web"])?;
+        ensure!(
+            described.contains("Name:")
+                && described.contains("team=edge")
+                && described.contains("ghcr.io/example/web:2.0")
+                && described.contains("3 desired"),
+            "{described}"
+        );
+        let scaled = k.ok(&["scale", "deploy", "web", "--replicas=4"])?;
+        ensure!(scaled.contains("scaled"), "{scaled}");
+        ensure!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])? == "4");
+        Ok(())
+    })
+}
+
+#[test]
+fn create_from_literals_explain_and_api_resources() -> Result<()> {
+    each_version(|k| {
+        k.ok(&["create", "configmap", "settings", "--from-literal=a=1", "--from-literal=b=2"])?;
+        k.ok(&["create", "secret", "generic", "creds", "--from-literal=password=hunter2"])?;
+        ensure!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.b}"])? == "2");
+        ensure!(k.ok(&["get", "secret", "creds", "-o", "jsonpath={.data.password}"])? == "aHVudGVyMg==");
+        let explained = k.ok(&["explain", "pod.spec.containers"])?;
+        ensure!(explained.contains("containers") && explained.contains("image"), "{explained}");
+        let resources = k.ok(&["api-resources"])?;
+        for line in ["deployments", "deploy", "apps/v1", "Deployment"] {
+            ensure!(resources.contains(line), "{line} missing from {resources}");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn delete_waits_until_gone_and_deletes_all() -> Result<()> {
+    each_version(|k| {
+        k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
+        let out = k.ok(&["delete", "deploy", "web"])?;
+        ensure!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+        ensure!(k.fails(&["get", "deploy", "web"])?.contains("NotFound"));
+        for i in 0..3 {
+            k.ok(&["create", "configmap", &format!("bulk-{i}"), "--from-literal=x=y"])?;
+        }
+        let out = k.ok(&["delete", "cm", "--all"])?;
+        ensure!(out.contains("bulk-2"), "{out}");
+        let left = k.run(&["get", "cm"])?;
+        let left = String::from_utf8_lossy(&left.stderr).into_owned() + &String::from_utf8_lossy(&left.stdout);
+        ensure!(left.contains("No resources found"), "{left}");
+        Ok(())
+    })
+}
+
+#[test]
+fn users_see_upstreams_errors() -> Result<()> {
+    each_version(|k| {
+        let bad = tempfile::NamedTempFile::new()?;
+        std::fs::write(
+            bad.path(),
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers:\n  - name: c\n    imagez: x\n",
+        )?;
+        let err = k.fails(&["apply", "-f", bad.path().to_str().unwrap()])?;
+        ensure!(err.contains("strict decoding error: unknown field \"spec.containers[0].imagez\""), "{err}");
+        let err = k.fails(&["apply", "--validate=false", "-f", bad.path().to_str().unwrap()])?;
+        ensure!(
+            err.contains("The Pod \"bad\" is invalid") && err.contains("spec.containers[0].image: Required value"),
+            "{err}"
+        );
+
+        k.ok(&["create", "configmap", "stale", "--from-literal=a=1"])?;
+        let live = k.ok(&["get", "cm", "stale", "-o", "yaml"])?;
+        k.ok(&["patch", "cm", "stale", "-p", r#"{"data":{"a":"2"}}"#])?;
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), live)?;
+        let err = k.fails(&["replace", "-f", file.path().to_str().unwrap()])?;
+        ensure!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
+
+        let err = k.fails(&["get", "pod", "missing"])?;
+        ensure!(err.contains("Error from server (NotFound): pods \"missing\" not found"), "{err}");
+        Ok(())
+    })
+}
