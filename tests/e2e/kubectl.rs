@@ -22,16 +22,17 @@ fn versions() -> Vec<String> {
         .collect()
 }
 
-struct Kubectl {
+pub(crate) struct Kubectl {
     version: String,
     bin: PathBuf,
     kubeconfig: PathBuf,
     home: tempfile::TempDir,
-    namespace: String,
+    pub(crate) namespace: String,
 }
 
 impl Kubectl {
-    fn new(version: &str, server: &Server) -> Result<Kubectl> {
+    /// kubectl `version` (`1.27`) for `server`, in a namespace of its own, which this creates.
+    pub(crate) fn new(version: &str, server: &Server) -> Result<Kubectl> {
         let bin = Path::new(KUBECTL_DIR).join(format!("kubectl.{version}"));
         ensure!(bin.exists(), "{} is missing: the e2e suite needs the kubectl version matrix", bin.display());
         let namespace = format!("v{}", version.replace('.', "-"));
@@ -58,7 +59,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl, which must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
         if !out.status.success() {
             bail!("kubectl {} {:?} failed: {}", self.version, args, String::from_utf8_lossy(&out.stderr));
@@ -88,7 +89,7 @@ fn start() -> Result<(tempfile::TempDir, Server)> {
 }
 
 /// The example manifests users copy (`manifests/web` at the top of the repository).
-fn manifests() -> PathBuf {
+pub(crate) fn manifests() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/web")
 }
 

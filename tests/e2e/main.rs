@@ -3,4 +3,5 @@
 
 mod harness;
 mod kubectl;
+mod restart;
 mod store_crash;
