@@ -6,6 +6,7 @@
 //! Tables for `kubectl get`, bearer-token authentication, and HTTPS with a generated CA.
 
 mod codec;
+mod compaction;
 mod discovery;
 mod error;
 mod handlers;
@@ -33,6 +34,7 @@ use flotilla_store::Store;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 
+pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_history};
 pub use error::Error;
 pub use services::Cidr;
 pub use tls::{serve, server_config};

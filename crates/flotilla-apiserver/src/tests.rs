@@ -346,3 +346,28 @@ async fn oversized_bodies_are_refused_with_413() {
     assert_eq!((code, status["reason"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestEntityTooLarge")));
     server.store.shutdown().await;
 }
+
+#[tokio::test]
+async fn history_is_compacted_one_interval_behind() {
+    let server = Server::start().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let compactor = tokio::spawn(compact_history(server.store.clone(), std::time::Duration::from_millis(50), async {
+        let _ = stopped.await;
+    }));
+    let base = "/api/v1/namespaces/default/configmaps";
+    let mut written = 0;
+    // Keep writing until the floor passes a revision seen after the compactor started: it only
+    // ever compacts to what was current a tick ago, so the newest history stays.
+    let started_at = server.store.revision();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.store.compact_revision() < started_at {
+        assert!(std::time::Instant::now() < deadline, "no compaction past {started_at}");
+        server.post(base, json!({"metadata": {"name": format!("c{written}")}})).await;
+        written += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(server.store.compact_revision() < server.store.revision());
+    let _ = stop.send(());
+    compactor.await.unwrap();
+    server.store.shutdown().await;
+}

@@ -33,6 +33,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, default_value = "127.43.0.0/16")]
     service_cidr: Cidr,
 
+    /// How often the store's history is compacted, in seconds; watches older than one interval
+    /// get 410 Gone and relist, as on Kubernetes. 0 never compacts.
+    #[arg(long, default_value_t = flotilla_apiserver::DEFAULT_COMPACTION_INTERVAL.as_secs())]
+    compaction_interval: u64,
+
     /// Address the store's peer API listens on (Raft traffic, forwarded requests).
     #[arg(long, default_value = "127.0.0.1:2380")]
     peer_listen: String,
@@ -122,6 +127,11 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let api_server =
         tokio::spawn(flotilla_apiserver::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
 
+    let compactor = (args.compaction_interval > 0).then(|| {
+        let interval = Duration::from_secs(args.compaction_interval);
+        tokio::spawn(flotilla_apiserver::compact_history(store.clone(), interval, until_stopped(stopped.clone())))
+    });
+
     let kubeconfig_path = args.data_dir.join("kubeconfig.yaml");
     let server_url = format!("https://{}", client_address(api_addr));
     pki::write_secret(&kubeconfig_path, pki::kubeconfig(&credentials, &server_url).as_bytes())
@@ -138,6 +148,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = api_server.await;
+    if let Some(compactor) = compactor {
+        let _ = compactor.await;
+    }
     let _ = peer_server.await;
     store.shutdown().await;
     Ok(())
