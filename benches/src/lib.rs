@@ -1,6 +1,7 @@
 //! What every benchmark shares: latency statistics, the side-by-side table and its JSON file,
 //! and starting the processes being measured.
 
+pub mod kube_api;
 pub mod process;
 
 use std::path::PathBuf;
@@ -59,6 +60,11 @@ impl Report {
         Report { name: name.into(), peer: peer.into(), rows: Vec::new() }
     }
 
+    /// A report with no peer measured beside us.
+    pub fn solo(name: &str) -> Self {
+        Report::new(name, "")
+    }
+
     pub fn add(&mut self, scenario: impl Into<String>, unit: &str, ours: f64, peer: Option<f64>) {
         let ratio = peer.map(|peer| ours / peer);
         self.rows.push(Row { scenario: scenario.into(), ours, peer, unit: unit.into(), ratio });
@@ -68,11 +74,23 @@ impl Report {
     pub fn publish(&self) -> anyhow::Result<PathBuf> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "\n{:<40} {:>10} {:>12} {:>12} {:>10}", self.name, "unit", "flotilla", self.peer, "ours/peer")?;
+        if self.peer.is_empty() {
+            writeln!(out, "\n{:<48} {:>10} {:>12}", self.name, "unit", "flotilla")?;
+        } else {
+            writeln!(
+                out,
+                "\n{:<48} {:>10} {:>12} {:>12} {:>10}",
+                self.name, "unit", "flotilla", self.peer, "ours/peer"
+            )?;
+        }
         for row in &self.rows {
             let peer = row.peer.map_or("-".into(), |p| format!("{p:.2}"));
             let ratio = row.ratio.map_or("-".into(), |r| format!("{r:.2}x"));
-            writeln!(out, "{:<40} {:>10} {:>12.2} {:>12} {:>10}", row.scenario, row.unit, row.ours, peer, ratio)?;
+            if self.peer.is_empty() {
+                writeln!(out, "{:<48} {:>10} {:>12.2}", row.scenario, row.unit, row.ours)?;
+            } else {
+                writeln!(out, "{:<48} {:>10} {:>12.2} {:>12} {:>10}", row.scenario, row.unit, row.ours, peer, ratio)?;
+            }
         }
         let dir = results_dir();
         std::fs::create_dir_all(&dir)?;

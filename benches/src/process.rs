@@ -51,6 +51,21 @@ impl Running {
         Ok(Running { child, lines })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now (`VmRSS`) and at its peak (`VmHWM`), in MiB.
+    pub fn memory_mib(&self) -> Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> Result<f64> {
+            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
+            let kib: f64 = line.trim_start_matches(name).trim().trim_end_matches("kB").trim().parse()?;
+            Ok(kib / 1024.0)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// Waits for a line of output that satisfies `ready`.
     pub fn wait_for_line(&mut self, timeout: Duration, ready: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;
