@@ -41,6 +41,8 @@ pub enum CauseType {
     FieldValueNotFound,
     /// A strict-decoding failure (an unknown or duplicate field).
     FieldValueUnknown,
+    /// A field a server-side apply would change that another manager owns.
+    FieldManagerConflict,
 }
 
 /// One thing wrong with one field, as upstream's `field.Error` renders it.
@@ -121,6 +123,7 @@ impl FieldError {
             CauseType::FieldValueTypeInvalid => "Invalid value",
             CauseType::FieldValueNotFound => "Not found",
             CauseType::FieldValueUnknown => "unknown field",
+            CauseType::FieldManagerConflict => return self.detail.clone(),
         };
         let mut message = label.to_string();
         if let Some(value) = &self.value {

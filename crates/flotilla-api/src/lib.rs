@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod kinds;
+pub mod managed;
 pub mod patch;
 pub mod quantity;
 pub mod resource;

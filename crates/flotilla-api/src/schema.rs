@@ -77,6 +77,124 @@ const PATCH_STRATEGIES: &[(&str, &str, PatchMeta)] = &[
     ("io.k8s.api.batch.v1.JobStatus", "conditions", merge("type")),
 ];
 
+/// How a list is merged and owned by server-side apply.
+#[derive(Clone, Copy, Debug)]
+enum ListType {
+    Atomic,
+    Set,
+    Map(&'static [&'static str]),
+}
+
+/// Upstream's list types (k8s.io/api 1.33 `+listType`/`+listMapKey` markers) for the lists that
+/// are not atomic, and for the atomic ones whose patch strategy would say otherwise. Server-side
+/// apply walks lists by them; every other list is atomic, as upstream's.
+const LIST_TYPES: &[(&str, &str, ListType)] = &[
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", ListType::Map(&["uid"])),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", ListType::Set),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "containers", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", ListType::Map(&["ip"])),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", ListType::Map(&["topologyKey", "whenUnsatisfiable"])),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.Container", "ports", ListType::Map(&["containerPort", "protocol"])),
+    ("io.k8s.api.core.v1.Container", "env", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", ListType::Map(&["mountPath"])),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", ListType::Map(&["devicePath"])),
+    ("io.k8s.api.core.v1.ResourceRequirements", "claims", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", ListType::Map(&["containerPort", "protocol"])),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", ListType::Map(&["mountPath"])),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", ListType::Map(&["devicePath"])),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", ListType::Atomic),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", ListType::Map(&["ip"])),
+    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.ContainerStatus", "volumeMounts", ListType::Map(&["mountPath"])),
+    ("io.k8s.api.core.v1.ContainerStatus", "allocatedResourcesStatus", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.ResourceStatus", "resources", ListType::Map(&["resourceID"])),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", ListType::Set),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", ListType::Map(&["type"])),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", ListType::Map(&["port", "protocol"])),
+    ("io.k8s.api.core.v1.ServiceStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.core.v1.ServiceAccount", "secrets", ListType::Map(&["name"])),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.core.v1.PersistentVolumeClaimStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", ListType::Map(&["type"])),
+    ("io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement", "values", ListType::Set),
+    ("io.k8s.api.batch.v1.JobStatus", "conditions", ListType::Atomic),
+    ("io.k8s.api.batch.v1.UncountedTerminatedPods", "succeeded", ListType::Set),
+    ("io.k8s.api.batch.v1.UncountedTerminatedPods", "failed", ListType::Set),
+    ("io.k8s.api.discovery.v1.Endpoint", "addresses", ListType::Set),
+];
+
+/// Maps owned as a whole (`+mapType=atomic`); every other map is granular.
+const ATOMIC_MAPS: &[(&str, &str)] =
+    &[("io.k8s.api.core.v1.PodSpec", "nodeSelector"), ("io.k8s.api.core.v1.ServiceSpec", "selector")];
+
+/// Structs owned as a whole (`+structType=atomic`), published as `x-kubernetes-map-type: atomic`.
+const ATOMIC_STRUCTS: &[&str] = &[
+    "io.k8s.apimachinery.pkg.apis.meta.v1.OwnerReference",
+    "io.k8s.api.core.v1.LocalObjectReference",
+    "io.k8s.api.core.v1.ObjectFieldSelector",
+    "io.k8s.api.core.v1.ResourceFieldSelector",
+    "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
+    "io.k8s.api.core.v1.TypedLocalObjectReference",
+    "io.k8s.api.core.v1.ConfigMapKeySelector",
+    "io.k8s.api.core.v1.SecretKeySelector",
+    "io.k8s.api.core.v1.NodeSelector",
+    "io.k8s.api.core.v1.NodeSelectorTerm",
+    "io.k8s.api.core.v1.EndpointAddress",
+    "io.k8s.api.core.v1.ObjectReference",
+    "io.k8s.api.core.v1.EndpointPort",
+    "io.k8s.api.discovery.v1.EndpointPort",
+];
+
+/// The defaults of list-map key fields, which server-side apply uses for an item that leaves
+/// its key out (upstream publishes them as the field's OpenAPI `default`; JSON literals).
+const KEY_DEFAULTS: &[(&str, &str, &str)] = &[
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.OwnerReference", "uid", r#""""#),
+    ("io.k8s.api.core.v1.Volume", "name", r#""""#),
+    ("io.k8s.api.core.v1.Container", "name", r#""""#),
+    ("io.k8s.api.core.v1.EphemeralContainer", "name", r#""""#),
+    ("io.k8s.api.core.v1.LocalObjectReference", "name", r#""""#),
+    ("io.k8s.api.core.v1.HostAlias", "ip", r#""""#),
+    ("io.k8s.api.core.v1.TopologySpreadConstraint", "topologyKey", r#""""#),
+    ("io.k8s.api.core.v1.TopologySpreadConstraint", "whenUnsatisfiable", r#""""#),
+    ("io.k8s.api.core.v1.PodSchedulingGate", "name", r#""""#),
+    ("io.k8s.api.core.v1.PodResourceClaim", "name", r#""""#),
+    ("io.k8s.api.core.v1.ContainerPort", "containerPort", "0"),
+    ("io.k8s.api.core.v1.ContainerPort", "protocol", r#""TCP""#),
+    ("io.k8s.api.core.v1.EnvVar", "name", r#""""#),
+    ("io.k8s.api.core.v1.VolumeMount", "mountPath", r#""""#),
+    ("io.k8s.api.core.v1.VolumeDevice", "devicePath", r#""""#),
+    ("io.k8s.api.core.v1.ResourceClaim", "name", r#""""#),
+    ("io.k8s.api.core.v1.PodCondition", "type", r#""""#),
+    ("io.k8s.api.core.v1.PodIP", "ip", r#""""#),
+    ("io.k8s.api.core.v1.PodResourceClaimStatus", "name", r#""""#),
+    ("io.k8s.api.core.v1.VolumeMountStatus", "mountPath", r#""""#),
+    ("io.k8s.api.core.v1.ResourceStatus", "name", r#""""#),
+    ("io.k8s.api.core.v1.ResourceHealth", "resourceID", r#""""#),
+    ("io.k8s.api.core.v1.NodeCondition", "type", r#""""#),
+    ("io.k8s.api.core.v1.NodeAddress", "type", r#""""#),
+    ("io.k8s.api.core.v1.ServicePort", "port", "0"),
+    ("io.k8s.api.core.v1.ServicePort", "protocol", r#""TCP""#),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.Condition", "type", r#""""#),
+    ("io.k8s.api.core.v1.NamespaceCondition", "type", r#""""#),
+    ("io.k8s.api.apps.v1.DeploymentCondition", "type", r#""""#),
+    ("io.k8s.api.apps.v1.ReplicaSetCondition", "type", r#""""#),
+    ("io.k8s.api.apps.v1.DaemonSetCondition", "type", r#""""#),
+    ("io.k8s.api.core.v1.PersistentVolumeClaimCondition", "type", r#""""#),
+    ("io.k8s.api.apps.v1.StatefulSetCondition", "type", r#""""#),
+];
+
 /// The definition of a PATCH body.
 pub const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 
@@ -150,6 +268,34 @@ impl Schemas {
                 }
             }
         }
+        for (definition, field, list_type) in LIST_TYPES {
+            if let Some(property) = property_mut(&mut definitions, definition, field) {
+                let (name, keys) = match list_type {
+                    ListType::Atomic => ("atomic", None),
+                    ListType::Set => ("set", None),
+                    ListType::Map(keys) => ("map", Some(*keys)),
+                };
+                property.insert("x-kubernetes-list-type".into(), name.into());
+                if let Some(keys) = keys {
+                    property.insert("x-kubernetes-list-map-keys".into(), json!(keys));
+                }
+            }
+        }
+        for (definition, field) in ATOMIC_MAPS {
+            if let Some(property) = property_mut(&mut definitions, definition, field) {
+                property.insert("x-kubernetes-map-type".into(), "atomic".into());
+            }
+        }
+        for definition in ATOMIC_STRUCTS {
+            if let Some(Value::Object(schema)) = definitions.get_mut(*definition) {
+                schema.insert("x-kubernetes-map-type".into(), "atomic".into());
+            }
+        }
+        for (definition, field, default) in KEY_DEFAULTS {
+            if let Some(property) = property_mut(&mut definitions, definition, field) {
+                property.insert("default".into(), serde_json::from_str(default).unwrap_or(Value::Null));
+            }
+        }
         Schemas { definitions }
     }
 
@@ -182,6 +328,14 @@ impl Schemas {
         let element = property.and_then(|p| p.get("items")).or(property);
         FieldInfo { meta, definition: element.and_then(reference) }
     }
+}
+
+fn property_mut<'d>(
+    definitions: &'d mut Map<String, Value>,
+    definition: &str,
+    field: &str,
+) -> Option<&'d mut Map<String, Value>> {
+    definitions.get_mut(definition)?.pointer_mut(&format!("/properties/{field}"))?.as_object_mut()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -220,10 +374,24 @@ mod tests {
         let containers = schemas.get("io.k8s.api.core.v1.PodSpec").unwrap().pointer("/properties/containers").unwrap();
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
         assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
-        for (definition, field, _) in PATCH_STRATEGIES {
+        let tables = PATCH_STRATEGIES
+            .iter()
+            .map(|(d, f, _)| (*d, *f))
+            .chain(LIST_TYPES.iter().map(|(d, f, _)| (*d, *f)))
+            .chain(ATOMIC_MAPS.iter().copied())
+            .chain(KEY_DEFAULTS.iter().map(|(d, f, _)| (*d, *f)));
+        for (definition, field) in tables {
             let property = schemas.get(definition).and_then(|d| d.pointer(&format!("/properties/{field}")));
-            assert!(property.is_some(), "{definition}.{field} is in the table but not in the schema");
+            assert!(property.is_some(), "{definition}.{field} is in a table but not in the schema");
         }
+        for definition in ATOMIC_STRUCTS {
+            assert!(schemas.get(definition).is_some(), "{definition} is in a table but not in the schema");
+        }
+        let ports = schemas.get("io.k8s.api.core.v1.Container").unwrap().pointer("/properties/ports").unwrap();
+        assert_eq!(ports["x-kubernetes-list-map-keys"], json!(["containerPort", "protocol"]));
+        let protocol =
+            schemas.get("io.k8s.api.core.v1.ContainerPort").unwrap().pointer("/properties/protocol").unwrap();
+        assert_eq!(protocol["default"], "TCP");
     }
 
     #[test]
