@@ -258,6 +258,44 @@ fn describe_label_annotate_and_patch() -> Result<()> {
 }
 
 #[test]
+fn server_side_apply_owns_fields_and_conflicts() -> Result<()> {
+    each_version(|k| {
+        let web = manifests();
+        let web = web.to_str().unwrap();
+        let out = k.ok(&["apply", "--server-side", "-f", web])?;
+        ensure!(out.contains("deployment.apps/web serverside-applied"), "{out}");
+        let managers = k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])?;
+        ensure!(managers == "kubectl", "{managers}");
+        // Someone else takes the replica count; applying the manifest again must not silently undo it.
+        k.ok(&["scale", "deploy", "web", "--replicas=5"])?;
+        let conflict = k.fails(&["apply", "--server-side", "-f", web])?;
+        ensure!(conflict.contains("conflict") && conflict.contains(".spec.replicas"), "{conflict}");
+        let out = k.ok(&["apply", "--server-side", "--force-conflicts", "-f", web])?;
+        ensure!(out.contains("serverside-applied"), "{out}");
+        ensure!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])? == "2");
+
+        // An object applied client-side moves to server-side apply without conflicts.
+        k.ok(&["create", "configmap", "moved", "--from-literal=a=1", "--dry-run=client", "-o", "yaml"]).and_then(
+            |yaml| {
+                let file = tempfile::NamedTempFile::new()?;
+                std::fs::write(file.path(), yaml)?;
+                let path = file.path().to_str().unwrap();
+                k.ok(&["apply", "-f", path])?;
+                k.ok(&["apply", "--server-side", "-f", path])
+            },
+        )?;
+        Ok(())
+    })
+}
+
+#[test]
 fn create_from_literals_explain_and_api_resources() -> Result<()> {
     each_version(|k| {
         k.ok(&["create", "configmap", "settings", "--from-literal=a=1", "--from-literal=b=2"])?;

@@ -4,17 +4,19 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
+use flotilla_api::managed::{self, FieldManager};
 use flotilla_api::patch::{self, PatchType};
 use flotilla_api::resource::{ResourceDef, Subresource};
 use flotilla_api::selector::{FieldSelector, LabelSelector};
-use flotilla_api::{ApiError, Reason};
+use flotilla_api::{ApiError, FieldError, Reason};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::registry::{
-    DeleteOptions, Deleted, ListOptions, ObjectRef, Registry, Stored, WriteOptions, Written, parse_resource_version,
+    DeleteOptions, Deleted, ListOptions, ObjectRef, Registry, Stored, WriteOptions, Written, now,
+    parse_resource_version,
 };
 use crate::request::{Query, Representation, Target, representation};
 use crate::table::{IncludeObject, ListMeta, table};
@@ -80,10 +82,17 @@ fn parse_json(body: &[u8]) -> Result<Value> {
 }
 
 fn write_options(req: &Request<'_>) -> Result<WriteOptions> {
+    let manager = FieldManager::for_request(
+        req.query.get("fieldManager"),
+        header(&req.headers, header::USER_AGENT),
+        req.target.subresource,
+    )?;
     Ok(WriteOptions {
         dry_run: req.query.dry_run()?,
         field_validation: req.query.field_validation()?,
         skip_admission: false,
+        manager: Some(manager),
+        applied: false,
     })
 }
 
@@ -196,7 +205,10 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
     let def = req.target.resource;
     let patch_type = content_type(req)?;
     if patch_type == PatchType::Apply {
-        return Err(ApiError::new(Reason::UnsupportedMediaType, "server-side apply (application/apply-patch+yaml) is not supported by this server yet; use client-side kubectl apply").into());
+        return apply(req, name, sub).await;
+    }
+    if req.query.get("force").is_some() {
+        return Err(invalid_patch_options(FieldError::forbidden("force", "may not be specified for non-apply patch")));
     }
     let patch = parse_json(&req.body)?;
     let definition = flotilla_api::schema::definition_name(&def.api_version(), def.kind).unwrap_or_default();
@@ -229,6 +241,84 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
     respond_object(req, StatusCode::OK, &written.object, &written.warnings)
 }
 
+/// Server-side apply: the body is the manager's configuration of the object, merged in by
+/// field ownership (`flotilla_api::managed`); creates the object if it does not exist.
+async fn apply(req: &Request<'_>, name: &str, sub: Option<Subresource>) -> Result<Response> {
+    let def = req.target.resource;
+    let namespace = req.target.namespace.as_deref();
+    let config = parse_apply_body(&req.body)?;
+    check_applied_identity(def, name, &config)?;
+    let Some(field_manager) = req.query.get("fieldManager") else {
+        return Err(invalid_patch_options(FieldError::required("fieldManager", "is required for apply requests")));
+    };
+    let manager = FieldManager::for_request(Some(field_manager), None, sub)?;
+    let force = req.query.flag("force");
+    let options = WriteOptions { manager: Some(manager.clone()), applied: true, ..write_options(req)? };
+    let updated = req
+        .registry
+        .guaranteed_update(
+            ObjectRef { def, namespace, name },
+            None,
+            options.clone(),
+            |current| Ok(Some(managed::apply(def, Some(current), &config, &manager, force, &now())?)),
+            sub,
+        )
+        .await;
+    match updated {
+        Ok(written) => respond_object(req, StatusCode::OK, &written.object, &written.warnings),
+        Err(Error(e))
+            if e.reason == Reason::NotFound && sub.is_none() && e.subject.as_ref().is_some_and(|s| s.name == name) =>
+        {
+            let object = managed::apply(def, None, &config, &manager, force, &now())?;
+            let written = req.registry.create(def, namespace, object, options).await?;
+            respond_object(req, StatusCode::CREATED, &written.object, &written.warnings)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An apply body: JSON (what kubectl and client libraries send) or YAML.
+fn parse_apply_body(body: &[u8]) -> Result<Value> {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        return Ok(value);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the apply configuration is not UTF-8"))?;
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| ApiError::bad_request(format!("the apply configuration is neither JSON nor YAML: {e}")).into())
+}
+
+/// An applied configuration names its kind and the object of the URL, as upstream requires.
+fn check_applied_identity(def: &ResourceDef, name: &str, config: &Value) -> Result<()> {
+    if !config.is_object() {
+        return Err(ApiError::bad_request("the apply configuration must be an object").into());
+    }
+    let api_version = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = config.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if api_version.is_empty() || kind.is_empty() {
+        return Err(ApiError::bad_request("apiVersion and kind must be set in an apply configuration").into());
+    }
+    if api_version != def.api_version() || kind != def.kind {
+        return Err(ApiError::bad_request(format!(
+            "the apply configuration is a {api_version} {kind}, but the request is for {} {}",
+            def.api_version(),
+            def.kind
+        ))
+        .into());
+    }
+    match config.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n == name => Ok(()),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))
+        .into()),
+        None => Err(ApiError::bad_request("metadata.name must be set in an apply configuration").into()),
+    }
+}
+
+fn invalid_patch_options(cause: FieldError) -> Error {
+    ApiError::invalid("meta.k8s.io", "PatchOptions", "", vec![cause]).into()
+}
+
 fn content_type(req: &Request<'_>) -> Result<PatchType> {
     let content_type = header(&req.headers, header::CONTENT_TYPE).unwrap_or("");
     PatchType::from_content_type(content_type).ok_or_else(|| {
@@ -245,7 +335,7 @@ fn apply_patch(patch_type: PatchType, mut object: Value, patch: &Value, definiti
         PatchType::Json => patch::json_patch(&mut object, patch)?,
         PatchType::Merge => patch::merge_patch(&mut object, patch)?,
         PatchType::Strategic => object = patch::strategic_merge(object, patch.clone(), definition)?,
-        PatchType::Apply => unreachable!("handled by the caller"),
+        PatchType::Apply => unreachable!("server-side apply is handled by `apply`"),
     }
     Ok(object)
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use flotilla_api::managed::{self, FieldManager};
 use flotilla_api::resource::{ResourceDef, Subresource};
 use flotilla_api::selector::{FieldSelector, LabelSelector};
 use flotilla_api::{ApiError, FieldError, FieldValidation, Reason};
@@ -44,13 +45,18 @@ pub(crate) struct ObjectRef<'a> {
 }
 
 /// Options every write takes.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct WriteOptions {
     pub(crate) dry_run: bool,
     pub(crate) field_validation: FieldValidation,
     /// For the server's own writes that update validation would refuse by design (a pod's
     /// binding sets the node a client may not change).
     pub(crate) skip_admission: bool,
+    /// Who writes: what they change is recorded as theirs in `metadata.managedFields`. `None`
+    /// for the server's own bookkeeping.
+    pub(crate) manager: Option<FieldManager>,
+    /// The change is a server-side apply, which has recorded its managed fields already.
+    pub(crate) applied: bool,
 }
 
 /// The result of a write: the object as written, and warnings for the client.
@@ -166,9 +172,11 @@ impl Registry {
         meta.insert("name".into(), name.clone().into());
         meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
         meta.insert("creationTimestamp".into(), now().into());
-        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"]
-        {
+        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
             meta.remove(field);
+        }
+        if !options.applied {
+            meta.remove("managedFields");
         }
         if def.generation {
             meta.insert("generation".into(), 1.into());
@@ -177,6 +185,9 @@ impl Registry {
         }
         let admitted = def.ops.admit(Value::Object(object), None, options.field_validation)?;
         let mut object = admitted.object;
+        if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
+            managed::track_update(def, None, &mut object, manager, &now());
+        }
         let key = Self::key(def, namespace, &name);
         let mut extra = Vec::new();
         if def.kind == "Service" && def.group.is_empty() {
@@ -281,6 +292,9 @@ impl Registry {
             };
             let mut object = admitted.object;
             set_generation(def, &old, &mut object);
+            if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
+                managed::track_update(def, Some(&old), &mut object, manager, &now());
+            }
             let stored = codec::encode(&object)?;
             if stored == current.bytes {
                 return Ok(Written { object: current, warnings: admitted.warnings, created: false });

@@ -35,13 +35,23 @@ impl Server {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, http::HeaderMap, Value) {
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        self.call_raw(method, uri, body, headers).await
+    }
+
+    async fn call_raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Value) {
         let mut request =
             Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let body = body.map_or_else(Body::empty, |b| Body::from(serde_json::to_vec(&b).unwrap()));
-        let response = self.router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
         let value = serde_json::from_slice(&bytes)
@@ -335,6 +345,73 @@ async fn watches_start_with_the_state_and_follow_changes() {
         (event["type"].as_str(), event["object"]["code"].as_u64(), event["object"]["reason"].as_str()),
         (Some("ERROR"), Some(410), Some("Expired"))
     );
+    server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_merges_and_conflicts() {
+    let server = Server::start().await;
+    let cm = "/api/v1/namespaces/default/configmaps/settings";
+    let apply = |manager: &'static str, force: bool, body: &'static str| {
+        let uri = format!("{cm}?fieldManager={manager}{}", if force { "&force=true" } else { "" });
+        let server = &server;
+        async move {
+            let (code, _, body) = server
+                .call_raw(Method::PATCH, &uri, body.into(), &[("content-type", "application/apply-patch+yaml")])
+                .await;
+            (code, body)
+        }
+    };
+    // YAML, as the media type says; the object does not exist yet, so the apply creates it.
+    let (code, created) = apply(
+        "alice",
+        false,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n  size: big\n",
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "alice");
+    assert_eq!(created["metadata"]["managedFields"][0]["operation"], "Apply");
+
+    let bob = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{"mode":"slow"}}"#;
+    let (code, conflict) = apply("bob", false, bob).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(conflict["reason"], "Conflict");
+    assert_eq!(conflict["message"], r#"Apply failed with 1 conflict: conflict with "alice": .data.mode"#);
+    assert_eq!(
+        conflict["details"]["causes"][0],
+        json!({"reason": "FieldManagerConflict", "message": "conflict with \"alice\"", "field": ".data.mode"})
+    );
+    let (code, forced) = apply("bob", true, bob).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(forced["data"], json!({"mode": "slow", "size": "big"}));
+
+    // Alice drops `size` from her configuration: it goes. Ordinary writes are tracked too.
+    let (_, dropped) =
+        apply("alice", false, r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{}}"#)
+            .await;
+    assert_eq!(dropped["data"], json!({"mode": "slow"}));
+    let (_, _, labelled) = server
+        .call(
+            Method::PATCH,
+            cm,
+            Some(json!({"metadata": {"labels": {"team": "edge"}}})),
+            &[("content-type", "application/merge-patch+json"), ("user-agent", "kubectl/v1.33.1 (linux/amd64)")],
+        )
+        .await;
+    let managers: Vec<&str> = labelled["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["alice", "bob", "kubectl"]);
+
+    let (code, _, _) =
+        server.call_raw(Method::PATCH, cm, bob.into(), &[("content-type", "application/apply-patch+yaml")]).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "apply needs a field manager");
+    let other = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"other"}}"#;
+    assert_eq!(apply("bob", false, other).await.0, StatusCode::BAD_REQUEST, "the name must match the URL");
     server.store.shutdown().await;
 }
 
