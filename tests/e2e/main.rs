@@ -2,6 +2,7 @@
 //! real clients. Build the binary first (`cargo build --bin flotilla`; the test script does).
 
 mod harness;
+mod kube_client;
 mod kubectl;
 mod restart;
 mod store_crash;
