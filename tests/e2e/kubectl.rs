@@ -313,7 +313,7 @@ fn create_from_literals_explain_and_api_resources() -> Result<()> {
 }
 
 #[test]
-fn delete_waits_until_gone_and_deletes_all() -> Result<()> {
+fn delete_waits_until_gone_and_deletes_all_and_categories() -> Result<()> {
     each_version(|k| {
         k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
         let out = k.ok(&["delete", "deploy", "web"])?;
@@ -322,12 +322,19 @@ fn delete_waits_until_gone_and_deletes_all() -> Result<()> {
         for i in 0..3 {
             k.ok(&["create", "configmap", &format!("bulk-{i}"), "--from-literal=x=y"])?;
         }
+        let nothing_left = |resource: &str| -> Result<()> {
+            let left = k.run(&["get", resource])?;
+            let left = String::from_utf8_lossy(&left.stderr).into_owned() + &String::from_utf8_lossy(&left.stdout);
+            ensure!(left.contains("No resources found"), "{resource} left: {left}");
+            Ok(())
+        };
         let out = k.ok(&["delete", "cm", "--all"])?;
         ensure!(out.contains("bulk-2"), "{out}");
-        let left = k.run(&["get", "cm"])?;
-        let left = String::from_utf8_lossy(&left.stderr).into_owned() + &String::from_utf8_lossy(&left.stdout);
-        ensure!(left.contains("No resources found"), "{left}");
-        Ok(())
+        nothing_left("cm")?;
+        // The `all` category, as kubectl expands it from discovery.
+        let out = k.ok(&["delete", "all", "--all"])?;
+        ensure!(out.contains("service \"web\" deleted"), "{out}");
+        nothing_left("all")
     })
 }
 
