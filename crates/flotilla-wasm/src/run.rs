@@ -1,0 +1,177 @@
+//! Running one container: a store with exactly what the spec grants, then `_start` or
+//! `wasi:cli/run`, and how it ended.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::limits::{CpuLimit, MemoryLimit};
+use crate::output::{OutputPipe, OutputSink, Stream};
+use crate::program::{Linked, Program};
+
+/// What one container may see and use. Nothing else is visible to the guest: no host
+/// environment, no file outside `dirs`, no socket.
+pub struct ContainerSpec {
+    /// `argv`, its first element the program name.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The guest's initial working directory (`workingDir`).
+    pub working_dir: Option<String>,
+    /// Host directories the guest sees, at guest paths (the pod's volumes).
+    pub dirs: Vec<Preopen>,
+    /// `resources.limits.memory` in bytes.
+    pub memory_limit: Option<u64>,
+    /// `resources.limits.cpu` in cores (0.5 for `500m`).
+    pub cpu_limit: Option<f64>,
+    pub output: Arc<dyn OutputSink>,
+}
+
+impl std::fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerSpec")
+            .field("argv", &self.argv)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("working_dir", &self.working_dir)
+            .field("dirs", &self.dirs)
+            .field("memory_limit", &self.memory_limit)
+            .field("cpu_limit", &self.cpu_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A host directory shown to the guest.
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest returned or called `exit`; 0 is success.
+    Exited(i32),
+    /// The guest outgrew its memory limit.
+    OutOfMemory { message: String },
+    /// The guest trapped (`unreachable`, a bad memory access, a stack overflow, …).
+    Trapped { message: String },
+    /// It could not start: the instance could not be created or set up.
+    Failed { message: String },
+}
+
+impl Exit {
+    /// The exit code upstream would show: 137 for OOM (SIGKILL), 128 + 6 for a trap (as an
+    /// aborted process), 128 for a failure to start.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Exited(code) => *code,
+            Exit::OutOfMemory { .. } => 137,
+            Exit::Trapped { .. } => 134,
+            Exit::Failed { .. } => 128,
+        }
+    }
+}
+
+pub(crate) struct CoreGuest {
+    pub(crate) wasi: WasiP1Ctx,
+    memory: MemoryLimit,
+    cpu: CpuLimit,
+}
+
+pub(crate) struct ComponentGuest {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimit,
+    cpu: CpuLimit,
+}
+
+impl WasiView for ComponentGuest {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec) -> Exit {
+    let mut wasi = match wasi_builder(&spec) {
+        Ok(builder) => builder,
+        Err(message) => return Exit::Failed { message },
+    };
+    let memory = MemoryLimit::new(spec.memory_limit);
+    let cpu = CpuLimit::new(spec.cpu_limit);
+    match &program.kind {
+        Linked::Core(pre) => {
+            let mut store = Store::new(engine, CoreGuest { wasi: wasi.build_p1(), memory, cpu });
+            store.limiter(|guest| &mut guest.memory);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
+            let result = async {
+                let instance = pre.instantiate_async(&mut store).await.map_err(Setup)?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start").map_err(Setup)?;
+                start.call_async(&mut store, ()).await.map_err(Ran)
+            }
+            .await;
+            exit(result.map(|()| 0), &store.data().memory)
+        }
+        Linked::Command(pre) => {
+            let guest = ComponentGuest { wasi: wasi.build(), table: ResourceTable::new(), memory, cpu };
+            let mut store = Store::new(engine, guest);
+            store.limiter(|guest| &mut guest.memory);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
+            let result = async {
+                let command = pre.instantiate_async(&mut store).await.map_err(Setup)?;
+                command.wasi_cli_run().call_run(&mut store).await.map_err(Ran)
+            }
+            .await;
+            // `wasi:cli/run` returns `result` with no payload: an error is exit code 1.
+            exit(result.map(|ran| if ran.is_ok() { 0 } else { 1 }), &store.data().memory)
+        }
+    }
+}
+
+/// A failure while setting the instance up, or while the guest ran.
+enum Failure {
+    Setup(wasmtime::Error),
+    Ran(wasmtime::Error),
+}
+use Failure::{Ran, Setup};
+
+fn exit(result: Result<i32, Failure>, memory: &MemoryLimit) -> Exit {
+    let err = match result {
+        Ok(code) => return Exit::Exited(code),
+        Err(Setup(err) | Ran(err)) if memory.exceeded.is_some() => {
+            return Exit::OutOfMemory { message: format!("{err:#}") };
+        }
+        Err(Setup(err)) => return Exit::Failed { message: format!("{err:#}") },
+        Err(Ran(err)) => err,
+    };
+    if let Some(I32Exit(code)) = err.downcast_ref::<I32Exit>() {
+        return Exit::Exited(*code);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => Exit::Trapped { message: format!("wasm trap: {trap}\n{err:?}") },
+        None => Exit::Trapped { message: format!("{err:#}") },
+    }
+}
+
+fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.argv)
+        .envs(&spec.env)
+        .stdout(OutputPipe::new(spec.output.clone(), Stream::Stdout))
+        .stderr(OutputPipe::new(spec.output.clone(), Stream::Stderr));
+    if let Some(dir) = &spec.working_dir {
+        wasi.initial_cwd(dir);
+    }
+    for dir in &spec.dirs {
+        let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        wasi.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|err| format!("opening {} for {}: {err:#}", dir.host.display(), dir.guest))?;
+    }
+    Ok(wasi)
+}

@@ -1,0 +1,190 @@
+//! The runtime against the guest programs in `wasm-examples/`, built for both WASI targets.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_examples as examples;
+use flotilla_wasm::{ContainerSpec, Exit, LoadError, OutputSink, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream};
+
+/// Output kept in memory, per stream.
+#[derive(Default)]
+struct Captured(Mutex<(Vec<u8>, Vec<u8>)>);
+
+impl OutputSink for Captured {
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        let mut out = self.0.lock().unwrap();
+        match stream {
+            Stream::Stdout => out.0.extend_from_slice(bytes),
+            Stream::Stderr => out.1.extend_from_slice(bytes),
+        }
+    }
+}
+
+impl Captured {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap().0).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap().1).into_owned()
+    }
+}
+
+fn runtime(dir: &tempfile::TempDir) -> Runtime {
+    let mut config = RuntimeConfig::new(dir.path().join("cache"));
+    // Small pools: tests run side by side, each with its own engine.
+    config.instance_slots = 8;
+    Runtime::new(config).unwrap()
+}
+
+fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
+    ContainerSpec {
+        argv: vec![name.into()],
+        env: Vec::new(),
+        working_dir: None,
+        dirs: Vec::new(),
+        memory_limit: None,
+        cpu_limit: None,
+        output: output.clone(),
+    }
+}
+
+async fn run(runtime: &Runtime, wasm: &str, spec: ContainerSpec) -> Exit {
+    let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
+    runtime.run(&program, spec).await
+}
+
+#[tokio::test]
+async fn hello_runs_as_a_core_module_and_as_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    for (wasm, kind) in [(examples::P1_HELLO, ProgramKind::Core), (examples::P2_HELLO, ProgramKind::Command)] {
+        let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
+        assert_eq!(program.kind(), kind);
+        assert!(program.digest().starts_with("sha256:") && program.digest().len() == 7 + 64);
+        let output = Arc::new(Captured::default());
+        assert_eq!(runtime.run(&program, spec("hello", &output)).await, Exit::Exited(0));
+        assert_eq!(output.stdout(), "hello from a wasm pod\n");
+    }
+}
+
+#[tokio::test]
+async fn args_env_volumes_and_exit_code_reach_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::write(volume.path().join("greeting.txt"), "hello from the host\n").unwrap();
+    // `wasi:cli/exit` of WASI 0.2 carries success or failure only, so a component's `exit(3)`
+    // ends with 1. (The working directory is offered to components as
+    // `wasi:cli/environment.initial-cwd`, but Rust's wasi-libc starts in `/` on both targets,
+    // so it is not checked here.)
+    for (wasm, code) in [(examples::P1_ECHO, 3), (examples::P2_ECHO, 1)] {
+        let output = Arc::new(Captured::default());
+        let mut spec = spec("echo", &output);
+        spec.argv.extend(["--flag".into(), "two words".into()]);
+        spec.env = [("GREETING", "hi"), ("EXIT_CODE", "3"), ("LIST_DIR", "/data"), ("WRITE_TO", "/data")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        spec.dirs = vec![Preopen { host: volume.path().into(), guest: "/data".into(), read_only: true }];
+        assert_eq!(run(&runtime, wasm, spec).await, Exit::Exited(code), "{wasm}");
+        let stdout = output.stdout();
+        for line in [
+            "arg[0]=echo",
+            "arg[1]=--flag",
+            "arg[2]=two words",
+            "env GREETING=hi",
+            "file /data/greeting.txt=hello from the host",
+        ] {
+            assert!(stdout.lines().any(|l| l == line), "{line:?} missing from {wasm}:\n{stdout}");
+        }
+        // Deny by default: the host's environment is not visible, a read-only volume stays so.
+        assert!(!stdout.contains("env PATH="), "{stdout}");
+        assert!(stdout.contains("could not write /data/written.txt"), "{stdout}");
+        assert!(!volume.path().join("written.txt").exists());
+        assert_eq!(output.stderr(), "done\n");
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_reported_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    for wasm in [examples::P1_TRAP, examples::P2_TRAP] {
+        let output = Arc::new(Captured::default());
+        let exit = run(&runtime, wasm, spec("trap", &output)).await;
+        let Exit::Trapped { message } = &exit else { panic!("{wasm} ended {exit:?}") };
+        assert!(message.contains("unreachable"), "{message}");
+        assert_eq!(exit.code(), 134);
+        assert_eq!(output.stdout(), "about to trap\n");
+    }
+}
+
+#[tokio::test]
+async fn a_guest_past_its_memory_limit_is_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    for wasm in [examples::P1_HOG, examples::P2_HOG] {
+        let output = Arc::new(Captured::default());
+        let mut spec = spec("hog", &output);
+        spec.memory_limit = Some(64 << 20);
+        let exit = run(&runtime, wasm, spec).await;
+        let Exit::OutOfMemory { message } = &exit else { panic!("{wasm} ended {exit:?}") };
+        assert!(message.contains("memory limit exceeded"), "{message}");
+        assert_eq!(exit.code(), 137);
+        let held: Vec<_> = output.stdout().lines().map(String::from).collect();
+        // 64 MiB in 8 MiB chunks, less what the guest had before its first chunk.
+        assert!((4..8).contains(&held.len()), "{held:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_by_dropping_its_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let output = Arc::new(Captured::default());
+    let program = runtime.load(&std::fs::read(examples::P1_SPIN).unwrap()).unwrap();
+    // The loop makes no host call: only an epoch yield lets the timeout fire.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_millis(300), runtime.run(&program, spec("spin", &output))).await;
+    assert!(ended.is_err(), "the loop ended by itself: {ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopping took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn bad_modules_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    assert!(matches!(runtime.load(b"#!/bin/sh\necho hi\n"), Err(LoadError::NotWasm)));
+    let mut truncated = std::fs::read(examples::P1_HELLO).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    let err = runtime.load(&truncated).unwrap_err();
+    assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+    // A module importing a function no node provides.
+    let unlinkable = [
+        &b"\0asm\x01\0\0\0"[..],
+        // type section: one type () -> ()
+        &[0x01, 0x04, 0x01, 0x60, 0x00, 0x00],
+        // import section: "env" "missing" func type 0
+        &[0x02, 0x0f, 0x01, 0x03, b'e', b'n', b'v', 0x07, b'm', b'i', b's', b's', b'i', b'n', b'g', 0x00, 0x00],
+        // export section: "_start" func 0
+        &[0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00],
+    ]
+    .concat();
+    let err = runtime.load(&unlinkable).unwrap_err();
+    assert!(matches!(err, LoadError::Unlinkable(_)) && err.to_string().contains("env::missing"), "{err}");
+}
+
+#[tokio::test]
+async fn compiled_modules_are_reused_from_the_cache_across_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(examples::P1_ECHO).unwrap();
+    let digest = runtime(&dir).load(&wasm).unwrap().digest().to_string();
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].to_string_lossy().starts_with(&digest["sha256:".len()..]));
+    // A corrupt cache entry is discarded and the module compiled again.
+    let path = dir.path().join("cache").join(&cached[0]);
+    std::fs::write(&path, b"garbage").unwrap();
+    let output = Arc::new(Captured::default());
+    assert_eq!(run(&runtime(&dir), examples::P1_ECHO, spec("echo", &output)).await, Exit::Exited(0));
+    assert!(std::fs::read(&path).unwrap().len() > 1000);
+}
