@@ -25,6 +25,13 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// A pod range in 127.0.0.0/8 that no other server of this test process uses.
+pub(crate) fn pod_range() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.0/24", 100 + n / 256 % 100, n % 256)
+}
+
 /// Where a server listens: the Kubernetes API and the store's peer API.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ports {
@@ -55,6 +62,9 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", ports.api)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", ports.peer)])
+            // The embedded node: its API on a free port, and a pod range of its own, so servers
+            // of tests that run side by side never hand out the same pod address.
+            .args(["--node-listen", "127.0.0.1:0", "--pod-cidr", &pod_range()])
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -14,7 +14,7 @@ use crate::harness::{Ports, Server};
 
 const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
 
-fn versions() -> Vec<String> {
+pub(crate) fn versions() -> Vec<String> {
     std::env::var("FLOTILLA_KUBECTL_VERSIONS")
         .unwrap_or_else(|_| "1.27,1.33".into())
         .split(',')
@@ -47,7 +47,7 @@ impl Kubectl {
         Ok(kubectl)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command.arg("--kubeconfig").arg(&self.kubeconfig).args(["-n", &self.namespace]).args(args);
         command.env("HOME", self.home.path()).env_remove("KUBECONFIG").stdin(Stdio::null());
@@ -68,7 +68,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl, which must fail; returns its stderr.
-    fn fails(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
         if out.status.success() {
             bail!(
@@ -192,7 +192,7 @@ fn get_watch_sees_a_later_change() -> Result<()> {
 }
 
 /// A child's output, line by line, as it arrives.
-fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+pub(crate) fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     let (send, receive) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {

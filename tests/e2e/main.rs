@@ -4,5 +4,6 @@
 mod harness;
 mod kube_client;
 mod kubectl;
+mod pods;
 mod restart;
 mod store_crash;

@@ -5,6 +5,7 @@
 //! documents generated from the k8s-openapi types. It does no IO: the API server brings the
 //! requests, the store and the clock.
 
+pub mod cidr;
 pub mod error;
 pub mod kinds;
 pub mod managed;
@@ -16,6 +17,7 @@ pub mod selector;
 pub mod table;
 pub mod validation;
 
+pub use cidr::Cidr;
 pub use error::{ApiError, CauseType, FieldError, Reason, Result};
 pub use kinds::{Admitted, FieldValidation, KindOps};
 pub use resource::{ResourceDef, Subresource};

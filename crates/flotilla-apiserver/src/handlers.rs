@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::node_proxy::NodeProxy;
 use crate::registry::{
     DeleteOptions, Deleted, ListOptions, ObjectRef, Registry, Stored, WriteOptions, Written, now,
     parse_resource_version,
@@ -27,6 +28,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub(crate) struct Request<'a> {
     pub(crate) registry: &'a Registry,
+    pub(crate) nodes: &'a NodeProxy,
     pub(crate) method: Method,
     pub(crate) target: Target,
     pub(crate) query: Query,
@@ -528,23 +530,76 @@ async fn evict(req: &Request<'_>, name: &str) -> Result<Response> {
     json_response(StatusCode::CREATED, &status, &[])
 }
 
-/// `pods/log`: served by the node that runs the pod.
+/// `pods/log`: served by the node that runs the pod, through the API server as upstream does.
+/// A pod not yet on a node has no log: the answer is empty, as upstream's is.
 async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
     let pod = req.registry.get(req.target.resource, req.target.namespace.as_deref(), name).await?.value()?;
-    match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        None => {
-            let container = pod.pointer("/spec/containers/0/name").and_then(Value::as_str).unwrap_or("");
-            Err(ApiError::bad_request(format!(
-                "container {container:?} in pod {name:?} is waiting to start: the pod is not scheduled to a node"
-            ))
-            .into())
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    let container = match req.query.get("container").filter(|c| !c.is_empty()) {
+        Some(container) => {
+            if !containers.iter().chain(&init).any(|c| c == container) {
+                return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")).into());
+            }
+            container.to_string()
         }
-        Some(node) => Err(ApiError::new(
-            Reason::ServiceUnavailable,
-            format!("the logs of pod {name:?} are on node {node:?}, which this server cannot reach"),
-        )
-        .into()),
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            let mut message =
+                format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" "));
+            if !init.is_empty() {
+                message.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
+            }
+            return Err(ApiError::bad_request(message).into());
+        }
+    };
+    for field in ["tailLines", "limitBytes", "sinceSeconds"] {
+        if let Some(value) = req.query.get(field)
+            && value.parse::<i64>().is_err()
+        {
+            return Err(ApiError::bad_request(format!("{field}: {value:?} is not an integer")).into());
+        }
     }
+    if req.query.get("sinceSeconds").is_some() && req.query.get("sinceTime").is_some() {
+        let cause =
+            FieldError::invalid("sinceSeconds", "", "at most one of `sinceTime` or `sinceSeconds` may be specified");
+        return Err(ApiError::invalid("", "PodLogOptions", "", vec![cause]).into());
+    }
+    let Some(node_name) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+        return Ok(([(header::CONTENT_TYPE, "text/plain")], Body::empty()).into_response());
+    };
+    let nodes = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
+    let node = req.registry.get(nodes, None, node_name).await?.value()?;
+    let namespace = req.target.namespace.as_deref().unwrap_or_default();
+    let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
+    let forwarded: Vec<String> =
+        ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes"]
+            .iter()
+            .filter_map(|key| req.query.get(key).map(|value| format!("{key}={}", encode_query(value))))
+            .collect();
+    if !forwarded.is_empty() {
+        path.push('?');
+        path.push_str(&forwarded.join("&"));
+    }
+    req.nodes.get(&node, &path).await
+}
+
+/// A query value, percent-encoded.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// An object in the representation the client asked for.

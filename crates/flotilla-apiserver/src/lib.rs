@@ -10,6 +10,7 @@ mod compaction;
 mod discovery;
 mod error;
 mod handlers;
+mod node_proxy;
 mod openapi;
 pub mod pki;
 mod protobuf;
@@ -36,26 +37,39 @@ use serde_json::{Value, json};
 
 pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_history};
 pub use error::Error;
-pub use services::Cidr;
-pub use tls::{serve, server_config};
+pub use flotilla_api::Cidr;
+pub use tls::{PinnedCertificate, serve, server_config, serving_config};
 
 use crate::handlers::{MAX_BODY_BYTES, json_response};
+use crate::node_proxy::NodeProxy;
 use crate::registry::{Registry, WriteOptions};
 use crate::request::{Query, Route, parse_path};
 
 /// The namespaces every cluster has from its first start.
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiServerConfig {
     /// Cluster IPs of Services come from here. On a single host it lies in 127.0.0.0/8, so
     /// that nothing needs privileges to route it.
     pub service_cidr: Cidr,
+    /// The secret node agents authenticate with, and present to nodes when the server proxies
+    /// to them (`kubectl logs`). `None` when the cluster takes no nodes.
+    pub node_token: Option<String>,
+    /// The cluster CA, served at `/cacerts` so that a joining agent can fetch it and check it
+    /// against the hash in its join token.
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for ApiServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServerConfig").field("service_cidr", &self.service_cidr).finish_non_exhaustive()
+    }
 }
 
 impl Default for ApiServerConfig {
     fn default() -> Self {
-        ApiServerConfig { service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR") }
+        ApiServerConfig { service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR"), node_token: None, ca_pem: None }
     }
 }
 
@@ -67,7 +81,10 @@ pub struct ApiServer {
 
 struct Inner {
     registry: Registry,
-    token: String,
+    nodes: NodeProxy,
+    /// Bearer tokens accepted: the admin's, and the nodes' when there is one.
+    tokens: Vec<String>,
+    ca_pem: Option<String>,
     ready: AtomicBool,
 }
 
@@ -92,7 +109,15 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
-        Ok(ApiServer { inner: Arc::new(Inner { registry, token, ready: AtomicBool::new(false) }) })
+        let tokens = std::iter::once(token).chain(config.node_token.clone()).collect();
+        let inner = Inner {
+            registry,
+            nodes: NodeProxy::new(config.node_token),
+            tokens,
+            ca_pem: config.ca_pem,
+            ready: AtomicBool::new(false),
+        };
+        Ok(ApiServer { inner: Arc::new(inner) })
     }
 
     /// From now on `/readyz` answers 200.
@@ -106,6 +131,7 @@ impl ApiServer {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/version", get(|| async { axum::Json(discovery::version()) }))
+            .route("/cacerts", get(cacerts))
             .fallback(dispatch)
             .with_state(self.clone())
     }
@@ -116,6 +142,15 @@ async fn readyz(State(server): State<ApiServer>) -> Response {
         "ok".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// The cluster CA, open as upstream's `/version` is: it is public, and a joining agent checks
+/// what it gets against the hash in its join token before it trusts it.
+async fn cacerts(State(server): State<ApiServer>) -> Response {
+    match &server.inner.ca_pem {
+        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem.clone()).into_response(),
+        None => Error(request::not_served()).into_response(),
     }
 }
 
@@ -135,7 +170,7 @@ async fn dispatch(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| same_token(token.trim(), &server.inner.token));
+        .is_some_and(|token| server.inner.tokens.iter().any(|expected| same_token(token.trim(), expected)));
     if !authorized {
         return Error(ApiError::new(Reason::Unauthorized, "Unauthorized")).into_response();
     }
@@ -220,6 +255,7 @@ async fn route(
         Route::Object(target) => {
             let request = handlers::Request {
                 registry: &server.inner.registry,
+                nodes: &server.inner.nodes,
                 method,
                 target,
                 query: Query::parse(uri.query()),

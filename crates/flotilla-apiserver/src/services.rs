@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use flotilla_api::resource::ResourceDef;
-use flotilla_api::{ApiError, FieldError};
+use flotilla_api::{ApiError, Cidr, FieldError};
 use flotilla_store::{KeyRange, RangeRequest, Store};
 use serde_json::{Value, json};
 
@@ -16,53 +16,6 @@ const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 /// Upstream's default node port range.
 const NODE_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
-
-/// A range of IPv4 addresses, `a.b.c.d/n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (ip, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR (a.b.c.d/n)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!("{text:?}: the prefix must be between /8 and /30"));
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { network: Ipv4Addr::from(u32::from(ip) & mask), prefix })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl Cidr {
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(ip) & mask == u32::from(self.network)
-    }
-
-    /// Usable addresses: not the network address nor the broadcast address.
-    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let first = u32::from(self.network) + 1;
-        let last = u32::from(self.network) + (1u32 << (32 - self.prefix)) - 2;
-        (first..=last).map(Ipv4Addr::from)
-    }
-
-    /// The first usable address: upstream gives it to the `kubernetes` Service.
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Allocator {

@@ -8,19 +8,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rustls::ServerConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::Credentials;
 
-/// The TLS configuration of the serving certificate.
+/// The TLS configuration of the API server's serving certificate.
 pub fn server_config(credentials: &Credentials) -> Result<ServerConfig, rustls::Error> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(credentials.server_cert_pem.as_bytes())
+    serving_config(&credentials.server_cert_pem, &credentials.server_key_der)
+}
+
+/// The TLS configuration of a certificate (PEM) and its PKCS#8 key (DER).
+pub fn serving_config(cert_pem: &str, key_der: &[u8]) -> Result<ServerConfig, rustls::Error> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| rustls::Error::General(format!("serving certificate: {e}")))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(credentials.server_key_der.clone()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -66,4 +73,59 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
         });
     }
     graceful.shutdown().await;
+}
+
+/// Accepts exactly the certificate with a known SHA-256, whatever its names or issuer (a
+/// node's self-signed certificate, published on its Node); the handshake's signatures are still
+/// checked, so only the key's holder passes. With no hash it accepts any certificate: for
+/// fetching a CA that is then checked by its own hash.
+#[derive(Debug)]
+pub struct PinnedCertificate {
+    sha256: Option<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCertificate {
+    pub fn new(sha256: Option<String>, provider: Arc<CryptoProvider>) -> PinnedCertificate {
+        PinnedCertificate { sha256, provider }
+    }
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.sha256.as_ref().is_none_or(|pinned| crate::pki::sha256_hex(end_entity.as_ref()) == *pinned) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("the certificate is not the one published for this server".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }

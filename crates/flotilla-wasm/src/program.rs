@@ -201,8 +201,8 @@ fn unlinkable(err: wasmtime::Error) -> LoadError {
     LoadError::Unlinkable(format!("{err:#}"))
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub(crate) fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as OCI digests and [`Program::digest`] are written.
+pub fn digest(bytes: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut hex = String::with_capacity(7 + 64);
     hex.push_str("sha256:");

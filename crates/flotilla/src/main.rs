@@ -1,7 +1,11 @@
 //! `flotilla`: the one binary. `server` runs the control plane (the API server over its store
-//! member); `kubeconfig` prints the admin kubeconfig; `store` talks to a running store member
-//! for status and membership changes.
+//! member) and, unless told not to, a node; `agent` runs a node that joins a cluster;
+//! `kubeconfig` prints the admin kubeconfig; `image` manages a node's modules; `store` talks
+//! to a running store member for status and membership changes.
 
+mod agent;
+mod image;
+mod node;
 mod server;
 mod store_admin;
 
@@ -35,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         command: store_admin::StoreCommand,
     },
+    /// Run a node that joins a cluster: it runs the wasm pods the cluster binds to it.
+    Agent(agent::AgentArgs),
+    /// Manage the modules in a node's image store.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
 }
 
 /// Where state lives when `--data-dir` is not given.
@@ -58,6 +69,8 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => server::run(args).await,
             Command::Kubeconfig { data_dir } => server::print_kubeconfig(&data_dir),
             Command::Store { command } => store_admin::run(command).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Image { command } => image::run(command),
         }
     })
 }

@@ -11,8 +11,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use flotilla_apiserver::{ApiServer, ApiServerConfig, Cidr, pki};
 use flotilla_store::{Store, StoreConfig};
+use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::node::NodeArgs;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
@@ -63,6 +66,13 @@ pub(crate) struct ServerArgs {
     /// `flotilla store add-learner` and `flotilla store promote`.
     #[arg(long)]
     join: Option<String>,
+
+    /// Run no node in this process (the control plane only; nodes join with `flotilla agent`).
+    #[arg(long)]
+    no_node: bool,
+
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -119,10 +129,14 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
 
     let credentials = pki::load_or_create(&args.data_dir.join("pki"), &certificate_names(api_addr, &args.tls_sans))
         .context("cannot set up the cluster's certificates")?;
-    let api =
-        ApiServer::new(store.clone(), credentials.token.clone(), ApiServerConfig { service_cidr: args.service_cidr })
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start the API server: {}", e.0))?;
+    let api_config = ApiServerConfig {
+        service_cidr: args.service_cidr,
+        node_token: Some(credentials.node_token.clone()),
+        ca_pem: Some(credentials.ca_pem.clone()),
+    };
+    let api = ApiServer::new(store.clone(), credentials.token.clone(), api_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the API server: {}", e.0))?;
     let tls = flotilla_apiserver::server_config(&credentials).context("cannot configure TLS")?;
     let api_server =
         tokio::spawn(flotilla_apiserver::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
@@ -136,7 +150,27 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let server_url = format!("https://{}", client_address(api_addr));
     pki::write_secret(&kubeconfig_path, pki::kubeconfig(&credentials, &server_url).as_bytes())
         .context("cannot write the kubeconfig")?;
+    // What `flotilla agent --token` takes to join another machine to this cluster.
+    let join_token_path = args.data_dir.join("node-token");
+    pki::write_secret(&join_token_path, format!("{}\n", pki::join_token(&credentials)).as_bytes())
+        .context("cannot write the node join token")?;
     api.set_ready();
+    let node = if args.no_node {
+        None
+    } else {
+        // The embedded node reaches the API in-process: the same router, requests and
+        // responses as over the network, without TLS or a socket.
+        let client = in_process_client(api.router(), &credentials.node_token)?;
+        let started = crate::node::start(
+            client,
+            args.node,
+            &args.data_dir,
+            credentials.node_token.clone(),
+            until_stopped(stopped.clone()),
+        )
+        .await?;
+        Some(started)
+    };
     // The one line a script waits for: from here on kubectl works.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "kubeconfig: {}", kubeconfig_path.display())?;
@@ -151,9 +185,25 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     if let Some(compactor) = compactor {
         let _ = compactor.await;
     }
+    if let Some((agent, server)) = node {
+        drop(agent);
+        let _ = server.await;
+    }
     let _ = peer_server.await;
     store.shutdown().await;
     Ok(())
+}
+
+/// A Kubernetes client that calls `router` directly, authenticated with `token`.
+fn in_process_client(router: axum::Router, token: &str) -> Result<kube::Client> {
+    let authorization = HeaderValue::from_str(&format!("Bearer {token}")).context("an invalid token")?;
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut request: http::Request<kube::client::Body>| {
+            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.clone());
+            request
+        })
+        .service(router);
+    Ok(kube::Client::new(service, "default"))
 }
 
 /// The names clients may reach the API by: loopback, the listen address, the in-cluster names
@@ -187,7 +237,7 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
     tokio::select! {

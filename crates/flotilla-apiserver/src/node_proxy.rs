@@ -1,0 +1,104 @@
+//! Requests the API server makes to nodes on a client's behalf (`pods/log`), as upstream's
+//! apiserver proxies to the kubelet. A node serves HTTPS with a certificate of its own; the
+//! server accepts only the certificate whose SHA-256 the node published on its Node object
+//! (written with the node's credentials), and presents the node token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use flotilla_api::{ApiError, Reason};
+use http::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::tls::PinnedCertificate;
+
+/// The annotation a node publishes its serving certificate's SHA-256 in.
+const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
+/// Connecting to a node and receiving its answer's head must not take longer: a node that
+/// stopped answering must not hold a client's request forever.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the API server reaches nodes.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeProxy {
+    /// The token nodes accept, `None` when the cluster has no nodes.
+    token: Option<String>,
+}
+
+impl NodeProxy {
+    pub(crate) fn new(token: Option<String>) -> NodeProxy {
+        NodeProxy { token }
+    }
+
+    /// `GET path_and_query` on `node`, the answer streamed back as the node gave it.
+    pub(crate) async fn get(&self, node: &Value, path_and_query: &str) -> Result<Response> {
+        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let unreachable =
+            |why: String| ApiError::new(Reason::ServiceUnavailable, format!("cannot reach node {name:?}: {why}"));
+        let token = self.token.as_deref().ok_or_else(|| unreachable("this server has no node credentials".into()))?;
+        let address = node
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|addresses| {
+                let of = |kind: &str| addresses.iter().find(|a| a["type"] == kind).and_then(|a| a["address"].as_str());
+                of("InternalIP").or_else(|| of("ExternalIP"))
+            })
+            .ok_or_else(|| unreachable("it reports no address".into()))?;
+        let port = node
+            .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+            .and_then(Value::as_u64)
+            .filter(|p| *p > 0 && *p <= 65535)
+            .ok_or_else(|| unreachable("it reports no port".into()))?;
+        let fingerprint = node
+            .pointer(&format!("/metadata/annotations/{}", SERVING_CERT_ANNOTATION.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .ok_or_else(|| unreachable("it publishes no serving certificate".into()))?
+            .to_string();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinnedCertificate::new(Some(fingerprint), provider.clone()));
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| unreachable(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((address, port as u16)).await.map_err(|e| e.to_string())?;
+            let server_name = ServerName::try_from(address.to_string()).map_err(|e| e.to_string())?;
+            let tls = connector.connect(server_name, tcp).await.map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "a node connection ended");
+                }
+            });
+            let request = Request::get(path_and_query)
+                .header(header::HOST, format!("{host}:{port}"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(request).await.map_err(|e| e.to_string())
+        };
+        let response = tokio::time::timeout(NODE_TIMEOUT, connect)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {}s", NODE_TIMEOUT.as_secs())))?
+            .map_err(unreachable)?;
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let mut answer = Response::new(Body::new(response.into_body()));
+        *answer.status_mut() = status;
+        if let Some(content_type) = content_type {
+            answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        }
+        Ok(answer.into_response())
+    }
+}

@@ -1,0 +1,434 @@
+//! Pulling modules from OCI registries over the distribution API: wasm artifacts (a layer of
+//! type `application/vnd.wasm.content.layer.v1+wasm` or `application/wasm`), and OCI images
+//! whose root filesystem holds the `.wasm` their entrypoint names. Every blob is verified
+//! against its digest before it is stored.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use super::store::{Image, ImageStore, Source, sha256};
+use super::{Reference, reference::DEFAULT_REGISTRY};
+
+/// Media types of a layer that is the module itself.
+const WASM_LAYERS: [&str; 3] = [
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/wasm",
+    "application/vnd.module.wasm.content.layer.v1+wasm",
+];
+/// What a manifest request accepts: OCI and Docker manifests and indexes.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+/// A manifest larger than this is refused: a registry must not make the node buffer without end.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// A blob (module or layer) larger than this is refused, for the same reason.
+const MAX_BLOB_BYTES: usize = 512 << 20;
+/// Redirects followed for one blob (registries send blobs to storage by redirect).
+const MAX_REDIRECTS: usize = 5;
+
+/// The registries a node pulls from: HTTPS with the system's roots, or plain HTTP for the
+/// registries listed as insecure (meant for a registry on loopback).
+#[derive(Clone)]
+pub struct Registries {
+    insecure: Arc<Vec<String>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registries").field("insecure", &self.insecure).finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+}
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    config: ImageConfigConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ImageConfigConfig {
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+}
+
+impl Registries {
+    /// `insecure` lists registries (`host:port`) reached over plain HTTP.
+    pub fn new(insecure: Vec<String>) -> Registries {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "no usable system root certificates: pulls over HTTPS will fail");
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default versions")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            })
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Registries { insecure: Arc::new(insecure), client: Client::builder(TokioExecutor::new()).build(https) }
+    }
+
+    /// Pulls the module `reference` names into `store`, and tags it there.
+    pub async fn pull(&self, store: &ImageStore, reference: &Reference) -> Result<Image, String> {
+        let host = if reference.registry == DEFAULT_REGISTRY { "registry-1.docker.io" } else { &reference.registry };
+        let scheme = if self.insecure.iter().any(|r| r == &reference.registry) { "http" } else { "https" };
+        let mut session =
+            Session { registries: self, base: format!("{scheme}://{host}/v2/{}", reference.repository), token: None };
+        let tag_or_digest =
+            reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
+        let (mut manifest_bytes, _) =
+            session.get(&format!("manifests/{tag_or_digest}"), MANIFEST_TYPES, MAX_MANIFEST_BYTES).await?;
+        let mut manifest_digest = sha256(&manifest_bytes);
+        if let Some(pinned) = &reference.digest
+            && *pinned != manifest_digest
+        {
+            return Err(format!("the manifest's digest is {manifest_digest}, not the {pinned} the image names"));
+        }
+        let mut manifest: Manifest = parse_manifest(&manifest_bytes)?;
+        if !manifest.manifests.is_empty() {
+            let chosen = choose_platform(&manifest.manifests).ok_or_else(|| {
+                "the image index has no manifest for wasm (wasi/wasm) or this node's platform".to_string()
+            })?;
+            (manifest_bytes, _) =
+                session.get(&format!("manifests/{}", chosen.digest), MANIFEST_TYPES, MAX_MANIFEST_BYTES).await?;
+            manifest_digest = sha256(&manifest_bytes);
+            if manifest_digest != chosen.digest {
+                return Err(format!("manifest {} arrived with digest {manifest_digest}", chosen.digest));
+            }
+            manifest = parse_manifest(&manifest_bytes)?;
+        }
+        let module = match manifest.layers.iter().find(|l| WASM_LAYERS.contains(&l.media_type.as_str())) {
+            Some(layer) => session.blob(&layer.digest).await?,
+            None => self.module_from_rootfs(&mut session, &manifest).await?,
+        };
+        if !module.starts_with(b"\0asm") {
+            return Err(
+                "the image holds no WebAssembly module: its layer does not start with the wasm magic number".into()
+            );
+        }
+        let digest = store.put_blob(&module, None).map_err(|e| e.to_string())?;
+        let size = module.len() as u64;
+        let pinned = Reference { tag: None, digest: Some(manifest_digest), ..reference.clone() };
+        store.tag(&pinned, &digest, size, Source::Pulled).map_err(|e| e.to_string())?;
+        store.tag(reference, &digest, size, Source::Pulled).map_err(|e| e.to_string())
+    }
+
+    /// The module an ordinary OCI image's entrypoint names, read from its layers (the last
+    /// layer that has the file wins, as it would in the unpacked root filesystem).
+    async fn module_from_rootfs(&self, session: &mut Session<'_>, manifest: &Manifest) -> Result<Vec<u8>, String> {
+        let config = manifest.config.as_ref().ok_or("the manifest has neither a wasm layer nor an image config")?;
+        let config: ImageConfig = serde_json::from_slice(&session.blob(&config.digest).await?)
+            .map_err(|e| format!("the image config is not valid JSON: {e}"))?;
+        let entry = config
+            .config
+            .entrypoint
+            .filter(|e| !e.is_empty())
+            .or(config.config.cmd)
+            .and_then(|e| e.into_iter().next())
+            .ok_or("the image names no entrypoint: set ENTRYPOINT to the .wasm file")?;
+        if !entry.ends_with(".wasm") {
+            return Err(format!("the image's entrypoint {entry:?} is not a .wasm file"));
+        }
+        let wanted = entry.trim_start_matches('/').to_string();
+        for layer in manifest.layers.iter().rev() {
+            let blob = session.blob(&layer.digest).await?;
+            let media_type = layer.media_type.clone();
+            let wanted = wanted.clone();
+            let found = tokio::task::spawn_blocking(move || find_in_layer(&blob, &media_type, &wanted))
+                .await
+                .map_err(|e| format!("reading a layer: {e}"))??;
+            if let Some(module) = found {
+                return Ok(module);
+            }
+        }
+        Err(format!("no layer of the image holds its entrypoint {entry:?}"))
+    }
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
+    if manifest.media_type.as_deref().is_some_and(|t| t.contains("schema1")) {
+        return Err("Docker schema 1 manifests are not supported".into());
+    }
+    Ok(manifest)
+}
+
+/// The manifest of an index to run: one for wasm first, else one for this node's platform.
+fn choose_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let platform = |d: &&Descriptor| d.platform.clone();
+    manifests
+        .iter()
+        .find(|d| platform(d).is_some_and(|p| p.architecture == "wasm" || p.os.starts_with("wasi")))
+        .or_else(|| manifests.iter().find(|d| platform(d).is_some_and(|p| p.os == "linux" && p.architecture == arch)))
+        .or_else(|| manifests.iter().find(|d| d.platform.is_none()))
+}
+
+/// The file at `wanted` in a layer (tar, or gzip-compressed tar), if the layer has it.
+fn find_in_layer(blob: &[u8], media_type: &str, wanted: &str) -> Result<Option<Vec<u8>>, String> {
+    let gzipped = blob.starts_with(&[0x1f, 0x8b]);
+    if media_type.contains("zstd") {
+        return Err("zstd-compressed layers are not supported: push the image with gzip layers".into());
+    }
+    let reader: Box<dyn Read> = if gzipped { Box::new(flate2::read::GzDecoder::new(blob)) } else { Box::new(blob) };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| format!("reading a layer: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("reading a layer: {e}"))?;
+        let path = entry.path().map_err(|e| format!("reading a layer: {e}"))?.to_string_lossy().into_owned();
+        if path.trim_start_matches("./").trim_start_matches('/') == wanted {
+            if entry.size() as usize > MAX_BLOB_BYTES {
+                return Err(format!("{wanted} is larger than {MAX_BLOB_BYTES} bytes"));
+            }
+            let mut module = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut module).map_err(|e| format!("reading {wanted}: {e}"))?;
+            return Ok(Some(module));
+        }
+    }
+    Ok(None)
+}
+
+/// One pull's requests to one repository, with the bearer token a registry hands out.
+struct Session<'a> {
+    registries: &'a Registries,
+    base: String,
+    token: Option<String>,
+}
+
+impl Session<'_> {
+    /// A blob, verified against its digest.
+    async fn blob(&mut self, digest: &str) -> Result<Vec<u8>, String> {
+        let (bytes, _) = self.get(&format!("blobs/{digest}"), "*/*", MAX_BLOB_BYTES).await?;
+        let actual = sha256(&bytes);
+        if actual != digest {
+            return Err(format!("blob {digest} arrived with digest {actual}"));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn get(&mut self, path: &str, accept: &str, limit: usize) -> Result<(Bytes, HeaderMap), String> {
+        let mut url = format!("{}/{path}", self.base);
+        let mut authorized = true;
+        for _ in 0..=MAX_REDIRECTS {
+            let response = self.send(&url, accept, authorized).await?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && self.token.is_none() && authorized {
+                let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+                self.token = Some(self.authenticate(challenge).await?);
+                continue;
+            }
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or("a redirect without a Location")?;
+                let next = resolve(&url, location);
+                // Credentials for the registry are not sent to the storage it redirects to.
+                authorized = host(&next) == host(&url);
+                url = next;
+                continue;
+            }
+            let headers = response.headers().clone();
+            let body = Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading {url}: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                let detail = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string();
+                return Err(format!(
+                    "{url}: {status}{}",
+                    if detail.is_empty() { String::new() } else { format!(": {detail}") }
+                ));
+            }
+            return Ok((body, headers));
+        }
+        Err(format!("{url}: too many redirects"))
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        accept: &str,
+        authorized: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let mut request = Request::get(uri).header(header::ACCEPT, accept).header(header::USER_AGENT, "flotilla");
+        if authorized && let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
+        tokio::time::timeout(std::time::Duration::from_secs(60), self.registries.client.request(request))
+            .await
+            .map_err(|_| format!("{url}: no answer within 60 s"))?
+            .map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// An anonymous token from the realm a `WWW-Authenticate: Bearer …` challenge names.
+    async fn authenticate(&self, challenge: Option<HeaderValue>) -> Result<String, String> {
+        let challenge = challenge
+            .as_ref()
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.strip_prefix("Bearer "))
+            .ok_or("the registry asks for credentials this node does not have")?;
+        let mut realm = None;
+        let mut query = Vec::new();
+        for part in split_challenge(challenge) {
+            let Some((key, value)) = part.split_once('=') else { continue };
+            let value = value.trim_matches('"');
+            match key.trim() {
+                "realm" => realm = Some(value.to_string()),
+                key @ ("service" | "scope") => query.push(format!("{key}={}", encode(value))),
+                _ => {}
+            }
+        }
+        let realm = realm.ok_or("the registry's challenge names no realm")?;
+        let url = if query.is_empty() { realm } else { format!("{realm}?{}", query.join("&")) };
+        let response = self.send(&url, "application/json", false).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), 1 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if !status.is_success() {
+            return Err(format!("getting a token from {url}: {status}"));
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token: Token = serde_json::from_slice(&body).map_err(|e| format!("the token from {url}: {e}"))?;
+        token.token.or(token.access_token).ok_or_else(|| format!("{url} gave no token"))
+    }
+}
+
+/// The parts of a challenge, split at commas outside quotes.
+fn split_challenge(challenge: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in challenge.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&challenge[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&challenge[start..]);
+    parts
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn host(url: &str) -> Option<String> {
+    url.parse::<Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()))
+}
+
+/// `location` relative to `url`.
+fn resolve(url: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    match url.parse::<Uri>() {
+        Ok(uri) if location.starts_with('/') => {
+            format!(
+                "{}://{}{location}",
+                uri.scheme_str().unwrap_or("https"),
+                uri.authority().map(|a| a.as_str()).unwrap_or("")
+            )
+        }
+        _ => location.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_indexes_and_layers_are_read() {
+        let parts =
+            split_challenge(r#"realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+        let index: Manifest = serde_json::from_str(
+            r#"{"manifests": [
+                {"digest": "sha256:1", "platform": {"os": "linux", "architecture": "s390x"}},
+                {"digest": "sha256:2", "platform": {"os": "wasip1", "architecture": "wasm"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(choose_platform(&index.manifests).unwrap().digest, "sha256:2");
+        // A gzipped tar layer with the module at the entrypoint's path.
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(8);
+        header.set_cksum();
+        tar.append_data(&mut header, "app/hello.wasm", &b"\0asm\x01\0\0\0"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let layer = gz.finish().unwrap();
+        let found = find_in_layer(&layer, "application/vnd.oci.image.layer.v1.tar+gzip", "app/hello.wasm").unwrap();
+        assert_eq!(found.as_deref(), Some(&b"\0asm\x01\0\0\0"[..]));
+        assert_eq!(find_in_layer(&tar, "application/vnd.oci.image.layer.v1.tar", "other.wasm").unwrap(), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! `flotilla-node`: the node agent, which does the kubelet's job for wasm pods.
+//!
+//! It registers its Node and renews its Lease, watches the pods bound to it, and runs each pod's
+//! containers on the wasm runtime (`flotilla-wasm`): images resolved through the node's image
+//! store or a registry, init containers in order, restarts by policy with upstream's back-off,
+//! status written as the kubelet shapes it, Events, and logs in the CRI format that its HTTP API
+//! serves for `kubectl logs`. It talks to the cluster only through the Kubernetes API (a
+//! `kube::Client`, in-process or remote), and writes only its own Node, Lease, pods' status and
+//! Events.
+
+mod events;
+pub mod images;
+pub mod logs;
+mod network;
+mod node;
+mod pods;
+mod server;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flotilla_api::Cidr;
+use flotilla_wasm::{Runtime, RuntimeConfig};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::task::JoinHandle;
+
+pub use images::{ImageStore, Reference};
+pub use node::{Capacity, SERVING_CERT_ANNOTATION, WASM_RUNTIME_LABEL};
+
+/// How a node agent runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Node's name (`kubernetes.io/hostname`).
+    pub name: String,
+    /// Where the agent keeps images, compiled modules, pod volumes and logs.
+    pub data_dir: PathBuf,
+    /// The address other machines (and the API server) reach this node at.
+    pub node_ip: Ipv4Addr,
+    /// The range pods get their addresses from.
+    pub pod_cidr: Cidr,
+    /// Pods the node admits: its wasm instance slots.
+    pub max_pods: u32,
+    /// Whether pods may mount host directories (`hostPath`): off unless the operator says so.
+    pub allow_host_path: bool,
+    /// Registries (`host:port`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// The port the node's HTTP API is served on (by the caller, over TLS).
+    pub server_port: u16,
+    /// SHA-256 (hex) of the certificate it is served with, published on the Node.
+    pub serving_cert_sha256: String,
+    /// The token the API server presents to the node's HTTP API.
+    pub node_token: String,
+}
+
+impl NodeConfig {
+    /// This machine's host name, the default node name.
+    pub fn hostname() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("setting up the wasm runtime: {0}")]
+    Runtime(#[from] flotilla_wasm::RuntimeError),
+    #[error("opening the image store: {0}")]
+    Images(#[from] images::StoreError),
+    #[error("registering the node: {0}")]
+    Register(#[from] kube::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What every part of the agent shares.
+pub(crate) struct Node {
+    client: kube::Client,
+    config: NodeConfig,
+    data_dir: PathBuf,
+    pods_dir: PathBuf,
+    logs_dir: PathBuf,
+    capacity: Capacity,
+    runtime: Runtime,
+    images: images::Images,
+    addresses: network::PodAddresses,
+    events: events::Recorder,
+    pods: pods::PodTable,
+    services: reflector::Store<Service>,
+}
+
+/// A running node agent. Dropping it stops everything it runs, guests included.
+pub struct Agent {
+    node: Arc<Node>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.node.config.name).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Registers the node through `client` and starts running the pods bound to it.
+    pub async fn start(client: kube::Client, config: NodeConfig) -> Result<Agent, Error> {
+        let data_dir = config.data_dir.clone();
+        let dir = |name: &str| -> Result<PathBuf, Error> {
+            let path = data_dir.join(name);
+            std::fs::create_dir_all(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            Ok(path)
+        };
+        let (pods_dir, logs_dir) = (dir("pods")?, dir("logs")?);
+        let mut runtime_config = RuntimeConfig::new(dir("modules")?);
+        runtime_config.instance_slots = config.max_pods;
+        let runtime = Runtime::new(runtime_config)?;
+        let store = ImageStore::open(dir("images")?)?;
+        let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
+        let (services, services_writer) = reflector::store();
+        let node = Arc::new(Node {
+            events: events::Recorder::new(client.clone(), &config.name),
+            addresses: network::PodAddresses::new(config.pod_cidr),
+            capacity: Capacity::of_this_machine(),
+            pods: pods::PodTable::default(),
+            client: client.clone(),
+            data_dir,
+            pods_dir,
+            logs_dir,
+            runtime,
+            images,
+            services,
+            config,
+        });
+        let registered = node::register(&node).await?;
+        tracing::info!(node = node.config.name, pods = %node.config.pod_cidr, "node registered");
+        let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
+            .default_backoff()
+            .reflect(services_writer)
+            .for_each(|_| async {});
+        let tasks = vec![
+            tokio::spawn(node::heartbeat(node.clone(), registered)),
+            tokio::spawn(services),
+            tokio::spawn(pods::run(node.clone())),
+        ];
+        Ok(Agent { node, tasks })
+    }
+
+    /// The node's HTTP API (logs), for the caller to serve over TLS on `server_port`.
+    pub fn router(&self) -> axum::Router {
+        server::router(self.node.clone(), self.node.config.node_token.clone())
+    }
+
+    /// Pods the agent holds.
+    pub fn pods(&self) -> usize {
+        self.node.pods.len()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The node's own objects: its Node (capacity, addresses, conditions, where its log server
+//! listens) and its Lease in `kube-node-lease`, renewed as the kubelet renews it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::Node as Agent;
+
+/// The annotation that carries the SHA-256 of the node's serving certificate: the API server
+/// checks the certificate it meets against it when it proxies to the node (`kubectl logs`).
+pub const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
+/// The label that says a node runs wasm pods (one such label per runtime it offers).
+pub const WASM_RUNTIME_LABEL: &str = "runtime.flotilla.dev/wasm";
+/// How long a Lease holds without renewal (the kubelet's default).
+pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(40);
+/// How often the Lease is renewed: a quarter of its duration, as upstream does.
+pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How often the Node's status is written when nothing in it changed.
+pub(crate) const STATUS_REPORT: Duration = Duration::from_secs(60);
+/// Memory pressure below this much available memory (the kubelet's `memory.available<100Mi`).
+const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
+/// Disk pressure below this share of the data directory's file system (`nodefs.available<10%`).
+const DISK_PRESSURE_SHARE: f64 = 0.10;
+
+/// What the node has to offer.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Cores.
+    pub cpu: f64,
+    /// Bytes.
+    pub memory: u64,
+}
+
+impl Capacity {
+    pub fn of_this_machine() -> Capacity {
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let memory = meminfo("MemTotal:").unwrap_or(1 << 30);
+        Capacity { cpu, memory }
+    }
+}
+
+/// A value from `/proc/meminfo`, in bytes.
+fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Creates the Node, or updates the one an earlier run of the agent registered.
+pub(crate) async fn register(agent: &Arc<Agent>) -> Result<Node, kube::Error> {
+    let api: Api<Node> = Api::all(agent.client.clone());
+    let desired = desired_node(agent);
+    let name = agent.config.name.clone();
+    let node = match api.create(&PostParams::default(), &desired).await {
+        Ok(node) => node,
+        Err(kube::Error::Api(err)) if err.code == 409 => {
+            let patch = serde_json::json!({
+                "metadata": {"labels": desired.metadata.labels, "annotations": desired.metadata.annotations},
+                "spec": {"podCIDR": agent.addresses.range().to_string(), "podCIDRs": [agent.addresses.range().to_string()]},
+            });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?
+        }
+        Err(err) => return Err(err),
+    };
+    let status = serde_json::json!({"status": desired.status});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(node)
+}
+
+/// Renews the Lease every [`LEASE_RENEW`] and writes the Node's status when it changes or
+/// every [`STATUS_REPORT`], until the agent stops.
+pub(crate) async fn heartbeat(agent: Arc<Agent>, node: Node) {
+    let leases: Api<Lease> = Api::namespaced(agent.client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(agent.client.clone());
+    let name = agent.config.name.clone();
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: name.clone(),
+        uid: node.metadata.uid.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut reported = tokio::time::Instant::now();
+    let mut last = conditions_key(&conditions(agent.as_ref()));
+    let mut ticks = tokio::time::interval(LEASE_RENEW);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = renew(&leases, &name, &owner).await {
+            tracing::warn!(%err, "cannot renew the node's lease");
+        }
+        let now = conditions(agent.as_ref());
+        if conditions_key(&now) != last || reported.elapsed() >= STATUS_REPORT {
+            let status = serde_json::json!({"status": {"conditions": now}});
+            match nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await {
+                Ok(_) => {
+                    last = conditions_key(&now);
+                    reported = tokio::time::Instant::now();
+                }
+                Err(err) => tracing::warn!(%err, "cannot write the node's status"),
+            }
+        }
+    }
+}
+
+async fn renew(leases: &Api<Lease>, name: &str, owner: &OwnerReference) -> Result<(), kube::Error> {
+    let now = MicroTime(jiff::Timestamp::now());
+    let patch = serde_json::json!({"spec": {"renewTime": now, "holderIdentity": name}});
+    match leases.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(err)) if err.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("kube-node-lease".into()),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.into()),
+                    lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            leases.create(&PostParams::default(), &lease).await.map(drop)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The conditions without their times, to tell whether anything changed.
+fn conditions_key(conditions: &[NodeCondition]) -> Vec<(String, String)> {
+    conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect()
+}
+
+fn conditions(agent: &Agent) -> Vec<NodeCondition> {
+    let now = Time(jiff::Timestamp::now());
+    let condition = |kind: &str, status: bool, reason: &str, message: &str| NodeCondition {
+        type_: kind.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    };
+    let memory_low = meminfo("MemAvailable:").is_some_and(|available| available < MEMORY_PRESSURE_BYTES);
+    let disk_low = disk_available_share(&agent.data_dir).is_some_and(|share| share < DISK_PRESSURE_SHARE);
+    vec![
+        if memory_low {
+            condition(
+                "MemoryPressure",
+                true,
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+        },
+        if disk_low {
+            condition("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+        } else {
+            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+        },
+        condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        condition("Ready", true, "KubeletReady", "kubelet is posting ready status"),
+    ]
+}
+
+/// The share of the file system under `dir` that is free, from `df`'s view of it.
+fn disk_available_share(dir: &std::path::Path) -> Option<f64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    (stat.f_blocks > 0).then(|| stat.f_bavail as f64 / stat.f_blocks as f64)
+}
+
+fn desired_node(agent: &Agent) -> Node {
+    let config = &agent.config;
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), config.name.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("kubernetes.io/arch".to_string(), arch.to_string()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/arch".to_string(), arch.to_string()),
+        (WASM_RUNTIME_LABEL.to_string(), "true".to_string()),
+    ]);
+    let annotations = BTreeMap::from([(SERVING_CERT_ANNOTATION.to_string(), config.serving_cert_sha256.clone())]);
+    let capacity = BTreeMap::from([
+        ("cpu".to_string(), Quantity(format!("{}", agent.capacity.cpu))),
+        ("memory".to_string(), Quantity(format!("{}Ki", agent.capacity.memory / 1024))),
+        ("pods".to_string(), Quantity(config.max_pods.to_string())),
+    ]);
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default();
+    let os_image = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_else(|| "Linux".into());
+    let (major, minor) = flotilla_api::KUBERNETES_VERSION;
+    let version = format!("v{major}.{minor}.0+flotilla.{}", env!("CARGO_PKG_VERSION"));
+    let range = agent.addresses.range().to_string();
+    Node {
+        metadata: ObjectMeta {
+            name: Some(config.name.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec { pod_cidr: Some(range.clone()), pod_cidrs: Some(vec![range]), ..Default::default() }),
+        status: Some(NodeStatus {
+            allocatable: Some(capacity.clone()),
+            capacity: Some(capacity),
+            conditions: Some(conditions(agent)),
+            addresses: Some(vec![
+                NodeAddress { type_: "InternalIP".into(), address: config.node_ip.to_string() },
+                NodeAddress { type_: "Hostname".into(), address: config.name.clone() },
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(config.server_port) }),
+            }),
+            node_info: Some(NodeSystemInfo {
+                architecture: arch.into(),
+                boot_id: read("/proc/sys/kernel/random/boot_id"),
+                container_runtime_version: format!("wasmtime://{}", flotilla_wasm::Runtime::VERSION),
+                kernel_version: read("/proc/sys/kernel/osrelease"),
+                kube_proxy_version: String::new(),
+                kubelet_version: version,
+                machine_id: read("/etc/machine-id"),
+                operating_system: "linux".into(),
+                os_image,
+                system_uuid: read("/sys/class/dmi/id/product_uuid"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}

@@ -1,0 +1,369 @@
+//! A container's environment and command line, as the kubelet makes them: Service variables,
+//! then `envFrom`, then `env` (later ones win), `$(VAR)` references expanded against what is
+//! defined before them, and `command`/`args` expanded against the result.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, Secret, Service};
+
+/// The ConfigMaps and Secrets a pod's containers refer to, fetched before they start; `None`
+/// for one that does not exist.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Objects {
+    pub config_maps: HashMap<String, Option<ConfigMap>>,
+    pub secrets: HashMap<String, Option<Secret>>,
+}
+
+impl Objects {
+    fn config_map_value(&self, name: &str, key: &str) -> Option<Option<String>> {
+        let map = self.config_maps.get(name)?.as_ref()?;
+        Some(map.data.as_ref().and_then(|d| d.get(key)).cloned().or_else(|| {
+            let binary = map.binary_data.as_ref()?.get(key)?;
+            Some(String::from_utf8_lossy(&binary.0).into_owned())
+        }))
+    }
+
+    fn secret_value(&self, name: &str, key: &str) -> Option<Option<String>> {
+        let secret = self.secrets.get(name)?.as_ref()?;
+        Some(
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned()),
+        )
+    }
+}
+
+/// The names of the ConfigMaps and Secrets the containers' env and the pod's volumes use.
+pub(super) fn referenced(pod: &Pod) -> (Vec<String>, Vec<String>) {
+    let (mut config_maps, mut secrets) = (Vec::new(), Vec::new());
+    let spec = pod.spec.as_ref();
+    let containers = spec.into_iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
+    for container in containers {
+        for from in container.env_from.iter().flatten() {
+            config_maps.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
+        }
+        for var in container.env.iter().flatten() {
+            let Some(source) = &var.value_from else { continue };
+            config_maps.extend(source.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(source.secret_key_ref.as_ref().map(|r| r.name.clone()));
+        }
+    }
+    for volume in spec.into_iter().flat_map(|s| s.volumes.iter().flatten()) {
+        config_maps.extend(volume.config_map.as_ref().map(|v| v.name.clone()));
+        secrets.extend(volume.secret.as_ref().and_then(|v| v.secret_name.clone()));
+    }
+    for list in [&mut config_maps, &mut secrets] {
+        list.sort();
+        list.dedup();
+    }
+    (config_maps, secrets)
+}
+
+/// Where the pod runs, for `fieldRef`s and `resourceFieldRef`s.
+#[derive(Debug, Clone)]
+pub(super) struct Placement<'a> {
+    pub pod_ip: &'a str,
+    pub host_ip: &'a str,
+    pub node_name: &'a str,
+    /// The node's allocatable cpu (cores) and memory (bytes): what an unlimited container may use.
+    pub node_cpu: f64,
+    pub node_memory: u64,
+}
+
+/// The environment of `container`, or why it cannot be made (`CreateContainerConfigError`).
+pub(super) fn environment(
+    pod: &Pod,
+    container: &Container,
+    placement: &Placement<'_>,
+    objects: &Objects,
+    services: &[Service],
+) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set =
+        |env: &mut Vec<(String, String)>, name: String, value: String| match env.iter_mut().find(|(n, _)| *n == name) {
+            Some(existing) => existing.1 = value,
+            None => env.push((name, value)),
+        };
+    let spec = pod.spec.as_ref();
+    // Upstream sets HOSTNAME to the pod's name (or its `hostname`), the name the pod's
+    // containers share.
+    let hostname = spec.and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone()).unwrap_or_default();
+    set(&mut env, "HOSTNAME".into(), hostname);
+    if spec.and_then(|s| s.enable_service_links).unwrap_or(true) {
+        for (name, value) in service_variables(services) {
+            set(&mut env, name, value);
+        }
+    }
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        let entries: BTreeMap<String, String> = if let Some(source) = &from.config_map_ref {
+            match objects.config_maps.get(&source.name).and_then(Option::as_ref) {
+                Some(map) => map.data.clone().unwrap_or_default(),
+                None if source.optional == Some(true) => BTreeMap::new(),
+                None => return Err(format!("configmap \"{}\" not found", source.name)),
+            }
+        } else if let Some(source) = &from.secret_ref {
+            match objects.secrets.get(&source.name).and_then(Option::as_ref) {
+                Some(secret) => secret
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect(),
+                None if source.optional == Some(true) => BTreeMap::new(),
+                None => return Err(format!("secret \"{}\" not found", source.name)),
+            }
+        } else {
+            BTreeMap::new()
+        };
+        for (key, value) in entries {
+            set(&mut env, format!("{prefix}{key}"), value);
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let value = match &var.value_from {
+            None => {
+                let defined: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                expand(var.value.as_deref().unwrap_or_default(), &defined)
+            }
+            Some(source) => {
+                if let Some(field) = &source.field_ref {
+                    field_value(pod, field, placement)?
+                } else if let Some(field) = &source.resource_field_ref {
+                    resource_value(container, &field.resource, field.divisor.as_ref().map(|d| d.0.as_str()), placement)?
+                } else if let Some(key) = &source.config_map_key_ref {
+                    match objects.config_map_value(&key.name, &key.key) {
+                        Some(Some(value)) => value,
+                        _ if key.optional == Some(true) => continue,
+                        None => return Err(format!("configmap \"{}\" not found", key.name)),
+                        Some(None) => {
+                            return Err(format!("couldn't find key {} in ConfigMap {namespace}/{}", key.key, key.name));
+                        }
+                    }
+                } else if let Some(key) = &source.secret_key_ref {
+                    match objects.secret_value(&key.name, &key.key) {
+                        Some(Some(value)) => value,
+                        _ if key.optional == Some(true) => continue,
+                        None => return Err(format!("secret \"{}\" not found", key.name)),
+                        Some(None) => {
+                            return Err(format!("couldn't find key {} in Secret {namespace}/{}", key.key, key.name));
+                        }
+                    }
+                } else {
+                    String::new()
+                }
+            }
+        };
+        set(&mut env, var.name.clone(), value);
+    }
+    Ok(env)
+}
+
+/// `argv`: `command` (else the program's own name) followed by `args`, with `$(VAR)` expanded.
+pub(super) fn argv(container: &Container, program: &str, env: &[(String, String)]) -> Vec<String> {
+    let defined: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut argv: Vec<String> = match container.command.as_deref() {
+        Some(command) if !command.is_empty() => command.iter().map(|c| expand(c, &defined)).collect(),
+        _ => vec![program.to_string()],
+    };
+    argv.extend(container.args.iter().flatten().map(|a| expand(a, &defined)));
+    argv
+}
+
+/// Upstream's `$(VAR)` expansion: a defined variable is replaced, an undefined reference is
+/// left as written, and `$$` escapes a `$`.
+pub(super) fn expand(text: &str, defined: &HashMap<&str, &str>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            let name = &body[..end];
+            match defined.get(name) {
+                Some(value) => out.push_str(value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field_value(pod: &Pod, field: &ObjectFieldSelector, placement: &Placement<'_>) -> Result<String, String> {
+    let meta = &pod.metadata;
+    let path = field.field_path.as_str();
+    let label_or_annotation = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    let value = match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => placement.node_name.to_string(),
+        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => placement.host_ip.to_string(),
+        "status.podIP" | "status.podIPs" => placement.pod_ip.to_string(),
+        _ => label_or_annotation(meta.labels.as_ref(), "metadata.labels['")
+            .or_else(|| label_or_annotation(meta.annotations.as_ref(), "metadata.annotations['"))
+            .ok_or_else(|| format!("unsupported fieldRef path {path:?}"))?,
+    };
+    Ok(value)
+}
+
+/// `limits.cpu`, `requests.memory`, …, in units of `divisor` rounded up, as upstream's
+/// `ExtractContainerResourceValue`; an unset limit is the node's allocatable amount.
+fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    placement: &Placement<'_>,
+) -> Result<String, String> {
+    let (kind, name) = resource.split_once('.').ok_or_else(|| format!("unsupported resource {resource:?}"))?;
+    let resources = container.resources.as_ref();
+    let map = match kind {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        _ => return Err(format!("unsupported resource {resource:?}")),
+    };
+    let nanos = |q: &str| flotilla_api::quantity::parse(q).map_err(|e| format!("{resource}: {e}"));
+    let value = match map.and_then(|m| m.get(name)) {
+        Some(quantity) => nanos(&quantity.0)?,
+        None => match name {
+            "cpu" => (placement.node_cpu * 1e9) as i128,
+            "memory" => i128::from(placement.node_memory) * 1_000_000_000,
+            _ => 0,
+        },
+    };
+    let divisor = nanos(divisor.unwrap_or("1"))?.max(1);
+    Ok(((value + divisor - 1) / divisor).to_string())
+}
+
+/// The Docker-links-style variables upstream gives every container for each Service of its
+/// namespace: `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT`, `WEB_PORT_80_TCP_ADDR`, …
+fn service_variables(services: &[Service]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for service in services {
+        let Some(spec) = &service.spec else { continue };
+        let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") else { continue };
+        let name = service.metadata.name.as_deref().unwrap_or_default().to_uppercase().replace('-', "_");
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        env.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        env.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for port in ports.iter().filter(|p| p.name.is_some()) {
+            let port_name = port.name.as_deref().unwrap_or_default().to_uppercase().replace('-', "_");
+            env.push((format!("{name}_SERVICE_PORT_{port_name}"), port.port.to_string()));
+        }
+        let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| p.protocol.clone().unwrap_or("TCP".into());
+        env.push((format!("{name}_PORT"), format!("{}://{ip}:{}", protocol(first).to_lowercase(), first.port)));
+        for port in ports {
+            let proto = protocol(port);
+            let prefix = format!("{name}_PORT_{}_{}", port.port, proto.to_uppercase());
+            env.push((prefix.clone(), format!("{}://{ip}:{}", proto.to_lowercase(), port.port)));
+            env.push((format!("{prefix}_PROTO"), proto.to_lowercase()));
+            env.push((format!("{prefix}_PORT"), port.port.to_string()));
+            env.push((format!("{prefix}_ADDR"), ip.to_string()));
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn placement() -> Placement<'static> {
+        Placement { pod_ip: "127.44.0.9", host_ip: "127.0.0.1", node_name: "n1", node_cpu: 2.0, node_memory: 1 << 30 }
+    }
+
+    #[test]
+    fn references_expand_against_what_is_defined_before_them() {
+        let defined = HashMap::from([("A", "1"), ("B", "two")]);
+        assert_eq!(expand("$(A)-$(B)", &defined), "1-two");
+        assert_eq!(expand("$(MISSING) $$(A) $ $(A", &defined), "$(MISSING) $(A) $ $(A");
+    }
+
+    #[test]
+    fn the_environment_is_built_in_upstream_order() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "labels": {"app": "web"}},
+            "spec": {"containers": [{
+                "name": "app",
+                "resources": {"limits": {"memory": "64Mi"}},
+                "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+                "env": [
+                    {"name": "GREETING", "value": "hi $(CFG_who)"},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "GONE", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": true}}},
+                ],
+                "command": ["server"],
+                "args": ["--ip=$(IP)", "$(UNSET)"],
+            }]}
+        }))
+        .unwrap();
+        let mut objects = Objects::default();
+        objects.config_maps.insert(
+            "cfg".into(),
+            Some(serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"who": "there"}})).unwrap()),
+        );
+        objects.secrets.insert(
+            "creds".into(),
+            Some(
+                serde_json::from_value(json!({"metadata": {"name": "creds"}, "data": {"password": "czNjcjN0"}}))
+                    .unwrap(),
+            ),
+        );
+        objects.secrets.insert("nope".into(), None);
+        let services: Vec<Service> = vec![
+            serde_json::from_value(json!({"metadata": {"name": "my-db"}, "spec": {"clusterIP": "127.43.0.5",
+                "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]}}))
+            .unwrap(),
+        ];
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let env = environment(&pod, container, &placement(), &objects, &services).unwrap();
+        let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("HOSTNAME"), Some("web"));
+        assert_eq!(get("MY_DB_SERVICE_HOST"), Some("127.43.0.5"));
+        assert_eq!(get("MY_DB_PORT_5432_TCP_ADDR"), Some("127.43.0.5"));
+        assert_eq!(get("CFG_who"), Some("there"));
+        assert_eq!(get("GREETING"), Some("hi there"));
+        assert_eq!(get("POD"), Some("web"));
+        assert_eq!(get("APP"), Some("web"));
+        assert_eq!(get("MEM"), Some("64"));
+        assert_eq!(get("CPU"), Some("2"));
+        assert_eq!(get("PASSWORD"), Some("s3cr3t"));
+        assert_eq!(get("GONE"), None);
+        assert_eq!(argv(container, "prog", &env), ["server", "--ip=127.44.0.9", "$(UNSET)"]);
+
+        objects.config_maps.insert("cfg".into(), None);
+        let err = environment(&pod, container, &placement(), &objects, &services).unwrap_err();
+        assert_eq!(err, "configmap \"cfg\" not found");
+    }
+}

@@ -1,0 +1,136 @@
+//! The pods bound to this node: a watch on them (`spec.nodeName=<node>`), one worker task per
+//! pod, and the table the node's log server reads.
+
+mod env;
+mod plan;
+mod record;
+mod status;
+mod volumes;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::Node;
+use crate::logs::ContainerLog;
+
+/// What the log server needs of a container: which run it is on, that run's log while it is
+/// being written, and why it waits if it has not started.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerLogs {
+    pub restart_count: i32,
+    pub live: Option<Arc<ContainerLog>>,
+    /// The reason it waits (`ContainerCreating`, `CrashLoopBackOff`, …), if it does.
+    pub waiting: Option<String>,
+    /// Whether any run of it has started, so that a log exists.
+    pub started: bool,
+}
+
+/// A pod on this node, as the log server sees it.
+#[derive(Debug)]
+pub(crate) struct PodEntry {
+    pub uid: String,
+    pub log_dir: PathBuf,
+    pub containers: Mutex<HashMap<String, ContainerLogs>>,
+}
+
+/// The pods on this node by namespace and name.
+#[derive(Debug, Default)]
+pub(crate) struct PodTable {
+    pods: Mutex<HashMap<(String, String), Arc<PodEntry>>>,
+}
+
+impl PodTable {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<PodEntry>> {
+        self.pods.lock().expect("pod table lock").get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    fn insert(&self, namespace: &str, name: &str, entry: Arc<PodEntry>) {
+        self.pods.lock().expect("pod table lock").insert((namespace.to_string(), name.to_string()), entry);
+    }
+
+    /// Removes the pod, unless a newer pod of the same name has taken its place.
+    fn remove(&self, namespace: &str, name: &str, uid: &str) {
+        let mut pods = self.pods.lock().expect("pod table lock");
+        let key = (namespace.to_string(), name.to_string());
+        if pods.get(&key).is_some_and(|entry| entry.uid == uid) {
+            pods.remove(&key);
+        }
+    }
+
+    /// How many pods the node holds.
+    pub(crate) fn len(&self) -> usize {
+        self.pods.lock().expect("pod table lock").len()
+    }
+}
+
+/// A worker and the channel that hands it the newest version of its pod (`None` once the pod
+/// is gone from the API).
+struct WorkerHandle {
+    updates: watch::Sender<Option<Pod>>,
+    task: JoinHandle<()>,
+}
+
+/// Watches the pods bound to the node and keeps one worker per pod until the pod is gone.
+pub(crate) async fn run(node: Arc<Node>) {
+    let api: Api<Pod> = Api::all(node.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", node.config.name));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut listed = HashSet::new();
+    while let Some(event) = events.next().await {
+        workers.retain(|_, worker| !worker.task.is_finished());
+        match event {
+            Ok(Event::Apply(pod)) => dispatch(&node, &mut workers, pod),
+            Ok(Event::InitApply(pod)) => {
+                listed.extend(pod.metadata.uid.clone());
+                dispatch(&node, &mut workers, pod);
+            }
+            Ok(Event::Delete(pod)) => {
+                if let Some(worker) = pod.metadata.uid.as_ref().and_then(|uid| workers.get(uid)) {
+                    let _ = worker.updates.send(None);
+                }
+            }
+            Ok(Event::Init) => listed.clear(),
+            Ok(Event::InitDone) => {
+                // Pods deleted while the watch was down are not in the new list.
+                for (uid, worker) in &workers {
+                    if !listed.contains(uid) {
+                        let _ = worker.updates.send(None);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%err, "watching this node's pods"),
+        }
+    }
+}
+
+fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: Pod) {
+    let Some(uid) = pod.metadata.uid.clone() else { return };
+    if let Some(worker) = workers.get(&uid) {
+        let _ = worker.updates.send(Some(pod));
+        return;
+    }
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let entry = Arc::new(PodEntry {
+        uid: uid.clone(),
+        log_dir: crate::logs::pod_dir(&node.logs_dir, &namespace, &name, &uid),
+        containers: Mutex::default(),
+    });
+    node.pods.insert(&namespace, &name, entry.clone());
+    let (updates, receiver) = watch::channel(Some(pod.clone()));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let worker = worker::Worker::new(node.clone(), pod, entry, events_tx);
+    let task = tokio::spawn(worker.run(receiver, events_rx));
+    workers.insert(uid, WorkerHandle { updates, task });
+}

@@ -1,0 +1,804 @@
+//! One pod's lifecycle on the node (the kubelet's pod worker): it sets up the sandbox (address,
+//! volumes), runs init containers then containers as the plan says, restarts them by policy
+//! with back-off, writes the pod's status whenever it changes, and on deletion stops
+//! everything and removes the pod for good.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_wasm::{ContainerSpec, Exit, Program};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::env::{self, Objects, Placement};
+use super::plan::{PodView, RestartPolicy, Slot, plan};
+use super::record::{ContainerRecord, Run, Terminated};
+use super::status::{self, StatusInput, Stop};
+use super::volumes::{self, Volumes};
+use super::{ContainerLogs, PodEntry};
+use crate::Node;
+use crate::events::EventType::{Normal, Warning};
+use crate::images::PullPolicy;
+use crate::logs::{self, ContainerLog};
+
+/// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
+/// that their files follow changes (the kubelet's sync period is a minute; this is quicker).
+const PROJECTION_REFRESH: Duration = Duration::from_secs(10);
+/// How long to wait before retrying a status write or the final deletion that failed.
+const API_RETRY: Duration = Duration::from_secs(2);
+
+/// What a container's run task reports to its worker.
+#[derive(Debug)]
+pub(super) enum RunEvent {
+    Started { slot: Slot, attempt: i32, image_id: String, container_id: String, started_at: Timestamp },
+    StartFailed { slot: Slot, attempt: i32, reason: &'static str, message: String },
+    Exited { slot: Slot, attempt: i32, exit: Exit, started_at: Timestamp, container_id: String },
+}
+
+/// A run in progress: its task (aborting it kills the guest) and its log.
+#[derive(Debug)]
+struct ActiveRun {
+    attempt: i32,
+    task: JoinHandle<()>,
+    log: Arc<ContainerLog>,
+}
+
+/// The pod's sandbox: what its containers share.
+#[derive(Debug)]
+struct Sandbox {
+    ip: Ipv4Addr,
+    dir: PathBuf,
+}
+
+pub(super) struct Worker {
+    node: Arc<Node>,
+    pod: Pod,
+    entry: Arc<PodEntry>,
+    restart_policy: RestartPolicy,
+    init: Vec<ContainerRecord>,
+    main: Vec<ContainerRecord>,
+    runs: HashMap<Slot, ActiveRun>,
+    events: mpsc::UnboundedSender<RunEvent>,
+    sandbox: Option<Sandbox>,
+    objects: Objects,
+    objects_read: Option<Instant>,
+    start_time: Timestamp,
+    /// When the pod's `activeDeadlineSeconds` runs out, if it has one.
+    deadline: Option<Instant>,
+    stop: Option<Stop>,
+    /// The pod was removed from the API (force-deleted, or while the agent was away).
+    gone: bool,
+    published: Option<Value>,
+    publish_failed: bool,
+}
+
+impl Worker {
+    /// A worker for `pod`, picking up what an earlier run of the agent left in its status.
+    pub(super) fn new(
+        node: Arc<Node>,
+        pod: Pod,
+        entry: Arc<PodEntry>,
+        events: mpsc::UnboundedSender<RunEvent>,
+    ) -> Worker {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = pod.status.clone().unwrap_or_default();
+        let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
+        let restore = |containers: &[Container], statuses: Option<&Vec<ContainerStatus>>, waiting: &str| {
+            containers
+                .iter()
+                .map(|c| {
+                    let mut record = ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default(), waiting);
+                    if let Some(found) = statuses.and_then(|s| s.iter().find(|s| s.name == c.name)) {
+                        restore_record(&mut record, found);
+                    }
+                    record
+                })
+                .collect::<Vec<_>>()
+        };
+        let init = restore(
+            spec.init_containers.as_deref().unwrap_or_default(),
+            status.init_container_statuses.as_ref(),
+            "PodInitializing",
+        );
+        let main_waiting = if has_init { "PodInitializing" } else { "ContainerCreating" };
+        let main = restore(&spec.containers, status.container_statuses.as_ref(), main_waiting);
+        let start_time = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
+        let deadline = spec.active_deadline_seconds.map(|secs| {
+            let elapsed = Timestamp::now().duration_since(start_time).unsigned_abs();
+            Instant::now() + Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed)
+        });
+        Worker {
+            restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
+            node,
+            pod,
+            entry,
+            init,
+            main,
+            runs: HashMap::new(),
+            events,
+            sandbox: None,
+            objects: Objects::default(),
+            objects_read: None,
+            start_time,
+            deadline,
+            stop: None,
+            gone: false,
+            published: None,
+            publish_failed: false,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut updates: watch::Receiver<Option<Pod>>,
+        mut events: mpsc::UnboundedReceiver<RunEvent>,
+    ) {
+        loop {
+            self.observe_stop();
+            let terminal = self.is_terminal();
+            if self.sandbox.is_none() && self.stop.is_none() && !terminal {
+                self.create_sandbox();
+            }
+            let now = Instant::now();
+            let planned = plan(
+                &PodView {
+                    restart_policy: self.restart_policy,
+                    stopping: self.stop.is_some(),
+                    init: &self.init,
+                    main: &self.main,
+                },
+                now,
+            );
+            for slot in planned.kill {
+                self.kill(slot);
+            }
+            for slot in planned.start {
+                self.start(slot).await;
+            }
+            self.report_backoffs();
+            self.publish().await;
+            self.update_entry();
+            if self.is_terminal() && self.runs.is_empty() {
+                self.release_sandbox();
+                if self.gone || (self.stop == Some(Stop::Deleted) && self.delete().await) {
+                    self.clean_up();
+                    return;
+                }
+            }
+            let mut wake = planned.wake_at;
+            let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+            if let Some(deadline) = self.deadline.filter(|_| self.stop.is_none()) {
+                at(deadline);
+            }
+            if let Some(read) = self.objects_read.filter(|_| self.projects_objects() && !self.is_terminal()) {
+                at(read + PROJECTION_REFRESH);
+            }
+            if self.publish_failed || (self.stop == Some(Stop::Deleted) && self.runs.is_empty()) {
+                at(Instant::now() + API_RETRY);
+            }
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        // The agent is shutting down: its guests end with it.
+                        self.abort_all();
+                        return;
+                    }
+                    match updates.borrow_and_update().clone() {
+                        Some(pod) if pod.metadata.uid == self.pod.metadata.uid => self.pod = pod,
+                        _ => self.gone = true,
+                    }
+                }
+                Some(event) = events.recv() => self.apply(event).await,
+                () = sleep => {
+                    if self.objects_read.is_some_and(|r| r.elapsed() >= PROJECTION_REFRESH) && !self.is_terminal() {
+                        self.refresh_projections().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    fn record(&mut self, slot: Slot) -> &mut ContainerRecord {
+        match slot {
+            Slot::Init(i) => &mut self.init[i],
+            Slot::Main(i) => &mut self.main[i],
+        }
+    }
+
+    fn container(&self, slot: Slot) -> Option<Container> {
+        let spec = self.pod.spec.as_ref()?;
+        match slot {
+            Slot::Init(i) => spec.init_containers.as_ref()?.get(i).cloned(),
+            Slot::Main(i) => spec.containers.get(i).cloned(),
+        }
+    }
+
+    fn observe_stop(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        if self.gone || self.pod.metadata.deletion_timestamp.is_some() {
+            self.stop = Some(Stop::Deleted);
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) && !self.is_terminal() {
+            self.stop = Some(Stop::DeadlineExceeded);
+            self.node.events.pod(
+                &self.pod,
+                None,
+                Warning,
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline".into(),
+            );
+        }
+    }
+
+    /// Whether the pod has reached its end: stopped for good, or in a terminal phase.
+    fn is_terminal(&self) -> bool {
+        let active = self.init.iter().chain(&self.main).any(ContainerRecord::is_active);
+        if active {
+            return false;
+        }
+        self.stop.is_some() || status::is_terminal_phase(self.render().phase.as_deref())
+    }
+
+    fn create_sandbox(&mut self) {
+        let ip = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| self.node.addresses.reserve(*ip))
+            .or_else(|| self.node.addresses.allocate());
+        let Some(ip) = ip else {
+            let range = self.node.addresses.range();
+            self.node.events.pod(
+                &self.pod,
+                None,
+                Warning,
+                "FailedCreatePodSandBox",
+                format!("no free address in the pod range {range}"),
+            );
+            return;
+        };
+        let dir = self.node.pods_dir.join(self.uid());
+        self.sandbox = Some(Sandbox { ip, dir });
+    }
+
+    fn release_sandbox(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.node.addresses.release(sandbox.ip);
+        }
+    }
+
+    /// Reads the ConfigMaps and Secrets the pod refers to.
+    async fn read_objects(&mut self) {
+        let (config_maps, secrets) = env::referenced(&self.pod);
+        let namespace = self.namespace().to_string();
+        let mut objects = Objects::default();
+        let maps: Api<ConfigMap> = Api::namespaced(self.node.client.clone(), &namespace);
+        for name in config_maps {
+            match maps.get_opt(&name).await {
+                Ok(found) => drop(objects.config_maps.insert(name, found)),
+                Err(err) => tracing::debug!(%err, configmap = name, "cannot read a configmap"),
+            }
+        }
+        let api: Api<Secret> = Api::namespaced(self.node.client.clone(), &namespace);
+        for name in secrets {
+            match api.get_opt(&name).await {
+                Ok(found) => drop(objects.secrets.insert(name, found)),
+                Err(err) => tracing::debug!(%err, secret = name, "cannot read a secret"),
+            }
+        }
+        self.objects = objects;
+        self.objects_read = Some(Instant::now());
+    }
+
+    fn projects_objects(&self) -> bool {
+        self.pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
+    }
+
+    /// Writes the volumes' files again from fresh copies of their objects.
+    async fn refresh_projections(&mut self) {
+        self.read_objects().await;
+        if let Some(sandbox) = &self.sandbox
+            && let Err(err) = volumes::prepare(&self.pod, &sandbox.dir, &self.objects, self.node.config.allow_host_path)
+        {
+            tracing::debug!(pod = self.name(), %err, "cannot refresh projected volumes");
+        }
+    }
+
+    async fn start(&mut self, slot: Slot) {
+        let now = Instant::now();
+        let Some(container) = self.container(slot) else { return };
+        let Some(sandbox) = &self.sandbox else { return };
+        let (ip, dir) = (sandbox.ip, sandbox.dir.clone());
+        {
+            let record = self.record(slot);
+            if let (Run::Exited(_), Some(exited_at)) = (&record.run, record.exited_at) {
+                record.backoff.next(exited_at);
+            }
+            record.begin();
+        }
+        let attempt = self.record(slot).restart_count;
+        let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
+        let log = match ContainerLog::create(logs::container_path(&log_dir, &container.name, attempt)) {
+            Ok(log) => Arc::new(log),
+            Err(err) => {
+                let message = format!("cannot create the container's log: {err}");
+                self.record(slot).failed_to_start("CreateContainerError", message, now);
+                return;
+            }
+        };
+        self.read_objects().await;
+        let prepared = volumes::prepare(&self.pod, &dir, &self.objects, self.node.config.allow_host_path)
+            .and_then(|volumes| self.container_spec(&container, ip, &volumes, log.clone()));
+        let spec = match prepared {
+            Ok(spec) => spec,
+            Err(message) => {
+                log.close();
+                self.node.events.pod(&self.pod, Some(&container.name), Warning, "Failed", format!("Error: {message}"));
+                self.record(slot).failed_to_start("CreateContainerConfigError", message, now);
+                return;
+            }
+        };
+        // The kubelet keeps the logs of the current and the previous run (`--previous`).
+        if attempt >= 2 {
+            let stale = logs::container_path(&log_dir, &container.name, attempt - 2);
+            let _ = std::fs::remove_file(&stale);
+        }
+        let task = tokio::spawn(run_container(RunRequest {
+            node: self.node.clone(),
+            pod: self.pod.clone(),
+            container,
+            slot,
+            attempt,
+            spec,
+            events: self.events.clone(),
+        }));
+        self.runs.insert(slot, ActiveRun { attempt, task, log });
+    }
+
+    /// The container's argv, env, mounts and limits, or why they cannot be had.
+    fn container_spec(
+        &self,
+        container: &Container,
+        ip: Ipv4Addr,
+        volumes: &Volumes,
+        output: Arc<ContainerLog>,
+    ) -> Result<ContainerSpec, String> {
+        let ip = ip.to_string();
+        let placement = Placement {
+            pod_ip: &ip,
+            host_ip: &self.node.config.node_ip.to_string(),
+            node_name: &self.node.config.name,
+            node_cpu: self.node.capacity.cpu,
+            node_memory: self.node.capacity.memory,
+        };
+        let services: Vec<_> = self
+            .node
+            .services
+            .state()
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(self.namespace()))
+            .map(|s| (**s).clone())
+            .collect();
+        let environment = env::environment(&self.pod, container, &placement, &self.objects, &services)?;
+        let program = crate::images::Reference::parse(container.image.as_deref().unwrap_or_default())
+            .map(|r| r.short_name().to_string())
+            .unwrap_or_else(|_| container.name.clone());
+        let argv = env::argv(container, &program, &environment);
+        let dirs = volumes::mounts(container, volumes)?;
+        let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+        let quantity = |name: &str| -> Result<Option<i128>, String> {
+            limits
+                .and_then(|l| l.get(name))
+                .map(|q| flotilla_api::quantity::parse(&q.0).map_err(|e| format!("resources.limits.{name}: {e}")))
+                .transpose()
+        };
+        let memory_limit = quantity("memory")?.map(|nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX));
+        let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
+        let spec = ContainerSpec {
+            argv,
+            env: environment,
+            working_dir: container.working_dir.clone(),
+            dirs,
+            memory_limit,
+            cpu_limit,
+            output,
+        };
+        Ok(spec)
+    }
+
+    async fn apply(&mut self, event: RunEvent) {
+        match event {
+            RunEvent::Started { slot, attempt, image_id, container_id, started_at } => {
+                if !self.is_current(slot, attempt) {
+                    return;
+                }
+                let record = self.record(slot);
+                record.image_id = Some(image_id);
+                record.running(started_at, container_id);
+                // Without a readiness probe a running container is ready.
+                record.ready = true;
+            }
+            RunEvent::StartFailed { slot, attempt, reason, message } => {
+                if !self.is_current(slot, attempt) {
+                    return;
+                }
+                self.runs.remove(&slot);
+                let image = self.record(slot).image.clone();
+                self.record(slot).failed_to_start(reason, message.clone(), Instant::now());
+                if reason == "ErrImagePull" {
+                    // As upstream: the error is shown, then the back-off until the next try.
+                    self.publish().await;
+                    self.record(slot).run = Run::Waiting {
+                        reason: "ImagePullBackOff".into(),
+                        message: Some(format!("Back-off pulling image \"{image}\": {message}")),
+                    };
+                    let container = self.record(slot).name.clone();
+                    self.node.events.pod(
+                        &self.pod,
+                        Some(&container),
+                        Normal,
+                        "BackOff",
+                        format!("Back-off pulling image \"{image}\""),
+                    );
+                    self.node.events.pod(
+                        &self.pod,
+                        Some(&container),
+                        Warning,
+                        "Failed",
+                        "Error: ImagePullBackOff".into(),
+                    );
+                }
+            }
+            RunEvent::Exited { slot, attempt, exit, started_at, container_id } => {
+                if !self.is_current(slot, attempt) {
+                    return;
+                }
+                if let Some(run) = self.runs.remove(&slot) {
+                    run.log.close();
+                }
+                let (exit_code, reason, message) = match exit {
+                    Exit::Exited(code) => (code, if code == 0 { "Completed" } else { "Error" }, None),
+                    Exit::OutOfMemory { message } => (137, "OOMKilled", Some(message)),
+                    Exit::Trapped { ref message } => (exit.code(), "Error", Some(message.clone())),
+                    Exit::Failed { message } => (128, "StartError", Some(message)),
+                };
+                let ended = Terminated {
+                    exit_code,
+                    reason: reason.into(),
+                    message,
+                    started_at,
+                    finished_at: Timestamp::now(),
+                    container_id,
+                };
+                self.record(slot).exit(ended, Instant::now());
+            }
+        }
+    }
+
+    fn is_current(&mut self, slot: Slot, attempt: i32) -> bool {
+        self.runs.get(&slot).is_some_and(|run| run.attempt == attempt)
+    }
+
+    /// Stops a run for good (the pod is deleted or past its deadline).
+    fn kill(&mut self, slot: Slot) {
+        let Some(run) = self.runs.remove(&slot) else { return };
+        run.task.abort();
+        run.log.close();
+        let record = self.record(slot);
+        let (started_at, container_id) = match &record.run {
+            Run::Running { started_at, container_id } => (*started_at, container_id.clone()),
+            _ => (Timestamp::now(), String::new()),
+        };
+        let name = record.name.clone();
+        // A wasm guest has no signal handler to run: it is stopped at once, which shows as a
+        // kill (137), as a process that ignored SIGTERM would show.
+        let ended = Terminated {
+            exit_code: 137,
+            reason: "Error".into(),
+            message: None,
+            started_at,
+            finished_at: Timestamp::now(),
+            container_id,
+        };
+        self.record(slot).exit(ended, Instant::now());
+        self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", format!("Stopping container {name}"));
+    }
+
+    fn abort_all(&mut self) {
+        for (_, run) in self.runs.drain() {
+            run.task.abort();
+            run.log.close();
+        }
+        self.release_sandbox();
+    }
+
+    /// One `BackOff` event per wait, as the kubelet writes one per sync that backs off.
+    fn report_backoffs(&mut self) {
+        let stopping = self.stop.is_some();
+        let (pod, namespace, uid) = (self.name().to_string(), self.namespace().to_string(), self.uid().to_string());
+        let mut waiting = Vec::new();
+        for record in self.init.iter_mut().chain(self.main.iter_mut()) {
+            if matches!(record.run, Run::Exited(_))
+                && !record.backoff_reported
+                && !stopping
+                && let Some(exited_at) = record.exited_at
+                && record.backoff.remaining(exited_at, Instant::now()).is_some()
+            {
+                record.backoff_reported = true;
+                waiting.push(record.name.clone());
+            }
+        }
+        for name in waiting {
+            let message = format!("Back-off restarting failed container {name} in pod {pod}_{namespace}({uid})");
+            self.node.events.pod(&self.pod, Some(&name), Warning, "BackOff", message);
+        }
+    }
+
+    fn render(&self) -> k8s_openapi::api::core::v1::PodStatus {
+        status::render(&StatusInput {
+            pod: &self.pod,
+            restart_policy: self.restart_policy,
+            init: &self.init,
+            main: &self.main,
+            stop: self.stop.clone(),
+            sandbox_ready: self.sandbox.is_some(),
+            // A pod keeps its address in its status once it has ended, as upstream shows it.
+            pod_ip: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.ip.to_string())
+                .or_else(|| self.pod.status.as_ref().and_then(|s| s.pod_ip.clone())),
+            host_ip: &self.node.config.node_ip.to_string(),
+            start_time: self.start_time,
+            now: Timestamp::now(),
+        })
+    }
+
+    /// Writes the pod's status when it differs from what was last written.
+    async fn publish(&mut self) {
+        if self.gone {
+            return;
+        }
+        let mut status = serde_json::to_value(self.render()).unwrap_or_default();
+        if self.published.as_ref() == Some(&status) {
+            return;
+        }
+        // A merge patch leaves out what it does not name: clear what the pod no longer has.
+        for field in ["reason", "message"] {
+            if status.get(field).is_none() {
+                status[field] = Value::Null;
+            }
+        }
+        let api: Api<Pod> = Api::namespaced(self.node.client.clone(), self.namespace());
+        let patch = serde_json::json!({"status": status});
+        match api.patch_status(self.name(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(pod) => {
+                self.publish_failed = false;
+                self.published = Some(serde_json::to_value(self.render()).unwrap_or_default());
+                if pod.metadata.uid == self.pod.metadata.uid {
+                    self.pod.status = pod.status;
+                }
+            }
+            Err(kube::Error::Api(err)) if err.code == 404 => self.gone = true,
+            Err(err) => {
+                tracing::warn!(pod = self.name(), %err, "cannot write the pod's status; retrying");
+                self.publish_failed = true;
+            }
+        }
+    }
+
+    /// Tells the log server which runs each container has had.
+    fn update_entry(&self) {
+        let mut containers = self.entry.containers.lock().expect("pod entry lock");
+        for (slot, record) in self
+            .init
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (Slot::Init(i), r))
+            .chain(self.main.iter().enumerate().map(|(i, r)| (Slot::Main(i), r)))
+        {
+            let live = self.runs.get(&slot).map(|run| run.log.clone());
+            let waiting = match &record.run {
+                Run::Waiting { reason, .. } => Some(reason.clone()),
+                Run::Starting => Some("ContainerCreating".to_string()),
+                _ => None,
+            };
+            let started = !matches!(record.run, Run::Waiting { .. } | Run::Starting) || record.restart_count > 0;
+            containers.insert(
+                record.name.clone(),
+                ContainerLogs { restart_count: record.restart_count, live, waiting, started },
+            );
+        }
+    }
+
+    /// The final deletion, once nothing runs: the API server removes the object.
+    async fn delete(&mut self) -> bool {
+        let api: Api<Pod> = Api::namespaced(self.node.client.clone(), self.namespace());
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: self.pod.metadata.uid.clone(), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(self.name(), &params).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(err)) if err.code == 404 || err.code == 409 => true,
+            Err(err) => {
+                tracing::warn!(pod = self.name(), %err, "cannot delete the pod; retrying");
+                false
+            }
+        }
+    }
+
+    /// Removes what the pod left on the node: its volumes and its logs.
+    fn clean_up(&mut self) {
+        self.abort_all();
+        let _ = std::fs::remove_dir_all(self.node.pods_dir.join(self.uid()));
+        let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
+        let _ = std::fs::remove_dir_all(log_dir);
+        self.node.pods.remove(self.namespace(), self.name(), self.uid());
+    }
+}
+
+/// Rebuilds a container's record from the status an earlier run of the agent wrote. A run that
+/// was going when the agent stopped ended with it: it is recorded as ended, and the restart
+/// policy decides what happens next, as for any other end.
+fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
+    record.restart_count = status.restart_count;
+    record.image_id = Some(status.image_id.clone()).filter(|i| !i.is_empty());
+    let terminated = |state: &k8s_openapi::api::core::v1::ContainerStateTerminated| Terminated {
+        exit_code: state.exit_code,
+        reason: state.reason.clone().unwrap_or_default(),
+        message: state.message.clone(),
+        started_at: state.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0),
+        finished_at: state.finished_at.as_ref().map_or_else(Timestamp::now, |t| t.0),
+        container_id: state.container_id.clone().unwrap_or_default(),
+    };
+    record.last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(terminated);
+    let state = status.state.clone().unwrap_or_default();
+    if let Some(running) = state.running {
+        let ended = Terminated {
+            exit_code: 137,
+            reason: "ContainerStatusUnknown".into(),
+            message: Some("The node agent restarted while the container was running".into()),
+            started_at: running.started_at.map_or_else(Timestamp::now, |t| t.0),
+            finished_at: Timestamp::now(),
+            container_id: status.container_id.clone().unwrap_or_default(),
+        };
+        record.exit(ended, Instant::now());
+    } else if let Some(ended) = state.terminated.as_ref() {
+        record.exit(terminated(ended), Instant::now());
+    } else if state.waiting.is_some()
+        && let Some(last) = record.last.take()
+    {
+        // Waiting to restart after a run that ended: that run is the current one again.
+        record.exit(last, Instant::now());
+        record.restart_count = status.restart_count;
+    }
+}
+
+/// Everything a run task needs.
+struct RunRequest {
+    node: Arc<Node>,
+    pod: Pod,
+    container: Container,
+    slot: Slot,
+    attempt: i32,
+    spec: ContainerSpec,
+    events: mpsc::UnboundedSender<RunEvent>,
+}
+
+/// One run of a container: resolve its image, load its module, run it, report each step.
+async fn run_container(request: RunRequest) {
+    let RunRequest { node, pod, container, slot, attempt, spec, events } = request;
+    let name = container.name.clone();
+    let image = container.image.clone().unwrap_or_default();
+    let policy = PullPolicy::parse(container.image_pull_policy.as_deref(), &image);
+    let container_id = format!(
+        "wasm://{}",
+        &crate::images::sha256(format!("{:?}/{name}/{attempt}", pod.metadata.uid).as_bytes())[7..]
+    );
+    let resolved = match node.images.resolve(&image, policy).await {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            let reason = err.reason();
+            let message = err.to_string();
+            if reason == "ErrImagePull" {
+                node.events.pod(
+                    &pod,
+                    Some(&name),
+                    Warning,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                );
+            }
+            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {reason}"));
+            let _ = events.send(RunEvent::StartFailed { slot, attempt, reason, message });
+            return;
+        }
+    };
+    match resolved.pulled_in {
+        None => node.events.pod(
+            &pod,
+            Some(&name),
+            Normal,
+            "Pulled",
+            format!("Container image \"{image}\" already present on machine"),
+        ),
+        Some(took) => node.events.pod(
+            &pod,
+            Some(&name),
+            Normal,
+            "Pulled",
+            format!(
+                "Successfully pulled image \"{image}\" in {}. Image size: {} bytes.",
+                status::go_duration(took),
+                resolved.image.size
+            ),
+        ),
+    }
+    let started_at = Timestamp::now();
+    let program = match load(&node, &resolved.image.digest).await {
+        Ok(program) => program,
+        Err(message) => {
+            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {message}"));
+            let exit = Exit::Failed { message };
+            let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
+            return;
+        }
+    };
+    node.events.pod(&pod, Some(&name), Normal, "Created", format!("Created container: {name}"));
+    let started_at = Timestamp::now();
+    let image_id = resolved.image_id.clone();
+    let _ = events.send(RunEvent::Started { slot, attempt, image_id, container_id: container_id.clone(), started_at });
+    node.events.pod(&pod, Some(&name), Normal, "Started", format!("Started container {name}"));
+    let exit = node.runtime.run(&program, spec).await;
+    let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
+}
+
+/// The loaded program for a stored module: from memory, else read and compiled off the async
+/// threads (compiling a large module takes a while).
+async fn load(node: &Arc<Node>, digest: &str) -> Result<Arc<Program>, String> {
+    if let Some(program) = node.runtime.loaded(digest) {
+        return Ok(program);
+    }
+    let node = node.clone();
+    let path = node.images.store().blob_path(digest);
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| format!("reading the module {}: {e}", path.display()))?;
+        node.runtime.load(&bytes).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("loading the module: {e}"))?
+}

@@ -1,0 +1,162 @@
+//! The node's HTTP API, which the API server proxies `pods/log` to (the kubelet's
+//! `/containerLogs/{namespace}/{pod}/{container}`). Requests must carry the cluster's node
+//! token; errors are `Status` objects, which the API server passes on to the client as they are.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::Node;
+use crate::logs::{self, LogOptions};
+
+#[derive(Clone)]
+struct Server {
+    node: Arc<Node>,
+    token: Arc<str>,
+}
+
+pub(crate) fn router(node: Arc<Node>, token: String) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .with_state(Server { node, token: token.into() })
+}
+
+/// The query of `GET pods/{name}/log`, as the API server forwards it.
+#[derive(Debug, Default)]
+struct LogQuery {
+    follow: bool,
+    previous: bool,
+    timestamps: bool,
+    tail_lines: Option<i64>,
+    since_seconds: Option<i64>,
+    since_time: Option<String>,
+    limit_bytes: Option<i64>,
+}
+
+impl LogQuery {
+    fn parse(query: Option<&str>) -> LogQuery {
+        let mut parsed = LogQuery::default();
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+            let value = decode(value);
+            let flag = value == "true" || value == "1";
+            match key {
+                "follow" => parsed.follow = flag,
+                "previous" => parsed.previous = flag,
+                "timestamps" => parsed.timestamps = flag,
+                "tailLines" => parsed.tail_lines = value.parse().ok(),
+                "sinceSeconds" => parsed.since_seconds = value.parse().ok(),
+                "sinceTime" => parsed.since_time = Some(value),
+                "limitBytes" => parsed.limit_bytes = value.parse().ok(),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// Percent-decoding of a query value (`+` is a space).
+fn decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&value[i + 1..i + 3], 16) {
+                Ok(byte) => {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn container_logs(
+    State(server): State<Server>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim(), &server.token));
+    if !authorized {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
+    }
+    let Some(entry) = server.node.pods.get(&namespace, &pod) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("pods \"{pod}\" not found"));
+    };
+    let Some(logs) = entry.containers.lock().expect("pod entry lock").get(&container).cloned() else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("container {container} is not valid for pod {pod}"),
+        );
+    };
+    let query = LogQuery::parse(query.as_deref());
+    let since = match (query.since_seconds, query.since_time.as_deref()) {
+        (Some(secs), _) => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs.max(0))),
+        (None, Some(time)) => match time.parse::<jiff::Timestamp>() {
+            Ok(time) => Some(time),
+            Err(err) => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("sinceTime {time:?}: {err}")),
+        },
+        (None, None) => None,
+    };
+    let options = LogOptions {
+        follow: query.follow,
+        tail_lines: query.tail_lines.map(|n| n.max(0) as u64),
+        since,
+        timestamps: query.timestamps,
+        limit_bytes: query.limit_bytes.map(|n| n.max(0) as u64),
+    };
+    let (path, progress) = if query.previous {
+        let path = logs::container_path(&entry.log_dir, &container, logs.restart_count - 1);
+        if logs.restart_count == 0 || !path.exists() {
+            let message = format!("previous terminated container \"{container}\" in pod \"{pod}\" not found");
+            return status(StatusCode::BAD_REQUEST, "BadRequest", message);
+        }
+        (path, None)
+    } else {
+        if !logs.started {
+            let reason = logs.waiting.as_deref().unwrap_or("ContainerCreating");
+            let message = format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}");
+            return status(StatusCode::BAD_REQUEST, "BadRequest", message);
+        }
+        let progress = logs.live.as_ref().map(|log| log.subscribe());
+        (logs::container_path(&entry.log_dir, &container, logs.restart_count), progress)
+    };
+    let chunks = logs::read(path, options, progress);
+    let body = futures::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), chunks))
+    });
+    ([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(body)).into_response()
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}

@@ -1,0 +1,67 @@
+//! `flotilla image`: the modules in a node's image store, as `k3s ctr images` manages a
+//! containerd store. A module imported under a reference is what that reference means on the
+//! node: a pod naming it runs it, whatever its `imagePullPolicy`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use clap::Subcommand;
+use flotilla_node::{ImageStore, Reference};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Put a `.wasm` module (a core module or a component) into the node's store under a name.
+    Import {
+        /// The module, e.g. `target/wasm32-wasip1/release/hello.wasm`.
+        file: PathBuf,
+        /// The image reference pods name it by, e.g. `hello:v1`.
+        #[arg(long)]
+        name: String,
+        /// The server's or agent's data directory.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
+        data_dir: PathBuf,
+    },
+    /// List the images in the node's store.
+    Ls {
+        /// The server's or agent's data directory.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
+        data_dir: PathBuf,
+    },
+}
+
+pub(crate) fn run(command: ImageCommand) -> Result<()> {
+    match command {
+        ImageCommand::Import { file, name, data_dir } => {
+            let reference = Reference::parse(&name).map_err(anyhow::Error::msg)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            ensure!(
+                bytes.starts_with(b"\0asm"),
+                "{} is not a WebAssembly module or component (it does not start with the wasm magic number)",
+                file.display()
+            );
+            let store = open(&data_dir)?;
+            let image = store.import(&bytes, &reference)?;
+            writeln!(std::io::stdout(), "imported {} ({}, {} bytes)", image.reference, image.digest, image.size)?;
+        }
+        ImageCommand::Ls { data_dir } => {
+            let images = open(&data_dir)?.list()?;
+            let width = images.iter().map(|i| i.reference.len()).max().unwrap_or(0).max("IMAGE".len());
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:width$}  {:71}  {:>10}  SOURCE", "IMAGE", "DIGEST", "SIZE")?;
+            for image in images {
+                let source = match image.source {
+                    flotilla_node::images::Source::Imported => "imported",
+                    flotilla_node::images::Source::Pulled => "pulled",
+                };
+                writeln!(out, "{:width$}  {:71}  {:>10}  {source}", image.reference, image.digest, image.size)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open(data_dir: &std::path::Path) -> Result<ImageStore> {
+    let dir = crate::node::node_dir(data_dir).join("images");
+    ImageStore::open(dir.clone()).with_context(|| format!("cannot open the image store in {}", dir.display()))
+}

@@ -1,0 +1,220 @@
+//! Wasm pods on the embedded node, driven by the real kubectl: the examples in `wasm-examples/`
+//! reach the states upstream would show (Completed, Running, CrashLoopBackOff, OOMKilled,
+//! DeadlineExceeded), `kubectl logs` (with `-f`, `--tail`, `--previous`) reads them through the
+//! API server and the node, and a broken module or a missing image gives a clear status while
+//! the other pods keep running. Until the scheduler lands, pods name their node.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use flotilla_examples as examples;
+
+use crate::harness::{Ports, Server, flotilla_bin};
+use crate::kubectl::{Kubectl, lines_of, versions};
+
+/// Imports a module into the server's node under `name`.
+pub(crate) fn import(data_dir: &Path, wasm: &str, name: &str) -> Result<()> {
+    let out = std::process::Command::new(flotilla_bin())
+        .args(["image", "import", wasm, "--name", name, "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    ensure!(out.status.success(), "flotilla image import {name}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A pod manifest for `image` on `node`, with `extra` lines of container fields and
+/// `spec` lines of pod fields (indented as they go).
+fn pod(name: &str, node: &str, image: &str, restart: &str, container: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  restartPolicy: {restart}\n{spec}  containers:\n  - name: {name}\n    image: {image}\n    imagePullPolicy: IfNotPresent\n{container}"
+    )
+}
+
+fn apply(k: &Kubectl, manifest: &str) -> Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest)?;
+    k.ok(&["apply", "-f", file.path().to_str().unwrap()])?;
+    Ok(())
+}
+
+/// Waits (up to `secs`) until `jsonpath` of `pod` reads as `check` wants; returns what it read.
+fn wait_for(k: &Kubectl, pod: &str, jsonpath: &str, secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = k.ok(&["get", "pod", pod, "-o", &format!("jsonpath={jsonpath}")])?;
+        if check(&last) {
+            return Ok(last);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("pod {pod}: {jsonpath} is {last:?} after {secs} s")
+}
+
+/// The STATUS column of `kubectl get pod`.
+fn status_column(k: &Kubectl, pod: &str) -> Result<String> {
+    let out = k.ok(&["get", "pod", pod, "--no-headers"])?;
+    Ok(out.split_whitespace().nth(2).unwrap_or_default().to_string())
+}
+
+fn node_name(k: &Kubectl) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let name = k.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        ensure!(Instant::now() < deadline, "no node registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn wasm_pods_reach_upstreams_states_and_logs_are_served() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    for (wasm, name) in [
+        (examples::P1_HELLO, "hello:v1"),
+        (examples::P2_HELLO, "hello-p2:v1"),
+        (examples::P1_TICKER, "ticker:v1"),
+        (examples::P1_TRAP, "trap:v1"),
+        (examples::P2_HOG, "hog:v1"),
+        (examples::P1_SPIN, "spin:v1"),
+        (examples::P1_ECHO, "echo:v1"),
+    ] {
+        import(dir.path(), wasm, name)?;
+    }
+    // A module that is not valid wasm past its header.
+    let mut broken = std::fs::read(examples::P1_HELLO)?;
+    broken.truncate(broken.len() / 3);
+    let broken_path = dir.path().join("broken.wasm");
+    std::fs::write(&broken_path, broken)?;
+    import(dir.path(), broken_path.to_str().unwrap(), "broken:v1")?;
+
+    for version in versions() {
+        let k = Kubectl::new(&version, &server)?;
+        check_pods(&k).with_context(|| format!("with kubectl {version}"))?;
+    }
+    Ok(())
+}
+
+fn check_pods(k: &Kubectl) -> Result<()> {
+    let node = node_name(k)?;
+    let nodes = k.ok(&["get", "nodes", "-o", "wide"])?;
+    ensure!(nodes.contains(&node) && nodes.contains("wasmtime://"), "{nodes}");
+    let ready = k.ok(&["get", "node", &node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])?;
+    ensure!(ready == "True", "node Ready is {ready:?}");
+
+    apply(k, &pod("hello", &node, "hello:v1", "Never", "", ""))?;
+    apply(k, &pod("hello-p2", &node, "hello-p2:v1", "OnFailure", "", ""))?;
+    apply(
+        k,
+        &pod("ticker", &node, "ticker:v1", "Always", "    env:\n    - name: TICK_MS\n      value: \"100\"\n", ""),
+    )?;
+    apply(k, &pod("trap", &node, "trap:v1", "Always", "", ""))?;
+    let limits = "    resources:\n      limits:\n        memory: 64Mi\n";
+    apply(k, &pod("hog", &node, "hog:v1", "Never", limits, ""))?;
+    apply(k, &pod("spin", &node, "spin:v1", "Always", "", "  activeDeadlineSeconds: 2\n"))?;
+    let echo = "    args: [\"--flag\", \"$(GREETING) world\"]\n    env:\n    - name: GREETING\n      value: hi\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n";
+    apply(k, &pod("echo", &node, "echo:v1", "Never", echo, ""))?;
+    apply(k, &pod("broken", &node, "broken:v1", "Always", "", ""))?;
+    apply(k, &pod("absent", &node, "absent:v1", "Always", "", "").replace("IfNotPresent", "Never"))?;
+
+    // The manifests users copy: the Pod, bound to the node until the scheduler lands; the
+    // Deployment and the Job are accepted (their controllers come with the scheduler).
+    let manifests = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/wasm");
+    let hello = std::fs::read_to_string(manifests.join("hello.yaml"))?
+        .replace("name: hello\n  labels", "name: manifest-hello\n  labels")
+        .replace("\nspec:\n", &format!("\nspec:\n  nodeName: {node}\n"));
+    apply(k, &hello)?;
+    for file in ["ticker.yaml", "echo-job.yaml"] {
+        k.ok(&["apply", "-f", manifests.join(file).to_str().unwrap()])?;
+    }
+    wait_for(k, "manifest-hello", "{.status.phase}", 30, |p| p == "Succeeded")?;
+
+    // Run to completion, as a core module and as a component.
+    for name in ["hello", "hello-p2"] {
+        wait_for(k, name, "{.status.phase}", 30, |p| p == "Succeeded")?;
+        ensure!(status_column(k, name)? == "Completed", "{name}: {}", status_column(k, name)?);
+        let logs = k.ok(&["logs", name])?;
+        ensure!(logs == "hello from a wasm pod\n", "{name} logs: {logs:?}");
+    }
+    let ip = wait_for(k, "hello", "{.status.podIP}", 5, |ip| ip.starts_with("127."))?;
+    ensure!(!ip.is_empty(), "no pod IP");
+
+    // A long-running pod: Running and ready, its log followed as it grows.
+    wait_for(k, "ticker", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+    ensure!(status_column(k, "ticker")? == "Running");
+    let mut follow = k.command(&["logs", "-f", "ticker"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let lines = lines_of(follow.stdout.take().context("kubectl's stdout")?);
+    let mut ticks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 15 && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+            ticks.push(line);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    ensure!(ticks.len() >= 15 && ticks[0] == "tick 0", "followed {ticks:?}");
+    let numbers: Vec<u64> = ticks.iter().filter_map(|t| t.strip_prefix("tick ")?.parse().ok()).collect();
+    ensure!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "ticks out of order: {ticks:?}");
+    let tail = k.ok(&["logs", "ticker", "--tail=2", "--timestamps"])?;
+    ensure!(tail.lines().count() == 2 && tail.lines().all(|l| l.contains("Z tick ")), "{tail:?}");
+
+    // A guest that traps is restarted with a growing back-off.
+    let restarts = wait_for(k, "trap", "{.status.containerStatuses[0].restartCount}", 40, |n| {
+        n.parse::<i32>().is_ok_and(|n| n >= 2)
+    })?;
+    ensure!(restarts.parse::<i32>()? >= 2);
+    wait_for(k, "trap", "{.status.containerStatuses[0].state.waiting.reason}", 20, |r| r == "CrashLoopBackOff")?;
+    ensure!(status_column(k, "trap")? == "CrashLoopBackOff");
+    let last = k.ok(&["get", "pod", "trap", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.message}"])?;
+    ensure!(last.starts_with("Error ") && last.contains("unreachable"), "{last}");
+    let previous = k.ok(&["logs", "trap", "--previous"])?;
+    ensure!(previous == "about to trap\n", "{previous:?}");
+    let described = k.ok(&["describe", "pod", "trap"])?;
+    ensure!(described.contains("BackOff") && described.contains("Back-off restarting failed container"), "{described}");
+
+    // A guest past its memory limit is OOMKilled; one past its deadline fails with the reason.
+    wait_for(k, "hog", "{.status.phase}", 30, |p| p == "Failed")?;
+    let hog = k.ok(&["get", "pod", "hog", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    ensure!(hog == "OOMKilled 137", "{hog}");
+    ensure!(status_column(k, "hog")? == "OOMKilled");
+    let spin = wait_for(k, "spin", "{.status.phase} {.status.reason}", 30, |r| r.ends_with("DeadlineExceeded"))?;
+    ensure!(spin == "Failed DeadlineExceeded", "{spin}");
+
+    // Arguments and the environment, `$(VAR)` references and the downward API.
+    wait_for(k, "echo", "{.status.phase}", 30, |p| p == "Succeeded")?;
+    let echo = k.ok(&["logs", "echo"])?;
+    for line in ["arg[0]=echo", "arg[1]=--flag", "arg[2]=hi world", "env GREETING=hi", "env HOSTNAME=echo"] {
+        ensure!(echo.lines().any(|l| l == line), "{line:?} missing from {echo}");
+    }
+    let pod_ip = k.ok(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"])?;
+    ensure!(echo.contains(&format!("env POD_IP={pod_ip}")), "{echo}");
+
+    // What cannot run says why, and the rest keeps running.
+    let broken =
+        wait_for(k, "broken", "{.status.containerStatuses[0].lastState.terminated.message}", 30, |m| !m.is_empty())?;
+    ensure!(broken.contains("invalid WebAssembly"), "{broken}");
+    let absent = wait_for(k, "absent", "{.status.containerStatuses[0].state.waiting.reason}", 30, |r| !r.is_empty())?;
+    ensure!(absent == "ErrImageNeverPull", "{absent}");
+    ensure!(status_column(k, "absent")? == "ErrImageNeverPull");
+    ensure!(status_column(k, "ticker")? == "Running");
+
+    // Deleting a running pod stops it and removes it within its grace period.
+    let started = Instant::now();
+    let out = k.ok(&["delete", "pod", "ticker"])?;
+    ensure!(out.contains("pod \"ticker\" deleted"), "{out}");
+    ensure!(started.elapsed() < Duration::from_secs(30), "deletion took {:?}", started.elapsed());
+    let gone = k.command(&["get", "pod", "ticker"]).output()?;
+    let mut err = String::new();
+    gone.stderr.as_slice().read_to_string(&mut err)?;
+    ensure!(err.contains("NotFound"), "{err}");
+    let out = k.ok(&["delete", "pod", "--all"])?;
+    ensure!(out.contains("pod \"trap\" deleted"), "{out}");
+    Ok(())
+}
