@@ -92,6 +92,7 @@ async fn run(runtime: &Runtime, program: &flotilla_wasm::Program) -> Result<Dura
         dirs: Vec::new(),
         memory_limit: None,
         cpu_limit: None,
+        network: None,
         output: Arc::new(Discard),
     };
     let started = Instant::now();

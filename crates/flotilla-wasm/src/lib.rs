@@ -13,6 +13,7 @@ mod limits;
 mod output;
 mod program;
 mod run;
+mod sockets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest};
-pub use crate::run::{ContainerSpec, Exit, Preopen};
+pub use crate::run::{ContainerSpec, Exit, Network, Preopen};
 
 /// How often the engine's epoch advances: the CPU time slice. A guest that computes without
 /// calling the host is interrupted at the next tick, yields to the other tasks of the node
@@ -61,6 +62,8 @@ pub struct RuntimeError(String);
 pub struct Runtime {
     engine: Engine,
     programs: program::Programs,
+    /// An empty directory, preopened read-only to reserve descriptor numbers (see `sockets`).
+    empty_dir: PathBuf,
     /// Held for its `Drop`, which stops the clock.
     _clock: EpochClock,
 }
@@ -85,10 +88,13 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|err| RuntimeError(format!("creating the wasm engine: {err:#}")))?;
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|err| RuntimeError(format!("creating {}: {err}", config.cache_dir.display())))?;
+        let empty_dir = config.cache_dir.join("empty");
+        std::fs::create_dir_all(&empty_dir)
+            .map_err(|err| RuntimeError(format!("creating {}: {err}", empty_dir.display())))?;
         let programs = program::Programs::new(&engine, config.cache_dir)
             .map_err(|err| RuntimeError(format!("linking WASI: {err:#}")))?;
         let clock = EpochClock::start(engine.clone());
-        Ok(Runtime { engine, programs, _clock: clock })
+        Ok(Runtime { engine, programs, empty_dir, _clock: clock })
     }
 
     /// The program for a module's bytes: from memory if loaded before, else from the compiled
@@ -106,7 +112,7 @@ impl Runtime {
     /// Runs one container of `program` to its end. Dropping the future kills the guest at its
     /// next host call or epoch tick.
     pub async fn run(&self, program: &Program, spec: ContainerSpec) -> Exit {
-        run::run(&self.engine, program, spec).await
+        run::run(&self.engine, program, spec, &self.empty_dir).await
     }
 
     /// The wasmtime version this runtime embeds, as a node reports it (`wasmtime://<version>`).

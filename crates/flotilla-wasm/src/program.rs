@@ -88,6 +88,7 @@ impl Programs {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let mut core_linker = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, |guest: &mut CoreGuest| &mut guest.wasi)?;
+        crate::sockets::add_to_linker(&mut core_linker)?;
         let mut component_linker = ComponentLinker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
         Ok(Programs {

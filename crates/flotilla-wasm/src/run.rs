@@ -1,20 +1,23 @@
 //! Running one container: a store with exactly what the spec grants, then `_start` or
 //! `wasi:cli/run`, and how it ended.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::{CpuLimit, MemoryLimit};
 use crate::output::{OutputPipe, OutputSink, Stream};
 use crate::program::{Linked, Program};
+use crate::sockets::Sockets;
 
 /// What one container may see and use. Nothing else is visible to the guest: no host
-/// environment, no file outside `dirs`, no socket.
+/// environment, no file outside `dirs`, no socket unless `network` grants it.
 pub struct ContainerSpec {
     /// `argv`, its first element the program name.
     pub argv: Vec<String>,
@@ -27,7 +30,20 @@ pub struct ContainerSpec {
     pub memory_limit: Option<u64>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
+    /// The pod's network; `None` gives the guest no socket at all.
+    pub network: Option<Network>,
     pub output: Arc<dyn OutputSink>,
+}
+
+/// A pod's network as its containers see it.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The pod's address: the only one a guest may bind.
+    pub pod_ip: IpAddr,
+    /// The container's declared TCP `containerPort`s. A p1 core module, which cannot bind, gets
+    /// a listening socket on each, pre-opened as fds 3, 4, … (`LISTEN_FDS` says how many); a p2
+    /// component binds them itself through `wasi:sockets`.
+    pub ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -39,6 +55,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("dirs", &self.dirs)
             .field("memory_limit", &self.memory_limit)
             .field("cpu_limit", &self.cpu_limit)
+            .field("network", &self.network)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +96,7 @@ impl Exit {
 
 pub(crate) struct CoreGuest {
     pub(crate) wasi: WasiP1Ctx,
+    pub(crate) sockets: Sockets,
     memory: MemoryLimit,
     cpu: CpuLimit,
 }
@@ -96,16 +114,32 @@ impl WasiView for ComponentGuest {
     }
 }
 
-pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec) -> Exit {
-    let mut wasi = match wasi_builder(&spec) {
-        Ok(builder) => builder,
-        Err(message) => return Exit::Failed { message },
-    };
+pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec, empty_dir: &Path) -> Exit {
     let memory = MemoryLimit::new(spec.memory_limit);
     let cpu = CpuLimit::new(spec.cpu_limit);
     match &program.kind {
         Linked::Core(pre) => {
-            let mut store = Store::new(engine, CoreGuest { wasi: wasi.build_p1(), memory, cpu });
+            let listeners = match listen(spec.network.as_ref()) {
+                Ok(listeners) => listeners,
+                Err(message) => return Exit::Failed { message },
+            };
+            let mut wasi = WasiCtxBuilder::new();
+            // Each listener's descriptor number is reserved by an empty, read-only directory
+            // opened before anything else, so that the listeners are fds 3, 4, … (see `sockets`).
+            for (port, _) in &listeners {
+                if let Err(err) = wasi.preopened_dir(empty_dir, format!("/.flotilla/listen/{port}"), FsPerms::ReadOnly)
+                {
+                    return Exit::Failed { message: format!("reserving a descriptor for port {port}: {err:#}") };
+                }
+            }
+            if !listeners.is_empty() {
+                wasi.env("LISTEN_FDS", listeners.len().to_string());
+            }
+            if let Err(message) = configure(&mut wasi, &spec) {
+                return Exit::Failed { message };
+            }
+            let sockets = Sockets::new(listeners.into_iter().map(|(_, l)| l).collect());
+            let mut store = Store::new(engine, CoreGuest { wasi: wasi.build_p1(), sockets, memory, cpu });
             store.limiter(|guest| &mut guest.memory);
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
@@ -118,6 +152,25 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec)
             exit(result.map(|()| 0), &store.data().memory)
         }
         Linked::Command(pre) => {
+            let mut wasi = WasiCtxBuilder::new();
+            if let Err(message) = configure(&mut wasi, &spec) {
+                return Exit::Failed { message };
+            }
+            if let Some(network) = &spec.network {
+                // `wasi:sockets`: bind only the pod's own address; connect wherever the pod may
+                // (no network policy restricts it yet); look names up.
+                let pod_ip = network.pod_ip;
+                wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true).socket_addr_check(
+                    move |addr, usage| {
+                        Box::pin(async move {
+                            match usage {
+                                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip() == pod_ip,
+                                _ => true,
+                            }
+                        })
+                    },
+                );
+            }
             let guest = ComponentGuest { wasi: wasi.build(), table: ResourceTable::new(), memory, cpu };
             let mut store = Store::new(engine, guest);
             store.limiter(|guest| &mut guest.memory);
@@ -132,6 +185,22 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec)
             exit(result.map(|ran| if ran.is_ok() { 0 } else { 1 }), &store.data().memory)
         }
     }
+}
+
+/// Listening sockets on the pod's address for each declared port.
+fn listen(network: Option<&Network>) -> Result<Vec<(u16, tokio::net::TcpListener)>, String> {
+    let Some(network) = network else { return Ok(Vec::new()) };
+    network
+        .ports
+        .iter()
+        .map(|&port| {
+            let listener = std::net::TcpListener::bind((network.pod_ip, port))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|err| format!("cannot listen on {}:{port}: {err}", network.pod_ip))?;
+            Ok((port, listener))
+        })
+        .collect()
 }
 
 /// A failure while setting the instance up, or while the guest ran.
@@ -159,8 +228,8 @@ fn exit(result: Result<i32, Failure>, memory: &MemoryLimit) -> Exit {
     }
 }
 
-fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, String> {
-    let mut wasi = WasiCtxBuilder::new();
+/// Grants what the spec names: argv, env, working directory, directories and output.
+fn configure(wasi: &mut WasiCtxBuilder, spec: &ContainerSpec) -> Result<(), String> {
     wasi.args(&spec.argv)
         .envs(&spec.env)
         .stdout(OutputPipe::new(spec.output.clone(), Stream::Stdout))
@@ -173,5 +242,5 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, String> {
         wasi.preopened_dir(&dir.host, &dir.guest, perms)
             .map_err(|err| format!("opening {} for {}: {err:#}", dir.host.display(), dir.guest))?;
     }
-    Ok(wasi)
+    Ok(())
 }

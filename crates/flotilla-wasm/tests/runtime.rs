@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_examples as examples;
-use flotilla_wasm::{ContainerSpec, Exit, LoadError, OutputSink, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream};
+use flotilla_wasm::{
+    ContainerSpec, Exit, LoadError, Network, OutputSink, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream,
+};
 
 /// Output kept in memory, per stream.
 #[derive(Default)]
@@ -44,6 +46,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         dirs: Vec::new(),
         memory_limit: None,
         cpu_limit: None,
+        network: None,
         output: output.clone(),
     }
 }
@@ -178,7 +181,11 @@ async fn compiled_modules_are_reused_from_the_cache_across_runtimes() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = std::fs::read(examples::P1_ECHO).unwrap();
     let digest = runtime(&dir).load(&wasm).unwrap().digest().to_string();
-    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".cwasm"))
+        .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert!(cached[0].to_string_lossy().starts_with(&digest["sha256:".len()..]));
     // A corrupt cache entry is discarded and the module compiled again.
@@ -187,4 +194,70 @@ async fn compiled_modules_are_reused_from_the_cache_across_runtimes() {
     let output = Arc::new(Captured::default());
     assert_eq!(run(&runtime(&dir), examples::P1_ECHO, spec("echo", &output)).await, Exit::Exited(0));
     assert!(std::fs::read(&path).unwrap().len() > 1000);
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` from 127.0.0.1:`port`, retried while the server comes up.
+async fn get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..100 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: pod\r\n\r\n").as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on port {port}");
+}
+
+#[tokio::test]
+async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = std::sync::Arc::new(runtime(&dir));
+    for wasm in [examples::P1_HTTP, examples::P2_HTTP] {
+        let port = free_port();
+        let output = Arc::new(Captured::default());
+        let mut spec = spec("http", &output);
+        spec.env = vec![
+            ("HOSTNAME".into(), "web-0".into()),
+            ("POD_IP".into(), "127.0.0.1".into()),
+            ("PORT".into(), port.to_string()),
+        ];
+        spec.network = Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port] });
+        let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
+        let running = {
+            let runtime = runtime.clone();
+            tokio::spawn(async move { runtime.run(&program, spec).await })
+        };
+        // A p1 module's port is listening before it even starts: the node opened it.
+        for path in ["/one", "/two"] {
+            let response = get(port, path).await;
+            assert!(response.starts_with("HTTP/1.1 200 OK"), "{wasm}: {response}");
+            assert!(response.ends_with(&format!("hello from web-0 at {path}\n")), "{wasm}: {response}");
+        }
+        running.abort();
+        assert!(output.stdout().contains("GET /two"), "{wasm}: {}", output.stdout());
+    }
+}
+
+#[tokio::test]
+async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_has_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let output = Arc::new(Captured::default());
+    let mut bind_elsewhere = spec("http", &output);
+    bind_elsewhere.env = vec![("POD_IP".into(), "127.0.0.1".into()), ("PORT".into(), free_port().to_string())];
+    bind_elsewhere.network = Some(Network { pod_ip: "127.9.9.9".parse().unwrap(), ports: Vec::new() });
+    assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
+    assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
+
+    let output = Arc::new(Captured::default());
+    assert_eq!(run(&runtime, examples::P1_HTTP, spec("http", &output)).await, Exit::Exited(1));
+    assert_eq!(output.stderr(), "cannot listen: no pre-opened socket: declare a containerPort\n");
 }
