@@ -60,6 +60,18 @@ fn status_column(k: &Kubectl, pod: &str) -> Result<String> {
     Ok(out.split_whitespace().nth(2).unwrap_or_default().to_string())
 }
 
+/// `GET path` from `ip:port` over plain HTTP/1.1; the whole response.
+fn http_get(ip: &str, port: u16, path: &str) -> Result<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect((ip, port)).with_context(|| format!("connect to {ip}:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}
+
 fn node_name(k: &Kubectl) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -84,6 +96,8 @@ fn wasm_pods_reach_upstreams_states_and_logs_are_served() -> Result<()> {
         (examples::P2_HOG, "hog:v1"),
         (examples::P1_SPIN, "spin:v1"),
         (examples::P1_ECHO, "echo:v1"),
+        (examples::P1_HTTP, "http:v1"),
+        (examples::P2_HTTP, "http-p2:v1"),
     ] {
         import(dir.path(), wasm, name)?;
     }
@@ -121,6 +135,17 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let echo = "    args: [\"--flag\", \"$(GREETING) world\"]\n    env:\n    - name: GREETING\n      value: hi\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n";
     apply(k, &pod("echo", &node, "echo:v1", "Never", echo, ""))?;
     apply(k, &pod("broken", &node, "broken:v1", "Always", "", ""))?;
+    // HTTP servers on the pod's address: a p1 module on the socket the node pre-opens for its
+    // port, a p2 component binding it itself; both ready once their readiness probe passes.
+    let probe = "    ports:\n    - containerPort: 8080\n    readinessProbe:\n      httpGet:\n        path: /healthz\n        port: 8080\n      periodSeconds: 1\n";
+    let pod_ip =
+        "    env:\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n";
+    apply(k, &pod("web-p1", &node, "http:v1", "Always", probe, ""))?;
+    apply(k, &pod("web-p2", &node, "http-p2:v1", "Always", &format!("{probe}{pod_ip}"), ""))?;
+    // A liveness probe that cannot pass: the container is restarted.
+    let dead =
+        "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
+    apply(k, &pod("unhealthy", &node, "ticker:v1", "Always", dead, ""))?;
     apply(k, &pod("absent", &node, "absent:v1", "Always", "", "").replace("IfNotPresent", "Never"))?;
 
     // The manifests users copy: the Pod, bound to the node until the scheduler lands; the
@@ -195,6 +220,26 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     }
     let pod_ip = k.ok(&["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"])?;
     ensure!(echo.contains(&format!("env POD_IP={pod_ip}")), "{echo}");
+
+    // The HTTP servers answer on their pod's address once ready.
+    for name in ["web-p1", "web-p2"] {
+        wait_for(k, name, "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+        let ip = k.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"])?;
+        let response = http_get(&ip, 8080, "/hello")?;
+        ensure!(response.ends_with(&format!("hello from {name} at /hello\n")), "{name}: {response}");
+        let logs = k.ok(&["logs", name])?;
+        ensure!(logs.contains("GET /healthz") && logs.contains("GET /hello"), "{name} logs: {logs}");
+    }
+    let restarts = wait_for(k, "unhealthy", "{.status.containerStatuses[0].restartCount}", 30, |n| {
+        n.parse::<i32>().is_ok_and(|n| n >= 1)
+    })?;
+    ensure!(restarts.parse::<i32>()? >= 1);
+    let described = k.ok(&["describe", "pod", "unhealthy"])?;
+    ensure!(
+        described.contains("Liveness probe failed: dial tcp")
+            && described.contains("failed liveness probe, will be restarted"),
+        "{described}"
+    );
 
     // What cannot run says why, and the rest keeps running.
     let broken =

@@ -19,6 +19,7 @@ pub mod validation;
 
 pub use cidr::Cidr;
 pub use error::{ApiError, CauseType, FieldError, Reason, Result};
+pub use kinds::WASM_RUNTIME_CLASS;
 pub use kinds::{Admitted, FieldValidation, KindOps};
 pub use resource::{ResourceDef, Subresource};
 

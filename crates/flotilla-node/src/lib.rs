@@ -94,6 +94,7 @@ pub(crate) struct Node {
     events: events::Recorder,
     pods: pods::PodTable,
     services: reflector::Store<Service>,
+    probe_client: pods::ProbeClient,
 }
 
 /// A running node agent. Dropping it stops everything it runs, guests included.
@@ -136,6 +137,7 @@ impl Agent {
             runtime,
             images,
             services,
+            probe_client: pods::probe_client(),
             config,
         });
         let registered = node::register(&node).await?;

@@ -10,6 +10,7 @@ mod pod;
 mod service;
 
 pub use core::NAMESPACE_NAME_LABEL;
+pub use pod::WASM_RUNTIME_CLASS;
 
 use std::fmt;
 use std::marker::PhantomData;

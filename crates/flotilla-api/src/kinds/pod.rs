@@ -257,8 +257,18 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
+/// The runtime class of wasm pods, and the default: a pod without `runtimeClassName` runs as
+/// wasm.
+pub const WASM_RUNTIME_CLASS: &str = "wasm";
+
+/// Why an `exec` handler cannot be honoured in a wasm pod.
+const NO_EXEC: &str = "a wasm container has no processes, so there is nothing to exec: use an httpGet or tcpSocket handler, or runtimeClassName \"oci\"";
+
 /// Validates a pod spec at `path` (`spec`, or `spec.template.spec` in a workload).
 pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<FieldError>) {
+    if spec.runtime_class_name.as_deref().unwrap_or(WASM_RUNTIME_CLASS) == WASM_RUNTIME_CLASS {
+        forbid_exec(spec, path, errors);
+    }
     let volumes: BTreeSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     let mut names = BTreeSet::new();
     if spec.containers.is_empty() {
@@ -305,6 +315,32 @@ pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<Fie
         }
         if let Err(e) = label_value(value) {
             errors.push(FieldError::invalid(format!("{path}.nodeSelector"), value, e));
+        }
+    }
+}
+
+/// Refuses `exec` probes and lifecycle hooks, which a wasm pod cannot run.
+fn forbid_exec(spec: &PodSpec, path: &str, errors: &mut Vec<FieldError>) {
+    for (list, containers) in
+        [("initContainers", spec.init_containers.as_deref().unwrap_or_default()), ("containers", &spec.containers)]
+    {
+        for (i, container) in containers.iter().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            let probes = [
+                ("livenessProbe", container.liveness_probe.as_ref().and_then(|p| p.exec.as_ref())),
+                ("readinessProbe", container.readiness_probe.as_ref().and_then(|p| p.exec.as_ref())),
+                ("startupProbe", container.startup_probe.as_ref().and_then(|p| p.exec.as_ref())),
+            ];
+            let lifecycle = container.lifecycle.as_ref();
+            let hooks = [
+                ("lifecycle.postStart", lifecycle.and_then(|l| l.post_start.as_ref()).and_then(|h| h.exec.as_ref())),
+                ("lifecycle.preStop", lifecycle.and_then(|l| l.pre_stop.as_ref()).and_then(|h| h.exec.as_ref())),
+            ];
+            for (field, exec) in probes.into_iter().chain(hooks) {
+                if exec.is_some() {
+                    errors.push(FieldError::forbidden(format!("{at}.{field}.exec"), NO_EXEC));
+                }
+            }
         }
     }
 }
@@ -642,6 +678,31 @@ mod tests {
                 "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             ]
         );
+    }
+
+    #[test]
+    fn exec_handlers_are_refused_in_wasm_pods_with_the_reason() {
+        let spec = |runtime: Option<&str>| {
+            let mut p = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+                "runtimeClassName": runtime,
+                "containers": [{"name": "c", "image": "i",
+                    "livenessProbe": {"exec": {"command": ["true"]}},
+                    "readinessProbe": {"httpGet": {"port": 80}},
+                    "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}]}}));
+            p.set_defaults();
+            let mut errors = Vec::new();
+            p.validate(&mut errors);
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        let refused = spec(None);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0]
+                .starts_with("spec.containers[0].livenessProbe.exec: Forbidden: a wasm container has no processes")
+        );
+        assert!(refused[1].starts_with("spec.containers[0].lifecycle.preStop.exec: Forbidden"));
+        assert_eq!(spec(Some("wasm")), refused);
+        assert_eq!(spec(Some("oci")), Vec::<String>::new());
     }
 
     #[test]

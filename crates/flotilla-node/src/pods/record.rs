@@ -64,6 +64,8 @@ pub(super) struct ContainerRecord {
     pub start_failures: u32,
     /// The current wait in back-off has had its `BackOff` event.
     pub backoff_reported: bool,
+    /// Its startup probe passed (or it has none) in the current run.
+    pub started: bool,
     /// Its readiness (a running container without a readiness probe is ready).
     pub ready: bool,
 }
@@ -82,6 +84,7 @@ impl ContainerRecord {
             exited_at: None,
             start_failures: 0,
             backoff_reported: false,
+            started: false,
             ready: false,
         }
     }
@@ -98,6 +101,7 @@ impl ContainerRecord {
     /// Records the end of the current run.
     pub(super) fn exit(&mut self, terminated: Terminated, at: Instant) {
         self.ready = false;
+        self.started = false;
         self.exited_at = Some(at);
         self.run = Run::Exited(terminated);
     }

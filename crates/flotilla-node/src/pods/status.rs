@@ -20,6 +20,8 @@ pub(super) enum Stop {
     Deleted,
     /// It ran longer than `activeDeadlineSeconds`.
     DeadlineExceeded,
+    /// The node cannot run it at all (the kubelet's admission): it fails without starting.
+    Rejected { reason: String, message: String },
 }
 
 /// Everything a pod's status is computed from.
@@ -70,6 +72,10 @@ pub(super) fn render(input: &StatusInput<'_>) -> PodStatus {
         phase = PHASE_FAILED;
         reason = Some("DeadlineExceeded".to_string());
         message = Some("Pod was active on the node longer than the specified deadline".to_string());
+    } else if let Some(Stop::Rejected { reason: why, message: what }) = &input.stop {
+        phase = PHASE_FAILED;
+        reason = Some(why.clone());
+        message = Some(what.clone());
     } else if previous.and_then(|s| s.phase.as_deref()) == Some(phase) {
         reason = previous.and_then(|s| s.reason.clone());
         message = previous.and_then(|s| s.message.clone());
@@ -195,8 +201,8 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
         image: record.image.clone(),
         image_id: record.image_id.clone().unwrap_or_default(),
         container_id,
-        ready: record.ready && record.is_running(),
-        started: Some(record.is_running()),
+        ready: record.ready && record.started && record.is_running(),
+        started: Some(record.started && record.is_running()),
         restart_count: record.restart_count,
         state: Some(state),
         last_state: Some(last.unwrap_or_default()),

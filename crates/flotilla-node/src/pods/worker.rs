@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_wasm::{ContainerSpec, Exit, Program};
+use flotilla_wasm::{ContainerSpec, Exit, Network, Program};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::env::{self, Objects, Placement};
 use super::plan::{PodView, RestartPolicy, Slot, plan};
+use super::probes::{self, Finding};
 use super::record::{ContainerRecord, Run, Terminated};
 use super::status::{self, StatusInput, Stop};
 use super::volumes::{self, Volumes};
@@ -40,14 +41,27 @@ pub(super) enum RunEvent {
     Started { slot: Slot, attempt: i32, image_id: String, container_id: String, started_at: Timestamp },
     StartFailed { slot: Slot, attempt: i32, reason: &'static str, message: String },
     Exited { slot: Slot, attempt: i32, exit: Exit, started_at: Timestamp, container_id: String },
+    Probe { slot: Slot, attempt: i32, finding: Finding },
 }
 
-/// A run in progress: its task (aborting it kills the guest) and its log.
+/// A run in progress: its task (aborting it kills the guest), its log, and its probes.
 #[derive(Debug)]
 struct ActiveRun {
     attempt: i32,
     task: JoinHandle<()>,
     log: Arc<ContainerLog>,
+    probes: Option<JoinHandle<()>>,
+}
+
+impl ActiveRun {
+    /// Ends the run: the guest is killed if it still runs, its probes stop, its log closes.
+    fn end(self) {
+        self.task.abort();
+        if let Some(probes) = self.probes {
+            probes.abort();
+        }
+        self.log.close();
+    }
 }
 
 /// The pod's sandbox: what its containers share.
@@ -110,6 +124,15 @@ impl Worker {
         let main_waiting = if has_init { "PodInitializing" } else { "ContainerCreating" };
         let main = restore(&spec.containers, status.container_statuses.as_ref(), main_waiting);
         let start_time = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
+        let runtime = spec.runtime_class_name.as_deref().unwrap_or(flotilla_api::WASM_RUNTIME_CLASS);
+        let stop = (runtime != flotilla_api::WASM_RUNTIME_CLASS).then(|| Stop::Rejected {
+            reason: "UnsupportedRuntimeClass".into(),
+            message: format!(
+                "Pod was rejected: runtime class {runtime:?} is not offered by node {:?}, which runs \"{}\" pods",
+                node.config.name,
+                flotilla_api::WASM_RUNTIME_CLASS
+            ),
+        });
         let deadline = spec.active_deadline_seconds.map(|secs| {
             let elapsed = Timestamp::now().duration_since(start_time).unsigned_abs();
             Instant::now() + Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed)
@@ -128,7 +151,7 @@ impl Worker {
             objects_read: None,
             start_time,
             deadline,
-            stop: None,
+            stop,
             gone: false,
             published: None,
             publish_failed: false,
@@ -157,7 +180,8 @@ impl Worker {
                 now,
             );
             for slot in planned.kill {
-                self.kill(slot);
+                let name = self.record(slot).name.clone();
+                self.kill(slot, format!("Stopping container {name}"));
             }
             for slot in planned.start {
                 self.start(slot).await;
@@ -384,7 +408,7 @@ impl Worker {
             spec,
             events: self.events.clone(),
         }));
-        self.runs.insert(slot, ActiveRun { attempt, task, log });
+        self.runs.insert(slot, ActiveRun { attempt, task, log, probes: None });
     }
 
     /// The container's argv, env, mounts and limits, or why they cannot be had.
@@ -395,9 +419,9 @@ impl Worker {
         volumes: &Volumes,
         output: Arc<ContainerLog>,
     ) -> Result<ContainerSpec, String> {
-        let ip = ip.to_string();
+        let ip_text = ip.to_string();
         let placement = Placement {
-            pod_ip: &ip,
+            pod_ip: &ip_text,
             host_ip: &self.node.config.node_ip.to_string(),
             node_name: &self.node.config.name,
             node_cpu: self.node.capacity.cpu,
@@ -426,6 +450,13 @@ impl Worker {
         };
         let memory_limit = quantity("memory")?.map(|nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX));
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
+        let ports = container
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| u16::try_from(p.container_port).ok())
+            .collect();
         let spec = ContainerSpec {
             argv,
             env: environment,
@@ -433,6 +464,7 @@ impl Worker {
             dirs,
             memory_limit,
             cpu_limit,
+            network: Some(Network { pod_ip: ip.into(), ports }),
             output,
         };
         Ok(spec)
@@ -447,14 +479,33 @@ impl Worker {
                 let record = self.record(slot);
                 record.image_id = Some(image_id);
                 record.running(started_at, container_id);
-                // Without a readiness probe a running container is ready.
-                record.ready = true;
+                self.start_probes(slot, attempt);
+            }
+            RunEvent::Probe { slot, attempt, finding } => {
+                if !self.is_current(slot, attempt) {
+                    return;
+                }
+                let name = self.record(slot).name.clone();
+                match finding {
+                    Finding::Started => self.record(slot).started = true,
+                    Finding::Ready(ready) => self.record(slot).ready = ready,
+                    Finding::Failed { probe, message } => {
+                        let message = format!("{probe} probe failed: {message}");
+                        self.node.events.pod(&self.pod, Some(&name), Warning, "Unhealthy", message);
+                    }
+                    Finding::Unhealthy { probe } => {
+                        let why = format!("Container {name} failed {} probe, will be restarted", probe.to_lowercase());
+                        self.kill(slot, why);
+                    }
+                }
             }
             RunEvent::StartFailed { slot, attempt, reason, message } => {
                 if !self.is_current(slot, attempt) {
                     return;
                 }
-                self.runs.remove(&slot);
+                if let Some(run) = self.runs.remove(&slot) {
+                    run.end();
+                }
                 let image = self.record(slot).image.clone();
                 self.record(slot).failed_to_start(reason, message.clone(), Instant::now());
                 if reason == "ErrImagePull" {
@@ -486,7 +537,7 @@ impl Worker {
                     return;
                 }
                 if let Some(run) = self.runs.remove(&slot) {
-                    run.log.close();
+                    run.end();
                 }
                 let (exit_code, reason, message) = match exit {
                     Exit::Exited(code) => (code, if code == 0 { "Completed" } else { "Error" }, None),
@@ -511,11 +562,11 @@ impl Worker {
         self.runs.get(&slot).is_some_and(|run| run.attempt == attempt)
     }
 
-    /// Stops a run for good (the pod is deleted or past its deadline).
-    fn kill(&mut self, slot: Slot) {
+    /// Ends a run: for good when the pod stops, or to restart it (a failed liveness probe).
+    /// `why` is the `Killing` event's message.
+    fn kill(&mut self, slot: Slot, why: String) {
         let Some(run) = self.runs.remove(&slot) else { return };
-        run.task.abort();
-        run.log.close();
+        run.end();
         let record = self.record(slot);
         let (started_at, container_id) = match &record.run {
             Run::Running { started_at, container_id } => (*started_at, container_id.clone()),
@@ -533,13 +584,33 @@ impl Worker {
             container_id,
         };
         self.record(slot).exit(ended, Instant::now());
-        self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", format!("Stopping container {name}"));
+        self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+    }
+
+    /// Probes the run that just started, if its container has probes; without any it is started
+    /// and ready at once.
+    fn start_probes(&mut self, slot: Slot, attempt: i32) {
+        let Some(container) = self.container(slot) else { return };
+        let probed = container.startup_probe.is_some()
+            || container.liveness_probe.is_some()
+            || container.readiness_probe.is_some();
+        let (Some(sandbox), Some(run), true) = (&self.sandbox, self.runs.get_mut(&slot), probed) else {
+            let record = self.record(slot);
+            record.started = true;
+            record.ready = true;
+            return;
+        };
+        let events = self.events.clone();
+        let report = move |finding| {
+            let _ = events.send(RunEvent::Probe { slot, attempt, finding });
+        };
+        let client = self.node.probe_client.clone();
+        run.probes = Some(tokio::spawn(probes::run(container, sandbox.ip.into(), client, report)));
     }
 
     fn abort_all(&mut self) {
         for (_, run) in self.runs.drain() {
-            run.task.abort();
-            run.log.close();
+            run.end();
         }
         self.release_sandbox();
     }

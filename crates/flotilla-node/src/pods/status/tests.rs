@@ -107,6 +107,7 @@ fn a_running_pod_is_ready_and_keeps_its_transition_times() {
     let mut pod = pod(json!({"containers": [{"name": "app", "image": "hello",
         "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}]}));
     let mut running = record("app", Run::Running { started_at: Timestamp::now(), container_id: "wasm://1".into() });
+    running.started = true;
     running.ready = true;
     let first = render_with(&pod, RestartPolicy::Always, &[], std::slice::from_ref(&running));
     assert_eq!(first.phase.as_deref(), Some("Running"));

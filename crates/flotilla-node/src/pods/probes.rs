@@ -1,0 +1,221 @@
+//! A running container's probes, with the kubelet's timing: the startup probe first (the others
+//! wait for it), then liveness and readiness on their own periods; thresholds of consecutive
+//! results; `httpGet` (a status from 200 to 399 passes) and `tcpSocket` (a connection passes).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// What a probe found, when it changes what the worker should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finding {
+    /// The startup probe passed: the container has started.
+    Started,
+    /// Readiness changed.
+    Ready(bool),
+    /// A probe failed once (for the `Unhealthy` event): which, and why.
+    Failed { probe: &'static str, message: String },
+    /// The liveness (or startup) probe failed past its threshold: the container must be
+    /// restarted.
+    Unhealthy { probe: &'static str },
+}
+
+/// An HTTP client for probes: a new connection each time, as the kubelet's prober makes.
+pub(crate) fn client() -> Client<HttpConnector, Empty<bytes::Bytes>> {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http()
+}
+
+/// Runs `container`'s probes against `ip` until the task is dropped, reporting findings.
+pub(crate) async fn run(
+    container: Container,
+    ip: IpAddr,
+    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    report: impl Fn(Finding),
+) {
+    let prober = Prober { container: &container, ip, client };
+    if let Some(probe) = &container.startup_probe {
+        let timing = Timing::of(probe);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut failures = 0;
+        loop {
+            match prober.check(probe, timing.timeout).await {
+                Ok(()) => break,
+                Err(message) => {
+                    failures += 1;
+                    report(Finding::Failed { probe: "Startup", message });
+                    if failures >= timing.failure_threshold {
+                        report(Finding::Unhealthy { probe: "Startup" });
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    }
+    report(Finding::Started);
+    let liveness = container.liveness_probe.as_ref().map(|p| (p, Timing::of(p)));
+    let readiness = container.readiness_probe.as_ref().map(|p| (p, Timing::of(p)));
+    if readiness.is_none() {
+        report(Finding::Ready(true));
+    }
+    let live = async {
+        let Some((probe, timing)) = liveness else { return std::future::pending().await };
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut failures = 0;
+        loop {
+            match prober.check(probe, timing.timeout).await {
+                Ok(()) => failures = 0,
+                Err(message) => {
+                    failures += 1;
+                    report(Finding::Failed { probe: "Liveness", message });
+                    if failures >= timing.failure_threshold {
+                        report(Finding::Unhealthy { probe: "Liveness" });
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    let ready = async {
+        let Some((probe, timing)) = readiness else { return std::future::pending().await };
+        tokio::time::sleep(timing.initial_delay).await;
+        let (mut successes, mut failures, mut ready) = (0, 0, false);
+        loop {
+            match prober.check(probe, timing.timeout).await {
+                Ok(()) => {
+                    (successes, failures) = (successes + 1, 0);
+                    if !ready && successes >= timing.success_threshold {
+                        ready = true;
+                        report(Finding::Ready(true));
+                    }
+                }
+                Err(message) => {
+                    (successes, failures) = (0, failures + 1);
+                    report(Finding::Failed { probe: "Readiness", message });
+                    if ready && failures >= timing.failure_threshold {
+                        ready = false;
+                        report(Finding::Ready(false));
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    // Liveness ending means the container is to be restarted: nothing more to probe.
+    tokio::select! {
+        () = live => {}
+        () = ready => {}
+    }
+}
+
+/// A probe's timing, with upstream's defaults.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    initial_delay: Duration,
+    period: Duration,
+    timeout: Duration,
+    success_threshold: u32,
+    failure_threshold: u32,
+}
+
+impl Timing {
+    fn of(probe: &Probe) -> Timing {
+        let secs = |value: Option<i32>, default: i32| Duration::from_secs(value.unwrap_or(default).max(0) as u64);
+        Timing {
+            initial_delay: secs(probe.initial_delay_seconds, 0),
+            period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
+            timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+            success_threshold: probe.success_threshold.unwrap_or(1).max(1) as u32,
+            failure_threshold: probe.failure_threshold.unwrap_or(3).max(1) as u32,
+        }
+    }
+}
+
+struct Prober<'a> {
+    container: &'a Container,
+    ip: IpAddr,
+    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+}
+
+impl Prober<'_> {
+    /// One check: `Ok` if it passed, else why not, as upstream words it.
+    async fn check(&self, probe: &Probe, timeout: Duration) -> Result<(), String> {
+        if let Some(get) = &probe.http_get {
+            let port = self.port(&get.port)?;
+            let host = get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| self.ip.to_string());
+            let scheme = get.scheme.as_deref().unwrap_or("HTTP");
+            if !scheme.eq_ignore_ascii_case("HTTP") {
+                return Err(format!("{scheme} probes are not supported by this node: use HTTP"));
+            }
+            let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            let url = format!("http://{host}:{port}{path}");
+            let mut request = http::Request::get(&url).header(http::header::USER_AGENT, "kube-probe/1.33");
+            for header in get.http_headers.iter().flatten() {
+                request = request.header(header.name.as_str(), header.value.as_str());
+            }
+            let request = request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))?;
+            let response = tokio::time::timeout(timeout, self.client.request(request))
+                .await
+                .map_err(|_| {
+                    format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
+                })?
+                .map_err(|e| format!("Get {url:?}: {}", connect_error(&e)))?;
+            let status = response.status().as_u16();
+            return if (200..400).contains(&status) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {status}"))
+            };
+        }
+        if let Some(socket) = &probe.tcp_socket {
+            let port = self.port(&socket.port)?;
+            let host: IpAddr = socket.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(self.ip);
+            let address = SocketAddr::new(host, port);
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {address}: connect: {e}")),
+                Err(_) => Err(format!("dial tcp {address}: i/o timeout")),
+            };
+        }
+        if probe.grpc.is_some() {
+            return Err("gRPC probes are not supported by this node: use httpGet or tcpSocket".into());
+        }
+        // `exec` is refused when the pod is admitted; a probe with no handler passes.
+        Ok(())
+    }
+
+    /// A port by number, or by the name of one of the container's ports.
+    fn port(&self, port: &IntOrString) -> Result<u16, String> {
+        match port {
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+            IntOrString::String(name) => match name.parse::<u16>() {
+                Ok(n) => Ok(n),
+                Err(_) => self
+                    .container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok())
+                    .ok_or_else(|| format!("port {name:?} is not a named port of the container")),
+            },
+        }
+    }
+}
+
+/// The root cause of a failed request, which is what a user needs (`connection refused`).
+fn connect_error(err: &dyn std::error::Error) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
