@@ -17,9 +17,13 @@ fn main() {
     let names = members(&examples);
     let mut generated = String::new();
     for (prefix, target) in TARGETS {
+        let built: Vec<&String> = names.iter().filter(|name| builds_for(&examples, name, target)).collect();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let packages = built.iter().flat_map(|name| ["-p", name.as_str()]);
         let status = Command::new(cargo)
-            .args(["build", "--release", "--target", target, "--manifest-path"])
+            .args(["build", "--release", "--target", target])
+            .args(packages)
+            .arg("--manifest-path")
             .arg(examples.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -37,7 +41,7 @@ fn main() {
             status.success(),
             "building wasm-examples for {target} failed (see above; scripts/setup installs the target)"
         );
-        for name in &names {
+        for name in built {
             let path = target_dir.join(target).join("release").join(format!("{name}.wasm"));
             assert!(path.exists(), "{} was not built", path.display());
             generated += &format!(
@@ -48,6 +52,16 @@ fn main() {
         }
     }
     std::fs::write(out_dir.join("examples.rs"), generated).expect("write examples.rs");
+}
+
+/// Whether a guest builds for `target`: all do, unless their manifest narrows it with
+/// `[package.metadata.flotilla] targets = [...]` (a `wasi:http` component is p2 only).
+fn builds_for(examples: &std::path::Path, name: &str, target: &str) -> bool {
+    let manifest = std::fs::read_to_string(examples.join(name).join("Cargo.toml")).expect("read a guest's Cargo.toml");
+    match manifest.lines().find(|l| l.trim_start().starts_with("targets")) {
+        Some(line) => line.contains(&format!("\"{target}\"")),
+        None => true,
+    }
 }
 
 /// The workspace members, read from the `members = [...]` line of `wasm-examples/Cargo.toml`.

@@ -98,6 +98,7 @@ fn wasm_pods_reach_upstreams_states_and_logs_are_served() -> Result<()> {
         (examples::P1_ECHO, "echo:v1"),
         (examples::P1_HTTP, "http:v1"),
         (examples::P2_HTTP, "http-p2:v1"),
+        (examples::P2_HANDLER, "handler:v1"),
     ] {
         import(dir.path(), wasm, name)?;
     }
@@ -142,6 +143,10 @@ fn check_pods(k: &Kubectl) -> Result<()> {
         "    env:\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n";
     apply(k, &pod("web-p1", &node, "http:v1", "Always", probe, ""))?;
     apply(k, &pod("web-p2", &node, "http-p2:v1", "Always", &format!("{probe}{pod_ip}"), ""))?;
+    // A wasi:http handler, served by the node with an instance per request.
+    apply(k, &pod("function", &node, "handler:v1", "Always", probe, ""))?;
+    // A runtime this node does not offer.
+    apply(k, &pod("oci", &node, "hello:v1", "Always", "", "  runtimeClassName: oci\n"))?;
     // A liveness probe that cannot pass: the container is restarted.
     let dead =
         "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
@@ -230,6 +235,14 @@ fn check_pods(k: &Kubectl) -> Result<()> {
         let logs = k.ok(&["logs", name])?;
         ensure!(logs.contains("GET /healthz") && logs.contains("GET /hello"), "{name} logs: {logs}");
     }
+    wait_for(k, "function", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+    let ip = k.ok(&["get", "pod", "function", "-o", "jsonpath={.status.podIP}"])?;
+    let response = http_get(&ip, 8080, "/hi")?;
+    ensure!(response.contains("hello from function at /hi (request 1 of this instance)"), "{response}");
+    let logs = k.ok(&["logs", "function"])?;
+    ensure!(logs.contains("handling /healthz") && logs.contains("handling /hi"), "function logs: {logs}");
+    let rejected = wait_for(k, "oci", "{.status.phase} {.status.reason}", 30, |r| r.starts_with("Failed"))?;
+    ensure!(rejected == "Failed UnsupportedRuntimeClass", "{rejected}");
     let restarts = wait_for(k, "unhealthy", "{.status.containerStatuses[0].restartCount}", 30, |n| {
         n.parse::<i32>().is_ok_and(|n| n >= 1)
     })?;

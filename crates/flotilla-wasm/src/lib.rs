@@ -9,6 +9,7 @@
 //! args, env, directories and output the pod spec grants (deny by default), under its memory and
 //! CPU limits, and reports how it ended as an [`Exit`].
 
+mod http;
 mod limits;
 mod output;
 mod program;

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::http::ProxyGuest;
 use crate::run::{ComponentGuest, CoreGuest};
 
 /// A module that can be instantiated: compiled and linked against WASI once, for every
@@ -21,6 +23,7 @@ pub struct Program {
 pub(crate) enum Linked {
     Core(InstancePre<CoreGuest>),
     Command(CommandPre<ComponentGuest>),
+    Proxy(ProxyPre<ProxyGuest>),
 }
 
 /// Which WASI world a program targets.
@@ -30,6 +33,9 @@ pub enum ProgramKind {
     Core,
     /// A WASI p2 component exporting `wasi:cli/run` (`wasm32-wasip2`).
     Command,
+    /// A WASI p2 component exporting `wasi:http/incoming-handler`: served, one instance per
+    /// request.
+    HttpHandler,
 }
 
 impl Program {
@@ -42,6 +48,7 @@ impl Program {
         match self.kind {
             Linked::Core(_) => ProgramKind::Core,
             Linked::Command(_) => ProgramKind::Command,
+            Linked::Proxy(_) => ProgramKind::HttpHandler,
         }
     }
 }
@@ -74,6 +81,7 @@ pub(crate) struct Programs {
     loaded: Mutex<HashMap<String, Arc<Program>>>,
     core_linker: Linker<CoreGuest>,
     component_linker: ComponentLinker<ComponentGuest>,
+    proxy_linker: ComponentLinker<ProxyGuest>,
 }
 
 impl std::fmt::Debug for Programs {
@@ -91,12 +99,16 @@ impl Programs {
         crate::sockets::add_to_linker(&mut core_linker)?;
         let mut component_linker = ComponentLinker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        let mut proxy_linker = ComponentLinker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut proxy_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut proxy_linker)?;
         Ok(Programs {
             cache_dir,
             fingerprint: format!("{:016x}", hasher.finish()),
             loaded: Mutex::default(),
             core_linker,
             component_linker,
+            proxy_linker,
         })
     }
 
@@ -131,8 +143,17 @@ impl Programs {
                     }
                 },
             )?;
-            let pre = self.component_linker.instantiate_pre(&component).map_err(unlinkable)?;
-            Linked::Command(CommandPre::new(pre).map_err(unlinkable)?)
+            let handles_http = component
+                .component_type()
+                .exports(engine)
+                .any(|(name, _)| name.starts_with("wasi:http/incoming-handler"));
+            if handles_http {
+                let pre = self.proxy_linker.instantiate_pre(&component).map_err(unlinkable)?;
+                Linked::Proxy(ProxyPre::new(pre).map_err(unlinkable)?)
+            } else {
+                let pre = self.component_linker.instantiate_pre(&component).map_err(unlinkable)?;
+                Linked::Command(CommandPre::new(pre).map_err(unlinkable)?)
+            }
         } else {
             let module = compiled(
                 &cached,

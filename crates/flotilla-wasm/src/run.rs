@@ -151,6 +151,7 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec,
             .await;
             exit(result.map(|()| 0), &store.data().memory)
         }
+        Linked::Proxy(pre) => crate::http::serve(engine, pre, spec).await,
         Linked::Command(pre) => {
             let mut wasi = WasiCtxBuilder::new();
             if let Err(message) = configure(&mut wasi, &spec) {
@@ -228,8 +229,23 @@ fn exit(result: Result<i32, Failure>, memory: &MemoryLimit) -> Exit {
     }
 }
 
+/// `wasi:sockets` for a component on `network`: it may bind only the pod's own address,
+/// connect wherever the pod may (no network policy restricts that yet) and look names up.
+pub(crate) fn grant_network(wasi: &mut WasiCtxBuilder, network: Option<&Network>) {
+    let Some(network) = network else { return };
+    let pod_ip = network.pod_ip;
+    wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
+        Box::pin(async move {
+            match usage {
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip() == pod_ip,
+                _ => true,
+            }
+        })
+    });
+}
+
 /// Grants what the spec names: argv, env, working directory, directories and output.
-fn configure(wasi: &mut WasiCtxBuilder, spec: &ContainerSpec) -> Result<(), String> {
+pub(crate) fn configure(wasi: &mut WasiCtxBuilder, spec: &ContainerSpec) -> Result<(), String> {
     wasi.args(&spec.argv)
         .envs(&spec.env)
         .stdout(OutputPipe::new(spec.output.clone(), Stream::Stdout))

@@ -206,7 +206,10 @@ async fn get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..100 {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: pod\r\n\r\n").as_bytes()).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
             let mut response = String::new();
             stream.read_to_string(&mut response).await.unwrap();
             return response;
@@ -260,4 +263,36 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
     let output = Arc::new(Captured::default());
     assert_eq!(run(&runtime, examples::P1_HTTP, spec("http", &output)).await, Exit::Exited(1));
     assert_eq!(output.stderr(), "cannot listen: no pre-opened socket: declare a containerPort\n");
+}
+
+#[tokio::test]
+async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = std::sync::Arc::new(runtime(&dir));
+    let program = runtime.load(&std::fs::read(examples::P2_HANDLER).unwrap()).unwrap();
+    assert_eq!(program.kind(), ProgramKind::HttpHandler);
+    let port = free_port();
+    let output = Arc::new(Captured::default());
+    let mut served = spec("handler", &output);
+    served.env = vec![("HOSTNAME".into(), "fn-0".into())];
+    served.network = Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port] });
+    let serving = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.run(&program, served).await })
+    };
+    // Every request meets a fresh instance: none outlives its request.
+    for path in ["/a", "/b?x=1"] {
+        let response = get(port, path).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        // (The body comes chunked: it is streamed from the instance.)
+        assert!(response.contains(&format!("hello from fn-0 at {path} (request 1 of this instance)\n")), "{response}");
+    }
+    assert_eq!(output.stdout(), "handling /a\nhandling /b?x=1\n");
+    serving.abort();
+    assert!(serving.await.unwrap_err().is_cancelled());
+
+    // Without a port there is nothing to serve on.
+    let program = runtime.load(&std::fs::read(examples::P2_HANDLER).unwrap()).unwrap();
+    let exit = runtime.run(&program, spec("handler", &output)).await;
+    assert!(matches!(&exit, Exit::Failed { message } if message.contains("pod's address")), "{exit:?}");
 }

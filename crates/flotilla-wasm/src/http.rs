@@ -1,0 +1,164 @@
+//! Serving a `wasi:http/incoming-handler` component: the runtime listens on the pod's address
+//! and declared port, and creates one instance per request from the component's `ProxyPre`,
+//! so a function that gets no requests holds no instance (this is what makes scale to zero
+//! cheap). Each request's instance has the container's env, directories, output and memory
+//! limit, as a container run would.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::limits::{CpuLimit, MemoryLimit};
+use crate::output::Stream;
+use crate::run::{ContainerSpec, Exit, configure, grant_network};
+
+pub(crate) struct ProxyGuest {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    memory: MemoryLimit,
+    cpu: CpuLimit,
+}
+
+impl WasiView for ProxyGuest {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for ProxyGuest {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+    }
+}
+
+/// Serves `pre` until the future is dropped, which ends every request in flight. Ends by
+/// itself only if it cannot listen.
+pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: ContainerSpec) -> Exit {
+    let Some(network) = spec.network.clone() else {
+        return Exit::Failed {
+            message: "a wasi:http component is served on its pod's address, and this pod has none".into(),
+        };
+    };
+    let Some(&port) = network.ports.first() else {
+        return Exit::Failed {
+            message: "a wasi:http component is served on its container's port: declare a containerPort".into(),
+        };
+    };
+    let listener = match tokio::net::TcpListener::bind((network.pod_ip, port)).await {
+        Ok(listener) => listener,
+        Err(err) => return Exit::Failed { message: format!("cannot listen on {}:{port}: {err}", network.pod_ip) },
+    };
+    let spec = Arc::new(spec);
+    // Dropping the set (when the container is stopped) aborts every connection; dropping
+    // `_stop` ends every request's instance, including one still streaming its body.
+    let mut connections = tokio::task::JoinSet::new();
+    let (_stop, stopped) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::debug!(%err, "accepting a connection for a wasi:http component");
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
+                async move { Ok::<_, Infallible>(handle(&engine, &pre, &spec, stopped, request).await) }
+            });
+            if let Err(err) =
+                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await
+            {
+                tracing::debug!(%err, "a wasi:http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One request: a fresh instance, its `handle` called, its response streamed back. A failure
+/// is answered 500, and written to the container's log as a crashed run would be.
+async fn handle(
+    engine: &Engine,
+    pre: &ProxyPre<ProxyGuest>,
+    spec: &ContainerSpec,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<HyperOutgoingBody> {
+    let failed = |message: String| {
+        spec.output.write(Stream::Stderr, format!("{message}\n").as_bytes());
+        let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never| match never {}).boxed_unsync();
+        let mut response = hyper::Response::new(body);
+        *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    };
+    let mut wasi = WasiCtxBuilder::new();
+    if let Err(message) = configure(&mut wasi, spec) {
+        return failed(message);
+    }
+    grant_network(&mut wasi, spec.network.as_ref());
+    let guest = ProxyGuest {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        memory: MemoryLimit::new(spec.memory_limit),
+        cpu: CpuLimit::new(spec.cpu_limit),
+    };
+    let mut store = Store::new(engine, guest);
+    store.limiter(|guest| &mut guest.memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let prepared = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .and_then(|request| Ok((request, store.data_mut().http().new_response_outparam(sender)?)));
+    let (request, out) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return failed(format!("cannot pass the request to the component: {err:#}")),
+    };
+    let pre = pre.clone();
+    // The handler may go on streaming its body after it has set the response, so it runs in a
+    // task of its own; the task holds the instance, and ends with it.
+    let task = tokio::spawn(async move {
+        let work = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            let result = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await;
+            result.map_err(|err| match store.data().memory.exceeded {
+                Some(_) => err.context("out of memory: the request's instance outgrew the container's memory limit"),
+                None => err,
+            })
+        };
+        tokio::select! {
+            result = work => result,
+            // Only closes, never changes: the container was stopped.
+            _ = stopped.changed() => Err(wasmtime::format_err!("the container was stopped")),
+        }
+    });
+    match receiver.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => failed(format!("the component answered with an error: {code:?}")),
+        Err(_) => match task.await {
+            Ok(Ok(())) => failed("the component returned without setting a response".into()),
+            Ok(Err(err)) => failed(format!("the component failed: {err:?}")),
+            Err(err) => failed(format!("the component's task ended: {err}")),
+        },
+    }
+}

@@ -1,0 +1,35 @@
+//! A `wasi:http/incoming-handler` component: the node serves it on the pod's declared port and
+//! creates one instance per request, so an idle function costs no instance. It answers
+//! `hello from <HOSTNAME> at <path>` (request number <n> of this instance: always 1, since no
+//! instance outlives its request) and prints each request it handles.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+
+/// Requests this instance has handled.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+struct Handler;
+
+impl wasip2::exports::http::incoming_handler::Guest for Handler {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_else(|| "/".into());
+        let n = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
+        let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "wasm".into());
+        println!("handling {path}");
+        let text = format!("hello from {hostname} at {path} (request {n} of this instance)\n");
+        let headers = Fields::new();
+        let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
+        let response = OutgoingResponse::new(headers);
+        let _ = response.set_status_code(200);
+        let body = response.body().expect("a new response has a body");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().expect("a new body has a stream");
+        stream.blocking_write_and_flush(text.as_bytes()).expect("the client takes the body");
+        drop(stream);
+        OutgoingBody::finish(body, None).expect("the body ends");
+    }
+}
+
+wasip2::http::proxy::export!(Handler);
