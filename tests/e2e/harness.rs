@@ -57,6 +57,11 @@ pub(crate) struct Server {
 impl Server {
     /// Starts `flotilla server` on `data_dir` and waits for its ready line.
     pub(crate) fn start(data_dir: &Path, ports: Ports) -> Result<Server> {
+        Server::start_with(data_dir, ports, &[])
+    }
+
+    /// As [`Server::start`], with more arguments for `flotilla server`.
+    pub(crate) fn start_with(data_dir: &Path, ports: Ports, extra: &[&str]) -> Result<Server> {
         let mut child = Command::new(flotilla_bin())
             .args(["server", "--data-dir"])
             .arg(data_dir)
@@ -65,6 +70,7 @@ impl Server {
             // The embedded node: its API on a free port, and a pod range of its own, so servers
             // of tests that run side by side never hand out the same pod address.
             .args(["--node-listen", "127.0.0.1:0", "--pod-cidr", &pod_range()])
+            .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -5,5 +5,6 @@ mod harness;
 mod kube_client;
 mod kubectl;
 mod pods;
+mod registry;
 mod restart;
 mod store_crash;

@@ -27,13 +27,13 @@ pub(crate) fn import(data_dir: &Path, wasm: &str, name: &str) -> Result<()> {
 
 /// A pod manifest for `image` on `node`, with `extra` lines of container fields and
 /// `spec` lines of pod fields (indented as they go).
-fn pod(name: &str, node: &str, image: &str, restart: &str, container: &str, spec: &str) -> String {
+pub(crate) fn pod(name: &str, node: &str, image: &str, restart: &str, container: &str, spec: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  restartPolicy: {restart}\n{spec}  containers:\n  - name: {name}\n    image: {image}\n    imagePullPolicy: IfNotPresent\n{container}"
     )
 }
 
-fn apply(k: &Kubectl, manifest: &str) -> Result<()> {
+pub(crate) fn apply(k: &Kubectl, manifest: &str) -> Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), manifest)?;
     k.ok(&["apply", "-f", file.path().to_str().unwrap()])?;
@@ -41,7 +41,13 @@ fn apply(k: &Kubectl, manifest: &str) -> Result<()> {
 }
 
 /// Waits (up to `secs`) until `jsonpath` of `pod` reads as `check` wants; returns what it read.
-fn wait_for(k: &Kubectl, pod: &str, jsonpath: &str, secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
+pub(crate) fn wait_for(
+    k: &Kubectl,
+    pod: &str,
+    jsonpath: &str,
+    secs: u64,
+    check: impl Fn(&str) -> bool,
+) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -72,7 +78,7 @@ fn http_get(ip: &str, port: u16, path: &str) -> Result<String> {
     Ok(response)
 }
 
-fn node_name(k: &Kubectl) -> Result<String> {
+pub(crate) fn node_name(k: &Kubectl) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let name = k.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
