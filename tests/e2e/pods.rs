@@ -105,6 +105,7 @@ fn wasm_pods_reach_upstreams_states_and_logs_are_served() -> Result<()> {
         (examples::P1_HTTP, "http:v1"),
         (examples::P2_HTTP, "http-p2:v1"),
         (examples::P2_HANDLER, "handler:v1"),
+        (examples::P1_SHARE, "share:v1"),
     ] {
         import(dir.path(), wasm, name)?;
     }
@@ -170,6 +171,22 @@ fn check_pods(k: &Kubectl) -> Result<()> {
         k.ok(&["apply", "-f", manifests.join(file).to_str().unwrap()])?;
     }
     wait_for(k, "manifest-hello", "{.status.phase}", 30, |p| p == "Succeeded")?;
+    // Two containers exchange a file through an emptyDir; an init container runs first.
+    let shared = std::fs::read_to_string(manifests.join("shared-volume.yaml"))?
+        .replace("\nspec:\n", &format!("\nspec:\n  nodeName: {node}\n"));
+    apply(k, &shared)?;
+    let init = "  volumes:\n  - name: work\n    emptyDir: {}\n  initContainers:\n  - name: prepare\n    image: share:v1\n    imagePullPolicy: IfNotPresent\n    env: [{name: MODE, value: write}, {name: MESSAGE, value: prepared}, {name: DIR, value: /work}]\n    volumeMounts: [{name: work, mountPath: /work}]\n";
+    let reads = "    env: [{name: MODE, value: read}, {name: DIR, value: /work}]\n    volumeMounts: [{name: work, mountPath: /work}]\n";
+    apply(k, &pod("initialized", &node, "share:v1", "Never", reads, init))?;
+
+    wait_for(k, "shared-volume", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    let read = k.ok(&["logs", "shared-volume", "-c", "reader"])?;
+    ensure!(read == "read: hello from the writer\n", "{read:?}");
+    let all = k.ok(&["logs", "shared-volume", "--all-containers"])?;
+    ensure!(all.contains("wrote /shared/message.txt") && all.contains("read: hello"), "{all}");
+    wait_for(k, "initialized", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    ensure!(k.ok(&["logs", "initialized"])? == "read: prepared\n");
+    ensure!(k.ok(&["logs", "initialized", "-c", "prepare"])? == "wrote /work/message.txt\n");
 
     // Run to completion, as a core module and as a component.
     for name in ["hello", "hello-p2"] {

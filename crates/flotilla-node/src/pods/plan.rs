@@ -82,7 +82,7 @@ pub(super) fn plan(pod: &PodView<'_>, now: Instant) -> Plan {
         match &container.run {
             Run::Exited(ended) if ended.exit_code == 0 => continue,
             Run::Exited(_) if !pod.restart_policy.retries_init() => return plan,
-            Run::Running { .. } | Run::Starting => return plan,
+            Run::Running { .. } | Run::Starting { .. } => return plan,
             Run::Exited(_) | Run::Waiting { .. } => {
                 start_when_due(&mut plan, Slot::Init(i), container, now);
                 return plan;
@@ -91,7 +91,7 @@ pub(super) fn plan(pod: &PodView<'_>, now: Instant) -> Plan {
     }
     for (i, container) in pod.main.iter().enumerate() {
         match &container.run {
-            Run::Running { .. } | Run::Starting => {}
+            Run::Running { .. } | Run::Starting { .. } => {}
             Run::Exited(ended) if !pod.restart_policy.restarts(ended.exit_code) => {}
             Run::Exited(_) | Run::Waiting { .. } => start_when_due(&mut plan, Slot::Main(i), container, now),
         }

@@ -34,8 +34,12 @@ pub(super) enum Run {
         reason: String,
         message: Option<String>,
     },
-    /// Its image is being resolved and its module loaded.
-    Starting,
+    /// Its image is being resolved and its module loaded. A retry after a failed attempt
+    /// goes on showing why the last attempt failed, as the kubelet's status does until the
+    /// new attempt has an outcome.
+    Starting {
+        shown: Option<(String, Option<String>)>,
+    },
     Running {
         started_at: Timestamp,
         container_id: String,
@@ -95,7 +99,7 @@ impl ContainerRecord {
 
     /// Running or about to (its start is under way).
     pub(super) fn is_active(&self) -> bool {
-        matches!(self.run, Run::Running { .. } | Run::Starting)
+        matches!(self.run, Run::Running { .. } | Run::Starting { .. })
     }
 
     /// Records the end of the current run.
@@ -110,7 +114,11 @@ impl ContainerRecord {
     /// counts as a restart from now on, as upstream counts a restart when it creates the
     /// container.
     pub(super) fn begin(&mut self) {
-        if let Run::Exited(previous) = std::mem::replace(&mut self.run, Run::Starting) {
+        let shown = match &self.run {
+            Run::Waiting { reason, message } if self.start_failures > 0 => Some((reason.clone(), message.clone())),
+            _ => None,
+        };
+        if let Run::Exited(previous) = std::mem::replace(&mut self.run, Run::Starting { shown }) {
             self.last = Some(previous);
             self.restart_count += 1;
         }

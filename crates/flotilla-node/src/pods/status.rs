@@ -165,7 +165,8 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
     let mut container_id = None;
     let state = match &record.run {
         Run::Waiting { reason, message } => waiting(reason, message.clone()),
-        Run::Starting => waiting("ContainerCreating", None),
+        Run::Starting { shown: Some((reason, message)) } => waiting(reason, message.clone()),
+        Run::Starting { shown: None } => waiting("ContainerCreating", None),
         Run::Running { started_at, container_id: id } => {
             container_id = Some(id.clone());
             ContainerState {

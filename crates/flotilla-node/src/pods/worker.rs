@@ -703,10 +703,10 @@ impl Worker {
             let live = self.runs.get(&slot).map(|run| run.log.clone());
             let waiting = match &record.run {
                 Run::Waiting { reason, .. } => Some(reason.clone()),
-                Run::Starting => Some("ContainerCreating".to_string()),
+                Run::Starting { shown } => Some(shown.as_ref().map_or("ContainerCreating", |(r, _)| r).to_string()),
                 _ => None,
             };
-            let started = !matches!(record.run, Run::Waiting { .. } | Run::Starting) || record.restart_count > 0;
+            let started = !matches!(record.run, Run::Waiting { .. } | Run::Starting { .. }) || record.restart_count > 0;
             containers.insert(
                 record.name.clone(),
                 ContainerLogs { restart_count: record.restart_count, live, waiting, started },

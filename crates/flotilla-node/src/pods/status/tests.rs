@@ -157,3 +157,23 @@ fn qos_classes_and_durations_read_as_upstream_writes_them() {
     assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
     assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
 }
+
+#[test]
+fn a_retried_start_goes_on_showing_why_the_last_attempt_failed() {
+    let pod = pod(json!({"containers": [{"name": "app", "image": "absent"}]}));
+    let mut retried = record("app", Run::Waiting { reason: "ContainerCreating".into(), message: None });
+    retried.failed_to_start("ErrImageNeverPull", "not present".into(), Instant::now());
+    retried.begin();
+    let status = render_with(&pod, RestartPolicy::Always, &[], &[retried]);
+    let waiting = status.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
+    assert_eq!(
+        (waiting.reason.as_deref(), waiting.message.as_deref()),
+        (Some("ErrImageNeverPull"), Some("not present"))
+    );
+    // A first attempt shows that the container is being created.
+    let mut first = record("app", Run::Waiting { reason: "ContainerCreating".into(), message: None });
+    first.begin();
+    let status = render_with(&pod, RestartPolicy::Always, &[], &[first]);
+    let waiting = status.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+}
