@@ -32,16 +32,18 @@ pub(crate) fn pod_range() -> String {
     format!("127.{}.{}.0/24", 100 + n / 256 % 100, n % 256)
 }
 
-/// Where a server listens: the Kubernetes API and the store's peer API.
-#[derive(Clone, Copy, Debug)]
+/// Where a server listens: the Kubernetes API and the store's peer API, and the address range
+/// of its node's pods (kept across restarts, as a node's range is).
+#[derive(Clone, Debug)]
 pub(crate) struct Ports {
     pub(crate) api: u16,
     pub(crate) peer: u16,
+    pub(crate) pods: String,
 }
 
 impl Ports {
     pub(crate) fn free() -> Ports {
-        Ports { api: free_port(), peer: free_port() }
+        Ports { api: free_port(), peer: free_port(), pods: pod_range() }
     }
 }
 
@@ -52,6 +54,8 @@ pub(crate) struct Server {
     pub(crate) store_url: String,
     /// The admin kubeconfig, from the line the server prints when it is ready.
     pub(crate) kubeconfig: PathBuf,
+    /// The Kubernetes API's URL.
+    pub(crate) url: String,
 }
 
 impl Server {
@@ -69,7 +73,7 @@ impl Server {
             .args(["--peer-listen", &format!("127.0.0.1:{}", ports.peer)])
             // The embedded node: its API on a free port, and a pod range of its own, so servers
             // of tests that run side by side never hand out the same pod address.
-            .args(["--node-listen", "127.0.0.1:0", "--pod-cidr", &pod_range()])
+            .args(["--node-listen", "127.0.0.1:0", "--pod-cidr", &ports.pods])
             .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())
@@ -94,7 +98,12 @@ impl Server {
             .strip_prefix("kubeconfig: ")
             .map(PathBuf::from)
             .with_context(|| format!("unexpected ready line {line:?}"))?;
-        Ok(Server { child, store_url: format!("http://127.0.0.1:{}", ports.peer), kubeconfig })
+        Ok(Server {
+            child,
+            store_url: format!("http://127.0.0.1:{}", ports.peer),
+            kubeconfig,
+            url: format!("https://127.0.0.1:{}", ports.api),
+        })
     }
 
     /// Kills the process without letting it shut down: what a power cut or the OOM killer does.

@@ -47,6 +47,11 @@ impl Kubectl {
         Ok(kubectl)
     }
 
+    /// The same kubectl, namespace and discovery cache, for `server` (a restarted one).
+    pub(crate) fn for_server(self, server: &Server) -> Kubectl {
+        Kubectl { kubeconfig: server.kubeconfig.clone(), ..self }
+    }
+
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command.arg("--kubeconfig").arg(&self.kubeconfig).args(["-n", &self.namespace]).args(args);

@@ -4,6 +4,7 @@
 mod harness;
 mod kube_client;
 mod kubectl;
+mod nodes;
 mod pods;
 mod registry;
 mod restart;

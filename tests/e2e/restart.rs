@@ -12,7 +12,7 @@ use crate::kubectl::{Kubectl, manifests};
 fn objects_credentials_and_watches_survive_sigkill() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ports = Ports::free();
-    let server = Server::start(dir.path(), ports)?;
+    let server = Server::start(dir.path(), ports.clone())?;
     let kubeconfig = std::fs::read_to_string(&server.kubeconfig)?;
     let k = Kubectl::new("1.33", &server)?;
     k.ok(&["apply", "-f", manifests().to_str().unwrap()])?;
@@ -35,7 +35,7 @@ fn objects_credentials_and_watches_survive_sigkill() -> Result<()> {
     ensure!(before.split_whitespace().count() == 4, "three uids and a cluster IP: {before}");
 
     server.kill()?;
-    let server = Server::start(dir.path(), ports)?;
+    let server = Server::start(dir.path(), ports.clone())?;
 
     ensure!(std::fs::read_to_string(&server.kubeconfig)? == kubeconfig, "the kubeconfig changed across the restart");
     let after = identity(&k)?;

@@ -18,7 +18,7 @@ const CRASHES: usize = 3;
 async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ports = Ports::free();
-    let mut server = Server::start(dir.path(), ports)?;
+    let mut server = Server::start(dir.path(), ports.clone())?;
     // key → (value, revision) of every write the server acknowledged.
     let acked: Arc<Mutex<BTreeMap<String, (String, u64)>>> = Arc::default();
     let mut highest = 0;
@@ -47,7 +47,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
             writer.await?;
         }
 
-        server = Server::start(dir.path(), ports)?;
+        server = Server::start(dir.path(), ports.clone())?;
         let client = StoreClient::connect(&server.store_url, Duration::from_secs(5)).await?;
         let acked = acked.lock().await;
         let before = acked.values().map(|(_, r)| *r).max().unwrap_or(0);
