@@ -448,3 +448,109 @@ async fn history_is_compacted_one_interval_behind() {
     compactor.await.unwrap();
     server.store.shutdown().await;
 }
+
+#[tokio::test]
+async fn pod_tables_field_selectors_and_field_validation_match_upstream() {
+    let server = Server::start().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    server.post(pods, pod("pending")).await;
+    for (name, status) in [
+        (
+            "running",
+            json!({"phase": "Running", "podIP": "127.44.0.2", "podIPs": [{"ip": "127.44.0.2"}], "containerStatuses": [{
+                "name": "c", "image": "app:1", "imageID": "", "ready": true, "started": true, "restartCount": 2,
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}),
+        ),
+        (
+            "oom",
+            json!({"phase": "Failed", "containerStatuses": [{
+                "name": "c", "image": "app:1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}),
+        ),
+    ] {
+        let mut object = pod(name);
+        object["spec"]["nodeName"] = json!("n1");
+        server.post(pods, object).await;
+        let (code, _) = server
+            .patch(&format!("{pods}/{name}/status"), "application/merge-patch+json", json!({"status": status}))
+            .await;
+        assert_eq!(code, StatusCode::OK);
+    }
+
+    // The columns and cells `kubectl get pods -o wide` prints, ages left out.
+    let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let (_, _, table) = server.call(Method::GET, pods, None, &[("accept", kubectl)]).await;
+    let age = table["columnDefinitions"].as_array().unwrap().iter().position(|c| c["name"] == "Age").unwrap();
+    let shown = json!({
+        "columns": table["columnDefinitions"].as_array().unwrap().iter()
+            .map(|c| json!([c["name"], c["type"], c["priority"]])).collect::<Vec<_>>(),
+        "rows": table["rows"].as_array().unwrap().iter().map(|r| {
+            let mut cells = r["cells"].as_array().unwrap().clone();
+            cells.remove(age);
+            cells
+        }).collect::<Vec<_>>(),
+    });
+    expect_test::expect_file!["../tests/snapshots/table-pods.json"]
+        .assert_eq(&serde_json::to_string_pretty(&shown).unwrap());
+
+    // The field selectors kubectl sends: `describe node` lists a node's live pods.
+    let names = |list: &Value| -> Vec<String> {
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    for (selector, expected) in [
+        ("spec.nodeName%3Dn1", vec!["oom", "running"]),
+        ("status.phase!%3DPending", vec!["oom", "running"]),
+        ("spec.nodeName%3Dn1,status.phase!%3DSucceeded,status.phase!%3DFailed", vec!["running"]),
+        ("spec.nodeName%3D", vec!["pending"]),
+    ] {
+        let (code, list) = server.get(&format!("{pods}?fieldSelector={selector}")).await;
+        assert_eq!(
+            (code, names(&list)),
+            (StatusCode::OK, expected.iter().map(|n| n.to_string()).collect()),
+            "{selector}"
+        );
+    }
+    let event = json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "running", "namespace": "default"},
+        "reason": "Started", "message": "Started container c", "type": "Normal"});
+    server.post("/api/v1/namespaces/default/events", event).await;
+    let (_, events) = server
+        .get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Drunning,involvedObject.kind%3DPod")
+        .await;
+    assert_eq!(names(&events), ["e1"]);
+    let secret =
+        json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}});
+    server.post("/api/v1/namespaces/default/secrets", secret).await;
+    server.post("/api/v1/namespaces/default/secrets", json!({"metadata": {"name": "plain"}})).await;
+    let (_, secrets) = server.get("/api/v1/namespaces/default/secrets?fieldSelector=type%3Dkubernetes.io/tls").await;
+    assert_eq!(names(&secrets), ["tls"]);
+
+    // Unknown fields: a warning with Warn, silence with Ignore, a refusal with Strict.
+    let mut odd = configmap("odd", json!({}));
+    odd["colour"] = json!("blue");
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, headers, _) =
+        server.call(Method::POST, &format!("{cms}?fieldValidation=Warn"), Some(odd.clone()), &[]).await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(headers[header::WARNING], "299 - \"unknown field \\\"colour\\\"\"");
+    odd["metadata"]["name"] = json!("odd2");
+    let (code, headers, _) =
+        server.call(Method::POST, &format!("{cms}?fieldValidation=Ignore"), Some(odd.clone()), &[]).await;
+    assert_eq!((code, headers.get(header::WARNING)), (StatusCode::CREATED, None));
+    odd["metadata"]["name"] = json!("odd3");
+    let (code, status) = server.post(&format!("{cms}?fieldValidation=Strict"), odd).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("BadRequest")));
+
+    // What kubectl reads from OpenAPI to validate on the server and patch strategically.
+    let (_, v1) = server.get("/openapi/v3/api/v1").await;
+    let patch = &v1["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
+    let shown = json!({
+        "gvk": patch["x-kubernetes-group-version-kind"],
+        "parameters": patch["parameters"].as_array().unwrap().iter().map(|p| &p["name"]).collect::<Vec<_>>(),
+        "requestBody": patch["requestBody"]["content"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        "containers": v1["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+            .as_object().unwrap().iter().filter(|(k, _)| k.starts_with("x-kubernetes")).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
+    });
+    expect_test::expect_file!["../tests/snapshots/openapi-v1-pod-patch.json"]
+        .assert_eq(&serde_json::to_string_pretty(&shown).unwrap());
+    server.store.shutdown().await;
+}
