@@ -154,7 +154,11 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     apply(k, &pod("function", &node, "handler:v1", "Always", probe, ""))?;
     // A runtime this node does not offer.
     apply(k, &pod("oci", &node, "hello:v1", "Always", "", "  runtimeClassName: oci\n"))?;
-    // A liveness probe that cannot pass: the container is restarted.
+    // A ConfigMap's keys as files, which follow the ConfigMap when it changes.
+    k.ok(&["create", "configmap", "palette", "--from-literal=colour=blue"])?;
+    let watch_file = "    env: [{name: FILE, value: /config/colour}, {name: TICK_MS, value: \"200\"}]\n    volumeMounts: [{name: config, mountPath: /config}]\n";
+    let config_volume = "  volumes:\n  - name: config\n    configMap:\n      name: palette\n";
+    apply(k, &pod("palette", &node, "ticker:v1", "Always", watch_file, config_volume))?;
     let dead =
         "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
     apply(k, &pod("unhealthy", &node, "ticker:v1", "Always", dead, ""))?;
@@ -276,6 +280,16 @@ fn check_pods(k: &Kubectl) -> Result<()> {
             && described.contains("failed liveness probe, will be restarted"),
         "{described}"
     );
+
+    // The projected file changes with its ConfigMap.
+    wait_for(k, "palette", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+    ensure!(k.ok(&["logs", "palette", "--tail=1"])?.ends_with(": blue\n"));
+    k.ok(&["patch", "configmap", "palette", "-p", r#"{"data":{"colour":"green"}}"#])?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !k.ok(&["logs", "palette", "--tail=1"])?.ends_with(": green\n") {
+        ensure!(Instant::now() < deadline, "the projected file never followed its ConfigMap");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // What cannot run says why, and the rest keeps running.
     let broken =
