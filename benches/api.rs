@@ -53,7 +53,7 @@ async fn main() -> Result<()> {
 
     for &clients in &args.clients {
         eprintln!("== pod creates, {clients} client(s)");
-        let server = Server::start()?;
+        let server = Server::start(false)?;
         let mut samples = creates(&server.api, clients, Duration::from_secs(args.seconds)).await?;
         let scenario = format!("create pods, {clients} client{}", if clients == 1 { "" } else { "s" });
         report.add(format!("{scenario}: creates/s"), "creates/s", samples.per_second(), None);
@@ -62,7 +62,11 @@ async fn main() -> Result<()> {
     }
 
     eprintln!("== memory, lists and watches");
-    let server = Server::start()?;
+    let with_node = Server::start(true)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report.add("RSS idle after start, with its node (the default)", "MiB", with_node.process.memory_mib()?.0, None);
+    drop(with_node);
+    let server = Server::start(false)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     report.add("RSS idle after start", "MiB", server.process.memory_mib()?.0, None);
 
@@ -93,7 +97,8 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// A release `flotilla server` on a fresh data directory.
+/// A release `flotilla server` on a fresh data directory: the control plane alone (what this
+/// benchmark measures), or with its embedded node.
 struct Server {
     process: Running,
     api: Api,
@@ -101,15 +106,20 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Result<Server> {
+    fn start(node: bool) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let mut process = Running::spawn(
-            Command::new(flotilla_bin()?)
-                .args(["server", "--data-dir"])
-                .arg(dir.path())
-                .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
-                .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()?)]),
-        )?;
+        let mut command = Command::new(flotilla_bin()?);
+        command
+            .args(["server", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()?)]);
+        if node {
+            command.args(["--node-listen", "127.0.0.1:0"]);
+        } else {
+            command.arg("--no-node");
+        }
+        let mut process = Running::spawn(&mut command)?;
         let line = process.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
         let api = Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
         Ok(Server { process, api, _dir: dir })

@@ -1,6 +1,7 @@
 //! The wasm runtime alone, without a node around it: how long a container of a module already
 //! loaded (compiled, cached, pre-linked) takes from instantiation to exit, for the `hello`
-//! example as a WASI p1 module and as a p2 component, one after another and with many at once.
+//! example as a WASI p1 module and as a p2 component, one after another and with many at once;
+//! and how much of a core a busy loop gets under a 500m CPU limit.
 //!
 //! The peers' figures are published ones (BENCHMARKS.md): wasmtime's own ~27 µs for a WASI
 //! hello with pooling and `InstancePre`, Spin's 0.5 ms cold start.
@@ -8,12 +9,13 @@
 //! `cargo bench -p flotilla-benches --bench wasm -- [--runs N] [--concurrency 64]`
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use clap::Parser;
+use flotilla_benches::wasm::run;
 use flotilla_benches::{Report, Samples};
-use flotilla_wasm::{ContainerSpec, Exit, OutputSink, Runtime, RuntimeConfig, Stream};
+use flotilla_wasm::{Runtime, RuntimeConfig};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -26,13 +28,6 @@ struct Args {
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-/// Output is dropped: the benchmark measures the runtime, not a log writer.
-struct Discard;
-
-impl OutputSink for Discard {
-    fn write(&self, _: Stream, _: &[u8]) {}
 }
 
 #[tokio::main]
@@ -79,25 +74,13 @@ async fn main() -> Result<()> {
         report.add(format!("{label}: containers/s"), "containers/s", together.per_second(), None);
         report.add(format!("{label}: p99"), "µs", together.quantile_ms(0.99) * 1e3, None);
     }
+    // A busy loop that never calls the host, alone, then under a 500m limit: the share of a
+    // core the limit leaves it.
+    let spin = runtime.load(&std::fs::read(flotilla_examples::P1_SPIN)?)?;
+    let window = std::time::Duration::from_secs(3);
+    let free = flotilla_benches::wasm::spin_rounds(&runtime, &spin, None, window, 1_000_000).await?;
+    let limited = flotilla_benches::wasm::spin_rounds(&runtime, &spin, Some(0.5), window, 1_000_000).await?;
+    report.add("busy loop under a 500m limit: share of a core", "cores", limited as f64 / free as f64, None);
     report.publish()?;
     Ok(())
-}
-
-/// One container of `program`, instantiation to exit.
-async fn run(runtime: &Runtime, program: &flotilla_wasm::Program) -> Result<Duration> {
-    let spec = ContainerSpec {
-        argv: vec!["hello".into()],
-        env: Vec::new(),
-        working_dir: None,
-        dirs: Vec::new(),
-        memory_limit: None,
-        cpu_limit: None,
-        network: None,
-        output: Arc::new(Discard),
-    };
-    let started = Instant::now();
-    let exit = runtime.run(program, spec).await;
-    let took = started.elapsed();
-    ensure!(exit == Exit::Exited(0), "hello ended {exit:?}");
-    Ok(took)
 }

@@ -3,6 +3,7 @@
 
 pub mod kube_api;
 pub mod process;
+pub mod wasm;
 
 use std::path::PathBuf;
 use std::time::Duration;

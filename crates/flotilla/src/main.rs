@@ -55,6 +55,7 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
+    raise_descriptor_limit();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,6 +74,17 @@ fn main() -> anyhow::Result<()> {
             Command::Image { command } => image::run(command),
         }
     })
+}
+
+/// A node keeps each running container's log file open, and a node holds thousands of pods:
+/// the usual soft limit of 1,024 descriptors would stop it near a thousand. The soft limit is
+/// raised to the hard one, which the operator sets.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
 }
 
 /// glibc gives each thread that allocates concurrently an arena of its own, up to eight per core,

@@ -1,0 +1,394 @@
+//! A node under load, through the API as users drive it: a release `flotilla server --no-node`
+//! and a `flotilla agent` (so the agent's memory is its own) on loopback.
+//!
+//! 1. Pod start latency: each of `--latency-pods` ticker pods created alone, timed from the
+//!    create request to the watch event that shows its container started (as the upstream SLO
+//!    measures, with client clocks: `creationTimestamp` has whole seconds only).
+//! 2. A `wasi:http` handler pod: one request at a time (each meets a new instance: a cold
+//!    start), then `wrk` for requests per second.
+//! 3. Density: ticker pods created by 32 clients until `--density-pods` run on the one node;
+//!    the agent's resident memory, how much of it is the guests' linear memory (the pool's
+//!    mapping in `/proc/<pid>/smaps`), and the rest per pod.
+//! 4. The runtime alone: a container of a cached module, instantiation to exit.
+//!
+//! `cargo bench -p flotilla-benches --bench node -- [--latency-pods N] [--density-pods N]`
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use flotilla_benches::kube_api::{Api, Connection};
+use flotilla_benches::process::{Running, flotilla_bin, free_port};
+use flotilla_benches::{Report, Samples};
+use http::Method;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Pods whose start is timed, one at a time.
+    #[arg(long, default_value_t = 1000)]
+    latency_pods: usize,
+    /// Pods running at once for the density measurement.
+    #[arg(long, default_value_t = 10_000)]
+    density_pods: usize,
+    /// Concurrent clients creating the density pods.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Requests to the wasi:http handler one at a time.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Seconds of `wrk` against the handler.
+    #[arg(long, default_value_t = 10)]
+    wrk_seconds: u64,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const NAMESPACE: &str = "bench";
+const NODE: &str = "bench-node";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut report = Report::solo("node");
+    let cluster = Cluster::start(args.density_pods + 100)?;
+    let api = &cluster.api;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, _) = cluster.agent.memory_mib()?;
+    report.add("agent RSS idle, no pods", "MiB", idle_rss, None);
+
+    let mut connection = api.connect().await?;
+    connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;
+    let mut started = Started::watch(api).await?;
+    let collection = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+
+    eprintln!("== pod start latency, {} pods one at a time", args.latency_pods);
+    let mut latency = Samples::default();
+    let all = Instant::now();
+    for i in 0..args.latency_pods {
+        let name = format!("lat-{i}");
+        let sent = Instant::now();
+        connection.create(&collection, &ticker(&name)).await?;
+        let at = started.wait_for(&name).await?;
+        latency.extend(vec![at - sent]);
+    }
+    latency.elapsed = all.elapsed();
+    let label = format!("pod start, create to started, {} pods one at a time", args.latency_pods);
+    report.add(format!("{label}: p50"), "ms", latency.quantile_ms(0.50), None);
+    report.add(format!("{label}: p99"), "ms", latency.quantile_ms(0.99), None);
+
+    eprintln!("== wasi:http handler");
+    connection.create(&collection, &handler("fn")).await?;
+    started.wait_for("fn").await?;
+    let ip = pod_ip(&mut connection, "fn").await?;
+    let mut cold = Samples::default();
+    let all = Instant::now();
+    for i in 0..args.requests {
+        cold.extend(vec![http_get(&ip, &format!("/r{i}")).await?]);
+    }
+    cold.elapsed = all.elapsed();
+    report.add("wasi:http request, new instance each, one at a time: p50", "ms", cold.quantile_ms(0.50), None);
+    report.add("wasi:http request, new instance each, one at a time: p99", "ms", cold.quantile_ms(0.99), None);
+    match wrk(&ip, args.wrk_seconds) {
+        Ok((per_second, p99)) => {
+            report.add("wasi:http with wrk, 32 connections: requests/s", "requests/s", per_second, None);
+            report.add("wasi:http with wrk, 32 connections: p99", "ms", p99, None);
+        }
+        Err(err) => eprintln!("wrk: {err:#} (scripts/bench installs it)"),
+    }
+
+    let target = args.density_pods;
+    let more = target.saturating_sub(args.latency_pods + 1);
+    eprintln!("== density: {more} more pods, to {target}");
+    let all = Instant::now();
+    let names: Vec<String> = (0..more).map(|i| format!("pod-{i}")).collect();
+    let creating = create_all(api, &collection, &names, args.clients);
+    let waiting = started.wait_for_all(&names);
+    let (created, waited) = tokio::join!(creating, waiting);
+    created?;
+    waited?;
+    let took = all.elapsed();
+    report.add(
+        format!("{more} pods created and started by {} clients", args.clients),
+        "pods/s",
+        more as f64 / took.as_secs_f64(),
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let running = count_started(&mut connection).await?;
+    ensure!(running >= target, "{running} pods run, not {target}");
+    report.add("pods running on the node", "pods", running as f64, None);
+    let (rss, peak) = cluster.agent.memory_mib()?;
+    let guests = pool_rss_mib(cluster.agent.pid())?;
+    report.add(format!("agent RSS with {running} pods"), "MiB", rss, None);
+    report.add("  of which the guests' linear memory", "MiB", guests, None);
+    report.add(
+        "agent RSS per pod, beyond the guest's linear memory",
+        "KiB",
+        (rss - guests - idle_rss) * 1024.0 / running as f64,
+        None,
+    );
+    report.add("agent RSS per pod, all of it", "KiB", (rss - idle_rss) * 1024.0 / running as f64, None);
+    report.add("agent RSS peak", "MiB", peak, None);
+    report.add(format!("server RSS with {running} pods"), "MiB", cluster.server.memory_mib()?.0, None);
+
+    eprintln!("== the runtime alone");
+    let dir = tempfile::tempdir()?;
+    let runtime = flotilla_wasm::Runtime::new(flotilla_wasm::RuntimeConfig::new(dir.path().to_path_buf()))?;
+    let program = runtime.load(&std::fs::read(flotilla_examples::P1_HELLO)?)?;
+    let mut runs = Samples::default();
+    for _ in 0..2000 {
+        runs.extend(vec![flotilla_benches::wasm::run(&runtime, &program).await?]);
+    }
+    report.add("cached module, instantiation to exit: p50", "µs", runs.quantile_ms(0.50) * 1e3, None);
+    report.publish()?;
+    Ok(())
+}
+
+/// A ticker pod (a line every five seconds) on the bench node.
+fn ticker(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": NODE, "containers": [{
+            "name": "ticker", "image": "ticker:bench", "imagePullPolicy": "IfNotPresent",
+            "env": [{"name": "TICK_MS", "value": "5000"}],
+            "resources": {"limits": {"memory": "16Mi", "cpu": "50m"}},
+        }]},
+    })
+}
+
+/// The wasi:http handler on port 8080.
+fn handler(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": NODE, "containers": [{
+            "name": "handler", "image": "handler:bench", "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 8080}],
+        }]},
+    })
+}
+
+/// A server without a node and an agent for it, both release builds on fresh directories.
+struct Cluster {
+    server: Running,
+    agent: Running,
+    api: Api,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Cluster {
+    fn start(max_pods: usize) -> Result<Cluster> {
+        let (server_dir, agent_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut server =
+            Running::spawn(
+                Command::new(flotilla_bin()?)
+                    .args(["server", "--no-node", "--data-dir"])
+                    .arg(server_dir.path())
+                    .args(["--listen", &listen, "--peer-listen", &format!("127.0.0.1:{}", free_port()?)]),
+            )?;
+        let line = server.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
+        let api = Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
+        for (wasm, name) in
+            [(flotilla_examples::P1_TICKER, "ticker:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")]
+        {
+            let status = Command::new(flotilla_bin()?)
+                .args(["image", "import", wasm, "--name", name, "--data-dir"])
+                .arg(agent_dir.path())
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            ensure!(status.success(), "importing {name}");
+        }
+        let token = std::fs::read_to_string(server_dir.path().join("node-token"))?;
+        let agent = Running::spawn(
+            Command::new(flotilla_bin()?)
+                .args(["agent", "--server", &format!("https://{listen}"), "--token", token.trim(), "--data-dir"])
+                .arg(agent_dir.path())
+                .args(["--node-name", NODE, "--node-listen", "127.0.0.1:0", "--pod-cidr", "127.64.0.0/16"])
+                .args(["--max-pods", &max_pods.to_string()]),
+        )?;
+        Ok(Cluster { server, agent, api, _dirs: (server_dir, agent_dir) })
+    }
+}
+
+/// When each pod of the namespace was first seen with all its containers started.
+struct Started {
+    seen: HashMap<String, Instant>,
+    events: mpsc::UnboundedReceiver<(String, Instant)>,
+}
+
+impl Started {
+    /// Watches the namespace's pods from now on.
+    async fn watch(api: &Api) -> Result<Started> {
+        let mut connection = api.connect().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while connection.get(&format!("/api/v1/nodes/{NODE}")).await.is_err() {
+            ensure!(Instant::now() < deadline, "the agent's node never registered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let list: Value =
+            serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/pods")).await?)?;
+        let from = list["metadata"]["resourceVersion"].as_str().context("a resourceVersion")?.to_string();
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={from}");
+        let mut body = connection.send(Method::GET, &path, "application/json", Vec::new()).await?.into_body();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _connection = connection;
+            let mut pending = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                let arrived = Instant::now();
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let Ok(event) = serde_json::from_slice::<Value>(&line) else { continue };
+                    if all_started(&event["object"]) {
+                        let name = event["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        let _ = tx.send((name, arrived));
+                    }
+                }
+            }
+        });
+        Ok(Started { seen: HashMap::new(), events })
+    }
+
+    async fn wait_for(&mut self, name: &str) -> Result<Instant> {
+        loop {
+            if let Some(at) = self.seen.get(name) {
+                return Ok(*at);
+            }
+            let (seen, at) = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+                .await
+                .with_context(|| format!("pod {name} did not start within 60 s"))?
+                .context("the watch ended")?;
+            self.seen.entry(seen).or_insert(at);
+        }
+    }
+
+    async fn wait_for_all(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
+            self.wait_for(name).await?;
+        }
+        Ok(())
+    }
+}
+
+fn all_started(pod: &Value) -> bool {
+    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array);
+    let wanted = pod.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    statuses.is_some_and(|s| s.len() == wanted && s.iter().all(|c| c["started"] == true))
+}
+
+async fn create_all(api: &Api, collection: &str, names: &[String], clients: usize) -> Result<()> {
+    let names = Arc::new(names.to_vec());
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (api, collection, names) = (api.clone(), collection.to_string(), names.clone());
+            tokio::spawn(async move {
+                let mut connection = api.connect().await?;
+                for name in names.iter().skip(c).step_by(clients) {
+                    connection.create(&collection, &ticker(name)).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn pod_ip(connection: &mut Connection, name: &str) -> Result<String> {
+    let pod: Value =
+        serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}")).await?)?;
+    Ok(pod["status"]["podIP"].as_str().context("a pod IP")?.to_string())
+}
+
+/// Pods of the namespace whose containers have all started.
+async fn count_started(connection: &mut Connection) -> Result<usize> {
+    let list: Value = serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/pods")).await?)?;
+    Ok(list["items"].as_array().into_iter().flatten().filter(|pod| all_started(pod)).count())
+}
+
+/// One `GET` on a new connection to the handler; how long until the whole answer arrived.
+async fn http_get(ip: &str, path: &str) -> Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect((ip, 8080)).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: fn\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let took = started.elapsed();
+    if !response.starts_with(b"HTTP/1.1 200") {
+        bail!("{path}: {}", String::from_utf8_lossy(&response));
+    }
+    Ok(took)
+}
+
+/// `wrk` against the handler: requests per second and the p99 latency in ms.
+fn wrk(ip: &str, seconds: u64) -> Result<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", &format!("http://{ip}:8080/")])
+        .output()
+        .context("run wrk")?;
+    ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let per_second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("wrk printed no Requests/sec")?
+        .trim()
+        .parse()?;
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).context("wrk printed no 99%")?.trim();
+    Ok((per_second, milliseconds(p99)?))
+}
+
+/// wrk's durations: `1.23ms`, `456.00us`, `1.02s`.
+fn milliseconds(text: &str) -> Result<f64> {
+    for (suffix, scale) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3)] {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return Ok(number.parse::<f64>()? * scale);
+        }
+    }
+    bail!("unreadable wrk duration {text:?}")
+}
+
+/// Resident memory of the guests' linear memories: everything mapped inside the wasm memory
+/// pool's reservation. The pool reserves a slot of 4 GiB of address space per instance, one
+/// after another; a slot in use is cut into its copy-on-write image, its anonymous growth and
+/// the inaccessible rest, so the pool spans from the first to the last inaccessible piece of a
+/// gibibyte or more (less the first slot's image: a rounding error of one pod).
+fn pool_rss_mib(pid: u32) -> Result<f64> {
+    struct Vma {
+        start: u64,
+        end: u64,
+        inaccessible: bool,
+        rss_kib: u64,
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut vmas: Vec<Vma> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let (first, perms) = (fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            vmas.push(Vma { start, end, inaccessible: perms == "---p", rss_kib: 0 });
+        } else if let (Some(rss), Some(vma)) = (line.strip_prefix("Rss:"), vmas.last_mut()) {
+            vma.rss_kib = rss.trim().trim_end_matches("kB").trim().parse()?;
+        }
+    }
+    let slots = vmas.iter().filter(|v| v.inaccessible && v.end - v.start >= 1 << 30);
+    let (Some(low), Some(high)) = (slots.clone().map(|v| v.start).min(), slots.map(|v| v.end).max()) else {
+        bail!("no wasm memory pool in the agent's address space");
+    };
+    let kib: u64 = vmas.iter().filter(|v| v.start >= low && v.end <= high).map(|v| v.rss_kib).sum();
+    Ok(kib as f64 / 1024.0)
+}
