@@ -251,7 +251,14 @@ pub(crate) fn configure(wasi: &mut WasiCtxBuilder, spec: &ContainerSpec) -> Resu
         .stdout(OutputPipe::new(spec.output.clone(), Stream::Stdout))
         .stderr(OutputPipe::new(spec.output.clone(), Stream::Stderr));
     if let Some(dir) = &spec.working_dir {
+        // Components are told through `wasi:cli/environment.initial-cwd`. wasi-libc (Rust's,
+        // C's) starts every program in `/` and reads neither that nor anything else, so the
+        // directory is also exported as `PWD`, as a shell would: the convention wasi-sdk
+        // programs and runners (`wasmtime run --env PWD`) use to `chdir` at start-up.
         wasi.initial_cwd(dir);
+        if !spec.env.iter().any(|(key, _)| key == "PWD") {
+            wasi.env("PWD", dir);
+        }
     }
     for dir in &spec.dirs {
         let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };

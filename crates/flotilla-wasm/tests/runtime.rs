@@ -77,9 +77,9 @@ async fn args_env_volumes_and_exit_code_reach_the_guest() {
     let volume = tempfile::tempdir().unwrap();
     std::fs::write(volume.path().join("greeting.txt"), "hello from the host\n").unwrap();
     // `wasi:cli/exit` of WASI 0.2 carries success or failure only, so a component's `exit(3)`
-    // ends with 1. (The working directory is offered to components as
-    // `wasi:cli/environment.initial-cwd`, but Rust's wasi-libc starts in `/` on both targets,
-    // so it is not checked here.)
+    // ends with 1. The working directory is offered to components as
+    // `wasi:cli/environment.initial-cwd` and to both as `PWD`; Rust's wasi-libc starts in `/`
+    // whatever it is offered, so `cwd=` is not checked here.
     for (wasm, code) in [(examples::P1_ECHO, 3), (examples::P2_ECHO, 1)] {
         let output = Arc::new(Captured::default());
         let mut spec = spec("echo", &output);
@@ -88,6 +88,7 @@ async fn args_env_volumes_and_exit_code_reach_the_guest() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .into();
         spec.dirs = vec![Preopen { host: volume.path().into(), guest: "/data".into(), read_only: true }];
+        spec.working_dir = Some("/data".into());
         assert_eq!(run(&runtime, wasm, spec).await, Exit::Exited(code), "{wasm}");
         let stdout = output.stdout();
         for line in [
@@ -95,6 +96,7 @@ async fn args_env_volumes_and_exit_code_reach_the_guest() {
             "arg[1]=--flag",
             "arg[2]=two words",
             "env GREETING=hi",
+            "env PWD=/data",
             "file /data/greeting.txt=hello from the host",
         ] {
             assert!(stdout.lines().any(|l| l == line), "{line:?} missing from {wasm}:\n{stdout}");
