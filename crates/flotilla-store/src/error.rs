@@ -63,6 +63,12 @@ pub enum Error {
     /// The member is shutting down, or its Raft core stopped.
     #[error("the store is shutting down")]
     Stopped,
+
+    /// The previous membership change has not committed yet (right after an election, the new
+    /// leader's own configuration entry). Retryable in a moment. Last, so that the variants
+    /// before it keep their numbers on the wire.
+    #[error("membership change in progress: {0}")]
+    MembershipBusy(String),
 }
 
 impl Error {
@@ -70,7 +76,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::FutureRevision { .. } | Error::NoLeader(_) | Error::Unreachable { .. } | Error::Timeout(_)
+            Error::FutureRevision { .. }
+                | Error::NoLeader(_)
+                | Error::Unreachable { .. }
+                | Error::Timeout(_)
+                | Error::MembershipBusy(_)
         )
     }
 

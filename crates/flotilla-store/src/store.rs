@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -293,11 +293,11 @@ impl Store {
                         .call_peer::<_, Result<Membership, Error>>(&addr, PATH_MEMBERSHIP, &change, deadline)
                         .await?
                     {
-                        Some(Err(Error::NoLeader(_))) | None => {}
+                        Some(Err(Error::NoLeader(_) | Error::MembershipBusy(_))) | None => {}
                         Some(result) => return result,
                     }
                 }
-                Err(Forward::NoLeader) => {}
+                Err(Forward::NoLeader | Forward::Fail(Error::MembershipBusy(_))) => {}
                 Err(Forward::Fail(e)) => return Err(e),
             }
             pause_until(deadline, "a leader for the membership change").await?;
@@ -516,6 +516,9 @@ impl Forward {
     pub(crate) fn from_write_error(err: RaftError<u64, ClientWriteError<u64, Member>>) -> Self {
         match err {
             RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => Forward::leader(fwd.leader_node),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e @ ChangeMembershipError::InProgress(_))) => {
+                Forward::Fail(Error::MembershipBusy(e.to_string()))
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 Forward::Fail(Error::Membership(e.to_string()))
             }
