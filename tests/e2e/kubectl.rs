@@ -275,7 +275,7 @@ fn server_side_apply_owns_fields_and_conflicts() -> Result<()> {
             "web",
             "--show-managed-fields",
             "-o",
-            "jsonpath={.metadata.managedFields[*].manager}",
+            "jsonpath={.metadata.managedFields[?(@.operation==\"Apply\")].manager}",
         ])?;
         ensure!(managers == "kubectl", "{managers}");
         // Someone else takes the replica count; applying the manifest again must not silently undo it.

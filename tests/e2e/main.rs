@@ -9,3 +9,4 @@ mod pods;
 mod registry;
 mod restart;
 mod store_crash;
+mod workloads;

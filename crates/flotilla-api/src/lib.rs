@@ -12,6 +12,7 @@ pub mod managed;
 pub mod patch;
 pub mod quantity;
 pub mod resource;
+pub mod scheduling;
 pub mod schema;
 pub mod selector;
 pub mod table;

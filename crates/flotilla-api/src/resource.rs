@@ -34,6 +34,8 @@ pub enum Subresource {
     Binding,
     /// `pods/eviction`: delete a pod, respecting disruption budgets.
     Eviction,
+    /// `namespaces/finalize`: the namespace controller's way to clear `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -44,6 +46,7 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Finalize => "finalize",
         }
     }
 
@@ -51,7 +54,7 @@ impl Subresource {
     /// parent's own kind.
     pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Subresource::Status | Subresource::Log => None,
+            Subresource::Status | Subresource::Log | Subresource::Finalize => None,
             Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
             Subresource::Binding => Some(("", "v1", "Binding")),
             Subresource::Eviction => Some(("policy", "v1", "Eviction")),
@@ -63,6 +66,7 @@ impl Subresource {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Log => &["get"],
             Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Finalize => &["update"],
         }
     }
 }

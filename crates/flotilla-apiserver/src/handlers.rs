@@ -53,7 +53,7 @@ pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
             let stored = req.registry.get(def, namespace.as_deref(), &name).await?;
             respond_object(&req, StatusCode::OK, &stored, &[])
         }
-        (&Method::PUT, Some(name), sub @ (None | Some(Subresource::Status))) => {
+        (&Method::PUT, Some(name), sub @ (None | Some(Subresource::Status | Subresource::Finalize))) => {
             let body = parse_json(&req.body)?;
             let written =
                 req.registry.update(def, namespace.as_deref(), &name, sub, body, write_options(&req)?).await?;
@@ -511,6 +511,19 @@ async fn bind(req: &Request<'_>, name: &str) -> Result<Response> {
                 }
                 let mut bound = current.clone();
                 bound["spec"]["nodeName"] = node.into();
+                // As upstream's binding registry: the pod is now scheduled.
+                let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+                let scheduled =
+                    json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+                let status =
+                    bound.as_object_mut().expect("a pod is an object").entry("status").or_insert_with(|| json!({}));
+                let conditions = status
+                    .as_object_mut()
+                    .and_then(|s| s.entry("conditions").or_insert_with(|| json!([])).as_array_mut());
+                if let Some(conditions) = conditions {
+                    conditions.retain(|c| c["type"] != "PodScheduled");
+                    conditions.push(scheduled);
+                }
                 Ok(Some(bound))
             },
             None,

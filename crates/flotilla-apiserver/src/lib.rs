@@ -59,7 +59,14 @@ pub struct ApiServerConfig {
     /// The cluster CA, served at `/cacerts` so that a joining agent can fetch it and check it
     /// against the hash in its join token.
     pub ca_pem: Option<String>,
+    /// How long pods tolerate an unreachable or not-ready node before they are evicted, unless
+    /// they say otherwise (upstream's DefaultTolerationSeconds admission, 300 s there).
+    pub default_toleration_seconds: i64,
 }
+
+/// Pods tolerate an unreachable node for a minute, not upstream's five: a serverless workload
+/// should move quickly, and the node grace period before it already rides out a flaky link.
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 60;
 
 impl std::fmt::Debug for ApiServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +76,12 @@ impl std::fmt::Debug for ApiServerConfig {
 
 impl Default for ApiServerConfig {
     fn default() -> Self {
-        ApiServerConfig { service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR"), node_token: None, ca_pem: None }
+        ApiServerConfig {
+            service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR"),
+            node_token: None,
+            ca_pem: None,
+            default_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
+        }
     }
 }
 
@@ -99,7 +111,7 @@ impl ApiServer {
     /// namespaces if they are missing.
     pub async fn new(store: Store, token: String, config: ApiServerConfig) -> Result<ApiServer, Error> {
         let allocator = services::Allocator::new(store.clone(), config.service_cidr);
-        let registry = Registry::new(store, allocator);
+        let registry = Registry::new(store, allocator, config.default_toleration_seconds);
         let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
         for name in DEFAULT_NAMESPACES {
             let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});

@@ -91,11 +91,13 @@ pub(crate) struct DeleteOptions {
 pub(crate) struct Registry {
     store: Store,
     services: Allocator,
+    /// How long new pods tolerate an unreachable or not-ready node (DefaultTolerationSeconds).
+    default_toleration_seconds: i64,
 }
 
 impl Registry {
-    pub(crate) fn new(store: Store, services: Allocator) -> Self {
-        Registry { store, services }
+    pub(crate) fn new(store: Store, services: Allocator, default_toleration_seconds: i64) -> Self {
+        Registry { store, services, default_toleration_seconds }
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -185,6 +187,9 @@ impl Registry {
         }
         let admitted = def.ops.admit(Value::Object(object), None, options.field_validation)?;
         let mut object = admitted.object;
+        if def.kind == "Pod" {
+            add_default_tolerations(&mut object, self.default_toleration_seconds);
+        }
         if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
             managed::track_update(def, None, &mut object, manager, &now());
         }
@@ -308,7 +313,10 @@ impl Registry {
             }
             let key = Self::key(def, namespace, name);
             // An object whose deletion only waited on finalizers goes once the last one is removed.
-            let finished = is_deleting(&object) && finalizers(&object).is_empty() && grace_of(&object) == 0;
+            let finished = is_deleting(&object)
+                && finalizers(&object).is_empty()
+                && grace_of(&object) == 0
+                && !awaits_namespace_finalizers(def, &object);
             let op = if finished { Op::delete(key.clone()) } else { Op::put(key.clone(), stored.clone()) };
             let mut ops = vec![op];
             if finished {
@@ -352,8 +360,7 @@ impl Registry {
                     Propagation::Background => {}
                 }
             }
-            let pending_namespace = def.kind == "Namespace"
-                && object.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            let pending_namespace = awaits_namespace_finalizers(def, &object);
             let key = Self::key(def, namespace, name);
             if finalizers.is_empty() && grace == 0 && !pending_namespace {
                 if options.dry_run {
@@ -465,6 +472,24 @@ fn allows_create_on_update(def: &ResourceDef) -> bool {
 fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresource>) -> Result<Value> {
     let mut new = expect_object(new)?;
     let old_map = old.as_object().cloned().unwrap_or_default();
+    if sub == Some(Subresource::Finalize) {
+        // Only `spec.finalizers` changes.
+        let mut result = old_map;
+        let finalizers = new.get("spec").and_then(|s| s.get("finalizers")).cloned().unwrap_or_else(|| json!([]));
+        let spec = result.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("finalizers".into(), finalizers);
+        }
+        return Ok(Value::Object(result));
+    }
+    if def.kind == "Namespace" {
+        // Updates leave a namespace's finalizers as they were (upstream's strategy).
+        let finalizers = old.pointer("/spec/finalizers").cloned();
+        let spec = new.entry("spec").or_insert_with(|| json!({}));
+        if let (Some(spec), Some(finalizers)) = (spec.as_object_mut(), finalizers) {
+            spec.insert("finalizers".into(), finalizers);
+        }
+    }
     if sub == Some(Subresource::Status) {
         let mut result = old_map;
         match new.remove("status") {
@@ -522,6 +547,32 @@ fn set_generation(def: &ResourceDef, old: &Value, new: &mut Value) {
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
     let next = if body(old) != body(new) { generation + 1 } else { generation.max(1) };
     new["metadata"]["generation"] = next.into();
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not say how long it tolerates
+/// an unreachable or not-ready node tolerates it for `seconds`, then is evicted and replaced.
+fn add_default_tolerations(pod: &mut Value, seconds: i64) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(tolerations) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = tolerations.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or_default();
+            let toleration_key = t["key"].as_str().unwrap_or_default();
+            (effect.is_empty() || effect == "NoExecute") && (toleration_key.is_empty() || toleration_key == key)
+        });
+        if !covered {
+            tolerations
+                .push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+}
+
+/// A namespace stays until the namespace controller has emptied it and cleared
+/// `spec.finalizers` (through `namespaces/finalize`).
+fn awaits_namespace_finalizers(def: &ResourceDef, object: &Value) -> bool {
+    def.kind == "Namespace"
+        && object.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
 fn is_deleting(object: &Value) -> bool {

@@ -8,7 +8,7 @@
 //! `kube::Client`, in-process or remote), and writes only its own Node, Lease, pods' status and
 //! Events.
 
-mod events;
+pub mod hollow;
 pub mod images;
 pub mod logs;
 mod network;
@@ -91,7 +91,7 @@ pub(crate) struct Node {
     runtime: Runtime,
     images: images::Images,
     addresses: network::PodAddresses,
-    events: events::Recorder,
+    events: flotilla_client::Recorder,
     pods: pods::PodTable,
     services: reflector::Store<Service>,
     probe_client: pods::ProbeClient,
@@ -126,7 +126,7 @@ impl Agent {
         let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
         let (services, services_writer) = reflector::store();
         let node = Arc::new(Node {
-            events: events::Recorder::new(client.clone(), &config.name),
+            events: flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
             addresses: network::PodAddresses::new(config.pod_cidr),
             capacity: Capacity::of_this_machine(),
             pods: pods::PodTable::default(),

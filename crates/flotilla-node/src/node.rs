@@ -112,7 +112,7 @@ pub(crate) async fn heartbeat(agent: Arc<Agent>, node: Node) {
     }
 }
 
-async fn renew(leases: &Api<Lease>, name: &str, owner: &OwnerReference) -> Result<(), kube::Error> {
+pub(crate) async fn renew(leases: &Api<Lease>, name: &str, owner: &OwnerReference) -> Result<(), kube::Error> {
     let now = MicroTime(jiff::Timestamp::now());
     let patch = serde_json::json!({"spec": {"renewTime": now, "holderIdentity": name}});
     match leases.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {

@@ -31,6 +31,16 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     data_dir: PathBuf,
 
+    /// Run this many hollow nodes instead of a real one (as kubemark does): they register,
+    /// renew their Leases and report the pods bound to them Running without running anything,
+    /// to test and measure the scheduler and controllers at scale.
+    #[arg(long, value_name = "N")]
+    hollow: Option<usize>,
+
+    /// The hollow nodes' names: `<prefix>-0`, `<prefix>-1`, …
+    #[arg(long, default_value = "hollow", requires = "hollow")]
+    hollow_prefix: String,
+
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -49,6 +59,15 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     );
     config.auth_info.token = Some(secret.clone().into());
     let client = kube::Client::try_from(config).context("cannot build a client for the API server")?;
+    if let Some(count) = args.hollow {
+        let mut config = flotilla_node::hollow::HollowConfig::new(count);
+        config.prefix = args.hollow_prefix;
+        tokio::select! {
+            result = flotilla_node::hollow::run(client, config) => result.context("cannot run the hollow nodes")?,
+            () = crate::server::shutdown_signal() => tracing::info!("shutting down"),
+        }
+        return Ok(());
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let mut stopped = stopped;

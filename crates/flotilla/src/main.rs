@@ -1,9 +1,11 @@
 //! `flotilla`: the one binary. `server` runs the control plane (the API server over its store
-//! member) and, unless told not to, a node; `agent` runs a node that joins a cluster;
-//! `kubeconfig` prints the admin kubeconfig; `image` manages a node's modules; `store` talks
-//! to a running store member for status and membership changes.
+//! member, the scheduler and the controllers) and, unless told not to, a node; `agent` runs a
+//! node that joins a cluster (or many hollow ones); `scheduler` and `controllers` run those
+//! loops on their own; `kubeconfig` prints the admin kubeconfig; `image` manages a node's
+//! modules; `store` talks to a running store member for status and membership changes.
 
 mod agent;
+mod control;
 mod image;
 mod node;
 mod server;
@@ -41,6 +43,10 @@ enum Command {
     },
     /// Run a node that joins a cluster: it runs the wasm pods the cluster binds to it.
     Agent(agent::AgentArgs),
+    /// Run the scheduler alone, against the server a kubeconfig points at.
+    Scheduler(control::ControlArgs),
+    /// Run the controllers alone, against the server a kubeconfig points at.
+    Controllers(control::ControlArgs),
     /// Manage the modules in a node's image store.
     Image {
         #[command(subcommand)]
@@ -71,6 +77,8 @@ fn main() -> anyhow::Result<()> {
             Command::Kubeconfig { data_dir } => server::print_kubeconfig(&data_dir),
             Command::Store { command } => store_admin::run(command).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Scheduler(args) => control::scheduler(args).await,
+            Command::Controllers(args) => control::controllers(args).await,
             Command::Image { command } => image::run(command),
         }
     })

@@ -71,8 +71,31 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     no_node: bool,
 
+    /// Loops not to run in this process, comma-separated: `scheduler`, `controllers` (to run
+    /// them elsewhere with `flotilla scheduler` / `flotilla controllers`).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    disable: Vec<Component>,
+
+    /// Seconds a node may go without renewing its Lease before it is unreachable and its pods
+    /// start to be evicted; more than the 10 s at which nodes renew it.
+    #[arg(long, default_value_t = flotilla_controllers::DEFAULT_NODE_GRACE_PERIOD.as_secs(),
+          value_parser = clap::value_parser!(u64).range(11..))]
+    node_grace_period: u64,
+
+    /// Seconds pods tolerate an unreachable or not-ready node before they are evicted and
+    /// replaced elsewhere (the tolerations every pod gets unless it sets its own; upstream 300).
+    #[arg(long, default_value_t = flotilla_apiserver::DEFAULT_TOLERATION_SECONDS)]
+    default_toleration_seconds: i64,
+
     #[command(flatten)]
     node: NodeArgs,
+}
+
+/// A control loop `flotilla server` runs unless told not to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Component {
+    Scheduler,
+    Controllers,
 }
 
 fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -133,6 +156,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         service_cidr: args.service_cidr,
         node_token: Some(credentials.node_token.clone()),
         ca_pem: Some(credentials.ca_pem.clone()),
+        default_toleration_seconds: args.default_toleration_seconds,
     };
     let api = ApiServer::new(store.clone(), credentials.token.clone(), api_config)
         .await
@@ -155,12 +179,26 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     pki::write_secret(&join_token_path, format!("{}\n", pki::join_token(&credentials)).as_bytes())
         .context("cannot write the node join token")?;
     api.set_ready();
+    // The scheduler and the controllers are ordinary API clients, in-process.
+    let scheduler = (!args.disable.contains(&Component::Scheduler)).then(|| {
+        let client = in_process_client(api.router(), &credentials.token, "kube-scheduler");
+        client.map(|client| tokio::spawn(flotilla_scheduler::run(client)))
+    });
+    let scheduler = scheduler.transpose()?;
+    let controllers = if args.disable.contains(&Component::Controllers) {
+        None
+    } else {
+        Some(flotilla_controllers::Controllers::start(
+            in_process_client(api.router(), &credentials.token, "kube-controller-manager")?,
+            flotilla_controllers::ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) },
+        ))
+    };
     let node = if args.no_node {
         None
     } else {
         // The embedded node reaches the API in-process: the same router, requests and
         // responses as over the network, without TLS or a socket.
-        let client = in_process_client(api.router(), &credentials.node_token)?;
+        let client = in_process_client(api.router(), &credentials.node_token, "kubelet")?;
         let started = crate::node::start(
             client,
             args.node,
@@ -181,6 +219,10 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
+    drop(controllers);
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     let _ = api_server.await;
     if let Some(compactor) = compactor {
         let _ = compactor.await;
@@ -194,12 +236,16 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
-/// A Kubernetes client that calls `router` directly, authenticated with `token`.
-fn in_process_client(router: axum::Router, token: &str) -> Result<kube::Client> {
+/// A Kubernetes client that calls `router` directly, authenticated with `token`. `agent`
+/// names it as upstream's components name themselves (`kube-scheduler`, …), which is the field
+/// manager its writes are recorded under.
+fn in_process_client(router: axum::Router, token: &str, agent: &'static str) -> Result<kube::Client> {
     let authorization = HeaderValue::from_str(&format!("Bearer {token}")).context("an invalid token")?;
+    let user_agent = HeaderValue::from_static(agent);
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut request: http::Request<kube::client::Body>| {
             request.headers_mut().insert(http::header::AUTHORIZATION, authorization.clone());
+            request.headers_mut().insert(http::header::USER_AGENT, user_agent.clone());
             request
         })
         .service(router);

@@ -26,10 +26,9 @@ impl Kind for Namespace {
     }
 
     fn set_defaults(&mut self) {
-        let finalizers = self.spec.get_or_insert_with(NamespaceSpec::default).finalizers.get_or_insert_with(Vec::new);
-        if !finalizers.iter().any(|f| f == "kubernetes") {
-            finalizers.push("kubernetes".into());
-        }
+        // Set when the namespace is created; afterwards only `namespaces/finalize` changes them.
+        let spec = self.spec.get_or_insert_with(NamespaceSpec::default);
+        spec.finalizers.get_or_insert_with(|| vec!["kubernetes".into()]);
         self.status.get_or_insert_with(NamespaceStatus::default).phase.get_or_insert_with(|| "Active".into());
         if let Some(name) = self.metadata.name.clone() {
             self.metadata.labels.get_or_insert_with(Default::default).insert(NAMESPACE_NAME_LABEL.into(), name);

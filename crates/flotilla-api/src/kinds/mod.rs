@@ -199,7 +199,7 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 }
 
 const ALL: &[&str] = &["all"];
-use Subresource::{Binding, Eviction, Log, Scale, Status};
+use Subresource::{Binding, Eviction, Finalize, Log, Scale, Status};
 
 const POD_FIELDS: &[&str] = &[
     "spec.nodeName",
@@ -250,7 +250,7 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(ConfigMap, "configmaps", "configmap", namespaced: true, short: &["cm"], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(Endpoints, "endpoints", "endpoints", namespaced: true, short: &["ep"], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(Event, "events", "event", namespaced: true, short: &["ev"], categories: &[], sub: &[], generation: false, fields: EVENT_FIELDS),
-    resource!(Namespace, "namespaces", "namespace", namespaced: false, short: &["ns"], categories: &[], sub: &[Status], generation: false, fields: &["status.phase"]),
+    resource!(Namespace, "namespaces", "namespace", namespaced: false, short: &["ns"], categories: &[], sub: &[Status, Finalize], generation: false, fields: &["status.phase"]),
     resource!(Node, "nodes", "node", namespaced: false, short: &["no"], categories: &[], sub: &[Status], generation: false, fields: &["spec.unschedulable"]),
     resource!(Pod, "pods", "pod", namespaced: true, short: &["po"], categories: ALL, sub: &[Binding, Eviction, Log, Status], generation: false, fields: POD_FIELDS),
     resource!(Secret, "secrets", "secret", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &["type"]),

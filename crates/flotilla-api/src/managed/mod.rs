@@ -71,6 +71,7 @@ impl FieldManager {
             Some(Subresource::Binding) => "binding",
             Some(Subresource::Eviction) => "eviction",
             Some(Subresource::Log) => "log",
+            Some(Subresource::Finalize) => "finalize",
             None => "",
         }
     }

@@ -25,9 +25,9 @@ use super::status::{self, StatusInput, Stop};
 use super::volumes::{self, Volumes};
 use super::{ContainerLogs, PodEntry};
 use crate::Node;
-use crate::events::EventType::{Normal, Warning};
 use crate::images::PullPolicy;
 use crate::logs::{self, ContainerLog};
+use flotilla_client::EventType::{Normal, Warning};
 
 /// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
 /// that their files follow changes (the kubelet's sync period is a minute; this is quicker).

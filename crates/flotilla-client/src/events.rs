@@ -1,6 +1,7 @@
-//! core/v1 Events about pods, as the kubelet writes them: what `kubectl describe pod` shows.
-//! A repeat of the same event on the same object within [`SERIES_WINDOW`] bumps its `count`
-//! instead of creating another (upstream's event correlator), so a crash loop is one line.
+//! core/v1 Events, as upstream components write them: what `kubectl describe` shows. A repeat of
+//! the same event on the same object within [`SERIES_WINDOW`] bumps its `count` instead of
+//! creating another (upstream's event correlator), so a crash loop or a pod that stays
+//! unschedulable is one line.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,29 +10,42 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
 
 /// Repeats closer together than this are counted on one Event.
 pub(crate) const SERIES_WINDOW: Duration = Duration::from_secs(600);
-/// Series remembered at most: the agent's memory stays bounded however many pods churn.
+/// Series remembered at most: memory stays bounded however many objects churn.
 const MAX_SERIES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EventType {
+pub enum EventType {
     Normal,
     Warning,
 }
 
-/// Writes Events in the background: a slow or failing API never holds up a pod.
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Writes Events in the background: a slow or failing API never holds up the caller.
 #[derive(Clone)]
-pub(crate) struct Recorder {
+pub struct Recorder {
     client: kube::Client,
-    node: Arc<str>,
+    /// `source.component`, `reportingComponent`: `kubelet`, `default-scheduler`, …
+    component: Arc<str>,
+    /// `source.host`, `reportingInstance`: the node, for a kubelet.
+    host: Option<Arc<str>>,
     series: Arc<Mutex<HashMap<String, Series>>>,
 }
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Recorder").field("component", &self.component).field("host", &self.host).finish_non_exhaustive()
     }
 }
 
@@ -53,15 +67,21 @@ struct Series {
 }
 
 impl Recorder {
-    pub(crate) fn new(client: kube::Client, node: &str) -> Recorder {
-        Recorder { client, node: node.into(), series: Arc::default() }
+    pub fn new(client: kube::Client, component: &str, host: Option<&str>) -> Recorder {
+        Recorder { client, component: component.into(), host: host.map(Into::into), series: Arc::default() }
+    }
+
+    /// Records an event about `object`.
+    pub fn object<K>(&self, object: &K, kind: EventType, reason: &str, message: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.record(reference(object, None), kind, reason, message);
     }
 
     /// Records an event about `pod`, or about one of its containers when `container` names it
     /// (`spec.containers{name}`, as the kubelet's field paths read).
-    pub(crate) fn pod(&self, pod: &Pod, container: Option<&str>, kind: EventType, reason: &str, message: String) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+    pub fn pod(&self, pod: &Pod, container: Option<&str>, kind: EventType, reason: &str, message: String) {
         let init = pod
             .spec
             .as_ref()
@@ -69,15 +89,11 @@ impl Recorder {
             .is_some_and(|cs| container.is_some_and(|c| cs.iter().any(|i| i.name == c)));
         let field_path = container
             .map(|c| if init { format!("spec.initContainers{{{c}}}") } else { format!("spec.containers{{{c}}}") });
-        let object = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(namespace.clone()),
-            name: Some(name.clone()),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            field_path,
-        };
+        self.record(reference(pod, field_path), kind, reason, message);
+    }
+
+    fn record(&self, object: ObjectReference, kind: EventType, reason: &str, message: String) {
+        let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let key = format!("{}/{:?}/{reason}/{message}", object.uid.as_deref().unwrap_or_default(), object.field_path);
         let now = Instant::now();
         let write = {
@@ -96,7 +112,8 @@ impl Recorder {
                 }
                 _ => {
                     // Upstream names events `<object>.<unix nanoseconds in hex>`.
-                    let name = format!("{name}.{:x}", jiff::Timestamp::now().as_nanosecond());
+                    let object_name = object.name.as_deref().unwrap_or_default();
+                    let name = format!("{object_name}.{:x}", jiff::Timestamp::now().as_nanosecond());
                     series.insert(key, Series { name: name.clone(), count: 1, last: now });
                     Write::Create { name }
                 }
@@ -106,21 +123,16 @@ impl Recorder {
         let now = Time(jiff::Timestamp::now());
         let request = match write {
             Write::Create { name } => {
+                let host = self.host.as_deref().map(str::to_string);
                 let event = Event {
                     metadata: ObjectMeta { name: Some(name), namespace: Some(namespace), ..Default::default() },
                     involved_object: object,
                     reason: Some(reason.into()),
                     message: Some(message),
-                    type_: Some(
-                        match kind {
-                            EventType::Normal => "Normal",
-                            EventType::Warning => "Warning",
-                        }
-                        .into(),
-                    ),
-                    source: Some(EventSource { component: Some("kubelet".into()), host: Some(self.node.to_string()) }),
-                    reporting_component: Some("kubelet".into()),
-                    reporting_instance: Some(self.node.to_string()),
+                    type_: Some(kind.as_str().into()),
+                    source: Some(EventSource { component: Some(self.component.to_string()), host: host.clone() }),
+                    reporting_component: Some(self.component.to_string()),
+                    reporting_instance: Some(host.unwrap_or_else(|| self.component.to_string())),
                     first_timestamp: Some(now.clone()),
                     last_timestamp: Some(now),
                     count: Some(1),
@@ -143,5 +155,17 @@ impl Recorder {
                 tracing::debug!(%err, "cannot record an event");
             }
         });
+    }
+}
+
+fn reference<K: Resource<DynamicType = ()>>(object: &K, field_path: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        namespace: object.namespace(),
+        name: Some(object.name_any()),
+        uid: object.uid(),
+        resource_version: object.resource_version(),
+        field_path,
     }
 }

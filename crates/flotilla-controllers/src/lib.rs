@@ -1,0 +1,284 @@
+//! `flotilla-controllers`: the control loops that keep the declared state, as upstream's
+//! kube-controller-manager runs them.
+//!
+//! Every controller is the same shape: informers ([`flotilla_client::Informer`], one watch per
+//! kind, shared by all controllers) turn changes into keys on the controller's work queue;
+//! a worker takes a key, reads what it needs from the caches, lets a pure function decide
+//! (`plan`), and carries the decision out through the API. Reconciling is level-triggered and
+//! idempotent: the same key twice does no harm, and a failure is retried with back-off. After
+//! writing, a controller waits until its caches show its own writes ([`Cache::observed`])
+//! before it decides again, so it never acts twice on a stale view.
+
+mod daemonset;
+mod deployment;
+mod endpoints;
+mod gc;
+mod job;
+mod namespace;
+mod nodelifecycle;
+mod pods;
+mod replicaset;
+mod serviceaccount;
+mod statefulset;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_client::{Cache, Informer, Recorder, WorkQueue};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::task::JoinHandle;
+
+/// How long a controller waits for its caches to show its own writes before it retries later.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a reconcile failed; the key is retried with back-off.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the caches did not catch up with this controller's writes")]
+    Lagging,
+}
+
+/// What a reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    Done,
+    /// Look again after this long (a `minReadySeconds` or a deadline to check).
+    After(Duration),
+}
+
+impl Next {
+    /// The sooner of two.
+    pub(crate) fn min(self, other: Next) -> Next {
+        match (self, other) {
+            (Next::After(a), Next::After(b)) => Next::After(a.min(b)),
+            (Next::After(a), Next::Done) | (Next::Done, Next::After(a)) => Next::After(a),
+            (Next::Done, Next::Done) => Next::Done,
+        }
+    }
+}
+
+/// One control loop.
+pub(crate) trait Reconciler: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// What the queue holds: an object's key, usually.
+    type Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static;
+    fn reconcile(&self, key: &Self::Key) -> impl Future<Output = Result<Next, Error>> + Send;
+}
+
+/// What the controllers share: the client, the caches and the Event recorder.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) client: kube::Client,
+    pub(crate) events: Recorder,
+    pub(crate) pods: Cache<Pod>,
+    pub(crate) replicasets: Cache<ReplicaSet>,
+    pub(crate) deployments: Cache<Deployment>,
+    pub(crate) namespaces: Cache<Namespace>,
+    pub(crate) serviceaccounts: Cache<ServiceAccount>,
+    pub(crate) services: Cache<Service>,
+    pub(crate) endpoints: Cache<Endpoints>,
+    pub(crate) endpointslices: Cache<EndpointSlice>,
+    pub(crate) jobs: Cache<Job>,
+    pub(crate) daemonsets: Cache<DaemonSet>,
+    pub(crate) statefulsets: Cache<StatefulSet>,
+    pub(crate) nodes: Cache<Node>,
+    pub(crate) leases: Cache<Lease>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// The informers, before they run: controllers register their handlers on them.
+pub(crate) struct Informers {
+    pub(crate) pods: Informer<Pod>,
+    pub(crate) replicasets: Informer<ReplicaSet>,
+    pub(crate) deployments: Informer<Deployment>,
+    pub(crate) namespaces: Informer<Namespace>,
+    pub(crate) serviceaccounts: Informer<ServiceAccount>,
+    pub(crate) services: Informer<Service>,
+    pub(crate) endpoints: Informer<Endpoints>,
+    pub(crate) endpointslices: Informer<EndpointSlice>,
+    pub(crate) jobs: Informer<Job>,
+    pub(crate) daemonsets: Informer<DaemonSet>,
+    pub(crate) statefulsets: Informer<StatefulSet>,
+    pub(crate) nodes: Informer<Node>,
+    pub(crate) leases: Informer<Lease>,
+}
+
+/// How the controllers behave where upstream lets the operator choose.
+#[derive(Debug, Clone, Copy)]
+pub struct ControllersConfig {
+    /// How long a node's Lease may go unrenewed before the node is `Ready=Unknown` and
+    /// tainted unreachable (upstream's `--node-monitor-grace-period`).
+    pub node_grace_period: Duration,
+}
+
+impl Default for ControllersConfig {
+    fn default() -> Self {
+        ControllersConfig { node_grace_period: DEFAULT_NODE_GRACE_PERIOD }
+    }
+}
+
+/// The Lease duration the kubelet (and our agent) writes: four missed renewals. Upstream's
+/// default is 50 s; an edge link that drops for half a minute should not flap its node.
+pub const DEFAULT_NODE_GRACE_PERIOD: Duration = Duration::from_secs(40);
+
+/// The running controllers. Dropping it stops them.
+#[derive(Debug)]
+pub struct Controllers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Controllers {
+    /// Starts every controller against the cluster `client` reaches.
+    pub fn start(client: kube::Client, config: ControllersConfig) -> Controllers {
+        let mut informers = Informers {
+            pods: Informer::all(client.clone()),
+            replicasets: Informer::all(client.clone()),
+            deployments: Informer::all(client.clone()),
+            namespaces: Informer::all(client.clone()),
+            serviceaccounts: Informer::all(client.clone()),
+            services: Informer::all(client.clone()),
+            endpoints: Informer::all(client.clone()),
+            endpointslices: Informer::all(client.clone()),
+            jobs: Informer::all(client.clone()),
+            daemonsets: Informer::all(client.clone()),
+            statefulsets: Informer::all(client.clone()),
+            nodes: Informer::all(client.clone()),
+            // Only node leases matter here.
+            leases: Informer::new(kube::Api::namespaced(client.clone(), "kube-node-lease")),
+        };
+        let context = Context {
+            events: Recorder::new(client.clone(), "controller-manager", None),
+            client,
+            pods: informers.pods.cache(),
+            replicasets: informers.replicasets.cache(),
+            deployments: informers.deployments.cache(),
+            namespaces: informers.namespaces.cache(),
+            serviceaccounts: informers.serviceaccounts.cache(),
+            services: informers.services.cache(),
+            endpoints: informers.endpoints.cache(),
+            endpointslices: informers.endpointslices.cache(),
+            jobs: informers.jobs.cache(),
+            daemonsets: informers.daemonsets.cache(),
+            statefulsets: informers.statefulsets.cache(),
+            nodes: informers.nodes.cache(),
+            leases: informers.leases.cache(),
+        };
+        let mut tasks = Vec::new();
+        tasks.extend(replicaset::start(&context, &mut informers));
+        tasks.extend(deployment::start(&context, &mut informers));
+        tasks.extend(gc::start(&context, &mut informers));
+        tasks.extend(serviceaccount::start(&context, &mut informers));
+        tasks.extend(namespace::start(&context, &mut informers));
+        tasks.extend(endpoints::start(&context, &mut informers));
+        tasks.extend(job::start(&context, &mut informers));
+        tasks.extend(daemonset::start(&context, &mut informers));
+        tasks.extend(statefulset::start(&context, &mut informers));
+        tasks.extend(nodelifecycle::start(&context, &mut informers, config));
+        let Informers {
+            pods,
+            replicasets,
+            deployments,
+            namespaces,
+            serviceaccounts,
+            services,
+            endpoints,
+            endpointslices,
+            jobs,
+            daemonsets,
+            statefulsets,
+            nodes,
+            leases,
+        } = informers;
+        tasks.push(tokio::spawn(pods.run()));
+        tasks.push(tokio::spawn(replicasets.run()));
+        tasks.push(tokio::spawn(deployments.run()));
+        tasks.push(tokio::spawn(namespaces.run()));
+        tasks.push(tokio::spawn(serviceaccounts.run()));
+        tasks.push(tokio::spawn(services.run()));
+        tasks.push(tokio::spawn(endpoints.run()));
+        tasks.push(tokio::spawn(endpointslices.run()));
+        tasks.push(tokio::spawn(jobs.run()));
+        tasks.push(tokio::spawn(daemonsets.run()));
+        tasks.push(tokio::spawn(statefulsets.run()));
+        tasks.push(tokio::spawn(nodes.run()));
+        tasks.push(tokio::spawn(leases.run()));
+        Controllers { tasks }
+    }
+}
+
+/// The store's current revision, as a list answers it: at least that of every write made
+/// before, for a barrier when a write (an immediate delete) does not say its own.
+pub(crate) async fn current_revision<K>(api: &kube::Api<K>) -> Result<u64, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
+    Ok(list.metadata.resource_version.as_deref().and_then(|rv| rv.parse().ok()).unwrap_or(0))
+}
+
+/// Runs `workers` workers of `reconciler` on `queue` once `synced` says the caches it reads
+/// are complete.
+pub(crate) fn spawn_workers<R: Reconciler>(
+    reconciler: Arc<R>,
+    queue: WorkQueue<R::Key>,
+    workers: usize,
+    synced: impl Future<Output = ()> + Send + 'static,
+) -> Vec<JoinHandle<()>> {
+    let (ready, _) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(ready);
+    let mut tasks = Vec::with_capacity(workers + 1);
+    {
+        let ready = ready.clone();
+        tasks.push(tokio::spawn(async move {
+            synced.await;
+            let _ = ready.send(true);
+            // Keep the sender (and so the flag) alive for the workers.
+            std::future::pending::<()>().await;
+        }));
+    }
+    for _ in 0..workers {
+        let (reconciler, queue, mut ready) = (reconciler.clone(), queue.clone(), ready.subscribe());
+        tasks.push(tokio::spawn(async move {
+            let _ = ready.wait_for(|r| *r).await;
+            loop {
+                let key = queue.next().await;
+                match reconciler.reconcile(&key).await {
+                    Ok(next) => {
+                        queue.forget(&key);
+                        if let Next::After(delay) = next {
+                            queue.add_after(key.clone(), delay);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(controller = R::NAME, object = ?key, %err, "reconcile failed; retrying");
+                        queue.retry(key.clone());
+                    }
+                }
+                queue.done(&key);
+            }
+        }));
+    }
+    tasks
+}
