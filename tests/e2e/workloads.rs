@@ -163,6 +163,41 @@ fn a_deployment_rolls_out_scales_rolls_back_and_cascades_on_delete() -> Result<(
 }
 
 #[test]
+fn pause_resume_and_the_cascade_policies() -> Result<()> {
+    let (_dir, _server, _hollow, k) = hollow_cluster(2, &[])?;
+    apply(&k, &deployment("app", 2, "app:v1"))?;
+    k.ok(&["rollout", "status", "deploy/app", "--timeout=60s"])?;
+    // Paused, a new template makes no new ReplicaSet; resumed, it rolls out.
+    k.ok(&["rollout", "pause", "deploy/app"])?;
+    k.ok(&["set", "image", "deploy/app", "app=app:v2"])?;
+    let reason = eventually(
+        &k,
+        &["get", "deploy", "app", "-o", "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}"],
+        30,
+        |r| r == "DeploymentPaused",
+    )?;
+    ensure!(reason == "DeploymentPaused");
+    ensure!(k.ok(&["get", "rs", "-l", "app=app", "-o", "name"])?.lines().count() == 1);
+    k.ok(&["rollout", "resume", "deploy/app"])?;
+    k.ok(&["rollout", "status", "deploy/app", "--timeout=60s"])?;
+    ensure!(k.ok(&["get", "rs", "-l", "app=app", "-o", "name"])?.lines().count() == 2);
+
+    // Orphan: the ReplicaSets stay, no longer owned; their pods with them.
+    k.ok(&["delete", "deploy", "app", "--cascade=orphan"])?;
+    eventually(&k, &["get", "rs", "-l", "app=app", "-o", "jsonpath={.items[*].metadata.ownerReferences}"], 30, |o| {
+        o.trim().is_empty()
+    })?;
+    ensure!(placements(&k, "app=app")?.len() == 2);
+    // Foreground: the ReplicaSet goes only after its pods.
+    let rs = k.ok(&["get", "rs", "-l", "app=app", "-o", "jsonpath={.items[?(@.spec.replicas==2)].metadata.name}"])?;
+    k.ok(&["delete", "rs", &rs, "--cascade=foreground", "--wait=false"])?;
+    eventually(&k, &["get", "rs,pods", "-l", "app=app", "-o", "name"], 30, |out| {
+        !out.contains(&format!("replicaset.apps/{rs}")) && !out.contains("pod/")
+    })?;
+    Ok(())
+}
+
+#[test]
 fn cordons_taints_and_selectors_keep_pods_off_nodes() -> Result<()> {
     let (_dir, _server, _hollow, k) = hollow_cluster(3, &[])?;
     k.ok(&["cordon", "hollow-0"])?;

@@ -288,6 +288,8 @@ impl Collector {
         drop: impl Fn(&OwnerReference) -> bool,
     ) -> Result<(), Error> {
         let kept: Vec<&OwnerReference> = meta.owner_references.iter().flatten().filter(|r| !drop(r)).collect();
+        // None left: the field goes (null in a merge patch), as upstream leaves it.
+        let kept = if kept.is_empty() { serde_json::Value::Null } else { json!(kept) };
         let patch = json!({"metadata": {"ownerReferences": kept, "resourceVersion": meta.resource_version}});
         let name = meta.name.as_deref().unwrap_or_default();
         match self

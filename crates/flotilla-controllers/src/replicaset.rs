@@ -151,6 +151,7 @@ async fn set_owners(
 ) -> Result<u64, Error> {
     let mut references = pod.metadata.owner_references.clone().unwrap_or_default();
     change(&mut references);
+    let references = if references.is_empty() { serde_json::Value::Null } else { json!(references) };
     let patch = json!({"metadata": {"ownerReferences": references, "resourceVersion": pod.metadata.resource_version}});
     match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(pod) => Ok(resource_version(&pod)),
