@@ -4,7 +4,7 @@
 //! backs off (1 s doubling to 10 s) before it is tried again.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,11 @@ impl PartialOrd for Entry {
 pub struct SchedulingQueue {
     active: BinaryHeap<Entry>,
     pods: HashMap<ObjectKey, Queued>,
+    /// Pods backing off or unschedulable: what `flush` looks at, so that a long line of active
+    /// pods costs it nothing.
+    waiting: HashSet<ObjectKey>,
+    /// When the first of `waiting` is due, if any is.
+    due: Option<Instant>,
     seq: u64,
 }
 
@@ -92,6 +97,7 @@ impl SchedulingQueue {
 
     pub fn remove(&mut self, key: &ObjectKey) {
         self.pods.remove(key);
+        self.waiting.remove(key);
     }
 
     pub fn contains(&self, key: &ObjectKey) -> bool {
@@ -122,47 +128,41 @@ impl SchedulingQueue {
         } else {
             State::BackingOff { until: now + backoff(queued.attempts) }
         };
+        let due = due(queued.state);
+        self.waiting.insert(key.clone());
+        self.due = Some(self.due.map_or(due, |d| d.min(due)));
     }
 
     /// The cluster changed so that waiting pods might fit: they go back in line, after what is
     /// left of their back-off.
     pub fn cluster_changed(&mut self, now: Instant) {
-        for queued in self.pods.values_mut() {
+        for key in &self.waiting {
+            let queued = self.pods.get_mut(key).expect("waiting pods are tracked");
             if let State::Unschedulable { since } = queued.state {
                 queued.state = State::BackingOff { until: since + backoff(queued.attempts) };
             }
         }
+        self.due = Some(now);
         self.flush(now);
     }
 
     /// Moves pods whose back-off has passed, and unschedulable pods that waited long enough,
     /// back in line.
     pub fn flush(&mut self, now: Instant) {
-        let ready: Vec<ObjectKey> = self
-            .pods
-            .iter()
-            .filter(|(_, q)| match q.state {
-                State::BackingOff { until } => until <= now,
-                State::Unschedulable { since } => now.duration_since(since) >= MAX_UNSCHEDULABLE,
-                State::Active | State::InFlight => false,
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        if self.due.is_none_or(|due| due > now) {
+            return;
+        }
+        let (ready, later): (Vec<ObjectKey>, Vec<ObjectKey>) =
+            self.waiting.iter().cloned().partition(|key| due(self.pods[key].state) <= now);
+        self.due = later.iter().map(|key| due(self.pods[key].state)).min();
         for key in ready {
             self.activate(&key);
         }
     }
 
-    /// When the next backed-off pod is due.
+    /// When the next waiting pod is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pods
-            .values()
-            .filter_map(|q| match q.state {
-                State::BackingOff { until } => Some(until),
-                State::Unschedulable { since } => Some(since + MAX_UNSCHEDULABLE),
-                _ => None,
-            })
-            .min()
+        self.due
     }
 
     pub fn has_active(&self) -> bool {
@@ -180,10 +180,20 @@ impl SchedulingQueue {
 
     fn activate(&mut self, key: &ObjectKey) {
         let Some(queued) = self.pods.get_mut(key) else { return };
+        self.waiting.remove(key);
         self.seq += 1;
         queued.seq = self.seq;
         queued.state = State::Active;
         self.active.push(Entry { priority: queued.info.priority, seq: self.seq, key: key.clone() });
+    }
+}
+
+/// When a waiting pod goes back in line.
+fn due(state: State) -> Instant {
+    match state {
+        State::BackingOff { until } => until,
+        State::Unschedulable { since } => since + MAX_UNSCHEDULABLE,
+        State::Active | State::InFlight => unreachable!("only waiting pods are due"),
     }
 }
 
