@@ -387,5 +387,10 @@ fn jobs_complete_or_fail_and_logs_follow_a_deployment() -> Result<()> {
     k.ok(&["rollout", "status", "deploy/ticker", "--timeout=60s"])?;
     let logs = eventually(&k, &["logs", "deploy/ticker"], 30, |l| l.contains("tick 1"))?;
     ensure!(logs.starts_with("tick 0\n"), "{logs}");
+    let recent = k.ok(&["logs", "deploy/ticker", "--since=1h", "--timestamps"])?;
+    ensure!(recent.lines().next().is_some_and(|l| l.ends_with("Z tick 0")), "{recent}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let last_second = k.ok(&["logs", "deploy/ticker", "--since=1s"])?;
+    ensure!(!last_second.contains("tick 0\n") && last_second.contains("tick "), "{last_second}");
     Ok(())
 }
