@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_api::scheduling::{node_matches, untolerated};
-use flotilla_client::{Change, ObjectKey, WorkQueue, controller_of, resource_version};
+use flotilla_client::{Change, ObjectKey, WorkQueue, controller_of};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodTemplateSpec,
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -282,19 +282,7 @@ impl Reconciler for DaemonSetController {
             "numberUnavailable": wanted.len() - available.min(wanted.len()),
             "observedGeneration": ds.meta().generation,
         });
-        let previous = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();
-        let changed = status
-            .as_object()
-            .expect("an object")
-            .iter()
-            .any(|(k, v)| previous.get(k).cloned().unwrap_or(json!(0)) != *v);
-        if changed {
-            let api: Api<DaemonSet> = Api::namespaced(self.context.client.clone(), namespace);
-            let written = api
-                .patch_status(&ds.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-                .await?;
-            self.context.daemonsets.observed(resource_version(&written), OBSERVE_TIMEOUT).await;
-        }
+        self.context.write_status(&*ds, &self.context.daemonsets, status).await?;
         // Availability after `minReadySeconds` needs another look.
         let waiting = current.values().any(|p| is_ready(p) && !is_available(p, min_ready, now));
         Ok(if waiting { Next::After(min_ready) } else { Next::Done })

@@ -705,31 +705,7 @@ impl DeploymentController {
             "conditions": conditions,
             "collisionCount": previous.collision_count,
         });
-        let current = serde_json::to_value(&previous).unwrap_or_default();
-        let changed = [
-            "observedGeneration",
-            "replicas",
-            "updatedReplicas",
-            "readyReplicas",
-            "availableReplicas",
-            "unavailableReplicas",
-            "conditions",
-        ]
-        .iter()
-        .any(|field| current.get(field).cloned().unwrap_or(json!(0)) != status[field]);
-        if changed {
-            let api: Api<Deployment> = Api::namespaced(self.context.client.clone(), &d.namespace().unwrap_or_default());
-            match api
-                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-                .await
-            {
-                Ok(written) => {
-                    self.context.deployments.observed(resource_version(&written), OBSERVE_TIMEOUT).await;
-                }
-                Err(kube::Error::Api(err)) if err.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
+        self.context.write_status(d, &self.context.deployments, status).await?;
         Ok(next)
     }
 }

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, controller_of, resource_version};
+use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, controller_of};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -221,18 +221,7 @@ impl Reconciler for JobController {
         if suspended {
             new_status["startTime"] = json!(null);
         }
-        let current = serde_json::to_value(&status).unwrap_or_default();
-        let changed =
-            ["active", "ready", "succeeded", "failed", "startTime", "conditions", "completionTime"].iter().any(|f| {
-                current.get(*f).cloned().unwrap_or(json!(null)) != new_status[*f]
-                    && !(new_status[*f] == json!(0) && current.get(*f).is_none())
-            });
-        if changed {
-            let written = jobs
-                .patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": new_status})))
-                .await?;
-            self.context.jobs.observed(resource_version(&written), OBSERVE_TIMEOUT).await;
-        }
+        self.context.write_status(&*job, &self.context.jobs, new_status).await?;
         Ok(next)
     }
 }

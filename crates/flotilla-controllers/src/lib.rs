@@ -228,6 +228,50 @@ impl Controllers {
     }
 }
 
+impl Context {
+    /// Writes `status` (status fields, as JSON) with a merge patch when any field differs from
+    /// what `object` has (a field it lacks counts as 0 or null), then waits until `cache` shows
+    /// the write. An object deleted meanwhile needs no status.
+    pub(crate) async fn write_status<K>(
+        &self,
+        object: &K,
+        cache: &Cache<K>,
+        status: serde_json::Value,
+    ) -> Result<(), Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let current = serde_json::to_value(object).map_err(|e| Error::Invalid(e.to_string()))?;
+        let current = &current["status"];
+        let blank = |v: &serde_json::Value| v.is_null() || *v == serde_json::json!(0);
+        let fields = status.as_object().map(|m| m.iter().collect::<Vec<_>>()).unwrap_or_default();
+        let changed = fields.iter().any(|(field, new)| match current.get(field.as_str()) {
+            Some(old) => old != *new,
+            None => !blank(new),
+        });
+        if !changed {
+            return Ok(());
+        }
+        let meta = object.meta();
+        let api: kube::Api<K> =
+            kube::Api::namespaced(self.client.clone(), meta.namespace.as_deref().unwrap_or("default"));
+        let name = meta.name.as_deref().unwrap_or_default();
+        let patch = serde_json::json!({"status": status});
+        match api.patch_status(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+            Ok(written) => {
+                cache.observed(flotilla_client::resource_version(&written), OBSERVE_TIMEOUT).await;
+                Ok(())
+            }
+            Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
 /// The store's current revision, as a list answers it: at least that of every write made
 /// before, for a barrier when a write (an immediate delete) does not say its own.
 pub(crate) async fn current_revision<K>(api: &kube::Api<K>) -> Result<u64, kube::Error>

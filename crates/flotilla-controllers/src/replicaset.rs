@@ -188,23 +188,7 @@ impl ReplicaSetController {
             "availableReplicas": available,
             "observedGeneration": rs.meta().generation,
         });
-        let current = serde_json::to_value(rs.status.clone().unwrap_or_default()).unwrap_or_default();
-        let unchanged =
-            ["replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas", "observedGeneration"]
-                .iter()
-                .all(|field| current.get(field).cloned().unwrap_or(json!(0)) == status[field]);
-        if !unchanged {
-            let api: Api<ReplicaSet> =
-                Api::namespaced(self.context.client.clone(), &rs.namespace().unwrap_or_default());
-            let patch = json!({"status": status});
-            match api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(written) => {
-                    self.context.replicasets.observed(resource_version(&written), OBSERVE_TIMEOUT).await;
-                }
-                Err(kube::Error::Api(err)) if err.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
+        self.context.write_status(rs, &self.context.replicasets, status).await?;
         Ok(next)
     }
 }

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, controller_of, resource_version};
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -252,18 +251,7 @@ impl Reconciler for StatefulSetController {
             "updateRevision": revision,
             "collisionCount": previous.collision_count.unwrap_or(0),
         });
-        let before = serde_json::to_value(&previous).unwrap_or_default();
-        let changed = status
-            .as_object()
-            .expect("an object")
-            .iter()
-            .any(|(k, v)| before.get(k).cloned().unwrap_or(json!(0)) != *v);
-        if changed {
-            let sets: Api<StatefulSet> = Api::namespaced(self.context.client.clone(), namespace);
-            let written =
-                sets.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
-            self.context.statefulsets.observed(resource_version(&written), OBSERVE_TIMEOUT).await;
-        }
+        self.context.write_status(&*sts, &self.context.statefulsets, status).await?;
         let waiting = active.iter().any(|p| is_ready(p) && !is_available(p, min_ready, now));
         Ok(if waiting { Next::After(min_ready) } else { Next::Done })
     }

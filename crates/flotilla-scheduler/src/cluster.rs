@@ -267,11 +267,6 @@ impl Cluster {
         }
     }
 
-    /// Whether `key` is counted as an assumed pod on some node.
-    pub fn is_assumed(&self, key: &ObjectKey) -> bool {
-        self.placed.get(key).is_some_and(|(_, assumed)| *assumed)
-    }
-
     /// Pods with required anti-affinity, with the node each is on.
     pub fn pods_with_anti_affinity(&self) -> impl Iterator<Item = (&NodeInfo, &Arc<PodInfo>)> {
         self.anti_affinity.iter().filter_map(|(key, pod)| Some((self.node(&self.placed.get(key)?.0)?, pod)))

@@ -100,10 +100,6 @@ impl SchedulingQueue {
         self.waiting.remove(key);
     }
 
-    pub fn contains(&self, key: &ObjectKey) -> bool {
-        self.pods.contains_key(key)
-    }
-
     /// The next pod to schedule, which stays tracked (in flight) until it is bound
     /// ([`SchedulingQueue::remove`]) or has [`SchedulingQueue::failed`].
     pub fn pop(&mut self) -> Option<&Queued> {
