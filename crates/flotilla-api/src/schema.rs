@@ -203,6 +203,8 @@ pub const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 #[derive(Debug)]
 pub struct Schemas {
     definitions: Map<String, Value>,
+    /// The definition name of each served kind, in the order of [`resources`].
+    kinds: Vec<String>,
 }
 
 static SCHEMAS: LazyLock<Schemas> = LazyLock::new(Schemas::generate);
@@ -296,7 +298,7 @@ impl Schemas {
                 property.insert("default".into(), serde_json::from_str(default).unwrap_or(Value::Null));
             }
         }
-        Schemas { definitions }
+        Schemas { definitions, kinds: kinds.into_iter().map(|(name, _)| name).collect() }
     }
 
     pub fn definitions(&self) -> &Map<String, Value> {
@@ -309,14 +311,10 @@ impl Schemas {
 
     /// The definition name of a served kind.
     pub fn kind_definition(&self, resource: &crate::resource::ResourceDef) -> Option<&str> {
-        let matches = |schema: &Value| {
-            schema["x-kubernetes-group-version-kind"].as_array().is_some_and(|gvks| {
-                gvks.iter().any(|g| {
-                    g["group"] == resource.group && g["version"] == resource.version && g["kind"] == resource.kind
-                })
-            })
-        };
-        self.definitions.iter().find(|(_, schema)| matches(schema)).map(|(name, _)| name.as_str())
+        let index = resources()
+            .iter()
+            .position(|r| r.group == resource.group && r.version == resource.version && r.kind == resource.kind)?;
+        Some(&self.kinds[index])
     }
 
     /// What a strategic merge patch needs to know of `field` in `definition`: its strategy,
@@ -356,10 +354,8 @@ fn definition_of(reference: &schemars::Schema) -> String {
 }
 
 /// The definition name of a served kind (`io.k8s.api.apps.v1.Deployment`).
-pub fn definition_name(api_version: &str, kind: &str) -> Option<String> {
-    let resource = crate::resource::find_kind(api_version, kind)?;
-    let mut generator = SchemaSettings::openapi3().into_generator();
-    Some(definition_of(&resource.ops.schema(&mut generator)))
+pub fn definition_name(api_version: &str, kind: &str) -> Option<&'static str> {
+    schemas().kind_definition(crate::resource::find_kind(api_version, kind)?)
 }
 
 #[cfg(test)]
@@ -402,6 +398,6 @@ mod tests {
         let containers = schemas.field(Some("io.k8s.api.core.v1.PodSpec"), "containers");
         assert_eq!(containers.definition.as_deref(), Some("io.k8s.api.core.v1.Container"));
         assert_eq!(containers.meta.and_then(|m| m.merge_key), Some("name"));
-        assert_eq!(definition_name("v1", "Pod").as_deref(), Some("io.k8s.api.core.v1.Pod"));
+        assert_eq!(definition_name("v1", "Pod"), Some("io.k8s.api.core.v1.Pod"));
     }
 }

@@ -222,7 +222,7 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
             None,
             options,
             |current| {
-                let patched = apply_patch(patch_type, current.clone(), &patch, &definition)?;
+                let patched = apply_patch(patch_type, current.clone(), &patch, definition)?;
                 // A resource version in the patch is a precondition, as in an update.
                 let wanted = patched.pointer("/metadata/resourceVersion").and_then(Value::as_str);
                 let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
