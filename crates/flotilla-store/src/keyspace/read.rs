@@ -35,25 +35,18 @@ pub(crate) fn range(db: &StoreDb, req: &RangeRequest) -> Result<RangeResponse> {
             Ok(true)
         })?;
     } else {
-        for (key, record) in range_at(db, &snapshot, &req.range, at)? {
-            out.push(&key, || Ok(record))?;
-        }
+        range_at(db, &snapshot, &req.range, at, &mut out)?;
     }
     Ok(out.finish(state.revision))
 }
 
-/// The range as it was at `at`: the head state, with every later change undone, newest first.
-fn range_at(
-    db: &StoreDb,
-    snapshot: &Snapshot<'_>,
-    range: &KeyRange,
-    at: Revision,
-) -> Result<BTreeMap<Vec<u8>, KvRecord>> {
-    let mut state = BTreeMap::new();
-    scan(db, Some(snapshot), CF_KV, range, |key, value| {
-        state.insert(key.to_vec(), decode_record(db, value)?);
-        Ok(true)
-    })?;
+/// The range as it was at `at`: the head state with every later change undone. Only the
+/// changes since `at` are held in memory; the head is streamed past them in key order and
+/// decoded only where the collector keeps a record, so that reading the pages of a long list
+/// costs no more than reading it whole.
+fn range_at(db: &StoreDb, snapshot: &Snapshot<'_>, range: &KeyRange, at: Revision, out: &mut Collector) -> Result<()> {
+    // Each key's value at `at`: the `prev` of its oldest change after `at` (None: absent then).
+    let mut undone: BTreeMap<Vec<u8>, Option<KvRecord>> = BTreeMap::new();
     let mut opts = ReadOptions::default();
     opts.set_snapshot(snapshot);
     opts.set_iterate_lower_bound(history_key(at + 1, 0));
@@ -64,15 +57,33 @@ fn range_at(
         let change: HistoryRecord =
             decode(value).map_err(|e| db.corrupt(format!("history record at revision {revision:?}: {e}")))?;
         if range.contains(&change.key) {
-            match change.prev {
-                Some(prev) => state.insert(change.key, prev),
-                None => state.remove(&change.key),
-            };
+            undone.insert(change.key, change.prev);
         }
         iter.prev();
     }
     iter.status()?;
-    Ok(state)
+
+    let mut undone = undone.into_iter().peekable();
+    scan(db, Some(snapshot), CF_KV, range, |key, value| {
+        // Keys deleted since `at` that come before this one.
+        while let Some((gone, record)) = undone.next_if(|(k, _)| k.as_slice() < key) {
+            if let Some(record) = record {
+                out.push(&gone, || Ok(record))?;
+            }
+        }
+        match undone.next_if(|(k, _)| k.as_slice() == key) {
+            Some((_, Some(record))) => out.push(key, || Ok(record))?,
+            Some((_, None)) => {} // created since `at`
+            None => out.push(key, || decode_record(db, value))?,
+        }
+        Ok(true)
+    })?;
+    for (gone, record) in undone {
+        if let Some(record) = record {
+            out.push(&gone, || Ok(record))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the changes to `range` from revision `from` up to `until` (both inclusive), whole
