@@ -45,15 +45,16 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// What happened to an object, as a handler sees it.
+/// What happened to an object, as a handler sees it: the cache's own shared copies, so a
+/// handler that keeps one clones a pointer, not the object.
 #[derive(Debug)]
 pub enum Change<'a, K> {
     /// Created or changed; `old` is what the cache held before, if anything.
     Applied {
-        old: Option<&'a K>,
-        new: &'a K,
+        old: Option<&'a Arc<K>>,
+        new: &'a Arc<K>,
     },
-    Deleted(&'a K),
+    Deleted(&'a Arc<K>),
 }
 
 /// The controller among `object`'s owners (`ownerReferences[].controller`).
@@ -260,7 +261,7 @@ where
         let mut relist: Option<Vec<K>> = None;
         let mut events = watcher(api, watcher::Config::default().any_semantic()).default_backoff().boxed();
         while let Some(event) = events.next().await {
-            let event = match event {
+            let event = match event.map(|e| e.modify(strip_managed_fields)) {
                 Ok(event) => event,
                 Err(err) => {
                     tracing::debug!(kind = %K::kind(&Default::default()), %err, "watch failed; resuming");
@@ -298,7 +299,8 @@ where
                     let revision = resource_version(&object);
                     let key = ObjectKey::of(&object);
                     let removed = cache.contents.write().expect("informer cache lock").remove(&key);
-                    notify(Change::Deleted(removed.as_deref().unwrap_or(&object)));
+                    let removed = removed.unwrap_or_else(|| Arc::new(object));
+                    notify(Change::Deleted(&removed));
                     cache.advance(revision);
                 }
             }
@@ -306,8 +308,15 @@ where
     }
 }
 
+/// Managed fields are only for server-side apply, and often the larger part of an object:
+/// caches drop them, as kube-scheduler's and kube-controller-manager's informers do
+/// (client-go's `TransformStripManagedFields`).
+fn strip_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 fn apply<K: Resource>(cache: &Cache<K>, key: ObjectKey, object: K, notify: &impl Fn(Change<'_, K>)) {
     let new = Arc::new(object);
     let old = cache.contents.write().expect("informer cache lock").insert(key, new.clone());
-    notify(Change::Applied { old: old.as_deref(), new: &new });
+    notify(Change::Applied { old: old.as_ref(), new: &new });
 }

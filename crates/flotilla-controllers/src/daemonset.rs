@@ -31,12 +31,12 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.daemonsets.on_change(move |change| {
         let (Change::Applied { new: ds, .. } | Change::Deleted(ds)) = change;
-        q.add(ObjectKey::of(ds));
+        q.add(ObjectKey::of(&**ds));
     });
     let q = queue.clone();
     informers.pods.on_change(move |change| {
         let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(pod).filter(|o| o.kind == "DaemonSet") {
+        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "DaemonSet") {
             q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
         }
     });

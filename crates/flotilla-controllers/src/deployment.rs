@@ -39,13 +39,13 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.deployments.on_change(move |change| {
         let (Change::Applied { new: d, .. } | Change::Deleted(d)) = change;
-        q.add(ObjectKey::of(d));
+        q.add(ObjectKey::of(&**d));
     });
     let (q, deployments) = (queue.clone(), context.deployments.clone());
     informers.replicasets.on_change(move |change| {
         let (Change::Applied { new: rs, .. } | Change::Deleted(rs)) = change;
         let namespace = rs.metadata.namespace.as_deref();
-        match controller_of(rs) {
+        match controller_of(&**rs) {
             Some(owner) if owner.kind == "Deployment" => q.add(ObjectKey::new(namespace, &owner.name)),
             Some(_) => {}
             None => {
@@ -61,7 +61,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let (q, replicasets) = (queue.clone(), context.replicasets.clone());
     informers.pods.on_change(move |change| {
         if let Change::Deleted(pod) = change
-            && let Some(owner) = controller_of(pod).filter(|o| o.kind == "ReplicaSet")
+            && let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "ReplicaSet")
             && let Some(rs) = replicasets.get(&ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name))
             && let Some(d) = controller_of(&*rs).filter(|o| o.kind == "Deployment")
         {

@@ -31,7 +31,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.services.on_change(move |change| {
         let (Change::Applied { new: service, .. } | Change::Deleted(service)) = change;
-        q.add(ObjectKey::of(service));
+        q.add(ObjectKey::of(&**service));
     });
     // A pod change concerns every Service in its namespace that selects it, before or after.
     let (q, services) = (queue.clone(), context.services.clone());
@@ -51,7 +51,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         for service in services.in_namespace(namespace) {
             let selects = |p: &Pod| selector(&service).is_some_and(|s| s.matches(p.labels()));
-            if selects(pod) || old.is_some_and(selects) {
+            if selects(pod) || old.is_some_and(|o| selects(o)) {
                 q.add(ObjectKey::of(&*service));
             }
         }

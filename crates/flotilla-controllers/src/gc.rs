@@ -78,7 +78,7 @@ where
             let deleting_with_finalizer = meta.deletion_timestamp.is_some()
                 && meta.finalizers.iter().flatten().any(|f| f == ORPHAN || f == FOREGROUND);
             if deleting_with_finalizer || meta.owner_references.as_ref().is_some_and(|r| !r.is_empty()) {
-                queue.add((index, ObjectKey::of(new)));
+                queue.add((index, ObjectKey::of(&**new)));
             }
         }
         Change::Deleted(gone) => {

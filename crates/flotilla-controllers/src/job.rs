@@ -28,12 +28,12 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.jobs.on_change(move |change| {
         let (Change::Applied { new: job, .. } | Change::Deleted(job)) = change;
-        q.add(ObjectKey::of(job));
+        q.add(ObjectKey::of(&**job));
     });
     let q = queue.clone();
     informers.pods.on_change(move |change| {
         let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(pod).filter(|o| o.kind == "Job") {
+        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "Job") {
             q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
         }
     });

@@ -27,7 +27,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         if let Change::Applied { new, .. } = change
             && new.metadata.deletion_timestamp.is_some()
         {
-            q.add(ObjectKey::of(new));
+            q.add(ObjectKey::of(&**new));
         }
     });
     let namespaces = context.namespaces.clone();

@@ -27,7 +27,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.replicasets.on_change(move |change| {
         let (Change::Applied { new: rs, .. } | Change::Deleted(rs)) = change;
-        q.add(ObjectKey::of(rs));
+        q.add(ObjectKey::of(&**rs));
     });
     let (q, replicasets) = (queue.clone(), context.replicasets.clone());
     informers.pods.on_change(move |change| {

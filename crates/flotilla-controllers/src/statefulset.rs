@@ -27,12 +27,12 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     let q = queue.clone();
     informers.statefulsets.on_change(move |change| {
         let (Change::Applied { new: sts, .. } | Change::Deleted(sts)) = change;
-        q.add(ObjectKey::of(sts));
+        q.add(ObjectKey::of(&**sts));
     });
     let q = queue.clone();
     informers.pods.on_change(move |change| {
         let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(pod).filter(|o| o.kind == "StatefulSet") {
+        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "StatefulSet") {
             q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
         }
     });

@@ -68,7 +68,7 @@ pub async fn run(client: kube::Client, config: HollowConfig) -> Result<(), kube:
                 && new.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| names.contains(n))
                 && needs_work(new)
             {
-                queue.add(ObjectKey::of(new));
+                queue.add(ObjectKey::of(&**new));
             }
         });
     }

@@ -105,15 +105,15 @@ pub async fn run(client: kube::Client) {
     let sender = inputs.clone();
     pods.on_change(move |change| {
         let _ = sender.send(match change {
-            Change::Applied { old, new } => Input::Pod { old: old.cloned().map(Arc::new), new: Arc::new(new.clone()) },
-            Change::Deleted(pod) => Input::PodDeleted(Arc::new(pod.clone())),
+            Change::Applied { old, new } => Input::Pod { old: old.cloned(), new: new.clone() },
+            Change::Deleted(pod) => Input::PodDeleted(pod.clone()),
         });
     });
     let mut nodes = Informer::<Node>::all(client.clone());
     let sender = inputs.clone();
     nodes.on_change(move |change| {
         let _ = sender.send(match change {
-            Change::Applied { new, .. } => Input::Node(Arc::new(new.clone())),
+            Change::Applied { new, .. } => Input::Node(new.clone()),
             Change::Deleted(node) => Input::NodeDeleted(node.metadata.name.clone().unwrap_or_default()),
         });
     });
