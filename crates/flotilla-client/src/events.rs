@@ -1,7 +1,8 @@
 //! core/v1 Events, as upstream components write them: what `kubectl describe` shows. A repeat of
 //! the same event on the same object within [`SERIES_WINDOW`] bumps its `count` instead of
 //! creating another (upstream's event correlator), so a crash loop or a pod that stays
-//! unschedulable is one line.
+//! unschedulable is one line. One task writes a recorder's events in order; when 1,000 wait,
+//! new ones are dropped rather than slowing the component down (upstream's broadcaster too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,15 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc;
 
 /// Repeats closer together than this are counted on one Event.
 pub(crate) const SERIES_WINDOW: Duration = Duration::from_secs(600);
 /// Series remembered at most: memory stays bounded however many objects churn.
 const MAX_SERIES: usize = 4096;
+/// Events waiting to be written, at most; past this, new ones are dropped (upstream's
+/// broadcaster queues 1,000 and drops when full).
+const QUEUED_EVENTS: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -41,6 +46,7 @@ pub struct Recorder {
     /// `source.host`, `reportingInstance`: the node, for a kubelet.
     host: Option<Arc<str>>,
     series: Arc<Mutex<HashMap<String, Series>>>,
+    queue: mpsc::Sender<(Api<Event>, Request)>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -67,8 +73,12 @@ struct Series {
 }
 
 impl Recorder {
+    /// A recorder for `component`, and the task that writes its events (it ends with the last
+    /// clone of the recorder). Must be called within a Tokio runtime.
     pub fn new(client: kube::Client, component: &str, host: Option<&str>) -> Recorder {
-        Recorder { client, component: component.into(), host: host.map(Into::into), series: Arc::default() }
+        let (queue, waiting) = mpsc::channel(QUEUED_EVENTS);
+        tokio::spawn(write_events(waiting));
+        Recorder { client, component: component.into(), host: host.map(Into::into), series: Arc::default(), queue }
     }
 
     /// Records an event about `object`.
@@ -93,6 +103,12 @@ impl Recorder {
     }
 
     fn record(&self, object: ObjectReference, kind: EventType, reason: &str, message: String) {
+        if self.queue.capacity() == 0 {
+            // Events are best effort: a burst beyond the queue loses some rather than slowing
+            // the component down (checked first, so a lost event starts no series).
+            tracing::debug!(reason, "too many events waiting to be written; one dropped");
+            return;
+        }
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let key = format!("{}/{:?}/{reason}/{message}", object.uid.as_deref().unwrap_or_default(), object.field_path);
         let now = Instant::now();
@@ -144,17 +160,25 @@ impl Recorder {
                 Request::Patch(name, serde_json::json!({"count": count, "lastTimestamp": now}))
             }
         };
-        tokio::spawn(async move {
-            let result = match request {
-                Request::Create(event) => api.create(&PostParams::default(), &*event).await.map(drop),
-                Request::Patch(name, patch) => {
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map(drop)
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%err, "cannot record an event");
+        if self.queue.try_send((api, request)).is_err() {
+            tracing::debug!(reason, "too many events waiting to be written; one dropped");
+        }
+    }
+}
+
+/// Writes events one at a time, in the order they were recorded (a series' first event before
+/// its count bumps), as upstream's broadcaster does.
+async fn write_events(mut queue: mpsc::Receiver<(Api<Event>, Request)>) {
+    while let Some((api, request)) = queue.recv().await {
+        let result = match request {
+            Request::Create(event) => api.create(&PostParams::default(), &*event).await.map(drop),
+            Request::Patch(name, patch) => {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map(drop)
             }
-        });
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "cannot record an event");
+        }
     }
 }
 
