@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flotilla_api::selector::LabelSelector;
 use flotilla_client::{ObjectKey, controller_of};
-use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodAffinityTerm, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodAffinityTerm, PodSpec, Taint, Toleration};
 
 use crate::resources::{Resources, allocatable, pod_requests};
 
@@ -35,13 +35,15 @@ pub struct PodInfo {
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
     pub affinity: Option<Affinity>,
-    pub runtime_class: String,
+    /// The node label that says a node offers its runtime class.
+    pub runtime_label: String,
 }
 
 impl PodInfo {
     pub fn of(pod: &Pod) -> PodInfo {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let (requests, score_requests) = pod_requests(&spec);
+        let none = PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&none);
+        let (requests, score_requests) = pod_requests(spec);
         let host_ports = spec
             .containers
             .iter()
@@ -65,8 +67,16 @@ impl PodInfo {
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             affinity: spec.affinity.clone(),
-            runtime_class: spec.runtime_class_name.clone().unwrap_or_else(|| DEFAULT_RUNTIME_CLASS.into()),
+            runtime_label: format!(
+                "{RUNTIME_LABEL_PREFIX}{}",
+                spec.runtime_class_name.as_deref().unwrap_or(DEFAULT_RUNTIME_CLASS)
+            ),
         }
+    }
+
+    /// The runtime class the pod asks for (`runtimeClassName`, or the default).
+    pub fn runtime_class(&self) -> &str {
+        &self.runtime_label[RUNTIME_LABEL_PREFIX.len()..]
     }
 
     pub fn namespace(&self) -> &str {

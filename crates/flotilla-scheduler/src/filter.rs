@@ -7,7 +7,7 @@ use std::collections::HashSet;
 pub use flotilla_api::scheduling::{node_matches, term_matches, tolerates, untolerated};
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 
-use crate::cluster::{Cluster, NodeInfo, PodInfo, RUNTIME_LABEL_PREFIX, affinity_term_matches};
+use crate::cluster::{Cluster, NodeInfo, PodInfo, affinity_term_matches};
 
 /// Why a node was filtered out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,8 +104,8 @@ pub fn fits(pod: &PodInfo, node: &NodeInfo, topology: &Topology) -> Result<(), V
     if !node_matches(&pod.node_selector, pod.affinity.as_ref(), &node.labels, &node.name) {
         return Err(vec![Reason::NodeAffinity]);
     }
-    if !node.labels.contains_key(&format!("{RUNTIME_LABEL_PREFIX}{}", pod.runtime_class)) {
-        return Err(vec![Reason::RuntimeClass(pod.runtime_class.clone())]);
+    if !node.labels.contains_key(&pod.runtime_label) {
+        return Err(vec![Reason::RuntimeClass(pod.runtime_class().to_string())]);
     }
     if pod.host_ports.iter().any(|port| node.port_taken(port)) {
         return Err(vec![Reason::Ports]);
