@@ -12,13 +12,16 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, Nod
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use tokio::sync::Semaphore;
 
 use crate::node::{LEASE_RENEW, WASM_RUNTIME_LABEL, renew};
 
 /// The label every hollow node carries.
 pub const HOLLOW_LABEL: &str = "node.flotilla.dev/hollow";
 /// Pod status writes in flight at once.
-const WORKERS: usize = 16;
+const WORKERS: usize = 64;
+/// Lease renewals in flight at once.
+const RENEWALS_IN_FLIGHT: usize = 64;
 
 /// What the hollow nodes look like.
 #[derive(Debug, Clone)]
@@ -218,18 +221,26 @@ fn ready() -> NodeCondition {
     }
 }
 
-/// Renews every node's Lease once per [`LEASE_RENEW`], spread evenly over it.
+/// Renews every node's Lease once per [`LEASE_RENEW`], spread evenly over it. Renewals run
+/// side by side, as each node's kubelet would renew on its own: one after another, a server
+/// slowed by load would stretch a round past the node grace period and the nodes would be
+/// declared lost while every one of them is alive.
 async fn heartbeats(client: kube::Client, config: &HollowConfig, owners: Vec<OwnerReference>) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
-    let gap = LEASE_RENEW / config.count.max(1) as u32;
+    let in_flight = Arc::new(Semaphore::new(RENEWALS_IN_FLIGHT));
+    let mut tick = tokio::time::interval(LEASE_RENEW / config.count.max(1) as u32);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let round = tokio::time::Instant::now();
         for (index, owner) in owners.iter().enumerate() {
-            if let Err(err) = renew(&leases, &config.name(index), owner).await {
-                tracing::debug!(%err, "cannot renew a hollow node's lease");
-            }
-            tokio::time::sleep(gap).await;
+            tick.tick().await;
+            let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (leases, name, owner) = (leases.clone(), config.name(index), owner.clone());
+            tokio::spawn(async move {
+                if let Err(err) = renew(&leases, &name, &owner).await {
+                    tracing::debug!(%err, node = name, "cannot renew a hollow node's lease");
+                }
+                drop(permit);
+            });
         }
-        tokio::time::sleep_until(round + LEASE_RENEW).await;
     }
 }
