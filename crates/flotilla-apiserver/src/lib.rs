@@ -209,10 +209,20 @@ async fn dispatch(
     } else {
         body
     };
-    match route(&server, method, &uri, headers, body).await {
+    // Every request at debug level, as upstream's httplog at -v=3: who asked what, and how it went.
+    let started = std::time::Instant::now();
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        (method.clone(), agent.to_string())
+    });
+    let response = match route(&server, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
+    };
+    if let Some((verb, agent)) = logged {
+        tracing::debug!(%verb, %uri, status = response.status().as_u16(), elapsed = ?started.elapsed(), %agent, "request");
     }
+    response
 }
 
 async fn route(
