@@ -200,6 +200,12 @@ fn compare_at(
     item: bool,
     out: &mut Comparison,
 ) {
+    // Nothing within an unchanged value is added, removed or modified: most of an update.
+    if let (Some(a), Some(b)) = (old, new)
+        && a == b
+    {
+        return;
+    }
     let shape = shape(schema);
     let leaf = |out: &mut Comparison, path: &[Element]| match (old, new) {
         (None, Some(_)) => out.added.insert(path),
