@@ -471,10 +471,11 @@ fn allows_create_on_update(def: &ResourceDef) -> bool {
 /// and with status or everything but status taken from the old one as the subresource says.
 fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresource>) -> Result<Value> {
     let mut new = expect_object(new)?;
-    let old_map = old.as_object().cloned().unwrap_or_default();
+    let none = Map::new();
+    let old_map = old.as_object().unwrap_or(&none);
     if sub == Some(Subresource::Finalize) {
         // Only `spec.finalizers` changes.
-        let mut result = old_map;
+        let mut result = old_map.clone();
         let finalizers = new.get("spec").and_then(|s| s.get("finalizers")).cloned().unwrap_or_else(|| json!([]));
         let spec = result.entry("spec").or_insert_with(|| json!({}));
         if let Some(spec) = spec.as_object_mut() {
@@ -491,7 +492,7 @@ fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresou
         }
     }
     if sub == Some(Subresource::Status) {
-        let mut result = old_map;
+        let mut result = old_map.clone();
         match new.remove("status") {
             Some(status) => result.insert("status".into(), status),
             None => result.remove("status"),
@@ -504,7 +505,7 @@ fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresou
             None => new.remove("status"),
         };
     }
-    let old_meta = old_map.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let old_meta = old_map.get("metadata").and_then(Value::as_object).unwrap_or(&none);
     let meta = new.entry("metadata").or_insert_with(|| json!({}));
     let meta = meta.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
     for field in [
