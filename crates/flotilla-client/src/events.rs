@@ -103,11 +103,12 @@ impl Recorder {
     }
 
     fn record(&self, object: ObjectReference, kind: EventType, reason: &str, message: String) {
+        // Events are best effort: a burst beyond the queue loses some rather than slowing the
+        // component down (checked first, so a lost event starts no series; the send below
+        // fails too only if another clone filled the queue meanwhile).
+        let dropped = || tracing::debug!(reason, "too many events waiting to be written; one dropped");
         if self.queue.capacity() == 0 {
-            // Events are best effort: a burst beyond the queue loses some rather than slowing
-            // the component down (checked first, so a lost event starts no series).
-            tracing::debug!(reason, "too many events waiting to be written; one dropped");
-            return;
+            return dropped();
         }
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let key = format!("{}/{:?}/{reason}/{message}", object.uid.as_deref().unwrap_or_default(), object.field_path);
@@ -161,7 +162,7 @@ impl Recorder {
             }
         };
         if self.queue.try_send((api, request)).is_err() {
-            tracing::debug!(reason, "too many events waiting to be written; one dropped");
+            dropped();
         }
     }
 }

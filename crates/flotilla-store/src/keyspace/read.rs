@@ -42,8 +42,8 @@ pub(crate) fn range(db: &StoreDb, req: &RangeRequest) -> Result<RangeResponse> {
 
 /// The range as it was at `at`: the head state with every later change undone. Only the
 /// changes since `at` are held in memory; the head is streamed past them in key order and
-/// decoded only where the collector keeps a record, so that reading the pages of a long list
-/// costs no more than reading it whole.
+/// decoded only where the collector keeps a record, so a page of a long list decodes the page,
+/// and only steps over the rest of the keys to count them.
 fn range_at(db: &StoreDb, snapshot: &Snapshot<'_>, range: &KeyRange, at: Revision, out: &mut Collector) -> Result<()> {
     // Each key's value at `at`: the `prev` of its oldest change after `at` (None: absent then).
     let mut undone: BTreeMap<Vec<u8>, Option<KvRecord>> = BTreeMap::new();
