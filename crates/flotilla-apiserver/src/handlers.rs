@@ -482,7 +482,9 @@ async fn bind(req: &Request<'_>, name: &str) -> Result<Response> {
     let node = binding.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
         ApiError::invalid("", "Binding", name, vec![flotilla_api::FieldError::required("target.name", "")])
     })?;
-    let options = WriteOptions { skip_admission: true, ..write_options(req)? };
+    // Upstream's binding writes the pod straight to storage, past admission and the field
+    // manager: the scheduler owns no fields of the pods it places.
+    let options = WriteOptions { skip_admission: true, manager: None, ..write_options(req)? };
     req.registry
         .guaranteed_update(
             ObjectRef { def, namespace: req.target.namespace.as_deref(), name },

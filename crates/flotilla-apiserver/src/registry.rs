@@ -537,17 +537,16 @@ fn set_generation(def: &ResourceDef, old: &Value, new: &mut Value) {
     if !def.generation {
         return;
     }
-    let body = |v: &Value| {
-        v.as_object().map(|m| {
-            m.iter()
-                .filter(|(k, _)| *k != "metadata" && *k != "status")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<Map<_, _>>()
-        })
-    };
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
     let next = if body(old) != body(new) { generation + 1 } else { generation.max(1) };
     new["metadata"]["generation"] = next.into();
+}
+
+/// Everything but metadata and status, by field name: borrowed, as this runs on every write.
+fn body(object: &Value) -> Option<Vec<(&String, &Value)>> {
+    let mut fields: Vec<_> = object.as_object()?.iter().filter(|(k, _)| *k != "metadata" && *k != "status").collect();
+    fields.sort_unstable_by_key(|(k, _)| *k);
+    Some(fields)
 }
 
 /// Upstream's DefaultTolerationSeconds admission: a pod that does not say how long it tolerates

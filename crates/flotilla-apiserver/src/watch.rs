@@ -116,7 +116,7 @@ impl Stream {
                     Some(Ok(WatchResponse::Events(events))) => {
                         for event in events {
                             next = event.kv.mod_revision + 1;
-                            if self.deliver(&event, filtered).await.is_err() {
+                            if self.deliver(event, filtered).await.is_err() {
                                 return Ok(());
                             }
                         }
@@ -141,12 +141,12 @@ impl Stream {
         }
     }
 
-    async fn deliver(&self, event: &flotilla_store::Event, filtered: bool) -> Result<(), Gone> {
+    async fn deliver(&self, event: flotilla_store::Event, filtered: bool) -> Result<(), Gone> {
         let revision = event.kv.mod_revision;
-        let previous = event.prev_kv.as_ref().map(|kv| Stored { bytes: kv.value.clone(), revision: kv.mod_revision });
+        let previous = event.prev_kv.map(|kv| Stored { bytes: kv.value, revision: kv.mod_revision });
         match event.kind {
             EventKind::Put => {
-                let current = Stored { bytes: event.kv.value.clone(), revision };
+                let current = Stored { bytes: event.kv.value, revision };
                 if !filtered {
                     let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
                     return self.send_object(kind, &current).await;

@@ -138,7 +138,7 @@ impl Watch {
             })
             .await
             .map_err(|e| Error::Storage(format!("watch replay task: {e}")))??;
-            let events = self.take_events(changes.into_iter());
+            let events = self.take_events(&changes);
             // Revisions after the last change in range were read too: skip past them.
             self.next = self.next.max(next);
             if !events.is_empty() {
@@ -167,8 +167,7 @@ impl Watch {
                             Err(_) => break,
                         }
                     }
-                    let batch: Vec<Changes> = batch.iter().map(|c| Changes::clone(c)).collect();
-                    let events = self.take_events(batch.into_iter());
+                    let events = self.take_events(batch.iter().map(|c| &**c));
                     if !events.is_empty() {
                         return Ok(WatchResponse::Events(events));
                     }
@@ -186,20 +185,22 @@ impl Watch {
     }
 
     /// The events of `changes` this watch has not delivered and wants, advancing `next`.
-    fn take_events(&mut self, changes: impl Iterator<Item = Changes>) -> Vec<Event> {
+    ///
+    /// Changes are shared by every watcher they touch, so only the events in range are copied,
+    /// and their previous values only when asked for.
+    fn take_events<'a>(&mut self, changes: impl IntoIterator<Item = &'a Changes>) -> Vec<Event> {
         let mut events = Vec::new();
         for change in changes {
             if change.revision < self.next {
                 continue;
             }
             self.next = change.revision + 1;
-            for mut event in change.events {
-                if self.range.contains(&event.kv.key) {
-                    if !self.prev_kv {
-                        event.prev_kv = None;
-                    }
-                    events.push(event);
-                }
+            for event in change.events.iter().filter(|e| self.range.contains(&e.kv.key)) {
+                events.push(Event {
+                    kind: event.kind,
+                    kv: event.kv.clone(),
+                    prev_kv: if self.prev_kv { event.prev_kv.clone() } else { None },
+                });
             }
         }
         events

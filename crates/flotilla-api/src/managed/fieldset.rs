@@ -105,43 +105,48 @@ impl FieldSet {
     }
 
     /// `self` without `element` and everything below it.
-    pub(crate) fn without(&self, element: &str) -> FieldSet {
-        let mut out = self.clone();
-        out.members.remove(element);
-        out.children.remove(element);
-        out
+    pub(crate) fn without(mut self, element: &str) -> FieldSet {
+        self.members.remove(element);
+        self.children.remove(element);
+        self
     }
 
     /// `self` without `path` and everything below it.
-    pub(crate) fn without_path(&self, path: &[&str]) -> FieldSet {
+    pub(crate) fn without_path(mut self, path: &[&str]) -> FieldSet {
         match path {
-            [] => self.clone(),
+            [] => self,
             [last] => self.without(last),
             [first, rest @ ..] => {
-                let mut out = self.clone();
-                if let Some(child) = self.children.get(*first) {
-                    let child = child.without_path(rest);
+                if let Some(child) = self.children.get_mut(*first) {
+                    *child = std::mem::take(child).without_path(rest);
                     if child.is_empty() {
-                        out.children.remove(*first);
-                    } else {
-                        out.children.insert(first.to_string(), child);
+                        self.children.remove(*first);
                     }
                 }
-                out
+                self
             }
         }
     }
 
     /// Only `element` and what is below it.
-    pub(crate) fn only(&self, element: &str) -> FieldSet {
+    pub(crate) fn only(mut self, element: &str) -> FieldSet {
         let mut out = FieldSet::default();
-        if self.members.contains(element) {
-            out.members.insert(element.to_string());
+        if let Some(member) = self.members.take(element) {
+            out.members.insert(member);
         }
-        if let Some(child) = self.children.get(element) {
-            out.children.insert(element.to_string(), child.clone());
+        if let Some((element, child)) = self.children.remove_entry(element) {
+            out.children.insert(element, child);
         }
         out
+    }
+
+    /// Whether any path is in both sets.
+    pub(crate) fn intersects(&self, other: &FieldSet) -> bool {
+        !self.members.is_disjoint(&other.members)
+            || self
+                .children
+                .iter()
+                .any(|(element, child)| other.children.get(element).is_some_and(|o| child.intersects(o)))
     }
 
     /// Every path, in order.
@@ -277,8 +282,11 @@ mod tests {
         assert_eq!(a.difference(&b).paths(), [path(&["f:spec", "f:paused"])]);
         assert_eq!(a.union(&b).paths().len(), 3);
         assert!(a.difference(&a).is_empty());
-        assert_eq!(b.only("f:metadata").paths(), [path(&["f:metadata", "f:labels", "f:app"])]);
-        assert_eq!(b.without("f:metadata").paths(), [path(&["f:spec", "f:replicas"])]);
+        assert_eq!(b.clone().only("f:metadata").paths(), [path(&["f:metadata", "f:labels", "f:app"])]);
+        assert_eq!(b.clone().without("f:metadata").paths(), [path(&["f:spec", "f:replicas"])]);
+        assert_eq!(b.clone().without_path(&["f:metadata", "f:labels"]).paths(), [path(&["f:spec", "f:replicas"])]);
+        assert!(a.intersects(&b) && b.intersects(&a));
+        assert!(!a.difference(&b).intersects(&b));
     }
 
     #[test]

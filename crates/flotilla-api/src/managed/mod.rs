@@ -101,6 +101,9 @@ struct Entry {
     time: Option<String>,
     subresource: String,
     set: FieldSet,
+    /// The entry as the object carried it, while it is unchanged: most writes change one
+    /// manager's entry, and the others are written back as they were, not encoded again.
+    raw: Option<Value>,
 }
 
 impl Entry {
@@ -117,7 +120,7 @@ impl Entry {
         }
     }
 
-    fn decode(value: &Value) -> Result<Entry> {
+    fn decode(value: Value) -> Result<Entry> {
         let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
         let operation = match value.get("operation").and_then(Value::as_str) {
             Some("Apply") => Operation::Apply,
@@ -135,10 +138,14 @@ impl Entry {
             time: value.get("time").and_then(Value::as_str).map(str::to_string),
             subresource: text("subresource"),
             set,
+            raw: Some(value),
         })
     }
 
-    fn encode(&self) -> Value {
+    fn encode(self) -> Value {
+        if let Some(raw) = self.raw {
+            return raw;
+        }
         let mut entry = json!({
             "manager": self.manager,
             "operation": self.operation.name(),
@@ -166,8 +173,19 @@ impl Managed {
     /// The entries an object carries; `None` if it carries none, or ones that do not decode.
     fn of(object: &Value) -> Option<Managed> {
         let list = object.pointer("/metadata/managedFields")?.as_array()?;
-        let entries = list.iter().map(Entry::decode).collect::<Result<Vec<_>>>().ok()?;
+        let entries = list.iter().cloned().map(Entry::decode).collect::<Result<Vec<_>>>().ok()?;
         (!entries.is_empty()).then_some(Managed { entries })
+    }
+
+    /// [`Managed::of`], taking the entries out of `object`: they are written back by
+    /// [`Managed::write`].
+    fn take(object: &mut Value) -> Option<Managed> {
+        let list = object.pointer_mut("/metadata/managedFields")?.as_array_mut()?;
+        if list.is_empty() || !list.iter().all(Value::is_object) {
+            return None;
+        }
+        let entries = std::mem::take(list).into_iter().map(Entry::decode).collect::<Result<Vec<_>>>().ok()?;
+        Some(Managed { entries })
     }
 
     fn position(&self, manager: &FieldManager, operation: Operation) -> Option<usize> {
@@ -177,8 +195,9 @@ impl Managed {
     /// Takes `fields` away from every manager but the one at `except`; drops those left empty.
     fn take_from_others(&mut self, except: Option<usize>, fields: &FieldSet) {
         for (i, entry) in self.entries.iter_mut().enumerate() {
-            if Some(i) != except {
+            if Some(i) != except && entry.set.intersects(fields) {
                 entry.set = entry.set.difference(fields);
+                entry.raw = None;
             }
         }
     }
@@ -204,7 +223,9 @@ impl Managed {
             time: None,
             subresource: String::new(),
             set: FieldSet::default(),
+            raw: None,
         });
+        bucket.raw = None;
         updaters.sort_by(|a, b| a.time.cmp(&b.time));
         let oldest = updaters.len() - (MAX_UPDATE_MANAGERS - 1);
         for old in updaters.drain(..oldest) {
@@ -233,7 +254,7 @@ impl Managed {
         if self.entries.is_empty() {
             meta.remove("managedFields");
         } else {
-            meta.insert("managedFields".into(), self.entries.iter().map(Entry::encode).collect());
+            meta.insert("managedFields".into(), self.entries.into_iter().map(Entry::encode).collect());
         }
     }
 }
@@ -249,7 +270,7 @@ fn kind_schema(def: &ResourceDef) -> Result<&'static Value> {
 /// The part of `set` a manager of `subresource` can own: never the identity and system
 /// metadata (upstream strips them); through the status subresource only the status, and
 /// through the resource everything but a status kept by its own subresource.
-fn ownable(def: &ResourceDef, subresource: Option<Subresource>, set: &FieldSet) -> FieldSet {
+fn ownable(def: &ResourceDef, subresource: Option<Subresource>, set: FieldSet) -> FieldSet {
     let mut set = set.without("f:apiVersion").without("f:kind");
     for field in
         ["name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "selfLink", "managedFields"]
@@ -282,14 +303,16 @@ pub fn track_update(def: &ResourceDef, old: Option<&Value>, new: &mut Value, man
         // `[{}]` is upstream's way to clear them.
         l.len() == 1 && l[0].as_object().is_some_and(Map::is_empty)
     });
+    let empty = json!({});
+    // Compared while `new` still carries the managed fields it came with: those are most often
+    // the old ones, a subtree the comparison then passes over as equal.
+    let comparison =
+        typed::compare(schema, old.unwrap_or(&empty), new).filter(|set| ownable(def, manager.subresource, set));
     let mut managed = if reset {
         Managed::default()
     } else {
-        Managed::of(new).or_else(|| old.and_then(Managed::of)).unwrap_or_default()
+        Managed::take(new).or_else(|| old.and_then(Managed::of)).unwrap_or_default()
     };
-    let empty = json!({});
-    let comparison =
-        typed::compare(schema, old.unwrap_or(&empty), new).filter(|set| ownable(def, manager.subresource, set));
     if !comparison.is_empty() {
         let changed = comparison.added.union(&comparison.modified);
         let mine = managed.position(manager, Operation::Update);
@@ -304,6 +327,7 @@ pub fn track_update(def: &ResourceDef, old: Option<&Value>, new: &mut Value, man
                     time: None,
                     subresource: manager.subresource_name().into(),
                     set: FieldSet::default(),
+                    raw: None,
                 });
                 managed.entries.last_mut().expect("just pushed")
             }
@@ -311,6 +335,7 @@ pub fn track_update(def: &ResourceDef, old: Option<&Value>, new: &mut Value, man
         entry.set = entry.set.difference(&comparison.removed).union(&changed);
         entry.api_version = def.api_version();
         entry.time = Some(now.to_string());
+        entry.raw = None;
         managed.drop_empty();
         managed.cap_updaters();
     }
@@ -336,7 +361,7 @@ pub fn apply(
     let live = live.unwrap_or(&empty);
     let mut managed = Managed::of(live).unwrap_or_default();
     let mut new = typed::merge(schema, live, config)?;
-    let applied = ownable(def, manager.subresource, &typed::field_set(schema, config)?);
+    let applied = ownable(def, manager.subresource, typed::field_set(schema, config)?);
 
     let mine = managed.position(manager, Operation::Apply);
     let (last, last_time) = match mine {
@@ -350,6 +375,7 @@ pub fn apply(
         time: last_time,
         subresource: manager.subresource_name().into(),
         set: applied,
+        raw: None,
     };
     let mine = match mine {
         Some(i) => {
@@ -387,6 +413,7 @@ pub fn apply(
     managed.take_from_others(Some(mine), &changed.union(&comparison.removed));
     if without_managed_fields(&new) != without_managed_fields(live) || managed.entries[mine].time.is_none() {
         managed.entries[mine].time = Some(now.to_string());
+        managed.entries[mine].raw = None;
     }
     managed.drop_empty();
     if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {

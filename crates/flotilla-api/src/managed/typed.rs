@@ -177,8 +177,8 @@ impl Comparison {
     }
 
     /// Each set passed through `keep`.
-    pub(crate) fn filter(self, keep: impl Fn(&FieldSet) -> FieldSet) -> Comparison {
-        Comparison { added: keep(&self.added), modified: keep(&self.modified), removed: keep(&self.removed) }
+    pub(crate) fn filter(self, keep: impl Fn(FieldSet) -> FieldSet) -> Comparison {
+        Comparison { added: keep(self.added), modified: keep(self.modified), removed: keep(self.removed) }
     }
 }
 
