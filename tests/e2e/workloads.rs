@@ -245,6 +245,23 @@ fn cordons_taints_and_selectors_keep_pods_off_nodes() -> Result<()> {
     k.ok(&["rollout", "status", "ds/logger", "--timeout=60s"])?;
     let images = k.ok(&["get", "pods", "-l", "app=logger", "-o", "jsonpath={.items[*].spec.containers[0].image}"])?;
     ensure!(images.split_whitespace().filter(|i| *i == "logger:v2").count() == 3, "{images}");
+    // Each template is a ControllerRevision: history lists both, undo brings v1 back as revision 3.
+    let history = k.ok(&["rollout", "history", "ds/logger"])?;
+    let revisions: Vec<&str> = history.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    ensure!(revisions == ["1", "2"], "{history}");
+    let shown = k.ok(&["rollout", "history", "ds/logger", "--revision=1"])?;
+    ensure!(shown.contains("logger:v1"), "{shown}");
+    k.ok(&["rollout", "undo", "ds/logger"])?;
+    k.ok(&["rollout", "status", "ds/logger", "--timeout=60s"])?;
+    eventually(
+        &k,
+        &["get", "pods", "-l", "app=logger", "-o", "jsonpath={.items[*].spec.containers[0].image}"],
+        30,
+        |i| i.split_whitespace().filter(|i| *i == "logger:v1").count() == 3 && !i.contains("logger:v2"),
+    )?;
+    let history = k.ok(&["rollout", "history", "ds/logger"])?;
+    let revisions: Vec<&str> = history.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    ensure!(revisions == ["2", "3"], "{history}");
     Ok(())
 }
 
@@ -284,6 +301,18 @@ fn statefulsets_keep_order_and_services_track_their_pods() -> Result<()> {
     let ports =
         k.ok(&["get", "endpoints", "db", "-o", "jsonpath={.subsets[0].ports[0].name}:{.subsets[0].ports[0].port}"])?;
     ensure!(ports == "sql:5432", "{ports}");
+
+    // An update goes pod by pod; undo returns to the first revision.
+    k.ok(&["set", "image", "sts/db", "db=db:v2"])?;
+    k.ok(&["rollout", "status", "sts/db", "--timeout=60s"])?;
+    k.ok(&["rollout", "undo", "sts/db"])?;
+    k.ok(&["rollout", "status", "sts/db", "--timeout=60s"])?;
+    let images = k.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].spec.containers[0].image}"])?;
+    ensure!(images == "db:v1 db:v1 db:v1", "{images}");
+    let revisions = k.ok(&["get", "controllerrevisions", "-o", "jsonpath={.items[*].revision}"])?;
+    let mut revisions: Vec<&str> = revisions.split_whitespace().collect();
+    revisions.sort();
+    ensure!(revisions == ["2", "3"], "{revisions:?}");
 
     k.ok(&["scale", "sts/db", "--replicas=1"])?;
     eventually(&k, &["get", "pods", "-l", "app=db", "-o", "name"], 30, |out| out.trim() == "pod/db-0")?;

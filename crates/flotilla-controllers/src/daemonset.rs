@@ -1,14 +1,15 @@
 //! The DaemonSet controller: one pod on every node the template may run on (its node selector
 //! and affinity, the node's taints against its tolerations), pinned to the node by node
 //! affinity and placed by the scheduler, as upstream does; a rolling update replaces the
-//! pods of an old template `maxUnavailable` at a time.
+//! pods of an old template `maxUnavailable` at a time. Each template is kept as a
+//! ControllerRevision ([`history`]), for `kubectl rollout history` and `rollout undo`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flotilla_api::scheduling::{node_matches, untolerated};
-use flotilla_client::{Change, ObjectKey, WorkQueue, controller_of};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use flotilla_client::{Change, ObjectKey, WorkQueue};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodTemplateSpec,
     Toleration,
@@ -19,9 +20,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::deployment::template_hash;
+use crate::history;
 use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready};
-use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
 
 /// The label that names the template revision a pod was made from.
 pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
@@ -33,13 +34,8 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         let (Change::Applied { new: ds, .. } | Change::Deleted(ds)) = change;
         q.add(ObjectKey::of(&**ds));
     });
-    let q = queue.clone();
-    informers.pods.on_change(move |change| {
-        let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "DaemonSet") {
-            q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
-        }
-    });
+    enqueue_controller(&mut informers.pods, "DaemonSet", &queue);
+    enqueue_controller(&mut informers.controllerrevisions, "DaemonSet", &queue);
     // A node added, removed, relabelled or tainted may change where every DaemonSet runs.
     let (q, daemonsets) = (queue.clone(), context.daemonsets.clone());
     informers.nodes.on_change(move |change| {
@@ -56,11 +52,12 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
             }
         }
     });
-    let (daemonsets, pods, nodes) = (context.daemonsets.clone(), context.pods.clone(), context.nodes.clone());
+    let context = context.clone();
     spawn_workers(Arc::new(DaemonSetController { context: context.clone() }), queue, 2, async move {
-        daemonsets.synced().await;
-        pods.synced().await;
-        nodes.synced().await;
+        context.daemonsets.synced().await;
+        context.pods.synced().await;
+        context.nodes.synced().await;
+        context.controllerrevisions.synced().await;
     })
 }
 
@@ -172,13 +169,17 @@ impl Reconciler for DaemonSetController {
         let api: Api<Pod> = Api::namespaced(self.context.client.clone(), namespace);
         let uid = ds.uid().unwrap_or_default();
         let spec = ds.spec.clone().unwrap_or_default();
-        let hash = template_hash(&spec.template, None);
+        let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+        let owned = self.context.pods.controlled_by(&uid);
+        let running: HashSet<&String> = owned.iter().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
+        let in_use = |r: &ControllerRevision| r.labels().get(REVISION_LABEL).is_some_and(|h| running.contains(h));
+        let (_, hash) = history::sync(&self.context, &*ds, &spec.template, limit, in_use).await?;
         let template = daemon_template(&ds, &hash);
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let now = jiff::Timestamp::now();
 
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        for pod in self.context.pods.controlled_by(&uid) {
+        for pod in owned.iter().cloned() {
             if let Some(node) = target_node(&pod) {
                 by_node.entry(node).or_default().push(pod);
             }

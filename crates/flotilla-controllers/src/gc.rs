@@ -118,6 +118,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         typed(context.statefulsets.clone(), true),
         typed(context.services.clone(), true),
         typed(context.endpointslices.clone(), true),
+        typed(context.controllerrevisions.clone(), true),
     ]);
     let queue = WorkQueue::new();
     watch(&mut informers.pods, &kinds, 0, &queue);
@@ -128,6 +129,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     watch(&mut informers.statefulsets, &kinds, 5, &queue);
     watch(&mut informers.services, &kinds, 6, &queue);
     watch(&mut informers.endpointslices, &kinds, 7, &queue);
+    watch(&mut informers.controllerrevisions, &kinds, 8, &queue);
     let collector = Arc::new(Collector { context: context.clone(), kinds, queue: queue.clone() });
     let context = context.clone();
     spawn_workers(collector, queue, WORKERS, async move {
@@ -139,6 +141,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         context.statefulsets.synced().await;
         context.services.synced().await;
         context.endpointslices.synced().await;
+        context.controllerrevisions.synced().await;
     })
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, controller_of};
+use flotilla_client::{Change, EventType, ObjectKey, WorkQueue};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::pods::{controller_reference, from_template, is_active, is_ready, sort_for_deletion};
-use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
 
 const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(360);
@@ -30,13 +30,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         let (Change::Applied { new: job, .. } | Change::Deleted(job)) = change;
         q.add(ObjectKey::of(&**job));
     });
-    let q = queue.clone();
-    informers.pods.on_change(move |change| {
-        let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "Job") {
-            q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
-        }
-    });
+    enqueue_controller(&mut informers.pods, "Job", &queue);
     let (jobs, pods) = (context.jobs.clone(), context.pods.clone());
     spawn_workers(Arc::new(JobController { context: context.clone() }), queue, 2, async move {
         jobs.synced().await;

@@ -13,6 +13,7 @@ mod daemonset;
 mod deployment;
 mod endpoints;
 mod gc;
+mod history;
 mod job;
 mod namespace;
 mod nodelifecycle;
@@ -25,8 +26,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_client::{Cache, Informer, Recorder, WorkQueue};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use flotilla_client::{Cache, Change, Informer, ObjectKey, Recorder, WorkQueue, controller_of};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
@@ -89,6 +90,7 @@ pub(crate) struct Context {
     pub(crate) endpointslices: Cache<EndpointSlice>,
     pub(crate) jobs: Cache<Job>,
     pub(crate) daemonsets: Cache<DaemonSet>,
+    pub(crate) controllerrevisions: Cache<ControllerRevision>,
     pub(crate) statefulsets: Cache<StatefulSet>,
     pub(crate) nodes: Cache<Node>,
     pub(crate) leases: Cache<Lease>,
@@ -112,6 +114,7 @@ pub(crate) struct Informers {
     pub(crate) endpointslices: Informer<EndpointSlice>,
     pub(crate) jobs: Informer<Job>,
     pub(crate) daemonsets: Informer<DaemonSet>,
+    pub(crate) controllerrevisions: Informer<ControllerRevision>,
     pub(crate) statefulsets: Informer<StatefulSet>,
     pub(crate) nodes: Informer<Node>,
     pub(crate) leases: Informer<Lease>,
@@ -163,6 +166,7 @@ impl Controllers {
             endpointslices: Informer::all(client.clone()),
             jobs: Informer::all(client.clone()),
             daemonsets: Informer::all(client.clone()),
+            controllerrevisions: Informer::all(client.clone()),
             statefulsets: Informer::all(client.clone()),
             nodes: Informer::all(client.clone()),
             // Only node leases matter here.
@@ -181,6 +185,7 @@ impl Controllers {
             endpointslices: informers.endpointslices.cache(),
             jobs: informers.jobs.cache(),
             daemonsets: informers.daemonsets.cache(),
+            controllerrevisions: informers.controllerrevisions.cache(),
             statefulsets: informers.statefulsets.cache(),
             nodes: informers.nodes.cache(),
             leases: informers.leases.cache(),
@@ -207,6 +212,7 @@ impl Controllers {
             endpointslices,
             jobs,
             daemonsets,
+            controllerrevisions,
             statefulsets,
             nodes,
             leases,
@@ -221,6 +227,7 @@ impl Controllers {
         tasks.push(tokio::spawn(endpointslices.run()));
         tasks.push(tokio::spawn(jobs.run()));
         tasks.push(tokio::spawn(daemonsets.run()));
+        tasks.push(tokio::spawn(controllerrevisions.run()));
         tasks.push(tokio::spawn(statefulsets.run()));
         tasks.push(tokio::spawn(nodes.run()));
         tasks.push(tokio::spawn(leases.run()));
@@ -280,6 +287,22 @@ where
 {
     let list = api.list_metadata(&kube::api::ListParams::default().limit(1)).await?;
     Ok(list.metadata.resource_version.as_deref().and_then(|rv| rv.parse().ok()).unwrap_or(0))
+}
+
+/// Queues, for every change to a `K` controlled by a `kind`, that controller's key (its owner
+/// is in the same namespace).
+pub(crate) fn enqueue_controller<K>(informer: &mut Informer<K>, kind: &'static str, queue: &WorkQueue<ObjectKey>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let queue = queue.clone();
+    informer.on_change(move |change| {
+        let (Change::Applied { new: object, .. } | Change::Deleted(object)) = change;
+        if let Some(owner) = controller_of(&**object).filter(|o| o.kind == kind) {
+            queue.add(ObjectKey::new(kube::Resource::meta(&**object).namespace.as_deref(), &owner.name));
+        }
+    });
 }
 
 /// Runs `workers` workers of `reconciler` on `queue` once `synced` says the caches it reads

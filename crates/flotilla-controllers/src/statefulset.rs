@@ -2,12 +2,13 @@
 //! order and each only once the one before is Running and Ready (`OrderedReady`), or all at once
 //! (`Parallel`); scaled down from the highest ordinal; updated one pod at a time from the
 //! highest ordinal down to the partition, with `currentRevision`/`updateRevision` as
-//! `kubectl rollout status` reads them.
+//! `kubectl rollout status` reads them. Revisions are ControllerRevisions ([`history`]), named as
+//! upstream names them, `<set>-<hash>`, which is the pods' `controller-revision-hash`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, controller_of, resource_version};
+use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, resource_version};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -15,9 +16,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::daemonset::REVISION_LABEL;
-use crate::deployment::template_hash;
+use crate::history;
 use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready};
-use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
 
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -29,17 +30,13 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         let (Change::Applied { new: sts, .. } | Change::Deleted(sts)) = change;
         q.add(ObjectKey::of(&**sts));
     });
-    let q = queue.clone();
-    informers.pods.on_change(move |change| {
-        let (Change::Applied { new: pod, .. } | Change::Deleted(pod)) = change;
-        if let Some(owner) = controller_of(&**pod).filter(|o| o.kind == "StatefulSet") {
-            q.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
-        }
-    });
-    let (sets, pods) = (context.statefulsets.clone(), context.pods.clone());
+    enqueue_controller(&mut informers.pods, "StatefulSet", &queue);
+    enqueue_controller(&mut informers.controllerrevisions, "StatefulSet", &queue);
+    let context = context.clone();
     spawn_workers(Arc::new(StatefulSetController { context: context.clone() }), queue, 2, async move {
-        sets.synced().await;
-        pods.synced().await;
+        context.statefulsets.synced().await;
+        context.pods.synced().await;
+        context.controllerrevisions.synced().await;
     })
 }
 
@@ -138,7 +135,15 @@ impl Reconciler for StatefulSetController {
         let name = sts.name_any();
         let uid = sts.uid().unwrap_or_default();
         let spec = sts.spec.clone().unwrap_or_default();
-        let revision = format!("{name}-{}", template_hash(&spec.template, None));
+        let pods = self.owned(&uid, &name);
+        // The revisions pods still run, and the one the set is at, stay in the history.
+        let previous = sts.status.clone().unwrap_or_default();
+        let mut in_use: HashSet<&String> = pods.values().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
+        in_use.extend(previous.current_revision.as_ref());
+        let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+        let (update, _) =
+            history::sync(&self.context, &*sts, &spec.template, limit, |r| in_use.contains(&r.name_any())).await?;
+        let revision = update.name_any();
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
         let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
@@ -150,7 +155,6 @@ impl Reconciler for StatefulSetController {
             .and_then(|r| r.partition)
             .unwrap_or(0)
             .max(0) as usize;
-        let pods = self.owned(&uid, &name);
         let members: BTreeMap<usize, Member> = pods
             .iter()
             .map(|(o, p)| {
@@ -232,7 +236,6 @@ impl Reconciler for StatefulSetController {
         let pods = self.owned(&uid, &name);
         let active: Vec<&Arc<Pod>> = pods.values().filter(|p| is_active(p)).collect();
         let updated = active.iter().filter(|p| p.labels().get(REVISION_LABEL) == Some(&revision)).count();
-        let previous = sts.status.clone().unwrap_or_default();
         // The set is at the update revision once every pod is.
         let current_revision = if updated == replicas && active.len() == replicas {
             revision.clone()

@@ -1,9 +1,10 @@
-//! apps/v1 workloads: Deployments, ReplicaSets, DaemonSets and StatefulSets.
+//! apps/v1 workloads: Deployments, ReplicaSets, DaemonSets and StatefulSets, and the
+//! ControllerRevisions that record a DaemonSet's or StatefulSet's past templates.
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDaemonSet,
-    RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -286,6 +287,42 @@ impl Kind for StatefulSet {
         ];
         cells.extend(template_cells(&spec.template, None));
         cells
+    }
+}
+
+impl Kind for ControllerRevision {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        if self.revision < 0 {
+            errors.push(FieldError::invalid("revision", self.revision, "must be greater than or equal to 0"));
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        validation::immutable(&self.data, &old.data, "data", errors);
+    }
+
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::name(),
+            Column::string("Controller", "Controller of the object"),
+            Column::integer("Revision", "Revision of the ControllerRevision"),
+            Column::age(),
+        ]
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        // `daemonset.apps/web`, as upstream's printer names the controller.
+        let controller =
+            self.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| {
+                let group = o.api_version.rsplit_once('/').map(|(group, _)| format!(".{group}")).unwrap_or_default();
+                format!("{}{group}/{}", o.kind.to_lowercase(), o.name)
+            });
+        vec![
+            table::name(&self.metadata),
+            table::or_none(controller.unwrap_or_default()),
+            Value::from(self.revision),
+            table::age(&self.metadata, now),
+        ]
     }
 }
 

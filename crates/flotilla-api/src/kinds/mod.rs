@@ -16,7 +16,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount};
@@ -256,6 +256,7 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Secret, "secrets", "secret", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &["type"]),
     resource!(ServiceAccount, "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(Service, "services", "service", namespaced: true, short: &["svc"], categories: ALL, sub: &[Status], generation: false, fields: &[]),
+    resource!(ControllerRevision, "controllerrevisions", "controllerrevision", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(DaemonSet, "daemonsets", "daemonset", namespaced: true, short: &["ds"], categories: ALL, sub: &[Status], generation: true, fields: &[]),
     resource!(Deployment, "deployments", "deployment", namespaced: true, short: &["deploy"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &[]),
     resource!(ReplicaSet, "replicasets", "replicaset", namespaced: true, short: &["rs"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &["status.replicas"]),

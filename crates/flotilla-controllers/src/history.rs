@@ -1,0 +1,140 @@
+//! Controller history, as upstream's `pkg/controller/history` keeps it for DaemonSets and
+//! StatefulSets: each template a set has had is a ControllerRevision named `<set>-<hash>`,
+//! numbered in the order the set took it up. `kubectl rollout history` lists them, and
+//! `kubectl rollout undo` patches the set with a revision's data, after which this module finds
+//! that revision again and renumbers it as the newest.
+
+use std::sync::Arc;
+
+use flotilla_client::resource_version;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::daemonset::REVISION_LABEL;
+use crate::deployment::template_hash;
+use crate::pods::controller_reference;
+use crate::{Context, Error, OBSERVE_TIMEOUT};
+
+/// Not copied from the set to its revisions: it is large and says nothing about the template.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The data of a revision: the patch that puts `template` back into a set (upstream's
+/// `getPatch`), which `kubectl rollout undo` sends as a strategic merge patch.
+pub(crate) fn patch(template: &PodTemplateSpec) -> Value {
+    let mut template = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
+    if let Some(map) = template.as_object_mut() {
+        map.insert("$patch".into(), "replace".into());
+    }
+    json!({"spec": {"template": template}})
+}
+
+/// `<set>-<hash>`, the prefix cut so the name stays a valid one (upstream's
+/// `ControllerRevisionName`).
+pub(crate) fn revision_name(set: &str, hash: &str) -> String {
+    let prefix = if set.len() > 223 { &set[..223] } else { set };
+    format!("{prefix}-{hash}")
+}
+
+/// The ControllerRevision of `set`'s current `template`, created (or renumbered as the newest)
+/// when needed, after pruning the revisions beyond `limit` that no pod runs (`in_use`) and that
+/// are not current. Returns the revision and its hash.
+pub(crate) async fn sync<K>(
+    context: &Context,
+    set: &K,
+    template: &PodTemplateSpec,
+    limit: usize,
+    in_use: impl Fn(&ControllerRevision) -> bool,
+) -> Result<(Arc<ControllerRevision>, String), Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let namespace = set.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<ControllerRevision> = Api::namespaced(context.client.clone(), &namespace);
+    let hash = template_hash(template, None);
+    let name = revision_name(&set.name_any(), &hash);
+    let owned = context.controllerrevisions.controlled_by(&set.uid().unwrap_or_default());
+    let newest = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+    let mut written = 0;
+
+    let current = match owned.iter().find(|r| r.name_any() == name) {
+        Some(current) if current.revision == newest => current.clone(),
+        // The set went back to an older template: that revision is the newest again.
+        Some(_) => {
+            let renumbered = json!({"revision": newest + 1, "metadata": {"annotations": annotations(set)}});
+            let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(&renumbered)).await?;
+            written = resource_version(&updated);
+            Arc::new(updated)
+        }
+        None => {
+            let mut labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+            labels.insert(REVISION_LABEL.into(), hash.clone());
+            let revision = ControllerRevision {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(labels),
+                    annotations: Some(annotations(set)),
+                    owner_references: Some(vec![controller_reference(set)]),
+                    ..Default::default()
+                },
+                data: Some(RawExtension(patch(template))),
+                revision: newest + 1,
+            };
+            match api.create(&PostParams::default(), &revision).await {
+                Ok(created) => {
+                    written = resource_version(&created);
+                    Arc::new(created)
+                }
+                // Created by an earlier pass the cache has not shown yet.
+                Err(kube::Error::Api(err)) if err.code == 409 => Arc::new(api.get(&name).await?),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
+
+    let mut old: Vec<&Arc<ControllerRevision>> = owned.iter().filter(|r| r.name_any() != name && !in_use(r)).collect();
+    old.sort_by_key(|r| r.revision);
+    for revision in old.iter().take(old.len().saturating_sub(limit)) {
+        match api.delete(&revision.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(err)) if err.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if written > 0 && !context.controllerrevisions.observed(written, OBSERVE_TIMEOUT).await {
+        return Err(Error::Lagging);
+    }
+    Ok((current, hash))
+}
+
+/// The set's annotations, which its revisions carry (`kubernetes.io/change-cause` among them,
+/// the column `kubectl rollout history` prints).
+fn annotations<K: Resource>(set: &K) -> std::collections::BTreeMap<String, String> {
+    let mut annotations = set.meta().annotations.clone().unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    annotations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revision_replaces_the_whole_template() {
+        let template: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "agent"}},
+            "spec": {"containers": [{"name": "agent", "image": "agent:2"}]}
+        }))
+        .unwrap();
+        let data = patch(&template);
+        assert_eq!(data["spec"]["template"]["$patch"], "replace");
+        assert_eq!(data["spec"]["template"]["spec"]["containers"][0]["image"], "agent:2");
+        assert_eq!(revision_name("agent", "5d4f"), "agent-5d4f");
+        assert_eq!(revision_name(&"a".repeat(300), "h").len(), 225);
+    }
+}
