@@ -173,7 +173,8 @@ impl Reconciler for DaemonSetController {
         let owned = self.context.pods.controlled_by(&uid);
         let running: HashSet<&String> = owned.iter().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
         let in_use = |r: &ControllerRevision| r.labels().get(REVISION_LABEL).is_some_and(|h| running.contains(h));
-        let (_, hash) = history::sync(&self.context, &*ds, &spec.template, limit, in_use).await?;
+        let revision = history::sync(&self.context, &*ds, &spec.template, limit, in_use).await?;
+        let hash = revision.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
         let template = daemon_template(&ds, &hash);
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let now = jiff::Timestamp::now();

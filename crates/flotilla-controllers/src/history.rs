@@ -42,14 +42,14 @@ pub(crate) fn revision_name(set: &str, hash: &str) -> String {
 
 /// The ControllerRevision of `set`'s current `template`, created (or renumbered as the newest)
 /// when needed, after pruning the revisions beyond `limit` that no pod runs (`in_use`) and that
-/// are not current. Returns the revision and its hash.
+/// are not current. The revision's `controller-revision-hash` label is the template's hash.
 pub(crate) async fn sync<K>(
     context: &Context,
     set: &K,
     template: &PodTemplateSpec,
     limit: usize,
     in_use: impl Fn(&ControllerRevision) -> bool,
-) -> Result<(Arc<ControllerRevision>, String), Error>
+) -> Result<Arc<ControllerRevision>, Error>
 where
     K: Resource<DynamicType = ()>,
 {
@@ -109,7 +109,7 @@ where
     if written > 0 && !context.controllerrevisions.observed(written, OBSERVE_TIMEOUT).await {
         return Err(Error::Lagging);
     }
-    Ok((current, hash))
+    Ok(current)
 }
 
 /// The set's annotations, which its revisions carry (`kubernetes.io/change-cause` among them,

@@ -141,9 +141,9 @@ impl Reconciler for StatefulSetController {
         let mut in_use: HashSet<&String> = pods.values().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
         in_use.extend(previous.current_revision.as_ref());
         let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-        let (update, _) =
-            history::sync(&self.context, &*sts, &spec.template, limit, |r| in_use.contains(&r.name_any())).await?;
-        let revision = update.name_any();
+        let revision = history::sync(&self.context, &*sts, &spec.template, limit, |r| in_use.contains(&r.name_any()))
+            .await?
+            .name_any();
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
         let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");

@@ -180,12 +180,9 @@ impl Managed {
     /// [`Managed::of`], taking the entries out of `object`: they are written back by
     /// [`Managed::write`].
     fn take(object: &mut Value) -> Option<Managed> {
-        let list = object.pointer_mut("/metadata/managedFields")?.as_array_mut()?;
-        if list.is_empty() || !list.iter().all(Value::is_object) {
-            return None;
-        }
-        let entries = std::mem::take(list).into_iter().map(Entry::decode).collect::<Result<Vec<_>>>().ok()?;
-        Some(Managed { entries })
+        let list = std::mem::take(object.pointer_mut("/metadata/managedFields")?.as_array_mut()?);
+        let entries = list.into_iter().map(Entry::decode).collect::<Result<Vec<_>>>().ok()?;
+        (!entries.is_empty()).then_some(Managed { entries })
     }
 
     fn position(&self, manager: &FieldManager, operation: Operation) -> Option<usize> {
