@@ -203,9 +203,13 @@ impl NodeInfo {
 /// Every node and where each pod is.
 #[derive(Debug, Default)]
 pub struct Cluster {
-    nodes: HashMap<String, NodeInfo>,
-    /// Names of the nodes that exist, in a stable order (what sampling walks).
-    order: Vec<String>,
+    /// Every node known: those that exist, and those gone that still have pods counted.
+    nodes: Vec<NodeInfo>,
+    /// Where each node is in `nodes`.
+    index: HashMap<String, usize>,
+    /// Positions in `nodes` of the nodes that exist, by name: what sampling walks, a few hundred
+    /// times per decision, so without hashing a name each step.
+    order: Vec<usize>,
     /// The node of every pod counted, and whether it is only assumed.
     placed: HashMap<ObjectKey, (String, bool)>,
     /// Pods with required anti-affinity, which every placement must respect; few, so kept
@@ -215,7 +219,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.order.iter().map(|name| &self.nodes[name])
+        self.order.iter().map(|&i| &self.nodes[i])
     }
 
     pub fn node_count(&self) -> usize {
@@ -223,33 +227,55 @@ impl Cluster {
     }
 
     pub fn node_at(&self, index: usize) -> &NodeInfo {
-        &self.nodes[&self.order[index]]
+        &self.nodes[self.order[index]]
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name).filter(|n| n.present)
+        self.index.get(name).map(|&i| &self.nodes[i]).filter(|n| n.present)
     }
 
     pub fn set_node(&mut self, node: &Node) {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let info =
-            self.nodes.entry(name.clone()).or_insert_with(|| NodeInfo { name: name.clone(), ..Default::default() });
-        let new = !info.present;
-        info.set_node(node);
+        let i = self.slot(node.metadata.name.as_deref().unwrap_or_default());
+        let new = !self.nodes[i].present;
+        self.nodes[i].set_node(node);
         if new {
-            self.order.push(name);
-            self.order.sort();
+            self.reorder();
         }
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        self.order.retain(|n| n != name);
-        if let Some(info) = self.nodes.get_mut(name) {
-            info.present = false;
-            if info.pods.is_empty() {
-                self.nodes.remove(name);
-            }
+        let Some(&i) = self.index.get(name) else { return };
+        self.nodes[i].present = false;
+        self.release(i);
+        self.reorder();
+    }
+
+    /// The position of the node called `name`, added (as not existing) if unknown.
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
         }
+        self.nodes.push(NodeInfo { name: name.to_string(), ..Default::default() });
+        self.index.insert(name.to_string(), self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    /// Drops the node at `i` if it no longer exists and no pod is counted on it.
+    fn release(&mut self, i: usize) {
+        if self.nodes[i].present || !self.nodes[i].pods.is_empty() {
+            return;
+        }
+        let gone = self.nodes.swap_remove(i);
+        self.index.remove(&gone.name);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+        self.reorder();
+    }
+
+    fn reorder(&mut self) {
+        self.order = (0..self.nodes.len()).filter(|&i| self.nodes[i].present).collect();
+        self.order.sort_by(|&a, &b| self.nodes[a].name.cmp(&self.nodes[b].name));
     }
 
     /// Counts `pod` on `node`: bound (the watch says so) or assumed (the scheduler placed it).
@@ -259,21 +285,17 @@ impl Cluster {
         if !pod.required_anti_affinity().is_empty() {
             self.anti_affinity.insert(pod.key.clone(), pod.clone());
         }
-        self.nodes
-            .entry(node.to_string())
-            .or_insert_with(|| NodeInfo { name: node.to_string(), ..Default::default() })
-            .add(pod);
+        let i = self.slot(node);
+        self.nodes[i].add(pod);
     }
 
     /// Stops counting a pod (deleted, finished, or its binding failed).
     pub fn forget(&mut self, key: &ObjectKey) {
         let Some((node, _)) = self.placed.remove(key) else { return };
         self.anti_affinity.remove(key);
-        if let Some(info) = self.nodes.get_mut(&node) {
-            info.remove(key);
-            if !info.present && info.pods.is_empty() {
-                self.nodes.remove(&node);
-            }
+        if let Some(&i) = self.index.get(&node) {
+            self.nodes[i].remove(key);
+            self.release(i);
         }
     }
 

@@ -92,6 +92,25 @@ fn resources_already_bound_count() {
 }
 
 #[test]
+fn a_deleted_node_is_no_longer_chosen_and_its_pods_count_until_they_go() {
+    let mut cluster = cluster(&[node("c", json!({})), node("a", json!({})), node("b", json!({}))]);
+    let names = |cluster: &Cluster| cluster.nodes().map(|n| n.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&cluster), ["a", "b", "c"]);
+    cluster.place(Arc::new(PodInfo::of(&pod("orphan", json!({})))), "a", false);
+    cluster.remove_node("a");
+    assert_eq!(names(&cluster), ["b", "c"]);
+    assert!(cluster.node("a").is_none());
+    // The node comes back: the pod still bound to it counts.
+    cluster.set_node(&node("a", json!({})));
+    assert_eq!(cluster.node("a").map(|n| n.pods.len()), Some(1));
+    cluster.remove_node("a");
+    cluster.forget(&ObjectKey::new(Some("default"), "orphan"));
+    cluster.remove_node("c");
+    assert_eq!(names(&cluster), ["b"]);
+    assert_eq!(decide(&pod("next", json!({})), &cluster).unwrap(), "b");
+}
+
+#[test]
 fn selectors_affinity_and_runtime_class_pick_the_node() {
     let cluster = cluster(&[
         node("edge", json!({"metadata": {"labels": {"zone": "edge", "runtime.flotilla.dev/oci": "true"}}})),
