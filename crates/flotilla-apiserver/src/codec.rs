@@ -2,7 +2,11 @@
 //! 4-byte header giving the offset just inside `"metadata":{`. A read splices the store's mod
 //! revision in there, so serving a list or a watch event costs a copy, not a parse.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use flotilla_api::ApiError;
@@ -74,10 +78,147 @@ pub(crate) fn render(stored: &[u8], revision: u64) -> Vec<u8> {
 
 /// The object as a JSON value, with its resource version.
 pub(crate) fn parse(stored: &[u8], revision: u64) -> Result<Value> {
-    serde_json::from_slice(&render(stored, revision)).map_err(|e| {
-        tracing::error!(error = %e, "a stored object does not parse");
+    let corrupt = |why: &dyn std::fmt::Display| {
+        tracing::error!(error = %why, "a stored object does not parse");
         internal("a stored object is corrupt")
-    })
+    };
+    let (_, json) = stored.split_first_chunk::<4>().ok_or_else(|| corrupt(&"no header"))?;
+    let mut object: Value = serde_json::from_slice(json).map_err(|e| corrupt(&e))?;
+    let meta = object.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| corrupt(&"no metadata"))?;
+    meta.insert("resourceVersion".into(), revision.to_string().into());
+    Ok(object)
+}
+
+/// The parts of an object a reader looks at (`/metadata/labels`, `/spec/nodeName`): parsing
+/// through it builds only those, stepping over the rest of the JSON without allocating. A label
+/// or field selector reads a few fields of each of thousands of objects, in every filtered list
+/// and for every event of every filtered watch (each node's agent has one on all pods).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Projection {
+    /// Fields kept below this one; none means all of it (below the root: the root with none
+    /// keeps nothing).
+    fields: BTreeMap<String, Projection>,
+}
+
+impl Projection {
+    /// Also keeps what is at `pointer`, a JSON pointer of field names.
+    pub(crate) fn keep(&mut self, pointer: &str) {
+        let mut at = self;
+        for name in pointer.split('/').filter(|n| !n.is_empty()) {
+            let known = at.fields.contains_key(name);
+            at = at.fields.entry(name.to_string()).or_default();
+            if known && at.fields.is_empty() {
+                return; // kept whole already
+            }
+        }
+        // Whatever was kept below is now kept whole.
+        at.fields.clear();
+    }
+
+    /// The stored object, with only the kept fields.
+    pub(crate) fn parse(&self, stored: &[u8]) -> Result<Value> {
+        let (_, json) = stored.split_first_chunk::<4>().ok_or_else(|| internal("a stored object is corrupt"))?;
+        let mut reader = serde_json::Deserializer::from_slice(json);
+        Kept { fields: &self.fields, root: true }.deserialize(&mut reader).map_err(|e| {
+            tracing::error!(error = %e, "a stored object does not parse");
+            internal("a stored object is corrupt")
+        })
+    }
+}
+
+/// Parses one JSON value keeping `fields` of it (all of it, below the root, when empty).
+struct Kept<'a> {
+    fields: &'a BTreeMap<String, Projection>,
+    root: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Kept<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Value, D::Error> {
+        if self.fields.is_empty() && !self.root {
+            return Value::deserialize(deserializer);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Kept<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(field) = map.next_key_seed(FieldName(self.fields))? {
+            match field {
+                Some((name, below)) => {
+                    kept.insert(name, map.next_value_seed(Kept { fields: &below.fields, root: false })?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    // A field expected to hold fields holds something else: kept as it is when simple, since a
+    // selector compares it (and finds nothing below it); a list is not looked into.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// A field's name, and what to keep of its value if it is kept at all; read without
+/// allocating for the fields that are not.
+struct FieldName<'a>(&'a BTreeMap<String, Projection>);
+
+impl<'de, 'a> DeserializeSeed<'de> for FieldName<'a> {
+    type Value = Option<(String, &'a Projection)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'a> Visitor<'_> for FieldName<'a> {
+    type Value = Option<(String, &'a Projection)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, name: &str) -> std::result::Result<Self::Value, E> {
+        Ok(self.0.get_key_value(name).map(|(name, below)| (name.clone(), below)))
+    }
 }
 
 fn internal(message: &str) -> Error {
@@ -97,11 +238,47 @@ mod tests {
         let read = parse(&stored, 42).unwrap();
         assert_eq!(read["metadata"], json!({"name": "c", "resourceVersion": "42"}));
         assert_eq!(read["data"], object["data"]);
+        let rendered: Value = serde_json::from_slice(&render(&stored, 42)).unwrap();
+        assert_eq!(rendered, read);
+    }
+
+    #[test]
+    fn a_projection_keeps_only_the_fields_asked_for() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"app": "web", "tier": "front"}, "annotations": {"a": "b"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}], "hostNetwork": true},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready"}]},
+            "source": "text, not fields",
+        });
+        let stored = encode(&pod).unwrap();
+        let mut projection = Projection::default();
+        assert_eq!(projection.parse(&stored).unwrap(), json!({}));
+        for pointer in ["/metadata/labels", "/spec/nodeName", "/spec/hostNetwork", "/status/phase", "/source/component"]
+        {
+            projection.keep(pointer);
+        }
+        assert_eq!(
+            projection.parse(&stored).unwrap(),
+            json!({
+                "metadata": {"labels": {"app": "web", "tier": "front"}},
+                "spec": {"nodeName": "n1", "hostNetwork": true},
+                "status": {"phase": "Running"},
+                "source": "text, not fields",
+            })
+        );
+        // Keeping a field keeps all of it, whatever was asked of it before.
+        projection.keep("/status");
+        projection.keep("/status/conditions");
+        assert_eq!(projection.parse(&stored).unwrap()["status"], pod["status"]);
+        assert!(projection.parse(&[0, 0, 0, 0, b'{']).is_err());
     }
 
     #[test]
     fn empty_metadata_takes_the_revision_alone() {
         let stored = encode(&json!({"metadata": {}, "kind": "X"})).unwrap();
-        assert_eq!(parse(&stored, 3).unwrap(), json!({"metadata": {"resourceVersion": "3"}, "kind": "X"}));
+        let expected = json!({"metadata": {"resourceVersion": "3"}, "kind": "X"});
+        assert_eq!(parse(&stored, 3).unwrap(), expected);
+        assert_eq!(serde_json::from_slice::<Value>(&render(&stored, 3)).unwrap(), expected);
     }
 }

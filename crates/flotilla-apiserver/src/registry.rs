@@ -492,18 +492,16 @@ fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresou
         }
     }
     if sub == Some(Subresource::Status) {
-        let mut result = old_map.clone();
-        match new.remove("status") {
-            Some(status) => result.insert("status".into(), status),
-            None => result.remove("status"),
-        };
-        return Ok(Value::Object(result));
+        // Everything but the status as it was. The new object is usually a patched copy of the
+        // old one, so its fields are compared before the old ones are copied back over them.
+        new.retain(|key, _| key == "status" || old_map.contains_key(key));
+        for (key, value) in old_map.iter().filter(|(key, _)| *key != "status") {
+            keep_as(&mut new, key, Some(value));
+        }
+        return Ok(Value::Object(new));
     }
     if def.has(Subresource::Status) {
-        match old_map.get("status") {
-            Some(status) => new.insert("status".into(), status.clone()),
-            None => new.remove("status"),
-        };
+        keep_as(&mut new, "status", old_map.get("status"));
     }
     let old_meta = old_map.get("metadata").and_then(Value::as_object).unwrap_or(&none);
     let meta = new.entry("metadata").or_insert_with(|| json!({}));
@@ -530,6 +528,19 @@ fn merge_update(def: &ResourceDef, old: &Value, new: Value, sub: Option<Subresou
         meta.insert("managedFields".into(), managed.clone());
     }
     Ok(Value::Object(new))
+}
+
+/// Sets `object[key]` to `value` (removes it for `None`), copying only when they differ.
+fn keep_as(object: &mut Map<String, Value>, key: &str, value: Option<&Value>) {
+    match value {
+        Some(value) if object.get(key) != Some(value) => {
+            object.insert(key.into(), value.clone());
+        }
+        Some(_) => {}
+        None => {
+            object.remove(key);
+        }
+    }
 }
 
 /// Bumps `metadata.generation` when anything but metadata and status changed.
@@ -708,6 +719,38 @@ pub(crate) struct ListOptions {
     pub(crate) exact: bool,
 }
 
+/// A label and a field selector, with the fields of an object they read.
+#[derive(Clone, Debug)]
+pub(crate) struct Selection<'a> {
+    labels: &'a LabelSelector,
+    fields: &'a FieldSelector,
+    reads: codec::Projection,
+}
+
+impl<'a> Selection<'a> {
+    pub(crate) fn new(labels: &'a LabelSelector, fields: &'a FieldSelector) -> Self {
+        let mut reads = codec::Projection::default();
+        if !labels.is_empty() {
+            reads.keep("/metadata/labels");
+        }
+        for requirement in &fields.requirements {
+            reads.keep(&flotilla_api::kinds::field_pointer(&requirement.field));
+        }
+        Selection { labels, fields, reads }
+    }
+
+    /// Whether it selects everything.
+    pub(crate) fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
+    /// Whether the object is selected; one that does not parse is not.
+    pub(crate) fn matches(&self, stored: &Stored) -> bool {
+        let Ok(object) = self.reads.parse(&stored.bytes) else { return false };
+        self.labels.matches_object(&object) && self.fields.matches(|f| flotilla_api::kinds::field_value(&object, f))
+    }
+}
+
 /// One page of a list.
 #[derive(Debug)]
 pub(crate) struct Listed {
@@ -763,7 +806,8 @@ impl Registry {
                 }
             },
         };
-        let filtered = !options.labels.is_empty() || !options.fields.is_empty();
+        let selection = Selection::new(&options.labels, &options.fields);
+        let filtered = !selection.is_everything();
         let limit = options.limit.filter(|l| *l > 0);
         let mut items = Vec::new();
         let mut remaining = None;
@@ -785,13 +829,8 @@ impl Registry {
             for (i, kv) in response.kvs.into_iter().enumerate() {
                 let stored = Stored { bytes: kv.value, revision: kv.mod_revision };
                 start = String::from_utf8_lossy(&kv.key).into_owned() + "\0";
-                if filtered {
-                    let object = stored.value()?;
-                    if !options.labels.matches_object(&object)
-                        || !options.fields.matches(|f| flotilla_api::kinds::field_value(&object, f))
-                    {
-                        continue;
-                    }
+                if filtered && !selection.matches(&stored) {
+                    continue;
                 }
                 items.push(stored);
                 if limit.is_some_and(|l| items.len() as u64 >= l) && (i + 1 < returned || response.more) {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::codec;
 use crate::error::{self, Result};
-use crate::registry::{ListOptions, Registry, Stored, parse_resource_version};
+use crate::registry::{ListOptions, Registry, Selection, Stored, parse_resource_version};
 use crate::request::Representation;
 use crate::table::{IncludeObject, ListMeta, table};
 
@@ -98,7 +98,7 @@ impl Stream {
             Some(rv) => parse_resource_version(rv)? + 1,
         };
         let prefix = Registry::prefix(self.def, self.namespace.as_deref());
-        let filtered = !self.params.labels.is_empty() || !self.params.fields.is_empty();
+        let selection = Selection::new(&self.params.labels, &self.params.fields);
         loop {
             let mut request = WatchRequest::new(KeyRange::prefix(prefix.clone())).from_revision(next).with_prev_kv();
             if self.params.bookmarks {
@@ -116,7 +116,7 @@ impl Stream {
                     Some(Ok(WatchResponse::Events(events))) => {
                         for event in events {
                             next = event.kv.mod_revision + 1;
-                            if self.deliver(event, filtered).await.is_err() {
+                            if self.deliver(event, &selection).await.is_err() {
                                 return Ok(());
                             }
                         }
@@ -141,7 +141,8 @@ impl Stream {
         }
     }
 
-    async fn deliver(&self, event: flotilla_store::Event, filtered: bool) -> Result<(), Gone> {
+    async fn deliver(&self, event: flotilla_store::Event, selection: &Selection<'_>) -> Result<(), Gone> {
+        let filtered = !selection.is_everything();
         let revision = event.kv.mod_revision;
         let previous = event.prev_kv.map(|kv| Stored { bytes: kv.value, revision: kv.mod_revision });
         match event.kind {
@@ -151,8 +152,8 @@ impl Stream {
                     let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
                     return self.send_object(kind, &current).await;
                 }
-                let now = self.matches(&current);
-                let before = previous.as_ref().map(|p| self.matches(p));
+                let now = selection.matches(&current);
+                let before = previous.as_ref().map(|p| selection.matches(p));
                 match (before, now) {
                     (None | Some(false), true) => self.send_object("ADDED", &current).await,
                     (Some(true), true) => self.send_object("MODIFIED", &current).await,
@@ -162,18 +163,12 @@ impl Stream {
             }
             EventKind::Delete => match previous {
                 // A deleted object is reported as it was, at the revision that deleted it.
-                Some(previous) if !filtered || self.matches(&previous) => {
+                Some(previous) if !filtered || selection.matches(&previous) => {
                     self.send_object("DELETED", &Stored { bytes: previous.bytes, revision }).await
                 }
                 _ => Ok(()),
             },
         }
-    }
-
-    fn matches(&self, stored: &Stored) -> bool {
-        let Ok(object) = stored.value() else { return false };
-        self.params.labels.matches_object(&object)
-            && self.params.fields.matches(|f| flotilla_api::kinds::field_value(&object, f))
     }
 
     async fn send_object(&self, kind: &str, stored: &Stored) -> Result<(), Gone> {

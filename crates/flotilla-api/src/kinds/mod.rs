@@ -136,8 +136,7 @@ impl<T: Kind> KindOps for Typed<T> {
         validation::object_meta(new.metadata(), T::name_check, &mut errors);
         new.validate(&mut errors);
         if let Some(old) = old {
-            let (old, _) = decode::<T>(old.clone(), false)?;
-            new.validate_update(&old, &mut errors);
+            new.validate_update(&decode_stored::<T>(old)?, &mut errors);
         }
         if !errors.is_empty() {
             let name = new.metadata().name.clone().unwrap_or_default();
@@ -152,8 +151,7 @@ impl<T: Kind> KindOps for Typed<T> {
     }
 
     fn cells(&self, object: &Value, now: Timestamp) -> Result<Vec<Value>> {
-        let (typed, _) = decode::<T>(object.clone(), false)?;
-        Ok(typed.cells(now))
+        Ok(decode_stored::<T>(object)?.cells(now))
     }
 
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
@@ -178,6 +176,16 @@ pub fn decode<T: k8s_openapi::Resource + DeserializeOwned>(
         T::deserialize(object)
     };
     decoded.map(|t| (t, unknown)).map_err(|e| cannot_handle::<T>(e.to_string()))
+}
+
+/// Decodes an object the server wrote (so it names its `apiVersion` and `kind`) without copying
+/// it first: every update does this with the object it replaces, every table row with its object.
+fn decode_stored<T: k8s_openapi::Resource + DeserializeOwned>(object: &Value) -> Result<T> {
+    let typed = object.get("apiVersion").is_some() && object.get("kind").is_some();
+    if !typed {
+        return decode::<T>(object.clone(), false).map(|(t, _)| t);
+    }
+    T::deserialize(object).map_err(|e| cannot_handle::<T>(e.to_string()))
 }
 
 fn cannot_handle<T: k8s_openapi::Resource>(why: String) -> ApiError {
@@ -266,14 +274,18 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(EndpointSlice, "endpointslices", "endpointslice", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
 ];
 
-/// The value of a field-selector field in a JSON object, as upstream's field sets render it.
-pub fn field_value(object: &Value, field: &str) -> Option<String> {
-    let pointer = match field {
+/// Where a selectable field is in its object, as a JSON pointer.
+pub fn field_pointer(field: &str) -> String {
+    match field {
         // An event's `source` selects on its component.
         "source" => "/source/component".to_string(),
         _ => format!("/{}", field.replace('.', "/")),
-    };
-    match object.pointer(&pointer) {
+    }
+}
+
+/// The value of a field-selector field in a JSON object, as upstream's field sets render it.
+pub fn field_value(object: &Value, field: &str) -> Option<String> {
+    match object.pointer(&field_pointer(field)) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Bool(b)) => Some(b.to_string()),
         Some(Value::Number(n)) => Some(n.to_string()),
