@@ -212,6 +212,7 @@ type Handler<K> = Box<dyn Fn(Change<'_, K>) + Send + Sync>;
 /// A watch of one kind feeding a [`Cache`] and the handlers registered before it runs.
 pub struct Informer<K: Resource> {
     api: Api<K>,
+    config: watcher::Config,
     cache: Cache<K>,
     handlers: Vec<Handler<K>>,
 }
@@ -233,7 +234,14 @@ where
     }
 
     pub fn new(api: Api<K>) -> Informer<K> {
-        Informer { api, cache: Cache::new(), handlers: Vec::new() }
+        Informer { api, config: watcher::Config::default().any_semantic(), cache: Cache::new(), handlers: Vec::new() }
+    }
+
+    /// Watches only the objects a field selector selects (`spec.nodeName!=`): the server
+    /// filters, so the others are neither sent nor decoded.
+    pub fn selecting_fields(mut self, selector: &str) -> Informer<K> {
+        self.config = self.config.fields(selector);
+        self
     }
 
     pub fn cache(&self) -> Cache<K> {
@@ -248,7 +256,7 @@ where
 
     /// Runs the watch until the task is dropped; it relists and resumes by itself after errors.
     pub async fn run(self) {
-        let Informer { api, cache, handlers } = self;
+        let Informer { api, config, cache, handlers } = self;
         let notify = |change: Change<'_, K>| {
             for handler in &handlers {
                 handler(match &change {
@@ -259,7 +267,7 @@ where
         };
         // Objects of a relist, applied all at once when it completes.
         let mut relist: Option<Vec<K>> = None;
-        let mut events = watcher(api, watcher::Config::default().any_semantic()).default_backoff().boxed();
+        let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             let event = match event.map(|e| e.modify(strip_managed_fields)) {
                 Ok(event) => event,
