@@ -53,7 +53,7 @@ async fn main() -> Result<()> {
 
     for &clients in &args.clients {
         eprintln!("== pod creates, {clients} client(s)");
-        let server = Server::start(false)?;
+        let server = Server::start(Shape::ApiAlone)?;
         let mut samples = creates(&server.api, clients, Duration::from_secs(args.seconds)).await?;
         let scenario = format!("create pods, {clients} client{}", if clients == 1 { "" } else { "s" });
         report.add(format!("{scenario}: creates/s"), "creates/s", samples.per_second(), None);
@@ -62,11 +62,22 @@ async fn main() -> Result<()> {
     }
 
     eprintln!("== memory, lists and watches");
-    let with_node = Server::start(true)?;
+    let everything = Server::start(Shape::Default)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report.add("RSS idle after start, with its node (the default)", "MiB", with_node.process.memory_mib()?.0, None);
-    drop(with_node);
-    let server = Server::start(false)?;
+    report.add("RSS idle after start, with its node (the default)", "MiB", everything.process.memory_mib()?.0, None);
+    drop(everything);
+    // The control plane keeps every pod in its informers: what that costs the server.
+    let control_plane = Server::start(Shape::ControlPlane)?;
+    fill(&control_plane.api, "list", args.pods, 32).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    report.add(
+        format!("RSS with {} pods stored, scheduler and controllers embedded", args.pods),
+        "MiB",
+        control_plane.process.memory_mib()?.0,
+        None,
+    );
+    drop(control_plane);
+    let server = Server::start(Shape::ApiAlone)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     report.add("RSS idle after start", "MiB", server.process.memory_mib()?.0, None);
 
@@ -97,8 +108,18 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// A release `flotilla server` on a fresh data directory: the control plane alone (what this
-/// benchmark measures), or with its embedded node.
+/// What a server runs besides the API.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `flotilla server` as it starts by default: scheduler, controllers and a node.
+    Default,
+    /// Scheduler and controllers, no node.
+    ControlPlane,
+    /// The API server alone, what this benchmark measures.
+    ApiAlone,
+}
+
+/// A release `flotilla server` on a fresh data directory.
 struct Server {
     process: Running,
     api: Api,
@@ -106,7 +127,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(node: bool) -> Result<Server> {
+    fn start(shape: Shape) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut command = Command::new(flotilla_bin()?);
         command
@@ -114,11 +135,11 @@ impl Server {
             .arg(dir.path())
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()?)]);
-        if node {
-            command.args(["--node-listen", "127.0.0.1:0"]);
-        } else {
-            command.arg("--no-node");
-        }
+        match shape {
+            Shape::Default => command.args(["--node-listen", "127.0.0.1:0"]),
+            Shape::ControlPlane => command.arg("--no-node"),
+            Shape::ApiAlone => command.args(["--no-node", "--disable", "scheduler,controllers"]),
+        };
         let mut process = Running::spawn(&mut command)?;
         let line = process.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
         let api = Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;

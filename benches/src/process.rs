@@ -66,6 +66,11 @@ impl Running {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// CPU time the process has used so far, user and system, all threads.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.pid())
+    }
+
     /// Waits for a line of output that satisfies `ready`.
     pub fn wait_for_line(&mut self, timeout: Duration, ready: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;
@@ -85,4 +90,17 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time process `pid` has used so far (`utime + stime` of `/proc/<pid>/stat`), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    /// `USER_HZ`, the unit of those fields: 100 on every Linux ABI a benchmark runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields counted here follow its `)`.
+    let rest = stat.rsplit_once(')').context("malformed /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse::<f64>()?) };
+    // utime and stime are fields 14 and 15, the 12th and 13th after the command name.
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }
