@@ -89,7 +89,7 @@ async fn main() -> Result<()> {
     let (first, last) = bindings.wait_for(args.pods, Duration::from_secs(600)).await?;
     let rate = args.pods as f64 / (last - first).as_secs_f64();
     report.add(format!("schedule {} pending pods on {} nodes", args.pods, args.nodes), "pods/s", rate, None);
-    // CPU per placed pod, which unlike the rate does not move with whatever else the machine
+    // CPU per placed pod, steadier than the rate, which moves with whatever else the machine
     // runs. The hollow nodes' share is their status writes (Running) trailing the bindings.
     let per_pod_ms = |seconds: f64| seconds * 1000.0 / args.pods as f64;
     let cpu = [

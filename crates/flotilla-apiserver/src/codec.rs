@@ -78,15 +78,20 @@ pub(crate) fn render(stored: &[u8], revision: u64) -> Vec<u8> {
 
 /// The object as a JSON value, with its resource version.
 pub(crate) fn parse(stored: &[u8], revision: u64) -> Result<Value> {
-    let corrupt = |why: &dyn std::fmt::Display| {
-        tracing::error!(error = %why, "a stored object does not parse");
-        internal("a stored object is corrupt")
-    };
-    let (_, json) = stored.split_first_chunk::<4>().ok_or_else(|| corrupt(&"no header"))?;
-    let mut object: Value = serde_json::from_slice(json).map_err(|e| corrupt(&e))?;
-    let meta = object.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| corrupt(&"no metadata"))?;
+    let mut object: Value = serde_json::from_slice(json_of(stored)?).map_err(corrupt)?;
+    let meta = object.get_mut("metadata").and_then(Value::as_object_mut).ok_or_else(|| corrupt("no metadata"))?;
     meta.insert("resourceVersion".into(), revision.to_string().into());
     Ok(object)
+}
+
+/// The JSON of a stored object, behind its header.
+fn json_of(stored: &[u8]) -> Result<&[u8]> {
+    stored.split_first_chunk::<4>().map(|(_, json)| json).ok_or_else(|| corrupt("no header"))
+}
+
+fn corrupt(why: impl std::fmt::Display) -> Error {
+    tracing::error!(error = %why, "a stored object does not parse");
+    internal("a stored object is corrupt")
 }
 
 /// The parts of an object a reader looks at (`/metadata/labels`, `/spec/nodeName`): parsing
@@ -117,12 +122,8 @@ impl Projection {
 
     /// The stored object, with only the kept fields.
     pub(crate) fn parse(&self, stored: &[u8]) -> Result<Value> {
-        let (_, json) = stored.split_first_chunk::<4>().ok_or_else(|| internal("a stored object is corrupt"))?;
-        let mut reader = serde_json::Deserializer::from_slice(json);
-        Kept { fields: &self.fields, root: true }.deserialize(&mut reader).map_err(|e| {
-            tracing::error!(error = %e, "a stored object does not parse");
-            internal("a stored object is corrupt")
-        })
+        let mut reader = serde_json::Deserializer::from_slice(json_of(stored)?);
+        Kept { fields: &self.fields, root: true }.deserialize(&mut reader).map_err(corrupt)
     }
 }
 
