@@ -156,9 +156,85 @@ fn a_deployment_rolls_out_scales_rolls_back_and_cascades_on_delete() -> Result<(
     k.ok(&["rollout", "restart", "deploy/web"])?;
     k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
 
+    // A Service over 150 replicas: its Endpoints list them all, its EndpointSlices hold at
+    // most 100 each.
+    apply(
+        &k,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n",
+    )?;
+    k.ok(&["scale", "deploy/web", "--replicas=150"])?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=120s"])?;
+    eventually(&k, &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"], 30, |ips| {
+        ips.split_whitespace().count() == 150
+    })?;
+    let sizes = eventually(
+        &k,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "go-template={{range .items}}{{len .endpoints}} {{end}}",
+        ],
+        30,
+        |sizes| {
+            let mut sizes: Vec<&str> = sizes.split_whitespace().collect();
+            sizes.sort();
+            sizes == ["100", "50"]
+        },
+    )?;
+    ensure!(!sizes.is_empty());
+
     // Deleting the Deployment takes its ReplicaSets and pods along.
     k.ok(&["delete", "deploy", "web"])?;
     eventually(&k, &["get", "rs,pods", "-l", "app=web", "-o", "name"], 30, |out| out.trim().is_empty())?;
+    Ok(())
+}
+
+#[test]
+fn a_deployment_scaled_mid_rollout_grows_its_replica_sets_in_proportion() -> Result<()> {
+    // The ReplicaSets' sizes by revision, oldest first.
+    const SIZES: [&str; 6] = [
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.annotations.deployment\\.kubernetes\\.io/revision}:{.spec.replicas} {end}",
+    ];
+    let in_order = |out: &str| -> String {
+        let mut sets: Vec<(u32, &str)> = out
+            .split_whitespace()
+            .filter_map(|s| s.split_once(':'))
+            .map(|(r, n)| (r.parse().unwrap_or(0), n))
+            .collect();
+        sets.sort();
+        sets.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(" ")
+    };
+    let (_dir, _server, _hollow, k) = hollow_cluster(2, &[])?;
+    let surge = deployment("web", 10, "web:v1").replace(
+        "  replicas: 10\n",
+        "  replicas: 10\n  strategy:\n    rollingUpdate:\n      maxSurge: 2\n      maxUnavailable: 0\n",
+    );
+    apply(&k, &surge)?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
+    // With no node to run them, the new template's first 2 pods stay pending and the rollout
+    // stalls at 10 old + 2 new.
+    k.ok(&["cordon", "hollow-0", "hollow-1"])?;
+    k.ok(&["set", "image", "deploy/web", "app=web:v2"])?;
+    eventually(&k, &SIZES, 30, |s| in_order(s) == "10 2")?;
+    // 10 → 20 replicas (22 with the surge): both sets grow by their share, 10 → 18 and 2 → 4,
+    // rather than the new one taking all ten.
+    k.ok(&["scale", "deploy/web", "--replicas=20"])?;
+    eventually(&k, &SIZES, 30, |s| in_order(s) == "18 4")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = in_order(&k.ok(&SIZES)?);
+    ensure!(settled == "18 4", "the stalled rollout moved on: {settled}");
+    // Nodes back: the rollout finishes at 20 new pods.
+    k.ok(&["uncordon", "hollow-0", "hollow-1"])?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=120s"])?;
+    eventually(&k, &SIZES, 30, |s| in_order(s) == "0 20")?;
     Ok(())
 }
 

@@ -155,6 +155,62 @@ pub(crate) fn old_scale_down(replicas: i32, max_unavailable: i32, new: Sizes, ol
     sizes
 }
 
+/// An active ReplicaSet as proportional scaling sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub(crate) replicas: i32,
+    /// Its `max-replicas` annotation: the Deployment's `replicas + maxSurge` when it was last
+    /// sized, so that its share of the old size is known.
+    pub(crate) max_before: Option<i32>,
+    pub(crate) created: Option<jiff::Timestamp>,
+}
+
+/// New sizes for the active ReplicaSets of a rolling Deployment whose `replicas` changed in
+/// the middle of a rollout: each keeps its share of the whole, the rounding's leftover going to
+/// the largest (upstream's `scale` and `GetReplicaSetProportion`), so that a scale-up does not
+/// all land on the new set and a scale-down does not take the new set's pods first.
+/// `status_replicas` stands in for a set's `max_before` when it has none.
+pub(crate) fn proportional_sizes(replicas: i32, surge: i32, status_replicas: i32, sets: &[Share]) -> Vec<i32> {
+    let mut sizes: Vec<i32> = sets.iter().map(|s| s.replicas).collect();
+    let allowed = if replicas > 0 { replicas + surge } else { 0 };
+    let to_add = allowed - sizes.iter().sum::<i32>();
+    if to_add == 0 || sets.is_empty() {
+        return sizes;
+    }
+    // Largest first; among equals the newer first when growing, the older first when shrinking.
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by(|&a, &b| {
+        let by_age =
+            if to_add > 0 { sets[b].created.cmp(&sets[a].created) } else { sets[a].created.cmp(&sets[b].created) };
+        sets[b].replicas.cmp(&sets[a].replicas).then(by_age)
+    });
+    let mut added = 0;
+    for &i in &order {
+        let set = sets[i];
+        if set.replicas == 0 || added == to_add {
+            continue;
+        }
+        let fraction = if replicas == 0 {
+            -set.replicas
+        } else {
+            let before = set.max_before.filter(|m| *m > 0).unwrap_or(status_replicas);
+            if before <= 0 {
+                0
+            } else {
+                (f64::from(set.replicas) * f64::from(replicas + surge) / f64::from(before)).round() as i32
+                    - set.replicas
+            }
+        };
+        let left = to_add - added;
+        let proportion = if to_add > 0 { fraction.min(left) } else { fraction.max(left) };
+        sizes[i] += proportion;
+        added += proportion;
+    }
+    let largest = order[0];
+    sizes[largest] = (sizes[largest] + to_add - added).max(0);
+    sizes
+}
+
 /// Upstream's `ComputeHash`: FNV-32a over the template (and the collision count), spelled in
 /// the consonants and digits `SafeEncodeString` uses so it never forms a word.
 pub(crate) fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> String {
@@ -187,8 +243,29 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
+fn desired_replicas(rs: &ReplicaSet) -> Option<i32> {
+    rs.annotations().get(DESIRED_REPLICAS).and_then(|r| r.parse().ok())
+}
+
+/// Whether `replicas` changed since the active ReplicaSets were last sized (upstream's
+/// `isScalingEvent`): then they are resized, and the rollout goes on next time.
+fn is_scaling_event(d: &Deployment, new: Option<&Arc<ReplicaSet>>, old: &[Arc<ReplicaSet>]) -> bool {
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    new.into_iter()
+        .chain(old)
+        .filter(|rs| spec_replicas(rs) > 0)
+        .any(|rs| desired_replicas(rs).is_some_and(|desired| desired != replicas))
+}
+
 fn sizes(rs: &ReplicaSet) -> Sizes {
     Sizes { replicas: spec_replicas(rs), available: rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) }
+}
+
+/// The new ReplicaSet has all the replicas, sized for them and all available (upstream's
+/// `IsSaturated`).
+fn is_saturated(d: &Deployment, rs: &ReplicaSet) -> bool {
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    spec_replicas(rs) == replicas && desired_replicas(rs) == Some(replicas) && sizes(rs).available == replicas
 }
 
 struct DeploymentController {
@@ -224,10 +301,11 @@ impl Reconciler for DeploymentController {
         old.extend(new.drain(1.min(new.len())..));
         old.sort_by_key(|rs| (revision(rs), rs.creation_timestamp().map(|t| t.0)));
         let new = new.pop();
+        let scaling = is_scaling_event(&d, new.as_ref(), &old);
         let mut created = None;
         let new = match new {
             Some(rs) => Some(step.keep_new_current(rs, &old).await?),
-            None if !paused => {
+            None if !paused && !scaling => {
                 let rs = step.create_new(&old).await?;
                 created = Some(rs.name_any());
                 Some(Arc::new(rs))
@@ -235,8 +313,8 @@ impl Reconciler for DeploymentController {
             None => None,
         };
         let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
-        if paused {
-            step.scale_proportionally(new.as_ref(), &old).await?;
+        if paused || scaling {
+            step.resize(new.as_ref(), &old).await?;
         } else if let Some(new) = &new {
             if recreate {
                 step.recreate(new, &old).await?;
@@ -323,21 +401,20 @@ impl Step<'_> {
                 annotations.insert(REVISION_HISTORY.to_string(), history.join(","));
             }
         }
-        for (key, value) in self.replica_annotations() {
-            if rs.annotations().get(&key) != Some(&value) {
-                annotations.insert(key, value);
-            }
-        }
         // Annotations the user put on the Deployment (a change cause) follow to its new set.
         for (key, value) in copied_annotations(self.d) {
             if rs.annotations().get(&key) != Some(&value) {
                 annotations.insert(key, value);
             }
         }
-        let rs = if annotations.is_empty() {
+        // Its replica annotations change only with its size (`scale`): they are how a change of
+        // `replicas` is told from a rollout.
+        let min_ready = self.d.spec.as_ref().and_then(|s| s.min_ready_seconds);
+        let min_ready_current = rs.spec.as_ref().and_then(|s| s.min_ready_seconds) == min_ready;
+        let rs = if annotations.is_empty() && min_ready_current {
             rs
         } else {
-            let patch = json!({"metadata": {"annotations": annotations}});
+            let patch = json!({"metadata": {"annotations": annotations}, "spec": {"minReadySeconds": min_ready}});
             let updated = self.api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             self.wrote(&updated);
             Arc::new(updated)
@@ -488,35 +565,48 @@ impl Step<'_> {
         self.scale(new, replicas).await
     }
 
-    /// While paused, only a change of `replicas` is carried out, spread over the active
-    /// ReplicaSets in proportion to their sizes (the rest to the largest), as upstream does.
-    async fn scale_proportionally(
-        &mut self,
-        new: Option<&Arc<ReplicaSet>>,
-        old: &[Arc<ReplicaSet>],
-    ) -> Result<(), Error> {
+    /// Sizes the ReplicaSets to `replicas` without rolling, while paused or when `replicas`
+    /// changed (upstream's `scale`): one active set (or, with none, the newest) takes them all;
+    /// a new set already at full size means the old ones go; otherwise a rolling Deployment's
+    /// active sets share the change in proportion ([`proportional_sizes`]).
+    async fn resize(&mut self, new: Option<&Arc<ReplicaSet>>, old: &[Arc<ReplicaSet>]) -> Result<(), Error> {
         let replicas = self.d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let mut active: Vec<&Arc<ReplicaSet>> = new.into_iter().chain(old).filter(|rs| spec_replicas(rs) > 0).collect();
-        if active.is_empty() {
-            if let Some(new) = new {
-                self.scale(new, replicas).await?;
+        let created = |rs: &ReplicaSet| rs.creation_timestamp().map(|t| t.0);
+        let active: Vec<&Arc<ReplicaSet>> = new.into_iter().chain(old).filter(|rs| spec_replicas(rs) > 0).collect();
+        match active.as_slice() {
+            [] => {
+                let newest = new.or_else(|| old.iter().max_by_key(|rs| created(rs)));
+                return match newest {
+                    Some(rs) => self.scale(rs, replicas).await,
+                    None => Ok(()),
+                };
+            }
+            [only] => return self.scale(only, replicas).await,
+            _ => {}
+        }
+        if let Some(new) = new.filter(|rs| is_saturated(self.d, rs)) {
+            for rs in old.iter().filter(|rs| spec_replicas(rs) > 0 && rs.name_any() != new.name_any()) {
+                self.scale(rs, 0).await?;
             }
             return Ok(());
         }
-        let total: i32 = active.iter().map(|rs| spec_replicas(rs)).sum();
-        let (surge, _) = surge_and_unavailable(self.d);
-        let allowed = if active.len() == 1 { replicas } else { replicas + surge };
-        if total == allowed {
+        let spec = self.d.spec.as_ref();
+        if spec.and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate") {
             return Ok(());
         }
-        active.sort_by_key(|rs| std::cmp::Reverse(spec_replicas(rs)));
-        let delta = allowed - total;
-        let mut sizes: Vec<i32> =
-            active.iter().map(|rs| spec_replicas(rs) + delta * spec_replicas(rs) / total.max(1)).collect();
-        let leftover = allowed - sizes.iter().sum::<i32>();
-        sizes[0] += leftover;
+        let (surge, _) = surge_and_unavailable(self.d);
+        let shares: Vec<Share> = active
+            .iter()
+            .map(|rs| Share {
+                replicas: spec_replicas(rs),
+                max_before: rs.annotations().get(MAX_REPLICAS).and_then(|m| m.parse().ok()),
+                created: created(rs),
+            })
+            .collect();
+        let status_replicas = self.d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let sizes = proportional_sizes(replicas, surge, status_replicas, &shares);
         for (rs, size) in active.into_iter().zip(sizes) {
-            self.scale(rs, size.max(0)).await?;
+            self.scale(rs, size).await?;
         }
         Ok(())
     }
@@ -755,6 +845,34 @@ mod tests {
             old_scale_down(3, 0, Sizes { replicas: 1, available: 0 }, &[Sizes { replicas: 3, available: 3 }]),
             [3]
         );
+    }
+
+    /// A ReplicaSet last sized for a Deployment of `max_before` (surge included), created at
+    /// `age` seconds after the epoch.
+    fn share(replicas: i32, max_before: i32, age: i64) -> Share {
+        Share { replicas, max_before: Some(max_before), created: Some(jiff::Timestamp::from_second(age).unwrap()) }
+    }
+
+    #[test]
+    fn a_change_of_replicas_mid_rollout_is_shared_in_proportion() {
+        // Upstream's cases (sync_test.go `TestScale`), maxSurge 0: new set first, then the old.
+        // 5 → 10: the new set of 2 and the old of 3 become 4 and 6.
+        assert_eq!(proportional_sizes(10, 0, 5, &[share(2, 5, 2), share(3, 5, 1)]), [4, 6]);
+        // 5 → 3: 1 and 2.
+        assert_eq!(proportional_sizes(3, 0, 5, &[share(2, 5, 2), share(3, 5, 1)]), [1, 2]);
+        // 3 → 4 over three sets of 1: the rounding's leftover goes to the newest of the largest.
+        assert_eq!(proportional_sizes(4, 0, 3, &[share(1, 3, 3), share(1, 3, 2), share(1, 3, 1)]), [2, 1, 1]);
+        // 3 → 2: the oldest of the largest gives one up.
+        assert_eq!(proportional_sizes(2, 0, 3, &[share(1, 3, 3), share(1, 3, 2), share(1, 3, 1)]), [1, 1, 0]);
+        // To zero: everything goes.
+        assert_eq!(proportional_sizes(0, 1, 3, &[share(2, 4, 2), share(2, 4, 1)]), [0, 0]);
+        // With a surge of 3 on 10 (13 in all), 10 → 20 (23): 6 + 7 become 11 + 12.
+        assert_eq!(proportional_sizes(20, 3, 10, &[share(6, 13, 2), share(7, 13, 1)]), [11, 12]);
+        // A set without the annotation is sized against the Deployment's status.
+        let bare = Share { max_before: None, ..share(2, 0, 2) };
+        assert_eq!(proportional_sizes(10, 0, 5, &[bare, share(3, 5, 1)]), [4, 6]);
+        // Already at the allowed size: nothing changes.
+        assert_eq!(proportional_sizes(4, 1, 4, &[share(2, 5, 2), share(3, 5, 1)]), [2, 3]);
     }
 
     #[test]
