@@ -383,10 +383,11 @@ impl Registry {
             let deadline = Timestamp::now() + Duration::from_secs(grace as u64);
             meta.insert("deletionTimestamp".into(), deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into());
             meta.insert("deletionGracePeriodSeconds".into(), grace.into());
-            meta.insert(
-                "finalizers".into(),
-                finalizers.iter().map(|f| Value::String(f.clone())).collect::<Vec<_>>().into(),
-            );
+            if finalizers.is_empty() {
+                meta.remove("finalizers");
+            } else {
+                meta.insert("finalizers".into(), finalizers.iter().map(|f| Value::String(f.clone())).collect());
+            }
             if def.kind == "Namespace" {
                 object["status"] = json!({"phase": "Terminating"});
             }

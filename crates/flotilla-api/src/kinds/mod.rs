@@ -107,6 +107,23 @@ pub trait Kind:
     fn cells(&self, now: Timestamp) -> Vec<Value>;
 }
 
+/// Empty lists and maps in metadata are left out, as upstream's `omitempty` leaves them out: a
+/// patch that takes the last finalizer off leaves no `finalizers: []` behind.
+fn omit_empty(meta: &mut ObjectMeta) {
+    if meta.finalizers.as_ref().is_some_and(Vec::is_empty) {
+        meta.finalizers = None;
+    }
+    if meta.owner_references.as_ref().is_some_and(Vec::is_empty) {
+        meta.owner_references = None;
+    }
+    if meta.labels.as_ref().is_some_and(|l| l.is_empty()) {
+        meta.labels = None;
+    }
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
+}
+
 /// The [`KindOps`] of a typed kind.
 pub struct Typed<T>(PhantomData<fn() -> T>);
 
@@ -132,6 +149,7 @@ impl<T: Kind> KindOps for Typed<T> {
             _ => Vec::new(),
         };
         new.set_defaults();
+        omit_empty(new.metadata_mut());
         let mut errors = Vec::new();
         validation::object_meta(new.metadata(), T::name_check, &mut errors);
         new.validate(&mut errors);
