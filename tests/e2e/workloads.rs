@@ -477,12 +477,20 @@ fn jobs_complete_or_fail_and_logs_follow_a_deployment() -> Result<()> {
     let counts = k.ok(&["get", "job", "hello", "-o", "jsonpath={.status.succeeded} {.status.failed}"])?;
     ensure!(counts == "2 0", "{counts}");
     ensure!(k.ok(&["logs", "job/hello"])? == "hello from a wasm pod\n");
+    // Counted, its pods no longer carry the tracking finalizer; deleting the Job takes them.
+    let finalizers =
+        k.ok(&["get", "pods", "-l", "job-name=hello", "-o", "jsonpath={.items[*].metadata.finalizers}"])?;
+    ensure!(finalizers.trim().is_empty(), "{finalizers}");
 
     apply(&k, &job("doomed", "echo:v1", "  backoffLimit: 0\n"))?;
     k.ok(&["wait", "--for=condition=failed", "job/doomed", "--timeout=60s"])?;
     let reason =
         k.ok(&["get", "job", "doomed", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"])?;
     ensure!(reason == "BackoffLimitExceeded", "{reason}");
+    k.ok(&["delete", "job", "hello", "doomed"])?;
+    eventually(&k, &["get", "pods", "-l", "job-name in (hello,doomed)", "-o", "name"], 30, |out| {
+        out.trim().is_empty()
+    })?;
 
     // `kubectl logs deploy/…` finds a pod of the Deployment.
     apply(

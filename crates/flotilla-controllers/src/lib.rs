@@ -253,14 +253,7 @@ impl Context {
             + std::fmt::Debug,
     {
         let current = serde_json::to_value(object).map_err(|e| Error::Invalid(e.to_string()))?;
-        let current = &current["status"];
-        let blank = |v: &serde_json::Value| v.is_null() || *v == serde_json::json!(0);
-        let fields = status.as_object().map(|m| m.iter().collect::<Vec<_>>()).unwrap_or_default();
-        let changed = fields.iter().any(|(field, new)| match current.get(field.as_str()) {
-            Some(old) => old != *new,
-            None => !blank(new),
-        });
-        if !changed {
+        if !changes(current.get("status"), &status) {
             return Ok(());
         }
         let meta = object.meta();
@@ -276,6 +269,30 @@ impl Context {
             Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+/// Whether merging `patch` (a JSON merge patch) into `current` changes it. A field the patch
+/// sets to its zero value (null, 0, an empty list or object) where `current` has none changes
+/// nothing: the API leaves such fields out.
+fn changes(current: Option<&serde_json::Value>, patch: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    fn blank(value: &Value) -> bool {
+        match value {
+            Value::Null => true,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::Array(items) => items.is_empty(),
+            Value::Object(fields) => fields.values().all(blank),
+            _ => false,
+        }
+    }
+    match (current.filter(|c| !c.is_null()), patch) {
+        (current, Value::Object(fields)) => {
+            fields.iter().any(|(field, value)| changes(current.and_then(|c| c.get(field)), value))
+        }
+        (None, value) => !blank(value),
+        (Some(old), Value::Null) => !blank(old),
+        (Some(old), value) => old != value,
     }
 }
 
@@ -348,4 +365,23 @@ pub(crate) fn spawn_workers<R: Reconciler>(
         }));
     }
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::changes;
+
+    #[test]
+    fn a_status_patch_changes_only_what_it_sets_to_something_new() {
+        let current = json!({"replicas": 2, "conditions": [{"type": "Ready"}], "uncounted": {"failed": ["a"]}});
+        assert!(!changes(Some(&current), &json!({"replicas": 2, "ready": 0, "gone": null, "empty": []})));
+        assert!(changes(Some(&current), &json!({"replicas": 3})));
+        assert!(changes(Some(&current), &json!({"conditions": []})));
+        // Nested objects merge field by field; null takes a field out.
+        assert!(!changes(Some(&current), &json!({"uncounted": {"failed": ["a"], "succeeded": null}})));
+        assert!(changes(Some(&current), &json!({"uncounted": {"failed": null}})));
+        assert!(!changes(None, &json!({"uncounted": {"failed": null}, "active": 0})));
+    }
 }
