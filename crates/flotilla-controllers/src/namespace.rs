@@ -10,6 +10,7 @@ use std::time::Duration;
 use flotilla_client::{Change, ObjectKey, WorkQueue};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::{Scope, verbs};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -36,19 +37,21 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     })
 }
 
-/// Every namespaced kind the API serves, as a dynamic client addresses it.
-fn namespaced_kinds() -> Vec<ApiResource> {
-    flotilla_api::resource::resources()
-        .iter()
-        .filter(|def| def.namespaced)
-        .map(|def| ApiResource {
-            group: def.group.into(),
-            version: def.version.into(),
-            api_version: def.api_version(),
-            kind: def.kind.into(),
-            plural: def.plural.into(),
+/// Every namespaced kind the server serves that can be listed and deleted as a collection,
+/// in its preferred version, found by discovery as upstream's controller finds them: so that
+/// a namespace is emptied on any server, of kinds the controller was not built with too.
+async fn namespaced_kinds(client: &kube::Client) -> Result<Vec<ApiResource>, Error> {
+    let discovery = kube::Discovery::new(client.clone()).run().await?;
+    Ok(discovery
+        .groups()
+        .flat_map(|group| group.recommended_resources())
+        .filter(|(_, caps)| {
+            caps.scope == Scope::Namespaced
+                && caps.supports_operation(verbs::LIST)
+                && caps.supports_operation(verbs::DELETE_COLLECTION)
         })
-        .collect()
+        .map(|(resource, _)| resource)
+        .collect())
 }
 
 struct NamespaceController {
@@ -69,7 +72,7 @@ impl Reconciler for NamespaceController {
         // What is left of each kind after asking for all of it to go.
         let mut remaining = BTreeMap::new();
         let mut held: BTreeMap<String, usize> = BTreeMap::new();
-        for kind in namespaced_kinds() {
+        for kind in namespaced_kinds(&self.context.client).await? {
             let api: Api<DynamicObject> = Api::namespaced_with(self.context.client.clone(), name, &kind);
             api.delete_collection(&DeleteParams::background(), &ListParams::default()).await?;
             let left = api.list_metadata(&ListParams::default()).await?;
