@@ -215,7 +215,7 @@ fn a_deployment_scaled_mid_rollout_grows_its_replica_sets_in_proportion() -> Res
     let (_dir, _server, _hollow, k) = hollow_cluster(2, &[])?;
     let surge = deployment("web", 10, "web:v1").replace(
         "  replicas: 10\n",
-        "  replicas: 10\n  strategy:\n    rollingUpdate:\n      maxSurge: 2\n      maxUnavailable: 0\n",
+        "  replicas: 10\n  progressDeadlineSeconds: 3\n  strategy:\n    rollingUpdate:\n      maxSurge: 2\n      maxUnavailable: 0\n",
     );
     apply(&k, &surge)?;
     k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
@@ -231,6 +231,15 @@ fn a_deployment_scaled_mid_rollout_grows_its_replica_sets_in_proportion() -> Res
     std::thread::sleep(Duration::from_secs(2));
     let settled = in_order(&k.ok(&SIZES)?);
     ensure!(settled == "18 4", "the stalled rollout moved on: {settled}");
+    // Stalled past its progress deadline: the Deployment says so, and `rollout status` fails.
+    eventually(
+        &k,
+        &["get", "deploy", "web", "-o", "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}"],
+        30,
+        |reason| reason == "ProgressDeadlineExceeded",
+    )?;
+    let said = k.fails(&["rollout", "status", "deploy/web", "--timeout=10s"])?;
+    ensure!(said.contains("exceeded its progress deadline"), "{said}");
     // Nodes back: the rollout finishes at 20 new pods.
     k.ok(&["uncordon", "hollow-0", "hollow-1"])?;
     k.ok(&["rollout", "status", "deploy/web", "--timeout=120s"])?;
@@ -487,6 +496,12 @@ fn jobs_complete_or_fail_and_logs_follow_a_deployment() -> Result<()> {
     let reason =
         k.ok(&["get", "job", "doomed", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"])?;
     ensure!(reason == "BackoffLimitExceeded", "{reason}");
+    // A finished Job with ttlSecondsAfterFinished goes, with its pods, that long after.
+    apply(&k, &job("brief", "hello:v1", "  ttlSecondsAfterFinished: 1\n"))?;
+    eventually(&k, &["get", "jobs", "-o", "name"], 60, |out| {
+        out.contains("job.batch/hello") && !out.contains("job.batch/brief")
+    })?;
+    eventually(&k, &["get", "pods", "-l", "job-name=brief", "-o", "name"], 30, |out| out.trim().is_empty())?;
     k.ok(&["delete", "job", "hello", "doomed"])?;
     eventually(&k, &["get", "pods", "-l", "job-name in (hello,doomed)", "-o", "name"], 30, |out| {
         out.trim().is_empty()
