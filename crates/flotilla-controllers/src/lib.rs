@@ -155,6 +155,17 @@ impl Drop for Controllers {
 impl Controllers {
     /// Starts every controller against the cluster `client` reaches.
     pub fn start(client: kube::Client, config: ControllersConfig) -> Controllers {
+        Controllers::start_sharing(client, config, |_, _| {})
+    }
+
+    /// [`Controllers::start`], letting `share` register another loop of the process (the
+    /// scheduler, in `flotilla server`) on the pod and node informers before they run: the
+    /// process then watches, decodes and holds every pod once, not once per loop.
+    pub fn start_sharing(
+        client: kube::Client,
+        config: ControllersConfig,
+        share: impl FnOnce(&mut Informer<Pod>, &mut Informer<Node>),
+    ) -> Controllers {
         let mut informers = Informers {
             pods: Informer::all(client.clone()),
             replicasets: Informer::all(client.clone()),
@@ -201,6 +212,7 @@ impl Controllers {
         tasks.extend(daemonset::start(&context, &mut informers));
         tasks.extend(statefulset::start(&context, &mut informers));
         tasks.extend(nodelifecycle::start(&context, &mut informers, config));
+        share(&mut informers.pods, &mut informers.nodes);
         let Informers {
             pods,
             replicasets,

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_client::{Change, EventType, Informer, ObjectKey, Recorder};
+use flotilla_client::{Cache, Change, EventType, Informer, ObjectKey, Recorder};
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -98,10 +98,24 @@ enum Input {
     Bound { pod: Arc<Pod>, node: String, result: Result<(), kube::Error> },
 }
 
-/// Runs the scheduler until the task is dropped.
+/// Runs the scheduler until the task is dropped, with watches of its own.
 pub async fn run(client: kube::Client) {
-    let (inputs, mut received) = mpsc::unbounded_channel();
     let mut pods = Informer::<Pod>::all(client.clone());
+    let mut nodes = Informer::<Node>::all(client.clone());
+    let scheduling = start(client, &mut pods, &mut nodes);
+    let _watches = [tokio::spawn(pods.run()), tokio::spawn(nodes.run())].map(AbortOnDrop);
+    scheduling.await
+}
+
+/// The scheduler on informers it shares with other loops of the process (the controllers',
+/// in `flotilla server`): it registers its handlers on them, and the caller runs them. The
+/// future runs the scheduler until it is dropped.
+pub fn start(
+    client: kube::Client,
+    pods: &mut Informer<Pod>,
+    nodes: &mut Informer<Node>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (inputs, received) = mpsc::unbounded_channel();
     let sender = inputs.clone();
     pods.on_change(move |change| {
         let _ = sender.send(match change {
@@ -109,7 +123,6 @@ pub async fn run(client: kube::Client) {
             Change::Deleted(pod) => Input::PodDeleted(pod.clone()),
         });
     });
-    let mut nodes = Informer::<Node>::all(client.clone());
     let sender = inputs.clone();
     nodes.on_change(move |change| {
         let _ = sender.send(match change {
@@ -117,9 +130,18 @@ pub async fn run(client: kube::Client) {
             Change::Deleted(node) => Input::NodeDeleted(node.metadata.name.clone().unwrap_or_default()),
         });
     });
-    let (pods_cache, nodes_cache) = (pods.cache(), nodes.cache());
-    let _watches = [tokio::spawn(pods.run()), tokio::spawn(nodes.run())].map(AbortOnDrop);
+    run_loop(client, inputs, received, pods.cache(), nodes.cache())
+}
 
+/// The loop: takes in what the informers report, and decides whenever both caches are
+/// complete and a pod waits.
+async fn run_loop(
+    client: kube::Client,
+    inputs: mpsc::UnboundedSender<Input>,
+    mut received: mpsc::UnboundedReceiver<Input>,
+    pods_cache: Cache<Pod>,
+    nodes_cache: Cache<Node>,
+) {
     let mut scheduler = Scheduler {
         cluster: Cluster::default(),
         queue: SchedulingQueue::default(),

@@ -179,19 +179,23 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     pki::write_secret(&join_token_path, format!("{}\n", pki::join_token(&credentials)).as_bytes())
         .context("cannot write the node join token")?;
     api.set_ready();
-    // The scheduler and the controllers are ordinary API clients, in-process.
-    let scheduler = (!args.disable.contains(&Component::Scheduler)).then(|| {
-        let client = in_process_client(api.router(), &credentials.token, "kube-scheduler");
-        client.map(|client| tokio::spawn(flotilla_scheduler::run(client)))
-    });
-    let scheduler = scheduler.transpose()?;
+    // The scheduler and the controllers are ordinary API clients, in-process. Together they
+    // share the watches of pods and nodes, so every pod is decoded and held once.
+    let scheduler_client = match args.disable.contains(&Component::Scheduler) {
+        true => None,
+        false => Some(in_process_client(api.router(), &credentials.token, "kube-scheduler")?),
+    };
+    let mut scheduler = None;
     let controllers = if args.disable.contains(&Component::Controllers) {
+        scheduler = scheduler_client.map(|client| tokio::spawn(flotilla_scheduler::run(client)));
         None
     } else {
-        Some(flotilla_controllers::Controllers::start(
-            in_process_client(api.router(), &credentials.token, "kube-controller-manager")?,
-            flotilla_controllers::ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) },
-        ))
+        let config =
+            flotilla_controllers::ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) };
+        let client = in_process_client(api.router(), &credentials.token, "kube-controller-manager")?;
+        Some(flotilla_controllers::Controllers::start_sharing(client, config, |pods, nodes| {
+            scheduler = scheduler_client.map(|client| tokio::spawn(flotilla_scheduler::start(client, pods, nodes)));
+        }))
     };
     let node = if args.no_node {
         None
