@@ -173,8 +173,9 @@ impl Reconciler for DaemonSetController {
         let owned = self.context.pods.controlled_by(&uid);
         let running: HashSet<&String> = owned.iter().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
         let in_use = |r: &ControllerRevision| r.labels().get(REVISION_LABEL).is_some_and(|h| running.contains(h));
-        let revision = history::sync(&self.context, &*ds, &spec.template, limit, in_use).await?;
-        let hash = revision.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
+        let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
+        let synced = history::sync(&self.context, &*ds, &spec.template, collisions, limit, in_use).await?;
+        let hash = synced.revision.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
         let template = daemon_template(&ds, &hash);
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let now = jiff::Timestamp::now();
@@ -283,6 +284,7 @@ impl Reconciler for DaemonSetController {
             "numberAvailable": available,
             "numberUnavailable": wanted.len() - available.min(wanted.len()),
             "observedGeneration": ds.meta().generation,
+            "collisionCount": synced.collisions,
         });
         self.context.write_status(&*ds, &self.context.daemonsets, status).await?;
         // Availability after `minReadySeconds` needs another look.

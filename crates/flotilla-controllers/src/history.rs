@@ -40,59 +40,99 @@ pub(crate) fn revision_name(set: &str, hash: &str) -> String {
     format!("{prefix}-{hash}")
 }
 
+/// Whether `revision` holds `template`.
+fn holds(revision: &ControllerRevision, template: &PodTemplateSpec) -> bool {
+    revision.data.as_ref().is_some_and(|data| data.0 == patch(template))
+}
+
+/// Upstream's bound on hash collisions stepped past before giving up.
+const MAX_COLLISIONS: i32 = 100;
+
+/// The revision a set is at, and the set's `collisionCount` after finding it.
+pub(crate) struct Synced {
+    pub(crate) revision: Arc<ControllerRevision>,
+    pub(crate) collisions: Option<i32>,
+}
+
 /// The ControllerRevision of `set`'s current `template`, created (or renumbered as the newest)
 /// when needed, after pruning the revisions beyond `limit` that no pod runs (`in_use`) and that
-/// are not current. The revision's `controller-revision-hash` label is the template's hash.
+/// are not current. The revision's `controller-revision-hash` label is the template's hash,
+/// salted with the set's `collisionCount`: a name already taken by a revision of another
+/// template (a hash collision) raises the count and is hashed again, as upstream's
+/// `CreateControllerRevision` does; the caller writes the count to the set's status.
 pub(crate) async fn sync<K>(
     context: &Context,
     set: &K,
     template: &PodTemplateSpec,
+    collisions: Option<i32>,
     limit: usize,
     in_use: impl Fn(&ControllerRevision) -> bool,
-) -> Result<Arc<ControllerRevision>, Error>
+) -> Result<Synced, Error>
 where
     K: Resource<DynamicType = ()>,
 {
     let namespace = set.namespace().unwrap_or_else(|| "default".into());
     let api: Api<ControllerRevision> = Api::namespaced(context.client.clone(), &namespace);
-    let hash = template_hash(template, None);
-    let name = revision_name(&set.name_any(), &hash);
-    let owned = context.controllerrevisions.controlled_by(&set.uid().unwrap_or_default());
+    let uid = set.uid().unwrap_or_default();
+    let owned = context.controllerrevisions.controlled_by(&uid);
     let newest = owned.iter().map(|r| r.revision).max().unwrap_or(0);
     let mut written = 0;
-
-    let current = match owned.iter().find(|r| r.name_any() == name) {
-        Some(current) if current.revision == newest => current.clone(),
-        // The set went back to an older template: that revision is the newest again.
-        Some(_) => {
-            let renumbered = json!({"revision": newest + 1, "metadata": {"annotations": annotations(set)}});
-            let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(&renumbered)).await?;
-            written = resource_version(&updated);
-            Arc::new(updated)
+    // A count of 0 hashes as none: the names revisions had before any collision stay theirs.
+    let mut collisions = collisions.filter(|&count| count > 0);
+    let collided = |count: Option<i32>| -> Result<Option<i32>, Error> {
+        let next = count.unwrap_or(0) + 1;
+        if next > MAX_COLLISIONS {
+            return Err(Error::Invalid(format!("{next} hash collisions naming a revision of {}", set.name_any())));
         }
-        None => {
-            let mut labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-            labels.insert(REVISION_LABEL.into(), hash.clone());
-            let revision = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(namespace.clone()),
-                    labels: Some(labels),
-                    annotations: Some(annotations(set)),
-                    owner_references: Some(vec![controller_reference(set)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(patch(template))),
-                revision: newest + 1,
-            };
-            match api.create(&PostParams::default(), &revision).await {
-                Ok(created) => {
-                    written = resource_version(&created);
-                    Arc::new(created)
+        Ok(Some(next))
+    };
+
+    let (name, current) = loop {
+        let hash = template_hash(template, collisions);
+        let name = revision_name(&set.name_any(), &hash);
+        match owned.iter().find(|r| r.name_any() == name) {
+            Some(current) if !holds(current, template) => collisions = collided(collisions)?,
+            Some(current) if current.revision == newest => break (name, current.clone()),
+            // The set went back to an older template: that revision is the newest again.
+            Some(_) => {
+                let renumbered = json!({"revision": newest + 1, "metadata": {"annotations": annotations(set)}});
+                let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(&renumbered)).await?;
+                written = resource_version(&updated);
+                break (name, Arc::new(updated));
+            }
+            None => {
+                let mut labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                labels.insert(REVISION_LABEL.into(), hash.clone());
+                let revision = ControllerRevision {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.clone()),
+                        labels: Some(labels),
+                        annotations: Some(annotations(set)),
+                        owner_references: Some(vec![controller_reference(set)]),
+                        ..Default::default()
+                    },
+                    data: Some(RawExtension(patch(template))),
+                    revision: newest + 1,
+                };
+                match api.create(&PostParams::default(), &revision).await {
+                    Ok(created) => {
+                        written = resource_version(&created);
+                        break (name, Arc::new(created));
+                    }
+                    Err(kube::Error::Api(err)) if err.code == 409 => {
+                        // Created by an earlier pass the cache has not shown yet, or a name
+                        // taken by another object.
+                        let existing = api.get(&name).await?;
+                        let ours =
+                            existing.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true));
+                        if ours && holds(&existing, template) {
+                            break (name, Arc::new(existing));
+                        }
+                        collisions = collided(collisions)?;
+                    }
+                    Err(err) => return Err(err.into()),
                 }
-                // Created by an earlier pass the cache has not shown yet.
-                Err(kube::Error::Api(err)) if err.code == 409 => Arc::new(api.get(&name).await?),
-                Err(err) => return Err(err.into()),
             }
         }
     };
@@ -109,7 +149,7 @@ where
     if written > 0 && !context.controllerrevisions.observed(written, OBSERVE_TIMEOUT).await {
         return Err(Error::Lagging);
     }
-    Ok(current)
+    Ok(Synced { revision: current, collisions })
 }
 
 /// The set's annotations, which its revisions carry (`kubernetes.io/change-cause` among them,
@@ -135,6 +175,14 @@ mod tests {
         assert_eq!(data["spec"]["template"]["$patch"], "replace");
         assert_eq!(data["spec"]["template"]["spec"]["containers"][0]["image"], "agent:2");
         assert_eq!(revision_name("agent", "5d4f"), "agent-5d4f");
+        // A revision holds the template whose patch it carries, and no other: a revision of
+        // another template under the same name is a hash collision.
+        let revision = ControllerRevision { data: Some(RawExtension(data)), ..Default::default() };
+        assert!(holds(&revision, &template));
+        let mut other = template.clone();
+        other.spec.as_mut().unwrap().containers[0].image = Some("agent:3".into());
+        assert!(!holds(&revision, &other));
+        assert_ne!(template_hash(&template, None), template_hash(&template, Some(1)));
         assert_eq!(revision_name(&"a".repeat(300), "h").len(), 225);
     }
 }

@@ -141,9 +141,11 @@ impl Reconciler for StatefulSetController {
         let mut in_use: HashSet<&String> = pods.values().filter_map(|p| p.labels().get(REVISION_LABEL)).collect();
         in_use.extend(previous.current_revision.as_ref());
         let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-        let revision = history::sync(&self.context, &*sts, &spec.template, limit, |r| in_use.contains(&r.name_any()))
-            .await?
-            .name_any();
+        let synced = history::sync(&self.context, &*sts, &spec.template, previous.collision_count, limit, |r| {
+            in_use.contains(&r.name_any())
+        })
+        .await?;
+        let revision = synced.revision.name_any();
         let min_ready = std::time::Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
         let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
         let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
@@ -252,7 +254,7 @@ impl Reconciler for StatefulSetController {
             "updatedReplicas": updated,
             "currentRevision": current_revision,
             "updateRevision": revision,
-            "collisionCount": previous.collision_count.unwrap_or(0),
+            "collisionCount": synced.collisions.unwrap_or(0),
         });
         self.context.write_status(&*sts, &self.context.statefulsets, status).await?;
         let waiting = active.iter().any(|p| is_ready(p) && !is_available(p, min_ready, now));
