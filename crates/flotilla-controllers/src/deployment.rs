@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::pods::controller_reference;
-use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers, unless_gone};
 
 pub(crate) const REVISION: &str = "deployment.kubernetes.io/revision";
 const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
@@ -584,8 +584,8 @@ impl Step<'_> {
             [only] => return self.scale(only, replicas).await,
             _ => {}
         }
-        if let Some(new) = new.filter(|rs| is_saturated(self.d, rs)) {
-            for rs in old.iter().filter(|rs| spec_replicas(rs) > 0 && rs.name_any() != new.name_any()) {
+        if new.is_some_and(|rs| is_saturated(self.d, rs)) {
+            for rs in old.iter().filter(|rs| spec_replicas(rs) > 0) {
                 self.scale(rs, 0).await?;
             }
             return Ok(());
@@ -627,11 +627,7 @@ impl Step<'_> {
         }
         empty.sort_by_key(|rs| revision(rs));
         for rs in &empty[..empty.len() - limit] {
-            match self.api.delete(&rs.name_any(), &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(err)) if err.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
+            unless_gone(self.api.delete(&rs.name_any(), &DeleteParams::background()).await)?;
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::task::JoinHandle;
 
 use crate::pods::{controller_reference, is_ready};
-use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers, unless_gone};
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -478,11 +478,7 @@ impl EndpointsController {
             api.create(&PostParams::default(), &slice(None, &ports, endpoints)).await?;
         }
         for name in plan.delete {
-            match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(err)) if err.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
+            unless_gone(api.delete(&name, &DeleteParams::default()).await)?;
         }
         Ok(())
     }
@@ -500,11 +496,7 @@ impl Reconciler for EndpointsController {
             if service.is_none() && self.context.endpoints.get(key).is_some() {
                 let namespace = key.namespace.as_deref().unwrap_or("default");
                 let api: Api<Endpoints> = Api::namespaced(self.context.client.clone(), namespace);
-                match api.delete(&key.name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(err)) if err.code == 404 => {}
-                    Err(err) => return Err(err.into()),
-                }
+                unless_gone(api.delete(&key.name, &DeleteParams::default()).await)?;
             }
             return Ok(Next::Done);
         };

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
+use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers, unless_gone};
 
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
@@ -204,11 +204,7 @@ impl Collector {
                 let params =
                     DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..Default::default() };
                 let name = dependent.name.as_deref().unwrap_or_default();
-                match self.api(*i, dependent.namespace.as_deref()).delete(name, &params).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(err)) if err.code == 404 => {}
-                    Err(err) => return Err(err.into()),
-                }
+                unless_gone(self.api(*i, dependent.namespace.as_deref()).delete(name, &params).await)?;
             }
         }
         // Only dependents that block their owner's deletion hold it back.
@@ -245,11 +241,9 @@ impl Collector {
         if dangling.len() == references.len() {
             if meta.deletion_timestamp.is_none() {
                 let name = meta.name.as_deref().unwrap_or_default();
-                match self.api(index, meta.namespace.as_deref()).delete(name, &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(err)) if err.code == 404 => {}
-                    Err(err) => return Err(err.into()),
-                }
+                unless_gone(
+                    self.api(index, meta.namespace.as_deref()).delete(name, &DeleteParams::background()).await,
+                )?;
             }
             return Ok(Next::Done);
         }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::daemonset::REVISION_LABEL;
 use crate::deployment::template_hash;
 use crate::pods::controller_reference;
-use crate::{Context, Error, OBSERVE_TIMEOUT};
+use crate::{Context, Error, OBSERVE_TIMEOUT, unless_gone};
 
 /// Not copied from the set to its revisions: it is large and says nothing about the template.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -140,11 +140,7 @@ where
     let mut old: Vec<&Arc<ControllerRevision>> = owned.iter().filter(|r| r.name_any() != name && !in_use(r)).collect();
     old.sort_by_key(|r| r.revision);
     for revision in old.iter().take(old.len().saturating_sub(limit)) {
-        match api.delete(&revision.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(err)) if err.code == 404 => {}
-            Err(err) => return Err(err.into()),
-        }
+        unless_gone(api.delete(&revision.name_any(), &DeleteParams::background()).await)?;
     }
     if written > 0 && !context.controllerrevisions.observed(written, OBSERVE_TIMEOUT).await {
         return Err(Error::Lagging);

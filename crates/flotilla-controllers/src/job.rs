@@ -24,7 +24,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::pods::{controller_reference, from_template, is_active, is_ready, sort_for_deletion};
-use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
+use crate::{
+    Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers, unless_gone,
+};
 
 /// The finalizer that keeps a Job's pod until the Job has counted it.
 const TRACKING: &str = "batch.kubernetes.io/job-tracking";
@@ -404,11 +406,7 @@ async fn release(api: &Api<Pod>, pods: &[Arc<Pod>]) -> Result<HashSet<String>, E
     .await;
     let mut released = HashSet::new();
     for (uid, result) in results {
-        match result {
-            Ok(_) => {}
-            Err(kube::Error::Api(err)) if err.code == 404 => {}
-            Err(err) => return Err(err.into()),
-        }
+        unless_gone(result)?;
         released.insert(uid);
     }
     Ok(released)

@@ -308,6 +308,15 @@ fn changes(current: Option<&serde_json::Value>, patch: &serde_json::Value) -> bo
     }
 }
 
+/// A write's outcome where the object being gone already is as good as done: `Ok` for either.
+pub(crate) fn unless_gone<T>(result: Result<T, kube::Error>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(err)) if err.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The store's current revision, as a list answers it: at least that of every write made
 /// before, for a barrier when a write (an immediate delete) does not say its own.
 pub(crate) async fn current_revision<K>(api: &kube::Api<K>) -> Result<u64, kube::Error>

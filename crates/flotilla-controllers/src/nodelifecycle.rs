@@ -18,7 +18,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::{Context, ControllersConfig, Error, Informers, Next, Reconciler, spawn_workers};
+use crate::{Context, ControllersConfig, Error, Informers, Next, Reconciler, spawn_workers, unless_gone};
 
 pub(crate) const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub(crate) const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -180,11 +180,7 @@ impl NodeLifecycle {
                 Api::namespaced(self.context.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
             let patch =
                 json!({"status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}]}});
-            match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(err)) if err.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
+            unless_gone(api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(patch)).await)?;
         }
         Ok(())
     }
