@@ -8,6 +8,7 @@
 //! `kube::Client`, in-process or remote), and writes only its own Node, Lease, pods' status and
 //! Events.
 
+mod beneath;
 pub mod hollow;
 pub mod images;
 pub mod logs;

@@ -1,8 +1,10 @@
 //! Running one container: a store with exactly what the spec grants, then `_start` or
 //! `wasi:cli/run`, and how it ended.
 
+use std::fs::File;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
@@ -60,10 +62,12 @@ impl std::fmt::Debug for ContainerSpec {
     }
 }
 
-/// A host directory shown to the guest.
+/// A host directory shown to the guest, given as a handle the node opened: the runtime never
+/// resolves a host path on a pod's behalf, so a link a guest planted or swapped in cannot
+/// change which directory this is.
 #[derive(Debug, Clone)]
 pub struct Preopen {
-    pub host: PathBuf,
+    pub dir: Arc<File>,
     pub guest: String,
     pub read_only: bool,
 }
@@ -262,8 +266,11 @@ pub(crate) fn configure(wasi: &mut WasiCtxBuilder, spec: &ContainerSpec) -> Resu
     }
     for dir in &spec.dirs {
         let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        wasi.preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|err| format!("opening {} for {}: {err:#}", dir.host.display(), dir.guest))?;
+        // wasmtime-wasi preopens by path only. `/proc/self/fd/N` names the very directory the
+        // handle holds (the kernel follows that link to the open file, not to a path), which is
+        // how the kubelet mounts a subPath too (it bind-mounts `/proc/<pid>/fd/<n>`).
+        let handle = format!("/proc/self/fd/{}", dir.dir.as_raw_fd());
+        wasi.preopened_dir(&handle, &dir.guest, perms).map_err(|err| format!("opening {}: {err:#}", dir.guest))?;
     }
     Ok(())
 }

@@ -87,7 +87,11 @@ async fn args_env_volumes_and_exit_code_reach_the_guest() {
         spec.env = [("GREETING", "hi"), ("EXIT_CODE", "3"), ("LIST_DIR", "/data"), ("WRITE_TO", "/data")]
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .into();
-        spec.dirs = vec![Preopen { host: volume.path().into(), guest: "/data".into(), read_only: true }];
+        spec.dirs = vec![Preopen {
+            dir: Arc::new(std::fs::File::open(volume.path()).unwrap()),
+            guest: "/data".into(),
+            read_only: true,
+        }];
         spec.working_dir = Some("/data".into());
         assert_eq!(run(&runtime, wasm, spec).await, Exit::Exited(code), "{wasm}");
         let stdout = output.stdout();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Pod, PodSecurityContext, PodSpec, PodStatus, PodTemplateSpec, Probe,
+    Container, ContainerPort, KeyToPath, Pod, PodSecurityContext, PodSpec, PodStatus, PodTemplateSpec, Probe,
     ResourceRequirements, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -291,12 +291,13 @@ pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<Fie
     }
     let mut volume_names = BTreeSet::new();
     for (i, volume) in spec.volumes.iter().flatten().enumerate() {
-        let at = format!("{path}.volumes[{i}].name");
+        let at = format!("{path}.volumes[{i}]");
         if let Err(e) = dns1123_label(&volume.name) {
-            errors.push(FieldError::invalid(at, &volume.name, e));
+            errors.push(FieldError::invalid(format!("{at}.name"), &volume.name, e));
         } else if !volume_names.insert(volume.name.as_str()) {
-            errors.push(FieldError::duplicate(at, &volume.name));
+            errors.push(FieldError::duplicate(format!("{at}.name"), &volume.name));
         }
+        validate_volume_files(volume, &at, errors);
     }
     check_one_of(spec.restart_policy.as_deref(), RESTART_POLICIES, &format!("{path}.restartPolicy"), errors);
     check_one_of(spec.dns_policy.as_deref(), DNS_POLICIES, &format!("{path}.dnsPolicy"), errors);
@@ -366,16 +367,95 @@ fn validate_container(container: &Container, at: &str, volumes: &BTreeSet<&str>,
             ));
         }
     }
+    let mut mount_paths = BTreeSet::new();
     for (j, mount) in container.volume_mounts.iter().flatten().enumerate() {
+        let at = format!("{at}.volumeMounts[{j}]");
         if !volumes.contains(mount.name.as_str()) {
-            errors.push(FieldError::not_found(format!("{at}.volumeMounts[{j}].name"), &mount.name));
+            errors.push(FieldError::not_found(format!("{at}.name"), &mount.name));
         }
         if mount.mount_path.is_empty() {
-            errors.push(FieldError::required(format!("{at}.volumeMounts[{j}].mountPath"), ""));
+            errors.push(FieldError::required(format!("{at}.mountPath"), ""));
+        } else if !mount_paths.insert(mount.mount_path.as_str()) {
+            errors.push(FieldError::invalid(format!("{at}.mountPath"), &mount.mount_path, "must be unique"));
+        }
+        let sub_path = mount.sub_path.as_deref().unwrap_or_default();
+        if !sub_path.is_empty() {
+            local_descending_path(sub_path, &format!("{at}.subPath"), errors);
+        }
+        let expr = mount.sub_path_expr.as_deref().unwrap_or_default();
+        if !expr.is_empty() {
+            if !sub_path.is_empty() {
+                errors.push(FieldError::invalid(
+                    format!("{at}.subPathExpr"),
+                    expr,
+                    "subPathExpr and subPath are mutually exclusive",
+                ));
+            }
+            local_descending_path(expr, &format!("{at}.subPathExpr"), errors);
         }
     }
     if let Some(resources) = &container.resources {
         validate_resources(resources, &format!("{at}.resources"), errors);
+    }
+}
+
+/// The paths of the files a configMap, secret, downwardAPI or projected volume holds: each
+/// stays beneath the volume, as upstream's `validateKeyToPath` and
+/// `validateDownwardAPIVolumeFile` require.
+fn validate_volume_files(volume: &Volume, at: &str, errors: &mut Vec<FieldError>) {
+    let key_paths = |items: Option<&Vec<KeyToPath>>, at: &str, errors: &mut Vec<FieldError>| {
+        for (k, item) in items.into_iter().flatten().enumerate() {
+            let at = format!("{at}.items[{k}]");
+            if item.key.is_empty() {
+                errors.push(FieldError::required(format!("{at}.key"), ""));
+            }
+            local_file_path(&item.path, &format!("{at}.path"), errors);
+        }
+    };
+    // The volume's own source, then each source of a projected volume.
+    let mut sources = vec![(
+        at.to_string(),
+        volume.config_map.as_ref().and_then(|s| s.items.as_ref()),
+        volume.secret.as_ref().and_then(|s| s.items.as_ref()),
+        volume.downward_api.as_ref().and_then(|s| s.items.as_ref()),
+    )];
+    for (k, source) in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
+        sources.push((
+            format!("{at}.projected.sources[{k}]"),
+            source.config_map.as_ref().and_then(|s| s.items.as_ref()),
+            source.secret.as_ref().and_then(|s| s.items.as_ref()),
+            source.downward_api.as_ref().and_then(|s| s.items.as_ref()),
+        ));
+    }
+    for (at, config_map, secret, downward) in sources {
+        key_paths(config_map, &format!("{at}.configMap"), errors);
+        key_paths(secret, &format!("{at}.secret"), errors);
+        for (k, item) in downward.into_iter().flatten().enumerate() {
+            local_file_path(&item.path, &format!("{at}.downwardAPI.items[{k}].path"), errors);
+        }
+    }
+}
+
+/// Upstream's `validateLocalDescendingPath`: relative, and no `..` element.
+fn local_descending_path(path: &str, at: &str, errors: &mut Vec<FieldError>) {
+    if path.starts_with('/') {
+        errors.push(FieldError::invalid(at, path, "must be a relative path"));
+    }
+    if path.split('/').any(|part| part == "..") {
+        errors.push(FieldError::invalid(at, path, "must not contain '..'"));
+    }
+}
+
+/// Upstream's `ValidateLocalNonReservedPath` for a volume's file: also required, and not
+/// starting with `..` (the kubelet's atomic writer keeps its own `..data` there).
+fn local_file_path(path: &str, at: &str, errors: &mut Vec<FieldError>) {
+    if path.is_empty() {
+        errors.push(FieldError::required(at, ""));
+        return;
+    }
+    local_descending_path(path, at, errors);
+    if path.starts_with("..") && !path.starts_with("../") {
+        errors.push(FieldError::invalid(at, path, "must not start with '..'"));
     }
 }
 
@@ -628,6 +708,15 @@ mod tests {
         serde_json::from_value(value).unwrap()
     }
 
+    /// What validation says of `value` once defaulted, one line per cause.
+    fn refusals(value: serde_json::Value) -> Vec<String> {
+        let mut p = pod(value);
+        p.set_defaults();
+        let mut errors = Vec::new();
+        p.validate(&mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn defaults_match_upstream() {
         let mut p = pod(serde_json::json!({
@@ -656,17 +745,13 @@ mod tests {
 
     #[test]
     fn invalid_specs_name_every_problem() {
-        let mut p = pod(serde_json::json!({
+        let shown = refusals(serde_json::json!({
             "metadata": {"name": "p"},
             "spec": {"restartPolicy": "Sometimes", "containers": [
                 {"name": "c", "ports": [{"containerPort": 70000}], "volumeMounts": [{"name": "nope", "mountPath": "/x"}],
                  "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
                 {"name": "c", "image": "i"}]}
         }));
-        p.set_defaults();
-        let mut errors = Vec::new();
-        p.validate(&mut errors);
-        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
             vec![
@@ -681,18 +766,45 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_climb_out_of_a_volume_are_refused_as_upstream_refuses_them() {
+        let shown = refusals(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+        "volumes": [
+            {"name": "v", "emptyDir": {}},
+            {"name": "c", "configMap": {"name": "m", "items": [{"key": "k", "path": "../x"}, {"key": "", "path": "ok"}]}},
+            {"name": "d", "downwardAPI": {"items": [{"path": "/abs", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"name": "p", "projected": {"sources": [{"secret": {"name": "s", "items": [{"key": "k", "path": "..data"}]}}]}},
+        ],
+        "containers": [{"name": "c", "image": "i", "volumeMounts": [
+            {"name": "v", "mountPath": "/a", "subPath": "/etc"},
+            {"name": "v", "mountPath": "/b", "subPath": "x/../../y"},
+            {"name": "v", "mountPath": "/c", "subPathExpr": "$(A)/..", "subPath": "z"},
+            {"name": "v", "mountPath": "/a", "subPath": "fine/./path"},
+        ]}]}}));
+        assert_eq!(
+            shown,
+            vec![
+                "spec.containers[0].volumeMounts[0].subPath: Invalid value: \"/etc\": must be a relative path",
+                "spec.containers[0].volumeMounts[1].subPath: Invalid value: \"x/../../y\": must not contain '..'",
+                "spec.containers[0].volumeMounts[2].subPathExpr: Invalid value: \"$(A)/..\": subPathExpr and subPath are mutually exclusive",
+                "spec.containers[0].volumeMounts[2].subPathExpr: Invalid value: \"$(A)/..\": must not contain '..'",
+                "spec.containers[0].volumeMounts[3].mountPath: Invalid value: \"/a\": must be unique",
+                "spec.volumes[1].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'",
+                "spec.volumes[1].configMap.items[1].key: Required value",
+                "spec.volumes[2].downwardAPI.items[0].path: Invalid value: \"/abs\": must be a relative path",
+                "spec.volumes[3].projected.sources[0].secret.items[0].path: Invalid value: \"..data\": must not start with '..'",
+            ]
+        );
+    }
+
+    #[test]
     fn exec_handlers_are_refused_in_wasm_pods_with_the_reason() {
         let spec = |runtime: Option<&str>| {
-            let mut p = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+            refusals(serde_json::json!({"metadata": {"name": "p"}, "spec": {
                 "runtimeClassName": runtime,
                 "containers": [{"name": "c", "image": "i",
                     "livenessProbe": {"exec": {"command": ["true"]}},
                     "readinessProbe": {"httpGet": {"port": 80}},
-                    "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}]}}));
-            p.set_defaults();
-            let mut errors = Vec::new();
-            p.validate(&mut errors);
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}]}}))
         };
         let refused = spec(None);
         assert_eq!(refused.len(), 2, "{refused:?}");

@@ -131,6 +131,12 @@ fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: 
     }
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
+    // They name the pod's directories here (volumes, logs); admission lets no other kind of
+    // name through, so a pod with one came some other way and is not run.
+    if ![&uid, &namespace, &name].iter().all(|n| crate::beneath::is_plain_name(n)) {
+        tracing::warn!(?uid, ?namespace, ?name, "refusing a pod whose names cannot be directory names");
+        return;
+    }
     let entry = Arc::new(PodEntry {
         uid: uid.clone(),
         log_dir: crate::logs::pod_dir(&node.logs_dir, &namespace, &name, &uid),

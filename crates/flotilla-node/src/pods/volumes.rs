@@ -7,32 +7,51 @@
 //!                              downwardAPI and projected volumes
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flotilla_wasm::Preopen;
-use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 
-use super::env::Objects;
+use super::env::{self, Objects};
+use crate::beneath;
 
-/// The host directory of each volume of a pod, and whether containers see it read-only.
+/// The directory of each volume of a pod, open, and whether containers see it read-only.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Volumes {
-    dirs: HashMap<String, (PathBuf, bool)>,
+    dirs: HashMap<String, Mount>,
 }
+
+#[derive(Debug, Clone)]
+struct Mount {
+    dir: Arc<File>,
+    read_only: bool,
+}
+
+/// The files of a projected volume, by their paths beneath it.
+type Files = BTreeMap<PathBuf, Vec<u8>>;
 
 /// Creates (or refreshes) the pod's volumes under `pod_dir`, or says why one cannot be made.
 pub(super) fn prepare(pod: &Pod, pod_dir: &Path, objects: &Objects, allow_host_path: bool) -> Result<Volumes, String> {
+    let root = pod_dir.join("volumes");
+    let root = std::fs::create_dir_all(&root)
+        .and_then(|()| File::open(&root))
+        .map_err(|e| format!("creating the pod's volume directory: {e}"))?;
     let mut volumes = Volumes::default();
-    let spec = pod.spec.as_ref();
-    for volume in spec.into_iter().flat_map(|s| s.volumes.iter().flatten()) {
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let name = &volume.name;
-        let dir = pod_dir.join("volumes").join(name);
-        let fail = |what: &str, err: String| format!("volume {name:?}: {what}: {err}");
-        let files = if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&dir).map_err(|e| fail("creating its directory", e.to_string()))?;
-            volumes.dirs.insert(name.clone(), (dir, false));
-            continue;
+        let fail = |what: &str, err: std::io::Error| format!("volume {name:?}: {what}: {err}");
+        let own_dir = || {
+            if !beneath::is_plain_name(name) {
+                return Err(format!("volume {name:?}: not a valid volume name"));
+            }
+            beneath::create_dir_all(&root, Path::new(name)).map_err(|e| fail("creating its directory", e))
+        };
+        let mount = if volume.empty_dir.is_some() {
+            Mount { dir: Arc::new(own_dir()?), read_only: false }
         } else if let Some(host) = &volume.host_path {
             if !allow_host_path {
                 return Err(format!(
@@ -40,132 +59,160 @@ pub(super) fn prepare(pod: &Pod, pod_dir: &Path, objects: &Objects, allow_host_p
                      --allow-host-path permits them)"
                 ));
             }
-            let path = PathBuf::from(&host.path);
-            match host.type_.as_deref().unwrap_or_default() {
-                "DirectoryOrCreate" => {
-                    std::fs::create_dir_all(&path).map_err(|e| fail("creating the host directory", e.to_string()))?
-                }
-                "" | "Directory" if path.is_dir() => {}
-                "" | "Directory" => {
-                    return Err(format!("volume {name:?}: hostPath {:?} is not a directory", host.path));
-                }
-                other => {
-                    return Err(format!(
-                        "volume {name:?}: hostPath type {other:?} is not supported: wasm containers mount directories"
-                    ));
-                }
-            }
-            volumes.dirs.insert(name.clone(), (path, false));
-            continue;
-        } else if let Some(source) = &volume.config_map {
-            match objects.config_maps.get(&source.name).and_then(Option::as_ref) {
-                Some(map) => {
-                    let mut data =
-                        map.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                    extend_binary(&mut data, map.binary_data.as_ref());
-                    select(data, source.items.as_deref(), source.optional, name)?
-                }
-                None if source.optional == Some(true) => BTreeMap::new(),
-                None => return Err(format!("configmap \"{}\" not found", source.name)),
-            }
-        } else if let Some(source) = &volume.secret {
-            let secret_name = source.secret_name.clone().unwrap_or_default();
-            match objects.secrets.get(&secret_name).and_then(Option::as_ref) {
-                Some(secret) => {
-                    let data = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
-                    select(data, source.items.as_deref(), source.optional, name)?
-                }
-                None if source.optional == Some(true) => BTreeMap::new(),
-                None => return Err(format!("secret \"{secret_name}\" not found")),
-            }
-        } else if let Some(source) = &volume.downward_api {
-            downward(pod, source.items.as_deref().unwrap_or_default())?
-        } else if let Some(projected) = &volume.projected {
-            let mut files = BTreeMap::new();
-            for source in projected.sources.iter().flatten() {
-                if let Some(source) = &source.config_map {
-                    let map = objects.config_maps.get(&source.name).and_then(Option::as_ref);
-                    match map {
-                        Some(map) => {
-                            let data = map
-                                .data
-                                .clone()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.into_bytes()))
-                                .collect();
-                            files.extend(select(data, source.items.as_deref(), source.optional, name)?);
-                        }
-                        None if source.optional == Some(true) => {}
-                        None => return Err(format!("configmap \"{}\" not found", source.name)),
-                    }
-                } else if let Some(source) = &source.secret {
-                    match objects.secrets.get(&source.name).and_then(Option::as_ref) {
-                        Some(secret) => {
-                            let data = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
-                            files.extend(select(data, source.items.as_deref(), source.optional, name)?);
-                        }
-                        None if source.optional == Some(true) => {}
-                        None => return Err(format!("secret \"{}\" not found", source.name)),
-                    }
-                } else if let Some(source) = &source.downward_api {
-                    files.extend(downward(pod, source.items.as_deref().unwrap_or_default())?);
-                } else {
-                    return Err(format!(
-                        "volume {name:?}: only configMap, secret and downwardAPI projections are supported"
-                    ));
-                }
-            }
-            files
+            Mount { dir: Arc::new(host_dir(name, &host.path, host.type_.as_deref())?), read_only: false }
         } else {
-            return Err(format!("volume {name:?}: {} volumes are not supported by this node", kind(volume)));
+            let files = projected_files(pod, volume, objects)?;
+            let dir = own_dir()?;
+            project(&dir, &files).map_err(|e| fail("writing its files", e))?;
+            Mount { dir: Arc::new(dir), read_only: true }
         };
-        project(&dir, &files).map_err(|e| fail("writing its files", e.to_string()))?;
-        volumes.dirs.insert(name.clone(), (dir, true));
+        volumes.dirs.insert(name.clone(), mount);
     }
     Ok(volumes)
 }
 
-/// The directories `container` mounts, as preopens at their mount paths.
-pub(super) fn mounts(container: &Container, volumes: &Volumes) -> Result<Vec<Preopen>, String> {
+/// A `hostPath` directory. Its path is the pod author's, on a node whose operator allowed them,
+/// so it is opened as given, links followed, as the kubelet mounts it.
+fn host_dir(volume: &str, path: &str, kind: Option<&str>) -> Result<File, String> {
+    let fail = |what: &str, err: std::io::Error| format!("volume {volume:?}: {what} {path:?}: {err}");
+    match kind.unwrap_or_default() {
+        "DirectoryOrCreate" => std::fs::create_dir_all(path).map_err(|e| fail("creating the host directory", e))?,
+        "" | "Directory" => {}
+        other => {
+            return Err(format!(
+                "volume {volume:?}: hostPath type {other:?} is not supported: wasm containers mount directories"
+            ));
+        }
+    }
+    let dir = File::open(path).map_err(|e| fail("opening hostPath", e))?;
+    match dir.metadata() {
+        Ok(meta) if meta.is_dir() => Ok(dir),
+        _ => Err(format!("volume {volume:?}: hostPath {path:?} is not a directory")),
+    }
+}
+
+/// The files of a configMap, secret, downwardAPI or projected volume.
+fn projected_files(pod: &Pod, volume: &Volume, objects: &Objects) -> Result<Files, String> {
+    let name = &volume.name;
+    if let Some(source) = &volume.config_map {
+        config_map_files(objects, &source.name, source.items.as_deref(), source.optional, name)
+    } else if let Some(source) = &volume.secret {
+        let secret = source.secret_name.as_deref().unwrap_or_default();
+        secret_files(objects, secret, source.items.as_deref(), source.optional, name)
+    } else if let Some(source) = &volume.downward_api {
+        downward(pod, source.items.as_deref().unwrap_or_default(), name)
+    } else if let Some(projected) = &volume.projected {
+        let mut files = Files::new();
+        for source in projected.sources.iter().flatten() {
+            files.extend(if let Some(source) = &source.config_map {
+                config_map_files(objects, &source.name, source.items.as_deref(), source.optional, name)?
+            } else if let Some(source) = &source.secret {
+                secret_files(objects, &source.name, source.items.as_deref(), source.optional, name)?
+            } else if let Some(source) = &source.downward_api {
+                downward(pod, source.items.as_deref().unwrap_or_default(), name)?
+            } else {
+                return Err(format!(
+                    "volume {name:?}: only configMap, secret and downwardAPI projections are supported"
+                ));
+            });
+        }
+        Ok(files)
+    } else {
+        Err(format!("volume {name:?}: {} volumes are not supported by this node", kind(volume)))
+    }
+}
+
+/// The directories `container` mounts, as preopens at their mount paths. `env` is the
+/// container's environment, which `subPathExpr` expands against.
+pub(super) fn mounts(
+    container: &Container,
+    volumes: &Volumes,
+    env: &[(String, String)],
+) -> Result<Vec<Preopen>, String> {
+    let defined: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut preopens = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
-        let (dir, read_only) = volumes
+        let name = &mount.name;
+        let volume = volumes
             .dirs
-            .get(&mount.name)
-            .ok_or_else(|| format!("volume mount {:?}: the pod has no volume of that name", mount.name))?;
-        if mount.sub_path_expr.as_deref().is_some_and(|e| !e.is_empty()) {
-            return Err(format!("volume mount {:?}: subPathExpr is not supported in wasm containers", mount.name));
-        }
-        let host = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
-            None => dir.clone(),
-            Some(sub) => {
-                let sub =
-                    relative(sub).ok_or_else(|| format!("volume mount {:?}: invalid subPath {sub:?}", mount.name))?;
-                let host = dir.join(&sub);
-                if host.is_file() {
-                    return Err(format!(
-                        "volume mount {:?}: subPath {sub:?} is a file; wasm containers mount directories only",
-                        mount.name
-                    ));
-                }
-                std::fs::create_dir_all(&host).map_err(|e| format!("volume mount {:?}: {e}", mount.name))?;
-                host
-            }
+            .get(name)
+            .ok_or_else(|| format!("volume mount {name:?}: the pod has no volume of that name"))?;
+        let sub = match (mount.sub_path.as_deref(), mount.sub_path_expr.as_deref()) {
+            (Some(path), _) if !path.is_empty() => path.to_string(),
+            (_, Some(expr)) if !expr.is_empty() => env::expand(expr, &defined),
+            _ => String::new(),
+        };
+        let dir = if sub.is_empty() {
+            volume.dir.clone()
+        } else {
+            let path = beneath::descending(&sub).ok_or_else(|| {
+                format!("volume mount {name:?}: subPath {sub:?} must be a relative path that does not contain '..'")
+            })?;
+            // A missing subPath of a writable volume is made, as the kubelet makes it.
+            let opened = if volume.read_only {
+                beneath::open_dir(&volume.dir, &path)
+            } else {
+                beneath::create_dir_all(&volume.dir, &path)
+            };
+            let dir = opened.map_err(|err| match err.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::NOTDIR.raw_os_error() => format!(
+                    "volume mount {name:?}: subPath {sub:?} is not a directory; wasm containers mount directories only"
+                ),
+                _ => format!("volume mount {name:?}: subPath {sub:?}: {err}"),
+            })?;
+            Arc::new(dir)
         };
         preopens.push(Preopen {
-            host,
+            dir,
             guest: mount.mount_path.clone(),
-            read_only: *read_only || mount.read_only == Some(true),
+            read_only: volume.read_only || mount.read_only == Some(true),
         });
     }
     Ok(preopens)
 }
 
-fn extend_binary(data: &mut BTreeMap<String, Vec<u8>>, binary: Option<&BTreeMap<String, k8s_openapi::ByteString>>) {
-    for (key, value) in binary.into_iter().flatten() {
-        data.insert(key.clone(), value.0.clone());
+/// A configMap's files: `data` and `binaryData` alike, every key or the `items` named.
+fn config_map_files(
+    objects: &Objects,
+    map: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<Files, String> {
+    match objects.config_maps.get(map).and_then(Option::as_ref) {
+        Some(map) => {
+            let text = map.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+            let binary = map.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone()));
+            select(text.chain(binary).collect(), items, optional, volume)
+        }
+        None if optional == Some(true) => Ok(Files::new()),
+        None => Err(format!("configmap \"{map}\" not found")),
     }
+}
+
+/// A secret's files: every key, or the `items` named.
+fn secret_files(
+    objects: &Objects,
+    secret: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<Files, String> {
+    match objects.secrets.get(secret).and_then(Option::as_ref) {
+        Some(found) => {
+            let data = found.data.iter().flatten().map(|(k, v): (&String, &ByteString)| (k.clone(), v.0.clone()));
+            select(data.collect(), items, optional, volume)
+        }
+        None if optional == Some(true) => Ok(Files::new()),
+        None => Err(format!("secret \"{secret}\" not found")),
+    }
+}
+
+/// The path of a projected file beneath its volume, or why it cannot be one.
+fn file_path(path: &str, volume: &str) -> Result<PathBuf, String> {
+    beneath::descending(path).filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| {
+        format!("volume {volume:?}: item path {path:?} must be a relative path that does not contain '..'")
+    })
 }
 
 /// The files of a configMap or secret volume: every key, or the `items` it names at their paths.
@@ -174,14 +221,13 @@ fn select(
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
     volume: &str,
-) -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
+) -> Result<Files, String> {
     let Some(items) = items else {
-        return Ok(data.into_iter().map(|(k, v)| (PathBuf::from(k), v)).collect());
+        return data.into_iter().map(|(k, v)| Ok((file_path(&k, volume)?, v))).collect();
     };
-    let mut files = BTreeMap::new();
+    let mut files = Files::new();
     for item in items {
-        let path =
-            relative(&item.path).ok_or_else(|| format!("volume {volume:?}: invalid item path {:?}", item.path))?;
+        let path = file_path(&item.path, volume)?;
         match data.get(&item.key) {
             Some(value) => {
                 files.insert(path, value.clone());
@@ -195,14 +241,14 @@ fn select(
     Ok(files)
 }
 
-fn downward(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Result<BTreeMap<PathBuf, Vec<u8>>, String> {
+fn downward(pod: &Pod, items: &[DownwardAPIVolumeFile], volume: &str) -> Result<Files, String> {
     let meta = &pod.metadata;
     let map_text = |map: Option<&BTreeMap<String, String>>| {
         map.into_iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>()
     };
-    let mut files = BTreeMap::new();
+    let mut files = Files::new();
     for item in items {
-        let path = relative(&item.path).ok_or_else(|| format!("downwardAPI: invalid item path {:?}", item.path))?;
+        let path = file_path(&item.path, volume)?;
         let Some(field) = &item.field_ref else {
             return Err(format!("downwardAPI item {:?}: only fieldRef items are supported", item.path));
         };
@@ -219,48 +265,18 @@ fn downward(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Result<BTreeMap<PathB
     Ok(files)
 }
 
-/// Writes `files` into `dir`, replacing what changed and removing files no longer there. Each
-/// file is written to a temporary name and renamed, so a reader never sees half a file.
-fn project(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Writes `files` beneath `dir`, replacing what changed and removing what is no longer there.
+fn project(dir: &File, files: &Files) -> std::io::Result<()> {
     for (path, content) in files {
-        let target = dir.join(path);
-        if std::fs::read(&target).is_ok_and(|old| old == *content) {
+        if beneath::read(dir, path).is_ok_and(|old| old == *content) {
             continue;
         }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let partial = target.with_extension("flotilla-partial");
-        std::fs::write(&partial, content)?;
-        std::fs::rename(&partial, &target)?;
+        beneath::write(dir, path, content)?;
     }
-    remove_stale(dir, dir, files)
+    beneath::remove_except(dir, &files.keys().cloned().collect::<BTreeSet<_>>())
 }
 
-fn remove_stale(root: &Path, dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-        if path.is_dir() {
-            remove_stale(root, &path, files)?;
-            if files.keys().all(|f| !f.starts_with(&relative)) {
-                let _ = std::fs::remove_dir(&path);
-            }
-        } else if !files.contains_key(&relative) {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
-/// `path` if it is relative and stays inside the volume (no `..`, no root).
-fn relative(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path);
-    path.components().all(|c| matches!(c, Component::Normal(_))).then(|| path.to_path_buf())
-}
-
-fn kind(volume: &k8s_openapi::api::core::v1::Volume) -> &'static str {
+fn kind(volume: &Volume) -> &'static str {
     let value = serde_json::to_value(volume).unwrap_or_default();
     let kinds = [
         "persistentVolumeClaim",
@@ -293,58 +309,132 @@ fn kind(volume: &k8s_openapi::api::core::v1::Volume) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use serde_json::json;
 
     use super::*;
 
+    fn pod_of(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    /// What the guest at `guest` would see at `path`, read through the handle it was given.
+    fn read(preopens: &[Preopen], guest: &str, path: &str) -> std::io::Result<String> {
+        let dir = &preopens.iter().find(|p| p.guest == guest).unwrap().dir;
+        beneath::read(dir, Path::new(path)).map(|b| String::from_utf8(b).unwrap())
+    }
+
     #[test]
     fn volumes_become_directories_that_containers_mount() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}},
-            "spec": {
-                "volumes": [
-                    {"name": "scratch", "emptyDir": {}},
-                    {"name": "config", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "conf/a.txt"}]}},
-                    {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-                ],
-                "containers": [{"name": "app", "volumeMounts": [
-                    {"name": "scratch", "mountPath": "/scratch"},
-                    {"name": "config", "mountPath": "/etc/app"},
-                    {"name": "info", "mountPath": "/info", "readOnly": false},
-                ]}],
-            },
-        }))
-        .unwrap();
+        let pod = pod_of(json!({
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "config", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "conf/a.txt"}]}},
+                {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                {"name": "both", "projected": {"sources": [{"configMap": {"name": "cfg"}}]}},
+            ],
+            "containers": [{"name": "app", "volumeMounts": [
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "config", "mountPath": "/etc/app"},
+                {"name": "info", "mountPath": "/info", "readOnly": false},
+                {"name": "both", "mountPath": "/both"},
+            ]}],
+        }));
         let mut objects = Objects::default();
-        let config = json!({"metadata": {"name": "cfg"}, "data": {"a": "one", "b": "two"}});
+        let config =
+            json!({"metadata": {"name": "cfg"}, "data": {"a": "one", "b": "two"}, "binaryData": {"bin": "AAE="}});
         objects.config_maps.insert("cfg".into(), Some(serde_json::from_value(config).unwrap()));
         let dir = tempfile::tempdir().unwrap();
         let volumes = prepare(&pod, dir.path(), &objects, false).unwrap();
-        let preopens = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes).unwrap();
+        let preopens = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &[]).unwrap();
         let by_guest: HashMap<_, _> = preopens.iter().map(|p| (p.guest.as_str(), p)).collect();
         assert!(!by_guest["/scratch"].read_only);
         assert!(by_guest["/etc/app"].read_only && by_guest["/info"].read_only);
-        assert_eq!(std::fs::read_to_string(by_guest["/etc/app"].host.join("conf/a.txt")).unwrap(), "one");
-        assert!(!by_guest["/etc/app"].host.join("b").exists());
-        assert_eq!(std::fs::read_to_string(by_guest["/info"].host.join("labels")).unwrap(), "app=\"web\"\n");
+        assert_eq!(read(&preopens, "/etc/app", "conf/a.txt").unwrap(), "one");
+        assert!(read(&preopens, "/etc/app", "b").is_err());
+        assert_eq!(read(&preopens, "/info", "labels").unwrap(), "app=\"web\"\n");
+        // A configMap volume and a projected configMap are one implementation: both keep
+        // `binaryData`.
+        assert_eq!(read(&preopens, "/both", "b").unwrap(), "two");
+        assert_eq!(std::fs::read(dir.path().join("volumes/both/bin")).unwrap(), [0, 1]);
+        assert_eq!(std::fs::read(dir.path().join("volumes/config/conf/a.txt")).unwrap(), b"one");
 
         // A changed ConfigMap is projected again; a key no longer selected disappears.
         let config = json!({"metadata": {"name": "cfg"}, "data": {"a": "uno"}});
         objects.config_maps.insert("cfg".into(), Some(serde_json::from_value(config).unwrap()));
         prepare(&pod, dir.path(), &objects, false).unwrap();
-        assert_eq!(std::fs::read_to_string(by_guest["/etc/app"].host.join("conf/a.txt")).unwrap(), "uno");
+        assert_eq!(read(&preopens, "/etc/app", "conf/a.txt").unwrap(), "uno");
+        assert!(read(&preopens, "/both", "b").is_err());
 
         // What the node cannot provide is refused with the reason.
-        let host: Pod = serde_json::from_value(json!({"spec": {"containers": [],
-            "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}}))
-        .unwrap();
+        let host = pod_of(json!({"containers": [], "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}));
         assert!(prepare(&host, dir.path(), &objects, false).unwrap_err().contains("--allow-host-path"));
-        let claim: Pod = serde_json::from_value(json!({"spec": {"containers": [],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}]}}))
-        .unwrap();
+        let claim = pod_of(
+            json!({"containers": [], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}]}),
+        );
         assert_eq!(
             prepare(&claim, dir.path(), &objects, false).unwrap_err(),
             "volume \"data\": persistentVolumeClaim volumes are not supported by this node"
         );
+    }
+
+    /// A guest plants links in its emptyDir; another mount of the pod names them by subPath.
+    /// Nothing outside the pod's volumes may be reached: not the canary beside them.
+    #[test]
+    fn a_sub_path_through_a_planted_link_does_not_leave_the_volume() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("canary"), "host secret").unwrap();
+        let pod_dir = host.path().join("pod");
+        let spec = |sub: &str, expr: bool| {
+            let field = if expr { "subPathExpr" } else { "subPath" };
+            pod_of(json!({
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+                "containers": [{"name": "app", "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "scratch", "mountPath": "/sub", field: sub},
+                ]}],
+            }))
+        };
+        let objects = Objects::default();
+        let volumes = prepare(&spec("x", false), &pod_dir, &objects, false).unwrap();
+        let scratch = pod_dir.join("volumes/scratch");
+        symlink("../../../../../../../..", scratch.join("up")).unwrap();
+        symlink("../..", scratch.join("pods")).unwrap();
+        symlink("/", scratch.join("root")).unwrap();
+        symlink("hop", scratch.join("chain")).unwrap();
+        symlink("up", scratch.join("hop")).unwrap();
+        std::fs::write(scratch.join("file"), "").unwrap();
+        let env = [("WHERE".to_string(), "up".to_string())];
+        for (sub, expr) in
+            [("up", false), ("up/etc", false), ("pods", false), ("root", false), ("chain", false), ("$(WHERE)", true)]
+        {
+            let pod = spec(sub, expr);
+            let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
+            assert!(err.contains("leads outside the volume"), "{sub}: {err}");
+        }
+        let pod = spec("file", false);
+        let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
+        // Refused before anything is resolved, as upstream's validation refuses them.
+        for sub in ["../..", "/etc", "a/../../b"] {
+            let pod = spec(sub, false);
+            let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
+            assert!(err.contains("must be a relative path"), "{sub}: {err}");
+        }
+        // A link that stays in the volume is followed, and a missing subPath is made.
+        std::fs::create_dir(scratch.join("real")).unwrap();
+        symlink("real", scratch.join("inside")).unwrap();
+        let pod = spec("inside/new", false);
+        let preopens = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap();
+        assert!(preopens.iter().all(|p| !p.read_only));
+        assert!(scratch.join("real/new").is_dir());
+        assert_eq!(std::fs::read_to_string(host.path().join("canary")).unwrap(), "host secret");
+        let mut beside: Vec<_> = std::fs::read_dir(host.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        beside.sort();
+        assert_eq!(beside, ["canary", "pod"]);
     }
 }

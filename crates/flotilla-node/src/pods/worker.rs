@@ -440,7 +440,7 @@ impl Worker {
             .map(|r| r.short_name().to_string())
             .unwrap_or_else(|_| container.name.clone());
         let argv = env::argv(container, &program, &environment);
-        let dirs = volumes::mounts(container, volumes)?;
+        let dirs = volumes::mounts(container, volumes, &environment)?;
         let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
         let quantity = |name: &str| -> Result<Option<i128>, String> {
             limits
