@@ -109,11 +109,18 @@ fn wasm_pods_reach_upstreams_states_and_logs_are_served() -> Result<()> {
     ] {
         import(dir.path(), wasm, name)?;
     }
-    // A module that is not valid wasm past its header.
-    let mut broken = std::fs::read(examples::P1_HELLO)?;
-    broken.truncate(broken.len() / 3);
+    // A module that is not valid wasm past its header is refused when it is imported.
+    let mut garbage = std::fs::read(examples::P1_HELLO)?;
+    garbage.truncate(garbage.len() / 3);
+    let garbage_path = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage_path, garbage)?;
+    let refused = import(dir.path(), garbage_path.to_str().unwrap(), "garbage:v1").unwrap_err().to_string();
+    ensure!(refused.contains("invalid WebAssembly"), "{refused}");
+    // A valid module that needs a function the node does not provide is stored, and fails
+    // when it is linked: `(module (import "env" "nope" (func)))`.
+    let unlinkable = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x0c\x01\x03env\x04nope\0\0";
     let broken_path = dir.path().join("broken.wasm");
-    std::fs::write(&broken_path, broken)?;
+    std::fs::write(&broken_path, unlinkable)?;
     import(dir.path(), broken_path.to_str().unwrap(), "broken:v1")?;
 
     for version in versions() {
@@ -294,7 +301,7 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     // What cannot run says why, and the rest keeps running.
     let broken =
         wait_for(k, "broken", "{.status.containerStatuses[0].lastState.terminated.message}", 30, |m| !m.is_empty())?;
-    ensure!(broken.contains("invalid WebAssembly"), "{broken}");
+    ensure!(broken.contains("needs imports this node does not provide"), "{broken}");
     let absent = wait_for(k, "absent", "{.status.containerStatuses[0].state.waiting.reason}", 30, |r| !r.is_empty())?;
     ensure!(absent == "ErrImageNeverPull", "{absent}");
     ensure!(status_column(k, "absent")? == "ErrImageNeverPull");

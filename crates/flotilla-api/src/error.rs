@@ -43,6 +43,8 @@ pub enum CauseType {
     FieldValueUnknown,
     /// A field a server-side apply would change that another manager owns.
     FieldManagerConflict,
+    /// A read asked for a resource version the store has not reached (with a 504).
+    ResourceVersionTooLarge,
 }
 
 /// One thing wrong with one field, as upstream's `field.Error` renders it.
@@ -123,7 +125,7 @@ impl FieldError {
             CauseType::FieldValueTypeInvalid => "Invalid value",
             CauseType::FieldValueNotFound => "Not found",
             CauseType::FieldValueUnknown => "unknown field",
-            CauseType::FieldManagerConflict => return self.detail.clone(),
+            CauseType::FieldManagerConflict | CauseType::ResourceVersionTooLarge => return self.detail.clone(),
         };
         let mut message = label.to_string();
         if let Some(value) = &self.value {
@@ -204,9 +206,34 @@ impl ApiError {
             [one] => one.to_string(),
             many => format!("[{}]", many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
         };
-        let mut err =
-            ApiError::new(Reason::Invalid, format!("{kind} {name:?} is invalid: {list}")).about(group, kind, name);
+        // `Deployment.apps "web" is invalid`, `Pod "web" is invalid`: the qualified kind.
+        let qualified_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let mut err = ApiError::new(Reason::Invalid, format!("{qualified_kind} {name:?} is invalid: {list}"))
+            .about(group, kind, name);
         err.causes = causes;
+        err
+    }
+
+    /// `namespaces "kube-system" is forbidden: this namespace may not be deleted`.
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: impl std::fmt::Display) -> Self {
+        ApiError::new(Reason::Forbidden, format!("{} {name:?} is forbidden: {why}", qualified(group, plural)))
+            .about(group, plural, name)
+    }
+
+    /// A read at resource version `wanted` that the store did not reach in time (upstream's
+    /// watch cache waits 3 s): 504 with a hint to retry in a second.
+    pub fn too_large_resource_version(wanted: u64, current: u64) -> Self {
+        let mut err = ApiError::new(
+            Reason::Timeout,
+            format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+        );
+        err.causes = vec![FieldError {
+            kind: CauseType::ResourceVersionTooLarge,
+            field: String::new(),
+            value: None,
+            detail: "Too large resource version".into(),
+        }];
+        err.retry_after_seconds = Some(1);
         err
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cidr;
 pub mod error;
+pub mod json;
 pub mod kinds;
 pub mod managed;
 pub mod patch;

@@ -98,8 +98,17 @@ pub(crate) fn status(err: &ApiError) -> Value {
         details.insert("kind".into(), subject.kind.clone().into());
     }
     if !err.causes.is_empty() {
-        let causes: Vec<Value> =
-            err.causes.iter().map(|c| json!({"reason": c.kind, "message": c.message(), "field": c.field})).collect();
+        let causes: Vec<Value> = err
+            .causes
+            .iter()
+            .map(|c| {
+                let mut cause = json!({"reason": c.kind, "message": c.message()});
+                if !c.field.is_empty() {
+                    cause["field"] = c.field.clone().into();
+                }
+                cause
+            })
+            .collect();
         details.insert("causes".into(), causes.into());
     }
     if let Some(seconds) = err.retry_after_seconds {

@@ -50,13 +50,15 @@ pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
         }
         (&Method::DELETE, None, None) => delete_collection(&req).await,
         (&Method::GET, Some(name), None | Some(Subresource::Status)) => {
+            if let Some(rv) = req.query.get("resourceVersion").filter(|rv| !rv.is_empty() && *rv != "0") {
+                req.registry.wait_until_fresh(parse_resource_version(rv)?).await?;
+            }
             let stored = req.registry.get(def, namespace.as_deref(), &name).await?;
             respond_object(&req, StatusCode::OK, &stored, &[])
         }
         (&Method::PUT, Some(name), sub @ (None | Some(Subresource::Status | Subresource::Finalize))) => {
-            let body = parse_json(&req.body)?;
-            let written =
-                req.registry.update(def, namespace.as_deref(), &name, sub, body, write_options(&req)?).await?;
+            let (body, options) = object_body(&req)?;
+            let written = req.registry.update(def, namespace.as_deref(), &name, sub, body, options).await?;
             let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
             respond_object(&req, code, &written.object, &written.warnings)
         }
@@ -83,6 +85,58 @@ fn parse_json(body: &[u8]) -> Result<Value> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")).into())
 }
 
+/// The object a create or update sends, by its media type, with the write's options (the
+/// fields the body gave twice among them). JSON and YAML are read; protobuf bodies were turned
+/// into JSON on arrival; anything else is refused as upstream refuses it.
+fn object_body(req: &Request<'_>) -> Result<(Value, WriteOptions)> {
+    let mut options = write_options(req)?;
+    let media = header(&req.headers, header::CONTENT_TYPE).unwrap_or_default();
+    let media = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let value = match media.as_str() {
+        "" | "application/json" | crate::protobuf::MEDIA_TYPE => {
+            let parsed = flotilla_api::json::parse(&req.body)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+            options.duplicates = parsed.duplicates;
+            parsed.value
+        }
+        "application/yaml" => {
+            let text =
+                std::str::from_utf8(&req.body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
+        }
+        _ => {
+            return Err(ApiError::new(
+                Reason::UnsupportedMediaType,
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            )
+            .into());
+        }
+    };
+    Ok((value, options))
+}
+
+/// A write may not move its object: a name or namespace other than the URL's is refused (400)
+/// and so is a uid other than the object's (422), as upstream refuses them in a patch.
+fn check_identity(def: &ResourceDef, name: &str, namespace: Option<&str>, current: &Value, new: &Value) -> Result<()> {
+    let given = |field: &str| new.pointer(&format!("/metadata/{field}")).and_then(Value::as_str);
+    if given("name") != Some(name) {
+        let given = given("name").unwrap_or_default();
+        let why = format!("the name of the object ({given}) does not match the name on the URL ({name})");
+        return Err(ApiError::bad_request(why).into());
+    }
+    if def.namespaced && given("namespace").is_some_and(|n| !n.is_empty() && Some(n) != namespace) {
+        let why = "the namespace of the provided object does not match the namespace sent on the request";
+        return Err(ApiError::bad_request(why).into());
+    }
+    let uid = current.pointer("/metadata/uid").and_then(Value::as_str);
+    if let Some(given) = given("uid").filter(|given| Some(*given) != uid) {
+        let cause = FieldError::invalid("metadata.uid", given, "field is immutable");
+        return Err(ApiError::invalid(def.group, def.kind, name, vec![cause]).into());
+    }
+    Ok(())
+}
+
 fn write_options(req: &Request<'_>) -> Result<WriteOptions> {
     let manager = FieldManager::for_request(
         req.query.get("fieldManager"),
@@ -95,6 +149,7 @@ fn write_options(req: &Request<'_>) -> Result<WriteOptions> {
         skip_admission: false,
         manager: Some(manager),
         applied: false,
+        duplicates: Vec::new(),
     })
 }
 
@@ -106,11 +161,7 @@ fn selectors(def: &ResourceDef, query: &Query) -> Result<(LabelSelector, FieldSe
 
 fn list_options(req: &Request<'_>) -> Result<ListOptions> {
     let (labels, fields) = selectors(req.target.resource, &req.query)?;
-    let exact = match req.query.get("resourceVersionMatch") {
-        None | Some("NotOlderThan") => false,
-        Some("Exact") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}")).into()),
-    };
+    let exact = resource_version_match(&req.query)?;
     let limit = req.query.number("limit")?.filter(|l| *l > 0).map(|l| l as u64);
     Ok(ListOptions {
         labels,
@@ -120,6 +171,34 @@ fn list_options(req: &Request<'_>) -> Result<ListOptions> {
         resource_version: req.query.get("resourceVersion").map(str::to_string),
         exact,
     })
+}
+
+/// Whether a list asks for exactly its `resourceVersion`, refused as upstream's
+/// `ValidateListOptions` refuses what makes no sense.
+fn resource_version_match(query: &Query) -> Result<bool> {
+    let Some(wanted) = query.get("resourceVersionMatch").filter(|m| !m.is_empty()) else { return Ok(false) };
+    let rv = query.get("resourceVersion").unwrap_or_default();
+    let field = "resourceVersionMatch";
+    let mut causes = Vec::new();
+    if rv.is_empty() {
+        causes
+            .push(FieldError::forbidden(field, "resourceVersionMatch is forbidden unless resourceVersion is provided"));
+    }
+    if query.get("continue").is_some_and(|c| !c.is_empty()) {
+        causes.push(FieldError::forbidden(field, "resourceVersionMatch is forbidden when continue is provided"));
+    }
+    match wanted {
+        "Exact" if rv == "0" => causes.push(FieldError::forbidden(
+            field,
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        "Exact" | "NotOlderThan" => {}
+        other => causes.push(FieldError::not_supported(field, other, &["Exact", "NotOlderThan", ""])),
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes).into());
+    }
+    Ok(wanted == "Exact")
 }
 
 async fn list(req: &Request<'_>) -> Result<Response> {
@@ -197,9 +276,8 @@ fn start_watch(req: &Request<'_>) -> Result<Response> {
 }
 
 async fn create(req: &Request<'_>) -> Result<Response> {
-    let body = parse_json(&req.body)?;
-    let written =
-        req.registry.create(req.target.resource, req.target.namespace.as_deref(), body, write_options(req)?).await?;
+    let (body, options) = object_body(req)?;
+    let written = req.registry.create(req.target.resource, req.target.namespace.as_deref(), body, options).await?;
     respond_object(req, StatusCode::CREATED, &written.object, &written.warnings)
 }
 
@@ -212,17 +290,29 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
     if req.query.get("force").is_some() {
         return Err(invalid_patch_options(FieldError::forbidden("force", "may not be specified for non-apply patch")));
     }
-    let patch = parse_json(&req.body)?;
+    let parsed = flotilla_api::json::parse(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let patch = parsed.value;
     let definition = flotilla_api::schema::definition_name(&def.api_version(), def.kind).unwrap_or_default();
-    let options = write_options(req)?;
+    let mut options = write_options(req)?;
+    if !parsed.duplicates.is_empty() && options.field_validation == flotilla_api::FieldValidation::Strict {
+        // Upstream refuses a strict patch's duplicates as an invalid `patch` (422).
+        let fields: Vec<String> = parsed.duplicates.iter().map(|f| format!("duplicate field {f:?}")).collect();
+        let why = format!("strict decoding error: {}", fields.join(", "));
+        let shown = String::from_utf8_lossy(&req.body);
+        return Err(ApiError::invalid("", "", "", vec![FieldError::invalid("patch", shown, why)]).into());
+    }
+    options.duplicates = parsed.duplicates;
+    let namespace = req.target.namespace.as_deref();
     let written = req
         .registry
         .guaranteed_update(
-            ObjectRef { def, namespace: req.target.namespace.as_deref(), name },
+            ObjectRef { def, namespace, name },
             None,
             options,
             |current| {
                 let patched = apply_patch(patch_type, current.clone(), &patch, definition)?;
+                check_identity(def, name, namespace, current, &patched)?;
                 // A resource version in the patch is a precondition, as in an update.
                 let wanted = patched.pointer("/metadata/resourceVersion").and_then(Value::as_str);
                 let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
@@ -262,7 +352,11 @@ async fn apply(req: &Request<'_>, name: &str, sub: Option<Subresource>) -> Resul
             ObjectRef { def, namespace, name },
             None,
             options.clone(),
-            |current| Ok(Some(managed::apply(def, Some(current), &config, &manager, force, &now())?)),
+            |current| {
+                let applied = managed::apply(def, Some(current), &config, &manager, force, &now())?;
+                check_identity(def, name, namespace, current, &applied)?;
+                Ok(Some(applied))
+            },
             sub,
         )
         .await;
@@ -324,11 +418,8 @@ fn invalid_patch_options(cause: FieldError) -> Error {
 fn content_type(req: &Request<'_>) -> Result<PatchType> {
     let content_type = header(&req.headers, header::CONTENT_TYPE).unwrap_or("");
     PatchType::from_content_type(content_type).ok_or_else(|| {
-        ApiError::new(
-            Reason::UnsupportedMediaType,
-            format!("the body of the request was in an unknown format ({content_type}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"),
-        )
-        .into()
+        // What upstream's router answers for a built-in kind, before any handler runs.
+        ApiError::new(Reason::UnsupportedMediaType, "415: Unsupported Media Type").into()
     })
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct WriteOptions {
     pub(crate) manager: Option<FieldManager>,
     /// The change is a server-side apply, which has recorded its managed fields already.
     pub(crate) applied: bool,
+    /// Fields the request's body gave twice, for `fieldValidation` to refuse or warn of.
+    pub(crate) duplicates: Vec<String>,
 }
 
 /// The result of a write: the object as written, and warnings for the client.
@@ -115,6 +117,28 @@ impl Registry {
         match namespace {
             Some(ns) if def.namespaced => format!("{}{ns}/", def.key_prefix()),
             _ => def.key_prefix(),
+        }
+    }
+
+    /// Waits until the store has reached revision `wanted`, as upstream's watch cache waits for a
+    /// resource version it has not seen, for at most [`FRESHNESS_WAIT`]: a read at a version
+    /// from the future is neither served an older state nor held open in silence.
+    pub(crate) async fn wait_until_fresh(&self, wanted: Revision) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+        loop {
+            if self.store.revision() >= wanted {
+                return Ok(());
+            }
+            // A linearizable read brings this member up to what the group has committed.
+            let probe = RangeRequest::new(KeyRange::key(b"/registry/".to_vec())).count_only();
+            let current = self.store.range(probe).await?.revision;
+            if current >= wanted {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::too_large_resource_version(wanted, current).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -185,7 +209,7 @@ impl Registry {
         } else {
             meta.remove("generation");
         }
-        let admitted = def.ops.admit(Value::Object(object), None, options.field_validation)?;
+        let admitted = def.ops.admit(Value::Object(object), None, options.field_validation, &options.duplicates)?;
         let mut object = admitted.object;
         if def.kind == "Pod" {
             add_default_tolerations(&mut object, self.default_toleration_seconds);
@@ -257,6 +281,15 @@ impl Registry {
         if current.is_none() && sub.is_none() && allows_create_on_update(def) {
             return self.create(def, namespace, Value::Object(body), options).await;
         }
+        // A uid in the body is a precondition, as upstream's update takes it.
+        if let (Some(given), Some(current)) = (meta.get("uid").and_then(Value::as_str), &current) {
+            let value = current.value()?;
+            let uid = value.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+            if given != uid {
+                let why = format!("Precondition failed: UID in precondition: {given}, UID in object meta: {uid}");
+                return Err(ApiError::conflict(def.group, def.plural, name, why).into());
+            }
+        }
         self.guaranteed_update(
             ObjectRef { def, namespace, name },
             precondition,
@@ -293,7 +326,7 @@ impl Registry {
             let admitted = if options.skip_admission {
                 flotilla_api::Admitted { object: merged, warnings: Vec::new() }
             } else {
-                def.ops.admit(merged, Some(&old), options.field_validation)?
+                def.ops.admit(merged, Some(&old), options.field_validation, &options.duplicates)?
             };
             let mut object = admitted.object;
             set_generation(def, &old, &mut object);
@@ -347,6 +380,10 @@ impl Registry {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Deleted> {
+        // Upstream's NamespaceLifecycle admission keeps these for good.
+        if def.group.is_empty() && def.plural == "namespaces" && IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(def.group, def.plural, name, "this namespace may not be deleted").into());
+        }
         for _ in 0..UPDATE_ATTEMPTS {
             let current = self.get(def, namespace, name).await?;
             let mut object = current.value()?;
@@ -761,6 +798,13 @@ pub(crate) struct Listed {
     pub(crate) remaining: Option<u64>,
 }
 
+/// How long a read at a resource version the store has not reached waits for it (upstream's
+/// watch cache `blockTimeout`).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// Namespaces that may not be deleted (upstream's NamespaceLifecycle admission).
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 /// Keys read per store call while filling a filtered page.
 const LIST_CHUNK: u64 = 500;
 
@@ -796,13 +840,12 @@ impl Registry {
                 None => (prefix.clone(), None, Consistency::Linearizable),
                 Some("0") => (prefix.clone(), None, Consistency::Serializable),
                 Some(rv) if options.exact => {
-                    (prefix.clone(), Some(parse_resource_version(rv)?), Consistency::Serializable)
+                    let wanted = parse_resource_version(rv)?;
+                    self.wait_until_fresh(wanted).await?;
+                    (prefix.clone(), Some(wanted), Consistency::Serializable)
                 }
                 Some(rv) => {
-                    let wanted = parse_resource_version(rv)?;
-                    if self.store.revision() < wanted {
-                        self.store.range(RangeRequest::new(KeyRange::key(prefix.clone())).count_only()).await?;
-                    }
+                    self.wait_until_fresh(parse_resource_version(rv)?).await?;
                     (prefix.clone(), None, Consistency::Linearizable)
                 }
             },

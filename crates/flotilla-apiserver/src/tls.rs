@@ -12,6 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -58,13 +59,20 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+            let handshake = async {
+                if sent_plain_http(&stream).await {
+                    // What Go's server answers, so that a client pointed at `http://` learns why.
+                    let mut stream = stream;
+                    let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+                    return None;
                 }
+                acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| tracing::debug!(%peer, error = %e, "TLS handshake failed"))
+                    .ok()
             };
+            let Ok(Some(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else { return };
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
@@ -73,6 +81,29 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, router: Router, 
         });
     }
     graceful.shutdown().await;
+}
+
+/// A connection that has not finished its TLS handshake by then is dropped: a client that
+/// connects and says nothing must not hold a task and a descriptor for good.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Go's `net/http` answer to plain HTTP on a TLS port, byte for byte.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// Whether the first bytes on `stream` are an HTTP request rather than a TLS handshake, by the
+/// five prefixes Go's server recognises (`tlsRecordHeaderLooksLikeHTTP`).
+async fn sent_plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 5];
+    // `peek` returns as soon as anything arrived; wait for the five bytes or a TLS record.
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(n) if n >= 5 => break,
+            Ok(0) | Err(_) => return false,
+            Ok(n) if first[0] == 0x16 || first[..n].iter().any(|b| !b.is_ascii()) => return false,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+    [b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO"].iter().any(|prefix| first == **prefix)
 }
 
 /// Accepts exactly the certificate with a known SHA-256, whatever its names or issuer (a
@@ -127,5 +158,41 @@ impl ServerCertVerifier for PinnedCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// What a client that sends `first` to the TLS port reads back before the server closes.
+    async fn answer_to(first: &[u8]) -> Vec<u8> {
+        let cert = crate::pki::self_signed(&["127.0.0.1".into()]).unwrap();
+        let config = serving_config(&cert.cert_pem, &cert.key_der).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, config, Router::new(), std::future::pending()));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(first).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        server.abort();
+        answer
+    }
+
+    #[tokio::test]
+    async fn plain_http_on_the_tls_port_is_told_so_as_go_tells_it() {
+        for request in ["GET /api HTTP/1.1\r\nHost: x\r\n\r\n", "POST /api HTTP/1.1\r\n\r\n", "PUT /x HTTP/1.1\r\n\r\n"]
+        {
+            assert_eq!(answer_to(request.as_bytes()).await, PLAIN_HTTP_ANSWER, "{request}");
+        }
+        // What Go does not recognise as HTTP fails as a handshake would (at most a TLS alert).
+        for other in [&b"PATCH /api HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01\x00\x05hello"] {
+            assert!(!answer_to(other).await.starts_with(b"HTTP"));
+        }
     }
 }

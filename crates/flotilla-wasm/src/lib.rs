@@ -24,7 +24,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::output::{OutputSink, Stream};
-pub use crate::program::{LoadError, Program, ProgramKind, digest};
+pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
 pub use crate::run::{ContainerSpec, Exit, Network, Preopen};
 
 /// How often the engine's epoch advances: the CPU time slice. A guest that computes without

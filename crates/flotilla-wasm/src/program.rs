@@ -223,6 +223,19 @@ fn unlinkable(err: wasmtime::Error) -> LoadError {
     LoadError::Unlinkable(format!("{err:#}"))
 }
 
+/// Checks that `bytes` are a well-formed module or component, without compiling it: what is
+/// stored as an image must at least parse, so that garbage is refused when it is imported and
+/// not when a pod first starts.
+pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    wasmtime::wasmparser::Validator::new()
+        .validate_all(bytes)
+        .map(drop)
+        .map_err(|err| LoadError::Invalid(err.to_string()))
+}
+
 /// `sha256:<hex>` of `bytes`, as OCI digests and [`Program::digest`] are written.
 pub fn digest(bytes: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, bytes);

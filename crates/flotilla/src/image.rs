@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use flotilla_node::{ImageStore, Reference};
 
@@ -35,13 +35,9 @@ pub(crate) fn run(command: ImageCommand) -> Result<()> {
         ImageCommand::Import { file, name, data_dir } => {
             let reference = Reference::parse(&name).map_err(anyhow::Error::msg)?;
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            ensure!(
-                bytes.starts_with(b"\0asm"),
-                "{} is not a WebAssembly module or component (it does not start with the wasm magic number)",
-                file.display()
-            );
             let store = open(&data_dir)?;
-            let image = store.import(&bytes, &reference)?;
+            let image =
+                store.import(&bytes, &reference).with_context(|| format!("cannot import {}", file.display()))?;
             writeln!(std::io::stdout(), "imported {} ({}, {} bytes)", image.reference, image.digest, image.size)?;
         }
         ImageCommand::Ls { data_dir } => {

@@ -67,8 +67,15 @@ pub struct Admitted {
 /// A kind's behaviour, over JSON, so that the API server can hold every kind in one table.
 pub trait KindOps: Send + Sync + fmt::Debug {
     /// Decodes `object`, fills in upstream's defaults, and validates it (and, for an update,
-    /// the change from `old`).
-    fn admit(&self, object: Value, old: Option<&Value>, validation: FieldValidation) -> Result<Admitted>;
+    /// the change from `old`). `duplicates` are the fields the body gave twice
+    /// ([`crate::json::parse`]), refused or warned of with the unknown ones.
+    fn admit(
+        &self,
+        object: Value,
+        old: Option<&Value>,
+        validation: FieldValidation,
+        duplicates: &[String],
+    ) -> Result<Admitted>;
 
     /// The kind's Table columns, in order (those with `priority` 1 only under `-o wide`).
     fn columns(&self) -> Vec<Column>;
@@ -138,14 +145,23 @@ impl<T: Kind> fmt::Debug for Typed<T> {
 }
 
 impl<T: Kind> KindOps for Typed<T> {
-    fn admit(&self, object: Value, old: Option<&Value>, validation: FieldValidation) -> Result<Admitted> {
+    fn admit(
+        &self,
+        object: Value,
+        old: Option<&Value>,
+        validation: FieldValidation,
+        duplicates: &[String],
+    ) -> Result<Admitted> {
         let (mut new, unknown) = decode::<T>(object, true)?;
+        let problems = || {
+            let duplicates = duplicates.iter().map(|f| format!("duplicate field {f:?}"));
+            duplicates.chain(unknown.iter().map(|f| format!("unknown field {f:?}"))).collect::<Vec<_>>()
+        };
         let warnings = match validation {
-            FieldValidation::Strict if !unknown.is_empty() => {
-                let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
-                return Err(cannot_handle::<T>(format!("strict decoding error: {}", fields.join(", "))));
+            FieldValidation::Strict if !unknown.is_empty() || !duplicates.is_empty() => {
+                return Err(cannot_handle::<T>(format!("strict decoding error: {}", problems().join(", "))));
             }
-            FieldValidation::Warn => unknown.iter().map(|f| format!("unknown field {f:?}")).collect(),
+            FieldValidation::Warn => problems(),
             _ => Vec::new(),
         };
         new.set_defaults();
@@ -329,16 +345,22 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i", "colour": "red"}]}
         });
         let pods = find("", "v1", "pods").unwrap();
-        let err = pods.ops.admit(pod.clone(), None, FieldValidation::Strict).unwrap_err();
+        let err = pods.ops.admit(pod.clone(), None, FieldValidation::Strict, &[]).unwrap_err();
         assert_eq!(
             err.message,
             "Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"metadata.bogus\", unknown field \"spec.containers[0].colour\""
         );
-        let admitted = pods.ops.admit(pod, None, FieldValidation::Warn).unwrap();
+        let admitted = pods.ops.admit(pod.clone(), None, FieldValidation::Warn, &[]).unwrap();
         assert_eq!(
             admitted.warnings,
             vec!["unknown field \"metadata.bogus\"", "unknown field \"spec.containers[0].colour\""]
         );
+        // Duplicates, from the parse, come first.
+        let duplicates = ["metadata.name".to_string()];
+        let err = pods.ops.admit(pod.clone(), None, FieldValidation::Strict, &duplicates).unwrap_err();
+        assert!(err.message.ends_with("strict decoding error: duplicate field \"metadata.name\", unknown field \"metadata.bogus\", unknown field \"spec.containers[0].colour\""), "{}", err.message);
+        let admitted = pods.ops.admit(pod.clone(), None, FieldValidation::Ignore, &duplicates).unwrap();
+        assert!(admitted.warnings.is_empty());
         assert!(admitted.object.pointer("/spec/containers/0/colour").is_none(), "unknown fields are dropped");
     }
 
@@ -346,7 +368,7 @@ mod tests {
     fn a_body_of_another_kind_is_refused() {
         let pods = find("", "v1", "pods").unwrap();
         let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
-        let err = pods.ops.admit(svc, None, FieldValidation::Strict).unwrap_err();
+        let err = pods.ops.admit(svc, None, FieldValidation::Strict, &[]).unwrap_err();
         assert!(err.message.starts_with("Pod in version \"v1\" cannot be handled as a Pod"), "{}", err.message);
     }
 

@@ -51,6 +51,9 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the content's digest is {actual}, not the {expected} it was named by")]
     DigestMismatch { expected: String, actual: String },
+    /// An import that is no module or component; nothing was stored.
+    #[error(transparent)]
+    NotAModule(#[from] flotilla_wasm::LoadError),
 }
 
 /// The image store of one node.
@@ -96,8 +99,9 @@ impl ImageStore {
         Ok(Image { reference: name, digest: digest.into(), size, source })
     }
 
-    /// Imports a module under `reference`.
+    /// Imports a module under `reference`, once it is known to be one.
     pub fn import(&self, bytes: &[u8], reference: &Reference) -> Result<Image, StoreError> {
+        flotilla_wasm::validate(bytes)?;
         let digest = self.put_blob(bytes, None)?;
         self.tag(reference, &digest, bytes.len() as u64, Source::Imported)
     }

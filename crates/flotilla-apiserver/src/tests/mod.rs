@@ -8,6 +8,8 @@ use tower::ServiceExt;
 
 use super::*;
 
+mod refusals;
+
 const TOKEN: &str = "test-token-0123456789abcdef0123456789";
 
 struct Server {
@@ -117,7 +119,7 @@ async fn discovery_documents_match_their_snapshots() {
     let server = Server::start().await;
     let (code, apps) = server.get("/apis/apps/v1").await;
     assert_eq!(code, StatusCode::OK);
-    expect_test::expect_file!["../tests/snapshots/discovery-apps-v1.json"]
+    expect_test::expect_file!["../../tests/snapshots/discovery-apps-v1.json"]
         .assert_eq(&serde_json::to_string_pretty(&apps).unwrap());
     let (_, headers, aggregated) = server
         .call(
@@ -128,7 +130,7 @@ async fn discovery_documents_match_their_snapshots() {
         )
         .await;
     assert_eq!(headers[header::CONTENT_TYPE], "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
-    expect_test::expect_file!["../tests/snapshots/aggregated-core.json"]
+    expect_test::expect_file!["../../tests/snapshots/aggregated-core.json"]
         .assert_eq(&serde_json::to_string_pretty(&aggregated).unwrap());
     let (_, root) = server.get("/openapi/v3").await;
     assert!(root["paths"]["api/v1"]["serverRelativeURL"].is_string());
@@ -490,7 +492,7 @@ async fn pod_tables_field_selectors_and_field_validation_match_upstream() {
             cells
         }).collect::<Vec<_>>(),
     });
-    expect_test::expect_file!["../tests/snapshots/table-pods.json"]
+    expect_test::expect_file!["../../tests/snapshots/table-pods.json"]
         .assert_eq(&serde_json::to_string_pretty(&shown).unwrap());
 
     // The field selectors kubectl sends: `describe node` lists a node's live pods.
@@ -550,7 +552,7 @@ async fn pod_tables_field_selectors_and_field_validation_match_upstream() {
         "containers": v1["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
             .as_object().unwrap().iter().filter(|(k, _)| k.starts_with("x-kubernetes")).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
     });
-    expect_test::expect_file!["../tests/snapshots/openapi-v1-pod-patch.json"]
+    expect_test::expect_file!["../../tests/snapshots/openapi-v1-pod-patch.json"]
         .assert_eq(&serde_json::to_string_pretty(&shown).unwrap());
     server.store.shutdown().await;
 }

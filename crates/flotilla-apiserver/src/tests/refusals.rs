@@ -1,0 +1,182 @@
+//! Input that upstream refuses is refused here too, with upstream's code, reason and message.
+
+use super::*;
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+#[tokio::test]
+async fn bodies_in_a_media_type_the_server_does_not_speak_get_415() {
+    let server = Server::start().await;
+    let body = serde_json::to_vec(&configmap("form", json!({}))).unwrap();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (code, _, status) = server.call_raw(Method::POST, CM, body.clone(), &form).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("UnsupportedMediaType")));
+    assert_eq!(
+        status["message"],
+        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
+    );
+    assert_eq!(server.get(&format!("{CM}/form")).await.0, StatusCode::NOT_FOUND, "nothing was created");
+    let (code, _, _) = server.call_raw(Method::PUT, &format!("{CM}/form"), body, &form).await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (code, status) = server.patch(&format!("{CM}/form"), "text/plain", json!({})).await;
+    assert_eq!(
+        (code, status["message"].as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("415: Unsupported Media Type"))
+    );
+
+    // YAML and a charset parameter are spoken.
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yaml\ndata:\n  k: v\n";
+    let (code, _, created) =
+        server.call_raw(Method::POST, CM, yaml.into(), &[("content-type", "application/yaml")]).await;
+    assert_eq!((code, created["data"]["k"].as_str()), (StatusCode::CREATED, Some("v")));
+    let json = [("content-type", "application/json; charset=utf-8")];
+    let (code, _, _) =
+        server.call_raw(Method::POST, CM, serde_json::to_vec(&configmap("utf8", json!({}))).unwrap(), &json).await;
+    assert_eq!(code, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn duplicate_fields_are_refused_when_strict_and_warned_of_otherwise() {
+    let server = Server::start().await;
+    let body = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "name": "b"}, "data": {"k": "1", "k": "2"}}"#;
+    let (code, _, status) =
+        server.call_raw(Method::POST, &format!("{CM}?fieldValidation=Strict"), body.to_vec(), &[]).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status["message"],
+        "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: duplicate field \"metadata.name\", duplicate field \"data.k\""
+    );
+    let (code, headers, created) = server.call_raw(Method::POST, CM, body.to_vec(), &[]).await;
+    assert_eq!((code, created["metadata"]["name"].as_str()), (StatusCode::CREATED, Some("b")), "the last one wins");
+    let warnings: Vec<_> = headers.get_all("warning").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(warnings, [r#"299 - "duplicate field \"metadata.name\"""#, r#"299 - "duplicate field \"data.k\"""#]);
+    let (code, headers, _) =
+        server.call_raw(Method::PUT, &format!("{CM}/b?fieldValidation=Ignore"), body.to_vec(), &[]).await;
+    assert_eq!((code, headers.get("warning")), (StatusCode::OK, None));
+
+    // A strict patch with duplicates is an invalid patch (422), as upstream has it.
+    let patch = br#"{"data": {"k": "3", "k": "4"}}"#.to_vec();
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, _, status) =
+        server.call_raw(Method::PATCH, &format!("{CM}/b?fieldValidation=Strict"), patch.clone(), &merge).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        status["message"].as_str().unwrap().ends_with("strict decoding error: duplicate field \"data.k\""),
+        "{status}"
+    );
+    let (code, headers, patched) = server.call_raw(Method::PATCH, &format!("{CM}/b"), patch, &merge).await;
+    assert_eq!((code, patched["data"]["k"].as_str()), (StatusCode::OK, Some("4")));
+    assert!(headers.get("warning").is_some());
+}
+
+#[tokio::test]
+async fn a_patch_may_not_move_its_object() {
+    let server = Server::start().await;
+    let (_, created) = server.post(CM, configmap("stay", json!({}))).await;
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let at = format!("{CM}/stay");
+    for kind in ["application/merge-patch+json", "application/strategic-merge-patch+json"] {
+        let (code, status) = server.patch(&at, kind, json!({"metadata": {"name": "moved"}})).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{kind}");
+        assert_eq!(status["message"], "the name of the object (moved) does not match the name on the URL (stay)");
+        let (code, status) = server.patch(&at, kind, json!({"metadata": {"namespace": "kube-system"}})).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{kind}");
+        assert_eq!(
+            status["message"],
+            "the namespace of the provided object does not match the namespace sent on the request"
+        );
+        let (code, status) = server.patch(&at, kind, json!({"metadata": {"uid": "another"}})).await;
+        assert_eq!((code, status["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")), "{kind}");
+        assert_eq!(
+            status["message"],
+            "ConfigMap \"stay\" is invalid: metadata.uid: Invalid value: \"another\": field is immutable"
+        );
+    }
+    let json_patch = json!([{"op": "replace", "path": "/metadata/name", "value": "moved"}]);
+    let (code, _) = server.patch(&at, "application/json-patch+json", json_patch).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let json_patch = json!([{"op": "remove", "path": "/metadata/name"}]);
+    let (code, status) = server.patch(&at, "application/json-patch+json", json_patch).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    // A PUT naming another uid fails its precondition.
+    let mut replaced = configmap("stay", json!({}));
+    replaced["metadata"]["uid"] = "another".into();
+    let (code, status) = server.put(&at, replaced).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{status}");
+    let (_, stored) = server.get(&at).await;
+    assert_eq!(
+        (stored["metadata"]["name"].as_str(), stored["metadata"]["uid"].as_str()),
+        (Some("stay"), Some(uid.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn list_options_that_make_no_sense_are_invalid() {
+    let server = Server::start().await;
+    let (code, status) = server.get(&format!("{CM}?resourceVersionMatch=NotOlderThan")).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        status["message"],
+        "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+    );
+    let (code, status) = server.get(&format!("{CM}?resourceVersion=0&resourceVersionMatch=Exact")).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let (code, status) = server.get(&format!("{CM}?resourceVersion=1&resourceVersionMatch=Sometime")).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(status["message"].as_str().unwrap().contains("Unsupported value: \"Sometime\""), "{status}");
+    let (code, _) = server.get(&format!("{CM}?resourceVersion=1&resourceVersionMatch=NotOlderThan")).await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_read_from_the_future_waits_then_times_out_with_a_retry_hint() {
+    let server = Server::start().await;
+    let (_, list) = server.get(CM).await;
+    let now: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let future = now + 1000;
+    let started = std::time::Instant::now();
+    let (code, headers, status) = server.call(Method::GET, &format!("{CM}?resourceVersion={future}"), None, &[]).await;
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "it waited for the version");
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::GATEWAY_TIMEOUT, Some("Timeout")));
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Timeout: Too large resource version: {future}, current: ")),
+        "{status}"
+    );
+    assert_eq!(status["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+    assert_eq!(
+        (status["details"]["retryAfterSeconds"].as_u64(), headers.get("retry-after").map(|v| v.to_str().unwrap())),
+        (Some(1), Some("1"))
+    );
+    let (code, _) = server.get(&format!("/api/v1/namespaces/default?resourceVersion={future}")).await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT);
+
+    // A version reached while the read waits is served.
+    let waiting = {
+        let router = server.router.clone();
+        let uri = format!("{CM}?resourceVersion={}", now + 1);
+        tokio::spawn(async move {
+            let request =
+                Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty());
+            router.oneshot(request.unwrap()).await.unwrap().status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server.post(CM, configmap("now", json!({}))).await;
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_system_namespaces_may_not_be_deleted() {
+    let server = Server::start().await;
+    for name in ["default", "kube-system", "kube-public"] {
+        let (code, status) = server.delete(&format!("/api/v1/namespaces/{name}")).await;
+        assert_eq!((code, status["reason"].as_str()), (StatusCode::FORBIDDEN, Some("Forbidden")));
+        assert_eq!(status["message"], format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"));
+        assert_eq!(server.get(&format!("/api/v1/namespaces/{name}")).await.0, StatusCode::OK);
+    }
+    // kube-node-lease is not among them, as upstream.
+    assert_eq!(server.delete("/api/v1/namespaces/kube-node-lease").await.0, StatusCode::OK);
+}
