@@ -48,7 +48,7 @@ pub(crate) struct AgentArgs {
 pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     let (ca_hash, secret) = pki::parse_join_token(&args.token).map_err(anyhow::Error::msg)?;
     let ca_pem = fetch_ca(&args.server, &ca_hash).await?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    crate::make_private(&args.data_dir)?;
     pki::write_secret(&args.data_dir.join("ca.crt"), ca_pem.as_bytes()).context("cannot keep the cluster CA")?;
     let mut config = kube::Config::new(args.server.parse().with_context(|| format!("{:?} is not a URL", args.server))?);
     config.root_cert = Some(

@@ -62,6 +62,7 @@ fn default_data_dir() -> PathBuf {
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     raise_descriptor_limit();
+    keep_files_private();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,6 +83,42 @@ fn main() -> anyhow::Result<()> {
             Command::Image { command } => image::run(command),
         }
     })
+}
+
+/// Everything Flotilla writes is its own: the store's files (Secrets in its WAL), keys, tokens,
+/// pods' volumes and logs. With this mask every file is created 0600 and every directory 0700
+/// whatever the caller's umask, as etcd creates its data; [`make_private`] fixes up what an
+/// earlier release or a careless hand left readable.
+fn keep_files_private() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Creates `dir` if need be and makes it and everything in it private to its owner: directories
+/// 0700, files 0600 (links are left alone, never followed).
+pub(crate) fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(path: &std::path::Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let mode = if meta.is_dir() {
+            0o700
+        } else if meta.is_file() {
+            0o600
+        } else {
+            return Ok(());
+        };
+        if meta.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| walk(dir))
+        .map_err(|e| anyhow::anyhow!("cannot make {} private to its owner: {e}", dir.display()))
 }
 
 /// A node keeps each running container's log file open, and a node holds thousands of pods:

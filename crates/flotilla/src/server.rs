@@ -109,6 +109,7 @@ fn parse_members(list: &str) -> Result<BTreeMap<u64, String>, String> {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> Result<()> {
+    crate::make_private(&args.data_dir)?;
     let api_listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the API", args.listen))?;
