@@ -62,10 +62,10 @@ async fn main() -> Result<()> {
     let line = server.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
     let kubeconfig = line.trim_start_matches("kubeconfig: ").to_string();
     let api = Api::from_kubeconfig(kubeconfig.as_ref())?;
-    let token = std::fs::read_to_string(dir.path().join("node-token"))?.trim().to_string();
+    // Hollow nodes act for many nodes at once, which no node identity may: they run as the admin.
     let hollow = Running::spawn(
         Command::new(flotilla_bin()?)
-            .args(["agent", "--server", &format!("https://127.0.0.1:{port}"), "--token", &token])
+            .args(["agent", "--kubeconfig", &kubeconfig])
             .args(["--hollow", &args.nodes.to_string(), "--data-dir"])
             .arg(dir.path().join("hollow")),
     )?;

@@ -1,5 +1,5 @@
-//! A lean Kubernetes API client for benchmarks: HTTPS with the cluster's CA and bearer token from
-//! a kubeconfig, one HTTP/1.1 connection per simulated client. Nothing typed, nothing cached, so
+//! A lean Kubernetes API client for benchmarks: HTTPS with the cluster's CA and the admin's
+//! client certificate from a kubeconfig, one HTTP/1.1 connection per simulated client. Nothing typed, nothing cached, so
 //! what is measured is the server.
 
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -23,7 +23,6 @@ use tokio_rustls::TlsConnector;
 #[derive(Clone)]
 pub struct Api {
     addr: SocketAddr,
-    token: String,
     tls: TlsConnector,
 }
 
@@ -37,15 +36,18 @@ impl Api {
                 .with_context(|| format!("{} has no {name}", path.display()))
         };
         let addr: SocketAddr = field("server:")?.trim_start_matches("https://").parse()?;
-        let ca_pem = base64::engine::general_purpose::STANDARD.decode(field("certificate-authority-data:")?)?;
+        let pem =
+            |name: &str| -> Result<Vec<u8>> { Ok(base64::engine::general_purpose::STANDARD.decode(field(name)?)?) };
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(&ca_pem)?)?;
+        roots.add(CertificateDer::from_pem_slice(&pem("certificate-authority-data:")?)?)?;
+        let cert = CertificateDer::from_pem_slice(&pem("client-certificate-data:")?)?;
+        let key = PrivateKeyDer::from_pem_slice(&pem("client-key-data:")?)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Api { addr, token: field("token:")?.to_string(), tls: TlsConnector::from(Arc::new(config)) })
+            .with_client_auth_cert(vec![cert], key)?;
+        Ok(Api { addr, tls: TlsConnector::from(Arc::new(config)) })
     }
 
     /// A new connection, as one client has.
@@ -55,14 +57,13 @@ impl Api {
         let tls = self.tls.connect(ServerName::IpAddress(self.addr.ip().into()), tcp).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(connection);
-        Ok(Connection { sender, token: format!("Bearer {}", self.token) })
+        Ok(Connection { sender })
     }
 }
 
 /// One HTTP/1.1 connection; one request at a time.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
-    token: String,
 }
 
 impl Connection {
@@ -78,7 +79,6 @@ impl Connection {
             .method(method)
             .uri(path)
             .header(header::HOST, "flotilla")
-            .header(header::AUTHORIZATION, &self.token)
             .header(header::CONTENT_TYPE, content_type)
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))?;

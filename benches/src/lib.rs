@@ -61,6 +61,15 @@ impl Report {
         Report { name: name.into(), peer: peer.into(), rows: Vec::new() }
     }
 
+    /// The report of a smoke run (`--smoke`): written as `<name>-smoke.json`, so that it never
+    /// takes the place of a measured one.
+    pub fn smoke(mut self, smoke: bool) -> Self {
+        if smoke {
+            self.name.push_str("-smoke");
+        }
+        self
+    }
+
     /// A report with no peer measured beside us.
     pub fn solo(name: &str) -> Self {
         Report::new(name, "")

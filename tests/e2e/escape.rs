@@ -74,6 +74,7 @@ fn a_hostile_guest_cannot_leave_its_volumes() -> Result<()> {
 
     let server = Server::start(dir.path(), Ports::free())?;
     import(dir.path(), examples::P1_ESCAPE, "escape:v1")?;
+    import(dir.path(), examples::P2_ESCAPE, "escape-p2:v1")?;
     let k = Kubectl::new("1.33", &server)?;
     let node = node_name(&k)?;
     k.ok(&["create", "configmap", "cfg", "--from-literal=key=read only"])?;
@@ -169,6 +170,28 @@ fn a_hostile_guest_cannot_leave_its_volumes() -> Result<()> {
     }
     wait_for(&k, "race", "{.status.containerStatuses[?(@.name==\"swap\")].state}", 10, |s| s.contains("running"))?;
     canary_intact(&canary)?;
+
+    // A guest may call the API (it authenticates), but not the store's peer port nor the node
+    // API, whatever address it tries them by.
+    let peer = server.store_url.trim_start_matches("https://").to_string();
+    let peer_port = peer.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    let node_port = k.ok(&["get", "node", &node, "-o", "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}"])?;
+    let api = server.url.trim_start_matches("https://").to_string();
+    let targets = format!("{peer},0.0.0.0:{peer_port},127.0.0.1:{node_port},{api}");
+    let containers = format!(
+        "  - name: probe
+    image: escape-p2:v1
+    imagePullPolicy: IfNotPresent
+    env: [{{name: MODE, value: connect}}, {{name: TARGETS, value: '{targets}'}}]
+"
+    );
+    apply(&k, &escape_pod("egress", &node, "{name: LINKS, value: ''}", &containers))?;
+    wait_for(&k, "egress", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    let connected = k.ok(&["logs", "egress", "-c", "probe"])?;
+    for refused in [peer.clone(), format!("0.0.0.0:{peer_port}"), format!("127.0.0.1:{node_port}")] {
+        ensure!(connected.contains(&format!("connect {refused}: error")), "{connected}");
+    }
+    ensure!(connected.contains(&format!("connect {api}: ok")), "{connected}");
 
     // Admission refuses what upstream's validation refuses, naming the field.
     for (sub, why) in [("../../etc", "must not contain '..'"), ("/etc", "must be a relative path")] {

@@ -47,6 +47,12 @@ impl Ports {
     }
 }
 
+/// How a test calls a server's store as the member whose data directory is `data_dir` (the
+/// peer API answers members only).
+pub(crate) fn store_tls(data_dir: &Path) -> Result<rustls::ClientConfig> {
+    Ok(flotilla_auth::pki::StoreMember::load(&data_dir.join("pki"))?.client_config()?)
+}
+
 /// A running `flotilla server`; killed (SIGKILL) when dropped.
 pub(crate) struct Server {
     child: Child,
@@ -100,7 +106,7 @@ impl Server {
             .with_context(|| format!("unexpected ready line {line:?}"))?;
         Ok(Server {
             child,
-            store_url: format!("http://127.0.0.1:{}", ports.peer),
+            store_url: format!("https://127.0.0.1:{}", ports.peer),
             kubeconfig,
             url: format!("https://127.0.0.1:{}", ports.api),
         })

@@ -47,6 +47,17 @@ impl Kubectl {
         Ok(kubectl)
     }
 
+    /// The same kubectl in the same namespace, as whoever `kubeconfig` names.
+    pub(crate) fn as_user(&self, kubeconfig: &Path) -> Result<Kubectl> {
+        Ok(Kubectl {
+            version: self.version.clone(),
+            bin: self.bin.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            home: tempfile::tempdir()?,
+            namespace: self.namespace.clone(),
+        })
+    }
+
     /// The same kubectl, namespace and discovery cache, for `server` (a restarted one).
     pub(crate) fn for_server(self, server: &Server) -> Kubectl {
         Kubectl { kubeconfig: server.kubeconfig.clone(), ..self }

@@ -1,6 +1,7 @@
 //! End-to-end suites: each starts the real `flotilla` binary as a process and drives it with
 //! real clients. Build the binary first (`cargo build --bin flotilla`; the test script does).
 
+mod access;
 mod at_rest;
 mod escape;
 mod harness;

@@ -64,10 +64,10 @@ fn a_node_that_restarts_reports_its_pods_truthfully_and_restarts_them() -> Resul
 }
 
 /// A running `flotilla agent`; killed when dropped.
-struct Agent(Child);
+pub(crate) struct Agent(Child);
 
 impl Agent {
-    fn start(server: &Server, token: &str, data_dir: &Path, name: &str) -> Result<Agent> {
+    pub(crate) fn start(server: &Server, token: &str, data_dir: &Path, name: &str) -> Result<Agent> {
         let child = Command::new(flotilla_bin())
             .args(["agent", "--server", &server.url, "--token", token, "--data-dir"])
             .arg(data_dir)

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use flotilla_store::{KeyRange, RangeRequest, StoreClient};
 use tokio::sync::Mutex;
 
-use crate::harness::{Ports, Server};
+use crate::harness::{Ports, Server, store_tls};
 
 const WRITERS: usize = 16;
 const CRASHES: usize = 3;
@@ -24,7 +24,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     let mut highest = 0;
 
     for crash in 0..CRASHES {
-        let client = StoreClient::connect(&server.store_url, Duration::from_secs(5)).await?;
+        let client = StoreClient::connect(&server.store_url, &store_tls(dir.path())?, Duration::from_secs(5)).await?;
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let (client, acked) = (client.clone(), acked.clone());
@@ -48,7 +48,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
         }
 
         server = Server::start(dir.path(), ports.clone())?;
-        let client = StoreClient::connect(&server.store_url, Duration::from_secs(5)).await?;
+        let client = StoreClient::connect(&server.store_url, &store_tls(dir.path())?, Duration::from_secs(5)).await?;
         let acked = acked.lock().await;
         let before = acked.values().map(|(_, r)| *r).max().unwrap_or(0);
         ensure!(before > highest, "crash {crash}: no writes were acknowledged before the kill");

@@ -18,9 +18,11 @@ struct Hollow(Child);
 
 impl Hollow {
     fn start(server: &Server, data_dir: &std::path::Path, count: usize, prefix: &str) -> Result<Hollow> {
-        let token = std::fs::read_to_string(data_dir.join("node-token"))?.trim().to_string();
+        // They act for many nodes at once, which no node identity may: they run as the admin.
         let child = Command::new(flotilla_bin())
-            .args(["agent", "--server", &server.url, "--token", &token, "--data-dir"])
+            .args(["agent", "--kubeconfig"])
+            .arg(&server.kubeconfig)
+            .arg("--data-dir")
             .arg(data_dir.join(format!("hollow-{prefix}")))
             .args(["--hollow", &count.to_string(), "--hollow-prefix", prefix])
             .env("FLOTILLA_LOG", "warn")

@@ -91,7 +91,9 @@ pub(crate) fn status(err: &ApiError) -> Value {
     });
     let mut details = serde_json::Map::new();
     if let Some(subject) = &err.subject {
-        details.insert("name".into(), subject.name.clone().into());
+        if !subject.name.is_empty() {
+            details.insert("name".into(), subject.name.clone().into());
+        }
         if !subject.group.is_empty() {
             details.insert("group".into(), subject.group.clone().into());
         }

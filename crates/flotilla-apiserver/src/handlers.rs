@@ -29,6 +29,8 @@ pub(crate) const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub(crate) struct Request<'a> {
     pub(crate) registry: &'a Registry,
     pub(crate) nodes: &'a NodeProxy,
+    /// The node making the request, when a node makes it: its writes go through NodeRestriction.
+    pub(crate) node: Option<String>,
     pub(crate) method: Method,
     pub(crate) target: Target,
     pub(crate) query: Query,
@@ -150,6 +152,7 @@ fn write_options(req: &Request<'_>) -> Result<WriteOptions> {
         manager: Some(manager),
         applied: false,
         duplicates: Vec::new(),
+        node: req.node.clone(),
     })
 }
 
@@ -446,6 +449,7 @@ fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
             .map(str::to_string),
         dry_run: body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"))
             || req.query.dry_run()?,
+        node: req.node.clone(),
     };
     if let Some(grace) = req.query.number("gracePeriodSeconds")? {
         options.grace_period_seconds = Some(grace);
@@ -630,7 +634,7 @@ async fn bind(req: &Request<'_>, name: &str) -> Result<Response> {
 async fn evict(req: &Request<'_>, name: &str) -> Result<Response> {
     let eviction = parse_json(&req.body)?;
     let grace = eviction.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
-    let options = DeleteOptions { grace_period_seconds: grace, ..Default::default() };
+    let options = DeleteOptions { grace_period_seconds: grace, node: req.node.clone(), ..Default::default() };
     req.registry.delete(req.target.resource, req.target.namespace.as_deref(), name, &options).await?;
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     json_response(StatusCode::CREATED, &status, &[])

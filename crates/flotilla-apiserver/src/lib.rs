@@ -3,34 +3,39 @@
 //! Discovery (legacy and aggregated), OpenAPI v3, every verb on the served resources with
 //! upstream's semantics (optimistic concurrency, finalizers, graceful pod deletion, label and
 //! field selectors, consistent pagination), JSON, merge and strategic merge patches, watches,
-//! Tables for `kubectl get`, bearer-token authentication, and HTTPS with a generated CA.
+//! Tables for `kubectl get`; behind `flotilla-auth`'s authentication layer, an authorizer chain
+//! (`authz`) in front of every request and NodeRestriction in the writes of nodes.
 
+mod authz;
 mod codec;
 mod compaction;
+mod credentials;
 mod discovery;
 mod error;
 mod handlers;
 mod node_proxy;
 mod openapi;
-pub mod pki;
 mod protobuf;
 mod registry;
 mod request;
 mod services;
 mod table;
-mod tls;
 mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flotilla_api::resource::{self, ResourceDef};
+use flotilla_api::selector::FieldSelector;
 use flotilla_api::{ApiError, Reason};
+use flotilla_auth::pki::{Authority, Issued};
+use flotilla_auth::{Authenticate, Authenticator, UserInfo};
 use flotilla_store::Store;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
@@ -38,8 +43,8 @@ use serde_json::{Value, json};
 pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_history};
 pub use error::Error;
 pub use flotilla_api::Cidr;
-pub use tls::{PinnedCertificate, serve, server_config, serving_config};
 
+use crate::authz::Authorizer;
 use crate::handlers::{MAX_BODY_BYTES, json_response};
 use crate::node_proxy::NodeProxy;
 use crate::registry::{Registry, WriteOptions};
@@ -53,12 +58,15 @@ pub struct ApiServerConfig {
     /// Cluster IPs of Services come from here. On a single host it lies in 127.0.0.0/8, so
     /// that nothing needs privileges to route it.
     pub service_cidr: Cidr,
-    /// The secret node agents authenticate with, and present to nodes when the server proxies
-    /// to them (`kubectl logs`). `None` when the cluster takes no nodes.
-    pub node_token: Option<String>,
+    /// Who may call: bearer tokens (the admin's, the join token's) beside the client
+    /// certificates the TLS listener verified.
+    pub authenticator: Authenticator,
     /// The cluster CA, served at `/cacerts` so that a joining agent can fetch it and check it
-    /// against the hash in its join token.
-    pub ca_pem: Option<String>,
+    /// against the hash in its join token, and the key that signs nodes' certificates when
+    /// they join. `None` when the cluster takes no nodes from elsewhere.
+    pub authority: Option<Arc<Authority>>,
+    /// What the server presents to nodes when it proxies to them (`kubectl logs`).
+    pub node_client: Option<Issued>,
     /// How long pods tolerate an unreachable or not-ready node before they are evicted, unless
     /// they say otherwise (upstream's DefaultTolerationSeconds admission, 300 s there).
     pub default_toleration_seconds: i64,
@@ -78,8 +86,9 @@ impl Default for ApiServerConfig {
     fn default() -> Self {
         ApiServerConfig {
             service_cidr: "127.43.0.0/16".parse().expect("a valid CIDR"),
-            node_token: None,
-            ca_pem: None,
+            authenticator: Authenticator::new(),
+            authority: None,
+            node_client: None,
             default_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
         }
     }
@@ -94,9 +103,9 @@ pub struct ApiServer {
 struct Inner {
     registry: Registry,
     nodes: NodeProxy,
-    /// Bearer tokens accepted: the admin's, and the nodes' when there is one.
-    tokens: Vec<String>,
-    ca_pem: Option<String>,
+    authenticator: Authenticator,
+    authorizer: Authorizer,
+    authority: Option<Arc<Authority>>,
     ready: AtomicBool,
 }
 
@@ -107,10 +116,10 @@ impl std::fmt::Debug for ApiServer {
 }
 
 impl ApiServer {
-    /// An API server over `store`, whose clients authenticate with `token`. Creates the default
-    /// namespaces if they are missing.
-    pub async fn new(store: Store, token: String, config: ApiServerConfig) -> Result<ApiServer, Error> {
+    /// An API server over `store`. Creates the default namespaces if they are missing.
+    pub async fn new(store: Store, config: ApiServerConfig) -> Result<ApiServer, Error> {
         let allocator = services::Allocator::new(store.clone(), config.service_cidr);
+        let authorizer = Authorizer::new(authz::NodeGraph::follow(store.clone()));
         let registry = Registry::new(store, allocator, config.default_toleration_seconds);
         let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
         for name in DEFAULT_NAMESPACES {
@@ -121,12 +130,12 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
-        let tokens = std::iter::once(token).chain(config.node_token.clone()).collect();
         let inner = Inner {
             registry,
-            nodes: NodeProxy::new(config.node_token),
-            tokens,
-            ca_pem: config.ca_pem,
+            nodes: NodeProxy::new(config.node_client),
+            authenticator: config.authenticator,
+            authorizer,
+            authority: config.authority,
             ready: AtomicBool::new(false),
         };
         Ok(ApiServer { inner: Arc::new(inner) })
@@ -144,8 +153,10 @@ impl ApiServer {
             .route("/readyz", get(readyz))
             .route("/version", get(|| async { axum::Json(discovery::version()) }))
             .route("/cacerts", get(cacerts))
+            .route(authz::NODE_CREDENTIALS_PATH, axum::routing::post(credentials::node_credentials))
             .fallback(dispatch)
             .with_state(self.clone())
+            .layer(Authenticate::layer(self.inner.authenticator.clone()))
     }
 }
 
@@ -160,30 +171,25 @@ async fn readyz(State(server): State<ApiServer>) -> Response {
 /// The cluster CA, open as upstream's `/version` is: it is public, and a joining agent checks
 /// what it gets against the hash in its join token before it trusts it.
 async fn cacerts(State(server): State<ApiServer>) -> Response {
-    match &server.inner.ca_pem {
-        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem.clone()).into_response(),
+    match &server.inner.authority {
+        Some(authority) => {
+            ([(header::CONTENT_TYPE, "application/x-pem-file")], authority.cert_pem().to_string()).into_response()
+        }
         None => Error(request::not_served()).into_response(),
     }
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_token(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 async fn dispatch(
     State(server): State<ApiServer>,
+    Extension(user): Extension<UserInfo>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| server.inner.tokens.iter().any(|expected| same_token(token.trim(), expected)));
-    if !authorized {
+    // Everything past the open paths needs credentials, as with upstream's
+    // `--anonymous-auth=false`.
+    if user.is_anonymous() {
         return Error(ApiError::new(Reason::Unauthorized, "Unauthorized")).into_response();
     }
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
@@ -215,7 +221,7 @@ async fn dispatch(
         let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
         (method.clone(), agent.to_string())
     });
-    let response = match route(&server, method, &uri, headers, body).await {
+    let response = match route(&server, &user, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -227,21 +233,22 @@ async fn dispatch(
 
 async fn route(
     server: &ApiServer,
+    user: &UserInfo,
     method: Method,
     uri: &Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
     let path = uri.path();
+    let query = Query::parse(uri.query());
+    let route = authorize(server, user, &method, path, &query).await?;
     if let Some(rest) = path.strip_prefix("/openapi/v3") {
         return openapi_response(rest.trim_start_matches('/'), uri.query());
     }
     if path == "/openapi/v2" {
         return Ok(openapi_v2_response(&headers));
     }
-    if !path.starts_with("/api") {
-        return Err(request::not_served().into());
-    }
+    let Some(route) = route else { return Err(request::not_served().into()) };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let aggregated = discovery::aggregated_version(accept.as_deref());
     let only_get = |method: &Method| {
@@ -251,7 +258,7 @@ async fn route(
             Err(Error(ApiError::new(Reason::MethodNotAllowed, "discovery is read-only")))
         }
     };
-    match parse_path(path)? {
+    match route {
         Route::CoreVersions => {
             only_get(&method)?;
             match aggregated {
@@ -278,15 +285,48 @@ async fn route(
             let request = handlers::Request {
                 registry: &server.inner.registry,
                 nodes: &server.inner.nodes,
+                node: user.node_name().map(str::to_string),
                 method,
                 target,
-                query: Query::parse(uri.query()),
+                query,
                 headers,
                 body,
             };
             handlers::handle(request).await
         }
     }
+}
+
+/// Decides whether `user` may make the request, before anything else is done with it; the
+/// resource route it names, if it names one (`None` for the OpenAPI documents, which are served
+/// before resources are parsed).
+async fn authorize(
+    server: &ApiServer,
+    user: &UserInfo,
+    method: &Method,
+    path: &str,
+    query: &Query,
+) -> Result<Option<Route>, Error> {
+    let route = if path.starts_with("/api") { Some(parse_path(path)) } else { None };
+    let fields = query.get("fieldSelector").and_then(|text| FieldSelector::parse(text, |_| true).ok());
+    let target = match &route {
+        Some(Ok(Route::Object(target))) => authz::Request::Resource {
+            def: target.resource,
+            subresource: target.subresource,
+            namespace: target.namespace.as_deref(),
+            name: target.name.as_deref(),
+            fields: fields.as_ref(),
+        },
+        _ => authz::Request::Path(path),
+    };
+    let named = matches!(&target, authz::Request::Resource { name: Some(_), .. });
+    let verb = match target {
+        authz::Request::Path(_) => authz::verb(method, true, false),
+        _ => authz::verb(method, named, query.flag("watch")),
+    };
+    let attributes = authz::Attributes { user, verb, target };
+    server.inner.authorizer.authorize(&attributes).await?;
+    route.transpose()
 }
 
 fn discovery_response(document: &Value, version: &str) -> Result<Response, Error> {

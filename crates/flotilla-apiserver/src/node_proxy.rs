@@ -1,7 +1,8 @@
 //! Requests the API server makes to nodes on a client's behalf (`pods/log`), as upstream's
 //! apiserver proxies to the kubelet. A node serves HTTPS with a certificate of its own; the
 //! server accepts only the certificate whose SHA-256 the node published on its Node object
-//! (written with the node's credentials), and presents the node token.
+//! (which NodeRestriction lets only that node write), and presents the server's own client
+//! certificate (`kube-apiserver-kubelet-client` in `system:masters`), which nodes require.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::tls::PinnedCertificate;
+use flotilla_auth::PinnedCertificate;
+use flotilla_auth::pki::Issued;
 
 /// The annotation a node publishes its serving certificate's SHA-256 in.
 const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
@@ -26,13 +28,13 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How the API server reaches nodes.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeProxy {
-    /// The token nodes accept, `None` when the cluster has no nodes.
-    token: Option<String>,
+    /// The certificate nodes accept, `None` when the cluster has no nodes.
+    client: Option<Issued>,
 }
 
 impl NodeProxy {
-    pub(crate) fn new(token: Option<String>) -> NodeProxy {
-        NodeProxy { token }
+    pub(crate) fn new(client: Option<Issued>) -> NodeProxy {
+        NodeProxy { client }
     }
 
     /// `GET path_and_query` on `node`, the answer streamed back as the node gave it.
@@ -40,7 +42,7 @@ impl NodeProxy {
         let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let unreachable =
             |why: String| ApiError::new(Reason::ServiceUnavailable, format!("cannot reach node {name:?}: {why}"));
-        let token = self.token.as_deref().ok_or_else(|| unreachable("this server has no node credentials".into()))?;
+        let client = self.client.as_ref().ok_or_else(|| unreachable("this server has no node credentials".into()))?;
         let address = node
             .pointer("/status/addresses")
             .and_then(Value::as_array)
@@ -67,7 +69,8 @@ impl NodeProxy {
             .map_err(|e| unreachable(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_client_auth_cert(certificates(&client.cert_pem), key(&client.key_der))
+            .map_err(|e| unreachable(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
         let connect = async {
@@ -83,7 +86,6 @@ impl NodeProxy {
             });
             let request = Request::get(path_and_query)
                 .header(header::HOST, format!("{host}:{port}"))
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
             sender.send_request(request).await.map_err(|e| e.to_string())
@@ -101,4 +103,13 @@ impl NodeProxy {
         }
         Ok(answer.into_response())
     }
+}
+
+fn certificates(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(|c| c.ok()).collect()
+}
+
+fn key(der: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
+    rustls::pki_types::PrivateKeyDer::Pkcs8(der.to_vec().into())
 }

@@ -12,6 +12,7 @@ use flotilla_store::{Compare, Consistency, KeyRange, Op, RangeRequest, Revision,
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
+use crate::authz::node::{self, Operation};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::services::Allocator;
@@ -59,6 +60,8 @@ pub(crate) struct WriteOptions {
     pub(crate) applied: bool,
     /// Fields the request's body gave twice, for `fieldValidation` to refuse or warn of.
     pub(crate) duplicates: Vec<String>,
+    /// The node that writes, if a node does: NodeRestriction checks what it writes.
+    pub(crate) node: Option<String>,
 }
 
 /// The result of a write: the object as written, and warnings for the client.
@@ -87,6 +90,8 @@ pub(crate) struct DeleteOptions {
     pub(crate) precondition_uid: Option<String>,
     pub(crate) precondition_resource_version: Option<String>,
     pub(crate) dry_run: bool,
+    /// The node that deletes, if a node does: NodeRestriction checks what it deletes.
+    pub(crate) node: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +216,9 @@ impl Registry {
         }
         let admitted = def.ops.admit(Value::Object(object), None, options.field_validation, &options.duplicates)?;
         let mut object = admitted.object;
+        if let Some(node) = &options.node {
+            node::admit(node, Operation::Create, def, None, None, Some(&object))?;
+        }
         if def.kind == "Pod" {
             add_default_tolerations(&mut object, self.default_toleration_seconds);
         }
@@ -329,6 +337,9 @@ impl Registry {
                 def.ops.admit(merged, Some(&old), options.field_validation, &options.duplicates)?
             };
             let mut object = admitted.object;
+            if let Some(node) = &options.node {
+                node::admit(node, Operation::Update, def, sub, Some(&old), Some(&object))?;
+            }
             set_generation(def, &old, &mut object);
             if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
                 managed::track_update(def, Some(&old), &mut object, manager, &now());
@@ -387,6 +398,9 @@ impl Registry {
         for _ in 0..UPDATE_ATTEMPTS {
             let current = self.get(def, namespace, name).await?;
             let mut object = current.value()?;
+            if let Some(node) = &options.node {
+                node::admit(node, Operation::Delete, def, None, Some(&object), None)?;
+            }
             check_preconditions(def, name, &object, &current, options)?;
             let grace = grace_period(def, &object, options);
             let mut finalizers = finalizers(&object);

@@ -53,8 +53,9 @@ pub struct NodeConfig {
     pub server_port: u16,
     /// SHA-256 (hex) of the certificate it is served with, published on the Node.
     pub serving_cert_sha256: String,
-    /// The token the API server presents to the node's HTTP API.
-    pub node_token: String,
+    /// The node's own endpoints, which its guests may not connect to (the store's peer port,
+    /// the node API): see `flotilla_wasm::Egress`.
+    pub protected_endpoints: Vec<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -96,6 +97,8 @@ pub(crate) struct Node {
     pods: pods::PodTable,
     services: reflector::Store<Service>,
     probe_client: pods::ProbeClient,
+    /// Where the guests may not connect.
+    egress: Arc<flotilla_wasm::Egress>,
 }
 
 /// A running node agent. Dropping it stops everything it runs, guests included.
@@ -139,6 +142,7 @@ impl Agent {
             images,
             services,
             probe_client: pods::probe_client(),
+            egress: Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone())),
             config,
         });
         let registered = node::register(&node).await?;
@@ -157,7 +161,7 @@ impl Agent {
 
     /// The node's HTTP API (logs), for the caller to serve over TLS on `server_port`.
     pub fn router(&self) -> axum::Router {
-        server::router(self.node.clone(), self.node.config.node_token.clone())
+        server::router(self.node.clone())
     }
 
     /// Pods the agent holds.

@@ -1,15 +1,19 @@
 //! The node's HTTP API, which the API server proxies `pods/log` to (the kubelet's
-//! `/containerLogs/{namespace}/{pod}/{container}`). Requests must carry the cluster's node
-//! token; errors are `Status` objects, which the API server passes on to the client as they are.
+//! `/containerLogs/{namespace}/{pod}/{container}`). Who calls is told by the authentication
+//! layer every listener shares (`flotilla_auth`): a client certificate the cluster CA issued
+//! (the serving TLS verifies it); only `system:masters` (the API server's own certificate, the
+//! admin's) reads logs. Errors are `Status` objects, which the API server passes on as they are.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use flotilla_auth::identity::MASTERS;
+use flotilla_auth::{Authenticate, Authenticator, UserInfo};
 use serde_json::json;
 
 use crate::Node;
@@ -18,14 +22,30 @@ use crate::logs::{self, LogOptions};
 #[derive(Clone)]
 struct Server {
     node: Arc<Node>,
-    token: Arc<str>,
 }
 
-pub(crate) fn router(node: Arc<Node>, token: String) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
-        .with_state(Server { node, token: token.into() })
+        .route_layer(axum::middleware::from_fn(masters_only))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(Server { node })
+        .layer(Authenticate::layer(Authenticator::new()))
+}
+
+/// Upstream's kubelet asks the API server whether a caller may read `nodes/log`; here, with no
+/// RBAC yet, that is `system:masters`: the API server (which authorized the client's
+/// `pods/log` already) and the admin.
+async fn masters_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match request.extensions().get::<UserInfo>() {
+        Some(user) if user.in_group(MASTERS) => next.run(request).await,
+        Some(user) if !user.is_anonymous() => status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("User {:?} cannot get resource \"nodes/log\" in API group \"\" at the cluster scope", user.name),
+        ),
+        _ => status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into()),
+    }
 }
 
 /// The query of `GET pods/{name}/log`, as the API server forwards it.
@@ -89,16 +109,7 @@ async fn container_logs(
     State(server): State<Server>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim(), &server.token));
-    if !authorized {
-        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
-    }
     let Some(entry) = server.node.pods.get(&namespace, &pod) else {
         return status(StatusCode::NOT_FOUND, "NotFound", format!("pods \"{pod}\" not found"));
     };
@@ -154,9 +165,4 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         "message": message, "reason": reason, "code": code.as_u16(),
     });
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
-
-/// Compares in time independent of where the strings differ.
-fn same(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }

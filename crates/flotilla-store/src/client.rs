@@ -23,14 +23,15 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
-    /// Connects to the member at `addr` (e.g. `http://127.0.0.1:2380`), learning its cluster id.
-    pub async fn connect(addr: impl Into<String>, timeout: Duration) -> Result<Self> {
+    /// Connects to the member at `addr` (e.g. `https://127.0.0.1:2380`), learning its cluster
+    /// id. `tls` must present a member certificate: the peer API answers no one else.
+    pub async fn connect(addr: impl Into<String>, tls: &rustls::ClientConfig, timeout: Duration) -> Result<Self> {
         let addr = addr.into();
-        let cluster_id: Uuid = PeerClient::new(Uuid::nil())
+        let cluster_id: Uuid = PeerClient::new(Uuid::nil(), tls)
             .call(&addr, PATH_IDENTITY, &(), timeout)
             .await
             .map_err(|e| call_error(&addr, e))?;
-        Ok(StoreClient { client: PeerClient::new(cluster_id), cluster_id, addr, timeout })
+        Ok(StoreClient { client: PeerClient::new(cluster_id, tls), cluster_id, addr, timeout })
     }
 
     pub fn addr(&self) -> &str {

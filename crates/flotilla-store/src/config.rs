@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -13,8 +14,12 @@ pub struct StoreConfig {
     /// The member's own directory: the database in `db/`, snapshot files in `snapshots/`.
     pub data_dir: PathBuf,
     pub member_id: u64,
-    /// The base URL the other members reach this one at, e.g. `http://127.0.0.1:2380`.
+    /// The base URL the other members reach this one at, e.g. `https://127.0.0.1:2380`.
     pub advertise_url: String,
+    /// How this member calls the others: mutual TLS, the CA of the group's members to trust and
+    /// this member's certificate to present. The default trusts no one, so a member that was
+    /// not given its credentials cannot call another (a one-member group never does).
+    pub peer_tls: Arc<rustls::ClientConfig>,
     pub bootstrap: Bootstrap,
     pub timing: RaftTiming,
     /// How long a request waits for a leader (an election, a forwarded call) before failing.
@@ -81,6 +86,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             member_id,
             advertise_url: advertise_url.into(),
+            peer_tls: trusting_no_one(),
             bootstrap: Bootstrap::Initial { members, token: token.into() },
             timing: RaftTiming::default(),
             request_timeout: Duration::from_secs(10),
@@ -103,6 +109,17 @@ impl StoreConfig {
             ..StoreConfig::initial(data_dir, member_id, advertise_url, BTreeMap::new(), "")
         }
     }
+}
+
+/// A TLS client configuration with no roots and no certificate: every handshake fails.
+fn trusting_no_one() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// The cluster id of a new multi-member group: derived from what every initial member is given,

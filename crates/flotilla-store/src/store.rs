@@ -128,7 +128,7 @@ impl Store {
                 (derived, derived.unwrap_or_else(Uuid::new_v4))
             }
             Bootstrap::Join { via } if fresh => {
-                let identity = fetch_identity(via, client_timeout).await?;
+                let identity = fetch_identity(via, &config.peer_tls, client_timeout).await?;
                 (Some(identity), identity)
             }
             Bootstrap::Join { .. } => (None, Uuid::nil()),
@@ -161,7 +161,7 @@ impl Store {
         }
         .validate()
         .map_err(|e| Error::InvalidArgument(format!("raft configuration: {e}")))?;
-        let client = PeerClient::new(identity.cluster_id);
+        let client = PeerClient::new(identity.cluster_id, &config.peer_tls);
         let network = NetworkFactory { id: config.member_id, client: client.clone() };
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, machine)
             .await
@@ -543,6 +543,6 @@ async fn pause_until(deadline: Instant, waiting_for: &str) -> Result<()> {
 }
 
 /// Asks a running member which cluster it belongs to, for a member joining through it.
-async fn fetch_identity(via: &str, timeout: Duration) -> Result<Uuid> {
-    Ok(StoreClient::connect(via, timeout).await?.cluster_id())
+async fn fetch_identity(via: &str, tls: &rustls::ClientConfig, timeout: Duration) -> Result<Uuid> {
+    Ok(StoreClient::connect(via, tls, timeout).await?.cluster_id())
 }

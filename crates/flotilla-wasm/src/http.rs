@@ -17,8 +17,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
+use crate::egress::Egress;
 use crate::limits::{CpuLimit, MemoryLimit};
 use crate::output::Stream;
 use crate::run::{ContainerSpec, Exit, configure, grant_network};
@@ -26,9 +29,52 @@ use crate::run::{ContainerSpec, Exit, configure, grant_network};
 pub(crate) struct ProxyGuest {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    hooks: OutgoingHooks,
     table: ResourceTable,
     memory: MemoryLimit,
     cpu: CpuLimit,
+}
+
+/// The component's outgoing requests (`wasi:http/outgoing-handler`): wasmtime-wasi-http's own
+/// client, once every address the request's host resolves to passes the pod's egress policy.
+/// (The client resolves the name again when it connects; a name whose answer changes between
+/// the two lookups is a gap the socket layer's check, which sees the connected address, does
+/// not have.)
+struct OutgoingHooks {
+    egress: Arc<Egress>,
+}
+
+impl WasiHttpHooks for OutgoingHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let egress = self.egress.clone();
+        Box::new(async move {
+            let uri = request.uri();
+            let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let addresses = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?;
+            if addresses.into_iter().any(|address| !egress.allows(address)) {
+                return Err(HttpError::DestinationIpProhibited);
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
 }
 
 impl WasiView for ProxyGuest {
@@ -39,7 +85,7 @@ impl WasiView for ProxyGuest {
 
 impl WasiHttpView for ProxyGuest {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -113,9 +159,11 @@ async fn handle(
         return failed(message);
     }
     grant_network(&mut wasi, spec.network.as_ref());
+    let egress = spec.network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
     let guest = ProxyGuest {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
+        hooks: OutgoingHooks { egress },
         table: ResourceTable::new(),
         memory: MemoryLimit::new(spec.memory_limit),
         cpu: CpuLimit::new(spec.cpu_limit),

@@ -9,6 +9,7 @@
 //! args, env, directories and output the pod spec grants (deny by default), under its memory and
 //! CPU limits, and reports how it ended as an [`Exit`].
 
+mod egress;
 mod http;
 mod limits;
 mod output;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use crate::egress::Egress;
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
 pub use crate::run::{ContainerSpec, Exit, Network, Preopen};

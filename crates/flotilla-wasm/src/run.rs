@@ -13,6 +13,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::egress::Egress;
 use crate::limits::{CpuLimit, MemoryLimit};
 use crate::output::{OutputPipe, OutputSink, Stream};
 use crate::program::{Linked, Program};
@@ -42,6 +43,8 @@ pub struct ContainerSpec {
 pub struct Network {
     /// The pod's address: the only one a guest may bind.
     pub pod_ip: IpAddr,
+    /// Where the guest may not connect.
+    pub egress: Arc<Egress>,
     /// The container's declared TCP `containerPort`s. A p1 core module, which cannot bind, gets
     /// a listening socket on each, pre-opened as fds 3, 4, … (`LISTEN_FDS` says how many); a p2
     /// component binds them itself through `wasi:sockets`.
@@ -161,21 +164,7 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec,
             if let Err(message) = configure(&mut wasi, &spec) {
                 return Exit::Failed { message };
             }
-            if let Some(network) = &spec.network {
-                // `wasi:sockets`: bind only the pod's own address; connect wherever the pod may
-                // (no network policy restricts it yet); look names up.
-                let pod_ip = network.pod_ip;
-                wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true).socket_addr_check(
-                    move |addr, usage| {
-                        Box::pin(async move {
-                            match usage {
-                                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip() == pod_ip,
-                                _ => true,
-                            }
-                        })
-                    },
-                );
-            }
+            grant_network(&mut wasi, spec.network.as_ref());
             let guest = ComponentGuest { wasi: wasi.build(), table: ResourceTable::new(), memory, cpu };
             let mut store = Store::new(engine, guest);
             store.limiter(|guest| &mut guest.memory);
@@ -234,15 +223,24 @@ fn exit(result: Result<i32, Failure>, memory: &MemoryLimit) -> Exit {
 }
 
 /// `wasi:sockets` for a component on `network`: it may bind only the pod's own address,
-/// connect wherever the pod may (no network policy restricts that yet) and look names up.
+/// connect wherever its egress policy allows, and look names up.
 pub(crate) fn grant_network(wasi: &mut WasiCtxBuilder, network: Option<&Network>) {
     let Some(network) = network else { return };
     let pod_ip = network.pod_ip;
+    let egress = network.egress.clone();
     wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
+        let egress = egress.clone();
         Box::pin(async move {
             match usage {
-                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip() == pod_ip,
-                _ => true,
+                // A connect binds implicitly to the wildcard address and port 0 first; anything
+                // else bound is the pod's own address.
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                    addr.ip() == pod_ip || (addr.ip().is_unspecified() && addr.port() == 0)
+                }
+                // What listens, listens on the pod's address only (not on the host's).
+                SocketAddrUse::TcpListen => addr.ip() == pod_ip,
+                SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => egress.allows(addr),
+                SocketAddrUse::TcpAccept | SocketAddrUse::UdpReceive => true,
             }
         })
     });

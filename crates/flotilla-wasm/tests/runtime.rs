@@ -238,7 +238,8 @@ async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
             ("POD_IP".into(), "127.0.0.1".into()),
             ("PORT".into(), port.to_string()),
         ];
-        spec.network = Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port] });
+        spec.network =
+            Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
         let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
         let running = {
             let runtime = runtime.clone();
@@ -262,7 +263,8 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
     let output = Arc::new(Captured::default());
     let mut bind_elsewhere = spec("http", &output);
     bind_elsewhere.env = vec![("POD_IP".into(), "127.0.0.1".into()), ("PORT".into(), free_port().to_string())];
-    bind_elsewhere.network = Some(Network { pod_ip: "127.9.9.9".parse().unwrap(), ports: Vec::new() });
+    bind_elsewhere.network =
+        Some(Network { pod_ip: "127.9.9.9".parse().unwrap(), ports: Vec::new(), egress: Default::default() });
     assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
     assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
 
@@ -281,7 +283,8 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
     let output = Arc::new(Captured::default());
     let mut served = spec("handler", &output);
     served.env = vec![("HOSTNAME".into(), "fn-0".into())];
-    served.network = Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port] });
+    served.network =
+        Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
     let serving = {
         let runtime = runtime.clone();
         tokio::spawn(async move { runtime.run(&program, served).await })
@@ -301,4 +304,30 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
     let program = runtime.load(&std::fs::read(examples::P2_HANDLER).unwrap()).unwrap();
     let exit = runtime.run(&program, spec("handler", &output)).await;
     assert!(matches!(&exit, Exit::Failed { message } if message.contains("pod's address")), "{exit:?}");
+}
+
+#[tokio::test]
+async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    // Two listeners on the host: one the node protects (as it does its store's peer port),
+    // one it does not.
+    let protected = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap();
+    let _keep = (std::net::TcpListener::bind(protected).unwrap(), open);
+    let output = Arc::new(Captured::default());
+    let mut spec = spec("escape", &output);
+    let targets = format!("{protected},0.0.0.0:{},{open_addr}", protected.port());
+    spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets)];
+    spec.network = Some(Network {
+        pod_ip: "127.0.0.1".parse().unwrap(),
+        ports: Vec::new(),
+        egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])),
+    });
+    assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
+    let out = output.stdout();
+    assert!(out.contains(&format!("connect {protected}: error")), "{out}");
+    assert!(out.contains(&format!("connect 0.0.0.0:{}: error", protected.port())), "{out}");
+    assert!(out.contains(&format!("connect {open_addr}: ok")), "{out}");
 }

@@ -8,6 +8,7 @@ mod agent;
 mod control;
 mod image;
 mod node;
+mod peer;
 mod server;
 mod store_admin;
 

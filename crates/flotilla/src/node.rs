@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use flotilla_apiserver::{Cidr, pki};
+use flotilla_apiserver::Cidr;
+use flotilla_auth::pki;
+use flotilla_auth::tls::ClientAuth;
 use flotilla_node::{Agent, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -47,24 +49,35 @@ pub(crate) struct NodeArgs {
     insecure_registries: Vec<String>,
 }
 
+impl NodeArgs {
+    /// The node's name: as given, or this machine's host name.
+    pub(crate) fn name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(NodeConfig::hostname)
+    }
+}
+
 /// Where a node keeps its state under a data directory (for the server and for an agent).
 pub(crate) fn node_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("node")
 }
 
 /// Starts a node agent talking to the cluster through `client`, and serves its HTTPS API
-/// until `shutdown` resolves.
+/// until `shutdown` resolves, to callers with a client certificate from `cluster_ca` (the API
+/// server's). Its guests may not connect to `protected` (this process's other private
+/// listeners) nor to the node API.
 pub(crate) async fn start(
     client: kube::Client,
     args: NodeArgs,
     data_dir: &Path,
-    node_token: String,
+    cluster_ca: &str,
+    mut protected: Vec<std::net::SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Agent, JoinHandle<()>)> {
     let listener = TcpListener::bind(&args.node_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the node's API", args.node_listen))?;
-    let name = args.node_name.unwrap_or_else(NodeConfig::hostname);
+    let name = args.name();
+    protected.push(listener.local_addr()?);
     let certificate = pki::self_signed(&[args.node_ip.to_string(), name.clone(), "localhost".into()])
         .context("cannot make the node's serving certificate")?;
     let config = NodeConfig {
@@ -77,11 +90,15 @@ pub(crate) async fn start(
         insecure_registries: args.insecure_registries,
         server_port: listener.local_addr()?.port(),
         serving_cert_sha256: certificate.sha256.clone(),
-        node_token,
+        protected_endpoints: protected,
     };
     let agent = Agent::start(client, config).await.context("cannot start the node agent")?;
-    let tls = flotilla_apiserver::serving_config(&certificate.cert_pem, &certificate.key_der)
-        .context("cannot configure the node's TLS")?;
-    let server = tokio::spawn(flotilla_apiserver::serve(listener, tls, agent.router(), shutdown));
+    let tls = flotilla_auth::tls::server_config(
+        &certificate.cert_pem,
+        &certificate.key_der,
+        ClientAuth::Optional(cluster_ca),
+    )
+    .context("cannot configure the node's TLS")?;
+    let server = tokio::spawn(flotilla_auth::serve(listener, tls, agent.router(), shutdown));
     Ok((agent, server))
 }

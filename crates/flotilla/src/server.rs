@@ -7,9 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
-use flotilla_apiserver::{ApiServer, ApiServerConfig, Cidr, pki};
+use flotilla_apiserver::{ApiServer, ApiServerConfig, Cidr};
+use flotilla_auth::identity::{BOOTSTRAPPERS, CONTROLLER_MANAGER, MASTERS, SCHEDULER};
+use flotilla_auth::tls::ClientAuth;
+use flotilla_auth::{Authenticator, UserInfo, pki};
 use flotilla_store::{Store, StoreConfig};
 use http::HeaderValue;
 use tokio::net::TcpListener;
@@ -45,7 +48,7 @@ pub(crate) struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:2380")]
     peer_listen: String,
 
-    /// URL the other members reach this one at [default: http://<peer-listen>].
+    /// URL the other members reach this one at [default: https://<peer-listen>].
     #[arg(long)]
     advertise_url: Option<String>,
 
@@ -53,14 +56,17 @@ pub(crate) struct ServerArgs {
     #[arg(long, default_value_t = 1)]
     member_id: u64,
 
-    /// The members of a new multi-member group, e.g. `1=http://10.0.0.1:2380,2=http://10.0.0.2:2380,…`
+    /// The members of a new multi-member group, e.g. `1=https://10.0.0.1:2380,2=https://10.0.0.2:2380,…`
     /// (this member included). Every initial member gets the same list and token.
     #[arg(long, value_parser = parse_members, conflicts_with = "join")]
     initial_cluster: Option<BTreeMap<u64, String>>,
 
-    /// Names a new multi-member group together with its member list.
-    #[arg(long, default_value = "flotilla")]
-    cluster_token: String,
+    /// The store group's secret (at least 32 characters), given to every member of a group of
+    /// more than one: it names the group and is what members prove to each other (their mutual
+    /// TLS certificates come from a CA derived from it). A single server makes its own and keeps
+    /// it in `<data-dir>/pki/store.secret`, which a member joining it later is given.
+    #[arg(long, env = "FLOTILLA_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 
     /// Join a running group through one of its members; then add this member with
     /// `flotilla store add-learner` and `flotilla store promote`.
@@ -91,6 +97,9 @@ pub(crate) struct ServerArgs {
     node: NodeArgs,
 }
 
+/// Where a single server keeps its store group's secret.
+pub(crate) const STORE_SECRET: &str = "store.secret";
+
 /// A control loop `flotilla server` runs unless told not to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Component {
@@ -117,15 +126,24 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let peer_listener = TcpListener::bind(&args.peer_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the store's peers", args.peer_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
     let advertise_url = match args.advertise_url {
         Some(url) => url,
-        None => format!("http://{}", peer_listener.local_addr()?),
+        None => format!("https://{peer_addr}"),
     };
     let store_dir = args.data_dir.join("store");
-    let config = match (args.initial_cluster, args.join) {
-        (Some(members), None) => {
-            StoreConfig::initial(store_dir, args.member_id, advertise_url, members, args.cluster_token)
-        }
+    let pki_dir = args.data_dir.join("pki");
+    let secret = match (&args.initial_cluster, &args.join, args.cluster_token) {
+        (None, None, None) => pki::load_or_create_secret(&pki_dir.join(STORE_SECRET))?,
+        (_, _, Some(token)) => token,
+        (_, _, None) => bail!(
+            "a store group of more than one member needs --cluster-token: the same secret of at least 32 characters for every member (a single server keeps its own in <data-dir>/pki/{STORE_SECRET})"
+        ),
+    };
+    ensure!(secret.len() >= 32, "--cluster-token must be at least 32 characters (it is the store group's secret)");
+    let peer = crate::peer::credentials(&pki_dir, &secret, args.member_id, &[&advertise_url, &args.peer_listen])?;
+    let mut config = match (args.initial_cluster, args.join) {
+        (Some(members), None) => StoreConfig::initial(store_dir, args.member_id, advertise_url, members, secret),
         (None, Some(via)) => StoreConfig::join(store_dir, args.member_id, advertise_url, via),
         (None, None) => {
             if args.member_id != 1 {
@@ -135,14 +153,16 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         }
         (Some(_), Some(_)) => unreachable!("clap refuses --initial-cluster with --join"),
     };
+    config.peer_tls = peer.client.clone();
     let advertised = config.advertise_url.clone();
     let store = Store::open(config).await.context("cannot start the store")?;
     let (stop, stopped) = watch::channel(false);
-    let peer_server = tokio::spawn(
-        axum::serve(peer_listener, store.peer_router())
-            .with_graceful_shutdown(until_stopped(stopped.clone()))
-            .into_future(),
-    );
+    let peer_server = tokio::spawn(flotilla_auth::serve(
+        peer_listener,
+        peer.server,
+        crate::peer::router(store.peer_router()),
+        until_stopped(stopped.clone()),
+    ));
     loop {
         match store.wait_for_leader(Duration::from_secs(10)).await {
             Ok(_) => break,
@@ -151,20 +171,31 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     }
     tracing::info!(member = store.member_id(), cluster = %store.cluster_id(), peers = %advertised, "store ready");
 
-    let credentials = pki::load_or_create(&args.data_dir.join("pki"), &certificate_names(api_addr, &args.tls_sans))
+    let credentials = pki::load_or_create(&pki_dir, &certificate_names(api_addr, &args.tls_sans))
         .context("cannot set up the cluster's certificates")?;
+    let authenticator = Authenticator::new()
+        .with_token(credentials.token.clone(), UserInfo::new("admin", &[MASTERS]))
+        .with_token(credentials.node_token.clone(), UserInfo::new("system:bootstrap:flotilla", &[BOOTSTRAPPERS]));
     let api_config = ApiServerConfig {
         service_cidr: args.service_cidr,
-        node_token: Some(credentials.node_token.clone()),
-        ca_pem: Some(credentials.ca_pem.clone()),
+        authenticator,
+        authority: Some(credentials.authority.clone()),
+        node_client: Some(credentials.kubelet_client.clone()),
         default_toleration_seconds: args.default_toleration_seconds,
     };
-    let api = ApiServer::new(store.clone(), credentials.token.clone(), api_config)
+    let api = ApiServer::new(store.clone(), api_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the API server: {}", e.0))?;
-    let tls = flotilla_apiserver::server_config(&credentials).context("cannot configure TLS")?;
+    // Client certificates are taken, not required: kubectl may come with the admin's token,
+    // and `/version` and the join flow are open.
+    let tls = flotilla_auth::tls::server_config(
+        &credentials.server_cert_pem,
+        &credentials.server_key_der,
+        ClientAuth::Optional(&credentials.ca_pem),
+    )
+    .context("cannot configure TLS")?;
     let api_server =
-        tokio::spawn(flotilla_apiserver::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
+        tokio::spawn(flotilla_auth::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
 
     let compactor = (args.compaction_interval > 0).then(|| {
         let interval = Duration::from_secs(args.compaction_interval);
@@ -184,7 +215,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     // share the watches of pods and nodes, so every pod is decoded and held once.
     let scheduler_client = match args.disable.contains(&Component::Scheduler) {
         true => None,
-        false => Some(in_process_client(api.router(), &credentials.token, "kube-scheduler")?),
+        false => Some(in_process_client(api.router(), UserInfo::new(SCHEDULER, &[]), "kube-scheduler")?),
     };
     let mut scheduler = None;
     let controllers = if args.disable.contains(&Component::Controllers) {
@@ -193,7 +224,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     } else {
         let config =
             flotilla_controllers::ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) };
-        let client = in_process_client(api.router(), &credentials.token, "kube-controller-manager")?;
+        let client =
+            in_process_client(api.router(), UserInfo::new(CONTROLLER_MANAGER, &[]), "kube-controller-manager")?;
         Some(flotilla_controllers::Controllers::start_sharing(client, config, |pods, nodes| {
             scheduler = scheduler_client.map(|client| tokio::spawn(flotilla_scheduler::start(client, pods, nodes)));
         }))
@@ -201,14 +233,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let node = if args.no_node {
         None
     } else {
-        // The embedded node reaches the API in-process: the same router, requests and
-        // responses as over the network, without TLS or a socket.
-        let client = in_process_client(api.router(), &credentials.node_token, "kubelet")?;
+        // The embedded node reaches the API in-process, as itself: the same router, requests
+        // and responses as over the network, without TLS or a socket.
+        let name = args.node.name();
+        let client = in_process_client(api.router(), UserInfo::node(&name), "kubelet")?;
+        // The store's peer port is never the guests' to call.
+        let protected = vec![peer_addr];
         let started = crate::node::start(
             client,
             args.node,
             &args.data_dir,
-            credentials.node_token.clone(),
+            &credentials.ca_pem,
+            protected,
             until_stopped(stopped.clone()),
         )
         .await?;
@@ -241,15 +277,15 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
-/// A Kubernetes client that calls `router` directly, authenticated with `token`. `agent`
+/// A Kubernetes client that calls `router` directly as `user`: the identity goes in the
+/// request's extensions, which only this process can set (see `flotilla_auth::authn`). `agent`
 /// names it as upstream's components name themselves (`kube-scheduler`, …), which is the field
 /// manager its writes are recorded under.
-fn in_process_client(router: axum::Router, token: &str, agent: &'static str) -> Result<kube::Client> {
-    let authorization = HeaderValue::from_str(&format!("Bearer {token}")).context("an invalid token")?;
+fn in_process_client(router: axum::Router, user: UserInfo, agent: &'static str) -> Result<kube::Client> {
     let user_agent = HeaderValue::from_static(agent);
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut request: http::Request<kube::client::Body>| {
-            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.clone());
+            request.extensions_mut().insert(user.clone());
             request.headers_mut().insert(http::header::USER_AGENT, user_agent.clone());
             request
         })

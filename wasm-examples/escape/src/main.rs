@@ -5,6 +5,7 @@
 //! - `MODE=plant`: in `$DIR`, creates each link of `LINKS` (`name=target,...`), a regular file
 //!   `file`, a directory `real`, and hard-links each pair of `HARD_LINKS` (`from=to,...`).
 //! - `MODE=probe`: reads each path of `PATHS` (comma-separated) and writes `owned` over it.
+//! - `MODE=connect`: opens a TCP connection to each address of `TARGETS` (comma-separated).
 //! - `MODE=swap`: renames `$DIR/dir` and a link `$DIR/link` (to `LINK_TARGET`) in and out of
 //!   each other's place without end, to race whoever resolves `$DIR/dir`.
 //!
@@ -55,6 +56,12 @@ fn main() {
                 report("write", path, std::fs::write(path, "owned").map(|()| String::new()));
             }
         }
+        Ok("connect") => {
+            let targets = std::env::var("TARGETS").unwrap_or_default();
+            for target in targets.split(',').filter(|t| !t.is_empty()) {
+                report("connect", target, std::net::TcpStream::connect(target).map(|_| String::new()));
+            }
+        }
         Ok("swap") => {
             let target = std::env::var("LINK_TARGET").unwrap_or_else(|_| "../../../../../../../..".into());
             let (real, link, aside) = (dir.join("dir"), dir.join("link"), dir.join("aside"));
@@ -69,7 +76,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("MODE must be plant, probe or swap, not {other:?}");
+            eprintln!("MODE must be plant, probe, connect or swap, not {other:?}");
             std::process::exit(2);
         }
     }

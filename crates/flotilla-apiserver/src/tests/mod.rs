@@ -25,7 +25,12 @@ impl Server {
         config.progress_interval = std::time::Duration::from_millis(100);
         let store = Store::open(config).await.unwrap();
         store.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
-        let api = ApiServer::new(store.clone(), TOKEN.into(), ApiServerConfig::default()).await.unwrap();
+        let admin = flotilla_auth::UserInfo::new("admin", &[flotilla_auth::identity::MASTERS]);
+        let config = ApiServerConfig {
+            authenticator: Authenticator::new().with_token(TOKEN, admin),
+            ..ApiServerConfig::default()
+        };
+        let api = ApiServer::new(store.clone(), config).await.unwrap();
         api.set_ready();
         Server { router: api.router(), store, _dir: dir }
     }

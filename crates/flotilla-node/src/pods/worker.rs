@@ -464,7 +464,7 @@ impl Worker {
             dirs,
             memory_limit,
             cpu_limit,
-            network: Some(Network { pod_ip: ip.into(), ports }),
+            network: Some(Network { pod_ip: ip.into(), ports, egress: self.node.egress.clone() }),
             output,
         };
         Ok(spec)

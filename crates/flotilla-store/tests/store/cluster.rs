@@ -214,17 +214,39 @@ async fn members_join_as_learners_get_promoted_and_are_removed() -> Result<()> {
 #[tokio::test]
 async fn another_clusters_members_and_data_are_refused() -> Result<()> {
     let mut cluster = Cluster::start(3, |c| c).await?;
-    let url = cluster.urls[&1].trim_start_matches("http://").to_string();
+    let url = cluster.urls[&1].trim_start_matches("https://").to_string();
 
-    // A request carrying another cluster's id is refused with a reason.
-    let mut stream = tokio::net::TcpStream::connect(&url).await?;
+    // Without a member certificate, the peer API does not even answer: reads and writes of the
+    // store are for members only.
+    let anonymous = flotilla_auth::tls::client_config(crate::support::PEERS.cert_pem(), None)?;
+    let err = flotilla_store::StoreClient::connect(&cluster.urls[&1], &anonymous, Duration::from_secs(5)).await;
+    assert!(err.is_err(), "a client without a member certificate was answered");
+    let (stranger_ca, _) = flotilla_auth::pki::Authority::generate("strangers")?;
+    let stranger = stranger_ca.issue_key(&flotilla_auth::pki::Profile::store_member(9, &[]))?;
+    let foreign = flotilla_auth::tls::client_config(
+        crate::support::PEERS.cert_pem(),
+        Some((&stranger.cert_pem, &stranger.key_der)),
+    )?;
+    assert!(flotilla_store::StoreClient::connect(&cluster.urls[&1], &foreign, Duration::from_secs(5)).await.is_err());
+    let mut plain = tokio::net::TcpStream::connect(&url).await?;
+    plain.write_all(b"POST /store/v1/range HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "plain HTTP was answered");
+
+    // A member's request carrying another cluster's id is refused with a reason.
+    let tls = crate::support::member_tls(7, "https://127.0.0.1:1");
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let tcp = tokio::net::TcpStream::connect(&url).await?;
+    let ip = url.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(&url).to_string();
+    let mut stream = connector.connect(rustls::pki_types::ServerName::try_from(ip)?, tcp).await?;
     let request = format!(
         "POST /raft/vote HTTP/1.1\r\nhost: {url}\r\nx-flotilla-cluster: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         uuid::Uuid::new_v4()
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let _ = stream.read_to_string(&mut response).await;
     assert!(response.starts_with("HTTP/1.1 412"), "{response}");
     assert!(response.contains("cluster id mismatch"), "{response}");
 

@@ -1,11 +1,16 @@
-//! A harness that runs members in-process, each with its own data directory and HTTP listener.
+//! A harness that runs members in-process, each with its own data directory and HTTPS listener:
+//! mutual TLS with certificates from one test CA, as the binary serves the peer API.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::{Arc, LazyLock};
+
 use anyhow::{Context, Result, bail};
+use flotilla_auth::pki::{Authority, Profile};
+use flotilla_auth::tls::{ClientAuth, client_config, server_config};
 use flotilla_store::{RaftTiming, Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -16,6 +21,21 @@ pub(crate) fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// The CA of every test member.
+pub(crate) static PEERS: LazyLock<Authority> = LazyLock::new(|| Authority::generate("test-store-peers").unwrap().0);
+
+/// The host a member URL names.
+fn host(url: &str) -> &str {
+    let rest = url.trim_start_matches("https://").trim_start_matches("http://");
+    rest.rsplit_once(':').map_or(rest, |(host, _)| host)
+}
+
+/// TLS as member `id` at `url`: what it calls the others with.
+pub(crate) fn member_tls(id: u64, url: &str) -> Arc<rustls::ClientConfig> {
+    let issued = PEERS.issue_key(&Profile::store_member(id, &[host(url).to_string()])).unwrap();
+    Arc::new(client_config(PEERS.cert_pem(), Some((&issued.cert_pem, &issued.key_der))).unwrap())
 }
 
 /// Timing for loopback: elections within a second, progress ticks several times a second. The
@@ -29,6 +49,7 @@ pub(crate) fn fast(mut config: StoreConfig) -> StoreConfig {
     };
     config.progress_interval = Duration::from_millis(100);
     config.request_timeout = Duration::from_secs(15);
+    config.peer_tls = member_tls(config.member_id, &config.advertise_url);
     config
 }
 
@@ -42,18 +63,16 @@ pub(crate) struct Member {
 
 impl Member {
     pub(crate) async fn start(config: StoreConfig) -> Result<Member> {
-        let addr: SocketAddr = config.advertise_url.trim_start_matches("http://").parse()?;
+        let addr: SocketAddr = config.advertise_url.trim_start_matches("https://").parse()?;
         let listener = bind(addr).await?;
         let store = Store::open(config.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let router = store.peer_router();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let serving = PEERS.issue_key(&Profile::store_member(config.member_id, &[addr.ip().to_string()]))?;
+        let tls = server_config(&serving.cert_pem, &serving.key_der, ClientAuth::Required(PEERS.cert_pem()))?;
+        let server = tokio::spawn(flotilla_auth::serve(listener, tls, router, async {
+            let _ = stopped.await;
+        }));
         Ok(Member { store, config, stop: Some(stop), server: Some(server) })
     }
 
@@ -84,7 +103,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// A free port on `ip`.
 pub(crate) async fn free_url(ip: &str) -> Result<String> {
     let listener = TcpListener::bind((ip, 0)).await?;
-    Ok(format!("http://{}", listener.local_addr()?))
+    Ok(format!("https://{}", listener.local_addr()?))
 }
 
 /// Opens a one-member store in `dir`.
