@@ -1,12 +1,13 @@
 //! The Kubernetes API under load, through HTTPS as clients use it: pod creates/s and latency with
-//! 1 and 32 concurrent clients, list latency over 10,000 pods, watch fan-out (1,000 pod updates
-//! delivered to 100 watchers), and the server's resident memory idle, with 10,000 pods stored,
-//! and after all of it.
+//! 1 and 32 concurrent clients, Secret creates/s with encryption at rest on and off, list
+//! latency over 10,000 pods, watch fan-out (1,000 pod updates delivered to 100 watchers), and
+//! the server's resident memory idle, with 10,000 pods stored, and after all of it.
 //!
 //! No peer runs beside it: K3s and kube-apiserver cannot be installed on this machine, so
 //! BENCHMARKS.md compares against their published figures instead.
 //!
 //! `cargo bench -p flotilla-benches --bench api -- [--seconds N] [--clients 1,32] [--pods 10000]`
+//! `--smoke` runs every scenario at a tiny size, to show that the benchmark still runs.
 
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -41,6 +42,9 @@ struct Args {
     /// Pod updates each watcher must receive.
     #[arg(long, default_value_t = 1000)]
     updates: usize,
+    /// Every scenario at a tiny size: that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -48,26 +52,54 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
-    let mut report = Report::solo("api");
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.seconds, args.clients, args.pods, args.lists, args.watchers, args.updates) =
+            (1, vec![1, 4], 100, 2, 4, 20);
+    }
+    let mut report = Report::solo("api").smoke(args.smoke);
 
     for &clients in &args.clients {
         eprintln!("== pod creates, {clients} client(s)");
-        let server = Server::start(Shape::ApiAlone)?;
-        let mut samples = creates(&server.api, clients, Duration::from_secs(args.seconds)).await?;
+        let server = Server::start(Shape::ApiAlone, &[])?;
+        let pods = "/api/v1/namespaces/default/pods";
+        let mut samples = creates(&server.api, clients, Duration::from_secs(args.seconds), pods, pod).await?;
         let scenario = format!("create pods, {clients} client{}", if clients == 1 { "" } else { "s" });
         report.add(format!("{scenario}: creates/s"), "creates/s", samples.per_second(), None);
         report.add(format!("{scenario}: p50 latency"), "ms", samples.quantile_ms(0.50), None);
         report.add(format!("{scenario}: p99 latency"), "ms", samples.quantile_ms(0.99), None);
     }
 
+    // Encryption at rest: the same Secret creates, AES-GCM against the clear.
+    let clients = args.clients.iter().copied().max().unwrap_or(1);
+    let mut per_second = Vec::new();
+    for encrypted in [true, false] {
+        eprintln!("== secret creates, {clients} clients, encrypted: {encrypted}");
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("encryption.yaml");
+        std::fs::write(&config, ENCRYPTION)?;
+        let flags = ["--encryption-provider-config", config.to_str().unwrap_or_default()];
+        let server = Server::start(Shape::ApiAlone, if encrypted { &flags } else { &[] })?;
+        let secrets = "/api/v1/namespaces/default/secrets";
+        let samples = creates(&server.api, clients, Duration::from_secs(args.seconds), secrets, secret).await?;
+        let how = if encrypted { "encrypted at rest (aesgcm)" } else { "in the clear" };
+        report.add(
+            format!("create secrets, {clients} clients, {how}: creates/s"),
+            "creates/s",
+            samples.per_second(),
+            None,
+        );
+        per_second.push(samples.per_second());
+    }
+    report.add("secret creates/s, encrypted / in the clear", "ratio", per_second[0] / per_second[1], None);
+
     eprintln!("== memory, lists and watches");
-    let everything = Server::start(Shape::Default)?;
+    let everything = Server::start(Shape::Default, &[])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     report.add("RSS idle after start, with its node (the default)", "MiB", everything.process.memory_mib()?.0, None);
     drop(everything);
     // The control plane keeps every pod in its informers: what that costs the server.
-    let control_plane = Server::start(Shape::ControlPlane)?;
+    let control_plane = Server::start(Shape::ControlPlane, &[])?;
     fill(&control_plane.api, "list", args.pods, 32).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     report.add(
@@ -77,7 +109,7 @@ async fn main() -> Result<()> {
         None,
     );
     drop(control_plane);
-    let server = Server::start(Shape::ApiAlone)?;
+    let server = Server::start(Shape::ApiAlone, &[])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     report.add("RSS idle after start", "MiB", server.process.memory_mib()?.0, None);
 
@@ -127,7 +159,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(shape: Shape) -> Result<Server> {
+    fn start(shape: Shape, extra: &[&str]) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut command = Command::new(flotilla_bin()?);
         command
@@ -140,6 +172,7 @@ impl Server {
             Shape::ControlPlane => command.arg("--no-node"),
             Shape::ApiAlone => command.args(["--no-node", "--disable", "scheduler,controllers"]),
         };
+        command.args(extra);
         let mut process = Running::spawn(&mut command)?;
         let line = process.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
         let api = Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
@@ -161,9 +194,39 @@ fn pod(name: &str) -> Value {
     })
 }
 
-/// `clients` connections creating pods as fast as they are answered, for one second of warm-up
-/// and then `measured`.
-async fn creates(api: &Api, clients: usize, measured: Duration) -> Result<Samples> {
+/// Secrets with a 32-byte AES-GCM key, then the clear for what was written before.
+const ENCRYPTION: &str = "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - aesgcm:
+      keys:
+      - name: bench
+        secret: YmVuY2htYXJrIGtleSwgdGhpcnR5LXR3byBieXRlcyE=
+  - identity: {}
+";
+
+/// A Secret as `kubectl create secret generic --from-literal` writes one: two small keys.
+fn secret(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "Opaque",
+        "data": {"username": "YWRtaW4=", "password": "Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ=="},
+    })
+}
+
+/// `clients` connections creating objects (`object(name)`) in `collection` as fast as they are
+/// answered, for one second of warm-up and then `measured`.
+async fn creates(
+    api: &Api,
+    clients: usize,
+    measured: Duration,
+    collection: &'static str,
+    object: fn(&str) -> Value,
+) -> Result<Samples> {
     let warm_until = Instant::now() + Duration::from_secs(1);
     let end = warm_until + measured;
     let tasks: Vec<_> = (0..clients)
@@ -177,7 +240,7 @@ async fn creates(api: &Api, clients: usize, measured: Duration) -> Result<Sample
                     if start >= end {
                         break;
                     }
-                    connection.create("/api/v1/namespaces/default/pods", &pod(&format!("c{c}-{i}"))).await?;
+                    connection.create(collection, &object(&format!("c{c}-{i}"))).await?;
                     if start >= warm_until {
                         latencies.push(start.elapsed());
                     }

@@ -45,6 +45,9 @@ struct Args {
     /// Seconds of `wrk` against the handler.
     #[arg(long, default_value_t = 10)]
     wrk_seconds: u64,
+    /// Every scenario at a tiny size: that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -55,8 +58,11 @@ const NODE: &str = "bench-node";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
-    let mut report = Report::solo("node");
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.latency_pods, args.density_pods, args.clients, args.requests, args.wrk_seconds) = (10, 20, 4, 20, 1);
+    }
+    let mut report = Report::solo("node").smoke(args.smoke);
     let cluster = Cluster::start(args.density_pods + 100)?;
     let api = &cluster.api;
     tokio::time::sleep(Duration::from_secs(2)).await;

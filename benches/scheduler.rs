@@ -40,6 +40,9 @@ struct Args {
     /// Replicas of the Deployment.
     #[arg(long, default_value_t = 1000)]
     replicas: usize,
+    /// Every scenario at a tiny size: that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -47,8 +50,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
-    let mut report = Report::solo("scheduler");
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.nodes, args.pods, args.latency_pods, args.clients, args.replicas) = (5, 50, 20, 4, 10);
+    }
+    let mut report = Report::solo("scheduler").smoke(args.smoke);
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     // The control plane without its scheduler, which starts once the pods wait.

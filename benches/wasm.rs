@@ -25,6 +25,9 @@ struct Args {
     /// Containers in flight at once in the concurrent scenario.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Every scenario at a tiny size: that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -32,10 +35,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.runs, args.concurrency) = (20, 4);
+    }
     let dir = tempfile::tempdir()?;
     let runtime = Arc::new(Runtime::new(RuntimeConfig::new(dir.path().join("cache")))?);
-    let mut report = Report::solo("wasm");
+    let mut report = Report::solo("wasm").smoke(args.smoke);
     for (target, wasm) in [("p1 module", flotilla_examples::P1_HELLO), ("p2 component", flotilla_examples::P2_HELLO)] {
         let bytes = std::fs::read(wasm)?;
         let started = Instant::now();

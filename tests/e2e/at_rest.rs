@@ -1,7 +1,8 @@
 //! The edge device's data at rest: a server's data directory and every file in it are its
 //! owner's alone (0700 and 0600, as etcd keeps its data), also when an earlier release or a
 //! careless hand left them readable, so that another local user finds no Secret in the store's
-//! files.
+//! files; and with encryption at rest on, the store's files hold no Secret in the clear at all,
+//! through a key rotation as upstream documents it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,8 +10,25 @@ use std::process::Command;
 
 use anyhow::{Result, ensure};
 
+use anyhow::Context;
+
 use crate::harness::{Ports, Server};
 use crate::kubectl::Kubectl;
+
+/// A Secret value, and how it is written inside a Secret's JSON (base64).
+const PASSWORD: &str = "correct-horse-battery-staple";
+const PASSWORD_B64: &str = "Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ==";
+
+/// Whether any file under `root` holds `needle`.
+fn found_in_files(root: &Path, needle: &[u8]) -> Result<bool> {
+    for file in walk_files(root)? {
+        let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 
 /// Every directory and file under `root` whose mode is not private, with its mode.
 fn readable_by_others(root: &Path) -> Result<Vec<String>> {
@@ -44,9 +62,12 @@ fn the_data_directory_is_private_to_its_owner() -> Result<()> {
 
     let server = Server::start(&data, Ports::free())?;
     let k = Kubectl::new("1.33", &server)?;
-    k.ok(&["create", "secret", "generic", "vault", "--from-literal=password=correct-horse-battery-staple"])?;
+    k.ok(&["create", "secret", "generic", "vault", &format!("--from-literal=password={PASSWORD}")])?;
     let loose = readable_by_others(&data)?;
     ensure!(loose.is_empty(), "readable by others: {loose:?}");
+    // Without encryption at rest the store's files do hold the Secret, readably: what the
+    // file modes (and, in the next test, encryption) must protect.
+    ensure!(found_in_files(&data.join("store"), PASSWORD_B64.as_bytes())?, "the Secret is not in the store's files");
 
     // Another local user cannot read the store's files (which hold the Secret in the clear
     // unless encryption at rest is on). Only root can switch users to try it.
@@ -74,4 +95,74 @@ fn walk_files(root: &Path) -> Result<Vec<std::path::PathBuf>> {
         }
     }
     Ok(files)
+}
+
+/// An `EncryptionConfiguration` for Secrets with these aesgcm keys, first first, and identity
+/// after them.
+fn encryption_config(path: &Path, keys: &[(&str, &str)]) -> Result<()> {
+    let keys: String =
+        keys.iter().map(|(name, secret)| format!("      - name: {name}\n        secret: {secret}\n")).collect();
+    let config = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n{keys}  - identity: {{}}\n"
+    );
+    std::fs::write(path, config)?;
+    Ok(())
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_keys_rotate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("encryption.yaml");
+    let k1 = ("k1", "c2VjcmV0IGlzIHNlY3VyZSwgaXNuJ3QgaXQ/IDMyIGI=");
+    let k2 = ("k2", "YW5vdGhlciBzZWNyZXQsIDMyIGJ5dGVzIGxvbmcgb2s=");
+    let ports = Ports::free();
+    let start = |keys: &[(&str, &str)]| -> Result<Server> {
+        encryption_config(&config, keys)?;
+        Server::start_with(&data, ports.clone(), &["--encryption-provider-config", config.to_str().unwrap()])
+    };
+
+    let server = start(&[k1])?;
+    let k = Kubectl::new("1.33", &server)?;
+    k.ok(&["create", "secret", "generic", "vault", &format!("--from-literal=password={PASSWORD}")])?;
+    k.ok(&["create", "configmap", "plain", "--from-literal=colour=blue"])?;
+    let read = |k: &Kubectl| k.ok(&["get", "secret", "vault", "-o", "jsonpath={.data.password}"]);
+    ensure!(read(&k)? == PASSWORD_B64, "the Secret reads back as it was written");
+    let store = data.join("store");
+    ensure!(!found_in_files(&store, PASSWORD_B64.as_bytes())?, "the Secret is in the store's files in the clear");
+    ensure!(!found_in_files(&store, PASSWORD.as_bytes())?, "the Secret is in the store's files in the clear");
+    ensure!(found_in_files(&store, b"k8s:enc:aesgcm:v1:k1:")?, "nothing was stored encrypted");
+    // What the configuration does not name is stored as it was.
+    ensure!(found_in_files(&store, b"\"colour\":\"blue\"")?, "the ConfigMap is not stored as it was");
+
+    // Rotation, as upstream documents it: the new key second, then first, then every Secret
+    // written again, then the old key gone.
+    drop(server);
+    let server = start(&[k1, k2])?;
+    let k = k.for_server(&server);
+    ensure!(read(&k)? == PASSWORD_B64);
+    drop(server);
+    let server = start(&[k2, k1])?;
+    let k = k.for_server(&server);
+    let all = k.ok(&["get", "secrets", "-o", "json"])?;
+    let file = dir.path().join("secrets.json");
+    std::fs::write(&file, all)?;
+    k.ok(&["replace", "-f", file.to_str().unwrap()])?;
+    drop(server);
+    let server = start(&[k2])?;
+    let k = k.for_server(&server);
+    ensure!(read(&k)? == PASSWORD_B64, "the rewritten Secret reads with the new key alone");
+
+    // Without its key, a Secret is lost, and says so.
+    drop(server);
+    let server = start(&[k1])?;
+    let k = k.for_server(&server);
+    let err = k.fails(&["get", "secret", "vault"])?;
+    ensure!(err.contains("no provider or key of the encryption configuration opens it"), "{err}");
+    drop(server);
+    let server = Server::start(&data, ports.clone())?;
+    let k = k.for_server(&server);
+    let err = k.fails(&["get", "secret", "vault"])?;
+    ensure!(err.contains("it is encrypted"), "{err}");
+    Ok(())
 }

@@ -11,6 +11,7 @@ mod codec;
 mod compaction;
 mod credentials;
 mod discovery;
+mod encryption;
 mod error;
 mod handlers;
 mod node_proxy;
@@ -41,6 +42,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 
 pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_history};
+pub use encryption::Encryption;
 pub use error::Error;
 pub use flotilla_api::Cidr;
 
@@ -70,6 +72,8 @@ pub struct ApiServerConfig {
     /// How long pods tolerate an unreachable or not-ready node before they are evicted, unless
     /// they say otherwise (upstream's DefaultTolerationSeconds admission, 300 s there).
     pub default_toleration_seconds: i64,
+    /// Which resources are encrypted at rest, and how (`--encryption-provider-config`).
+    pub encryption: Encryption,
 }
 
 /// Pods tolerate an unreachable node for a minute, not upstream's five: a serverless workload
@@ -90,6 +94,7 @@ impl Default for ApiServerConfig {
             authority: None,
             node_client: None,
             default_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
+            encryption: Encryption::default(),
         }
     }
 }
@@ -119,8 +124,8 @@ impl ApiServer {
     /// An API server over `store`. Creates the default namespaces if they are missing.
     pub async fn new(store: Store, config: ApiServerConfig) -> Result<ApiServer, Error> {
         let allocator = services::Allocator::new(store.clone(), config.service_cidr);
-        let authorizer = Authorizer::new(authz::NodeGraph::follow(store.clone()));
-        let registry = Registry::new(store, allocator, config.default_toleration_seconds);
+        let registry = Registry::new(store, allocator, config.default_toleration_seconds, config.encryption);
+        let authorizer = Authorizer::new(authz::NodeGraph::follow(registry.clone()));
         let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
         for name in DEFAULT_NAMESPACES {
             let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});

@@ -14,17 +14,22 @@ use serde_json::{Map, Value, json};
 
 use crate::authz::node::{self, Operation};
 use crate::codec;
+use crate::encryption::Encryption;
 use crate::error::{Error, Result};
 use crate::services::Allocator;
 
 /// How many times an update without a resource version retries after losing a race.
 const UPDATE_ATTEMPTS: usize = 16;
 
-/// One object as the store holds it, and the revision it was last written at.
+/// One object in its stored form (decrypted, if it was stored encrypted), and the revision it
+/// was last written at.
 #[derive(Clone, Debug)]
 pub(crate) struct Stored {
     pub(crate) bytes: Vec<u8>,
     pub(crate) revision: Revision,
+    /// It is stored otherwise than the encryption configuration would store it now: a write
+    /// of it unchanged still writes it (key rotation by rewriting).
+    pub(crate) stale: bool,
 }
 
 impl Stored {
@@ -100,11 +105,29 @@ pub(crate) struct Registry {
     services: Allocator,
     /// How long new pods tolerate an unreachable or not-ready node (DefaultTolerationSeconds).
     default_toleration_seconds: i64,
+    /// How objects are encrypted at rest.
+    encryption: Encryption,
 }
 
 impl Registry {
-    pub(crate) fn new(store: Store, services: Allocator, default_toleration_seconds: i64) -> Self {
-        Registry { store, services, default_toleration_seconds }
+    pub(crate) fn new(
+        store: Store,
+        services: Allocator,
+        default_toleration_seconds: i64,
+        encryption: Encryption,
+    ) -> Self {
+        Registry { store, services, default_toleration_seconds, encryption }
+    }
+
+    /// An object as the store holds it at `key`, decrypted.
+    pub(crate) fn open(&self, def: &ResourceDef, key: &[u8], value: Vec<u8>, revision: Revision) -> Result<Stored> {
+        let opened = self.encryption.open(def, key, value)?;
+        Ok(Stored { bytes: opened.bytes, revision, stale: opened.stale })
+    }
+
+    /// What to store for the stored form `plain` of the object at `key`.
+    fn seal(&self, def: &ResourceDef, key: &str, plain: Vec<u8>) -> Vec<u8> {
+        self.encryption.seal(def, key, plain)
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -164,7 +187,7 @@ impl Registry {
         let mut req = RangeRequest::new(KeyRange::key(Self::key(def, namespace, name)));
         req.consistency = consistency;
         let response = self.store.range(req).await?;
-        Ok(response.kvs.into_iter().next().map(|kv| Stored { bytes: kv.value, revision: kv.mod_revision }))
+        response.kvs.into_iter().next().map(|kv| self.open(def, &kv.key, kv.value, kv.mod_revision)).transpose()
     }
 
     /// Creates an object, filling in system metadata and running admission.
@@ -233,13 +256,13 @@ impl Registry {
         let stored = codec::encode(&object)?;
         if options.dry_run {
             return Ok(Written {
-                object: Stored { bytes: stored, revision: self.store.revision() },
+                object: Stored { bytes: stored, revision: self.store.revision(), stale: false },
                 warnings: admitted.warnings,
                 created: true,
             });
         }
         let mut compares = vec![Compare::absent(key.clone())];
-        let mut ops = vec![Op::put(key, stored.clone())];
+        let mut ops = vec![Op::put(key.clone(), self.seal(def, &key, stored.clone()))];
         for allocation in extra {
             compares.push(Compare::absent(allocation.clone()));
             ops.push(Op::put(allocation, name.clone()));
@@ -255,7 +278,7 @@ impl Registry {
             .into());
         }
         Ok(Written {
-            object: Stored { bytes: stored, revision: response.revision },
+            object: Stored { bytes: stored, revision: response.revision, stale: false },
             warnings: admitted.warnings,
             created: true,
         })
@@ -345,12 +368,12 @@ impl Registry {
                 managed::track_update(def, Some(&old), &mut object, manager, &now());
             }
             let stored = codec::encode(&object)?;
-            if stored == current.bytes {
+            if stored == current.bytes && !current.stale {
                 return Ok(Written { object: current, warnings: admitted.warnings, created: false });
             }
             if options.dry_run {
                 return Ok(Written {
-                    object: Stored { bytes: stored, revision: current.revision },
+                    object: Stored { bytes: stored, revision: current.revision, stale: false },
                     warnings: admitted.warnings,
                     created: false,
                 });
@@ -361,7 +384,11 @@ impl Registry {
                 && finalizers(&object).is_empty()
                 && grace_of(&object) == 0
                 && !awaits_namespace_finalizers(def, &object);
-            let op = if finished { Op::delete(key.clone()) } else { Op::put(key.clone(), stored.clone()) };
+            let op = if finished {
+                Op::delete(key.clone())
+            } else {
+                Op::put(key.clone(), self.seal(def, &key, stored.clone()))
+            };
             let mut ops = vec![op];
             if finished {
                 ops.extend(self.services.release(def, &object).into_iter().map(Op::delete));
@@ -370,7 +397,7 @@ impl Registry {
                 self.store.txn(TxnRequest::when([Compare::mod_revision(key, current.revision)]).then(ops)).await?;
             if response.succeeded {
                 return Ok(Written {
-                    object: Stored { bytes: stored, revision: response.revision },
+                    object: Stored { bytes: stored, revision: response.revision, stale: false },
                     warnings: admitted.warnings,
                     created: false,
                 });
@@ -422,7 +449,11 @@ impl Registry {
                 let response =
                     self.store.txn(TxnRequest::when([Compare::mod_revision(key, current.revision)]).then(ops)).await?;
                 if response.succeeded {
-                    return Ok(Deleted::Gone(Stored { bytes: current.bytes, revision: response.revision }));
+                    return Ok(Deleted::Gone(Stored {
+                        bytes: current.bytes,
+                        revision: response.revision,
+                        stale: false,
+                    }));
                 }
                 continue;
             }
@@ -444,17 +475,17 @@ impl Registry {
             }
             let stored = codec::encode(&object)?;
             if options.dry_run {
-                return Ok(Deleted::Pending(Stored { bytes: stored, revision: current.revision }));
+                return Ok(Deleted::Pending(Stored { bytes: stored, revision: current.revision, stale: false }));
             }
             let response = self
                 .store
                 .txn(
                     TxnRequest::when([Compare::mod_revision(key.clone(), current.revision)])
-                        .then([Op::put(key, stored.clone())]),
+                        .then([Op::put(key.clone(), self.seal(def, &key, stored.clone()))]),
                 )
                 .await?;
             if response.succeeded {
-                return Ok(Deleted::Pending(Stored { bytes: stored, revision: response.revision }));
+                return Ok(Deleted::Pending(Stored { bytes: stored, revision: response.revision, stale: false }));
             }
         }
         Err(ApiError::conflict(def.group, def.plural, name, "the object is being modified too often; please retry")
@@ -885,8 +916,8 @@ impl Registry {
             let total = response.count;
             let returned = response.kvs.len();
             for (i, kv) in response.kvs.into_iter().enumerate() {
-                let stored = Stored { bytes: kv.value, revision: kv.mod_revision };
                 start = String::from_utf8_lossy(&kv.key).into_owned() + "\0";
+                let stored = self.open(def, &kv.key, kv.value, kv.mod_revision)?;
                 if filtered && !selection.matches(&stored) {
                     continue;
                 }

@@ -144,10 +144,17 @@ impl Stream {
     async fn deliver(&self, event: flotilla_store::Event, selection: &Selection<'_>) -> Result<(), Gone> {
         let filtered = !selection.is_everything();
         let revision = event.kv.mod_revision;
-        let previous = event.prev_kv.map(|kv| Stored { bytes: kv.value, revision: kv.mod_revision });
+        let opened = |kv: flotilla_store::KeyValue| self.registry.open(self.def, &kv.key, kv.value, kv.mod_revision);
+        let previous = match event.prev_kv.map(opened).transpose() {
+            Ok(previous) => previous,
+            Err(e) => return self.send("ERROR", &error::status(&e.0)).await,
+        };
         match event.kind {
             EventKind::Put => {
-                let current = Stored { bytes: event.kv.value, revision };
+                let current = match opened(event.kv) {
+                    Ok(current) => current,
+                    Err(e) => return self.send("ERROR", &error::status(&e.0)).await,
+                };
                 if !filtered {
                     let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
                     return self.send_object(kind, &current).await;
@@ -164,7 +171,7 @@ impl Stream {
             EventKind::Delete => match previous {
                 // A deleted object is reported as it was, at the revision that deleted it.
                 Some(previous) if !filtered || selection.matches(&previous) => {
-                    self.send_object("DELETED", &Stored { bytes: previous.bytes, revision }).await
+                    self.send_object("DELETED", &Stored { revision, ..previous }).await
                 }
                 _ => Ok(()),
             },

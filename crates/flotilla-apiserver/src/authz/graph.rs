@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_store::{EventKind, KeyRange, RangeRequest, Revision, Store, WatchRequest, WatchResponse};
+use flotilla_api::resource::ResourceDef;
+use flotilla_store::{EventKind, KeyRange, KeyValue, RangeRequest, Revision, Store, WatchRequest, WatchResponse};
 use serde::Deserialize;
 use tokio::sync::watch;
+
+use crate::registry::Registry;
 
 /// How long a question waits for the graph to catch up with the store before it is answered.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -63,6 +66,10 @@ impl State {
     fn put(&mut self, key: Vec<u8>, stored: &[u8]) {
         self.remove(&key);
         let Some((node, refs)) = bound_pod(&key, stored) else { return };
+        self.add(key, node, refs);
+    }
+
+    fn add(&mut self, key: Vec<u8>, node: String, refs: Vec<Ref>) {
         for r in &refs {
             *self.users.entry(r.clone()).or_default().entry(node.clone()).or_default() += 1;
         }
@@ -80,11 +87,13 @@ pub(crate) struct NodeGraph {
 }
 
 impl NodeGraph {
-    /// Follows the pods of `store` until the store is dropped.
-    pub(crate) fn follow(store: Store) -> NodeGraph {
+    /// Follows the pods of `registry`'s store (decrypted, if they are stored encrypted) until
+    /// the store is dropped.
+    pub(crate) fn follow(registry: Registry) -> NodeGraph {
         let (reached, revision) = watch::channel(0);
         let state = Arc::new(Mutex::new(State::default()));
-        tokio::spawn(follow(store.clone(), state.clone(), reached));
+        let store = registry.store().clone();
+        tokio::spawn(follow(registry, state.clone(), reached));
         NodeGraph { state, revision, store: Some(store) }
     }
 
@@ -114,7 +123,10 @@ impl NodeGraph {
 
 /// Lists the pods, then watches them from there; lists again whenever the watch ends (a slow
 /// watcher is cancelled by the store, a compaction overtakes it).
-async fn follow(store: Store, state: Arc<Mutex<State>>, reached: watch::Sender<Revision>) {
+async fn follow(registry: Registry, state: Arc<Mutex<State>>, reached: watch::Sender<Revision>) {
+    let store = registry.store().clone();
+    let pods = flotilla_api::resource::find("", "v1", "pods").expect("pods are served");
+    let put = |state: &mut State, kv: KeyValue| put_pod(&registry, pods, state, kv);
     loop {
         if reached.is_closed() {
             return;
@@ -130,7 +142,7 @@ async fn follow(store: Store, state: Arc<Mutex<State>>, reached: watch::Sender<R
         {
             let mut fresh = State::default();
             for kv in listed.kvs {
-                fresh.put(kv.key, &kv.value);
+                put(&mut fresh, kv);
             }
             *state.lock().expect("graph lock") = fresh;
         }
@@ -154,7 +166,7 @@ async fn follow(store: Store, state: Arc<Mutex<State>>, reached: watch::Sender<R
                         if event.kind == EventKind::Delete {
                             state.remove(&event.kv.key);
                         } else {
-                            state.put(event.kv.key, &event.kv.value);
+                            put(&mut state, event.kv);
                         }
                     }
                     last
@@ -168,6 +180,18 @@ async fn follow(store: Store, state: Arc<Mutex<State>>, reached: watch::Sender<R
             if let Some(revision) = revision {
                 let _ = reached.send(revision);
             }
+        }
+    }
+}
+
+/// Puts a pod as the store holds it into the graph. One that cannot be decrypted is left out,
+/// and so gives its node nothing.
+fn put_pod(registry: &Registry, pods: &ResourceDef, state: &mut State, kv: KeyValue) {
+    match registry.open(pods, &kv.key, kv.value, kv.mod_revision) {
+        Ok(stored) => state.put(kv.key, &stored.bytes),
+        Err(err) => {
+            state.remove(&kv.key);
+            tracing::warn!(error = %err.0, "the node graph cannot read a pod");
         }
     }
 }
