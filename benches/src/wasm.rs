@@ -23,6 +23,7 @@ pub async fn run(runtime: &Runtime, program: &Program) -> Result<Duration> {
         memory_limit: None,
         cpu_limit: None,
         network: None,
+        http_concurrency: None,
         output: Arc::new(Discard),
     };
     let started = Instant::now();
@@ -61,6 +62,7 @@ pub async fn spin_rounds(
         memory_limit: None,
         cpu_limit,
         network: None,
+        http_concurrency: None,
         output: lines.clone(),
     };
     let ended = tokio::time::timeout(running, runtime.run(program, spec)).await;

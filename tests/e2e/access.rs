@@ -32,6 +32,19 @@ fn forbidden(out: &str, message: &str) -> Result<()> {
     Ok(())
 }
 
+/// Asks `server` for node `name`'s credentials with a new key, as `credentials` (curl's
+/// `--cert`/`--key`, or a bearer token header) and node password `password`; the answer.
+fn ask_credentials(server: &Server, ca: &Path, credentials: &[&str], name: &str, password: &str) -> Result<String> {
+    let (request, _) = flotilla_auth::pki::certificate_request(&format!("system:node:{name}"))?;
+    let body = serde_json::json!({"nodeName": name, "nodePassword": password, "certificateRequest": request});
+    let body = body.to_string();
+    let url = format!("{}/flotilla/v1/node-credentials", server.url);
+    let mut args = vec!["--cacert", ca.to_str().unwrap(), "-H", "Content-Type: application/json", "-d", &body];
+    args.extend(credentials);
+    args.push(&url);
+    Ok(curl(&args)?.1)
+}
+
 fn curl(args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output()?;
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
@@ -142,21 +155,10 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
     )?;
     // The stolen node cannot take edge-2's name either: a certificate for it needs edge-2's
     // node password.
-    let (request, _) = flotilla_auth::pki::certificate_request("system:node:edge-2")?;
-    let body = serde_json::json!({"nodeName": "edge-2", "nodePassword": "x".repeat(40), "certificateRequest": request});
     let (_, secret) = token.split_once("::").context("a join token")?;
     let ca = dir.path().join("pki/ca.crt");
-    let (_, answer) = curl(&[
-        "--cacert",
-        ca.to_str().unwrap(),
-        "-H",
-        &format!("Authorization: Bearer {secret}"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body.to_string(),
-        &format!("{}/flotilla/v1/node-credentials", server.url),
-    ])?;
+    let bearer = format!("Authorization: Bearer {secret}");
+    let answer = ask_credentials(&server, &ca, &["-H", &bearer], "edge-2", &"x".repeat(40))?;
     forbidden(&answer, "the node name is registered to another machine")?;
     ensure!(!answer.contains("BEGIN CERTIFICATE"), "{answer}");
 
@@ -206,5 +208,41 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
     ensure!(answer.contains("Forbidden") && answer.contains("system:node:edge-1"), "{answer}");
     // The admin's way still works.
     admin.ok(&["logs", "pod-2"])?;
+
+    // Revoking the stolen node: its registration goes, and its certificate is good for nothing,
+    // not even for registering again.
+    admin.ok(&["delete", "secret", "-n", "kube-system", "edge-1.node-password.flotilla"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match stolen.fails(&["get", "secret", "secret-1"]) {
+            Ok(err) => {
+                forbidden(&err, "node 'edge-1' is not registered")?;
+                break;
+            }
+            Err(_) => ensure!(Instant::now() < deadline, "the revoked node still reads its Secret"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    forbidden(&stolen.fails(&["get", "node", "edge-1"])?, "is not registered")?;
+    let password = std::fs::read_to_string(pki.join("node-password"))?;
+    let (cert, key) = (pki.join("node.crt"), pki.join("node.key"));
+    let as_edge_1 = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let answer = ask_credentials(&server, &ca, &as_edge_1, "edge-1", password.trim())?;
+    forbidden(&answer, "a node cannot register itself again")?;
+    Ok(())
+}
+
+#[test]
+fn the_join_token_cannot_take_the_servers_own_node() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = crate::pods::node_name(&k)?;
+    let token = std::fs::read_to_string(dir.path().join("node-token"))?.trim().to_string();
+    let (_, secret) = token.split_once("::").context("a join token")?;
+    let bearer = format!("Authorization: Bearer {secret}");
+    let answer = ask_credentials(&server, &dir.path().join("pki/ca.crt"), &["-H", &bearer], &node, &"y".repeat(40))?;
+    forbidden(&answer, "the node name is registered to another machine")?;
+    ensure!(!answer.contains("BEGIN CERTIFICATE"), "{answer}");
     Ok(())
 }

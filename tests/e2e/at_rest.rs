@@ -144,10 +144,10 @@ fn secrets_are_encrypted_at_rest_and_keys_rotate() -> Result<()> {
     drop(server);
     let server = start(&[k2, k1])?;
     let k = k.for_server(&server);
-    let all = k.ok(&["get", "secrets", "-o", "json"])?;
+    let all = k.ok(&["get", "secrets", "-A", "-o", "json"])?;
     let file = dir.path().join("secrets.json");
     std::fs::write(&file, all)?;
-    k.ok(&["replace", "-f", file.to_str().unwrap()])?;
+    k.ok_anywhere(&["replace", "-f", file.to_str().unwrap()])?;
     drop(server);
     let server = start(&[k2])?;
     let k = k.for_server(&server);

@@ -63,11 +63,31 @@ impl Kubectl {
         Kubectl { kubeconfig: server.kubeconfig.clone(), ..self }
     }
 
+    /// kubectl in this namespace (a `-n` in `args` still wins: it comes later).
     pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut namespaced = vec!["-n", self.namespace.as_str()];
+        namespaced.extend(args);
+        self.anywhere(&namespaced)
+    }
+
+    /// kubectl with no namespace of its own: for objects of many namespaces at once.
+    fn anywhere(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
-        command.arg("--kubeconfig").arg(&self.kubeconfig).args(["-n", &self.namespace]).args(args);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         command.env("HOME", self.home.path()).env_remove("KUBECONFIG").stdin(Stdio::null());
         command
+    }
+
+    /// Runs kubectl without a namespace, which must succeed; returns its stdout.
+    pub(crate) fn ok_anywhere(&self, args: &[&str]) -> Result<String> {
+        let out = self.anywhere(args).output().with_context(|| format!("run kubectl {}", self.version))?;
+        ensure!(
+            out.status.success(),
+            "kubectl {} {args:?} failed: {}",
+            self.version,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn run(&self, args: &[&str]) -> Result<Output> {

@@ -4,9 +4,11 @@
 mod access;
 mod at_rest;
 mod escape;
+mod flood;
 mod harness;
 mod kube_client;
 mod kubectl;
+mod leader;
 mod nodes;
 mod pods;
 mod registry;

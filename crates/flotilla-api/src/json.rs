@@ -15,6 +15,10 @@ pub struct Parsed {
     pub duplicates: Vec<String>,
 }
 
+/// Upstream keeps at most this many strict-decoding errors; past it, more duplicates are not
+/// named (nor looked for: a body of a million repeated keys costs a parse, no more).
+pub const MAX_DUPLICATES: usize = 100;
+
 /// Parses `bytes` as one JSON value.
 pub fn parse(bytes: &[u8]) -> serde_json::Result<Parsed> {
     let mut duplicates = Vec::new();
@@ -124,7 +128,7 @@ impl<'de> Visitor<'de> for Node<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
+            if self.duplicates.len() < MAX_DUPLICATES && object.contains_key(&key) {
                 let shown = self.shown(&key);
                 if !self.duplicates.contains(&shown) {
                     self.duplicates.push(shown);
@@ -167,5 +171,9 @@ mod tests {
         // Nesting deeper than serde_json's recursion limit is an error, not a stack overflow.
         let deep = "[".repeat(100_000);
         assert!(parse(deep.as_bytes()).is_err());
+        // A body of many repeated keys names the first hundred and costs no more than a parse.
+        let many: String = (0..200_000).map(|i| format!("\"k{}\": 1,", i % 1000)).collect();
+        let parsed = parse(format!("{{{many} \"end\": 0}}").as_bytes()).unwrap();
+        assert_eq!(parsed.duplicates.len(), MAX_DUPLICATES);
     }
 }

@@ -6,9 +6,13 @@
 //!
 //! A name, once registered, belongs to the machine that registered it: each node keeps a random
 //! node password, whose hash the first registration stores in the Secret
-//! `kube-system/<name>.node-password.flotilla`; a later request for the same name must bring
-//! the same password (k3s' node-password check). So a stolen join token registers new nodes,
-//! but does not take over the identity of one that exists.
+//! `kube-system/<name>.node-password.flotilla` (its registration); a later request for the same
+//! name must bring the same password (k3s' node-password check). So a stolen join token
+//! registers new nodes, but does not take over the identity of one that exists: a name that
+//! has a Node but no registration (the server's own node registers one at start) is refused
+//! too, until an admin deletes that Node. Deleting a registration revokes the node: the
+//! authorizer grants nothing to a node identity without one, and a node cannot register itself
+//! again.
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -79,7 +83,7 @@ async fn issue(server: &ApiServer, user: &UserInfo, body: &[u8]) -> Result<NodeC
             ApiError::bad_request(format!("the node password must be at least {MIN_PASSWORD_LEN} characters")).into()
         );
     }
-    claim_name(server, name, &request.node_password).await?;
+    claim_name(server, user, name, &request.node_password).await?;
     let certificate = authority
         .issue_for_request(&request.certificate_request, &Profile::node(name))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -87,12 +91,44 @@ async fn issue(server: &ApiServer, user: &UserInfo, body: &[u8]) -> Result<NodeC
     Ok(NodeCredentials { certificate, ca: authority.cert_pem().to_string() })
 }
 
-/// Registers `password` as the one that claims node `name`, or checks it against the one that
-/// did.
-async fn claim_name(server: &ApiServer, name: &str, password: &str) -> Result<()> {
+/// The Secret in `kube-system` that registers node `name`.
+pub(crate) fn registration(name: &str) -> String {
+    format!("{name}{REGISTRATION_SUFFIX}")
+}
+
+/// What names a node's registration Secret, after the node's name.
+pub(crate) const REGISTRATION_SUFFIX: &str = ".node-password.flotilla";
+
+/// Registers node `name` with a password no one will ever present, if it is not registered:
+/// the name is the server's own node's, which joins in-process and needs no certificate, and
+/// the join token must not take it.
+pub(crate) async fn reserve(server: &ApiServer, name: &str) -> Result<()> {
+    let mut unknown = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut unknown)
+        .map_err(|_| ApiError::internal("the system's random source failed"))?;
+    let password = flotilla_auth::pki::sha256_hex(&unknown);
+    let admin = UserInfo::new("system:apiserver", &[flotilla_auth::identity::MASTERS]);
+    match claim_name(server, &admin, name, &password).await {
+        // Registered before (by an earlier start): it stays as it is.
+        Err(Error(e)) if e.reason == flotilla_api::Reason::Forbidden => Ok(()),
+        // Registered, but unreadable (encrypted with a key no longer configured): the server
+        // starts all the same, and the node is refused until the key is back.
+        Err(Error(e)) if e.reason == flotilla_api::Reason::InternalError => {
+            tracing::warn!(node = name, error = %e, "the server's own node's registration cannot be read");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Registers `password` as the one that claims node `name` for `user`, or checks it against
+/// the one that did.
+async fn claim_name(server: &ApiServer, user: &UserInfo, name: &str, password: &str) -> Result<()> {
     let secrets = flotilla_api::resource::find("", "v1", "secrets").expect("secrets are served");
-    let secret_name = format!("{name}.node-password.flotilla");
+    let nodes = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
+    let secret_name = registration(name);
     let hash = flotilla_auth::pki::sha256_hex(password.as_bytes());
+    let refuse = |why: String| Err(ApiError::forbidden("", "nodes", name, why).into());
     let registry = &server.inner.registry;
     for _ in 0..2 {
         match registry.get(secrets, Some("kube-system"), &secret_name).await {
@@ -103,18 +139,26 @@ async fn claim_name(server: &ApiServer, name: &str, password: &str) -> Result<()
                 return if same(&expected, &hash) {
                     Ok(())
                 } else {
-                    Err(ApiError::forbidden(
-                        "",
-                        "nodes",
-                        name,
-                        format!(
-                            "the node name is registered to another machine (its node password differs); delete the secret kube-system/{secret_name} to let a new machine take the name"
-                        ),
-                    )
-                    .into())
+                    refuse(format!(
+                        "the node name is registered to another machine (its node password differs); delete the secret kube-system/{secret_name} and the Node to let a new machine take the name"
+                    ))
                 };
             }
             Err(Error(e)) if e.reason == flotilla_api::Reason::NotFound => {
+                // A node whose registration is gone was revoked: it does not come back by itself.
+                if user.node_name().is_some() {
+                    return refuse(format!(
+                        "the node's registration (secret kube-system/{secret_name}) is gone: a node cannot register itself again"
+                    ));
+                }
+                // A Node without a registration is someone's already (the server's own node,
+                // one registered by hand): not the join token's to take.
+                let exists = registry.get(nodes, None, name).await.is_ok();
+                if exists && !user.in_group(flotilla_auth::identity::MASTERS) {
+                    return refuse(
+                        "a Node of that name exists without a registration: an admin must delete it before another machine takes the name".into(),
+                    );
+                }
                 use base64::Engine;
                 let secret = json!({
                     "apiVersion": "v1", "kind": "Secret", "type": "Opaque",

@@ -146,6 +146,13 @@ impl ApiServer {
         Ok(ApiServer { inner: Arc::new(inner) })
     }
 
+    /// Registers the node `name` runs as in this process, so that no one else can register
+    /// that name with the join token (see `credentials`). Idempotent.
+    pub async fn reserve_node_name(&self, name: &str) -> Result<(), Error> {
+        self.inner.authorizer.reserve_node(name);
+        credentials::reserve(self, name).await
+    }
+
     /// From now on `/readyz` answers 200.
     pub fn set_ready(&self) {
         self.inner.ready.store(true, Ordering::SeqCst);

@@ -1,8 +1,11 @@
 //! Serving a `wasi:http/incoming-handler` component: the runtime listens on the pod's address
 //! and declared port, and creates one instance per request from the component's `ProxyPre`,
 //! so a function that gets no requests holds no instance (this is what makes scale to zero
-//! cheap). Each request's instance has the container's env, directories, output and memory
-//! limit, as a container run would.
+//! cheap). Each request's instance has the container's env, directories and output, as a
+//! container run would; the container's memory limit bounds all its instances together, and
+//! at most its concurrency of them run at once: a burst beyond waits briefly for an instance,
+//! and past that is turned away with 503 and `Retry-After`, so that a flood of requests to
+//! one function takes neither the node's memory nor its neighbours' share.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::egress::Egress;
-use crate::limits::{CpuLimit, MemoryLimit};
+use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
 use crate::output::Stream;
 use crate::run::{ContainerSpec, Exit, configure, grant_network};
 
@@ -89,6 +92,60 @@ impl WasiHttpView for ProxyGuest {
     }
 }
 
+/// Requests a `wasi:http` container serves at once unless its pod says otherwise (the
+/// annotation `http.flotilla.dev/max-concurrency`). Each holds an instance; together they
+/// share the container's memory limit.
+pub const DEFAULT_HTTP_CONCURRENCY: usize = 32;
+/// Requests that may wait for an instance, per instance the container may run: a burst is
+/// absorbed, a flood is not queued without end.
+const QUEUED_PER_INSTANCE: usize = 2;
+/// How long a request waits for an instance before it is turned away.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The door to a container's instances: how many run, how many wait.
+#[derive(Debug)]
+struct Gate {
+    running: Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn new(concurrency: usize) -> Gate {
+        let concurrency = concurrency.max(1);
+        Gate { running: Arc::new(tokio::sync::Semaphore::new(concurrency)), concurrency, waiting: Default::default() }
+    }
+
+    /// A place for one more instance, if one frees in time and the queue is not full.
+    async fn enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.running.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.concurrency * QUEUED_PER_INSTANCE {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.running.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit.ok().and_then(Result::ok)
+    }
+}
+
+/// 503 for a request no instance was free for, with a hint to retry.
+fn busy(spec: &ContainerSpec, concurrency: usize) -> hyper::Response<HyperOutgoingBody> {
+    let message = format!(
+        "the function is busy: {concurrency} requests in flight, its limit (annotation http.flotilla.dev/max-concurrency), and more waiting; retry later\n"
+    );
+    spec.output.write(Stream::Stderr, message.as_bytes());
+    let body = Full::new(Bytes::from(message)).map_err(|never| match never {}).boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
+}
+
 /// Serves `pre` until the future is dropped, which ends every request in flight. Ends by
 /// itself only if it cannot listen.
 pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: ContainerSpec) -> Exit {
@@ -106,6 +163,8 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
         Ok(listener) => listener,
         Err(err) => return Exit::Failed { message: format!("cannot listen on {}:{port}: {err}", network.pod_ip) },
     };
+    let gate = Arc::new(Gate::new(spec.http_concurrency.unwrap_or(DEFAULT_HTTP_CONCURRENCY)));
+    let pool = MemoryPool::new(spec.memory_limit);
     let spec = Arc::new(spec);
     // Dropping the set (when the container is stopped) aborts every connection; dropping
     // `_stop` ends every request's instance, including one still streaming its body.
@@ -124,10 +183,17 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
         };
         let _ = stream.set_nodelay(true);
         let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
+        let (gate, pool) = (gate.clone(), pool.clone());
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
-                async move { Ok::<_, Infallible>(handle(&engine, &pre, &spec, stopped, request).await) }
+                let (gate, pool) = (gate.clone(), pool.clone());
+                async move {
+                    let Some(permit) = gate.enter().await else {
+                        return Ok::<_, Infallible>(busy(&spec, gate.concurrency));
+                    };
+                    Ok(handle(&engine, &pre, &spec, stopped, request, permit, pool).await)
+                }
             });
             if let Err(err) =
                 http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await
@@ -139,13 +205,17 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
 }
 
 /// One request: a fresh instance, its `handle` called, its response streamed back. A failure
-/// is answered 500, and written to the container's log as a crashed run would be.
+/// is answered 500, and written to the container's log as a crashed run would be. The
+/// instance holds `permit`, its place among the container's instances, and memory from
+/// `pool`, until it ends.
 async fn handle(
     engine: &Engine,
     pre: &ProxyPre<ProxyGuest>,
     spec: &ContainerSpec,
     mut stopped: tokio::sync::watch::Receiver<()>,
     request: hyper::Request<hyper::body::Incoming>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    pool: Arc<MemoryPool>,
 ) -> hyper::Response<HyperOutgoingBody> {
     let failed = |message: String| {
         spec.output.write(Stream::Stderr, format!("{message}\n").as_bytes());
@@ -165,7 +235,7 @@ async fn handle(
         http: WasiHttpCtx::new(),
         hooks: OutgoingHooks { egress },
         table: ResourceTable::new(),
-        memory: MemoryLimit::new(spec.memory_limit),
+        memory: MemoryLimit::sharing(pool),
         cpu: CpuLimit::new(spec.cpu_limit),
     };
     let mut store = Store::new(engine, guest);
@@ -186,11 +256,13 @@ async fn handle(
     // The handler may go on streaming its body after it has set the response, so it runs in a
     // task of its own; the task holds the instance, and ends with it.
     let task = tokio::spawn(async move {
+        let _permit = permit;
         let work = async {
             let proxy = pre.instantiate_async(&mut store).await?;
             let result = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await;
             result.map_err(|err| match store.data().memory.exceeded {
-                Some(_) => err.context("out of memory: the request's instance outgrew the container's memory limit"),
+                Some(_) => err
+                    .context("out of memory: the request's instance outgrew what its container's memory limit left it"),
                 None => err,
             })
         };

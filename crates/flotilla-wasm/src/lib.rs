@@ -25,6 +25,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::egress::Egress;
+pub use crate::http::DEFAULT_HTTP_CONCURRENCY;
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
 pub use crate::run::{ContainerSpec, Exit, Network, Preopen};

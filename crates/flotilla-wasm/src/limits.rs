@@ -1,40 +1,99 @@
 //! Memory and CPU limits of one container.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, UpdateDeadline};
 
 use crate::EPOCH_TICK;
 
-/// Caps a guest's linear memory at `resources.limits.memory`, and remembers that the guest hit
-/// the cap so that its end is reported as `OOMKilled`, as a container killed by the kernel's
-/// OOM killer is upstream. Guards the node against a guest that allocates without end.
+/// The memory a container's instances hold together, against `resources.limits.memory`: one
+/// instance for a module or a command; for a `wasi:http` component, every request's instance
+/// at once, as a container's processes share its limit upstream. Without it, a burst of
+/// requests would each take the whole limit, and together the node.
+#[derive(Debug)]
+pub(crate) struct MemoryPool {
+    limit: Option<usize>,
+    used: AtomicUsize,
+}
+
+impl MemoryPool {
+    pub(crate) fn new(limit: Option<u64>) -> Arc<MemoryPool> {
+        Arc::new(MemoryPool {
+            limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes `bytes` more for an instance, if the limit allows them.
+    fn take(&self, bytes: usize) -> bool {
+        let Some(limit) = self.limit else {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            return true;
+        };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes the container's instances hold now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One instance's share of its container's [`MemoryPool`]; it remembers that the guest hit the
+/// limit so that its end is reported as `OOMKilled`, as a container killed by the kernel's OOM
+/// killer is upstream. Guards the node against a guest that allocates without end. What the
+/// instance held goes back to the pool when it is dropped.
 #[derive(Debug)]
 pub(crate) struct MemoryLimit {
-    limit: Option<usize>,
+    pool: Arc<MemoryPool>,
+    /// Linear memory this instance took from the pool.
+    held: usize,
     pub(crate) exceeded: Option<usize>,
 }
 
 impl MemoryLimit {
+    /// An instance with a pool of its own.
     pub(crate) fn new(limit: Option<u64>) -> MemoryLimit {
-        MemoryLimit { limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)), exceeded: None }
+        MemoryLimit::sharing(MemoryPool::new(limit))
+    }
+
+    /// An instance drawing on `pool` with the other instances of its container.
+    pub(crate) fn sharing(pool: Arc<MemoryPool>) -> MemoryLimit {
+        MemoryLimit { pool, held: 0, exceeded: None }
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        self.pool.give_back(self.held);
     }
 }
 
 impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         // The pool's slot size is a cap too: past it the guest is out of memory just the same.
-        let cap = match (self.limit, maximum) {
-            (Some(limit), Some(max)) => Some(limit.min(max)),
-            (limit, max) => limit.or(max),
-        };
-        match cap {
-            Some(cap) if desired > cap => {
-                self.exceeded = Some(desired);
-                wasmtime::bail!("memory limit exceeded: the guest asked for {desired} bytes, its limit is {cap}")
-            }
-            _ => Ok(true),
+        let over_slot = maximum.is_some_and(|max| desired > max);
+        let more = desired.saturating_sub(current);
+        if over_slot || !self.pool.take(more) {
+            self.exceeded = Some(desired);
+            let limit = self.pool.limit.map_or("none".into(), |l| l.to_string());
+            wasmtime::bail!(
+                "memory limit exceeded: the guest asked for {desired} bytes, its container's limit is {limit} and its instances hold {} already",
+                self.pool.used()
+            )
         }
+        self.held += more;
+        Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -105,5 +164,22 @@ mod tests {
             let start = Instant::now();
             assert_eq!(CpuLimit::new(share).pause(start + EPOCH_TICK), None, "{share:?}");
         }
+    }
+
+    #[test]
+    fn a_containers_instances_share_its_memory_limit() {
+        let pool = MemoryPool::new(Some(10 << 20));
+        let mut first = MemoryLimit::sharing(pool.clone());
+        let mut second = MemoryLimit::sharing(pool.clone());
+        assert!(first.memory_growing(0, 6 << 20, None).unwrap());
+        assert!(second.memory_growing(0, 6 << 20, None).is_err(), "together they would hold 12 MiB of 10");
+        assert_eq!(second.exceeded, Some(6 << 20));
+        assert!(second.memory_growing(0, 4 << 20, None).unwrap());
+        drop(first);
+        assert_eq!(pool.used(), 4 << 20, "what an instance held goes back when it goes");
+        let mut third = MemoryLimit::sharing(pool.clone());
+        assert!(third.memory_growing(0, 6 << 20, None).unwrap());
+        // The instance's slot is a cap of its own.
+        assert!(MemoryLimit::new(None).memory_growing(0, 2 << 20, Some(1 << 20)).is_err());
     }
 }

@@ -35,6 +35,9 @@ pub struct ContainerSpec {
     pub cpu_limit: Option<f64>,
     /// The pod's network; `None` gives the guest no socket at all.
     pub network: Option<Network>,
+    /// A `wasi:http` component's requests served at once (each an instance); `None` for
+    /// [`DEFAULT_HTTP_CONCURRENCY`](crate::DEFAULT_HTTP_CONCURRENCY).
+    pub http_concurrency: Option<usize>,
     pub output: Arc<dyn OutputSink>,
 }
 
@@ -61,6 +64,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("memory_limit", &self.memory_limit)
             .field("cpu_limit", &self.cpu_limit)
             .field("network", &self.network)
+            .field("http_concurrency", &self.http_concurrency)
             .finish_non_exhaustive()
     }
 }

@@ -47,6 +47,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         memory_limit: None,
         cpu_limit: None,
         network: None,
+        http_concurrency: None,
         output: output.clone(),
     }
 }
@@ -330,4 +331,48 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
     assert!(out.contains(&format!("connect {protected}: error")), "{out}");
     assert!(out.contains(&format!("connect 0.0.0.0:{}: error", protected.port())), "{out}");
     assert!(out.contains(&format!("connect {open_addr}: ok")), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = std::sync::Arc::new(runtime(&dir));
+    let program = runtime.load(&std::fs::read(examples::P2_HANDLER).unwrap()).unwrap();
+    let port = free_port();
+    let output = Arc::new(Captured::default());
+    let mut served = spec("handler", &output);
+    served.network =
+        Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
+    served.http_concurrency = Some(2);
+    served.memory_limit = Some(48 << 20);
+    let serving = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.run(&program, served).await })
+    };
+    get(port, "/warm").await;
+
+    // 40 slow requests at once: two run, four wait, and the rest are turned away at once with
+    // a hint to retry; none is left hanging.
+    let started = std::time::Instant::now();
+    let answers =
+        futures::future::join_all((0..40).map(|i| async move { get(port, &format!("/slow/{i}?sleep_ms=300")).await }))
+            .await;
+    let ok = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
+    let busy: Vec<_> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).collect();
+    assert_eq!(ok + busy.len(), 40, "{answers:?}");
+    assert!((2..=8).contains(&ok), "{ok} served: two at once, for at most the queue's wait");
+    assert!(busy.iter().all(|a| a.contains("retry-after: 1") && a.contains("the function is busy")), "{busy:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "a request was left hanging");
+
+    // The container's 48 MiB bound its instances together: two asking 30 MiB each cannot both
+    // have it, and the one refused says why.
+    let answers =
+        futures::future::join_all((0..2).map(|_| async move { get(port, "/big?alloc_mb=30&sleep_ms=500").await }))
+            .await;
+    let ok = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
+    assert_eq!(ok, 1, "{answers:?}");
+    assert!(answers.iter().any(|a| a.starts_with("HTTP/1.1 500") && a.contains("out of memory")), "{answers:?}");
+    // And what they held came back: one more fits now.
+    assert!(get(port, "/big?alloc_mb=30").await.starts_with("HTTP/1.1 200"));
+    serving.abort();
 }

@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API over a store member on local disk (a
     /// one-member group by default).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Print the admin kubeconfig a server wrote to its data directory.
     Kubeconfig {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = default_data_dir())]
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
             Command::Kubeconfig { data_dir } => server::print_kubeconfig(&data_dir),
             Command::Store { command } => store_admin::run(command).await,
             Command::Agent(args) => agent::run(args).await,

@@ -100,6 +100,9 @@ pub(crate) struct ServerArgs {
     encryption_provider_config: Option<PathBuf>,
 
     #[command(flatten)]
+    election: crate::control::ElectionArgs,
+
+    #[command(flatten)]
     node: NodeArgs,
 }
 
@@ -224,29 +227,35 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     api.set_ready();
     // The scheduler and the controllers are ordinary API clients, in-process. Together they
     // share the watches of pods and nodes, so every pod is decoded and held once.
-    let scheduler_client = match args.disable.contains(&Component::Scheduler) {
-        true => None,
-        false => Some(in_process_client(api.router(), UserInfo::new(SCHEDULER, &[]), "kube-scheduler")?),
+    // The scheduler and the controllers, ordinary API clients in-process, each while this
+    // member leads its Lease.
+    let loops = crate::control::ControlLoops {
+        scheduler: match args.disable.contains(&Component::Scheduler) {
+            true => None,
+            false => Some(in_process_client(api.router(), UserInfo::new(SCHEDULER, &[]), "kube-scheduler")?),
+        },
+        controllers: match args.disable.contains(&Component::Controllers) {
+            true => None,
+            false => Some((
+                in_process_client(api.router(), UserInfo::new(CONTROLLER_MANAGER, &[]), "kube-controller-manager")?,
+                flotilla_controllers::ControllersConfig {
+                    node_grace_period: Duration::from_secs(args.node_grace_period),
+                },
+            )),
+        },
     };
-    let mut scheduler = None;
-    let controllers = if args.disable.contains(&Component::Controllers) {
-        scheduler = scheduler_client.map(|client| tokio::spawn(flotilla_scheduler::run(client)));
-        None
-    } else {
-        let config =
-            flotilla_controllers::ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) };
-        let client =
-            in_process_client(api.router(), UserInfo::new(CONTROLLER_MANAGER, &[]), "kube-controller-manager")?;
-        Some(flotilla_controllers::Controllers::start_sharing(client, config, |pods, nodes| {
-            scheduler = scheduler_client.map(|client| tokio::spawn(flotilla_scheduler::start(client, pods, nodes)));
-        }))
-    };
+    // The same identity at every start of this member (unique in its group, where a data
+    // directory runs once): restarted, it takes its own Lease back at once instead of waiting
+    // for it to expire.
+    let identity = format!("{}_member{}", flotilla_node::NodeConfig::hostname(), store.member_id());
+    let control = tokio::spawn(loops.run(args.election.config()?, identity));
     let node = if args.no_node {
         None
     } else {
         // The embedded node reaches the API in-process, as itself: the same router, requests
         // and responses as over the network, without TLS or a socket.
         let name = args.node.name();
+        api.reserve_node_name(&name).await.map_err(|e| anyhow::anyhow!("cannot register node {name}: {}", e.0))?;
         let client = in_process_client(api.router(), UserInfo::node(&name), "kubelet")?;
         // The store's peer port is never the guests' to call.
         let protected = vec![peer_addr];
@@ -271,10 +280,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
-    drop(controllers);
-    if let Some(scheduler) = scheduler {
-        scheduler.abort();
-    }
+    control.abort();
     let _ = api_server.await;
     if let Some(compactor) = compactor {
         let _ = compactor.await;

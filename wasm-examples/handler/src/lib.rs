@@ -1,7 +1,8 @@
 //! A `wasi:http/incoming-handler` component: the node serves it on the pod's declared port and
 //! creates one instance per request, so an idle function costs no instance. It answers
 //! `hello from <HOSTNAME> at <path>` (request number <n> of this instance: always 1, since no
-//! instance outlives its request) and prints each request it handles.
+//! instance outlives its request) and prints each request it handles. A query may make it work
+//! harder first: `sleep_ms=N` waits N ms, `alloc_mb=N` takes N MiB and touches them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -15,7 +16,13 @@ struct Handler;
 impl wasip2::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".into());
-        let n = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
+        let query = |name: &str| -> u64 {
+            let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok()).unwrap_or(0)
+        };
+        let held = vec![1u8; (query("alloc_mb") as usize) << 20];
+        std::thread::sleep(std::time::Duration::from_millis(query("sleep_ms")));
+        let n = HANDLED.fetch_add(1, Ordering::Relaxed) + 1 + u32::from(held.iter().any(|b| *b == 0));
         let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "wasm".into());
         println!("handling {path}");
         let text = format!("hello from {hostname} at {path} (request {n} of this instance)\n");

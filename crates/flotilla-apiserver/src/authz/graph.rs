@@ -1,6 +1,7 @@
 //! Which node each pod is bound to and which Secrets, ConfigMaps and ServiceAccounts those pods
 //! use: the graph upstream's Node authorizer keeps, here fed by a watch of the store's pods. A
-//! node may read an object exactly when a pod bound to it refers to it.
+//! node may read an object exactly when a pod bound to it refers to it. Beside it, which nodes
+//! are registered (`credentials`): a node identity without a registration is revoked.
 //!
 //! The graph follows the store a moment behind. A node asking for a Secret right after its pod
 //! was bound may find the graph a revision short: such a question waits (briefly) for the graph
@@ -39,6 +40,10 @@ pub(crate) struct Ref {
 
 #[derive(Default, Debug)]
 struct State {
+    /// Nodes with a registration Secret.
+    registered: std::collections::HashSet<String>,
+    /// The server's own node, registered whatever its Secret says (it joins in-process).
+    reserved: std::collections::HashSet<String>,
     /// Bound pods by store key: their node and what they refer to.
     pods: HashMap<Vec<u8>, (String, Vec<Ref>)>,
     /// For each object referred to, the nodes whose pods refer to it, and how many pods.
@@ -81,20 +86,52 @@ impl State {
 #[derive(Clone, Debug)]
 pub(crate) struct NodeGraph {
     state: Arc<Mutex<State>>,
-    /// The revision the graph has reached.
-    revision: watch::Receiver<Revision>,
+    /// The revisions the watches of pods and of registrations have reached.
+    revisions: [watch::Receiver<Revision>; 2],
     store: Option<Store>,
+    /// The watching tasks, which end with the last clone: they hold the store open.
+    _followers: Arc<Followers>,
+}
+
+#[derive(Debug)]
+struct Followers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl NodeGraph {
     /// Follows the pods of `registry`'s store (decrypted, if they are stored encrypted) until
     /// the store is dropped.
     pub(crate) fn follow(registry: Registry) -> NodeGraph {
-        let (reached, revision) = watch::channel(0);
         let state = Arc::new(Mutex::new(State::default()));
         let store = registry.store().clone();
-        tokio::spawn(follow(registry, state.clone(), reached));
-        NodeGraph { state, revision, store: Some(store) }
+        let (pods_reached, pods_revision) = watch::channel(0);
+        let (registrations_reached, registrations_revision) = watch::channel(0);
+        let followers = Followers(vec![
+            tokio::spawn(follow(registry.clone(), Followed::pods(), state.clone(), pods_reached)),
+            tokio::spawn(follow(registry, Followed::registrations(), state.clone(), registrations_reached)),
+        ]);
+        NodeGraph {
+            state,
+            revisions: [pods_revision, registrations_revision],
+            store: Some(store),
+            _followers: Arc::new(followers),
+        }
+    }
+
+    /// Whether `node` is registered.
+    pub(crate) async fn registered(&self, node: &str) -> bool {
+        self.answer(|state| state.registered.contains(node) || state.reserved.contains(node)).await
+    }
+
+    /// Counts `node` as registered for as long as this server runs: the node it runs itself.
+    pub(crate) fn reserve(&self, node: &str) {
+        self.state.lock().expect("graph lock").reserved.insert(node.to_string());
     }
 
     /// Whether a pod bound to `node` refers to `wanted`.
@@ -115,44 +152,110 @@ impl NodeGraph {
         }
         let Some(store) = &self.store else { return false };
         let current = store.revision();
-        let mut revision = self.revision.clone();
-        let caught_up = tokio::time::timeout(CATCH_UP, revision.wait_for(|reached| *reached >= current)).await;
-        caught_up.is_ok() && check(&self.state.lock().expect("graph lock"))
+        let caught_up = async {
+            for revision in &self.revisions {
+                let mut revision = revision.clone();
+                revision.wait_for(|reached| *reached >= current).await.ok()?;
+            }
+            Some(())
+        };
+        let caught_up = tokio::time::timeout(CATCH_UP, caught_up).await;
+        matches!(caught_up, Ok(Some(()))) && check(&self.state.lock().expect("graph lock"))
     }
 }
 
-/// Lists the pods, then watches them from there; lists again whenever the watch ends (a slow
-/// watcher is cancelled by the store, a compaction overtakes it).
-async fn follow(registry: Registry, state: Arc<Mutex<State>>, reached: watch::Sender<Revision>) {
+/// Where the registrations of nodes are kept (see `credentials`).
+const REGISTRATIONS: &str = "/registry/secrets/kube-system/";
+
+/// What the objects under a prefix contribute to the graph.
+struct Followed {
+    prefix: &'static str,
+    def: &'static ResourceDef,
+    /// What an object does to the graph: `None` for a deletion.
+    apply: fn(&mut State, Vec<u8>, Option<&[u8]>),
+    /// Forgets what all of them contributed, before a list puts it back.
+    reset: fn(&mut State),
+}
+
+impl Followed {
+    fn pods() -> Followed {
+        Followed {
+            prefix: PODS,
+            def: flotilla_api::resource::find("", "v1", "pods").expect("pods are served"),
+            apply: apply_pod,
+            reset: |state| {
+                state.pods.clear();
+                state.users.clear();
+            },
+        }
+    }
+
+    fn registrations() -> Followed {
+        Followed {
+            prefix: REGISTRATIONS,
+            def: flotilla_api::resource::find("", "v1", "secrets").expect("secrets are served"),
+            apply: apply_registration,
+            reset: |state| state.registered.clear(),
+        }
+    }
+}
+
+fn apply_pod(state: &mut State, key: Vec<u8>, stored: Option<&[u8]>) {
+    match stored {
+        Some(stored) => state.put(key, stored),
+        None => state.remove(&key),
+    }
+}
+
+fn apply_registration(state: &mut State, key: Vec<u8>, stored: Option<&[u8]>) {
+    let name = std::str::from_utf8(&key).ok().and_then(|k| k.strip_prefix(REGISTRATIONS));
+    let Some(node) = name.and_then(|n| n.strip_suffix(crate::credentials::REGISTRATION_SUFFIX)) else { return };
+    match stored {
+        Some(_) => state.registered.insert(node.to_string()),
+        None => state.registered.remove(node),
+    };
+}
+
+/// Lists the objects under `prefix`, then watches them from there; lists again whenever the
+/// watch ends (a slow watcher is cancelled by the store, a compaction overtakes it). A list
+/// replaces what the prefix contributed to the graph.
+async fn follow(registry: Registry, followed: Followed, state: Arc<Mutex<State>>, reached: watch::Sender<Revision>) {
+    let Followed { prefix, def, apply, reset } = followed;
     let store = registry.store().clone();
-    let pods = flotilla_api::resource::find("", "v1", "pods").expect("pods are served");
-    let put = |state: &mut State, kv: KeyValue| put_pod(&registry, pods, state, kv);
+    // An object that cannot be decrypted is left out, and so gives its node nothing.
+    let put = |state: &mut State, kv: KeyValue| match registry.open(def, &kv.key, kv.value, kv.mod_revision) {
+        Ok(stored) => apply(state, kv.key, Some(&stored.bytes)),
+        Err(err) => {
+            tracing::warn!(error = %err.0, "the node graph cannot read an object");
+            apply(state, kv.key, None);
+        }
+    };
     loop {
         if reached.is_closed() {
             return;
         }
-        let listed = match store.range(RangeRequest::new(KeyRange::prefix(PODS))).await {
+        let listed = match store.range(RangeRequest::new(KeyRange::prefix(prefix))).await {
             Ok(listed) => listed,
             Err(err) => {
-                tracing::debug!(%err, "listing pods for the node graph; retrying");
+                tracing::debug!(%err, prefix, "listing for the node graph; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
         {
-            let mut fresh = State::default();
+            let mut state = state.lock().expect("graph lock");
+            reset(&mut state);
             for kv in listed.kvs {
-                put(&mut fresh, kv);
+                put(&mut state, kv);
             }
-            *state.lock().expect("graph lock") = fresh;
         }
         let _ = reached.send(listed.revision);
         let request =
-            WatchRequest::new(KeyRange::prefix(PODS)).from_revision(listed.revision + 1).with_progress_notify();
+            WatchRequest::new(KeyRange::prefix(prefix)).from_revision(listed.revision + 1).with_progress_notify();
         let mut watch = match store.watch(request) {
             Ok(watch) => watch,
             Err(err) => {
-                tracing::debug!(%err, "watching pods for the node graph; listing again");
+                tracing::debug!(%err, prefix, "watching for the node graph; listing again");
                 continue;
             }
         };
@@ -164,7 +267,7 @@ async fn follow(registry: Registry, state: Arc<Mutex<State>>, reached: watch::Se
                     for event in events {
                         last = Some(event.kv.mod_revision);
                         if event.kind == EventKind::Delete {
-                            state.remove(&event.kv.key);
+                            apply(&mut state, event.kv.key, None);
                         } else {
                             put(&mut state, event.kv);
                         }
@@ -173,25 +276,13 @@ async fn follow(registry: Registry, state: Arc<Mutex<State>>, reached: watch::Se
                 }
                 Ok(WatchResponse::Progress { revision }) => Some(revision),
                 Err(err) => {
-                    tracing::debug!(%err, "the node graph's watch ended; listing again");
+                    tracing::debug!(%err, prefix, "the node graph's watch ended; listing again");
                     break;
                 }
             };
             if let Some(revision) = revision {
                 let _ = reached.send(revision);
             }
-        }
-    }
-}
-
-/// Puts a pod as the store holds it into the graph. One that cannot be decrypted is left out,
-/// and so gives its node nothing.
-fn put_pod(registry: &Registry, pods: &ResourceDef, state: &mut State, kv: KeyValue) {
-    match registry.open(pods, &kv.key, kv.value, kv.mod_revision) {
-        Ok(stored) => state.put(kv.key, &stored.bytes),
-        Err(err) => {
-            state.remove(&kv.key);
-            tracing::warn!(error = %err.0, "the node graph cannot read a pod");
         }
     }
 }

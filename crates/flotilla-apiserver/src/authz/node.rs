@@ -27,6 +27,11 @@ pub(crate) async fn authorize(graph: &NodeGraph, attrs: &Attributes<'_>) -> Deci
         return no(format!("unknown node for user {:?}", attrs.user.name));
     }
     let Request::Resource { def, subresource, namespace, name, fields } = &attrs.target else { return no("") };
+    // A node whose registration was deleted is revoked, its certificate with it.
+    if !graph.registered(node).await {
+        let registration = crate::credentials::registration(node);
+        return no(format!("node '{node}' is not registered: its registration kube-system/{registration} is gone"));
+    }
     let verb = attrs.verb;
     match (def.group, def.plural) {
         ("", "secrets" | "configmaps") => {

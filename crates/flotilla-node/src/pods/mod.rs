@@ -131,9 +131,14 @@ fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: 
     }
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    // They name the pod's directories here (volumes, logs); admission lets no other kind of
-    // name through, so a pod with one came some other way and is not run.
-    if ![&uid, &namespace, &name].iter().all(|n| crate::beneath::is_plain_name(n)) {
+    // They name the pod's directories here (volumes, logs, each container's logs); admission
+    // lets no other kind of name through, so a pod with one came some other way and is not run.
+    let plain = {
+        let containers = pod.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
+        let mut names = [&uid, &namespace, &name].into_iter().chain(containers.map(|c| &c.name));
+        names.all(|n| crate::beneath::is_plain_name(n))
+    };
+    if !plain {
         tracing::warn!(?uid, ?namespace, ?name, "refusing a pod whose names cannot be directory names");
         return;
     }

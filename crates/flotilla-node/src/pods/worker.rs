@@ -465,6 +465,7 @@ impl Worker {
             memory_limit,
             cpu_limit,
             network: Some(Network { pod_ip: ip.into(), ports, egress: self.node.egress.clone() }),
+            http_concurrency: http_concurrency(&self.pod)?,
             output,
         };
         Ok(spec)
@@ -872,4 +873,20 @@ async fn load(node: &Arc<Node>, digest: &str) -> Result<Arc<Program>, String> {
     })
     .await
     .map_err(|e| format!("loading the module: {e}"))?
+}
+
+/// The annotation that sets how many requests a pod's `wasi:http` containers serve at once.
+const HTTP_CONCURRENCY_ANNOTATION: &str = "http.flotilla.dev/max-concurrency";
+
+/// Requests at once the pod asks for its `wasi:http` containers, if it asks.
+fn http_concurrency(pod: &Pod) -> Result<Option<usize>, String> {
+    let Some(value) = pod.metadata.annotations.as_ref().and_then(|a| a.get(HTTP_CONCURRENCY_ANNOTATION)) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(Some(n)),
+        _ => Err(format!(
+            "annotation {HTTP_CONCURRENCY_ANNOTATION}: {value:?} is not a number of requests from 1 to 10000"
+        )),
+    }
 }

@@ -24,7 +24,25 @@ const META_PURGED: &[u8] = b"raft/purged";
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<StoreDb>,
-    syncs: mpsc::Sender<LogFlushed<TypeConfig>>,
+    sync: Arc<SyncThread>,
+}
+
+/// The thread that fsyncs the WAL for appends, joined when the last log store goes: the
+/// database it holds is then closed before whoever dropped the store goes on (a process that
+/// exits right after shutting its store down must not find RocksDB still closing elsewhere).
+struct SyncThread {
+    syncs: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        self.syncs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -38,7 +56,7 @@ impl LogStore {
         let (syncs, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_db = db.clone();
         // The thread ends when the last LogStore clone is dropped and the channel closes.
-        std::thread::Builder::new().name("flotilla-log-sync".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("flotilla-log-sync".into()).spawn(move || {
             while let Ok(first) = pending.recv() {
                 let mut batch = vec![first];
                 batch.extend(pending.try_iter());
@@ -48,7 +66,7 @@ impl LogStore {
                 }
             }
         })?;
-        Ok(LogStore { db, syncs })
+        Ok(LogStore { db, sync: Arc::new(SyncThread { syncs: Some(syncs), thread: Some(thread) }) })
     }
 
     fn log_key(index: u64) -> [u8; 8] {
@@ -156,9 +174,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(log, Self::log_key(entry.get_log_id().index), encode(&entry));
         }
         self.db.db().write(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.syncs
-            .send(callback)
-            .map_err(|_| StorageIOError::write_logs(&io::Error::other("the log sync thread stopped")))?;
+        let stopped = || StorageIOError::write_logs(&io::Error::other("the log sync thread stopped"));
+        self.sync.syncs.as_ref().ok_or_else(stopped)?.send(callback).map_err(|_| stopped())?;
         Ok(())
     }
 
