@@ -11,6 +11,7 @@ mod kubectl;
 mod leader;
 mod nodes;
 mod pods;
+mod pressure;
 mod registry;
 mod restart;
 mod store_crash;

@@ -57,7 +57,9 @@ pub(crate) fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("pod {pod}: {jsonpath} is {last:?} after {secs} s")
+    // What the pod went through, to tell why it never got there.
+    let described = k.ok(&["describe", "pod", pod]).unwrap_or_default();
+    bail!("pod {pod}: {jsonpath} is {last:?} after {secs} s\n{described}")
 }
 
 /// The STATUS column of `kubectl get pod`.

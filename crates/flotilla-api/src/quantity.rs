@@ -64,9 +64,50 @@ pub fn parse(text: &str) -> Result<i128, String> {
     Ok(if negative { -value } else { value })
 }
 
+/// A byte count as upstream writes one (`resource.NewQuantity(n, BinarySI)`): the largest
+/// binary suffix that divides it exactly (`1536Mi`, `2Gi`), the plain number otherwise.
+pub fn bytes(n: u64) -> String {
+    if n < 1024 {
+        return n.to_string();
+    }
+    let mut value = n;
+    let mut suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].into_iter();
+    let mut suffix = suffixes.next().unwrap_or_default();
+    while value.is_multiple_of(1024) {
+        match suffixes.next() {
+            Some(next) => (value, suffix) = (value / 1024, next),
+            None => break,
+        }
+    }
+    format!("{value}{suffix}")
+}
+
+/// Cores as upstream writes them: whole cores plainly (`2`), otherwise in millicores (`1500m`).
+pub fn cores(cpu: f64) -> String {
+    let millis = (cpu * 1000.0).round() as u64;
+    if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{millis}m") }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{bytes, cores, parse};
+
+    #[test]
+    fn bytes_and_cores_are_written_canonically() {
+        assert_eq!(bytes(0), "0");
+        assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(1025), "1025");
+        assert_eq!(bytes(2048), "2Ki");
+        assert_eq!(bytes(1536 << 20), "1536Mi");
+        assert_eq!(bytes(16_374_584 * 1024), "16374584Ki");
+        assert_eq!(bytes(1 << 30), "1Gi");
+        assert_eq!(cores(2.0), "2");
+        assert_eq!(cores(1.5), "1500m");
+        assert_eq!(cores(0.0), "0");
+        for n in [1u64 << 20, 3 << 30, 123_456 * 1024] {
+            assert_eq!(parse(&bytes(n)), Ok(i128::from(n) * 1_000_000_000));
+        }
+    }
 
     #[test]
     fn suffixes_scale_exactly() {

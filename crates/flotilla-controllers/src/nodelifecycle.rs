@@ -3,7 +3,9 @@
 //! `node.kubernetes.io/unreachable` (NoSchedule and NoExecute); a node that reports not ready is
 //! tainted `not-ready`. Pods on a node with a NoExecute taint they do not tolerate are evicted —
 //! at once, or when their `tolerationSeconds` run out — so that their controllers replace them
-//! elsewhere. When the node comes back the taints go.
+//! elsewhere. A node short of memory, disk or process ids is tainted NoSchedule for it
+//! (upstream's taint-nodes-by-condition), so that no more pods are sent there. When the node
+//! comes back the taints go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,12 @@ use crate::{Context, ControllersConfig, Error, Informers, Next, Reconciler, spaw
 
 pub(crate) const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub(crate) const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The NoSchedule taint each pressure condition calls for while it is True.
+const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 
 pub(crate) fn start(context: &Context, informers: &mut Informers, config: ControllersConfig) -> Vec<JoinHandle<()>> {
     // The queue holds node names.
@@ -61,18 +69,34 @@ fn has_no_execute(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))
 }
 
-fn ready_status(node: &Node) -> Option<&str> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+fn condition_status<'a>(node: &'a Node, kind: &str) -> Option<&'a str> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind).map(|c| c.status.as_str())
 }
 
-/// The taints the node's state calls for: `unreachable` when it is not heard from, `not-ready`
-/// when it says it is not ready; none otherwise.
-pub(crate) fn condition_taints(reachable: bool, ready: Option<&str>) -> Option<&'static str> {
-    match (reachable, ready) {
-        (false, _) | (true, Some("Unknown")) => Some(UNREACHABLE),
-        (true, Some("True")) => None,
-        (true, _) => Some(NOT_READY),
+fn ready_status(node: &Node) -> Option<&str> {
+    condition_status(node, "Ready")
+}
+
+/// The taints the node's state calls for, as (key, effect): `unreachable` when it is not heard
+/// from, `not-ready` when it says it is not ready (both NoSchedule and NoExecute), and a
+/// NoSchedule taint for each pressure it reports while it is heard from.
+pub(crate) fn condition_taints(
+    reachable: bool,
+    status: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, &'static str)> {
+    let ready = if reachable { status("Ready") } else { Some("Unknown".into()) };
+    let mut taints = Vec::new();
+    let both = |key| [(key, "NoSchedule"), (key, "NoExecute")];
+    match ready.as_deref() {
+        Some("Unknown") => taints.extend(both(UNREACHABLE)),
+        Some("True") => {}
+        _ => taints.extend(both(NOT_READY)),
     }
+    if ready.as_deref() != Some("Unknown") {
+        let pressed = PRESSURE_TAINTS.iter().filter(|(kind, _)| status(kind).as_deref() == Some("True"));
+        taints.extend(pressed.map(|(_, key)| (*key, "NoSchedule")));
+    }
+    taints
 }
 
 /// When a pod on a node with `taints` must go: `None` if it tolerates them all for good,
@@ -133,9 +157,8 @@ impl Reconciler for NodeLifecycle {
             }
             self.mark_pods_not_ready(&name).await?;
         }
-        let ready = if reachable { ready_status(&node) } else { Some("Unknown") };
-        let wanted = condition_taints(reachable, ready);
-        let taints = self.set_taints(&api, &node, wanted, now).await?;
+        let wanted = condition_taints(reachable, |kind| condition_status(&node, kind).map(String::from));
+        let taints = self.set_taints(&api, &node, &wanted, now).await?;
         let mut next =
             if reachable { Next::After(self.grace - silent + Duration::from_secs(1)) } else { Next::After(self.grace) };
         if taints.iter().any(|t| t.effect == "NoExecute") {
@@ -190,19 +213,22 @@ impl NodeLifecycle {
         &self,
         api: &Api<Node>,
         node: &Node,
-        wanted: Option<&str>,
+        wanted: &[(&str, &str)],
         now: Timestamp,
     ) -> Result<Vec<Taint>, Error> {
         let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-        let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
-        let mut taints: Vec<Taint> =
-            current.iter().filter(|t| !ours(t) || Some(t.key.as_str()) == wanted).cloned().collect();
-        if let Some(key) = wanted {
-            for effect in ["NoSchedule", "NoExecute"] {
-                if !taints.iter().any(|t| t.key == key && t.effect == effect) {
-                    let time_added = (effect == "NoExecute").then_some(Time(now));
-                    taints.push(Taint { key: key.into(), effect: effect.into(), value: None, time_added });
-                }
+        let ours = |t: &Taint| {
+            t.key == UNREACHABLE || t.key == NOT_READY || PRESSURE_TAINTS.iter().any(|(_, key)| t.key == *key)
+        };
+        let mut taints: Vec<Taint> = current
+            .iter()
+            .filter(|t| !ours(t) || wanted.iter().any(|(key, effect)| t.key == *key && t.effect == *effect))
+            .cloned()
+            .collect();
+        for (key, effect) in wanted {
+            if !taints.iter().any(|t| t.key == *key && t.effect == *effect) {
+                let time_added = (*effect == "NoExecute").then_some(Time(now));
+                taints.push(Taint { key: (*key).into(), effect: (*effect).into(), value: None, time_added });
             }
         }
         if taints != current {
@@ -252,10 +278,18 @@ mod tests {
 
     #[test]
     fn taints_follow_the_nodes_state() {
-        assert_eq!(condition_taints(false, Some("True")), Some(UNREACHABLE));
-        assert_eq!(condition_taints(true, Some("True")), None);
-        assert_eq!(condition_taints(true, Some("False")), Some(NOT_READY));
-        assert_eq!(condition_taints(true, Some("Unknown")), Some(UNREACHABLE));
+        let reporting = |conditions: &'static [(&'static str, &'static str)]| {
+            move |kind: &str| conditions.iter().find(|(k, _)| *k == kind).map(|(_, s)| s.to_string())
+        };
+        let ready = reporting(&[("Ready", "True")]);
+        let both = |key| vec![(key, "NoSchedule"), (key, "NoExecute")];
+        assert_eq!(condition_taints(false, ready), both(UNREACHABLE));
+        assert_eq!(condition_taints(true, ready), vec![]);
+        assert_eq!(condition_taints(true, reporting(&[("Ready", "False")])), both(NOT_READY));
+        assert_eq!(condition_taints(true, reporting(&[("Ready", "Unknown")])), both(UNREACHABLE));
+        let pressed = reporting(&[("Ready", "True"), ("MemoryPressure", "True"), ("DiskPressure", "False")]);
+        assert_eq!(condition_taints(true, pressed), vec![("node.kubernetes.io/memory-pressure", "NoSchedule")]);
+        assert_eq!(condition_taints(false, pressed), both(UNREACHABLE), "a silent node's pressure is unknown");
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub struct NodeConfig {
     /// The node's own endpoints, which its guests may not connect to (the store's peer port,
     /// the node API): see `flotilla_wasm::Egress`.
     pub protected_endpoints: Vec<std::net::SocketAddr>,
+    /// What the node keeps for the system and itself (`--system-reserved` plus
+    /// `--kube-reserved`): pods are offered the rest, its allocatable.
+    pub reserved: Capacity,
+    /// The memory limit of a container that declares none: upstream leaves it unbounded, and a
+    /// guest would then be bounded only by its 4 GiB address space, times its instances.
+    pub default_memory_limit: u64,
+    /// Pods are evicted when the memory available falls below this (the kubelet's
+    /// `--eviction-hard memory.available<100Mi`).
+    pub eviction_memory_available: u64,
+    /// How long `MemoryPressure` stays after the threshold was last met (the kubelet's
+    /// `--eviction-pressure-transition-period`).
+    pub eviction_pressure_transition_period: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -90,6 +102,13 @@ pub(crate) struct Node {
     pods_dir: PathBuf,
     logs_dir: PathBuf,
     capacity: Capacity,
+    /// What pods are offered: capacity less what is reserved and the eviction threshold.
+    allocatable: Capacity,
+    /// What every guest on the node holds together, bounded by capacity less what is reserved
+    /// (as the `kubepods` cgroup bounds pods upstream): each container's pool sits within it.
+    memory: Arc<flotilla_wasm::MemoryPool>,
+    /// The eviction manager last saw available memory below its threshold.
+    memory_pressure: std::sync::atomic::AtomicBool,
     runtime: Runtime,
     images: images::Images,
     addresses: network::PodAddresses,
@@ -129,10 +148,16 @@ impl Agent {
         let store = ImageStore::open(dir("images")?)?;
         let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
         let (services, services_writer) = reflector::store();
+        let capacity = Capacity::of_this_machine();
+        let for_pods = capacity.less(config.reserved);
+        let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
         let node = Arc::new(Node {
             events: flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
             addresses: network::PodAddresses::new(config.pod_cidr),
-            capacity: Capacity::of_this_machine(),
+            capacity,
+            allocatable,
+            memory: flotilla_wasm::MemoryPool::new(Some(for_pods.memory)),
+            memory_pressure: Default::default(),
             pods: pods::PodTable::default(),
             client: client.clone(),
             data_dir,
@@ -155,6 +180,7 @@ impl Agent {
             tokio::spawn(node::heartbeat(node.clone(), registered)),
             tokio::spawn(services),
             tokio::spawn(pods::run(node.clone())),
+            tokio::spawn(pods::eviction::run(node.clone())),
         ];
         Ok(Agent { node, tasks })
     }

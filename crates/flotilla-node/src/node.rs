@@ -26,8 +26,6 @@ pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(40);
 pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How often the Node's status is written when nothing in it changed.
 pub(crate) const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// Memory pressure below this much available memory (the kubelet's `memory.available<100Mi`).
-const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
 /// Disk pressure below this share of the data directory's file system (`nodefs.available<10%`).
 const DISK_PRESSURE_SHARE: f64 = 0.10;
 
@@ -46,10 +44,18 @@ impl Capacity {
         let memory = meminfo("MemTotal:").unwrap_or(1 << 30);
         Capacity { cpu, memory }
     }
+
+    /// Nothing.
+    pub const NONE: Capacity = Capacity { cpu: 0.0, memory: 0 };
+
+    /// This capacity less `reserved`, none of it below zero.
+    pub fn less(self, reserved: Capacity) -> Capacity {
+        Capacity { cpu: (self.cpu - reserved.cpu).max(0.0), memory: self.memory.saturating_sub(reserved.memory) }
+    }
 }
 
 /// A value from `/proc/meminfo`, in bytes.
-fn meminfo(field: &str) -> Option<u64> {
+pub(crate) fn meminfo(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -153,7 +159,7 @@ fn conditions(agent: &Agent) -> Vec<NodeCondition> {
         last_heartbeat_time: Some(now.clone()),
         last_transition_time: Some(now.clone()),
     };
-    let memory_low = meminfo("MemAvailable:").is_some_and(|available| available < MEMORY_PRESSURE_BYTES);
+    let memory_low = agent.memory_pressure.load(std::sync::atomic::Ordering::Relaxed);
     let disk_low = disk_available_share(&agent.data_dir).is_some_and(|share| share < DISK_PRESSURE_SHARE);
     vec![
         if memory_low {
@@ -198,11 +204,13 @@ fn desired_node(agent: &Agent) -> Node {
         (WASM_RUNTIME_LABEL.to_string(), "true".to_string()),
     ]);
     let annotations = BTreeMap::from([(SERVING_CERT_ANNOTATION.to_string(), config.serving_cert_sha256.clone())]);
-    let capacity = BTreeMap::from([
-        ("cpu".to_string(), Quantity(format!("{}", agent.capacity.cpu))),
-        ("memory".to_string(), Quantity(format!("{}Ki", agent.capacity.memory / 1024))),
-        ("pods".to_string(), Quantity(config.max_pods.to_string())),
-    ]);
+    let resources = |of: Capacity| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(flotilla_api::quantity::cores(of.cpu))),
+            ("memory".to_string(), Quantity(flotilla_api::quantity::bytes(of.memory))),
+            ("pods".to_string(), Quantity(config.max_pods.to_string())),
+        ])
+    };
     let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default();
     let os_image = read("/etc/os-release")
         .lines()
@@ -220,8 +228,8 @@ fn desired_node(agent: &Agent) -> Node {
         },
         spec: Some(NodeSpec { pod_cidr: Some(range.clone()), pod_cidrs: Some(vec![range]), ..Default::default() }),
         status: Some(NodeStatus {
-            allocatable: Some(capacity.clone()),
-            capacity: Some(capacity),
+            allocatable: Some(resources(agent.allocatable)),
+            capacity: Some(resources(agent.capacity)),
             conditions: Some(conditions(agent)),
             addresses: Some(vec![
                 NodeAddress { type_: "InternalIP".into(), address: config.node_ip.to_string() },

@@ -164,7 +164,7 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
         Err(err) => return Exit::Failed { message: format!("cannot listen on {}:{port}: {err}", network.pod_ip) },
     };
     let gate = Arc::new(Gate::new(spec.http_concurrency.unwrap_or(DEFAULT_HTTP_CONCURRENCY)));
-    let pool = MemoryPool::new(spec.memory_limit);
+    let pool = spec.memory.clone();
     let spec = Arc::new(spec);
     // Dropping the set (when the container is stopped) aborts every connection; dropping
     // `_stop` ends every request's instance, including one still streaming its body.

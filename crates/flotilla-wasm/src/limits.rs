@@ -12,40 +12,73 @@ use crate::EPOCH_TICK;
 /// instance for a module or a command; for a `wasi:http` component, every request's instance
 /// at once, as a container's processes share its limit upstream. Without it, a burst of
 /// requests would each take the whole limit, and together the node.
+///
+/// A pool may sit within a larger one, as a container's cgroup sits within its node's
+/// `kubepods` cgroup: the node's pool bounds what all its guests hold together, whatever
+/// their own limits say.
 #[derive(Debug)]
-pub(crate) struct MemoryPool {
+pub struct MemoryPool {
     limit: Option<usize>,
     used: AtomicUsize,
+    parent: Option<Arc<MemoryPool>>,
 }
 
 impl MemoryPool {
-    pub(crate) fn new(limit: Option<u64>) -> Arc<MemoryPool> {
+    /// A pool of `limit` bytes (`None`: unbounded but for the instances' slots).
+    pub fn new(limit: Option<u64>) -> Arc<MemoryPool> {
+        MemoryPool::build(limit, None)
+    }
+
+    /// A pool of `limit` bytes whose every byte is also taken from `parent`.
+    pub fn within(parent: &Arc<MemoryPool>, limit: Option<u64>) -> Arc<MemoryPool> {
+        MemoryPool::build(limit, Some(parent.clone()))
+    }
+
+    fn build(limit: Option<u64>, parent: Option<Arc<MemoryPool>>) -> Arc<MemoryPool> {
         Arc::new(MemoryPool {
             limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             used: AtomicUsize::new(0),
+            parent,
         })
     }
 
-    /// Takes `bytes` more for an instance, if the limit allows them.
-    fn take(&self, bytes: usize) -> bool {
-        let Some(limit) = self.limit else {
-            self.used.fetch_add(bytes, Ordering::Relaxed);
-            return true;
-        };
-        self.used
+    /// Takes `bytes` more for an instance, if this pool and those it sits within allow them;
+    /// otherwise the pool that refused.
+    fn take(&self, bytes: usize) -> Result<(), &MemoryPool> {
+        let limit = self.limit.unwrap_or(usize::MAX);
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|total| *total <= limit)
             })
-            .is_ok()
+            .is_ok();
+        if !taken {
+            return Err(self);
+        }
+        if let Some(parent) = &self.parent
+            && let Err(refused) = parent.take(bytes)
+        {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(refused);
+        }
+        Ok(())
     }
 
     fn give_back(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(parent) = &self.parent {
+            parent.give_back(bytes);
+        }
     }
 
-    /// Bytes the container's instances hold now.
-    pub(crate) fn used(&self) -> usize {
+    /// Bytes the container's instances hold now: its working set, as far as guests go.
+    pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+
+    /// The container's limit, in bytes.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit.map(|l| l as u64)
     }
 }
 
@@ -62,11 +95,6 @@ pub(crate) struct MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// An instance with a pool of its own.
-    pub(crate) fn new(limit: Option<u64>) -> MemoryLimit {
-        MemoryLimit::sharing(MemoryPool::new(limit))
-    }
-
     /// An instance drawing on `pool` with the other instances of its container.
     pub(crate) fn sharing(pool: Arc<MemoryPool>) -> MemoryLimit {
         MemoryLimit { pool, held: 0, exceeded: None }
@@ -84,12 +112,18 @@ impl ResourceLimiter for MemoryLimit {
         // The pool's slot size is a cap too: past it the guest is out of memory just the same.
         let over_slot = maximum.is_some_and(|max| desired > max);
         let more = desired.saturating_sub(current);
-        if over_slot || !self.pool.take(more) {
+        let refused = if over_slot { Some(self.pool.as_ref()) } else { self.pool.take(more).err() };
+        if let Some(refused) = refused {
             self.exceeded = Some(desired);
-            let limit = self.pool.limit.map_or("none".into(), |l| l.to_string());
+            let limit = refused.limit.map_or("none".into(), |l| l.to_string());
+            let used = refused.used();
+            if std::ptr::eq(refused, self.pool.as_ref()) {
+                wasmtime::bail!(
+                    "memory limit exceeded: the guest asked for {desired} bytes, its container's limit is {limit} and its instances hold {used} already"
+                )
+            }
             wasmtime::bail!(
-                "memory limit exceeded: the guest asked for {desired} bytes, its container's limit is {limit} and its instances hold {} already",
-                self.pool.used()
+                "memory limit exceeded: the guest asked for {desired} bytes, the node's pods may hold {limit} together and hold {used} already"
             )
         }
         self.held += more;
@@ -180,6 +214,22 @@ mod tests {
         let mut third = MemoryLimit::sharing(pool.clone());
         assert!(third.memory_growing(0, 6 << 20, None).unwrap());
         // The instance's slot is a cap of its own.
-        assert!(MemoryLimit::new(None).memory_growing(0, 2 << 20, Some(1 << 20)).is_err());
+        assert!(MemoryLimit::sharing(MemoryPool::new(None)).memory_growing(0, 2 << 20, Some(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn the_node_bounds_its_containers_together() {
+        let node = MemoryPool::new(Some(10 << 20));
+        let (a, b) = (MemoryPool::within(&node, Some(8 << 20)), MemoryPool::within(&node, None));
+        let mut first = MemoryLimit::sharing(a.clone());
+        assert!(first.memory_growing(0, 6 << 20, None).unwrap());
+        let mut second = MemoryLimit::sharing(b.clone());
+        let err = second.memory_growing(0, 6 << 20, None).unwrap_err().to_string();
+        assert!(err.contains("the node's pods may hold 10485760 together"), "{err}");
+        assert_eq!((b.used(), node.used()), (0, 6 << 20), "a refused growth takes nothing anywhere");
+        assert!(first.memory_growing(6 << 20, 9 << 20, None).is_err(), "past the container's own limit");
+        assert!(second.memory_growing(0, 4 << 20, None).unwrap());
+        drop(first);
+        assert_eq!((a.used(), node.used()), (0, 4 << 20));
     }
 }

@@ -14,7 +14,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::egress::Egress;
-use crate::limits::{CpuLimit, MemoryLimit};
+use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
 use crate::output::{OutputPipe, OutputSink, Stream};
 use crate::program::{Linked, Program};
 use crate::sockets::Sockets;
@@ -29,8 +29,9 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// Host directories the guest sees, at guest paths (the pod's volumes).
     pub dirs: Vec<Preopen>,
-    /// `resources.limits.memory` in bytes.
-    pub memory_limit: Option<u64>,
+    /// The container's memory: `resources.limits.memory`, which all its instances share, and
+    /// what they hold (which the node reads to account for its pods).
+    pub memory: Arc<MemoryPool>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
     /// The pod's network; `None` gives the guest no socket at all.
@@ -61,7 +62,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("working_dir", &self.working_dir)
             .field("dirs", &self.dirs)
-            .field("memory_limit", &self.memory_limit)
+            .field("memory", &self.memory)
             .field("cpu_limit", &self.cpu_limit)
             .field("network", &self.network)
             .field("http_concurrency", &self.http_concurrency)
@@ -126,7 +127,7 @@ impl WasiView for ComponentGuest {
 }
 
 pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec, empty_dir: &Path) -> Exit {
-    let memory = MemoryLimit::new(spec.memory_limit);
+    let memory = MemoryLimit::sharing(spec.memory.clone());
     let cpu = CpuLimit::new(spec.cpu_limit);
     match &program.kind {
         Linked::Core(pre) => {

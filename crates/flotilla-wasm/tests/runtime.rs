@@ -44,7 +44,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         env: Vec::new(),
         working_dir: None,
         dirs: Vec::new(),
-        memory_limit: None,
+        memory: flotilla_wasm::MemoryPool::new(None),
         cpu_limit: None,
         network: None,
         http_concurrency: None,
@@ -135,7 +135,7 @@ async fn a_guest_past_its_memory_limit_is_out_of_memory() {
     for wasm in [examples::P1_HOG, examples::P2_HOG] {
         let output = Arc::new(Captured::default());
         let mut spec = spec("hog", &output);
-        spec.memory_limit = Some(64 << 20);
+        spec.memory = flotilla_wasm::MemoryPool::new(Some(64 << 20));
         let exit = run(&runtime, wasm, spec).await;
         let Exit::OutOfMemory { message } = &exit else { panic!("{wasm} ended {exit:?}") };
         assert!(message.contains("memory limit exceeded"), "{message}");
@@ -344,7 +344,7 @@ async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits()
     served.network =
         Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
     served.http_concurrency = Some(2);
-    served.memory_limit = Some(48 << 20);
+    served.memory = flotilla_wasm::MemoryPool::new(Some(48 << 20));
     let serving = {
         let runtime = runtime.clone();
         tokio::spawn(async move { runtime.run(&program, served).await })

@@ -53,7 +53,7 @@ impl ElectionArgs {
 }
 
 /// `15s`, `500ms`, `2m`, as Go writes durations (whole units only).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 15s"))?;
     match unit {

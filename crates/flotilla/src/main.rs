@@ -43,7 +43,7 @@ enum Command {
         command: store_admin::StoreCommand,
     },
     /// Run a node that joins a cluster: it runs the wasm pods the cluster binds to it.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Run the scheduler alone, against the server a kubeconfig points at.
     Scheduler(control::ControlArgs),
     /// Run the controllers alone, against the server a kubeconfig points at.
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => server::run(*args).await,
             Command::Kubeconfig { data_dir } => server::print_kubeconfig(&data_dir),
             Command::Store { command } => store_admin::run(command).await,
-            Command::Agent(args) => agent::run(args).await,
+            Command::Agent(args) => agent::run(*args).await,
             Command::Scheduler(args) => control::scheduler(args).await,
             Command::Controllers(args) => control::controllers(args).await,
             Command::Image { command } => image::run(command),

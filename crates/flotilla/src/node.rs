@@ -10,7 +10,7 @@ use clap::Args;
 use flotilla_apiserver::Cidr;
 use flotilla_auth::pki;
 use flotilla_auth::tls::ClientAuth;
-use flotilla_node::{Agent, NodeConfig};
+use flotilla_node::{Agent, Capacity, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -47,6 +47,84 @@ pub(crate) struct NodeArgs {
     /// loopback.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+
+    /// What to keep for the system, as `cpu=500m,memory=1Gi`: pods are offered the rest.
+    #[arg(long, value_parser = parse_reserved, default_value = "")]
+    system_reserved: Capacity,
+
+    /// What to keep for Flotilla itself, as `cpu=100m,memory=256Mi`; adds to --system-reserved.
+    #[arg(long, value_parser = parse_reserved, default_value = "")]
+    kube_reserved: Capacity,
+
+    /// When to evict pods, as `memory.available<100Mi` or `memory.available<5%` (of the
+    /// node's memory); memory is the signal this node evicts on.
+    #[arg(long, value_parser = parse_eviction_hard, default_value = "memory.available<100Mi")]
+    eviction_hard: EvictionThreshold,
+
+    /// How long the node reports MemoryPressure after the threshold was last met.
+    #[arg(long, value_parser = crate::control::parse_duration, default_value = "5m")]
+    eviction_pressure_transition_period: std::time::Duration,
+
+    /// The memory limit of a container that declares none (a guest's linear memories and its
+    /// instances together), as a quantity.
+    #[arg(long, value_parser = parse_bytes, default_value = "256Mi")]
+    default_memory_limit: u64,
+}
+
+/// A `--eviction-hard` memory threshold: bytes, or a share of the node's memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EvictionThreshold {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl EvictionThreshold {
+    fn bytes(self, capacity: Capacity) -> u64 {
+        match self {
+            EvictionThreshold::Bytes(bytes) => bytes,
+            EvictionThreshold::Percent(share) => (capacity.memory as f64 * share / 100.0) as u64,
+        }
+    }
+}
+
+/// A non-negative quantity of bytes (`256Mi`, `1G`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let nanos = flotilla_api::quantity::parse(text).map_err(|err| format!("{text:?}: {err}"))?;
+    u64::try_from(nanos / 1_000_000_000).map_err(|_| format!("{text:?} is negative"))
+}
+
+/// `cpu=500m,memory=1Gi` (either may be left out), as the kubelet's `--system-reserved`.
+fn parse_reserved(text: &str) -> Result<Capacity, String> {
+    let mut reserved = Capacity::NONE;
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not resource=quantity"))?;
+        let nanos = flotilla_api::quantity::parse(value).map_err(|err| format!("{pair:?}: {err}"))?;
+        if nanos < 0 {
+            return Err(format!("{pair:?}: the quantity is negative"));
+        }
+        match name {
+            "cpu" => reserved.cpu = nanos as f64 / 1e9,
+            "memory" => reserved.memory = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX),
+            _ => return Err(format!("{name:?}: the resources that can be reserved are cpu and memory")),
+        }
+    }
+    Ok(reserved)
+}
+
+/// `memory.available<100Mi` or `memory.available<10%`, as the kubelet's `--eviction-hard`.
+fn parse_eviction_hard(text: &str) -> Result<EvictionThreshold, String> {
+    let value = text.strip_prefix("memory.available<").ok_or_else(|| {
+        format!("{text:?}: this node evicts on memory only; the threshold reads memory.available<100Mi")
+    })?;
+    match value.strip_suffix('%') {
+        Some(percent) => percent
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .map(EvictionThreshold::Percent)
+            .ok_or_else(|| format!("{value:?} is not a percentage")),
+        None => parse_bytes(value).map(EvictionThreshold::Bytes),
+    }
 }
 
 impl NodeArgs {
@@ -80,6 +158,19 @@ pub(crate) async fn start(
     protected.push(listener.local_addr()?);
     let certificate = pki::self_signed(&[args.node_ip.to_string(), name.clone(), "localhost".into()])
         .context("cannot make the node's serving certificate")?;
+    let capacity = Capacity::of_this_machine();
+    let reserved = Capacity {
+        cpu: args.system_reserved.cpu + args.kube_reserved.cpu,
+        memory: args.system_reserved.memory.saturating_add(args.kube_reserved.memory),
+    };
+    let eviction_memory_available = args.eviction_hard.bytes(capacity);
+    anyhow::ensure!(
+        reserved.memory.saturating_add(eviction_memory_available) < capacity.memory,
+        "--system-reserved, --kube-reserved and --eviction-hard keep {} of memory, and this machine has {}: \
+         no pod could run",
+        flotilla_api::quantity::bytes(reserved.memory.saturating_add(eviction_memory_available)),
+        flotilla_api::quantity::bytes(capacity.memory)
+    );
     let config = NodeConfig {
         name,
         data_dir: node_dir(data_dir),
@@ -91,6 +182,10 @@ pub(crate) async fn start(
         server_port: listener.local_addr()?.port(),
         serving_cert_sha256: certificate.sha256.clone(),
         protected_endpoints: protected,
+        reserved,
+        default_memory_limit: args.default_memory_limit,
+        eviction_memory_available,
+        eviction_pressure_transition_period: args.eviction_pressure_transition_period,
     };
     let agent = Agent::start(client, config).await.context("cannot start the node agent")?;
     let tls = flotilla_auth::tls::server_config(

@@ -2,6 +2,7 @@
 //! pod, and the table the node's log server reads.
 
 mod env;
+pub(crate) mod eviction;
 mod plan;
 mod probes;
 mod record;
@@ -44,12 +45,20 @@ pub(crate) struct ContainerLogs {
     pub started: bool,
 }
 
-/// A pod on this node, as the log server sees it.
+/// A pod on this node, as the log server and the eviction manager see it.
 #[derive(Debug)]
 pub(crate) struct PodEntry {
     pub uid: String,
     pub log_dir: PathBuf,
     pub containers: Mutex<HashMap<String, ContainerLogs>>,
+    /// Each container's memory (that of its current run), by name.
+    pub memory: Mutex<HashMap<String, Arc<flotilla_wasm::MemoryPool>>>,
+    /// The pod's `spec.priority`, which the eviction manager ranks by.
+    pub priority: i32,
+    /// What the pod's containers request of memory, in bytes, by name.
+    pub memory_requests: Vec<(String, u64)>,
+    /// The pod's worker, to tell it the pod is evicted.
+    worker: mpsc::UnboundedSender<worker::RunEvent>,
 }
 
 /// The pods on this node by namespace and name.
@@ -79,6 +88,11 @@ impl PodTable {
     /// How many pods the node holds.
     pub(crate) fn len(&self) -> usize {
         self.pods.lock().expect("pod table lock").len()
+    }
+
+    /// Every pod on the node.
+    pub(crate) fn all(&self) -> Vec<Arc<PodEntry>> {
+        self.pods.lock().expect("pod table lock").values().cloned().collect()
     }
 }
 
@@ -142,15 +156,31 @@ fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: 
         tracing::warn!(?uid, ?namespace, ?name, "refusing a pod whose names cannot be directory names");
         return;
     }
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let spec = pod.spec.as_ref();
     let entry = Arc::new(PodEntry {
         uid: uid.clone(),
         log_dir: crate::logs::pod_dir(&node.logs_dir, &namespace, &name, &uid),
         containers: Mutex::default(),
+        memory: Mutex::default(),
+        priority: spec.and_then(|s| s.priority).unwrap_or(0),
+        memory_requests: spec.iter().flat_map(|s| &s.containers).map(|c| (c.name.clone(), memory_request(c))).collect(),
+        worker: events_tx.clone(),
     });
     node.pods.insert(&namespace, &name, entry.clone());
     let (updates, receiver) = watch::channel(Some(pod.clone()));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let worker = worker::Worker::new(node.clone(), pod, entry, events_tx);
     let task = tokio::spawn(worker.run(receiver, events_rx));
     workers.insert(uid, WorkerHandle { updates, task });
+}
+
+/// The memory a container requests, in bytes: its request, else its limit (which upstream's
+/// defaulting copies to a request left out).
+fn memory_request(container: &k8s_openapi::api::core::v1::Container) -> u64 {
+    let resources = container.resources.as_ref();
+    let requested = resources.and_then(|r| r.requests.as_ref()).and_then(|r| r.get("memory"));
+    let quantity = requested.or_else(|| resources.and_then(|r| r.limits.as_ref()).and_then(|l| l.get("memory")));
+    quantity
+        .and_then(|q| flotilla_api::quantity::parse(&q.0).ok())
+        .map_or(0, |nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
 }

@@ -22,6 +22,8 @@ pub(super) enum Stop {
     DeadlineExceeded,
     /// The node cannot run it at all (the kubelet's admission): it fails without starting.
     Rejected { reason: String, message: String },
+    /// The node ran short of memory and chose it to free some (the kubelet's eviction manager).
+    Evicted { message: String },
 }
 
 /// Everything a pod's status is computed from.
@@ -76,6 +78,10 @@ pub(super) fn render(input: &StatusInput<'_>) -> PodStatus {
         phase = PHASE_FAILED;
         reason = Some(why.clone());
         message = Some(what.clone());
+    } else if let Some(Stop::Evicted { message: what }) = &input.stop {
+        phase = PHASE_FAILED;
+        reason = Some("Evicted".to_string());
+        message = Some(what.clone());
     } else if previous.and_then(|s| s.phase.as_deref()) == Some(phase) {
         reason = previous.and_then(|s| s.reason.clone());
         message = previous.and_then(|s| s.message.clone());
@@ -121,6 +127,9 @@ pub(super) fn render(input: &StatusInput<'_>) -> PodStatus {
         }
     }
     condition("PodScheduled", true, None, None);
+    if let Some(Stop::Evicted { message }) = &input.stop {
+        condition("DisruptionTarget", true, Some("TerminationByKubelet"), Some(message.clone()));
+    }
 
     PodStatus {
         phase: Some(phase.into()),

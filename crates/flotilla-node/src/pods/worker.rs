@@ -38,10 +38,35 @@ const API_RETRY: Duration = Duration::from_secs(2);
 /// What a container's run task reports to its worker.
 #[derive(Debug)]
 pub(super) enum RunEvent {
-    Started { slot: Slot, attempt: i32, image_id: String, container_id: String, started_at: Timestamp },
-    StartFailed { slot: Slot, attempt: i32, reason: &'static str, message: String },
-    Exited { slot: Slot, attempt: i32, exit: Exit, started_at: Timestamp, container_id: String },
-    Probe { slot: Slot, attempt: i32, finding: Finding },
+    Started {
+        slot: Slot,
+        attempt: i32,
+        image_id: String,
+        container_id: String,
+        started_at: Timestamp,
+    },
+    StartFailed {
+        slot: Slot,
+        attempt: i32,
+        reason: &'static str,
+        message: String,
+    },
+    Exited {
+        slot: Slot,
+        attempt: i32,
+        exit: Exit,
+        started_at: Timestamp,
+        container_id: String,
+    },
+    Probe {
+        slot: Slot,
+        attempt: i32,
+        finding: Finding,
+    },
+    /// The eviction manager chose the pod to free memory; `message` says why.
+    Evict {
+        message: String,
+    },
 }
 
 /// A run in progress: its task (aborting it kills the guest), its log, and its probes.
@@ -125,14 +150,28 @@ impl Worker {
         let main = restore(&spec.containers, status.container_statuses.as_ref(), main_waiting);
         let start_time = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
         let runtime = spec.runtime_class_name.as_deref().unwrap_or(flotilla_api::WASM_RUNTIME_CLASS);
-        let stop = (runtime != flotilla_api::WASM_RUNTIME_CLASS).then(|| Stop::Rejected {
-            reason: "UnsupportedRuntimeClass".into(),
-            message: format!(
-                "Pod was rejected: runtime class {runtime:?} is not offered by node {:?}, which runs \"{}\" pods",
-                node.config.name,
-                flotilla_api::WASM_RUNTIME_CLASS
-            ),
-        });
+        let stop = if runtime != flotilla_api::WASM_RUNTIME_CLASS {
+            Some(Stop::Rejected {
+                reason: "UnsupportedRuntimeClass".into(),
+                message: format!(
+                    "Pod was rejected: runtime class {runtime:?} is not offered by node {:?}, which runs \"{}\" pods",
+                    node.config.name,
+                    flotilla_api::WASM_RUNTIME_CLASS
+                ),
+            })
+        } else if status.start_time.is_none()
+            && node.memory_pressure.load(std::sync::atomic::Ordering::Relaxed)
+            && status::qos_class(spec.containers.iter().chain(spec.init_containers.iter().flatten())) == "BestEffort"
+        {
+            // The kubelet's eviction admission: a new pod (no node has started it) that
+            // requests nothing is not taken on while the node is short of memory.
+            Some(Stop::Rejected {
+                reason: "Evicted".into(),
+                message: "The node had condition: [MemoryPressure]. ".into(),
+            })
+        } else {
+            None
+        };
         let deadline = spec.active_deadline_seconds.map(|secs| {
             let elapsed = Timestamp::now().duration_since(start_time).unsigned_abs();
             Instant::now() + Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed)
@@ -449,6 +488,12 @@ impl Worker {
                 .transpose()
         };
         let memory_limit = quantity("memory")?.map(|nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX));
+        // Every container is bounded, and all of them together by the node's pool.
+        let memory = flotilla_wasm::MemoryPool::within(
+            &self.node.memory,
+            Some(memory_limit.unwrap_or(self.node.config.default_memory_limit)),
+        );
+        self.entry.memory.lock().expect("pod entry lock").insert(container.name.clone(), memory.clone());
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
         let ports = container
             .ports
@@ -462,7 +507,7 @@ impl Worker {
             env: environment,
             working_dir: container.working_dir.clone(),
             dirs,
-            memory_limit,
+            memory,
             cpu_limit,
             network: Some(Network { pod_ip: ip.into(), ports, egress: self.node.egress.clone() }),
             http_concurrency: http_concurrency(&self.pod)?,
@@ -473,6 +518,12 @@ impl Worker {
 
     async fn apply(&mut self, event: RunEvent) {
         match event {
+            RunEvent::Evict { message } => {
+                if self.stop.is_none() && !self.is_terminal() {
+                    self.node.events.pod(&self.pod, None, Warning, "Evicted", message.clone());
+                    self.stop = Some(Stop::Evicted { message });
+                }
+            }
             RunEvent::Started { slot, attempt, image_id, container_id, started_at } => {
                 if !self.is_current(slot, attempt) {
                     return;
