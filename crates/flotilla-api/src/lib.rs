@@ -5,12 +5,14 @@
 //! documents generated from the k8s-openapi types. It does no IO: the API server brings the
 //! requests, the store and the clock.
 
+pub mod body;
 pub mod cidr;
 pub mod error;
 pub mod json;
 pub mod kinds;
 pub mod managed;
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod resource;
 pub mod scheduling;

@@ -54,12 +54,16 @@ pub fn parse(text: &str) -> Result<i128, String> {
     // nanos = mantissa * 10^(9 + exponent - decimals) * multiplier
     let shift = 9 + decimal_exponent - fraction.len() as i32;
     let scaled = mantissa.checked_mul(multiplier).ok_or_else(|| FORMAT_ERROR.to_string())?;
+    // Past i128 (about 1.7e29 units) a quantity is refused rather than wrapped.
     let value = if shift >= 0 {
-        scaled.checked_mul(10i128.pow(shift as u32)).ok_or_else(|| FORMAT_ERROR.to_string())?
+        10i128.checked_pow(shift as u32).and_then(|p| scaled.checked_mul(p)).ok_or_else(|| FORMAT_ERROR.to_string())?
     } else {
-        // Below a nano-unit: round up, as upstream rounds quantities up to their precision.
-        let divisor = 10i128.pow((-shift) as u32);
-        (scaled + divisor - 1) / divisor
+        // Below a nano-unit: round up, as upstream rounds quantities up to their precision. A
+        // divisor past i128 is larger than any mantissa, so only the rounding is left.
+        match 10i128.checked_pow(shift.unsigned_abs()) {
+            Some(divisor) => scaled / divisor + i128::from(scaled % divisor != 0),
+            None => i128::from(scaled != 0),
+        }
     };
     Ok(if negative { -value } else { value })
 }
@@ -107,6 +111,19 @@ mod tests {
         for n in [1u64 << 20, 3 << 30, 123_456 * 1024] {
             assert_eq!(parse(&bytes(n)), Ok(i128::from(n) * 1_000_000_000));
         }
+    }
+
+    /// Found by the `quantity` fuzz target: exponents whose power of ten passes i128.
+    #[test]
+    fn huge_and_tiny_exponents_neither_overflow_nor_wrap() {
+        assert!(parse("1e30").is_err());
+        assert_eq!(parse("1e29"), Ok(10i128.pow(38)));
+        assert!(parse("2e29").is_err());
+        assert_eq!(parse("1e20"), Ok(100_000_000_000_000_000_000 * 1_000_000_000));
+        assert_eq!(parse("1e-30"), Ok(1));
+        assert_eq!(parse(".000000000000000000000000000001e-30"), Ok(1));
+        assert_eq!(parse("0e-30"), Ok(0));
+        assert_eq!(parse("-1e-10"), Ok(-1));
     }
 
     #[test]

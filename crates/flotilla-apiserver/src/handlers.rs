@@ -87,35 +87,14 @@ fn parse_json(body: &[u8]) -> Result<Value> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")).into())
 }
 
-/// The object a create or update sends, by its media type, with the write's options (the
-/// fields the body gave twice among them). JSON and YAML are read; protobuf bodies were turned
-/// into JSON on arrival; anything else is refused as upstream refuses it.
+/// The object a create or update sends, by its media type (`flotilla_api::body`), with the
+/// write's options (the fields the body gave twice among them).
 fn object_body(req: &Request<'_>) -> Result<(Value, WriteOptions)> {
     let mut options = write_options(req)?;
     let media = header(&req.headers, header::CONTENT_TYPE).unwrap_or_default();
-    let media = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let value = match media.as_str() {
-        "" | "application/json" | crate::protobuf::MEDIA_TYPE => {
-            let parsed = flotilla_api::json::parse(&req.body)
-                .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-            options.duplicates = parsed.duplicates;
-            parsed.value
-        }
-        "application/yaml" => {
-            let text =
-                std::str::from_utf8(&req.body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            serde_saphyr::from_str::<Value>(text)
-                .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
-        }
-        _ => {
-            return Err(ApiError::new(
-                Reason::UnsupportedMediaType,
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf",
-            )
-            .into());
-        }
-    };
-    Ok((value, options))
+    let parsed = flotilla_api::body::decode(media, &req.body)?;
+    options.duplicates = parsed.duplicates;
+    Ok((parsed.value, options))
 }
 
 /// A write may not move its object: a name or namespace other than the URL's is refused (400)

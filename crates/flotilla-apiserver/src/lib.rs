@@ -16,7 +16,6 @@ mod error;
 mod handlers;
 mod node_proxy;
 mod openapi;
-mod protobuf;
 mod registry;
 mod request;
 mod services;
@@ -196,7 +195,7 @@ async fn dispatch(
     Extension(user): Extension<UserInfo>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Response {
     // Everything past the open paths needs credentials, as with upstream's
@@ -218,10 +217,13 @@ async fn dispatch(
     let protobuf = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with(protobuf::MEDIA_TYPE));
+        .is_some_and(|t| t.starts_with(flotilla_api::protobuf::MEDIA_TYPE));
     let body = if protobuf {
-        match protobuf::decode(&body) {
-            Ok(object) => axum::body::Bytes::from(serde_json::to_vec(&object).unwrap_or_default()),
+        match flotilla_api::protobuf::decode(&body) {
+            Ok(object) => {
+                headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                axum::body::Bytes::from(serde_json::to_vec(&object).unwrap_or_default())
+            }
             Err(e) => return Error(e).into_response(),
         }
     } else {

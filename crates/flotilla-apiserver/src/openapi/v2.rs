@@ -170,7 +170,7 @@ fn schema(mut value: Value) -> Value {
 mod gnostic {
     use serde_json::Value;
 
-    use crate::protobuf::Writer;
+    use flotilla_api::protobuf::Writer;
 
     pub(super) fn document(doc: &Value) -> Vec<u8> {
         let mut w = Writer::default();

@@ -9,15 +9,15 @@
 mod messages;
 mod writer;
 
+use crate::{ApiError, Reason};
 use base64::Engine;
-use flotilla_api::{ApiError, Reason};
 use serde_json::{Map, Value};
 
 use messages::MESSAGES;
-pub(crate) use writer::Writer;
+pub use writer::Writer;
 
 /// The media type of Kubernetes protobuf.
-pub(crate) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
+pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
 const MAGIC: &[u8] = b"k8s\0";
 
@@ -75,7 +75,7 @@ fn malformed(why: &str) -> ApiError {
 }
 
 /// Decodes a protobuf request body into the object's JSON.
-pub(crate) fn decode(body: &[u8]) -> Result<Value, ApiError> {
+pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let unknown =
         body.strip_prefix(MAGIC).ok_or_else(|| malformed("it does not start with the k8s protobuf prefix"))?;
     let mut reader = Reader { bytes: unknown, pos: 0 };

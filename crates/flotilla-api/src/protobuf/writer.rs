@@ -2,12 +2,12 @@
 
 /// Writes one message's fields. Like proto3, an empty string or a false bool is not written.
 #[derive(Debug, Default)]
-pub(crate) struct Writer {
+pub struct Writer {
     bytes: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
 
@@ -23,24 +23,24 @@ impl Writer {
         self.varint(u64::from(number) << 3 | u64::from(wire));
     }
 
-    pub(crate) fn bytes(&mut self, number: u32, bytes: &[u8]) {
+    pub fn bytes(&mut self, number: u32, bytes: &[u8]) {
         self.tag(number, 2);
         self.varint(bytes.len() as u64);
         self.bytes.extend_from_slice(bytes);
     }
 
-    pub(crate) fn string(&mut self, number: u32, s: &str) {
+    pub fn string(&mut self, number: u32, s: &str) {
         if !s.is_empty() {
             self.bytes(number, s.as_bytes());
         }
     }
 
-    pub(crate) fn uint(&mut self, number: u32, v: u64) {
+    pub fn uint(&mut self, number: u32, v: u64) {
         self.tag(number, 0);
         self.varint(v);
     }
 
-    pub(crate) fn bool(&mut self, number: u32, v: bool) {
+    pub fn bool(&mut self, number: u32, v: bool) {
         if v {
             self.uint(number, 1);
         }
@@ -48,7 +48,7 @@ impl Writer {
 
     /// An embedded message, written by `body`; it is written even when empty, so that its
     /// presence shows.
-    pub(crate) fn message(&mut self, number: u32, body: impl FnOnce(&mut Writer)) {
+    pub fn message(&mut self, number: u32, body: impl FnOnce(&mut Writer)) {
         let mut inner = Writer::default();
         body(&mut inner);
         self.bytes(number, &inner.bytes);
