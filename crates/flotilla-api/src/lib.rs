@@ -14,6 +14,7 @@ pub mod managed;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;
+pub mod query;
 pub mod resource;
 pub mod scheduling;
 pub mod schema;

@@ -36,6 +36,11 @@ pub enum Subresource {
     Eviction,
     /// `namespaces/finalize`: the namespace controller's way to clear `spec.finalizers`.
     Finalize,
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: streams into a running container, which
+    /// upstream opens with an upgraded connection.
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Subresource {
@@ -47,6 +52,9 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 
@@ -58,6 +66,9 @@ impl Subresource {
             Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
             Subresource::Binding => Some(("", "v1", "Binding")),
             Subresource::Eviction => Some(("policy", "v1", "Eviction")),
+            Subresource::Exec => Some(("", "v1", "PodExecOptions")),
+            Subresource::Attach => Some(("", "v1", "PodAttachOptions")),
+            Subresource::PortForward => Some(("", "v1", "PodPortForwardOptions")),
         }
     }
 
@@ -67,6 +78,7 @@ impl Subresource {
             Subresource::Log => &["get"],
             Subresource::Binding | Subresource::Eviction => &["create"],
             Subresource::Finalize => &["update"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => &["create", "get"],
         }
     }
 }

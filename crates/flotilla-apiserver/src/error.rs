@@ -2,9 +2,9 @@
 //! internal cause of a 500 goes to the log, not to the client.
 
 use axum::response::{IntoResponse, Response};
-use flotilla_api::{ApiError, Reason};
+use flotilla_api::{ApiError, CauseType, Reason};
 use http::{HeaderValue, StatusCode, header};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 /// The API server's error: an [`ApiError`] on its way to becoming a `Status`.
 #[derive(Debug)]
@@ -78,54 +78,90 @@ pub(crate) fn code(reason: Reason) -> StatusCode {
     }
 }
 
+/// The `metav1.Status` of an error, whose fields serialize in the order of upstream's Go type
+/// (`kind`, `apiVersion`, `metadata`, `status`, `message`, `reason`, `details`, `code`): clients'
+/// users compare these bodies verbatim.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Status<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: Empty,
+    status: &'static str,
+    message: &'a str,
+    reason: Reason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'a>>,
+    code: u16,
+}
+
+/// `metadata: {}`: a ListMeta, which Go always writes.
+#[derive(Debug, Serialize)]
+struct Empty {}
+
+/// `metav1.StatusDetails`, in its Go field order.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Details<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<Cause<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u32>,
+}
+
+/// `metav1.StatusCause`: `reason`, `message`, `field`.
+#[derive(Debug, Serialize)]
+struct Cause<'a> {
+    reason: &'a CauseType,
+    message: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    field: &'a str,
+}
+
 /// The `metav1.Status` of an error.
-pub(crate) fn status(err: &ApiError) -> Value {
-    let mut status = json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": err.message,
-        "reason": err.reason,
-        "code": code(err.reason).as_u16(),
-    });
-    let mut details = serde_json::Map::new();
-    if let Some(subject) = &err.subject {
-        if !subject.name.is_empty() {
-            details.insert("name".into(), subject.name.clone().into());
-        }
-        if !subject.group.is_empty() {
-            details.insert("group".into(), subject.group.clone().into());
-        }
-        details.insert("kind".into(), subject.kind.clone().into());
-    }
-    if !err.causes.is_empty() {
-        let causes: Vec<Value> = err
+pub(crate) fn status(err: &ApiError) -> Status<'_> {
+    let subject = err.subject.as_ref();
+    let details = Details {
+        name: subject.map_or("", |s| s.name.as_str()),
+        group: subject.map_or("", |s| s.group.as_str()),
+        kind: subject.map_or("", |s| s.kind.as_str()),
+        causes: err
             .causes
             .iter()
-            .map(|c| {
-                let mut cause = json!({"reason": c.kind, "message": c.message()});
-                if !c.field.is_empty() {
-                    cause["field"] = c.field.clone().into();
-                }
-                cause
-            })
-            .collect();
-        details.insert("causes".into(), causes.into());
+            .map(|c| Cause { reason: &c.kind, message: c.message(), field: c.field.as_str() })
+            .collect(),
+        retry_after_seconds: err.retry_after_seconds,
+    };
+    let empty = subject.is_none() && details.causes.is_empty() && details.retry_after_seconds.is_none();
+    Status {
+        kind: "Status",
+        api_version: "v1",
+        metadata: Empty {},
+        status: "Failure",
+        message: &err.message,
+        reason: err.reason,
+        details: (!empty).then_some(details),
+        code: code(err.reason).as_u16(),
     }
-    if let Some(seconds) = err.retry_after_seconds {
-        details.insert("retryAfterSeconds".into(), seconds.into());
-    }
-    if !details.is_empty() {
-        status["details"] = Value::Object(details);
-    }
-    status
+}
+
+/// A `Status` as its JSON body: one line, ending with a newline as Go's json.Encoder ends it.
+pub(crate) fn status_body(err: &ApiError) -> Vec<u8> {
+    let mut body = serde_json::to_vec(&status(err)).unwrap_or_default();
+    body.push(b'\n');
+    body
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = code(self.0.reason);
-        let body = serde_json::to_vec(&status(&self.0)).unwrap_or_default();
+        let body = status_body(&self.0);
         let mut response = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(seconds) = self.0.retry_after_seconds
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
@@ -139,13 +175,14 @@ impl IntoResponse for Error {
 #[cfg(test)]
 mod tests {
     use flotilla_api::FieldError;
+    use serde_json::json;
 
     use super::*;
 
     #[test]
     fn invalid_objects_carry_their_causes() {
         let err = ApiError::invalid("", "Pod", "p", vec![FieldError::required("spec.containers[0].image", "")]);
-        let s = status(&err);
+        let s = serde_json::to_value(status(&err)).unwrap();
         assert_eq!(s["code"], 422);
         assert_eq!(s["reason"], "Invalid");
         assert_eq!(s["details"]["kind"], "Pod");
@@ -157,8 +194,30 @@ mod tests {
 
     #[test]
     fn not_found_names_the_resource() {
-        let s = status(&ApiError::not_found("apps", "deployments", "web"));
+        let s = serde_json::to_value(status(&ApiError::not_found("apps", "deployments", "web"))).unwrap();
         assert_eq!(s["code"], 404);
         assert_eq!(s["details"], json!({"name": "web", "group": "apps", "kind": "deployments"}));
+    }
+
+    /// The body the official Python client's users compare verbatim: upstream's field order,
+    /// no spaces, a newline.
+    #[test]
+    fn bodies_are_upstreams_byte_for_byte() {
+        let mut err = ApiError::new(Reason::AlreadyExists, r#"configmaps "a" already exists"#);
+        err.subject = ApiError::not_found("", "configmaps", "a").subject;
+        assert_eq!(
+            String::from_utf8(status_body(&err)).unwrap(),
+            concat!(
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","#,
+                r#""message":"configmaps \"a\" already exists","reason":"AlreadyExists","#,
+                r#""details":{"name":"a","kind":"configmaps"},"code":409}"#,
+                "\n"
+            )
+        );
+        let bare = String::from_utf8(status_body(&ApiError::bad_request("no"))).unwrap();
+        assert_eq!(
+            bare,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"no\",\"reason\":\"BadRequest\",\"code\":400}\n"
+        );
     }
 }

@@ -70,6 +70,11 @@ pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
         (&Method::POST, Some(name), Some(Subresource::Binding)) => bind(&req, &name).await,
         (&Method::POST, Some(name), Some(Subresource::Eviction)) => evict(&req, &name).await,
         (&Method::GET, Some(name), Some(Subresource::Log)) => logs(&req, &name).await,
+        (
+            &Method::GET | &Method::POST,
+            Some(name),
+            Some(sub @ (Subresource::Exec | Subresource::Attach | Subresource::PortForward)),
+        ) => stream_refused(&req, &name, sub).await,
         (method, _, _) => Err(method_not_allowed(method)),
     }
 }
@@ -436,8 +441,8 @@ fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
     if let Some(policy) = req.query.get("propagationPolicy") {
         options.propagation_policy = Some(policy.to_string());
     }
-    if let Some(orphan) = req.query.get("orphanDependents") {
-        options.orphan_dependents = Some(orphan == "true");
+    if req.query.get("orphanDependents").is_some() {
+        options.orphan_dependents = Some(req.query.flag("orphanDependents"));
     }
     Ok(options)
 }
@@ -619,9 +624,9 @@ async fn evict(req: &Request<'_>, name: &str) -> Result<Response> {
     json_response(StatusCode::CREATED, &status, &[])
 }
 
-/// `pods/log`: served by the node that runs the pod, through the API server as upstream does.
-/// A pod not yet on a node has no log: the answer is empty, as upstream's is.
-async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
+/// The pod `name` and the container a `pods/log`, `exec` or `attach` request means: the one named
+/// by `?container=`, else the pod's only one; refused with upstream's messages otherwise.
+async fn pod_container(req: &Request<'_>, name: &str) -> Result<(Value, String)> {
     let pod = req.registry.get(req.target.resource, req.target.namespace.as_deref(), name).await?.value()?;
     let names = |field: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{field}"))
@@ -649,12 +654,48 @@ async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
             return Err(ApiError::bad_request(message).into());
         }
     };
+    Ok((pod, container))
+}
+
+/// `pods/exec`, `pods/attach` and `pods/portforward`: checked as upstream checks them (the pod,
+/// the container, a node assigned, an upgrade asked for), then refused with a Status that says
+/// why, since a wasm container has no commands to run and no terminal. Both of kubectl's
+/// attempts (a WebSocket GET, then a SPDY POST) get the same answer, which kubectl prints as
+/// `Error from server (BadRequest): …`.
+async fn stream_refused(req: &Request<'_>, name: &str, sub: Subresource) -> Result<Response> {
+    let what = sub.name();
+    let (pod, container) = if sub == Subresource::PortForward {
+        let pod = req.registry.get(req.target.resource, req.target.namespace.as_deref(), name).await?.value()?;
+        (pod, String::new())
+    } else {
+        pod_container(req, name).await?
+    };
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")).into());
+    }
+    let upgrade = header(&req.headers, header::CONNECTION).is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"));
+    if !upgrade {
+        return Err(ApiError::bad_request("Upgrade request required").into());
+    }
+    let whose =
+        if container.is_empty() { format!("pod {name}") } else { format!("container {container} of pod {name}") };
+    let message = match sub {
+        Subresource::PortForward => format!(
+            "{what} is not supported for {whose}: its node runs WebAssembly containers, whose sockets are the runtime's, not a network namespace's"
+        ),
+        _ => format!(
+            "{what} is not supported for {whose}: its node runs WebAssembly containers, which run one module and have no commands or terminal"
+        ),
+    };
+    Err(ApiError::bad_request(message).into())
+}
+
+/// `pods/log`: served by the node that runs the pod, through the API server as upstream does.
+/// A pod not yet on a node has no log: the answer is empty, as upstream's is.
+async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
+    let (pod, container) = pod_container(req, name).await?;
     for field in ["tailLines", "limitBytes", "sinceSeconds"] {
-        if let Some(value) = req.query.get(field)
-            && value.parse::<i64>().is_err()
-        {
-            return Err(ApiError::bad_request(format!("{field}: {value:?} is not an integer")).into());
-        }
+        req.query.number(field)?;
     }
     if req.query.get("sinceSeconds").is_some() && req.query.get("sinceTime").is_some() {
         let cause =
@@ -668,11 +709,15 @@ async fn logs(req: &Request<'_>, name: &str) -> Result<Response> {
     let node = req.registry.get(nodes, None, node_name).await?.value()?;
     let namespace = req.target.namespace.as_deref().unwrap_or_default();
     let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
-    let forwarded: Vec<String> =
-        ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes"]
-            .iter()
-            .filter_map(|key| req.query.get(key).map(|value| format!("{key}={}", encode_query(value))))
-            .collect();
+    // Booleans go on as `true` however the client spelled them (`follow=True`), false ones not at all.
+    let flags = ["follow", "previous", "timestamps"]
+        .into_iter()
+        .filter(|key| req.query.flag(key))
+        .map(|key| format!("{key}=true"));
+    let values = ["tailLines", "sinceSeconds", "sinceTime", "limitBytes"]
+        .into_iter()
+        .filter_map(|key| req.query.get(key).map(|value| format!("{key}={}", encode_query(value))));
+    let forwarded: Vec<String> = flags.chain(values).collect();
     if !forwarded.is_empty() {
         path.push('?');
         path.push_str(&forwarded.join("&"));
@@ -713,7 +758,9 @@ pub(crate) fn json_response(code: StatusCode, value: &Value, warnings: &[String]
     Ok(bytes_response(code, serde_json::to_vec(value).unwrap_or_default(), warnings))
 }
 
-fn bytes_response(code: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
+fn bytes_response(code: StatusCode, mut body: Vec<u8>, warnings: &[String]) -> Response {
+    // Every JSON body ends with a newline, as Go's json.Encoder writes it upstream.
+    body.push(b'\n');
     let mut response = (code, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response();
     for warning in warnings {
         // RFC 7234 warning code 299 ("miscellaneous persistent warning"), as upstream sends them.

@@ -162,7 +162,10 @@ impl ApiServer {
             .route("/livez", get(|| async { "ok" }))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route("/version", get(|| async { axum::Json(discovery::version()) }))
+            // With and without the trailing slash, as upstream's go-restful route is matched
+            // (kr8s and kubernetes_asyncio ask for `/version/`).
+            .route("/version", get(version))
+            .route("/version/", get(version))
             .route("/cacerts", get(cacerts))
             .route(authz::NODE_CREDENTIALS_PATH, axum::routing::post(credentials::node_credentials))
             .fallback(dispatch)
@@ -177,6 +180,12 @@ async fn readyz(State(server): State<ApiServer>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
+}
+
+/// `/version`, indented as upstream writes it (`WriteRawJSON`).
+async fn version() -> Response {
+    let body = serde_json::to_vec_pretty(&discovery::version()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The cluster CA, open as upstream's `/version` is: it is public, and a joining agent checks

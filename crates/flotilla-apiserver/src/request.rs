@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use flotilla_api::resource::{self, ResourceDef, Subresource};
-use flotilla_api::{ApiError, FieldValidation, Reason};
+use flotilla_api::{ApiError, FieldValidation, Reason, query};
 
 use crate::error::Result;
 
@@ -74,8 +74,8 @@ pub(crate) fn parse_path(path: &str) -> Result<Route> {
     Ok(Route::Object(Target { resource: def, namespace, name: name.map(str::to_string), subresource }))
 }
 
-/// The query string's parameters (the last value wins, as in Go's `url.Values.Get` for
-/// well-formed requests).
+/// The query string's parameters. The first of repeated values counts, as upstream's
+/// conversions read them.
 #[derive(Debug, Default)]
 pub(crate) struct Query(HashMap<String, String>);
 
@@ -84,7 +84,7 @@ impl Query {
         let mut map = HashMap::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            map.insert(decode(key), decode(value));
+            map.entry(decode(key)).or_insert_with(|| decode(value));
         }
         Query(map)
     }
@@ -93,15 +93,14 @@ impl Query {
         self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// A boolean parameter (absent is false), spelled as any client spells it.
     pub(crate) fn flag(&self, key: &str) -> bool {
-        matches!(self.0.get(key).map(String::as_str), Some("true" | "1"))
+        self.0.get(key).is_some_and(|v| query::boolean(v))
     }
 
+    /// An integer parameter; present but not an integer (empty included) is a 400.
     pub(crate) fn number(&self, key: &str) -> Result<Option<i64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid {key}: {v:?}")).into()),
-        }
+        Ok(self.0.get(key).map(|v| query::integer(v)).transpose()?)
     }
 
     pub(crate) fn field_validation(&self) -> Result<FieldValidation> {

@@ -16,7 +16,8 @@ use flotilla_api::selector::{FieldSelector, LabelSelector};
 use flotilla_api::{ApiError, Reason};
 use flotilla_store::{EventKind, KeyRange, Revision, WatchRequest, WatchResponse};
 use http::header;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::codec;
@@ -206,8 +207,15 @@ impl Stream {
         self.send("BOOKMARK", &object).await
     }
 
-    async fn send(&self, kind: &str, object: &Value) -> Result<(), Gone> {
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    async fn send(&self, kind: &str, object: &impl Serialize) -> Result<(), Gone> {
+        /// A watch event in upstream's field order.
+        #[derive(Serialize)]
+        struct Event<'a, T> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            object: &'a T,
+        }
+        let mut line = serde_json::to_vec(&Event { kind, object }).unwrap_or_default();
         line.push(b'\n');
         self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
     }

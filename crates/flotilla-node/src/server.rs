@@ -66,7 +66,7 @@ impl LogQuery {
         for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
             let value = decode(value);
-            let flag = value == "true" || value == "1";
+            let flag = flotilla_api::query::boolean(&value);
             match key {
                 "follow" => parsed.follow = flag,
                 "previous" => parsed.previous = flag,

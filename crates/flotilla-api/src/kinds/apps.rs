@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use super::Kind;
 use super::pod::{check_one_of, default_template, validate_template};
+use super::{Kind, always_written};
 use crate::error::FieldError;
 use crate::selector;
 use crate::table::{self, Column};
@@ -23,6 +23,7 @@ const ALWAYS: &[&str] = &["Always"];
 
 impl Kind for Deployment {
     fn set_defaults(&mut self) {
+        always_written(&mut self.status);
         let spec = self.spec.get_or_insert_with(Default::default);
         spec.replicas.get_or_insert(1);
         let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
@@ -102,6 +103,7 @@ impl Kind for Deployment {
 
 impl Kind for ReplicaSet {
     fn set_defaults(&mut self) {
+        always_written(&mut self.status);
         let spec = self.spec.get_or_insert_with(Default::default);
         spec.replicas.get_or_insert(1);
         if let Some(template) = spec.template.as_mut() {
@@ -152,6 +154,7 @@ impl Kind for ReplicaSet {
 
 impl Kind for DaemonSet {
     fn set_defaults(&mut self) {
+        always_written(&mut self.status);
         let spec = self.spec.get_or_insert_with(Default::default);
         let strategy = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
         if strategy.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
@@ -233,6 +236,7 @@ impl Kind for DaemonSet {
 
 impl Kind for StatefulSet {
     fn set_defaults(&mut self) {
+        always_written(&mut self.status);
         let spec = self.spec.get_or_insert_with(Default::default);
         spec.replicas.get_or_insert(1);
         spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());

@@ -18,6 +18,7 @@ const CONTROLLER_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io
 
 impl Kind for Job {
     fn set_defaults(&mut self) {
+        super::always_written(&mut self.status);
         let name = self.metadata.name.clone().unwrap_or_default();
         let uid = self.metadata.uid.clone();
         let spec = self.spec.get_or_insert_with(JobSpec::default);

@@ -87,6 +87,14 @@ pub trait KindOps: Send + Sync + fmt::Debug {
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
 }
 
+/// Sets a struct-valued field that k8s-openapi holds as an `Option` but upstream's Go type holds
+/// by value, so that it is written even when empty, as Go writes it (`"status": {}`, with the
+/// status's own non-`omitempty` fields: `replicas: 0`, …). Clients rely on it: the official
+/// Python client reads `deployment.status.ready_replicas` straight after a create.
+pub(crate) fn always_written<T: Default>(field: &mut Option<T>) {
+    field.get_or_insert_with(T::default);
+}
+
 /// What a kind adds to the generic behaviour. Implemented for the k8s-openapi types.
 pub trait Kind:
     k8s_openapi::Resource
@@ -241,7 +249,7 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 }
 
 const ALL: &[&str] = &["all"];
-use Subresource::{Binding, Eviction, Finalize, Log, Scale, Status};
+use Subresource::{Attach, Binding, Eviction, Exec, Finalize, Log, PortForward, Scale, Status};
 
 const POD_FIELDS: &[&str] = &[
     "spec.nodeName",
@@ -294,7 +302,7 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Event, "events", "event", namespaced: true, short: &["ev"], categories: &[], sub: &[], generation: false, fields: EVENT_FIELDS),
     resource!(Namespace, "namespaces", "namespace", namespaced: false, short: &["ns"], categories: &[], sub: &[Status, Finalize], generation: false, fields: &["status.phase"]),
     resource!(Node, "nodes", "node", namespaced: false, short: &["no"], categories: &[], sub: &[Status], generation: false, fields: &["spec.unschedulable"]),
-    resource!(Pod, "pods", "pod", namespaced: true, short: &["po"], categories: ALL, sub: &[Binding, Eviction, Log, Status], generation: false, fields: POD_FIELDS),
+    resource!(Pod, "pods", "pod", namespaced: true, short: &["po"], categories: ALL, sub: &[Attach, Binding, Eviction, Exec, Log, PortForward, Status], generation: false, fields: POD_FIELDS),
     resource!(Secret, "secrets", "secret", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &["type"]),
     resource!(ServiceAccount, "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(Service, "services", "service", namespaced: true, short: &["svc"], categories: ALL, sub: &[Status], generation: false, fields: &[]),

@@ -22,6 +22,9 @@ impl Kind for Service {
     }
 
     fn set_defaults(&mut self) {
+        // Upstream's ServiceStatus and its LoadBalancerStatus are struct fields, which Go always
+        // writes: `status: {loadBalancer: {}}` before anything sets them.
+        self.status.get_or_insert_with(Default::default).load_balancer.get_or_insert_with(Default::default);
         let spec = self.spec.get_or_insert_with(ServiceSpec::default);
         let affinity = spec.session_affinity.get_or_insert_with(|| "None".into()).clone();
         if affinity == "None" {

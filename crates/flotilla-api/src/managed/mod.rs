@@ -65,15 +65,7 @@ impl FieldManager {
     }
 
     fn subresource_name(&self) -> &'static str {
-        match self.subresource {
-            Some(Subresource::Status) => "status",
-            Some(Subresource::Scale) => "scale",
-            Some(Subresource::Binding) => "binding",
-            Some(Subresource::Eviction) => "eviction",
-            Some(Subresource::Log) => "log",
-            Some(Subresource::Finalize) => "finalize",
-            None => "",
-        }
+        self.subresource.map_or("", Subresource::name)
     }
 }
 

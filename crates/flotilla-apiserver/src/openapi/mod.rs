@@ -246,7 +246,13 @@ fn add_paths(def: &ResourceDef, paths: &mut Map<String, Value>) {
                     item("Scale", "io.k8s.api.autoscaling.v1.Scale", &scale_gvk),
                 );
             }
-            Subresource::Log | Subresource::Binding | Subresource::Eviction | Subresource::Finalize => {}
+            Subresource::Log
+            | Subresource::Binding
+            | Subresource::Eviction
+            | Subresource::Finalize
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward => {}
         }
     }
 }

@@ -1,0 +1,35 @@
+"""lightkube, the typed client: create, get, patch (each type it offers), list with selectors,
+watch, apply, and `ApiError` carrying upstream's `Status`."""
+
+import pytest
+from conftest import KUBECONFIG
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Node
+from lightkube.types import PatchType
+
+NS = "py-lightkube"
+
+
+def test_crud_patch_types_watch_apply_and_errors():
+    c = Client(KubeConfig.from_file(KUBECONFIG), field_manager="lightkube")
+    try:
+        c.create(Namespace(metadata=ObjectMeta(name=NS)))
+    except ApiError as e:
+        assert e.status.code == 409
+    assert c.list(Node)
+    c.create(ConfigMap(metadata=ObjectMeta(name="lk", labels={"by": "lightkube"}), data={"a": "1"}), namespace=NS)
+    c.patch(ConfigMap, "lk", {"data": {"b": "2"}}, namespace=NS)
+    c.patch(ConfigMap, "lk", {"data": {"c": "3"}}, namespace=NS, patch_type=PatchType.MERGE)
+    c.patch(ConfigMap, "lk", [{"op": "add", "path": "/data/d", "value": "4"}], namespace=NS, patch_type=PatchType.JSON)
+    assert c.get(ConfigMap, "lk", namespace=NS).data == {"a": "1", "b": "2", "c": "3", "d": "4"}
+    assert [m.metadata.name for m in c.list(ConfigMap, namespace=NS, labels={"by": "lightkube"})] == ["lk"]
+    applied = c.apply(ConfigMap(metadata=ObjectMeta(name="lk2", namespace=NS), data={"x": "y"}))
+    assert applied.data == {"x": "y"}
+    for event, obj in c.watch(ConfigMap, namespace=NS, labels={"by": "lightkube"}):
+        assert (event, obj.metadata.name) == ("ADDED", "lk")
+        break
+    c.delete(ConfigMap, "lk", namespace=NS)
+    with pytest.raises(ApiError) as missing:
+        c.get(ConfigMap, "lk", namespace=NS)
+    assert missing.value.status.code == 404 and missing.value.status.reason == "NotFound"
