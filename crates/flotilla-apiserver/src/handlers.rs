@@ -274,7 +274,7 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
     if patch_type == PatchType::Apply {
         return apply(req, name, sub).await;
     }
-    if req.query.get("force").is_some() {
+    if req.query.has("force") {
         return Err(invalid_patch_options(FieldError::forbidden("force", "may not be specified for non-apply patch")));
     }
     let parsed = flotilla_api::json::parse(&req.body)
@@ -441,7 +441,7 @@ fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
     if let Some(policy) = req.query.get("propagationPolicy") {
         options.propagation_policy = Some(policy.to_string());
     }
-    if req.query.get("orphanDependents").is_some() {
+    if req.query.has("orphanDependents") {
         options.orphan_dependents = Some(req.query.flag("orphanDependents"));
     }
     Ok(options)

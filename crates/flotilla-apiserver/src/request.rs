@@ -75,42 +75,55 @@ pub(crate) fn parse_path(path: &str) -> Result<Route> {
 }
 
 /// The query string's parameters. The first of repeated values counts, as upstream's
-/// conversions read them.
+/// conversions read them, except for list-valued ones (`dryRun`), whose every value counts.
 #[derive(Debug, Default)]
-pub(crate) struct Query(HashMap<String, String>);
+pub(crate) struct Query(HashMap<String, Vec<String>>);
 
 impl Query {
     pub(crate) fn parse(query: Option<&str>) -> Query {
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            map.entry(decode(key)).or_insert_with(|| decode(value));
+            map.entry(decode(key)).or_default().push(decode(value));
         }
         Query(map)
     }
 
+    /// The parameter's first value, as upstream reads a single-valued parameter.
+    fn first(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|values| values.first()).map(String::as_str)
+    }
+
+    /// The first value, unless it is empty.
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.first(key).filter(|v| !v.is_empty())
+    }
+
+    /// Whether the parameter is there at all, empty or not (upstream's pointer fields).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
     }
 
     /// A boolean parameter (absent is false), spelled as any client spells it.
     pub(crate) fn flag(&self, key: &str) -> bool {
-        self.0.get(key).is_some_and(|v| query::boolean(v))
+        self.first(key).is_some_and(query::boolean)
     }
 
     /// An integer parameter; present but not an integer (empty included) is a 400.
     pub(crate) fn number(&self, key: &str) -> Result<Option<i64>> {
-        Ok(self.0.get(key).map(|v| query::integer(v)).transpose()?)
+        Ok(self.first(key).map(query::integer).transpose()?)
     }
 
     pub(crate) fn field_validation(&self) -> Result<FieldValidation> {
         Ok(self.get("fieldValidation").map(FieldValidation::parse).transpose()?.unwrap_or_default())
     }
 
+    /// `dryRun`, a list: every value must be `All` (an empty one too is refused), so that no
+    /// spelling of a dry run is taken as a write.
     pub(crate) fn dry_run(&self) -> Result<bool> {
-        match self.get("dryRun") {
-            None => Ok(false),
-            Some("All") => Ok(true),
+        let values = self.0.get("dryRun").map(Vec::as_slice).unwrap_or_default();
+        match values.iter().find(|v| *v != "All") {
+            None => Ok(!values.is_empty()),
             Some(other) => {
                 Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}, only \"All\" is supported"))
                     .into())
@@ -244,6 +257,22 @@ mod tests {
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert_eq!(q.number("limit").unwrap(), Some(500));
         assert!(q.flag("watch"));
+    }
+
+    /// Every client's spelling of a boolean, the first of repeated values, and a dry run that
+    /// no extra value turns into a write.
+    #[test]
+    fn parameters_read_as_upstream_reads_them() {
+        let q = Query::parse(Some("watch=True&limit=5&limit=abc&force=&orphanDependents"));
+        assert!(q.flag("watch") && q.has("force") && q.flag("force") && q.flag("orphanDependents"));
+        assert!(!Query::parse(Some("watch=False")).flag("watch") && !Query::parse(None).flag("watch"));
+        assert_eq!(q.number("limit").unwrap(), Some(5));
+        assert!(Query::parse(Some("limit=")).number("limit").is_err());
+        assert!(Query::parse(Some("dryRun=All&dryRun=All")).dry_run().unwrap());
+        assert!(!Query::parse(Some("watch=1")).dry_run().unwrap());
+        for sneaky in ["dryRun=&dryRun=All", "dryRun=All&dryRun=", "dryRun=all", "dryRun"] {
+            assert!(Query::parse(Some(sneaky)).dry_run().is_err(), "{sneaky}");
+        }
     }
 
     #[test]
