@@ -1,12 +1,12 @@
 //! Errors in the Kubernetes vocabulary: a `reason` and, for invalid objects, the fields at fault.
 //! The API server renders them as `metav1.Status`; only it knows HTTP status codes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// `metav1.StatusReason`: what kind of failure this is. Clients (kubectl, client-go) branch on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
     BadRequest,
     Unauthorized,

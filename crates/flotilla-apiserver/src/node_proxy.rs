@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use flotilla_api::{ApiError, Reason};
 use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
@@ -96,12 +97,36 @@ impl NodeProxy {
             .map_err(unreachable)?;
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        if !status.is_success() {
+            return Err(refusal(status, response.into_body()).await.into());
+        }
         let mut answer = Response::new(Body::new(response.into_body()));
         *answer.status_mut() = status;
         if let Some(content_type) = content_type {
             answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
         }
         Ok(answer.into_response())
+    }
+}
+
+/// A node's refusal as this server's own error, so that the client gets one `Status` rendered
+/// the one way (upstream's API server likewise answers with its own Status when the kubelet
+/// refuses). The node writes a `Status`; anything else becomes an internal error naming it.
+async fn refusal(status: StatusCode, body: hyper::body::Incoming) -> ApiError {
+    /// More than any Status a node writes.
+    const LIMIT: usize = 64 * 1024;
+    #[derive(serde::Deserialize)]
+    struct NodeStatus {
+        reason: Reason,
+        message: String,
+    }
+    let bytes = http_body_util::Limited::new(body, LIMIT).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    match serde_json::from_slice::<NodeStatus>(&bytes) {
+        Ok(NodeStatus { reason, message }) => ApiError::new(reason, message),
+        Err(_) => ApiError::internal(format!(
+            "the node answered {status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).trim()
+        )),
     }
 }
 
