@@ -141,6 +141,8 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
         &stolen.fails(&["delete", "pod", "pod-2", "--wait=false"])?,
         "node \"edge-1\" can only delete pods with spec.nodeName set to itself",
     )?;
+    // Nor streams into a pod, not even its own: exec is no verb a node has.
+    forbidden(&stolen.fails(&["exec", "pod-1", "--", "date"])?, "resource \"pods/exec\"")?;
     let failed = r#"{"status":{"phase":"Failed"}}"#;
     let answer = patch_as_node(&format!("/api/v1/namespaces/{ns}/pods/pod-2/status"), failed)?;
     forbidden(&answer, "node \"edge-1\" can only update pod status for pods with spec.nodeName set to itself")?;
