@@ -287,6 +287,43 @@ fn pause_resume_and_the_cascade_policies() -> Result<()> {
 }
 
 #[test]
+fn a_replication_controller_keeps_scales_and_cascades_as_a_replica_set_does() -> Result<()> {
+    let (_dir, _server, _hollow, k) = hollow_cluster(2, &[])?;
+    // No selector and no labels: both are the template's (upstream's defaults).
+    let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: legacy\nspec:\n  replicas: 2\n  template:\n    metadata:\n      labels:\n        app: legacy\n    spec:\n      containers:\n      - name: app\n        image: legacy:v1\n";
+    apply(&k, rc)?;
+    let defaulted = k.ok(&["get", "rc", "legacy", "-o", "jsonpath={.spec.selector.app} {.metadata.labels.app}"])?;
+    ensure!(defaulted == "legacy legacy", "{defaulted}");
+    let table = eventually(&k, &["get", "rc", "legacy"], 60, |out| {
+        out.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).eq(["legacy", "2", "2", "2"]))
+    })?;
+    ensure!(table.starts_with("NAME     DESIRED   CURRENT   READY   AGE"), "{table}");
+    ensure!(placements(&k, "app=legacy")?.len() == 2);
+    let owner =
+        k.ok(&["get", "pods", "-l", "app=legacy", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}"])?;
+    ensure!(owner == "ReplicationController", "{owner}");
+
+    k.ok(&["scale", "rc", "legacy", "--replicas=3"])?;
+    eventually(&k, &["get", "rc", "legacy", "-o", "jsonpath={.status.readyReplicas}"], 60, |r| r == "3")?;
+    let wide = k.ok(&["get", "rc", "legacy", "-o", "wide"])?;
+    ensure!(wide.contains("legacy:v1") && wide.contains("app=legacy"), "{wide}");
+
+    // A template its selector does not select is refused, as upstream refuses it.
+    let stray = rc
+        .replace("name: legacy\n", "name: stray\n")
+        .replace("spec:\n  replicas: 2\n", "spec:\n  replicas: 2\n  selector:\n    app: other\n");
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), stray)?;
+    let refused = k.fails(&["apply", "-f", file.path().to_str().unwrap()])?;
+    ensure!(refused.contains("selector does not match labels in spec.template"), "{refused}");
+
+    // Deleting it takes its pods (a background cascade, kubectl's default).
+    k.ok(&["delete", "rc", "legacy"])?;
+    eventually(&k, &["get", "pods", "-l", "app=legacy", "-o", "name"], 30, |out| out.trim().is_empty())?;
+    Ok(())
+}
+
+#[test]
 fn cordons_taints_and_selectors_keep_pods_off_nodes() -> Result<()> {
     let (_dir, _server, _hollow, k) = hollow_cluster(3, &[])?;
     k.ok(&["cordon", "hollow-0"])?;

@@ -10,6 +10,7 @@ use flotilla_api::resource::{ResourceDef, Subresource};
 use flotilla_api::selector::{FieldSelector, LabelSelector};
 use flotilla_api::{ApiError, FieldError, Reason};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use serde_json::{Value, json};
 
 use crate::codec;
@@ -534,11 +535,15 @@ async fn scale(req: &Request<'_>, method: Method, name: &str) -> Result<Response
 
 fn scale_of(object: &Value) -> Value {
     let meta = &object["metadata"];
-    let selector = object.pointer("/spec/selector").cloned().and_then(|s| serde_json::from_value(s).ok()).and_then(
-        |s: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
-            flotilla_api::selector::LabelSelector::from_api(&s).ok()
-        },
-    );
+    let selector = object.pointer("/spec/selector").cloned().unwrap_or_default();
+    // A ReplicationController's selector is a plain map of labels, the others' a LabelSelector.
+    let selector = if object["kind"] == "ReplicationController" {
+        serde_json::from_value(selector)
+            .map(|labels| metav1::LabelSelector { match_labels: labels, ..Default::default() })
+    } else {
+        serde_json::from_value(selector)
+    };
+    let selector = selector.ok().and_then(|s| flotilla_api::selector::LabelSelector::from_api(&s).ok());
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

@@ -119,6 +119,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         typed(context.services.clone(), true),
         typed(context.endpointslices.clone(), true),
         typed(context.controllerrevisions.clone(), true),
+        typed(context.replicationcontrollers.clone(), true),
     ]);
     let queue = WorkQueue::new();
     watch(&mut informers.pods, &kinds, 0, &queue);
@@ -130,6 +131,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
     watch(&mut informers.services, &kinds, 6, &queue);
     watch(&mut informers.endpointslices, &kinds, 7, &queue);
     watch(&mut informers.controllerrevisions, &kinds, 8, &queue);
+    watch(&mut informers.replicationcontrollers, &kinds, 9, &queue);
     let collector = Arc::new(Collector { context: context.clone(), kinds, queue: queue.clone() });
     let context = context.clone();
     spawn_workers(collector, queue, WORKERS, async move {
@@ -142,6 +144,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         context.services.synced().await;
         context.endpointslices.synced().await;
         context.controllerrevisions.synced().await;
+        context.replicationcontrollers.synced().await;
     })
 }
 

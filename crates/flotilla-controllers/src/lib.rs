@@ -30,7 +30,7 @@ use flotilla_client::{Cache, Change, Informer, ObjectKey, Recorder, WorkQueue, c
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::task::JoinHandle;
 
@@ -82,6 +82,7 @@ pub(crate) struct Context {
     pub(crate) events: Recorder,
     pub(crate) pods: Cache<Pod>,
     pub(crate) replicasets: Cache<ReplicaSet>,
+    pub(crate) replicationcontrollers: Cache<ReplicationController>,
     pub(crate) deployments: Cache<Deployment>,
     pub(crate) namespaces: Cache<Namespace>,
     pub(crate) serviceaccounts: Cache<ServiceAccount>,
@@ -106,6 +107,7 @@ impl std::fmt::Debug for Context {
 pub(crate) struct Informers {
     pub(crate) pods: Informer<Pod>,
     pub(crate) replicasets: Informer<ReplicaSet>,
+    pub(crate) replicationcontrollers: Informer<ReplicationController>,
     pub(crate) deployments: Informer<Deployment>,
     pub(crate) namespaces: Informer<Namespace>,
     pub(crate) serviceaccounts: Informer<ServiceAccount>,
@@ -169,6 +171,7 @@ impl Controllers {
         let mut informers = Informers {
             pods: Informer::all(client.clone()),
             replicasets: Informer::all(client.clone()),
+            replicationcontrollers: Informer::all(client.clone()),
             deployments: Informer::all(client.clone()),
             namespaces: Informer::all(client.clone()),
             serviceaccounts: Informer::all(client.clone()),
@@ -188,6 +191,7 @@ impl Controllers {
             client,
             pods: informers.pods.cache(),
             replicasets: informers.replicasets.cache(),
+            replicationcontrollers: informers.replicationcontrollers.cache(),
             deployments: informers.deployments.cache(),
             namespaces: informers.namespaces.cache(),
             serviceaccounts: informers.serviceaccounts.cache(),
@@ -202,7 +206,8 @@ impl Controllers {
             leases: informers.leases.cache(),
         };
         let mut tasks = Vec::new();
-        tasks.extend(replicaset::start(&context, &mut informers));
+        tasks.extend(replicaset::start::<ReplicaSet>(&context, &mut informers));
+        tasks.extend(replicaset::start::<ReplicationController>(&context, &mut informers));
         tasks.extend(deployment::start(&context, &mut informers));
         tasks.extend(gc::start(&context, &mut informers));
         tasks.extend(serviceaccount::start(&context, &mut informers));
@@ -216,6 +221,7 @@ impl Controllers {
         let Informers {
             pods,
             replicasets,
+            replicationcontrollers,
             deployments,
             namespaces,
             serviceaccounts,
@@ -231,6 +237,7 @@ impl Controllers {
         } = informers;
         tasks.push(tokio::spawn(pods.run()));
         tasks.push(tokio::spawn(replicasets.run()));
+        tasks.push(tokio::spawn(replicationcontrollers.run()));
         tasks.push(tokio::spawn(deployments.run()));
         tasks.push(tokio::spawn(namespaces.run()));
         tasks.push(tokio::spawn(serviceaccounts.run()));

@@ -2,16 +2,26 @@
 //! ReplicaSet — adopting orphans that match, releasing pods that stopped matching, creating
 //! the missing in growing batches and deleting the surplus in upstream's order — and writes the
 //! status `kubectl get rs` and the Deployment controller read.
+//!
+//! The same loop keeps ReplicationControllers, as upstream's ReplicationManager is its
+//! ReplicaSet controller behind a conversion: [`Replicated`] is what it reads of either.
 
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::selector::LabelSelector;
-use flotilla_client::{Change, ObjectKey, WorkQueue, controller_of, resource_version};
+use flotilla_client::{Cache, Change, Informer, ObjectKey, WorkQueue, controller_of, resource_version};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -22,51 +32,123 @@ use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_
 const BURST: usize = 500;
 const WORKERS: usize = 4;
 
-pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
+/// What the loop reads of a ReplicaSet or a ReplicationController.
+pub(crate) trait Replicated:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name, in logs and metrics.
+    const CONTROLLER: &'static str;
+    fn cache(context: &Context) -> &Cache<Self>;
+    fn informer(informers: &mut Informers) -> &mut Informer<Self>;
+    fn selector(&self) -> Result<LabelSelector, Error>;
+    fn replicas(&self) -> i32;
+    fn min_ready_seconds(&self) -> i32;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+}
+
+/// The accessors of the fields both kinds' specs have, under the same names.
+macro_rules! same_spec_fields {
+    () => {
+        fn replicas(&self) -> i32 {
+            self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+        }
+
+        fn min_ready_seconds(&self) -> i32 {
+            self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+        }
+
+        fn template(&self) -> Option<&PodTemplateSpec> {
+            self.spec.as_ref().and_then(|s| s.template.as_ref())
+        }
+    };
+}
+
+impl Replicated for ReplicaSet {
+    const CONTROLLER: &'static str = "replicaset";
+
+    fn cache(context: &Context) -> &Cache<Self> {
+        &context.replicasets
+    }
+
+    fn informer(informers: &mut Informers) -> &mut Informer<Self> {
+        &mut informers.replicasets
+    }
+
+    fn selector(&self) -> Result<LabelSelector, Error> {
+        let spec = self.spec.as_ref().ok_or_else(|| Error::Invalid("no spec".into()))?;
+        LabelSelector::from_api(&spec.selector).map_err(|e| Error::Invalid(e.message))
+    }
+
+    same_spec_fields!();
+}
+
+impl Replicated for ReplicationController {
+    const CONTROLLER: &'static str = "replicationcontroller";
+
+    fn cache(context: &Context) -> &Cache<Self> {
+        &context.replicationcontrollers
+    }
+
+    fn informer(informers: &mut Informers) -> &mut Informer<Self> {
+        &mut informers.replicationcontrollers
+    }
+
+    fn selector(&self) -> Result<LabelSelector, Error> {
+        let labels: Option<BTreeMap<String, String>> = self.spec.as_ref().and_then(|s| s.selector.clone());
+        let selector = metav1::LabelSelector { match_labels: labels, ..Default::default() };
+        LabelSelector::from_api(&selector).map_err(|e| Error::Invalid(e.message))
+    }
+
+    same_spec_fields!();
+}
+
+pub(crate) fn start<K: Replicated>(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
     let queue = WorkQueue::new();
     let q = queue.clone();
-    informers.replicasets.on_change(move |change| {
-        let (Change::Applied { new: rs, .. } | Change::Deleted(rs)) = change;
-        q.add(ObjectKey::of(&**rs));
+    K::informer(informers).on_change(move |change| {
+        let (Change::Applied { new: owner, .. } | Change::Deleted(owner)) = change;
+        q.add(ObjectKey::of(&**owner));
     });
-    let (q, replicasets) = (queue.clone(), context.replicasets.clone());
+    let (q, owners) = (queue.clone(), K::cache(context).clone());
     informers.pods.on_change(move |change| {
         let (old, pod) = match change {
             Change::Applied { old, new } => (old, new),
             Change::Deleted(pod) => (None, pod),
         };
         for pod in old.into_iter().chain([pod]) {
-            enqueue_owner(&q, &replicasets, pod);
+            enqueue_owner(&q, &owners, pod);
         }
     });
-    let reconciler = Arc::new(ReplicaSetController { context: context.clone() });
-    let (pods, replicasets) = (context.pods.clone(), context.replicasets.clone());
+    let reconciler = Arc::new(ReplicaSetController::<K> { context: context.clone(), kind: PhantomData });
+    let (pods, owners) = (context.pods.clone(), K::cache(context).clone());
     spawn_workers(reconciler, queue, WORKERS, async move {
         pods.synced().await;
-        replicasets.synced().await;
+        owners.synced().await;
     })
 }
 
-/// Queues the ReplicaSet that owns `pod`, or those an orphan matches (they may adopt it).
-fn enqueue_owner(queue: &WorkQueue<ObjectKey>, replicasets: &flotilla_client::Cache<ReplicaSet>, pod: &Pod) {
+/// Queues the owner of `pod` if it is of kind `K`, or those an orphan matches (they may adopt it).
+fn enqueue_owner<K: Replicated>(queue: &WorkQueue<ObjectKey>, owners: &Cache<K>, pod: &Pod) {
     let namespace = pod.metadata.namespace.as_deref();
     match controller_of(pod) {
-        Some(owner) if owner.kind == "ReplicaSet" => queue.add(ObjectKey::new(namespace, &owner.name)),
+        Some(owner) if owner.kind == K::kind(&()) => queue.add(ObjectKey::new(namespace, &owner.name)),
         Some(_) => {}
         None => {
             let labels = pod.labels();
-            for rs in replicasets.in_namespace(namespace.unwrap_or_default()) {
-                if selector(&rs).is_ok_and(|s| !s.is_empty() && s.matches(labels)) {
-                    queue.add(ObjectKey::of(&*rs));
+            for candidate in owners.in_namespace(namespace.unwrap_or_default()) {
+                if candidate.selector().is_ok_and(|s| !s.is_empty() && s.matches(labels)) {
+                    queue.add(ObjectKey::of(&*candidate));
                 }
             }
         }
     }
-}
-
-fn selector(rs: &ReplicaSet) -> Result<LabelSelector, Error> {
-    let spec = rs.spec.as_ref().ok_or_else(|| Error::Invalid("no spec".into()))?;
-    LabelSelector::from_api(&spec.selector).map_err(|e| Error::Invalid(e.message))
 }
 
 /// What to change so that `replicas` active pods remain: how many to create, which to delete.
@@ -85,19 +167,20 @@ pub(crate) fn plan(replicas: usize, mut active: Vec<Arc<Pod>>) -> Plan {
     Plan { create: 0, delete: active }
 }
 
-struct ReplicaSetController {
+struct ReplicaSetController<K> {
     context: Context,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl Reconciler for ReplicaSetController {
-    const NAME: &'static str = "replicaset";
+impl<K: Replicated> Reconciler for ReplicaSetController<K> {
+    const NAME: &'static str = K::CONTROLLER;
     type Key = ObjectKey;
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Next, Error> {
-        let Some(rs) = self.context.replicasets.get(key) else { return Ok(Next::Done) };
+        let Some(rs) = K::cache(&self.context).get(key) else { return Ok(Next::Done) };
         let namespace = key.namespace.as_deref().unwrap_or("default");
         let uid = rs.uid().unwrap_or_default();
-        let selector = selector(&rs)?;
+        let selector = rs.selector()?;
         let deleting = rs.meta().deletion_timestamp.is_some();
         let api: Api<Pod> = Api::namespaced(self.context.client.clone(), namespace);
         let mut written = 0;
@@ -124,10 +207,10 @@ impl Reconciler for ReplicaSetController {
         }
 
         if !deleting {
-            let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+            let replicas = rs.replicas().max(0) as usize;
             let active = owned.iter().filter(|p| is_active(p)).cloned().collect();
             let plan = plan(replicas, active);
-            if let Some(template) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) {
+            if let Some(template) = rs.template() {
                 let pod =
                     from_template(template, namespace, &format!("{}-", rs.name_any()), controller_reference(&*rs));
                 written = written.max(self.context.create_pods(&*rs, &api, vec![pod; plan.create]).await?);
@@ -161,11 +244,10 @@ async fn set_owners(
     }
 }
 
-impl ReplicaSetController {
-    async fn write_status(&self, rs: &ReplicaSet, owned: &[Arc<Pod>]) -> Result<Next, Error> {
-        let spec = rs.spec.clone().unwrap_or_default();
-        let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
-        let template_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+impl<K: Replicated> ReplicaSetController<K> {
+    async fn write_status(&self, rs: &K, owned: &[Arc<Pod>]) -> Result<Next, Error> {
+        let min_ready = Duration::from_secs(rs.min_ready_seconds().max(0) as u64);
+        let template_labels = rs.template().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
         let now = jiff::Timestamp::now();
         let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
         let mut next = Next::Done;
@@ -188,7 +270,7 @@ impl ReplicaSetController {
             "availableReplicas": available,
             "observedGeneration": rs.meta().generation,
         });
-        self.context.write_status(rs, &self.context.replicasets, status).await?;
+        self.context.write_status(rs, K::cache(&self.context), status).await?;
         Ok(next)
     }
 }

@@ -1,6 +1,6 @@
 """The official Python client (`kubernetes`), used as its users use it every day and as its own
-e2e suite uses it: discovery, config maps, services, pods (logs, exec), deployments and their
-scale subresource, jobs, nodes, `utils.create_from_yaml`, conflicts, watches, an informer,
+e2e suite uses it: discovery, config maps, services, pods (logs, exec), deployments and
+replication controllers with their scale subresource, jobs, nodes, `utils.create_from_yaml`, conflicts, watches, an informer,
 server-side apply through the dynamic client, and quantities."""
 
 import json
@@ -144,6 +144,34 @@ def test_deployments_scale_through_the_subresource(api):
     assert apps.read_namespaced_deployment_scale("web", NS).spec.replicas == 2
     eventually(lambda: apps.read_namespaced_deployment_status("web", NS).status.ready_replicas == 2)
     apps.delete_namespaced_deployment("web", NS, propagation_policy="Background")
+
+
+def test_replication_controllers_scale_and_cascade(api):
+    # As the client's own e2e suite (test_replication_controller_apis) drives them.
+    core = client.CoreV1Api(api)
+    name = "frontend"
+    rc = {
+        "apiVersion": "v1",
+        "kind": "ReplicationController",
+        "metadata": {"labels": {"name": name}, "name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"name": name},
+            "template": {
+                "metadata": {"labels": {"name": name}},
+                "spec": {"containers": [{"image": IMAGE_RUN, "name": "app", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]},
+            },
+        },
+    }
+    created = core.create_namespaced_replication_controller(body=rc, namespace=NS)
+    assert (created.metadata.name, created.spec.replicas, created.status.replicas) == (name, 2, 0)
+    assert core.read_namespaced_replication_controller(name=name, namespace=NS).spec.replicas == 2
+    eventually(lambda: core.read_namespaced_replication_controller_status(name, NS).status.ready_replicas == 2)
+    scale = core.patch_namespaced_replication_controller_scale(name, NS, {"spec": {"replicas": 1}})
+    assert (scale.spec.replicas, scale.status.selector) == (1, f"name={name}")
+    eventually(lambda: len(core.list_namespaced_pod(NS, label_selector=f"name={name}").items) == 1)
+    core.delete_namespaced_replication_controller(name=name, namespace=NS, propagation_policy="Background")
+    eventually(lambda: core.list_namespaced_pod(NS, label_selector=f"name={name}").items == [])
 
 
 def test_jobs_complete(api):

@@ -1,5 +1,6 @@
 //! apps/v1 workloads: Deployments, ReplicaSets, DaemonSets and StatefulSets, and the
-//! ControllerRevisions that record a DaemonSet's or StatefulSet's past templates.
+//! ControllerRevisions that record a DaemonSet's or StatefulSet's past templates; and the
+//! ReplicaSet's core/v1 forerunner, the ReplicationController, whose selector is a plain map.
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{
@@ -7,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
@@ -126,29 +127,81 @@ impl Kind for ReplicaSet {
     }
 
     fn columns() -> Vec<Column> {
-        let mut columns = vec![
-            Column::name(),
-            Column::integer("Desired", "Replicas is the number of desired pods."),
-            Column::integer("Current", "Replicas is the most recently observed number of replicas."),
-            Column::integer("Ready", "The number of ready replicas for this replica set."),
-            Column::age(),
-        ];
-        columns.extend(template_columns());
-        columns
+        replica_columns(
+            "Replicas is the number of desired pods.",
+            "Replicas is the most recently observed number of replicas.",
+            "The number of ready replicas for this replica set.",
+        )
     }
 
     fn cells(&self, now: Timestamp) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
-        let mut cells = vec![
-            table::name(&self.metadata),
-            Value::from(spec.replicas.unwrap_or(0)),
-            Value::from(status.replicas),
-            Value::from(status.ready_replicas.unwrap_or(0)),
-            table::age(&self.metadata, now),
-        ];
-        cells.extend(template_cells(&spec.template.unwrap_or_default(), Some(&spec.selector)));
-        cells
+        let counts = [spec.replicas.unwrap_or(0), status.replicas, status.ready_replicas.unwrap_or(0)];
+        replica_cells(&self.metadata, counts, &spec.template.unwrap_or_default(), &spec.selector, now)
+    }
+}
+
+impl Kind for ReplicationController {
+    fn set_defaults(&mut self) {
+        always_written(&mut self.status);
+        let spec = self.spec.get_or_insert_with(Default::default);
+        // A selector and labels left out are the template's labels (upstream's defaults).
+        let labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+        if let Some(labels) = labels {
+            if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
+                spec.selector = Some(labels.clone());
+            }
+            if self.metadata.labels.as_ref().is_none_or(|l| l.is_empty()) {
+                self.metadata.labels = Some(labels);
+            }
+        }
+        spec.replicas.get_or_insert(1);
+        if let Some(template) = spec.template.as_mut() {
+            default_template(template);
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let Some(spec) = &self.spec else { return errors.push(FieldError::required("spec", "")) };
+        non_negative(spec.min_ready_seconds, "spec.minReadySeconds", errors);
+        let selector = spec.selector.clone().unwrap_or_default();
+        if selector.is_empty() {
+            errors.push(FieldError::required("spec.selector", ""));
+        }
+        non_negative(spec.replicas, "spec.replicas", errors);
+        let Some(template) = &spec.template else { return errors.push(FieldError::required("spec.template", "")) };
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            errors.push(FieldError::invalid(
+                "spec.template.metadata.labels",
+                go_map(&labels),
+                "selector does not match labels in spec.template",
+            ));
+        }
+        validate_template(template, "spec.template", ALWAYS, errors);
+        if template.spec.as_ref().is_some_and(|s| s.active_deadline_seconds.is_some()) {
+            errors.push(FieldError::forbidden(
+                "spec.template.spec.activeDeadlineSeconds",
+                "activeDeadlineSeconds in ReplicationController is not Supported",
+            ));
+        }
+    }
+
+    fn columns() -> Vec<Column> {
+        replica_columns(
+            "Replicas is the number of desired replicas. This is a pointer to distinguish between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicationcontroller#what-is-a-replicationcontroller",
+            "Replicas is the most recently observed number of replicas. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicationcontroller#what-is-a-replicationcontroller",
+            "The number of ready replicas for this replication controller.",
+        )
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        let counts = [spec.replicas.unwrap_or(0), status.replicas, status.ready_replicas.unwrap_or(0)];
+        let selector = LabelSelector { match_labels: spec.selector, ..Default::default() };
+        replica_cells(&self.metadata, counts, &spec.template.unwrap_or_default(), &selector, now)
     }
 }
 
@@ -366,13 +419,9 @@ pub(crate) fn selector_and_template(
         Some(s) => match selector::LabelSelector::from_api(s) {
             Err(e) => errors.push(FieldError::invalid("spec.selector", "", e.message)),
             Ok(parsed) if !parsed.matches(&labels) => {
-                let shown = format!(
-                    "map[string]string{{{}}}",
-                    labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect::<Vec<_>>().join(", ")
-                );
                 errors.push(FieldError::invalid(
                     "spec.template.metadata.labels",
-                    shown,
+                    go_map(&labels),
                     "`selector` does not match template `labels`",
                 ));
             }
@@ -380,6 +429,38 @@ pub(crate) fn selector_and_template(
         },
     }
     validate_template(template, "spec.template", restart_policies, errors);
+}
+
+/// Labels as Go's `%#v` shows a `map[string]string`, as upstream's field errors do.
+fn go_map(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+    format!("map[string]string{{{}}}", pairs.join(", "))
+}
+
+/// A ReplicaSet's or a ReplicationController's columns, described as each describes its fields.
+fn replica_columns(desired: &'static str, current: &'static str, ready: &'static str) -> Vec<Column> {
+    let mut columns = vec![
+        Column::name(),
+        Column::integer("Desired", desired),
+        Column::integer("Current", current),
+        Column::integer("Ready", ready),
+        Column::age(),
+    ];
+    columns.extend(template_columns());
+    columns
+}
+
+/// Their cells: the desired, current and ready counts, then the template's.
+fn replica_cells(
+    meta: &ObjectMeta,
+    [desired, current, ready]: [i32; 3],
+    template: &PodTemplateSpec,
+    selector: &LabelSelector,
+    now: Timestamp,
+) -> Vec<Value> {
+    let mut cells = vec![table::name(meta), desired.into(), current.into(), ready.into(), table::age(meta, now)];
+    cells.extend(template_cells(template, Some(selector)));
+    cells
 }
 
 /// The `-o wide` columns every workload shares.

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde_json::Value;
 
-use super::Kind;
+use super::{Kind, always_written};
 use crate::error::FieldError;
 use crate::table::{self, Column};
 use crate::validation::{self, Check};
@@ -47,9 +47,13 @@ impl Kind for Namespace {
 
 impl Kind for Node {
     fn set_defaults(&mut self) {
-        if let Some(status) = self.status.as_mut()
-            && status.allocatable.is_none()
-        {
+        // What Go writes of a Node with nothing set: its struct fields, empty (the Python
+        // client's models refuse a `nodeInfo` without its ten strings).
+        always_written(&mut self.spec);
+        let status = self.status.get_or_insert_with(Default::default);
+        always_written(&mut status.node_info);
+        always_written(&mut status.daemon_endpoints.get_or_insert_with(Default::default).kubelet_endpoint);
+        if status.allocatable.is_none() {
             status.allocatable = status.capacity.clone();
         }
     }

@@ -19,7 +19,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, ReplicationController, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -303,6 +305,7 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Namespace, "namespaces", "namespace", namespaced: false, short: &["ns"], categories: &[], sub: &[Status, Finalize], generation: false, fields: &["status.phase"]),
     resource!(Node, "nodes", "node", namespaced: false, short: &["no"], categories: &[], sub: &[Status], generation: false, fields: &["spec.unschedulable"]),
     resource!(Pod, "pods", "pod", namespaced: true, short: &["po"], categories: ALL, sub: &[Attach, Binding, Eviction, Exec, Log, PortForward, Status], generation: false, fields: POD_FIELDS),
+    resource!(ReplicationController, "replicationcontrollers", "replicationcontroller", namespaced: true, short: &["rc"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &["status.replicas"]),
     resource!(Secret, "secrets", "secret", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &["type"]),
     resource!(ServiceAccount, "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(Service, "services", "service", namespaced: true, short: &["svc"], categories: ALL, sub: &[Status], generation: false, fields: &[]),
@@ -378,6 +381,36 @@ mod tests {
         let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
         let err = pods.ops.admit(svc, None, FieldValidation::Strict, &[]).unwrap_err();
         assert!(err.message.starts_with("Pod in version \"v1\" cannot be handled as a Pod"), "{}", err.message);
+    }
+
+    #[test]
+    fn fields_go_always_writes_are_written_when_empty() {
+        let admitted = |plural: &str, kind: &str, body: serde_json::Value| {
+            let def = RESOURCES.iter().find(|r| r.plural == plural).unwrap();
+            let mut object =
+                serde_json::json!({"apiVersion": def.api_version(), "kind": kind, "metadata": {"name": "x"}});
+            object.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            def.ops.admit(object, None, FieldValidation::Strict, &[]).unwrap().object
+        };
+        let node = admitted("nodes", "Node", serde_json::json!({}));
+        assert_eq!(node["spec"], serde_json::json!({}));
+        assert_eq!(node["status"]["daemonEndpoints"], serde_json::json!({"kubeletEndpoint": {"Port": 0}}));
+        let info = node["status"]["nodeInfo"].as_object().unwrap();
+        assert_eq!(info.len(), 10, "{info:?}");
+        assert!(info.values().all(|v| v == ""), "{info:?}");
+        let service = admitted("services", "Service", serde_json::json!({"spec": {"ports": [{"port": 80}]}}));
+        assert_eq!(service["status"], serde_json::json!({"loadBalancer": {}}));
+        let template = serde_json::json!({"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let rc = admitted(
+            "replicationcontrollers",
+            "ReplicationController",
+            serde_json::json!({"spec": {"template": template}}),
+        );
+        assert_eq!(rc["status"], serde_json::json!({"replicas": 0}));
+        assert_eq!(
+            (&rc["spec"]["selector"], &rc["metadata"]["labels"]),
+            (&template["metadata"]["labels"], &template["metadata"]["labels"])
+        );
     }
 
     #[test]
