@@ -46,6 +46,14 @@ async fn kube_rs_applies_lists_and_watches() -> Result<()> {
     let changed = next_applied(&mut events).await?;
     ensure!(changed.data == Some(data("safe")), "the watcher saw {:?}", changed.data);
 
+    // So does one that starts from a streaming list (a watch with `sendInitialEvents`), which
+    // needs the bookmark that ends the initial events to report `InitDone`.
+    let mut streamed = watcher(config_maps.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let initial = next_applied(&mut streamed).await?;
+    ensure!(initial.data == Some(data("safe")), "the streaming list's initial state: {:?}", initial.data);
+    let done = tokio::time::timeout(Duration::from_secs(10), streamed.try_next()).await;
+    ensure!(matches!(done, Ok(Ok(Some(watcher::Event::InitDone)))), "after the initial state came {done:?}");
+
     // Another manager that sets the same field conflicts, unless it forces.
     let intruder = PatchParams::apply("intruder");
     match config_maps.patch("settings", &intruder, &Patch::Apply(desired("slow"))).await {

@@ -11,6 +11,16 @@ pub fn boolean(value: &str) -> bool {
     !(value == "0" || value.eq_ignore_ascii_case("false"))
 }
 
+/// Go's `strconv.ParseBool`: only its twelve spellings, for the one parameter read with it
+/// rather than with [`boolean`] (`pretty`, whose unparsable value upstream takes as false).
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// An integer parameter, refused as upstream refuses it: a 400 carrying Go's
 /// `strconv.ParseInt` error.
 pub fn integer(value: &str) -> Result<i64, ApiError> {
@@ -25,7 +35,7 @@ pub fn integer(value: &str) -> Result<i64, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{boolean, integer};
+    use super::{boolean, integer, parse_bool};
 
     #[test]
     fn booleans_are_false_only_when_they_say_so() {
@@ -35,6 +45,14 @@ mod tests {
         for no in ["false", "False", "FALSE", "fAlSe", "0"] {
             assert!(!boolean(no), "{no:?}");
         }
+    }
+
+    #[test]
+    fn go_parses_twelve_spellings_of_a_boolean() {
+        assert_eq!(parse_bool("T"), Some(true));
+        assert_eq!(parse_bool("False"), Some(false));
+        assert_eq!(parse_bool("yes"), None);
+        assert_eq!(parse_bool("fAlse"), None);
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn selectors(def: &ResourceDef, query: &Query) -> Result<(LabelSelector, FieldSe
 
 fn list_options(req: &Request<'_>) -> Result<ListOptions> {
     let (labels, fields) = selectors(req.target.resource, &req.query)?;
-    let exact = resource_version_match(&req.query)?;
+    let versions = Versions::of(&req.query, false)?;
     let limit = req.query.number("limit")?.filter(|l| *l > 0).map(|l| l as u64);
     Ok(ListOptions {
         labels,
@@ -157,36 +157,88 @@ fn list_options(req: &Request<'_>) -> Result<ListOptions> {
         limit,
         continue_token: req.query.get("continue").map(str::to_string),
         resource_version: req.query.get("resourceVersion").map(str::to_string),
-        exact,
+        exact: versions.exact,
     })
 }
 
-/// Whether a list asks for exactly its `resourceVersion`, refused as upstream's
-/// `ValidateListOptions` refuses what makes no sense.
-fn resource_version_match(query: &Query) -> Result<bool> {
-    let Some(wanted) = query.get("resourceVersionMatch").filter(|m| !m.is_empty()) else { return Ok(false) };
-    let rv = query.get("resourceVersion").unwrap_or_default();
-    let field = "resourceVersionMatch";
-    let mut causes = Vec::new();
-    if rv.is_empty() {
-        causes
-            .push(FieldError::forbidden(field, "resourceVersionMatch is forbidden unless resourceVersion is provided"));
+/// What a list or a watch asks of the store's versions, beyond `resourceVersion` itself.
+#[derive(Debug, Default, PartialEq)]
+struct Versions {
+    /// `resourceVersionMatch=Exact`: a list read at exactly that version, not the latest.
+    exact: bool,
+    /// A watch's `sendInitialEvents`: `Some(true)` is a streaming list (the current state as
+    /// ADDED events, then a bookmark marking their end), `Some(false)` only the changes.
+    initial_events: Option<bool>,
+}
+
+impl Versions {
+    /// Reads them, refusing what makes no sense as upstream's `ValidateListOptions` does
+    /// (its WatchList gate on, as it is by default since 1.34).
+    fn of(query: &Query, watch: bool) -> Result<Versions> {
+        let matching = query.get("resourceVersionMatch");
+        let rv = query.get("resourceVersion").unwrap_or_default();
+        let continues = query.get("continue").is_some();
+        let initial_events = query.has("sendInitialEvents").then(|| query.flag("sendInitialEvents"));
+        let field = "resourceVersionMatch";
+        let mut causes = Vec::new();
+        if watch {
+            if initial_events.is_some() && matching != Some("NotOlderThan") {
+                causes.push(FieldError::forbidden(
+                    field,
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if let Some(wanted) = matching {
+                if initial_events.is_none() {
+                    causes.push(FieldError::forbidden(
+                        field,
+                        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                    ));
+                }
+                if wanted != "NotOlderThan" {
+                    causes.push(FieldError::not_supported(field, wanted, &["NotOlderThan"]));
+                }
+                if continues {
+                    causes.push(FieldError::forbidden(
+                        field,
+                        "resourceVersionMatch is forbidden when continue is provided",
+                    ));
+                }
+            }
+        } else {
+            if let Some(wanted) = matching {
+                if rv.is_empty() {
+                    causes.push(FieldError::forbidden(
+                        field,
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
+                }
+                if continues {
+                    causes.push(FieldError::forbidden(
+                        field,
+                        "resourceVersionMatch is forbidden when continue is provided",
+                    ));
+                }
+                match wanted {
+                    "Exact" | "NotOlderThan" => {}
+                    other => causes.push(FieldError::not_supported(field, other, &["Exact", "NotOlderThan", ""])),
+                }
+                if wanted == "Exact" && rv == "0" {
+                    causes.push(FieldError::forbidden(
+                        field,
+                        "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                    ));
+                }
+            }
+            if initial_events.is_some() {
+                causes.push(FieldError::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes).into());
+        }
+        Ok(Versions { exact: matching == Some("Exact"), initial_events })
     }
-    if query.get("continue").is_some_and(|c| !c.is_empty()) {
-        causes.push(FieldError::forbidden(field, "resourceVersionMatch is forbidden when continue is provided"));
-    }
-    match wanted {
-        "Exact" if rv == "0" => causes.push(FieldError::forbidden(
-            field,
-            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
-        )),
-        "Exact" | "NotOlderThan" => {}
-        other => causes.push(FieldError::not_supported(field, other, &["Exact", "NotOlderThan", ""])),
-    }
-    if !causes.is_empty() {
-        return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes).into());
-    }
-    Ok(wanted == "Exact")
 }
 
 async fn list(req: &Request<'_>) -> Result<Response> {
@@ -243,6 +295,7 @@ fn list_meta(meta: &ListMeta) -> Value {
 
 fn start_watch(req: &Request<'_>) -> Result<Response> {
     let (labels, fields) = selectors(req.target.resource, &req.query)?;
+    let versions = Versions::of(&req.query, true)?;
     let timeout = match req.query.number("timeoutSeconds")? {
         Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
         // Upstream's default: between the minimum request timeout (30 min) and twice that.
@@ -253,6 +306,7 @@ fn start_watch(req: &Request<'_>) -> Result<Response> {
         fields,
         resource_version: req.query.get("resourceVersion").map(str::to_string),
         bookmarks: req.query.flag("allowWatchBookmarks"),
+        initial_events: versions.initial_events,
         timeout,
         representation: representation(header(&req.headers, header::ACCEPT))?,
         include: IncludeObject::parse(req.query.get("includeObject"))?,
@@ -421,31 +475,40 @@ fn apply_patch(patch_type: PatchType, mut object: Value, patch: &Value, definiti
     Ok(object)
 }
 
+/// A delete's options: from its body when it has one, else from the query string, as upstream
+/// reads them (a body makes it ignore the query). One deviation: `?dryRun=All` counts even
+/// beside a body, because a client that sends both (the Python client's `dry_run=` with a
+/// `body=`) means a dry run, and upstream deleting for real is a trap, not a contract.
 fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
-    let body: Value = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
-    let mut options = DeleteOptions {
-        grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
-        propagation_policy: body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
-        orphan_dependents: body.get("orphanDependents").and_then(Value::as_bool),
-        precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        precondition_resource_version: body
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        dry_run: body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"))
-            || req.query.dry_run()?,
+    let query_dry_run = req.query.dry_run()?;
+    if req.body.is_empty() {
+        return Ok(DeleteOptions {
+            grace_period_seconds: req.query.number("gracePeriodSeconds")?,
+            propagation_policy: req.query.get("propagationPolicy").map(str::to_string),
+            orphan_dependents: req.query.has("orphanDependents").then(|| req.query.flag("orphanDependents")),
+            precondition_uid: None,
+            precondition_resource_version: None,
+            dry_run: query_dry_run,
+            node: req.node.clone(),
+        });
+    }
+    let body: metav1::DeleteOptions = parse_json(&req.body)
+        .and_then(|value| serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()).into()))?;
+    let dry_run = body.dry_run.unwrap_or_default();
+    if let Some(other) = dry_run.iter().find(|v| *v != "All") {
+        let why = format!("unsupported dryRun value {other:?}, only \"All\" is supported");
+        return Err(ApiError::bad_request(why).into());
+    }
+    let preconditions = body.preconditions.unwrap_or_default();
+    Ok(DeleteOptions {
+        grace_period_seconds: body.grace_period_seconds,
+        propagation_policy: body.propagation_policy,
+        orphan_dependents: body.orphan_dependents,
+        precondition_uid: preconditions.uid,
+        precondition_resource_version: preconditions.resource_version,
+        dry_run: !dry_run.is_empty() || query_dry_run,
         node: req.node.clone(),
-    };
-    if let Some(grace) = req.query.number("gracePeriodSeconds")? {
-        options.grace_period_seconds = Some(grace);
-    }
-    if let Some(policy) = req.query.get("propagationPolicy") {
-        options.propagation_policy = Some(policy.to_string());
-    }
-    if req.query.has("orphanDependents") {
-        options.orphan_dependents = Some(req.query.flag("orphanDependents"));
-    }
-    Ok(options)
+    })
 }
 
 async fn delete(req: &Request<'_>, name: &str) -> Result<Response> {

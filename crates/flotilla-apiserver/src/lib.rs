@@ -31,7 +31,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use flotilla_api::resource::{self, ResourceDef};
+use flotilla_api::resource::{self, ResourceDef, Subresource};
 use flotilla_api::selector::FieldSelector;
 use flotilla_api::{ApiError, Reason};
 use flotilla_auth::pki::{Authority, Issued};
@@ -244,14 +244,39 @@ async fn dispatch(
         let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
         (method.clone(), agent.to_string())
     });
-    let response = match route(&server, &user, method, &uri, headers, body).await {
+    let pretty = request::pretty(&uri, &headers);
+    let mut response = match route(&server, &user, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    if pretty {
+        response = indented(response).await;
+    }
     if let Some((verb, agent)) = logged {
         tracing::debug!(%verb, %uri, status = response.status().as_u16(), elapsed = ?started.elapsed(), %agent, "request");
     }
     response
+}
+
+/// A JSON body re-encoded indented, as Go's `MarshalIndent` writes it (two spaces, no trailing
+/// newline). Streams (watches) and other media types pass unchanged, as upstream's do.
+async fn indented(response: Response) -> Response {
+    use axum::body::HttpBody as _;
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "application/json");
+    if !json || response.body().size_hint().exact().is_none() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(compact) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Error(ApiError::internal("the response body could not be read")).into_response();
+    };
+    let mut pretty = Vec::with_capacity(compact.len() * 2);
+    let mut from = serde_json::Deserializer::from_slice(&compact);
+    if serde_transcode::transcode(&mut from, &mut serde_json::Serializer::pretty(&mut pretty)).is_err() {
+        return Response::from_parts(parts, Body::from(compact));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(pretty))
 }
 
 async fn route(
@@ -347,8 +372,22 @@ async fn authorize(
         authz::Request::Path(_) => authz::verb(method, true, false),
         _ => authz::verb(method, named, query.flag("watch")),
     };
-    let attributes = authz::Attributes { user, verb, target };
+    // A stream into a pod opened with a WebSocket GET must also be allowed to `create` it, as
+    // a POST is (upstream's `AuthorizePodWebsocketUpgradeCreatePermission`, on since 1.35):
+    // reading a pod is no licence to run commands in it.
+    let streams = matches!(
+        target,
+        authz::Request::Resource {
+            subresource: Some(Subresource::Exec | Subresource::Attach | Subresource::PortForward),
+            ..
+        }
+    );
+    let mut attributes = authz::Attributes { user, verb, target };
     server.inner.authorizer.authorize(&attributes).await?;
+    if streams && verb == "get" {
+        attributes.verb = "create";
+        server.inner.authorizer.authorize(&attributes).await?;
+    }
     route.transpose()
 }
 

@@ -715,28 +715,22 @@ enum Propagation {
 }
 
 fn propagation(def: &ResourceDef, options: &DeleteOptions) -> Result<Propagation> {
+    // Refused as upstream's `ValidateDeleteOptions` refuses them.
+    let invalid = |cause| Err(ApiError::invalid("meta.k8s.io", "DeleteOptions", "", vec![cause]).into());
     match (options.propagation_policy.as_deref(), options.orphan_dependents) {
-        (Some(_), Some(_)) => Err(ApiError::invalid(
-            def.group,
-            def.kind,
-            "",
-            vec![FieldError::invalid(
-                "propagationPolicy",
-                "",
-                "orphanDependents and deletionPropagation cannot be both set",
-            )],
-        )
-        .into()),
+        (Some(policy), Some(_)) => invalid(FieldError::invalid(
+            "propagationPolicy",
+            policy,
+            "orphanDependents and deletionPropagation cannot be both set",
+        )),
         (Some("Orphan"), None) | (None, Some(true)) => Ok(Propagation::Orphan),
         (Some("Background"), None) | (None, Some(false)) => Ok(Propagation::Background),
         (Some("Foreground"), None) => Ok(Propagation::Foreground),
-        (Some(other), None) => Err(ApiError::invalid(
-            def.group,
-            def.kind,
-            "",
-            vec![FieldError::not_supported("propagationPolicy", other, &["Foreground", "Background", "Orphan"])],
-        )
-        .into()),
+        (Some(other), None) => invalid(FieldError::not_supported(
+            "propagationPolicy",
+            other,
+            &["Foreground", "Background", "Orphan", "nil"],
+        )),
         // batch/v1 Jobs orphan their pods unless told otherwise, for compatibility (upstream).
         (None, None) if def.group == "batch" => Ok(Propagation::Orphan),
         (None, None) => Ok(Propagation::Background),

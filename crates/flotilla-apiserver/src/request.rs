@@ -132,6 +132,17 @@ impl Query {
     }
 }
 
+/// Whether the response is indented, as upstream's `isPrettyPrint` decides: by `?pretty` when
+/// it is one of Go's booleans (any other non-empty value is false), else (absent or empty) for
+/// curl, Wget and browsers.
+pub(crate) fn pretty(uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    if let Some(value) = Query::parse(uri.query()).get("pretty") {
+        return query::parse_bool(value).unwrap_or(false);
+    }
+    let agent = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    ["curl", "Wget", "Mozilla/5.0"].iter().any(|tool| agent.starts_with(tool))
+}
+
 /// Percent-decoding, with `+` as a space (form encoding).
 fn decode(text: &str) -> String {
     fn hex(b: u8) -> Option<u8> {

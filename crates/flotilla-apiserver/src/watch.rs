@@ -1,7 +1,9 @@
 //! Watches over HTTP: newline-delimited JSON events on a chunked response.
 //!
-//! With no `resourceVersion` (or "0") the watch starts with a synthetic ADDED event per existing
-//! object; with a version it replays from just after it. Objects entering or leaving a label or
+//! With no `resourceVersion` (or "0"), or with `sendInitialEvents=true`, the watch starts with a
+//! synthetic ADDED event per existing object, then (bookmarks allowed) a bookmark annotated
+//! `k8s.io/initial-events-end`: the streaming list that client-go's and kube-rs's WatchList
+//! use instead of a list. Otherwise it replays from just after the given version. Objects entering or leaving a label or
 //! field selector are ADDED or DELETED, as upstream's watch cache reports them. A store watch that
 //! was cancelled (it fell behind) is resumed where it stopped; a compacted version ends the watch
 //! with an ERROR event carrying 410 Expired, as client-go's reflector expects.
@@ -32,10 +34,16 @@ pub(crate) struct WatchParams {
     pub(crate) fields: FieldSelector,
     pub(crate) resource_version: Option<String>,
     pub(crate) bookmarks: bool,
+    /// `sendInitialEvents`; absent, the state is sent first when no version (or "0") is given.
+    pub(crate) initial_events: Option<bool>,
     pub(crate) timeout: Duration,
     pub(crate) representation: Representation,
     pub(crate) include: IncludeObject,
 }
+
+/// The annotation on the bookmark after a watch's initial events (upstream's
+/// `metav1.InitialEventsAnnotationKey`).
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// Events buffered between the store and a slow client; past it the client is simply slow and
 /// the store watch queues (and, past its own bound, is cancelled and resumed).
@@ -80,23 +88,34 @@ impl Stream {
     }
 
     async fn events(&self) -> Result<()> {
-        let mut next = match self.params.resource_version.as_deref() {
-            None | Some("0") => {
-                let options = ListOptions {
-                    labels: self.params.labels.clone(),
-                    fields: self.params.fields.clone(),
-                    resource_version: self.params.resource_version.clone(),
-                    ..Default::default()
-                };
-                let listed = self.registry.list(self.def, self.namespace.as_deref(), &options).await?;
-                for item in &listed.items {
-                    if self.send_object("ADDED", item).await.is_err() {
-                        return Ok(());
-                    }
+        let resource_version = self.params.resource_version.as_deref();
+        let initial_events = self.params.initial_events.unwrap_or(matches!(resource_version, None | Some("0")));
+        let mut next = if initial_events {
+            // The state at the given version or newer (so at the latest), as ADDED events.
+            let options = ListOptions {
+                labels: self.params.labels.clone(),
+                fields: self.params.fields.clone(),
+                resource_version: self.params.resource_version.clone(),
+                ..Default::default()
+            };
+            let listed = self.registry.list(self.def, self.namespace.as_deref(), &options).await?;
+            for item in &listed.items {
+                if self.send_object("ADDED", item).await.is_err() {
+                    return Ok(());
                 }
-                listed.revision + 1
             }
-            Some(rv) => parse_resource_version(rv)? + 1,
+            // Upstream defaults a watch without a version to `sendInitialEvents=true`, whose
+            // state ends with this bookmark when bookmarks are allowed: a streaming list's
+            // client knows from it that it has the whole state.
+            if self.params.bookmarks && self.initial_events_end(listed.revision).await.is_err() {
+                return Ok(());
+            }
+            listed.revision + 1
+        } else {
+            match resource_version {
+                None | Some("0") => self.registry.store().revision() + 1,
+                Some(rv) => parse_resource_version(rv)? + 1,
+            }
         };
         let prefix = Registry::prefix(self.def, self.namespace.as_deref());
         let selection = Selection::new(&self.params.labels, &self.params.fields);
@@ -204,6 +223,13 @@ impl Stream {
 
     async fn bookmark(&self, revision: Revision) -> Result<(), Gone> {
         let object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": {"resourceVersion": revision.to_string()}});
+        self.send("BOOKMARK", &object).await
+    }
+
+    /// The bookmark that ends a watch's initial events, annotated as upstream's is.
+    async fn initial_events_end(&self, revision: Revision) -> Result<(), Gone> {
+        let metadata = json!({"resourceVersion": revision.to_string(), "annotations": {INITIAL_EVENTS_END: "true"}});
+        let object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": metadata});
         self.send("BOOKMARK", &object).await
     }
 

@@ -191,7 +191,7 @@ fn add_paths(def: &ResourceDef, paths: &mut Map<String, Value>) {
             .iter()
             .map(|p| query(p, "string", ""))
             .chain(["limit", "timeoutSeconds"].iter().map(|p| query(p, "integer", "")))
-            .chain(["watch", "allowWatchBookmarks"].iter().map(|p| query(p, "boolean", "")))
+            .chain(["watch", "allowWatchBookmarks", "sendInitialEvents"].iter().map(|p| query(p, "boolean", "")))
             .collect::<Vec<_>>()
     };
     let mut post =

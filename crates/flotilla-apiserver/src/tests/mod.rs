@@ -314,32 +314,53 @@ async fn watches_start_with_the_state_and_follow_changes() {
     let server = Server::start().await;
     let base = "/api/v1/namespaces/default/configmaps";
     let (_, first) = server.post(base, configmap("w1", json!({}))).await;
-    let request = Request::get(format!("{base}?watch=true&timeoutSeconds=2"))
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::empty())
-        .unwrap();
-    let response = server.router.clone().oneshot(request).await.unwrap();
-    let reader = tokio::spawn(async move { axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap() });
+    // Each watch runs while w1 is changed then deleted; `watched` gives (type, name) per event.
+    let watch = |query: &str| {
+        let request = Request::get(format!("{base}?watch=true&timeoutSeconds=2&{query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let router = server.router.clone();
+        tokio::spawn(async move {
+            let response = router.oneshot(request).await.unwrap();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            let events: Vec<Value> =
+                String::from_utf8(body.to_vec()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            events
+        })
+    };
+    let legacy = watch("");
+    let streaming = watch(&format!(
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion={}",
+        first["metadata"]["resourceVersion"].as_str().unwrap()
+    ));
+    let changes_only = watch("sendInitialEvents=false&resourceVersionMatch=NotOlderThan");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut update = first.clone();
     update["data"]["k"] = "changed".into();
     server.put(&format!("{base}/w1"), update).await;
     server.delete(&format!("{base}/w1")).await;
-    let lines = String::from_utf8(reader.await.unwrap().to_vec()).unwrap();
-    let events: Vec<(String, String)> = lines
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["object"]["metadata"]["name"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        events,
-        [("ADDED".into(), "w1".into()), ("MODIFIED".into(), "w1".into()), ("DELETED".into(), "w1".into())]
-    );
+    let watched = |events: Vec<Value>| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let name = e["object"]["metadata"]["name"].as_str().unwrap_or("");
+                (e["type"].as_str().unwrap().to_string(), name.to_string())
+            })
+            .collect()
+    };
+    let changes = [("MODIFIED".to_string(), "w1".to_string()), ("DELETED".into(), "w1".into())];
+    let mut expected = vec![("ADDED".to_string(), "w1".to_string())];
+    expected.extend(changes.clone());
+    assert_eq!(watched(legacy.await.unwrap()), expected);
+    // A streaming list: the state, a bookmark that ends it, then the changes.
+    let streamed = streaming.await.unwrap();
+    assert_eq!(streamed[1]["type"], "BOOKMARK");
+    assert_eq!(streamed[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(streamed[1]["object"]["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    let streamed: Vec<_> = watched(streamed).into_iter().filter(|(kind, _)| kind != "BOOKMARK").collect();
+    assert_eq!(streamed, expected);
+    assert_eq!(watched(changes_only.await.unwrap()), changes);
 
     // A version below the compaction floor is answered with an ERROR event carrying 410.
     let now = server.store.revision();
@@ -560,4 +581,35 @@ async fn pod_tables_field_selectors_and_field_validation_match_upstream() {
     expect_test::expect_file!["../../tests/snapshots/openapi-v1-pod-patch.json"]
         .assert_eq(&serde_json::to_string_pretty(&shown).unwrap());
     server.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn pretty_output_is_asked_for_or_given_to_curl() {
+    let server = Server::start().await;
+    const CM: &str = "/api/v1/namespaces/default/configmaps";
+    server.post(CM, configmap("shown", json!({}))).await;
+    let raw = |query: &'static str, agent: &'static str| {
+        let server = &server;
+        async move {
+            let request = Request::get(format!("{CM}/shown{query}"))
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::USER_AGENT, agent)
+                .body(Body::empty())
+                .unwrap();
+            let response = server.router.clone().oneshot(request).await.unwrap();
+            String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap()
+        }
+    };
+    let indented = raw("?pretty=true", "kubectl/v1.33.0").await;
+    assert!(indented.starts_with("{\n  \"") && indented.contains("\n  \"kind\": \"ConfigMap\",\n"), "{indented}");
+    assert!(indented.ends_with('}'), "no newline after an indented body: {indented:?}");
+    assert_eq!(raw("", "curl/8.5.0").await, indented);
+    assert_eq!(raw("?pretty=", "curl/8.5.0").await, indented, "an empty value leaves it to the user agent");
+    for (query, agent) in [("", "kubectl/v1.33.0"), ("?pretty=0", "curl/8.5.0"), ("?pretty=yes", "Mozilla/5.0")] {
+        let compact = raw(query, agent).await;
+        assert!(!compact.contains('\n') || compact.find('\n') == Some(compact.len() - 1), "{query} {agent}: {compact}");
+    }
+    // Errors are indented too.
+    let missing = raw("-missing?pretty=1", "python").await;
+    assert!(missing.starts_with("{\n  \"kind\": \"Status\",\n"), "{missing}");
 }
