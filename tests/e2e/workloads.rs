@@ -315,7 +315,7 @@ fn a_replication_controller_keeps_scales_and_cascades_as_a_replica_set_does() ->
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), stray)?;
     let refused = k.fails(&["apply", "-f", file.path().to_str().unwrap()])?;
-    ensure!(refused.contains("selector does not match labels in spec.template"), "{refused}");
+    ensure!(refused.contains("`selector` does not match template `labels`"), "{refused}");
 
     // Deleting it takes its pods (a background cascade, kubectl's default).
     k.ok(&["delete", "rc", "legacy"])?;

@@ -482,7 +482,7 @@ fn apply_patch(patch_type: PatchType, mut object: Value, patch: &Value, definiti
 fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
     let query_dry_run = req.query.dry_run()?;
     if req.body.is_empty() {
-        return Ok(DeleteOptions {
+        let options = DeleteOptions {
             grace_period_seconds: req.query.number("gracePeriodSeconds")?,
             propagation_policy: req.query.get("propagationPolicy").map(str::to_string),
             orphan_dependents: req.query.has("orphanDependents").then(|| req.query.flag("orphanDependents")),
@@ -490,17 +490,26 @@ fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
             precondition_resource_version: None,
             dry_run: query_dry_run,
             node: req.node.clone(),
-        });
+        };
+        options.check(Vec::new())?;
+        return Ok(options);
     }
-    let body: metav1::DeleteOptions = parse_json(&req.body)
-        .and_then(|value| serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()).into()))?;
-    let dry_run = body.dry_run.unwrap_or_default();
-    if let Some(other) = dry_run.iter().find(|v| *v != "All") {
-        let why = format!("unsupported dryRun value {other:?}, only \"All\" is supported");
+    let body = parse_json(&req.body)?;
+    // Any other kind is no DeleteOptions (a Pod sent by mistake must not delete with defaults).
+    if let Some(kind) = body.get("kind").and_then(Value::as_str).filter(|k| *k != "DeleteOptions") {
+        let version = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let why =
+            format!("no kind {kind:?} is registered for version {version:?}: the body of a delete is DeleteOptions");
         return Err(ApiError::bad_request(why).into());
     }
+    let body: metav1::DeleteOptions = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let dry_run = body.dry_run.unwrap_or_default();
+    let mut causes = Vec::new();
+    if let Some(other) = dry_run.iter().find(|v| *v != "All") {
+        causes.push(FieldError::not_supported("dryRun", other, &["All"]));
+    }
     let preconditions = body.preconditions.unwrap_or_default();
-    Ok(DeleteOptions {
+    let options = DeleteOptions {
         grace_period_seconds: body.grace_period_seconds,
         propagation_policy: body.propagation_policy,
         orphan_dependents: body.orphan_dependents,
@@ -508,7 +517,9 @@ fn delete_options(req: &Request<'_>) -> Result<DeleteOptions> {
         precondition_resource_version: preconditions.resource_version,
         dry_run: !dry_run.is_empty() || query_dry_run,
         node: req.node.clone(),
-    })
+    };
+    options.check(causes)?;
+    Ok(options)
 }
 
 async fn delete(req: &Request<'_>, name: &str) -> Result<Response> {
@@ -569,7 +580,7 @@ async fn scale(req: &Request<'_>, method: Method, name: &str) -> Result<Response
             let Written { object, .. } = req
                 .registry
                 .guaranteed_update(ObjectRef { def, namespace, name }, None, WriteOptions { field_validation: flotilla_api::FieldValidation::Ignore, ..options }, |current| {
-                    let scale = scale_of(current);
+                    let scale = scale_of(def, current);
                     let wanted = match patch_type {
                         None => body.clone(),
                         Some(PatchType::Apply) => return Err(ApiError::new(Reason::UnsupportedMediaType, "server-side apply of scale is not supported yet").into()),
@@ -593,14 +604,14 @@ async fn scale(req: &Request<'_>, method: Method, name: &str) -> Result<Response
         }
         other => return Err(method_not_allowed(&other)),
     };
-    json_response(StatusCode::OK, &scale_of(&written.value()?), &[])
+    json_response(StatusCode::OK, &scale_of(def, &written.value()?), &[])
 }
 
-fn scale_of(object: &Value) -> Value {
+fn scale_of(def: &ResourceDef, object: &Value) -> Value {
     let meta = &object["metadata"];
     let selector = object.pointer("/spec/selector").cloned().unwrap_or_default();
     // A ReplicationController's selector is a plain map of labels, the others' a LabelSelector.
-    let selector = if object["kind"] == "ReplicationController" {
+    let selector = if def.kind == "ReplicationController" {
         serde_json::from_value(selector)
             .map(|labels| metav1::LabelSelector { match_labels: labels, ..Default::default() })
     } else {

@@ -244,7 +244,9 @@ async fn dispatch(
         let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
         (method.clone(), agent.to_string())
     });
-    let pretty = request::pretty(&uri, &headers);
+    // The OpenAPI documents are served as they are hashed (their ETag), as upstream serves
+    // them: not negotiated, so never indented.
+    let pretty = request::pretty(&uri, &headers) && !uri.path().starts_with("/openapi");
     let mut response = match route(&server, &user, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -262,7 +264,12 @@ async fn dispatch(
 /// newline). Streams (watches) and other media types pass unchanged, as upstream's do.
 async fn indented(response: Response) -> Response {
     use axum::body::HttpBody as _;
-    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "application/json");
+    // Aggregated discovery's media type is JSON with parameters.
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t == "application/json" || t.starts_with("application/json;"));
     if !json || response.body().size_hint().exact().is_none() {
         return response;
     }

@@ -99,6 +99,30 @@ pub(crate) struct DeleteOptions {
     pub(crate) node: Option<String>,
 }
 
+impl DeleteOptions {
+    /// Refuses what upstream's `ValidateDeleteOptions` refuses, with every cause (`causes`
+    /// found already among them), before anything is read.
+    pub(crate) fn check(&self, mut causes: Vec<FieldError>) -> Result<()> {
+        let field = "propagationPolicy";
+        if let Some(policy) = self.propagation_policy.as_deref() {
+            if self.orphan_dependents.is_some() {
+                causes.push(FieldError::invalid(
+                    field,
+                    policy,
+                    "orphanDependents and deletionPropagation cannot be both set",
+                ));
+            }
+            if !matches!(policy, "Foreground" | "Background" | "Orphan") {
+                causes.push(FieldError::not_supported(field, policy, &["Foreground", "Background", "Orphan", "nil"]));
+            }
+        }
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid("meta.k8s.io", "DeleteOptions", "", causes).into())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Registry {
     store: Store,
@@ -715,26 +739,14 @@ enum Propagation {
 }
 
 fn propagation(def: &ResourceDef, options: &DeleteOptions) -> Result<Propagation> {
-    // Refused as upstream's `ValidateDeleteOptions` refuses them.
-    let invalid = |cause| Err(ApiError::invalid("meta.k8s.io", "DeleteOptions", "", vec![cause]).into());
-    match (options.propagation_policy.as_deref(), options.orphan_dependents) {
-        (Some(policy), Some(_)) => invalid(FieldError::invalid(
-            "propagationPolicy",
-            policy,
-            "orphanDependents and deletionPropagation cannot be both set",
-        )),
-        (Some("Orphan"), None) | (None, Some(true)) => Ok(Propagation::Orphan),
-        (Some("Background"), None) | (None, Some(false)) => Ok(Propagation::Background),
-        (Some("Foreground"), None) => Ok(Propagation::Foreground),
-        (Some(other), None) => invalid(FieldError::not_supported(
-            "propagationPolicy",
-            other,
-            &["Foreground", "Background", "Orphan", "nil"],
-        )),
+    options.check(Vec::new())?;
+    Ok(match (options.propagation_policy.as_deref(), options.orphan_dependents) {
+        (Some("Orphan"), _) | (None, Some(true)) => Propagation::Orphan,
+        (Some("Foreground"), _) => Propagation::Foreground,
         // batch/v1 Jobs orphan their pods unless told otherwise, for compatibility (upstream).
-        (None, None) if def.group == "batch" => Ok(Propagation::Orphan),
-        (None, None) => Ok(Propagation::Background),
-    }
+        (None, None) if def.group == "batch" => Propagation::Orphan,
+        _ => Propagation::Background,
+    })
 }
 
 fn check_preconditions(

@@ -107,7 +107,7 @@ impl Stream {
             // Upstream defaults a watch without a version to `sendInitialEvents=true`, whose
             // state ends with this bookmark when bookmarks are allowed: a streaming list's
             // client knows from it that it has the whole state.
-            if self.params.bookmarks && self.initial_events_end(listed.revision).await.is_err() {
+            if self.params.bookmarks && self.bookmark(listed.revision, true).await.is_err() {
                 return Ok(());
             }
             listed.revision + 1
@@ -143,7 +143,7 @@ impl Stream {
                     }
                     Some(Ok(WatchResponse::Progress { revision })) => {
                         next = next.max(revision + 1);
-                        if self.params.bookmarks && self.bookmark(revision).await.is_err() {
+                        if self.params.bookmarks && self.bookmark(revision, false).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -199,6 +199,11 @@ impl Stream {
     }
 
     async fn send_object(&self, kind: &str, stored: &Stored) -> Result<(), Gone> {
+        self.send_as(kind, stored, self.params.include).await
+    }
+
+    /// `stored` in the watch's representation; a Table's row carries `include` of it.
+    async fn send_as(&self, kind: &str, stored: &Stored, include: IncludeObject) -> Result<(), Gone> {
         match self.params.representation {
             Representation::Object => {
                 let mut line = format!("{{\"type\":\"{kind}\",\"object\":").into_bytes();
@@ -208,7 +213,7 @@ impl Stream {
             }
             Representation::Table(version) => {
                 let meta = ListMeta { resource_version: stored.revision.to_string(), ..Default::default() };
-                match table(self.def, std::slice::from_ref(stored), version, self.params.include, meta) {
+                match table(self.def, std::slice::from_ref(stored), version, include, meta) {
                     Ok(table) => self.send(kind, &table).await,
                     Err(e) => self.send("ERROR", &error::status(&e.0)).await,
                 }
@@ -221,16 +226,22 @@ impl Stream {
         }
     }
 
-    async fn bookmark(&self, revision: Revision) -> Result<(), Gone> {
-        let object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": {"resourceVersion": revision.to_string()}});
-        self.send("BOOKMARK", &object).await
-    }
-
-    /// The bookmark that ends a watch's initial events, annotated as upstream's is.
-    async fn initial_events_end(&self, revision: Revision) -> Result<(), Gone> {
-        let metadata = json!({"resourceVersion": revision.to_string(), "annotations": {INITIAL_EVENTS_END: "true"}});
+    /// A bookmark at `revision`, in the watch's representation as upstream converts it (a
+    /// metadata watch's client cannot decode the kind itself); the one that ends a watch's
+    /// initial events is annotated so.
+    async fn bookmark(&self, revision: Revision, ends_initial_events: bool) -> Result<(), Gone> {
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if ends_initial_events {
+            metadata["annotations"] = json!({INITIAL_EVENTS_END: "true"});
+        }
         let object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": metadata});
-        self.send("BOOKMARK", &object).await
+        match codec::encode(&object) {
+            // Its Table row carries its metadata, whatever the watch asked rows to carry.
+            Ok(bytes) => {
+                self.send_as("BOOKMARK", &Stored { bytes, revision, stale: false }, IncludeObject::Metadata).await
+            }
+            Err(e) => self.send("ERROR", &error::status(&e.0)).await,
+        }
     }
 
     async fn send(&self, kind: &str, object: &impl Serialize) -> Result<(), Gone> {

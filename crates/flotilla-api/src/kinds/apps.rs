@@ -83,7 +83,7 @@ impl Kind for Deployment {
             ),
             Column::age(),
         ];
-        columns.extend(template_columns());
+        columns.extend(template_columns(DEPLOYMENT_SELECTOR));
         columns
     }
 
@@ -131,6 +131,7 @@ impl Kind for ReplicaSet {
             "Replicas is the number of desired pods.",
             "Replicas is the most recently observed number of replicas.",
             "The number of ready replicas for this replica set.",
+            REPLICA_SET_SELECTOR,
         )
     }
 
@@ -176,16 +177,11 @@ impl Kind for ReplicationController {
             errors.push(FieldError::invalid(
                 "spec.template.metadata.labels",
                 go_map(&labels),
-                "selector does not match labels in spec.template",
+                "`selector` does not match template `labels`",
             ));
         }
         validate_template(template, "spec.template", ALWAYS, errors);
-        if template.spec.as_ref().is_some_and(|s| s.active_deadline_seconds.is_some()) {
-            errors.push(FieldError::forbidden(
-                "spec.template.spec.activeDeadlineSeconds",
-                "activeDeadlineSeconds in ReplicationController is not Supported",
-            ));
-        }
+        no_deadline(template, "ReplicationController", errors);
     }
 
     fn columns() -> Vec<Column> {
@@ -193,6 +189,7 @@ impl Kind for ReplicationController {
             "Replicas is the number of desired replicas. This is a pointer to distinguish between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicationcontroller#what-is-a-replicationcontroller",
             "Replicas is the most recently observed number of replicas. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicationcontroller#what-is-a-replicationcontroller",
             "The number of ready replicas for this replication controller.",
+            REPLICATION_CONTROLLER_SELECTOR,
         )
     }
 
@@ -258,7 +255,7 @@ impl Kind for DaemonSet {
             ),
             Column::age(),
         ];
-        columns.extend(template_columns());
+        columns.extend(template_columns(DAEMON_SET_SELECTOR));
         columns
     }
 
@@ -330,7 +327,7 @@ impl Kind for StatefulSet {
     fn columns() -> Vec<Column> {
         let mut columns =
             vec![Column::name(), Column::string("Ready", "Number of the pod with ready state"), Column::age()];
-        columns.extend(template_columns().into_iter().take(2));
+        columns.extend(template_columns("").into_iter().take(2));
         columns
     }
 
@@ -429,6 +426,26 @@ pub(crate) fn selector_and_template(
         },
     }
     validate_template(template, "spec.template", restart_policies, errors);
+    // A controller that keeps pods running has no use for a deadline that fails them.
+    let keeper = match workload {
+        "deployment" | "replicaset" => Some("ReplicaSet"),
+        "daemonset" => Some("DaemonSet"),
+        "statefulset" => Some("StatefulSet"),
+        _ => None,
+    };
+    if let Some(keeper) = keeper {
+        no_deadline(template, keeper, errors);
+    }
+}
+
+/// Refuses `activeDeadlineSeconds` in the template of a `keeper` of pods, as upstream does.
+fn no_deadline(template: &PodTemplateSpec, keeper: &str, errors: &mut Vec<FieldError>) {
+    if template.spec.as_ref().is_some_and(|s| s.active_deadline_seconds.is_some()) {
+        errors.push(FieldError::forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            format!("activeDeadlineSeconds in {keeper} is not Supported"),
+        ));
+    }
 }
 
 /// Labels as Go's `%#v` shows a `map[string]string`, as upstream's field errors do.
@@ -438,7 +455,12 @@ fn go_map(labels: &std::collections::BTreeMap<String, String>) -> String {
 }
 
 /// A ReplicaSet's or a ReplicationController's columns, described as each describes its fields.
-fn replica_columns(desired: &'static str, current: &'static str, ready: &'static str) -> Vec<Column> {
+fn replica_columns(
+    desired: &'static str,
+    current: &'static str,
+    ready: &'static str,
+    selector: &'static str,
+) -> Vec<Column> {
     let mut columns = vec![
         Column::name(),
         Column::integer("Desired", desired),
@@ -446,7 +468,7 @@ fn replica_columns(desired: &'static str, current: &'static str, ready: &'static
         Column::integer("Ready", ready),
         Column::age(),
     ];
-    columns.extend(template_columns());
+    columns.extend(template_columns(selector));
     columns
 }
 
@@ -463,14 +485,21 @@ fn replica_cells(
     cells
 }
 
-/// The `-o wide` columns every workload shares.
-pub(crate) fn template_columns() -> Vec<Column> {
+/// The `-o wide` columns every workload shares; `selector` describes the kind's selector as its
+/// spec's documentation does (what upstream's printers show).
+pub(crate) fn template_columns(selector: &'static str) -> Vec<Column> {
     vec![
         Column::string("Containers", "Names of each container in the template.").wide(),
         Column::string("Images", "Images referenced by each container in the template.").wide(),
-        Column::string("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").wide(),
+        Column::string("Selector", selector).wide(),
     ]
 }
+
+/// The kinds' selector documentation, as the wide `Selector` column describes it.
+const DEPLOYMENT_SELECTOR: &str = "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment. It must match the pod template's labels.";
+const REPLICA_SET_SELECTOR: &str = "Selector is a label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this replica set. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+const REPLICATION_CONTROLLER_SELECTOR: &str = "Selector is a label query over pods that should match the Replicas count. If Selector is empty, it is defaulted to the labels present on the Pod template. Label keys and values that must match in order to be controlled by this replication controller, if empty defaulted to labels on Pod template. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+const DAEMON_SET_SELECTOR: &str = "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
 
 pub(crate) fn template_cells(template: &PodTemplateSpec, selector: Option<&LabelSelector>) -> Vec<Value> {
     let containers = template.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();

@@ -16,6 +16,9 @@ use crate::validation;
 const JOB_NAME_LABELS: [&str; 2] = ["job-name", "batch.kubernetes.io/job-name"];
 const CONTROLLER_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/controller-uid"];
 
+/// The wide `Selector` column's description: the Job spec's selector documentation.
+const JOB_SELECTOR: &str = "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+
 impl Kind for Job {
     fn set_defaults(&mut self) {
         super::always_written(&mut self.status);
@@ -101,7 +104,7 @@ impl Kind for Job {
             Column::string("Duration", "Time required to complete the job."),
             Column::age(),
         ];
-        columns.extend(template_columns());
+        columns.extend(template_columns(JOB_SELECTOR));
         columns
     }
 

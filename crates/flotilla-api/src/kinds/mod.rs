@@ -414,6 +414,26 @@ mod tests {
     }
 
     #[test]
+    fn controllers_that_keep_pods_running_refuse_a_deadline() {
+        let template = serde_json::json!({"metadata": {"labels": {"a": "b"}}, "spec": {"activeDeadlineSeconds": 5, "containers": [{"name": "c", "image": "i"}]}});
+        for (plural, kind, api_version, keeper) in [
+            ("deployments", "Deployment", "apps/v1", "ReplicaSet"),
+            ("daemonsets", "DaemonSet", "apps/v1", "DaemonSet"),
+            ("replicationcontrollers", "ReplicationController", "v1", "ReplicationController"),
+        ] {
+            let def = RESOURCES.iter().find(|r| r.plural == plural).unwrap();
+            let object = serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"},
+                "spec": {"selector": if kind == "ReplicationController" { serde_json::json!({"a": "b"}) } else { serde_json::json!({"matchLabels": {"a": "b"}}) }, "template": template}});
+            let err = def.ops.admit(object, None, FieldValidation::Strict, &[]).unwrap_err();
+            assert!(
+                err.message.contains(&format!("activeDeadlineSeconds in {keeper} is not Supported")),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
     fn every_resource_is_found_by_its_names() {
         for r in RESOURCES {
             assert_eq!(find(r.group, r.version, r.plural).map(|f| f.kind), Some(r.kind));

@@ -315,9 +315,10 @@ async fn watches_start_with_the_state_and_follow_changes() {
     let base = "/api/v1/namespaces/default/configmaps";
     let (_, first) = server.post(base, configmap("w1", json!({}))).await;
     // Each watch runs while w1 is changed then deleted; `watched` gives (type, name) per event.
-    let watch = |query: &str| {
+    let watch_as = |query: &str, accept: &str| {
         let request = Request::get(format!("{base}?watch=true&timeoutSeconds=2&{query}"))
             .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::ACCEPT, accept)
             .body(Body::empty())
             .unwrap();
         let router = server.router.clone();
@@ -329,12 +330,18 @@ async fn watches_start_with_the_state_and_follow_changes() {
             events
         })
     };
+    let watch = |query: &str| watch_as(query, "application/json");
     let legacy = watch("");
     let streaming = watch(&format!(
         "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion={}",
         first["metadata"]["resourceVersion"].as_str().unwrap()
     ));
     let changes_only = watch("sendInitialEvents=false&resourceVersionMatch=NotOlderThan");
+    // A metadata watch's bookmarks are metadata too: its client decodes nothing else.
+    let metadata = watch_as(
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut update = first.clone();
     update["data"]["k"] = "changed".into();
@@ -361,6 +368,10 @@ async fn watches_start_with_the_state_and_follow_changes() {
     let streamed: Vec<_> = watched(streamed).into_iter().filter(|(kind, _)| kind != "BOOKMARK").collect();
     assert_eq!(streamed, expected);
     assert_eq!(watched(changes_only.await.unwrap()), changes);
+    let metadata = metadata.await.unwrap();
+    assert_eq!(metadata[1]["type"], "BOOKMARK");
+    assert_eq!(metadata[1]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(metadata[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
 
     // A version below the compaction floor is answered with an ERROR event carrying 410.
     let now = server.store.revision();
@@ -612,4 +623,22 @@ async fn pretty_output_is_asked_for_or_given_to_curl() {
     // Errors are indented too.
     let missing = raw("-missing?pretty=1", "python").await;
     assert!(missing.starts_with("{\n  \"kind\": \"Status\",\n"), "{missing}");
+    // Aggregated discovery is negotiated, so indented; OpenAPI documents are served as hashed.
+    let at = |path: &'static str, accept: &'static str| {
+        let server = &server;
+        async move {
+            let request = Request::get(path)
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::USER_AGENT, "curl/8.5.0")
+                .header(header::ACCEPT, accept)
+                .body(Body::empty())
+                .unwrap();
+            let response = server.router.clone().oneshot(request).await.unwrap();
+            String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap()
+        }
+    };
+    let discovery = at("/api", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList").await;
+    assert!(discovery.starts_with("{\n  \""), "{discovery:.80}");
+    let openapi = at("/openapi/v3/api/v1", "application/json").await;
+    assert!(openapi.starts_with("{\"") && !openapi.contains("\n  \""), "{openapi:.80}");
 }

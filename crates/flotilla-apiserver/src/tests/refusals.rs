@@ -222,8 +222,15 @@ async fn a_delete_reads_its_options_from_the_body_when_it_has_one() {
     };
     let (code, _, status) = delete("", json!({"gracePeriodSeconds": "soon"})).await;
     assert_eq!((code, status["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("BadRequest")), "{status}");
-    let (code, _, status) = delete("", json!({"dryRun": ["Some"]})).await;
+    let (code, _, status) = delete("", json!({"dryRun": ["Some"], "propagationPolicy": "Sometimes"})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert_eq!(status["details"]["causes"].as_array().map(Vec::len), Some(2), "every cause: {status}");
+    // A body of another kind is no DeleteOptions, and deletes nothing.
+    let (code, _, status) = delete("", configmap("kept", json!({}))).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    // Options are checked before the object is looked for.
+    let (code, status) = server.delete(&format!("{CM}/missing?propagationPolicy=Sometimes")).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
     // Dry runs, however they are asked for, delete nothing; the query beside a body does not
     // count otherwise, as upstream ignores it.
     for (query, body) in [("", json!({"dryRun": ["All"]})), ("?dryRun=All", json!({}))] {
