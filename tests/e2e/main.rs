@@ -15,5 +15,6 @@ mod pods;
 mod pressure;
 mod registry;
 mod restart;
+mod services;
 mod store_crash;
 mod workloads;

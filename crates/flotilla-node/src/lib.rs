@@ -4,7 +4,8 @@
 //! containers on the wasm runtime (`flotilla-wasm`): images resolved through the node's image
 //! store or a registry, init containers in order, restarts by policy with upstream's back-off,
 //! status written as the kubelet shapes it, Events, and logs in the CRI format that its HTTP API
-//! serves for `kubectl logs`. It talks to the cluster only through the Kubernetes API (a
+//! serves for `kubectl logs`; and it carries traffic to Services (`flotilla-net`, kube-proxy's
+//! part). It talks to the cluster only through the Kubernetes API (a
 //! `kube::Client`, in-process or remote), and writes only its own Node, Lease, pods' status and
 //! Events.
 
@@ -124,6 +125,8 @@ pub(crate) struct Node {
 pub struct Agent {
     node: Arc<Node>,
     tasks: Vec<JoinHandle<()>>,
+    /// Traffic to Services, through this node.
+    _proxy: flotilla_net::ServiceProxy,
 }
 
 impl std::fmt::Debug for Agent {
@@ -172,6 +175,11 @@ impl Agent {
         });
         let registered = node::register(&node).await?;
         tracing::info!(node = node.config.name, pods = %node.config.pod_cidr, "node registered");
+        let proxy = flotilla_net::ServiceProxy::start(
+            client.clone(),
+            flotilla_net::ProxyConfig { node_name: node.config.name.clone(), node_ip: node.config.node_ip },
+            flotilla_net::Userspace::default(),
+        );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
             .default_backoff()
             .reflect(services_writer)
@@ -182,7 +190,7 @@ impl Agent {
             tokio::spawn(pods::run(node.clone())),
             tokio::spawn(pods::eviction::run(node.clone())),
         ];
-        Ok(Agent { node, tasks })
+        Ok(Agent { node, tasks, _proxy: proxy })
     }
 
     /// The node's HTTP API (logs), for the caller to serve over TLS on `server_port`.

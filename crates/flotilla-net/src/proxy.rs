@@ -1,0 +1,130 @@
+//! Keeping every Service's routes current: informers on Services and EndpointSlices mark the
+//! Services they touch, and one task recomputes the routes of those Services alone and hands
+//! them to the data path. A change costs the work of its own Service, whatever the cluster
+//! holds.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use flotilla_client::{Cache, Change, Informer, ObjectKey};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::DataPath;
+use crate::routes::{SERVICE_NAME_LABEL, routes};
+
+/// Where the proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The node's name: `Local` traffic policies keep to endpoints on it.
+    pub node_name: String,
+    /// The node's address, where node ports listen.
+    pub node_ip: Ipv4Addr,
+}
+
+/// The running proxy. Dropping it stops it; the data path it owns goes with it.
+#[derive(Debug)]
+pub struct ServiceProxy {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ServiceProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Services whose routes need recomputing, and the wake-up of the task that does it.
+#[derive(Default)]
+struct Dirty {
+    services: Mutex<BTreeSet<ObjectKey>>,
+    notify: Notify,
+}
+
+impl Dirty {
+    fn mark(&self, service: ObjectKey) {
+        self.services.lock().expect("dirty services lock").insert(service);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> BTreeSet<ObjectKey> {
+        std::mem::take(&mut *self.services.lock().expect("dirty services lock"))
+    }
+}
+
+impl ServiceProxy {
+    /// Watches Services and EndpointSlices through `client` and keeps `path` carrying out
+    /// their routes.
+    pub fn start(client: kube::Client, config: ProxyConfig, path: impl DataPath) -> ServiceProxy {
+        let dirty = Arc::new(Dirty::default());
+        let mut services = Informer::<Service>::all(client.clone());
+        let mut slices = Informer::<EndpointSlice>::all(client);
+        let marks = dirty.clone();
+        services.on_change(move |change| {
+            let (Change::Applied { new: service, .. } | Change::Deleted(service)) = change;
+            marks.mark(ObjectKey::of(&**service));
+        });
+        let marks = dirty.clone();
+        slices.on_change(move |change| {
+            let (old, new) = match change {
+                Change::Applied { old, new } => (old, new),
+                Change::Deleted(slice) => (None, slice),
+            };
+            // A slice relabelled to another Service changes both.
+            for slice in old.into_iter().chain([new]) {
+                if let Some(service) = service_of(slice) {
+                    marks.mark(service);
+                }
+            }
+        });
+        let (service_cache, slice_cache) = (services.cache(), slices.cache());
+        let tasks = vec![
+            tokio::spawn(services.run()),
+            tokio::spawn(slices.run()),
+            tokio::spawn(sync(service_cache, slice_cache, dirty, config, path)),
+        ];
+        ServiceProxy { tasks }
+    }
+}
+
+/// The Service an EndpointSlice belongs to, by its label.
+fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(slice.metadata.namespace.as_deref(), name))
+}
+
+async fn sync(
+    services: Cache<Service>,
+    slices: Cache<EndpointSlice>,
+    dirty: Arc<Dirty>,
+    config: ProxyConfig,
+    mut path: impl DataPath,
+) {
+    services.synced().await;
+    slices.synced().await;
+    // Everything once, from the complete caches: no Service is programmed from half a list.
+    for service in services.keys() {
+        dirty.mark(service);
+    }
+    loop {
+        dirty.notify.notified().await;
+        for key in dirty.take() {
+            let routes = match services.get(&key) {
+                Some(service) => {
+                    let namespace = key.namespace.as_deref().unwrap_or_default();
+                    let own = slices.in_namespace(namespace);
+                    let own: Vec<&EndpointSlice> =
+                        own.iter().filter(|s| service_of(s).as_ref() == Some(&key)).map(|s| &**s).collect();
+                    routes(&service, &own, &config.node_name, config.node_ip)
+                }
+                None => Vec::new(),
+            };
+            path.sync(&key, routes);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! What the data path must do for one Service: upstream's kube-proxy's reading of Services and
+//! EndpointSlices (`pkg/proxy/servicechangetracker.go`, `endpointschangetracker.go`,
+//! `topology.go`).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label that ties an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How long `sessionAffinity: ClientIP` keeps a client on its endpoint unless the Service
+/// says otherwise (upstream's default, three hours).
+const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
+
+/// Where connections arrive, and the endpoints they are spread over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub frontend: SocketAddr,
+    /// In rotation: each new connection goes to one of them.
+    pub endpoints: Vec<SocketAddr>,
+    /// `sessionAffinity: ClientIP`: a client's connections go to the endpoint its first went to,
+    /// until it has been idle this long.
+    pub affinity: Option<Duration>,
+}
+
+/// The routes of `service` on node `node` (name and address), its endpoints from `slices` (those
+/// labelled with its name, in its namespace). TCP ports only, for now.
+pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip: Ipv4Addr) -> Vec<Route> {
+    let Some(spec) = &service.spec else { return Vec::new() };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+    if kind == "ExternalName" || cluster_ip.is_none() {
+        // Headless Services (`clusterIP: None`) have no virtual address: DNS answers with their
+        // endpoints instead.
+        return Vec::new();
+    }
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let config = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref());
+        config.and_then(|c| c.timeout_seconds).map_or(DEFAULT_AFFINITY, |s| Duration::from_secs(s.max(1) as u64))
+    });
+    let local_internal = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let local_external = spec.external_traffic_policy.as_deref() == Some("Local");
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten().filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP") {
+        let all = endpoints(port, slices, None);
+        let local = || endpoints(port, slices, Some(node));
+        if let Some(ip) = cluster_ip {
+            let endpoints = if local_internal { local() } else { all.clone() };
+            out.push(Route { frontend: SocketAddr::new(ip, port.port as u16), endpoints, affinity });
+        }
+        if let Some(node_port) = port.node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer")) {
+            let endpoints = if local_external { local() } else { all };
+            out.push(Route { frontend: SocketAddr::new(node_ip.into(), node_port as u16), endpoints, affinity });
+        }
+    }
+    out
+}
+
+/// The endpoints of `port` in rotation: the ready ones; if none is ready, those still serving
+/// while they terminate, so that a rolling update's last pods drain rather than refuse (upstream's
+/// terminating-endpoints fallback). With `node`, only those on it.
+fn endpoints(port: &ServicePort, slices: &[&EndpointSlice], node: Option<&str>) -> Vec<SocketAddr> {
+    let mut ready = BTreeSet::new();
+    let mut draining = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().filter(|e| node.is_none() || e.node_name.as_deref() == node) {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            let (is_ready, serving, terminating) = (
+                conditions.ready.unwrap_or(true),
+                conditions.serving.unwrap_or(conditions.ready.unwrap_or(true)),
+                conditions.terminating.unwrap_or(false),
+            );
+            for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
+                let at = SocketAddr::new(address.into(), target as u16);
+                if is_ready {
+                    ready.insert(at);
+                } else if serving && terminating {
+                    draining.insert(at);
+                }
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { draining } else { ready };
+    chosen.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec})).unwrap()
+    }
+
+    fn slice(ports: serde_json::Value, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    fn endpoint(ip: &str, node: &str, ready: bool, terminating: bool) -> serde_json::Value {
+        json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": ready, "serving": true, "terminating": terminating}})
+    }
+
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    #[test]
+    fn ready_endpoints_back_each_port_of_the_cluster_ip_and_node_port() {
+        let svc = service(json!({
+            "type": "NodePort", "clusterIP": "127.43.0.10",
+            "ports": [{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        }));
+        let slices = [slice(
+            json!([{"name": "http", "port": 8080}]),
+            json!([endpoint("127.77.0.2", "a", true, false), endpoint("127.77.0.3", "b", false, false)]),
+        )];
+        let routes = routes(&svc, &slices.iter().collect::<Vec<_>>(), "a", NODE_IP);
+        let ready = vec!["127.77.0.2:8080".parse().unwrap()];
+        assert_eq!(
+            routes,
+            [
+                Route { frontend: "127.43.0.10:80".parse().unwrap(), endpoints: ready.clone(), affinity: None },
+                Route { frontend: "10.0.0.1:30080".parse().unwrap(), endpoints: ready, affinity: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let svc = service(json!({"clusterIP": "127.43.0.10", "ports": [{"port": 80}]}));
+        let draining = slice(json!([{"port": 8080}]), json!([endpoint("127.77.0.2", "a", false, true)]));
+        let routes_with = |slices: &[EndpointSlice]| routes(&svc, &slices.iter().collect::<Vec<_>>(), "a", NODE_IP);
+        assert_eq!(routes_with(std::slice::from_ref(&draining))[0].endpoints, ["127.77.0.2:8080".parse().unwrap()]);
+        let fresh = slice(json!([{"port": 8080}]), json!([endpoint("127.77.0.9", "a", true, false)]));
+        assert_eq!(routes_with(&[draining, fresh])[0].endpoints, ["127.77.0.9:8080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn local_policies_keep_to_this_nodes_endpoints_and_affinity_has_its_timeout() {
+        let svc = service(json!({
+            "type": "LoadBalancer", "clusterIP": "127.43.0.10", "externalTrafficPolicy": "Local",
+            "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+            "ports": [{"port": 80, "nodePort": 30080}],
+        }));
+        let slices = [slice(
+            json!([{"port": 8080}]),
+            json!([endpoint("127.77.0.2", "a", true, false), endpoint("127.78.0.2", "b", true, false)]),
+        )];
+        let routes = routes(&svc, &slices.iter().collect::<Vec<_>>(), "b", NODE_IP);
+        assert_eq!(routes[0].endpoints.len(), 2, "the cluster IP spreads over every node");
+        assert_eq!(routes[1].endpoints, ["127.78.0.2:8080".parse().unwrap()], "the node port keeps to node b");
+        assert!(routes.iter().all(|r| r.affinity == Some(Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn headless_and_external_name_services_have_no_routes() {
+        for spec in [
+            json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        ] {
+            assert!(routes(&service(spec), &[], "a", NODE_IP).is_empty());
+        }
+    }
+}

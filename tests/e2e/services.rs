@@ -1,0 +1,103 @@
+//! Traffic through Services: a Deployment of wasm HTTP servers behind `kubectl expose`, reached
+//! with curl from the host at its cluster IP (by a named target port) and at a node port,
+//! spread over its pods, refused at once with no endpoint, back when one returns, and kept on
+//! one pod under `sessionAffinity: ClientIP`.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use flotilla_examples as examples;
+
+use crate::harness::{Ports, Server};
+use crate::kubectl::Kubectl;
+use crate::pods::{apply, import};
+
+/// What curl got from `url`: the body, or curl's exit code (7: refused, 28: timed out).
+fn curl(url: &str) -> Result<Result<String, i32>> {
+    let out = Command::new("curl").args(["-s", "--max-time", "5", url]).output()?;
+    Ok(match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        code => Err(code.unwrap_or(-1)),
+    })
+}
+
+/// The first answer of `url`, once it answers (within 30 s).
+fn answer(url: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match curl(url)? {
+            Ok(body) => return Ok(body),
+            Err(code) if Instant::now() > deadline => bail!("{url}: curl still exits {code}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Asks `url` until its answers come from `want` pods (or 30 s pass).
+fn spread_over(url: &str, want: usize) -> Result<BTreeSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = BTreeSet::new();
+    while seen.len() < want {
+        ensure!(Instant::now() < deadline, "{url} answered only from {seen:?}");
+        if let Ok(body) = curl(url)? {
+            seen.insert(body.split(' ').nth(2).unwrap_or_default().to_string());
+        }
+    }
+    Ok(seen)
+}
+
+#[test]
+fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    import(dir.path(), examples::P1_HTTP, "http:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: http\n        image: http:v1\n        imagePullPolicy: IfNotPresent\n        ports:\n        - name: http\n          containerPort: 8080\n";
+    apply(&k, deployment)?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
+
+    // A named target port, resolved per pod.
+    k.ok(&["expose", "deploy", "web", "--port=80", "--target-port=http"])?;
+    let ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let url = format!("http://{ip}/");
+    let pods: BTreeSet<String> = k
+        .ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"])?
+        .split(' ')
+        .map(String::from)
+        .collect();
+    ensure!(spread_over(&url, 2)? == pods, "the cluster IP spreads over both pods");
+
+    // A node port, on the node's address.
+    k.ok(&["expose", "deploy", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;
+    let node_port = k.ok(&["get", "svc", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}"])?;
+    let node_ip =
+        k.ok(&["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"])?;
+    let answered = answer(&format!("http://{node_ip}:{node_port}/"))?;
+    ensure!(answered.starts_with("hello from web-"), "{answered}");
+
+    // No endpoint: refused at once (curl's 7), never a hang (28); back when a pod is.
+    k.ok(&["scale", "deploy", "web", "--replicas=0"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match curl(&url)? {
+            Err(7) => break,
+            Err(28) => bail!("a Service without endpoints hung"),
+            other if Instant::now() > deadline => bail!("a Service without endpoints still answers {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    k.ok(&["scale", "deploy", "web", "--replicas=2"])?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
+    ensure!(spread_over(&url, 2)?.len() == 2);
+
+    // Session affinity keeps this client on one pod.
+    k.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let first = answer(&url)?;
+    for _ in 0..10 {
+        ensure!(curl(&url)?.as_deref() == Ok(first.as_str()), "affinity lost: first {first}");
+    }
+    Ok(())
+}
