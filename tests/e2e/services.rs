@@ -1,7 +1,7 @@
 //! Traffic through Services: a Deployment of wasm HTTP servers behind `kubectl expose`, reached
 //! with curl from the host at its cluster IP (by a named target port) and at a node port,
 //! spread over its pods, refused at once with no endpoint, back when one returns, and kept on
-//! one pod under `sessionAffinity: ClientIP`.
+//! one pod under `sessionAffinity: ClientIP`; and its names in the cluster DNS, asked with dig.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -13,6 +13,19 @@ use flotilla_examples as examples;
 use crate::harness::{Ports, Server};
 use crate::kubectl::Kubectl;
 use crate::pods::{apply, import};
+
+/// What dig answers for `name` (`kind` records) from the cluster DNS at `server`: the status
+/// and the answers, short.
+fn dig(server: &str, name: &str, kind: &str) -> Result<(String, Vec<String>)> {
+    let out = Command::new("dig").args([&format!("@{server}"), name, kind, "+tries=1", "+time=3"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("none").to_string();
+    let short =
+        Command::new("dig").args([&format!("@{server}"), name, kind, "+short", "+tries=1", "+time=3"]).output()?;
+    let mut answers: Vec<String> = String::from_utf8_lossy(&short.stdout).lines().map(str::to_string).collect();
+    answers.sort();
+    Ok((status, answers))
+}
 
 /// What curl got from `url`: the body, or curl's exit code (7: refused, 28: timed out).
 fn curl(url: &str) -> Result<Result<String, i32>> {
@@ -68,6 +81,46 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
         .map(String::from)
         .collect();
     ensure!(spread_over(&url, 2)? == pods, "the cluster IP spreads over both pods");
+
+    // Its names: A and SRV, NXDOMAIN for what is not there, a headless Service's pods.
+    let dns = k.ok(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let ns = &k.namespace;
+    let name = |service: &str| format!("{service}.{ns}.svc.cluster.local");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dig(&dns, &name("web"), "A")?.1 != [ip.clone()] {
+        let answered = dig(&dns, &name("web"), "A")?;
+        ensure!(Instant::now() < deadline, "the cluster DNS never answered for {}: {answered:?}", name("web"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A named port has an SRV record (kubectl expose names none; the port is named after).
+    k.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/ports/0/name","value":"http"}]"#,
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let srv_name = format!("_http._tcp.{}", name("web"));
+    while dig(&dns, &srv_name, "SRV")?.1 != [format!("0 100 80 {}.", name("web"))] {
+        ensure!(Instant::now() < deadline, "no SRV record: {:?}", dig(&dns, &srv_name, "SRV")?);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _) = dig(&dns, &name("nothing"), "A")?;
+    ensure!(status == "NXDOMAIN", "{status}");
+    k.ok(&["expose", "deploy", "web", "--name=web-headless", "--cluster-ip=None", "--port=8080"])?;
+    let pod_ips: Vec<String> = {
+        let out = k.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"])?;
+        let mut ips: Vec<String> = out.split(' ').map(String::from).collect();
+        ips.sort();
+        ips
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dig(&dns, &name("web-headless"), "A")?.1 != pod_ips {
+        ensure!(Instant::now() < deadline, "the headless Service never listed {pod_ips:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A node port, on the node's address.
     k.ok(&["expose", "deploy", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;

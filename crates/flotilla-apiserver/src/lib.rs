@@ -134,6 +134,7 @@ impl ApiServer {
                 Err(e) => return Err(e),
             }
         }
+        bootstrap_dns_service(&registry, config.service_cidr).await?;
         let inner = Inner {
             registry,
             nodes: NodeProxy::new(config.node_client),
@@ -172,6 +173,29 @@ impl ApiServer {
             .with_state(self.clone())
             .layer(Authenticate::layer(self.inner.authenticator.clone()))
     }
+}
+
+/// `kube-system/kube-dns` on the tenth address of the service range (upstream's convention,
+/// 10.96.0.10 for 10.96.0.0/12): every node serves the cluster DNS on its cluster IP. It has no
+/// selector, since no pod serves it.
+async fn bootstrap_dns_service(registry: &Registry, range: flotilla_api::Cidr) -> Result<(), Error> {
+    let Some(ip) = range.hosts().nth(9) else { return Ok(()) };
+    let services = resource::find("", "v1", "services").expect("services are served");
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": ip.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+        ]},
+    });
+    match registry.create(services, Some("kube-system"), service, WriteOptions::default()).await {
+        Ok(_) => tracing::info!(%ip, "created the cluster DNS Service"),
+        Err(Error(e)) if e.reason == Reason::AlreadyExists => {}
+        // Its address taken by a Service of the user's: DNS lives without its Service.
+        Err(e) => tracing::warn!(error = %e.0.message, "cannot create kube-system/kube-dns"),
+    }
+    Ok(())
 }
 
 async fn readyz(State(server): State<ApiServer>) -> Response {

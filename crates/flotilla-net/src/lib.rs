@@ -8,13 +8,15 @@
 //! out: [`Userspace`] listens on each frontend and relays every connection to one endpoint. It
 //! needs no privileges where the service range is loopback (the single-host default,
 //! 127.43.0.0/16), and serves host processes and wasm guests alike, since both connect through
-//! the host's sockets.
+//! the host's sockets. The same loop keeps the cluster DNS's names ([`dns`]) current, which the
+//! node serves on the cluster IP of `kube-system/kube-dns`.
 
+pub mod dns;
 mod proxy;
 mod routes;
 mod userspace;
 
-pub use proxy::{ProxyConfig, ServiceProxy};
+pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
 pub use routes::{Route, routes};
 pub use userspace::Userspace;
 

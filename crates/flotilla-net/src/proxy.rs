@@ -4,7 +4,7 @@
 //! holds.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use flotilla_client::{Cache, Change, Informer, ObjectKey};
@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::DataPath;
+use crate::dns::{self, DnsServer, Zone};
 use crate::routes::{SERVICE_NAME_LABEL, routes};
 
 /// Where the proxy runs.
@@ -23,7 +24,15 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// The node's address, where node ports listen.
     pub node_ip: Ipv4Addr,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Where names outside the cluster domain are resolved: the node's own resolver.
+    pub upstream_dns: Option<SocketAddr>,
 }
+
+/// The Service whose cluster IP the cluster DNS answers on, on every node (as NodeLocal
+/// DNSCache binds its address on each): `kube-system/kube-dns`, which the API server creates.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// The running proxy. Dropping it stops it; the data path it owns goes with it.
 #[derive(Debug)]
@@ -105,6 +114,9 @@ async fn sync(
     config: ProxyConfig,
     mut path: impl DataPath,
 ) {
+    let zone = Arc::new(Zone::new(&config.cluster_domain));
+    let dns_service = ObjectKey::new(Some(DNS_SERVICE.0), DNS_SERVICE.1);
+    let mut dns_server: Option<DnsServer> = None;
     services.synced().await;
     slices.synced().await;
     // Everything once, from the complete caches: no Service is programmed from half a list.
@@ -114,17 +126,38 @@ async fn sync(
     loop {
         dirty.notify.notified().await;
         for key in dirty.take() {
-            let routes = match services.get(&key) {
-                Some(service) => {
-                    let namespace = key.namespace.as_deref().unwrap_or_default();
-                    let own = slices.in_namespace(namespace);
-                    let own: Vec<&EndpointSlice> =
-                        own.iter().filter(|s| service_of(s).as_ref() == Some(&key)).map(|s| &**s).collect();
-                    routes(&service, &own, &config.node_name, config.node_ip)
-                }
-                None => Vec::new(),
+            let Some(service) = services.get(&key) else {
+                path.sync(&key, Vec::new());
+                zone.replace(&key, Vec::new());
+                continue;
             };
-            path.sync(&key, routes);
+            let namespace = key.namespace.as_deref().unwrap_or_default();
+            let own = slices.in_namespace(namespace);
+            let own: Vec<&EndpointSlice> =
+                own.iter().filter(|s| service_of(s).as_ref() == Some(&key)).map(|s| &**s).collect();
+            path.sync(&key, routes(&service, &own, &config.node_name, config.node_ip));
+            zone.replace(&key, dns::records(&service, &own, zone.domain()));
+            if key == dns_service {
+                serve_dns(&mut dns_server, &service, &zone, config.upstream_dns);
+            }
         }
+    }
+}
+
+/// Keeps the DNS server on the DNS Service's cluster IP, port 53.
+fn serve_dns(server: &mut Option<DnsServer>, service: &Service, zone: &Arc<Zone>, upstream: Option<SocketAddr>) {
+    let ip = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let at = ip.map(|ip| SocketAddr::new(ip.into(), 53));
+    if server.as_ref().map(|s| s.at) == at {
+        return;
+    }
+    *server = None;
+    let Some(at) = at else { return };
+    match DnsServer::start(at, zone.clone(), upstream) {
+        Ok(started) => {
+            tracing::info!(%at, "serving cluster DNS");
+            *server = Some(started);
+        }
+        Err(e) => tracing::warn!(%at, error = %e, "cannot serve cluster DNS"),
     }
 }

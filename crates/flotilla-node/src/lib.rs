@@ -177,7 +177,12 @@ impl Agent {
         tracing::info!(node = node.config.name, pods = %node.config.pod_cidr, "node registered");
         let proxy = flotilla_net::ServiceProxy::start(
             client.clone(),
-            flotilla_net::ProxyConfig { node_name: node.config.name.clone(), node_ip: node.config.node_ip },
+            flotilla_net::ProxyConfig {
+                node_name: node.config.name.clone(),
+                node_ip: node.config.node_ip,
+                cluster_domain: flotilla_net::dns::CLUSTER_DOMAIN.into(),
+                upstream_dns: flotilla_net::dns::system_resolver(),
+            },
             flotilla_net::Userspace::default(),
         );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
