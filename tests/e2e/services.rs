@@ -1,7 +1,8 @@
 //! Traffic through Services: a Deployment of wasm HTTP servers behind `kubectl expose`, reached
 //! with curl from the host at its cluster IP (by a named target port) and at a node port,
 //! spread over its pods, refused at once with no endpoint, back when one returns, and kept on
-//! one pod under `sessionAffinity: ClientIP`; and its names in the cluster DNS, asked with dig.
+//! one pod under `sessionAffinity: ClientIP`; its names in the cluster DNS, asked with dig; and
+//! a wasm function calling it by its short name through `wasi:http`.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -66,6 +67,7 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), Ports::free())?;
     import(dir.path(), examples::P1_HTTP, "http:v1")?;
+    import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
     let k = Kubectl::new("1.33", &server)?;
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: http\n        image: http:v1\n        imagePullPolicy: IfNotPresent\n        ports:\n        - name: http\n          containerPort: 8080\n";
     apply(&k, deployment)?;
@@ -121,6 +123,18 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
         ensure!(Instant::now() < deadline, "the headless Service never listed {pod_ips:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A function calls the Service by its short name, which the node resolves for it.
+    let function = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: function\nspec:\n  containers:\n  - name: function\n    image: handler:v1\n    imagePullPolicy: IfNotPresent\n    ports:\n    - containerPort: 8080\n";
+    apply(&k, function)?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/function", "--timeout=60s"])?;
+    let function_ip = k.ok(&["get", "pod", "function", "-o", "jsonpath={.status.podIP}"])?;
+    let called = answer(&format!("http://{function_ip}:8080/?call=web"))?;
+    ensure!(called.starts_with("called web: hello from web-"), "{called}");
+    let called = answer(&format!("http://{function_ip}:8080/?call={}", name("web")))?;
+    ensure!(called.contains("hello from web-"), "{called}");
+    let missing = answer(&format!("http://{function_ip}:8080/?call={}", name("nothing")))?;
+    ensure!(missing.contains("failed") && missing.contains("Dns"), "{missing}");
 
     // A node port, on the node's address.
     k.ok(&["expose", "deploy", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;

@@ -185,6 +185,56 @@ impl Zone {
     }
 }
 
+/// How many dots make a name absolute before the search path is tried (a pod's `ndots:5`).
+const NDOTS: usize = 5;
+
+impl Zone {
+    /// The addresses `name` has for a pod in `namespace`, looked up as its resolver would
+    /// with the pod's search path (`<namespace>.svc.<domain> svc.<domain> <domain>`,
+    /// `ndots:5`): `None` when it is no name of the cluster domain (the node's resolver's
+    /// business), `Some` of nothing when it is but holds no address.
+    pub fn resolve(&self, namespace: &str, name: &str) -> Option<Vec<std::net::IpAddr>> {
+        let domain = &self.domain;
+        let candidates: Vec<String> = match name.strip_suffix('.') {
+            Some(absolute) => vec![absolute.to_string()],
+            None => {
+                let searched = [format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.clone()]
+                    .map(|suffix| format!("{name}.{suffix}"));
+                if name.matches('.').count() >= NDOTS {
+                    std::iter::once(name.to_string()).chain(searched).collect()
+                } else {
+                    searched.into_iter().chain([name.to_string()]).collect()
+                }
+            }
+        };
+        let mut inside = false;
+        for candidate in &candidates {
+            match self.lookup(candidate) {
+                Lookup::Elsewhere => {}
+                Lookup::Missing => inside = true,
+                Lookup::Found(held) => {
+                    inside = true;
+                    let addresses: Vec<std::net::IpAddr> = held
+                        .iter()
+                        .filter_map(|a| if let Answer::A(ip) = a { Some((*ip).into()) } else { None })
+                        .collect();
+                    if !addresses.is_empty() {
+                        return Some(addresses);
+                    }
+                    // An alias out of the cluster: the node's resolver follows it.
+                    if held.iter().any(|a| matches!(a, Answer::Cname(_))) {
+                        return None;
+                    }
+                }
+            }
+        }
+        // Only a name written in full within the cluster domain is known not to exist; a short
+        // one may still be a name of the world (`example` in `example.com`'s search).
+        let absolute = name.trim_end_matches('.');
+        (inside && matches!(self.lookup(absolute), Lookup::Missing | Lookup::Found(_))).then(Vec::new)
+    }
+}
+
 /// The node's own resolver: the first `nameserver` of `/etc/resolv.conf`.
 pub fn system_resolver() -> Option<SocketAddr> {
     let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
@@ -460,6 +510,18 @@ mod tests {
         assert_eq!(dashed.answers.len(), 1);
         let srv = ask(&zone, "_db._tcp.web.shop.svc.cluster.local.", RecordType::SRV).await;
         assert_eq!(srv.answers.len(), 2);
+    }
+
+    #[test]
+    fn a_pods_short_names_resolve_through_its_search_path() {
+        let zone = zone_with(&service(json!({"clusterIP": "127.43.0.7", "ports": [{"port": 80}]})), &[]);
+        let ip: std::net::IpAddr = "127.43.0.7".parse().unwrap();
+        assert_eq!(zone.resolve("shop", "web"), Some(vec![ip]));
+        assert_eq!(zone.resolve("other", "web.shop"), Some(vec![ip]));
+        assert_eq!(zone.resolve("other", "web.shop.svc.cluster.local."), Some(vec![ip]));
+        assert_eq!(zone.resolve("other", "web"), None, "not in this namespace: the world's to answer");
+        assert_eq!(zone.resolve("shop", "nothing.shop.svc.cluster.local"), Some(vec![]));
+        assert_eq!(zone.resolve("shop", "example.com"), None);
     }
 
     #[tokio::test]

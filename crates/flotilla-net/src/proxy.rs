@@ -24,8 +24,6 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// The node's address, where node ports listen.
     pub node_ip: Ipv4Addr,
-    /// The cluster's DNS domain (`cluster.local`).
-    pub cluster_domain: String,
     /// Where names outside the cluster domain are resolved: the node's own resolver.
     pub upstream_dns: Option<SocketAddr>,
 }
@@ -68,8 +66,8 @@ impl Dirty {
 
 impl ServiceProxy {
     /// Watches Services and EndpointSlices through `client` and keeps `path` carrying out
-    /// their routes.
-    pub fn start(client: kube::Client, config: ProxyConfig, path: impl DataPath) -> ServiceProxy {
+    /// their routes, and `zone` holding their names.
+    pub fn start(client: kube::Client, config: ProxyConfig, zone: Arc<Zone>, path: impl DataPath) -> ServiceProxy {
         let dirty = Arc::new(Dirty::default());
         let mut services = Informer::<Service>::all(client.clone());
         let mut slices = Informer::<EndpointSlice>::all(client);
@@ -95,7 +93,7 @@ impl ServiceProxy {
         let tasks = vec![
             tokio::spawn(services.run()),
             tokio::spawn(slices.run()),
-            tokio::spawn(sync(service_cache, slice_cache, dirty, config, path)),
+            tokio::spawn(sync(service_cache, slice_cache, dirty, config, zone, path)),
         ];
         ServiceProxy { tasks }
     }
@@ -112,9 +110,9 @@ async fn sync(
     slices: Cache<EndpointSlice>,
     dirty: Arc<Dirty>,
     config: ProxyConfig,
+    zone: Arc<Zone>,
     mut path: impl DataPath,
 ) {
-    let zone = Arc::new(Zone::new(&config.cluster_domain));
     let dns_service = ObjectKey::new(Some(DNS_SERVICE.0), DNS_SERVICE.1);
     let mut dns_server: Option<DnsServer> = None;
     services.synced().await;

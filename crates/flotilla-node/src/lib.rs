@@ -119,6 +119,8 @@ pub(crate) struct Node {
     probe_client: pods::ProbeClient,
     /// Where the guests may not connect.
     egress: Arc<flotilla_wasm::Egress>,
+    /// The cluster DNS's names, which guests resolve without asking it.
+    zone: Arc<flotilla_net::dns::Zone>,
 }
 
 /// A running node agent. Dropping it stops everything it runs, guests included.
@@ -171,6 +173,7 @@ impl Agent {
             services,
             probe_client: pods::probe_client(),
             egress: Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone())),
+            zone: Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN)),
             config,
         });
         let registered = node::register(&node).await?;
@@ -180,9 +183,9 @@ impl Agent {
             flotilla_net::ProxyConfig {
                 node_name: node.config.name.clone(),
                 node_ip: node.config.node_ip,
-                cluster_domain: flotilla_net::dns::CLUSTER_DOMAIN.into(),
                 upstream_dns: flotilla_net::dns::system_resolver(),
             },
+            node.zone.clone(),
             flotilla_net::Userspace::default(),
         );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())

@@ -40,11 +40,13 @@ pub(crate) struct ProxyGuest {
 
 /// The component's outgoing requests (`wasi:http/outgoing-handler`): wasmtime-wasi-http's own
 /// client, once every address the request's host resolves to passes the pod's egress policy.
-/// (The client resolves the name again when it connects; a name whose answer changes between
-/// the two lookups is a gap the socket layer's check, which sees the connected address, does
-/// not have.)
+/// A name the node answers itself (a Service's) is resolved here and the request sent to that
+/// address, its `Host` header unchanged. (Otherwise the client resolves the name again when it
+/// connects; a name whose answer changes between the two lookups is a gap the socket layer's
+/// check, which sees the connected address, does not have.)
 struct OutgoingHooks {
     egress: Arc<Egress>,
+    names: Option<Arc<dyn crate::run::Names>>,
 }
 
 impl WasiHttpHooks for OutgoingHooks {
@@ -63,16 +65,34 @@ impl WasiHttpHooks for OutgoingHooks {
     > {
         drop(fut);
         let egress = self.egress.clone();
+        let names = self.names.clone();
         Box::new(async move {
+            let mut request = request;
             let uri = request.uri();
             let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let addresses = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?;
-            if addresses.into_iter().any(|address| !egress.allows(address)) {
-                return Err(HttpError::DestinationIpProhibited);
+            let nxdomain = || HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None };
+            match names.as_ref().and_then(|n| n.resolve(&host)) {
+                // A name the node knows: sent to its address, chosen here.
+                Some(addresses) => {
+                    let ip = *addresses.first().ok_or_else(nxdomain)?;
+                    let address = std::net::SocketAddr::new(ip, port);
+                    if !egress.allows(address) {
+                        return Err(HttpError::DestinationIpProhibited);
+                    }
+                    let mut parts = request.uri().clone().into_parts();
+                    parts.authority = Some(address.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
+                    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                }
+                None => {
+                    let addresses = tokio::net::lookup_host((host.as_str(), port))
+                        .await
+                        .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?;
+                    if addresses.into_iter().any(|address| !egress.allows(address)) {
+                        return Err(HttpError::DestinationIpProhibited);
+                    }
+                }
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
@@ -230,10 +250,11 @@ async fn handle(
     }
     grant_network(&mut wasi, spec.network.as_ref());
     let egress = spec.network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
+    let names = spec.network.as_ref().and_then(|n| n.names.clone());
     let guest = ProxyGuest {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: OutgoingHooks { egress },
+        hooks: OutgoingHooks { egress, names },
         table: ResourceTable::new(),
         memory: MemoryLimit::sharing(pool),
         cpu: CpuLimit::new(spec.cpu_limit),

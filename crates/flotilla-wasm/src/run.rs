@@ -53,6 +53,16 @@ pub struct Network {
     /// a listening socket on each, pre-opened as fds 3, 4, … (`LISTEN_FDS` says how many); a p2
     /// component binds them itself through `wasi:sockets`.
     pub ports: Vec<u16>,
+    /// The names the node answers itself (the cluster DNS's), before its resolver is asked.
+    pub names: Option<Arc<dyn Names>>,
+}
+
+/// Names a node resolves for its guests from what it knows (a Service's name, with the pod's
+/// search path), so that they reach the cluster by name without a DNS round trip.
+pub trait Names: Send + Sync + std::fmt::Debug {
+    /// The addresses of `name`: `None` when it is not one of these names (the node's resolver
+    /// is asked), `Some` of nothing when it is but holds no address (NXDOMAIN).
+    fn resolve(&self, name: &str) -> Option<Vec<IpAddr>>;
 }
 
 impl std::fmt::Debug for ContainerSpec {

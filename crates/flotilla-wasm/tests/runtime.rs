@@ -239,8 +239,12 @@ async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
             ("POD_IP".into(), "127.0.0.1".into()),
             ("PORT".into(), port.to_string()),
         ];
-        spec.network =
-            Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
+        spec.network = Some(Network {
+            pod_ip: "127.0.0.1".parse().unwrap(),
+            ports: vec![port],
+            egress: Default::default(),
+            names: None,
+        });
         let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
         let running = {
             let runtime = runtime.clone();
@@ -264,8 +268,12 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
     let output = Arc::new(Captured::default());
     let mut bind_elsewhere = spec("http", &output);
     bind_elsewhere.env = vec![("POD_IP".into(), "127.0.0.1".into()), ("PORT".into(), free_port().to_string())];
-    bind_elsewhere.network =
-        Some(Network { pod_ip: "127.9.9.9".parse().unwrap(), ports: Vec::new(), egress: Default::default() });
+    bind_elsewhere.network = Some(Network {
+        pod_ip: "127.9.9.9".parse().unwrap(),
+        ports: Vec::new(),
+        egress: Default::default(),
+        names: None,
+    });
     assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
     assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
 
@@ -284,8 +292,12 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
     let output = Arc::new(Captured::default());
     let mut served = spec("handler", &output);
     served.env = vec![("HOSTNAME".into(), "fn-0".into())];
-    served.network =
-        Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
+    served.network = Some(Network {
+        pod_ip: "127.0.0.1".parse().unwrap(),
+        ports: vec![port],
+        egress: Default::default(),
+        names: None,
+    });
     let serving = {
         let runtime = runtime.clone();
         tokio::spawn(async move { runtime.run(&program, served).await })
@@ -325,6 +337,7 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
         pod_ip: "127.0.0.1".parse().unwrap(),
         ports: Vec::new(),
         egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])),
+        names: None,
     });
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
@@ -341,8 +354,12 @@ async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits()
     let port = free_port();
     let output = Arc::new(Captured::default());
     let mut served = spec("handler", &output);
-    served.network =
-        Some(Network { pod_ip: "127.0.0.1".parse().unwrap(), ports: vec![port], egress: Default::default() });
+    served.network = Some(Network {
+        pod_ip: "127.0.0.1".parse().unwrap(),
+        ports: vec![port],
+        egress: Default::default(),
+        names: None,
+    });
     served.http_concurrency = Some(2);
     served.memory = flotilla_wasm::MemoryPool::new(Some(48 << 20));
     let serving = {

@@ -2,11 +2,15 @@
 //! creates one instance per request, so an idle function costs no instance. It answers
 //! `hello from <HOSTNAME> at <path>` (request number <n> of this instance: always 1, since no
 //! instance outlives its request) and prints each request it handles. A query may make it work
-//! harder first: `sleep_ms=N` waits N ms, `alloc_mb=N` takes N MiB and touches them.
+//! harder first: `sleep_ms=N` waits N ms, `alloc_mb=N` takes N MiB and touches them; or call
+//! another: `call=HOST` sends `GET http://HOST/` through `wasi:http/outgoing-handler` and
+//! answers with what came back (`called HOST: <body>`, or why it failed).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
+};
 
 /// Requests this instance has handled.
 static HANDLED: AtomicU32 = AtomicU32::new(0);
@@ -25,7 +29,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
         let n = HANDLED.fetch_add(1, Ordering::Relaxed) + 1 + u32::from(held.iter().any(|b| *b == 0));
         let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "wasm".into());
         println!("handling {path}");
-        let text = format!("hello from {hostname} at {path} (request {n} of this instance)\n");
+        let called = path.split_once('?').and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("call=")));
+        let text = match called {
+            Some(host) => match get(host) {
+                Ok(body) => format!("called {host}: {body}"),
+                Err(why) => format!("calling {host} failed: {why}\n"),
+            },
+            None => format!("hello from {hostname} at {path} (request {n} of this instance)\n"),
+        };
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
         let response = OutgoingResponse::new(headers);
@@ -37,6 +48,28 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
         drop(stream);
         OutgoingBody::finish(body, None).expect("the body ends");
     }
+}
+
+/// `GET http://host/`: the response's body.
+fn get(host: &str) -> Result<String, String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(host)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some("/")).map_err(|()| "path")?;
+    let pending = wasip2::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending.get().ok_or("no response")?.map_err(|()| "taken")?.map_err(|e| format!("{e:?}"))?;
+    let body = response.consume().map_err(|()| "no body")?;
+    let stream = body.stream().map_err(|()| "no stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 << 10) {
+            Ok(chunk) => bytes.extend(chunk),
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 wasip2::http::proxy::export!(Handler);

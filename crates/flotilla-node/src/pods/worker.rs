@@ -509,7 +509,15 @@ impl Worker {
             dirs,
             memory,
             cpu_limit,
-            network: Some(Network { pod_ip: ip.into(), ports, egress: self.node.egress.clone() }),
+            network: Some(Network {
+                pod_ip: ip.into(),
+                ports,
+                egress: self.node.egress.clone(),
+                names: Some(Arc::new(PodNames {
+                    zone: self.node.zone.clone(),
+                    namespace: self.namespace().to_string(),
+                })),
+            }),
             http_concurrency: http_concurrency(&self.pod)?,
             output,
         };
@@ -939,5 +947,18 @@ fn http_concurrency(pod: &Pod) -> Result<Option<usize>, String> {
         _ => Err(format!(
             "annotation {HTTP_CONCURRENCY_ANNOTATION}: {value:?} is not a number of requests from 1 to 10000"
         )),
+    }
+}
+
+/// A pod's view of the cluster DNS's names: its search path starts in its own namespace.
+#[derive(Debug)]
+struct PodNames {
+    zone: Arc<flotilla_net::dns::Zone>,
+    namespace: String,
+}
+
+impl flotilla_wasm::Names for PodNames {
+    fn resolve(&self, name: &str) -> Option<Vec<std::net::IpAddr>> {
+        self.zone.resolve(&self.namespace, name)
     }
 }
