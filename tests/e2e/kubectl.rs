@@ -158,7 +158,7 @@ fn apply_creates_then_updates_by_strategic_merge() -> Result<()> {
         for file in ["deployment.yaml", "service.yaml", "config.yaml"] {
             let text = std::fs::read_to_string(manifests().join(file))?;
             let text = text
-                .replace("web:1.0", "web:1.1")
+                .replace("http:v1", "http:v2")
                 .replace("        - name: COLOUR\n          value: blue\n", "")
                 .replace(
                     "  labels:\n    app: web\nspec:\n  replicas",
@@ -169,7 +169,7 @@ fn apply_creates_then_updates_by_strategic_merge() -> Result<()> {
         let out = k.ok(&["apply", "-f", edited.path().to_str().unwrap()])?;
         ensure!(out.contains("deployment.apps/web configured") && out.contains("service/web unchanged"), "{out}");
         let got = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[*].name} {.metadata.labels.tier} {.metadata.generation}"])?;
-        ensure!(got == "ghcr.io/example/web:1.1 GREETING front 2", "{got}");
+        ensure!(got == "http:v2 GREETING front 2", "{got}");
         Ok(())
     })
 }
@@ -186,7 +186,7 @@ fn get_prints_upstream_columns_and_formats() -> Result<()> {
             header(&wide) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
             "{wide}"
         );
-        ensure!(wide.contains("ghcr.io/example/web:1.0") && wide.contains("app=web"), "{wide}");
+        ensure!(wide.contains("http:v1") && wide.contains("app=web"), "{wide}");
         let svc = k.ok(&["get", "svc", "web"])?;
         ensure!(header(&svc) == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], "{svc}");
         ensure!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");

@@ -168,3 +168,24 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
     }
     Ok(())
 }
+
+/// The README's first example, as a new user runs it: `scripts/examples` imports the example
+/// modules (as `scripts/start` does), `kubectl apply -f manifests/web`, and curl at the
+/// Service answers from the pods.
+#[test]
+fn the_readme_web_example_answers_curl_through_its_service() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(repository.join("scripts/examples"))
+        .arg(dir.path())
+        .arg(crate::harness::flotilla_bin())
+        .output()?;
+    ensure!(out.status.success(), "scripts/examples: {}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(dir.path(), Ports::free())?;
+    let k = Kubectl::new("1.33", &server)?;
+    k.ok(&["apply", "-f", crate::kubectl::manifests().to_str().unwrap()])?;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"])?;
+    let ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    ensure!(spread_over(&format!("http://{ip}/"), 2)?.iter().all(|pod| pod.starts_with("web-")));
+    Ok(())
+}
