@@ -189,3 +189,44 @@ fn the_readme_web_example_answers_curl_through_its_service() -> Result<()> {
     ensure!(spread_over(&format!("http://{ip}/"), 2)?.iter().all(|pod| pod.starts_with("web-")));
     Ok(())
 }
+
+/// `flotilla run`: a module to a URL in one command; run again with another build, the
+/// Deployment rolls to it; run again unchanged, nothing rolls.
+#[test]
+fn flotilla_run_serves_a_module_at_a_url_and_rolls_to_a_rebuild() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = crate::pods::node_name(&k)?;
+    let run = |module: &str| -> Result<String> {
+        let out = Command::new(crate::harness::flotilla_bin())
+            .args(["run", module, "--name", "fn", "--node", &node, "--namespace", &k.namespace, "--timeout", "60s"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "flotilla run: {text}{}", String::from_utf8_lossy(&out.stderr));
+        Ok(text)
+    };
+    let said = run(examples::P1_HTTP)?;
+    let url = said.lines().last().and_then(|l| l.split("ready: ").nth(1)).unwrap_or_default().to_string();
+    ensure!(url.starts_with("http://127.43."), "{said}");
+    let first = answer(&url)?;
+    ensure!(first.starts_with("hello from fn-"), "{first}");
+    let image =
+        |k: &Kubectl| k.ok(&["get", "deploy", "fn", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]);
+    let (v1, generation) = (image(&k)?, k.ok(&["get", "deploy", "fn", "-o", "jsonpath={.metadata.generation}"])?);
+
+    // The same module again: nothing changes.
+    run(examples::P1_HTTP)?;
+    ensure!(k.ok(&["get", "deploy", "fn", "-o", "jsonpath={.metadata.generation}"])? == generation);
+    // Another build (here the component of the same program): a new image, rolled out.
+    let said = run(examples::P2_HTTP)?;
+    let v2 = image(&k)?;
+    ensure!(v2 != v1 && v2.starts_with("fn:"), "{v1} then {v2}: {said}");
+    let pods = k.ok(&["get", "pods", "-l", "app=fn", "-o", "jsonpath={.items[*].spec.containers[0].image}"])?;
+    ensure!(pods.split(' ').all(|i| i == v2), "pods after the rollout: {pods}");
+    let after = answer(&url)?;
+    ensure!(after.starts_with("hello from fn-") && after != first, "{first} then {after}");
+    Ok(())
+}

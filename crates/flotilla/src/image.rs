@@ -57,7 +57,7 @@ pub(crate) fn run(command: ImageCommand) -> Result<()> {
     Ok(())
 }
 
-fn open(data_dir: &std::path::Path) -> Result<ImageStore> {
+pub(crate) fn open(data_dir: &std::path::Path) -> Result<ImageStore> {
     let dir = crate::node::node_dir(data_dir).join("images");
     ImageStore::open(dir.clone()).with_context(|| format!("cannot open the image store in {}", dir.display()))
 }

@@ -9,6 +9,7 @@ mod control;
 mod image;
 mod node;
 mod peer;
+mod run;
 mod server;
 mod store_admin;
 
@@ -48,6 +49,9 @@ enum Command {
     Scheduler(control::ControlArgs),
     /// Run the controllers alone, against the server a kubeconfig points at.
     Controllers(control::ControlArgs),
+    /// Run a `.wasm` module as a Deployment behind a Service, and print its URL; run again
+    /// after a rebuild, it rolls the Deployment to the new module.
+    Run(Box<run::RunArgs>),
     /// Manage the modules in a node's image store.
     Image {
         #[command(subcommand)]
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(args) => control::scheduler(args).await,
             Command::Controllers(args) => control::controllers(args).await,
             Command::Image { command } => image::run(command),
+            Command::Run(args) => run::run(*args).await,
         }
     })
 }
