@@ -196,7 +196,14 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
 
     // The node API reads logs to the API server only: not to a stranger, not to a node.
     let port = admin.ok(&["get", "node", "edge-2", "-o", "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}"])?;
-    let logs = format!("https://127.0.0.1:{port}/containerLogs/{ns}/pod-2/c");
+    let ip = admin.ok(&[
+        "get",
+        "node",
+        "edge-2",
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ])?;
+    let logs = format!("https://{ip}:{port}/containerLogs/{ns}/pod-2/c");
     let (_, answer) = curl(&["-k", &logs])?;
     ensure!(answer.contains("Unauthorized"), "{answer}");
     let (_, answer) = curl(&[

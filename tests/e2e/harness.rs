@@ -25,25 +25,32 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// A pod range in 127.0.0.0/8 that no other server of this test process uses.
-pub(crate) fn pod_range() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("127.{}.{}.0/24", 100 + n / 256 % 100, n % 256)
-}
-
-/// Where a server listens: the Kubernetes API and the store's peer API, and the address range
-/// of its node's pods (kept across restarts, as a node's range is).
+/// Where a server listens: the Kubernetes API and the store's peer API; and the addresses of
+/// its cluster, kept across restarts as a node's are: its node's address and pod range, and its
+/// service range. Each server of a test process gets its own, all in 127.0.0.0/8, so servers
+/// that run side by side never share a pod address, a cluster IP or a node port (the proxies
+/// of one host's nodes share their frontends, by design, within a cluster).
 #[derive(Clone, Debug)]
 pub(crate) struct Ports {
     pub(crate) api: u16,
     pub(crate) peer: u16,
     pub(crate) pods: String,
+    pub(crate) services: String,
+    pub(crate) node_ip: String,
 }
 
 impl Ports {
     pub(crate) fn free() -> Ports {
-        Ports { api: free_port(), peer: free_port(), pods: pod_range() }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (high, low) = (n / 256 % 50, n % 256);
+        Ports {
+            api: free_port(),
+            peer: free_port(),
+            pods: format!("127.{}.{low}.0/24", 100 + high),
+            services: format!("127.{}.{low}.0/24", 150 + high),
+            node_ip: format!("127.{}.{low}.1", 200 + high),
+        }
     }
 }
 
@@ -77,9 +84,9 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", ports.api)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", ports.peer)])
-            // The embedded node: its API on a free port, and a pod range of its own, so servers
-            // of tests that run side by side never hand out the same pod address.
-            .args(["--node-listen", "127.0.0.1:0", "--pod-cidr", &ports.pods])
+            // The embedded node: its API on a free port of its own address.
+            .args(["--node-ip", &ports.node_ip, "--node-listen", &format!("{}:0", ports.node_ip)])
+            .args(["--pod-cidr", &ports.pods, "--service-cidr", &ports.services])
             .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use flotilla_examples as examples;
 
-use crate::harness::{Ports, Server, flotilla_bin, pod_range};
+use crate::harness::{Ports, Server, flotilla_bin};
 use crate::kubectl::Kubectl;
 use crate::pods::{apply, import, node_name, pod, wait_for};
 
@@ -68,10 +68,13 @@ pub(crate) struct Agent(Child);
 
 impl Agent {
     pub(crate) fn start(server: &Server, token: &str, data_dir: &Path, name: &str) -> Result<Agent> {
+        // An address and a pod range of its own, as a machine of its own would have.
+        let own = Ports::free();
         let child = Command::new(flotilla_bin())
             .args(["agent", "--server", &server.url, "--token", token, "--data-dir"])
             .arg(data_dir)
-            .args(["--node-name", name, "--node-listen", "127.0.0.1:0", "--pod-cidr", &pod_range()])
+            .args(["--node-name", name, "--node-ip", &own.node_ip, "--node-listen", &format!("{}:0", own.node_ip)])
+            .args(["--pod-cidr", &own.pods])
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -20,6 +20,7 @@ mod nodelifecycle;
 mod pods;
 mod replicaset;
 mod serviceaccount;
+mod servicelb;
 mod statefulset;
 
 use std::future::Future;
@@ -213,6 +214,7 @@ impl Controllers {
         tasks.extend(serviceaccount::start(&context, &mut informers));
         tasks.extend(namespace::start(&context, &mut informers));
         tasks.extend(endpoints::start(&context, &mut informers));
+        tasks.extend(servicelb::start(&context, &mut informers));
         tasks.extend(job::start(&context, &mut informers));
         tasks.extend(daemonset::start(&context, &mut informers));
         tasks.extend(statefulset::start(&context, &mut informers));

@@ -43,6 +43,14 @@ pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip:
     });
     let local_internal = spec.internal_traffic_policy.as_deref() == Some("Local");
     let local_external = spec.external_traffic_policy.as_deref() == Some("Local");
+    let ingress: Vec<Ipv4Addr> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
     let mut out = Vec::new();
     for port in spec.ports.iter().flatten().filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP") {
         let all = endpoints(port, slices, None);
@@ -51,9 +59,16 @@ pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip:
             let endpoints = if local_internal { local() } else { all.clone() };
             out.push(Route { frontend: SocketAddr::new(ip, port.port as u16), endpoints, affinity });
         }
+        let external = if local_external { local() } else { all };
         if let Some(node_port) = port.node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer")) {
-            let endpoints = if local_external { local() } else { all };
-            out.push(Route { frontend: SocketAddr::new(node_ip.into(), node_port as u16), endpoints, affinity });
+            let frontend = SocketAddr::new(node_ip.into(), node_port as u16);
+            out.push(Route { frontend, endpoints: external.clone(), affinity });
+        }
+        // A load balancer's ingress on this node's address answers on the Service's own port
+        // (ServiceLB's; other nodes answer on theirs).
+        if kind == "LoadBalancer" && ingress.contains(&node_ip) {
+            let frontend = SocketAddr::new(node_ip.into(), port.port as u16);
+            out.push(Route { frontend, endpoints: external, affinity });
         }
     }
     out
@@ -162,9 +177,16 @@ mod tests {
             json!([{"port": 8080}]),
             json!([endpoint("127.77.0.2", "a", true, false), endpoint("127.78.0.2", "b", true, false)]),
         )];
+        let mut svc = svc;
+        svc.status = Some(
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}}))
+                .unwrap(),
+        );
         let routes = routes(&svc, &slices.iter().collect::<Vec<_>>(), "b", NODE_IP);
         assert_eq!(routes[0].endpoints.len(), 2, "the cluster IP spreads over every node");
         assert_eq!(routes[1].endpoints, ["127.78.0.2:8080".parse().unwrap()], "the node port keeps to node b");
+        assert_eq!(routes[2].frontend, "10.0.0.1:80".parse().unwrap(), "this node's ingress, on the Service's port");
+        assert_eq!(routes.len(), 3, "not the other node's ingress");
         assert!(routes.iter().all(|r| r.affinity == Some(Duration::from_secs(60))));
     }
 
