@@ -275,7 +275,7 @@ impl Registry {
         let key = Self::key(def, namespace, &name);
         let mut extra = Vec::new();
         if def.kind == "Service" && def.group.is_empty() {
-            extra = self.services.allocate(&mut object).await?;
+            extra = self.services.allocate(&mut object, None).await?.taken;
         }
         let stored = codec::encode(&object)?;
         if options.dry_run {
@@ -387,6 +387,11 @@ impl Registry {
             if let Some(node) = &options.node {
                 node::admit(node, Operation::Update, def, sub, Some(&old), Some(&object))?;
             }
+            // A Service's addresses follow its spec: kept, taken anew or freed with the write.
+            let mut allocation = crate::services::Allocation::default();
+            if def.kind == "Service" && def.group.is_empty() && sub.is_none() && !is_deleting(&object) {
+                allocation = self.services.allocate(&mut object, Some(&old)).await?;
+            }
             set_generation(def, &old, &mut object);
             if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
                 managed::track_update(def, Some(&old), &mut object, manager, &now());
@@ -414,11 +419,17 @@ impl Registry {
                 Op::put(key.clone(), self.seal(def, &key, stored.clone()))
             };
             let mut ops = vec![op];
+            let mut compares = vec![Compare::mod_revision(key, current.revision)];
             if finished {
                 ops.extend(self.services.release(def, &object).into_iter().map(Op::delete));
+            } else {
+                for taken in allocation.taken {
+                    compares.push(Compare::absent(taken.clone()));
+                    ops.push(Op::put(taken, name.to_string()));
+                }
+                ops.extend(allocation.freed.into_iter().map(Op::delete));
             }
-            let response =
-                self.store.txn(TxnRequest::when([Compare::mod_revision(key, current.revision)]).then(ops)).await?;
+            let response = self.store.txn(TxnRequest::when(compares).then(ops)).await?;
             if response.succeeded {
                 return Ok(Written {
                     object: Stored { bytes: stored, revision: response.revision, stale: false },

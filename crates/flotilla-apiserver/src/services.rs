@@ -28,23 +28,45 @@ impl Allocator {
         Allocator { store, range }
     }
 
-    /// Gives a new Service its addresses; returns the allocation keys to create with it.
-    pub(crate) async fn allocate(&self, service: &mut Value) -> Result<Vec<String>> {
+    /// Gives a Service its addresses, on create (`old` is `None`) and on update, as upstream's
+    /// service storage does (`alloc.go`): what the Service already holds it keeps (an update
+    /// that leaves out its cluster IP or a port's node port keeps the old one), what it asks
+    /// for anew must be in range and free, and what it no longer needs is freed. Returns the
+    /// allocation keys to create and those to delete, in the write's transaction.
+    pub(crate) async fn allocate(&self, service: &mut Value, old: Option<&Value>) -> Result<Allocation> {
         let name = service.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let held: BTreeSet<String> = old.map(|old| self.keys(old)).unwrap_or_default().into_iter().collect();
+        let old_ip = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_string);
+        let old_ports: Vec<(i64, String, u64)> = old
+            .and_then(|o| o.pointer("/spec/ports"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p.get("port")?.as_i64()?, protocol(p), p.get("nodePort")?.as_u64()?)))
+            .collect();
         let spec = service
             .get_mut("spec")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::bad_request("a service needs a spec"))?;
         let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-        let mut keys = Vec::new();
+        let mut wanted = Vec::new();
         if kind == "ExternalName" {
             spec.remove("clusterIP");
             spec.remove("clusterIPs");
-            return Ok(keys);
+            for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                port.as_object_mut().map(|p| p.remove("nodePort"));
+            }
+            return Ok(Allocation::between(&held, wanted));
         }
-        let requested = spec.get("clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty()).map(str::to_string);
+        let requested =
+            spec.get("clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty()).map(str::to_string).or(old_ip);
         let ip = match requested.as_deref() {
             Some("None") => "None".to_string(),
+            Some(ip) if held.contains(&format!("{IP_PREFIX}{ip}")) => ip.to_string(),
             Some(ip) => {
                 let parsed: Ipv4Addr =
                     ip.parse().map_err(|_| invalid(&name, "spec.clusterIPs[0]", ip, "must be a valid IP address"))?;
@@ -53,50 +75,64 @@ impl Allocator {
                         format!("provided IP is not in the valid range. The range of valid IPs is {}", self.range);
                     return Err(invalid(&name, "spec.clusterIPs[0]", ip, &why).into());
                 }
-                if !self.taken(IP_PREFIX).await?.contains(ip) {
-                    keys.push(format!("{IP_PREFIX}{ip}"));
-                    ip.to_string()
-                } else {
+                if self.taken(IP_PREFIX).await?.contains(ip) {
                     return Err(invalid(&name, "spec.clusterIPs[0]", ip, "provided IP is already allocated").into());
                 }
+                ip.to_string()
             }
             None => {
                 let taken = self.taken(IP_PREFIX).await?;
-                let ip = self
-                    .range
+                self.range
                     .hosts()
                     .map(|ip| ip.to_string())
                     .find(|ip| !taken.contains(ip))
-                    .ok_or_else(|| ApiError::internal(format!("the service IP range {} is full", self.range)))?;
-                keys.push(format!("{IP_PREFIX}{ip}"));
-                ip
+                    .ok_or_else(|| ApiError::internal(format!("the service IP range {} is full", self.range)))?
             }
         };
+        if ip != "None" {
+            wanted.push(format!("{IP_PREFIX}{ip}"));
+        }
         spec.insert("clusterIP".into(), ip.clone().into());
         spec.insert("clusterIPs".into(), json!([ip]));
         spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
         spec.entry("ipFamilyPolicy").or_insert_with(|| json!("SingleStack"));
-        if kind == "NodePort" || kind == "LoadBalancer" {
-            let mut taken = self.taken(PORT_PREFIX).await?;
-            for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
-                let node_port = match port.get("nodePort").and_then(Value::as_u64) {
-                    Some(p) if taken.contains(&p.to_string()) => {
-                        return Err(
-                            invalid(&name, "spec.ports[].nodePort", p, "provided port is already allocated").into()
-                        );
-                    }
-                    Some(p) => p as u32,
-                    None => NODE_PORTS
-                        .clone()
-                        .find(|p| !taken.contains(&p.to_string()))
-                        .ok_or_else(|| ApiError::internal("the node port range is full"))?,
-                };
-                taken.insert(node_port.to_string());
-                port["nodePort"] = node_port.into();
-                keys.push(format!("{PORT_PREFIX}{node_port}"));
+        let node_ports = kind == "NodePort" || kind == "LoadBalancer";
+        let mut taken = if node_ports { self.taken(PORT_PREFIX).await? } else { BTreeSet::new() };
+        let mut seen = BTreeSet::new();
+        for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            if !node_ports {
+                port.as_object_mut().map(|p| p.remove("nodePort"));
+                continue;
             }
+            let kept = || {
+                let (number, protocol) = (port.get("port")?.as_i64()?, protocol(port));
+                old_ports.iter().find(|(p, proto, _)| *p == number && *proto == protocol).map(|(_, _, n)| *n)
+            };
+            let node_port = match port.get("nodePort").and_then(Value::as_u64).or_else(kept) {
+                Some(p) if held.contains(&format!("{PORT_PREFIX}{p}")) && seen.insert(p) => p as u32,
+                Some(p) if !NODE_PORTS.contains(&(p as u32)) => {
+                    let why = format!(
+                        "provided port is not in the valid range. The range of valid ports is {}-{}",
+                        NODE_PORTS.start(),
+                        NODE_PORTS.end()
+                    );
+                    return Err(invalid(&name, "spec.ports[].nodePort", p, &why).into());
+                }
+                Some(p) if taken.contains(&p.to_string()) || !seen.insert(p) => {
+                    return Err(invalid(&name, "spec.ports[].nodePort", p, "provided port is already allocated").into());
+                }
+                Some(p) => p as u32,
+                None => NODE_PORTS
+                    .clone()
+                    .find(|p| !taken.contains(&p.to_string()) && !seen.contains(&u64::from(*p)))
+                    .ok_or_else(|| ApiError::internal("the node port range is full"))?,
+            };
+            seen.insert(u64::from(node_port));
+            taken.insert(node_port.to_string());
+            port["nodePort"] = node_port.into();
+            wanted.push(format!("{PORT_PREFIX}{node_port}"));
         }
-        Ok(keys)
+        Ok(Allocation::between(&held, wanted))
     }
 
     /// The allocation keys a deleted Service frees.
@@ -104,6 +140,11 @@ impl Allocator {
         if def.kind != "Service" || !def.group.is_empty() {
             return Vec::new();
         }
+        self.keys(object)
+    }
+
+    /// The allocation keys a stored Service holds.
+    fn keys(&self, object: &Value) -> Vec<String> {
         let mut keys = Vec::new();
         if let Some(ip) =
             object.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None")
@@ -122,6 +163,27 @@ impl Allocator {
         let response = self.store.range(RangeRequest::new(KeyRange::prefix(prefix)).keys_only()).await?;
         Ok(response.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
     }
+}
+
+/// What a write of a Service allocates and frees.
+#[derive(Debug, Default)]
+pub(crate) struct Allocation {
+    /// Keys to create (they must not exist).
+    pub(crate) taken: Vec<String>,
+    /// Keys to delete: what the Service held and no longer does.
+    pub(crate) freed: Vec<String>,
+}
+
+impl Allocation {
+    fn between(held: &BTreeSet<String>, wanted: Vec<String>) -> Allocation {
+        let freed = held.iter().filter(|k| !wanted.contains(k)).cloned().collect();
+        let taken = wanted.into_iter().filter(|k| !held.contains(k)).collect();
+        Allocation { taken, freed }
+    }
+}
+
+fn protocol(port: &Value) -> String {
+    port.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string()
 }
 
 fn invalid(name: &str, field: &str, value: impl std::fmt::Display, why: &str) -> ApiError {

@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// The cluster's domain (the kubelet's `--cluster-domain`).
@@ -33,6 +34,13 @@ const TTL: u32 = 5;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest UDP answer to a query without EDNS (RFC 1035); longer ones are truncated.
 const UDP_PLAIN: usize = 512;
+/// Queries forwarded at once (CoreDNS's `forward` has its `max_concurrent`): each holds a
+/// socket while it waits.
+const MAX_FORWARDS: usize = 256;
+/// TCP connections served at once.
+const MAX_TCP_CONNECTIONS: usize = 256;
+/// How long a TCP client may take to send a whole query, or idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// What a name holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +170,11 @@ impl Zone {
         }
     }
 
+    /// Whether a Service of `namespace` is in the zone.
+    fn has_namespace(&self, namespace: &str) -> bool {
+        self.names.read().expect("zone lock").by_service.keys().any(|k| k.namespace.as_deref() == Some(namespace))
+    }
+
     /// What `name` (any case, with or without the final dot) holds.
     pub fn lookup(&self, name: &str) -> Lookup {
         let name = name.trim_end_matches('.').to_lowercase();
@@ -178,8 +191,13 @@ impl Zone {
         }
         match self.names.read().expect("zone lock").by_name.get(&name) {
             Some(held) => Lookup::Found(held.iter().map(|(_, answer)| answer.clone()).collect()),
-            // The domain and its structure exist, empty (NODATA rather than NXDOMAIN).
+            // The domain and its structure exist, empty (NODATA rather than NXDOMAIN): a
+            // resolver that takes NXDOMAIN to mean nothing below (RFC 8020) must not be told so
+            // of `<namespace>.svc.<domain>`.
             None if inside.is_empty() || inside == "svc." || inside == "pod." => Lookup::Found(Vec::new()),
+            None if matches!(labels.as_slice(), [namespace, "svc"] if self.has_namespace(namespace)) => {
+                Lookup::Found(Vec::new())
+            }
             None => Lookup::Missing,
         }
     }
@@ -244,36 +262,54 @@ pub fn system_resolver() -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// What becomes of a query.
+enum Reply {
+    /// Answered from the zone (or refused as malformed).
+    Now(Vec<u8>),
+    /// Outside the zone: the node's resolver's to answer; the reply if it cannot be asked.
+    Forward(Vec<u8>),
+    /// Not a query at all.
+    Drop,
+}
+
 /// The answer to the DNS message `query`, or `None` if it is not one; names outside the zone
 /// are forwarded to `upstream`.
 pub async fn answer(query: &[u8], zone: &Zone, upstream: Option<SocketAddr>) -> Option<Vec<u8>> {
-    let request = Message::from_vec(query).ok()?;
+    match reply(query, zone) {
+        Reply::Now(reply) => Some(reply),
+        Reply::Forward(failed) => match upstream {
+            Some(upstream) => Some(forward(query, upstream).await.unwrap_or(failed)),
+            None => Some(failed),
+        },
+        Reply::Drop => None,
+    }
+}
+
+/// Answers `query` from the zone, without waiting on anything.
+fn reply(query: &[u8], zone: &Zone) -> Reply {
+    let Ok(request) = Message::from_vec(query) else { return Reply::Drop };
     if request.metadata.message_type != MessageType::Query {
-        return None;
+        return Reply::Drop;
     }
     let id = request.metadata.id;
     let mut response = Message::response(id, request.metadata.op_code);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.queries = request.queries.clone();
+    let now = |message| encode(message).map_or(Reply::Drop, Reply::Now);
     let question = match (request.metadata.op_code, request.queries.as_slice()) {
         (OpCode::Query, [question]) => question,
-        (OpCode::Query, _) => return encode(error(response, ResponseCode::FormErr)),
-        _ => return encode(error(response, ResponseCode::NotImp)),
+        (OpCode::Query, _) => return now(error(response, ResponseCode::FormErr)),
+        _ => return now(error(response, ResponseCode::NotImp)),
     };
     let name = question.name().to_ascii();
     match zone.lookup(&name) {
-        Lookup::Elsewhere => match upstream {
-            Some(upstream) => {
-                forward(query, upstream).await.or_else(|| encode(error(response, ResponseCode::ServFail)))
-            }
-            None => encode(error(response, ResponseCode::ServFail)),
-        },
+        Lookup::Elsewhere => encode(error(response, ResponseCode::ServFail)).map_or(Reply::Drop, Reply::Forward),
         Lookup::Missing => {
             response.metadata.authoritative = true;
             response.metadata.response_code = ResponseCode::NXDomain;
             response.add_authority(soa(zone));
-            encode(response)
+            now(response)
         }
         Lookup::Found(held) => {
             response.metadata.authoritative = true;
@@ -281,10 +317,14 @@ pub async fn answer(query: &[u8], zone: &Zone, upstream: Option<SocketAddr>) -> 
             for answer in held {
                 let (kind, data) = match answer {
                     Answer::A(ip) => (RecordType::A, RData::A(A(ip))),
-                    Answer::Srv { port, target } => {
-                        (RecordType::SRV, RData::SRV(SRV::new(0, 100, port, fqdn(&target)?)))
-                    }
-                    Answer::Cname(target) => (RecordType::CNAME, RData::CNAME(CNAME(fqdn(&target)?))),
+                    Answer::Srv { port, target } => match fqdn(&target) {
+                        Some(target) => (RecordType::SRV, RData::SRV(SRV::new(0, 100, port, target))),
+                        None => continue,
+                    },
+                    Answer::Cname(target) => match fqdn(&target) {
+                        Some(target) => (RecordType::CNAME, RData::CNAME(CNAME(target))),
+                        None => continue,
+                    },
                 };
                 // A CNAME answers every type, as the alias it is.
                 if wanted == kind || wanted == RecordType::ANY || kind == RecordType::CNAME {
@@ -294,7 +334,7 @@ pub async fn answer(query: &[u8], zone: &Zone, upstream: Option<SocketAddr>) -> 
             if response.answers.is_empty() {
                 response.add_authority(soa(zone));
             }
-            encode(response)
+            now(response)
         }
     }
 }
@@ -349,6 +389,8 @@ impl Drop for DnsServer {
 impl DnsServer {
     /// Serves `zone` on `at` (shared with the node's other agents on the host: `SO_REUSEPORT`).
     pub fn start(at: SocketAddr, zone: Arc<Zone>, upstream: Option<SocketAddr>) -> std::io::Result<DnsServer> {
+        // A node whose resolver is this server would forward to itself without end.
+        let upstream = upstream.filter(|u| u.ip() != at.ip());
         let udp = {
             let socket = reuse_port_udp(at)?;
             socket.set_nonblocking(true)?;
@@ -380,21 +422,38 @@ fn reuse_port_udp(at: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, zone: Arc<Zone>, upstream: Option<SocketAddr>) {
+    let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
-        let query = buf[..n].to_vec();
-        let (socket, zone) = (socket.clone(), zone.clone());
-        // Each on its own task: a forwarded query must not hold up the cluster's own.
-        tokio::spawn(async move {
-            if let Some(mut reply) = answer(&query, &zone, upstream).await {
-                if reply.len() > UDP_PLAIN && !has_edns(&query) {
-                    reply = truncated(&reply).unwrap_or(reply);
-                }
-                let _ = socket.send_to(&reply, from).await;
+        let query = &buf[..n];
+        match reply(query, &zone) {
+            // The cluster's own names are answered here, at once: no task, no socket.
+            Reply::Now(answer) => send_udp(&socket, query, answer, from).await,
+            Reply::Forward(failed) => {
+                // Forwards wait on the node's resolver: on tasks of their own, a bounded number
+                // of them; past it the client is told to try again (SERVFAIL) at once.
+                let (Some(upstream), Ok(permit)) = (upstream, forwards.clone().try_acquire_owned()) else {
+                    send_udp(&socket, query, failed, from).await;
+                    continue;
+                };
+                let (socket, query) = (socket.clone(), query.to_vec());
+                tokio::spawn(async move {
+                    let answer = forward(&query, upstream).await.unwrap_or(failed);
+                    send_udp(&socket, &query, answer, from).await;
+                    drop(permit);
+                });
             }
-        });
+            Reply::Drop => {}
+        }
     }
+}
+
+async fn send_udp(socket: &UdpSocket, query: &[u8], mut answer: Vec<u8>, to: SocketAddr) {
+    if answer.len() > UDP_PLAIN && !has_edns(query) {
+        answer = truncated(&answer).unwrap_or(answer);
+    }
+    let _ = socket.send_to(&answer, to).await;
 }
 
 /// Whether a query offers a UDP payload beyond 512 bytes (an EDNS OPT record).
@@ -408,24 +467,29 @@ fn truncated(reply: &[u8]) -> Option<Vec<u8>> {
 }
 
 async fn serve_tcp(listener: TcpListener, zone: Arc<Zone>, upstream: Option<SocketAddr>) {
+    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else { return };
         let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(serve_connection(stream, zone.clone(), upstream));
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, zone, upstream).await;
+            drop(permit);
+        });
     }
 }
 
-/// Queries over one TCP connection, each framed by its two-byte length, until it closes or
-/// idles for ten seconds.
+/// Queries over one TCP connection, each framed by its two-byte length, until it closes,
+/// idles, or takes too long to send one.
 async fn serve_connection(mut stream: TcpStream, zone: Arc<Zone>, upstream: Option<SocketAddr>) {
     loop {
-        let length = match tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await {
-            Ok(Ok(length)) => length as usize,
-            _ => return,
+        let read = async {
+            let length = stream.read_u16().await? as usize;
+            let mut query = vec![0u8; length];
+            stream.read_exact(&mut query).await?;
+            Ok::<_, std::io::Error>(query)
         };
-        let mut query = vec![0u8; length];
-        if stream.read_exact(&mut query).await.is_err() {
-            return;
-        }
+        let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read).await else { return };
         let Some(reply) = answer(&query, &zone, upstream).await else { return };
         let Ok(length) = u16::try_from(reply.len()) else { return };
         if stream.write_u16(length).await.is_err() || stream.write_all(&reply).await.is_err() {
@@ -474,6 +538,8 @@ mod tests {
         let missing = ask(&zone, "nothing.shop.svc.cluster.local.", RecordType::A).await;
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
         assert!(!missing.authorities.is_empty(), "a negative answer carries the SOA");
+        let namespace = ask(&zone, "shop.svc.cluster.local.", RecordType::A).await;
+        assert_eq!((namespace.metadata.response_code, namespace.answers.len()), (ResponseCode::NoError, 0));
         let nodata = ask(&zone, "web.shop.svc.cluster.local.", RecordType::AAAA).await;
         assert_eq!((nodata.metadata.response_code, nodata.answers.len()), (ResponseCode::NoError, 0));
         let pod = ask(&zone, "127-77-0-9.shop.pod.cluster.local.", RecordType::A).await;

@@ -127,6 +127,10 @@ async fn sync(
             let Some(service) = services.get(&key) else {
                 path.sync(&key, Vec::new());
                 zone.replace(&key, Vec::new());
+                if key == dns_service {
+                    // Its address is free again: the cluster DNS no longer answers there.
+                    dns_server = None;
+                }
                 continue;
             };
             let namespace = key.namespace.as_deref().unwrap_or_default();

@@ -81,24 +81,30 @@ fn endpoints(port: &ServicePort, slices: &[&EndpointSlice], node: Option<&str>) 
     let mut ready = BTreeSet::new();
     let mut draining = BTreeSet::new();
     for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
         let Some(target) = slice
             .ports
             .iter()
             .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
             .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok().filter(|p| *p > 0))
         else {
             continue;
         };
         for endpoint in slice.endpoints.iter().filter(|e| node.is_none() || e.node_name.as_deref() == node) {
             let conditions = endpoint.conditions.clone().unwrap_or_default();
+            // Unset, they mean what discovery/v1 says: ready, serving, not terminating.
             let (is_ready, serving, terminating) = (
                 conditions.ready.unwrap_or(true),
-                conditions.serving.unwrap_or(conditions.ready.unwrap_or(true)),
+                conditions.serving.unwrap_or(true),
                 conditions.terminating.unwrap_or(false),
             );
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
-                let at = SocketAddr::new(address.into(), target as u16);
+                let at = SocketAddr::new(address.into(), target);
                 if is_ready {
                     ready.insert(at);
                 } else if serving && terminating {

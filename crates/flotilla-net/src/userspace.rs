@@ -6,14 +6,14 @@
 //! cluster) each listen on the same frontends, and the kernel spreads connections over them.
 //! A sync swaps a listener's endpoints in place; connections already relayed are left alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_client::ObjectKey;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::{DataPath, Route};
@@ -22,11 +22,36 @@ use crate::{DataPath, Route};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections queued on a frontend before the kernel refuses more.
 const BACKLOG: u32 = 1024;
+/// Connections relayed at once; past it, new ones wait in the backlog.
+const MAX_RELAYS: usize = 8192;
+/// Clients whose endpoint is remembered for `sessionAffinity` per frontend, at most.
+const MAX_AFFINITY: usize = 65_536;
 
 /// The userspace data path.
-#[derive(Debug, Default)]
 pub struct Userspace {
     services: HashMap<ObjectKey, Vec<Frontend>>,
+    /// Where it may relay to: endpoints are whatever an EndpointSlice says, and a slice written
+    /// by hand could name the node's own ports, which the relay, on the host, would otherwise
+    /// reach on a guest's behalf.
+    allows: Allows,
+    /// Connections relayed at once, on all frontends: each holds two descriptors.
+    relays: Arc<Semaphore>,
+}
+
+/// Whether an endpoint may be relayed to.
+type Allows = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for Userspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Userspace").field("services", &self.services.len()).finish_non_exhaustive()
+    }
+}
+
+impl Userspace {
+    /// A data path that relays only to endpoints `allows` passes (the node's egress policy).
+    pub fn new(allows: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Userspace {
+        Userspace { services: HashMap::new(), allows: Arc::new(allows), relays: Arc::new(Semaphore::new(MAX_RELAYS)) }
+    }
 }
 
 /// A listening frontend.
@@ -51,7 +76,23 @@ impl DataPath for Userspace {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
         let mut kept: Vec<Frontend> = Vec::new();
         let mut old = self.services.remove(service).unwrap_or_default();
-        for route in routes.into_iter().filter(|r| !r.endpoints.is_empty()) {
+        // Every frontend of the other Services: none may be taken twice, nor relayed to (a
+        // relay to a frontend, its own included, would feed on itself).
+        let others: HashSet<SocketAddr> = self.services.values().flatten().map(|f| f.at).collect();
+        let frontends: HashSet<SocketAddr> = others.iter().copied().chain(routes.iter().map(|r| r.frontend)).collect();
+        for mut route in routes {
+            let before = route.endpoints.len();
+            route.endpoints.retain(|e| (self.allows)(*e) && !frontends.contains(e));
+            if route.endpoints.len() < before {
+                tracing::warn!(%service, frontend = %route.frontend, "endpoints that are the node's own, or frontends, are left out");
+            }
+            if route.endpoints.is_empty() {
+                continue;
+            }
+            if others.contains(&route.frontend) {
+                tracing::warn!(%service, frontend = %route.frontend, "the frontend is another Service's");
+                continue;
+            }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
                 let frontend = old.swap_remove(i);
                 frontend.route.send_replace(route);
@@ -62,7 +103,7 @@ impl DataPath for Userspace {
                 Ok(listener) => {
                     let (at, listener) = (route.frontend, Arc::new(listener));
                     let (route, routes) = watch::channel(route);
-                    let accepting = tokio::spawn(accept(listener.clone(), routes));
+                    let accepting = tokio::spawn(accept(listener.clone(), routes, self.relays.clone()));
                     kept.push(Frontend { at, listener, route, accepting });
                 }
                 Err(e) => {
@@ -85,10 +126,12 @@ fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts until aborted, relaying each connection on a task of its own.
-async fn accept(listener: Arc<TcpListener>, route: watch::Receiver<Route>) {
+/// Accepts until aborted, relaying each connection on a task of its own, as many at once as
+/// `relays` lets.
+async fn accept(listener: Arc<TcpListener>, route: watch::Receiver<Route>, relays: Arc<Semaphore>) {
     let affinity = Arc::new(Mutex::new(HashMap::new()));
     loop {
+        let Ok(permit) = relays.clone().acquire_owned().await else { return };
         let (client, from) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -99,7 +142,11 @@ async fn accept(listener: Arc<TcpListener>, route: watch::Receiver<Route>) {
             }
         };
         let route = route.borrow().clone();
-        tokio::spawn(relay(client, from.ip(), route, affinity.clone()));
+        let affinity = affinity.clone();
+        tokio::spawn(async move {
+            relay(client, from.ip(), route, affinity).await;
+            drop(permit);
+        });
     }
 }
 
@@ -126,8 +173,10 @@ async fn connect(route: &Route, from: IpAddr, affinity: &Affinity) -> Option<Tcp
     if let Some(timeout) = route.affinity {
         let now = Instant::now();
         let mut clients = affinity.lock().expect("affinity lock");
-        clients.retain(|_, (_, at)| now.duration_since(*at) < timeout);
-        if let Some((endpoint, _)) = clients.get(&from)
+        if clients.len() >= MAX_AFFINITY {
+            clients.retain(|_, (_, at)| now.duration_since(*at) < timeout);
+        }
+        if let Some((endpoint, _)) = clients.get(&from).filter(|(_, at)| now.duration_since(*at) < timeout)
             && let Some(i) = candidates.iter().position(|c| c == endpoint)
         {
             candidates.swap(0, i);
@@ -137,7 +186,10 @@ async fn connect(route: &Route, from: IpAddr, affinity: &Affinity) -> Option<Tcp
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => {
                 if route.affinity.is_some() {
-                    affinity.lock().expect("affinity lock").insert(from, (endpoint, Instant::now()));
+                    let mut clients = affinity.lock().expect("affinity lock");
+                    if clients.len() < MAX_AFFINITY || clients.contains_key(&from) {
+                        clients.insert(from, (endpoint, Instant::now()));
+                    }
                 }
                 return Some(stream);
             }
@@ -184,7 +236,8 @@ mod tests {
         let b = named("127.0.0.22:0", "b").await;
         let frontend = free_port("127.0.0.20");
         let service = ObjectKey::new(Some("default"), "web");
-        let mut path = Userspace::default();
+        let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
+        let mut path = Userspace::new(move |endpoint| endpoint != protected);
         path.sync(&service, vec![Route { frontend, endpoints: vec![a, b], affinity: None }]);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..40 {
@@ -206,12 +259,30 @@ mod tests {
             assert_eq!(ask(frontend).await.unwrap(), "b");
         }
 
+        // The node's own endpoint is never relayed to, whatever a slice says.
+        path.sync(&service, vec![Route { frontend, endpoints: vec![protected], affinity: None }]);
+        assert!(ask(frontend).await.is_err(), "relayed to a protected endpoint");
+
         // No endpoints: refused at once, not accepted and hung.
         path.sync(&service, vec![Route { frontend, endpoints: vec![], affinity: None }]);
         let refused = ask(frontend).await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
         path.sync(&service, vec![Route { frontend, endpoints: vec![a], affinity: None }]);
         assert_eq!(ask(frontend).await.unwrap(), "a");
+        // Another Service cannot take the frontend, nor relay to it.
+        let thief = ObjectKey::new(Some("default"), "thief");
+        let elsewhere = free_port("127.0.0.25");
+        path.sync(
+            &thief,
+            vec![
+                Route { frontend, endpoints: vec![b], affinity: None },
+                Route { frontend: elsewhere, endpoints: vec![frontend], affinity: None },
+            ],
+        );
+        for _ in 0..10 {
+            assert_eq!(ask(frontend).await.unwrap(), "a");
+        }
+        assert!(ask(elsewhere).await.is_err(), "a relay to a frontend");
         path.sync(&service, Vec::new());
         assert!(ask(frontend).await.is_err(), "a deleted Service's frontend is closed");
     }

@@ -186,7 +186,11 @@ impl Agent {
                 upstream_dns: flotilla_net::dns::system_resolver(),
             },
             node.zone.clone(),
-            flotilla_net::Userspace::default(),
+            {
+                // Guests reach Services through the relay: it goes nowhere they may not.
+                let egress = node.egress.clone();
+                flotilla_net::Userspace::new(move |endpoint| egress.allows(endpoint))
+            },
         );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
             .default_backoff()

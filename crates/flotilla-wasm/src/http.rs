@@ -76,7 +76,9 @@ impl WasiHttpHooks for OutgoingHooks {
             match names.as_ref().and_then(|n| n.resolve(&host)) {
                 // A name the node knows: sent to its address, chosen here.
                 Some(addresses) => {
-                    let ip = *addresses.first().ok_or_else(nxdomain)?;
+                    // One of them, as a resolver's answer would be taken (a headless Service's
+                    // pods are spread over).
+                    let ip = *addresses.get(fastrand::usize(..addresses.len().max(1))).ok_or_else(nxdomain)?;
                     let address = std::net::SocketAddr::new(ip, port);
                     if !egress.allows(address) {
                         return Err(HttpError::DestinationIpProhibited);

@@ -434,6 +434,26 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_slices_name_real_endpoints_only() {
+        let def = RESOURCES.iter().find(|r| r.plural == "endpointslices").unwrap();
+        let slice = |address: &str, port: i64| {
+            serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s"},
+                "addressType": "IPv4", "endpoints": [{"addresses": [address]}], "ports": [{"port": port}]})
+        };
+        // A single host's pods are loopback addresses: those pass.
+        assert!(def.ops.admit(slice("127.77.0.5", 8080), None, FieldValidation::Strict, &[]).is_ok());
+        for (address, port, why) in [
+            ("0.0.0.0", 80, "may not be unspecified"),
+            ("169.254.169.254", 80, "link-local"),
+            ("10.0.0.1", 67916, "must be between 1 and 65535"),
+            ("not-an-ip", 80, "must be a valid IPv4 address"),
+        ] {
+            let err = def.ops.admit(slice(address, port), None, FieldValidation::Strict, &[]).unwrap_err();
+            assert!(err.message.contains(why), "{address}:{port}: {}", err.message);
+        }
+    }
+
+    #[test]
     fn every_resource_is_found_by_its_names() {
         for r in RESOURCES {
             assert_eq!(find(r.group, r.version, r.plural).map(|f| f.kind), Some(r.kind));

@@ -242,3 +242,63 @@ async fn a_delete_reads_its_options_from_the_body_when_it_has_one() {
     assert_eq!(code, StatusCode::OK, "{status}");
     assert_eq!(server.get(&at).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_service_update_allocates_keeps_and_frees_its_addresses() {
+    let server = Server::start().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let service = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    let (code, a) = server.post(svcs, service("a", json!({"type": "NodePort", "ports": [{"port": 80}]}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{a}");
+    let (a_ip, a_port) = (a["spec"]["clusterIP"].clone(), a["spec"]["ports"][0]["nodePort"].clone());
+    server.post(svcs, service("b", json!({"ports": [{"port": 80}]}))).await;
+    let merge = "application/merge-patch+json";
+    // Another's node port, or one out of range, is refused on update as on create.
+    let (code, status) = server
+        .patch(
+            &format!("{svcs}/b"),
+            merge,
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": a_port}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(status["message"].as_str().unwrap().contains("provided port is already allocated"), "{status}");
+    let (code, status) = server
+        .patch(
+            &format!("{svcs}/b"),
+            merge,
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    // Becoming a NodePort gets one; a replace that leaves it out keeps it.
+    let (code, b) = server.patch(&format!("{svcs}/b"), merge, json!({"spec": {"type": "NodePort"}})).await;
+    assert_eq!(code, StatusCode::OK, "{b}");
+    let b_port = b["spec"]["ports"][0]["nodePort"].clone();
+    assert!(b_port.as_u64().is_some_and(|p| p != a_port.as_u64().unwrap()), "{b}");
+    let mut replaced = b.clone();
+    replaced["spec"]["ports"][0].as_object_mut().unwrap().remove("nodePort");
+    let (_, b) = server.put(&format!("{svcs}/b"), replaced).await;
+    assert_eq!(b["spec"]["ports"][0]["nodePort"], b_port);
+    // Back to ClusterIP: the node port is freed, and another Service can have it.
+    let (_, b) = server.patch(&format!("{svcs}/b"), merge, json!({"spec": {"type": "ClusterIP"}})).await;
+    assert!(b["spec"]["ports"][0].get("nodePort").is_none(), "{b}");
+    let (code, c) =
+        server.post(svcs, service("c", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": b_port}]}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{c}");
+    // An ExternalName that becomes a ClusterIP Service cannot take another's cluster IP.
+    server.post(svcs, service("d", json!({"type": "ExternalName", "externalName": "example.com"}))).await;
+    let (code, status) = server
+        .patch(
+            &format!("{svcs}/d"),
+            merge,
+            json!({"spec": {"type": "ClusterIP", "externalName": null, "clusterIP": a_ip, "ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(status["message"].as_str().unwrap().contains("provided IP is already allocated"), "{status}");
+    // Deleting the one that tried frees nothing of a's: a's address stays its own.
+    server.delete(&format!("{svcs}/d")).await;
+    let (code, status) = server.post(svcs, service("e", json!({"clusterIP": a_ip, "ports": [{"port": 80}]}))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+}
