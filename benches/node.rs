@@ -14,14 +14,13 @@
 //! `cargo bench -p flotilla-benches --bench node -- [--latency-pods N] [--density-pods N]`
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use flotilla_benches::kube_api::{Api, Connection};
-use flotilla_benches::process::{Running, flotilla_bin, free_port};
+use flotilla_benches::process::{Cluster, ClusterConfig};
 use flotilla_benches::{Report, Samples};
 use http::Method;
 use http_body_util::BodyExt;
@@ -63,7 +62,15 @@ async fn main() -> Result<()> {
         (args.latency_pods, args.density_pods, args.clients, args.requests, args.wrk_seconds) = (10, 20, 4, 20, 1);
     }
     let mut report = Report::solo("node").smoke(args.smoke);
-    let cluster = Cluster::start(args.density_pods + 100)?;
+    let images = [(flotilla_examples::P1_TICKER, "ticker:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")];
+    let cluster = Cluster::start(&ClusterConfig {
+        node: NODE,
+        node_ip: None,
+        pod_cidr: "127.64.0.0/16",
+        service_cidr: None,
+        max_pods: Some(args.density_pods + 100),
+        images: &images,
+    })?;
     let api = &cluster.api;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle_rss, _) = cluster.agent.memory_mib()?;
@@ -101,7 +108,7 @@ async fn main() -> Result<()> {
     cold.elapsed = all.elapsed();
     report.add("wasi:http request, new instance each, one at a time: p50", "ms", cold.quantile_ms(0.50), None);
     report.add("wasi:http request, new instance each, one at a time: p99", "ms", cold.quantile_ms(0.99), None);
-    match wrk(&ip, args.wrk_seconds) {
+    match flotilla_benches::wrk(&format!("http://{ip}:8080/"), args.wrk_seconds, 32) {
         Ok((per_second, p99)) => {
             report.add("wasi:http with wrk, 32 connections: requests/s", "requests/s", per_second, None);
             report.add("wasi:http with wrk, 32 connections: p99", "ms", p99, None);
@@ -181,48 +188,6 @@ fn handler(name: &str) -> Value {
 }
 
 /// A server without a node and an agent for it, both release builds on fresh directories.
-struct Cluster {
-    server: Running,
-    agent: Running,
-    api: Api,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-impl Cluster {
-    fn start(max_pods: usize) -> Result<Cluster> {
-        let (server_dir, agent_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let mut server =
-            Running::spawn(
-                Command::new(flotilla_bin()?)
-                    .args(["server", "--no-node", "--data-dir"])
-                    .arg(server_dir.path())
-                    .args(["--listen", &listen, "--peer-listen", &format!("127.0.0.1:{}", free_port()?)]),
-            )?;
-        let line = server.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
-        let api = Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
-        for (wasm, name) in
-            [(flotilla_examples::P1_TICKER, "ticker:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")]
-        {
-            let status = Command::new(flotilla_bin()?)
-                .args(["image", "import", wasm, "--name", name, "--data-dir"])
-                .arg(agent_dir.path())
-                .stdout(std::process::Stdio::null())
-                .status()?;
-            ensure!(status.success(), "importing {name}");
-        }
-        let token = std::fs::read_to_string(server_dir.path().join("node-token"))?;
-        let agent = Running::spawn(
-            Command::new(flotilla_bin()?)
-                .args(["agent", "--server", &format!("https://{listen}"), "--token", token.trim(), "--data-dir"])
-                .arg(agent_dir.path())
-                .args(["--node-name", NODE, "--node-listen", "127.0.0.1:0", "--pod-cidr", "127.64.0.0/16"])
-                .args(["--max-pods", &max_pods.to_string()]),
-        )?;
-        Ok(Cluster { server, agent, api, _dirs: (server_dir, agent_dir) })
-    }
-}
-
 /// When each pod of the namespace was first seen with all its containers started.
 struct Started {
     seen: HashMap<String, Instant>,
@@ -336,34 +301,6 @@ async fn http_get(ip: &str, path: &str) -> Result<Duration> {
         bail!("{path}: {}", String::from_utf8_lossy(&response));
     }
     Ok(took)
-}
-
-/// `wrk` against the handler: requests per second and the p99 latency in ms.
-fn wrk(ip: &str, seconds: u64) -> Result<(f64, f64)> {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", &format!("http://{ip}:8080/")])
-        .output()
-        .context("run wrk")?;
-    ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let per_second = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .context("wrk printed no Requests/sec")?
-        .trim()
-        .parse()?;
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).context("wrk printed no 99%")?.trim();
-    Ok((per_second, milliseconds(p99)?))
-}
-
-/// wrk's durations: `1.23ms`, `456.00us`, `1.02s`.
-fn milliseconds(text: &str) -> Result<f64> {
-    for (suffix, scale) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3)] {
-        if let Some(number) = text.strip_suffix(suffix) {
-            return Ok(number.parse::<f64>()? * scale);
-        }
-    }
-    bail!("unreadable wrk duration {text:?}")
 }
 
 /// Resident memory of the guests' linear memories: everything mapped inside the wasm memory

@@ -117,3 +117,33 @@ pub fn results_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ is in the workspace").to_path_buf();
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from).join("bench-results")
 }
+
+/// `wrk` against `url` with `connections` connections for `seconds`: requests per second and
+/// the p99 latency in ms.
+pub fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, f64)> {
+    use anyhow::Context;
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .context("run wrk")?;
+    anyhow::ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let per_second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("wrk printed no Requests/sec")?
+        .trim()
+        .parse()?;
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).context("wrk printed no 99%")?.trim();
+    Ok((per_second, milliseconds(p99)?))
+}
+
+/// wrk's durations: `1.23ms`, `456.00us`, `1.02s`.
+fn milliseconds(text: &str) -> anyhow::Result<f64> {
+    for (suffix, scale) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3)] {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return Ok(number.parse::<f64>()? * scale);
+        }
+    }
+    anyhow::bail!("unreadable wrk duration {text:?}")
+}

@@ -104,3 +104,67 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // utime and stime are fields 14 and 15, the 12th and 13th after the command name.
     Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }
+
+/// A control plane and one node, as separate processes so that each one's memory is its own:
+/// a `flotilla server --no-node` and a `flotilla agent` joined to it, both on loopback.
+#[derive(Debug)]
+pub struct Cluster {
+    pub server: Running,
+    pub agent: Running,
+    pub api: crate::kube_api::Api,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// How a benchmark's [`Cluster`] is laid out.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig<'a> {
+    pub node: &'a str,
+    /// The node's address (`None`: 127.0.0.1), its pod range, and the service range.
+    pub node_ip: Option<&'a str>,
+    pub pod_cidr: &'a str,
+    pub service_cidr: Option<&'a str>,
+    pub max_pods: Option<usize>,
+    /// Modules imported into the node's image store: `(path, name)`.
+    pub images: &'a [(&'a str, &'a str)],
+}
+
+impl Cluster {
+    pub fn start(config: &ClusterConfig<'_>) -> Result<Cluster> {
+        let (server_dir, agent_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut command = Command::new(flotilla_bin()?);
+        command.args(["server", "--no-node", "--data-dir"]).arg(server_dir.path()).args([
+            "--listen",
+            &listen,
+            "--peer-listen",
+            &format!("127.0.0.1:{}", free_port()?),
+        ]);
+        if let Some(cidr) = config.service_cidr {
+            command.args(["--service-cidr", cidr]);
+        }
+        let mut server = Running::spawn(&mut command)?;
+        let line = server.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
+        let api = crate::kube_api::Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
+        for (wasm, name) in config.images {
+            let status = Command::new(flotilla_bin()?)
+                .args(["image", "import", wasm, "--name", name, "--data-dir"])
+                .arg(agent_dir.path())
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "importing {name}");
+        }
+        let token = std::fs::read_to_string(server_dir.path().join("node-token"))?;
+        let node_ip = config.node_ip.unwrap_or("127.0.0.1");
+        let mut command = Command::new(flotilla_bin()?);
+        command
+            .args(["agent", "--server", &format!("https://{listen}"), "--token", token.trim(), "--data-dir"])
+            .arg(agent_dir.path())
+            .args(["--node-name", config.node, "--node-ip", node_ip, "--node-listen", &format!("{node_ip}:0")])
+            .args(["--pod-cidr", config.pod_cidr]);
+        if let Some(max_pods) = config.max_pods {
+            command.args(["--max-pods", &max_pods.to_string()]);
+        }
+        let agent = Running::spawn(&mut command)?;
+        Ok(Cluster { server, agent, api, _dirs: (server_dir, agent_dir) })
+    }
+}

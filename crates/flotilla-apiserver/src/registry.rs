@@ -222,6 +222,27 @@ impl Registry {
         body: Value,
         options: WriteOptions,
     ) -> Result<Written> {
+        // A Service's address that a concurrent create took first is seen taken on the next
+        // try, so that creating many Services at once never fails for it (upstream's allocator
+        // retries the same way).
+        if def.kind == "Service" && def.group.is_empty() {
+            for _ in 1..ALLOCATION_ATTEMPTS {
+                match self.create_once(def, namespace, body.clone(), options.clone()).await {
+                    Err(Error(e)) if e.reason == Reason::Conflict && e.message == ALLOCATION_RACE => continue,
+                    done => return done,
+                }
+            }
+        }
+        self.create_once(def, namespace, body, options).await
+    }
+
+    async fn create_once(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Written> {
         let mut object = expect_object(body)?;
         let meta = object.entry("metadata").or_insert_with(|| json!({}));
         let meta = meta.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
@@ -295,9 +316,7 @@ impl Registry {
         if !response.succeeded {
             return Err(match self.read(def, namespace, &name, Consistency::Linearizable).await? {
                 Some(_) => ApiError::already_exists(def.group, def.plural, &name),
-                None => {
-                    ApiError::new(Reason::Conflict, "an address allocated to the service was taken concurrently; retry")
-                }
+                None => ApiError::new(Reason::Conflict, ALLOCATION_RACE),
             }
             .into());
         }
@@ -863,6 +882,11 @@ pub(crate) struct Listed {
 /// How long a read at a resource version the store has not reached waits for it (upstream's
 /// watch cache `blockTimeout`).
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// What a create says when an address it allocated was taken meanwhile.
+const ALLOCATION_RACE: &str = "an address allocated to the service was taken concurrently; retry";
+/// Tries a Service's create makes before it says so.
+const ALLOCATION_ATTEMPTS: usize = 16;
 
 /// Namespaces that may not be deleted (upstream's NamespaceLifecycle admission).
 const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];

@@ -1,0 +1,292 @@
+//! Traffic through Services, as users send it: a release `flotilla server --no-node` and a
+//! `flotilla agent` (whose proxy and DNS server are measured) on loopback addresses of their
+//! own.
+//!
+//! 1. HTTP to a Deployment of `wasm-examples/http` through its cluster IP, beside the same load
+//!    straight to a pod's IP (`wrk`; the module closes each connection, so every request is a
+//!    connection set up through the relay): requests/s and p99, and their ratio.
+//! 2. One request on a new connection, one at a time: p50 through the Service and direct.
+//! 3. Programming: `--services` Services of 10 endpoints each (selector-less, their
+//!    EndpointSlices written alongside) created at once, timed until every cluster IP accepts;
+//!    the agent's memory for them; then, with `--existing` Services in place, one more, timed
+//!    from its create to its cluster IP accepting (`--adds` times).
+//! 4. The cluster DNS from the host: `--dns-clients` clients asking an A record over UDP for
+//!    `--seconds`: queries/s and p99.
+//!
+//! `cargo bench -p flotilla-benches --bench network -- [--services N] [--existing N] [--seconds N]`
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use flotilla_benches::kube_api::{Api, Connection};
+use flotilla_benches::process::{Cluster, ClusterConfig};
+use flotilla_benches::{Report, Samples, wrk};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Services created at once for the programming measurement.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Services in place when one more is added.
+    #[arg(long, default_value_t = 10_000)]
+    existing: usize,
+    /// Services added one at a time, each timed.
+    #[arg(long, default_value_t = 20)]
+    adds: usize,
+    /// Seconds of each load (wrk, DNS).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Requests one at a time on new connections.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrent DNS clients.
+    #[arg(long, default_value_t = 32)]
+    dns_clients: usize,
+    /// Every scenario at a tiny size: that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const NAMESPACE: &str = "bench";
+const NODE: &str = "bench-node";
+/// The cluster's ranges, away from the single-host defaults so that a server running on this
+/// machine is left alone.
+const SERVICE_CIDR: &str = "127.60.0.0/16";
+const DNS: &str = "127.60.0.10:53";
+const NODE_IP: &str = "127.61.0.1";
+const POD_CIDR: &str = "127.62.0.0/16";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.services, args.existing, args.adds, args.seconds, args.requests, args.dns_clients) =
+            (10, 20, 3, 1, 20, 4);
+    }
+    let mut report = Report::new("network", "pod IP direct").smoke(args.smoke);
+    let cluster = Cluster::start(&ClusterConfig {
+        node: NODE,
+        node_ip: Some(NODE_IP),
+        pod_cidr: POD_CIDR,
+        service_cidr: Some(SERVICE_CIDR),
+        max_pods: None,
+        images: &[(flotilla_examples::P1_HTTP, "http:bench")],
+    })?;
+    let mut connection = cluster.api.connect().await?;
+    connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;
+
+    eprintln!("== HTTP through a Service");
+    let (cluster_ip, pod_ip) = web(&mut connection).await?;
+    let (service_url, direct_url) = (format!("http://{cluster_ip}/"), format!("http://{pod_ip}:8080/"));
+    match (wrk(&service_url, args.seconds, 32), wrk(&direct_url, args.seconds, 32)) {
+        (Ok((service_rps, service_p99)), Ok((direct_rps, direct_p99))) => {
+            report.add("HTTP, wrk 32 connections: requests/s", "requests/s", service_rps, Some(direct_rps));
+            report.add("HTTP, wrk 32 connections: p99", "ms", service_p99, Some(direct_p99));
+        }
+        (service, direct) => eprintln!("wrk: {service:?} {direct:?} (scripts/bench installs it)"),
+    }
+    let through = one_at_a_time(SocketAddr::new(cluster_ip.into(), 80), args.requests).await?;
+    let direct = one_at_a_time(SocketAddr::new(pod_ip.into(), 8080), args.requests).await?;
+    report.add("a request on a new connection, p50", "µs", through * 1000.0, Some(direct * 1000.0));
+
+    eprintln!("== programming {} Services × 10 endpoints", args.services);
+    let (before, _) = cluster.agent.memory_mib()?;
+    let started = Instant::now();
+    let ips = services(&cluster.api, 0..args.services).await?;
+    accepting(&ips, Duration::from_secs(120)).await?;
+    let took = started.elapsed();
+    let (after, _) = cluster.agent.memory_mib()?;
+    report.add(format!("{} Services × 10 endpoints: programmed", args.services), "ms", took.as_secs_f64() * 1e3, None);
+    report.add(format!("{} Services × 10 endpoints: agent memory", args.services), "MiB", after - before, None);
+
+    eprintln!("== one more Service, {} in place", args.existing);
+    let ips = services(&cluster.api, args.services..args.existing).await?;
+    accepting(&ips, Duration::from_secs(600)).await?;
+    let mut added = Samples::default();
+    let all = Instant::now();
+    for i in 0..args.adds {
+        let started = Instant::now();
+        let ips = services(&cluster.api, args.existing + i..args.existing + i + 1).await?;
+        accepting(&ips, Duration::from_secs(30)).await?;
+        added.extend(vec![started.elapsed()]);
+    }
+    added.elapsed = all.elapsed();
+    report.add(
+        format!("one Service more at {}: create to accepting, p50", args.existing),
+        "ms",
+        added.quantile_ms(0.5),
+        None,
+    );
+    report.add(
+        format!("one Service more at {}: create to accepting, max", args.existing),
+        "ms",
+        added.quantile_ms(1.0),
+        None,
+    );
+
+    eprintln!("== the cluster DNS from the host");
+    let name = format!("web.{NAMESPACE}.svc.cluster.local");
+    let mut queries = dns_load(DNS.parse()?, &name, args.dns_clients, Duration::from_secs(args.seconds)).await?;
+    report.add(
+        format!("DNS A over UDP, {} clients: queries/s", args.dns_clients),
+        "queries/s",
+        queries.per_second(),
+        None,
+    );
+    report.add(format!("DNS A over UDP, {} clients: p99", args.dns_clients), "ms", queries.quantile_ms(0.99), None);
+    let (rss, _) = cluster.agent.memory_mib()?;
+    report.add("agent RSS at the end", "MiB", rss, None);
+    report.publish()?;
+    Ok(())
+}
+
+/// A Deployment of two HTTP pods behind Service `web`, ready and answering at its cluster IP:
+/// that IP and one pod's.
+async fn web(connection: &mut Connection) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    let labels = json!({"app": "web"});
+    let container = json!({"name": "http", "image": "http:bench", "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}});
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}});
+    connection.create(&format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments"), &deployment).await?;
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}});
+    connection.create(&format!("/api/v1/namespaces/{NAMESPACE}/services"), &service).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let deployment: Value = serde_json::from_slice(
+            &connection.get(&format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/web")).await?,
+        )?;
+        if deployment["status"]["readyReplicas"] == 2 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "web never became ready: {}", deployment["status"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let service: Value =
+        serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/services/web")).await?)?;
+    let cluster_ip: Ipv4Addr = service["spec"]["clusterIP"].as_str().context("a cluster IP")?.parse()?;
+    let pods: Value = serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/pods")).await?)?;
+    let pod_ip: Ipv4Addr = pods["items"][0]["status"]["podIP"].as_str().context("a pod IP")?.parse()?;
+    accepting(&[cluster_ip], Duration::from_secs(30)).await?;
+    Ok((cluster_ip, pod_ip))
+}
+
+/// Sequential requests, each on a new connection: the p50 in ms.
+async fn one_at_a_time(at: SocketAddr, requests: usize) -> Result<f64> {
+    let mut samples = Samples::default();
+    let all = Instant::now();
+    for _ in 0..requests {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(at).await?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        ensure!(response.starts_with(b"HTTP/1.1 200"), "{at}: {}", String::from_utf8_lossy(&response));
+        samples.extend(vec![started.elapsed()]);
+    }
+    samples.elapsed = all.elapsed();
+    Ok(samples.quantile_ms(0.5))
+}
+
+/// Selector-less Services `s-<i>` for `range`, each with an EndpointSlice of 10 endpoints,
+/// created by 8 clients: their cluster IPs.
+async fn services(api: &Api, range: std::ops::Range<usize>) -> Result<Vec<Ipv4Addr>> {
+    let indexes: Vec<usize> = range.collect();
+    let mut tasks = Vec::new();
+    for chunk in indexes.chunks(indexes.len().div_ceil(8).max(1)) {
+        let (chunk, api) = (chunk.to_vec(), api.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = api.connect().await?;
+            let mut ips = Vec::new();
+            for i in chunk {
+                let name = format!("s-{i}");
+                let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
+                let path = format!("/api/v1/namespaces/{NAMESPACE}/services");
+                let created = connection.send(http::Method::POST, &path, "application/json", serde_json::to_vec(&service)?).await?;
+                let body = http_body_util::BodyExt::collect(created.into_body()).await?.to_bytes();
+                let created: Value = serde_json::from_slice(&body)?;
+                ips.push(created["spec"]["clusterIP"].as_str().with_context(|| format!("{created}"))?.parse::<Ipv4Addr>()?);
+                let endpoints: Vec<Value> = (0..10)
+                    .map(|e| json!({"addresses": [format!("127.62.{}.{}", 100 + i % 100, 1 + e)], "conditions": {"ready": true}}))
+                    .collect();
+                let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints});
+                connection.create(&format!("/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"), &slice).await?;
+            }
+            anyhow::Ok(ips)
+        }));
+    }
+    let mut ips = Vec::new();
+    for task in tasks {
+        ips.extend(task.await??);
+    }
+    Ok(ips)
+}
+
+/// Waits until every one of `ips` accepts a connection on port 80.
+async fn accepting(ips: &[Ipv4Addr], within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    for ip in ips {
+        while TcpStream::connect((*ip, 80)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("{ip}:80 does not accept");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(())
+}
+
+/// `clients` UDP clients asking `name`'s A record of `server` one query after another for
+/// `duration`.
+async fn dns_load(server: SocketAddr, name: &str, clients: usize, duration: Duration) -> Result<Samples> {
+    let query = dns_query(name)?;
+    let mut tasks = Vec::new();
+    let all = Instant::now();
+    for _ in 0..clients {
+        let query = query.clone();
+        tasks.push(tokio::spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            socket.connect(server).await?;
+            let mut latencies = Vec::new();
+            let mut buf = [0u8; 512];
+            let end = Instant::now() + duration;
+            while Instant::now() < end {
+                let started = Instant::now();
+                socket.send(&query).await?;
+                let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+                    .await
+                    .context("no answer")??;
+                ensure!(n > 12 && buf[3] & 0x0f == 0, "an error answer");
+                latencies.push(started.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.extend(task.await??);
+    }
+    samples.elapsed = all.elapsed();
+    Ok(samples)
+}
+
+/// A recursive A query for `name`.
+fn dns_query(name: &str) -> Result<Vec<u8>> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(format!("{name}."))?, RecordType::A));
+    Ok(query.to_vec()?)
+}
