@@ -82,8 +82,13 @@ impl Allocator {
             }
             None => {
                 let taken = self.taken(IP_PREFIX).await?;
-                self.range
-                    .hosts()
+                let hosts: Vec<Ipv4Addr> = self.range.hosts().collect();
+                // From a random place in the range, as upstream's allocator does: Services
+                // created at once rarely reach for the same address.
+                let start = fastrand::usize(..hosts.len().max(1));
+                hosts[start..]
+                    .iter()
+                    .chain(&hosts[..start])
                     .map(|ip| ip.to_string())
                     .find(|ip| !taken.contains(ip))
                     .ok_or_else(|| ApiError::internal(format!("the service IP range {} is full", self.range)))?
@@ -122,10 +127,13 @@ impl Allocator {
                     return Err(invalid(&name, "spec.ports[].nodePort", p, "provided port is already allocated").into());
                 }
                 Some(p) => p as u32,
-                None => NODE_PORTS
-                    .clone()
-                    .find(|p| !taken.contains(&p.to_string()) && !seen.contains(&u64::from(*p)))
-                    .ok_or_else(|| ApiError::internal("the node port range is full"))?,
+                None => {
+                    let start = fastrand::u32(NODE_PORTS);
+                    (start..=*NODE_PORTS.end())
+                        .chain(*NODE_PORTS.start()..start)
+                        .find(|p| !taken.contains(&p.to_string()) && !seen.contains(&u64::from(*p)))
+                        .ok_or_else(|| ApiError::internal("the node port range is full"))?
+                }
             };
             seen.insert(u64::from(node_port));
             taken.insert(node_port.to_string());
