@@ -13,12 +13,18 @@ from lightkube.types import PatchType
 NS = "py-lightkube"
 
 
-def test_crud_patch_types_watch_apply_and_errors():
-    c = Client(KubeConfig.from_file(KUBECONFIG), field_manager="lightkube")
+@pytest.fixture(scope="module")
+def c():
+    """A client, and the suite's namespace (there already, if an earlier test made it)."""
+    client = Client(KubeConfig.from_file(KUBECONFIG), field_manager="lightkube")
     try:
-        c.create(Namespace(metadata=ObjectMeta(name=NS)))
+        client.create(Namespace(metadata=ObjectMeta(name=NS)))
     except ApiError as e:
         assert e.status.code == 409
+    return client
+
+
+def test_crud_patch_types_watch_apply_and_errors(c):
     assert c.list(Node)
     c.create(ConfigMap(metadata=ObjectMeta(name="lk", labels={"by": "lightkube"}), data={"a": "1"}), namespace=NS)
     c.patch(ConfigMap, "lk", {"data": {"b": "2"}}, namespace=NS)
@@ -37,12 +43,7 @@ def test_crud_patch_types_watch_apply_and_errors():
     assert missing.value.status.code == 404 and missing.value.status.reason == "NotFound"
 
 
-def test_logs_scale_and_wait():
-    c = Client(KubeConfig.from_file(KUBECONFIG), field_manager="lightkube")
-    try:
-        c.create(Namespace(metadata=ObjectMeta(name=NS)))
-    except ApiError as e:
-        assert e.status.code == 409
+def test_logs_scale_and_wait(c):
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ticker", "namespace": NS},
            "spec": {"containers": [{"name": "t", "image": IMAGE_RUN}]}}
     c.apply(Pod.from_dict(pod))
