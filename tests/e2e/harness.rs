@@ -79,7 +79,8 @@ impl Server {
 
     /// As [`Server::start`], with more arguments for `flotilla server`.
     pub(crate) fn start_with(data_dir: &Path, ports: Ports, extra: &[&str]) -> Result<Server> {
-        let mut child = Command::new(flotilla_bin())
+        let mut command = Command::new(flotilla_bin());
+        command
             .args(["server", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", ports.api)])
@@ -87,7 +88,14 @@ impl Server {
             // The embedded node: its API on a free port of its own address.
             .args(["--node-ip", &ports.node_ip, "--node-listen", &format!("{}:0", ports.node_ip)])
             .args(["--pod-cidr", &ports.pods, "--service-cidr", &ports.services])
-            .args(extra)
+            .args(extra);
+        Server::spawn(command, &format!("127.0.0.1:{}", ports.api), &format!("127.0.0.1:{}", ports.peer))
+    }
+
+    /// Runs `command`, a `flotilla server` whose API listens on `api` and store on `peer`, and
+    /// waits for its ready line.
+    pub(crate) fn spawn(mut command: Command, api: &str, peer: &str) -> Result<Server> {
+        let mut child = command
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -111,12 +119,7 @@ impl Server {
             .strip_prefix("kubeconfig: ")
             .map(PathBuf::from)
             .with_context(|| format!("unexpected ready line {line:?}"))?;
-        Ok(Server {
-            child,
-            store_url: format!("https://127.0.0.1:{}", ports.peer),
-            kubeconfig,
-            url: format!("https://127.0.0.1:{}", ports.api),
-        })
+        Ok(Server { child, store_url: format!("https://{peer}"), kubeconfig, url: format!("https://{api}") })
     }
 
     /// Kills the process without letting it shut down: what a power cut or the OOM killer does.

@@ -28,11 +28,22 @@ pub(crate) struct Kubectl {
     kubeconfig: PathBuf,
     home: tempfile::TempDir,
     pub(crate) namespace: String,
+    /// The network namespace kubectl runs in (`ip netns exec`), if not this process's.
+    netns: Option<String>,
 }
 
 impl Kubectl {
     /// kubectl `version` (`1.27`) for `server`, in a namespace of its own, which this creates.
     pub(crate) fn new(version: &str, server: &Server) -> Result<Kubectl> {
+        Kubectl::create(version, server, None)
+    }
+
+    /// As [`Kubectl::new`], run in the network namespace `netns`, where `server` is reachable.
+    pub(crate) fn in_netns(version: &str, server: &Server, netns: &str) -> Result<Kubectl> {
+        Kubectl::create(version, server, Some(netns.into()))
+    }
+
+    fn create(version: &str, server: &Server, netns: Option<String>) -> Result<Kubectl> {
         let bin = Path::new(KUBECTL_DIR).join(format!("kubectl.{version}"));
         ensure!(bin.exists(), "{} is missing: the e2e suite needs the kubectl version matrix", bin.display());
         let namespace = format!("v{}", version.replace('.', "-"));
@@ -42,6 +53,7 @@ impl Kubectl {
             kubeconfig: server.kubeconfig.clone(),
             home: tempfile::tempdir()?,
             namespace,
+            netns,
         };
         kubectl.ok(&["create", "namespace", &kubectl.namespace.clone()])?;
         Ok(kubectl)
@@ -55,6 +67,7 @@ impl Kubectl {
             kubeconfig: kubeconfig.to_path_buf(),
             home: tempfile::tempdir()?,
             namespace: self.namespace.clone(),
+            netns: self.netns.clone(),
         })
     }
 
@@ -72,7 +85,14 @@ impl Kubectl {
 
     /// kubectl with no namespace of its own: for objects of many namespaces at once.
     fn anywhere(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
         command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         command.env("HOME", self.home.path()).env_remove("KUBECONFIG").stdin(Stdio::null());
         command

@@ -7,6 +7,7 @@ mod clients;
 mod escape;
 mod flood;
 mod harness;
+mod hosts;
 mod kube_client;
 mod kubectl;
 mod leader;

@@ -70,14 +70,21 @@ impl Agent {
     pub(crate) fn start(server: &Server, token: &str, data_dir: &Path, name: &str) -> Result<Agent> {
         // An address and a pod range of its own, as a machine of its own would have.
         let own = Ports::free();
-        let child = Command::new(flotilla_bin())
+        let mut command = Command::new(flotilla_bin());
+        command
             .args(["agent", "--server", &server.url, "--token", token, "--data-dir"])
             .arg(data_dir)
             .args(["--node-name", name, "--node-ip", &own.node_ip, "--node-listen", &format!("{}:0", own.node_ip)])
-            .args(["--pod-cidr", &own.pods])
+            .args(["--pod-cidr", &own.pods]);
+        Agent::spawn(command)
+    }
+
+    /// Runs `command`, a `flotilla agent`.
+    pub(crate) fn spawn(mut command: Command) -> Result<Agent> {
+        let child = command
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("start flotilla agent")?;
         Ok(Agent(child))

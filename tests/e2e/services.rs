@@ -15,22 +15,45 @@ use crate::harness::{Ports, Server};
 use crate::kubectl::Kubectl;
 use crate::pods::{apply, import};
 
+/// `program`, run in the network namespace `netns` (`ip netns exec`) or in this process's.
+pub(crate) fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// What dig answers for `name` (`kind` records) from the cluster DNS at `server`: the status
 /// and the answers, short.
 fn dig(server: &str, name: &str, kind: &str) -> Result<(String, Vec<String>)> {
-    let out = Command::new("dig").args([&format!("@{server}"), name, kind, "+tries=1", "+time=3"]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    dig_in(None, server, name, kind)
+}
+
+/// [`dig`] from the network namespace `netns`.
+pub(crate) fn dig_in(netns: Option<&str>, server: &str, name: &str, kind: &str) -> Result<(String, Vec<String>)> {
+    let dig = |extra: &[&str]| {
+        command_in(netns, "dig").args([&format!("@{server}"), name, kind, "+tries=1", "+time=3"]).args(extra).output()
+    };
+    let text = String::from_utf8_lossy(&dig(&[])?.stdout).into_owned();
     let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("none").to_string();
-    let short =
-        Command::new("dig").args([&format!("@{server}"), name, kind, "+short", "+tries=1", "+time=3"]).output()?;
-    let mut answers: Vec<String> = String::from_utf8_lossy(&short.stdout).lines().map(str::to_string).collect();
+    let mut answers: Vec<String> =
+        String::from_utf8_lossy(&dig(&["+short"])?.stdout).lines().map(str::to_string).collect();
     answers.sort();
     Ok((status, answers))
 }
 
 /// What curl got from `url`: the body, or curl's exit code (7: refused, 28: timed out).
 fn curl(url: &str) -> Result<Result<String, i32>> {
-    let out = Command::new("curl").args(["-s", "--max-time", "5", url]).output()?;
+    curl_in(None, url)
+}
+
+/// [`curl`] from the network namespace `netns`.
+pub(crate) fn curl_in(netns: Option<&str>, url: &str) -> Result<Result<String, i32>> {
+    let out = command_in(netns, "curl").args(["-s", "--max-time", "5", url]).output()?;
     Ok(match out.status.code() {
         Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         code => Err(code.unwrap_or(-1)),
@@ -39,9 +62,14 @@ fn curl(url: &str) -> Result<Result<String, i32>> {
 
 /// The first answer of `url`, once it answers (within 30 s).
 fn answer(url: &str) -> Result<String> {
+    answer_in(None, url)
+}
+
+/// [`answer`] from the network namespace `netns`.
+pub(crate) fn answer_in(netns: Option<&str>, url: &str) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match curl(url)? {
+        match curl_in(netns, url)? {
             Ok(body) => return Ok(body),
             Err(code) if Instant::now() > deadline => bail!("{url}: curl still exits {code}"),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -51,11 +79,16 @@ fn answer(url: &str) -> Result<String> {
 
 /// Asks `url` until its answers come from `want` pods (or 30 s pass).
 fn spread_over(url: &str, want: usize) -> Result<BTreeSet<String>> {
+    spread_over_in(None, url, want)
+}
+
+/// [`spread_over`] from the network namespace `netns`.
+pub(crate) fn spread_over_in(netns: Option<&str>, url: &str, want: usize) -> Result<BTreeSet<String>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = BTreeSet::new();
     while seen.len() < want {
         ensure!(Instant::now() < deadline, "{url} answered only from {seen:?}");
-        if let Ok(body) = curl(url)? {
+        if let Ok(body) = curl_in(netns, url)? {
             seen.insert(body.split(' ').nth(2).unwrap_or_default().to_string());
         }
     }

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 /// A range of IPv4 addresses, `a.b.c.d/n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cidr {
     pub network: Ipv4Addr,
     pub prefix: u8,

@@ -9,13 +9,16 @@
 //! needs no privileges where the service range is loopback (the single-host default,
 //! 127.43.0.0/16), and serves host processes and wasm guests alike, since both connect through
 //! the host's sockets. The same loop keeps the cluster DNS's names ([`dns`]) current, which the
-//! node serves on the cluster IP of `kube-system/kube-dns`.
+//! node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`] routes between
+//! nodes' pod ranges, the part a CNI plugin plays.
 
 pub mod dns;
+mod pods;
 mod proxy;
 mod routes;
 mod userspace;
 
+pub use pods::{PodNetwork, ROUTE_PROTOCOL};
 pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
 pub use routes::{Route, routes};
 pub use userspace::Userspace;

@@ -121,6 +121,18 @@ pub(crate) struct Node {
     egress: Arc<flotilla_wasm::Egress>,
     /// The cluster DNS's names, which guests resolve without asking it.
     zone: Arc<flotilla_net::dns::Zone>,
+    /// Every node's pod range, and this node's routes to them.
+    pod_network: Arc<PodRanges>,
+}
+
+/// The pod network as the runtime asks it: which addresses are pods'.
+#[derive(Debug)]
+struct PodRanges(flotilla_net::PodNetwork);
+
+impl flotilla_wasm::PodNetwork for PodRanges {
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
 }
 
 /// A running node agent. Dropping it stops everything it runs, guests included.
@@ -154,6 +166,7 @@ impl Agent {
         let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
         let (services, services_writer) = reflector::store();
         let capacity = Capacity::of_this_machine();
+        let pod_network = flotilla_net::PodNetwork::start(client.clone(), config.name.clone(), config.pod_cidr);
         let for_pods = capacity.less(config.reserved);
         let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
         let node = Arc::new(Node {
@@ -174,6 +187,7 @@ impl Agent {
             probe_client: pods::probe_client(),
             egress: Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone())),
             zone: Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN)),
+            pod_network: Arc::new(PodRanges(pod_network)),
             config,
         });
         let registered = node::register(&node).await?;

@@ -8,6 +8,7 @@
 //! one function takes neither the node's memory nor its neighbours' share.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,11 +44,16 @@ pub(crate) struct ProxyGuest {
 /// A name the node answers itself (a Service's) is resolved here and the request sent to that
 /// address, its `Host` header unchanged. (Otherwise the client resolves the name again when it
 /// connects; a name whose answer changes between the two lookups is a gap the socket layer's
-/// check, which sees the connected address, does not have.)
+/// check, which sees the connected address, does not have.) A plain HTTP request to a pod
+/// leaves from the pod's own address ([`send_from`]).
 struct OutgoingHooks {
     egress: Arc<Egress>,
     names: Option<Arc<dyn crate::run::Names>>,
+    pod_ip: Option<IpAddr>,
+    pod_network: Option<Arc<dyn crate::run::PodNetwork>>,
 }
+
+type Sent = (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>);
 
 impl WasiHttpHooks for OutgoingHooks {
     fn send_request(
@@ -55,17 +61,12 @@ impl WasiHttpHooks for OutgoingHooks {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
-                    HttpError,
-                >,
-            > + Send,
-    > {
+    ) -> Box<dyn Future<Output = Result<Sent, HttpError>> + Send> {
         drop(fut);
         let egress = self.egress.clone();
         let names = self.names.clone();
+        let pod_ip = self.pod_ip;
+        let pod_network = self.pod_network.clone();
         Box::new(async move {
             let mut request = request;
             let uri = request.uri();
@@ -73,33 +74,83 @@ impl WasiHttpHooks for OutgoingHooks {
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let nxdomain = || HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None };
-            match names.as_ref().and_then(|n| n.resolve(&host)) {
+            let destination = match names.as_ref().and_then(|n| n.resolve(&host)) {
                 // A name the node knows: sent to its address, chosen here.
                 Some(addresses) => {
                     // One of them, as a resolver's answer would be taken (a headless Service's
                     // pods are spread over).
                     let ip = *addresses.get(fastrand::usize(..addresses.len().max(1))).ok_or_else(nxdomain)?;
-                    let address = std::net::SocketAddr::new(ip, port);
+                    let address = SocketAddr::new(ip, port);
                     if !egress.allows(address) {
                         return Err(HttpError::DestinationIpProhibited);
                     }
                     let mut parts = request.uri().clone().into_parts();
                     parts.authority = Some(address.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
                     *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                    address
                 }
                 None => {
-                    let addresses = tokio::net::lookup_host((host.as_str(), port))
+                    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
                         .await
-                        .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?;
-                    if addresses.into_iter().any(|address| !egress.allows(address)) {
+                        .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?
+                        .collect();
+                    if addresses.iter().any(|address| !egress.allows(*address)) {
                         return Err(HttpError::DestinationIpProhibited);
                     }
+                    *addresses.first().ok_or_else(nxdomain)?
+                }
+            };
+            let to_a_pod = pod_network.is_some_and(|pods| pods.contains(destination.ip()));
+            match pod_ip {
+                Some(source) if to_a_pod && !https => send_from(source, destination, request, options).await,
+                _ => {
+                    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+                    Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
                 }
             }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
+}
+
+/// Sends a plain HTTP/1.1 `request` to `destination` over a connection from `source`: what
+/// `default_send_request` does, less TLS and the between-bytes timeout, with the socket bound
+/// before it connects, which that function cannot be asked to do.
+async fn send_from(
+    source: IpAddr,
+    destination: SocketAddr,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<Sent, HttpError> {
+    let timeout = |chosen: Option<std::time::Duration>| chosen.unwrap_or(std::time::Duration::from_secs(600));
+    let connect_timeout = timeout(options.and_then(|o| o.connect_timeout));
+    let first_byte_timeout = timeout(options.and_then(|o| o.first_byte_timeout));
+    let socket = if destination.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let socket = socket.map_err(HttpError::Connect)?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(HttpError::Connect)?;
+    let stream = tokio::time::timeout(connect_timeout, socket.connect(destination))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let (mut sender, connection) =
+        tokio::time::timeout(connect_timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
+            .await
+            .map_err(|_| HttpError::ConnectionTimeout)??;
+    // Driven on its own task until the response's body is read or dropped.
+    let connection = tokio::spawn(connection);
+    // The request line carries the path alone: the authority is for a proxy.
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *request.uri_mut() =
+        http::Uri::builder().path_and_query(path).build().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let io = async move {
+        match connection.await {
+            Ok(result) => result.map_err(HttpError::from),
+            Err(_) => Ok(()),
+        }
+    };
+    Ok((response.map(|body| body.map_err(HttpError::from).boxed_unsync()), Box::new(io)))
 }
 
 impl WasiView for ProxyGuest {
@@ -253,10 +304,12 @@ async fn handle(
     grant_network(&mut wasi, spec.network.as_ref());
     let egress = spec.network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
     let names = spec.network.as_ref().and_then(|n| n.names.clone());
+    let pod_ip = spec.network.as_ref().map(|n| n.pod_ip);
+    let pod_network = spec.network.as_ref().and_then(|n| n.pod_network.clone());
     let guest = ProxyGuest {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: OutgoingHooks { egress, names },
+        hooks: OutgoingHooks { egress, names, pod_ip, pod_network },
         table: ResourceTable::new(),
         memory: MemoryLimit::sharing(pool),
         cpu: CpuLimit::new(spec.cpu_limit),

@@ -55,6 +55,9 @@ pub struct Network {
     pub ports: Vec<u16>,
     /// The names the node answers itself (the cluster DNS's), before its resolver is asked.
     pub names: Option<Arc<dyn Names>>,
+    /// Which addresses are pods'. `None`: none is known, and every connection leaves from the
+    /// node's address.
+    pub pod_network: Option<Arc<dyn PodNetwork>>,
 }
 
 /// Names a node resolves for its guests from what it knows (a Service's name, with the pod's
@@ -63,6 +66,15 @@ pub trait Names: Send + Sync + std::fmt::Debug {
     /// The addresses of `name`: `None` when it is not one of these names (the node's resolver
     /// is asked), `Some` of nothing when it is but holds no address (NXDOMAIN).
     fn resolve(&self, name: &str) -> Option<Vec<IpAddr>>;
+}
+
+/// The cluster's pod addresses. A guest's HTTP request to one leaves from the pod's own
+/// address, so that the peer sees who called, as on a flat pod network; a request to anywhere
+/// else leaves from the node's, as a CNI masquerades what leaves the pod network. (A guest's
+/// own `wasi:sockets` connection leaves from where the guest binds it: the pod's address, which
+/// it may bind, or by default the node's.)
+pub trait PodNetwork: Send + Sync + std::fmt::Debug {
+    fn contains(&self, ip: IpAddr) -> bool;
 }
 
 impl std::fmt::Debug for ContainerSpec {

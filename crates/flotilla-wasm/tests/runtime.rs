@@ -244,6 +244,7 @@ async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
             ports: vec![port],
             egress: Default::default(),
             names: None,
+            pod_network: None,
         });
         let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
         let running = {
@@ -273,6 +274,7 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
         ports: Vec::new(),
         egress: Default::default(),
         names: None,
+        pod_network: None,
     });
     assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
     assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
@@ -297,6 +299,7 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
         ports: vec![port],
         egress: Default::default(),
         names: None,
+        pod_network: None,
     });
     let serving = {
         let runtime = runtime.clone();
@@ -338,6 +341,7 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
         ports: Vec::new(),
         egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])),
         names: None,
+        pod_network: None,
     });
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
@@ -359,6 +363,7 @@ async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits()
         ports: vec![port],
         egress: Default::default(),
         names: None,
+        pod_network: None,
     });
     served.http_concurrency = Some(2);
     served.memory = flotilla_wasm::MemoryPool::new(Some(48 << 20));

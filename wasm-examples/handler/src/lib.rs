@@ -3,8 +3,9 @@
 //! `hello from <HOSTNAME> at <path>` (request number <n> of this instance: always 1, since no
 //! instance outlives its request) and prints each request it handles. A query may make it work
 //! harder first: `sleep_ms=N` waits N ms, `alloc_mb=N` takes N MiB and touches them; or call
-//! another: `call=HOST` sends `GET http://HOST/` through `wasi:http/outgoing-handler` and
-//! answers with what came back (`called HOST: <body>`, or why it failed).
+//! another: `call=HOST` sends `GET http://HOST/` (`call=HOST/PATH`: `GET http://HOST/PATH`)
+//! through `wasi:http/outgoing-handler` and answers with what came back (`called HOST: <body>`,
+//! or why it failed).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -50,12 +51,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
     }
 }
 
-/// `GET http://host/`: the response's body.
-fn get(host: &str) -> Result<String, String> {
+/// `GET http://target` (`host` or `host/path`): the response's body.
+fn get(target: &str) -> Result<String, String> {
+    let (host, path) = target.find('/').map_or((target, "/"), |at| target.split_at(at));
     let request = OutgoingRequest::new(Fields::new());
     request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
     request.set_authority(Some(host)).map_err(|()| "authority")?;
-    request.set_path_with_query(Some("/")).map_err(|()| "path")?;
+    request.set_path_with_query(Some(path)).map_err(|()| "path")?;
     let pending = wasip2::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     pending.subscribe().block();
     let response = pending.get().ok_or("no response")?.map_err(|()| "taken")?.map_err(|e| format!("{e:?}"))?;

@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 server: answers every request with `hello from <HOSTNAME> at <path>`, and
-//! prints each request it serves. As a WASI p1 module it accepts on the socket the node
+//! A small HTTP/1.1 server: answers every request with `hello from <HOSTNAME> at <path>`, but
+//! `/peer` with the address the connection came from (where the socket layer says: a p2
+//! component's does), and prints each request it serves. As a WASI p1 module it accepts on the socket the node
 //! pre-opened for its declared `containerPort` (fd 3, `LISTEN_FDS`); as a p2 component it binds
 //! `$POD_IP:$PORT` (default port 8080) itself through `wasi:sockets`.
 
@@ -37,7 +38,13 @@ fn serve(mut stream: TcpStream, hostname: &str) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&request);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     println!("GET {path}");
-    let body = format!("hello from {hostname} at {path}\n");
+    let body = match path.as_str() {
+        "/peer" => match stream.peer_addr() {
+            Ok(peer) => format!("{peer}\n"),
+            Err(err) => format!("peer unknown: {err}\n"),
+        },
+        _ => format!("hello from {hostname} at {path}\n"),
+    };
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -1,7 +1,7 @@
 //! What a node may do, as upstream's Node authorizer and NodeRestriction admission let it
 //! (with `AuthorizeNodeWithSelectors`, on by default since 1.32). A node identity
-//! (`system:node:<name>` in `system:nodes`, a certificate issued when it joined) reads its own
-//! Node, the pods bound to it and only the Secrets and ConfigMaps those pods use; writes its
+//! (`system:node:<name>` in `system:nodes`, a certificate issued when it joined) reads the Nodes
+//! (it is also the cluster's kube-proxy and pod network agent), the pods bound to it and only the Secrets and ConfigMaps those pods use; writes its
 //! own Node and Lease, the status of its own pods, and Events; and nothing else. A stolen edge
 //! node therefore gives up what its own pods could see, not the cluster.
 //!
@@ -68,11 +68,11 @@ pub(crate) async fn authorize(graph: &NodeGraph, attrs: &Attributes<'_>) -> Deci
         }
         ("", "nodes") => match (verb, subresource) {
             ("create" | "update" | "patch", None) | ("update" | "patch", Some(Subresource::Status)) => Decision::Allow,
-            ("get" | "list" | "watch", None) => match name.or(fields.and_then(|f| f.exact("metadata.name"))) {
-                Some(asked) if asked == node => Decision::Allow,
-                Some(asked) => no(format!("node '{node}' cannot read '{asked}', only its own Node object")),
-                None => no(format!("node '{node}' cannot read all nodes, only its own Node object")),
-            },
+            // Every Node, as upstream's `system:node-proxier` (kube-proxy) and a CNI's agent
+            // (flannel's ClusterRole) read them: the node routes to the others' pod ranges.
+            // (The kubelet's own `system:node` rule narrows to its own Node since 1.32; this
+            // node is both.)
+            ("get" | "list" | "watch", None) => Decision::Allow,
             _ => no(""),
         },
         ("", "pods") => match (verb, subresource) {

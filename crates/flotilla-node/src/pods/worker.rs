@@ -517,6 +517,7 @@ impl Worker {
                     zone: self.node.zone.clone(),
                     namespace: self.namespace().to_string(),
                 })),
+                pod_network: Some(self.node.pod_network.clone()),
             }),
             http_concurrency: http_concurrency(&self.pod)?,
             output,

@@ -1,0 +1,266 @@
+//! A cluster of three hosts: network namespaces this test creates (a `switch` holding a bridge,
+//! and a veth pair from it to each host, with addresses in 10.77.0.0/24 that exist only in
+//! them), `flotilla server` and its node on the first and `flotilla agent` on the others, each
+//! node with a pod range of 10.244.0.0/16 that the agents route to each other (flannel's
+//! `host-gw`). Pods on different hosts reach each other by pod IP and see the caller's own
+//! address; a Service's cluster IP spreads over pods on all three hosts from every host, and
+//! from a guest by name; its node port answers on every host; the cluster DNS answers on each;
+//! and a host whose agent restarts keeps its routes and is back in rotation. Needs root (`ip
+//! netns`); runs when `FLOTILLA_E2E_NETNS=1`, which `scripts/test` sets.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use flotilla_examples as examples;
+
+use crate::harness::{Server, flotilla_bin};
+use crate::kubectl::Kubectl;
+use crate::nodes::Agent;
+use crate::pods::{apply, import};
+use crate::services::{answer_in, curl_in, dig_in, spread_over_in};
+
+/// Runs `ip` with `args`; fails with its complaint.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// The test's hosts, as network namespaces on one switch; deleted when dropped.
+struct Hosts {
+    prefix: String,
+    count: usize,
+}
+
+impl Hosts {
+    fn create(count: usize) -> Result<Hosts> {
+        // Made first, so that whatever part of the setup was made is deleted.
+        let hosts = Hosts { prefix: format!("fl{}", std::process::id()), count };
+        let switch = hosts.switch();
+        ip(&["netns", "add", &switch])?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for i in 1..=count {
+            let (host, port) = (hosts.name(i), format!("h{i}"));
+            ip(&["netns", "add", &host])?;
+            ip(&["link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &port, "netns", &switch])?;
+            ip(&["-n", &host, "addr", "add", &format!("{}/24", Hosts::address(i)), "dev", "eth0"])?;
+            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &host, "link", "set", "lo", "up"])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// Host `i`'s network namespace (from 1).
+    fn name(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    fn address(i: usize) -> String {
+        format!("10.77.0.{i}")
+    }
+
+    fn pod_range(i: usize) -> String {
+        format!("10.244.{i}.0/24")
+    }
+
+    /// `flotilla` with `args` on host `i`.
+    fn flotilla(&self, i: usize, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name(i)]).arg(flotilla_bin()).args(args);
+        command
+    }
+
+    /// The node options of host `i`: its name, address and pod range.
+    fn node_args(i: usize) -> Vec<String> {
+        let address = Hosts::address(i);
+        [
+            "--node-name".into(),
+            format!("host-{i}"),
+            "--node-ip".into(),
+            address.clone(),
+            "--node-listen".into(),
+            format!("{address}:10250"),
+            "--pod-cidr".into(),
+            Hosts::pod_range(i),
+        ]
+        .into()
+    }
+
+    /// Starts `flotilla agent` on host `i`, joining the server on host 1.
+    fn agent(&self, i: usize, token: &str, data_dir: &Path) -> Result<Agent> {
+        let server = format!("https://{}:6443", Hosts::address(1));
+        let mut args: Vec<String> =
+            ["agent", "--server", &server, "--token", token, "--data-dir"].map(String::from).into();
+        args.push(data_dir.to_str().context("a UTF-8 path")?.into());
+        args.extend(Hosts::node_args(i));
+        Agent::spawn(self.flotilla(i, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+
+    /// The routes host `i` holds to other hosts' pods: `range via address` each.
+    fn pod_routes(&self, i: usize) -> Result<BTreeSet<String>> {
+        let proto = flotilla_net::ROUTE_PROTOCOL.to_string();
+        let out =
+            Command::new("ip").args(["-n", &self.name(i), "-4", "-o", "route", "show", "proto", &proto]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| line.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect())
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for i in 1..=self.count {
+            let _ = ip(&["netns", "del", &self.name(i)]);
+        }
+        let _ = ip(&["netns", "del", &self.switch()]);
+    }
+}
+
+/// A pod of `image` on host `i`, labelled `app`, serving HTTP on 8080.
+fn pod(name: &str, i: usize, image: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {app}\nspec:\n  nodeName: host-{i}\n  containers:\n  - name: {name}\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    env:\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      tcpSocket:\n        port: 8080\n      periodSeconds: 1\n"
+    )
+}
+
+/// Waits until `check` holds of what `read` returns (30 s at most).
+fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut read: impl FnMut() -> Result<T>,
+    check: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = read()?;
+        if check(&value) {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: still {value:?} after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
+    if std::env::var_os("FLOTILLA_E2E_NETNS").is_none() {
+        eprintln!("skipped: set FLOTILLA_E2E_NETNS=1 (as root) to run hosts in network namespaces (scripts/test does)");
+        return Ok(());
+    }
+    let hosts = Hosts::create(3)?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    for dir in &dirs {
+        import(dir.path(), examples::P2_HTTP, "http:v2")?;
+        import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+    }
+    let api = format!("{}:6443", Hosts::address(1));
+    let mut args: Vec<String> =
+        ["server", "--listen", &api, "--peer-listen", "127.0.0.1:2380", "--data-dir"].map(String::from).into();
+    args.push(dirs[0].path().to_str().context("a UTF-8 path")?.into());
+    args.extend(Hosts::node_args(1));
+    let server =
+        Server::spawn(hosts.flotilla(1, &args.iter().map(String::as_str).collect::<Vec<_>>()), &api, "127.0.0.1:2380")?;
+    let token = std::fs::read_to_string(dirs[0].path().join("node-token"))?.trim().to_string();
+    let _agent2 = hosts.agent(2, &token, dirs[1].path())?;
+    let mut agent3 = hosts.agent(3, &token, dirs[2].path())?;
+    let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
+    eventually(
+        "nodes",
+        || k.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
+        |names| names == "host-1 host-2 host-3",
+    )?;
+    k.ok(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=60s"])?;
+
+    // Each host routes the others' pod ranges via their addresses.
+    for i in 1..=3 {
+        let want: BTreeSet<String> =
+            (1..=3).filter(|j| *j != i).map(|j| format!("{} via {}", Hosts::pod_range(j), Hosts::address(j))).collect();
+        eventually(&format!("host {i}'s routes"), || hosts.pod_routes(i), |routes| *routes == want)?;
+    }
+
+    for i in 1..=3 {
+        apply(&k, &pod(&format!("web-{i}"), i, "http:v2", "web"))?;
+    }
+    apply(&k, &pod("caller", 1, "handler:v1", "caller"))?;
+    k.ok(&["wait", "--for=condition=Ready", "pod", "--all", "--timeout=60s"])?;
+    let pod_ip = |name: &str| k.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"]);
+    let caller = pod_ip("caller")?;
+    ensure!(caller.starts_with("10.244.1."), "the caller's address is from host 1's range: {caller}");
+
+    // Pod to pod across hosts, by IP, from the caller's own address: the peer sees who called.
+    let h1 = Some(hosts.name(1));
+    let h1 = h1.as_deref();
+    for i in 2..=3 {
+        let web = pod_ip(&format!("web-{i}"))?;
+        ensure!(web.starts_with(&format!("10.244.{i}.")), "web-{i} is at {web}");
+        let called = answer_in(h1, &format!("http://{caller}:8080/?call={web}:8080/peer"))?;
+        ensure!(called.starts_with(&format!("called {web}:8080/peer: {caller}:")), "{called}");
+        // And from the host itself, across the switch.
+        let direct = answer_in(h1, &format!("http://{web}:8080/"))?;
+        ensure!(direct == format!("hello from web-{i} at /\n"), "{direct}");
+    }
+
+    // A Service over the three hosts' pods: its cluster IP spreads over all of them from every
+    // host, and a guest calls it by name.
+    k.ok(&["expose", "pod", "web-1", "--name=web", "--selector=app=web", "--port=80", "--target-port=http"])?;
+    let cluster_ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let all: BTreeSet<String> = (1..=3).map(|i| format!("web-{i}")).collect();
+    for i in 1..=3 {
+        let host = hosts.name(i);
+        let seen = spread_over_in(Some(&host), &format!("http://{cluster_ip}/"), 3)?;
+        ensure!(seen == all, "from host {i}: {seen:?}");
+    }
+    let by_name = answer_in(h1, &format!("http://{caller}:8080/?call=web"))?;
+    ensure!(by_name.starts_with("called web: hello from web-"), "{by_name}");
+
+    // Its node port answers on every host's address.
+    k.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"type":"NodePort"}}"#])?;
+    let node_port = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"])?;
+    for i in 1..=3 {
+        let answered = answer_in(h1, &format!("http://{}:{node_port}/", Hosts::address(i)))?;
+        ensure!(answered.starts_with("hello from web-"), "host {i}'s node port: {answered}");
+    }
+
+    // The cluster DNS answers on every host.
+    let dns = k.ok(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let name = format!("web.{}.svc.cluster.local", k.namespace);
+    for i in 1..=3 {
+        let host = hosts.name(i);
+        let (status, answers) = eventually(
+            &format!("{name} on host {i}"),
+            || dig_in(Some(&host), &dns, &name, "A"),
+            |(_, a)| *a == [cluster_ip.clone()],
+        )?;
+        ensure!(status == "NOERROR", "{status} {answers:?}");
+    }
+
+    // Host 3's agent restarts: it finds its routes as it left them, and its pod is back in
+    // rotation everywhere.
+    drop(agent3);
+    let routes = hosts.pod_routes(3)?;
+    ensure!(routes.len() == 2, "the routes outlive the agent: {routes:?}");
+    agent3 = hosts.agent(3, &token, dirs[2].path())?;
+    let web3 = pod_ip("web-3")?;
+    eventually(
+        "web-3 after its agent restarted",
+        || Ok(curl_in(h1, &format!("http://{web3}:8080/"))?.ok()),
+        |body| body.as_deref() == Some("hello from web-3 at /\n"),
+    )?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/web-3", "--timeout=60s"])?;
+    let seen = spread_over_in(Some(&hosts.name(2)), &format!("http://{cluster_ip}/"), 3)?;
+    ensure!(seen == all, "after the restart: {seen:?}");
+    ensure!(hosts.pod_routes(3)? == routes, "the restarted agent keeps its routes");
+    drop(agent3);
+    Ok(())
+}
