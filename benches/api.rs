@@ -168,7 +168,7 @@ impl Server {
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()?)]);
         match shape {
-            Shape::Default => command.args(["--node-listen", "127.0.0.1:0"]),
+            Shape::Default => command.args(["--node-listen", "127.0.0.1:0", "--proxy-mode", "userspace"]),
             Shape::ControlPlane => command.arg("--no-node"),
             Shape::ApiAlone => command.args(["--no-node", "--disable", "scheduler,controllers"]),
         };

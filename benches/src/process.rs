@@ -160,7 +160,10 @@ impl Cluster {
             .args(["agent", "--server", &format!("https://{listen}"), "--token", token.trim(), "--data-dir"])
             .arg(agent_dir.path())
             .args(["--node-name", config.node, "--node-ip", node_ip, "--node-listen", &format!("{node_ip}:0")])
-            .args(["--pod-cidr", config.pod_cidr]);
+            .args(["--pod-cidr", config.pod_cidr])
+            // Relayed in userspace: nftables would program this network namespace's one table,
+            // which is the machine's.
+            .args(["--proxy-mode", "userspace"]);
         if let Some(max_pods) = config.max_pods {
             command.args(["--max-pods", &max_pods.to_string()]);
         }

@@ -88,6 +88,10 @@ impl Server {
             // The embedded node: its API on a free port of its own address.
             .args(["--node-ip", &ports.node_ip, "--node-listen", &format!("{}:0", ports.node_ip)])
             .args(["--pod-cidr", &ports.pods, "--service-cidr", &ports.services])
+            // Servers side by side on this machine relay in userspace: with nftables they would
+            // share the network namespace's one table (tests/e2e/hosts.rs runs nftables, each
+            // host in a namespace of its own).
+            .args(["--proxy-mode", "userspace"])
             .args(extra);
         Server::spawn(command, &format!("127.0.0.1:{}", ports.api), &format!("127.0.0.1:{}", ports.peer))
     }

@@ -2,11 +2,13 @@
 //! and a veth pair from it to each host, with addresses in 10.77.0.0/24 that exist only in
 //! them), `flotilla server` and its node on the first and `flotilla agent` on the others, each
 //! node with a pod range of 10.244.0.0/16 that the agents route to each other (flannel's
-//! `host-gw`). Pods on different hosts reach each other by pod IP and see the caller's own
-//! address; a Service's cluster IP spreads over pods on all three hosts from every host, and
-//! from a guest by name; its node port answers on every host; the cluster DNS answers on each;
-//! and a host whose agent restarts keeps its routes and is back in rotation. Needs root (`ip
-//! netns`); runs when `FLOTILLA_E2E_NETNS=1`, which `scripts/test` sets.
+//! `host-gw`), and Services carried by the kernel (`--proxy-mode nftables`). Pods on different
+//! hosts reach each other by pod IP and see the caller's own address; a Service's cluster IP
+//! spreads over pods on all three hosts from every host, and from a guest by name; its node port
+//! answers on every host; the cluster DNS answers on each; a Service with no endpoint refuses;
+//! a connection through a cluster IP outlives the restart of its host's agent; and a host whose
+//! agent restarts keeps its routes and is back in rotation. Needs root (`ip netns`, `nft`); runs
+//! when `FLOTILLA_E2E_NETNS=1`, which `scripts/test` sets.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -91,6 +93,9 @@ impl Hosts {
             format!("{address}:10250"),
             "--pod-cidr".into(),
             Hosts::pod_range(i),
+            // The kernel data path: each host is a network namespace of its own.
+            "--proxy-mode".into(),
+            "nftables".into(),
         ]
         .into()
     }
@@ -114,6 +119,43 @@ impl Hosts {
             .lines()
             .map(|line| line.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .collect())
+    }
+}
+
+/// A connection from host `i` to `to`, held open by a Python client, which sends its request
+/// only when told to.
+struct Held(std::process::Child);
+
+impl Held {
+    fn open(hosts: &Hosts, i: usize, to: &str) -> Result<Held> {
+        use std::io::BufRead;
+        let script = format!(
+            "import socket, sys\n\
+             s = socket.create_connection(('{to}', 80), timeout=20)\n\
+             print('connected', flush=True)\n\
+             sys.stdin.readline()\n\
+             s.sendall(b'GET / HTTP/1.1\\r\\nHost: held\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             data = b''\n\
+             while chunk := s.recv(65536): data += chunk\n\
+             print(data.decode().split('\\r\\n\\r\\n', 1)[-1], end='')\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &hosts.name(i), "python3", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().context("piped stdout")?).read_line(&mut line)?;
+        ensure!(line == "connected\n", "the held connection did not open: {line:?}");
+        Ok(Held(child))
+    }
+
+    /// Sends the request now; the response's body.
+    fn finish(mut self) -> Result<String> {
+        use std::io::Write;
+        writeln!(self.0.stdin.as_mut().context("piped stdin")?)?;
+        let out = self.0.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -172,7 +214,7 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     let server =
         Server::spawn(hosts.flotilla(1, &args.iter().map(String::as_str).collect::<Vec<_>>()), &api, "127.0.0.1:2380")?;
     let token = std::fs::read_to_string(dirs[0].path().join("node-token"))?.trim().to_string();
-    let _agent2 = hosts.agent(2, &token, dirs[1].path())?;
+    let mut agent2 = hosts.agent(2, &token, dirs[1].path())?;
     let mut agent3 = hosts.agent(3, &token, dirs[2].path())?;
     let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
     eventually(
@@ -245,6 +287,36 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
         ensure!(status == "NOERROR", "{status} {answers:?}");
     }
 
+    // The kernel carries it: each host's table maps the cluster IP.
+    for i in 1..=3 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &hosts.name(i), "nft", "list", "map", "ip", flotilla_net::TABLE, "service-ips"])
+            .output()?;
+        let map = String::from_utf8_lossy(&out.stdout);
+        ensure!(map.contains(&format!("{cluster_ip} . tcp . 80 : goto svc-")), "host {i}'s table: {map}");
+    }
+
+    // A Service with no endpoint refuses at once.
+    k.ok(&["create", "service", "clusterip", "nothing", "--tcp=80:8080"])?;
+    let nothing = k.ok(&["get", "svc", "nothing", "-o", "jsonpath={.spec.clusterIP}"])?;
+    ensure!(curl_in(h1, &format!("http://{nothing}/"))? == Err(7), "refused, not hung");
+
+    // An established connection through a cluster IP outlives the restart of its host's agent:
+    // conntrack holds its translation, and the agent rebuilds its table around it.
+    k.ok(&["expose", "pod", "caller", "--port=80", "--target-port=8080"])?;
+    let caller_ip = k.ok(&["get", "svc", "caller", "-o", "jsonpath={.spec.clusterIP}"])?;
+    eventually(
+        "the caller Service",
+        || Ok(curl_in(Some(&hosts.name(2)), &format!("http://{caller_ip}/"))?.ok()),
+        |body| body.as_deref().is_some_and(|b| b.starts_with("hello from caller")),
+    )?;
+    let held = Held::open(&hosts, 2, &caller_ip)?;
+    drop(agent2);
+    agent2 = hosts.agent(2, &token, dirs[1].path())?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/web-2", "--timeout=60s"])?;
+    let body = held.finish()?;
+    ensure!(body.contains("hello from caller at /"), "the held connection: {body:?}");
+
     // Host 3's agent restarts: it finds its routes as it left them, and its pod is back in
     // rotation everywhere.
     drop(agent3);
@@ -261,6 +333,6 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     let seen = spread_over_in(Some(&hosts.name(2)), &format!("http://{cluster_ip}/"), 3)?;
     ensure!(seen == all, "after the restart: {seen:?}");
     ensure!(hosts.pod_routes(3)? == routes, "the restarted agent keeps its routes");
-    drop(agent3);
+    drop((agent2, agent3));
     Ok(())
 }

@@ -1,23 +1,28 @@
-//! `flotilla-net`: traffic to Services, the part upstream's kube-proxy plays, run by each node
-//! agent.
+//! `flotilla-net`: traffic to Services and between pods, the parts upstream's kube-proxy,
+//! CoreDNS and a CNI plugin play, run by each node agent.
 //!
 //! [`routes`] turns a Service and its EndpointSlices into [`Route`]s: a frontend (the cluster IP
 //! and port, a node port) and the endpoints in rotation behind it. That is a pure function,
 //! tested alone. [`ServiceProxy`] keeps the routes of every Service current from two informers
-//! and hands each Service's routes, whenever they change, to a [`DataPath`], which carries them
-//! out: [`Userspace`] listens on each frontend and relays every connection to one endpoint. It
-//! needs no privileges where the service range is loopback (the single-host default,
-//! 127.43.0.0/16), and serves host processes and wasm guests alike, since both connect through
-//! the host's sockets. The same loop keeps the cluster DNS's names ([`dns`]) current, which the
-//! node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`] routes between
-//! nodes' pod ranges, the part a CNI plugin plays.
+//! and hands each Service's routes, whenever they change, to a [`DataPath`], behind the
+//! [`Guarded`] checks, which carries them out: [`Nftables`] programs the kernel to DNAT, as
+//! kube-proxy's nftables mode; [`Userspace`] listens on each frontend and relays every
+//! connection to one endpoint, which needs no privileges where the service range is loopback
+//! (the default, 127.43.0.0/16). Either serves host processes and wasm guests alike, since both
+//! connect through the host's sockets. The same loop keeps the cluster DNS's names ([`dns`])
+//! current, which the node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`]
+//! routes between nodes' pod ranges.
 
 pub mod dns;
+mod guard;
+mod nftables;
 mod pods;
 mod proxy;
 mod routes;
 mod userspace;
 
+pub use guard::Guarded;
+pub use nftables::{Nftables, TABLE};
 pub use pods::{PodNetwork, ROUTE_PROTOCOL};
 pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
 pub use routes::{Route, routes};
@@ -30,4 +35,55 @@ pub trait DataPath: Send + 'static {
     /// Makes `service`'s routes `routes` from now on, replacing what it had (none: the
     /// Service is gone). A route without endpoints refuses its connections at once.
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>);
+
+    /// Carries out the syncs since the last commit, together: the proxy calls it after each
+    /// batch of changed Services. A path that acts at each sync does nothing here.
+    fn commit(&mut self) {}
+}
+
+impl DataPath for Box<dyn DataPath> {
+    fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
+        (**self).sync(service, routes);
+    }
+
+    fn commit(&mut self) {
+        (**self).commit();
+    }
+}
+
+/// How a node carries traffic to Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    /// nftables where the agent may program it (CAP_NET_ADMIN, `nft` installed), else userspace.
+    #[default]
+    Auto,
+    Nftables,
+    Userspace,
+}
+
+/// The data path `mode` asks for on this node, behind the guard of `allows` (the node's egress
+/// policy). `forwarding`: the node routes a pod network to other nodes.
+pub fn data_path(
+    mode: ProxyMode,
+    forwarding: bool,
+    allows: impl Fn(std::net::SocketAddr) -> bool + Send + 'static,
+) -> Result<Box<dyn DataPath>, String> {
+    let nftables = || {
+        let path = Nftables::new(forwarding)?;
+        tracing::info!(table = TABLE, "traffic to Services goes through nftables");
+        Ok::<_, String>(Box::new(path) as Box<dyn DataPath>)
+    };
+    let userspace = || {
+        tracing::info!("traffic to Services is relayed in userspace");
+        Box::new(Userspace::new()) as Box<dyn DataPath>
+    };
+    let path = match mode {
+        ProxyMode::Userspace => userspace(),
+        ProxyMode::Nftables => nftables()?,
+        ProxyMode::Auto => nftables().unwrap_or_else(|why| {
+            tracing::info!(%why, "nftables cannot be programmed here");
+            userspace()
+        }),
+    };
+    Ok(Box::new(Guarded::new(allows, path)))
 }

@@ -143,6 +143,7 @@ async fn sync(
                 serve_dns(&mut dns_server, &service, &zone, config.upstream_dns);
             }
         }
+        path.commit();
     }
 }
 

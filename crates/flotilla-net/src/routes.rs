@@ -24,6 +24,10 @@ pub struct Route {
     /// `sessionAffinity: ClientIP`: a client's connections go to the endpoint its first went to,
     /// until it has been idle this long.
     pub affinity: Option<Duration>,
+    /// The client's address must reach the endpoint: traffic from outside the cluster under
+    /// `externalTrafficPolicy: Local` (to this node's endpoints only). Otherwise a data path
+    /// that forwards it to another node may masquerade it, so that the reply comes back this way.
+    pub keep_source: bool,
 }
 
 /// The routes of `service` on node `node` (name and address), its endpoints from `slices` (those
@@ -57,18 +61,20 @@ pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip:
         let local = || endpoints(port, slices, Some(node));
         if let Some(ip) = cluster_ip {
             let endpoints = if local_internal { local() } else { all.clone() };
-            out.push(Route { frontend: SocketAddr::new(ip, port.port as u16), endpoints, affinity });
+            // Within the cluster a client's address is kept: a pod's is routable.
+            let frontend = SocketAddr::new(ip, port.port as u16);
+            out.push(Route { frontend, endpoints, affinity, keep_source: true });
         }
         let external = if local_external { local() } else { all };
         if let Some(node_port) = port.node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer")) {
             let frontend = SocketAddr::new(node_ip.into(), node_port as u16);
-            out.push(Route { frontend, endpoints: external.clone(), affinity });
+            out.push(Route { frontend, endpoints: external.clone(), affinity, keep_source: local_external });
         }
         // A load balancer's ingress on this node's address answers on the Service's own port
         // (ServiceLB's; other nodes answer on theirs).
         if kind == "LoadBalancer" && ingress.contains(&node_ip) {
             let frontend = SocketAddr::new(node_ip.into(), port.port as u16);
-            out.push(Route { frontend, endpoints: external, affinity });
+            out.push(Route { frontend, endpoints: external, affinity, keep_source: local_external });
         }
     }
     out
@@ -156,8 +162,18 @@ mod tests {
         assert_eq!(
             routes,
             [
-                Route { frontend: "127.43.0.10:80".parse().unwrap(), endpoints: ready.clone(), affinity: None },
-                Route { frontend: "10.0.0.1:30080".parse().unwrap(), endpoints: ready, affinity: None },
+                Route {
+                    frontend: "127.43.0.10:80".parse().unwrap(),
+                    endpoints: ready.clone(),
+                    affinity: None,
+                    keep_source: true
+                },
+                Route {
+                    frontend: "10.0.0.1:30080".parse().unwrap(),
+                    endpoints: ready,
+                    affinity: None,
+                    keep_source: false
+                },
             ]
         );
     }
@@ -194,6 +210,7 @@ mod tests {
         assert_eq!(routes[2].frontend, "10.0.0.1:80".parse().unwrap(), "this node's ingress, on the Service's port");
         assert_eq!(routes.len(), 3, "not the other node's ingress");
         assert!(routes.iter().all(|r| r.affinity == Some(Duration::from_secs(60))));
+        assert!(routes.iter().all(|r| r.keep_source), "the client's address is kept under Local");
     }
 
     #[test]

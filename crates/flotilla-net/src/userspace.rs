@@ -6,7 +6,7 @@
 //! cluster) each listen on the same frontends, and the kernel spreads connections over them.
 //! A sync swaps a listener's endpoints in place; connections already relayed are left alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,16 +30,9 @@ const MAX_AFFINITY: usize = 65_536;
 /// The userspace data path.
 pub struct Userspace {
     services: HashMap<ObjectKey, Vec<Frontend>>,
-    /// Where it may relay to: endpoints are whatever an EndpointSlice says, and a slice written
-    /// by hand could name the node's own ports, which the relay, on the host, would otherwise
-    /// reach on a guest's behalf.
-    allows: Allows,
     /// Connections relayed at once, on all frontends: each holds two descriptors.
     relays: Arc<Semaphore>,
 }
-
-/// Whether an endpoint may be relayed to.
-type Allows = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Userspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,9 +41,14 @@ impl std::fmt::Debug for Userspace {
 }
 
 impl Userspace {
-    /// A data path that relays only to endpoints `allows` passes (the node's egress policy).
-    pub fn new(allows: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Userspace {
-        Userspace { services: HashMap::new(), allows: Arc::new(allows), relays: Arc::new(Semaphore::new(MAX_RELAYS)) }
+    pub fn new() -> Userspace {
+        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)) }
+    }
+}
+
+impl Default for Userspace {
+    fn default() -> Userspace {
+        Userspace::new()
     }
 }
 
@@ -76,21 +74,8 @@ impl DataPath for Userspace {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
         let mut kept: Vec<Frontend> = Vec::new();
         let mut old = self.services.remove(service).unwrap_or_default();
-        // Every frontend of the other Services: none may be taken twice, nor relayed to (a
-        // relay to a frontend, its own included, would feed on itself).
-        let others: HashSet<SocketAddr> = self.services.values().flatten().map(|f| f.at).collect();
-        let frontends: HashSet<SocketAddr> = others.iter().copied().chain(routes.iter().map(|r| r.frontend)).collect();
-        for mut route in routes {
-            let before = route.endpoints.len();
-            route.endpoints.retain(|e| (self.allows)(*e) && !frontends.contains(e));
-            if route.endpoints.len() < before {
-                tracing::warn!(%service, frontend = %route.frontend, "endpoints that are the node's own, or frontends, are left out");
-            }
+        for route in routes {
             if route.endpoints.is_empty() {
-                continue;
-            }
-            if others.contains(&route.frontend) {
-                tracing::warn!(%service, frontend = %route.frontend, "the frontend is another Service's");
                 continue;
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
@@ -237,8 +222,8 @@ mod tests {
         let frontend = free_port("127.0.0.20");
         let service = ObjectKey::new(Some("default"), "web");
         let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
-        let mut path = Userspace::new(move |endpoint| endpoint != protected);
-        path.sync(&service, vec![Route { frontend, endpoints: vec![a, b], affinity: None }]);
+        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new());
+        path.sync(&service, vec![Route { frontend, endpoints: vec![a, b], affinity: None, keep_source: true }]);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..40 {
             seen.insert(ask(frontend).await.unwrap());
@@ -246,7 +231,10 @@ mod tests {
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
 
         // Affinity keeps a client on one endpoint.
-        path.sync(&service, vec![Route { frontend, endpoints: vec![a, b], affinity: Some(Duration::from_secs(60)) }]);
+        path.sync(
+            &service,
+            vec![Route { frontend, endpoints: vec![a, b], affinity: Some(Duration::from_secs(60)), keep_source: true }],
+        );
         let first = ask(frontend).await.unwrap();
         for _ in 0..10 {
             assert_eq!(ask(frontend).await.unwrap(), first);
@@ -254,20 +242,20 @@ mod tests {
 
         // An endpoint that went away is skipped.
         let gone = free_port("127.0.0.23");
-        path.sync(&service, vec![Route { frontend, endpoints: vec![gone, b], affinity: None }]);
+        path.sync(&service, vec![Route { frontend, endpoints: vec![gone, b], affinity: None, keep_source: true }]);
         for _ in 0..10 {
             assert_eq!(ask(frontend).await.unwrap(), "b");
         }
 
         // The node's own endpoint is never relayed to, whatever a slice says.
-        path.sync(&service, vec![Route { frontend, endpoints: vec![protected], affinity: None }]);
+        path.sync(&service, vec![Route { frontend, endpoints: vec![protected], affinity: None, keep_source: true }]);
         assert!(ask(frontend).await.is_err(), "relayed to a protected endpoint");
 
         // No endpoints: refused at once, not accepted and hung.
-        path.sync(&service, vec![Route { frontend, endpoints: vec![], affinity: None }]);
+        path.sync(&service, vec![Route { frontend, endpoints: vec![], affinity: None, keep_source: true }]);
         let refused = ask(frontend).await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-        path.sync(&service, vec![Route { frontend, endpoints: vec![a], affinity: None }]);
+        path.sync(&service, vec![Route { frontend, endpoints: vec![a], affinity: None, keep_source: true }]);
         assert_eq!(ask(frontend).await.unwrap(), "a");
         // Another Service cannot take the frontend, nor relay to it.
         let thief = ObjectKey::new(Some("default"), "thief");
@@ -275,8 +263,8 @@ mod tests {
         path.sync(
             &thief,
             vec![
-                Route { frontend, endpoints: vec![b], affinity: None },
-                Route { frontend: elsewhere, endpoints: vec![frontend], affinity: None },
+                Route { frontend, endpoints: vec![b], affinity: None, keep_source: true },
+                Route { frontend: elsewhere, endpoints: vec![frontend], affinity: None, keep_source: true },
             ],
         );
         for _ in 0..10 {

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub node_ip: Ipv4Addr,
     /// The range pods get their addresses from.
     pub pod_cidr: Cidr,
+    /// How traffic to Services is carried.
+    pub proxy_mode: flotilla_net::ProxyMode,
     /// Pods the node admits: its wasm instance slots.
     pub max_pods: u32,
     /// Whether pods may mount host directories (`hostPath`): off unless the operator says so.
@@ -93,6 +95,8 @@ pub enum Error {
     Register(#[from] kube::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("setting up the data path to Services: {0}")]
+    DataPath(String),
 }
 
 /// What every part of the agent shares.
@@ -201,9 +205,11 @@ impl Agent {
             },
             node.zone.clone(),
             {
-                // Guests reach Services through the relay: it goes nowhere they may not.
+                // Guests reach Services through it: it goes nowhere they may not.
                 let egress = node.egress.clone();
-                flotilla_net::Userspace::new(move |endpoint| egress.allows(endpoint))
+                let forwarding = !node.config.pod_cidr.network.is_loopback();
+                flotilla_net::data_path(node.config.proxy_mode, forwarding, move |endpoint| egress.allows(endpoint))
+                    .map_err(Error::DataPath)?
             },
         );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())

@@ -34,6 +34,13 @@ pub(crate) struct NodeArgs {
     #[arg(long, default_value = "127.44.0.0/16")]
     pod_cidr: Cidr,
 
+    /// How traffic to Services is carried: `nftables` (kernel DNAT, as kube-proxy's nftables
+    /// mode; needs CAP_NET_ADMIN and `nft`), `userspace` (a relay on each frontend; no
+    /// privileges), or `auto`: nftables where it can be programmed. One agent per network
+    /// namespace may use nftables, since its table is the namespace's.
+    #[arg(long, value_parser = parse_proxy_mode, default_value = "auto")]
+    proxy_mode: flotilla_net::ProxyMode,
+
     /// Pods the node runs at most (its wasm instance slots; each reserves address space, not
     /// memory).
     #[arg(long, default_value_t = 10_000)]
@@ -84,6 +91,15 @@ impl EvictionThreshold {
             EvictionThreshold::Bytes(bytes) => bytes,
             EvictionThreshold::Percent(share) => (capacity.memory as f64 * share / 100.0) as u64,
         }
+    }
+}
+
+fn parse_proxy_mode(text: &str) -> Result<flotilla_net::ProxyMode, String> {
+    match text {
+        "auto" => Ok(flotilla_net::ProxyMode::Auto),
+        "nftables" => Ok(flotilla_net::ProxyMode::Nftables),
+        "userspace" => Ok(flotilla_net::ProxyMode::Userspace),
+        _ => Err(format!("{text:?}: the proxy modes are auto, nftables and userspace")),
     }
 }
 
@@ -176,6 +192,7 @@ pub(crate) async fn start(
         data_dir: node_dir(data_dir),
         node_ip: args.node_ip,
         pod_cidr: args.pod_cidr,
+        proxy_mode: args.proxy_mode,
         max_pods: args.max_pods,
         allow_host_path: args.allow_host_path,
         insecure_registries: args.insecure_registries,

@@ -1,0 +1,413 @@
+//! The kernel data path, programmed as kube-proxy's nftables mode programs it
+//! (`pkg/proxy/nftables`): one table of Flotilla's own, where a verdict map from frontend
+//! (address, protocol, port) jumps to a chain per route, which picks an endpoint chain at random
+//! (or the client's own under `sessionAffinity`, remembered in a set with the affinity's
+//! timeout), which DNATs. Each commit is one `nft -f` transaction: the kernel takes all of it or
+//! none. Only the changed Services' chains and map elements are rewritten (kube-proxy's partial
+//! sync), so a change costs its own Service's work. The table is deleted when the path is
+//! dropped (a clean shutdown); a restarted agent rebuilds it in one transaction. Connections
+//! already established keep their translation in conntrack either way, so neither drops them.
+//!
+//! Frontends are loopback cluster IPs and node addresses: a connection to one with no endpoint
+//! finds nothing listening and is refused. Traffic from a loopback source (the host's, a
+//! guest's) to an endpoint on another node is masqueraded, as is traffic from outside that is
+//! forwarded under a `Cluster` traffic policy; that needs `route_localnet` and `ip_forward`,
+//! which [`Nftables::new`] turns on when the node routes a pod network. Packets that arrive
+//! from outside for 127.0.0.0/8 are dropped, as kube-proxy drops them when it turns
+//! `route_localnet` on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use flotilla_client::ObjectKey;
+
+use crate::{DataPath, Route};
+
+/// The table Flotilla owns, in the `ip` family.
+pub const TABLE: &str = "flotilla";
+/// The packet mark that asks for masquerading (kube-proxy's bit).
+const MASQUERADE_MARK: u32 = 0x4000;
+
+/// The nftables data path.
+#[derive(Debug)]
+pub struct Nftables {
+    /// What each Service should have: kept so that a failed transaction is retried whole.
+    desired: HashMap<ObjectKey, Vec<Route>>,
+    /// What each Service has in the table.
+    programmed: HashMap<ObjectKey, Programmed>,
+    /// Services synced since the last commit.
+    pending: Vec<ObjectKey>,
+    /// Names each Service's chains: stable while it exists.
+    ids: HashMap<ObjectKey, u64>,
+    next_id: u64,
+    /// The table holds what `programmed` says; otherwise the next commit rebuilds it.
+    built: bool,
+    /// A commit has written the table: it is this path's to delete when dropped.
+    owns_table: bool,
+}
+
+/// A Service's part of the table.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Programmed {
+    objects: Vec<Object>,
+    /// `service-ips` elements, each `key : verdict`.
+    elements: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Object {
+    /// A set of client addresses, each forgotten `timeout` seconds after its last connection.
+    Affinity {
+        name: String,
+        timeout: u64,
+    },
+    Chain {
+        name: String,
+        rules: Vec<String>,
+    },
+}
+
+impl Object {
+    fn name(&self) -> &str {
+        match self {
+            Object::Affinity { name, .. } | Object::Chain { name, .. } => name,
+        }
+    }
+}
+
+impl Nftables {
+    /// Whether nftables can be programmed here: `nft` is installed and this process may change
+    /// the network namespace's tables (CAP_NET_ADMIN).
+    pub fn available() -> Result<(), String> {
+        nft("list tables\n").map(drop)
+    }
+
+    /// A data path that, when `forwarding` (the node routes a pod network to other nodes),
+    /// turns on what forwarding to them needs.
+    pub fn new(forwarding: bool) -> Result<Nftables, String> {
+        Nftables::available()?;
+        if forwarding {
+            for (key, path) in [
+                ("ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+                ("route_localnet", "/proc/sys/net/ipv4/conf/all/route_localnet"),
+            ] {
+                std::fs::write(path, "1").map_err(|e| format!("cannot turn on {key}: {e}"))?;
+            }
+        }
+        Ok(Nftables::unbuilt())
+    }
+
+    /// A path that has programmed nothing yet.
+    fn unbuilt() -> Nftables {
+        Nftables {
+            desired: HashMap::new(),
+            programmed: HashMap::new(),
+            pending: Vec::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            built: false,
+            owns_table: false,
+        }
+    }
+
+    /// The transaction that brings the table to `desired` for the pending Services (every
+    /// Service, when the table is to be built), and what the table then holds.
+    fn transaction(&mut self) -> (String, HashMap<ObjectKey, Programmed>) {
+        let mut script = String::new();
+        let mut programmed = if self.built { self.programmed.clone() } else { HashMap::new() };
+        let changed: Vec<ObjectKey> = if self.built {
+            self.pending.clone()
+        } else {
+            script.push_str(&base());
+            self.desired.keys().cloned().collect()
+        };
+        let mut plans = Vec::new();
+        for service in &changed {
+            let old = programmed.remove(service).unwrap_or_default();
+            let new = match self.desired.get(service) {
+                Some(routes) => {
+                    let id = *self.ids.entry(service.clone()).or_insert_with(|| {
+                        self.next_id += 1;
+                        self.next_id
+                    });
+                    plan(id, routes)
+                }
+                None => {
+                    self.ids.remove(service);
+                    Programmed::default()
+                }
+            };
+            plans.push((old, new.clone()));
+            if new != Programmed::default() {
+                programmed.insert(service.clone(), new);
+            }
+        }
+        // Elements out first, so no frontend jumps to a chain being emptied; chains and sets in,
+        // then their rules, then the new elements; the objects no longer wanted go last, once
+        // nothing refers to them.
+        for (old, new) in &plans {
+            for (key, _) in old.elements.iter().filter(|e| !new.elements.contains(e)) {
+                script.push_str(&format!("delete element ip {TABLE} service-ips {{ {key} }}\n"));
+            }
+        }
+        for (_, new) in &plans {
+            for object in &new.objects {
+                match object {
+                    Object::Affinity { name, timeout } => script.push_str(&format!(
+                        "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}\n"
+                    )),
+                    Object::Chain { name, .. } => script.push_str(&format!("add chain ip {TABLE} {name}\n")),
+                }
+            }
+        }
+        for (_, new) in &plans {
+            for object in &new.objects {
+                if let Object::Chain { name, rules } = object {
+                    script.push_str(&format!("flush chain ip {TABLE} {name}\n"));
+                    for rule in rules {
+                        script.push_str(&format!("add rule ip {TABLE} {name} {rule}\n"));
+                    }
+                }
+            }
+        }
+        for (old, new) in &plans {
+            for (key, verdict) in new.elements.iter().filter(|e| !old.elements.contains(e)) {
+                script.push_str(&format!("add element ip {TABLE} service-ips {{ {key} : {verdict} }}\n"));
+            }
+        }
+        let gone = |(old, new): &(Programmed, Programmed)| -> Vec<Object> {
+            old.objects.iter().filter(|o| !new.objects.iter().any(|n| n.name() == o.name())).cloned().collect()
+        };
+        let gone: Vec<Object> = plans.iter().flat_map(gone).collect();
+        for object in &gone {
+            if let Object::Chain { name, .. } = object {
+                script.push_str(&format!("flush chain ip {TABLE} {name}\n"));
+            }
+        }
+        for object in &gone {
+            match object {
+                Object::Chain { name, .. } => script.push_str(&format!("delete chain ip {TABLE} {name}\n")),
+                Object::Affinity { name, .. } => script.push_str(&format!("delete set ip {TABLE} {name}\n")),
+            }
+        }
+        (script, programmed)
+    }
+}
+
+/// The table's fixed part, built afresh (what a previous run left is deleted in the same
+/// transaction).
+fn base() -> String {
+    format!(
+        "add table ip {TABLE}
+delete table ip {TABLE}
+table ip {TABLE} {{
+	map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; }}
+	chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
+	chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
+	chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 masquerade; meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade; }}
+	chain services {{ ip daddr . meta l4proto . th dport vmap @service-ips; }}
+}}
+"
+    )
+}
+
+/// A Service's chains, sets and elements, for its routes; `id` names them.
+fn plan(id: u64, routes: &[Route]) -> Programmed {
+    let mut programmed = Programmed::default();
+    for (r, route) in routes.iter().enumerate() {
+        let SocketAddr::V4(frontend) = route.frontend else { continue };
+        let endpoints: Vec<SocketAddr> = route.endpoints.iter().copied().filter(SocketAddr::is_ipv4).collect();
+        if endpoints.is_empty() {
+            // Nothing listens on the frontend: refused.
+            continue;
+        }
+        let service_chain = format!("svc-{id}-{r}");
+        let endpoint_chain = |e: usize| format!("ep-{id}-{r}-{e}");
+        let timeout = route.affinity.map(|t| t.as_secs().max(1));
+        let affinity = |e: usize| format!("aff-{id}-{r}-{e}-{}", timeout.unwrap_or_default());
+        let mut rules = Vec::new();
+        if !route.keep_source {
+            rules.push(format!("meta mark set meta mark | {MASQUERADE_MARK:#x}"));
+        }
+        for (e, endpoint) in endpoints.iter().enumerate() {
+            let mut endpoint_rules = Vec::new();
+            if let Some(timeout) = timeout {
+                programmed.objects.push(Object::Affinity { name: affinity(e), timeout });
+                rules.push(format!("ip saddr @{} goto {}", affinity(e), endpoint_chain(e)));
+                endpoint_rules.push(format!("update @{} {{ ip saddr }}", affinity(e)));
+            }
+            endpoint_rules.push(format!("meta l4proto tcp dnat to {endpoint}"));
+            programmed.objects.push(Object::Chain { name: endpoint_chain(e), rules: endpoint_rules });
+        }
+        let choices: Vec<String> = (0..endpoints.len()).map(|e| format!("{e} : goto {}", endpoint_chain(e))).collect();
+        rules.push(format!("numgen random mod {} vmap {{ {} }}", endpoints.len(), choices.join(", ")));
+        programmed.objects.push(Object::Chain { name: service_chain.clone(), rules });
+        let key = format!("{} . tcp . {}", frontend.ip(), frontend.port());
+        programmed.elements.push((key, format!("goto {service_chain}")));
+    }
+    programmed
+}
+
+impl DataPath for Nftables {
+    fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
+        if routes.is_empty() {
+            self.desired.remove(service);
+        } else {
+            self.desired.insert(service.clone(), routes);
+        }
+        self.pending.push(service.clone());
+    }
+
+    fn commit(&mut self) {
+        if self.built && self.pending.is_empty() {
+            return;
+        }
+        self.pending.sort();
+        self.pending.dedup();
+        let (script, programmed) = self.transaction();
+        self.owns_table = true;
+        match nft(&script) {
+            Ok(_) => {
+                self.programmed = programmed;
+                self.built = true;
+            }
+            Err(e) => {
+                // Nothing of it was applied; the next commit rebuilds the table whole.
+                tracing::error!(error = %e, "cannot program nftables");
+                self.built = false;
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for Nftables {
+    fn drop(&mut self) {
+        if !self.owns_table {
+            return;
+        }
+        if let Err(e) = nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")) {
+            tracing::warn!(error = %e, "cannot remove the nftables table");
+        }
+    }
+}
+
+/// Runs `nft -f -` on `script`: one transaction.
+fn nft(script: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    child.stdin.take().expect("piped stdin").write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+    let output = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn route(frontend: &str, endpoints: &[&str], affinity: Option<u64>, keep_source: bool) -> Route {
+        Route {
+            frontend: frontend.parse().unwrap(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            affinity: affinity.map(Duration::from_secs),
+            keep_source,
+        }
+    }
+
+    /// Commits as [`DataPath::commit`] would, had nft taken the script; returns the script.
+    fn commit(path: &mut Nftables) -> String {
+        let (script, programmed) = path.transaction();
+        path.programmed = programmed;
+        path.built = true;
+        path.pending.clear();
+        script
+    }
+
+    #[test]
+    fn a_route_jumps_to_a_random_endpoint_chain_that_dnats() {
+        let programmed = plan(
+            7,
+            &[
+                route("127.43.0.5:80", &["10.244.1.2:8080", "10.244.2.3:8080"], None, true),
+                route("10.77.0.1:30080", &["10.244.1.2:8080"], Some(60), false),
+                route("127.43.0.5:81", &[], None, true),
+            ],
+        );
+        assert_eq!(
+            programmed.elements,
+            [
+                ("127.43.0.5 . tcp . 80".to_string(), "goto svc-7-0".to_string()),
+                ("10.77.0.1 . tcp . 30080".to_string(), "goto svc-7-1".to_string())
+            ]
+        );
+        let chain = |name: &str| {
+            programmed.objects.iter().find_map(|o| match o {
+                Object::Chain { name: n, rules } if n == name => Some(rules.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(chain("svc-7-0").unwrap(), ["numgen random mod 2 vmap { 0 : goto ep-7-0-0, 1 : goto ep-7-0-1 }"]);
+        assert_eq!(chain("ep-7-0-1").unwrap(), ["meta l4proto tcp dnat to 10.244.2.3:8080"]);
+        assert_eq!(
+            chain("svc-7-1").unwrap(),
+            [
+                "meta mark set meta mark | 0x4000",
+                "ip saddr @aff-7-1-0-60 goto ep-7-1-0",
+                "numgen random mod 1 vmap { 0 : goto ep-7-1-0 }"
+            ]
+        );
+        assert_eq!(
+            chain("ep-7-1-0").unwrap(),
+            ["update @aff-7-1-0-60 { ip saddr }", "meta l4proto tcp dnat to 10.244.1.2:8080"]
+        );
+        assert!(programmed.objects.contains(&Object::Affinity { name: "aff-7-1-0-60".into(), timeout: 60 }));
+    }
+
+    #[test]
+    fn a_commit_rewrites_only_the_changed_service_and_removes_what_went() {
+        let mut path = Nftables::unbuilt();
+        let (web, api) = (ObjectKey::new(Some("default"), "web"), ObjectKey::new(Some("default"), "api"));
+        path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080", "10.244.1.3:8080"], None, true)]);
+        path.sync(&api, vec![route("127.43.0.6:80", &["10.244.1.4:8080"], None, true)]);
+        let first = commit(&mut path);
+        assert!(first.starts_with("add table ip flotilla\ndelete table ip flotilla\n"), "{first}");
+        assert!(first.contains("add element ip flotilla service-ips { 127.43.0.5 . tcp . 80 : goto svc-"), "{first}");
+
+        // web loses an endpoint: its chains are rewritten, its second endpoint chain deleted;
+        // api is not touched.
+        path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080"], None, true)]);
+        let second = commit(&mut path);
+        let web_id = path.ids[&web];
+        assert!(!second.contains("table ip flotilla {"), "no rebuild: {second}");
+        assert!(second.contains(&format!("add rule ip flotilla svc-{web_id}-0 numgen random mod 1")), "{second}");
+        assert!(second.ends_with(&format!("delete chain ip flotilla ep-{web_id}-0-1\n")), "{second}");
+        assert!(!second.contains("10.244.1.4"), "api untouched: {second}");
+        assert!(!second.contains("element"), "the frontend's element stays: {second}");
+
+        // web goes: its element first, then its chains.
+        path.sync(&web, Vec::new());
+        let third = commit(&mut path);
+        let element = third.find("delete element ip flotilla service-ips { 127.43.0.5 . tcp . 80 }").unwrap();
+        let chain = third.find(&format!("delete chain ip flotilla svc-{web_id}-0")).unwrap();
+        assert!(element < chain, "{third}");
+        assert!(!path.programmed.contains_key(&web) && path.programmed.contains_key(&api));
+
+        // A failed transaction leaves the next commit to rebuild everything.
+        path.built = false;
+        let rebuilt = commit(&mut path);
+        assert!(rebuilt.starts_with("add table") && rebuilt.contains("10.244.1.4:8080"), "{rebuilt}");
+    }
+}
