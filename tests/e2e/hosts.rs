@@ -159,6 +159,22 @@ impl Held {
     }
 }
 
+/// What a datagram from host `i` to `to` brings back within a second, if anything.
+fn udp_ask(hosts: &Hosts, i: usize, to: &str, port: u16) -> Result<Option<String>> {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(1)\n\
+         s.sendto(b'hello', ('{to}', {port}))\n\
+         try:\n    print(s.recv(1500).decode(), end='')\n\
+         except OSError:\n    pass\n"
+    );
+    let out = Command::new("ip").args(["netns", "exec", &hosts.name(i), "python3", "-c", &script]).output()?;
+    ensure!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok((!answer.is_empty()).then_some(answer))
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         for i in 1..=self.count {
@@ -295,6 +311,17 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
         let map = String::from_utf8_lossy(&out.stdout);
         ensure!(map.contains(&format!("{cluster_ip} . tcp . 80 : goto svc-")), "host {i}'s table: {map}");
     }
+
+    // A UDP Service: datagrams reach a pod on another host through its cluster IP.
+    let udp = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: udp-3\n  labels:\n    app: udp\nspec:\n  nodeName: host-3\n  containers:\n  - name: udp\n    image: http:v2\n    imagePullPolicy: IfNotPresent\n    env:\n    - name: PROTOCOL\n      value: udp\n    - name: PORT\n      value: \"5353\"\n    - name: POD_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n    ports:\n    - containerPort: 5353\n      protocol: UDP\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: udp\nspec:\n  selector:\n    app: udp\n  ports:\n  - port: 53\n    targetPort: 5353\n    protocol: UDP\n";
+    apply(&k, udp)?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/udp-3", "--timeout=60s"])?;
+    let udp_ip = k.ok(&["get", "svc", "udp", "-o", "jsonpath={.spec.clusterIP}"])?;
+    eventually(
+        "a datagram through the UDP Service",
+        || udp_ask(&hosts, 1, &udp_ip, 53),
+        |answer| answer.as_deref() == Some("hello from udp-3 over udp\n"),
+    )?;
 
     // A Service with no endpoint refuses at once.
     k.ok(&["create", "service", "clusterip", "nothing", "--tcp=80:8080"])?;

@@ -14,7 +14,9 @@ use crate::{DataPath, Route};
 pub struct Guarded<P> {
     path: P,
     allows: Box<dyn Fn(SocketAddr) -> bool + Send>,
-    /// Which Service each frontend handed on is.
+    /// Which Service each frontend address handed on is: an address and port is one Service's,
+    /// whatever the protocol (cluster IPs are one Service's, and node ports are allocated
+    /// across protocols).
     owners: HashMap<SocketAddr, ObjectKey>,
 }
 

@@ -25,7 +25,7 @@ pub use guard::Guarded;
 pub use nftables::{Nftables, TABLE};
 pub use pods::{PodNetwork, ROUTE_PROTOCOL};
 pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
-pub use routes::{Route, routes};
+pub use routes::{Protocol, Route, routes};
 pub use userspace::Userspace;
 
 use flotilla_client::ObjectKey;

@@ -237,13 +237,13 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
                 rules.push(format!("ip saddr @{} goto {}", affinity(e), endpoint_chain(e)));
                 endpoint_rules.push(format!("update @{} {{ ip saddr }}", affinity(e)));
             }
-            endpoint_rules.push(format!("meta l4proto tcp dnat to {endpoint}"));
+            endpoint_rules.push(format!("meta l4proto {} dnat to {endpoint}", route.protocol.name()));
             programmed.objects.push(Object::Chain { name: endpoint_chain(e), rules: endpoint_rules });
         }
         let choices: Vec<String> = (0..endpoints.len()).map(|e| format!("{e} : goto {}", endpoint_chain(e))).collect();
         rules.push(format!("numgen random mod {} vmap {{ {} }}", endpoints.len(), choices.join(", ")));
         programmed.objects.push(Object::Chain { name: service_chain.clone(), rules });
-        let key = format!("{} . tcp . {}", frontend.ip(), frontend.port());
+        let key = format!("{} . {} . {}", frontend.ip(), route.protocol.name(), frontend.port());
         programmed.elements.push((key, format!("goto {service_chain}")));
     }
     programmed
@@ -317,9 +317,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::Protocol;
 
     fn route(frontend: &str, endpoints: &[&str], affinity: Option<u64>, keep_source: bool) -> Route {
         Route {
+            protocol: Protocol::Tcp,
             frontend: frontend.parse().unwrap(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             affinity: affinity.map(Duration::from_secs),

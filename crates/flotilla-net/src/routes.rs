@@ -15,9 +15,37 @@ pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// says otherwise (upstream's default, three hours).
 const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
 
+/// A transport protocol of a Service port (SCTP is not carried).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// A Service port's `protocol` (unset: TCP); `None` for one not carried.
+    fn of(protocol: Option<&str>) -> Option<Protocol> {
+        match protocol.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Its name as nftables and `/etc/protocols` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// Where connections arrive, and the endpoints they are spread over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
+    pub protocol: Protocol,
     pub frontend: SocketAddr,
     /// In rotation: each new connection goes to one of them.
     pub endpoints: Vec<SocketAddr>,
@@ -31,7 +59,7 @@ pub struct Route {
 }
 
 /// The routes of `service` on node `node` (name and address), its endpoints from `slices` (those
-/// labelled with its name, in its namespace). TCP ports only, for now.
+/// labelled with its name, in its namespace). TCP and UDP ports.
 pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip: Ipv4Addr) -> Vec<Route> {
     let Some(spec) = &service.spec else { return Vec::new() };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -56,25 +84,26 @@ pub fn routes(service: &Service, slices: &[&EndpointSlice], node: &str, node_ip:
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect();
     let mut out = Vec::new();
-    for port in spec.ports.iter().flatten().filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP") {
+    for port in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::of(port.protocol.as_deref()) else { continue };
         let all = endpoints(port, slices, None);
         let local = || endpoints(port, slices, Some(node));
         if let Some(ip) = cluster_ip {
             let endpoints = if local_internal { local() } else { all.clone() };
             // Within the cluster a client's address is kept: a pod's is routable.
             let frontend = SocketAddr::new(ip, port.port as u16);
-            out.push(Route { frontend, endpoints, affinity, keep_source: true });
+            out.push(Route { protocol, frontend, endpoints, affinity, keep_source: true });
         }
         let external = if local_external { local() } else { all };
         if let Some(node_port) = port.node_port.filter(|_| matches!(kind, "NodePort" | "LoadBalancer")) {
             let frontend = SocketAddr::new(node_ip.into(), node_port as u16);
-            out.push(Route { frontend, endpoints: external.clone(), affinity, keep_source: local_external });
+            out.push(Route { protocol, frontend, endpoints: external.clone(), affinity, keep_source: local_external });
         }
         // A load balancer's ingress on this node's address answers on the Service's own port
         // (ServiceLB's; other nodes answer on theirs).
         if kind == "LoadBalancer" && ingress.contains(&node_ip) {
             let frontend = SocketAddr::new(node_ip.into(), port.port as u16);
-            out.push(Route { frontend, endpoints: external, affinity, keep_source: local_external });
+            out.push(Route { protocol, frontend, endpoints: external, affinity, keep_source: local_external });
         }
     }
     out
@@ -151,7 +180,7 @@ mod tests {
     fn ready_endpoints_back_each_port_of_the_cluster_ip_and_node_port() {
         let svc = service(json!({
             "type": "NodePort", "clusterIP": "127.43.0.10",
-            "ports": [{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "ports": [{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080}],
         }));
         let slices = [slice(
             json!([{"name": "http", "port": 8080}]),
@@ -163,12 +192,14 @@ mod tests {
             routes,
             [
                 Route {
+                    protocol: Protocol::Tcp,
                     frontend: "127.43.0.10:80".parse().unwrap(),
                     endpoints: ready.clone(),
                     affinity: None,
                     keep_source: true
                 },
                 Route {
+                    protocol: Protocol::Tcp,
                     frontend: "10.0.0.1:30080".parse().unwrap(),
                     endpoints: ready,
                     affinity: None,
@@ -176,6 +207,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn udp_ports_are_routed_by_their_protocol_and_sctp_is_not() {
+        let svc = service(json!({"clusterIP": "127.43.0.10", "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "sig", "port": 9, "protocol": "SCTP"},
+        ]}));
+        let slices = [slice(
+            json!([
+                {"name": "dns", "port": 5353, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 5354, "protocol": "TCP"},
+                {"name": "sig", "port": 9, "protocol": "SCTP"},
+            ]),
+            json!([endpoint("127.77.0.2", "a", true, false)]),
+        )];
+        let routes = routes(&svc, &slices.iter().collect::<Vec<_>>(), "a", NODE_IP);
+        let carried: Vec<(Protocol, String)> =
+            routes.iter().map(|r| (r.protocol, r.endpoints.iter().map(|e| e.to_string()).collect())).collect();
+        assert_eq!(carried, [(Protocol::Udp, "127.77.0.2:5353".into()), (Protocol::Tcp, "127.77.0.2:5354".into())]);
     }
 
     #[test]

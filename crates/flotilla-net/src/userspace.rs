@@ -1,5 +1,6 @@
-//! The userspace data path: a listener on each frontend that relays every connection it
-//! accepts to one endpoint, as upstream's first kube-proxy did. A frontend without endpoints
+//! The userspace data path: a listener on each TCP frontend that relays every connection it
+//! accepts to one endpoint, as upstream's first kube-proxy did (UDP Services need the kernel
+//! data path). A frontend without endpoints
 //! has no listener, so a connection to it is refused at once rather than accepted and dropped.
 //!
 //! Listeners take `SO_REUSEPORT`: several agents on one host (the single-host default, or a test
@@ -16,7 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::{DataPath, Route};
+use crate::{DataPath, Protocol, Route};
 
 /// How long a connection to one endpoint may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,7 +76,8 @@ impl DataPath for Userspace {
         let mut kept: Vec<Frontend> = Vec::new();
         let mut old = self.services.remove(service).unwrap_or_default();
         for route in routes {
-            if route.endpoints.is_empty() {
+            // UDP is the kernel data path's alone: a relay of datagrams is left out.
+            if route.endpoints.is_empty() || route.protocol != Protocol::Tcp {
                 continue;
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
@@ -223,7 +225,10 @@ mod tests {
         let service = ObjectKey::new(Some("default"), "web");
         let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
         let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new());
-        path.sync(&service, vec![Route { frontend, endpoints: vec![a, b], affinity: None, keep_source: true }]);
+        path.sync(
+            &service,
+            vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![a, b], affinity: None, keep_source: true }],
+        );
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..40 {
             seen.insert(ask(frontend).await.unwrap());
@@ -233,7 +238,13 @@ mod tests {
         // Affinity keeps a client on one endpoint.
         path.sync(
             &service,
-            vec![Route { frontend, endpoints: vec![a, b], affinity: Some(Duration::from_secs(60)), keep_source: true }],
+            vec![Route {
+                protocol: Protocol::Tcp,
+                frontend,
+                endpoints: vec![a, b],
+                affinity: Some(Duration::from_secs(60)),
+                keep_source: true,
+            }],
         );
         let first = ask(frontend).await.unwrap();
         for _ in 0..10 {
@@ -242,20 +253,44 @@ mod tests {
 
         // An endpoint that went away is skipped.
         let gone = free_port("127.0.0.23");
-        path.sync(&service, vec![Route { frontend, endpoints: vec![gone, b], affinity: None, keep_source: true }]);
+        path.sync(
+            &service,
+            vec![Route {
+                protocol: Protocol::Tcp,
+                frontend,
+                endpoints: vec![gone, b],
+                affinity: None,
+                keep_source: true,
+            }],
+        );
         for _ in 0..10 {
             assert_eq!(ask(frontend).await.unwrap(), "b");
         }
 
         // The node's own endpoint is never relayed to, whatever a slice says.
-        path.sync(&service, vec![Route { frontend, endpoints: vec![protected], affinity: None, keep_source: true }]);
+        path.sync(
+            &service,
+            vec![Route {
+                protocol: Protocol::Tcp,
+                frontend,
+                endpoints: vec![protected],
+                affinity: None,
+                keep_source: true,
+            }],
+        );
         assert!(ask(frontend).await.is_err(), "relayed to a protected endpoint");
 
         // No endpoints: refused at once, not accepted and hung.
-        path.sync(&service, vec![Route { frontend, endpoints: vec![], affinity: None, keep_source: true }]);
+        path.sync(
+            &service,
+            vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![], affinity: None, keep_source: true }],
+        );
         let refused = ask(frontend).await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-        path.sync(&service, vec![Route { frontend, endpoints: vec![a], affinity: None, keep_source: true }]);
+        path.sync(
+            &service,
+            vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![a], affinity: None, keep_source: true }],
+        );
         assert_eq!(ask(frontend).await.unwrap(), "a");
         // Another Service cannot take the frontend, nor relay to it.
         let thief = ObjectKey::new(Some("default"), "thief");
@@ -263,8 +298,14 @@ mod tests {
         path.sync(
             &thief,
             vec![
-                Route { frontend, endpoints: vec![b], affinity: None, keep_source: true },
-                Route { frontend: elsewhere, endpoints: vec![frontend], affinity: None, keep_source: true },
+                Route { protocol: Protocol::Tcp, frontend, endpoints: vec![b], affinity: None, keep_source: true },
+                Route {
+                    protocol: Protocol::Tcp,
+                    frontend: elsewhere,
+                    endpoints: vec![frontend],
+                    affinity: None,
+                    keep_source: true,
+                },
             ],
         );
         for _ in 0..10 {

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server: answers every request with `hello from <HOSTNAME> at <path>`, but
 //! `/peer` with the address the connection came from (where the socket layer says: a p2
-//! component's does), and prints each request it serves. As a WASI p1 module it accepts on the socket the node
+//! component's does), and prints each request it serves. With `PROTOCOL=udp` (p2 only) it
+//! answers datagrams on `$POD_IP:$PORT` instead, each with `hello from <HOSTNAME> over udp`. As a WASI p1 module it accepts on the socket the node
 //! pre-opened for its declared `containerPort` (fd 3, `LISTEN_FDS`); as a p2 component it binds
 //! `$POD_IP:$PORT` (default port 8080) itself through `wasi:sockets`.
 
@@ -53,8 +54,27 @@ fn serve(mut stream: TcpStream, hostname: &str) -> std::io::Result<()> {
     stream.flush()
 }
 
+/// Answers every datagram on `$POD_IP:$PORT`.
+fn serve_udp(hostname: &str) -> std::io::Result<()> {
+    let ip = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let socket = std::net::UdpSocket::bind(format!("{ip}:{port}"))?;
+    println!("listening on udp");
+    let mut buf = [0u8; 1500];
+    loop {
+        let (_, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(format!("hello from {hostname} over udp\n").as_bytes(), from)?;
+    }
+}
+
 fn main() {
     let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "wasm".into());
+    if std::env::var("PROTOCOL").is_ok_and(|p| p == "udp") {
+        if let Err(err) = serve_udp(&hostname) {
+            eprintln!("serving udp: {err}");
+            std::process::exit(1);
+        }
+    }
     let listener = match listener() {
         Ok(listener) => listener,
         Err(err) => {
