@@ -1,16 +1,21 @@
 //! Traffic through Services, as users send it: a release `flotilla server --no-node` and a
 //! `flotilla agent` (whose proxy and DNS server are measured) on loopback addresses of their
-//! own.
+//! own, once for each data path: nftables and the userspace relay. As root the benchmark
+//! re-runs itself in a network namespace of its own (`unshare --net`), so that the kernel data
+//! path programs that namespace's table, not the machine's; otherwise it measures userspace
+//! alone.
 //!
 //! 1. HTTP to a Deployment of `wasm-examples/http` through its cluster IP, beside the same load
 //!    straight to a pod's IP (`wrk`; the module closes each connection, so every request is a
 //!    connection set up through the relay): requests/s and p99, and their ratio.
 //! 2. One request on a new connection, one at a time: p50 through the Service and direct.
-//! 3. Programming: `--services` Services of 10 endpoints each (selector-less, their
+//! 3. A pod of a Service, from Ready (as a client sees it) to taking connections at the cluster
+//!    IP: p50 and p99 over `--propagations` pods.
+//! 4. Programming: `--services` Services of 10 endpoints each (selector-less, their
 //!    EndpointSlices written alongside) created at once, timed until every cluster IP accepts;
 //!    the agent's memory for them; then, with `--existing` Services in place, one more, timed
 //!    from its create to its cluster IP accepting (`--adds` times).
-//! 4. The cluster DNS from the host: `--dns-clients` clients asking an A record over UDP for
+//! 5. The cluster DNS from the host: `--dns-clients` clients asking an A record over UDP for
 //!    `--seconds`: queries/s and p99.
 //!
 //! `cargo bench -p flotilla-benches --bench network -- [--services N] [--existing N] [--seconds N]`
@@ -47,6 +52,9 @@ struct Args {
     /// Concurrent DNS clients.
     #[arg(long, default_value_t = 32)]
     dns_clients: usize,
+    /// Pods brought into rotation one at a time, each timed.
+    #[arg(long, default_value_t = 50)]
+    propagations: usize,
     /// Every scenario at a tiny size: that the benchmark still runs (CI).
     #[arg(long)]
     smoke: bool,
@@ -64,14 +72,47 @@ const DNS: &str = "127.60.0.10:53";
 const NODE_IP: &str = "127.61.0.1";
 const POD_CIDR: &str = "127.62.0.0/16";
 
+/// Set in the benchmark re-run inside a network namespace of its own.
+const OWN_NETWORK_NAMESPACE: &str = "FLOTILLA_BENCH_NETNS";
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        (args.services, args.existing, args.adds, args.seconds, args.requests, args.dns_clients) =
-            (10, 20, 3, 1, 20, 4);
+        (args.services, args.existing, args.adds, args.seconds, args.requests, args.dns_clients, args.propagations) =
+            (10, 20, 3, 1, 20, 4, 2);
     }
+    // As root the benchmark runs again in a network namespace of its own, where the kernel data
+    // path may program its table without touching the machine's.
+    let own_namespace = std::env::var_os(OWN_NETWORK_NAMESPACE).is_some();
+    if !own_namespace && rustix::process::geteuid().is_root() {
+        let status = std::process::Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(OWN_NETWORK_NAMESPACE, "1")
+            .status()
+            .context("unshare --net")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let modes: &[&str] = if own_namespace {
+        let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+        ensure!(up.success(), "cannot bring lo up");
+        &["nftables", "userspace"]
+    } else {
+        eprintln!("(not root: the userspace data path alone)");
+        &["userspace"]
+    };
     let mut report = Report::new("network", "pod IP direct").smoke(args.smoke);
+    for mode in modes {
+        measure(&args, mode, &mut report).await?;
+    }
+    report.publish()?;
+    Ok(())
+}
+
+/// Every measurement through the data path `mode`, its rows named after it.
+async fn measure(args: &Args, mode: &str, report: &mut Report) -> Result<()> {
     let cluster = Cluster::start(&ClusterConfig {
         node: NODE,
         node_ip: Some(NODE_IP),
@@ -79,35 +120,47 @@ async fn main() -> Result<()> {
         service_cidr: Some(SERVICE_CIDR),
         max_pods: None,
         images: &[(flotilla_examples::P1_HTTP, "http:bench")],
+        proxy_mode: Some(mode),
     })?;
     let mut connection = cluster.api.connect().await?;
     connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;
+    let row = |name: String| format!("{mode}: {name}");
 
-    eprintln!("== HTTP through a Service");
+    eprintln!("== {mode}: HTTP through a Service");
     let (cluster_ip, pod_ip) = web(&mut connection).await?;
     let (service_url, direct_url) = (format!("http://{cluster_ip}/"), format!("http://{pod_ip}:8080/"));
     match (wrk(&service_url, args.seconds, 32), wrk(&direct_url, args.seconds, 32)) {
         (Ok((service_rps, service_p99)), Ok((direct_rps, direct_p99))) => {
-            report.add("HTTP, wrk 32 connections: requests/s", "requests/s", service_rps, Some(direct_rps));
-            report.add("HTTP, wrk 32 connections: p99", "ms", service_p99, Some(direct_p99));
+            report.add(row("HTTP, wrk 32 connections: requests/s".into()), "requests/s", service_rps, Some(direct_rps));
+            report.add(row("HTTP, wrk 32 connections: p99".into()), "ms", service_p99, Some(direct_p99));
         }
         (service, direct) => eprintln!("wrk: {service:?} {direct:?} (scripts/bench installs it)"),
     }
     let through = one_at_a_time(SocketAddr::new(cluster_ip.into(), 80), args.requests).await?;
     let direct = one_at_a_time(SocketAddr::new(pod_ip.into(), 8080), args.requests).await?;
-    report.add("a request on a new connection, p50", "µs", through * 1000.0, Some(direct * 1000.0));
+    report.add(row("a request on a new connection, p50".into()), "µs", through * 1000.0, Some(direct * 1000.0));
 
-    eprintln!("== programming {} Services × 10 endpoints", args.services);
+    eprintln!("== {mode}: a pod Ready to in rotation, {} times", args.propagations);
+    let mut propagation = Samples::default();
+    for i in 0..args.propagations {
+        propagation.extend(vec![ready_to_rotation(&mut connection, i).await?]);
+    }
+    report.add(row("pod Ready to in rotation, p50".into()), "ms", propagation.quantile_ms(0.5), None);
+    report.add(row("pod Ready to in rotation, p99".into()), "ms", propagation.quantile_ms(0.99), None);
+
+    eprintln!("== {mode}: programming {} Services × 10 endpoints", args.services);
+    let _endpoints = Endpoints::listen().await?;
     let (before, _) = cluster.agent.memory_mib()?;
     let started = Instant::now();
     let ips = services(&cluster.api, 0..args.services).await?;
     accepting(&ips, Duration::from_secs(120)).await?;
     let took = started.elapsed();
     let (after, _) = cluster.agent.memory_mib()?;
-    report.add(format!("{} Services × 10 endpoints: programmed", args.services), "ms", took.as_secs_f64() * 1e3, None);
-    report.add(format!("{} Services × 10 endpoints: agent memory", args.services), "MiB", after - before, None);
+    let programmed = format!("{} Services × 10 endpoints", args.services);
+    report.add(row(format!("{programmed}: programmed")), "ms", took.as_secs_f64() * 1e3, None);
+    report.add(row(format!("{programmed}: agent memory")), "MiB", after - before, None);
 
-    eprintln!("== one more Service, {} in place", args.existing);
+    eprintln!("== {mode}: one more Service, {} in place", args.existing);
     let ips = services(&cluster.api, args.services..args.existing).await?;
     accepting(&ips, Duration::from_secs(600)).await?;
     let mut added = Samples::default();
@@ -119,33 +172,61 @@ async fn main() -> Result<()> {
         added.extend(vec![started.elapsed()]);
     }
     added.elapsed = all.elapsed();
-    report.add(
-        format!("one Service more at {}: create to accepting, p50", args.existing),
-        "ms",
-        added.quantile_ms(0.5),
-        None,
-    );
-    report.add(
-        format!("one Service more at {}: create to accepting, max", args.existing),
-        "ms",
-        added.quantile_ms(1.0),
-        None,
-    );
+    let one_more = format!("one Service more at {}: create to accepting", args.existing);
+    report.add(row(format!("{one_more}, p50")), "ms", added.quantile_ms(0.5), None);
+    report.add(row(format!("{one_more}, max")), "ms", added.quantile_ms(1.0), None);
 
-    eprintln!("== the cluster DNS from the host");
+    eprintln!("== {mode}: the cluster DNS from the host");
     let name = format!("web.{NAMESPACE}.svc.cluster.local");
     let mut queries = dns_load(DNS.parse()?, &name, args.dns_clients, Duration::from_secs(args.seconds)).await?;
-    report.add(
-        format!("DNS A over UDP, {} clients: queries/s", args.dns_clients),
-        "queries/s",
-        queries.per_second(),
-        None,
-    );
-    report.add(format!("DNS A over UDP, {} clients: p99", args.dns_clients), "ms", queries.quantile_ms(0.99), None);
+    let dns = format!("DNS A over UDP, {} clients", args.dns_clients);
+    report.add(row(format!("{dns}: queries/s")), "queries/s", queries.per_second(), None);
+    report.add(row(format!("{dns}: p99")), "ms", queries.quantile_ms(0.99), None);
     let (rss, _) = cluster.agent.memory_mib()?;
-    report.add("agent RSS at the end", "MiB", rss, None);
-    report.publish()?;
+    report.add(row("agent RSS at the end".into()), "MiB", rss, None);
     Ok(())
+}
+
+/// One pod of Service `rotation` (whose only pod it is) from the moment a client sees it Ready
+/// to the moment the Service's cluster IP takes a connection to it: the EndpointSlice
+/// controller, the proxy and the data path together. The pod is deleted after, and the Service
+/// seen to refuse again.
+async fn ready_to_rotation(connection: &mut Connection, i: usize) -> Result<Duration> {
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    if i == 0 {
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "rotation"},
+            "spec": {"selector": {"app": "rotation"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        connection.create(&format!("/api/v1/namespaces/{NAMESPACE}/services"), &service).await?;
+    }
+    let service: Value =
+        serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/services/rotation")).await?)?;
+    let cluster_ip: Ipv4Addr = service["spec"]["clusterIP"].as_str().context("a cluster IP")?.parse()?;
+    let name = format!("rotation-{i}");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "rotation"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "http", "image": "http:bench", "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}});
+    connection.create(&pods, &pod).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let pod: Value = serde_json::from_slice(&connection.get(&format!("{pods}/{name}")).await?)?;
+        let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        if conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+            break Instant::now();
+        }
+        ensure!(Instant::now() < deadline, "{name} never became Ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    accepting(&[cluster_ip], Duration::from_secs(30)).await?;
+    let took = ready.elapsed();
+    connection
+        .send(http::Method::DELETE, &format!("{pods}/{name}?gracePeriodSeconds=0"), "application/json", Vec::new())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect((cluster_ip, 80)).await.is_ok() {
+        ensure!(Instant::now() < deadline, "{cluster_ip} still accepts with its pod deleted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(took)
 }
 
 /// A Deployment of two HTTP pods behind Service `web`, ready and answering at its cluster IP:
@@ -216,7 +297,7 @@ async fn services(api: &Api, range: std::ops::Range<usize>) -> Result<Vec<Ipv4Ad
                 let created: Value = serde_json::from_slice(&body)?;
                 ips.push(created["spec"]["clusterIP"].as_str().with_context(|| format!("{created}"))?.parse::<Ipv4Addr>()?);
                 let endpoints: Vec<Value> = (0..10)
-                    .map(|e| json!({"addresses": [format!("127.62.{}.{}", 100 + i % 100, 1 + e)], "conditions": {"ready": true}}))
+                    .map(|e| json!({"addresses": [endpoint(i, e).to_string()], "conditions": {"ready": true}}))
                     .collect();
                 let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
@@ -231,6 +312,35 @@ async fn services(api: &Api, range: std::ops::Range<usize>) -> Result<Vec<Ipv4Ad
         ips.extend(task.await??);
     }
     Ok(ips)
+}
+
+/// Endpoint `e` of Service `s-<i>`, one of the 1,000 addresses [`Endpoints`] listens on.
+fn endpoint(i: usize, e: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 62, 100 + (i % 100) as u8, 1 + e as u8)
+}
+
+/// Listeners on every address [`endpoint`] gives, port 8080, that take connections and close
+/// them: the Services' endpoints, so that a data path that forwards connections (nftables)
+/// meets something, as a relay's listener does.
+struct Endpoints(Vec<tokio::task::JoinHandle<()>>);
+
+impl Endpoints {
+    async fn listen() -> Result<Endpoints> {
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            for e in 0..10 {
+                let listener = tokio::net::TcpListener::bind((endpoint(i, e), 8080)).await?;
+                tasks.push(tokio::spawn(async move { while listener.accept().await.is_ok() {} }));
+            }
+        }
+        Ok(Endpoints(tasks))
+    }
+}
+
+impl Drop for Endpoints {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
 }
 
 /// Waits until every one of `ips` accepts a connection on port 80.

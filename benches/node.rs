@@ -70,6 +70,7 @@ async fn main() -> Result<()> {
         service_cidr: None,
         max_pods: Some(args.density_pods + 100),
         images: &images,
+        proxy_mode: None,
     })?;
     let api = &cluster.api;
     tokio::time::sleep(Duration::from_secs(2)).await;

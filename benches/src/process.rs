@@ -126,6 +126,10 @@ pub struct ClusterConfig<'a> {
     pub max_pods: Option<usize>,
     /// Modules imported into the node's image store: `(path, name)`.
     pub images: &'a [(&'a str, &'a str)],
+    /// The agent's `--proxy-mode`; `None` relays in userspace, since nftables would program the
+    /// network namespace's one table, which is the machine's unless the benchmark runs in one
+    /// of its own.
+    pub proxy_mode: Option<&'a str>,
 }
 
 impl Cluster {
@@ -161,9 +165,7 @@ impl Cluster {
             .arg(agent_dir.path())
             .args(["--node-name", config.node, "--node-ip", node_ip, "--node-listen", &format!("{node_ip}:0")])
             .args(["--pod-cidr", config.pod_cidr])
-            // Relayed in userspace: nftables would program this network namespace's one table,
-            // which is the machine's.
-            .args(["--proxy-mode", "userspace"]);
+            .args(["--proxy-mode", config.proxy_mode.unwrap_or("userspace")]);
         if let Some(max_pods) = config.max_pods {
             command.args(["--max-pods", &max_pods.to_string()]);
         }

@@ -132,6 +132,14 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
     };
     let answer = patch_as_node("/api/v1/nodes/edge-2", r#"{"metadata":{"labels":{"owned":"yes"}}}"#)?;
     forbidden(&answer, "nodes \"edge-2\" is forbidden: node \"edge-1\" is not allowed to modify node \"edge-2\"")?;
+    // Nor may it move its own pod range over another's: every node routes that range to it.
+    let answer =
+        patch_as_node("/api/v1/nodes/edge-1", r#"{"spec":{"podCIDR":"10.0.0.0/8","podCIDRs":["10.0.0.0/8"]}}"#)?;
+    ensure!(
+        answer.contains("\"Invalid\"")
+            && answer.contains("node updates may not change podCIDR except from \"\" to valid"),
+        "{answer}"
+    );
     forbidden(
         &stolen.fails(&["label", "node", "edge-1", "node-role.kubernetes.io/control-plane="])?,
         "is not allowed to modify labels: node-role.kubernetes.io/control-plane",

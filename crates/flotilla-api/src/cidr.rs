@@ -32,6 +32,11 @@ impl std::fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// Whether the two ranges share an address (one holds the other, since ranges nest).
+    pub fn overlaps(&self, other: Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::MAX << (32 - self.prefix);
         u32::from(ip) & mask == u32::from(self.network)

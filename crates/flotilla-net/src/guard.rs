@@ -1,9 +1,11 @@
 //! What every data path is handed: endpoints a Service may send to, on frontends it may take.
 //! Endpoints are whatever an EndpointSlice says, and a slice written by hand could name the
 //! node's own ports (which a relay or a DNAT on the host would reach on a guest's behalf) or a
-//! frontend (a route that feeds on itself); and two Services could claim one address.
+//! frontend (a route that feeds on itself). A frontend is the API's allocation (a cluster IP, a
+//! node port) or a load balancer's port on the node's address, which any Service may ask for:
+//! one on the node's own ports, or one another Service holds, is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use flotilla_client::ObjectKey;
@@ -18,6 +20,9 @@ pub struct Guarded<P> {
     /// whatever the protocol (cluster IPs are one Service's, and node ports are allocated
     /// across protocols).
     owners: HashMap<SocketAddr, ObjectKey>,
+    /// Services that were refused a frontend another held, with the routes they asked for:
+    /// synced again when it is given up.
+    refused: BTreeMap<ObjectKey, Vec<Route>>,
 }
 
 impl<P: std::fmt::Debug> std::fmt::Debug for Guarded<P> {
@@ -27,19 +32,29 @@ impl<P: std::fmt::Debug> std::fmt::Debug for Guarded<P> {
 }
 
 impl<P: DataPath> Guarded<P> {
-    /// `path`, handed only endpoints that `allows` passes (the node's egress policy).
+    /// `path`, handed only endpoints and frontends that `allows` passes (the node's egress
+    /// policy, which names the node's own endpoints).
     pub fn new(allows: impl Fn(SocketAddr) -> bool + Send + 'static, path: P) -> Guarded<P> {
-        Guarded { path, allows: Box::new(allows), owners: HashMap::new() }
+        Guarded { path, allows: Box::new(allows), owners: HashMap::new(), refused: BTreeMap::new() }
     }
-}
 
-impl<P: DataPath> DataPath for Guarded<P> {
-    fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
-        self.owners.retain(|_, owner| owner != service);
-        let mut kept = Vec::with_capacity(routes.len());
+    fn guard(&mut self, service: &ObjectKey, routes: Vec<Route>) -> Vec<Route> {
+        self.refused.remove(service);
+        let mut kept: Vec<Route> = Vec::with_capacity(routes.len());
+        let mut taken = HashSet::new();
         for mut route in routes.iter().cloned() {
-            if self.owners.contains_key(&route.frontend) {
+            if !(self.allows)(route.frontend) {
+                tracing::warn!(%service, frontend = %route.frontend, "the frontend is one of the node's own endpoints");
+                continue;
+            }
+            if self.owners.get(&route.frontend).is_some_and(|owner| owner != service) {
                 tracing::warn!(%service, frontend = %route.frontend, "the frontend is another Service's");
+                self.refused.insert(service.clone(), routes.clone());
+                continue;
+            }
+            // One route per frontend and protocol: the first port that asks.
+            if !taken.insert((route.protocol, route.frontend)) {
+                tracing::warn!(%service, frontend = %route.frontend, "two ports of the Service share a frontend");
                 continue;
             }
             let before = route.endpoints.len();
@@ -51,13 +66,87 @@ impl<P: DataPath> DataPath for Guarded<P> {
             }
             kept.push(route);
         }
+        kept
+    }
+}
+
+impl<P: DataPath> DataPath for Guarded<P> {
+    fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
+        let kept = self.guard(service, routes);
+        let held: Vec<SocketAddr> =
+            self.owners.iter().filter(|(_, owner)| *owner == service).map(|(frontend, _)| *frontend).collect();
+        self.owners.retain(|_, owner| owner != service);
         for route in &kept {
             self.owners.insert(route.frontend, service.clone());
         }
         self.path.sync(service, kept);
+        // A frontend given up may be what a refused Service waits for.
+        if held.iter().any(|frontend| !self.owners.contains_key(frontend)) {
+            for (waiting, routes) in std::mem::take(&mut self.refused) {
+                self.sync(&waiting, routes);
+            }
+        }
     }
 
-    fn commit(&mut self) {
-        self.path.commit();
+    fn commit(&mut self) -> Result<(), String> {
+        self.path.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::Protocol;
+
+    /// A data path that records what it was handed.
+    #[derive(Debug, Default, Clone)]
+    struct Recorded(Arc<Mutex<BTreeMap<ObjectKey, Vec<Route>>>>);
+
+    impl DataPath for Recorded {
+        fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
+            self.0.lock().unwrap().insert(service.clone(), routes);
+        }
+    }
+
+    fn route(frontend: &str, endpoints: &[&str]) -> Route {
+        Route {
+            protocol: Protocol::Tcp,
+            frontend: frontend.parse().unwrap(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            affinity: None,
+            keep_source: true,
+        }
+    }
+
+    #[test]
+    fn the_nodes_own_ports_duplicates_and_anothers_frontend_are_refused_until_it_is_free() {
+        let recorded = Recorded::default();
+        let protected: SocketAddr = "10.0.0.1:10250".parse().unwrap();
+        let mut path = Guarded::new(move |at| at != protected, recorded.clone());
+        let (web, thief) = (ObjectKey::new(Some("a"), "web"), ObjectKey::new(Some("a"), "thief"));
+        let handed = |service: &ObjectKey| recorded.0.lock().unwrap().get(service).cloned().unwrap_or_default();
+
+        path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080", "10.0.0.1:10250"])]);
+        assert_eq!(handed(&web), [route("127.43.0.5:80", &["10.244.1.2:8080"])], "the node API is left out");
+        // A load balancer on the node API's port, a second port on one frontend, and web's
+        // frontend: all refused.
+        path.sync(
+            &thief,
+            vec![
+                route("10.0.0.1:10250", &["10.244.1.3:8080"]),
+                route("127.43.0.9:80", &["10.244.1.3:8080"]),
+                route("127.43.0.9:80", &["10.244.1.4:8080"]),
+                route("127.43.0.5:80", &["10.244.1.3:8080"]),
+            ],
+        );
+        assert_eq!(handed(&thief), [route("127.43.0.9:80", &["10.244.1.3:8080"])]);
+        // web goes: the frontend it held is handed to the Service that waited for it.
+        path.sync(&web, Vec::new());
+        assert_eq!(
+            handed(&thief),
+            [route("127.43.0.9:80", &["10.244.1.3:8080"]), route("127.43.0.5:80", &["10.244.1.3:8080"])]
+        );
     }
 }

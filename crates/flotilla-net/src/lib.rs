@@ -37,8 +37,11 @@ pub trait DataPath: Send + 'static {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>);
 
     /// Carries out the syncs since the last commit, together: the proxy calls it after each
-    /// batch of changed Services. A path that acts at each sync does nothing here.
-    fn commit(&mut self) {}
+    /// batch of changed Services, and again a while later if it failed. A path that acts at
+    /// each sync does nothing here.
+    fn commit(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl DataPath for Box<dyn DataPath> {
@@ -46,15 +49,16 @@ impl DataPath for Box<dyn DataPath> {
         (**self).sync(service, routes);
     }
 
-    fn commit(&mut self) {
-        (**self).commit();
+    fn commit(&mut self) -> Result<(), String> {
+        (**self).commit()
     }
 }
 
 /// How a node carries traffic to Services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProxyMode {
-    /// nftables where the agent may program it (CAP_NET_ADMIN, `nft` installed), else userspace.
+    /// nftables where the node routes a pod network (its pod range is not loopback) and may
+    /// program it (CAP_NET_ADMIN, `nft` installed); else userspace.
     #[default]
     Auto,
     Nftables,
@@ -80,6 +84,9 @@ pub fn data_path(
     let path = match mode {
         ProxyMode::Userspace => userspace(),
         ProxyMode::Nftables => nftables()?,
+        // Pods on loopback (one host) are the relay's: a connection from another machine to a
+        // node port, DNATed to 127.0.0.0/8, would be dropped as a martian.
+        ProxyMode::Auto if !forwarding => userspace(),
         ProxyMode::Auto => nftables().unwrap_or_else(|why| {
             tracing::info!(%why, "nftables cannot be programmed here");
             userspace()

@@ -44,7 +44,21 @@ pub struct Nftables {
     built: bool,
     /// A commit has written the table: it is this path's to delete when dropped.
     owns_table: bool,
+    /// The node forwards to other nodes' pods: `None` when it does not.
+    forwarding: Option<Forwarding>,
 }
+
+/// What forwarding to other nodes needed turned on.
+#[derive(Debug, Default)]
+struct Forwarding {
+    on: bool,
+    /// `route_localnet` before, restored when the table goes. (`ip_forward` stays on: the
+    /// node still routes its pod network.)
+    route_localnet_was: Option<String>,
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 
 /// A Service's part of the table.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -86,15 +100,23 @@ impl Nftables {
     /// turns on what forwarding to them needs.
     pub fn new(forwarding: bool) -> Result<Nftables, String> {
         Nftables::available()?;
-        if forwarding {
-            for (key, path) in [
-                ("ip_forward", "/proc/sys/net/ipv4/ip_forward"),
-                ("route_localnet", "/proc/sys/net/ipv4/conf/all/route_localnet"),
-            ] {
-                std::fs::write(path, "1").map_err(|e| format!("cannot turn on {key}: {e}"))?;
-            }
+        let mut path = Nftables::unbuilt();
+        path.forwarding = forwarding.then(Forwarding::default);
+        Ok(path)
+    }
+
+    /// Turns on forwarding and `route_localnet` once the table stands, with its rule that
+    /// drops what arrives from outside for 127.0.0.0/8 (never before: that would open the
+    /// node's loopback listeners to its link).
+    fn turn_on_forwarding(&mut self) -> Result<(), String> {
+        let Some(forwarding) = self.forwarding.as_mut().filter(|f| !f.on) else { return Ok(()) };
+        let old = std::fs::read_to_string(ROUTE_LOCALNET).map_err(|e| format!("{ROUTE_LOCALNET}: {e}"))?;
+        forwarding.route_localnet_was = Some(old.trim().to_string());
+        for path in [IP_FORWARD, ROUTE_LOCALNET] {
+            std::fs::write(path, "1").map_err(|e| format!("cannot turn on {path}: {e}"))?;
         }
-        Ok(Nftables::unbuilt())
+        forwarding.on = true;
+        Ok(())
     }
 
     /// A path that has programmed nothing yet.
@@ -107,6 +129,7 @@ impl Nftables {
             next_id: 0,
             built: false,
             owns_table: false,
+            forwarding: None,
         }
     }
 
@@ -202,7 +225,7 @@ fn base() -> String {
 delete table ip {TABLE}
 table ip {TABLE} {{
 	map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
-	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; }}
+	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; iifname != \"lo\" ip saddr 127.0.0.0/8 drop; }}
 	chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
 	chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
 	chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 masquerade; meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade; }}
@@ -223,9 +246,16 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
             continue;
         }
         let service_chain = format!("svc-{id}-{r}");
-        let endpoint_chain = |e: usize| format!("ep-{id}-{r}-{e}");
-        let timeout = route.affinity.map(|t| t.as_secs().max(1));
-        let affinity = |e: usize| format!("aff-{id}-{r}-{e}-{}", timeout.unwrap_or_default());
+        // Named by the endpoint, not by its place in the list, as kube-proxy names them: a
+        // client kept on an endpoint by affinity stays on it when others come and go.
+        let at = |e: usize| match endpoints[e] {
+            SocketAddr::V4(at) => format!("{:08x}{:04x}", u32::from(*at.ip()), at.port()),
+            SocketAddr::V6(_) => unreachable!("IPv4 endpoints only"),
+        };
+        let endpoint_chain = |e: usize| format!("ep-{id}-{r}-{}", at(e));
+        // Upstream's bound on `timeoutSeconds`, a day.
+        let timeout = route.affinity.map(|t| t.as_secs().clamp(1, 86_400));
+        let affinity = |e: usize| format!("aff-{id}-{r}-{}-{}", at(e), timeout.unwrap_or_default());
         let mut rules = Vec::new();
         if !route.keep_source {
             rules.push(format!("meta mark set meta mark | {MASQUERADE_MARK:#x}"));
@@ -259,26 +289,27 @@ impl DataPath for Nftables {
         self.pending.push(service.clone());
     }
 
-    fn commit(&mut self) {
+    fn commit(&mut self) -> Result<(), String> {
         if self.built && self.pending.is_empty() {
-            return;
+            return Ok(());
         }
         self.pending.sort();
         self.pending.dedup();
         let (script, programmed) = self.transaction();
         self.owns_table = true;
+        self.pending.clear();
         match nft(&script) {
             Ok(_) => {
                 self.programmed = programmed;
                 self.built = true;
+                self.turn_on_forwarding()
             }
             Err(e) => {
                 // Nothing of it was applied; the next commit rebuilds the table whole.
-                tracing::error!(error = %e, "cannot program nftables");
                 self.built = false;
+                Err(format!("cannot program nftables: {e}"))
             }
         }
-        self.pending.clear();
     }
 }
 
@@ -286,6 +317,12 @@ impl Drop for Nftables {
     fn drop(&mut self) {
         if !self.owns_table {
             return;
+        }
+        // `route_localnet` first: the table's drop rule is what makes it safe.
+        if let Some(was) = self.forwarding.as_ref().and_then(|f| f.route_localnet_was.as_ref())
+            && let Err(e) = std::fs::write(ROUTE_LOCALNET, was)
+        {
+            tracing::warn!(error = %e, "cannot restore route_localnet");
         }
         if let Err(e) = nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")) {
             tracing::warn!(error = %e, "cannot remove the nftables table");
@@ -361,21 +398,24 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(chain("svc-7-0").unwrap(), ["numgen random mod 2 vmap { 0 : goto ep-7-0-0, 1 : goto ep-7-0-1 }"]);
-        assert_eq!(chain("ep-7-0-1").unwrap(), ["meta l4proto tcp dnat to 10.244.2.3:8080"]);
+        assert_eq!(
+            chain("svc-7-0").unwrap(),
+            ["numgen random mod 2 vmap { 0 : goto ep-7-0-0af401021f90, 1 : goto ep-7-0-0af402031f90 }"]
+        );
+        assert_eq!(chain("ep-7-0-0af402031f90").unwrap(), ["meta l4proto tcp dnat to 10.244.2.3:8080"]);
         assert_eq!(
             chain("svc-7-1").unwrap(),
             [
                 "meta mark set meta mark | 0x4000",
-                "ip saddr @aff-7-1-0-60 goto ep-7-1-0",
-                "numgen random mod 1 vmap { 0 : goto ep-7-1-0 }"
+                "ip saddr @aff-7-1-0af401021f90-60 goto ep-7-1-0af401021f90",
+                "numgen random mod 1 vmap { 0 : goto ep-7-1-0af401021f90 }"
             ]
         );
         assert_eq!(
-            chain("ep-7-1-0").unwrap(),
-            ["update @aff-7-1-0-60 { ip saddr }", "meta l4proto tcp dnat to 10.244.1.2:8080"]
+            chain("ep-7-1-0af401021f90").unwrap(),
+            ["update @aff-7-1-0af401021f90-60 { ip saddr }", "meta l4proto tcp dnat to 10.244.1.2:8080"]
         );
-        assert!(programmed.objects.contains(&Object::Affinity { name: "aff-7-1-0-60".into(), timeout: 60 }));
+        assert!(programmed.objects.contains(&Object::Affinity { name: "aff-7-1-0af401021f90-60".into(), timeout: 60 }));
     }
 
     #[test]
@@ -395,7 +435,7 @@ mod tests {
         let web_id = path.ids[&web];
         assert!(!second.contains("table ip flotilla {"), "no rebuild: {second}");
         assert!(second.contains(&format!("add rule ip flotilla svc-{web_id}-0 numgen random mod 1")), "{second}");
-        assert!(second.ends_with(&format!("delete chain ip flotilla ep-{web_id}-0-1\n")), "{second}");
+        assert!(second.ends_with(&format!("delete chain ip flotilla ep-{web_id}-0-0af401031f90\n")), "{second}");
         assert!(!second.contains("10.244.1.4"), "api untouched: {second}");
         assert!(!second.contains("element"), "the frontend's element stays: {second}");
 

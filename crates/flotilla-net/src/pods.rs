@@ -51,7 +51,7 @@ impl PodNetwork {
         let wake = changed.clone();
         nodes.on_change(move |_: Change<'_, Node>| wake.notify_one());
         let cache = nodes.cache();
-        let routes = Routes { node_name, own, programmed: BTreeMap::new(), local: false };
+        let routes = Routes { node_name, own, programmed: BTreeMap::new() };
         let task = tokio::spawn({
             let ranges = ranges.clone();
             async move {
@@ -70,37 +70,64 @@ impl PodNetwork {
     }
 }
 
+/// How often the kernel's routes are read back and set right (a link that went down takes
+/// its routes with it), as flannel checks its own.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<Cidr>>>, mut routes: Routes) {
     nodes.synced().await;
-    routes.adopt().await;
     loop {
-        let peers = peers(&nodes.list(), &routes.node_name);
+        let peers = peers(&nodes.list(), &routes.node_name, routes.own);
         let mut all: Vec<Cidr> = peers.keys().copied().collect();
         all.push(routes.own);
         *ranges.write().expect("pod ranges lock") = all;
+        // What the kernel has, not what was last programmed: a route may have gone under us.
+        routes.adopt().await;
         routes.program(&peers).await;
-        // A route that could not be programmed is tried again a while later, or at the next
-        // change of a Node.
-        let retry = routes.incomplete(&peers);
         tokio::select! {
             () = changed.notified() => {}
-            () = tokio::time::sleep(std::time::Duration::from_secs(10)), if retry => {}
+            () = tokio::time::sleep(RECHECK) => {}
         }
     }
 }
 
-/// Other nodes' pod ranges and the InternalIP each is reached through.
-fn peers(nodes: &[Arc<Node>], own_name: &str) -> BTreeMap<Cidr, Ipv4Addr> {
-    nodes
-        .iter()
-        .filter(|node| node.metadata.name.as_deref() != Some(own_name))
-        .filter_map(|node| {
-            let range = node.spec.as_ref()?.pod_cidr.as_deref()?.parse::<Cidr>().ok()?;
-            let addresses = node.status.as_ref()?.addresses.as_ref()?;
-            let via = addresses.iter().find(|a| a.type_ == "InternalIP")?.address.parse::<Ipv4Addr>().ok()?;
-            Some((range, via))
-        })
-        .collect()
+/// Other nodes' pod ranges and the InternalIP each is reached through. A range is only taken
+/// where it cannot take traffic that is not its node's: none that overlaps this node's range,
+/// an older Node's (the one registered first keeps it), or holds any node's address; none in
+/// loopback when this node's is not. (Nodes write their own range at registration, and may
+/// not move it after.)
+fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4Addr> {
+    let address = |node: &Node| -> Option<Ipv4Addr> {
+        let addresses = node.status.as_ref()?.addresses.as_ref()?;
+        addresses.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()
+    };
+    let addresses: Vec<Ipv4Addr> = nodes.iter().filter_map(|node| address(node)).collect();
+    let mut oldest_first: Vec<&Arc<Node>> = nodes.iter().collect();
+    oldest_first
+        .sort_by_key(|node| (node.metadata.creation_timestamp.clone().map(|t| t.0), node.metadata.name.clone()));
+    let mut taken: Vec<Cidr> = vec![own];
+    let mut peers = BTreeMap::new();
+    for node in oldest_first {
+        if node.metadata.name.as_deref() == Some(own_name) {
+            continue;
+        }
+        let Some(range) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|r| r.parse::<Cidr>().ok())
+        else {
+            continue;
+        };
+        let Some(via) = address(node) else { continue };
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        if taken.iter().any(|t| t.overlaps(range))
+            || addresses.iter().any(|a| range.contains(*a))
+            || (range.network.is_loopback() && !own.network.is_loopback())
+        {
+            tracing::warn!(node = name, %range, "a node's pod range is not routed: it overlaps another or holds a node's address");
+            continue;
+        }
+        taken.push(range);
+        peers.insert(range, via);
+    }
+    peers
 }
 
 /// The kernel routes this node owns.
@@ -110,8 +137,6 @@ struct Routes {
     own: Cidr,
     /// Each peer range routed, and via where.
     programmed: BTreeMap<Cidr, Ipv4Addr>,
-    /// The own range is local.
-    local: bool,
 }
 
 impl Routes {
@@ -120,7 +145,8 @@ impl Routes {
         !self.own.network.is_loopback()
     }
 
-    /// Takes on the routes a previous run of the agent left, found by their protocol.
+    /// Reads back the routes the kernel holds of this node's (a previous run's too), found by
+    /// their protocol.
     async fn adopt(&mut self) {
         if !self.routed() {
             return;
@@ -130,6 +156,17 @@ impl Routes {
             Ok(listing) => self.programmed = parse_routes(&listing),
             Err(e) => tracing::warn!(error = %e, "cannot list the pod network's routes"),
         }
+        // A range this node had before (its Node was registered anew with another) is
+        // local no longer.
+        if let Ok(listing) = ip(&["-4", "-o", "route", "show", "table", "local", "proto", &proto]).await {
+            let stale = listing.lines().filter_map(|line| line.split_whitespace().nth(1)?.parse::<Cidr>().ok());
+            for range in stale.filter(|range| *range != self.own).collect::<Vec<_>>() {
+                let text = range.to_string();
+                if let Err(e) = ip(&["-4", "route", "del", "local", &text, "table", "local", "proto", &proto]).await {
+                    tracing::warn!(range = %range, error = %e, "cannot remove a former pod range");
+                }
+            }
+        }
     }
 
     /// Makes the kernel's routes `peers`' (and the own range local).
@@ -138,12 +175,11 @@ impl Routes {
             return;
         }
         let proto = ROUTE_PROTOCOL.to_string();
-        if !self.local {
-            let own = self.own.to_string();
-            match ip(&["-4", "route", "replace", "local", &own, "dev", "lo", "table", "local", "proto", &proto]).await {
-                Ok(_) => self.local = true,
-                Err(e) => tracing::error!(range = %own, error = %e, "cannot make the pod range local"),
-            }
+        let own = self.own.to_string();
+        if let Err(e) =
+            ip(&["-4", "route", "replace", "local", &own, "dev", "lo", "table", "local", "proto", &proto]).await
+        {
+            tracing::error!(range = %own, error = %e, "cannot make the pod range local");
         }
         for (range, via) in peers {
             if self.programmed.get(range) == Some(via) {
@@ -170,11 +206,6 @@ impl Routes {
                 Err(e) => tracing::warn!(range = %range, error = %e, "cannot remove a node's pod route"),
             }
         }
-    }
-
-    /// Whether some route is still to be programmed.
-    fn incomplete(&self, peers: &BTreeMap<Cidr, Ipv4Addr>) -> bool {
-        self.routed() && (!self.local || &self.programmed != peers)
     }
 }
 
@@ -211,10 +242,10 @@ async fn ip(args: &[&str]) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn node(name: &str, range: Option<&str>, ip: Option<&str>) -> Arc<Node> {
+    fn node(name: &str, created: &str, range: Option<&str>, ip: Option<&str>) -> Arc<Node> {
         Arc::new(
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name},
+                "metadata": {"name": name, "creationTimestamp": format!("2026-12-05T10:{created}:00Z")},
                 "spec": {"podCIDR": range},
                 "status": {"addresses": ip.map(|ip| vec![
                     serde_json::json!({"type": "Hostname", "address": name}),
@@ -226,19 +257,29 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_other_nodes_with_a_range_and_an_internal_ip() {
+    fn peers_are_other_nodes_whose_ranges_take_nothing_that_is_not_theirs() {
+        let own: Cidr = "10.244.1.0/24".parse().unwrap();
         let nodes = [
-            node("self", Some("10.244.1.0/24"), Some("10.77.0.1")),
-            node("b", Some("10.244.2.0/24"), Some("10.77.0.2")),
-            node("no-range", None, Some("10.77.0.3")),
-            node("no-address", Some("10.244.4.0/24"), None),
-            node("bad", Some("10.244.5.0/33"), Some("10.77.0.5")),
+            node("self", "00", Some("10.244.1.0/24"), Some("10.77.0.1")),
+            node("b", "01", Some("10.244.2.0/24"), Some("10.77.0.2")),
+            node("no-range", "02", None, Some("10.77.0.3")),
+            node("no-address", "03", Some("10.244.4.0/24"), None),
+            node("bad", "04", Some("10.244.5.0/33"), Some("10.77.0.5")),
+            // Later claims on what is taken, and ranges that would swallow addresses.
+            node("a-copy-of-b", "05", Some("10.244.2.0/24"), Some("10.77.0.6")),
+            node("within-own", "06", Some("10.244.1.128/25"), Some("10.77.0.7")),
+            node("everything", "07", Some("10.0.0.0/8"), Some("10.77.0.8")),
+            node("the-links", "08", Some("10.77.0.0/24"), Some("10.77.0.9")),
+            node("loopback", "09", Some("127.0.0.0/8"), Some("10.77.0.10")),
+            node("c", "10", Some("10.244.3.0/24"), Some("10.77.0.11")),
         ];
-        let peers = peers(&nodes, "self");
-        assert_eq!(
-            peers.into_iter().collect::<Vec<_>>(),
-            [("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 2))]
-        );
+        let peers = peers(&nodes, "self", own);
+        let want: BTreeMap<Cidr, Ipv4Addr> = [
+            ("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 2)),
+            ("10.244.3.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 11)),
+        ]
+        .into();
+        assert_eq!(peers, want);
     }
 
     #[test]

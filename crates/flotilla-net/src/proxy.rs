@@ -28,6 +28,9 @@ pub struct ProxyConfig {
     pub upstream_dns: Option<SocketAddr>,
 }
 
+/// How long a data path that failed to commit waits before it tries again.
+const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The Service whose cluster IP the cluster DNS answers on, on every node (as NodeLocal
 /// DNSCache binds its address on each): `kube-system/kube-dns`, which the API server creates.
 pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
@@ -121,8 +124,13 @@ async fn sync(
     for service in services.keys() {
         dirty.mark(service);
     }
+    let mut failed = false;
     loop {
-        dirty.notify.notified().await;
+        // A data path that failed to commit is tried again a while later, changes or not.
+        tokio::select! {
+            () = dirty.notify.notified() => {}
+            () = tokio::time::sleep(COMMIT_RETRY), if failed => {}
+        }
         for key in dirty.take() {
             let Some(service) = services.get(&key) else {
                 path.sync(&key, Vec::new());
@@ -143,7 +151,13 @@ async fn sync(
                 serve_dns(&mut dns_server, &service, &zone, config.upstream_dns);
             }
         }
-        path.commit();
+        failed = match path.commit() {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "the data path to Services is not current");
+                true
+            }
+        };
     }
 }
 

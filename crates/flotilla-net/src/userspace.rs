@@ -312,7 +312,10 @@ mod tests {
             assert_eq!(ask(frontend).await.unwrap(), "a");
         }
         assert!(ask(elsewhere).await.is_err(), "a relay to a frontend");
+        // Once the Service is gone, its frontend goes to the one that asked for it.
         path.sync(&service, Vec::new());
+        assert_eq!(ask(frontend).await.unwrap(), "b");
+        path.sync(&thief, Vec::new());
         assert!(ask(frontend).await.is_err(), "a deleted Service's frontend is closed");
     }
 }

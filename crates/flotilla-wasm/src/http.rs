@@ -112,6 +112,15 @@ impl WasiHttpHooks for OutgoingHooks {
     }
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sends a plain HTTP/1.1 `request` to `destination` over a connection from `source`: what
 /// `default_send_request` does, less TLS and the between-bytes timeout, with the socket bound
 /// before it connects, which that function cannot be asked to do.
@@ -135,8 +144,9 @@ async fn send_from(
         tokio::time::timeout(connect_timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
             .await
             .map_err(|_| HttpError::ConnectionTimeout)??;
-    // Driven on its own task until the response's body is read or dropped.
-    let connection = tokio::spawn(connection);
+    // Driven on its own task until the response's body is read or dropped, and no longer than
+    // the io future wasmtime holds for it: dropping that aborts the task.
+    let connection = AbortOnDrop(tokio::spawn(connection));
     // The request line carries the path alone: the authority is for a proxy.
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
     *request.uri_mut() =
@@ -145,7 +155,8 @@ async fn send_from(
         .await
         .map_err(|_| HttpError::ConnectionReadTimeout)??;
     let io = async move {
-        match connection.await {
+        let mut connection = connection;
+        match (&mut connection.0).await {
             Ok(result) => result.map_err(HttpError::from),
             Err(_) => Ok(()),
         }

@@ -36,8 +36,9 @@ pub(crate) struct NodeArgs {
 
     /// How traffic to Services is carried: `nftables` (kernel DNAT, as kube-proxy's nftables
     /// mode; needs CAP_NET_ADMIN and `nft`), `userspace` (a relay on each frontend; no
-    /// privileges), or `auto`: nftables where it can be programmed. One agent per network
-    /// namespace may use nftables, since its table is the namespace's.
+    /// privileges), or `auto`: nftables where it can be programmed and the pod range is not
+    /// loopback (pods on loopback are the relay's). One agent per network namespace may use
+    /// nftables, since its table is the namespace's.
     #[arg(long, value_parser = parse_proxy_mode, default_value = "auto")]
     proxy_mode: flotilla_net::ProxyMode,
 
@@ -179,6 +180,12 @@ pub(crate) async fn start(
         cpu: args.system_reserved.cpu + args.kube_reserved.cpu,
         memory: args.system_reserved.memory.saturating_add(args.kube_reserved.memory),
     };
+    anyhow::ensure!(
+        !args.pod_cidr.contains(args.node_ip),
+        "--node-ip {} lies inside --pod-cidr {}: the node's own address would be taken for its pods'",
+        args.node_ip,
+        args.pod_cidr
+    );
     let eviction_memory_available = args.eviction_hard.bytes(capacity);
     anyhow::ensure!(
         reserved.memory.saturating_add(eviction_memory_available) < capacity.memory,

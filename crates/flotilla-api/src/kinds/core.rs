@@ -46,6 +46,21 @@ impl Kind for Namespace {
 }
 
 impl Kind for Node {
+    fn validate_update(&self, old: &Self, errors: &mut Vec<FieldError>) {
+        // A Node's pod range is where every other node routes its pods' addresses: set once,
+        // never moved (upstream's ValidateNodeUpdate).
+        let ranges = |node: &Node| node.spec.as_ref().and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        let (before, after) = (ranges(old), ranges(self));
+        let single = |node: &Node| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default();
+        let moved = (!before.is_empty() && before != after) || (!single(old).is_empty() && single(old) != single(self));
+        if moved {
+            errors.push(FieldError::forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+    }
+
     fn set_defaults(&mut self) {
         // What Go writes of a Node with nothing set: its struct fields, empty (the Python
         // client's models refuse a `nodeInfo` without its ten strings).

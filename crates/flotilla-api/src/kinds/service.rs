@@ -66,8 +66,26 @@ impl Kind for Service {
             errors.push(FieldError::required("spec.externalName", ""));
         }
         let mut names = std::collections::BTreeSet::new();
+        // (protocol, port) and (protocol, nodePort) pairs, each once (upstream's checks: two
+        // ports on one frontend would be one route).
+        let (mut frontends, mut node_ports) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
         for (i, port) in ports.iter().enumerate() {
             let at = format!("spec.ports[{i}]");
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            if !frontends.insert((protocol, port.port)) {
+                // Go prints the key, a ServicePort with only these two fields set, with `%#v`.
+                let key = format!(
+                    "core.ServicePort{{Name:\"\", Protocol:\"{protocol}\", AppProtocol:(*string)(nil), Port:{}, \
+                     TargetPort:intstr.IntOrString{{Type:0, IntVal:0, StrVal:\"\"}}, NodePort:0}}",
+                    port.port
+                );
+                errors.push(FieldError::duplicate(at.clone(), key));
+            }
+            if let Some(node_port) = port.node_port.filter(|p| *p != 0)
+                && !node_ports.insert((protocol, node_port))
+            {
+                errors.push(FieldError::duplicate(format!("{at}.nodePort"), node_port));
+            }
             match port.name.as_deref() {
                 None | Some("") if ports.len() > 1 => errors.push(FieldError::required(format!("{at}.name"), "")),
                 None | Some("") => {}
@@ -189,5 +207,33 @@ impl Kind for Service {
             table::age(&self.metadata, now),
             table::or_none(selector.join(",")),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_or_node_port_twice_for_one_protocol_is_refused() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s"},
+            "spec": {"type": "NodePort", "ports": [
+                {"name": "a", "port": 80, "nodePort": 30080},
+                {"name": "b", "port": 80, "nodePort": 30080},
+                {"name": "c", "port": 80, "protocol": "UDP", "nodePort": 30080},
+            ]},
+        }))
+        .unwrap();
+        let mut errors = Vec::new();
+        service.validate(&mut errors);
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.ports[1]: Duplicate value: \"core.ServicePort{Name:\\\"\\\", Protocol:\\\"TCP\\\", AppProtocol:(*string)(nil), Port:80, TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:\\\"\\\"}, NodePort:0}\"",
+                "spec.ports[1].nodePort: Duplicate value: \"30080\"",
+            ]
+        );
     }
 }
