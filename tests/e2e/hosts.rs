@@ -159,6 +159,14 @@ impl Held {
     }
 }
 
+/// `nft list map` of the Flotilla table's `map` in network namespace `netns`.
+fn table_map(netns: &str, map: &str) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "map", "ip", flotilla_net::TABLE, map])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// What a datagram from host `i` to `to` brings back within a second, if anything.
 fn udp_ask(hosts: &Hosts, i: usize, to: &str, port: u16) -> Result<Option<String>> {
     let script = format!(
@@ -290,6 +298,22 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
         ensure!(answered.starts_with("hello from web-"), "host {i}'s node port: {answered}");
     }
 
+    // Under ClientIP affinity a host's connections all go to one pod (through chains of the
+    // table, rather than its map).
+    k.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#])?;
+    let h2 = Some(hosts.name(2));
+    let host2 = hosts.name(2);
+    eventually(
+        "affinity in host 2's table",
+        || table_map(&host2, "service-ips"),
+        |map| map.contains(&format!("{cluster_ip} . tcp . 80 : goto svc-")),
+    )?;
+    let first = answer_in(h2.as_deref(), &format!("http://{cluster_ip}/"))?;
+    for _ in 0..10 {
+        ensure!(answer_in(h2.as_deref(), &format!("http://{cluster_ip}/"))? == first, "affinity kept to {first}");
+    }
+    k.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"None"}}"#])?;
+
     // The cluster DNS answers on every host.
     let dns = k.ok(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"])?;
     let name = format!("web.{}.svc.cluster.local", k.namespace);
@@ -305,11 +329,12 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
 
     // The kernel carries it: each host's table maps the cluster IP.
     for i in 1..=3 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &hosts.name(i), "nft", "list", "map", "ip", flotilla_net::TABLE, "service-ips"])
-            .output()?;
-        let map = String::from_utf8_lossy(&out.stdout);
-        ensure!(map.contains(&format!("{cluster_ip} . tcp . 80 : goto svc-")), "host {i}'s table: {map}");
+        let host = hosts.name(i);
+        eventually(
+            &format!("host {i}'s table"),
+            || table_map(&host, "service-endpoints"),
+            |map| map.contains(&format!("{cluster_ip} . tcp . 80 . 0 : 10.244.")),
+        )?;
     }
 
     // A UDP Service: datagrams reach a pod on another host through its cluster IP.

@@ -1,12 +1,15 @@
 //! The kernel data path, programmed as kube-proxy's nftables mode programs it
-//! (`pkg/proxy/nftables`): one table of Flotilla's own, where a verdict map from frontend
-//! (address, protocol, port) jumps to a chain per route, which picks an endpoint chain at random
-//! (or the client's own under `sessionAffinity`, remembered in a set with the affinity's
-//! timeout), which DNATs. Each commit is one `nft -f` transaction: the kernel takes all of it or
-//! none. Only the changed Services' chains and map elements are rewritten (kube-proxy's partial
-//! sync), so a change costs its own Service's work. The table is deleted when the path is
-//! dropped (a clean shutdown); a restarted agent rebuilds it in one transaction. Connections
-//! already established keep their translation in conntrack either way, so neither drops them.
+//! (`pkg/proxy/nftables`): one table of Flotilla's own, in which a connection to a frontend
+//! (address, protocol, port) is DNATed to one of its endpoints. Most routes are map elements
+//! alone: the frontend and a random slot map to an endpoint (`service-endpoints`). A route under
+//! `sessionAffinity` (or of more endpoints than slots) gets chains instead, as kube-proxy's
+//! do: a verdict map jumps to a chain per route, which sends a client back to its endpoint
+//! (remembered in a set with the affinity's timeout) or picks one at random. Each commit is
+//! one `nft -f` transaction: the kernel takes all of it or none. Only the changed Services'
+//! elements and chains are rewritten (kube-proxy's partial sync), so a change costs its own
+//! Service's work. The table is deleted when the path is dropped (a clean shutdown); a
+//! restarted agent rebuilds it in one transaction. Connections already established keep their
+//! translation in conntrack either way, so neither drops them.
 //!
 //! Frontends are loopback cluster IPs and node addresses: a connection to one with no endpoint
 //! finds nothing listening and is refused. Traffic from a loopback source (the host's, a
@@ -27,6 +30,9 @@ use crate::{DataPath, Route};
 pub const TABLE: &str = "flotilla";
 /// The packet mark that asks for masquerading (kube-proxy's bit).
 const MASQUERADE_MARK: u32 = 0x4000;
+/// The random slots a route's endpoints share in `service-endpoints`: 60 splits evenly over
+/// 1 to 6, 10, 12, 15, 20, 30 and 60 endpoints, and within a slot of even otherwise.
+const SLOTS: usize = 60;
 
 /// The nftables data path.
 #[derive(Debug)]
@@ -64,8 +70,16 @@ const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Programmed {
     objects: Vec<Object>,
-    /// `service-ips` elements, each `key : verdict`.
-    elements: Vec<(String, String)>,
+    elements: Vec<Element>,
+}
+
+/// An element of one of the table's maps or sets.
+#[derive(Debug, Clone, PartialEq)]
+struct Element {
+    map: &'static str,
+    key: String,
+    /// What the key maps to; `None` in a set.
+    value: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,8 +183,8 @@ impl Nftables {
         // then their rules, then the new elements; the objects no longer wanted go last, once
         // nothing refers to them.
         for (old, new) in &plans {
-            for (key, _) in old.elements.iter().filter(|e| !new.elements.contains(e)) {
-                script.push_str(&format!("delete element ip {TABLE} service-ips {{ {key} }}\n"));
+            for Element { map, key, .. } in old.elements.iter().filter(|e| !new.elements.contains(e)) {
+                script.push_str(&format!("delete element ip {TABLE} {map} {{ {key} }}\n"));
             }
         }
         for (_, new) in &plans {
@@ -194,8 +208,11 @@ impl Nftables {
             }
         }
         for (old, new) in &plans {
-            for (key, verdict) in new.elements.iter().filter(|e| !old.elements.contains(e)) {
-                script.push_str(&format!("add element ip {TABLE} service-ips {{ {key} : {verdict} }}\n"));
+            for Element { map, key, value } in new.elements.iter().filter(|e| !old.elements.contains(e)) {
+                match value {
+                    Some(value) => script.push_str(&format!("add element ip {TABLE} {map} {{ {key} : {value} }}\n")),
+                    None => script.push_str(&format!("add element ip {TABLE} {map} {{ {key} }}\n")),
+                }
             }
         }
         let gone = |(old, new): &(Programmed, Programmed)| -> Vec<Object> {
@@ -207,10 +224,15 @@ impl Nftables {
                 script.push_str(&format!("flush chain ip {TABLE} {name}\n"));
             }
         }
+        // Chains, then the sets their rules named.
         for object in &gone {
-            match object {
-                Object::Chain { name, .. } => script.push_str(&format!("delete chain ip {TABLE} {name}\n")),
-                Object::Affinity { name, .. } => script.push_str(&format!("delete set ip {TABLE} {name}\n")),
+            if let Object::Chain { name, .. } = object {
+                script.push_str(&format!("delete chain ip {TABLE} {name}\n"));
+            }
+        }
+        for object in &gone {
+            if let Object::Affinity { name, .. } = object {
+                script.push_str(&format!("delete set ip {TABLE} {name}\n"));
             }
         }
         (script, programmed)
@@ -225,17 +247,29 @@ fn base() -> String {
 delete table ip {TABLE}
 table ip {TABLE} {{
 	map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+	map service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {SLOTS} : ip daddr . th dport; }}
+	set masquerade-frontends {{ type ipv4_addr . inet_proto . inet_service; }}
 	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; iifname != \"lo\" ip saddr 127.0.0.0/8 drop; }}
 	chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
 	chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
 	chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 masquerade; meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade; }}
-	chain services {{ ip daddr . meta l4proto . th dport vmap @service-ips; }}
+	chain services {{
+		ip daddr . meta l4proto . th dport @masquerade-frontends meta mark set meta mark | {MASQUERADE_MARK:#x};
+		ip daddr . meta l4proto . th dport vmap @service-ips;
+		meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {SLOTS} map @service-endpoints;
+	}}
 }}
 "
     )
 }
 
 /// A Service's chains, sets and elements, for its routes; `id` names them.
+///
+/// A route without affinity, of at most [`SLOTS`] endpoints, is map elements alone: its
+/// frontend and a random slot map to an endpoint, each endpoint taking an even share of the
+/// slots. Adding elements asks nothing more of the kernel, where adding a rule has it validate
+/// every chain of the table again (a second, at 10,000 Services). A route with affinity, or
+/// more endpoints, gets chains, as kube-proxy's do.
 fn plan(id: u64, routes: &[Route]) -> Programmed {
     let mut programmed = Programmed::default();
     for (r, route) in routes.iter().enumerate() {
@@ -243,6 +277,22 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
         let endpoints: Vec<SocketAddr> = route.endpoints.iter().copied().filter(SocketAddr::is_ipv4).collect();
         if endpoints.is_empty() {
             // Nothing listens on the frontend: refused.
+            continue;
+        }
+        let key = format!("{} . {} . {}", frontend.ip(), route.protocol.name(), frontend.port());
+        if route.affinity.is_none() && endpoints.len() <= SLOTS {
+            if !route.keep_source {
+                programmed.elements.push(Element { map: "masquerade-frontends", key: key.clone(), value: None });
+            }
+            for slot in 0..SLOTS {
+                let endpoint = endpoints[slot % endpoints.len()];
+                let value = format!("{} . {}", endpoint.ip(), endpoint.port());
+                programmed.elements.push(Element {
+                    map: "service-endpoints",
+                    key: format!("{key} . {slot}"),
+                    value: Some(value),
+                });
+            }
             continue;
         }
         let service_chain = format!("svc-{id}-{r}");
@@ -273,8 +323,7 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
         let choices: Vec<String> = (0..endpoints.len()).map(|e| format!("{e} : goto {}", endpoint_chain(e))).collect();
         rules.push(format!("numgen random mod {} vmap {{ {} }}", endpoints.len(), choices.join(", ")));
         programmed.objects.push(Object::Chain { name: service_chain.clone(), rules });
-        let key = format!("{} . {} . {}", frontend.ip(), route.protocol.name(), frontend.port());
-        programmed.elements.push((key, format!("goto {service_chain}")));
+        programmed.elements.push(Element { map: "service-ips", key, value: Some(format!("goto {service_chain}")) });
     }
     programmed
 }
@@ -375,34 +424,35 @@ mod tests {
         script
     }
 
+    fn element(map: &'static str, key: &str, value: Option<&str>) -> Element {
+        Element { map, key: key.into(), value: value.map(String::from) }
+    }
+
     #[test]
-    fn a_route_jumps_to_a_random_endpoint_chain_that_dnats() {
+    fn a_route_is_slots_of_a_map_or_with_affinity_chains_that_dnat() {
         let programmed = plan(
             7,
             &[
                 route("127.43.0.5:80", &["10.244.1.2:8080", "10.244.2.3:8080"], None, true),
                 route("10.77.0.1:30080", &["10.244.1.2:8080"], Some(60), false),
                 route("127.43.0.5:81", &[], None, true),
+                route("10.77.0.1:30081", &["10.244.1.2:8080"], None, false),
             ],
         );
-        assert_eq!(
-            programmed.elements,
-            [
-                ("127.43.0.5 . tcp . 80".to_string(), "goto svc-7-0".to_string()),
-                ("10.77.0.1 . tcp . 30080".to_string(), "goto svc-7-1".to_string())
-            ]
-        );
+        let slots: Vec<&Element> = programmed.elements.iter().filter(|e| e.key.starts_with("127.43.0.5")).collect();
+        assert_eq!(slots.len(), SLOTS, "every slot, each endpoint an even share");
+        assert_eq!(*slots[0], element("service-endpoints", "127.43.0.5 . tcp . 80 . 0", Some("10.244.1.2 . 8080")));
+        assert_eq!(*slots[1], element("service-endpoints", "127.43.0.5 . tcp . 80 . 1", Some("10.244.2.3 . 8080")));
+        assert!(programmed.elements.contains(&element("service-ips", "10.77.0.1 . tcp . 30080", Some("goto svc-7-1"))));
+        assert!(programmed.elements.contains(&element("masquerade-frontends", "10.77.0.1 . tcp . 30081", None)));
+        assert!(!programmed.elements.iter().any(|e| e.key.contains(" 81")), "no endpoints, nothing");
         let chain = |name: &str| {
             programmed.objects.iter().find_map(|o| match o {
                 Object::Chain { name: n, rules } if n == name => Some(rules.clone()),
                 _ => None,
             })
         };
-        assert_eq!(
-            chain("svc-7-0").unwrap(),
-            ["numgen random mod 2 vmap { 0 : goto ep-7-0-0af401021f90, 1 : goto ep-7-0-0af402031f90 }"]
-        );
-        assert_eq!(chain("ep-7-0-0af402031f90").unwrap(), ["meta l4proto tcp dnat to 10.244.2.3:8080"]);
+        assert_eq!(chain("svc-7-0"), None, "slots need no chain");
         assert_eq!(
             chain("svc-7-1").unwrap(),
             [
@@ -426,30 +476,48 @@ mod tests {
         path.sync(&api, vec![route("127.43.0.6:80", &["10.244.1.4:8080"], None, true)]);
         let first = commit(&mut path);
         assert!(first.starts_with("add table ip flotilla\ndelete table ip flotilla\n"), "{first}");
-        assert!(first.contains("add element ip flotilla service-ips { 127.43.0.5 . tcp . 80 : goto svc-"), "{first}");
+        assert!(
+            first.contains(
+                "add element ip flotilla service-endpoints { 127.43.0.5 . tcp . 80 . 1 : 10.244.1.3 . 8080 }"
+            ),
+            "{first}"
+        );
 
-        // web loses an endpoint: its chains are rewritten, its second endpoint chain deleted;
+        // web loses an endpoint: the slots it had are given to the other, by elements alone;
         // api is not touched.
         path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080"], None, true)]);
         let second = commit(&mut path);
-        let web_id = path.ids[&web];
-        assert!(!second.contains("table ip flotilla {"), "no rebuild: {second}");
-        assert!(second.contains(&format!("add rule ip flotilla svc-{web_id}-0 numgen random mod 1")), "{second}");
-        assert!(second.ends_with(&format!("delete chain ip flotilla ep-{web_id}-0-0af401031f90\n")), "{second}");
-        assert!(!second.contains("10.244.1.4"), "api untouched: {second}");
-        assert!(!second.contains("element"), "the frontend's element stays: {second}");
+        assert!(!second.contains("table ip flotilla {") && !second.contains("rule"), "no rebuild, no rule: {second}");
+        let slot = "127.43.0.5 . tcp . 80 . 1";
+        let (out, back) = (
+            second.find(&format!("delete element ip flotilla service-endpoints {{ {slot} }}")).unwrap(),
+            second
+                .find(&format!("add element ip flotilla service-endpoints {{ {slot} : 10.244.1.2 . 8080 }}"))
+                .unwrap(),
+        );
+        assert!(out < back, "{second}");
+        assert!(!second.contains("10.244.1.4") && !second.contains(" . 0 "), "only what changed: {second}");
 
-        // web goes: its element first, then its chains.
-        path.sync(&web, Vec::new());
+        // With affinity, web goes through chains; without web, its element goes before its
+        // chains do.
+        path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080"], Some(60), true)]);
         let third = commit(&mut path);
-        let element = third.find("delete element ip flotilla service-ips { 127.43.0.5 . tcp . 80 }").unwrap();
-        let chain = third.find(&format!("delete chain ip flotilla svc-{web_id}-0")).unwrap();
-        assert!(element < chain, "{third}");
+        let web_id = path.ids[&web];
+        assert!(third.contains(&format!(
+            "add element ip flotilla service-ips {{ 127.43.0.5 . tcp . 80 : goto svc-{web_id}-0 }}"
+        )));
+        assert!(third.contains(&format!("delete element ip flotilla service-endpoints {{ {slot} }}")));
+        path.sync(&web, Vec::new());
+        let fourth = commit(&mut path);
+        let element = fourth.find("delete element ip flotilla service-ips { 127.43.0.5 . tcp . 80 }").unwrap();
+        let chain = fourth.find(&format!("delete chain ip flotilla svc-{web_id}-0")).unwrap();
+        assert!(element < chain, "{fourth}");
+        assert!(fourth.ends_with(&format!("delete set ip flotilla aff-{web_id}-0-0af401021f90-60\n")), "{fourth}");
         assert!(!path.programmed.contains_key(&web) && path.programmed.contains_key(&api));
 
         // A failed transaction leaves the next commit to rebuild everything.
         path.built = false;
         let rebuilt = commit(&mut path);
-        assert!(rebuilt.starts_with("add table") && rebuilt.contains("10.244.1.4:8080"), "{rebuilt}");
+        assert!(rebuilt.starts_with("add table") && rebuilt.contains("10.244.1.4 . 8080"), "{rebuilt}");
     }
 }

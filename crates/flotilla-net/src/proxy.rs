@@ -151,7 +151,12 @@ async fn sync(
                 serve_dns(&mut dns_server, &service, &zone, config.upstream_dns);
             }
         }
-        failed = match path.commit() {
+        // A commit may run a program (nft) and wait for it: off the runtime's other tasks.
+        let committed = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| path.commit()),
+            _ => path.commit(),
+        };
+        failed = match committed {
             Ok(()) => false,
             Err(e) => {
                 tracing::error!(error = %e, "the data path to Services is not current");
