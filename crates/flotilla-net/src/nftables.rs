@@ -20,11 +20,11 @@
 //! `route_localnet` on.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use flotilla_client::ObjectKey;
 
-use crate::{DataPath, Route};
+use crate::{DataPath, Protocol, Route};
 
 /// The table Flotilla owns, in the `ip` family.
 pub const TABLE: &str = "flotilla";
@@ -73,13 +73,47 @@ struct Programmed {
     elements: Vec<Element>,
 }
 
-/// An element of one of the table's maps or sets.
+/// An element of one of the table's maps or sets: kept as values, not text, since a table of
+/// 10,000 Services holds 600,000 of them.
 #[derive(Debug, Clone, PartialEq)]
 struct Element {
     map: &'static str,
-    key: String,
+    key: Key,
     /// What the key maps to; `None` in a set.
-    value: Option<String>,
+    value: Option<Value>,
+}
+
+/// A frontend, and the random slot for `service-endpoints`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key {
+    frontend: SocketAddrV4,
+    protocol: Protocol,
+    slot: Option<u8>,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} . {} . {}", self.frontend.ip(), self.protocol.name(), self.frontend.port())?;
+        match self.slot {
+            Some(slot) => write!(f, " . {slot}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Endpoint(SocketAddrV4),
+    Goto(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Endpoint(at) => write!(f, "{} . {}", at.ip(), at.port()),
+            Value::Goto(chain) => write!(f, "goto {chain}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +167,21 @@ impl Nftables {
         Ok(())
     }
 
+    /// Takes what a transaction that the kernel took made of the Services it changed.
+    fn record(&mut self, changed: Vec<(ObjectKey, Programmed)>) {
+        if !self.built {
+            self.programmed.clear();
+        }
+        for (service, programmed) in changed {
+            if programmed == Programmed::default() {
+                self.programmed.remove(&service);
+            } else {
+                self.programmed.insert(service, programmed);
+            }
+        }
+        self.built = true;
+    }
+
     /// A path that has programmed nothing yet.
     fn unbuilt() -> Nftables {
         Nftables {
@@ -148,10 +197,9 @@ impl Nftables {
     }
 
     /// The transaction that brings the table to `desired` for the pending Services (every
-    /// Service, when the table is to be built), and what the table then holds.
-    fn transaction(&mut self) -> (String, HashMap<ObjectKey, Programmed>) {
+    /// Service, when the table is to be built), and what the table then holds of them.
+    fn transaction(&mut self) -> (String, Vec<(ObjectKey, Programmed)>) {
         let mut script = String::new();
-        let mut programmed = if self.built { self.programmed.clone() } else { HashMap::new() };
         let changed: Vec<ObjectKey> = if self.built {
             self.pending.clone()
         } else {
@@ -159,8 +207,14 @@ impl Nftables {
             self.desired.keys().cloned().collect()
         };
         let mut plans = Vec::new();
+        let mut after = Vec::with_capacity(changed.len());
         for service in &changed {
-            let old = programmed.remove(service).unwrap_or_default();
+            // Only the changed Services' part is copied: a change costs its own Service.
+            let old = if self.built {
+                self.programmed.get(service).cloned().unwrap_or_default()
+            } else {
+                Programmed::default()
+            };
             let new = match self.desired.get(service) {
                 Some(routes) => {
                     let id = *self.ids.entry(service.clone()).or_insert_with(|| {
@@ -174,10 +228,8 @@ impl Nftables {
                     Programmed::default()
                 }
             };
-            plans.push((old, new.clone()));
-            if new != Programmed::default() {
-                programmed.insert(service.clone(), new);
-            }
+            after.push((service.clone(), new.clone()));
+            plans.push((old, new));
         }
         // Elements out first, so no frontend jumps to a chain being emptied; chains and sets in,
         // then their rules, then the new elements; the objects no longer wanted go last, once
@@ -235,7 +287,7 @@ impl Nftables {
                 script.push_str(&format!("delete set ip {TABLE} {name}\n"));
             }
         }
-        (script, programmed)
+        (script, after)
     }
 }
 
@@ -279,18 +331,17 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
             // Nothing listens on the frontend: refused.
             continue;
         }
-        let key = format!("{} . {} . {}", frontend.ip(), route.protocol.name(), frontend.port());
+        let key = Key { frontend, protocol: route.protocol, slot: None };
         if route.affinity.is_none() && endpoints.len() <= SLOTS {
             if !route.keep_source {
-                programmed.elements.push(Element { map: "masquerade-frontends", key: key.clone(), value: None });
+                programmed.elements.push(Element { map: "masquerade-frontends", key, value: None });
             }
             for slot in 0..SLOTS {
-                let endpoint = endpoints[slot % endpoints.len()];
-                let value = format!("{} . {}", endpoint.ip(), endpoint.port());
+                let SocketAddr::V4(endpoint) = endpoints[slot % endpoints.len()] else { continue };
                 programmed.elements.push(Element {
                     map: "service-endpoints",
-                    key: format!("{key} . {slot}"),
-                    value: Some(value),
+                    key: Key { slot: Some(slot as u8), ..key },
+                    value: Some(Value::Endpoint(endpoint)),
                 });
             }
             continue;
@@ -323,7 +374,7 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
         let choices: Vec<String> = (0..endpoints.len()).map(|e| format!("{e} : goto {}", endpoint_chain(e))).collect();
         rules.push(format!("numgen random mod {} vmap {{ {} }}", endpoints.len(), choices.join(", ")));
         programmed.objects.push(Object::Chain { name: service_chain.clone(), rules });
-        programmed.elements.push(Element { map: "service-ips", key, value: Some(format!("goto {service_chain}")) });
+        programmed.elements.push(Element { map: "service-ips", key, value: Some(Value::Goto(service_chain)) });
     }
     programmed
 }
@@ -349,8 +400,7 @@ impl DataPath for Nftables {
         self.pending.clear();
         match nft(&script) {
             Ok(_) => {
-                self.programmed = programmed;
-                self.built = true;
+                self.record(programmed);
                 self.turn_on_forwarding()
             }
             Err(e) => {
@@ -403,7 +453,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::Protocol;
 
     fn route(frontend: &str, endpoints: &[&str], affinity: Option<u64>, keep_source: bool) -> Route {
         Route {
@@ -418,14 +467,18 @@ mod tests {
     /// Commits as [`DataPath::commit`] would, had nft taken the script; returns the script.
     fn commit(path: &mut Nftables) -> String {
         let (script, programmed) = path.transaction();
-        path.programmed = programmed;
-        path.built = true;
+        path.record(programmed);
         path.pending.clear();
         script
     }
 
-    fn element(map: &'static str, key: &str, value: Option<&str>) -> Element {
-        Element { map, key: key.into(), value: value.map(String::from) }
+    /// An element as the script shows it.
+    fn shown(element: &Element) -> (&'static str, String, Option<String>) {
+        (element.map, element.key.to_string(), element.value.as_ref().map(ToString::to_string))
+    }
+
+    fn element(map: &'static str, key: &str, value: Option<&str>) -> (&'static str, String, Option<String>) {
+        (map, key.into(), value.map(String::from))
     }
 
     #[test]
@@ -439,13 +492,14 @@ mod tests {
                 route("10.77.0.1:30081", &["10.244.1.2:8080"], None, false),
             ],
         );
-        let slots: Vec<&Element> = programmed.elements.iter().filter(|e| e.key.starts_with("127.43.0.5")).collect();
+        let elements: Vec<_> = programmed.elements.iter().map(shown).collect();
+        let slots: Vec<_> = elements.iter().filter(|e| e.1.starts_with("127.43.0.5")).collect();
         assert_eq!(slots.len(), SLOTS, "every slot, each endpoint an even share");
         assert_eq!(*slots[0], element("service-endpoints", "127.43.0.5 . tcp . 80 . 0", Some("10.244.1.2 . 8080")));
         assert_eq!(*slots[1], element("service-endpoints", "127.43.0.5 . tcp . 80 . 1", Some("10.244.2.3 . 8080")));
-        assert!(programmed.elements.contains(&element("service-ips", "10.77.0.1 . tcp . 30080", Some("goto svc-7-1"))));
-        assert!(programmed.elements.contains(&element("masquerade-frontends", "10.77.0.1 . tcp . 30081", None)));
-        assert!(!programmed.elements.iter().any(|e| e.key.contains(" 81")), "no endpoints, nothing");
+        assert!(elements.contains(&element("service-ips", "10.77.0.1 . tcp . 30080", Some("goto svc-7-1"))));
+        assert!(elements.contains(&element("masquerade-frontends", "10.77.0.1 . tcp . 30081", None)));
+        assert!(!elements.iter().any(|e| e.1.contains(" 81")), "no endpoints, nothing");
         let chain = |name: &str| {
             programmed.objects.iter().find_map(|o| match o {
                 Object::Chain { name: n, rules } if n == name => Some(rules.clone()),
