@@ -186,6 +186,13 @@ fn udp_ask(hosts: &Hosts, i: usize, to: &str, port: u16) -> Result<Option<String
 impl Drop for Hosts {
     fn drop(&mut self) {
         for i in 1..=self.count {
+            // What a killed agent keeps of its namespace's route_localnet, named by it.
+            let namespace =
+                Command::new("ip").args(["netns", "exec", &self.name(i), "readlink", "/proc/self/ns/net"]).output();
+            if let Ok(out) = namespace {
+                let id: String = String::from_utf8_lossy(&out.stdout).chars().filter(char::is_ascii_digit).collect();
+                let _ = std::fs::remove_file(format!("/run/flotilla-route_localnet-{id}"));
+            }
             let _ = ip(&["netns", "del", &self.name(i)]);
         }
         let _ = ip(&["netns", "del", &self.switch()]);

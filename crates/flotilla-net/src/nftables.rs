@@ -9,10 +9,14 @@
 //! elements and chains are rewritten (kube-proxy's partial sync), so a change costs its own
 //! Service's work. The table is deleted when the path is dropped (a clean shutdown); a
 //! restarted agent rebuilds it in one transaction. Connections already established keep their
-//! translation in conntrack either way, so neither drops them.
+//! translation in conntrack either way, so a restart drops none, but for one case: a clean
+//! shutdown restores `route_localnet`, which cuts connections from a loopback source to
+//! another node (a crash or kill leaves it on, with the table's drop rules).
 //!
 //! Frontends are loopback cluster IPs and node addresses: a connection to one with no endpoint
-//! finds nothing listening and is refused. Traffic from a loopback source (the host's, a
+//! finds nothing listening and is refused. (Unless a host socket listens on the wildcard
+//! address at that port: kube-proxy's reject rule for such frontends is not here yet. Nor is
+//! its conntrack cleanup for UDP, whose flows keep going where they went until they idle.) Traffic from a loopback source (the host's, a
 //! guest's) to an endpoint on another node is masqueraded, as is traffic from outside that is
 //! forwarded under a `Cluster` traffic policy; that needs `route_localnet` and `ip_forward`,
 //! which [`Nftables::new`] turns on when the node routes a pod network. Packets that arrive
@@ -65,6 +69,13 @@ struct Forwarding {
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+/// Where the value of `route_localnet` before Flotilla's is kept until it is restored: a file
+/// per network namespace (the setting is the namespace's).
+fn route_localnet_was() -> String {
+    let namespace = std::fs::read_link("/proc/self/ns/net").map(|n| n.display().to_string()).unwrap_or_default();
+    let id: String = namespace.chars().filter(char::is_ascii_digit).collect();
+    format!("/run/flotilla-route_localnet-{id}")
+}
 
 /// A Service's part of the table.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -158,7 +169,17 @@ impl Nftables {
     /// node's loopback listeners to its link).
     fn turn_on_forwarding(&mut self) -> Result<(), String> {
         let Some(forwarding) = self.forwarding.as_mut().filter(|f| !f.on) else { return Ok(()) };
-        let old = std::fs::read_to_string(ROUTE_LOCALNET).map_err(|e| format!("{ROUTE_LOCALNET}: {e}"))?;
+        // The value before the first agent turned it on, kept where a crash leaves it: an agent
+        // restarted after one finds `route_localnet` on, and must not take that for the original.
+        let kept = route_localnet_was();
+        let old = match std::fs::read_to_string(&kept) {
+            Ok(was) => was,
+            Err(_) => {
+                let was = std::fs::read_to_string(ROUTE_LOCALNET).map_err(|e| format!("{ROUTE_LOCALNET}: {e}"))?;
+                std::fs::write(&kept, &was).map_err(|e| format!("{kept}: {e}"))?;
+                was
+            }
+        };
         forwarding.route_localnet_was = Some(old.trim().to_string());
         for path in [IP_FORWARD, ROUTE_LOCALNET] {
             std::fs::write(path, "1").map_err(|e| format!("cannot turn on {path}: {e}"))?;
@@ -391,7 +412,8 @@ impl DataPath for Nftables {
 
     fn commit(&mut self) -> Result<(), String> {
         if self.built && self.pending.is_empty() {
-            return Ok(());
+            // Nothing to write; what may have failed after the last write is forwarding.
+            return self.turn_on_forwarding();
         }
         self.pending.sort();
         self.pending.dedup();
@@ -418,10 +440,11 @@ impl Drop for Nftables {
             return;
         }
         // `route_localnet` first: the table's drop rule is what makes it safe.
-        if let Some(was) = self.forwarding.as_ref().and_then(|f| f.route_localnet_was.as_ref())
-            && let Err(e) = std::fs::write(ROUTE_LOCALNET, was)
-        {
-            tracing::warn!(error = %e, "cannot restore route_localnet");
+        if let Some(was) = self.forwarding.as_ref().and_then(|f| f.route_localnet_was.as_ref()) {
+            match std::fs::write(ROUTE_LOCALNET, was) {
+                Ok(()) => drop(std::fs::remove_file(route_localnet_was())),
+                Err(e) => tracing::warn!(error = %e, "cannot restore route_localnet"),
+            }
         }
         if let Err(e) = nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")) {
             tracing::warn!(error = %e, "cannot remove the nftables table");
