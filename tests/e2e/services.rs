@@ -144,6 +144,20 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
     }
     let (status, _) = dig(&dns, &name("nothing"), "A")?;
     ensure!(status == "NXDOMAIN", "{status}");
+    // A target port by a name no container declares: the Service says why it has no endpoints.
+    k.ok(&["expose", "deploy", "web", "--name=web-misnamed", "--port=80", "--target-port=htp"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said =
+        r#"jsonpath={range .items[?(@.reason=="TargetPortNotFound")]}{.involvedObject.name}: {.message}{"\n"}{end}"#;
+    loop {
+        let events = k.ok(&["get", "events", "-o", said])?;
+        if events.contains("web-misnamed: port 80: no container of pod web-") && events.contains("a port named \"htp\"")
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no TargetPortNotFound event: {events:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     k.ok(&["expose", "deploy", "web", "--name=web-headless", "--cluster-ip=None", "--port=8080"])?;
     let pod_ips: Vec<String> = {
         let out = k.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"])?;

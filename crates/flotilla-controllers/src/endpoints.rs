@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flotilla_api::selector::LabelSelector;
-use flotilla_client::{Change, ObjectKey, WorkQueue};
+use flotilla_client::{Change, EventType, ObjectKey, WorkQueue};
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
 };
@@ -98,6 +98,31 @@ fn target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .map(|p| p.container_port),
     }
+}
+
+/// Why pods the Service selects are left out of a port's endpoints: a `targetPort` name that
+/// none of their containers declares (a message per such port). Upstream leaves them out
+/// silently; a user who named the wrong port sees it said here.
+fn unresolved_ports(service: &Service, pods: &[Arc<Pod>]) -> Vec<String> {
+    let mut messages = Vec::new();
+    for port in service_ports(service) {
+        let Some(IntOrString::String(name)) = &port.target_port else { continue };
+        let lacking: Vec<&str> = pods
+            .iter()
+            .filter(|pod| pod_ip(pod).is_some() && target_port(&port, pod).is_none())
+            .map(|pod| pod.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        let Some(first) = lacking.first() else { continue };
+        let more = match lacking.len() - 1 {
+            0 => String::new(),
+            n => format!(" and {n} more of its pods"),
+        };
+        messages.push(format!(
+            "port {}: no container of pod {first}{more} declares a port named {name:?}, so they are not its endpoints",
+            port.port
+        ));
+    }
+    messages
 }
 
 /// A Service's ports as one pod resolves them: `(name, port, protocol)`, those it lacks left out.
@@ -506,6 +531,9 @@ impl Reconciler for EndpointsController {
             self.context.pods.in_namespace(namespace).into_iter().filter(|p| selector.matches(p.labels())).collect();
         self.write_endpoints(key, &service, &pods).await?;
         self.write_slices(key, &service, &pods).await?;
+        for message in unresolved_ports(&service, &pods) {
+            self.context.events.object(&*service, EventType::Warning, "TargetPortNotFound", message);
+        }
         Ok(Next::Done)
     }
 }
@@ -534,6 +562,20 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn a_target_port_name_no_container_declares_is_said() {
+        let named = service(
+            json!([{"name": "a", "port": 80, "targetPort": "http"}, {"name": "b", "port": 81, "targetPort": "nope"}]),
+        );
+        let pods = [pod("p1", "127.1.0.1", true), pod("p2", "127.1.0.2", false)];
+        assert_eq!(
+            unresolved_ports(&named, &pods),
+            [
+                "port 81: no container of pod p1 and 1 more of its pods declares a port named \"nope\", so they are not its endpoints"
+            ]
+        );
     }
 
     fn pods(n: usize) -> Vec<Arc<Pod>> {

@@ -20,6 +20,8 @@ pub struct Guarded<P> {
     /// whatever the protocol (cluster IPs are one Service's, and node ports are allocated
     /// across protocols).
     owners: HashMap<SocketAddr, ObjectKey>,
+    /// The same, by Service: what each holds.
+    held: HashMap<ObjectKey, Vec<SocketAddr>>,
     /// Services that were refused a frontend another held, with the routes they asked for:
     /// synced again when it is given up.
     refused: BTreeMap<ObjectKey, Vec<Route>>,
@@ -35,7 +37,13 @@ impl<P: DataPath> Guarded<P> {
     /// `path`, handed only endpoints and frontends that `allows` passes (the node's egress
     /// policy, which names the node's own endpoints).
     pub fn new(allows: impl Fn(SocketAddr) -> bool + Send + 'static, path: P) -> Guarded<P> {
-        Guarded { path, allows: Box::new(allows), owners: HashMap::new(), refused: BTreeMap::new() }
+        Guarded {
+            path,
+            allows: Box::new(allows),
+            owners: HashMap::new(),
+            held: HashMap::new(),
+            refused: BTreeMap::new(),
+        }
     }
 
     fn guard(&mut self, service: &ObjectKey, routes: Vec<Route>) -> Vec<Route> {
@@ -73,11 +81,15 @@ impl<P: DataPath> Guarded<P> {
 impl<P: DataPath> DataPath for Guarded<P> {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
         let kept = self.guard(service, routes);
-        let held: Vec<SocketAddr> =
-            self.owners.iter().filter(|(_, owner)| *owner == service).map(|(frontend, _)| *frontend).collect();
-        self.owners.retain(|_, owner| owner != service);
+        let held = self.held.remove(service).unwrap_or_default();
+        for frontend in &held {
+            self.owners.remove(frontend);
+        }
         for route in &kept {
             self.owners.insert(route.frontend, service.clone());
+        }
+        if !kept.is_empty() {
+            self.held.insert(service.clone(), kept.iter().map(|route| route.frontend).collect());
         }
         self.path.sync(service, kept);
         // A frontend given up may be what a refused Service waits for.

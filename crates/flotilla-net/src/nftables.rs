@@ -23,7 +23,7 @@
 //! from outside for 127.0.0.0/8 are dropped, as kube-proxy drops them when it turns
 //! `route_localnet` on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
 use flotilla_client::ObjectKey;
@@ -86,7 +86,7 @@ struct Programmed {
 
 /// An element of one of the table's maps or sets: kept as values, not text, since a table of
 /// 10,000 Services holds 600,000 of them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Element {
     map: &'static str,
     key: Key,
@@ -95,7 +95,7 @@ struct Element {
 }
 
 /// A frontend, and the random slot for `service-endpoints`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     frontend: SocketAddrV4,
     protocol: Protocol,
@@ -112,7 +112,7 @@ impl std::fmt::Display for Key {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Value {
     Endpoint(SocketAddrV4),
     Goto(String),
@@ -255,13 +255,15 @@ impl Nftables {
         // Elements out first, so no frontend jumps to a chain being emptied; chains and sets in,
         // then their rules, then the new elements; the objects no longer wanted go last, once
         // nothing refers to them.
-        for (old, new) in &plans {
-            for Element { map, key, .. } in old.elements.iter().filter(|e| !new.elements.contains(e)) {
+        let sets: Vec<(HashSet<&Element>, HashSet<&Element>)> =
+            plans.iter().map(|(old, new)| (old.elements.iter().collect(), new.elements.iter().collect())).collect();
+        for ((old, _), (_, new)) in plans.iter().zip(&sets) {
+            for Element { map, key, .. } in old.elements.iter().filter(|e| !new.contains(e)) {
                 script.push_str(&format!("delete element ip {TABLE} {map} {{ {key} }}\n"));
             }
         }
-        for (_, new) in &plans {
-            for object in &new.objects {
+        for (old, new) in &plans {
+            for object in new.objects.iter().filter(|o| !old.objects.iter().any(|was| was.name() == o.name())) {
                 match object {
                     Object::Affinity { name, timeout } => script.push_str(&format!(
                         "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}\n"
@@ -270,8 +272,10 @@ impl Nftables {
                 }
             }
         }
-        for (_, new) in &plans {
-            for object in &new.objects {
+        for (old, new) in &plans {
+            // A chain as it was is left alone: rewriting it would have the kernel validate the
+            // table again for nothing.
+            for object in new.objects.iter().filter(|o| !old.objects.contains(o)) {
                 if let Object::Chain { name, rules } = object {
                     script.push_str(&format!("flush chain ip {TABLE} {name}\n"));
                     for rule in rules {
@@ -280,8 +284,8 @@ impl Nftables {
                 }
             }
         }
-        for (old, new) in &plans {
-            for Element { map, key, value } in new.elements.iter().filter(|e| !old.elements.contains(e)) {
+        for ((_, new), (old, _)) in plans.iter().zip(&sets) {
+            for Element { map, key, value } in new.elements.iter().filter(|e| !old.contains(e)) {
                 match value {
                     Some(value) => script.push_str(&format!("add element ip {TABLE} {map} {{ {key} : {value} }}\n")),
                     None => script.push_str(&format!("add element ip {TABLE} {map} {{ {key} }}\n")),
