@@ -80,25 +80,57 @@ impl ServiceProxy {
             marks.mark(ObjectKey::of(&**service));
         });
         let marks = dirty.clone();
+        let index = Arc::new(SliceIndex::default());
+        let indexed = index.clone();
         slices.on_change(move |change| {
-            let (old, new) = match change {
-                Change::Applied { old, new } => (old, new),
-                Change::Deleted(slice) => (None, slice),
+            let (old, new, deleted) = match change {
+                Change::Applied { old, new } => (old, new, false),
+                Change::Deleted(slice) => (None, slice, true),
             };
             // A slice relabelled to another Service changes both.
             for slice in old.into_iter().chain([new]) {
                 if let Some(service) = service_of(slice) {
+                    indexed.remove(&service, slice);
                     marks.mark(service);
                 }
+            }
+            if !deleted && let Some(service) = service_of(new) {
+                indexed.insert(service, new);
             }
         });
         let (service_cache, slice_cache) = (services.cache(), slices.cache());
         let tasks = vec![
             tokio::spawn(services.run()),
             tokio::spawn(slices.run()),
-            tokio::spawn(sync(service_cache, slice_cache, dirty, config, zone, path)),
+            tokio::spawn(sync(service_cache, slice_cache, index, dirty, config, zone, path)),
         ];
         ServiceProxy { tasks }
+    }
+}
+
+/// Each Service's EndpointSlices, kept from the slices' changes: a Service's routes are
+/// computed from its own slices, not by filtering its namespace's (a change costs its own
+/// Service's work with 10,000 Services in one namespace).
+#[derive(Default)]
+struct SliceIndex(Mutex<std::collections::HashMap<ObjectKey, BTreeSet<ObjectKey>>>);
+
+impl SliceIndex {
+    fn insert(&self, service: ObjectKey, slice: &EndpointSlice) {
+        self.0.lock().expect("slice index lock").entry(service).or_default().insert(ObjectKey::of(slice));
+    }
+
+    fn remove(&self, service: &ObjectKey, slice: &EndpointSlice) {
+        let mut index = self.0.lock().expect("slice index lock");
+        if let Some(slices) = index.get_mut(service) {
+            slices.remove(&ObjectKey::of(slice));
+            if slices.is_empty() {
+                index.remove(service);
+            }
+        }
+    }
+
+    fn of(&self, service: &ObjectKey) -> Vec<ObjectKey> {
+        self.0.lock().expect("slice index lock").get(service).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -111,6 +143,7 @@ fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
 async fn sync(
     services: Cache<Service>,
     slices: Cache<EndpointSlice>,
+    index: Arc<SliceIndex>,
     dirty: Arc<Dirty>,
     config: ProxyConfig,
     zone: Arc<Zone>,
@@ -141,8 +174,8 @@ async fn sync(
                 }
                 continue;
             };
-            let namespace = key.namespace.as_deref().unwrap_or_default();
-            let own = slices.in_namespace(namespace);
+            // The index is only a hint of which slices to read; the cache says what they hold.
+            let own: Vec<Arc<EndpointSlice>> = index.of(&key).iter().filter_map(|slice| slices.get(slice)).collect();
             let own: Vec<&EndpointSlice> =
                 own.iter().filter(|s| service_of(s).as_ref() == Some(&key)).map(|s| &**s).collect();
             path.sync(&key, routes(&service, &own, &config.node_name, config.node_ip));
