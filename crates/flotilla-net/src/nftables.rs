@@ -329,7 +329,7 @@ table ip {TABLE} {{
 	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; iifname != \"lo\" ip saddr 127.0.0.0/8 drop; }}
 	chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
 	chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
-	chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 masquerade; meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade; }}
+	chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 masquerade; meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} meta mark set meta mark ^ {MASQUERADE_MARK:#x} masquerade; }}
 	chain services {{
 		ip daddr . meta l4proto . th dport @masquerade-frontends meta mark set meta mark | {MASQUERADE_MARK:#x};
 		ip daddr . meta l4proto . th dport vmap @service-ips;

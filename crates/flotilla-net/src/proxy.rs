@@ -28,8 +28,10 @@ pub struct ProxyConfig {
     pub upstream_dns: Option<SocketAddr>,
 }
 
-/// How long a data path that failed to commit waits before it tries again.
+/// How long a data path that failed to commit waits before it tries again, at first and at
+/// most.
 const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+const COMMIT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The Service whose cluster IP the cluster DNS answers on, on every node (as NodeLocal
 /// DNSCache binds its address on each): `kube-system/kube-dns`, which the API server creates.
@@ -157,12 +159,14 @@ async fn sync(
     for service in services.keys() {
         dirty.mark(service);
     }
-    let mut failed = false;
+    // After a failed commit, how long until it is tried again: doubled at each failure (a
+    // table that cannot be written is not rebuilt whole every two seconds for ever).
+    let mut retry: Option<std::time::Duration> = None;
     loop {
         // A data path that failed to commit is tried again a while later, changes or not.
         tokio::select! {
             () = dirty.notify.notified() => {}
-            () = tokio::time::sleep(COMMIT_RETRY), if failed => {}
+            () = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
         }
         for key in dirty.take() {
             let Some(service) = services.get(&key) else {
@@ -189,11 +193,12 @@ async fn sync(
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| path.commit()),
             _ => path.commit(),
         };
-        failed = match committed {
-            Ok(()) => false,
+        retry = match committed {
+            Ok(()) => None,
             Err(e) => {
-                tracing::error!(error = %e, "the data path to Services is not current");
-                true
+                let next = retry.map_or(COMMIT_RETRY, |last| (last * 2).min(COMMIT_RETRY_MAX));
+                tracing::error!(error = %e, retry_in = ?next, "the data path to Services is not current");
+                Some(next)
             }
         };
     }
