@@ -111,11 +111,7 @@ async fn main() -> Result<()> {
         if *mode == "nftables" {
             // The agent was killed, not stopped: its table stays until deleted, and would take
             // the next cluster's cluster IPs.
-            let table = format!("add table ip {0}\ndelete table ip {0}\n", flotilla_net::TABLE);
-            let mut nft =
-                std::process::Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn()?;
-            std::io::Write::write_all(&mut nft.stdin.take().context("nft's stdin")?, table.as_bytes())?;
-            ensure!(nft.wait()?.success(), "cannot delete the nftables table");
+            flotilla_net::Nftables::delete_table().map_err(anyhow::Error::msg)?;
         }
     }
     report.publish()?;

@@ -190,8 +190,8 @@ impl Drop for Hosts {
             let namespace =
                 Command::new("ip").args(["netns", "exec", &self.name(i), "readlink", "/proc/self/ns/net"]).output();
             if let Ok(out) = namespace {
-                let id: String = String::from_utf8_lossy(&out.stdout).chars().filter(char::is_ascii_digit).collect();
-                let _ = std::fs::remove_file(format!("/run/flotilla-route_localnet-{id}"));
+                let _ =
+                    std::fs::remove_file(flotilla_net::route_localnet_record(&String::from_utf8_lossy(&out.stdout)));
             }
             let _ = ip(&["netns", "del", &self.name(i)]);
         }

@@ -22,7 +22,7 @@ mod routes;
 mod userspace;
 
 pub use guard::Guarded;
-pub use nftables::{Nftables, TABLE};
+pub use nftables::{Nftables, TABLE, route_localnet_record};
 pub use pods::{PodNetwork, ROUTE_PROTOCOL};
 pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
 pub use routes::{Protocol, Route, routes};

@@ -61,20 +61,25 @@ pub struct Nftables {
 /// What forwarding to other nodes needed turned on.
 #[derive(Debug, Default)]
 struct Forwarding {
-    on: bool,
-    /// `route_localnet` before, restored when the table goes. (`ip_forward` stays on: the
-    /// node still routes its pod network.)
+    /// `route_localnet` before, once it is on; restored when the table goes. (`ip_forward`
+    /// stays on: the node still routes its pod network.)
     route_localnet_was: Option<String>,
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 /// Where the value of `route_localnet` before Flotilla's is kept until it is restored: a file
-/// per network namespace (the setting is the namespace's).
-fn route_localnet_was() -> String {
-    let namespace = std::fs::read_link("/proc/self/ns/net").map(|n| n.display().to_string()).unwrap_or_default();
+/// per network namespace (the setting is the namespace's), named after `namespace`, the link
+/// `/proc/<pid>/ns/net` of a process in it (`net:[4026531840]`).
+pub fn route_localnet_record(namespace: &str) -> String {
     let id: String = namespace.chars().filter(char::is_ascii_digit).collect();
     format!("/run/flotilla-route_localnet-{id}")
+}
+
+/// [`route_localnet_record`] of this process's network namespace.
+fn route_localnet_was() -> String {
+    let namespace = std::fs::read_link("/proc/self/ns/net").map(|n| n.display().to_string()).unwrap_or_default();
+    route_localnet_record(&namespace)
 }
 
 /// A Service's part of the table.
@@ -155,6 +160,12 @@ impl Nftables {
         nft("list tables\n").map(drop)
     }
 
+    /// Deletes the table, if there is one: what a clean shutdown does, and what is left to do
+    /// after an agent that was killed.
+    pub fn delete_table() -> Result<(), String> {
+        nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")).map(drop)
+    }
+
     /// A data path that, when `forwarding` (the node routes a pod network to other nodes),
     /// turns on what forwarding to them needs.
     pub fn new(forwarding: bool) -> Result<Nftables, String> {
@@ -168,7 +179,9 @@ impl Nftables {
     /// drops what arrives from outside for 127.0.0.0/8 (never before: that would open the
     /// node's loopback listeners to its link).
     fn turn_on_forwarding(&mut self) -> Result<(), String> {
-        let Some(forwarding) = self.forwarding.as_mut().filter(|f| !f.on) else { return Ok(()) };
+        let Some(forwarding) = self.forwarding.as_mut().filter(|f| f.route_localnet_was.is_none()) else {
+            return Ok(());
+        };
         // The value before the first agent turned it on, kept where a crash leaves it: an agent
         // restarted after one finds `route_localnet` on, and must not take that for the original.
         let kept = route_localnet_was();
@@ -180,11 +193,10 @@ impl Nftables {
                 was
             }
         };
-        forwarding.route_localnet_was = Some(old.trim().to_string());
         for path in [IP_FORWARD, ROUTE_LOCALNET] {
             std::fs::write(path, "1").map_err(|e| format!("cannot turn on {path}: {e}"))?;
         }
-        forwarding.on = true;
+        forwarding.route_localnet_was = Some(old.trim().to_string());
         Ok(())
     }
 
@@ -450,7 +462,7 @@ impl Drop for Nftables {
                 Err(e) => tracing::warn!(error = %e, "cannot restore route_localnet"),
             }
         }
-        if let Err(e) = nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")) {
+        if let Err(e) = Nftables::delete_table() {
             tracing::warn!(error = %e, "cannot remove the nftables table");
         }
     }

@@ -51,7 +51,7 @@ impl PodNetwork {
         let wake = changed.clone();
         nodes.on_change(move |_: Change<'_, Node>| wake.notify_one());
         let cache = nodes.cache();
-        let routes = Routes { node_name, own, programmed: BTreeMap::new() };
+        let routes = Routes { node_name, own };
         let task = tokio::spawn({
             let ranges = ranges.clone();
             async move {
@@ -74,7 +74,7 @@ impl PodNetwork {
 /// its routes with it), as flannel checks its own.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<Cidr>>>, mut routes: Routes) {
+async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<Cidr>>>, routes: Routes) {
     nodes.synced().await;
     loop {
         let peers = peers(&nodes.list(), &routes.node_name, routes.own);
@@ -82,8 +82,8 @@ async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<C
         all.push(routes.own);
         *ranges.write().expect("pod ranges lock") = all;
         // What the kernel has, not what was last programmed: a route may have gone under us.
-        routes.adopt().await;
-        routes.program(&peers).await;
+        let held = routes.held().await;
+        routes.program(held, &peers).await;
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(RECHECK) => {}
@@ -135,8 +135,6 @@ fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4A
 struct Routes {
     node_name: String,
     own: Cidr,
-    /// Each peer range routed, and via where.
-    programmed: BTreeMap<Cidr, Ipv4Addr>,
 }
 
 impl Routes {
@@ -145,17 +143,20 @@ impl Routes {
         !self.own.network.is_loopback()
     }
 
-    /// Reads back the routes the kernel holds of this node's (a previous run's too), found by
-    /// their protocol.
-    async fn adopt(&mut self) {
+    /// The peer routes the kernel holds of this node's (a previous run's too), found by their
+    /// protocol: each range, and via where.
+    async fn held(&self) -> BTreeMap<Cidr, Ipv4Addr> {
         if !self.routed() {
-            return;
+            return BTreeMap::new();
         }
         let proto = ROUTE_PROTOCOL.to_string();
-        match ip(&["-4", "-o", "route", "show", "proto", &proto]).await {
-            Ok(listing) => self.programmed = parse_routes(&listing),
-            Err(e) => tracing::warn!(error = %e, "cannot list the pod network's routes"),
-        }
+        let held = match ip(&["-4", "-o", "route", "show", "proto", &proto]).await {
+            Ok(listing) => parse_routes(&listing),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the pod network's routes");
+                BTreeMap::new()
+            }
+        };
         // A range this node had before (its Node was registered anew with another) is
         // local no longer.
         if let Ok(listing) = ip(&["-4", "-o", "route", "show", "table", "local", "proto", &proto]).await {
@@ -167,10 +168,11 @@ impl Routes {
                 }
             }
         }
+        held
     }
 
-    /// Makes the kernel's routes `peers`' (and the own range local).
-    async fn program(&mut self, peers: &BTreeMap<Cidr, Ipv4Addr>) {
+    /// Makes the kernel's routes, `held`, `peers`' (and the own range local).
+    async fn program(&self, held: BTreeMap<Cidr, Ipv4Addr>, peers: &BTreeMap<Cidr, Ipv4Addr>) {
         if !self.routed() {
             return;
         }
@@ -182,27 +184,20 @@ impl Routes {
             tracing::error!(range = %own, error = %e, "cannot make the pod range local");
         }
         for (range, via) in peers {
-            if self.programmed.get(range) == Some(via) {
+            if held.get(range) == Some(via) {
                 continue;
             }
             let (range_text, via_text) = (range.to_string(), via.to_string());
             match ip(&["-4", "route", "replace", &range_text, "via", &via_text, "proto", &proto]).await {
-                Ok(_) => {
-                    tracing::info!(range = %range, %via, "routing a node's pods");
-                    self.programmed.insert(*range, *via);
-                }
+                Ok(_) => tracing::info!(range = %range, %via, "routing a node's pods"),
                 // Not on this node's link (host-gw's limit), or no CAP_NET_ADMIN.
                 Err(e) => tracing::warn!(range = %range, %via, error = %e, "cannot route a node's pods"),
             }
         }
-        let gone: Vec<Cidr> = self.programmed.keys().filter(|range| !peers.contains_key(range)).copied().collect();
-        for range in gone {
+        for range in held.keys().filter(|range| !peers.contains_key(range)) {
             let text = range.to_string();
             match ip(&["-4", "route", "del", &text, "proto", &proto]).await {
-                Ok(_) => {
-                    tracing::info!(range = %range, "no longer routing a node's pods");
-                    self.programmed.remove(&range);
-                }
+                Ok(_) => tracing::info!(range = %range, "no longer routing a node's pods"),
                 Err(e) => tracing::warn!(range = %range, error = %e, "cannot remove a node's pod route"),
             }
         }
