@@ -101,6 +101,7 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
     let server = Server::start(dir.path(), Ports::free())?;
     import(dir.path(), examples::P1_HTTP, "http:v1")?;
     import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+    import(dir.path(), examples::P2_ESCAPE, "client:v1")?;
     let k = Kubectl::new("1.33", &server)?;
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: http\n        image: http:v1\n        imagePullPolicy: IfNotPresent\n        ports:\n        - name: http\n          containerPort: 8080\n";
     apply(&k, deployment)?;
@@ -182,6 +183,19 @@ fn a_deployment_behind_a_service_answers_curl_at_its_cluster_ip_and_node_port() 
     ensure!(called.contains("hello from web-"), "{called}");
     let missing = answer(&format!("http://{function_ip}:8080/?call={}", name("nothing")))?;
     ensure!(missing.contains("failed") && missing.contains("Dns"), "{missing}");
+    // A component's own sockets: the name looked up through `wasi:sockets`, the connection to
+    // the cluster IP made straight to a pod.
+    let targets = format!("web:80,{}:80,{ip}:80,nothing:80", name("web"));
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  restartPolicy: Never\n  containers:\n  - name: client\n    image: client:v1\n    imagePullPolicy: IfNotPresent\n    env:\n    - {{name: MODE, value: connect}}\n    - {{name: GET, value: /}}\n    - {{name: TARGETS, value: \"{targets}\"}}\n"
+    );
+    apply(&k, &client)?;
+    k.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=60s"])?;
+    let said = k.ok(&["logs", "client"])?;
+    for reached in ["web:80".to_string(), format!("{}:80", name("web")), format!("{ip}:80")] {
+        ensure!(said.contains(&format!("connect {reached}: ok hello from web-")), "{reached}: {said}");
+    }
+    ensure!(said.contains("connect nothing:80: error"), "{said}");
 
     // A node port, on the node's address.
     k.ok(&["expose", "deploy", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;

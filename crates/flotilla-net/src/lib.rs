@@ -8,12 +8,14 @@
 //! [`Guarded`] checks, which carries them out: [`Nftables`] programs the kernel to DNAT, as
 //! kube-proxy's nftables mode; [`Userspace`] listens on each frontend and relays every
 //! connection to one endpoint, which needs no privileges where the service range is loopback
-//! (the default, 127.43.0.0/16). Either serves host processes and wasm guests alike, since both
-//! connect through the host's sockets. The same loop keeps the cluster DNS's names ([`dns`])
+//! (the default, 127.43.0.0/16). Either serves host processes. Wasm guests connect through the
+//! runtime, which looks each address up in [`Frontends`], handed the same routes, and connects
+//! straight to the endpoint it picks: no relay and no kernel rule on their way. The same loop keeps the cluster DNS's names ([`dns`])
 //! current, which the node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`]
 //! routes between nodes' pod ranges.
 
 pub mod dns;
+mod frontends;
 mod guard;
 mod nftables;
 mod pods;
@@ -21,6 +23,7 @@ mod proxy;
 mod routes;
 mod userspace;
 
+pub use frontends::{Frontends, Pick};
 pub use guard::Guarded;
 pub use nftables::{Nftables, TABLE, route_localnet_record};
 pub use pods::{PodNetwork, ROUTE_PROTOCOL};
@@ -65,12 +68,14 @@ pub enum ProxyMode {
     Userspace,
 }
 
-/// The data path `mode` asks for on this node, behind the guard of `allows` (the node's egress
-/// policy). `forwarding`: the node routes a pod network to other nodes.
+/// The data path `mode` asks for on this node, beside `frontends` (which guests connect
+/// through), both behind the guard of `allows` (the node's egress policy). `forwarding`: the
+/// node routes a pod network to other nodes.
 pub fn data_path(
     mode: ProxyMode,
     forwarding: bool,
     allows: impl Fn(std::net::SocketAddr) -> bool + Send + 'static,
+    frontends: Frontends,
 ) -> Result<Box<dyn DataPath>, String> {
     let nftables = || {
         let path = Nftables::new(forwarding)?;
@@ -92,5 +97,5 @@ pub fn data_path(
             userspace()
         }),
     };
-    Ok(Box::new(Guarded::new(allows, path)))
+    Ok(Box::new(Guarded::new(allows, (path, frontends))))
 }

@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_client::ObjectKey;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::frontends::Rotation;
 use crate::{DataPath, Protocol, Route};
 
 /// How long a connection to one endpoint may take before the next is tried.
@@ -25,8 +26,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKLOG: u32 = 1024;
 /// Connections relayed at once; past it, new ones wait in the backlog.
 const MAX_RELAYS: usize = 8192;
-/// Clients whose endpoint is remembered for `sessionAffinity` per frontend, at most.
-const MAX_AFFINITY: usize = 65_536;
 
 /// The userspace data path.
 pub struct Userspace {
@@ -58,7 +57,7 @@ impl Default for Userspace {
 struct Frontend {
     at: SocketAddr,
     listener: Arc<TcpListener>,
-    route: watch::Sender<Route>,
+    rotation: watch::Sender<Arc<Rotation>>,
     accepting: JoinHandle<()>,
 }
 
@@ -82,16 +81,17 @@ impl DataPath for Userspace {
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
                 let frontend = old.swap_remove(i);
-                frontend.route.send_replace(route);
+                let next = frontend.rotation.borrow().followed_by(route);
+                frontend.rotation.send_replace(Arc::new(next));
                 kept.push(frontend);
                 continue;
             }
             match listen(route.frontend) {
                 Ok(listener) => {
                     let (at, listener) = (route.frontend, Arc::new(listener));
-                    let (route, routes) = watch::channel(route);
-                    let accepting = tokio::spawn(accept(listener.clone(), routes, self.relays.clone()));
-                    kept.push(Frontend { at, listener, route, accepting });
+                    let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
+                    let accepting = tokio::spawn(accept(listener.clone(), rotations, self.relays.clone()));
+                    kept.push(Frontend { at, listener, rotation, accepting });
                 }
                 Err(e) => {
                     tracing::warn!(%service, frontend = %route.frontend, error = %e, "cannot listen on a frontend")
@@ -115,8 +115,7 @@ fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until aborted, relaying each connection on a task of its own, as many at once as
 /// `relays` lets.
-async fn accept(listener: Arc<TcpListener>, route: watch::Receiver<Route>, relays: Arc<Semaphore>) {
-    let affinity = Arc::new(Mutex::new(HashMap::new()));
+async fn accept(listener: Arc<TcpListener>, rotation: watch::Receiver<Arc<Rotation>>, relays: Arc<Semaphore>) {
     loop {
         let Ok(permit) = relays.clone().acquire_owned().await else { return };
         let (client, from) = match listener.accept().await {
@@ -128,21 +127,17 @@ async fn accept(listener: Arc<TcpListener>, route: watch::Receiver<Route>, relay
                 continue;
             }
         };
-        let route = route.borrow().clone();
-        let affinity = affinity.clone();
+        let rotation = rotation.borrow().clone();
         tokio::spawn(async move {
-            relay(client, from.ip(), route, affinity).await;
+            relay(client, from.ip(), &rotation).await;
             drop(permit);
         });
     }
 }
 
-/// Which endpoint each client went to last, and when (`sessionAffinity: ClientIP`).
-type Affinity = Arc<Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>>;
-
-async fn relay(mut client: TcpStream, from: IpAddr, route: Route, affinity: Affinity) {
+async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation) {
     let _ = client.set_nodelay(true);
-    let Some(mut endpoint) = connect(&route, from, &affinity).await else {
+    let Some(mut endpoint) = connect(rotation, from).await else {
         // Every endpoint refused: the client sees its connection reset (a zero linger, which
         // cannot block), as a kernel data path would answer with a reject.
         let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
@@ -152,32 +147,13 @@ async fn relay(mut client: TcpStream, from: IpAddr, route: Route, affinity: Affi
     let _ = tokio::io::copy_bidirectional(&mut client, &mut endpoint).await;
 }
 
-/// Connects to an endpoint of `route`: the client's own under affinity, else one at random;
+/// Connects to an endpoint of `rotation`: the client's own under affinity, else one at random;
 /// an endpoint that does not answer is skipped for the next.
-async fn connect(route: &Route, from: IpAddr, affinity: &Affinity) -> Option<TcpStream> {
-    let mut candidates = route.endpoints.clone();
-    fastrand::shuffle(&mut candidates);
-    if let Some(timeout) = route.affinity {
-        let now = Instant::now();
-        let mut clients = affinity.lock().expect("affinity lock");
-        if clients.len() >= MAX_AFFINITY {
-            clients.retain(|_, (_, at)| now.duration_since(*at) < timeout);
-        }
-        if let Some((endpoint, _)) = clients.get(&from).filter(|(_, at)| now.duration_since(*at) < timeout)
-            && let Some(i) = candidates.iter().position(|c| c == endpoint)
-        {
-            candidates.swap(0, i);
-        }
-    }
-    for endpoint in candidates {
+async fn connect(rotation: &Rotation, from: IpAddr) -> Option<TcpStream> {
+    for endpoint in rotation.candidates(from) {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => {
-                if route.affinity.is_some() {
-                    let mut clients = affinity.lock().expect("affinity lock");
-                    if clients.len() < MAX_AFFINITY || clients.contains_key(&from) {
-                        clients.insert(from, (endpoint, Instant::now()));
-                    }
-                }
+                rotation.connected(from, endpoint);
                 return Some(stream);
             }
             Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "endpoint refused"),

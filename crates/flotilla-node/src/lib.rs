@@ -127,6 +127,8 @@ pub(crate) struct Node {
     zone: Arc<flotilla_net::dns::Zone>,
     /// Every node's pod range, and this node's routes to them.
     pod_network: Arc<PodRanges>,
+    /// The Services' frontends, which guests connect through.
+    frontends: Arc<ServiceFrontends>,
 }
 
 /// The pod network as the runtime asks it: which addresses are pods'.
@@ -136,6 +138,19 @@ struct PodRanges(flotilla_net::PodNetwork);
 impl flotilla_wasm::PodNetwork for PodRanges {
     fn contains(&self, ip: std::net::IpAddr) -> bool {
         self.0.contains(ip)
+    }
+}
+
+/// The Services' frontends as the runtime asks them, for TCP connections.
+#[derive(Debug, Default)]
+struct ServiceFrontends(flotilla_net::Frontends);
+
+impl flotilla_wasm::Frontends for ServiceFrontends {
+    fn pick(&self, to: std::net::SocketAddr, client: std::net::IpAddr) -> Option<flotilla_wasm::Pick> {
+        Some(match self.0.pick(flotilla_net::Protocol::Tcp, to, client)? {
+            flotilla_net::Pick::Endpoint(endpoint) => flotilla_wasm::Pick::Endpoint(endpoint),
+            flotilla_net::Pick::Refused => flotilla_wasm::Pick::Refused,
+        })
     }
 }
 
@@ -192,6 +207,7 @@ impl Agent {
             egress: Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone())),
             zone: Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN)),
             pod_network: Arc::new(PodRanges(pod_network)),
+            frontends: Arc::default(),
             config,
         });
         let registered = node::register(&node).await?;
@@ -208,7 +224,8 @@ impl Agent {
                 // Guests reach Services through it: it goes nowhere they may not.
                 let egress = node.egress.clone();
                 let forwarding = !node.config.pod_cidr.network.is_loopback();
-                flotilla_net::data_path(node.config.proxy_mode, forwarding, move |endpoint| egress.allows(endpoint))
+                let allows = move |endpoint| egress.allows(endpoint);
+                flotilla_net::data_path(node.config.proxy_mode, forwarding, allows, node.frontends.0.clone())
                     .map_err(Error::DataPath)?
             },
         );

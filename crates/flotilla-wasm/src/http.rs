@@ -25,10 +25,10 @@ use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::egress::Egress;
+use crate::cluster::GuestNetwork;
 use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
 use crate::output::Stream;
-use crate::run::{ContainerSpec, Exit, configure, grant_network};
+use crate::run::{ContainerSpec, Exit, Network, Pick, configure, grant_network};
 
 pub(crate) struct ProxyGuest {
     wasi: WasiCtx,
@@ -41,16 +41,14 @@ pub(crate) struct ProxyGuest {
 
 /// The component's outgoing requests (`wasi:http/outgoing-handler`): wasmtime-wasi-http's own
 /// client, once every address the request's host resolves to passes the pod's egress policy.
-/// A name the node answers itself (a Service's) is resolved here and the request sent to that
-/// address, its `Host` header unchanged. (Otherwise the client resolves the name again when it
-/// connects; a name whose answer changes between the two lookups is a gap the socket layer's
-/// check, which sees the connected address, does not have.) A plain HTTP request to a pod
-/// leaves from the pod's own address ([`send_from`]).
+/// A name the node answers itself (a Service's) is resolved here, a Service's frontend is
+/// resolved to the endpoint the node picks, and the request is sent to that address, its `Host`
+/// header unchanged. (Otherwise the client resolves the name again when it connects; a name
+/// whose answer changes between the two lookups is a gap the socket layer's check, which sees
+/// the connected address, does not have.) A plain HTTP request to a pod leaves from the pod's
+/// own address ([`send_from`]).
 struct OutgoingHooks {
-    egress: Arc<Egress>,
-    names: Option<Arc<dyn crate::run::Names>>,
-    pod_ip: Option<IpAddr>,
-    pod_network: Option<Arc<dyn crate::run::PodNetwork>>,
+    network: Option<Network>,
 }
 
 type Sent = (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>);
@@ -63,31 +61,21 @@ impl WasiHttpHooks for OutgoingHooks {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = Result<Sent, HttpError>> + Send> {
         drop(fut);
-        let egress = self.egress.clone();
-        let names = self.names.clone();
-        let pod_ip = self.pod_ip;
-        let pod_network = self.pod_network.clone();
+        let network = self.network.clone();
         Box::new(async move {
             let mut request = request;
             let uri = request.uri();
             let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let egress = network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
             let nxdomain = || HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None };
-            let destination = match names.as_ref().and_then(|n| n.resolve(&host)) {
-                // A name the node knows: sent to its address, chosen here.
+            let (destination, chosen) = match network.as_ref().and_then(|n| n.names.as_ref()?.resolve(&host)) {
+                // A name the node knows: one of its addresses, as a resolver's answer would be
+                // taken (a headless Service's pods are spread over).
                 Some(addresses) => {
-                    // One of them, as a resolver's answer would be taken (a headless Service's
-                    // pods are spread over).
                     let ip = *addresses.get(fastrand::usize(..addresses.len().max(1))).ok_or_else(nxdomain)?;
-                    let address = SocketAddr::new(ip, port);
-                    if !egress.allows(address) {
-                        return Err(HttpError::DestinationIpProhibited);
-                    }
-                    let mut parts = request.uri().clone().into_parts();
-                    parts.authority = Some(address.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
-                    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
-                    address
+                    (SocketAddr::new(ip, port), true)
                 }
                 None => {
                     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -97,12 +85,25 @@ impl WasiHttpHooks for OutgoingHooks {
                     if addresses.iter().any(|address| !egress.allows(*address)) {
                         return Err(HttpError::DestinationIpProhibited);
                     }
-                    *addresses.first().ok_or_else(nxdomain)?
+                    (*addresses.first().ok_or_else(nxdomain)?, false)
                 }
             };
-            let to_a_pod = pod_network.is_some_and(|pods| pods.contains(destination.ip()));
-            match pod_ip {
-                Some(source) if to_a_pod && !https => send_from(source, destination, request, options).await,
+            let (destination, chosen) = match network.as_ref().and_then(|n| crate::cluster::frontend(n, destination)) {
+                None => (destination, chosen),
+                Some(Pick::Endpoint(endpoint)) => (endpoint, true),
+                Some(Pick::Refused) => return Err(HttpError::ConnectionRefused),
+            };
+            if !egress.allows(destination) {
+                return Err(HttpError::DestinationIpProhibited);
+            }
+            if chosen {
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = Some(destination.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
+                *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            }
+            let pod = network.as_ref().filter(|n| n.pod_network.as_ref().is_some_and(|p| p.contains(destination.ip())));
+            match pod {
+                Some(network) if !https => send_from(network.pod_ip, destination, request, options).await,
                 _ => {
                     let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
                     Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
@@ -167,6 +168,12 @@ async fn send_from(
 impl WasiView for ProxyGuest {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl GuestNetwork for ProxyGuest {
+    fn network(&self) -> Option<&Network> {
+        self.hooks.network.as_ref()
     }
 }
 
@@ -313,14 +320,10 @@ async fn handle(
         return failed(message);
     }
     grant_network(&mut wasi, spec.network.as_ref());
-    let egress = spec.network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
-    let names = spec.network.as_ref().and_then(|n| n.names.clone());
-    let pod_ip = spec.network.as_ref().map(|n| n.pod_ip);
-    let pod_network = spec.network.as_ref().and_then(|n| n.pod_network.clone());
     let guest = ProxyGuest {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: OutgoingHooks { egress, names, pod_ip, pod_network },
+        hooks: OutgoingHooks { network: spec.network.clone() },
         table: ResourceTable::new(),
         memory: MemoryLimit::sharing(pool),
         cpu: CpuLimit::new(spec.cpu_limit),

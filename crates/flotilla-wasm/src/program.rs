@@ -99,8 +99,10 @@ impl Programs {
         crate::sockets::add_to_linker(&mut core_linker)?;
         let mut component_linker = ComponentLinker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        crate::cluster::add_to_linker(&mut component_linker)?;
         let mut proxy_linker = ComponentLinker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut proxy_linker)?;
+        crate::cluster::add_to_linker(&mut proxy_linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut proxy_linker)?;
         Ok(Programs {
             cache_dir,

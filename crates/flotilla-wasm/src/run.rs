@@ -2,7 +2,7 @@
 //! `wasi:cli/run`, and how it ended.
 
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::cluster::GuestNetwork;
 use crate::egress::Egress;
 use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
 use crate::output::{OutputPipe, OutputSink, Stream};
@@ -58,6 +59,28 @@ pub struct Network {
     /// Which addresses are pods'. `None`: none is known, and every connection leaves from the
     /// node's address.
     pub pod_network: Option<Arc<dyn PodNetwork>>,
+    /// The Services' frontends the node resolves at `connect`. `None`: a connection goes where
+    /// it was asked to (through whatever data path the host has).
+    pub frontends: Option<Arc<dyn Frontends>>,
+}
+
+/// The frontends of Services (a cluster IP and port, a node port): a guest's TCP connection to
+/// one goes straight to an endpoint picked here, as the host's socket layer makes it, with no
+/// relay and no kernel rule between. Only TCP: a UDP reply must come from the address the guest
+/// sent to, which the kernel's translation gives and a connected socket would not.
+pub trait Frontends: Send + Sync + std::fmt::Debug {
+    /// Where a connection from `client` (the pod's address) to `to` goes: `None` when `to` is
+    /// no frontend, and the connection goes where it was asked to.
+    fn pick(&self, to: SocketAddr, client: IpAddr) -> Option<Pick>;
+}
+
+/// Where a connection to a frontend goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// To this endpoint.
+    Endpoint(SocketAddr),
+    /// Nowhere: the Service has no endpoint in rotation, and the connection is refused.
+    Refused,
 }
 
 /// Names a node resolves for its guests from what it knows (a Service's name, with the pod's
@@ -138,6 +161,7 @@ pub(crate) struct CoreGuest {
 pub(crate) struct ComponentGuest {
     wasi: WasiCtx,
     table: ResourceTable,
+    network: Option<Network>,
     memory: MemoryLimit,
     cpu: CpuLimit,
 }
@@ -145,6 +169,12 @@ pub(crate) struct ComponentGuest {
 impl WasiView for ComponentGuest {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl GuestNetwork for ComponentGuest {
+    fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
     }
 }
 
@@ -192,7 +222,8 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec,
                 return Exit::Failed { message };
             }
             grant_network(&mut wasi, spec.network.as_ref());
-            let guest = ComponentGuest { wasi: wasi.build(), table: ResourceTable::new(), memory, cpu };
+            let network = spec.network.clone();
+            let guest = ComponentGuest { wasi: wasi.build(), table: ResourceTable::new(), network, memory, cpu };
             let mut store = Store::new(engine, guest);
             store.limiter(|guest| &mut guest.memory);
             store.set_epoch_deadline(1);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_examples as examples;
 use flotilla_wasm::{
-    ContainerSpec, Exit, LoadError, Network, OutputSink, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream,
+    ContainerSpec, Exit, LoadError, Network, OutputSink, Pick, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream,
 };
 
 /// Output kept in memory, per stream.
@@ -245,6 +245,7 @@ async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
             egress: Default::default(),
             names: None,
             pod_network: None,
+            frontends: None,
         });
         let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
         let running = {
@@ -275,6 +276,7 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
         egress: Default::default(),
         names: None,
         pod_network: None,
+        frontends: None,
     });
     assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
     assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
@@ -300,6 +302,7 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
         egress: Default::default(),
         names: None,
         pod_network: None,
+        frontends: None,
     });
     let serving = {
         let runtime = runtime.clone();
@@ -342,12 +345,93 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
         egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])),
         names: None,
         pod_network: None,
+        frontends: None,
     });
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
     assert!(out.contains(&format!("connect {protected}: error")), "{out}");
     assert!(out.contains(&format!("connect 0.0.0.0:{}: error", protected.port())), "{out}");
     assert!(out.contains(&format!("connect {open_addr}: ok")), "{out}");
+}
+
+/// The cluster as the node knows it: a few names and Service frontends.
+#[derive(Debug)]
+struct Cluster {
+    names: std::collections::HashMap<&'static str, Vec<std::net::IpAddr>>,
+    frontends: std::collections::HashMap<std::net::SocketAddr, Pick>,
+}
+
+impl flotilla_wasm::Names for Cluster {
+    fn resolve(&self, name: &str) -> Option<Vec<std::net::IpAddr>> {
+        self.names.get(name).cloned()
+    }
+}
+
+impl flotilla_wasm::Frontends for Cluster {
+    fn pick(&self, to: std::net::SocketAddr, _client: std::net::IpAddr) -> Option<Pick> {
+        self.frontends.get(&to).copied()
+    }
+}
+
+#[tokio::test]
+async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    // The one endpoint: nothing listens on the frontends themselves, so an answer proves the
+    // connection went straight to it.
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint_addr = endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in endpoint.incoming().flatten() {
+            // The whole request, so that closing does not reset the connection under the answer.
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the endpoint\n");
+        }
+    });
+    let protected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let protected_addr = protected.local_addr().unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let cluster = Arc::new(Cluster {
+        names: [("web", vec![ip("127.43.0.9")]), ("empty", vec![ip("127.43.0.10")]), ("gone", vec![])].into(),
+        frontends: [
+            (at("127.43.0.9:80"), Pick::Endpoint(endpoint_addr)),
+            (at("127.43.0.10:80"), Pick::Refused),
+            // What a Service could not get past the node's guard, but the runtime checks anyway.
+            (at("127.43.0.11:80"), Pick::Endpoint(protected_addr)),
+        ]
+        .into(),
+    });
+    let output = Arc::new(Captured::default());
+    let mut spec = spec("escape", &output);
+    let targets = "web:80,127.43.0.9:80,empty:80,gone:80,127.43.0.11:80";
+    spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets.into()), ("GET".into(), "/".into())];
+    spec.network = Some(Network {
+        pod_ip: "127.0.0.1".parse().unwrap(),
+        ports: Vec::new(),
+        egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected_addr])),
+        names: Some(cluster.clone()),
+        pod_network: None,
+        frontends: Some(cluster),
+    });
+    assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
+    let out = output.stdout();
+    for reached in ["web:80", "127.43.0.9:80"] {
+        assert!(out.contains(&format!("connect {reached}: ok from the endpoint")), "{reached}: {out}");
+    }
+    let refused = out.lines().find(|l| l.starts_with("connect empty:80")).unwrap_or_default();
+    assert!(refused.contains("error") && refused.contains("refused"), "{out}");
+    assert!(out.contains("connect gone:80: error"), "{out}");
+    assert!(out.contains("connect 127.43.0.11:80: error"), "{out}");
+    drop(protected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +448,7 @@ async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits()
         egress: Default::default(),
         names: None,
         pod_network: None,
+        frontends: None,
     });
     served.http_concurrency = Some(2);
     served.memory = flotilla_wasm::MemoryPool::new(Some(48 << 20));

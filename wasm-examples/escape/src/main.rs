@@ -5,7 +5,9 @@
 //! - `MODE=plant`: in `$DIR`, creates each link of `LINKS` (`name=target,...`), a regular file
 //!   `file`, a directory `real`, and hard-links each pair of `HARD_LINKS` (`from=to,...`).
 //! - `MODE=probe`: reads each path of `PATHS` (comma-separated) and writes `owned` over it.
-//! - `MODE=connect`: opens a TCP connection to each address of `TARGETS` (comma-separated).
+//! - `MODE=connect`: opens a TCP connection to each address of `TARGETS` (comma-separated,
+//!   `host:port`, a name looked up as the guest's resolver answers it); with `GET=PATH`, asks
+//!   each for `PATH` over HTTP/1.0 and prints the answer's last line.
 //! - `MODE=swap`: renames `$DIR/dir` and a link `$DIR/link` (to `LINK_TARGET`) in and out of
 //!   each other's place without end, to race whoever resolves `$DIR/dir`.
 //!
@@ -34,6 +36,16 @@ fn symlink(target: &str, link: &Path) -> std::io::Result<()> {
     std::fs::soft_link(target, link)
 }
 
+/// With a path, the last line of the answer to `GET path` on `stream`.
+fn ask(mut stream: std::net::TcpStream, path: Option<&str>) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let Some(path) = path else { return Ok(String::new()) };
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: escape\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.trim_end().lines().last().unwrap_or_default().to_string())
+}
+
 fn main() {
     let dir = std::env::var("DIR").unwrap_or_else(|_| "/scratch".into());
     let dir = Path::new(&dir);
@@ -58,8 +70,10 @@ fn main() {
         }
         Ok("connect") => {
             let targets = std::env::var("TARGETS").unwrap_or_default();
+            let get = std::env::var("GET").ok();
             for target in targets.split(',').filter(|t| !t.is_empty()) {
-                report("connect", target, std::net::TcpStream::connect(target).map(|_| String::new()));
+                let connected = std::net::TcpStream::connect(target);
+                report("connect", target, connected.and_then(|stream| ask(stream, get.as_deref())));
             }
         }
         Ok("swap") => {

@@ -518,6 +518,7 @@ impl Worker {
                     namespace: self.namespace().to_string(),
                 })),
                 pod_network: Some(self.node.pod_network.clone()),
+                frontends: Some(self.node.frontends.clone()),
             }),
             http_concurrency: http_concurrency(&self.pod)?,
             output,
