@@ -8,6 +8,9 @@
 //! 1. HTTP to a Deployment of `wasm-examples/http` through its cluster IP, beside the same load
 //!    straight to a pod's IP (`wrk`; the module closes each connection, so every request is a
 //!    connection set up through the relay): requests/s and p99, and their ratio.
+//!    The same from a wasm client: `wrk` asks a `wasm-examples/handler` pod to call the
+//!    Service (`?call=<cluster IP>`, which the runtime connects straight to a pod), beside it
+//!    calling the pod's IP.
 //! 2. One request on a new connection, one at a time: p50 through the Service and direct.
 //! 3. A pod of a Service, from Ready (as a client sees it) to taking connections at the cluster
 //!    IP: p50 and p99 over `--propagations` pods.
@@ -126,7 +129,7 @@ async fn measure(args: &Args, mode: &str, report: &mut Report) -> Result<()> {
         pod_cidr: POD_CIDR,
         service_cidr: Some(SERVICE_CIDR),
         max_pods: None,
-        images: &[(flotilla_examples::P1_HTTP, "http:bench")],
+        images: &[(flotilla_examples::P1_HTTP, "http:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")],
         proxy_mode: Some(mode),
     })?;
     let mut connection = cluster.api.connect().await?;
@@ -145,6 +148,17 @@ async fn measure(args: &Args, mode: &str, report: &mut Report) -> Result<()> {
         (Ok((service_rps, service_p99)), Ok((direct_rps, direct_p99))) => {
             report.add(row("HTTP, wrk 32 connections: requests/s".into()), "requests/s", service_rps, Some(direct_rps));
             report.add(row("HTTP, wrk 32 connections: p99".into()), "ms", service_p99, Some(direct_p99));
+        }
+        (service, direct) => eprintln!("wrk: {service:?} {direct:?} (scripts/bench installs it)"),
+    }
+    let client = handler(&mut connection).await?;
+    let direct = wrk(&format!("http://{client}:8080/?call={pod_ip}:8080"), args.seconds, 32);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match (wrk(&format!("http://{client}:8080/?call={cluster_ip}"), args.seconds, 32), direct) {
+        (Ok((service_rps, service_p99)), Ok((direct_rps, direct_p99))) => {
+            let name = "HTTP from a wasm client, wrk 32 connections";
+            report.add(row(format!("{name}: requests/s")), "requests/s", service_rps, Some(direct_rps));
+            report.add(row(format!("{name}: p99")), "ms", service_p99, Some(direct_p99));
         }
         (service, direct) => eprintln!("wrk: {service:?} {direct:?} (scripts/bench installs it)"),
     }
@@ -271,6 +285,25 @@ async fn web(connection: &mut Connection) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let pod_ip: Ipv4Addr = pods["items"][0]["status"]["podIP"].as_str().context("a pod IP")?.parse()?;
     accepting(&[cluster_ip], Duration::from_secs(30)).await?;
     Ok((cluster_ip, pod_ip))
+}
+
+/// A `wasi:http` pod running `handler`, ready: its IP.
+async fn handler(connection: &mut Connection) -> Result<Ipv4Addr> {
+    let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "handler", "image": "handler:bench", "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}});
+    connection.create(&pods, &pod).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pod: Value = serde_json::from_slice(&connection.get(&format!("{pods}/client")).await?)?;
+        let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        if conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+            return Ok(pod["status"]["podIP"].as_str().context("a pod IP")?.parse()?);
+        }
+        ensure!(Instant::now() < deadline, "the client pod never became Ready: {}", pod["status"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sequential requests, each on a new connection: the p50 in ms.

@@ -128,6 +128,10 @@ pub fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, 
         .context("run wrk")?;
     anyhow::ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
+    // Failed answers are no throughput.
+    if let Some(failed) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+        anyhow::bail!("{url}: {}", failed.trim());
+    }
     let per_second = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))

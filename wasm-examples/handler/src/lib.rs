@@ -5,7 +5,7 @@
 //! harder first: `sleep_ms=N` waits N ms, `alloc_mb=N` takes N MiB and touches them; or call
 //! another: `call=HOST` sends `GET http://HOST/` (`call=HOST/PATH`: `GET http://HOST/PATH`)
 //! through `wasi:http/outgoing-handler` and answers with what came back (`called HOST: <body>`,
-//! or why it failed).
+//! or why it failed, with 502).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -31,17 +31,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
         let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "wasm".into());
         println!("handling {path}");
         let called = path.split_once('?').and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("call=")));
-        let text = match called {
+        let (status, text) = match called {
             Some(host) => match get(host) {
-                Ok(body) => format!("called {host}: {body}"),
-                Err(why) => format!("calling {host} failed: {why}\n"),
+                Ok(body) => (200, format!("called {host}: {body}")),
+                // What a proxy answers when the server behind it fails it.
+                Err(why) => (502, format!("calling {host} failed: {why}\n")),
             },
-            None => format!("hello from {hostname} at {path} (request {n} of this instance)\n"),
+            None => (200, format!("hello from {hostname} at {path} (request {n} of this instance)\n")),
         };
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
         let response = OutgoingResponse::new(headers);
-        let _ = response.set_status_code(200);
+        let _ = response.set_status_code(status);
         let body = response.body().expect("a new response has a body");
         ResponseOutparam::set(out, Ok(response));
         let stream = body.write().expect("a new body has a stream");
