@@ -7,8 +7,16 @@
 //! spreads over pods on all three hosts from every host, and from a guest by name; its node port
 //! answers on every host; the cluster DNS answers on each; a Service with no endpoint refuses;
 //! a connection through a cluster IP outlives the restart of its host's agent; and a host whose
-//! agent restarts keeps its routes and is back in rotation. Needs root (`ip netns`, `nft`); runs
-//! when `FLOTILLA_E2E_NETNS=1`, which `scripts/test` sets.
+//! agent restarts keeps its routes and is back in rotation.
+//!
+//! A second cluster of two hosts keeps its pods on loopback ranges (127.44.i.0/24, what an
+//! unprivileged node uses) with the userspace data path: no route can carry them, and the
+//! agents tunnel to each other's pods instead; pods reach each other by IP with the caller's
+//! own address, a Service spreads over both hosts from each, a guest's own socket reaches a pod
+//! on the other host, and a node API refuses tunnels to anyone but a node, and to anything but
+//! its own pods from the caller's.
+//!
+//! Needs root (`ip netns`, `nft`); runs when `FLOTILLA_E2E_NETNS=1`, which `scripts/test` sets.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,7 +30,7 @@ use crate::harness::{Server, flotilla_bin};
 use crate::kubectl::Kubectl;
 use crate::nodes::Agent;
 use crate::pods::{apply, import};
-use crate::services::{answer_in, curl_in, dig_in, spread_over_in};
+use crate::services::{answer_in, command_in, curl_in, dig_in, spread_over_in};
 
 /// Runs `ip` with `args`; fails with its complaint.
 fn ip(args: &[&str]) -> Result<()> {
@@ -35,12 +43,24 @@ fn ip(args: &[&str]) -> Result<()> {
 struct Hosts {
     prefix: String,
     count: usize,
+    pods: PodNetwork,
+}
+
+/// How the hosts' pods reach each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PodNetwork {
+    /// Ranges of 10.244.0.0/16, routed; Services through nftables.
+    Routed,
+    /// Ranges of 127.44.0.0/16, tunneled; Services through the userspace relay.
+    Tunneled,
 }
 
 impl Hosts {
-    fn create(count: usize) -> Result<Hosts> {
-        // Made first, so that whatever part of the setup was made is deleted.
-        let hosts = Hosts { prefix: format!("fl{}", std::process::id()), count };
+    fn create(count: usize, pods: PodNetwork) -> Result<Hosts> {
+        // Made first, so that whatever part of the setup was made is deleted. Named apart per
+        // test: the tests of one run share the process.
+        let kind = if pods == PodNetwork::Routed { "r" } else { "t" };
+        let hosts = Hosts { prefix: format!("fl{}{kind}", std::process::id()), count, pods };
         let switch = hosts.switch();
         ip(&["netns", "add", &switch])?;
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
@@ -70,8 +90,11 @@ impl Hosts {
         format!("10.77.0.{i}")
     }
 
-    fn pod_range(i: usize) -> String {
-        format!("10.244.{i}.0/24")
+    fn pod_range(&self, i: usize) -> String {
+        match self.pods {
+            PodNetwork::Routed => format!("10.244.{i}.0/24"),
+            PodNetwork::Tunneled => format!("127.44.{i}.0/24"),
+        }
     }
 
     /// `flotilla` with `args` on host `i`.
@@ -81,9 +104,11 @@ impl Hosts {
         command
     }
 
-    /// The node options of host `i`: its name, address and pod range.
-    fn node_args(i: usize) -> Vec<String> {
+    /// The node options of host `i`: its name, address, pod range and data path (the kernel's
+    /// where pods are routed: each host is a network namespace of its own).
+    fn node_args(&self, i: usize) -> Vec<String> {
         let address = Hosts::address(i);
+        let proxy_mode = if self.pods == PodNetwork::Routed { "nftables" } else { "userspace" };
         [
             "--node-name".into(),
             format!("host-{i}"),
@@ -92,12 +117,27 @@ impl Hosts {
             "--node-listen".into(),
             format!("{address}:10250"),
             "--pod-cidr".into(),
-            Hosts::pod_range(i),
-            // The kernel data path: each host is a network namespace of its own.
+            self.pod_range(i),
             "--proxy-mode".into(),
-            "nftables".into(),
+            proxy_mode.into(),
         ]
         .into()
+    }
+
+    /// Starts `flotilla server` and its node on host 1, keeping its state in `dir` (which gets
+    /// the test's images): it and its join token.
+    fn server(&self, dir: &tempfile::TempDir) -> Result<(Server, String)> {
+        import(dir.path(), examples::P2_HTTP, "http:v2")?;
+        import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+        let api = format!("{}:6443", Hosts::address(1));
+        let mut args: Vec<String> =
+            ["server", "--listen", &api, "--peer-listen", "127.0.0.1:2380", "--data-dir"].map(String::from).into();
+        args.push(dir.path().to_str().context("a UTF-8 path")?.into());
+        args.extend(self.node_args(1));
+        let command = self.flotilla(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let server = Server::spawn(command, &api, "127.0.0.1:2380")?;
+        let token = std::fs::read_to_string(dir.path().join("node-token"))?.trim().to_string();
+        Ok((server, token))
     }
 
     /// Starts `flotilla agent` on host `i`, joining the server on host 1.
@@ -106,7 +146,7 @@ impl Hosts {
         let mut args: Vec<String> =
             ["agent", "--server", &server, "--token", token, "--data-dir"].map(String::from).into();
         args.push(data_dir.to_str().context("a UTF-8 path")?.into());
-        args.extend(Hosts::node_args(i));
+        args.extend(self.node_args(i));
         Agent::spawn(self.flotilla(i, &args.iter().map(String::as_str).collect::<Vec<_>>()))
     }
 
@@ -231,20 +271,13 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
         eprintln!("skipped: set FLOTILLA_E2E_NETNS=1 (as root) to run hosts in network namespaces (scripts/test does)");
         return Ok(());
     }
-    let hosts = Hosts::create(3)?;
+    let hosts = Hosts::create(3, PodNetwork::Routed)?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-    for dir in &dirs {
+    let (server, token) = hosts.server(&dirs[0])?;
+    for dir in &dirs[1..] {
         import(dir.path(), examples::P2_HTTP, "http:v2")?;
         import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
     }
-    let api = format!("{}:6443", Hosts::address(1));
-    let mut args: Vec<String> =
-        ["server", "--listen", &api, "--peer-listen", "127.0.0.1:2380", "--data-dir"].map(String::from).into();
-    args.push(dirs[0].path().to_str().context("a UTF-8 path")?.into());
-    args.extend(Hosts::node_args(1));
-    let server =
-        Server::spawn(hosts.flotilla(1, &args.iter().map(String::as_str).collect::<Vec<_>>()), &api, "127.0.0.1:2380")?;
-    let token = std::fs::read_to_string(dirs[0].path().join("node-token"))?.trim().to_string();
     let mut agent2 = hosts.agent(2, &token, dirs[1].path())?;
     let mut agent3 = hosts.agent(3, &token, dirs[2].path())?;
     let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
@@ -258,7 +291,7 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     // Each host routes the others' pod ranges via their addresses.
     for i in 1..=3 {
         let want: BTreeSet<String> =
-            (1..=3).filter(|j| *j != i).map(|j| format!("{} via {}", Hosts::pod_range(j), Hosts::address(j))).collect();
+            (1..=3).filter(|j| *j != i).map(|j| format!("{} via {}", hosts.pod_range(j), Hosts::address(j))).collect();
         eventually(&format!("host {i}'s routes"), || hosts.pod_routes(i), |routes| *routes == want)?;
     }
 
@@ -393,5 +426,107 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     ensure!(seen == all, "after the restart: {seen:?}");
     ensure!(hosts.pod_routes(3)? == routes, "the restarted agent keeps its routes");
     drop((agent2, agent3));
+    Ok(())
+}
+
+#[test]
+fn pods_on_hosts_without_routes_reach_each_other_through_tunnels() -> Result<()> {
+    if std::env::var_os("FLOTILLA_E2E_NETNS").is_none() {
+        eprintln!("skipped: set FLOTILLA_E2E_NETNS=1 (as root) to run hosts in network namespaces (scripts/test does)");
+        return Ok(());
+    }
+    let hosts = Hosts::create(2, PodNetwork::Tunneled)?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    import(dirs[0].path(), examples::P2_ESCAPE, "client:v1")?;
+    let (server, token) = hosts.server(&dirs[0])?;
+    import(dirs[1].path(), examples::P2_HTTP, "http:v2")?;
+    let agent2 = hosts.agent(2, &token, dirs[1].path())?;
+    let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
+    eventually(
+        "nodes",
+        || k.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
+        |names| names == "host-1 host-2",
+    )?;
+    k.ok(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=60s"])?;
+    for i in 1..=2 {
+        apply(&k, &pod(&format!("web-{i}"), i, "http:v2", "web"))?;
+    }
+    apply(&k, &pod("caller", 1, "handler:v1", "caller"))?;
+    k.ok(&["wait", "--for=condition=Ready", "pod", "--all", "--timeout=60s"])?;
+    for i in 1..=2 {
+        ensure!(hosts.pod_routes(i)?.is_empty(), "loopback ranges are not routed");
+    }
+    let pod_ip = |name: &str| k.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"]);
+    let (caller, web1, web2) = (pod_ip("caller")?, pod_ip("web-1")?, pod_ip("web-2")?);
+    ensure!(caller.starts_with("127.44.1.") && web2.starts_with("127.44.2."), "{caller} {web2}");
+    let (h1, h2) = (hosts.name(1), hosts.name(2));
+
+    // Pod to pod across hosts through the tunnel, and the callee sees the caller's own address.
+    let called = answer_in(Some(&h1), &format!("http://{caller}:8080/?call={web2}:8080/peer"))?;
+    ensure!(called.starts_with(&format!("called {web2}:8080/peer: {caller}:")), "{called}");
+
+    // A Service over both hosts' pods spreads from each, through the relay and the tunnels.
+    k.ok(&["expose", "pod", "web-1", "--name=web", "--selector=app=web", "--port=80", "--target-port=http"])?;
+    let cluster_ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let both: BTreeSet<String> = ["web-1".into(), "web-2".into()].into();
+    for host in [&h1, &h2] {
+        let seen = spread_over_in(Some(host), &format!("http://{cluster_ip}/"), 2)?;
+        ensure!(seen == both, "from {host}: {seen:?}");
+    }
+
+    // A guest's own socket, to a pod on the other host by IP and to the Service by name.
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  nodeName: host-1\n  restartPolicy: Never\n  containers:\n  - name: client\n    image: client:v1\n    imagePullPolicy: IfNotPresent\n    env:\n    - {{name: MODE, value: connect}}\n    - {{name: GET, value: /}}\n    - {{name: TARGETS, value: \"{web2}:8080,web:80\"}}\n"
+    );
+    apply(&k, &client)?;
+    k.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=60s"])?;
+    let said = k.ok(&["logs", "client"])?;
+    ensure!(said.contains(&format!("connect {web2}:8080: ok hello from web-2 at /")), "{said}");
+    ensure!(said.contains("connect web:80: ok hello from web-"), "{said}");
+
+    // The node API tunnels for nodes only, to its own pods only, from the caller's only.
+    let tunnel = |credentials: &[&str], path: &str| -> Result<String> {
+        let url = format!("https://{}:10250{path}", Hosts::address(1));
+        let out = command_in(Some(&h2), "curl")
+            .args(["-sk", "--http1.1", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(credentials)
+            .arg(&url)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let pki = dirs[1].path().join("pki");
+    let (cert, key) = (pki.join("node.crt"), pki.join("node.key"));
+    let node = ["--cert", cert.to_str().context("a UTF-8 path")?, "--key", key.to_str().context("a UTF-8 path")?];
+    let upgrade = ["-H", "Connection: Upgrade", "-H", "Upgrade: flotilla-tunnel"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { node.iter().copied().chain(extra.iter().copied()).collect() };
+    ensure!(tunnel(&upgrade, &format!("/tunnel/{web1}:8080"))? == "401", "anonymous");
+    // The admin, and a node the cluster's CA vouches for but that is no peer of host 1.
+    let server_pki = dirs[0].path().join("pki");
+    let (admin_cert, admin_key) = (server_pki.join("admin.crt"), server_pki.join("admin.key"));
+    let admin =
+        ["--cert", admin_cert.to_str().context("a UTF-8 path")?, "--key", admin_key.to_str().context("a UTF-8 path")?];
+    let admin: Vec<&str> = admin.iter().copied().chain(upgrade).collect();
+    ensure!(tunnel(&admin, &format!("/tunnel/{web1}:8080"))? == "403", "the admin");
+    let stranger = flotilla_auth::pki::Authority::load_or_create(&server_pki, "ca", "flotilla-ca")?
+        .issue_key(&flotilla_auth::pki::Profile::node("host-9"))?;
+    let stranger_dir = tempfile::tempdir()?;
+    let (stranger_cert, stranger_key) = (stranger_dir.path().join("n.crt"), stranger_dir.path().join("n.key"));
+    std::fs::write(&stranger_cert, &stranger.cert_pem)?;
+    std::fs::write(&stranger_key, &stranger.key_pem)?;
+    let stranger = [
+        "--cert",
+        stranger_cert.to_str().context("a UTF-8 path")?,
+        "--key",
+        stranger_key.to_str().context("a UTF-8 path")?,
+    ];
+    let stranger: Vec<&str> = stranger.iter().copied().chain(upgrade).collect();
+    ensure!(tunnel(&stranger, &format!("/tunnel/{web1}:8080"))? == "403", "a node that is no peer");
+    ensure!(tunnel(&with(&upgrade), "/tunnel/127.0.0.1:2380")? == "403", "the store's peer port");
+    ensure!(tunnel(&with(&upgrade), &format!("/tunnel/{web2}:8080"))? == "403", "another node's pod");
+    ensure!(tunnel(&with(&upgrade), &format!("/tunnel/{web1}:8080?from=127.0.0.1"))? == "403", "a spoofed source");
+    ensure!(tunnel(&with(&[]), &format!("/tunnel/{web1}:8080"))? == "400", "not an upgrade");
+    let made = tunnel(&with(&upgrade), &format!("/tunnel/{web1}:8080"))?;
+    ensure!(made == "101", "a node to a pod: {made}");
+    drop(agent2);
     Ok(())
 }

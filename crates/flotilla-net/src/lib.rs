@@ -21,6 +21,7 @@ mod nftables;
 mod pods;
 mod proxy;
 mod routes;
+pub mod tunnel;
 mod userspace;
 
 pub use frontends::{Frontends, Pick};
@@ -68,15 +69,17 @@ pub enum ProxyMode {
     Userspace,
 }
 
-/// The data path `mode` asks for on this node, beside `frontends` (which guests connect
-/// through), both behind the guard of `allows` (the node's egress policy). `forwarding`: the
-/// node routes a pod network to other nodes.
+/// The data path `mode` asks for on this node, whose pods are on `pods`, beside `frontends`
+/// (which guests connect through), both behind the guard of `allows` (the node's egress
+/// policy).
 pub fn data_path(
     mode: ProxyMode,
-    forwarding: bool,
+    pods: std::sync::Arc<PodNetwork>,
     allows: impl Fn(std::net::SocketAddr) -> bool + Send + 'static,
     frontends: Frontends,
 ) -> Result<Box<dyn DataPath>, String> {
+    // The node routes a pod network to other nodes.
+    let forwarding = pods.routed();
     let nftables = || {
         let path = Nftables::new(forwarding)?;
         tracing::info!(table = TABLE, "traffic to Services goes through nftables");
@@ -84,7 +87,7 @@ pub fn data_path(
     };
     let userspace = || {
         tracing::info!("traffic to Services is relayed in userspace");
-        Box::new(Userspace::new()) as Box<dyn DataPath>
+        Box::new(Userspace::new(Some(pods.clone()))) as Box<dyn DataPath>
     };
     let path = match mode {
         ProxyMode::Userspace => userspace(),

@@ -10,28 +10,68 @@
 //! restarted agent finds its own, keeps what is still right (established connections never
 //! notice) and removes what is not.
 //!
+//! Where no route can carry them (this node's range and the peer's are loopback, on different
+//! hosts), the peer's pods are reached through a tunnel to its agent ([`crate::tunnel`]):
+//! [`PodNetwork::reach`] opens its entrance before a connection is made.
+//!
 //! [`PodNetwork::contains`] answers which addresses are pods': a guest's connection to one
 //! leaves from the pod's own address, so the peer sees who called.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use flotilla_api::Cidr;
+use flotilla_auth::pki::Issued;
 use flotilla_client::{Cache, Change, Informer};
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::tunnel::Tunnels;
+
+/// The annotation a node publishes its API's serving certificate's SHA-256 in.
+const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
+
 /// The routing protocol number (`ip route … proto N`) on the routes an agent programs: its
 /// mark of ownership, as a routing daemon's.
 pub const ROUTE_PROTOCOL: u8 = 241;
 
-/// Every node's pod range, kept current from the Node objects, and this node's routes to them.
+/// Every node's pod range, kept current from the Node objects, and this node's routes (or
+/// tunnels) to them.
 #[derive(Debug)]
 pub struct PodNetwork {
-    ranges: Arc<RwLock<Vec<Cidr>>>,
+    known: Arc<RwLock<Known>>,
+    tunnels: Arc<Tunnels>,
     task: JoinHandle<()>,
+}
+
+/// This node's range and its peers'.
+#[derive(Debug)]
+pub(crate) struct Known {
+    pub(crate) own: Cidr,
+    peers: BTreeMap<Cidr, Peer>,
+}
+
+impl Known {
+    /// The peer whose range holds `ip`, if its pods are reached through a tunnel.
+    pub(crate) fn tunneled_peer(&self, ip: IpAddr) -> Option<&Peer> {
+        let IpAddr::V4(ip) = ip.to_canonical() else { return None };
+        self.peers.values().find(|peer| peer.tunneled && peer.range.contains(ip))
+    }
+}
+
+/// Another node, as this one reaches its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) range: Cidr,
+    /// Its InternalIP: what its range is routed via.
+    pub(crate) via: Ipv4Addr,
+    /// Its node API and the SHA-256 of the certificate it serves, if it publishes them.
+    pub(crate) api: Option<(SocketAddr, String)>,
+    /// Its pods are reached through a tunnel to its agent, not a route.
+    pub(crate) tunneled: bool,
 }
 
 impl Drop for PodNetwork {
@@ -43,9 +83,11 @@ impl Drop for PodNetwork {
 
 impl PodNetwork {
     /// Watches Nodes through `client`; routes to their ranges unless `own` (this node's range)
-    /// is loopback.
-    pub fn start(client: kube::Client, node_name: String, own: Cidr) -> PodNetwork {
-        let ranges = Arc::new(RwLock::new(vec![own]));
+    /// is loopback, and tunnels to other hosts' loopback ranges, presenting `identity` (this
+    /// node's client certificate).
+    pub fn start(client: kube::Client, node_name: String, own: Cidr, identity: Option<Issued>) -> PodNetwork {
+        let known = Arc::new(RwLock::new(Known { own, peers: BTreeMap::new() }));
+        let tunnels = Arc::new(Tunnels::new(known.clone(), identity));
         let changed = Arc::new(Notify::new());
         let mut nodes = Informer::<Node>::all(client);
         let wake = changed.clone();
@@ -53,20 +95,54 @@ impl PodNetwork {
         let cache = nodes.cache();
         let routes = Routes { node_name, own };
         let task = tokio::spawn({
-            let ranges = ranges.clone();
+            let (known, tunnels) = (known.clone(), tunnels.clone());
             async move {
                 let informer = tokio::spawn(nodes.run());
-                sync(cache, changed, ranges, routes).await;
+                sync(cache, changed, known, tunnels, routes).await;
                 informer.abort();
             }
         });
-        PodNetwork { ranges, task }
+        PodNetwork { known, tunnels, task }
+    }
+
+    /// Whether this node routes its pods' traffic to and from other nodes (its range is not
+    /// loopback).
+    pub fn routed(&self) -> bool {
+        !self.known.read().expect("pod network lock").own.network.is_loopback()
     }
 
     /// Whether `ip` is a pod's address, on this node or another.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let IpAddr::V4(ip) = ip.to_canonical() else { return false };
-        self.ranges.read().expect("pod ranges lock").iter().any(|range| range.contains(ip))
+        let known = self.known.read().expect("pod network lock");
+        known.own.contains(ip) || known.peers.keys().any(|range| range.contains(ip))
+    }
+
+    /// Makes `to` reachable from this host before a connection to it: a pod of a peer reached
+    /// through a tunnel gets an entrance here. Anything else is left to the routes.
+    pub fn reach(&self, to: SocketAddr) {
+        if self.known.read().expect("pod network lock").tunneled_peer(to.ip()).is_some() {
+            self.tunnels.open(to);
+        }
+    }
+
+    /// Whether node `caller` may tunnel to `to` from `from`: it is a peer whose pods reach
+    /// this node's through tunnels, `to` is one of this node's pod addresses, and `from` (if
+    /// given) one of the caller's.
+    pub fn may_tunnel(&self, caller: &str, from: Option<Ipv4Addr>, to: SocketAddr) -> Result<(), String> {
+        let known = self.known.read().expect("pod network lock");
+        let IpAddr::V4(to_ip) = to.ip().to_canonical() else { return Err(format!("{to} is not IPv4")) };
+        if !known.own.contains(to_ip) {
+            return Err(format!("{to} is not in this node's pod range {}", known.own));
+        }
+        let peer = known.peers.values().find(|peer| peer.name == caller && peer.tunneled);
+        let Some(peer) = peer else { return Err(format!("node {caller:?} does not reach this node through tunnels")) };
+        match from {
+            Some(from) if !peer.range.contains(from) => {
+                Err(format!("{from} is not in node {caller:?}'s pod range {}", peer.range))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -74,16 +150,23 @@ impl PodNetwork {
 /// its routes with it), as flannel checks its own.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<Cidr>>>, routes: Routes) {
+async fn sync(
+    nodes: Cache<Node>,
+    changed: Arc<Notify>,
+    known: Arc<RwLock<Known>>,
+    tunnels: Arc<Tunnels>,
+    routes: Routes,
+) {
     nodes.synced().await;
     loop {
         let peers = peers(&nodes.list(), &routes.node_name, routes.own);
-        let mut all: Vec<Cidr> = peers.keys().copied().collect();
-        all.push(routes.own);
-        *ranges.write().expect("pod ranges lock") = all;
+        let routed: BTreeMap<Cidr, Ipv4Addr> =
+            peers.iter().filter(|(_, peer)| !peer.tunneled).map(|(range, peer)| (*range, peer.via)).collect();
+        known.write().expect("pod network lock").peers = peers;
+        tunnels.keep(|ip| known.read().expect("pod network lock").tunneled_peer(ip).is_some());
         // What the kernel has, not what was last programmed: a route may have gone under us.
         let held = routes.held().await;
-        routes.program(held, &peers).await;
+        routes.program(held, &routed).await;
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(RECHECK) => {}
@@ -91,12 +174,14 @@ async fn sync(nodes: Cache<Node>, changed: Arc<Notify>, ranges: Arc<RwLock<Vec<C
     }
 }
 
-/// Other nodes' pod ranges and the InternalIP each is reached through. A range is only taken
-/// where it cannot take traffic that is not its node's: none that overlaps this node's range,
-/// an older Node's (the one registered first keeps it), or holds any node's address; none in
-/// loopback when this node's is not. (Nodes write their own range at registration, and may
-/// not move it after.)
-fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4Addr> {
+/// Other nodes, by pod range. A range is only taken where it cannot take traffic that is not
+/// its node's: none that overlaps this node's range, an older Node's (the one registered first
+/// keeps it), or holds any node's address; none in loopback when this node's is not. (Nodes
+/// write their own range at registration, and may not move it after.) A loopback range of a
+/// node on another host, seen from a node whose range is loopback too, is tunneled: no route
+/// leaves the host for loopback, and a node on this host (whose InternalIP is local) shares
+/// its loopback already.
+fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Peer> {
     let address = |node: &Node| -> Option<Ipv4Addr> {
         let addresses = node.status.as_ref()?.addresses.as_ref()?;
         addresses.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()
@@ -125,9 +210,20 @@ fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Ipv4A
             continue;
         }
         taken.push(range);
-        peers.insert(range, via);
+        let api = (|| {
+            let port = node.status.as_ref()?.daemon_endpoints.as_ref()?.kubelet_endpoint.as_ref()?.port;
+            let cert = node.metadata.annotations.as_ref()?.get(SERVING_CERT_ANNOTATION)?;
+            Some((SocketAddr::new(via.into(), u16::try_from(port).ok()?), cert.clone()))
+        })();
+        let tunneled = own.network.is_loopback() && range.network.is_loopback() && !is_local(via);
+        peers.insert(range, Peer { name: name.to_string(), range, via, api, tunneled });
     }
     peers
+}
+
+/// Whether `ip` is one of this host's addresses.
+fn is_local(ip: Ipv4Addr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// The kernel routes this node owns.
@@ -274,7 +370,32 @@ mod tests {
             ("10.244.3.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 11)),
         ]
         .into();
-        assert_eq!(peers, want);
+        assert_eq!(peers.iter().map(|(range, peer)| (*range, peer.via)).collect::<BTreeMap<_, _>>(), want);
+        assert!(peers.values().all(|peer| !peer.tunneled), "routed ranges");
+    }
+
+    #[test]
+    fn loopback_ranges_on_other_hosts_are_tunneled_and_those_on_this_one_are_not() {
+        let own: Cidr = "127.44.0.0/24".parse().unwrap();
+        let mut far = node("far", "01", Some("127.44.1.0/24"), Some("192.0.2.1"));
+        let far_node = Arc::make_mut(&mut far);
+        far_node.metadata.annotations = Some([(SERVING_CERT_ANNOTATION.to_string(), "ab12".to_string())].into());
+        far_node.status.as_mut().unwrap().daemon_endpoints =
+            Some(serde_json::from_value(serde_json::json!({"kubeletEndpoint": {"Port": 10250}})).unwrap());
+        let nodes = [
+            node("self", "00", Some("127.44.0.0/24"), Some("127.61.0.1")),
+            far,
+            node("here", "02", Some("127.44.2.0/24"), Some("127.61.0.2")),
+        ];
+        let peers = peers(&nodes, "self", own);
+        let far = &peers[&"127.44.1.0/24".parse().unwrap()];
+        assert!(far.tunneled);
+        assert_eq!(far.api, Some(("192.0.2.1:10250".parse().unwrap(), "ab12".to_string())));
+        assert!(!peers[&"127.44.2.0/24".parse().unwrap()].tunneled, "a node on this host shares its loopback");
+        let known = Known { own, peers };
+        assert_eq!(known.tunneled_peer("127.44.1.9".parse().unwrap()).map(|p| p.name.as_str()), Some("far"));
+        assert!(known.tunneled_peer("127.44.2.9".parse().unwrap()).is_none());
+        assert!(known.tunneled_peer("127.44.0.9".parse().unwrap()).is_none());
     }
 
     #[test]

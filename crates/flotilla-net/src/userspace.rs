@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::frontends::Rotation;
-use crate::{DataPath, Protocol, Route};
+use crate::{DataPath, PodNetwork, Protocol, Route};
 
 /// How long a connection to one endpoint may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,6 +32,8 @@ pub struct Userspace {
     services: HashMap<ObjectKey, Vec<Frontend>>,
     /// Connections relayed at once, on all frontends: each holds two descriptors.
     relays: Arc<Semaphore>,
+    /// Where endpoints on other nodes are made reachable before each connection.
+    pods: Option<Arc<PodNetwork>>,
 }
 
 impl std::fmt::Debug for Userspace {
@@ -41,14 +43,9 @@ impl std::fmt::Debug for Userspace {
 }
 
 impl Userspace {
-    pub fn new() -> Userspace {
-        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)) }
-    }
-}
-
-impl Default for Userspace {
-    fn default() -> Userspace {
-        Userspace::new()
+    /// A relay to endpoints on this host, and through `pods` to those on other nodes.
+    pub fn new(pods: Option<Arc<PodNetwork>>) -> Userspace {
+        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)), pods }
     }
 }
 
@@ -90,7 +87,8 @@ impl DataPath for Userspace {
                 Ok(listener) => {
                     let (at, listener) = (route.frontend, Arc::new(listener));
                     let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
-                    let accepting = tokio::spawn(accept(listener.clone(), rotations, self.relays.clone()));
+                    let relays = self.relays.clone();
+                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone()));
                     kept.push(Frontend { at, listener, rotation, accepting });
                 }
                 Err(e) => {
@@ -115,7 +113,12 @@ fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until aborted, relaying each connection on a task of its own, as many at once as
 /// `relays` lets.
-async fn accept(listener: Arc<TcpListener>, rotation: watch::Receiver<Arc<Rotation>>, relays: Arc<Semaphore>) {
+async fn accept(
+    listener: Arc<TcpListener>,
+    rotation: watch::Receiver<Arc<Rotation>>,
+    relays: Arc<Semaphore>,
+    pods: Option<Arc<PodNetwork>>,
+) {
     loop {
         let Ok(permit) = relays.clone().acquire_owned().await else { return };
         let (client, from) = match listener.accept().await {
@@ -128,16 +131,17 @@ async fn accept(listener: Arc<TcpListener>, rotation: watch::Receiver<Arc<Rotati
             }
         };
         let rotation = rotation.borrow().clone();
+        let pods = pods.clone();
         tokio::spawn(async move {
-            relay(client, from.ip(), &rotation).await;
+            relay(client, from.ip(), &rotation, pods.as_deref()).await;
             drop(permit);
         });
     }
 }
 
-async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation) {
+async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation, pods: Option<&PodNetwork>) {
     let _ = client.set_nodelay(true);
-    let Some(mut endpoint) = connect(rotation, from).await else {
+    let Some(mut endpoint) = connect(rotation, from, pods).await else {
         // Every endpoint refused: the client sees its connection reset (a zero linger, which
         // cannot block), as a kernel data path would answer with a reject.
         let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
@@ -149,8 +153,11 @@ async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation) {
 
 /// Connects to an endpoint of `rotation`: the client's own under affinity, else one at random;
 /// an endpoint that does not answer is skipped for the next.
-async fn connect(rotation: &Rotation, from: IpAddr) -> Option<TcpStream> {
+async fn connect(rotation: &Rotation, from: IpAddr, pods: Option<&PodNetwork>) -> Option<TcpStream> {
     for endpoint in rotation.candidates(from) {
+        if let Some(pods) = pods {
+            pods.reach(endpoint);
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => {
                 rotation.connected(from, endpoint);
@@ -200,7 +207,7 @@ mod tests {
         let frontend = free_port("127.0.0.20");
         let service = ObjectKey::new(Some("default"), "web");
         let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
-        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new());
+        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None));
         path.sync(
             &service,
             vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![a, b], affinity: None, keep_source: true }],

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub server_port: u16,
     /// SHA-256 (hex) of the certificate it is served with, published on the Node.
     pub serving_cert_sha256: String,
+    /// The node's client certificate from the cluster CA (`system:node:<name>`), which it
+    /// presents to other nodes' APIs: the tunnels to their pods need it.
+    pub identity: Option<flotilla_auth::pki::Issued>,
     /// The node's own endpoints, which its guests may not connect to (the store's peer port,
     /// the node API): see `flotilla_wasm::Egress`.
     pub protected_endpoints: Vec<std::net::SocketAddr>,
@@ -131,13 +134,17 @@ pub(crate) struct Node {
     frontends: Arc<ServiceFrontends>,
 }
 
-/// The pod network as the runtime asks it: which addresses are pods'.
+/// The pod network as the runtime asks it: which addresses are pods', and how to reach them.
 #[derive(Debug)]
-struct PodRanges(flotilla_net::PodNetwork);
+struct PodRanges(Arc<flotilla_net::PodNetwork>);
 
 impl flotilla_wasm::PodNetwork for PodRanges {
     fn contains(&self, ip: std::net::IpAddr) -> bool {
         self.0.contains(ip)
+    }
+
+    fn reach(&self, to: std::net::SocketAddr) {
+        self.0.reach(to);
     }
 }
 
@@ -185,7 +192,12 @@ impl Agent {
         let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
         let (services, services_writer) = reflector::store();
         let capacity = Capacity::of_this_machine();
-        let pod_network = flotilla_net::PodNetwork::start(client.clone(), config.name.clone(), config.pod_cidr);
+        let pod_network = Arc::new(flotilla_net::PodNetwork::start(
+            client.clone(),
+            config.name.clone(),
+            config.pod_cidr,
+            config.identity.clone(),
+        ));
         let for_pods = capacity.less(config.reserved);
         let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
         let node = Arc::new(Node {
@@ -223,9 +235,9 @@ impl Agent {
             {
                 // Guests reach Services through it: it goes nowhere they may not.
                 let egress = node.egress.clone();
-                let forwarding = !node.config.pod_cidr.network.is_loopback();
                 let allows = move |endpoint| egress.allows(endpoint);
-                flotilla_net::data_path(node.config.proxy_mode, forwarding, allows, node.frontends.0.clone())
+                let pods = node.pod_network.0.clone();
+                flotilla_net::data_path(node.config.proxy_mode, pods, allows, node.frontends.0.clone())
                     .map_err(Error::DataPath)?
             },
         );

@@ -1,8 +1,10 @@
 //! The node's HTTP API, which the API server proxies `pods/log` to (the kubelet's
-//! `/containerLogs/{namespace}/{pod}/{container}`). Who calls is told by the authentication
-//! layer every listener shares (`flotilla_auth`): a client certificate the cluster CA issued
-//! (the serving TLS verifies it); only `system:masters` (the API server's own certificate, the
-//! admin's) reads logs. Errors are `Status` objects, which the API server passes on as they are.
+//! `/containerLogs/{namespace}/{pod}/{container}`), and which other nodes tunnel to this node's
+//! pods through (`/tunnel/{address}`, see `flotilla_net::tunnel`). Who calls is told by the
+//! authentication layer every listener shares (`flotilla_auth`): a client certificate the
+//! cluster CA issued (the serving TLS verifies it); only `system:masters` (the API server's own
+//! certificate, the admin's) reads logs, and only nodes tunnel. Errors are `Status` objects,
+//! which the API server passes on as they are.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use flotilla_auth::identity::MASTERS;
+use flotilla_auth::identity::{MASTERS, NODE_PREFIX, NODES};
 use flotilla_auth::{Authenticate, Authenticator, UserInfo};
 use serde_json::json;
 
@@ -28,6 +30,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route_layer(axum::middleware::from_fn(masters_only))
+        .route("/tunnel/{to}", get(tunnel))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Server { node })
         .layer(Authenticate::layer(Authenticator::new()))
@@ -46,6 +49,63 @@ async fn masters_only(request: axum::extract::Request, next: axum::middleware::N
         ),
         _ => status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into()),
     }
+}
+
+/// A tunnel from a pod of node `caller` to `to`, one of this node's pods: the request is
+/// authorized, the connection made (from the caller's pod address, if it gave one), and the
+/// request upgraded to the raw stream.
+async fn tunnel(
+    State(server): State<Server>,
+    Path(to): Path<String>,
+    RawQuery(query): RawQuery,
+    mut request: axum::extract::Request,
+) -> Response {
+    let forbidden = |message: String| status(StatusCode::FORBIDDEN, "Forbidden", message);
+    let bad = |message: String| status(StatusCode::BAD_REQUEST, "BadRequest", message);
+    let caller = match request.extensions().get::<UserInfo>() {
+        Some(user) if user.in_group(NODES) && user.name.starts_with(NODE_PREFIX) => {
+            user.name[NODE_PREFIX.len()..].to_string()
+        }
+        Some(user) if !user.is_anonymous() => {
+            return forbidden(format!("User {:?} cannot tunnel to pods: only nodes do", user.name));
+        }
+        _ => return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into()),
+    };
+    let Ok(to) = to.parse::<std::net::SocketAddr>() else {
+        return bad(format!("{to:?} is not an address and port"));
+    };
+    let from = match query.as_deref().unwrap_or_default().split('&').find_map(|pair| pair.strip_prefix("from=")) {
+        None => None,
+        Some(from) => match from.parse::<std::net::Ipv4Addr>() {
+            Ok(from) => Some(from),
+            Err(_) => return bad(format!("from: {from:?} is not an IPv4 address")),
+        },
+    };
+    if let Err(why) = server.node.pod_network.0.may_tunnel(&caller, from, to) {
+        return forbidden(why);
+    }
+    if !server.node.egress.allows(to) {
+        return forbidden(format!("{to} is one of the node's own endpoints"));
+    }
+    let upgrade = request.headers().get(header::UPGRADE).and_then(|u| u.to_str().ok());
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case(flotilla_net::tunnel::UPGRADE)) {
+        return bad(format!("a tunnel is a request upgraded to {:?}", flotilla_net::tunnel::UPGRADE));
+    }
+    let upgraded = hyper::upgrade::on(&mut request);
+    let stream = match flotilla_net::tunnel::connect_from(from, to).await {
+        Ok(stream) => stream,
+        Err(e) => return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", format!("{to}: {e}")),
+    };
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgraded.await {
+            flotilla_net::tunnel::splice(upgraded, stream).await;
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    response.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(flotilla_net::tunnel::UPGRADE));
+    response
 }
 
 /// The query of `GET pods/{name}/log`, as the API server forwards it.

@@ -10,7 +10,8 @@
 //! - `tcp-socket.start-connect`: a connection to a Service's frontend goes straight to the
 //!   endpoint the node picks ([`Frontends`](crate::Frontends)), so a guest needs neither the
 //!   userspace relay nor kernel rules to reach a Service. The endpoint still passes the egress
-//!   check wasmtime-wasi makes of every connect.
+//!   check wasmtime-wasi makes of every connect. A pod's address (an endpoint's, or the one
+//!   asked for) is made reachable first ([`PodNetwork::reach`](crate::PodNetwork::reach)).
 
 use std::net::SocketAddr;
 
@@ -55,11 +56,16 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
     linker.instance(TCP)?.func_wrap(
         "[method]tcp-socket.start-connect",
         |mut store, (socket, network, to): (Resource<TcpSocket>, Resource<WasiNetwork>, IpSocketAddress)| {
-            let to = match store.data().network().and_then(|n| frontend(n, to.into())) {
-                None => to,
-                Some(Pick::Endpoint(endpoint)) => endpoint.into(),
+            let pod = store.data().network();
+            let to = match pod.and_then(|n| frontend(n, to.into())) {
+                None => SocketAddr::from(to),
+                Some(Pick::Endpoint(endpoint)) => endpoint,
                 Some(Pick::Refused) => return Ok((Err(ErrorCode::ConnectionRefused),)),
             };
+            if let Some(pods) = pod.and_then(|n| n.pod_network.as_ref()).filter(|pods| pods.contains(to.ip())) {
+                pods.reach(to);
+            }
+            let to = IpSocketAddress::from(to);
             let mut view = store.data_mut().sockets();
             let started = HostTcpSocket::start_connect(&mut view, socket, network, to);
             answer(&mut view, started)

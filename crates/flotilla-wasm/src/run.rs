@@ -98,6 +98,10 @@ pub trait Names: Send + Sync + std::fmt::Debug {
 /// it may bind, or by default the node's.)
 pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     fn contains(&self, ip: IpAddr) -> bool;
+
+    /// Makes a pod's address `to` reachable from this host, before a connection to it (a pod
+    /// of a node reached through a tunnel gets an entrance here).
+    fn reach(&self, to: SocketAddr);
 }
 
 impl std::fmt::Debug for ContainerSpec {

@@ -158,13 +158,14 @@ pub(crate) fn node_dir(data_dir: &Path) -> PathBuf {
 
 /// Starts a node agent talking to the cluster through `client`, and serves its HTTPS API
 /// until `shutdown` resolves, to callers with a client certificate from `cluster_ca` (the API
-/// server's). Its guests may not connect to `protected` (this process's other private
+/// server's); it presents `identity` (its own such certificate) to other nodes' APIs. Its guests may not connect to `protected` (this process's other private
 /// listeners) nor to the node API.
 pub(crate) async fn start(
     client: kube::Client,
     args: NodeArgs,
     data_dir: &Path,
     cluster_ca: &str,
+    identity: pki::Issued,
     mut protected: Vec<std::net::SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Agent, JoinHandle<()>)> {
@@ -205,6 +206,7 @@ pub(crate) async fn start(
         insecure_registries: args.insecure_registries,
         server_port: listener.local_addr()?.port(),
         serving_cert_sha256: certificate.sha256.clone(),
+        identity: Some(identity),
         protected_endpoints: protected,
         reserved,
         default_memory_limit: args.default_memory_limit,

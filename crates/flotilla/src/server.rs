@@ -259,11 +259,16 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         let client = in_process_client(api.router(), UserInfo::node(&name), "kubelet")?;
         // The store's peer port is never the guests' to call.
         let protected = vec![peer_addr];
+        let identity = credentials
+            .authority
+            .issue_key(&flotilla_auth::pki::Profile::node(&name))
+            .context("cannot issue the node's client certificate")?;
         let started = crate::node::start(
             client,
             args.node,
             &args.data_dir,
             &credentials.ca_pem,
+            identity,
             protected,
             until_stopped(stopped.clone()),
         )
