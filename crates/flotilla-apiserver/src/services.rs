@@ -16,6 +16,8 @@ const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 /// Upstream's default node port range.
 const NODE_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+/// Values tried at random before a scan for a free one.
+const PROBES: usize = 16;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Allocator {
@@ -75,23 +77,17 @@ impl Allocator {
                         format!("provided IP is not in the valid range. The range of valid IPs is {}", self.range);
                     return Err(invalid(&name, "spec.clusterIPs[0]", ip, &why).into());
                 }
-                if self.taken(IP_PREFIX).await?.contains(ip) {
+                if self.is_taken(IP_PREFIX, ip).await? {
                     return Err(invalid(&name, "spec.clusterIPs[0]", ip, "provided IP is already allocated").into());
                 }
                 ip.to_string()
             }
             None => {
-                let taken = self.taken(IP_PREFIX).await?;
-                let hosts: Vec<Ipv4Addr> = self.range.hosts().collect();
-                // From a random place in the range, as upstream's allocator does: Services
-                // created at once rarely reach for the same address.
-                let start = fastrand::usize(..hosts.len().max(1));
-                hosts[start..]
-                    .iter()
-                    .chain(&hosts[..start])
-                    .map(|ip| ip.to_string())
-                    .find(|ip| !taken.contains(ip))
-                    .ok_or_else(|| ApiError::internal(format!("the service IP range {} is full", self.range)))?
+                let range = self.range;
+                let (first, count) = (u32::from(range.first()), range.hosts().count());
+                self.free(IP_PREFIX, count, |i| Ipv4Addr::from(first + i as u32).to_string(), |_| true)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(format!("the service IP range {range} is full")))?
             }
         };
         if ip != "None" {
@@ -102,7 +98,6 @@ impl Allocator {
         spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
         spec.entry("ipFamilyPolicy").or_insert_with(|| json!("SingleStack"));
         let node_ports = kind == "NodePort" || kind == "LoadBalancer";
-        let mut taken = if node_ports { self.taken(PORT_PREFIX).await? } else { BTreeSet::new() };
         let mut seen = BTreeSet::new();
         for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
             if !node_ports {
@@ -123,20 +118,22 @@ impl Allocator {
                     );
                     return Err(invalid(&name, "spec.ports[].nodePort", p, &why).into());
                 }
-                Some(p) if taken.contains(&p.to_string()) || !seen.insert(p) => {
+                Some(p) if !seen.insert(p) || self.is_taken(PORT_PREFIX, &p.to_string()).await? => {
                     return Err(invalid(&name, "spec.ports[].nodePort", p, "provided port is already allocated").into());
                 }
                 Some(p) => p as u32,
-                None => {
-                    let start = fastrand::u32(NODE_PORTS);
-                    (start..=*NODE_PORTS.end())
-                        .chain(*NODE_PORTS.start()..start)
-                        .find(|p| !taken.contains(&p.to_string()) && !seen.contains(&u64::from(*p)))
-                        .ok_or_else(|| ApiError::internal("the node port range is full"))?
-                }
+                None => self
+                    .free(
+                        PORT_PREFIX,
+                        NODE_PORTS.clone().count(),
+                        |i| (NODE_PORTS.start() + i as u32).to_string(),
+                        |p| p.parse().is_ok_and(|p: u64| !seen.contains(&p)),
+                    )
+                    .await?
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| ApiError::internal("the node port range is full"))?,
             };
             seen.insert(u64::from(node_port));
-            taken.insert(node_port.to_string());
             port["nodePort"] = node_port.into();
             wanted.push(format!("{PORT_PREFIX}{node_port}"));
         }
@@ -167,9 +164,46 @@ impl Allocator {
         keys
     }
 
-    async fn taken(&self, prefix: &str) -> Result<BTreeSet<String>> {
-        let response = self.store.range(RangeRequest::new(KeyRange::prefix(prefix)).keys_only()).await?;
-        Ok(response.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
+    /// A free value among the `count` that `nth` gives (addresses, ports) and `allowed` passes:
+    /// first a few at random, each one point read (a range a fifth full takes one or two,
+    /// however large it is; a scan of what is taken would cost a read per Service), then, for a
+    /// range nearly full, the first free from a random place in a scan. At random, as
+    /// upstream's allocator picks: Services created at once rarely reach for the same value.
+    /// (The write's transaction creates the key only if it is absent, so a value taken
+    /// meanwhile fails the write rather than being given twice.)
+    async fn free(
+        &self,
+        prefix: &str,
+        count: usize,
+        nth: impl Fn(usize) -> String,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>> {
+        if count == 0 {
+            return Ok(None);
+        }
+        for _ in 0..PROBES {
+            let value = nth(fastrand::usize(..count));
+            if allowed(&value) && !self.is_taken(prefix, &value).await? {
+                return Ok(Some(value));
+            }
+        }
+        let request = RangeRequest::new(KeyRange::prefix(prefix)).keys_only().serializable();
+        let taken: BTreeSet<String> = self
+            .store
+            .range(request)
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect();
+        let start = fastrand::usize(..count);
+        Ok((start..count).chain(0..start).map(nth).find(|v| allowed(v) && !taken.contains(v)))
+    }
+
+    /// Whether `value` (an address, a port) is allocated under `prefix`.
+    async fn is_taken(&self, prefix: &str, value: &str) -> Result<bool> {
+        let request = RangeRequest::new(KeyRange::key(format!("{prefix}{value}"))).count_only().serializable();
+        Ok(self.store.range(request).await?.count > 0)
     }
 }
 

@@ -20,16 +20,18 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(ApiServerConfig::default()).await
+    }
+
+    /// A server of `config`, with the test's token.
+    async fn start_with(config: ApiServerConfig) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = flotilla_store::StoreConfig::single(dir.path().join("store"), "http://127.0.0.1:1");
-        config.progress_interval = std::time::Duration::from_millis(100);
-        let store = Store::open(config).await.unwrap();
+        let mut store_config = flotilla_store::StoreConfig::single(dir.path().join("store"), "http://127.0.0.1:1");
+        store_config.progress_interval = std::time::Duration::from_millis(100);
+        let store = Store::open(store_config).await.unwrap();
         store.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
         let admin = flotilla_auth::UserInfo::new("admin", &[flotilla_auth::identity::MASTERS]);
-        let config = ApiServerConfig {
-            authenticator: Authenticator::new().with_token(TOKEN, admin),
-            ..ApiServerConfig::default()
-        };
+        let config = ApiServerConfig { authenticator: Authenticator::new().with_token(TOKEN, admin), ..config };
         let api = ApiServer::new(store.clone(), config).await.unwrap();
         api.set_ready();
         Server { router: api.router(), store, _dir: dir }

@@ -302,3 +302,32 @@ async fn a_service_update_allocates_keeps_and_frees_its_addresses() {
     let (code, status) = server.post(svcs, service("e", json!({"clusterIP": a_ip, "ports": [{"port": 80}]}))).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
 }
+
+#[tokio::test]
+async fn a_service_range_is_given_out_to_its_last_address_then_refused() {
+    // 14 addresses, some of them the system Services' already.
+    let config = ApiServerConfig { service_cidr: "127.50.0.0/28".parse().unwrap(), ..ApiServerConfig::default() };
+    let server = Server::start_with(config).await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let service = |name: String| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
+    let (_, system) = server.get("/api/v1/services").await;
+    let held: std::collections::BTreeSet<String> =
+        system["items"].as_array().unwrap().iter().map(|s| s["spec"]["clusterIP"].as_str().unwrap().into()).collect();
+    let mut given = held.clone();
+    for i in 0..14 - held.len() {
+        let (code, created) = server.post(svcs, service(format!("s-{i}"))).await;
+        assert_eq!(code, StatusCode::CREATED, "{created}");
+        given.insert(created["spec"]["clusterIP"].as_str().unwrap().to_string());
+    }
+    let all: std::collections::BTreeSet<String> = (1..=14).map(|i| format!("127.50.0.{i}")).collect();
+    assert_eq!(given, all, "every address, once each");
+    let (code, status) = server.post(svcs, service("one-too-many".into())).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{status}");
+    assert!(status["message"].as_str().unwrap().contains("the service IP range 127.50.0.0/28 is full"), "{status}");
+    // A deleted Service's address is the one free, and the next Service gets it.
+    let (_, freed) = server.get(&format!("{svcs}/s-3")).await;
+    server.delete(&format!("{svcs}/s-3")).await;
+    let (code, created) = server.post(svcs, service("after".into())).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["spec"]["clusterIP"], freed["spec"]["clusterIP"]);
+}
