@@ -474,15 +474,17 @@ fn pods_on_hosts_without_routes_reach_each_other_through_tunnels() -> Result<()>
         ensure!(seen == both, "from {host}: {seen:?}");
     }
 
-    // A guest's own socket, to a pod on the other host by IP and to the Service by name.
+    // A guest's own socket, to a pod on the other host by IP and to the Service by name. Its
+    // socket is not bound to its pod's address, so the callee sees host 1's range, not a pod
+    // (and never the far host's own 127.0.0.1).
     let client = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  nodeName: host-1\n  restartPolicy: Never\n  containers:\n  - name: client\n    image: client:v1\n    imagePullPolicy: IfNotPresent\n    env:\n    - {{name: MODE, value: connect}}\n    - {{name: GET, value: /}}\n    - {{name: TARGETS, value: \"{web2}:8080,web:80\"}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  nodeName: host-1\n  restartPolicy: Never\n  containers:\n  - name: client\n    image: client:v1\n    imagePullPolicy: IfNotPresent\n    env:\n    - {{name: MODE, value: connect}}\n    - {{name: GET, value: /peer}}\n    - {{name: TARGETS, value: \"{web2}:8080,web:80\"}}\n"
     );
     apply(&k, &client)?;
     k.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=60s"])?;
     let said = k.ok(&["logs", "client"])?;
-    ensure!(said.contains(&format!("connect {web2}:8080: ok hello from web-2 at /")), "{said}");
-    ensure!(said.contains("connect web:80: ok hello from web-"), "{said}");
+    ensure!(said.contains(&format!("connect {web2}:8080: ok 127.44.1.0:")), "{said}");
+    ensure!(said.contains("connect web:80: ok 127."), "{said}");
 
     // The node API tunnels for nodes only, to its own pods only, from the caller's only.
     let tunnel = |credentials: &[&str], path: &str| -> Result<String> {
@@ -524,6 +526,15 @@ fn pods_on_hosts_without_routes_reach_each_other_through_tunnels() -> Result<()>
     ensure!(tunnel(&with(&upgrade), "/tunnel/127.0.0.1:2380")? == "403", "the store's peer port");
     ensure!(tunnel(&with(&upgrade), &format!("/tunnel/{web2}:8080"))? == "403", "another node's pod");
     ensure!(tunnel(&with(&upgrade), &format!("/tunnel/{web1}:8080?from=127.0.0.1"))? == "403", "a spoofed source");
+    // A host service on every address answers at a pod's address too: not through a tunnel.
+    let mut host_service = command_in(Some(&h1), "python3")
+        .args(["-c", "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 7777))\ns.listen()\ntime.sleep(60)"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let answered = tunnel(&with(&upgrade), &format!("/tunnel/{web1}:7777"));
+    let _ = host_service.kill();
+    let _ = host_service.wait();
+    ensure!(answered? == "503", "a host service behind a pod's address");
     ensure!(tunnel(&with(&[]), &format!("/tunnel/{web1}:8080"))? == "400", "not an upgrade");
     let made = tunnel(&with(&upgrade), &format!("/tunnel/{web1}:8080"))?;
     ensure!(made == "101", "a node to a pod: {made}");

@@ -24,8 +24,8 @@ pub mod validation;
 
 pub use cidr::Cidr;
 pub use error::{ApiError, CauseType, FieldError, Reason, Result};
-pub use kinds::WASM_RUNTIME_CLASS;
 pub use kinds::{Admitted, FieldValidation, KindOps};
+pub use kinds::{SERVING_CERT_ANNOTATION, WASM_RUNTIME_CLASS};
 pub use resource::{ResourceDef, Subresource};
 
 /// The Kubernetes release whose API Flotilla serves.

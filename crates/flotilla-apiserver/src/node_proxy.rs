@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use flotilla_api::{ApiError, Reason};
+use flotilla_api::{ApiError, Reason, SERVING_CERT_ANNOTATION};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -20,8 +20,6 @@ use crate::error::Result;
 use flotilla_auth::PinnedCertificate;
 use flotilla_auth::pki::Issued;
 
-/// The annotation a node publishes its serving certificate's SHA-256 in.
-const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
 /// Connecting to a node and receiving its answer's head must not take longer: a node that
 /// stopped answering must not hold a client's request forever.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,17 +21,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
-use flotilla_api::Cidr;
+use flotilla_api::{Cidr, SERVING_CERT_ANNOTATION};
 use flotilla_auth::pki::Issued;
 use flotilla_client::{Cache, Change, Informer};
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::tunnel::Tunnels;
-
-/// The annotation a node publishes its API's serving certificate's SHA-256 in.
-const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
+use crate::tunnel::{FarEnd, MAX_TUNNELS, Refusal, Tunnels};
 
 /// The routing protocol number (`ip route … proto N`) on the routes an agent programs: its
 /// mark of ownership, as a routing daemon's.
@@ -43,6 +40,8 @@ pub const ROUTE_PROTOCOL: u8 = 241;
 pub struct PodNetwork {
     known: Arc<RwLock<Known>>,
     tunnels: Arc<Tunnels>,
+    /// Tunnels into this node, carried at once.
+    answering: Arc<tokio::sync::Semaphore>,
     task: JoinHandle<()>,
 }
 
@@ -72,6 +71,9 @@ pub(crate) struct Peer {
     pub(crate) api: Option<(SocketAddr, String)>,
     /// Its pods are reached through a tunnel to its agent, not a route.
     pub(crate) tunneled: bool,
+    /// Its `Ready` condition is true: a node whose registration was revoked can no longer
+    /// renew it, and its tunnels are refused once the node controller marks it.
+    pub(crate) ready: bool,
 }
 
 impl Drop for PodNetwork {
@@ -102,7 +104,8 @@ impl PodNetwork {
                 informer.abort();
             }
         });
-        PodNetwork { known, tunnels, task }
+        let answering = Arc::new(tokio::sync::Semaphore::new(MAX_TUNNELS));
+        PodNetwork { known, tunnels, answering, task }
     }
 
     /// Whether this node routes its pods' traffic to and from other nodes (its range is not
@@ -119,30 +122,37 @@ impl PodNetwork {
     }
 
     /// Makes `to` reachable from this host before a connection to it: a pod of a peer reached
-    /// through a tunnel gets an entrance here. Anything else is left to the routes.
-    pub fn reach(&self, to: SocketAddr) {
-        if self.known.read().expect("pod network lock").tunneled_peer(to.ip()).is_some() {
-            self.tunnels.open(to);
-        }
+    /// through a tunnel gets an entrance here; anything else is left to the routes. Whether a
+    /// connection may be made: not to a tunneled pod whose entrance cannot stand.
+    pub fn reach(&self, to: SocketAddr) -> bool {
+        let tunneled = self.known.read().expect("pod network lock").tunneled_peer(to.ip()).is_some();
+        !tunneled || self.tunnels.open(to)
     }
 
-    /// Whether node `caller` may tunnel to `to` from `from`: it is a peer whose pods reach
-    /// this node's through tunnels, `to` is one of this node's pod addresses, and `from` (if
-    /// given) one of the caller's.
-    pub fn may_tunnel(&self, caller: &str, from: Option<Ipv4Addr>, to: SocketAddr) -> Result<(), String> {
-        let known = self.known.read().expect("pod network lock");
-        let IpAddr::V4(to_ip) = to.ip().to_canonical() else { return Err(format!("{to} is not IPv4")) };
-        if !known.own.contains(to_ip) {
-            return Err(format!("{to} is not in this node's pod range {}", known.own));
-        }
-        let peer = known.peers.values().find(|peer| peer.name == caller && peer.tunneled);
-        let Some(peer) = peer else { return Err(format!("node {caller:?} does not reach this node through tunnels")) };
-        match from {
-            Some(from) if !peer.range.contains(from) => {
-                Err(format!("{from} is not in node {caller:?}'s pod range {}", peer.range))
+    /// The far end of a tunnel node `caller` asks for, to `to` from `from`: made if the caller
+    /// is a Ready peer whose pods reach this node's through tunnels, `to` one of this node's pod
+    /// addresses, `from` (if given) one of the caller's, and one of this node's pods listens on
+    /// `to`.
+    pub async fn answer(&self, caller: &str, from: Option<Ipv4Addr>, to: SocketAddr) -> Result<FarEnd, Refusal> {
+        let range = {
+            let known = self.known.read().expect("pod network lock");
+            let IpAddr::V4(to_ip) = to.ip() else { return Err(Refusal::Forbidden(format!("{to} is not IPv4"))) };
+            if !known.own.contains(to_ip) {
+                return Err(Refusal::Forbidden(format!("{to} is not in this node's pod range {}", known.own)));
             }
-            _ => Ok(()),
-        }
+            let peer = known.peers.values().find(|peer| peer.name == caller && peer.tunneled);
+            let Some(peer) = peer else {
+                return Err(Refusal::Forbidden(format!("node {caller:?} does not reach this node through tunnels")));
+            };
+            if !peer.ready {
+                return Err(Refusal::Forbidden(format!("node {caller:?} is not Ready")));
+            }
+            if let Some(from) = from.filter(|from| !peer.range.contains(*from)) {
+                return Err(Refusal::Forbidden(format!("{from} is not in node {caller:?}'s pod range {}", peer.range)));
+            }
+            peer.range
+        };
+        FarEnd::connect(&self.answering, range, from, to).await
     }
 }
 
@@ -159,7 +169,8 @@ async fn sync(
 ) {
     nodes.synced().await;
     loop {
-        let peers = peers(&nodes.list(), &routes.node_name, routes.own);
+        let local = local_addresses().await;
+        let peers = peers(&nodes.list(), &routes.node_name, routes.own, &local);
         let routed: BTreeMap<Cidr, Ipv4Addr> =
             peers.iter().filter(|(_, peer)| !peer.tunneled).map(|(range, peer)| (*range, peer.via)).collect();
         known.write().expect("pod network lock").peers = peers;
@@ -181,7 +192,7 @@ async fn sync(
 /// node on another host, seen from a node whose range is loopback too, is tunneled: no route
 /// leaves the host for loopback, and a node on this host (whose InternalIP is local) shares
 /// its loopback already.
-fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Peer> {
+fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr, local: &[Ipv4Addr]) -> BTreeMap<Cidr, Peer> {
     let address = |node: &Node| -> Option<Ipv4Addr> {
         let addresses = node.status.as_ref()?.addresses.as_ref()?;
         addresses.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()
@@ -215,15 +226,37 @@ fn peers(nodes: &[Arc<Node>], own_name: &str, own: Cidr) -> BTreeMap<Cidr, Peer>
             let cert = node.metadata.annotations.as_ref()?.get(SERVING_CERT_ANNOTATION)?;
             Some((SocketAddr::new(via.into(), u16::try_from(port).ok()?), cert.clone()))
         })();
-        let tunneled = own.network.is_loopback() && range.network.is_loopback() && !is_local(via);
-        peers.insert(range, Peer { name: name.to_string(), range, via, api, tunneled });
+        let on_this_host = via.is_loopback() || local.contains(&via);
+        let tunneled = own.network.is_loopback() && range.network.is_loopback() && !on_this_host;
+        let ready = (|| {
+            let conditions = node.status.as_ref()?.conditions.as_ref()?;
+            Some(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })()
+        .unwrap_or(false);
+        peers.insert(range, Peer { name: name.to_string(), range, via, api, tunneled, ready });
     }
     peers
 }
 
-/// Whether `ip` is one of this host's addresses.
-fn is_local(ip: Ipv4Addr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+/// This host's IPv4 addresses (`ip -o -4 addr show`). The interfaces' list, not whether an
+/// address can be bound, which `ip_nonlocal_bind` would answer yes for every address.
+async fn local_addresses() -> Vec<Ipv4Addr> {
+    match ip(&["-o", "-4", "addr", "show"]).await {
+        Ok(listing) => parse_addresses(&listing),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses");
+            Vec::new()
+        }
+    }
+}
+
+/// `ip -o -4 addr show` lines (`2: eth0    inet 10.77.0.1/24 brd … scope global eth0`) as
+/// addresses.
+fn parse_addresses(listing: &str) -> Vec<Ipv4Addr> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.parse().ok())
+        .collect()
 }
 
 /// The kernel routes this node owns.
@@ -364,7 +397,7 @@ mod tests {
             node("loopback", "09", Some("127.0.0.0/8"), Some("10.77.0.10")),
             node("c", "10", Some("10.244.3.0/24"), Some("10.77.0.11")),
         ];
-        let peers = peers(&nodes, "self", own);
+        let peers = peers(&nodes, "self", own, &[]);
         let want: BTreeMap<Cidr, Ipv4Addr> = [
             ("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 2)),
             ("10.244.3.0/24".parse().unwrap(), Ipv4Addr::new(10, 77, 0, 11)),
@@ -386,16 +419,27 @@ mod tests {
             node("self", "00", Some("127.44.0.0/24"), Some("127.61.0.1")),
             far,
             node("here", "02", Some("127.44.2.0/24"), Some("127.61.0.2")),
+            node("here-too", "03", Some("127.44.3.0/24"), Some("192.0.2.3")),
         ];
-        let peers = peers(&nodes, "self", own);
+        let peers = peers(&nodes, "self", own, &["192.0.2.3".parse().unwrap()]);
         let far = &peers[&"127.44.1.0/24".parse().unwrap()];
         assert!(far.tunneled);
         assert_eq!(far.api, Some(("192.0.2.1:10250".parse().unwrap(), "ab12".to_string())));
         assert!(!peers[&"127.44.2.0/24".parse().unwrap()].tunneled, "a node on this host shares its loopback");
+        assert!(!peers[&"127.44.3.0/24".parse().unwrap()].tunneled, "an address of this host's");
+        assert!(!far.ready, "no Ready condition");
         let known = Known { own, peers };
         assert_eq!(known.tunneled_peer("127.44.1.9".parse().unwrap()).map(|p| p.name.as_str()), Some("far"));
         assert!(known.tunneled_peer("127.44.2.9".parse().unwrap()).is_none());
         assert!(known.tunneled_peer("127.44.0.9".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_listing_of_addresses_is_read_back() {
+        let listing = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+                       2: eth0    inet 10.77.0.1/24 brd 10.77.0.255 scope global eth0\n";
+        let want: Vec<Ipv4Addr> = vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 77, 0, 1)];
+        assert_eq!(parse_addresses(listing), want);
     }
 
     #[test]

@@ -155,8 +155,9 @@ async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation, pods: O
 /// an endpoint that does not answer is skipped for the next.
 async fn connect(rotation: &Rotation, from: IpAddr, pods: Option<&PodNetwork>) -> Option<TcpStream> {
     for endpoint in rotation.candidates(from) {
-        if let Some(pods) = pods {
-            pods.reach(endpoint);
+        if pods.is_some_and(|pods| !pods.reach(endpoint)) {
+            tracing::debug!(%endpoint, "endpoint unreachable");
+            continue;
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => {

@@ -143,8 +143,8 @@ impl flotilla_wasm::PodNetwork for PodRanges {
         self.0.contains(ip)
     }
 
-    fn reach(&self, to: std::net::SocketAddr) {
-        self.0.reach(to);
+    fn reach(&self, to: std::net::SocketAddr) -> bool {
+        self.0.reach(to)
     }
 }
 

@@ -15,9 +15,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::Node as Agent;
 
-/// The annotation that carries the SHA-256 of the node's serving certificate: the API server
-/// checks the certificate it meets against it when it proxies to the node (`kubectl logs`).
-pub const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
+pub use flotilla_api::SERVING_CERT_ANNOTATION;
 /// The label that says a node runs wasm pods (one such label per runtime it offers).
 pub const WASM_RUNTIME_LABEL: &str = "runtime.flotilla.dev/wasm";
 /// How long a Lease holds without renewal (the kubelet's default).

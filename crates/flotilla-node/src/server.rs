@@ -52,7 +52,7 @@ async fn masters_only(request: axum::extract::Request, next: axum::middleware::N
 }
 
 /// A tunnel from a pod of node `caller` to `to`, one of this node's pods: the request is
-/// authorized, the connection made (from the caller's pod address, if it gave one), and the
+/// authorized and the connection made by the pod network (`PodNetwork::answer`), and the
 /// request upgraded to the raw stream.
 async fn tunnel(
     State(server): State<Server>,
@@ -71,8 +71,9 @@ async fn tunnel(
         }
         _ => return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into()),
     };
-    let Ok(to) = to.parse::<std::net::SocketAddr>() else {
-        return bad(format!("{to:?} is not an address and port"));
+    let to = match to.parse::<std::net::SocketAddr>() {
+        Ok(to) if to.is_ipv4() => to,
+        _ => return bad(format!("{to:?} is not an IPv4 address and port")),
     };
     let from = match query.as_deref().unwrap_or_default().split('&').find_map(|pair| pair.strip_prefix("from=")) {
         None => None,
@@ -81,24 +82,32 @@ async fn tunnel(
             Err(_) => return bad(format!("from: {from:?} is not an IPv4 address")),
         },
     };
-    if let Err(why) = server.node.pod_network.0.may_tunnel(&caller, from, to) {
-        return forbidden(why);
+    let headers = request.headers();
+    let says = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    if !says(header::CONNECTION, "upgrade") || !says(header::UPGRADE, flotilla_net::tunnel::UPGRADE) {
+        return bad(format!("a tunnel is an HTTP/1.1 request upgraded to {:?}", flotilla_net::tunnel::UPGRADE));
     }
     if !server.node.egress.allows(to) {
         return forbidden(format!("{to} is one of the node's own endpoints"));
     }
-    let upgrade = request.headers().get(header::UPGRADE).and_then(|u| u.to_str().ok());
-    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case(flotilla_net::tunnel::UPGRADE)) {
-        return bad(format!("a tunnel is a request upgraded to {:?}", flotilla_net::tunnel::UPGRADE));
-    }
-    let upgraded = hyper::upgrade::on(&mut request);
-    let stream = match flotilla_net::tunnel::connect_from(from, to).await {
-        Ok(stream) => stream,
-        Err(e) => return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", format!("{to}: {e}")),
+    let far = match server.node.pod_network.0.answer(&caller, from, to).await {
+        Ok(far) => far,
+        Err(flotilla_net::tunnel::Refusal::Forbidden(why)) => return forbidden(why),
+        Err(flotilla_net::tunnel::Refusal::Unavailable(why)) => {
+            return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why);
+        }
     };
+    let upgraded = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         if let Ok(upgraded) = upgraded.await {
-            flotilla_net::tunnel::splice(upgraded, stream).await;
+            far.splice(upgraded).await;
         }
     });
     let mut response = Response::new(Body::empty());

@@ -62,8 +62,10 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
                 Some(Pick::Endpoint(endpoint)) => endpoint,
                 Some(Pick::Refused) => return Ok((Err(ErrorCode::ConnectionRefused),)),
             };
-            if let Some(pods) = pod.and_then(|n| n.pod_network.as_ref()).filter(|pods| pods.contains(to.ip())) {
-                pods.reach(to);
+            if let Some(network) = pod
+                && !reachable(network, to)
+            {
+                return Ok((Err(ErrorCode::ConnectionRefused),));
             }
             let to = IpSocketAddress::from(to);
             let mut view = store.data_mut().sockets();
@@ -73,6 +75,16 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// Whether a connection from the pod to `to` may be made: a pod's address is made reachable
+/// first, if the egress policy lets the guest have it at all (what it refuses, wasmtime-wasi
+/// refuses in turn; it opens nothing on the way).
+pub(crate) fn reachable(network: &Network, to: SocketAddr) -> bool {
+    match &network.pod_network {
+        Some(pods) if network.egress.allows(to) && pods.contains(to.ip()) => pods.reach(to),
+        _ => true,
+    }
 }
 
 /// wasmtime-wasi's result as the guest gets it: the value or the error code, or a trap.

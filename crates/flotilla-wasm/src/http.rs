@@ -102,8 +102,8 @@ impl WasiHttpHooks for OutgoingHooks {
                 *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
             }
             let pod = network.as_ref().filter(|n| n.pod_network.as_ref().is_some_and(|p| p.contains(destination.ip())));
-            if let Some(pods) = pod.and_then(|n| n.pod_network.as_ref()) {
-                pods.reach(destination);
+            if network.as_ref().is_some_and(|n| !crate::cluster::reachable(n, destination)) {
+                return Err(HttpError::ConnectionRefused);
             }
             match pod {
                 Some(network) if !https => send_from(network.pod_ip, destination, request, options).await,

@@ -100,8 +100,9 @@ pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     fn contains(&self, ip: IpAddr) -> bool;
 
     /// Makes a pod's address `to` reachable from this host, before a connection to it (a pod
-    /// of a node reached through a tunnel gets an entrance here).
-    fn reach(&self, to: SocketAddr);
+    /// of a node reached through a tunnel gets an entrance here): whether the connection may
+    /// be made. A refusal fails it as refused.
+    fn reach(&self, to: SocketAddr) -> bool;
 }
 
 impl std::fmt::Debug for ContainerSpec {

@@ -94,12 +94,16 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         let mut stopped = stopped;
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
-        .context("the node's key is not PEM")?;
+    let rustls::pki_types::PrivateKeyDer::Pkcs8(key) =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+            .context("the node's key is not PEM")?
+    else {
+        bail!("the node's key in {} is not PKCS#8", args.data_dir.join("pki").display());
+    };
     let identity = pki::Issued {
         cert_pem: credentials.cert_pem.clone(),
         key_pem: credentials.key_pem.clone(),
-        key_der: key.secret_der().to_vec(),
+        key_der: key.secret_pkcs8_der().to_vec(),
     };
     let (agent, api) =
         crate::node::start(client, args.node, &args.data_dir, &credentials.ca_pem, identity, Vec::new(), shutdown)

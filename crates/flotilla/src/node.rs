@@ -158,8 +158,9 @@ pub(crate) fn node_dir(data_dir: &Path) -> PathBuf {
 
 /// Starts a node agent talking to the cluster through `client`, and serves its HTTPS API
 /// until `shutdown` resolves, to callers with a client certificate from `cluster_ca` (the API
-/// server's); it presents `identity` (its own such certificate) to other nodes' APIs. Its guests may not connect to `protected` (this process's other private
-/// listeners) nor to the node API.
+/// server's); it presents `identity` (its own such certificate) to other nodes' APIs. Its
+/// guests may not connect to `protected` (this process's other private listeners) nor to the
+/// node API.
 pub(crate) async fn start(
     client: kube::Client,
     args: NodeArgs,

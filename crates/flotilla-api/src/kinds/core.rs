@@ -17,6 +17,9 @@ use crate::validation::{self, Check};
 
 /// The label upstream keeps equal to a namespace's name, so selectors can pick namespaces by name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The annotation a node publishes the SHA-256 of its API's serving certificate in: whoever
+/// calls the node (the API server, another node) accepts that certificate alone.
+pub const SERVING_CERT_ANNOTATION: &str = "node.flotilla.dev/serving-cert-sha256";
 /// Total bytes of a ConfigMap's or Secret's data: upstream's `MaxSecretSize`.
 const MAX_DATA_BYTES: usize = 1024 * 1024;
 

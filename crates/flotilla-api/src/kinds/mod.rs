@@ -9,7 +9,7 @@ mod discovery;
 mod pod;
 mod service;
 
-pub use core::NAMESPACE_NAME_LABEL;
+pub use core::{NAMESPACE_NAME_LABEL, SERVING_CERT_ANNOTATION};
 pub use pod::WASM_RUNTIME_CLASS;
 
 use std::fmt;
