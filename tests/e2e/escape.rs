@@ -171,12 +171,14 @@ fn a_hostile_guest_cannot_leave_its_volumes() -> Result<()> {
     wait_for(&k, "race", "{.status.containerStatuses[?(@.name==\"swap\")].state}", 10, |s| s.contains("running"))?;
     canary_intact(&canary)?;
 
-    // A guest may call the API (it authenticates), but not the store's peer port nor the node
-    // API, whatever address it tries them by.
+    // A guest may call the API (it authenticates) through the `kubernetes` Service, as a pod's
+    // in-cluster configuration does, but not the store's peer port nor the node API, whatever
+    // address it tries them by. (Its localhost is its own.)
     let peer = server.store_url.trim_start_matches("https://").to_string();
     let peer_port = peer.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
     let node_port = k.ok(&["get", "node", &node, "-o", "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}"])?;
-    let api = server.url.trim_start_matches("https://").to_string();
+    let api =
+        format!("{}:443", k.ok(&["get", "svc", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"])?);
     let targets = format!("{peer},0.0.0.0:{peer_port},127.0.0.1:{node_port},{api}");
     let containers = format!(
         "  - name: probe

@@ -73,6 +73,9 @@ pub struct ApiServerConfig {
     pub default_toleration_seconds: i64,
     /// Which resources are encrypted at rest, and how (`--encryption-provider-config`).
     pub encryption: Encryption,
+    /// Where pods reach this server: the endpoint of the `default/kubernetes` Service, through
+    /// which in-cluster clients find the API (`KUBERNETES_SERVICE_HOST`). `None`: no Service.
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 /// Pods tolerate an unreachable node for a minute, not upstream's five: a serverless workload
@@ -94,6 +97,7 @@ impl Default for ApiServerConfig {
             node_client: None,
             default_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
             encryption: Encryption::default(),
+            advertise: None,
         }
     }
 }
@@ -135,6 +139,9 @@ impl ApiServer {
             }
         }
         bootstrap_dns_service(&registry, config.service_cidr).await?;
+        if let Some(advertise) = config.advertise {
+            bootstrap_kubernetes_service(&registry, config.service_cidr, advertise).await;
+        }
         let inner = Inner {
             registry,
             nodes: NodeProxy::new(config.node_client),
@@ -172,6 +179,64 @@ impl ApiServer {
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(Authenticate::layer(self.inner.authenticator.clone()))
+    }
+}
+
+/// `default/kubernetes` on the first address of the service range, port 443, and its
+/// EndpointSlice naming this server at `advertise`, as upstream's API server keeps them (its
+/// endpoint reconciler): in-cluster clients reach the API through it. A server of the group
+/// that starts adds itself to the slice. (One that is gone stays in it: upstream's lease-based
+/// reconciler, which removes it, is not here.)
+async fn bootstrap_kubernetes_service(registry: &Registry, range: flotilla_api::Cidr, advertise: std::net::SocketAddr) {
+    let services = resource::find("", "v1", "services").expect("services are served");
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": range.first().to_string(), "ports": [
+            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()},
+        ]},
+    });
+    match registry.create(services, Some("default"), service, WriteOptions::default()).await {
+        Ok(_) => tracing::info!(ip = %range.first(), "created the kubernetes Service"),
+        Err(Error(e)) if e.reason == Reason::AlreadyExists => {}
+        Err(e) => {
+            tracing::warn!(error = %e.0.message, "cannot create default/kubernetes");
+            return;
+        }
+    }
+    let slices = resource::find("discovery.k8s.io", "v1", "endpointslices").expect("endpoint slices are served");
+    let endpoint = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true}});
+    let slice = |endpoints: Vec<Value>| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "https", "port": advertise.port(), "protocol": "TCP"}],
+        })
+    };
+    let own = advertise.ip().to_string();
+    let written = match registry.get(slices, Some("default"), "kubernetes").await.and_then(|stored| stored.value()) {
+        Ok(mut existing) => {
+            let mut addresses: Vec<String> = existing["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["addresses"][0].as_str().map(String::from))
+                .collect();
+            if addresses.contains(&own) && existing["ports"][0]["port"] == advertise.port() {
+                return;
+            }
+            addresses.retain(|a| *a != own);
+            addresses.push(own);
+            let mut updated = slice(addresses.iter().map(|a| endpoint(a)).collect());
+            updated["metadata"] = existing["metadata"].take();
+            registry.update(slices, Some("default"), "kubernetes", None, updated, WriteOptions::default()).await
+        }
+        Err(_) => registry.create(slices, Some("default"), slice(vec![endpoint(&own)]), WriteOptions::default()).await,
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e.0.message, "cannot write the kubernetes Service's endpoints");
     }
 }
 

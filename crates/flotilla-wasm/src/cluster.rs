@@ -3,17 +3,17 @@
 //! own implementation.
 //!
 //! - `ip-name-lookup.resolve-addresses`: a name the node answers itself (a Service's, through
-//!   the pod's search path) is answered from the node's cache, without a DNS round trip and
-//!   without the node's resolver (which knows no cluster names). A name with several addresses
-//!   (a headless Service's pods) is answered with one of them at random, as a round-robin
-//!   server that returns one record would.
-//! - `tcp-socket.start-connect`: a connection to a Service's frontend goes straight to the
-//!   endpoint the node picks ([`Frontends`](crate::Frontends)), so a guest needs neither the
-//!   userspace relay nor kernel rules to reach a Service. The endpoint still passes the egress
-//!   check wasmtime-wasi makes of every connect. A pod's address (an endpoint's, or the one
-//!   asked for) is made reachable first ([`PodNetwork::reach`](crate::PodNetwork::reach)).
+//!   the pod's search path; `localhost`, the pod's own address) is answered from the node's
+//!   cache, without a DNS round trip and without the node's resolver (which knows no cluster
+//!   names). A name with several addresses (a headless Service's pods) is answered with one of
+//!   them at random, as a round-robin server that returns one record would.
+//! - `tcp-socket.start-connect`: a connection goes where [`connect_to`] says: localhost is the
+//!   pod's own address, a Service's frontend the endpoint the node picks
+//!   ([`Frontends`](crate::Frontends)), so a guest needs neither the userspace relay nor kernel
+//!   rules to reach a Service. The address still passes the egress check wasmtime-wasi makes
+//!   of every connect.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::WasiView;
@@ -41,7 +41,7 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
     linker.instance(IP_NAME_LOOKUP)?.func_wrap(
         "resolve-addresses",
         |mut store, (network, name): (Resource<WasiNetwork>, String)| {
-            let known = store.data().network().and_then(|n| n.names.as_ref()?.resolve(&name));
+            let known = store.data().network().and_then(|n| resolve(n, &name));
             let name = match known {
                 None => name,
                 Some(addresses) if addresses.is_empty() => return Ok((Err(ErrorCode::NameUnresolvable),)),
@@ -56,18 +56,11 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
     linker.instance(TCP)?.func_wrap(
         "[method]tcp-socket.start-connect",
         |mut store, (socket, network, to): (Resource<TcpSocket>, Resource<WasiNetwork>, IpSocketAddress)| {
-            let pod = store.data().network();
-            let to = match pod.and_then(|n| frontend(n, to.into())) {
-                None => SocketAddr::from(to),
-                Some(Pick::Endpoint(endpoint)) => endpoint,
-                Some(Pick::Refused) => return Ok((Err(ErrorCode::ConnectionRefused),)),
+            let to = match store.data().network().map(|n| connect_to(n, to.into())) {
+                None => to,
+                Some(Some(to)) => to.into(),
+                Some(None) => return Ok((Err(ErrorCode::ConnectionRefused),)),
             };
-            if let Some(network) = pod
-                && !reachable(network, to)
-            {
-                return Ok((Err(ErrorCode::ConnectionRefused),));
-            }
-            let to = IpSocketAddress::from(to);
             let mut view = store.data_mut().sockets();
             let started = HostTcpSocket::start_connect(&mut view, socket, network, to);
             answer(&mut view, started)
@@ -77,14 +70,40 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
     Ok(())
 }
 
-/// Whether a connection from the pod to `to` may be made: a pod's address is made reachable
-/// first, if the egress policy lets the guest have it at all (what it refuses, wasmtime-wasi
-/// refuses in turn; it opens nothing on the way).
-pub(crate) fn reachable(network: &Network, to: SocketAddr) -> bool {
+/// Where a connection from the pod to `to` goes, or `None` when it is refused at once:
+/// - `localhost` (127.0.0.1, and "this host", 0.0.0.0) is the pod itself, as in a pod's own
+///   network namespace: its containers reach each other there, and never the host's loopback
+///   services. (IPv6's `::1` is refused: the pod has no IPv6 address.)
+/// - a Service's frontend is the endpoint the node picks ([`Frontends`](crate::Frontends));
+/// - a pod's address is made reachable ([`PodNetwork::reach`](crate::PodNetwork::reach)),
+///   if the egress policy lets the guest have it at all (what it refuses, wasmtime-wasi refuses
+///   in turn; nothing is opened on the way).
+pub(crate) fn connect_to(network: &Network, to: SocketAddr) -> Option<SocketAddr> {
+    let to = match to.ip() {
+        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST || ip.is_unspecified() => {
+            SocketAddr::new(network.pod_ip, to.port())
+        }
+        IpAddr::V6(ip) if (ip.is_loopback() || ip.is_unspecified()) && network.pod_ip.is_ipv4() => return None,
+        _ => to,
+    };
+    let to = match network.frontends.as_ref().and_then(|f| f.pick(to, network.pod_ip)) {
+        None => to,
+        Some(Pick::Endpoint(endpoint)) => endpoint,
+        Some(Pick::Refused) => return None,
+    };
     match &network.pod_network {
-        Some(pods) if network.egress.allows(to) && pods.contains(to.ip()) => pods.reach(to),
-        _ => true,
+        Some(pods) if network.egress.allows(to) && pods.contains(to.ip()) && !pods.reach(to) => None,
+        _ => Some(to),
     }
+}
+
+/// The addresses of `name` the node answers for the pod itself: `localhost` is the pod's own
+/// address, and the cluster's names are the cluster DNS's. `None`: ask the node's resolver.
+pub(crate) fn resolve(network: &Network, name: &str) -> Option<Vec<IpAddr>> {
+    if name.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+        return Some(vec![network.pod_ip]);
+    }
+    network.names.as_ref()?.resolve(name)
 }
 
 /// wasmtime-wasi's result as the guest gets it: the value or the error code, or a trap.
@@ -93,10 +112,4 @@ fn answer<T>(view: &mut WasiSocketsCtxView<'_>, result: SocketResult<T>) -> wasm
         Ok(value) => Ok(value),
         Err(err) => Err(network::Host::convert_error_code(view, err)?),
     },))
-}
-
-/// Where a connection from the pod to `to` goes if `to` is a frontend. (A guest cannot name an
-/// IPv4 endpoint from an IPv6 socket: WASI refuses IPv4-mapped addresses.)
-pub(crate) fn frontend(network: &Network, to: SocketAddr) -> Option<Pick> {
-    network.frontends.as_ref()?.pick(to, network.pod_ip)
 }

@@ -28,7 +28,7 @@ use wasmtime_wasi_http::{
 use crate::cluster::GuestNetwork;
 use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
 use crate::output::Stream;
-use crate::run::{ContainerSpec, Exit, Network, Pick, configure, grant_network};
+use crate::run::{ContainerSpec, Exit, Network, configure, grant_network};
 
 pub(crate) struct ProxyGuest {
     wasi: WasiCtx,
@@ -70,7 +70,7 @@ impl WasiHttpHooks for OutgoingHooks {
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let egress = network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
             let nxdomain = || HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None };
-            let (destination, chosen) = match network.as_ref().and_then(|n| n.names.as_ref()?.resolve(&host)) {
+            let (destination, chosen) = match network.as_ref().and_then(|n| crate::cluster::resolve(n, &host)) {
                 // A name the node knows: one of its addresses, as a resolver's answer would be
                 // taken (a headless Service's pods are spread over).
                 Some(addresses) => {
@@ -88,10 +88,10 @@ impl WasiHttpHooks for OutgoingHooks {
                     (*addresses.first().ok_or_else(nxdomain)?, false)
                 }
             };
-            let (destination, chosen) = match network.as_ref().and_then(|n| crate::cluster::frontend(n, destination)) {
+            let (destination, chosen) = match network.as_ref().map(|n| crate::cluster::connect_to(n, destination)) {
                 None => (destination, chosen),
-                Some(Pick::Endpoint(endpoint)) => (endpoint, true),
-                Some(Pick::Refused) => return Err(HttpError::ConnectionRefused),
+                Some(Some(to)) => (to, chosen || to != destination),
+                Some(None) => return Err(HttpError::ConnectionRefused),
             };
             if !egress.allows(destination) {
                 return Err(HttpError::DestinationIpProhibited);
@@ -102,9 +102,6 @@ impl WasiHttpHooks for OutgoingHooks {
                 *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
             }
             let pod = network.as_ref().filter(|n| n.pod_network.as_ref().is_some_and(|p| p.contains(destination.ip())));
-            if network.as_ref().is_some_and(|n| !crate::cluster::reachable(n, destination)) {
-                return Err(HttpError::ConnectionRefused);
-            }
             match pod {
                 Some(network) if !https => send_from(network.pod_ip, destination, request, options).await,
                 _ => {

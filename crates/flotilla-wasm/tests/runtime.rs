@@ -354,6 +354,58 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
     assert!(out.contains(&format!("connect {open_addr}: ok")), "{out}");
 }
 
+/// A server on `at` that answers each HTTP request with `text` (its whole request read first,
+/// so that closing does not reset the connection under the answer): its address.
+fn answering(at: &str, text: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind(at).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{text}\n").as_bytes());
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn localhost_is_the_pod_itself_and_never_the_hosts_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    // Another container of the pod, on the pod's address; and a host service on 127.0.0.1.
+    let sibling = answering("127.0.0.55:0", "from the pod");
+    let host = answering("127.0.0.1:0", "from the host");
+    let output = Arc::new(Captured::default());
+    let mut spec = spec("escape", &output);
+    let port = sibling.port();
+    let targets = format!("localhost:{port},127.0.0.1:{port},0.0.0.0:{port},[::1]:{port},127.0.0.1:{}", host.port());
+    spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets), ("GET".into(), "/".into())];
+    spec.network = Some(Network {
+        pod_ip: "127.0.0.55".parse().unwrap(),
+        ports: Vec::new(),
+        egress: Default::default(),
+        names: None,
+        pod_network: None,
+        frontends: None,
+    });
+    assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
+    let out = output.stdout();
+    for reached in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
+        assert!(out.contains(&format!("connect {reached}: ok from the pod")), "{reached}: {out}");
+    }
+    assert!(out.contains(&format!("connect [::1]:{port}: error")), "{out}");
+    assert!(out.contains(&format!("connect 127.0.0.1:{}: error", host.port())), "the host's service: {out}");
+    assert!(!out.contains("from the host"), "{out}");
+}
+
 /// The cluster as the node knows it: a few names and Service frontends.
 #[derive(Debug)]
 struct Cluster {
@@ -379,23 +431,7 @@ async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() 
     let runtime = runtime(&dir);
     // The one endpoint: nothing listens on the frontends themselves, so an answer proves the
     // connection went straight to it.
-    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint_addr = endpoint.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in endpoint.incoming().flatten() {
-            // The whole request, so that closing does not reset the connection under the answer.
-            let mut request = Vec::new();
-            let mut buf = [0; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the endpoint\n");
-        }
-    });
+    let endpoint_addr = answering("127.0.0.1:0", "from the endpoint");
     let protected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let protected_addr = protected.local_addr().unwrap();
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();

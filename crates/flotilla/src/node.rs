@@ -23,7 +23,7 @@ pub(crate) struct NodeArgs {
 
     /// The address the API server and other nodes reach this node at.
     #[arg(long, default_value = "127.0.0.1")]
-    node_ip: Ipv4Addr,
+    pub(crate) node_ip: Ipv4Addr,
 
     /// Where the node's HTTPS API (container logs) listens; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:10250")]

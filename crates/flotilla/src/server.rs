@@ -180,7 +180,10 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     }
     tracing::info!(member = store.member_id(), cluster = %store.cluster_id(), peers = %advertised, "store ready");
 
-    let credentials = pki::load_or_create(&pki_dir, &certificate_names(api_addr, &args.tls_sans))
+    // Pods reach the API through the `kubernetes` Service, by its cluster IP and names.
+    let mut names = args.tls_sans.clone();
+    names.push(args.service_cidr.first().to_string());
+    let credentials = pki::load_or_create(&pki_dir, &certificate_names(api_addr, &names))
         .context("cannot set up the cluster's certificates")?;
     let authenticator = Authenticator::new()
         .with_token(credentials.token.clone(), UserInfo::new("admin", &[MASTERS]))
@@ -196,6 +199,12 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         node_client: Some(credentials.kubelet_client.clone()),
         default_toleration_seconds: args.default_toleration_seconds,
         encryption,
+        // The listen address, or the node's for a wildcard: where pods on any node reach it.
+        advertise: Some(if api_addr.ip().is_unspecified() {
+            SocketAddr::new(args.node.node_ip.into(), api_addr.port())
+        } else {
+            api_addr
+        }),
     };
     let api = ApiServer::new(store.clone(), api_config)
         .await

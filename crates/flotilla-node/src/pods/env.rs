@@ -93,10 +93,14 @@ pub(super) fn environment(
     // containers share.
     let hostname = spec.and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone()).unwrap_or_default();
     set(&mut env, "HOSTNAME".into(), hostname);
-    if spec.and_then(|s| s.enable_service_links).unwrap_or(true) {
-        for (name, value) in service_variables(services) {
-            set(&mut env, name, value);
-        }
+    // The API's Service always (in-cluster clients read `KUBERNETES_SERVICE_HOST`), the pod's
+    // namespace's with `enableServiceLinks`, as upstream's kubelet gives them.
+    let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
+    let namespace = pod.metadata.namespace.as_deref();
+    let linked =
+        services.iter().filter(|s| is_api_service(s) || (links && s.metadata.namespace.as_deref() == namespace));
+    for (name, value) in service_variables(linked) {
+        set(&mut env, name, value);
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     for from in container.env_from.iter().flatten() {
@@ -258,9 +262,14 @@ fn resource_value(
     Ok(((value + divisor - 1) / divisor).to_string())
 }
 
+/// Whether `service` is `default/kubernetes`, the API server's.
+pub(crate) fn is_api_service(service: &Service) -> bool {
+    service.metadata.namespace.as_deref() == Some("default") && service.metadata.name.as_deref() == Some("kubernetes")
+}
+
 /// The Docker-links-style variables upstream gives every container for each Service of its
 /// namespace: `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT`, `WEB_PORT_80_TCP_ADDR`, …
-fn service_variables(services: &[Service]) -> Vec<(String, String)> {
+fn service_variables<'a>(services: impl Iterator<Item = &'a Service>) -> Vec<(String, String)> {
     let mut env = Vec::new();
     for service in services {
         let Some(spec) = &service.spec else { continue };
@@ -342,8 +351,10 @@ mod tests {
         );
         objects.secrets.insert("nope".into(), None);
         let services: Vec<Service> = vec![
-            serde_json::from_value(json!({"metadata": {"name": "my-db"}, "spec": {"clusterIP": "127.43.0.5",
-                "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]}}))
+            serde_json::from_value(
+                json!({"metadata": {"name": "my-db", "namespace": "ns"}, "spec": {"clusterIP": "127.43.0.5",
+                "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]}}),
+            )
             .unwrap(),
         ];
         let container = &pod.spec.as_ref().unwrap().containers[0];
@@ -365,5 +376,28 @@ mod tests {
         objects.config_maps.insert("cfg".into(), None);
         let err = environment(&pod, container, &placement(), &objects, &services).unwrap_err();
         assert_eq!(err, "configmap \"cfg\" not found");
+    }
+
+    #[test]
+    fn the_apis_service_is_given_to_every_pod_and_its_namespaces_only_with_service_links() {
+        let service = |namespace: &str, name: &str, ip: &str, port: u16| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": port}]}}))
+            .unwrap()
+        };
+        let services = [service("default", "kubernetes", "127.43.0.1", 443), service("apps", "db", "127.43.0.5", 5432)];
+        for (links, db) in [(true, Some("127.43.0.5")), (false, None)] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "apps"},
+                "spec": {"enableServiceLinks": links, "containers": [{"name": "c", "image": "app:1"}]}
+            }))
+            .unwrap();
+            let container = &pod.spec.as_ref().unwrap().containers[0];
+            let env = environment(&pod, container, &placement(), &Objects::default(), &services).unwrap();
+            let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("127.43.0.1"));
+            assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+            assert_eq!(get("DB_SERVICE_HOST"), db);
+        }
     }
 }

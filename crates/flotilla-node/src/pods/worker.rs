@@ -471,7 +471,7 @@ impl Worker {
             .services
             .state()
             .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(self.namespace()))
+            .filter(|s| s.metadata.namespace.as_deref() == Some(self.namespace()) || env::is_api_service(s))
             .map(|s| (**s).clone())
             .collect();
         let environment = env::environment(&self.pod, container, &placement, &self.objects, &services)?;
