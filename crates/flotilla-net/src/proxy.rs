@@ -90,14 +90,18 @@ impl ServiceProxy {
                 Change::Deleted(slice) => (None, slice, true),
             };
             // A slice relabelled to another Service changes both.
-            for slice in old.into_iter().chain([new]) {
-                if let Some(service) = service_of(slice) {
-                    indexed.remove(&service, slice);
-                    marks.mark(service);
-                }
+            let changed: Vec<(&Arc<EndpointSlice>, ObjectKey)> =
+                old.into_iter().chain([new]).filter_map(|slice| Some((slice, service_of(slice)?))).collect();
+            for (slice, service) in &changed {
+                indexed.remove(service, slice);
             }
             if !deleted && let Some(service) = service_of(new) {
                 indexed.insert(service, new);
+            }
+            // Marked once the index holds the change: the sync that takes a mark (on another
+            // thread, at any moment) reads it, rather than the index as it was.
+            for (_, service) in changed {
+                marks.mark(service);
             }
         });
         let (service_cache, slice_cache) = (services.cache(), slices.cache());

@@ -148,13 +148,22 @@ impl flotilla_wasm::PodNetwork for PodRanges {
     }
 }
 
-/// The Services' frontends as the runtime asks them, for TCP connections.
+/// The Services' frontends as the runtime asks them.
 #[derive(Debug, Default)]
 struct ServiceFrontends(flotilla_net::Frontends);
 
 impl flotilla_wasm::Frontends for ServiceFrontends {
-    fn pick(&self, to: std::net::SocketAddr, client: std::net::IpAddr) -> Option<flotilla_wasm::Pick> {
-        Some(match self.0.pick(flotilla_net::Protocol::Tcp, to, client)? {
+    fn pick(
+        &self,
+        protocol: flotilla_wasm::Protocol,
+        to: std::net::SocketAddr,
+        client: std::net::IpAddr,
+    ) -> Option<flotilla_wasm::Pick> {
+        let protocol = match protocol {
+            flotilla_wasm::Protocol::Tcp => flotilla_net::Protocol::Tcp,
+            flotilla_wasm::Protocol::Udp => flotilla_net::Protocol::Udp,
+        };
+        Some(match self.0.pick(protocol, to, client)? {
             flotilla_net::Pick::Endpoint(endpoint) => flotilla_wasm::Pick::Endpoint(endpoint),
             flotilla_net::Pick::Refused => flotilla_wasm::Pick::Refused,
         })

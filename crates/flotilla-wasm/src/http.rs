@@ -88,7 +88,8 @@ impl WasiHttpHooks for OutgoingHooks {
                     (*addresses.first().ok_or_else(nxdomain)?, false)
                 }
             };
-            let (destination, chosen) = match network.as_ref().map(|n| crate::cluster::connect_to(n, destination)) {
+            let to = |n: &Network| crate::cluster::connect_to(n, crate::run::Protocol::Tcp, destination);
+            let (destination, chosen) = match network.as_ref().map(to) {
                 None => (destination, chosen),
                 Some(Some(to)) => (to, chosen || to != destination),
                 Some(None) => return Err(HttpError::ConnectionRefused),

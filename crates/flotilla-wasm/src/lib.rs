@@ -30,7 +30,7 @@ pub use crate::http::DEFAULT_HTTP_CONCURRENCY;
 pub use crate::limits::MemoryPool;
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
-pub use crate::run::{ContainerSpec, Exit, Frontends, Names, Network, Pick, PodNetwork, Preopen};
+pub use crate::run::{ContainerSpec, Exit, Frontends, Names, Network, Pick, PodNetwork, Preopen, Protocol};
 
 /// How often the engine's epoch advances: the CPU time slice. A guest that computes without
 /// calling the host is interrupted at the next tick, yields to the other tasks of the node

@@ -65,13 +65,19 @@ pub struct Network {
 }
 
 /// The frontends of Services (a cluster IP and port, a node port): a guest's TCP connection to
-/// one goes straight to an endpoint picked here, as the host's socket layer makes it, with no
-/// relay and no kernel rule between. Only TCP: a UDP reply must come from the address the guest
-/// sent to, which the kernel's translation gives and a connected socket would not.
+/// one, or its UDP socket connected to one, goes straight to an endpoint picked here, as the
+/// host's socket layer makes it, with no relay and no kernel rule between.
 pub trait Frontends: Send + Sync + std::fmt::Debug {
-    /// Where a connection from `client` (the pod's address) to `to` goes: `None` when `to` is
-    /// no frontend, and the connection goes where it was asked to.
-    fn pick(&self, to: SocketAddr, client: IpAddr) -> Option<Pick>;
+    /// Where a `protocol` connection from `client` (the pod's address) to `to` goes: `None`
+    /// when `to` is no frontend, and the connection goes where it was asked to.
+    fn pick(&self, protocol: Protocol, to: SocketAddr, client: IpAddr) -> Option<Pick>;
+}
+
+/// A transport protocol of a guest's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
 }
 
 /// Where a connection to a frontend goes.

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_examples as examples;
 use flotilla_wasm::{
-    ContainerSpec, Exit, LoadError, Network, OutputSink, Pick, Preopen, ProgramKind, Runtime, RuntimeConfig, Stream,
+    ContainerSpec, Exit, LoadError, Network, OutputSink, Pick, Preopen, ProgramKind, Protocol, Runtime, RuntimeConfig,
+    Stream,
 };
 
 /// Output kept in memory, per stream.
@@ -410,7 +411,7 @@ async fn localhost_is_the_pod_itself_and_never_the_hosts_loopback() {
 #[derive(Debug)]
 struct Cluster {
     names: std::collections::HashMap<&'static str, Vec<std::net::IpAddr>>,
-    frontends: std::collections::HashMap<std::net::SocketAddr, Pick>,
+    frontends: std::collections::HashMap<(Protocol, std::net::SocketAddr), Pick>,
 }
 
 impl flotilla_wasm::Names for Cluster {
@@ -420,8 +421,8 @@ impl flotilla_wasm::Names for Cluster {
 }
 
 impl flotilla_wasm::Frontends for Cluster {
-    fn pick(&self, to: std::net::SocketAddr, _client: std::net::IpAddr) -> Option<Pick> {
-        self.frontends.get(&to).copied()
+    fn pick(&self, protocol: Protocol, to: std::net::SocketAddr, _client: std::net::IpAddr) -> Option<Pick> {
+        self.frontends.get(&(protocol, to)).copied()
     }
 }
 
@@ -432,6 +433,14 @@ async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() 
     // The one endpoint: nothing listens on the frontends themselves, so an answer proves the
     // connection went straight to it.
     let endpoint_addr = answering("127.0.0.1:0", "from the endpoint");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_endpoint = udp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0; 1500];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(b"from the udp endpoint", from);
+        }
+    });
     let protected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let protected_addr = protected.local_addr().unwrap();
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
@@ -439,16 +448,18 @@ async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() 
     let cluster = Arc::new(Cluster {
         names: [("web", vec![ip("127.43.0.9")]), ("empty", vec![ip("127.43.0.10")]), ("gone", vec![])].into(),
         frontends: [
-            (at("127.43.0.9:80"), Pick::Endpoint(endpoint_addr)),
-            (at("127.43.0.10:80"), Pick::Refused),
+            ((Protocol::Tcp, at("127.43.0.9:80")), Pick::Endpoint(endpoint_addr)),
+            ((Protocol::Tcp, at("127.43.0.10:80")), Pick::Refused),
             // What a Service could not get past the node's guard, but the runtime checks anyway.
-            (at("127.43.0.11:80"), Pick::Endpoint(protected_addr)),
+            ((Protocol::Tcp, at("127.43.0.11:80")), Pick::Endpoint(protected_addr)),
+            ((Protocol::Udp, at("127.43.0.9:53")), Pick::Endpoint(udp_endpoint)),
+            ((Protocol::Udp, at("127.43.0.10:53")), Pick::Refused),
         ]
         .into(),
     });
     let output = Arc::new(Captured::default());
     let mut spec = spec("escape", &output);
-    let targets = "web:80,127.43.0.9:80,empty:80,gone:80,127.43.0.11:80";
+    let targets = "web:80,127.43.0.9:80,empty:80,gone:80,127.43.0.11:80,udp:web:53,udp:127.43.0.10:53";
     spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets.into()), ("GET".into(), "/".into())];
     spec.network = Some(Network {
         pod_ip: "127.0.0.1".parse().unwrap(),
@@ -464,6 +475,11 @@ async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() 
         assert!(out.contains(&format!("connect {reached}: ok from the endpoint")), "{reached}: {out}");
     }
     let refused = out.lines().find(|l| l.starts_with("connect empty:80")).unwrap_or_default();
+    assert!(refused.contains("error") && refused.contains("refused"), "{out}");
+    // A UDP socket connected to a Service's frontend talks to its endpoint; one without any is
+    // refused.
+    assert!(out.contains("connect udp:web:53: ok from the udp endpoint"), "{out}");
+    let refused = out.lines().find(|l| l.starts_with("connect udp:127.43.0.10:53")).unwrap_or_default();
     assert!(refused.contains("error") && refused.contains("refused"), "{out}");
     assert!(out.contains("connect gone:80: error"), "{out}");
     assert!(out.contains("connect 127.43.0.11:80: error"), "{out}");

@@ -7,7 +7,8 @@
 //! - `MODE=probe`: reads each path of `PATHS` (comma-separated) and writes `owned` over it.
 //! - `MODE=connect`: opens a TCP connection to each address of `TARGETS` (comma-separated,
 //!   `host:port`, a name looked up as the guest's resolver answers it); with `GET=PATH`, asks
-//!   each for `PATH` over HTTP/1.0 and prints the answer's last line.
+//!   each for `PATH` over HTTP/1.0 and prints the answer's last line. A target `udp:host:port`
+//!   is a UDP socket connected there instead, which sends `hello` and prints the answer.
 //! - `MODE=swap`: renames `$DIR/dir` and a link `$DIR/link` (to `LINK_TARGET`) in and out of
 //!   each other's place without end, to race whoever resolves `$DIR/dir`.
 //!
@@ -46,6 +47,24 @@ fn ask(mut stream: std::net::TcpStream, path: Option<&str>) -> std::io::Result<S
     Ok(answer.trim_end().lines().last().unwrap_or_default().to_string())
 }
 
+/// The answer to `hello` from `target` over a connected UDP socket, within a second.
+fn datagram(target: &str) -> std::io::Result<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(target)?;
+    // Polled: WASI sockets take no receive timeout.
+    socket.set_nonblocking(true)?;
+    socket.send(b"hello")?;
+    let mut answer = [0; 1500];
+    for _ in 0..100 {
+        match socket.recv(&mut answer) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&answer[..n]).trim_end().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::ErrorKind::TimedOut.into())
+}
+
 fn main() {
     let dir = std::env::var("DIR").unwrap_or_else(|_| "/scratch".into());
     let dir = Path::new(&dir);
@@ -72,6 +91,10 @@ fn main() {
             let targets = std::env::var("TARGETS").unwrap_or_default();
             let get = std::env::var("GET").ok();
             for target in targets.split(',').filter(|t| !t.is_empty()) {
+                if let Some(udp) = target.strip_prefix("udp:") {
+                    report("connect", target, datagram(udp));
+                    continue;
+                }
                 let connected = std::net::TcpStream::connect(target);
                 report("connect", target, connected.and_then(|stream| ask(stream, get.as_deref())));
             }
