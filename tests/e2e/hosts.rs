@@ -140,6 +140,19 @@ impl Hosts {
         Ok((server, token))
     }
 
+    /// kubectl on host 1, once every host's node is registered and Ready.
+    fn kubectl(&self, server: &Server) -> Result<Kubectl> {
+        let k = Kubectl::in_netns("1.33", server, &self.name(1))?;
+        let want = (1..=self.count).map(|i| format!("host-{i}")).collect::<Vec<_>>().join(" ");
+        eventually(
+            "nodes",
+            || k.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
+            |names| *names == want,
+        )?;
+        k.ok(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=60s"])?;
+        Ok(k)
+    }
+
     /// Starts `flotilla agent` on host `i`, joining the server on host 1.
     fn agent(&self, i: usize, token: &str, data_dir: &Path) -> Result<Agent> {
         let server = format!("https://{}:6443", Hosts::address(1));
@@ -280,13 +293,7 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     }
     let mut agent2 = hosts.agent(2, &token, dirs[1].path())?;
     let mut agent3 = hosts.agent(3, &token, dirs[2].path())?;
-    let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
-    eventually(
-        "nodes",
-        || k.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
-        |names| names == "host-1 host-2 host-3",
-    )?;
-    k.ok(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=60s"])?;
+    let k = hosts.kubectl(&server)?;
 
     // Each host routes the others' pod ranges via their addresses.
     for i in 1..=3 {
@@ -441,13 +448,7 @@ fn pods_on_hosts_without_routes_reach_each_other_through_tunnels() -> Result<()>
     let (server, token) = hosts.server(&dirs[0])?;
     import(dirs[1].path(), examples::P2_HTTP, "http:v2")?;
     let agent2 = hosts.agent(2, &token, dirs[1].path())?;
-    let k = Kubectl::in_netns("1.33", &server, &hosts.name(1))?;
-    eventually(
-        "nodes",
-        || k.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
-        |names| names == "host-1 host-2",
-    )?;
-    k.ok(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=60s"])?;
+    let k = hosts.kubectl(&server)?;
     for i in 1..=2 {
         apply(&k, &pod(&format!("web-{i}"), i, "http:v2", "web"))?;
     }

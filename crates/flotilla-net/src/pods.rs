@@ -53,6 +53,11 @@ pub(crate) struct Known {
 }
 
 impl Known {
+    /// This node's range, before any peer is known.
+    pub(crate) fn new(own: Cidr) -> Known {
+        Known { own, peers: BTreeMap::new() }
+    }
+
     /// The peer whose range holds `ip`, if its pods are reached through a tunnel.
     pub(crate) fn tunneled_peer(&self, ip: IpAddr) -> Option<&Peer> {
         let IpAddr::V4(ip) = ip.to_canonical() else { return None };
@@ -88,7 +93,7 @@ impl PodNetwork {
     /// is loopback, and tunnels to other hosts' loopback ranges, presenting `identity` (this
     /// node's client certificate).
     pub fn start(client: kube::Client, node_name: String, own: Cidr, identity: Option<Issued>) -> PodNetwork {
-        let known = Arc::new(RwLock::new(Known { own, peers: BTreeMap::new() }));
+        let known = Arc::new(RwLock::new(Known::new(own)));
         let tunnels = Arc::new(Tunnels::new(known.clone(), identity));
         let changed = Arc::new(Notify::new());
         let mut nodes = Informer::<Node>::all(client);

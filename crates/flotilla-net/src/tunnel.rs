@@ -330,6 +330,20 @@ fn listens(table: &str, at: SocketAddr) -> bool {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_entrance_is_not_opened_on_an_address_another_process_holds() {
+        let tunnels = Tunnels::new(Arc::new(RwLock::new(Known::new("127.44.0.0/24".parse().unwrap()))), None);
+        // A squatter on a peer's pod address: the connection must fail, not reach it.
+        let squatter = std::net::TcpListener::bind("127.44.9.7:0").unwrap();
+        assert!(!tunnels.open(squatter.local_addr().unwrap()));
+        let free = std::net::TcpListener::bind("127.44.9.8:0").unwrap().local_addr().unwrap();
+        assert!(tunnels.open(free), "the entrance stands");
+        assert!(tunnels.open(free), "and is reused");
+        assert!(std::net::TcpListener::bind(free).is_err(), "the entrance holds the address");
+        tunnels.keep(|_| false);
+        assert!(std::net::TcpListener::bind(free).is_ok(), "closed at once when dropped");
+    }
+
     #[test]
     fn a_listener_on_the_very_address_is_a_pods_and_one_on_every_address_is_not() {
         let pod = std::net::TcpListener::bind("127.0.0.77:0").unwrap();

@@ -53,6 +53,18 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
     }
 }
 
+/// A pod network on `pod_ip` that grants nothing else: no ports, no names, no Services.
+fn network(pod_ip: &str) -> Network {
+    Network {
+        pod_ip: pod_ip.parse().unwrap(),
+        ports: Vec::new(),
+        egress: Default::default(),
+        names: None,
+        pod_network: None,
+        frontends: None,
+    }
+}
+
 async fn run(runtime: &Runtime, wasm: &str, spec: ContainerSpec) -> Exit {
     let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
     runtime.run(&program, spec).await
@@ -240,14 +252,7 @@ async fn servers_listen_on_the_pods_address_as_p1_modules_and_p2_components() {
             ("POD_IP".into(), "127.0.0.1".into()),
             ("PORT".into(), port.to_string()),
         ];
-        spec.network = Some(Network {
-            pod_ip: "127.0.0.1".parse().unwrap(),
-            ports: vec![port],
-            egress: Default::default(),
-            names: None,
-            pod_network: None,
-            frontends: None,
-        });
+        spec.network = Some(Network { ports: vec![port], ..network("127.0.0.1") });
         let program = runtime.load(&std::fs::read(wasm).unwrap()).unwrap();
         let running = {
             let runtime = runtime.clone();
@@ -271,14 +276,7 @@ async fn a_component_may_bind_only_its_pods_address_and_a_module_without_ports_h
     let output = Arc::new(Captured::default());
     let mut bind_elsewhere = spec("http", &output);
     bind_elsewhere.env = vec![("POD_IP".into(), "127.0.0.1".into()), ("PORT".into(), free_port().to_string())];
-    bind_elsewhere.network = Some(Network {
-        pod_ip: "127.9.9.9".parse().unwrap(),
-        ports: Vec::new(),
-        egress: Default::default(),
-        names: None,
-        pod_network: None,
-        frontends: None,
-    });
+    bind_elsewhere.network = Some(network("127.9.9.9"));
     assert_eq!(run(&runtime, examples::P2_HTTP, bind_elsewhere).await, Exit::Exited(1));
     assert!(output.stderr().starts_with("cannot listen"), "{}", output.stderr());
 
@@ -297,14 +295,7 @@ async fn a_wasi_http_component_is_served_with_an_instance_per_request() {
     let output = Arc::new(Captured::default());
     let mut served = spec("handler", &output);
     served.env = vec![("HOSTNAME".into(), "fn-0".into())];
-    served.network = Some(Network {
-        pod_ip: "127.0.0.1".parse().unwrap(),
-        ports: vec![port],
-        egress: Default::default(),
-        names: None,
-        pod_network: None,
-        frontends: None,
-    });
+    served.network = Some(Network { ports: vec![port], ..network("127.0.0.1") });
     let serving = {
         let runtime = runtime.clone();
         tokio::spawn(async move { runtime.run(&program, served).await })
@@ -340,14 +331,8 @@ async fn a_component_cannot_connect_to_the_nodes_own_endpoints() {
     let mut spec = spec("escape", &output);
     let targets = format!("{protected},0.0.0.0:{},{open_addr}", protected.port());
     spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets)];
-    spec.network = Some(Network {
-        pod_ip: "127.0.0.1".parse().unwrap(),
-        ports: Vec::new(),
-        egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])),
-        names: None,
-        pod_network: None,
-        frontends: None,
-    });
+    spec.network =
+        Some(Network { egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected])), ..network("127.0.0.1") });
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
     assert!(out.contains(&format!("connect {protected}: error")), "{out}");
@@ -389,14 +374,7 @@ async fn localhost_is_the_pod_itself_and_never_the_hosts_loopback() {
     let port = sibling.port();
     let targets = format!("localhost:{port},127.0.0.1:{port},0.0.0.0:{port},[::1]:{port},127.0.0.1:{}", host.port());
     spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets), ("GET".into(), "/".into())];
-    spec.network = Some(Network {
-        pod_ip: "127.0.0.55".parse().unwrap(),
-        ports: Vec::new(),
-        egress: Default::default(),
-        names: None,
-        pod_network: None,
-        frontends: None,
-    });
+    spec.network = Some(network("127.0.0.55"));
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
     for reached in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
@@ -462,12 +440,10 @@ async fn a_components_sockets_resolve_service_names_and_frontends_in_the_host() 
     let targets = "web:80,127.43.0.9:80,empty:80,gone:80,127.43.0.11:80,udp:web:53,udp:127.43.0.10:53";
     spec.env = vec![("MODE".into(), "connect".into()), ("TARGETS".into(), targets.into()), ("GET".into(), "/".into())];
     spec.network = Some(Network {
-        pod_ip: "127.0.0.1".parse().unwrap(),
-        ports: Vec::new(),
         egress: Arc::new(flotilla_wasm::Egress::protecting(vec![protected_addr])),
         names: Some(cluster.clone()),
-        pod_network: None,
         frontends: Some(cluster),
+        ..network("127.0.0.1")
     });
     assert_eq!(run(&runtime, examples::P2_ESCAPE, spec).await, Exit::Exited(0));
     let out = output.stdout();
@@ -494,14 +470,7 @@ async fn a_flood_of_requests_meets_the_functions_concurrency_and_memory_limits()
     let port = free_port();
     let output = Arc::new(Captured::default());
     let mut served = spec("handler", &output);
-    served.network = Some(Network {
-        pod_ip: "127.0.0.1".parse().unwrap(),
-        ports: vec![port],
-        egress: Default::default(),
-        names: None,
-        pod_network: None,
-        frontends: None,
-    });
+    served.network = Some(Network { ports: vec![port], ..network("127.0.0.1") });
     served.http_concurrency = Some(2);
     served.memory = flotilla_wasm::MemoryPool::new(Some(48 << 20));
     let serving = {
