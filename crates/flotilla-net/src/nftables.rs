@@ -1,10 +1,12 @@
 //! The kernel data path, programmed as kube-proxy's nftables mode programs it
 //! (`pkg/proxy/nftables`): one table of Flotilla's own, in which a connection to a frontend
-//! (address, protocol, port) is DNATed to one of its endpoints. Most routes are map elements
-//! alone: the frontend and a random slot map to an endpoint (`service-endpoints`). A route under
-//! `sessionAffinity` (or of more endpoints than slots) gets chains instead, as kube-proxy's
-//! do: a verdict map jumps to a chain per route, which sends a client back to its endpoint
-//! (remembered in a set with the affinity's timeout) or picks one at random. Each commit is
+//! (address, protocol, port) is DNATed to one of its endpoints. A verdict map (`service-ips`)
+//! sends the frontend on. Most routes are map elements alone: the frontend goes to a fixed
+//! chain `spread-<n>` for its count of endpoints, which draws one of n slots at random, and the
+//! frontend and the slot map to an endpoint (`service-endpoints`). A route under
+//! `sessionAffinity` (or of more endpoints than [`SPREAD`]) gets chains of its own instead, as
+//! kube-proxy's do, which send a client back to its endpoint (remembered in a set with the
+//! affinity's timeout) or pick one at random. Each commit is
 //! one `nft -f` transaction: the kernel takes all of it or none. Only the changed Services'
 //! elements and chains are rewritten (kube-proxy's partial sync), so a change costs its own
 //! Service's work. The table is deleted when the path is dropped (a clean shutdown); a
@@ -34,9 +36,10 @@ use crate::{DataPath, Protocol, Route};
 pub const TABLE: &str = "flotilla";
 /// The packet mark that asks for masquerading (kube-proxy's bit).
 const MASQUERADE_MARK: u32 = 0x4000;
-/// The random slots a route's endpoints share in `service-endpoints`: 60 splits evenly over
-/// 1 to 6, 10, 12, 15, 20, 30 and 60 endpoints, and within a slot of even otherwise.
-const SLOTS: usize = 60;
+/// The most endpoints a route spreads over by map elements alone: the table has a chain
+/// `spread-<n>` for each count up to it. A route costs an element per endpoint, and each
+/// endpoint gets an even share.
+const SPREAD: usize = 64;
 
 /// The nftables data path.
 #[derive(Debug)]
@@ -90,7 +93,7 @@ struct Programmed {
 }
 
 /// An element of one of the table's maps or sets: kept as values, not text, since a table of
-/// 10,000 Services holds 600,000 of them.
+/// 10,000 Services holds 100,000 of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Element {
     map: &'static str,
@@ -99,7 +102,7 @@ struct Element {
     value: Option<Value>,
 }
 
-/// A frontend, and the random slot for `service-endpoints`.
+/// A frontend, and its endpoint's slot for `service-endpoints`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     frontend: SocketAddrV4,
@@ -331,12 +334,19 @@ impl Nftables {
 /// The table's fixed part, built afresh (what a previous run left is deleted in the same
 /// transaction).
 fn base() -> String {
+    let spread: String = (1..=SPREAD)
+        .map(|n| {
+            format!(
+                "\tchain spread-{n} {{ meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @service-endpoints; }}\n"
+            )
+        })
+        .collect();
     format!(
         "add table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
 	map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
-	map service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {SLOTS} : ip daddr . th dport; }}
+	map service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {SPREAD} : ip daddr . th dport; }}
 	set masquerade-frontends {{ type ipv4_addr . inet_proto . inet_service; }}
 	chain raw-prerouting {{ type filter hook prerouting priority -300; policy accept; iifname != \"lo\" ip daddr 127.0.0.0/8 drop; iifname != \"lo\" ip saddr 127.0.0.0/8 drop; }}
 	chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
@@ -345,20 +355,19 @@ table ip {TABLE} {{
 	chain services {{
 		ip daddr . meta l4proto . th dport @masquerade-frontends meta mark set meta mark | {MASQUERADE_MARK:#x};
 		ip daddr . meta l4proto . th dport vmap @service-ips;
-		meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {SLOTS} map @service-endpoints;
 	}}
-}}
+{spread}}}
 "
     )
 }
 
 /// A Service's chains, sets and elements, for its routes; `id` names them.
 ///
-/// A route without affinity, of at most [`SLOTS`] endpoints, is map elements alone: its
-/// frontend and a random slot map to an endpoint, each endpoint taking an even share of the
-/// slots. Adding elements asks nothing more of the kernel, where adding a rule has it validate
-/// every chain of the table again (a second, at 10,000 Services). A route with affinity, or
-/// more endpoints, gets chains, as kube-proxy's do.
+/// A route without affinity, of at most [`SPREAD`] endpoints, is map elements alone: its
+/// frontend goes to the `spread-<n>` chain for its n endpoints, and the frontend and each slot
+/// below n map to an endpoint. Adding elements asks nothing more of the kernel, where adding a
+/// rule has it validate every chain of the table again (a second, at 10,000 Services). A route
+/// with affinity, or more endpoints, gets chains, as kube-proxy's do.
 fn plan(id: u64, routes: &[Route]) -> Programmed {
     let mut programmed = Programmed::default();
     for (r, route) in routes.iter().enumerate() {
@@ -369,16 +378,18 @@ fn plan(id: u64, routes: &[Route]) -> Programmed {
             continue;
         }
         let key = Key { frontend, protocol: route.protocol, slot: None };
-        if route.affinity.is_none() && endpoints.len() <= SLOTS {
+        if route.affinity.is_none() && endpoints.len() <= SPREAD {
             if !route.keep_source {
                 programmed.elements.push(Element { map: "masquerade-frontends", key, value: None });
             }
-            for slot in 0..SLOTS {
-                let SocketAddr::V4(endpoint) = endpoints[slot % endpoints.len()] else { continue };
+            let spread = Value::Goto(format!("spread-{}", endpoints.len()));
+            programmed.elements.push(Element { map: "service-ips", key, value: Some(spread) });
+            for (slot, endpoint) in endpoints.iter().enumerate() {
+                let SocketAddr::V4(endpoint) = endpoint else { continue };
                 programmed.elements.push(Element {
                     map: "service-endpoints",
                     key: Key { slot: Some(slot as u8), ..key },
-                    value: Some(Value::Endpoint(endpoint)),
+                    value: Some(Value::Endpoint(*endpoint)),
                 });
             }
             continue;
@@ -521,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_route_is_slots_of_a_map_or_with_affinity_chains_that_dnat() {
+    fn a_route_is_elements_of_maps_or_with_affinity_chains_that_dnat() {
         let programmed = plan(
             7,
             &[
@@ -532,10 +543,16 @@ mod tests {
             ],
         );
         let elements: Vec<_> = programmed.elements.iter().map(shown).collect();
-        let slots: Vec<_> = elements.iter().filter(|e| e.1.starts_with("127.43.0.5")).collect();
-        assert_eq!(slots.len(), SLOTS, "every slot, each endpoint an even share");
-        assert_eq!(*slots[0], element("service-endpoints", "127.43.0.5 . tcp . 80 . 0", Some("10.244.1.2 . 8080")));
-        assert_eq!(*slots[1], element("service-endpoints", "127.43.0.5 . tcp . 80 . 1", Some("10.244.2.3 . 8080")));
+        let web: Vec<_> = elements.iter().filter(|e| e.1.starts_with("127.43.0.5")).collect();
+        assert_eq!(
+            web,
+            [
+                &element("service-ips", "127.43.0.5 . tcp . 80", Some("goto spread-2")),
+                &element("service-endpoints", "127.43.0.5 . tcp . 80 . 0", Some("10.244.1.2 . 8080")),
+                &element("service-endpoints", "127.43.0.5 . tcp . 80 . 1", Some("10.244.2.3 . 8080")),
+            ],
+            "a slot per endpoint, drawn by the chain for two"
+        );
         assert!(elements.contains(&element("service-ips", "10.77.0.1 . tcp . 30080", Some("goto svc-7-1"))));
         assert!(elements.contains(&element("masquerade-frontends", "10.77.0.1 . tcp . 30081", None)));
         assert!(!elements.iter().any(|e| e.1.contains(" 81")), "no endpoints, nothing");
@@ -545,7 +562,7 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(chain("svc-7-0"), None, "slots need no chain");
+        assert_eq!(chain("svc-7-0"), None, "slots need no chain of their own");
         assert_eq!(
             chain("svc-7-1").unwrap(),
             [
@@ -576,19 +593,18 @@ mod tests {
             "{first}"
         );
 
-        // web loses an endpoint: the slots it had are given to the other, by elements alone;
-        // api is not touched.
+        // web loses an endpoint: its slot goes and the frontend draws from one, by elements
+        // alone; api is not touched.
         path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080"], None, true)]);
         let second = commit(&mut path);
         assert!(!second.contains("table ip flotilla {") && !second.contains("rule"), "no rebuild, no rule: {second}");
         let slot = "127.43.0.5 . tcp . 80 . 1";
         let (out, back) = (
-            second.find(&format!("delete element ip flotilla service-endpoints {{ {slot} }}")).unwrap(),
-            second
-                .find(&format!("add element ip flotilla service-endpoints {{ {slot} : 10.244.1.2 . 8080 }}"))
-                .unwrap(),
+            second.find("delete element ip flotilla service-ips { 127.43.0.5 . tcp . 80 }").unwrap(),
+            second.find("add element ip flotilla service-ips { 127.43.0.5 . tcp . 80 : goto spread-1 }").unwrap(),
         );
         assert!(out < back, "{second}");
+        assert!(second.contains(&format!("delete element ip flotilla service-endpoints {{ {slot} }}")), "{second}");
         assert!(!second.contains("10.244.1.4") && !second.contains(" . 0 "), "only what changed: {second}");
 
         // With affinity, web goes through chains; without web, its element goes before its
@@ -599,7 +615,7 @@ mod tests {
         assert!(third.contains(&format!(
             "add element ip flotilla service-ips {{ 127.43.0.5 . tcp . 80 : goto svc-{web_id}-0 }}"
         )));
-        assert!(third.contains(&format!("delete element ip flotilla service-endpoints {{ {slot} }}")));
+        assert!(third.contains("delete element ip flotilla service-endpoints { 127.43.0.5 . tcp . 80 . 0 }"));
         path.sync(&web, Vec::new());
         let fourth = commit(&mut path);
         let element = fourth.find("delete element ip flotilla service-ips { 127.43.0.5 . tcp . 80 }").unwrap();
