@@ -11,6 +11,7 @@ mod hosts;
 mod kube_client;
 mod kubectl;
 mod leader;
+mod metrics;
 mod nodes;
 mod pods;
 mod pressure;

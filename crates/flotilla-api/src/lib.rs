@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cidr;
 pub mod error;
+pub mod go;
 pub mod json;
 pub mod kinds;
 pub mod managed;
@@ -19,6 +20,7 @@ pub mod resource;
 pub mod scheduling;
 pub mod schema;
 pub mod selector;
+pub mod stats;
 pub mod table;
 pub mod validation;
 

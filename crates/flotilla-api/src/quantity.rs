@@ -92,9 +92,21 @@ pub fn cores(cpu: f64) -> String {
     if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{millis}m") }
 }
 
+/// CPU in nanocores as upstream writes it (`resource.NewScaledQuantity(n, -9)`, canonical): the
+/// largest decimal suffix that keeps it whole (`2`, `250m`, `1500u`, `123456789n`).
+pub fn nanocores(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n.is_multiple_of(1_000_000_000) => (n / 1_000_000_000).to_string(),
+        n if n.is_multiple_of(1_000_000) => format!("{}m", n / 1_000_000),
+        n if n.is_multiple_of(1_000) => format!("{}u", n / 1_000),
+        n => format!("{n}n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{bytes, cores, parse};
+    use super::{bytes, cores, nanocores, parse};
 
     #[test]
     fn bytes_and_cores_are_written_canonically() {
@@ -105,6 +117,12 @@ mod tests {
         assert_eq!(bytes(1536 << 20), "1536Mi");
         assert_eq!(bytes(16_374_584 * 1024), "16374584Ki");
         assert_eq!(bytes(1 << 30), "1Gi");
+        assert_eq!(nanocores(0), "0");
+        assert_eq!(nanocores(2_000_000_000), "2");
+        assert_eq!(nanocores(5_000_000), "5m");
+        assert_eq!(nanocores(1_500_000_000), "1500m");
+        assert_eq!(nanocores(1_500_000), "1500u");
+        assert_eq!(nanocores(123_456_789), "123456789n");
         assert_eq!(cores(2.0), "2");
         assert_eq!(cores(1.5), "1500m");
         assert_eq!(cores(0.0), "0");

@@ -19,6 +19,9 @@ pub struct ResourceDef {
     pub generation: bool,
     /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`.
     pub field_selectors: &'static [&'static str],
+    /// What the resource answers: [`VERBS`] for the stored kinds; `get` and `list` for those
+    /// the server computes (the resource metrics).
+    pub verbs: &'static [&'static str],
     pub ops: &'static dyn KindOps,
 }
 
@@ -83,13 +86,18 @@ impl Subresource {
     }
 }
 
-/// Every resource kind supports every verb.
+/// What a stored kind supports: every verb.
 pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 impl ResourceDef {
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether its objects are kept in the store, rather than computed when asked for.
+    pub fn stored(&self) -> bool {
+        self.verbs.contains(&"create")
     }
 
     pub fn has(&self, sub: Subresource) -> bool {

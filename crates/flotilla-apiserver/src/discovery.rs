@@ -2,7 +2,7 @@
 //! `/apis/<group>/<version>`), and aggregated discovery (`apidiscovery.k8s.io` v2 and v2beta1),
 //! which clients ask for first through the `Accept` header.
 
-use flotilla_api::resource::{self, ResourceDef, VERBS};
+use flotilla_api::resource::{self, ResourceDef};
 use serde_json::{Value, json};
 
 /// The aggregated discovery version an `Accept` header asks for, if any.
@@ -95,7 +95,7 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Value {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs,
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
@@ -126,7 +126,7 @@ fn discovery_resources(group: &str, version: &str) -> Vec<Value> {
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": r.singular,
-                "verbs": VERBS,
+                "verbs": r.verbs,
             });
             if !r.short_names.is_empty() {
                 entry["shortNames"] = json!(r.short_names);

@@ -80,7 +80,7 @@ pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
     }
 }
 
-fn method_not_allowed(method: &Method) -> Error {
+pub(crate) fn method_not_allowed(method: &Method) -> Error {
     ApiError::new(
         Reason::MethodNotAllowed,
         format!("the server does not allow this method on the requested resource ({method})"),
@@ -147,7 +147,7 @@ fn selectors(def: &ResourceDef, query: &Query) -> Result<(LabelSelector, FieldSe
     Ok((labels, fields))
 }
 
-fn list_options(req: &Request<'_>) -> Result<ListOptions> {
+pub(crate) fn list_options(req: &Request<'_>) -> Result<ListOptions> {
     let (labels, fields) = selectors(req.target.resource, &req.query)?;
     let versions = Versions::of(&req.query, false)?;
     let limit = req.query.number("limit")?.filter(|l| *l > 0).map(|l| l as u64);

@@ -14,6 +14,7 @@ mod discovery;
 mod encryption;
 mod error;
 mod handlers;
+mod metrics;
 mod node_proxy;
 mod openapi;
 mod registry;
@@ -76,11 +77,17 @@ pub struct ApiServerConfig {
     /// Where pods reach this server: the endpoint of the `default/kubernetes` Service, through
     /// which in-cluster clients find the API (`KUBERNETES_SERVICE_HOST`). `None`: no Service.
     pub advertise: Option<std::net::SocketAddr>,
+    /// How often the resource metrics read every node (`--metrics-resolution`).
+    pub metrics_resolution: std::time::Duration,
 }
 
 /// Pods tolerate an unreachable node for a minute, not upstream's five: a serverless workload
 /// should move quickly, and the node grace period before it already rides out a flaky link.
 pub const DEFAULT_TOLERATION_SECONDS: i64 = 60;
+
+/// How often the resource metrics read every node by default: metrics-server's shipped
+/// `--metric-resolution`.
+pub const DEFAULT_METRICS_RESOLUTION: std::time::Duration = metrics::DEFAULT_RESOLUTION;
 
 impl std::fmt::Debug for ApiServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +105,7 @@ impl Default for ApiServerConfig {
             default_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
             encryption: Encryption::default(),
             advertise: None,
+            metrics_resolution: DEFAULT_METRICS_RESOLUTION,
         }
     }
 }
@@ -111,6 +119,7 @@ pub struct ApiServer {
 struct Inner {
     registry: Registry,
     nodes: NodeProxy,
+    metrics: metrics::Metrics,
     authenticator: Authenticator,
     authorizer: Authorizer,
     authority: Option<Arc<Authority>>,
@@ -142,9 +151,12 @@ impl ApiServer {
         if let Some(advertise) = config.advertise {
             bootstrap_kubernetes_service(&registry, config.service_cidr, advertise).await;
         }
+        let nodes = NodeProxy::new(config.node_client);
+        let metrics = metrics::Metrics::start(registry.clone(), nodes.clone(), config.metrics_resolution);
         let inner = Inner {
             registry,
-            nodes: NodeProxy::new(config.node_client),
+            nodes,
+            metrics,
             authenticator: config.authenticator,
             authorizer,
             authority: config.authority,
@@ -436,7 +448,11 @@ async fn route(
                 headers,
                 body,
             };
-            handlers::handle(request).await
+            if request.target.resource.stored() {
+                handlers::handle(request).await
+            } else {
+                metrics::serve(&request, &server.inner.metrics).await
+            }
         }
     }
 }

@@ -38,6 +38,29 @@ impl NodeProxy {
 
     /// `GET path_and_query` on `node`, the answer streamed back as the node gave it.
     pub(crate) async fn get(&self, node: &Value, path_and_query: &str) -> Result<Response> {
+        let response = self.send(node, path_and_query).await?;
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::OK);
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let mut answer = Response::new(Body::new(response.into_body()));
+        *answer.status_mut() = status;
+        if let Some(content_type) = content_type {
+            answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        }
+        Ok(answer.into_response())
+    }
+
+    /// `GET path_and_query` on `node`, its answer read whole: at most `limit` bytes.
+    pub(crate) async fn read(&self, node: &Value, path_and_query: &str, limit: usize) -> Result<bytes::Bytes> {
+        let response = self.send(node, path_and_query).await?;
+        let read = http_body_util::Limited::new(response.into_body(), limit).collect().await;
+        read.map(|body| body.to_bytes()).map_err(|e| {
+            let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            ApiError::new(Reason::ServiceUnavailable, format!("reading what node {name:?} answered: {e}")).into()
+        })
+    }
+
+    /// The node's answer to `GET path_and_query`: a success, or else its refusal as an error.
+    async fn send(&self, node: &Value, path_and_query: &str) -> Result<hyper::Response<hyper::body::Incoming>> {
         let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let unreachable =
             |why: String| ApiError::new(Reason::ServiceUnavailable, format!("cannot reach node {name:?}: {why}"));
@@ -94,16 +117,10 @@ impl NodeProxy {
             .map_err(|_| unreachable(format!("no answer within {}s", NODE_TIMEOUT.as_secs())))?
             .map_err(unreachable)?;
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         if !status.is_success() {
             return Err(refusal(status, response.into_body()).await.into());
         }
-        let mut answer = Response::new(Body::new(response.into_body()));
-        *answer.status_mut() = status;
-        if let Some(content_type) = content_type {
-            answer.headers_mut().insert(header::CONTENT_TYPE, content_type);
-        }
-        Ok(answer.into_response())
+        Ok(response)
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) struct ListMeta {
     pub(crate) remaining: Option<u64>,
 }
 
-/// A Table of `objects`.
+/// A Table of `objects`, as stored.
 pub(crate) fn table(
     def: &ResourceDef,
     objects: &[Stored],
@@ -47,10 +47,21 @@ pub(crate) fn table(
     include: IncludeObject,
     meta: ListMeta,
 ) -> Result<Value> {
+    let objects = objects.iter().map(Stored::value).collect::<Result<Vec<Value>>>()?;
+    table_of(def, objects, version, include, meta)
+}
+
+/// A Table of `objects`.
+pub(crate) fn table_of(
+    def: &ResourceDef,
+    objects: Vec<Value>,
+    version: &str,
+    include: IncludeObject,
+    meta: ListMeta,
+) -> Result<Value> {
     let now = Timestamp::now();
     let mut rows = Vec::with_capacity(objects.len());
-    for stored in objects {
-        let object = stored.value()?;
+    for object in objects {
         let cells = def.ops.cells(&object, now)?;
         let mut row = json!({ "cells": cells });
         match include {

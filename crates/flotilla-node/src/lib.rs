@@ -17,6 +17,7 @@ mod network;
 mod node;
 mod pods;
 mod server;
+mod stats;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -29,6 +29,7 @@ struct Server {
 pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(summary))
         .route_layer(axum::middleware::from_fn(masters_only))
         .route("/tunnel/{to}", get(tunnel))
         .route("/healthz", get(|| async { "ok" }))
@@ -36,18 +37,32 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .layer(Authenticate::layer(Authenticator::new()))
 }
 
-/// Upstream's kubelet asks the API server whether a caller may read `nodes/log`; here, with no
-/// RBAC yet, that is `system:masters`: the API server (which authorized the client's
-/// `pods/log` already) and the admin.
+/// Upstream's kubelet asks the API server whether a caller may read `nodes/log` (logs) or
+/// `nodes/stats` (the summary); here, with no RBAC yet, that is `system:masters`: the API
+/// server (which authorized the client's `pods/log` already, and reads the summaries for the
+/// resource metrics) and the admin.
 async fn masters_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resource = if request.uri().path().starts_with("/stats") { "nodes/stats" } else { "nodes/log" };
     match request.extensions().get::<UserInfo>() {
         Some(user) if user.in_group(MASTERS) => next.run(request).await,
         Some(user) if !user.is_anonymous() => status(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            format!("User {:?} cannot get resource \"nodes/log\" in API group \"\" at the cluster scope", user.name),
+            format!("User {:?} cannot get resource \"{resource}\" in API group \"\" at the cluster scope", user.name),
         ),
         _ => status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into()),
+    }
+}
+
+/// The Summary API: what the node and its containers use now.
+async fn summary(State(server): State<Server>) -> Response {
+    let node = server.node.clone();
+    match tokio::task::spawn_blocking(move || crate::stats::summary(&node)).await {
+        Ok(summary) => {
+            let body = serde_json::to_vec(&summary).unwrap_or_default();
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("reading the node's usage: {e}")),
     }
 }
 

@@ -26,7 +26,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::cluster::GuestNetwork;
-use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
+use crate::limits::{CpuLimit, MemoryLimit, MemoryPool, metered};
 use crate::output::Stream;
 use crate::run::{ContainerSpec, Exit, Network, configure, grant_network};
 
@@ -343,12 +343,12 @@ async fn handle(
         Ok(prepared) => prepared,
         Err(err) => return failed(format!("cannot pass the request to the component: {err:#}")),
     };
-    let pre = pre.clone();
+    let (pre, cpu_time) = (pre.clone(), spec.cpu_time.clone());
     // The handler may go on streaming its body after it has set the response, so it runs in a
     // task of its own; the task holds the instance, and ends with it.
     let task = tokio::spawn(async move {
         let _permit = permit;
-        let work = async {
+        let work = metered(&cpu_time, async {
             let proxy = pre.instantiate_async(&mut store).await?;
             let result = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await;
             result.map_err(|err| match store.data().memory.exceeded {
@@ -356,7 +356,7 @@ async fn handle(
                     .context("out of memory: the request's instance outgrew what its container's memory limit left it"),
                 None => err,
             })
-        };
+        });
         tokio::select! {
             result = work => result,
             // Only closes, never changes: the container was stopped.

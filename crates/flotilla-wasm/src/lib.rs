@@ -27,7 +27,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use crate::egress::Egress;
 pub use crate::http::DEFAULT_HTTP_CONCURRENCY;
-pub use crate::limits::MemoryPool;
+pub use crate::limits::{CpuTime, MemoryPool};
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
 pub use crate::run::{ContainerSpec, Exit, Frontends, Names, Network, Pick, PodNetwork, Preopen, Protocol};

@@ -1,7 +1,8 @@
 //! Memory and CPU limits of one container.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, UpdateDeadline};
@@ -80,6 +81,45 @@ impl MemoryPool {
     pub fn limit(&self) -> Option<u64> {
         self.limit.map(|l| l as u64)
     }
+}
+
+/// The CPU time a container's instances have used, which the node reports (`kubectl top`, the
+/// HPA): the thread time of every poll of their futures. Time a guest waits (a sleep, a read
+/// not yet ready) does not count; time the host spends on its behalf within a call does, as it
+/// would count against the container's cgroup upstream.
+#[derive(Debug, Default)]
+pub struct CpuTime {
+    nanos: AtomicU64,
+}
+
+impl CpuTime {
+    pub fn new() -> Arc<CpuTime> {
+        Arc::default()
+    }
+
+    /// What the container's instances have used since it started.
+    pub fn used(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// `future`, the thread time of each of its polls added to `cpu`.
+pub(crate) async fn metered<F: Future>(cpu: &CpuTime, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let before = thread_time();
+        let polled = future.as_mut().poll(cx);
+        let spent = thread_time().saturating_sub(before);
+        cpu.nanos.fetch_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        polled
+    })
+    .await
+}
+
+/// This thread's CPU time so far.
+fn thread_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or_default(), u32::try_from(now.tv_nsec).unwrap_or_default())
 }
 
 /// One instance's share of its container's [`MemoryPool`]; it remembers that the guest hit the

@@ -15,7 +15,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::cluster::GuestNetwork;
 use crate::egress::Egress;
-use crate::limits::{CpuLimit, MemoryLimit, MemoryPool};
+use crate::limits::{CpuLimit, CpuTime, MemoryLimit, MemoryPool, metered};
 use crate::output::{OutputPipe, OutputSink, Stream};
 use crate::program::{Linked, Program};
 use crate::sockets::Sockets;
@@ -33,6 +33,8 @@ pub struct ContainerSpec {
     /// The container's memory: `resources.limits.memory`, which all its instances share, and
     /// what they hold (which the node reads to account for its pods).
     pub memory: Arc<MemoryPool>,
+    /// The CPU time its instances use, counted for the node to read.
+    pub cpu_time: Arc<CpuTime>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
     /// The pod's network; `None` gives the guest no socket at all.
@@ -119,6 +121,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("working_dir", &self.working_dir)
             .field("dirs", &self.dirs)
             .field("memory", &self.memory)
+            .field("cpu_time", &self.cpu_time)
             .field("cpu_limit", &self.cpu_limit)
             .field("network", &self.network)
             .field("http_concurrency", &self.http_concurrency)
@@ -218,11 +221,11 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec,
             store.limiter(|guest| &mut guest.memory);
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
-            let result = async {
+            let result = metered(&spec.cpu_time, async {
                 let instance = pre.instantiate_async(&mut store).await.map_err(Setup)?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start").map_err(Setup)?;
                 start.call_async(&mut store, ()).await.map_err(Ran)
-            }
+            })
             .await;
             exit(result.map(|()| 0), &store.data().memory)
         }
@@ -239,10 +242,10 @@ pub(crate) async fn run(engine: &Engine, program: &Program, spec: ContainerSpec,
             store.limiter(|guest| &mut guest.memory);
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(|mut guest| Ok(guest.data_mut().cpu.on_tick()));
-            let result = async {
+            let result = metered(&spec.cpu_time, async {
                 let command = pre.instantiate_async(&mut store).await.map_err(Setup)?;
                 command.wasi_cli_run().call_run(&mut store).await.map_err(Ran)
-            }
+            })
             .await;
             // `wasi:cli/run` returns `result` with no payload: an error is exit code 1.
             exit(result.map(|ran| if ran.is_ok() { 0 } else { 1 }), &store.data().memory)

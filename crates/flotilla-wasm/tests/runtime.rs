@@ -46,6 +46,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         working_dir: None,
         dirs: Vec::new(),
         memory: flotilla_wasm::MemoryPool::new(None),
+        cpu_time: flotilla_wasm::CpuTime::new(),
         cpu_limit: None,
         network: None,
         http_concurrency: None,
@@ -170,6 +171,32 @@ async fn an_endless_loop_is_stopped_by_dropping_its_future() {
     let ended = tokio::time::timeout(Duration::from_millis(300), runtime.run(&program, spec("spin", &output))).await;
     assert!(ended.is_err(), "the loop ended by itself: {ended:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "stopping took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_container_is_charged_the_cpu_time_it_computes_and_not_the_time_it_sleeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let output = Arc::new(Captured::default());
+    let run_for = |name: &'static str, path: &str| {
+        let program = runtime.load(&std::fs::read(path).unwrap()).unwrap();
+        let mut spec = spec(name, &output);
+        spec.env = vec![("TICK_MS".into(), "50".into())];
+        let cpu_time = spec.cpu_time.clone();
+        let runtime = &runtime;
+        async move {
+            let started = Instant::now();
+            let _ = tokio::time::timeout(Duration::from_millis(400), runtime.run(&program, spec)).await;
+            (cpu_time.used(), started.elapsed())
+        }
+    };
+    // A loop that never calls the host computes all the time it is given; a guest that sleeps
+    // between ticks, next to nothing.
+    let (spun, spin_took) = run_for("spin", examples::P1_SPIN).await;
+    assert!(spun >= Duration::from_millis(100) && spun <= spin_took, "{spun:?} of {spin_took:?}");
+    let (ticked, _) = run_for("ticker", examples::P1_TICKER).await;
+    assert!(ticked < Duration::from_millis(50), "{ticked:?}");
+    assert!(output.stdout().contains("tick 3"), "{}", output.stdout());
 }
 
 #[tokio::test]

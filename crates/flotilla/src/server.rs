@@ -44,6 +44,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, default_value_t = flotilla_apiserver::DEFAULT_COMPACTION_INTERVAL.as_secs())]
     compaction_interval: u64,
 
+    /// How often the resource metrics (`kubectl top`, the HPA) read every node's usage, e.g.
+    /// `15s`: the shortest window they report a CPU rate over.
+    #[arg(long, value_parser = crate::control::parse_duration, default_value = "15s")]
+    metrics_resolution: std::time::Duration,
+
     /// Address the store's peer API listens on (Raft traffic, forwarded requests).
     #[arg(long, default_value = "127.0.0.1:2380")]
     peer_listen: String,
@@ -199,6 +204,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         node_client: Some(credentials.kubelet_client.clone()),
         default_toleration_seconds: args.default_toleration_seconds,
         encryption,
+        metrics_resolution: args.metrics_resolution,
         // The listen address, or the node's for a wildcard: where pods on any node reach it.
         advertise: Some(if api_addr.ip().is_unspecified() {
             SocketAddr::new(args.node.node_ip.into(), api_addr.port())

@@ -6,6 +6,7 @@ mod batch;
 mod coordination;
 mod core;
 mod discovery;
+pub mod metrics;
 mod pod;
 mod service;
 
@@ -292,6 +293,7 @@ macro_rules! resource {
             subresources: $sub,
             generation: $gen,
             field_selectors: $fields,
+            verbs: crate::resource::VERBS,
             ops: &Typed::<$ty>::OPS,
         }
     };
@@ -317,6 +319,15 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Job, "jobs", "job", namespaced: true, short: &[], categories: ALL, sub: &[Status], generation: true, fields: &["status.successful"]),
     resource!(Lease, "leases", "lease", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(EndpointSlice, "endpointslices", "endpointslice", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
+    // Computed, not stored: `get` and `list` alone.
+    ResourceDef {
+        verbs: metrics::VERBS,
+        ..resource!(metrics::NodeMetrics, "nodes", "", namespaced: false, short: &[], categories: &[], sub: &[], generation: false, fields: &[])
+    },
+    ResourceDef {
+        verbs: metrics::VERBS,
+        ..resource!(metrics::PodMetrics, "pods", "", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[])
+    },
 ];
 
 /// Where a selectable field is in its object, as a JSON pointer.

@@ -43,13 +43,13 @@ struct ContainerMemory {
 
 impl Candidate {
     fn of(entry: &PodEntry) -> Candidate {
-        let pools = entry.memory.lock().expect("pod entry lock");
+        let usage = entry.usage.lock().expect("pod entry lock");
         let containers = entry
             .memory_requests
             .iter()
             .map(|(name, request)| ContainerMemory {
                 name: name.clone(),
-                usage: pools.get(name).map_or(0, |pool| pool.used() as u64),
+                usage: usage.get(name).map_or(0, |usage| usage.memory.used() as u64),
                 request: *request,
             })
             .collect();

@@ -48,11 +48,15 @@ pub(crate) struct ContainerLogs {
 /// A pod on this node, as the log server and the eviction manager see it.
 #[derive(Debug)]
 pub(crate) struct PodEntry {
+    pub namespace: String,
+    pub name: String,
     pub uid: String,
+    /// When the node took the pod on.
+    pub started: jiff::Timestamp,
     pub log_dir: PathBuf,
     pub containers: Mutex<HashMap<String, ContainerLogs>>,
-    /// Each container's memory (that of its current run), by name.
-    pub memory: Mutex<HashMap<String, Arc<flotilla_wasm::MemoryPool>>>,
+    /// What each running container's current run uses, by name.
+    pub usage: Mutex<HashMap<String, crate::stats::ContainerUsage>>,
     /// The pod's `spec.priority`, which the eviction manager ranks by.
     pub priority: i32,
     /// What the pod's containers request of memory, in bytes, by name.
@@ -159,10 +163,13 @@ fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let spec = pod.spec.as_ref();
     let entry = Arc::new(PodEntry {
+        namespace: namespace.clone(),
+        name: name.clone(),
         uid: uid.clone(),
+        started: jiff::Timestamp::now(),
         log_dir: crate::logs::pod_dir(&node.logs_dir, &namespace, &name, &uid),
         containers: Mutex::default(),
-        memory: Mutex::default(),
+        usage: Mutex::default(),
         priority: spec.and_then(|s| s.priority).unwrap_or(0),
         memory_requests: spec.iter().flat_map(|s| &s.containers).map(|c| (c.name.clone(), memory_request(c))).collect(),
         worker: events_tx.clone(),

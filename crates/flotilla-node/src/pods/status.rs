@@ -1,8 +1,6 @@
 //! A pod's status, computed from its containers' records exactly as the kubelet shapes it:
 //! container states, the phase (upstream's `getPhase`), the conditions, the QoS class.
 
-use std::time::Duration;
-
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
@@ -197,7 +195,7 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
                 let uid = input.pod.metadata.uid.as_deref().unwrap_or_default();
                 let message = format!(
                     "back-off {} restarting failed container={} pod={pod}_{namespace}({uid})",
-                    go_duration(record.backoff.delay()),
+                    flotilla_api::go::duration(record.backoff.delay()),
                     record.name
                 );
                 waiting("CrashLoopBackOff", Some(message))
@@ -309,16 +307,6 @@ pub(super) fn qos_class<'a>(containers: impl Iterator<Item = &'a Container> + Cl
         })
     });
     if guaranteed { "Guaranteed" } else { "Burstable" }
-}
-
-/// A duration as Go prints it: `10s`, `1m20s`, `5m0s`.
-pub(super) fn go_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    match (secs / 3600, secs % 3600 / 60, secs % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, m, s) => format!("{h}h{m}m{s}s"),
-    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use super::{ContainerLogs, PodEntry};
 use crate::Node;
 use crate::images::PullPolicy;
 use crate::logs::{self, ContainerLog};
+use crate::stats::ContainerUsage;
 use flotilla_client::EventType::{Normal, Warning};
 
 /// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
@@ -493,7 +494,9 @@ impl Worker {
             &self.node.memory,
             Some(memory_limit.unwrap_or(self.node.config.default_memory_limit)),
         );
-        self.entry.memory.lock().expect("pod entry lock").insert(container.name.clone(), memory.clone());
+        let cpu_time = flotilla_wasm::CpuTime::new();
+        let usage = ContainerUsage { memory: memory.clone(), cpu_time: cpu_time.clone(), started: Timestamp::now() };
+        self.entry.usage.lock().expect("pod entry lock").insert(container.name.clone(), usage);
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
         let ports = container
             .ports
@@ -508,6 +511,7 @@ impl Worker {
             working_dir: container.working_dir.clone(),
             dirs,
             memory,
+            cpu_time,
             cpu_limit,
             network: Some(Network {
                 pod_ip: ip.into(),
@@ -568,6 +572,7 @@ impl Worker {
                 if let Some(run) = self.runs.remove(&slot) {
                     run.end();
                 }
+                self.ended(slot);
                 let image = self.record(slot).image.clone();
                 self.record(slot).failed_to_start(reason, message.clone(), Instant::now());
                 if reason == "ErrImagePull" {
@@ -601,6 +606,7 @@ impl Worker {
                 if let Some(run) = self.runs.remove(&slot) {
                     run.end();
                 }
+                self.ended(slot);
                 let (exit_code, reason, message) = match exit {
                     Exit::Exited(code) => (code, if code == 0 { "Completed" } else { "Error" }, None),
                     Exit::OutOfMemory { message } => (137, "OOMKilled", Some(message)),
@@ -620,6 +626,12 @@ impl Worker {
         }
     }
 
+    /// A run of the container in `slot` ended: it uses nothing more.
+    fn ended(&mut self, slot: Slot) {
+        let name = self.record(slot).name.clone();
+        self.entry.usage.lock().expect("pod entry lock").remove(&name);
+    }
+
     fn is_current(&mut self, slot: Slot, attempt: i32) -> bool {
         self.runs.get(&slot).is_some_and(|run| run.attempt == attempt)
     }
@@ -629,6 +641,7 @@ impl Worker {
     fn kill(&mut self, slot: Slot, why: String) {
         let Some(run) = self.runs.remove(&slot) else { return };
         run.end();
+        self.ended(slot);
         let record = self.record(slot);
         let (started_at, container_id) = match &record.run {
             Run::Running { started_at, container_id } => (*started_at, container_id.clone()),
@@ -896,7 +909,7 @@ async fn run_container(request: RunRequest) {
             "Pulled",
             format!(
                 "Successfully pulled image \"{image}\" in {}. Image size: {} bytes.",
-                status::go_duration(took),
+                flotilla_api::go::duration(took),
                 resolved.image.size
             ),
         ),

@@ -1,0 +1,424 @@
+//! The resource metrics API (`metrics.k8s.io/v1beta1`): metrics-server's part, inside the API
+//! server. Every resolution each node's Summary (`/stats/summary`) is read through the node
+//! proxy, and each node's and container's last two readings are kept; CPU usage is the rate
+//! between them, memory the working set of the last. `kubectl top` and the HPA read them as
+//! `NodeMetrics` and `PodMetrics`, computed when asked for, never stored.
+//!
+//! As metrics-server does: a container or node read for the first time counts from its start
+//! (its CPU time was zero then), so it has a usage after one reading; a container that
+//! restarted, or whose CPU time went back, starts a new series; a node that cannot be read
+//! has no metrics until it can; only Running pods are shown, and only those every container of
+//! which has a usage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::Response;
+use flotilla_api::kinds::metrics::{self, ContainerMetrics, NodeMetrics, PodMetrics};
+use flotilla_api::stats::{CpuStats, MemoryStats, Summary};
+use flotilla_api::{ApiError, Reason, quantity};
+use futures::StreamExt;
+use http::{Method, StatusCode, header};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::error::Result;
+use crate::handlers::{self, Request};
+use crate::node_proxy::NodeProxy;
+use crate::registry::{ListOptions, Registry};
+use crate::request::{Representation, representation};
+use crate::table::{IncludeObject, ListMeta, table_of};
+
+/// How often nodes are read by default: metrics-server's shipped `--metric-resolution`.
+pub(crate) const DEFAULT_RESOLUTION: Duration = Duration::from_secs(15);
+/// Nodes read at once.
+const CONCURRENT_READS: usize = 16;
+/// The most a Summary may hold: far more than a node of 10,000 pods writes.
+pub(crate) const MAX_SUMMARY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The readings, and the task that takes them. Dropping it stops the task.
+pub(crate) struct Metrics {
+    readings: Arc<Mutex<Readings>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Metrics {
+    /// Reads every node through `nodes` each `resolution`.
+    pub(crate) fn start(registry: Registry, nodes: NodeProxy, resolution: Duration) -> Metrics {
+        let readings = Arc::new(Mutex::new(Readings::default()));
+        let task = tokio::spawn(read_nodes(registry, nodes, resolution, readings.clone()));
+        Metrics { readings, task }
+    }
+
+    fn node(&self, name: &str) -> Option<Usage> {
+        self.readings.lock().expect("metrics lock").nodes.get(name)?.node.usage()
+    }
+
+    /// Each container's usage, if every one has one.
+    fn pod(&self, node: &str, namespace: &str, name: &str, uid: &str) -> Option<Vec<(String, Usage)>> {
+        let readings = self.readings.lock().expect("metrics lock");
+        let pod = readings.nodes.get(node)?.pods.get(&(namespace.to_string(), name.to_string()))?;
+        if pod.uid != uid || pod.containers.is_empty() {
+            return None;
+        }
+        pod.containers.iter().map(|(name, series)| Some((name.clone(), series.usage()?))).collect()
+    }
+}
+
+#[derive(Default)]
+struct Readings {
+    nodes: HashMap<String, NodeReadings>,
+}
+
+struct NodeReadings {
+    node: Series,
+    /// By namespace and name.
+    pods: HashMap<(String, String), PodReadings>,
+}
+
+struct PodReadings {
+    uid: String,
+    containers: BTreeMap<String, Series>,
+}
+
+/// One reading of a node or a container.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Point {
+    time: Timestamp,
+    /// Since when `cpu` counts.
+    start: Timestamp,
+    /// CPU time, in nanoseconds.
+    cpu: u64,
+    /// Working set, in bytes.
+    memory: u64,
+}
+
+impl Point {
+    fn of(start: Timestamp, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>) -> Option<Point> {
+        let (cpu, memory) = (cpu?, memory?);
+        Some(Point { time: cpu.time.0, start, cpu: cpu.usage_core_nano_seconds?, memory: memory.working_set_bytes? })
+    }
+}
+
+/// The last two readings of one node or container.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Series {
+    prev: Option<Point>,
+    last: Point,
+}
+
+/// What a series says: CPU in nanocores over `window`, ending at `time`, and memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Usage {
+    time: Timestamp,
+    window: Duration,
+    nanocores: u64,
+    memory: u64,
+}
+
+impl Series {
+    /// The series after `point`, read after `old`.
+    fn next(old: Option<&Series>, point: Point) -> Series {
+        match old {
+            // The same reading again (a node whose clock stood still) changes nothing.
+            Some(old) if point.time <= old.last.time => *old,
+            // The same run, counting on: the old reading is the new one's predecessor.
+            Some(old) if point.start == old.last.start && point.cpu >= old.last.cpu => {
+                Series { prev: Some(old.last), last: point }
+            }
+            // New, restarted, or counting from less than before: a series of its own.
+            _ => Series { prev: None, last: point },
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let last = self.last;
+        // Read once: it counted from zero at its start.
+        let prev = self.prev.unwrap_or(Point { time: last.start, cpu: 0, ..last });
+        let window = last.time.duration_since(prev.time);
+        let nanos = u128::try_from(window.as_nanos()).ok().filter(|n| *n > 0)?;
+        let used = u128::from(last.cpu.checked_sub(prev.cpu)?);
+        Some(Usage {
+            time: last.time,
+            window: Duration::from_nanos(u64::try_from(nanos).ok()?),
+            nanocores: u64::try_from(used * 1_000_000_000 / nanos).unwrap_or(u64::MAX),
+            memory: last.memory,
+        })
+    }
+}
+
+/// What a node's Summary adds to its readings, `old` being what they were.
+fn readings(summary: &Summary, old: Option<&NodeReadings>) -> Option<NodeReadings> {
+    let node = &summary.node;
+    let point = Point::of(node.start_time.0, node.cpu.as_ref(), node.memory.as_ref())?;
+    let mut pods = HashMap::new();
+    for pod in &summary.pods {
+        let key = (pod.pod_ref.namespace.clone(), pod.pod_ref.name.clone());
+        let before = old.and_then(|o| o.pods.get(&key)).filter(|p| p.uid == pod.pod_ref.uid);
+        let containers = pod
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
+                let series = Series::next(before.and_then(|b| b.containers.get(&c.name)), point);
+                Some((c.name.clone(), series))
+            })
+            .collect();
+        pods.insert(key, PodReadings { uid: pod.pod_ref.uid.clone(), containers });
+    }
+    Some(NodeReadings { node: Series::next(old.map(|o| &o.node), point), pods })
+}
+
+async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, readings: Arc<Mutex<Readings>>) {
+    let nodes_def = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
+    let mut tick = tokio::time::interval(resolution);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let nodes = match registry.list(nodes_def, None, &ListOptions::default()).await {
+            Ok(listed) => listed.items.iter().filter_map(|n| n.value().ok()).collect::<Vec<Value>>(),
+            Err(e) => {
+                tracing::warn!(error = %e.0, "cannot list the nodes to read their metrics");
+                continue;
+            }
+        };
+        let summaries: Vec<(String, Option<Summary>)> = futures::stream::iter(nodes)
+            .map(|node| {
+                let proxy = proxy.clone();
+                async move {
+                    let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let read = tokio::time::timeout(resolution, proxy.read(&node, "/stats/summary", MAX_SUMMARY_BYTES));
+                    let summary = match read.await {
+                        Ok(Ok(bytes)) => serde_json::from_slice::<Summary>(&bytes)
+                            .map_err(|e| tracing::debug!(node = %name, error = %e, "a node's summary does not parse"))
+                            .ok(),
+                        Ok(Err(e)) => {
+                            tracing::debug!(node = %name, error = %e.0, "cannot read a node's summary");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    (name, summary)
+                }
+            })
+            .buffer_unordered(CONCURRENT_READS)
+            .collect()
+            .await;
+        let mut readings = readings.lock().expect("metrics lock");
+        let old = std::mem::take(&mut readings.nodes);
+        for (name, summary) in summaries {
+            let Some(summary) = summary.filter(|s| s.node.node_name == name) else { continue };
+            if let Some(new) = self::readings(&summary, old.get(&name)) {
+                readings.nodes.insert(name, new);
+            }
+        }
+    }
+}
+
+fn quantities(usage: &Usage) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity(quantity::nanocores(usage.nanocores))),
+        ("memory".to_string(), Quantity(quantity::bytes(usage.memory))),
+    ])
+}
+
+/// metrics-server's metadata: the object's name, namespace and labels, created now.
+fn metadata(object: &Value, now: Timestamp) -> ObjectMeta {
+    let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str).map(str::to_string);
+    ObjectMeta {
+        name: text("/metadata/name"),
+        namespace: text("/metadata/namespace"),
+        labels: object.pointer("/metadata/labels").and_then(|l| serde_json::from_value(l.clone()).ok()),
+        creation_timestamp: Some(Time(now)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn node_metrics(metrics: &Metrics, node: &Value, now: Timestamp) -> Option<NodeMetrics> {
+    let usage = metrics.node(node.pointer("/metadata/name")?.as_str()?)?;
+    Some(NodeMetrics {
+        api_version: format!("{}/{}", metrics::GROUP, metrics::VERSION),
+        kind: "NodeMetrics".into(),
+        metadata: metadata(node, now),
+        timestamp: Time(usage.time),
+        window: flotilla_api::go::duration(usage.window),
+        usage: quantities(&usage),
+    })
+}
+
+fn pod_metrics(metrics: &Metrics, pod: &Value, now: Timestamp) -> Option<PodMetrics> {
+    let text = |pointer: &str| pod.pointer(pointer).and_then(Value::as_str);
+    if text("/status/phase") != Some("Running") {
+        return None;
+    }
+    let containers = metrics.pod(
+        text("/spec/nodeName")?,
+        text("/metadata/namespace")?,
+        text("/metadata/name")?,
+        text("/metadata/uid")?,
+    )?;
+    // The pod's time and window are its earliest container's, as metrics-server gives them.
+    let (_, earliest) = containers.iter().min_by_key(|(_, usage)| usage.time)?;
+    Some(PodMetrics {
+        api_version: format!("{}/{}", metrics::GROUP, metrics::VERSION),
+        kind: "PodMetrics".into(),
+        metadata: metadata(pod, now),
+        timestamp: Time(earliest.time),
+        window: flotilla_api::go::duration(earliest.window),
+        containers: containers
+            .iter()
+            .map(|(name, usage)| ContainerMetrics { name: name.clone(), usage: quantities(usage) })
+            .collect(),
+    })
+}
+
+/// A `get` or `list` of `nodes` or `pods` in `metrics.k8s.io`.
+pub(crate) async fn serve(req: &Request<'_>, metrics: &Metrics) -> Result<Response> {
+    let def = req.target.resource;
+    if req.method != Method::GET || req.target.subresource.is_some() {
+        return Err(handlers::method_not_allowed(&req.method));
+    }
+    if req.query.flag("watch") {
+        return Err(ApiError::new(
+            Reason::MethodNotAllowed,
+            format!("watch is not supported on resources of kind \"{}.{}\"", def.plural, def.group),
+        )
+        .into());
+    }
+    // What is measured is read from the objects measured: their labels select, their
+    // existence decides between "not found" and "no metrics yet".
+    let measured = flotilla_api::resource::find("", "v1", def.plural).expect("nodes and pods are served");
+    let namespace = req.target.namespace.as_deref();
+    let now = Timestamp::now();
+    let object = |value: &Value| -> Option<Value> {
+        match def.plural {
+            "nodes" => node_metrics(metrics, value, now).and_then(|m| serde_json::to_value(m).ok()),
+            _ => pod_metrics(metrics, value, now).and_then(|m| serde_json::to_value(m).ok()),
+        }
+    };
+    if let Some(name) = &req.target.name {
+        let found = req.registry.get(measured, namespace, name).await?.value()?;
+        let Some(metrics) = object(&found) else {
+            let what = namespace.map_or(name.clone(), |ns| format!("{ns}/{name}"));
+            return Err(ApiError::not_found(def.group, &def.kind.to_lowercase(), &what).into());
+        };
+        return respond(req, vec![metrics], false);
+    }
+    let mut options = handlers::list_options(req)?;
+    // Every measured object at once: a page of metrics would be a page of the objects.
+    (options.limit, options.continue_token) = (None, None);
+    let listed = req.registry.list(measured, namespace, &options).await?;
+    let items = listed.items.iter().filter_map(|stored| object(&stored.value().ok()?)).collect();
+    respond(req, items, true)
+}
+
+fn respond(req: &Request<'_>, items: Vec<Value>, list: bool) -> Result<Response> {
+    let def = req.target.resource;
+    if let Representation::Table(version) = representation(handlers::header(&req.headers, header::ACCEPT))? {
+        let include = IncludeObject::parse(req.query.get("includeObject"))?;
+        return handlers::json_response(
+            StatusCode::OK,
+            &table_of(def, items, version, include, ListMeta::default())?,
+            &[],
+        );
+    }
+    let body = if list {
+        json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(), "metadata": {}, "items": items})
+    } else {
+        items.into_iter().next().ok_or_else(|| ApiError::internal("no metrics to answer with"))?
+    };
+    handlers::json_response(StatusCode::OK, &body, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: f64) -> Timestamp {
+        Timestamp::from_nanosecond((secs * 1e9) as i128).unwrap()
+    }
+
+    fn point(time: f64, start: f64, cpu_ms: u64) -> Point {
+        Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096 }
+    }
+
+    #[test]
+    fn cpu_is_the_rate_between_the_last_two_readings_of_one_run() {
+        // Read once, 2 s after its start, having used 1 s: half a core since it started.
+        let first = Series::next(None, point(102.0, 100.0, 1000));
+        let usage = first.usage().unwrap();
+        assert_eq!((usage.nanocores, usage.window, usage.memory), (500_000_000, Duration::from_secs(2), 4096));
+        // Read again 1 s later, 250 ms more: a quarter of a core over that second.
+        let second = Series::next(Some(&first), point(103.0, 100.0, 1250));
+        let usage = second.usage().unwrap();
+        assert_eq!((usage.nanocores, usage.window, usage.time), (250_000_000, Duration::from_secs(1), at(103.0)));
+        // The same reading again changes nothing.
+        assert_eq!(Series::next(Some(&second), point(103.0, 100.0, 1250)), second);
+        // A restart, or a count that went back, starts over from the run's start.
+        let restarted = Series::next(Some(&second), point(104.0, 103.5, 100));
+        assert_eq!(restarted.prev, None);
+        assert_eq!(restarted.usage().unwrap().nanocores, 200_000_000);
+        let back = Series::next(Some(&second), point(104.0, 100.0, 10));
+        assert_eq!(back.prev, None);
+        // Read at the very moment it started: no window, no usage.
+        assert_eq!(Series::next(None, point(100.0, 100.0, 0)).usage(), None);
+    }
+
+    #[test]
+    fn a_nodes_readings_follow_its_pods_by_uid() {
+        let summary = |uid: &str, cpu_ms: u64| -> Summary {
+            let time = |t: f64| k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(t));
+            let stats = |cpu_ms: u64| {
+                (
+                    Some(CpuStats {
+                        time: time(110.0),
+                        usage_nano_cores: None,
+                        usage_core_nano_seconds: Some(cpu_ms * 1_000_000),
+                    }),
+                    Some(MemoryStats {
+                        time: time(110.0),
+                        available_bytes: None,
+                        usage_bytes: None,
+                        working_set_bytes: Some(1 << 20),
+                        rss_bytes: None,
+                    }),
+                )
+            };
+            let (cpu, memory) = stats(cpu_ms);
+            let (node_cpu, node_memory) = stats(50_000);
+            serde_json::from_value(json!({
+                "node": {"nodeName": "n1", "startTime": time(0.0), "cpu": node_cpu, "memory": node_memory},
+                "pods": [{
+                    "podRef": {"name": "web", "namespace": "default", "uid": uid},
+                    "startTime": time(100.0),
+                    "containers": [{"name": "c", "startTime": time(100.0), "cpu": cpu, "memory": memory}],
+                }],
+            }))
+            .unwrap()
+        };
+        let first = readings(&summary("u1", 1000), None).unwrap();
+        let key = ("default".to_string(), "web".to_string());
+        assert_eq!(first.pods[&key].containers["c"].prev, None);
+        assert_eq!(first.node.usage().unwrap().nanocores, 50_000 * 1_000_000 / 110);
+        // The next reading of the same pod carries on its series; a pod of the same name
+        // and another uid starts its own.
+        let mut later = summary("u1", 1500);
+        later.pods[0].containers[0].cpu.as_mut().unwrap().time.0 = at(111.0);
+        let second = readings(&later, Some(&first)).unwrap();
+        assert_eq!(second.pods[&key].containers["c"].usage().unwrap().nanocores, 500_000_000);
+        let mut replaced = summary("u2", 1500);
+        replaced.pods[0].containers[0].cpu.as_mut().unwrap().time.0 = at(111.0);
+        let third = readings(&replaced, Some(&first)).unwrap();
+        assert_eq!(third.pods[&key].containers["c"].prev, None);
+    }
+}

@@ -1,0 +1,119 @@
+//! The resource metrics API through the real `kubectl top`: the node measures the CPU time and
+//! memory of each container and of itself, and the API server serves what it read of them as
+//! `metrics.k8s.io`. The server reads its nodes every second here (`--metrics-resolution`), so
+//! a busy pod shows within a few seconds.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use flotilla_examples as examples;
+
+use crate::harness::{Ports, Server};
+use crate::kubectl::Kubectl;
+use crate::pods::{apply, import, node_name, pod, wait_for};
+
+/// Millicores of `cpu` as `kubectl top` prints them (`250m`, `1`).
+fn millicores(cpu: &str) -> Result<u64> {
+    match cpu.strip_suffix('m') {
+        Some(millis) => Ok(millis.parse()?),
+        None => Ok(cpu.parse::<u64>()? * 1000),
+    }
+}
+
+/// `kubectl top pod` as name → (millicores, memory as printed), once every pod in `want` has a
+/// row whose CPU `ready` accepts.
+fn top_pods(k: &Kubectl, want: &[&str], ready: impl Fn(&str, u64) -> bool) -> Result<HashMap<String, (u64, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        // Until every container was read once, kubectl says "metrics not available yet".
+        if let Ok(out) = k.ok(&["top", "pod", "--no-headers"]) {
+            let rows: HashMap<String, (u64, String)> = out
+                .lines()
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let [name, cpu, memory] = fields[..] else { return None };
+                    Some((name.to_string(), (millicores(cpu).ok()?, memory.to_string())))
+                })
+                .collect();
+            if want.iter().all(|name| rows.get(*name).is_some_and(|(cpu, _)| ready(name, *cpu))) {
+                return Ok(rows);
+            }
+            last = out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("kubectl top pod never showed {want:?} as wanted; last:\n{last}")
+}
+
+#[test]
+fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with(dir.path(), Ports::free(), &["--metrics-resolution", "1s"])?;
+    import(dir.path(), examples::P1_SPIN, "spin:v1")?;
+    import(dir.path(), examples::P1_HTTP, "http:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = node_name(&k)?;
+
+    // The API group is discovered as metrics-server's is: get and list, nothing else.
+    let resources = k.ok(&["api-resources", "--api-group=metrics.k8s.io", "-o", "wide", "--no-headers"])?;
+    ensure!(resources.lines().count() == 2, "{resources}");
+    for line in resources.lines() {
+        ensure!(line.split_whitespace().any(|field| field == "get,list"), "{line}");
+    }
+
+    // A loop that never calls the host, under a 300m limit, and a server that waits.
+    apply(&k, &pod("burner", &node, "spin:v1", "Always", "    resources:\n      limits: {cpu: 300m}\n", ""))?;
+    apply(&k, &pod("idle", &node, "http:v1", "Always", "    ports:\n    - containerPort: 8080\n", ""))?;
+    for name in ["burner", "idle"] {
+        wait_for(&k, name, "{.status.phase}", 30, |p| p == "Running")?;
+    }
+    k.ok(&["label", "pod", "burner", "app=burner"])?;
+    let rows = top_pods(&k, &["burner", "idle"], |name, cpu| name != "burner" || cpu >= 100)?;
+    let (burner, idle) = (&rows["burner"], &rows["idle"]);
+    // Its limit bounds it (with room for a window that ends mid-slice); the idle server uses
+    // next to nothing. Both hold their linear memory.
+    ensure!(burner.0 <= 400, "the burner used {}m under a 300m limit", burner.0);
+    ensure!(idle.0 < 50, "the idle server used {}m", idle.0);
+    for (_, memory) in [burner, idle] {
+        ensure!(memory.ends_with("Mi") && memory != "0Mi", "{memory}");
+    }
+
+    // The node: its own usage, and a share of what it offers.
+    let nodes = k.ok(&["top", "node", "--no-headers"])?;
+    let fields: Vec<&str> = nodes.lines().next().context("no node row")?.split_whitespace().collect();
+    ensure!(fields.len() == 5 && fields[0] == node, "{nodes}");
+    ensure!(millicores(fields[1])? >= burner.0 && fields[2].ends_with('%') && fields[3].ends_with("Mi"), "{nodes}");
+
+    // By container, by label, everywhere, and one pod by name; the oldest kubectl we serve too.
+    let containers = k.ok(&["top", "pod", "burner", "--containers", "--no-headers"])?;
+    ensure!(containers.split_whitespace().take(2).collect::<Vec<_>>() == ["burner", "burner"], "{containers}");
+    let selected = k.ok(&["top", "pod", "-l", "app=burner", "--no-headers"])?;
+    ensure!(selected.lines().count() == 1 && selected.starts_with("burner "), "{selected}");
+    let everywhere = k.ok(&["top", "pod", "-A", "--no-headers"])?;
+    let ours = everywhere.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|f| f.len() == 4);
+    ensure!(ours.filter(|f| f[1] == "burner" || f[1] == "idle").count() == 2, "{everywhere}");
+    let old = Kubectl::new("1.27", &server)?;
+    ensure!(old.ok(&["top", "pod", "idle", "-n", &k.namespace, "--no-headers"])?.starts_with("idle "));
+    ensure!(old.ok(&["top", "node", "--no-headers"])?.starts_with(&node));
+
+    // What is not there, and what the API does not do, as metrics-server answers.
+    let missing = k.fails(&["top", "pod", "nosuch"])?;
+    ensure!(missing.contains("NotFound") && missing.contains("\"nosuch\" not found"), "{missing}");
+    let raw =
+        k.ok(&["get", "--raw", &format!("/apis/metrics.k8s.io/v1beta1/namespaces/{}/pods/burner", k.namespace)])?;
+    let metrics: serde_json::Value = serde_json::from_str(&raw)?;
+    ensure!(metrics["kind"] == "PodMetrics" && metrics["containers"][0]["name"] == "burner", "{raw}");
+    ensure!(metrics["window"].as_str().is_some_and(|w| w.ends_with('s')), "{raw}");
+    let watch = k.fails(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/pods?watch=true"])?;
+    ensure!(watch.contains("MethodNotAllowed") || watch.contains("405"), "{watch}");
+    let table = k.ok(&["get", "pods.metrics.k8s.io", "burner"])?;
+    ensure!(table.starts_with("NAME") && table.contains("CPU") && table.contains("WINDOW"), "{table}");
+
+    // A pod that is gone has no metrics.
+    k.ok(&["delete", "pod", "burner", "--grace-period=1"])?;
+    let after = k.fails(&["top", "pod", "burner"])?;
+    ensure!(after.contains("not found"), "{after}");
+    Ok(())
+}
