@@ -123,6 +123,14 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs kubectl whatever comes of it; returns its stdout and stderr (for a failure's report).
+    pub(crate) fn run_lossy(&self, args: &[&str]) -> String {
+        match self.run(args) {
+            Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Runs kubectl, which must fail; returns its stderr.
     pub(crate) fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;

@@ -3,6 +3,7 @@
 
 mod access;
 mod at_rest;
+mod autoscale;
 mod clients;
 mod escape;
 mod flood;

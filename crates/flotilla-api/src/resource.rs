@@ -22,7 +22,23 @@ pub struct ResourceDef {
     /// What the resource answers: [`VERBS`] for the stored kinds; `get` and `list` for those
     /// the server computes (the resource metrics).
     pub verbs: &'static [&'static str],
+    /// For a version served but stored as another (autoscaling/v1 HPAs, stored as v2): how
+    /// objects are turned from one to the other. `None`: stored as served.
+    pub conversion: Option<&'static Conversion>,
     pub ops: &'static dyn KindOps,
+}
+
+/// How a version served over another one's storage is converted, as upstream's API server
+/// converts through its internal version.
+#[derive(Debug)]
+pub struct Conversion {
+    /// The version the objects are stored in, in the same group.
+    pub stored_version: &'static str,
+    /// A stored object as this version shows it.
+    pub from_stored: fn(serde_json::Value) -> serde_json::Value,
+    /// An object of this version as stored; `stored` is what is stored now, whose fields this
+    /// version cannot express are kept.
+    pub to_stored: fn(serde_json::Value, Option<&serde_json::Value>) -> serde_json::Value,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

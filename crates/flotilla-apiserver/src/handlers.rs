@@ -37,6 +37,9 @@ pub(crate) struct Request<'a> {
     pub(crate) query: Query,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// The version the client asked in, when the target is another version it is stored as
+    /// (`conversion.rs`): a patch applies to the object as this version shows it.
+    pub(crate) view: Option<&'static ResourceDef>,
 }
 
 pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
@@ -326,6 +329,20 @@ async fn create(req: &Request<'_>) -> Result<Response> {
 async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -> Result<Response> {
     let def = req.target.resource;
     let patch_type = content_type(req)?;
+    if let Some(view) = req.view
+        && patch_type == PatchType::Apply
+    {
+        return Err(ApiError::new(
+            Reason::UnsupportedMediaType,
+            format!(
+                "server-side apply of {} is not supported in {}; apply it as {}",
+                def.plural,
+                view.api_version(),
+                def.api_version()
+            ),
+        )
+        .into());
+    }
     if patch_type == PatchType::Apply {
         return apply(req, name, sub).await;
     }
@@ -335,7 +352,8 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
     let parsed = flotilla_api::json::parse(&req.body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     let patch = parsed.value;
-    let definition = flotilla_api::schema::definition_name(&def.api_version(), def.kind).unwrap_or_default();
+    let shown = req.view.unwrap_or(def);
+    let definition = flotilla_api::schema::definition_name(&shown.api_version(), shown.kind).unwrap_or_default();
     let mut options = write_options(req)?;
     if !parsed.duplicates.is_empty() && options.field_validation == flotilla_api::FieldValidation::Strict {
         // Upstream refuses a strict patch's duplicates as an invalid `patch` (422).
@@ -353,7 +371,15 @@ async fn patch_object(req: &Request<'_>, name: &str, sub: Option<Subresource>) -
             None,
             options,
             |current| {
-                let patched = apply_patch(patch_type, current.clone(), &patch, definition)?;
+                // Patched as the version asked for shows it, stored as the stored one.
+                let patched = match shown.conversion {
+                    Some(conversion) => {
+                        let patched =
+                            apply_patch(patch_type, (conversion.from_stored)(current.clone()), &patch, definition)?;
+                        (conversion.to_stored)(patched, Some(current))
+                    }
+                    None => apply_patch(patch_type, current.clone(), &patch, definition)?,
+                };
                 check_identity(def, name, namespace, current, &patched)?;
                 // A resource version in the patch is a precondition, as in an update.
                 let wanted = patched.pointer("/metadata/resourceVersion").and_then(Value::as_str);

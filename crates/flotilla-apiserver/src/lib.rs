@@ -9,6 +9,7 @@
 mod authz;
 mod codec;
 mod compaction;
+mod conversion;
 mod credentials;
 mod discovery;
 mod encryption;
@@ -447,8 +448,11 @@ async fn route(
                 query,
                 headers,
                 body,
+                view: None,
             };
-            if request.target.resource.stored() {
+            if request.target.resource.conversion.is_some() {
+                conversion::handle(request).await
+            } else if request.target.resource.stored() {
                 handlers::handle(request).await
             } else {
                 metrics::serve(&request, &server.inner.metrics).await

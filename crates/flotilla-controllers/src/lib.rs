@@ -14,6 +14,7 @@ mod deployment;
 mod endpoints;
 mod gc;
 mod history;
+mod hpa;
 mod job;
 mod namespace;
 mod nodelifecycle;
@@ -129,13 +130,18 @@ pub struct ControllersConfig {
     /// How long a node's Lease may go unrenewed before the node is `Ready=Unknown` and
     /// tainted unreachable (upstream's `--node-monitor-grace-period`).
     pub node_grace_period: Duration,
+    /// How often every HorizontalPodAutoscaler is evaluated (upstream's
+    /// `--horizontal-pod-autoscaler-sync-period`).
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllersConfig {
     fn default() -> Self {
-        ControllersConfig { node_grace_period: DEFAULT_NODE_GRACE_PERIOD }
+        ControllersConfig { node_grace_period: DEFAULT_NODE_GRACE_PERIOD, hpa_sync_period: DEFAULT_HPA_SYNC_PERIOD }
     }
 }
+
+pub use hpa::DEFAULT_SYNC_PERIOD as DEFAULT_HPA_SYNC_PERIOD;
 
 /// The Lease duration the kubelet (and our agent) writes: four missed renewals. Upstream's
 /// default is 50 s; an edge link that drops for half a minute should not flap its node.
@@ -219,6 +225,7 @@ impl Controllers {
         tasks.extend(daemonset::start(&context, &mut informers));
         tasks.extend(statefulset::start(&context, &mut informers));
         tasks.extend(nodelifecycle::start(&context, &mut informers, config));
+        tasks.extend(hpa::start(&context, &mut informers, config.hpa_sync_period));
         share(&mut informers.pods, &mut informers.nodes);
         let Informers {
             pods,

@@ -76,6 +76,10 @@ pub(crate) struct ControlArgs {
           value_parser = clap::value_parser!(u64).range(11..))]
     node_grace_period: u64,
 
+    /// (controllers) How often every HorizontalPodAutoscaler is evaluated, e.g. `15s`.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    horizontal_pod_autoscaler_sync_period: Duration,
+
     #[command(flatten)]
     election: ElectionArgs,
 }
@@ -98,7 +102,10 @@ pub(crate) async fn scheduler(args: ControlArgs) -> Result<()> {
 }
 
 pub(crate) async fn controllers(args: ControlArgs) -> Result<()> {
-    let config = ControllersConfig { node_grace_period: Duration::from_secs(args.node_grace_period) };
+    let config = ControllersConfig {
+        node_grace_period: Duration::from_secs(args.node_grace_period),
+        hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+    };
     let loops = ControlLoops { scheduler: None, controllers: Some((client(&args).await?, config)) };
     run_standalone(loops, &args.election).await
 }

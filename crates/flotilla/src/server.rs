@@ -93,6 +93,10 @@ pub(crate) struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(11..))]
     node_grace_period: u64,
 
+    /// How often every HorizontalPodAutoscaler is evaluated, e.g. `15s`.
+    #[arg(long, value_parser = crate::control::parse_duration, default_value = "15s")]
+    horizontal_pod_autoscaler_sync_period: Duration,
+
     /// Seconds pods tolerate an unreachable or not-ready node before they are evicted and
     /// replaced elsewhere (the tolerations every pod gets unless it sets its own; upstream 300).
     #[arg(long, default_value_t = flotilla_apiserver::DEFAULT_TOLERATION_SECONDS)]
@@ -255,6 +259,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
                 in_process_client(api.router(), UserInfo::new(CONTROLLER_MANAGER, &[]), "kube-controller-manager")?,
                 flotilla_controllers::ControllersConfig {
                     node_grace_period: Duration::from_secs(args.node_grace_period),
+                    hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
                 },
             )),
         },

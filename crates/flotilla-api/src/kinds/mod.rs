@@ -2,6 +2,7 @@
 //! behind the object-safe [`KindOps`] that the API server drives with JSON.
 
 mod apps;
+mod autoscaling;
 mod batch;
 mod coordination;
 mod core;
@@ -18,6 +19,7 @@ use std::marker::PhantomData;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -294,6 +296,7 @@ macro_rules! resource {
             generation: $gen,
             field_selectors: $fields,
             verbs: crate::resource::VERBS,
+            conversion: None,
             ops: &Typed::<$ty>::OPS,
         }
     };
@@ -316,6 +319,12 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Deployment, "deployments", "deployment", namespaced: true, short: &["deploy"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &[]),
     resource!(ReplicaSet, "replicasets", "replicaset", namespaced: true, short: &["rs"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &["status.replicas"]),
     resource!(StatefulSet, "statefulsets", "statefulset", namespaced: true, short: &["sts"], categories: ALL, sub: &[Scale, Status], generation: true, fields: &[]),
+    resource!(HorizontalPodAutoscaler, "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, short: &["hpa"], categories: ALL, sub: &[Status], generation: true, fields: &[]),
+    // kubectl before 1.33 creates these in v1 (`kubectl autoscale`); they are stored as v2.
+    ResourceDef {
+        conversion: Some(&autoscaling::V1),
+        ..resource!(k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler, "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, short: &["hpa"], categories: ALL, sub: &[Status], generation: true, fields: &[])
+    },
     resource!(Job, "jobs", "job", namespaced: true, short: &[], categories: ALL, sub: &[Status], generation: true, fields: &["status.successful"]),
     resource!(Lease, "leases", "lease", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(EndpointSlice, "endpointslices", "endpointslice", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),

@@ -1517,4 +1517,483 @@ pub(super) static MESSAGES: &[Message] = &[
             Field { number: 11, json: "terminating", ty: Ty::Int, label: Label::One, inline: false },
         ],
     },
+    Message {
+        name: "autoscaling.v2.ContainerResourceMetricSource",
+        fields: &[
+            Field { number: 1, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "target",
+                ty: Ty::Msg("autoscaling.v2.MetricTarget"),
+                label: Label::One,
+                inline: false,
+            },
+            Field { number: 3, json: "container", ty: Ty::String, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ContainerResourceMetricStatus",
+        fields: &[
+            Field { number: 1, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "current",
+                ty: Ty::Msg("autoscaling.v2.MetricValueStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field { number: 3, json: "container", ty: Ty::String, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.CrossVersionObjectReference",
+        fields: &[
+            Field { number: 1, json: "kind", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 2, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 3, json: "apiVersion", ty: Ty::String, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ExternalMetricSource",
+        fields: &[
+            Field {
+                number: 1,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "target",
+                ty: Ty::Msg("autoscaling.v2.MetricTarget"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ExternalMetricStatus",
+        fields: &[
+            Field {
+                number: 1,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "current",
+                ty: Ty::Msg("autoscaling.v2.MetricValueStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HPAScalingPolicy",
+        fields: &[
+            Field { number: 1, json: "type", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 2, json: "value", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 3, json: "periodSeconds", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HPAScalingRules",
+        fields: &[
+            Field { number: 3, json: "stabilizationWindowSeconds", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 1, json: "selectPolicy", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "policies",
+                ty: Ty::Msg("autoscaling.v2.HPAScalingPolicy"),
+                label: Label::Repeated,
+                inline: false,
+            },
+            Field { number: 4, json: "tolerance", ty: Ty::Quantity, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HorizontalPodAutoscaler",
+        fields: &[
+            Field { number: 1, json: "metadata", ty: Ty::Msg("meta.v1.ObjectMeta"), label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "spec",
+                ty: Ty::Msg("autoscaling.v2.HorizontalPodAutoscalerSpec"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "status",
+                ty: Ty::Msg("autoscaling.v2.HorizontalPodAutoscalerStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HorizontalPodAutoscalerBehavior",
+        fields: &[
+            Field {
+                number: 1,
+                json: "scaleUp",
+                ty: Ty::Msg("autoscaling.v2.HPAScalingRules"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "scaleDown",
+                ty: Ty::Msg("autoscaling.v2.HPAScalingRules"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HorizontalPodAutoscalerCondition",
+        fields: &[
+            Field { number: 1, json: "type", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 2, json: "status", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 3, json: "lastTransitionTime", ty: Ty::Time, label: Label::One, inline: false },
+            Field { number: 4, json: "reason", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 5, json: "message", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 6, json: "observedGeneration", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HorizontalPodAutoscalerSpec",
+        fields: &[
+            Field {
+                number: 1,
+                json: "scaleTargetRef",
+                ty: Ty::Msg("autoscaling.v2.CrossVersionObjectReference"),
+                label: Label::One,
+                inline: false,
+            },
+            Field { number: 2, json: "minReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 3, json: "maxReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field {
+                number: 4,
+                json: "metrics",
+                ty: Ty::Msg("autoscaling.v2.MetricSpec"),
+                label: Label::Repeated,
+                inline: false,
+            },
+            Field {
+                number: 5,
+                json: "behavior",
+                ty: Ty::Msg("autoscaling.v2.HorizontalPodAutoscalerBehavior"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.HorizontalPodAutoscalerStatus",
+        fields: &[
+            Field { number: 1, json: "observedGeneration", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 2, json: "lastScaleTime", ty: Ty::Time, label: Label::One, inline: false },
+            Field { number: 3, json: "currentReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 4, json: "desiredReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field {
+                number: 5,
+                json: "currentMetrics",
+                ty: Ty::Msg("autoscaling.v2.MetricStatus"),
+                label: Label::Repeated,
+                inline: false,
+            },
+            Field {
+                number: 6,
+                json: "conditions",
+                ty: Ty::Msg("autoscaling.v2.HorizontalPodAutoscalerCondition"),
+                label: Label::Repeated,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.MetricIdentifier",
+        fields: &[
+            Field { number: 1, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "selector",
+                ty: Ty::Msg("meta.v1.LabelSelector"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.MetricSpec",
+        fields: &[
+            Field { number: 1, json: "type", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "object",
+                ty: Ty::Msg("autoscaling.v2.ObjectMetricSource"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "pods",
+                ty: Ty::Msg("autoscaling.v2.PodsMetricSource"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 4,
+                json: "resource",
+                ty: Ty::Msg("autoscaling.v2.ResourceMetricSource"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 7,
+                json: "containerResource",
+                ty: Ty::Msg("autoscaling.v2.ContainerResourceMetricSource"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 5,
+                json: "external",
+                ty: Ty::Msg("autoscaling.v2.ExternalMetricSource"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.MetricStatus",
+        fields: &[
+            Field { number: 1, json: "type", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "object",
+                ty: Ty::Msg("autoscaling.v2.ObjectMetricStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "pods",
+                ty: Ty::Msg("autoscaling.v2.PodsMetricStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 4,
+                json: "resource",
+                ty: Ty::Msg("autoscaling.v2.ResourceMetricStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 7,
+                json: "containerResource",
+                ty: Ty::Msg("autoscaling.v2.ContainerResourceMetricStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 5,
+                json: "external",
+                ty: Ty::Msg("autoscaling.v2.ExternalMetricStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.MetricTarget",
+        fields: &[
+            Field { number: 1, json: "type", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 2, json: "value", ty: Ty::Quantity, label: Label::One, inline: false },
+            Field { number: 3, json: "averageValue", ty: Ty::Quantity, label: Label::One, inline: false },
+            Field { number: 4, json: "averageUtilization", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.MetricValueStatus",
+        fields: &[
+            Field { number: 1, json: "value", ty: Ty::Quantity, label: Label::One, inline: false },
+            Field { number: 2, json: "averageValue", ty: Ty::Quantity, label: Label::One, inline: false },
+            Field { number: 3, json: "averageUtilization", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ObjectMetricSource",
+        fields: &[
+            Field {
+                number: 1,
+                json: "describedObject",
+                ty: Ty::Msg("autoscaling.v2.CrossVersionObjectReference"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "target",
+                ty: Ty::Msg("autoscaling.v2.MetricTarget"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ObjectMetricStatus",
+        fields: &[
+            Field {
+                number: 1,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "current",
+                ty: Ty::Msg("autoscaling.v2.MetricValueStatus"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "describedObject",
+                ty: Ty::Msg("autoscaling.v2.CrossVersionObjectReference"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.PodsMetricSource",
+        fields: &[
+            Field {
+                number: 1,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "target",
+                ty: Ty::Msg("autoscaling.v2.MetricTarget"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.PodsMetricStatus",
+        fields: &[
+            Field {
+                number: 1,
+                json: "metric",
+                ty: Ty::Msg("autoscaling.v2.MetricIdentifier"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 2,
+                json: "current",
+                ty: Ty::Msg("autoscaling.v2.MetricValueStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ResourceMetricSource",
+        fields: &[
+            Field { number: 1, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "target",
+                ty: Ty::Msg("autoscaling.v2.MetricTarget"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v2.ResourceMetricStatus",
+        fields: &[
+            Field { number: 1, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "current",
+                ty: Ty::Msg("autoscaling.v2.MetricValueStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v1.CrossVersionObjectReference",
+        fields: &[
+            Field { number: 1, json: "kind", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 2, json: "name", ty: Ty::String, label: Label::One, inline: false },
+            Field { number: 3, json: "apiVersion", ty: Ty::String, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v1.HorizontalPodAutoscaler",
+        fields: &[
+            Field { number: 1, json: "metadata", ty: Ty::Msg("meta.v1.ObjectMeta"), label: Label::One, inline: false },
+            Field {
+                number: 2,
+                json: "spec",
+                ty: Ty::Msg("autoscaling.v1.HorizontalPodAutoscalerSpec"),
+                label: Label::One,
+                inline: false,
+            },
+            Field {
+                number: 3,
+                json: "status",
+                ty: Ty::Msg("autoscaling.v1.HorizontalPodAutoscalerStatus"),
+                label: Label::One,
+                inline: false,
+            },
+        ],
+    },
+    Message {
+        name: "autoscaling.v1.HorizontalPodAutoscalerSpec",
+        fields: &[
+            Field {
+                number: 1,
+                json: "scaleTargetRef",
+                ty: Ty::Msg("autoscaling.v1.CrossVersionObjectReference"),
+                label: Label::One,
+                inline: false,
+            },
+            Field { number: 2, json: "minReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 3, json: "maxReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 4, json: "targetCPUUtilizationPercentage", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
+    Message {
+        name: "autoscaling.v1.HorizontalPodAutoscalerStatus",
+        fields: &[
+            Field { number: 1, json: "observedGeneration", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 2, json: "lastScaleTime", ty: Ty::Time, label: Label::One, inline: false },
+            Field { number: 3, json: "currentReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 4, json: "desiredReplicas", ty: Ty::Int, label: Label::One, inline: false },
+            Field { number: 5, json: "currentCPUUtilizationPercentage", ty: Ty::Int, label: Label::One, inline: false },
+        ],
+    },
 ];

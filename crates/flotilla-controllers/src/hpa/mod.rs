@@ -1,0 +1,575 @@
+//! The horizontal pod autoscaler, upstream's `podautoscaler`: every sync period (15 s) each
+//! HPA's target is read through its `scale` subresource, the usage of the pods its selector
+//! names from the resource metrics API (`metrics.k8s.io`), and the target scaled to what the
+//! metrics ask, within the HPA's bounds and rates (`calculate.rs`, pure). The HPA's status
+//! (current and desired replicas, current metrics, the `AbleToScale`, `ScalingActive` and
+//! `ScalingLimited` conditions) and its Events say what was decided and why, in upstream's
+//! words.
+//!
+//! `Resource` metrics are served; `Pods`, `Object` and `External` metrics need a custom or
+//! external metrics API, which this cluster does not serve yet: such a metric fails as it
+//! fails upstream without an adapter.
+
+mod calculate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_api::kinds::metrics::{self, PodMetrics};
+use flotilla_api::selector::LabelSelector;
+use flotilla_client::{Cache, Change, EventType, Informer, ObjectKey, Recorder, WorkQueue};
+use jiff::Timestamp;
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, MetricSpec, MetricStatus,
+    MetricValueStatus, ResourceMetricStatus,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use self::calculate::{Computed, Memory, Normalized, PodView, Policy, Rules, Said, Sample, Select, Target};
+use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
+
+/// How often every HPA is evaluated (upstream's `--horizontal-pod-autoscaler-sync-period`).
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
+
+pub(crate) fn start(context: &Context, _informers: &mut Informers, sync_period: Duration) -> Vec<JoinHandle<()>> {
+    let queue = WorkQueue::new();
+    let mut hpas = Informer::<HorizontalPodAutoscaler>::all(context.client.clone());
+    let cache = hpas.cache();
+    let changed = queue.clone();
+    hpas.on_change(move |change| {
+        let (Change::Applied { new: hpa, .. } | Change::Deleted(hpa)) = change;
+        changed.add(ObjectKey::of(&**hpa));
+    });
+    let autoscaler = Arc::new(Autoscaler {
+        context: context.clone(),
+        events: Recorder::new(context.client.clone(), "horizontal-pod-autoscaler", None),
+        hpas: cache.clone(),
+        sync_period,
+        memory: Mutex::default(),
+    });
+    let pods = context.pods.clone();
+    let mut tasks = spawn_workers(autoscaler, queue, 2, async move {
+        cache.synced().await;
+        pods.synced().await;
+    });
+    tasks.push(tokio::spawn(hpas.run()));
+    tasks
+}
+
+struct Autoscaler {
+    context: Context,
+    events: Recorder,
+    hpas: Cache<HorizontalPodAutoscaler>,
+    sync_period: Duration,
+    /// Each HPA's recent recommendations and scalings.
+    memory: Mutex<HashMap<ObjectKey, Memory>>,
+}
+
+impl Reconciler for Autoscaler {
+    const NAME: &'static str = "horizontal-pod-autoscaler";
+    type Key = ObjectKey;
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Next, Error> {
+        let Some(hpa) = self.hpas.get(key) else {
+            self.memory.lock().expect("hpa memory lock").remove(key);
+            return Ok(Next::Done);
+        };
+        let mut run = Run { hpa: &hpa, conditions: current_conditions(&hpa), now: Timestamp::now() };
+        let status = self.evaluate(key, &mut run).await;
+        let status = json!({
+            "currentReplicas": status.current,
+            "desiredReplicas": status.desired,
+            "lastScaleTime": status.scaled.or_else(|| hpa.status.as_ref().and_then(|s| s.last_scale_time.clone())),
+            "currentMetrics": status.metrics,
+            "conditions": run.conditions,
+        });
+        self.context.write_status(&*hpa, &self.hpas, status).await?;
+        Ok(Next::After(self.sync_period))
+    }
+}
+
+/// One evaluation of an HPA: the conditions it sets as it goes.
+struct Run<'a> {
+    hpa: &'a HorizontalPodAutoscaler,
+    conditions: Vec<HorizontalPodAutoscalerCondition>,
+    now: Timestamp,
+}
+
+impl Run<'_> {
+    /// Sets condition `type_`, keeping its transition time unless its status changes.
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        let status = if status { "True" } else { "False" }.to_string();
+        let transition = match self.conditions.iter().find(|c| c.type_ == type_) {
+            Some(old) if old.status == status => old.last_transition_time.clone(),
+            _ => Some(Time(self.now)),
+        };
+        let condition = HorizontalPodAutoscalerCondition {
+            type_: type_.into(),
+            status,
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: transition,
+        };
+        match self.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(old) => *old = condition,
+            None => self.conditions.push(condition),
+        }
+    }
+
+    fn said(&mut self, type_: &str, status: bool, said: &Said) {
+        self.set(type_, status, said.reason, said.message.into());
+    }
+}
+
+fn current_conditions(hpa: &HorizontalPodAutoscaler) -> Vec<HorizontalPodAutoscalerCondition> {
+    hpa.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default()
+}
+
+/// What an evaluation leaves in the status.
+struct Outcome {
+    current: i32,
+    desired: i32,
+    scaled: Option<Time>,
+    metrics: Vec<MetricStatus>,
+}
+
+/// The target's scale: its replicas and the selector of its pods.
+struct Scale {
+    api: kube::Api<DynamicObject>,
+    replicas: i32,
+    selector: String,
+}
+
+impl Autoscaler {
+    async fn evaluate(&self, key: &ObjectKey, run: &mut Run<'_>) -> Outcome {
+        let hpa = run.hpa;
+        let spec = hpa.spec.clone().unwrap_or_default();
+        let previous = hpa.status.clone().unwrap_or_default();
+        let scale = match self.scale(hpa).await {
+            Ok(scale) => scale,
+            Err(message) => {
+                self.events.object(hpa, EventType::Warning, "FailedGetScale", message.clone());
+                run.set(
+                    "AbleToScale",
+                    false,
+                    "FailedGetScale",
+                    format!("the HPA controller was unable to get the target's current scale: {message}"),
+                );
+                return Outcome {
+                    current: previous.current_replicas.unwrap_or(0),
+                    desired: previous.desired_replicas,
+                    scaled: None,
+                    metrics: previous.current_metrics.unwrap_or_default(),
+                };
+            }
+        };
+        run.set(
+            "AbleToScale",
+            true,
+            "SucceededGetScale",
+            "the HPA controller was able to get the target's current scale".into(),
+        );
+        let current = scale.replicas;
+        let min = spec.min_replicas.unwrap_or(1);
+        let max = spec.max_replicas;
+        let mut memory = self.memory.lock().expect("hpa memory lock").remove(key).unwrap_or_default();
+        memory.start(current, run.now);
+        let mut metrics = previous.current_metrics.clone().unwrap_or_default();
+        let (desired, reason) = if current == 0 && min != 0 {
+            run.set(
+                "ScalingActive",
+                false,
+                "ScalingDisabled",
+                "scaling is disabled since the replica count of the target is zero".into(),
+            );
+            (0, String::new())
+        } else if current > max {
+            (max, "Current number of replicas above Spec.MaxReplicas".to_string())
+        } else if current < min {
+            (min, "Current number of replicas below Spec.MinReplicas".to_string())
+        } else {
+            match self.replicas_for_metrics(hpa, &spec.metrics.clone().unwrap_or_default(), &scale, run).await {
+                Err(message) => {
+                    self.events.object(hpa, EventType::Warning, "FailedComputeMetricsReplicas", message);
+                    self.memory.lock().expect("hpa memory lock").insert(key.clone(), memory);
+                    return Outcome { current, desired: previous.desired_replicas, scaled: None, metrics };
+                }
+                Ok((proposed, metric, statuses)) => {
+                    metrics = statuses;
+                    let reason = if proposed > current {
+                        format!("{metric} above target")
+                    } else {
+                        "All metrics below target".to_string()
+                    };
+                    let Normalized { replicas, able, limited } = match &spec.behavior {
+                        None => memory.normalize(current, proposed, min, max, run.now),
+                        Some(behavior) => {
+                            let up = rules(behavior.scale_up.as_ref(), Duration::ZERO);
+                            let down = rules(behavior.scale_down.as_ref(), calculate::DOWNSCALE_STABILIZATION);
+                            memory.normalize_with(current, proposed, (min, max), &up, &down, run.now)
+                        }
+                    };
+                    run.said("AbleToScale", true, &able);
+                    run.said("ScalingLimited", limited.0, &limited.1);
+                    (replicas, reason)
+                }
+            }
+        };
+        let mut scaled = None;
+        if desired != current && !(current == 0 && min != 0) {
+            let patch = json!({"spec": {"replicas": desired}});
+            match scale.api.patch_scale(hpa_target_name(hpa), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    run.set(
+                        "AbleToScale",
+                        true,
+                        "SucceededRescale",
+                        format!("the HPA controller was able to update the target scale to {desired}"),
+                    );
+                    self.events.object(
+                        hpa,
+                        EventType::Normal,
+                        "SuccessfulRescale",
+                        format!("New size: {desired}; reason: {reason}"),
+                    );
+                    let longest = spec.behavior.as_ref().map_or(Duration::ZERO, |b| {
+                        [&b.scale_up, &b.scale_down]
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|r| r.policies.iter().flatten())
+                            .map(|p| Duration::from_secs(p.period_seconds.max(0) as u64))
+                            .max()
+                            .unwrap_or_default()
+                    });
+                    memory.scaled(current, desired, longest, run.now);
+                    scaled = Some(Time(run.now));
+                }
+                Err(e) => {
+                    self.events.object(
+                        hpa,
+                        EventType::Warning,
+                        "FailedRescale",
+                        format!("New size: {desired}; reason: {reason}; error: {e}"),
+                    );
+                    run.set(
+                        "AbleToScale",
+                        false,
+                        "FailedUpdateScale",
+                        format!("the HPA controller was unable to update the target scale: {e}"),
+                    );
+                    self.memory.lock().expect("hpa memory lock").insert(key.clone(), memory);
+                    return Outcome { current, desired: current, scaled: None, metrics };
+                }
+            }
+        }
+        self.memory.lock().expect("hpa memory lock").insert(key.clone(), memory);
+        Outcome { current, desired: if scaled.is_some() { desired } else { current }, scaled, metrics }
+    }
+
+    /// The target's `scale` subresource, through the resource its `apiVersion` and `kind` name.
+    async fn scale(&self, hpa: &HorizontalPodAutoscaler) -> Result<Scale, String> {
+        let target = hpa.spec.as_ref().map(|s| s.scale_target_ref.clone()).unwrap_or_default();
+        let api_version = target.api_version.clone().unwrap_or_default();
+        let def = flotilla_api::resource::find_kind(&api_version, &target.kind)
+            .filter(|d| d.has(flotilla_api::resource::Subresource::Scale))
+            .ok_or_else(|| {
+                format!("no matches for kind \"{}\" in group \"{}\"", target.kind, group_of(&api_version))
+            })?;
+        let resource = ApiResource {
+            group: def.group.into(),
+            version: def.version.into(),
+            api_version: def.api_version(),
+            kind: def.kind.into(),
+            plural: def.plural.into(),
+        };
+        let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let api = kube::Api::<DynamicObject>::namespaced_with(self.context.client.clone(), namespace, &resource);
+        let scale = api.get_scale(&target.name).await.map_err(|e| e.to_string())?;
+        Ok(Scale {
+            replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+            api,
+        })
+    }
+
+    /// The largest count any metric asks for, the metric that asked for it, and every
+    /// metric's status (`computeReplicasForMetrics`). A metric that cannot be read fails the
+    /// whole only when no other asks for at least the current count.
+    async fn replicas_for_metrics(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        specs: &[MetricSpec],
+        scale: &Scale,
+        run: &mut Run<'_>,
+    ) -> Result<(i32, String, Vec<MetricStatus>), String> {
+        if scale.selector.is_empty() {
+            self.events.object(hpa, EventType::Warning, "SelectorRequired", "selector is required".into());
+            run.set("ScalingActive", false, "InvalidSelector", "the HPA target's scale is missing a selector".into());
+            return Err("selector is required".into());
+        }
+        let selector = match LabelSelector::parse(&scale.selector) {
+            Ok(selector) => selector,
+            Err(e) => {
+                let message =
+                    format!("couldn't convert selector into a corresponding internal selector object: {}", e.message);
+                self.events.object(hpa, EventType::Warning, "InvalidSelector", message.clone());
+                run.set("ScalingActive", false, "InvalidSelector", message.clone());
+                return Err(message);
+            }
+        };
+        let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let pods: Vec<Arc<Pod>> = self
+            .context
+            .pods
+            .in_namespace(namespace)
+            .into_iter()
+            .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default())))
+            .collect();
+        let mut best: Option<(i32, String)> = None;
+        let mut statuses = vec![MetricStatus::default(); specs.len()];
+        let mut failures: Vec<(&'static str, String)> = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            match self.metric_replicas(spec, scale, namespace, &pods, run.now).await {
+                Ok((replicas, name, status)) => {
+                    statuses[i] = status;
+                    if best.as_ref().is_none_or(|(most, _)| replicas > *most) {
+                        best = Some((replicas, name));
+                    }
+                }
+                Err((reason, message)) => {
+                    self.events.object(hpa, EventType::Warning, reason, message.clone());
+                    failures.push((reason, message));
+                }
+            }
+        }
+        match (best, failures.first()) {
+            (Some((replicas, name)), first) if first.is_none() || replicas >= scale.replicas => {
+                let message = format!("the HPA was able to successfully calculate a replica count from {name}");
+                run.set("ScalingActive", true, "ValidMetricFound", message);
+                Ok((replicas, name, statuses))
+            }
+            (_, Some((reason, message))) => {
+                run.set(
+                    "ScalingActive",
+                    false,
+                    reason,
+                    format!("the HPA was unable to compute the replica count: {message}"),
+                );
+                Err(format!(
+                    "invalid metrics ({} invalid out of {}), first error is: {message}",
+                    failures.len(),
+                    specs.len()
+                ))
+            }
+            (_, None) => Err("no metrics to compute a replica count from".into()),
+        }
+    }
+
+    /// What one metric asks for: the count, the metric's name in upstream's words, and its
+    /// status; or the failure's Event reason and message.
+    async fn metric_replicas(
+        &self,
+        spec: &MetricSpec,
+        scale: &Scale,
+        namespace: &str,
+        pods: &[Arc<Pod>],
+        now: Timestamp,
+    ) -> Result<(i32, String, MetricStatus), (&'static str, String)> {
+        let unserved = |reason: &'static str, what: &str| {
+            Err((reason, format!("unable to get {what}: the {what} API is not served by this cluster yet")))
+        };
+        let source = match spec.type_.as_str() {
+            "Resource" => spec.resource.as_ref(),
+            "Pods" => return unserved("FailedGetPodsMetric", "custom metrics"),
+            "Object" => return unserved("FailedGetObjectMetric", "custom metrics"),
+            "External" => return unserved("FailedGetExternalMetric", "external metrics"),
+            "ContainerResource" => return unserved("FailedGetContainerResourceMetric", "container resource metrics"),
+            other => return Err(("InvalidMetricSourceType", format!("unknown metric source type \"{other}\""))),
+        };
+        let Some(source) = source else {
+            return Err(("InvalidMetricSourceType", "the Resource metric names no resource".into()));
+        };
+        let resource = source.name.as_str();
+        let (target, name, what) = match (source.target.average_utilization, &source.target.average_value) {
+            (Some(percent), _) => (
+                Target::Utilization(percent),
+                format!("{resource} resource utilization (percentage of request)"),
+                "utilization",
+            ),
+            (None, Some(value)) => {
+                let milli =
+                    milli(value).ok_or(("FailedGetResourceMetric", format!("invalid target value {}", value.0)))?;
+                (Target::AverageValue(milli), format!("{resource} resource"), "usage")
+            }
+            (None, None) => {
+                return Err((
+                    "FailedGetResourceMetric",
+                    "invalid resource metric source: neither a utilization target nor a value target was set"
+                        .to_string(),
+                ));
+            }
+        };
+        let failed = |message: String| {
+            (
+                "FailedGetResourceMetric",
+                format!("failed to get {resource} resource metric value: failed to get {resource} {what}: {message}"),
+            )
+        };
+        let samples = self
+            .samples(namespace, &scale.selector, resource)
+            .await
+            .map_err(|e| failed(format!("unable to get metrics for resource {resource}: {e}")))?;
+        let views: Vec<PodView> = pods.iter().map(|pod| view(pod, resource)).collect();
+        let Computed { replicas, utilization, average } =
+            calculate::resource_replicas(scale.replicas, target, resource == "cpu", &views, samples, now)
+                .map_err(failed)?;
+        let status = MetricStatus {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricStatus {
+                name: resource.into(),
+                current: MetricValueStatus {
+                    average_utilization: utilization,
+                    average_value: Some(Quantity(flotilla_api::quantity::nanocores(average.max(0) as u64 * 1_000_000))),
+                    value: None,
+                },
+            }),
+            ..MetricStatus::default()
+        };
+        Ok((replicas, name, status))
+    }
+
+    /// Each selected pod's usage of `resource` from the resource metrics API, in milli-units;
+    /// a pod missing the resource in any container has none.
+    async fn samples(
+        &self,
+        namespace: &str,
+        selector: &str,
+        resource: &str,
+    ) -> Result<HashMap<String, Sample>, String> {
+        let metrics = ApiResource {
+            group: metrics::GROUP.into(),
+            version: metrics::VERSION.into(),
+            api_version: format!("{}/{}", metrics::GROUP, metrics::VERSION),
+            kind: "PodMetrics".into(),
+            plural: "pods".into(),
+        };
+        let api = kube::Api::<DynamicObject>::namespaced_with(self.context.client.clone(), namespace, &metrics);
+        let list = api.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+        if list.items.is_empty() {
+            return Err("no metrics returned from resource metrics API".into());
+        }
+        let mut samples = HashMap::new();
+        for item in list.items {
+            let Ok(item) = serde_json::to_value(item).and_then(serde_json::from_value::<PodMetrics>) else { continue };
+            let Some(name) = item.metadata.name.clone() else { continue };
+            let values: Option<Vec<i64>> =
+                item.containers.iter().map(|c| c.usage.get(resource).and_then(milli)).collect();
+            let Some(values) = values.filter(|v| !v.is_empty()) else { continue };
+            let window = parse_window(&item.window).unwrap_or_default();
+            samples.insert(name, Sample { value: values.iter().sum(), time: item.timestamp.0, window });
+        }
+        Ok(samples)
+    }
+}
+
+/// A pod as the calculator sees it, with what its containers request of `resource`.
+fn view(pod: &Pod, resource: &str) -> PodView {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status == "True", c.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0)));
+    let spec = pod.spec.clone().unwrap_or_default();
+    // Containers, and init containers that run beside them (sidecars), request together.
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let request = spec
+        .containers
+        .iter()
+        .chain(sidecars)
+        .map(|c| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get(resource))
+                .and_then(milli)
+                .ok_or_else(|| format!("missing request for {resource} in container {} of Pod {name}", c.name))
+        })
+        .sum::<Result<i64, String>>();
+    PodView {
+        name: name.clone(),
+        phase: status.phase.clone().unwrap_or_default(),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        ready,
+        started: status.start_time.as_ref().map(|t| t.0),
+        request,
+    }
+}
+
+/// A quantity in milli-units (`MilliValue`), rounded up.
+fn milli(quantity: &Quantity) -> Option<i64> {
+    let nanos = flotilla_api::quantity::parse(&quantity.0).ok()?;
+    i64::try_from((nanos + 999_999).div_euclid(1_000_000)).ok()
+}
+
+/// A Go duration as metrics-server writes `window` (`15.018s`, `500ms`, `1m0.5s`).
+fn parse_window(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn hpa_target_name(hpa: &HorizontalPodAutoscaler) -> &str {
+    hpa.spec.as_ref().map_or("", |s| s.scale_target_ref.name.as_str())
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// A direction's rules as the calculator takes them, defaulted as the API defaults them.
+fn rules(rules: Option<&HPAScalingRules>, default_window: Duration) -> Rules {
+    let window = rules
+        .and_then(|r| r.stabilization_window_seconds)
+        .map_or(default_window, |s| Duration::from_secs(s.max(0) as u64));
+    let select = match rules.and_then(|r| r.select_policy.as_deref()) {
+        Some("Min") => Select::Min,
+        Some("Disabled") => Select::Disabled,
+        _ => Select::Max,
+    };
+    let policies = rules
+        .and_then(|r| r.policies.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let policy = if p.type_ == "Pods" { Policy::Pods } else { Policy::Percent };
+            (policy, p.value, Duration::from_secs(p.period_seconds.max(0) as u64))
+        })
+        .collect();
+    Rules { window, select, policies }
+}
