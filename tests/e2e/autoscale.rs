@@ -50,6 +50,21 @@ fn wait(k: &Kubectl, what: &str, jsonpath: &str, secs: u64, check: impl Fn(&str)
     bail!("{what} {jsonpath} never read as wanted; last: {last:?}")
 }
 
+/// Waits up to 30 s for a `SuccessfulRescale` Event saying `message`.
+fn rescaled(k: &Kubectl, message: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = String::new();
+    while Instant::now() < deadline {
+        let selector = "reason=SuccessfulRescale";
+        said = k.ok(&["get", "events", "--field-selector", selector, "-o", "jsonpath={.items[*].message}"])?;
+        if said.contains(message) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("no SuccessfulRescale Event said {message:?}; they said {said:?}")
+}
+
 #[test]
 fn an_hpa_scales_a_busy_deployment_out_and_an_idle_one_back_in() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -68,9 +83,9 @@ fn an_hpa_scales_a_busy_deployment_out_and_an_idle_one_back_in() -> Result<()> {
     let patch = r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#;
     k.ok(&["patch", "hpa", "burn", "--type=merge", "-p", patch])?;
     wait(&k, "deployment/burn", "{.spec.replicas}", 90, |r| r == "3")?;
-    let rescaled =
-        k.ok(&["get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "jsonpath={.items[*].message}"])?;
-    ensure!(rescaled.contains("reason: cpu resource utilization (percentage of request) above target"), "{rescaled}");
+    // Events are written behind the decision, and the HPA sees the new size at its next run.
+    rescaled(&k, "New size: 3; reason: cpu resource utilization (percentage of request) above target")?;
+    wait(&k, "hpa/burn", "{.status.currentReplicas}", 30, |r| r == "3")?;
     let row = k.ok(&["get", "hpa", "burn", "--no-headers"])?;
     let fields: Vec<&str> = row.split_whitespace().collect();
     ensure!(fields[1] == "Deployment/burn" && fields[2] == "cpu:" && fields[3].ends_with("%/50%"), "{row}");
@@ -87,9 +102,7 @@ fn an_hpa_scales_a_busy_deployment_out_and_an_idle_one_back_in() -> Result<()> {
         let pods = k.ok(&["get", "pods", "-o", "wide"])?;
         bail!("{e}\n{described}\n{top}\n{pods}");
     }
-    let below =
-        k.ok(&["get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "jsonpath={.items[*].message}"])?;
-    ensure!(below.contains("New size: 1; reason: All metrics below target"), "{below}");
+    rescaled(&k, "New size: 1; reason: All metrics below target")?;
 
     // Pods that request no CPU have no utilization: the HPA says so and leaves them be.
     apply(&k, &deployment("unrequested", "http:v1", ""))?;
@@ -115,6 +128,7 @@ fn an_hpa_scales_a_busy_deployment_out_and_an_idle_one_back_in() -> Result<()> {
     wait(&old, "hpa.v1.autoscaling/legacy", current, 30, |u| !u.is_empty())?;
     let events =
         old.ok(&["get", "--raw", &format!("{}?watch=true&timeoutSeconds=1", path.rsplit_once('/').unwrap().0)])?;
+    ensure!(events.lines().count() >= 1, "no event: {events}");
     ensure!(events.lines().all(|e| e.contains("\"apiVersion\":\"autoscaling/v1\"")), "{events}");
 
     // Server-side apply would record field ownership against v2's fields: refused in v1.
@@ -122,7 +136,10 @@ fn an_hpa_scales_a_busy_deployment_out_and_an_idle_one_back_in() -> Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), v1_manifest)?;
     let refused = old.fails(&["apply", "--server-side", "-f", file.path().to_str().unwrap()])?;
-    ensure!(refused.contains("server-side apply of horizontalpodautoscalers is not supported in autoscaling/v1"), "{refused}");
+    ensure!(
+        refused.contains("server-side apply of horizontalpodautoscalers is not supported in autoscaling/v1"),
+        "{refused}"
+    );
 
     // What the API refuses, in upstream's words.
     let bad = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: bad}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: burn}\n  minReplicas: 0\n  maxReplicas: 0\n";

@@ -84,7 +84,8 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
     let nodes = k.ok(&["top", "node", "--no-headers"])?;
     let fields: Vec<&str> = nodes.lines().next().context("no node row")?.split_whitespace().collect();
     ensure!(fields.len() == 5 && fields[0] == node, "{nodes}");
-    ensure!(millicores(fields[1])? >= burner.0 && fields[2].ends_with('%') && fields[3].ends_with("Mi"), "{nodes}");
+    // The machine's CPU over its own window: at least a good part of what the burner used.
+    ensure!(millicores(fields[1])? >= burner.0 / 2 && fields[2].ends_with('%') && fields[3].ends_with("Mi"), "{nodes}");
 
     // By container, by label, everywhere, and one pod by name; the oldest kubectl we serve too.
     let containers = k.ok(&["top", "pod", "burner", "--containers", "--no-headers"])?;

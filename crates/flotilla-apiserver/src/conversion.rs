@@ -24,18 +24,36 @@ pub(crate) async fn handle(mut req: Request<'_>) -> Result<Response> {
     let conversion = shown.conversion.expect("a converted resource");
     let stored = flotilla_api::resource::find(shown.group, conversion.stored_version, shown.plural)
         .expect("the version a converted resource is stored in is served");
+    let mut warnings = Vec::new();
     if matches!(req.method, Method::POST | Method::PUT) && !req.body.is_empty() {
-        let body: Value = serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        // Decoded and checked as the version it was sent in: its unknown and duplicate fields
+        // are found as `fieldValidation` asks, against that version's schema.
+        let media = handlers::header(&req.headers, header::CONTENT_TYPE).unwrap_or_default();
+        let parsed = flotilla_api::body::decode(media, &req.body)?;
+        let sent = parsed.value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        if !sent.is_empty() && sent != shown.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({sent}) does not match the expected API version ({})",
+                shown.api_version()
+            ))
+            .into());
+        }
+        let validation = req.query.field_validation()?;
+        let admitted = shown.ops.admit(parsed.value, None, validation, &parsed.duplicates)?;
+        warnings = admitted.warnings;
         // What the version asked for cannot express is kept from what is stored.
         let current = match (&req.method, &req.target.name) {
             (&Method::PUT, Some(name)) => {
                 let namespace = req.target.namespace.as_deref();
-                req.registry.get(stored, namespace, name).await.ok().and_then(|s| s.value().ok())
+                match req.registry.get(stored, namespace, name).await {
+                    Ok(current) => Some(current.value()?),
+                    Err(e) if e.0.reason == flotilla_api::Reason::NotFound => None,
+                    Err(e) => return Err(e),
+                }
             }
             _ => None,
         };
-        let converted = (conversion.to_stored)(body, current.as_ref());
+        let converted = (conversion.to_stored)(admitted.object, current.as_ref());
         req.body = serde_json::to_vec(&converted).unwrap_or_default().into();
         req.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
@@ -44,7 +62,14 @@ pub(crate) async fn handle(mut req: Request<'_>) -> Result<Response> {
     req.view = Some(shown);
     let response = handlers::handle(req).await?;
     let from = Shown { stored, shown, conversion };
-    Ok(if watch { from.stream(response) } else { from.body(response).await })
+    let mut response = if watch { from.stream(response) } else { from.body(response).await };
+    for warning in warnings {
+        // As every write's warnings are sent (RFC 7234's 299).
+        if let Ok(value) = HeaderValue::from_str(&format!("299 - {warning:?}")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    Ok(response)
 }
 
 /// How answers about `stored` objects are shown as `shown`.

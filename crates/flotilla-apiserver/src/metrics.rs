@@ -4,11 +4,13 @@
 //! between them, memory the working set of the last. `kubectl top` and the HPA read them as
 //! `NodeMetrics` and `PodMetrics`, computed when asked for, never stored.
 //!
-//! As metrics-server does: a container or node read for the first time counts from its start
-//! (its CPU time was zero then), so it has a usage after one reading; a container that
-//! restarted, or whose CPU time went back, starts a new series; a node that cannot be read
-//! has no metrics until it can; only Running pods are shown, and only those every container of
-//! which has a usage.
+//! As metrics-server does: a usage needs two readings, but for a container read first between
+//! 10 s and one resolution after its start, which counts from its start (its CPU time was zero
+//! then; sooner, its start-up would be all there is to see); a container that restarted, or
+//! whose CPU time went back, starts a new series; only Running pods are shown, and only those
+//! every container of which has a usage. A node whose read fails keeps its readings for a few
+//! resolutions, then has no metrics until it is read again. What a node says of pods is kept
+//! only up to [`MAX_PODS`], and served only for pods bound to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,14 @@ pub(crate) const DEFAULT_RESOLUTION: Duration = Duration::from_secs(15);
 const CONCURRENT_READS: usize = 16;
 /// The most a Summary may hold: far more than a node of 10,000 pods writes.
 pub(crate) const MAX_SUMMARY_BYTES: usize = 16 * 1024 * 1024;
+/// The most pods of one node, and containers of one pod, that are kept: twice what a node may
+/// run, so that a node reporting more cannot hold the server's memory.
+const MAX_PODS: usize = 20_000;
+const MAX_CONTAINERS: usize = 64;
+/// A container read first this soon after its start has no usage yet (metrics-server's).
+const FRESH: Duration = Duration::from_secs(10);
+/// Rounds a node whose reads fail keeps its readings.
+const KEPT_ROUNDS: u32 = 3;
 
 /// The readings, and the task that takes them. Dropping it stops the task.
 pub(crate) struct Metrics {
@@ -53,8 +63,9 @@ impl Drop for Metrics {
 }
 
 impl Metrics {
-    /// Reads every node through `nodes` each `resolution`.
+    /// Reads every node through `nodes` each `resolution` (a second at least).
     pub(crate) fn start(registry: Registry, nodes: NodeProxy, resolution: Duration) -> Metrics {
+        let resolution = resolution.max(Duration::from_secs(1));
         let readings = Arc::new(Mutex::new(Readings::default()));
         let task = tokio::spawn(read_nodes(registry, nodes, resolution, readings.clone()));
         Metrics { readings, task }
@@ -80,12 +91,16 @@ struct Readings {
     nodes: HashMap<String, NodeReadings>,
 }
 
+#[derive(Clone)]
 struct NodeReadings {
+    /// When this server last read the node.
+    read: std::time::Instant,
     node: Series,
     /// By namespace and name.
     pods: HashMap<(String, String), PodReadings>,
 }
 
+#[derive(Clone)]
 struct PodReadings {
     uid: String,
     containers: BTreeMap<String, Series>,
@@ -127,8 +142,9 @@ struct Usage {
 }
 
 impl Series {
-    /// The series after `point`, read after `old`.
-    fn next(old: Option<&Series>, point: Point) -> Series {
+    /// The series after `point`, read after `old`. With `fresh` (a container's, read at most
+    /// a resolution after its start), a first reading counts from the start.
+    fn next(old: Option<&Series>, point: Point, fresh: Option<Duration>) -> Series {
         match old {
             // The same reading again (a node whose clock stood still) changes nothing.
             Some(old) if point.time <= old.last.time => *old,
@@ -137,14 +153,19 @@ impl Series {
                 Series { prev: Some(old.last), last: point }
             }
             // New, restarted, or counting from less than before: a series of its own.
-            _ => Series { prev: None, last: point },
+            _ => {
+                let age = point.time.duration_since(point.start);
+                let counts_from_start = fresh.is_some_and(|resolution| {
+                    Duration::try_from(age).is_ok_and(|age| age >= FRESH && age < resolution)
+                });
+                let start = Point { time: point.start, cpu: 0, ..point };
+                Series { prev: counts_from_start.then_some(start), last: point }
+            }
         }
     }
 
     fn usage(&self) -> Option<Usage> {
-        let last = self.last;
-        // Read once: it counted from zero at its start.
-        let prev = self.prev.unwrap_or(Point { time: last.start, cpu: 0, ..last });
+        let (prev, last) = (self.prev?, self.last);
         let window = last.time.duration_since(prev.time);
         let nanos = u128::try_from(window.as_nanos()).ok().filter(|n| *n > 0)?;
         let used = u128::from(last.cpu.checked_sub(prev.cpu)?);
@@ -157,26 +178,29 @@ impl Series {
     }
 }
 
-/// What a node's Summary adds to its readings, `old` being what they were.
-fn readings(summary: &Summary, old: Option<&NodeReadings>) -> Option<NodeReadings> {
+/// What a node's Summary adds to its readings, `old` being what they were; the server reads
+/// nodes every `resolution`.
+fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration) -> Option<NodeReadings> {
     let node = &summary.node;
     let point = Point::of(node.start_time.0, node.cpu.as_ref(), node.memory.as_ref())?;
     let mut pods = HashMap::new();
-    for pod in &summary.pods {
+    for pod in summary.pods.iter().take(MAX_PODS) {
         let key = (pod.pod_ref.namespace.clone(), pod.pod_ref.name.clone());
         let before = old.and_then(|o| o.pods.get(&key)).filter(|p| p.uid == pod.pod_ref.uid);
         let containers = pod
             .containers
             .iter()
+            .take(MAX_CONTAINERS)
             .filter_map(|c| {
                 let point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
-                let series = Series::next(before.and_then(|b| b.containers.get(&c.name)), point);
+                let series = Series::next(before.and_then(|b| b.containers.get(&c.name)), point, Some(resolution));
                 Some((c.name.clone(), series))
             })
             .collect();
         pods.insert(key, PodReadings { uid: pod.pod_ref.uid.clone(), containers });
     }
-    Some(NodeReadings { node: Series::next(old.map(|o| &o.node), point), pods })
+    let node = Series::next(old.map(|o| &o.node), point, None);
+    Some(NodeReadings { read: std::time::Instant::now(), node, pods })
 }
 
 async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, readings: Arc<Mutex<Readings>>) {
@@ -192,7 +216,7 @@ async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, 
                 continue;
             }
         };
-        let summaries: Vec<(String, Option<Summary>)> = futures::stream::iter(nodes)
+        let mut summaries = futures::stream::iter(nodes)
             .map(|node| {
                 let proxy = proxy.clone();
                 async move {
@@ -211,17 +235,25 @@ async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, 
                     (name, summary)
                 }
             })
-            .buffer_unordered(CONCURRENT_READS)
-            .collect()
-            .await;
-        let mut readings = readings.lock().expect("metrics lock");
-        let old = std::mem::take(&mut readings.nodes);
-        for (name, summary) in summaries {
-            let Some(summary) = summary.filter(|s| s.node.node_name == name) else { continue };
-            if let Some(new) = self::readings(&summary, old.get(&name)) {
-                readings.nodes.insert(name, new);
+            .buffer_unordered(CONCURRENT_READS);
+        // Each summary is folded in as it comes, and the round's readings replace the last
+        // round's at its end: requests meanwhile are answered from the last round's.
+        let mut new = HashMap::new();
+        while let Some((name, summary)) = summaries.next().await {
+            let last = readings.lock().expect("metrics lock");
+            let before = last.nodes.get(&name);
+            let read = summary
+                .filter(|s| s.node.node_name == name)
+                .and_then(|s| self::readings(&s, before, resolution))
+                // A node that could not be read keeps its readings a while: one slow read is
+                // not a gap in its metrics.
+                .or_else(|| before.filter(|b| b.read.elapsed() < resolution * KEPT_ROUNDS).cloned());
+            drop(last);
+            if let Some(read) = read {
+                new.insert(name, read);
             }
         }
+        readings.lock().expect("metrics lock").nodes = new;
     }
 }
 
@@ -352,26 +384,36 @@ mod tests {
         Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096 }
     }
 
+    const RESOLUTION: Duration = Duration::from_secs(15);
+
     #[test]
     fn cpu_is_the_rate_between_the_last_two_readings_of_one_run() {
-        // Read once, 2 s after its start, having used 1 s: half a core since it started.
-        let first = Series::next(None, point(102.0, 100.0, 1000));
+        // Read first 12 s after its start, having used 1.2 s: a tenth of a core since it began.
+        let first = Series::next(None, point(112.0, 100.0, 1200), Some(RESOLUTION));
         let usage = first.usage().unwrap();
-        assert_eq!((usage.nanocores, usage.window, usage.memory), (500_000_000, Duration::from_secs(2), 4096));
+        assert_eq!((usage.nanocores, usage.window, usage.memory), (100_000_000, Duration::from_secs(12), 4096));
         // Read again 1 s later, 250 ms more: a quarter of a core over that second.
-        let second = Series::next(Some(&first), point(103.0, 100.0, 1250));
+        let second = Series::next(Some(&first), point(113.0, 100.0, 1450), Some(RESOLUTION));
         let usage = second.usage().unwrap();
-        assert_eq!((usage.nanocores, usage.window, usage.time), (250_000_000, Duration::from_secs(1), at(103.0)));
+        assert_eq!((usage.nanocores, usage.window, usage.time), (250_000_000, Duration::from_secs(1), at(113.0)));
         // The same reading again changes nothing.
-        assert_eq!(Series::next(Some(&second), point(103.0, 100.0, 1250)), second);
-        // A restart, or a count that went back, starts over from the run's start.
-        let restarted = Series::next(Some(&second), point(104.0, 103.5, 100));
-        assert_eq!(restarted.prev, None);
-        assert_eq!(restarted.usage().unwrap().nanocores, 200_000_000);
-        let back = Series::next(Some(&second), point(104.0, 100.0, 10));
-        assert_eq!(back.prev, None);
-        // Read at the very moment it started: no window, no usage.
-        assert_eq!(Series::next(None, point(100.0, 100.0, 0)).usage(), None);
+        assert_eq!(Series::next(Some(&second), point(113.0, 100.0, 1450), Some(RESOLUTION)), second);
+        // A restart starts over; a count that went back too, with no usage until read again.
+        let restarted = Series::next(Some(&second), point(120.0, 108.0, 1200), Some(RESOLUTION));
+        assert_eq!(restarted.usage().unwrap().nanocores, 100_000_000);
+        let back = Series::next(Some(&second), point(121.0, 100.0, 10), Some(RESOLUTION));
+        assert_eq!((back.prev, back.usage()), (None, None));
+        // Read first sooner than 10 s after its start (its start-up alone), or later than a
+        // resolution (its whole life), or a node read once: no usage yet.
+        for (first, fresh) in [
+            (point(105.0, 100.0, 900), Some(RESOLUTION)),
+            (point(200.0, 100.0, 900), Some(RESOLUTION)),
+            (point(112.0, 100.0, 900), None),
+        ] {
+            assert_eq!(Series::next(None, first, fresh).usage(), None);
+        }
+        // A start after the reading (a node's clock) is no window either.
+        assert_eq!(Series::next(None, point(100.0, 112.0, 900), Some(RESOLUTION)).usage(), None);
     }
 
     #[test]
@@ -406,19 +448,24 @@ mod tests {
             }))
             .unwrap()
         };
-        let first = readings(&summary("u1", 1000), None).unwrap();
+        let first = readings(&summary("u1", 1000), None, RESOLUTION).unwrap();
         let key = ("default".to_string(), "web".to_string());
-        assert_eq!(first.pods[&key].containers["c"].prev, None);
-        assert_eq!(first.node.usage().unwrap().nanocores, 50_000 * 1_000_000 / 110);
+        // Read 10 s after its start: it counts from there. The node needs two readings.
+        assert_eq!(first.pods[&key].containers["c"].usage().unwrap().nanocores, 100_000_000);
+        assert_eq!(first.node.usage(), None);
         // The next reading of the same pod carries on its series; a pod of the same name
         // and another uid starts its own.
         let mut later = summary("u1", 1500);
         later.pods[0].containers[0].cpu.as_mut().unwrap().time.0 = at(111.0);
-        let second = readings(&later, Some(&first)).unwrap();
+        later.node.cpu.as_mut().unwrap().time.0 = at(111.0);
+        later.node.cpu.as_mut().unwrap().usage_core_nano_seconds = Some(50_500 * 1_000_000);
+        let second = readings(&later, Some(&first), RESOLUTION).unwrap();
         assert_eq!(second.pods[&key].containers["c"].usage().unwrap().nanocores, 500_000_000);
+        assert_eq!(second.node.usage().unwrap().nanocores, 500_000_000);
         let mut replaced = summary("u2", 1500);
         replaced.pods[0].containers[0].cpu.as_mut().unwrap().time.0 = at(111.0);
-        let third = readings(&replaced, Some(&first)).unwrap();
-        assert_eq!(third.pods[&key].containers["c"].prev, None);
+        replaced.pods[0].containers[0].start_time.0 = at(105.0);
+        let third = readings(&replaced, Some(&first), RESOLUTION).unwrap();
+        assert_eq!(third.pods[&key].containers["c"].usage(), None, "a pod of its own, read once, 6 s after its start");
     }
 }

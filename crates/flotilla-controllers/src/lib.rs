@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_client::{Cache, Change, Informer, ObjectKey, Recorder, WorkQueue, controller_of};
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -385,7 +386,13 @@ pub(crate) fn spawn_workers<R: Reconciler>(
             let _ = ready.wait_for(|r| *r).await;
             loop {
                 let key = queue.next().await;
-                match reconciler.reconcile(&key).await {
+                // A reconcile that panics (on data no one foresaw) fails that key, not the worker.
+                let reconciled = std::panic::AssertUnwindSafe(reconciler.reconcile(&key)).catch_unwind().await;
+                let reconciled = reconciled.unwrap_or_else(|_| {
+                    tracing::error!(controller = R::NAME, object = ?key, "reconcile panicked; retrying");
+                    Err(Error::Invalid("the reconcile panicked".into()))
+                });
+                match reconciled {
                     Ok(next) => {
                         queue.forget(&key);
                         if let Next::After(delay) = next {

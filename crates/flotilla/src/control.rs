@@ -64,6 +64,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A period something is done every: a duration, and not zero.
+pub(crate) fn parse_period(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?}: a period must be longer than 0")),
+        period => Ok(period),
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
     /// The kubeconfig to reach the API server with [default: $KUBECONFIG, then ~/.kube/config].
@@ -77,7 +85,7 @@ pub(crate) struct ControlArgs {
     node_grace_period: u64,
 
     /// (controllers) How often every HorizontalPodAutoscaler is evaluated, e.g. `15s`.
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = parse_period, default_value = "15s")]
     horizontal_pod_autoscaler_sync_period: Duration,
 
     #[command(flatten)]

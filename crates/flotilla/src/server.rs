@@ -46,7 +46,7 @@ pub(crate) struct ServerArgs {
 
     /// How often the resource metrics (`kubectl top`, the HPA) read every node's usage, e.g.
     /// `15s`: the shortest window they report a CPU rate over.
-    #[arg(long, value_parser = crate::control::parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = crate::control::parse_period, default_value = "15s")]
     metrics_resolution: std::time::Duration,
 
     /// Address the store's peer API listens on (Raft traffic, forwarded requests).
@@ -94,7 +94,7 @@ pub(crate) struct ServerArgs {
     node_grace_period: u64,
 
     /// How often every HorizontalPodAutoscaler is evaluated, e.g. `15s`.
-    #[arg(long, value_parser = crate::control::parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = crate::control::parse_period, default_value = "15s")]
     horizontal_pod_autoscaler_sync_period: Duration,
 
     /// Seconds pods tolerate an unreachable or not-ready node before they are evicted and

@@ -152,6 +152,9 @@ fn is_cpu_utilization(metric: &Value) -> bool {
 
 /// A stored (v2) HPA as autoscaling/v1 shows it.
 fn v2_to_v1(mut object: Value) -> Value {
+    if !object.is_object() {
+        return object;
+    }
     object["apiVersion"] = json!("autoscaling/v1");
     if let Some(spec) = object.get("spec").cloned() {
         let metrics = spec["metrics"].as_array().cloned().unwrap_or_default();
@@ -193,6 +196,10 @@ fn v2_to_v1(mut object: Value) -> Value {
 
 /// An autoscaling/v1 HPA as stored (v2), keeping what `stored` holds beyond v1's reach.
 fn v1_to_v2(mut object: Value, stored: Option<&Value>) -> Value {
+    // What is not an object is left for the stored version's checks to refuse.
+    if !object.is_object() {
+        return object;
+    }
     object["apiVersion"] = json!("autoscaling/v2");
     if let Some(spec) = object.get("spec").cloned() {
         let before = stored.map(|s| &s["spec"]);

@@ -20,13 +20,20 @@ pub(crate) const INITIAL_READINESS_DELAY: Duration = Duration::from_secs(30);
 /// (`--horizontal-pod-autoscaler-downscale-stabilization`).
 pub(crate) const DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(300);
 
+/// `at + by`, or the end of time: a node may report any start time, and none may panic the
+/// controller.
+fn later(at: Timestamp, by: Duration) -> Timestamp {
+    at.checked_add(by).unwrap_or(Timestamp::MAX)
+}
+
 /// A pod the target selects, as the calculator needs it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PodView {
     pub name: String,
     pub phase: String,
     pub deleting: bool,
-    /// The Ready condition: whether true, and since when.
+    /// The Ready condition: whether it is not `False` (upstream counts `Unknown` as ready), and
+    /// since when.
     pub ready: Option<(bool, Timestamp)>,
     pub started: Option<Timestamp>,
     /// What the pod's containers request of the resource, in milli-units; `Err` names a
@@ -89,10 +96,10 @@ fn group(pods: &[PodView], samples: &HashMap<String, Sample>, cpu: bool, now: Ti
         if cpu {
             let unready = match (pod.ready, pod.started) {
                 (Some((ready, since)), Some(started)) => {
-                    if started + CPU_INITIALIZATION_PERIOD > now {
-                        !ready || sample.time < since + sample.window
+                    if later(started, CPU_INITIALIZATION_PERIOD) > now {
+                        !ready || sample.time < later(since, sample.window)
                     } else {
-                        !ready && started + INITIAL_READINESS_DELAY > since
+                        !ready && later(started, INITIAL_READINESS_DELAY) > since
                     }
                 }
                 _ => true,
@@ -296,7 +303,7 @@ impl Memory {
             self.recommendations.iter().filter(|(_, at)| *at > cutoff).map(|(r, _)| *r).fold(desired, i32::max);
         self.record(desired, now, |at| at < cutoff);
         let able = if stabilized != desired { SCALE_DOWN_STABILIZED } else { READY_FOR_NEW_SCALE };
-        let scale_up_limit = (2 * current).max(4);
+        let scale_up_limit = current.saturating_mul(2).max(4);
         let (most, over) = if max > scale_up_limit { (scale_up_limit, SCALE_UP_LIMIT) } else { (max, TOO_MANY) };
         let (replicas, said) = if stabilized < min {
             (min, TOO_FEW)
@@ -348,7 +355,7 @@ impl Memory {
                     let proposals = up.policies.iter().map(|(policy, value, period)| {
                         let start = period_start(*period);
                         match policy {
-                            Policy::Pods => start + value,
+                            Policy::Pods => start.saturating_add(*value),
                             Policy::Percent => (f64::from(start) * (1.0 + f64::from(*value) / 100.0)).ceil() as i32,
                         }
                     });
@@ -366,7 +373,7 @@ impl Memory {
                     let proposals = down.policies.iter().map(|(policy, value, period)| {
                         let start = period_start(*period);
                         match policy {
-                            Policy::Pods => start - value,
+                            Policy::Pods => start.saturating_sub(*value),
                             Policy::Percent => (f64::from(start) * (1.0 - f64::from(*value) / 100.0)) as i32,
                         }
                     });

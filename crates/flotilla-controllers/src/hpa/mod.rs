@@ -38,13 +38,18 @@ use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
 
 pub(crate) fn start(context: &Context, _informers: &mut Informers, sync_period: Duration) -> Vec<JoinHandle<()>> {
+    // Every HPA once a second at most: a zero period would spin.
+    let sync_period = sync_period.max(Duration::from_secs(1));
     let queue = WorkQueue::new();
     let mut hpas = Informer::<HorizontalPodAutoscaler>::all(context.client.clone());
     let cache = hpas.cache();
     let changed = queue.clone();
-    hpas.on_change(move |change| {
-        let (Change::Applied { new: hpa, .. } | Change::Deleted(hpa)) = change;
-        changed.add(ObjectKey::of(&**hpa));
+    // A new HPA, a changed spec, a deleted one: evaluated now. Its own status writes are not
+    // news, or it would evaluate again at once and step past the rate it may scale at; the
+    // sync period brings it back.
+    hpas.on_change(move |change| match change {
+        Change::Applied { old: Some(old), new } if old.metadata.generation == new.metadata.generation => {}
+        Change::Applied { new: hpa, .. } | Change::Deleted(hpa) => changed.add(ObjectKey::of(&**hpa)),
     });
     let autoscaler = Arc::new(Autoscaler {
         context: context.clone(),
@@ -264,7 +269,7 @@ impl Autoscaler {
                         format!("the HPA controller was unable to update the target scale: {e}"),
                     );
                     self.memory.lock().expect("hpa memory lock").insert(key.clone(), memory);
-                    return Outcome { current, desired: current, scaled: None, metrics };
+                    return Outcome { current, desired: previous.desired_replicas, scaled: None, metrics };
                 }
             }
         }
@@ -435,7 +440,9 @@ impl Autoscaler {
                 name: resource.into(),
                 current: MetricValueStatus {
                     average_utilization: utilization,
-                    average_value: Some(Quantity(flotilla_api::quantity::nanocores(average.max(0) as u64 * 1_000_000))),
+                    average_value: Some(Quantity(flotilla_api::quantity::nanocores(
+                        (average.max(0) as u64).saturating_mul(1_000_000),
+                    ))),
                     value: None,
                 },
             }),
@@ -487,7 +494,7 @@ fn view(pod: &Pod, resource: &str) -> PodView {
         .iter()
         .flatten()
         .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status == "True", c.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0)));
+        .map(|c| (c.status != "False", c.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0)));
     let spec = pod.spec.clone().unwrap_or_default();
     // Containers, and init containers that run beside them (sidecars), request together.
     let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
