@@ -112,6 +112,33 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
     let table = k.ok(&["get", "pods.metrics.k8s.io", "burner"])?;
     ensure!(table.starts_with("NAME") && table.contains("CPU") && table.contains("WINDOW"), "{table}");
 
+    // The node's own resource metrics, as the kubelet serves them to scrapers: for the
+    // cluster's administrators only.
+    let jsonpath =
+        "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
+    let at = k.ok(&["get", "node", &node, "-o", &format!("jsonpath={jsonpath}")])?;
+    let pki = dir.path().join("pki");
+    let scrape = |credentials: &[&str]| -> Result<(String, String)> {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"])
+            .args(credentials)
+            .arg(format!("https://{at}/metrics/resource"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+        Ok((code.to_string(), body.to_string()))
+    };
+    let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
+    let (code, scraped) = scrape(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])?;
+    ensure!(code == "200", "{code}: {scraped}");
+    let burner_cpu = format!(
+        "container_cpu_usage_seconds_total{{container=\"burner\",namespace=\"{}\",pod=\"burner\"}}",
+        k.namespace
+    );
+    ensure!(scraped.lines().any(|l| l.starts_with(&burner_cpu)), "{scraped}");
+    ensure!(scraped.lines().any(|l| l.starts_with("node_memory_working_set_bytes ")), "{scraped}");
+    ensure!(scrape(&[])?.0 == "401", "anonymous");
+
     // A pod that is gone has no metrics.
     k.ok(&["delete", "pod", "burner", "--grace-period=1"])?;
     let after = k.fails(&["top", "pod", "burner"])?;

@@ -30,6 +30,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route_layer(axum::middleware::from_fn(masters_only))
         .route("/tunnel/{to}", get(tunnel))
         .route("/healthz", get(|| async { "ok" }))
@@ -42,7 +43,12 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
 /// server (which authorized the client's `pods/log` already, and reads the summaries for the
 /// resource metrics) and the admin.
 async fn masters_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resource = if request.uri().path().starts_with("/stats") { "nodes/stats" } else { "nodes/log" };
+    let path = request.uri().path();
+    let resource = match () {
+        _ if path.starts_with("/stats") => "nodes/stats",
+        _ if path.starts_with("/metrics") => "nodes/metrics",
+        _ => "nodes/log",
+    };
     match request.extensions().get::<UserInfo>() {
         Some(user) if user.in_group(MASTERS) => next.run(request).await,
         Some(user) if !user.is_anonymous() => status(
@@ -61,6 +67,17 @@ async fn summary(State(server): State<Server>) -> Response {
         Ok(summary) => {
             let body = serde_json::to_vec(&summary).unwrap_or_default();
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("reading the node's usage: {e}")),
+    }
+}
+
+/// The kubelet's resource metrics, in Prometheus text: what the summary says, for scrapers.
+async fn resource_metrics(State(server): State<Server>) -> Response {
+    let node = server.node.clone();
+    match tokio::task::spawn_blocking(move || crate::stats::resource_metrics(&crate::stats::summary(&node))).await {
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text).into_response()
         }
         Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("reading the node's usage: {e}")),
     }

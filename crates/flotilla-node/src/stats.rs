@@ -10,6 +10,12 @@ use std::sync::Arc;
 use flotilla_api::stats::{ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::Node;
 
@@ -119,6 +125,84 @@ impl Machine {
     }
 }
 
+/// The summary as the kubelet's `/metrics/resource` writes it (Prometheus text 0.0.4): what
+/// metrics-server, or Prometheus, scrapes from a node. The same names and labels as upstream's;
+/// no sample carries a timestamp (a scraper takes its own time).
+pub(crate) fn resource_metrics(summary: &Summary) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ResourceMetrics(summary.clone())));
+    let mut text = String::new();
+    // Writing to a String does not fail.
+    let _ = prometheus_text::encode(&mut text, &registry);
+    text
+}
+
+#[derive(Debug)]
+struct ResourceMetrics(Summary);
+
+impl Collector for ResourceMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let seconds =
+            |cpu: &Option<CpuStats>| cpu.as_ref().and_then(|c| c.usage_core_nano_seconds).map(|n| n as f64 / 1e9);
+        let bytes = |memory: &Option<MemoryStats>| memory.as_ref().and_then(|m| m.working_set_bytes).map(|b| b as i64);
+        let node = &self.0.node;
+        if let Some(cpu) = seconds(&node.cpu) {
+            let help = "[STABLE] Cumulative cpu time consumed by the node in core-seconds";
+            let family = encoder.encode_descriptor("node_cpu_usage_seconds", help, None, MetricType::Counter)?;
+            ConstCounter::new(cpu).encode(family)?;
+        }
+        if let Some(memory) = bytes(&node.memory) {
+            let help = "[STABLE] Current working set of the node in bytes";
+            let family = encoder.encode_descriptor("node_memory_working_set_bytes", help, None, MetricType::Gauge)?;
+            ConstGauge::new(memory).encode(family)?;
+        }
+        let pods = &self.0.pods;
+        let pod = |p: &PodStats| [("namespace", p.pod_ref.namespace.clone()), ("pod", p.pod_ref.name.clone())];
+        let container = |p: &PodStats, c: &ContainerStats| {
+            [("container", c.name.clone()), ("namespace", p.pod_ref.namespace.clone()), ("pod", p.pod_ref.name.clone())]
+        };
+        let help = "[STABLE] Cumulative cpu time consumed by the container in core-seconds";
+        let mut family = encoder.encode_descriptor("container_cpu_usage_seconds", help, None, MetricType::Counter)?;
+        for (p, c) in pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c))) {
+            if let Some(cpu) = seconds(&c.cpu) {
+                ConstCounter::new(cpu).encode(family.encode_family(&container(p, c))?)?;
+            }
+        }
+        let help = "[STABLE] Current working set of the container in bytes";
+        let mut family =
+            encoder.encode_descriptor("container_memory_working_set_bytes", help, None, MetricType::Gauge)?;
+        for (p, c) in pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c))) {
+            if let Some(memory) = bytes(&c.memory) {
+                ConstGauge::new(memory).encode(family.encode_family(&container(p, c))?)?;
+            }
+        }
+        let help = "[STABLE] Start time of the container since unix epoch in seconds";
+        let mut family = encoder.encode_descriptor("container_start_time_seconds", help, None, MetricType::Gauge)?;
+        for (p, c) in pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c))) {
+            let started = c.start_time.0.as_nanosecond() as f64 / 1e9;
+            ConstGauge::new(started).encode(family.encode_family(&container(p, c))?)?;
+        }
+        let help = "[STABLE] Cumulative cpu time consumed by the pod in core-seconds";
+        let mut family = encoder.encode_descriptor("pod_cpu_usage_seconds", help, None, MetricType::Counter)?;
+        for p in pods {
+            if let Some(cpu) = seconds(&p.cpu) {
+                ConstCounter::new(cpu).encode(family.encode_family(&pod(p))?)?;
+            }
+        }
+        let help = "[STABLE] Current working set of the pod in bytes";
+        let mut family = encoder.encode_descriptor("pod_memory_working_set_bytes", help, None, MetricType::Gauge)?;
+        for p in pods {
+            if let Some(memory) = bytes(&p.memory) {
+                ConstGauge::new(memory).encode(family.encode_family(&pod(p))?)?;
+            }
+        }
+        let help = "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise";
+        let family = encoder.encode_descriptor("resource_scrape_error", help, None, MetricType::Gauge)?;
+        ConstGauge::new(0i64).encode(family)?;
+        Ok(())
+    }
+}
+
 /// What one container's current run uses: the runtime's accounts of it.
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerUsage {
@@ -131,6 +215,48 @@ pub(crate) struct ContainerUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_metrics_are_written_as_the_kubelet_writes_them() {
+        let at = |secs: i64| MicroTime(Timestamp::from_second(secs).unwrap());
+        let cpu =
+            |nanos: u64| Some(CpuStats { time: at(100), usage_nano_cores: None, usage_core_nano_seconds: Some(nanos) });
+        let memory = |bytes: u64| Some(memory(at(100).0, bytes));
+        let summary = Summary {
+            node: NodeStats {
+                node_name: "n1".into(),
+                start_time: at(0),
+                cpu: cpu(2_500_000_000),
+                memory: memory(4096),
+            },
+            pods: vec![PodStats {
+                pod_ref: PodReference { name: "web".into(), namespace: "default".into(), uid: "u".into() },
+                start_time: at(10),
+                containers: vec![ContainerStats {
+                    name: "app".into(),
+                    start_time: at(20),
+                    cpu: cpu(500_000_000),
+                    memory: memory(1024),
+                }],
+                cpu: cpu(500_000_000),
+                memory: memory(1024),
+            }],
+        };
+        let text = resource_metrics(&summary);
+        for line in [
+            "# TYPE node_cpu_usage_seconds_total counter",
+            "node_cpu_usage_seconds_total 2.5",
+            "node_memory_working_set_bytes 4096",
+            "container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 0.5",
+            "container_memory_working_set_bytes{container=\"app\",namespace=\"default\",pod=\"web\"} 1024",
+            "container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 20.0",
+            "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 0.5",
+            "pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 1024",
+            "resource_scrape_error 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
 
     #[test]
     fn the_machine_is_read_from_proc_as_the_kernel_writes_it() {
