@@ -50,9 +50,10 @@ fn wait(k: &Kubectl, what: &str, jsonpath: &str, secs: u64, check: impl Fn(&str)
     bail!("{what} {jsonpath} never read as wanted; last: {last:?}")
 }
 
-/// Waits up to 30 s for a `SuccessfulRescale` Event saying `message`.
+/// Waits up to a minute for a `SuccessfulRescale` Event saying `message` (Events are written
+/// behind the decision, by a queue that a loaded machine may hold up).
 fn rescaled(k: &Kubectl, message: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut said = String::new();
     while Instant::now() < deadline {
         let selector = "reason=SuccessfulRescale";

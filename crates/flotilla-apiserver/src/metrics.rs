@@ -223,7 +223,11 @@ async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, 
                     let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
                     let read = tokio::time::timeout(resolution, proxy.read(&node, "/stats/summary", MAX_SUMMARY_BYTES));
                     let summary = match read.await {
-                        Ok(Ok(bytes)) => serde_json::from_slice::<Summary>(&bytes)
+                        // Up to 16 MiB of JSON: parsed off the async threads.
+                        Ok(Ok(bytes)) => tokio::task::spawn_blocking(move || serde_json::from_slice::<Summary>(&bytes))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|parsed| parsed.map_err(|e| e.to_string()))
                             .map_err(|e| tracing::debug!(node = %name, error = %e, "a node's summary does not parse"))
                             .ok(),
                         Ok(Err(e)) => {
