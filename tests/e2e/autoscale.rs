@@ -63,7 +63,14 @@ fn rescaled(k: &Kubectl, message: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    bail!("no SuccessfulRescale Event said {message:?}; they said {said:?}")
+    let all = k.run_lossy(&[
+        "get",
+        "events",
+        "-o",
+        "custom-columns=OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message",
+    ]);
+    let hpa = k.run_lossy(&["get", "hpa", "-o", "yaml"]);
+    bail!("no SuccessfulRescale Event said {message:?}; they said {said:?}\nevents:\n{all}\n{hpa}")
 }
 
 #[test]

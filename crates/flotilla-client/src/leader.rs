@@ -109,11 +109,12 @@ impl LeaderElection {
                         tracing::info!(lease = self.name, identity = self.identity, "became the leader");
                     }
                     last_renewal = Some(now);
-                    leading.send_replace(true);
+                    // Told only when it changes: a renewal is no news to what runs while leading.
+                    leading.send_if_modified(|was| !std::mem::replace(was, true));
                 }
                 Ok(false) => {
                     last_renewal = None;
-                    leading.send_replace(false);
+                    leading.send_if_modified(|was| std::mem::replace(was, false));
                 }
                 Err(err) => {
                     tracing::debug!(lease = self.name, %err, "leader election: the Lease could not be read or written");
@@ -122,7 +123,7 @@ impl LeaderElection {
                     if last_renewal.is_some_and(|at| now.duration_since(at) >= self.config.renew_deadline) {
                         tracing::warn!(lease = self.name, "lost the leadership: the Lease was not renewed in time");
                         last_renewal = None;
-                        leading.send_replace(false);
+                        leading.send_if_modified(|was| std::mem::replace(was, false));
                     }
                 }
             }

@@ -164,19 +164,22 @@ impl ControlLoops {
         };
         let (_scheduler_tx, mut scheduling) = lead(SCHEDULER_LEASE, self.scheduler.as_ref());
         let (_controllers_tx, mut controlling) = lead(CONTROLLERS_LEASE, self.controllers.as_ref().map(|(c, _)| c));
+        // What runs is restarted only when what this process leads changes: restarting on a
+        // mere renewal would drop every loop mid-action (a scale written, its Event never).
+        let mut running: Option<((bool, bool), Running)> = None;
         loop {
-            let (controls, schedules) = (*controlling.borrow_and_update(), *scheduling.borrow_and_update());
-            let _running = self.start(controls, schedules);
+            let leads = (*controlling.borrow_and_update(), *scheduling.borrow_and_update());
+            if running.as_ref().is_none_or(|(led, _)| *led != leads) {
+                if running.is_some() {
+                    tracing::info!(controllers = leads.0, scheduler = leads.1, "leadership changed");
+                }
+                // The old loops stop before the new ones start.
+                drop(running.take());
+                running = Some((leads, self.start(leads.0, leads.1)));
+            }
             tokio::select! {
                 _ = controlling.changed() => {}
                 _ = scheduling.changed() => {}
-            }
-            if *controlling.borrow() != controls || *scheduling.borrow() != schedules {
-                tracing::info!(
-                    controllers = *controlling.borrow(),
-                    scheduler = *scheduling.borrow(),
-                    "leadership changed"
-                );
             }
         }
     }
