@@ -226,7 +226,7 @@ impl Controllers {
         tasks.extend(daemonset::start(&context, &mut informers));
         tasks.extend(statefulset::start(&context, &mut informers));
         tasks.extend(nodelifecycle::start(&context, &mut informers, config));
-        tasks.extend(hpa::start(&context, &mut informers, config.hpa_sync_period));
+        tasks.extend(hpa::start(&context, config.hpa_sync_period));
         share(&mut informers.pods, &mut informers.nodes);
         let Informers {
             pods,

@@ -32,12 +32,12 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use self::calculate::{Computed, Memory, Normalized, PodView, Policy, Rules, Said, Sample, Select, Target};
-use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
+use crate::{Context, Error, Next, Reconciler, spawn_workers};
 
 /// How often every HPA is evaluated (upstream's `--horizontal-pod-autoscaler-sync-period`).
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
 
-pub(crate) fn start(context: &Context, _informers: &mut Informers, sync_period: Duration) -> Vec<JoinHandle<()>> {
+pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<()>> {
     // Every HPA once a second at most: a zero period would spin.
     let sync_period = sync_period.max(Duration::from_secs(1));
     let queue = WorkQueue::new();
@@ -147,6 +147,8 @@ struct Outcome {
 /// The target's scale: its replicas and the selector of its pods.
 struct Scale {
     api: kube::Api<DynamicObject>,
+    /// The target's name.
+    name: String,
     replicas: i32,
     selector: String,
 }
@@ -229,7 +231,7 @@ impl Autoscaler {
         let mut scaled = None;
         if desired != current && !(current == 0 && min != 0) {
             let patch = json!({"spec": {"replicas": desired}});
-            match scale.api.patch_scale(hpa_target_name(hpa), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match scale.api.patch_scale(&scale.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     run.set(
                         "AbleToScale",
@@ -299,6 +301,7 @@ impl Autoscaler {
         Ok(Scale {
             replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
             selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+            name: target.name,
             api,
         })
     }
@@ -549,10 +552,6 @@ fn parse_window(text: &str) -> Option<Duration> {
         rest = &rest[unit_end..];
     }
     Some(Duration::from_secs_f64(total))
-}
-
-fn hpa_target_name(hpa: &HorizontalPodAutoscaler) -> &str {
-    hpa.spec.as_ref().map_or("", |s| s.scale_target_ref.name.as_str())
 }
 
 fn group_of(api_version: &str) -> &str {
