@@ -37,7 +37,7 @@ spec:
 }
 
 /// Waits up to `secs` for `jsonpath` of `what` to read as `check` wants.
-fn wait(k: &Kubectl, what: &str, jsonpath: &str, secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
+pub(crate) fn wait(k: &Kubectl, what: &str, jsonpath: &str, secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while Instant::now() < deadline {

@@ -18,6 +18,7 @@ mod pods;
 mod pressure;
 mod registry;
 mod restart;
+mod serverless;
 mod services;
 mod store_crash;
 mod workloads;

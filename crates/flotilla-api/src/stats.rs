@@ -7,6 +7,17 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::{Deserialize, Serialize};
 
+/// A `wasi:http` container's requests being served: the name of its gauge among the
+/// container's `userDefinedMetrics`, and of the custom metric served from it.
+pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+/// Its requests received since it started: the cumulative count the request rate
+/// (`requests_per_second`) is computed from.
+pub const REQUESTS_TOTAL: &str = "requests_total";
+/// The reason of the Event a node writes on a Service when it holds requests for it while it
+/// has no endpoint (its workload is at zero): the HPA that scales the workload from zero wakes
+/// on it rather than at its next sync.
+pub const ACTIVATING: &str = "Activating";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub node: NodeStats,
@@ -23,6 +34,19 @@ pub struct NodeStats {
     pub cpu: Option<CpuStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
+}
+
+/// A metric of a container's own (the kubelet's `UserDefinedMetric`, its descriptor inline).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDefinedMetric {
+    pub name: String,
+    /// `gauge`, `cumulative` or `delta`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub units: String,
+    pub time: MicroTime,
+    pub value: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,6 +78,10 @@ pub struct ContainerStats {
     pub cpu: Option<CpuStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
+    /// Metrics the container's workload defines: on Flotilla, a `wasi:http` component's
+    /// request counts (`requests_in_flight`, a gauge; `requests_total`, cumulative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_defined_metrics: Vec<UserDefinedMetric>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,4 +108,19 @@ pub struct MemoryStats {
     pub working_set_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
+}
+
+/// A node's connections held for Services that scale up from zero (`/stats/held`, Flotilla's
+/// own: the Summary knows no Services). The API server counts them among the Service's
+/// requests in flight.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub services: Vec<HeldService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldService {
+    pub namespace: String,
+    pub name: String,
+    pub requests: u64,
 }

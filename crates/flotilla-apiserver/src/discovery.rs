@@ -58,6 +58,8 @@ fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
             None => groups.push((group, vec![version])),
         }
     }
+    // Served by the server itself, where upstream aggregates an adapter's.
+    groups.push((crate::custom_metrics::GROUP, vec![crate::custom_metrics::VERSION]));
     groups
 }
 
@@ -119,6 +121,9 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Value {
 }
 
 fn discovery_resources(group: &str, version: &str) -> Vec<Value> {
+    if group == crate::custom_metrics::GROUP {
+        return crate::custom_metrics::discovery_resources();
+    }
     in_group_version(group, version)
         .map(|r| {
             let mut entry = json!({

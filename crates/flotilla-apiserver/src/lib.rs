@@ -11,6 +11,7 @@ mod codec;
 mod compaction;
 mod conversion;
 mod credentials;
+mod custom_metrics;
 mod discovery;
 mod encryption;
 mod error;
@@ -434,9 +435,17 @@ async fn route(
             only_get(&method)?;
             json_response(StatusCode::OK, &discovery::group(&name).ok_or_else(request::not_served)?, &[])
         }
+        Route::Resources { group, .. } if group == custom_metrics::GROUP => {
+            only_get(&method)?;
+            json_response(StatusCode::OK, &custom_metrics::resource_list(), &[])
+        }
         Route::Resources { group, version } => {
             only_get(&method)?;
             json_response(StatusCode::OK, &discovery::resource_list(&group, &version), &[])
+        }
+        Route::CustomMetric(request) => {
+            let inner = &server.inner;
+            custom_metrics::serve(&request, &method, &query, &inner.registry, &inner.nodes, &inner.metrics).await
         }
         Route::Object(target) => {
             let request = handlers::Request {
@@ -481,9 +490,11 @@ async fn authorize(
             name: target.name.as_deref(),
             fields: fields.as_ref(),
         },
+        Some(Ok(Route::CustomMetric(metric))) => authz::Request::Metric(metric),
         _ => authz::Request::Path(path),
     };
-    let named = matches!(&target, authz::Request::Resource { name: Some(_), .. });
+    // A custom metric is got, of one object or of those a selector picks (`pods/*`).
+    let named = matches!(&target, authz::Request::Resource { name: Some(_), .. } | authz::Request::Metric(_));
     let verb = match target {
         authz::Request::Path(_) => authz::verb(method, true, false),
         _ => authz::verb(method, named, query.flag("watch")),

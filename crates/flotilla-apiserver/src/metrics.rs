@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::response::Response;
 use flotilla_api::kinds::metrics::{self, ContainerMetrics, NodeMetrics, PodMetrics};
-use flotilla_api::stats::{CpuStats, MemoryStats, Summary};
+use flotilla_api::stats::{self, CpuStats, MemoryStats, Summary, UserDefinedMetric};
 use flotilla_api::{ApiError, Reason, quantity};
 use futures::StreamExt;
 use http::{Method, StatusCode, header};
@@ -86,6 +86,44 @@ impl Metrics {
     }
 }
 
+/// What a pod's containers say of their requests: in flight at `time`, and per second over
+/// `window` before it (with two readings of the same runs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Requests {
+    pub(crate) time: Timestamp,
+    pub(crate) in_flight: u64,
+    pub(crate) per_second: Option<(f64, Duration)>,
+}
+
+impl Metrics {
+    /// The requests of a pod whose containers count them.
+    pub(crate) fn requests(&self, node: &str, namespace: &str, name: &str, uid: &str) -> Option<Requests> {
+        let readings = self.readings.lock().expect("metrics lock");
+        let pod = readings.nodes.get(node)?.pods.get(&(namespace.to_string(), name.to_string()))?;
+        if pod.uid != uid {
+            return None;
+        }
+        let counted: Vec<&Series> = pod.containers.values().filter(|s| s.last.requests.is_some()).collect();
+        let time = counted.iter().map(|s| s.last.time).min()?;
+        let in_flight = counted.iter().filter_map(|s| s.last.requests).map(|(in_flight, _)| in_flight).sum();
+        // A rate needs each container's two readings of one run.
+        let rates: Option<Vec<(f64, Duration)>> = counted
+            .iter()
+            .map(|s| {
+                let (prev, last) = (s.prev?, s.last);
+                let (before, now) = (prev.requests?.1, last.requests?.1);
+                let window = Duration::try_from(last.time.duration_since(prev.time)).ok().filter(|w| !w.is_zero())?;
+                Some((now.checked_sub(before)? as f64 / window.as_secs_f64(), window))
+            })
+            .collect();
+        let per_second = rates.map(|rates| {
+            let window = rates.iter().map(|(_, w)| *w).max().unwrap_or_default();
+            (rates.iter().map(|(rate, _)| rate).sum(), window)
+        });
+        Some(Requests { time, in_flight, per_second })
+    }
+}
+
 #[derive(Default)]
 struct Readings {
     nodes: HashMap<String, NodeReadings>,
@@ -116,12 +154,15 @@ struct Point {
     cpu: u64,
     /// Working set, in bytes.
     memory: u64,
+    /// A `wasi:http` container's requests in flight and received in all, if it counts them.
+    requests: Option<(u64, u64)>,
 }
 
 impl Point {
     fn of(start: Timestamp, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>) -> Option<Point> {
         let (cpu, memory) = (cpu?, memory?);
-        Some(Point { time: cpu.time.0, start, cpu: cpu.usage_core_nano_seconds?, memory: memory.working_set_bytes? })
+        let (time, memory) = (cpu.time.0, memory.working_set_bytes?);
+        Some(Point { time, start, cpu: cpu.usage_core_nano_seconds?, memory, requests: None })
     }
 }
 
@@ -158,7 +199,7 @@ impl Series {
                 let counts_from_start = fresh.is_some_and(|resolution| {
                     Duration::try_from(age).is_ok_and(|age| age >= FRESH && age < resolution)
                 });
-                let start = Point { time: point.start, cpu: 0, ..point };
+                let start = Point { time: point.start, cpu: 0, requests: point.requests.map(|_| (0, 0)), ..point };
                 Series { prev: counts_from_start.then_some(start), last: point }
             }
         }
@@ -178,6 +219,15 @@ impl Series {
     }
 }
 
+/// A container's request counts among its own metrics: in flight, and received in all.
+fn requests(metrics: &[UserDefinedMetric]) -> Option<(u64, u64)> {
+    let value = |name: &str| {
+        let metric = metrics.iter().find(|m| m.name == name)?;
+        (metric.value.is_finite() && metric.value >= 0.0).then_some(metric.value as u64)
+    };
+    Some((value(stats::REQUESTS_IN_FLIGHT)?, value(stats::REQUESTS_TOTAL)?))
+}
+
 /// What a node's Summary adds to its readings, `old` being what they were; the server reads
 /// nodes every `resolution`.
 fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration) -> Option<NodeReadings> {
@@ -192,7 +242,8 @@ fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration)
             .iter()
             .take(MAX_CONTAINERS)
             .filter_map(|c| {
-                let point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
+                let mut point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
+                point.requests = requests(&c.user_defined_metrics);
                 let series = Series::next(before.and_then(|b| b.containers.get(&c.name)), point, Some(resolution));
                 Some((c.name.clone(), series))
             })
@@ -385,7 +436,7 @@ mod tests {
     }
 
     fn point(time: f64, start: f64, cpu_ms: u64) -> Point {
-        Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096 }
+        Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096, requests: None }
     }
 
     const RESOLUTION: Duration = Duration::from_secs(15);

@@ -20,6 +20,8 @@ pub(crate) enum Route {
     Resources { group: String, version: String },
     /// A collection, an object, or an object's subresource.
     Object(Target),
+    /// A custom metric of objects (`custom.metrics.k8s.io`).
+    CustomMetric(crate::custom_metrics::MetricRequest),
 }
 
 #[derive(Clone, Debug)]
@@ -45,7 +47,13 @@ pub(crate) fn parse_path(path: &str) -> Result<Route> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(not_served().into()),
     };
+    if group == crate::custom_metrics::GROUP && !rest.is_empty() {
+        return crate::custom_metrics::parse(version, rest).map(Route::CustomMetric);
+    }
     if rest.is_empty() {
+        if group == crate::custom_metrics::GROUP && version == crate::custom_metrics::VERSION {
+            return Ok(Route::Resources { group: group.into(), version: version.into() });
+        }
         if !resource::group_versions().contains(&(group, version)) {
             return Err(not_served().into());
         }
@@ -144,7 +152,7 @@ pub(crate) fn pretty(uri: &http::Uri, headers: &http::HeaderMap) -> bool {
 }
 
 /// Percent-decoding, with `+` as a space (form encoding).
-fn decode(text: &str) -> String {
+pub(crate) fn decode(text: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }

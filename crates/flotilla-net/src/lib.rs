@@ -14,6 +14,7 @@
 //! current, which the node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`]
 //! routes between nodes' pod ranges.
 
+mod activator;
 pub mod dns;
 mod frontends;
 mod guard;
@@ -24,6 +25,7 @@ mod routes;
 pub mod tunnel;
 mod userspace;
 
+pub use activator::{Activation, Activator, DEFAULT_ACTIVATION_TIMEOUT};
 pub use frontends::{Frontends, Pick};
 pub use guard::Guarded;
 pub use nftables::{Nftables, TABLE, route_localnet_record};
@@ -71,12 +73,13 @@ pub enum ProxyMode {
 
 /// The data path `mode` asks for on this node, whose pods are on `pods`, beside `frontends`
 /// (which guests connect through), both behind the guard of `allows` (the node's egress
-/// policy).
+/// policy). The relay holds connections to Services that scale from zero with `activator`.
 pub fn data_path(
     mode: ProxyMode,
     pods: std::sync::Arc<PodNetwork>,
     allows: impl Fn(std::net::SocketAddr) -> bool + Send + 'static,
     frontends: Frontends,
+    activator: std::sync::Arc<Activator>,
 ) -> Result<Box<dyn DataPath>, String> {
     // The node routes a pod network to other nodes.
     let forwarding = pods.routed();
@@ -87,7 +90,7 @@ pub fn data_path(
     };
     let userspace = || {
         tracing::info!("traffic to Services is relayed in userspace");
-        Box::new(Userspace::new(Some(pods.clone()))) as Box<dyn DataPath>
+        Box::new(Userspace::new(Some(pods.clone()), Some(activator.clone()))) as Box<dyn DataPath>
     };
     let path = match mode {
         ProxyMode::Userspace => userspace(),

@@ -8,12 +8,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use flotilla_client::{Cache, Change, Informer, ObjectKey};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::DataPath;
+use crate::activator::{Activator, scaled_from_zero};
 use crate::dns::{self, DnsServer, Zone};
 use crate::routes::{SERVICE_NAME_LABEL, routes};
 
@@ -71,9 +73,34 @@ impl Dirty {
 
 impl ServiceProxy {
     /// Watches Services and EndpointSlices through `client` and keeps `path` carrying out
-    /// their routes, and `zone` holding their names.
-    pub fn start(client: kube::Client, config: ProxyConfig, zone: Arc<Zone>, path: impl DataPath) -> ServiceProxy {
+    /// their routes, and `zone` holding their names; with an `activator`, watches the HPAs too
+    /// and keeps it knowing which Services scale from zero.
+    pub fn start(
+        client: kube::Client,
+        config: ProxyConfig,
+        zone: Arc<Zone>,
+        path: impl DataPath,
+        activator: Option<Arc<Activator>>,
+    ) -> ServiceProxy {
         let dirty = Arc::new(Dirty::default());
+        let mut tasks = Vec::new();
+        if let Some(activator) = activator {
+            let mut hpas = Informer::<HorizontalPodAutoscaler>::all(client.clone());
+            let (cache, marks) = (hpas.cache(), dirty.clone());
+            // A Service that comes to scale from zero, or no longer does, is routed again: its
+            // frontend then holds connections while it has no endpoint, or refuses them.
+            hpas.on_change(move |change| {
+                if let Change::Applied { old: Some(old), new } = change
+                    && old.metadata.generation == new.metadata.generation
+                {
+                    return;
+                }
+                for service in activator.set_services(scaled_from_zero(cache.list().iter().map(|h| &**h))) {
+                    marks.mark(service);
+                }
+            });
+            tasks.push(tokio::spawn(hpas.run()));
+        }
         let mut services = Informer::<Service>::all(client.clone());
         let mut slices = Informer::<EndpointSlice>::all(client);
         let marks = dirty.clone();
@@ -105,11 +132,11 @@ impl ServiceProxy {
             }
         });
         let (service_cache, slice_cache) = (services.cache(), slices.cache());
-        let tasks = vec![
+        tasks.extend([
             tokio::spawn(services.run()),
             tokio::spawn(slices.run()),
             tokio::spawn(sync(service_cache, slice_cache, index, dirty, config, zone, path)),
-        ];
+        ]);
         ServiceProxy { tasks }
     }
 }

@@ -1,7 +1,8 @@
 //! The userspace data path: a listener on each TCP frontend that relays every connection it
 //! accepts to one endpoint, as upstream's first kube-proxy did (UDP Services need the kernel
 //! data path). A frontend without endpoints
-//! has no listener, so a connection to it is refused at once rather than accepted and dropped.
+//! has no listener, so a connection to it is refused at once rather than accepted and dropped,
+//! unless its Service scales from zero: then the [`Activator`] holds it until one comes.
 //!
 //! Listeners take `SO_REUSEPORT`: several agents on one host (the single-host default, or a test
 //! cluster) each listen on the same frontends, and the kernel spreads connections over them.
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::activator::{Activator, unavailable};
 use crate::frontends::Rotation;
 use crate::{DataPath, PodNetwork, Protocol, Route};
 
@@ -34,6 +36,8 @@ pub struct Userspace {
     relays: Arc<Semaphore>,
     /// Where endpoints on other nodes are made reachable before each connection.
     pods: Option<Arc<PodNetwork>>,
+    /// Holds connections to Services that scale from zero while they have no endpoint.
+    activator: Option<Arc<Activator>>,
 }
 
 impl std::fmt::Debug for Userspace {
@@ -44,8 +48,8 @@ impl std::fmt::Debug for Userspace {
 
 impl Userspace {
     /// A relay to endpoints on this host, and through `pods` to those on other nodes.
-    pub fn new(pods: Option<Arc<PodNetwork>>) -> Userspace {
-        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)), pods }
+    pub fn new(pods: Option<Arc<PodNetwork>>, activator: Option<Arc<Activator>>) -> Userspace {
+        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)), pods, activator }
     }
 }
 
@@ -71,9 +75,10 @@ impl DataPath for Userspace {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
         let mut kept: Vec<Frontend> = Vec::new();
         let mut old = self.services.remove(service).unwrap_or_default();
+        let holds = self.activator.as_ref().is_some_and(|a| a.scales_from_zero(service));
         for route in routes {
             // UDP is the kernel data path's alone: a relay of datagrams is left out.
-            if route.endpoints.is_empty() || route.protocol != Protocol::Tcp {
+            if (route.endpoints.is_empty() && !holds) || route.protocol != Protocol::Tcp {
                 continue;
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
@@ -88,7 +93,8 @@ impl DataPath for Userspace {
                     let (at, listener) = (route.frontend, Arc::new(listener));
                     let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
                     let relays = self.relays.clone();
-                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone()));
+                    let held = self.activator.clone().map(|activator| (activator, service.clone()));
+                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone(), held));
                     kept.push(Frontend { at, listener, rotation, accepting });
                 }
                 Err(e) => {
@@ -112,12 +118,14 @@ fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts until aborted, relaying each connection on a task of its own, as many at once as
-/// `relays` lets.
+/// `relays` lets; while there is no endpoint, `held`'s activator holds them for its Service
+/// if it scales from zero then.
 async fn accept(
     listener: Arc<TcpListener>,
     rotation: watch::Receiver<Arc<Rotation>>,
     relays: Arc<Semaphore>,
     pods: Option<Arc<PodNetwork>>,
+    held: Option<(Arc<Activator>, ObjectKey)>,
 ) {
     loop {
         let Ok(permit) = relays.clone().acquire_owned().await else { return };
@@ -130,25 +138,67 @@ async fn accept(
                 continue;
             }
         };
-        let rotation = rotation.borrow().clone();
-        let pods = pods.clone();
+        let (pods, held, rotations) = (pods.clone(), held.clone(), rotation.clone());
         tokio::spawn(async move {
-            relay(client, from.ip(), &rotation, pods.as_deref()).await;
+            relay(client, from.ip(), rotations, pods.as_deref(), held).await;
             drop(permit);
         });
     }
 }
 
-async fn relay(mut client: TcpStream, from: IpAddr, rotation: &Rotation, pods: Option<&PodNetwork>) {
+/// Relays `client` to an endpoint of the current rotation. Under `held`, a Service scaling
+/// from zero, a connection that finds no endpoint, or only endpoints that refuse it (a pod
+/// just gone, whose slice has not caught up), waits for the next endpoints to come.
+async fn relay(
+    mut client: TcpStream,
+    from: IpAddr,
+    mut rotations: watch::Receiver<Arc<Rotation>>,
+    pods: Option<&PodNetwork>,
+    held: Option<(Arc<Activator>, ObjectKey)>,
+) {
     let _ = client.set_nodelay(true);
-    let Some(mut endpoint) = connect(rotation, from, pods).await else {
-        // Every endpoint refused: the client sees its connection reset (a zero linger, which
-        // cannot block), as a kernel data path would answer with a reject.
-        let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
-        return;
+    // Whether the Service scales from zero is asked at each connection: it may have come to
+    // since its frontend was opened.
+    let held = held.filter(|(activator, service)| activator.scales_from_zero(service));
+    let mut rotation = rotations.borrow_and_update().clone();
+    let mut refused: Option<Arc<Rotation>> = None;
+    let mut endpoint = loop {
+        if let Some((activator, service)) = &held
+            && (rotation.route.endpoints.is_empty() || refused.is_some())
+        {
+            match activator.hold(service, &mut rotations, refused.as_ref()).await {
+                Ok(next) => rotation = next,
+                Err(waited) => return turn_away(client, &unavailable(service, waited)).await,
+            }
+        }
+        match connect(&rotation, from, pods).await {
+            Some(endpoint) => break endpoint,
+            // Held once more at most: endpoints that refuse again are refused.
+            None if held.is_some() && refused.is_none() => refused = Some(rotation.clone()),
+            None => {
+                // Every endpoint refused: the client sees its connection reset (a zero linger,
+                // which cannot block), as a kernel data path would answer with a reject.
+                let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
+                return;
+            }
+        }
     };
     let _ = endpoint.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut endpoint).await;
+}
+
+/// Answers a held connection that no endpoint came for with `response` (an HTTP `503`: what
+/// waits on a Service that scales from zero is a request to a function), once what the client
+/// sent is read, so that closing does not reset the connection before it reads the answer.
+async fn turn_away(mut client: TcpStream, response: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sent = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.read(&mut sent)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        client.write_all(response).await?;
+        client.shutdown().await
+    })
+    .await;
 }
 
 /// Connects to an endpoint of `rotation`: the client's own under affinity, else one at random;
@@ -208,7 +258,7 @@ mod tests {
         let frontend = free_port("127.0.0.20");
         let service = ObjectKey::new(Some("default"), "web");
         let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
-        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None));
+        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None, None));
         path.sync(
             &service,
             vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![a, b], affinity: None, keep_source: true }],
@@ -301,5 +351,38 @@ mod tests {
         assert_eq!(ask(frontend).await.unwrap(), "b");
         path.sync(&thief, Vec::new());
         assert!(ask(frontend).await.is_err(), "a deleted Service's frontend is closed");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_scales_from_zero_holds_connections_until_an_endpoint_comes() {
+        let (activator, mut told) = Activator::new(Duration::from_millis(500));
+        let service = ObjectKey::new(Some("default"), "fn");
+        activator.set_services([service.clone()].into());
+        let frontend = free_port("127.0.0.26");
+        let mut path = Userspace::new(None, Some(activator.clone()));
+        let route =
+            |endpoints| Route { protocol: Protocol::Tcp, frontend, endpoints, affinity: None, keep_source: true };
+        path.sync(&service, vec![route(vec![])]);
+        let asked: Vec<_> = (0..3).map(|_| tokio::spawn(ask(frontend))).collect();
+        assert_eq!(told.recv().await, Some(crate::Activation::Held(service.clone(), 1)));
+        assert_eq!(activator.held(), [(service.clone(), 3)]);
+        path.sync(&service, vec![route(vec![named("127.0.0.27:0", "a").await])]);
+        for asked in asked {
+            assert_eq!(asked.await.unwrap().unwrap(), "a");
+        }
+
+        // None comes: a 503 that says why, after the timeout.
+        path.sync(&service, vec![route(vec![])]);
+        let mut stream = TcpStream::connect(frontend).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: fn\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        assert!(answer.contains("Service default/fn has no ready endpoint"), "{answer}");
+
+        // No longer scaling from zero: refused at once, as any Service without endpoints.
+        activator.set_services(Default::default());
+        path.sync(&service, vec![route(vec![])]);
+        assert_eq!(ask(frontend).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

@@ -9,6 +9,7 @@
 //! `kube::Client`, in-process or remote), and writes only its own Node, Lease, pods' status and
 //! Events.
 
+mod activations;
 mod beneath;
 pub mod hollow;
 pub mod images;
@@ -75,6 +76,8 @@ pub struct NodeConfig {
     /// How long `MemoryPressure` stays after the threshold was last met (the kubelet's
     /// `--eviction-pressure-transition-period`).
     pub eviction_pressure_transition_period: std::time::Duration,
+    /// How long a connection to a Service scaling up from zero waits for an endpoint.
+    pub activation_timeout: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -133,6 +136,8 @@ pub(crate) struct Node {
     pod_network: Arc<PodRanges>,
     /// The Services' frontends, which guests connect through.
     frontends: Arc<ServiceFrontends>,
+    /// Holds connections to Services scaling up from zero.
+    activator: Arc<flotilla_net::Activator>,
 }
 
 /// The pod network as the runtime asks it: which addresses are pods', and how to reach them.
@@ -208,6 +213,7 @@ impl Agent {
             config.pod_cidr,
             config.identity.clone(),
         ));
+        let (activator, activations) = flotilla_net::Activator::new(config.activation_timeout);
         let for_pods = capacity.less(config.reserved);
         let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
         let node = Arc::new(Node {
@@ -230,6 +236,7 @@ impl Agent {
             zone: Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN)),
             pod_network: Arc::new(PodRanges(pod_network)),
             frontends: Arc::default(),
+            activator,
             config,
         });
         let registered = node::register(&node).await?;
@@ -247,9 +254,11 @@ impl Agent {
                 let egress = node.egress.clone();
                 let allows = move |endpoint| egress.allows(endpoint);
                 let pods = node.pod_network.0.clone();
-                flotilla_net::data_path(node.config.proxy_mode, pods, allows, node.frontends.0.clone())
-                    .map_err(Error::DataPath)?
+                let (mode, frontends, activator) =
+                    (node.config.proxy_mode, node.frontends.0.clone(), node.activator.clone());
+                flotilla_net::data_path(mode, pods, allows, frontends, activator).map_err(Error::DataPath)?
             },
+            Some(node.activator.clone()),
         );
         let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
             .default_backoff()
@@ -260,6 +269,7 @@ impl Agent {
             tokio::spawn(services),
             tokio::spawn(pods::run(node.clone())),
             tokio::spawn(pods::eviction::run(node.clone())),
+            tokio::spawn(activations::tell(node.clone(), activations)),
         ];
         Ok(Agent { node, tasks, _proxy: proxy })
     }

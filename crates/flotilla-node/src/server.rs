@@ -31,6 +31,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(summary))
         .route("/metrics/resource", get(resource_metrics))
+        .route("/stats/held", get(held))
         .route_layer(axum::middleware::from_fn(masters_only))
         .route("/tunnel/{to}", get(tunnel))
         .route("/healthz", get(|| async { "ok" }))
@@ -70,6 +71,18 @@ async fn summary(State(server): State<Server>) -> Response {
         }
         Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("reading the node's usage: {e}")),
     }
+}
+
+/// The connections held for Services scaling up from zero.
+async fn held(State(server): State<Server>) -> Response {
+    let services =
+        server.node.activator.held().into_iter().map(|(service, requests)| flotilla_api::stats::HeldService {
+            namespace: service.namespace.unwrap_or_default(),
+            name: service.name,
+            requests: requests as u64,
+        });
+    let body = serde_json::to_vec(&flotilla_api::stats::Held { services: services.collect() }).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The kubelet's resource metrics, in Prometheus text: what the summary says, for scrapers.

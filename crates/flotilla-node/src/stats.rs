@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use flotilla_api::stats::{ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary};
+use flotilla_api::stats::{
+    ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary, UserDefinedMetric,
+};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use prometheus_client::collector::Collector;
@@ -36,6 +38,7 @@ pub(crate) fn summary(node: &Node) -> Summary {
                     start_time: MicroTime(usage.started),
                     cpu: Some(cpu(now, usage.cpu_time.used().as_nanos())),
                     memory: Some(memory(now, usage.memory.used() as u64)),
+                    user_defined_metrics: requests(now, &usage.requests),
                 })
                 .collect();
             let total_cpu = containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds).sum::<u64>();
@@ -66,6 +69,24 @@ pub(crate) fn summary(node: &Node) -> Summary {
         },
         pods,
     }
+}
+
+/// A container's request counts, if it serves HTTP here.
+fn requests(now: Timestamp, requests: &flotilla_wasm::Requests) -> Vec<UserDefinedMetric> {
+    if !requests.counted() {
+        return Vec::new();
+    }
+    let metric = |name: &str, type_: &str, value: u64| UserDefinedMetric {
+        name: name.into(),
+        type_: type_.into(),
+        units: "requests".into(),
+        time: MicroTime(now),
+        value: value as f64,
+    };
+    vec![
+        metric(flotilla_api::stats::REQUESTS_IN_FLIGHT, "gauge", requests.in_flight()),
+        metric(flotilla_api::stats::REQUESTS_TOTAL, "cumulative", requests.total()),
+    ]
 }
 
 fn cpu(now: Timestamp, nanos: u128) -> CpuStats {
@@ -208,6 +229,7 @@ impl Collector for ResourceMetrics {
 pub(crate) struct ContainerUsage {
     pub memory: Arc<flotilla_wasm::MemoryPool>,
     pub cpu_time: Arc<flotilla_wasm::CpuTime>,
+    pub requests: Arc<flotilla_wasm::Requests>,
     /// When the run started: its CPU time counts from here.
     pub started: Timestamp,
 }
@@ -237,6 +259,7 @@ mod tests {
                     start_time: at(20),
                     cpu: cpu(500_000_000),
                     memory: memory(1024),
+                    user_defined_metrics: Vec::new(),
                 }],
                 cpu: cpu(500_000_000),
                 memory: memory(1024),

@@ -184,6 +184,56 @@ impl WasiHttpView for ProxyGuest {
     }
 }
 
+/// The requests a `wasi:http` container is serving and has been sent, which the node reports
+/// as its custom metrics (`requests_in_flight`, `requests_per_second`) for the HPA. A request
+/// counts from its arrival (waiting for an instance included) until its response's head is
+/// sent: a handler that streams its body on is not in flight while it does.
+#[derive(Debug, Default)]
+pub struct Requests {
+    /// Whether the container serves HTTP here at all: a container that does not (a command,
+    /// a core module with its own sockets) has no request counts, rather than counts of zero.
+    serving: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Requests {
+    pub fn new() -> Arc<Requests> {
+        Arc::default()
+    }
+
+    /// Whether requests are counted: the container is a `wasi:http` component served here.
+    pub fn counted(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests received since the container started (those turned away included).
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One request more, in flight until the guard is dropped.
+    fn arrived(self: &Arc<Requests>) -> InFlight {
+        use std::sync::atomic::Ordering;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<Requests>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Requests a `wasi:http` container serves at once unless its pod says otherwise (the
 /// annotation `http.flotilla.dev/max-concurrency`). Each holds an instance; together they
 /// share the container's memory limit.
@@ -255,6 +305,7 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
         Ok(listener) => listener,
         Err(err) => return Exit::Failed { message: format!("cannot listen on {}:{port}: {err}", network.pod_ip) },
     };
+    spec.requests.serving.store(true, std::sync::atomic::Ordering::Relaxed);
     let gate = Arc::new(Gate::new(spec.http_concurrency.unwrap_or(DEFAULT_HTTP_CONCURRENCY)));
     let pool = spec.memory.clone();
     let spec = Arc::new(spec);
@@ -281,6 +332,7 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
                 let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
                 let (gate, pool) = (gate.clone(), pool.clone());
                 async move {
+                    let _counted = spec.requests.arrived();
                     let Some(permit) = gate.enter().await else {
                         return Ok::<_, Infallible>(busy(&spec, gate.concurrency));
                     };

@@ -26,7 +26,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::egress::Egress;
-pub use crate::http::DEFAULT_HTTP_CONCURRENCY;
+pub use crate::http::{DEFAULT_HTTP_CONCURRENCY, Requests};
 pub use crate::limits::{CpuTime, MemoryPool};
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};

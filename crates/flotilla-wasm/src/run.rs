@@ -15,6 +15,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::cluster::GuestNetwork;
 use crate::egress::Egress;
+use crate::http::Requests;
 use crate::limits::{CpuLimit, CpuTime, MemoryLimit, MemoryPool, metered};
 use crate::output::{OutputPipe, OutputSink, Stream};
 use crate::program::{Linked, Program};
@@ -35,6 +36,8 @@ pub struct ContainerSpec {
     pub memory: Arc<MemoryPool>,
     /// The CPU time its instances use, counted for the node to read.
     pub cpu_time: Arc<CpuTime>,
+    /// The requests a `wasi:http` component is serving and has served, counted for the node.
+    pub requests: Arc<Requests>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
     /// The pod's network; `None` gives the guest no socket at all.
@@ -122,6 +125,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("dirs", &self.dirs)
             .field("memory", &self.memory)
             .field("cpu_time", &self.cpu_time)
+            .field("requests", &self.requests)
             .field("cpu_limit", &self.cpu_limit)
             .field("network", &self.network)
             .field("http_concurrency", &self.http_concurrency)

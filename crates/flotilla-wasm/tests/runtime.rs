@@ -47,6 +47,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         dirs: Vec::new(),
         memory: flotilla_wasm::MemoryPool::new(None),
         cpu_time: flotilla_wasm::CpuTime::new(),
+        requests: flotilla_wasm::Requests::new(),
         cpu_limit: None,
         network: None,
         http_concurrency: None,

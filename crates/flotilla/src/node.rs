@@ -73,6 +73,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_parser = crate::control::parse_duration, default_value = "5m")]
     eviction_pressure_transition_period: std::time::Duration,
 
+    /// How long a connection to a Service scaling up from zero is held for an endpoint before
+    /// it is answered 503.
+    #[arg(long, value_parser = crate::control::parse_period, default_value = "30s")]
+    activation_timeout: std::time::Duration,
+
     /// The memory limit of a container that declares none (a guest's linear memories and its
     /// instances together), as a quantity.
     #[arg(long, value_parser = parse_bytes, default_value = "256Mi")]
@@ -213,6 +218,7 @@ pub(crate) async fn start(
         default_memory_limit: args.default_memory_limit,
         eviction_memory_available,
         eviction_pressure_transition_period: args.eviction_pressure_transition_period,
+        activation_timeout: args.activation_timeout,
     };
     let agent = Agent::start(client, config).await.context("cannot start the node agent")?;
     let tls = flotilla_auth::tls::server_config(

@@ -47,6 +47,8 @@ pub(crate) enum Request<'a> {
         /// The request's field selector, for list and watch.
         fields: Option<&'a FieldSelector>,
     },
+    /// A custom metric of objects (`custom.metrics.k8s.io`, an aggregated API upstream).
+    Metric(&'a crate::custom_metrics::MetricRequest),
     /// A path that names no resource (discovery, OpenAPI, health).
     Path(&'a str),
 }
@@ -148,6 +150,15 @@ pub(crate) fn forbidden(attrs: &Attributes<'_>, reason: &str) -> ApiError {
             let message =
                 format!("User {user:?} cannot {verb} resource {resource:?} in API group {:?} {scope}", def.group);
             (message, def.group.to_string(), def.plural.to_string(), name.unwrap_or_default().to_string())
+        }
+        Request::Metric(metric) => {
+            let scope = match &metric.namespace {
+                Some(ns) => format!("in the namespace {ns:?}"),
+                None => "at the cluster scope".into(),
+            };
+            let (group, resource) = (crate::custom_metrics::GROUP, format!("{}/{}", metric.resource, metric.metric));
+            let message = format!("User {user:?} cannot {verb} resource {resource:?} in API group {group:?} {scope}");
+            (message, group.to_string(), metric.resource.clone(), metric.name.clone())
         }
     };
     if !reason.is_empty() {

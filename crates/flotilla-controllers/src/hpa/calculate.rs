@@ -209,6 +209,54 @@ pub(crate) fn resource_replicas(
     Ok(computed(replicas))
 }
 
+/// What an `Object` metric aims at, in milli-units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum ObjectTarget {
+    /// The object's value, whatever the replicas.
+    Value(i64),
+    /// The object's value per replica.
+    AverageValue(i64),
+}
+
+/// The replicas an `Object` metric whose value is `usage` asks for, and what its status
+/// reports (the value, or its average per replica): `GetObjectMetricReplicas` against the
+/// `ready` pods for a value, `GetObjectPerPodMetricReplicas` against the target's
+/// `status_replicas` for an average. At zero replicas a value asks for as many as its ratio
+/// (so an HPA at zero wakes on any usage), as upstream's `getUsageRatioReplicaCount` does.
+pub(crate) fn object_replicas(
+    usage: i64,
+    target: ObjectTarget,
+    replicas: i32,
+    status_replicas: i32,
+    ready: usize,
+) -> (i32, i64) {
+    let ceil = |value: f64| value.ceil().clamp(0.0, f64::from(i32::MAX)) as i32;
+    match target {
+        ObjectTarget::AverageValue(per_replica) => {
+            let per_replica = per_replica.max(1) as f64;
+            // At zero replicas the ratio is infinite (or, with no usage, not a number): any
+            // usage asks for replicas, none asks for none.
+            let ratio = usage as f64 / (per_replica * f64::from(status_replicas));
+            let proposed =
+                if (1.0 - ratio).abs() > TOLERANCE { ceil(usage as f64 / per_replica) } else { status_replicas };
+            let average =
+                if status_replicas > 0 { ceil(usage as f64 / f64::from(status_replicas)) as i64 } else { usage };
+            (proposed, average)
+        }
+        ObjectTarget::Value(value) => {
+            let ratio = usage as f64 / value.max(1) as f64;
+            let proposed = if replicas == 0 {
+                ceil(ratio)
+            } else if within_tolerance(ratio) {
+                replicas
+            } else {
+                ceil(ratio * ready as f64)
+            };
+            (proposed, usage)
+        }
+    }
+}
+
 /// A condition the normalization sets: its reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Said {
@@ -577,5 +625,24 @@ mod tests {
         recent.start(8, at(0));
         let stabilized = recent.normalize_with(8, 3, (1, 20), &default_up, &windowed, at(100));
         assert_eq!((stabilized.replicas, stabilized.able.reason), (8, "ScaleDownStabilized"));
+    }
+
+    #[test]
+    fn object_metrics_follow_upstreams_worked_examples() {
+        // TestReplicaCalcScaleUpCMObject: 500 against 400 with 3 ready pods.
+        assert_eq!(object_replicas(500_000, ObjectTarget::Value(400_000), 3, 3, 3), (4, 500_000));
+        // TestReplicaCalcScaleDownCMObject: 12000 against 20000 with 5.
+        assert_eq!(object_replicas(12_000_000, ObjectTarget::Value(20_000_000), 5, 5, 5), (3, 12_000_000));
+        // TestReplicaCalcScaleUpCMPerPodObject: 20000 at 5000 per replica, over 3.
+        assert_eq!(object_replicas(20_000_000, ObjectTarget::AverageValue(5_000_000), 3, 3, 3), (4, 6_666_667));
+        // Within tolerance: unchanged.
+        assert_eq!(object_replicas(1_050_000, ObjectTarget::Value(1_000_000), 4, 4, 4).0, 4);
+        assert_eq!(object_replicas(2_050_000, ObjectTarget::AverageValue(1_000_000), 2, 2, 2).0, 2);
+        // From zero: any usage asks for what it needs; none asks for none.
+        assert_eq!(object_replicas(3_000, ObjectTarget::AverageValue(2_000), 0, 0, 0), (2, 3_000));
+        assert_eq!(object_replicas(0, ObjectTarget::AverageValue(2_000), 0, 0, 0), (0, 0));
+        assert_eq!(object_replicas(500, ObjectTarget::Value(1_000), 0, 0, 0), (1, 500));
+        // Idle: to zero.
+        assert_eq!(object_replicas(0, ObjectTarget::AverageValue(2_000), 1, 1, 1), (0, 0));
     }
 }

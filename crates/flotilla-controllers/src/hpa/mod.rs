@@ -6,9 +6,17 @@
 //! `ScalingLimited` conditions) and its Events say what was decided and why, in upstream's
 //! words.
 //!
-//! `Resource` metrics are served; `Pods`, `Object` and `External` metrics need a custom or
-//! external metrics API, which this cluster does not serve yet: such a metric fails as it
-//! fails upstream without an adapter.
+//! `Resource` metrics come from the resource metrics API; `Pods` and `Object` metrics from the
+//! custom metrics API (`custom.metrics.k8s.io`), which serves the requests the nodes count
+//! (`requests_in_flight`, `requests_per_second`). `External` metrics need an external metrics
+//! API, which this cluster does not serve: such a metric fails as it fails upstream without an
+//! adapter.
+//!
+//! Scale from zero: an HPA with `minReplicas: 0` is evaluated at zero replicas too (the
+//! HPAScaleToZero rule), on its `Object` metrics. A node that holds requests for a Service with
+//! no endpoint writes an `Activating` Event on it; the HPAs whose `Object` metric describes that
+//! Service are evaluated at once, rather than at their next sync, and the held requests count
+//! as the Service's requests in flight.
 
 mod calculate;
 
@@ -21,17 +29,19 @@ use flotilla_api::selector::LabelSelector;
 use flotilla_client::{Cache, Change, EventType, Informer, ObjectKey, Recorder, WorkQueue};
 use jiff::Timestamp;
 use k8s_openapi::api::autoscaling::v2::{
-    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, MetricSpec, MetricStatus,
-    MetricValueStatus, ResourceMetricStatus,
+    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, MetricIdentifier, MetricSpec,
+    MetricStatus, MetricValueStatus, ObjectMetricStatus, PodsMetricStatus, ResourceMetricStatus,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use self::calculate::{Computed, Memory, Normalized, PodView, Policy, Rules, Said, Sample, Select, Target};
+use self::calculate::{
+    Computed, Memory, Normalized, ObjectTarget, PodView, Policy, Rules, Said, Sample, Select, Target,
+};
 use crate::{Context, Error, Next, Reconciler, spawn_workers};
 
 /// How often every HPA is evaluated (upstream's `--horizontal-pod-autoscaler-sync-period`).
@@ -58,12 +68,27 @@ pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<
         sync_period,
         memory: Mutex::default(),
     });
+    // Requests held for a Service at zero: the HPAs that scale it from zero are evaluated now.
+    let fields = format!("involvedObject.kind=Service,reason={}", flotilla_api::stats::ACTIVATING);
+    let mut activations = Informer::<Event>::all(context.client.clone()).selecting_fields(&fields);
+    let (woken, hpas_now) = (queue.clone(), cache.clone());
+    activations.on_change(move |change| {
+        let Change::Applied { new: event, .. } = change else { return };
+        let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
+        let service = event.involved_object.name.as_deref().unwrap_or_default();
+        for hpa in hpas_now.in_namespace(namespace) {
+            if scales_from_zero(&hpa, service) {
+                woken.add(ObjectKey::of(&*hpa));
+            }
+        }
+    });
     let pods = context.pods.clone();
     let mut tasks = spawn_workers(autoscaler, queue, 2, async move {
         cache.synced().await;
         pods.synced().await;
     });
     tasks.push(tokio::spawn(hpas.run()));
+    tasks.push(tokio::spawn(activations.run()));
     tasks
 }
 
@@ -97,6 +122,18 @@ impl Reconciler for Autoscaler {
         self.context.write_status(&*hpa, &self.hpas, status).await?;
         Ok(Next::After(self.sync_period))
     }
+}
+
+/// Whether `hpa` scales from zero on the requests of Service `service`: `minReplicas: 0` and
+/// an `Object` metric that describes it.
+fn scales_from_zero(hpa: &HorizontalPodAutoscaler, service: &str) -> bool {
+    let Some(spec) = &hpa.spec else { return false };
+    spec.min_replicas == Some(0)
+        && spec.metrics.iter().flatten().any(|m| {
+            m.object
+                .as_ref()
+                .is_some_and(|o| o.described_object.kind == "Service" && o.described_object.name == service)
+        })
 }
 
 /// One evaluation of an HPA: the conditions it sets as it goes.
@@ -150,6 +187,8 @@ struct Scale {
     /// The target's name.
     name: String,
     replicas: i32,
+    /// The replicas it has now (its status), which may trail what it asks for.
+    status_replicas: i32,
     selector: String,
 }
 
@@ -298,9 +337,11 @@ impl Autoscaler {
         let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
         let api = kube::Api::<DynamicObject>::namespaced_with(self.context.client.clone(), namespace, &resource);
         let scale = api.get_scale(&target.name).await.map_err(|e| e.to_string())?;
+        let status = scale.status.unwrap_or_default();
         Ok(Scale {
             replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-            selector: scale.status.and_then(|s| s.selector).unwrap_or_default(),
+            status_replicas: status.replicas,
+            selector: status.selector.unwrap_or_default(),
             name: target.name,
             api,
         })
@@ -388,14 +429,14 @@ impl Autoscaler {
         namespace: &str,
         pods: &[Arc<Pod>],
         now: Timestamp,
-    ) -> Result<(i32, String, MetricStatus), (&'static str, String)> {
+    ) -> Proposed {
         let unserved = |reason: &'static str, what: &str| {
             Err((reason, format!("unable to get {what}: the {what} API is not served by this cluster yet")))
         };
         let source = match spec.type_.as_str() {
             "Resource" => spec.resource.as_ref(),
-            "Pods" => return unserved("FailedGetPodsMetric", "custom metrics"),
-            "Object" => return unserved("FailedGetObjectMetric", "custom metrics"),
+            "Pods" => return self.pods_replicas(spec, scale, namespace, pods, now).await,
+            "Object" => return self.object_replicas(spec, scale, namespace, pods).await,
             "External" => return unserved("FailedGetExternalMetric", "external metrics"),
             "ContainerResource" => return unserved("FailedGetContainerResourceMetric", "container resource metrics"),
             other => return Err(("InvalidMetricSourceType", format!("unknown metric source type \"{other}\""))),
@@ -454,6 +495,131 @@ impl Autoscaler {
         Ok((replicas, name, status))
     }
 
+    /// What a `Pods` metric asks for: its average over the selected pods against the target
+    /// (`GetMetricReplicas`, the resource calculation without requests).
+    async fn pods_replicas(
+        &self,
+        spec: &MetricSpec,
+        scale: &Scale,
+        namespace: &str,
+        pods: &[Arc<Pod>],
+        now: Timestamp,
+    ) -> Proposed {
+        let failed = |message: String| ("FailedGetPodsMetric", format!("failed to get pods metric value: {message}"));
+        let source = spec.pods.as_ref().ok_or_else(|| failed("the Pods metric names no metric".into()))?;
+        let metric = &source.metric.name;
+        let target =
+            source.target.average_value.as_ref().and_then(milli).ok_or_else(|| {
+                failed("invalid pods metric source: a Pods metric's target is an averageValue".into())
+            })?;
+        let values = self
+            .custom_metric(&format!("namespaces/{namespace}/pods/*/{metric}"), Some(&scale.selector))
+            .await
+            .map_err(|e| failed(format!("unable to get metric {metric}: {e}")))?;
+        let samples: HashMap<String, Sample> =
+            values.into_iter().map(|v| (v.name, Sample { value: v.milli, time: v.time, window: v.window })).collect();
+        if samples.is_empty() {
+            return Err(failed(format!("unable to get metric {metric}: no metrics returned from custom metrics API")));
+        }
+        let views: Vec<PodView> = pods.iter().map(|pod| view(pod, "")).collect();
+        let Computed { replicas, average, .. } =
+            calculate::resource_replicas(scale.replicas, Target::AverageValue(target), false, &views, samples, now)
+                .map_err(failed)?;
+        let status = MetricStatus {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricStatus {
+                metric: MetricIdentifier { name: metric.clone(), selector: source.metric.selector.clone() },
+                current: MetricValueStatus { average_value: Some(milli_quantity(average)), ..Default::default() },
+            }),
+            ..MetricStatus::default()
+        };
+        Ok((replicas, format!("pods metric {metric}"), status))
+    }
+
+    /// What an `Object` metric asks for: the object's value against the target, as a total
+    /// (`GetObjectMetricReplicas`) or per replica (`GetObjectPerPodMetricReplicas`). At zero
+    /// replicas, a value asks for as many as it needs.
+    async fn object_replicas(&self, spec: &MetricSpec, scale: &Scale, namespace: &str, pods: &[Arc<Pod>]) -> Proposed {
+        let failed =
+            |message: String| ("FailedGetObjectMetric", format!("failed to get object metric value: {message}"));
+        let source = spec.object.as_ref().ok_or_else(|| failed("the Object metric names no object".into()))?;
+        let (object, metric) = (&source.described_object, &source.metric.name);
+        let plural = match object.kind.as_str() {
+            "Service" => "services",
+            "Pod" => "pods",
+            other => {
+                return Err(failed(format!("unable to get metric {metric}: no custom metrics of {other} objects")));
+            }
+        };
+        let values = self
+            .custom_metric(&format!("namespaces/{namespace}/{plural}/{}/{metric}", object.name), None)
+            .await
+            .map_err(|e| failed(format!("unable to get metric {metric}: {e}")))?;
+        let usage = values.first().map(|v| v.milli).ok_or_else(|| failed(format!("unable to get metric {metric}")))?;
+        let name = format!("{} metric {metric}", object.kind);
+        let current = |value: i64| {
+            // What the status reports: the value, or its average per replica.
+            let (value, average_value) = if source.target.average_value.is_some() {
+                (None, Some(milli_quantity(value)))
+            } else {
+                (Some(milli_quantity(value)), None)
+            };
+            MetricStatus {
+                type_: "Object".into(),
+                object: Some(ObjectMetricStatus {
+                    described_object: object.clone(),
+                    metric: MetricIdentifier { name: metric.clone(), selector: source.metric.selector.clone() },
+                    current: MetricValueStatus { value, average_value, ..Default::default() },
+                }),
+                ..MetricStatus::default()
+            }
+        };
+        let target = match (&source.target.average_value, &source.target.value) {
+            (Some(average), _) => milli(average).map(ObjectTarget::AverageValue),
+            (None, Some(value)) => milli(value).map(ObjectTarget::Value),
+            (None, None) => None,
+        };
+        let target = target.ok_or_else(|| {
+            failed("invalid object metric source: neither a value target nor an average value target was set".into())
+        })?;
+        let ready = pods
+            .iter()
+            .filter(|pod| {
+                let status = pod.status.as_ref();
+                status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && status
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        let (proposed, reported) =
+            calculate::object_replicas(usage, target, scale.replicas, scale.status_replicas, ready);
+        Ok((proposed, name, current(reported)))
+    }
+
+    /// A custom metric's values (`custom.metrics.k8s.io/v1beta2`, `path` below a namespace's),
+    /// of the objects `selector` picks when the path names them all.
+    async fn custom_metric(&self, path: &str, selector: Option<&str>) -> Result<Vec<MetricValue>, String> {
+        let path = format!("/apis/custom.metrics.k8s.io/v1beta2/{path}");
+        let request = kube::core::Request::new(path)
+            .list(&ListParams::default().labels(selector.unwrap_or_default()))
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = self.context.client.request(request).await.map_err(|e| e.to_string())?;
+        let items = list.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let value = Quantity(item.get("value")?.as_str()?.to_string());
+                Some(MetricValue {
+                    name: item.pointer("/describedObject/name")?.as_str()?.to_string(),
+                    milli: milli(&value)?,
+                    time: item.get("timestamp")?.as_str()?.parse().ok()?,
+                    window: Duration::from_secs(item.get("windowSeconds").and_then(|w| w.as_u64()).unwrap_or(0)),
+                })
+            })
+            .collect())
+    }
+
     /// Each selected pod's usage of `resource` from the resource metrics API, in milli-units;
     /// a pod missing the resource in any container has none.
     async fn samples(
@@ -486,6 +652,23 @@ impl Autoscaler {
         }
         Ok(samples)
     }
+}
+
+/// What one metric asks for: the count, the metric's name in upstream's words, and its
+/// status; or the failure's Event reason and message.
+type Proposed = Result<(i32, String, MetricStatus), (&'static str, String)>;
+
+/// One object's value of a custom metric.
+struct MetricValue {
+    name: String,
+    /// In milli-units.
+    milli: i64,
+    time: Timestamp,
+    window: Duration,
+}
+
+fn milli_quantity(milli: i64) -> Quantity {
+    Quantity(if milli % 1000 == 0 { (milli / 1000).to_string() } else { format!("{milli}m") })
 }
 
 /// A pod as the calculator sees it, with what its containers request of `resource`.

@@ -494,8 +494,13 @@ impl Worker {
             &self.node.memory,
             Some(memory_limit.unwrap_or(self.node.config.default_memory_limit)),
         );
-        let cpu_time = flotilla_wasm::CpuTime::new();
-        let usage = ContainerUsage { memory: memory.clone(), cpu_time: cpu_time.clone(), started: Timestamp::now() };
+        let (cpu_time, requests) = (flotilla_wasm::CpuTime::new(), flotilla_wasm::Requests::new());
+        let usage = ContainerUsage {
+            memory: memory.clone(),
+            cpu_time: cpu_time.clone(),
+            requests: requests.clone(),
+            started: Timestamp::now(),
+        };
         self.entry.usage.lock().expect("pod entry lock").insert(container.name.clone(), usage);
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
         let ports = container
@@ -512,6 +517,7 @@ impl Worker {
             dirs,
             memory,
             cpu_time,
+            requests,
             cpu_limit,
             network: Some(Network {
                 pod_ip: ip.into(),

@@ -1,0 +1,302 @@
+//! The custom metrics API (`custom.metrics.k8s.io/v1beta2`), the part an adapter
+//! (prometheus-adapter, KEDA's) plays upstream, for the requests the nodes count: the HPA's
+//! `Pods` and `Object` metrics read it.
+//!
+//! - `requests_in_flight`: a pod's requests being served now (its `wasi:http` containers' gauge,
+//!   as last read with the resource metrics); a Service's, the sum over the pods it selects,
+//!   plus the requests nodes hold for it while it scales up from zero. Those are read from the
+//!   nodes when asked for, and only from nodes that told of holding some (an `Activating`
+//!   Event on the Service) and only while no pod of the Service has a reading: a Service at
+//!   zero asks for 0 replicas, or for enough to serve what waits.
+//! - `requests_per_second`: the rate between a pod's last two readings; a Service's, the sum.
+//!
+//! Values are `MetricValueList`s, computed when asked for, never stored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::response::Response;
+use flotilla_api::selector::{FieldSelector, LabelSelector};
+use flotilla_api::stats::{ACTIVATING, Held, REQUESTS_IN_FLIGHT};
+use flotilla_api::{ApiError, Reason};
+use futures::StreamExt;
+use http::{Method, StatusCode};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::handlers;
+use crate::metrics::{Metrics, Requests};
+use crate::node_proxy::NodeProxy;
+use crate::registry::{ListOptions, Registry};
+use crate::request::{Query, not_served};
+
+pub(crate) const GROUP: &str = "custom.metrics.k8s.io";
+pub(crate) const VERSION: &str = "v1beta2";
+const REQUESTS_PER_SECOND: &str = "requests_per_second";
+/// The metrics served, for each kind of object.
+const METRICS: &[&str] = &[REQUESTS_IN_FLIGHT, REQUESTS_PER_SECOND];
+/// How recent a node's `Activating` Event must be for it to be asked what it holds: longer than
+/// any activation timeout a node would set, so that none holding is missed.
+const HOLDING_RECENTLY: Duration = Duration::from_secs(300);
+/// The most a node's held requests may weigh.
+const MAX_HELD_BYTES: usize = 1024 * 1024;
+
+/// `/apis/custom.metrics.k8s.io/v1beta2/[namespaces/<ns>/]<resource>/<name or *>/<metric>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MetricRequest {
+    pub(crate) namespace: Option<String>,
+    /// `pods` or `services`.
+    pub(crate) resource: String,
+    /// An object's name, or `*` for every one the label selector picks.
+    pub(crate) name: String,
+    pub(crate) metric: String,
+}
+
+/// The request a path under the group's version names.
+pub(crate) fn parse(version: &str, rest: &[&str]) -> Result<MetricRequest> {
+    if version != VERSION {
+        return Err(not_served().into());
+    }
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] => (Some((*namespace).to_string()), rest),
+        rest => (None, rest),
+    };
+    let [resource, name, metric] = rest else { return Err(not_served().into()) };
+    Ok(MetricRequest {
+        namespace,
+        resource: (*resource).to_string(),
+        // Clients escape the `*` (kubectl's `get --raw` sends `%2A`).
+        name: crate::request::decode(name),
+        metric: (*metric).to_string(),
+    })
+}
+
+/// `/apis/custom.metrics.k8s.io/v1beta2`: what is served, as an adapter lists it.
+pub(crate) fn resource_list() -> Value {
+    let resources: Vec<Value> = ["pods", "services"]
+        .iter()
+        .flat_map(|resource| METRICS.iter().map(move |metric| (resource, metric)))
+        .map(|(resource, metric)| {
+            json!({"name": format!("{resource}/{metric}"), "singularName": "", "namespaced": true,
+                   "kind": "MetricValueList", "verbs": ["get"]})
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/{VERSION}"), "resources": resources})
+}
+
+/// The same, as aggregated discovery lists them: each metric a subresource of a parent with no
+/// verbs of its own, as upstream's aggregator converts an adapter's list.
+pub(crate) fn discovery_resources() -> Vec<Value> {
+    ["pods", "services"]
+        .iter()
+        .map(|resource| {
+            let metrics: Vec<Value> = METRICS
+                .iter()
+                .map(|metric| {
+                    json!({"subresource": metric, "responseKind": {"group": GROUP, "version": VERSION, "kind": "MetricValueList"}, "verbs": ["get"]})
+                })
+                .collect();
+            json!({"resource": resource, "responseKind": {"group": GROUP, "version": VERSION, "kind": "MetricValueList"},
+                   "scope": "Namespaced", "singularResource": "", "verbs": [], "subresources": metrics})
+        })
+        .collect()
+}
+
+/// The adapter's 404 for a metric it does not have.
+fn metric_not_found(request: &MetricRequest) -> ApiError {
+    let message = if request.name == "*" {
+        format!("the server could not find the metric {} for {}", request.metric, request.resource)
+    } else {
+        format!("the server could not find the metric {} for {} {}", request.metric, request.resource, request.name)
+    };
+    ApiError::new(Reason::NotFound, message)
+}
+
+/// What the request asks of the nodes' counts, as a `MetricValueList`.
+pub(crate) async fn serve(
+    request: &MetricRequest,
+    method: &Method,
+    query: &Query,
+    registry: &Registry,
+    nodes: &NodeProxy,
+    metrics: &Metrics,
+) -> Result<Response> {
+    if *method != Method::GET {
+        return Err(handlers::method_not_allowed(method));
+    }
+    let known = matches!(request.resource.as_str(), "pods" | "services") && METRICS.contains(&request.metric.as_str());
+    let Some(namespace) = request.namespace.as_deref().filter(|_| known) else {
+        return Err(metric_not_found(request).into());
+    };
+    let selector = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.message))?;
+    let def = |plural: &str| flotilla_api::resource::find("", "v1", plural).expect("pods and services are served");
+    let objects: Vec<Value> = if request.name == "*" {
+        let options = ListOptions { labels: selector, ..ListOptions::default() };
+        let listed = registry.list(def(&request.resource), Some(namespace), &options).await?;
+        listed.items.iter().filter_map(|stored| stored.value().ok()).collect()
+    } else {
+        vec![registry.get(def(&request.resource), Some(namespace), &request.name).await?.value()?]
+    };
+    let now = Timestamp::now();
+    let mut items = Vec::new();
+    for object in &objects {
+        let value = match request.resource.as_str() {
+            "pods" => pod_requests(metrics, object).map(|r| (r.time, r)),
+            _ => service_requests(registry, nodes, metrics, object, now).await?.map(|r| (r.time, r)),
+        };
+        let Some((time, requests)) = value else { continue };
+        let (value, window) = match request.metric.as_str() {
+            REQUESTS_IN_FLIGHT => (requests.in_flight.to_string(), None),
+            _ => match requests.per_second {
+                Some((rate, window)) => (milli(rate), Some(window)),
+                None => continue,
+            },
+        };
+        let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+        items.push(json!({
+            "describedObject": {
+                "kind": if request.resource == "pods" { "Pod" } else { "Service" },
+                "namespace": text("/metadata/namespace"),
+                "name": text("/metadata/name"),
+                "apiVersion": "/v1",
+            },
+            "metric": {"name": request.metric},
+            "timestamp": time.to_string(),
+            "windowSeconds": window.map(|w| w.as_secs()),
+            "value": value,
+        }));
+    }
+    if items.is_empty() && request.name != "*" {
+        return Err(metric_not_found(request).into());
+    }
+    let list =
+        json!({"kind": "MetricValueList", "apiVersion": format!("{GROUP}/{VERSION}"), "metadata": {}, "items": items});
+    handlers::json_response(StatusCode::OK, &list, &[])
+}
+
+/// A rate as a quantity in milli-units (`1500m`), as adapters write fractional values.
+fn milli(rate: f64) -> String {
+    let milli = (rate * 1000.0).round();
+    if milli <= 0.0 { "0".into() } else { format!("{}m", milli as u64) }
+}
+
+fn pod_requests(metrics: &Metrics, pod: &Value) -> Option<Requests> {
+    let text = |pointer: &str| pod.pointer(pointer).and_then(Value::as_str);
+    if text("/status/phase") != Some("Running") {
+        return None;
+    }
+    metrics.requests(
+        text("/spec/nodeName")?,
+        text("/metadata/namespace")?,
+        text("/metadata/name")?,
+        text("/metadata/uid")?,
+    )
+}
+
+/// A Service's requests: its pods', or what nodes hold for it while none has a reading.
+async fn service_requests(
+    registry: &Registry,
+    nodes: &NodeProxy,
+    metrics: &Metrics,
+    service: &Value,
+    now: Timestamp,
+) -> Result<Option<Requests>> {
+    let namespace = service.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+    let name = service.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let selected: BTreeMap<String, String> =
+        service.pointer("/spec/selector").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
+    let mut pods = Vec::new();
+    if !selected.is_empty() {
+        let labels = selected.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let labels = LabelSelector::parse(&labels).map_err(|e| ApiError::internal(e.message))?;
+        let options = ListOptions { labels, ..ListOptions::default() };
+        let pods_def = flotilla_api::resource::find("", "v1", "pods").expect("pods are served");
+        let listed = registry.list(pods_def, Some(namespace), &options).await?;
+        pods = listed.items.iter().filter_map(|stored| pod_requests(metrics, &stored.value().ok()?)).collect();
+    }
+    if let Some(time) = pods.iter().map(|p| p.time).min() {
+        let in_flight = pods.iter().map(|p| p.in_flight).sum();
+        let rates: Option<Vec<(f64, Duration)>> = pods.iter().map(|p| p.per_second).collect();
+        let per_second = rates.map(|rates| {
+            (rates.iter().map(|(rate, _)| rate).sum(), rates.iter().map(|(_, w)| *w).max().unwrap_or_default())
+        });
+        return Ok(Some(Requests { time, in_flight, per_second }));
+    }
+    // No pod is read: at zero, or waking. What waits is what the nodes hold.
+    let held = held(registry, nodes, namespace, name, now).await?;
+    Ok(Some(Requests { time: now, in_flight: held, per_second: Some((0.0, Duration::ZERO)) }))
+}
+
+/// The requests held for Service `namespace/name` by the nodes that recently told of holding
+/// some.
+async fn held(registry: &Registry, nodes: &NodeProxy, namespace: &str, name: &str, now: Timestamp) -> Result<u64> {
+    let events = flotilla_api::resource::find("", "v1", "events").expect("events are served");
+    let fields = format!("involvedObject.kind=Service,involvedObject.name={name},reason={ACTIVATING}");
+    let fields = FieldSelector::parse(&fields, |_| true).map_err(|e| ApiError::internal(e.message))?;
+    let listed = registry.list(events, Some(namespace), &ListOptions { fields, ..ListOptions::default() }).await?;
+    let recently = now.checked_sub(HOLDING_RECENTLY).unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut holding: Vec<String> = listed
+        .items
+        .iter()
+        .filter_map(|stored| stored.value().ok())
+        .filter(|event| {
+            let last =
+                event.pointer("/lastTimestamp").and_then(Value::as_str).and_then(|t| t.parse::<Timestamp>().ok());
+            last.is_some_and(|last| last >= recently)
+        })
+        .filter_map(|event| Some(event.pointer("/source/host")?.as_str()?.to_string()))
+        .collect();
+    holding.sort();
+    holding.dedup();
+    let nodes_def = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
+    let counts = futures::stream::iter(holding)
+        .map(|node| async move {
+            let node = registry.get(nodes_def, None, &node).await.ok()?.value().ok()?;
+            let read = tokio::time::timeout(Duration::from_secs(2), nodes.read(&node, "/stats/held", MAX_HELD_BYTES));
+            let held: Held = serde_json::from_slice(&read.await.ok()?.ok()?).ok()?;
+            held.services.iter().find(|s| s.namespace == namespace && s.name == name).map(|s| s.requests)
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<Option<u64>>>()
+        .await;
+    Ok(counts.into_iter().flatten().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_an_object_or_all_and_a_metric() {
+        let parsed = parse("v1beta2", &["namespaces", "ns", "pods", "*", "requests_in_flight"]).unwrap();
+        assert_eq!(
+            parsed,
+            MetricRequest {
+                namespace: Some("ns".into()),
+                resource: "pods".into(),
+                name: "*".into(),
+                metric: "requests_in_flight".into()
+            }
+        );
+        assert_eq!(parse("v1beta2", &["namespaces", "ns", "pods", "%2A", "requests_in_flight"]).unwrap().name, "*");
+        assert!(parse("v1beta1", &["namespaces", "ns", "pods", "*", "requests_in_flight"]).is_err());
+        assert!(parse("v1beta2", &["namespaces", "ns", "pods", "*"]).is_err());
+        assert_eq!(parse("v1beta2", &["nodes", "n1", "load"]).unwrap().namespace, None);
+        assert_eq!(milli(1.5), "1500m");
+        assert_eq!(milli(0.0), "0");
+        let list = resource_list();
+        let names: Vec<&str> =
+            list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "pods/requests_in_flight",
+                "pods/requests_per_second",
+                "services/requests_in_flight",
+                "services/requests_per_second"
+            ]
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! Scale from zero: the Knative activator's part, in the node's data path. A Service scales
+//! from zero when an HPA with `minReplicas: 0` (the HPAScaleToZero rule) names it as the
+//! object of an `Object` metric: that HPA scales its workload on the Service's requests, down
+//! to none when they stop. A connection to such a Service while it has no endpoint is not
+//! refused but held: the node tells of the demand ([`Activation::Held`], which the agent
+//! writes as an Event the HPA wakes on, and [`Activator::held`], which the metrics count as
+//! requests in flight), and the connection goes on to the first endpoint that comes into
+//! rotation. One that waits longer than the activator's timeout is answered `503` with a body
+//! that says why ([`Activation::TimedOut`]), never left hanging.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use flotilla_client::ObjectKey;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::frontends::Rotation;
+
+/// How long a held connection waits for an endpoint by default: a cold start of a wasm pod
+/// takes milliseconds, but the control plane's steps to it (scale, schedule, start, Ready,
+/// EndpointSlice) may queue behind other work.
+pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// While connections stay held, the demand is told again this often: an Event lost, or an
+/// HPA that could not scale at the time, is asked again.
+const RETELL: Duration = Duration::from_secs(5);
+/// Connections held at once on this node, for all Services: each holds a descriptor.
+const MAX_HELD: usize = 4096;
+
+/// What the activator tells the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// A connection to this Service is held until it has an endpoint: the first of a wake-up,
+    /// or one still waiting [`RETELL`] later. The count is those held now.
+    Held(ObjectKey, usize),
+    /// A held connection to this Service waited in vain and was answered `503`.
+    TimedOut(ObjectKey, Duration),
+}
+
+/// The Services that scale from zero, and the connections held for them.
+#[derive(Debug)]
+pub struct Activator {
+    services: RwLock<HashSet<ObjectKey>>,
+    held: Mutex<HashMap<ObjectKey, Held>>,
+    total: std::sync::atomic::AtomicUsize,
+    tell: mpsc::UnboundedSender<Activation>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Held {
+    count: usize,
+    /// When the demand was last told.
+    told: Option<Instant>,
+}
+
+impl Activator {
+    /// An activator whose held connections wait `timeout` at most; what it tells comes out of
+    /// the receiver.
+    pub fn new(timeout: Duration) -> (Arc<Activator>, mpsc::UnboundedReceiver<Activation>) {
+        let (tell, told) = mpsc::unbounded_channel();
+        let activator =
+            Activator { services: RwLock::default(), held: Mutex::default(), total: Default::default(), tell, timeout };
+        (Arc::new(activator), told)
+    }
+
+    /// Whether connections to `service` are held while it has no endpoint.
+    pub fn scales_from_zero(&self, service: &ObjectKey) -> bool {
+        self.services.read().expect("activator lock").contains(service)
+    }
+
+    /// Makes `services` those that scale from zero; returns those whose standing changed.
+    pub(crate) fn set_services(&self, services: HashSet<ObjectKey>) -> Vec<ObjectKey> {
+        let mut current = self.services.write().expect("activator lock");
+        let changed = current.symmetric_difference(&services).cloned().collect();
+        *current = services;
+        changed
+    }
+
+    /// The connections held now, by Service.
+    pub fn held(&self) -> Vec<(ObjectKey, usize)> {
+        let held = self.held.lock().expect("activator lock");
+        held.iter().map(|(service, held)| (service.clone(), held.count)).collect()
+    }
+
+    /// Holds a connection to `service` until `rotation` has an endpoint (and is not `refused`,
+    /// whose endpoints all refused it): that rotation, or `Err` with how long it waited in vain
+    /// (the timeout; none when this node holds as many as it may).
+    pub(crate) async fn hold(
+        &self,
+        service: &ObjectKey,
+        rotation: &mut watch::Receiver<Arc<Rotation>>,
+        refused: Option<&Arc<Rotation>>,
+    ) -> Result<Arc<Rotation>, Duration> {
+        let since = Instant::now();
+        use std::sync::atomic::Ordering;
+        if self.total.fetch_add(1, Ordering::AcqRel) >= MAX_HELD {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Duration::ZERO);
+        }
+        let _held = HeldGuard { activator: self, service };
+        {
+            let mut held = self.held.lock().expect("activator lock");
+            let entry = held.entry(service.clone()).or_insert(Held { count: 0, told: None });
+            entry.count += 1;
+            self.retell(service, entry, since);
+        }
+        let mut retell = tokio::time::interval_at(since + RETELL, RETELL);
+        let ready = async {
+            loop {
+                tokio::select! {
+                    changed = rotation.wait_for(|r| {
+                        !r.route.endpoints.is_empty() && refused.is_none_or(|refused| !Arc::ptr_eq(refused, r))
+                    }) => {
+                        return changed.map(|r| r.clone()).ok();
+                    }
+                    _ = retell.tick() => {
+                        let mut held = self.held.lock().expect("activator lock");
+                        if let Some(entry) = held.get_mut(service) {
+                            self.retell(service, entry, Instant::now());
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, ready).await {
+            Ok(Some(rotation)) => Ok(rotation),
+            // The frontend went away (its Service was deleted or no longer scales from zero).
+            Ok(None) => Err(since.elapsed()),
+            Err(_) => {
+                let _ = self.tell.send(Activation::TimedOut(service.clone(), self.timeout));
+                Err(self.timeout)
+            }
+        }
+    }
+
+    fn retell(&self, service: &ObjectKey, held: &mut Held, now: Instant) {
+        if held.told.is_none_or(|told| now.duration_since(told) >= RETELL) {
+            held.told = Some(now);
+            let _ = self.tell.send(Activation::Held(service.clone(), held.count));
+        }
+    }
+}
+
+/// One held connection, counted until dropped.
+struct HeldGuard<'a> {
+    activator: &'a Activator,
+    service: &'a ObjectKey,
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.activator.total.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut held = self.activator.held.lock().expect("activator lock");
+        if let Some(entry) = held.get_mut(self.service) {
+            entry.count -= 1;
+            if entry.count == 0 {
+                held.remove(self.service);
+            }
+        }
+    }
+}
+
+/// The `503` a held HTTP connection gets when no endpoint came in time.
+pub(crate) fn unavailable(service: &ObjectKey, waited: Duration) -> Vec<u8> {
+    let body = if waited.is_zero() {
+        format!(
+            "Service {service} is scaling up from zero, and this node holds as many requests as it may: retry later\n"
+        )
+    } else {
+        format!(
+            "Service {service} has no ready endpoint after {}s: its workload could not be scaled up from zero in time (see the Service's and its HPA's Events)\n",
+            waited.as_secs()
+        )
+    };
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The Services the HPAs `hpas` scale from zero: those an HPA with `minReplicas: 0` names as
+/// an `Object` metric's object.
+pub(crate) fn scaled_from_zero<'a>(
+    hpas: impl IntoIterator<Item = &'a k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
+) -> HashSet<ObjectKey> {
+    let mut services = HashSet::new();
+    for hpa in hpas {
+        let Some(spec) = &hpa.spec else { continue };
+        if spec.min_replicas != Some(0) {
+            continue;
+        }
+        for metric in spec.metrics.iter().flatten() {
+            let Some(object) = metric.object.as_ref().filter(|_| metric.type_ == "Object") else { continue };
+            let described = &object.described_object;
+            if described.kind == "Service" && described.api_version.as_deref().is_none_or(|v| v == "v1") {
+                services.insert(ObjectKey::new(hpa.metadata.namespace.as_deref(), &described.name));
+            }
+        }
+    }
+    services
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Protocol, Route};
+
+    fn route(endpoints: Vec<std::net::SocketAddr>) -> Route {
+        let frontend = "127.43.0.9:80".parse().unwrap();
+        Route { protocol: Protocol::Tcp, frontend, endpoints, affinity: None, keep_source: true }
+    }
+
+    #[tokio::test]
+    async fn a_held_connection_goes_on_when_an_endpoint_comes_and_the_demand_is_told_once() {
+        let (activator, mut told) = Activator::new(Duration::from_secs(5));
+        let service = ObjectKey::new(Some("default"), "fn");
+        let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route(vec![]))));
+        let holds: Vec<_> = (0..3)
+            .map(|_| {
+                let (activator, service, mut rotations) = (activator.clone(), service.clone(), rotations.clone());
+                tokio::spawn(async move { activator.hold(&service, &mut rotations, None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(activator.held(), [(service.clone(), 3)]);
+        assert_eq!(told.recv().await, Some(Activation::Held(service.clone(), 1)));
+        let endpoint = "127.0.0.1:8080".parse().unwrap();
+        rotation.send_replace(Arc::new(Rotation::new(route(vec![endpoint]))));
+        for hold in holds {
+            assert_eq!(hold.await.unwrap().unwrap().route.endpoints, [endpoint]);
+        }
+        assert!(activator.held().is_empty());
+        assert!(told.try_recv().is_err(), "told more than once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_held_in_vain_times_out_and_is_told() {
+        let (activator, mut told) = Activator::new(Duration::from_secs(28));
+        let service = ObjectKey::new(Some("default"), "fn");
+        let (_rotation, mut rotations) = watch::channel(Arc::new(Rotation::new(route(vec![]))));
+        let waited = activator.hold(&service, &mut rotations, None).await.unwrap_err();
+        assert_eq!(waited, Duration::from_secs(28));
+        let mut all = Vec::new();
+        while let Ok(activation) = told.try_recv() {
+            all.push(activation);
+        }
+        // Told at once, again every five seconds while it waited, then its end.
+        assert_eq!(all.iter().filter(|a| matches!(a, Activation::Held(..))).count(), 6, "{all:?}");
+        assert_eq!(all.last(), Some(&Activation::TimedOut(service.clone(), Duration::from_secs(28))));
+        assert!(activator.held().is_empty());
+        let response = String::from_utf8(unavailable(&service, waited)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+        assert!(response.ends_with("no ready endpoint after 28s: its workload could not be scaled up from zero in time (see the Service's and its HPA's Events)\n"));
+    }
+
+    #[test]
+    fn services_scale_from_zero_when_an_hpa_at_zero_names_them() {
+        let hpa = |min: Option<i32>, kind: &str| {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "ns", "name": "h"},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fn"},
+                    "minReplicas": min, "maxReplicas": 3,
+                    "metrics": [{"type": "Object", "object": {
+                        "describedObject": {"apiVersion": "v1", "kind": kind, "name": "fn"},
+                        "metric": {"name": "requests_in_flight"},
+                        "target": {"type": "AverageValue", "averageValue": "10"}}}]
+                }
+            }))
+            .unwrap()
+        };
+        let hpas = [hpa(Some(0), "Service"), hpa(Some(1), "Service"), hpa(None, "Service"), hpa(Some(0), "Ingress")];
+        assert_eq!(scaled_from_zero(&hpas[..1]), HashSet::from([ObjectKey::new(Some("ns"), "fn")]));
+        assert!(scaled_from_zero(&hpas[1..]).is_empty());
+    }
+}

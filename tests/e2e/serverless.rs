@@ -1,0 +1,176 @@
+//! A function scaled to zero and back, with the real kubectl and curl: an HPA with
+//! `minReplicas: 0` on its Service's `requests_in_flight` (the custom metrics API) takes an idle
+//! Deployment to zero; a request to the Service's cluster IP is held by the node while the HPA,
+//! woken by the node's `Activating` Event, scales it back to one, and is answered once the pod
+//! is ready; a wake-up that cannot succeed answers 503 and leaves an Event.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use flotilla_examples as examples;
+
+use crate::autoscale::wait;
+use crate::harness::{Ports, Server};
+use crate::kubectl::Kubectl;
+use crate::pods::{apply, import};
+
+const FUNCTION: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: fn
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: fn}
+  template:
+    metadata:
+      labels: {app: fn}
+    spec:
+      containers:
+      - name: app
+        image: handler:v1
+        imagePullPolicy: IfNotPresent
+        ports:
+        - containerPort: 8080
+";
+
+/// Zero when idle, one replica more per two requests in flight.
+const AUTOSCALER: &str = "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: fn
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: fn}
+  minReplicas: 0
+  maxReplicas: 3
+  metrics:
+  - type: Object
+    object:
+      describedObject: {apiVersion: v1, kind: Service, name: fn}
+      metric: {name: requests_in_flight}
+      target: {type: AverageValue, averageValue: '2'}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 0}
+";
+
+/// The function's Deployment has no replica and no pod.
+fn at_zero(k: &Kubectl) -> Result<()> {
+    wait(k, "deployment/fn", "{.spec.replicas}", 60, |r| r == "0")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !k.ok(&["get", "pods", "-l", "app=fn", "-o", "name"])?.is_empty() {
+        ensure!(Instant::now() < deadline, "the function's pods never went");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// curl's status code and body for `url`, given `secs` at most.
+fn curl(url: &str, secs: u64) -> Result<(String, String)> {
+    let out =
+        Command::new("curl").args(["-s", "--max-time", &secs.to_string(), "-w", "\n%{http_code}", url]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = match out.status.code() {
+        Some(0) => code.to_string(),
+        exit => format!("{code} (curl exit {exit:?})"),
+    };
+    Ok((code, body.to_string()))
+}
+
+#[test]
+fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args =
+        ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s", "--activation-timeout", "8s"];
+    let server = Server::start_with(dir.path(), Ports::free(), &args)?;
+    import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    apply(&k, FUNCTION)?;
+    k.ok(&["rollout", "status", "deploy/fn", "--timeout=60s"])?;
+    k.ok(&["expose", "deploy", "fn", "--port=80", "--target-port=8080"])?;
+    let ip = k.ok(&["get", "svc", "fn", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let url = format!("http://{ip}/");
+
+    // The custom metrics API: the pods' and the Service's requests in flight.
+    let ns = &k.namespace;
+    let path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/services/fn/requests_in_flight");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let value = loop {
+        if let Ok(list) = k.ok(&["get", "--raw", &path]) {
+            let list: serde_json::Value = serde_json::from_str(&list)?;
+            if let Some(item) = list.pointer("/items/0") {
+                break item.clone();
+            }
+        }
+        ensure!(Instant::now() < deadline, "no requests_in_flight for the Service");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(value["describedObject"]["kind"] == "Service" && value["value"] == "0", "{value}");
+    let pods = format!(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/requests_per_second?labelSelector=app%3Dfn"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !k.ok(&["get", "--raw", &pods])?.contains("\"kind\":\"Pod\"") {
+        ensure!(Instant::now() < deadline, "no requests_per_second for the pods");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let missing = k.fails(&["get", "--raw", &path.replace("requests_in_flight", "bananas")])?;
+    ensure!(missing.contains("the server could not find the metric bananas for services fn"), "{missing}");
+    let groups = k.ok(&["api-versions"])?;
+    ensure!(groups.lines().any(|l| l == "custom.metrics.k8s.io/v1beta2"), "{groups}");
+
+    // Idle: to zero.
+    apply(&k, AUTOSCALER)?;
+    at_zero(&k)?;
+
+    // A request brings it back, and is answered.
+    let started = Instant::now();
+    let (code, body) = curl(&url, 30)?;
+    let woke = started.elapsed();
+    ensure!(code == "200" && body.starts_with("hello from fn-"), "{code}: {body} after {woke:?}");
+    eprintln!("answered from zero in {woke:?}");
+    let reasons = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Service",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    ensure!(reasons.split(' ').any(|r| r == "Activating"), "{reasons}");
+    let said = wait(&k, "events", "{.items[?(@.reason==\"SuccessfulRescale\")].message}", 30, |m| {
+        m.contains("New size: 1; reason: Service metric requests_in_flight above target")
+    })?;
+    ensure!(said.contains("New size: 0; reason: All metrics below target"), "{said}");
+
+    // Back at zero, a burst: every request is held and every one answered.
+    at_zero(&k)?;
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl(&url, 30))
+        })
+        .collect();
+    let mut answered = 0;
+    for request in burst {
+        let (code, body) = request.join().expect("a curl thread")?;
+        ensure!(code == "200" && body.starts_with("hello from fn-"), "{code}: {body}");
+        answered += 1;
+    }
+    ensure!(answered == 12);
+
+    // A wake-up that cannot succeed (an image nowhere to be found): 503 that says why, and an
+    // Event, after the activation timeout; never a hang.
+    at_zero(&k)?;
+    k.ok(&["set", "image", "deployment/fn", "app=missing:v1"])?;
+    let started = Instant::now();
+    let (code, body) = curl(&url, 30)?;
+    ensure!(code == "503", "{code}: {body}");
+    ensure!(body.contains("has no ready endpoint after 8s"), "{body}");
+    ensure!(started.elapsed() < Duration::from_secs(20), "answered after {:?}", started.elapsed());
+    wait(&k, "events", "{.items[?(@.reason==\"ActivationFailed\")].message}", 30, |m| {
+        m.contains("No endpoint became ready within 8s of a request")
+    })?;
+    Ok(())
+}
