@@ -131,6 +131,7 @@ async fn measure(args: &Args, mode: &str, report: &mut Report) -> Result<()> {
         max_pods: None,
         images: &[(flotilla_examples::P1_HTTP, "http:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")],
         proxy_mode: Some(mode),
+        server_args: &[],
     })?;
     let mut connection = cluster.api.connect().await?;
     connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;

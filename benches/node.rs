@@ -71,6 +71,7 @@ async fn main() -> Result<()> {
         max_pods: Some(args.density_pods + 100),
         images: &images,
         proxy_mode: None,
+        server_args: &[],
     })?;
     let api = &cluster.api;
     tokio::time::sleep(Duration::from_secs(2)).await;

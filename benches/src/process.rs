@@ -130,6 +130,8 @@ pub struct ClusterConfig<'a> {
     /// network namespace's one table, which is the machine's unless the benchmark runs in one
     /// of its own.
     pub proxy_mode: Option<&'a str>,
+    /// More arguments for the server (`--metrics-resolution 1s`).
+    pub server_args: &'a [&'a str],
 }
 
 impl Cluster {
@@ -146,6 +148,7 @@ impl Cluster {
         if let Some(cidr) = config.service_cidr {
             command.args(["--service-cidr", cidr]);
         }
+        command.args(config.server_args);
         let mut server = Running::spawn(&mut command)?;
         let line = server.wait_for_line(Duration::from_secs(30), |l| l.starts_with("kubeconfig: "))?;
         let api = crate::kube_api::Api::from_kubeconfig(line.trim_start_matches("kubeconfig: ").as_ref())?;
