@@ -400,6 +400,20 @@ fn pods_on_three_hosts_reach_each_other_and_their_services() -> Result<()> {
     let nothing = k.ok(&["get", "svc", "nothing", "-o", "jsonpath={.spec.clusterIP}"])?;
     ensure!(curl_in(h1, &format!("http://{nothing}/"))? == Err(7), "refused, not hung");
 
+    // Unless it scales from zero: then the kernel leads its cluster IP to the node's activator,
+    // which holds the request while the function is woken, on whichever host it lands.
+    k.ok(&["create", "deployment", "fn", "--image=handler:v1", "--port=8080", "--replicas=0"])?;
+    k.ok(&["expose", "deployment", "fn", "--port=80", "--target-port=8080"])?;
+    apply(&k, crate::serverless::AUTOSCALER)?;
+    let fn_ip = k.ok(&["get", "svc", "fn", "-o", "jsonpath={.spec.clusterIP}"])?;
+    eventually(
+        "the activator in host 2's table",
+        || table_map(&host2, "service-endpoints"),
+        |map| map.contains(&format!("{fn_ip} . tcp . 80 . 0 : {} . ", Hosts::address(2))),
+    )?;
+    let woken = curl_in(h2.as_deref(), &format!("http://{fn_ip}/"))?;
+    ensure!(woken.as_ref().is_ok_and(|body| body.starts_with("hello from fn-")), "from zero: {woken:?}");
+
     // An established connection through a cluster IP outlives the restart of its host's agent:
     // conntrack holds its translation, and the agent rebuilds its table around it.
     k.ok(&["expose", "pod", "caller", "--port=80", "--target-port=8080"])?;

@@ -36,7 +36,7 @@ spec:
 ";
 
 /// Zero when idle, one replica more per two requests in flight.
-const AUTOSCALER: &str = "apiVersion: autoscaling/v2
+pub(crate) const AUTOSCALER: &str = "apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata:
   name: fn
@@ -54,7 +54,8 @@ spec:
     scaleDown: {stabilizationWindowSeconds: 0}
 ";
 
-/// The function's Deployment has no replica and no pod.
+/// The function's Deployment has no replica, no pod, and its Service no endpoint. (A request
+/// in the moment between its last pod's end and its slice's change is refused, as upstream's.)
 fn at_zero(k: &Kubectl) -> Result<()> {
     wait(k, "deployment/fn", "{.spec.replicas}", 60, |r| r == "0")?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -62,6 +63,14 @@ fn at_zero(k: &Kubectl) -> Result<()> {
         ensure!(Instant::now() < deadline, "the function's pods never went");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let slices =
+        ["get", "endpointslices", "-l", "kubernetes.io/service-name=fn", "-o", "jsonpath={.items[*].endpoints}"];
+    while k.ok(&slices)?.contains("addresses") {
+        ensure!(Instant::now() < deadline, "the function's Service kept its endpoints");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The node's proxy follows the slice within milliseconds.
+    std::thread::sleep(Duration::from_millis(200));
     Ok(())
 }
 
@@ -159,6 +168,15 @@ fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()
         answered += 1;
     }
     ensure!(answered == 12);
+
+    // A function calling it by name from its own pod: the guest's connection is held too.
+    at_zero(&k)?;
+    let caller = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: caller\nspec:\n  containers:\n  - name: caller\n    image: handler:v1\n    imagePullPolicy: IfNotPresent\n    ports:\n    - containerPort: 8080\n";
+    apply(&k, caller)?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/caller", "--timeout=60s"])?;
+    let caller_ip = k.ok(&["get", "pod", "caller", "-o", "jsonpath={.status.podIP}"])?;
+    let (code, body) = curl(&format!("http://{caller_ip}:8080/?call=fn"), 30)?;
+    ensure!(code == "200" && body.starts_with("called fn: hello from fn-"), "{code}: {body}");
 
     // A wake-up that cannot succeed (an image nowhere to be found): 503 that says why, and an
     // Event, after the activation timeout; never a hang.

@@ -7,6 +7,13 @@
 //! requests in flight), and the connection goes on to the first endpoint that comes into
 //! rotation. One that waits longer than the activator's timeout is answered `503` with a body
 //! that says why ([`Activation::TimedOut`]), never left hanging.
+//!
+//! [`Activating`] puts it in front of every data path, as Knative puts its activator in the
+//! path of a revision at zero: each TCP frontend of a Service that scales from zero gets a
+//! holding listener on the node's address, and while the Service has no endpoint the paths
+//! behind are handed that listener as its one endpoint. The kernel DNATs to it, the relay
+//! relays to it and a guest connects to it, alike; with endpoints, they go straight to them
+//! and the activator is out of the way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::frontends::Rotation;
+use crate::{DataPath, PodNetwork, Protocol, Route};
 
 /// How long a held connection waits for an endpoint by default: a cold start of a wasm pod
 /// takes milliseconds, but the control plane's steps to it (scale, schedule, start, Ready,
@@ -162,6 +170,116 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
+/// A data path with the activator in front: routes of Services that scale from zero and have no
+/// endpoint lead to a holding listener.
+pub struct Activating<P> {
+    path: P,
+    activator: Arc<Activator>,
+    /// Where holding listeners listen: the node's address.
+    node_ip: std::net::IpAddr,
+    pods: Option<Arc<PodNetwork>>,
+    /// Connections held or relayed by the holding listeners at once.
+    relays: Arc<tokio::sync::Semaphore>,
+    holders: HashMap<ObjectKey, Vec<Holder>>,
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for Activating<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activating").field("path", &self.path).field("holders", &self.holders.len()).finish()
+    }
+}
+
+/// The holding listener of one frontend of a Service that scales from zero: kept as long as it
+/// does, so that a connection held is never cut by the endpoints' coming.
+struct Holder {
+    frontend: (Protocol, std::net::SocketAddr),
+    at: std::net::SocketAddr,
+    listener: Arc<tokio::net::TcpListener>,
+    rotation: watch::Sender<Arc<Rotation>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
+        self.accepting.abort();
+    }
+}
+
+impl<P: DataPath> Activating<P> {
+    /// `path`, with `activator` holding connections on listeners at `node_ip`, and reaching
+    /// other nodes' pods through `pods`.
+    pub fn new(
+        activator: Arc<Activator>,
+        node_ip: std::net::IpAddr,
+        pods: Option<Arc<PodNetwork>>,
+        path: P,
+    ) -> Activating<P> {
+        let relays = Arc::new(tokio::sync::Semaphore::new(MAX_HELD));
+        Activating { path, activator, node_ip, pods, relays, holders: HashMap::new() }
+    }
+
+    /// The holder of `route`'s frontend, kept from `old` or opened, its rotation `route`.
+    fn holder(&self, service: &ObjectKey, route: &Route, old: &mut Vec<Holder>) -> std::io::Result<Holder> {
+        let frontend = (route.protocol, route.frontend);
+        if let Some(i) = old.iter().position(|h| h.frontend == frontend) {
+            let holder = old.swap_remove(i);
+            let next = holder.rotation.borrow().followed_by(route.clone());
+            holder.rotation.send_replace(Arc::new(next));
+            return Ok(holder);
+        }
+        let listener = Arc::new(crate::userspace::listen(std::net::SocketAddr::new(self.node_ip, 0))?);
+        let at = listener.local_addr()?;
+        let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route.clone())));
+        let held = Some((self.activator.clone(), service.clone()));
+        let accepting = tokio::spawn(crate::userspace::accept(
+            listener.clone(),
+            rotations,
+            self.relays.clone(),
+            self.pods.clone(),
+            held,
+        ));
+        Ok(Holder { frontend, at, listener, rotation, accepting })
+    }
+}
+
+impl<P: DataPath> DataPath for Activating<P> {
+    fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
+        let mut old = self.holders.remove(service).unwrap_or_default();
+        let mut kept = Vec::new();
+        let scales = self.activator.scales_from_zero(service);
+        let routes = routes
+            .into_iter()
+            .map(|mut route| {
+                // Held connections are relayed: TCP alone.
+                if !scales || route.protocol != Protocol::Tcp {
+                    return route;
+                }
+                match self.holder(service, &route, &mut old) {
+                    Ok(holder) => {
+                        if route.endpoints.is_empty() {
+                            route.endpoints = vec![holder.at];
+                        }
+                        kept.push(holder);
+                    }
+                    Err(e) => tracing::warn!(%service, error = %e, "cannot listen to hold connections"),
+                }
+                route
+            })
+            .collect();
+        // What is left of `old` closes: its Service no longer scales from zero, or is gone.
+        drop(old);
+        if !kept.is_empty() {
+            self.holders.insert(service.clone(), kept);
+        }
+        self.path.sync(service, routes);
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        self.path.commit()
+    }
+}
+
 /// The `503` a held HTTP connection gets when no endpoint came in time.
 pub(crate) fn unavailable(service: &ObjectKey, waited: Duration) -> Vec<u8> {
     let body = if waited.is_zero() {
@@ -254,6 +372,46 @@ mod tests {
         let response = String::from_utf8(unavailable(&service, waited)).unwrap();
         assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
         assert!(response.ends_with("no ready endpoint after 28s: its workload could not be scaled up from zero in time (see the Service's and its HPA's Events)\n"));
+    }
+
+    #[tokio::test]
+    async fn a_service_that_scales_from_zero_holds_connections_until_an_endpoint_comes() {
+        use crate::userspace::tests::{ask, free_port, named};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (activator, mut told) = Activator::new(Duration::from_millis(500));
+        let service = ObjectKey::new(Some("default"), "fn");
+        let frontend = free_port("127.0.0.26");
+        let node_ip = "127.0.0.29".parse().unwrap();
+        let mut path = Activating::new(activator.clone(), node_ip, None, crate::Userspace::new(None));
+        let route =
+            |endpoints| Route { protocol: Protocol::Tcp, frontend, endpoints, affinity: None, keep_source: true };
+        // Its frontend opened before it came to scale from zero, then its last pod gone.
+        let old = named("127.0.0.28:0", "old").await;
+        path.sync(&service, vec![route(vec![old])]);
+        assert_eq!(ask(frontend).await.unwrap(), "old");
+        activator.set_services([service.clone()].into());
+        path.sync(&service, vec![route(vec![])]);
+        let asked: Vec<_> = (0..3).map(|_| tokio::spawn(ask(frontend))).collect();
+        assert_eq!(told.recv().await, Some(Activation::Held(service.clone(), 1)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(activator.held(), [(service.clone(), 3)]);
+        path.sync(&service, vec![route(vec![named("127.0.0.27:0", "a").await])]);
+        for asked in asked {
+            assert_eq!(asked.await.unwrap().unwrap(), "a");
+        }
+        // None comes: a 503 that says why, after the timeout.
+        path.sync(&service, vec![route(vec![])]);
+        let mut stream = tokio::net::TcpStream::connect(frontend).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: fn\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        assert!(answer.contains("Service default/fn has no ready endpoint"), "{answer}");
+
+        // No longer scaling from zero: refused at once, as any Service without endpoints.
+        activator.set_services(Default::default());
+        path.sync(&service, vec![route(vec![])]);
+        assert_eq!(ask(frontend).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! connection to one endpoint, which needs no privileges where the service range is loopback
 //! (the default, 127.43.0.0/16). Either serves host processes. Wasm guests connect through the
 //! runtime, which looks each address up in [`Frontends`], handed the same routes, and connects
-//! straight to the endpoint it picks: no relay and no kernel rule on their way. The same loop keeps the cluster DNS's names ([`dns`])
+//! straight to the endpoint it picks: no relay and no kernel rule on their way. In front of
+//! them all, the [`Activating`] path holds connections to Services at zero. The same loop keeps the cluster DNS's names ([`dns`])
 //! current, which the node serves on the cluster IP of `kube-system/kube-dns`. [`PodNetwork`]
 //! routes between nodes' pod ranges.
 
@@ -25,7 +26,7 @@ mod routes;
 pub mod tunnel;
 mod userspace;
 
-pub use activator::{Activation, Activator, DEFAULT_ACTIVATION_TIMEOUT};
+pub use activator::{Activating, Activation, Activator, DEFAULT_ACTIVATION_TIMEOUT};
 pub use frontends::{Frontends, Pick};
 pub use guard::Guarded;
 pub use nftables::{Nftables, TABLE, route_localnet_record};
@@ -73,13 +74,14 @@ pub enum ProxyMode {
 
 /// The data path `mode` asks for on this node, whose pods are on `pods`, beside `frontends`
 /// (which guests connect through), both behind the guard of `allows` (the node's egress
-/// policy). The relay holds connections to Services that scale from zero with `activator`.
+/// policy), with `activator` holding connections to Services at zero on the node's address
+/// `node_ip`.
 pub fn data_path(
     mode: ProxyMode,
     pods: std::sync::Arc<PodNetwork>,
     allows: impl Fn(std::net::SocketAddr) -> bool + Send + 'static,
     frontends: Frontends,
-    activator: std::sync::Arc<Activator>,
+    (activator, node_ip): (std::sync::Arc<Activator>, std::net::IpAddr),
 ) -> Result<Box<dyn DataPath>, String> {
     // The node routes a pod network to other nodes.
     let forwarding = pods.routed();
@@ -90,7 +92,7 @@ pub fn data_path(
     };
     let userspace = || {
         tracing::info!("traffic to Services is relayed in userspace");
-        Box::new(Userspace::new(Some(pods.clone()), Some(activator.clone()))) as Box<dyn DataPath>
+        Box::new(Userspace::new(Some(pods.clone()))) as Box<dyn DataPath>
     };
     let path = match mode {
         ProxyMode::Userspace => userspace(),
@@ -103,5 +105,7 @@ pub fn data_path(
             userspace()
         }),
     };
-    Ok(Box::new(Guarded::new(allows, (path, frontends))))
+    // The guard passes on real endpoints alone; the activator's own come after it.
+    let activating = Activating::new(activator, node_ip, Some(pods), (path, frontends));
+    Ok(Box::new(Guarded::new(allows, activating)))
 }

@@ -1,8 +1,8 @@
 //! The userspace data path: a listener on each TCP frontend that relays every connection it
 //! accepts to one endpoint, as upstream's first kube-proxy did (UDP Services need the kernel
 //! data path). A frontend without endpoints
-//! has no listener, so a connection to it is refused at once rather than accepted and dropped,
-//! unless its Service scales from zero: then the [`Activator`] holds it until one comes.
+//! has no listener, so a connection to it is refused at once rather than accepted and dropped.
+//! (The [`Activator`](crate::Activator)'s holding listeners accept and relay as these do.)
 //!
 //! Listeners take `SO_REUSEPORT`: several agents on one host (the single-host default, or a test
 //! cluster) each listen on the same frontends, and the kernel spreads connections over them.
@@ -36,8 +36,6 @@ pub struct Userspace {
     relays: Arc<Semaphore>,
     /// Where endpoints on other nodes are made reachable before each connection.
     pods: Option<Arc<PodNetwork>>,
-    /// Holds connections to Services that scale from zero while they have no endpoint.
-    activator: Option<Arc<Activator>>,
 }
 
 impl std::fmt::Debug for Userspace {
@@ -48,8 +46,8 @@ impl std::fmt::Debug for Userspace {
 
 impl Userspace {
     /// A relay to endpoints on this host, and through `pods` to those on other nodes.
-    pub fn new(pods: Option<Arc<PodNetwork>>, activator: Option<Arc<Activator>>) -> Userspace {
-        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)), pods, activator }
+    pub fn new(pods: Option<Arc<PodNetwork>>) -> Userspace {
+        Userspace { services: HashMap::new(), relays: Arc::new(Semaphore::new(MAX_RELAYS)), pods }
     }
 }
 
@@ -75,10 +73,9 @@ impl DataPath for Userspace {
     fn sync(&mut self, service: &ObjectKey, routes: Vec<Route>) {
         let mut kept: Vec<Frontend> = Vec::new();
         let mut old = self.services.remove(service).unwrap_or_default();
-        let holds = self.activator.as_ref().is_some_and(|a| a.scales_from_zero(service));
         for route in routes {
             // UDP is the kernel data path's alone: a relay of datagrams is left out.
-            if (route.endpoints.is_empty() && !holds) || route.protocol != Protocol::Tcp {
+            if route.endpoints.is_empty() || route.protocol != Protocol::Tcp {
                 continue;
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
@@ -93,8 +90,7 @@ impl DataPath for Userspace {
                     let (at, listener) = (route.frontend, Arc::new(listener));
                     let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
                     let relays = self.relays.clone();
-                    let held = self.activator.clone().map(|activator| (activator, service.clone()));
-                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone(), held));
+                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone(), None));
                     kept.push(Frontend { at, listener, rotation, accepting });
                 }
                 Err(e) => {
@@ -109,7 +105,7 @@ impl DataPath for Userspace {
     }
 }
 
-fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
@@ -118,9 +114,8 @@ fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts until aborted, relaying each connection on a task of its own, as many at once as
-/// `relays` lets; while there is no endpoint, `held`'s activator holds them for its Service
-/// if it scales from zero then.
-async fn accept(
+/// `relays` lets; while there is no endpoint, `held`'s activator holds them for its Service.
+pub(crate) async fn accept(
     listener: Arc<TcpListener>,
     rotation: watch::Receiver<Arc<Rotation>>,
     relays: Arc<Semaphore>,
@@ -157,9 +152,6 @@ async fn relay(
     held: Option<(Arc<Activator>, ObjectKey)>,
 ) {
     let _ = client.set_nodelay(true);
-    // Whether the Service scales from zero is asked at each connection: it may have come to
-    // since its frontend was opened.
-    let held = held.filter(|(activator, service)| activator.scales_from_zero(service));
     let mut rotation = rotations.borrow_and_update().clone();
     let mut refused: Option<Arc<Rotation>> = None;
     let mut endpoint = loop {
@@ -222,13 +214,13 @@ async fn connect(rotation: &Rotation, from: IpAddr, pods: Option<&PodNetwork>) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
     /// A server on `at` that answers each connection with `name` and closes.
-    async fn named(at: &str, name: &'static str) -> SocketAddr {
+    pub(crate) async fn named(at: &str, name: &'static str) -> SocketAddr {
         let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -239,14 +231,14 @@ mod tests {
         addr
     }
 
-    async fn ask(at: SocketAddr) -> std::io::Result<String> {
+    pub(crate) async fn ask(at: SocketAddr) -> std::io::Result<String> {
         let mut stream = TcpStream::connect(at).await?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await?;
         Ok(answer)
     }
 
-    fn free_port(ip: &str) -> SocketAddr {
+    pub(crate) fn free_port(ip: &str) -> SocketAddr {
         let probe = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
         probe.local_addr().unwrap()
     }
@@ -258,7 +250,7 @@ mod tests {
         let frontend = free_port("127.0.0.20");
         let service = ObjectKey::new(Some("default"), "web");
         let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
-        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None, None));
+        let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None));
         path.sync(
             &service,
             vec![Route { protocol: Protocol::Tcp, frontend, endpoints: vec![a, b], affinity: None, keep_source: true }],
@@ -351,38 +343,5 @@ mod tests {
         assert_eq!(ask(frontend).await.unwrap(), "b");
         path.sync(&thief, Vec::new());
         assert!(ask(frontend).await.is_err(), "a deleted Service's frontend is closed");
-    }
-
-    #[tokio::test]
-    async fn a_service_that_scales_from_zero_holds_connections_until_an_endpoint_comes() {
-        let (activator, mut told) = Activator::new(Duration::from_millis(500));
-        let service = ObjectKey::new(Some("default"), "fn");
-        activator.set_services([service.clone()].into());
-        let frontend = free_port("127.0.0.26");
-        let mut path = Userspace::new(None, Some(activator.clone()));
-        let route =
-            |endpoints| Route { protocol: Protocol::Tcp, frontend, endpoints, affinity: None, keep_source: true };
-        path.sync(&service, vec![route(vec![])]);
-        let asked: Vec<_> = (0..3).map(|_| tokio::spawn(ask(frontend))).collect();
-        assert_eq!(told.recv().await, Some(crate::Activation::Held(service.clone(), 1)));
-        assert_eq!(activator.held(), [(service.clone(), 3)]);
-        path.sync(&service, vec![route(vec![named("127.0.0.27:0", "a").await])]);
-        for asked in asked {
-            assert_eq!(asked.await.unwrap().unwrap(), "a");
-        }
-
-        // None comes: a 503 that says why, after the timeout.
-        path.sync(&service, vec![route(vec![])]);
-        let mut stream = TcpStream::connect(frontend).await.unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: fn\r\n\r\n").await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
-        assert!(answer.contains("Service default/fn has no ready endpoint"), "{answer}");
-
-        // No longer scaling from zero: refused at once, as any Service without endpoints.
-        activator.set_services(Default::default());
-        path.sync(&service, vec![route(vec![])]);
-        assert_eq!(ask(frontend).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

@@ -254,8 +254,8 @@ impl Agent {
                 let egress = node.egress.clone();
                 let allows = move |endpoint| egress.allows(endpoint);
                 let pods = node.pod_network.0.clone();
-                let (mode, frontends, activator) =
-                    (node.config.proxy_mode, node.frontends.0.clone(), node.activator.clone());
+                let (mode, frontends) = (node.config.proxy_mode, node.frontends.0.clone());
+                let activator = (node.activator.clone(), node.config.node_ip.into());
                 flotilla_net::data_path(mode, pods, allows, frontends, activator).map_err(Error::DataPath)?
             },
             Some(node.activator.clone()),
