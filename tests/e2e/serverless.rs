@@ -91,7 +91,7 @@ fn curl(url: &str, secs: u64) -> Result<(String, String)> {
 fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let args =
-        ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s", "--activation-timeout", "8s"];
+        ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s", "--activation-timeout", "15s"];
     let server = Server::start_with(dir.path(), Ports::free(), &args)?;
     import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
     let k = Kubectl::new("1.33", &server)?;
@@ -183,12 +183,12 @@ fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()
     at_zero(&k)?;
     k.ok(&["set", "image", "deployment/fn", "app=missing:v1"])?;
     let started = Instant::now();
-    let (code, body) = curl(&url, 30)?;
+    let (code, body) = curl(&url, 40)?;
     ensure!(code == "503", "{code}: {body}");
-    ensure!(body.contains("has no ready endpoint after 8s"), "{body}");
-    ensure!(started.elapsed() < Duration::from_secs(20), "answered after {:?}", started.elapsed());
+    ensure!(body.contains("has no ready endpoint after 15s"), "{body}");
+    ensure!(started.elapsed() < Duration::from_secs(30), "answered after {:?}", started.elapsed());
     wait(&k, "events", "{.items[?(@.reason==\"ActivationFailed\")].message}", 30, |m| {
-        m.contains("No endpoint became ready within 8s of a request")
+        m.contains("No endpoint became ready within 15s of a request")
     })?;
     Ok(())
 }

@@ -8,8 +8,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::{Deserialize, Serialize};
 
 /// A `wasi:http` container's requests being served: the name of its gauge among the
-/// container's `userDefinedMetrics`, and of the custom metric served from it.
+/// container's `userDefinedMetrics`, and of the custom metric served from it (the average in
+/// flight between two readings, from [`REQUESTS_IN_FLIGHT_SECONDS`]).
 pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+/// The time its requests have spent in flight, in all: cumulative, in seconds. Its change over
+/// a window is the average number in flight over that window.
+pub const REQUESTS_IN_FLIGHT_SECONDS: &str = "requests_in_flight_seconds";
 /// Its requests received since it started: the cumulative count the request rate
 /// (`requests_per_second`) is computed from.
 pub const REQUESTS_TOTAL: &str = "requests_total";
@@ -79,7 +83,8 @@ pub struct ContainerStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
     /// Metrics the container's workload defines: on Flotilla, a `wasi:http` component's
-    /// request counts (`requests_in_flight`, a gauge; `requests_total`, cumulative).
+    /// request counts (`requests_in_flight`, a gauge; `requests_total` and
+    /// `requests_in_flight_seconds`, cumulative).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_defined_metrics: Vec<UserDefinedMetric>,
 }

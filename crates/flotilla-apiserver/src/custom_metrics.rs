@@ -2,12 +2,13 @@
 //! (prometheus-adapter, KEDA's) plays upstream, for the requests the nodes count: the HPA's
 //! `Pods` and `Object` metrics read it.
 //!
-//! - `requests_in_flight`: a pod's requests being served now (its `wasi:http` containers' gauge,
-//!   as last read with the resource metrics); a Service's, the sum over the pods it selects,
-//!   plus the requests nodes hold for it while it scales up from zero. Those are read from the
-//!   nodes when asked for, and only from nodes that told of holding some (an `Activating`
-//!   Event on the Service) and only while no pod of the Service has a reading: a Service at
-//!   zero asks for 0 replicas, or for enough to serve what waits.
+//! - `requests_in_flight`: a pod's requests in flight on average between its last two readings
+//!   (Knative's concurrency: short requests between readings count), or at its one reading; a
+//!   Service's, the sum over the Running pods it selects, plus, while none of them is Ready,
+//!   the requests nodes hold for it (read from the nodes when asked for, and only from nodes
+//!   that told of holding some with an `Activating` Event on the Service): a Service at zero
+//!   asks for 0 replicas, or for enough to serve what waits. A Service one of whose Running pods
+//!   has not been read yet has no value: a pod just woken is not taken for an idle one.
 //! - `requests_per_second`: the rate between a pod's last two readings; a Service's, the sum.
 //!
 //! Values are `MetricValueList`s, computed when asked for, never stored.
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::handlers;
-use crate::metrics::{Metrics, Requests};
+use crate::metrics::{Metrics, PodRequests, Requests};
 use crate::node_proxy::NodeProxy;
 use crate::registry::{ListOptions, Registry};
 use crate::request::{Query, not_served};
@@ -36,11 +37,14 @@ pub(crate) const VERSION: &str = "v1beta2";
 const REQUESTS_PER_SECOND: &str = "requests_per_second";
 /// The metrics served, for each kind of object.
 const METRICS: &[&str] = &[REQUESTS_IN_FLIGHT, REQUESTS_PER_SECOND];
-/// How recent a node's `Activating` Event must be for it to be asked what it holds: longer than
-/// any activation timeout a node would set, so that none holding is missed.
+/// How recent a node's `Activating` Event must be for it to be asked what it holds. A node
+/// holding requests tells again every few seconds, so this is slack for its clock, which
+/// stamps the Event.
 const HOLDING_RECENTLY: Duration = Duration::from_secs(300);
 /// The most a node's held requests may weigh.
 const MAX_HELD_BYTES: usize = 1024 * 1024;
+/// The most requests one node is believed to hold for a Service: what its activator may hold.
+const MAX_HELD_PER_NODE: u64 = 4096;
 
 /// `/apis/custom.metrics.k8s.io/v1beta2/[namespaces/<ns>/]<resource>/<name or *>/<metric>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,20 +146,29 @@ pub(crate) async fn serve(
     let now = Timestamp::now();
     let mut items = Vec::new();
     for object in &objects {
-        let value = match request.resource.as_str() {
-            "pods" => pod_requests(metrics, object).map(|r| (r.time, r)),
-            _ => service_requests(registry, nodes, metrics, object, now).await?.map(|r| (r.time, r)),
+        let requests = match request.resource.as_str() {
+            "pods" => match pod_requests(metrics, object) {
+                PodRequests::Read(requests) => requests,
+                PodRequests::Unread | PodRequests::Uncounted => continue,
+            },
+            _ => match service_requests(registry, nodes, metrics, object, now).await? {
+                Ok(requests) => requests,
+                Err(unread) if request.name != "*" => {
+                    let message = format!("{}: pod {unread} has not been read yet", metric_not_found(request).message);
+                    return Err(ApiError::new(Reason::NotFound, message).into());
+                }
+                Err(_) => continue,
+            },
         };
-        let Some((time, requests)) = value else { continue };
-        let (value, window) = match request.metric.as_str() {
-            REQUESTS_IN_FLIGHT => (requests.in_flight.to_string(), None),
+        let value = match request.metric.as_str() {
+            REQUESTS_IN_FLIGHT => requests.in_flight,
             _ => match requests.per_second {
-                Some((rate, window)) => (milli(rate), Some(window)),
+                Some(rate) => rate,
                 None => continue,
             },
         };
         let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
-        items.push(json!({
+        let mut item = json!({
             "describedObject": {
                 "kind": if request.resource == "pods" { "Pod" } else { "Service" },
                 "namespace": text("/metadata/namespace"),
@@ -163,10 +176,13 @@ pub(crate) async fn serve(
                 "apiVersion": "/v1",
             },
             "metric": {"name": request.metric},
-            "timestamp": time.to_string(),
-            "windowSeconds": window.map(|w| w.as_secs()),
-            "value": value,
-        }));
+            "timestamp": requests.time.to_string(),
+            "value": milli(value),
+        });
+        if let Some(window) = requests.window {
+            item["windowSeconds"] = window.as_secs().into();
+        }
+        items.push(item);
     }
     if items.is_empty() && request.name != "*" {
         return Err(metric_not_found(request).into());
@@ -176,33 +192,34 @@ pub(crate) async fn serve(
     handlers::json_response(StatusCode::OK, &list, &[])
 }
 
-/// A rate as a quantity in milli-units (`1500m`), as adapters write fractional values.
-fn milli(rate: f64) -> String {
-    let milli = (rate * 1000.0).round();
-    if milli <= 0.0 { "0".into() } else { format!("{}m", milli as u64) }
-}
-
-fn pod_requests(metrics: &Metrics, pod: &Value) -> Option<Requests> {
-    let text = |pointer: &str| pod.pointer(pointer).and_then(Value::as_str);
-    if text("/status/phase") != Some("Running") {
-        return None;
+/// A value as a quantity, in milli-units when it has a fraction (`1500m`), as adapters write
+/// them; a fraction of a thousandth counts as one, so that any demand shows.
+fn milli(value: f64) -> String {
+    let milli = (value * 1000.0).ceil();
+    match milli {
+        m if m.is_nan() || m <= 0.0 => "0".into(),
+        m if m % 1000.0 == 0.0 => format!("{}", (m / 1000.0) as u64),
+        m => format!("{}m", m as u64),
     }
-    metrics.requests(
-        text("/spec/nodeName")?,
-        text("/metadata/namespace")?,
-        text("/metadata/name")?,
-        text("/metadata/uid")?,
-    )
 }
 
-/// A Service's requests: its pods', or what nodes hold for it while none has a reading.
+fn pod_requests(metrics: &Metrics, pod: &Value) -> PodRequests {
+    let text = |pointer: &str| pod.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+    if text("/status/phase") != "Running" {
+        return PodRequests::Uncounted;
+    }
+    metrics.requests(text("/spec/nodeName"), text("/metadata/namespace"), text("/metadata/name"), text("/metadata/uid"))
+}
+
+/// A Service's requests: its Running pods' and, while none of them is Ready, what nodes hold
+/// for it; or the name of a Running pod that has not been read yet.
 async fn service_requests(
     registry: &Registry,
     nodes: &NodeProxy,
     metrics: &Metrics,
     service: &Value,
     now: Timestamp,
-) -> Result<Option<Requests>> {
+) -> Result<std::result::Result<Requests, String>> {
     let namespace = service.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
     let name = service.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let selected: BTreeMap<String, String> =
@@ -214,19 +231,31 @@ async fn service_requests(
         let options = ListOptions { labels, ..ListOptions::default() };
         let pods_def = flotilla_api::resource::find("", "v1", "pods").expect("pods are served");
         let listed = registry.list(pods_def, Some(namespace), &options).await?;
-        pods = listed.items.iter().filter_map(|stored| pod_requests(metrics, &stored.value().ok()?)).collect();
+        pods = listed.items.iter().filter_map(|stored| stored.value().ok()).collect();
     }
-    if let Some(time) = pods.iter().map(|p| p.time).min() {
-        let in_flight = pods.iter().map(|p| p.in_flight).sum();
-        let rates: Option<Vec<(f64, Duration)>> = pods.iter().map(|p| p.per_second).collect();
-        let per_second = rates.map(|rates| {
-            (rates.iter().map(|(rate, _)| rate).sum(), rates.iter().map(|(_, w)| *w).max().unwrap_or_default())
-        });
-        return Ok(Some(Requests { time, in_flight, per_second }));
+    let mut read = Vec::new();
+    for pod in &pods {
+        match pod_requests(metrics, pod) {
+            PodRequests::Read(requests) => read.push(requests),
+            PodRequests::Uncounted => {}
+            PodRequests::Unread => {
+                let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                return Ok(Err(name.to_string()));
+            }
+        }
     }
-    // No pod is read: at zero, or waking. What waits is what the nodes hold.
-    let held = held(registry, nodes, namespace, name, now).await?;
-    Ok(Some(Requests { time: now, in_flight: held, per_second: Some((0.0, Duration::ZERO)) }))
+    let ready = pods.iter().any(|pod| {
+        let conditions = pod.pointer("/status/conditions").and_then(Value::as_array);
+        conditions.into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    // Requests are held only while the Service has no endpoint: with a pod Ready, none waits.
+    let held = if ready { 0 } else { held(registry, nodes, namespace, name, now).await? };
+    let in_flight = read.iter().map(|r| r.in_flight).sum::<f64>() + held as f64;
+    let rates: Option<Vec<f64>> = read.iter().map(|r| r.per_second).collect();
+    let per_second = rates.map(|rates| rates.iter().sum());
+    let time = read.iter().map(|r| r.time).min().unwrap_or(now);
+    let window = read.iter().filter_map(|r| r.window).max();
+    Ok(Ok(Requests { time, window, in_flight, per_second }))
 }
 
 /// The requests held for Service `namespace/name` by the nodes that recently told of holding
@@ -256,12 +285,13 @@ async fn held(registry: &Registry, nodes: &NodeProxy, namespace: &str, name: &st
             let node = registry.get(nodes_def, None, &node).await.ok()?.value().ok()?;
             let read = tokio::time::timeout(Duration::from_secs(2), nodes.read(&node, "/stats/held", MAX_HELD_BYTES));
             let held: Held = serde_json::from_slice(&read.await.ok()?.ok()?).ok()?;
-            held.services.iter().find(|s| s.namespace == namespace && s.name == name).map(|s| s.requests)
+            let held = held.services.iter().find(|s| s.namespace == namespace && s.name == name)?;
+            Some(held.requests.min(MAX_HELD_PER_NODE))
         })
         .buffer_unordered(16)
         .collect::<Vec<Option<u64>>>()
         .await;
-    Ok(counts.into_iter().flatten().sum())
+    Ok(counts.into_iter().flatten().fold(0, u64::saturating_add))
 }
 
 #[cfg(test)]
@@ -285,7 +315,10 @@ mod tests {
         assert!(parse("v1beta2", &["namespaces", "ns", "pods", "*"]).is_err());
         assert_eq!(parse("v1beta2", &["nodes", "n1", "load"]).unwrap().namespace, None);
         assert_eq!(milli(1.5), "1500m");
+        assert_eq!(milli(2.0), "2");
+        assert_eq!(milli(0.0001), "1m");
         assert_eq!(milli(0.0), "0");
+        assert_eq!(milli(f64::NAN), "0");
         let list = resource_list();
         let names: Vec<&str> =
             list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();

@@ -86,41 +86,53 @@ impl Metrics {
     }
 }
 
-/// What a pod's containers say of their requests: in flight at `time`, and per second over
-/// `window` before it (with two readings of the same runs).
+/// What a pod's containers say of their requests, read at `time`: how many are in flight on
+/// average over `window` before it (with two readings of the same runs; else at that
+/// moment), and how many arrived per second over it (with two readings).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Requests {
     pub(crate) time: Timestamp,
-    pub(crate) in_flight: u64,
-    pub(crate) per_second: Option<(f64, Duration)>,
+    pub(crate) window: Option<Duration>,
+    pub(crate) in_flight: f64,
+    pub(crate) per_second: Option<f64>,
+}
+
+/// What the readings say of a pod's requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum PodRequests {
+    /// The pod has not been read yet.
+    Unread,
+    /// It was read, and none of its containers counts requests (none serves `wasi:http`).
+    Uncounted,
+    Read(Requests),
 }
 
 impl Metrics {
-    /// The requests of a pod whose containers count them.
-    pub(crate) fn requests(&self, node: &str, namespace: &str, name: &str, uid: &str) -> Option<Requests> {
+    /// The requests of a pod, from its node's readings.
+    pub(crate) fn requests(&self, node: &str, namespace: &str, name: &str, uid: &str) -> PodRequests {
         let readings = self.readings.lock().expect("metrics lock");
-        let pod = readings.nodes.get(node)?.pods.get(&(namespace.to_string(), name.to_string()))?;
-        if pod.uid != uid {
-            return None;
-        }
+        let read = readings.nodes.get(node).and_then(|n| n.pods.get(&(namespace.to_string(), name.to_string())));
+        let Some(pod) = read.filter(|pod| pod.uid == uid) else { return PodRequests::Unread };
         let counted: Vec<&Series> = pod.containers.values().filter(|s| s.last.requests.is_some()).collect();
-        let time = counted.iter().map(|s| s.last.time).min()?;
-        let in_flight = counted.iter().filter_map(|s| s.last.requests).map(|(in_flight, _)| in_flight).sum();
-        // A rate needs each container's two readings of one run.
-        let rates: Option<Vec<(f64, Duration)>> = counted
+        let Some(time) = counted.iter().map(|s| s.last.time).min() else { return PodRequests::Uncounted };
+        // Each container's two readings of one run, and the window between them.
+        let windows: Option<Vec<(Counts, Counts, Duration)>> = counted
             .iter()
             .map(|s| {
                 let (prev, last) = (s.prev?, s.last);
-                let (before, now) = (prev.requests?.1, last.requests?.1);
                 let window = Duration::try_from(last.time.duration_since(prev.time)).ok().filter(|w| !w.is_zero())?;
-                Some((now.checked_sub(before)? as f64 / window.as_secs_f64(), window))
+                Some((prev.requests?, last.requests?, window))
             })
             .collect();
-        let per_second = rates.map(|rates| {
-            let window = rates.iter().map(|(_, w)| *w).max().unwrap_or_default();
-            (rates.iter().map(|(rate, _)| rate).sum(), window)
-        });
-        Some(Requests { time, in_flight, per_second })
+        let Some(windows) = windows else {
+            let in_flight = counted.iter().filter_map(|s| s.last.requests).map(|c| c.in_flight).sum();
+            return PodRequests::Read(Requests { time, window: None, in_flight, per_second: None });
+        };
+        let rate = |before: f64, after: f64, window: Duration| (after - before).max(0.0) / window.as_secs_f64();
+        let in_flight = windows.iter().map(|(before, after, w)| rate(before.busy, after.busy, *w)).sum();
+        let per_second = windows.iter().map(|(before, after, w)| rate(before.total, after.total, *w)).sum();
+        let window = windows.iter().map(|(_, _, w)| *w).max();
+        PodRequests::Read(Requests { time, window, in_flight, per_second: Some(per_second) })
     }
 }
 
@@ -154,8 +166,8 @@ struct Point {
     cpu: u64,
     /// Working set, in bytes.
     memory: u64,
-    /// A `wasi:http` container's requests in flight and received in all, if it counts them.
-    requests: Option<(u64, u64)>,
+    /// A `wasi:http` container's request counts, if it counts them.
+    requests: Option<Counts>,
 }
 
 impl Point {
@@ -199,7 +211,8 @@ impl Series {
                 let counts_from_start = fresh.is_some_and(|resolution| {
                     Duration::try_from(age).is_ok_and(|age| age >= FRESH && age < resolution)
                 });
-                let start = Point { time: point.start, cpu: 0, requests: point.requests.map(|_| (0, 0)), ..point };
+                let start =
+                    Point { time: point.start, cpu: 0, requests: point.requests.map(|_| Counts::default()), ..point };
                 Series { prev: counts_from_start.then_some(start), last: point }
             }
         }
@@ -219,13 +232,30 @@ impl Series {
     }
 }
 
-/// A container's request counts among its own metrics: in flight, and received in all.
-fn requests(metrics: &[UserDefinedMetric]) -> Option<(u64, u64)> {
+/// A container's request counts: in flight now, received in all, and the seconds they have
+/// spent in flight in all (whose rate is the average in flight).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counts {
+    in_flight: f64,
+    total: f64,
+    busy: f64,
+}
+
+/// The most a count a node reports is believed to be: exactly representable, and summed over
+/// any number of pods without reaching infinity.
+const MAX_COUNT: f64 = 9_007_199_254_740_992.0;
+
+/// A container's request counts among its own metrics.
+fn requests(metrics: &[UserDefinedMetric]) -> Option<Counts> {
     let value = |name: &str| {
         let metric = metrics.iter().find(|m| m.name == name)?;
-        (metric.value.is_finite() && metric.value >= 0.0).then_some(metric.value as u64)
+        (metric.value.is_finite() && metric.value >= 0.0).then_some(metric.value.min(MAX_COUNT))
     };
-    Some((value(stats::REQUESTS_IN_FLIGHT)?, value(stats::REQUESTS_TOTAL)?))
+    Some(Counts {
+        in_flight: value(stats::REQUESTS_IN_FLIGHT)?,
+        total: value(stats::REQUESTS_TOTAL)?,
+        busy: value(stats::REQUESTS_IN_FLIGHT_SECONDS)?,
+    })
 }
 
 /// What a node's Summary adds to its readings, `old` being what they were; the server reads

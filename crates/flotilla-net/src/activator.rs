@@ -26,22 +26,21 @@ use tokio::time::Instant;
 use crate::frontends::Rotation;
 use crate::{DataPath, PodNetwork, Protocol, Route};
 
-/// How long a held connection waits for an endpoint by default: a cold start of a wasm pod
-/// takes milliseconds, but the control plane's steps to it (scale, schedule, start, Ready,
-/// EndpointSlice) may queue behind other work.
-pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// While connections stay held, the demand is told again this often: an Event lost, or an
-/// HPA that could not scale at the time, is asked again.
+/// HPA that could not scale at the time, is asked again. Connections that time out are told
+/// of no more often.
 const RETELL: Duration = Duration::from_secs(5);
 /// Connections held at once on this node, for all Services: each holds a descriptor.
 const MAX_HELD: usize = 4096;
+/// Connections held at once for one Service: one Service's flood leaves room for the others'.
+const MAX_HELD_PER_SERVICE: usize = MAX_HELD / 4;
 
 /// What the activator tells the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activation {
     /// A connection to this Service is held until it has an endpoint: the first of a wake-up,
-    /// or one still waiting [`RETELL`] later. The count is those held now.
-    Held(ObjectKey, usize),
+    /// or one still waiting [`RETELL`] later.
+    Held(ObjectKey),
     /// A held connection to this Service waited in vain and was answered `503`.
     TimedOut(ObjectKey, Duration),
 }
@@ -56,11 +55,25 @@ pub struct Activator {
     timeout: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Held {
     count: usize,
-    /// When the demand was last told.
+    /// When the demand, and a connection's timing out, were last told.
     told: Option<Instant>,
+    failure_told: Option<Instant>,
+}
+
+/// Why a connection is no longer held, with no endpoint to go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unheld {
+    /// No endpoint came within the activator's timeout.
+    TimedOut(Duration),
+    /// This node holds as many connections, for the Service or for all, as it may.
+    Full,
+    /// The Service no longer scales from zero (or is gone), and has no endpoint.
+    Closed,
+    /// The client went away.
+    Left,
 }
 
 impl Activator {
@@ -92,37 +105,40 @@ impl Activator {
         held.iter().map(|(service, held)| (service.clone(), held.count)).collect()
     }
 
-    /// Holds a connection to `service` until `rotation` has an endpoint (and is not `refused`,
-    /// whose endpoints all refused it): that rotation, or `Err` with how long it waited in vain
-    /// (the timeout; none when this node holds as many as it may).
+    /// Holds a connection to `service` until `rotation` has an endpoint, and returns that
+    /// rotation; or returns why it is let go: `left` ended (the client went away), the timeout,
+    /// or, without waiting, this node holds as many as it may (the demand is told all the same).
     pub(crate) async fn hold(
         &self,
         service: &ObjectKey,
         rotation: &mut watch::Receiver<Arc<Rotation>>,
-        refused: Option<&Arc<Rotation>>,
-    ) -> Result<Arc<Rotation>, Duration> {
+        left: impl Future<Output = ()>,
+    ) -> Result<Arc<Rotation>, Unheld> {
         let since = Instant::now();
         use std::sync::atomic::Ordering;
-        if self.total.fetch_add(1, Ordering::AcqRel) >= MAX_HELD {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Duration::ZERO);
-        }
-        let _held = HeldGuard { activator: self, service };
         {
             let mut held = self.held.lock().expect("activator lock");
-            let entry = held.entry(service.clone()).or_insert(Held { count: 0, told: None });
-            entry.count += 1;
+            let entry = held.entry(service.clone()).or_default();
             self.retell(service, entry, since);
+            if entry.count >= MAX_HELD_PER_SERVICE || self.total.load(Ordering::Acquire) >= MAX_HELD {
+                if entry.count == 0 {
+                    held.remove(service);
+                }
+                return Err(Unheld::Full);
+            }
+            entry.count += 1;
+            self.total.fetch_add(1, Ordering::AcqRel);
         }
+        let _held = HeldGuard { activator: self, service };
         let mut retell = tokio::time::interval_at(since + RETELL, RETELL);
         let ready = async {
+            let mut left = std::pin::pin!(left);
             loop {
                 tokio::select! {
-                    changed = rotation.wait_for(|r| {
-                        !r.route.endpoints.is_empty() && refused.is_none_or(|refused| !Arc::ptr_eq(refused, r))
-                    }) => {
-                        return changed.map(|r| r.clone()).ok();
+                    changed = rotation.wait_for(|r| !r.route.endpoints.is_empty()) => {
+                        return changed.map(|r| r.clone()).map_err(|_| Unheld::Closed);
                     }
+                    () = &mut left => return Err(Unheld::Left),
                     _ = retell.tick() => {
                         let mut held = self.held.lock().expect("activator lock");
                         if let Some(entry) = held.get_mut(service) {
@@ -133,12 +149,16 @@ impl Activator {
             }
         };
         match tokio::time::timeout(self.timeout, ready).await {
-            Ok(Some(rotation)) => Ok(rotation),
-            // The frontend went away (its Service was deleted or no longer scales from zero).
-            Ok(None) => Err(since.elapsed()),
+            Ok(outcome) => outcome,
             Err(_) => {
-                let _ = self.tell.send(Activation::TimedOut(service.clone(), self.timeout));
-                Err(self.timeout)
+                let mut held = self.held.lock().expect("activator lock");
+                if let Some(entry) = held.get_mut(service)
+                    && entry.failure_told.is_none_or(|told| told.elapsed() >= RETELL)
+                {
+                    entry.failure_told = Some(Instant::now());
+                    let _ = self.tell.send(Activation::TimedOut(service.clone(), self.timeout));
+                }
+                Err(Unheld::TimedOut(self.timeout))
             }
         }
     }
@@ -146,7 +166,7 @@ impl Activator {
     fn retell(&self, service: &ObjectKey, held: &mut Held, now: Instant) {
         if held.told.is_none_or(|told| now.duration_since(told) >= RETELL) {
             held.told = Some(now);
-            let _ = self.tell.send(Activation::Held(service.clone(), held.count));
+            let _ = self.tell.send(Activation::Held(service.clone()));
         }
     }
 }
@@ -280,17 +300,20 @@ impl<P: DataPath> DataPath for Activating<P> {
     }
 }
 
-/// The `503` a held HTTP connection gets when no endpoint came in time.
-pub(crate) fn unavailable(service: &ObjectKey, waited: Duration) -> Vec<u8> {
-    let body = if waited.is_zero() {
-        format!(
-            "Service {service} is scaling up from zero, and this node holds as many requests as it may: retry later\n"
-        )
-    } else {
-        format!(
+/// The `503` a connection let go without an endpoint gets (what waits on a Service that
+/// scales from zero is a request to a function).
+pub(crate) fn unavailable(service: &ObjectKey, why: Unheld) -> Vec<u8> {
+    let body = match why {
+        Unheld::TimedOut(waited) => format!(
             "Service {service} has no ready endpoint after {}s: its workload could not be scaled up from zero in time (see the Service's and its HPA's Events)\n",
             waited.as_secs()
-        )
+        ),
+        Unheld::Full => format!(
+            "Service {service} is scaling up from zero, and this node holds as many requests as it may: retry later\n"
+        ),
+        Unheld::Closed | Unheld::Left => {
+            format!("Service {service} no longer scales from zero, and has no endpoint\n")
+        }
     };
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
@@ -299,23 +322,14 @@ pub(crate) fn unavailable(service: &ObjectKey, waited: Duration) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The Services the HPAs `hpas` scale from zero: those an HPA with `minReplicas: 0` names as
-/// an `Object` metric's object.
+/// The Services the HPAs `hpas` scale from zero.
 pub(crate) fn scaled_from_zero<'a>(
     hpas: impl IntoIterator<Item = &'a k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
 ) -> HashSet<ObjectKey> {
     let mut services = HashSet::new();
     for hpa in hpas {
-        let Some(spec) = &hpa.spec else { continue };
-        if spec.min_replicas != Some(0) {
-            continue;
-        }
-        for metric in spec.metrics.iter().flatten() {
-            let Some(object) = metric.object.as_ref().filter(|_| metric.type_ == "Object") else { continue };
-            let described = &object.described_object;
-            if described.kind == "Service" && described.api_version.as_deref().is_none_or(|v| v == "v1") {
-                services.insert(ObjectKey::new(hpa.metadata.namespace.as_deref(), &described.name));
-            }
+        for name in flotilla_api::kinds::scaled_from_zero(hpa) {
+            services.insert(ObjectKey::new(hpa.metadata.namespace.as_deref(), name));
         }
     }
     services
@@ -339,12 +353,12 @@ mod tests {
         let holds: Vec<_> = (0..3)
             .map(|_| {
                 let (activator, service, mut rotations) = (activator.clone(), service.clone(), rotations.clone());
-                tokio::spawn(async move { activator.hold(&service, &mut rotations, None).await })
+                tokio::spawn(async move { activator.hold(&service, &mut rotations, std::future::pending()).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(activator.held(), [(service.clone(), 3)]);
-        assert_eq!(told.recv().await, Some(Activation::Held(service.clone(), 1)));
+        assert_eq!(told.recv().await, Some(Activation::Held(service.clone())));
         let endpoint = "127.0.0.1:8080".parse().unwrap();
         rotation.send_replace(Arc::new(Rotation::new(route(vec![endpoint]))));
         for hold in holds {
@@ -359,8 +373,8 @@ mod tests {
         let (activator, mut told) = Activator::new(Duration::from_secs(28));
         let service = ObjectKey::new(Some("default"), "fn");
         let (_rotation, mut rotations) = watch::channel(Arc::new(Rotation::new(route(vec![]))));
-        let waited = activator.hold(&service, &mut rotations, None).await.unwrap_err();
-        assert_eq!(waited, Duration::from_secs(28));
+        let waited = activator.hold(&service, &mut rotations, std::future::pending()).await.unwrap_err();
+        assert_eq!(waited, Unheld::TimedOut(Duration::from_secs(28)));
         let mut all = Vec::new();
         while let Ok(activation) = told.try_recv() {
             all.push(activation);
@@ -392,7 +406,11 @@ mod tests {
         activator.set_services([service.clone()].into());
         path.sync(&service, vec![route(vec![])]);
         let asked: Vec<_> = (0..3).map(|_| tokio::spawn(ask(frontend))).collect();
-        assert_eq!(told.recv().await, Some(Activation::Held(service.clone(), 1)));
+        assert_eq!(told.recv().await, Some(Activation::Held(service.clone())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(activator.held(), [(service.clone(), 3)]);
+        // A client that goes away is no longer held, nor counted.
+        drop(tokio::net::TcpStream::connect(frontend).await.unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(activator.held(), [(service.clone(), 3)]);
         path.sync(&service, vec![route(vec![named("127.0.0.27:0", "a").await])]);

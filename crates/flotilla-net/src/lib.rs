@@ -26,7 +26,7 @@ mod routes;
 pub mod tunnel;
 mod userspace;
 
-pub use activator::{Activating, Activation, Activator, DEFAULT_ACTIVATION_TIMEOUT};
+pub use activator::{Activating, Activation, Activator};
 pub use frontends::{Frontends, Pick};
 pub use guard::Guarded;
 pub use nftables::{Nftables, TABLE, route_localnet_record};

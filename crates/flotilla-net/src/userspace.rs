@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::activator::{Activator, unavailable};
+use crate::activator::{Activator, Unheld, unavailable};
 use crate::frontends::Rotation;
 use crate::{DataPath, PodNetwork, Protocol, Route};
 
@@ -28,6 +28,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKLOG: u32 = 1024;
 /// Connections relayed at once; past it, new ones wait in the backlog.
 const MAX_RELAYS: usize = 8192;
+/// What a held client may send before its endpoint comes, kept to be passed on.
+const MAX_HELD_BYTES: usize = 64 * 1024;
+/// How long a connection whose endpoints all refused it waits for others, when its Service
+/// scales from zero.
+const REFUSED_WAIT: Duration = Duration::from_secs(2);
 
 /// The userspace data path.
 pub struct Userspace {
@@ -141,9 +146,11 @@ pub(crate) async fn accept(
     }
 }
 
-/// Relays `client` to an endpoint of the current rotation. Under `held`, a Service scaling
-/// from zero, a connection that finds no endpoint, or only endpoints that refuse it (a pod
-/// just gone, whose slice has not caught up), waits for the next endpoints to come.
+/// Relays `client` to an endpoint of the current rotation. Under `held` (the activator's
+/// listener of a Service scaling from zero), a connection that finds no endpoint is held until
+/// one comes, what the client sends meanwhile kept to be passed on; and one whose endpoints all
+/// refuse it (a pod gone before its slice changed, one not listening yet) waits a moment for
+/// other endpoints.
 async fn relay(
     mut client: TcpStream,
     from: IpAddr,
@@ -151,41 +158,72 @@ async fn relay(
     pods: Option<&PodNetwork>,
     held: Option<(Arc<Activator>, ObjectKey)>,
 ) {
+    use tokio::io::AsyncWriteExt;
     let _ = client.set_nodelay(true);
     let mut rotation = rotations.borrow_and_update().clone();
-    let mut refused: Option<Arc<Rotation>> = None;
-    let mut endpoint = loop {
-        if let Some((activator, service)) = &held
-            && (rotation.route.endpoints.is_empty() || refused.is_some())
-        {
-            match activator.hold(service, &mut rotations, refused.as_ref()).await {
-                Ok(next) => rotation = next,
-                Err(waited) => return turn_away(client, &unavailable(service, waited)).await,
+    let mut sent = Vec::new();
+    if let Some((activator, service)) = &held
+        && rotation.route.endpoints.is_empty()
+    {
+        match activator.hold(service, &mut rotations, read_until_closed(&mut client, &mut sent)).await {
+            Ok(next) => rotation = next,
+            Err(Unheld::Left) => return,
+            Err(why) => return turn_away(client, &sent, &unavailable(service, why)).await,
+        }
+    }
+    let mut endpoint = match connect(&rotation, from, pods).await {
+        Some(endpoint) => endpoint,
+        None if held.is_some() => {
+            let refused = rotation.route.endpoints.clone();
+            let others = rotations.wait_for(|r| !r.route.endpoints.is_empty() && r.route.endpoints != refused);
+            let others = tokio::time::timeout(REFUSED_WAIT, others).await.ok().and_then(Result::ok).map(|r| r.clone());
+            match others {
+                Some(others) => match connect(&others, from, pods).await {
+                    Some(endpoint) => endpoint,
+                    None => return reset(&client),
+                },
+                None => return reset(&client),
             }
         }
-        match connect(&rotation, from, pods).await {
-            Some(endpoint) => break endpoint,
-            // Held once more at most: endpoints that refuse again are refused.
-            None if held.is_some() && refused.is_none() => refused = Some(rotation.clone()),
-            None => {
-                // Every endpoint refused: the client sees its connection reset (a zero linger,
-                // which cannot block), as a kernel data path would answer with a reject.
-                let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
-                return;
-            }
-        }
+        None => return reset(&client),
     };
     let _ = endpoint.set_nodelay(true);
+    if endpoint.write_all(&sent).await.is_err() {
+        return reset(&client);
+    }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut endpoint).await;
+}
+
+/// Every endpoint refused: the client sees its connection reset (a zero linger, which cannot
+/// block), as a kernel data path would answer with a reject.
+fn reset(client: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(client, Some(Duration::ZERO));
+}
+
+/// Reads what a held client sends into `sent` (up to [`MAX_HELD_BYTES`], then no more), and
+/// ends when the client goes away.
+async fn read_until_closed(client: &mut TcpStream, sent: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 4096];
+    while sent.len() < MAX_HELD_BYTES {
+        match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => sent.extend_from_slice(&buffer[..n]),
+        }
+    }
+    std::future::pending().await
 }
 
 /// Answers a held connection that no endpoint came for with `response` (an HTTP `503`: what
 /// waits on a Service that scales from zero is a request to a function), once what the client
-/// sent is read, so that closing does not reset the connection before it reads the answer.
-async fn turn_away(mut client: TcpStream, response: &[u8]) {
+/// sent is read (if none was yet), so that closing does not reset the connection before it
+/// reads the answer.
+async fn turn_away(mut client: TcpStream, sent: &[u8], response: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sent = vec![0u8; 16 * 1024];
-    let _ = tokio::time::timeout(Duration::from_millis(100), client.read(&mut sent)).await;
+    if sent.is_empty() {
+        let mut request = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(100), client.read(&mut request)).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         client.write_all(response).await?;
         client.shutdown().await

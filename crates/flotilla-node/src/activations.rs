@@ -16,7 +16,7 @@ pub(crate) async fn tell(node: Arc<Node>, mut activations: mpsc::UnboundedReceiv
     let events = Recorder::new(node.client.clone(), "activator", Some(&node.config.name));
     while let Some(activation) = activations.recv().await {
         let (service, kind, reason, message) = match activation {
-            Activation::Held(service, _) => (
+            Activation::Held(service) => (
                 service,
                 EventType::Normal,
                 ACTIVATING,

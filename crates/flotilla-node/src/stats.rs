@@ -76,16 +76,19 @@ fn requests(now: Timestamp, requests: &flotilla_wasm::Requests) -> Vec<UserDefin
     if !requests.counted() {
         return Vec::new();
     }
-    let metric = |name: &str, type_: &str, value: u64| UserDefinedMetric {
+    let (in_flight, total, busy) = requests.read();
+    let metric = |name: &str, type_: &str, units: &str, value: f64| UserDefinedMetric {
         name: name.into(),
         type_: type_.into(),
-        units: "requests".into(),
+        units: units.into(),
         time: MicroTime(now),
-        value: value as f64,
+        value,
     };
+    use flotilla_api::stats::{REQUESTS_IN_FLIGHT, REQUESTS_IN_FLIGHT_SECONDS, REQUESTS_TOTAL};
     vec![
-        metric(flotilla_api::stats::REQUESTS_IN_FLIGHT, "gauge", requests.in_flight()),
-        metric(flotilla_api::stats::REQUESTS_TOTAL, "cumulative", requests.total()),
+        metric(REQUESTS_IN_FLIGHT, "gauge", "requests", in_flight as f64),
+        metric(REQUESTS_TOTAL, "cumulative", "requests", total as f64),
+        metric(REQUESTS_IN_FLIGHT_SECONDS, "cumulative", "seconds", busy.as_secs_f64()),
     ]
 }
 

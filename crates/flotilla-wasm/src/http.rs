@@ -187,14 +187,36 @@ impl WasiHttpView for ProxyGuest {
 /// The requests a `wasi:http` container is serving and has been sent, which the node reports
 /// as its custom metrics (`requests_in_flight`, `requests_per_second`) for the HPA. A request
 /// counts from its arrival (waiting for an instance included) until its response's head is
-/// sent: a handler that streams its body on is not in flight while it does.
+/// sent: a handler that streams its body on is not in flight while it does. Besides the
+/// requests in flight now, it keeps their sum over time (Knative's concurrency: its change
+/// over a window is the average in flight over that window), so that short requests between
+/// two readings are seen, which a reading of the moment would miss.
 #[derive(Debug, Default)]
 pub struct Requests {
     /// Whether the container serves HTTP here at all: a container that does not (a command,
     /// a core module with its own sockets) has no request counts, rather than counts of zero.
     serving: std::sync::atomic::AtomicBool,
-    in_flight: std::sync::atomic::AtomicU64,
-    total: std::sync::atomic::AtomicU64,
+    counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    in_flight: u64,
+    total: u64,
+    /// Time spent in flight by the requests that ended, in nanoseconds.
+    ended: u128,
+    /// The arrival times of those in flight, summed, in nanoseconds since [`Requests::epoch`].
+    arrivals: u128,
+}
+
+/// When request times count from: the first time a container's requests are counted.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn since_epoch(at: std::time::Instant) -> u128 {
+    at.saturating_duration_since(epoch()).as_nanos()
 }
 
 impl Requests {
@@ -207,30 +229,40 @@ impl Requests {
         self.serving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Requests being served now.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Requests received since the container started (those turned away included).
-    pub fn total(&self) -> u64 {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    /// Requests in flight now, requests received since the container started (those turned
+    /// away included), and the time all of them have spent in flight (its change over a window
+    /// is the average in flight over it).
+    pub fn read(&self) -> (u64, u64, std::time::Duration) {
+        let now = since_epoch(std::time::Instant::now());
+        let counts = self.counts.lock().expect("request counts lock");
+        let running = (now * u128::from(counts.in_flight)).saturating_sub(counts.arrivals);
+        let busy = counts.ended.saturating_add(running);
+        let busy = std::time::Duration::from_nanos(u64::try_from(busy).unwrap_or(u64::MAX));
+        (counts.in_flight, counts.total, busy)
     }
 
     /// One request more, in flight until the guard is dropped.
     fn arrived(self: &Arc<Requests>) -> InFlight {
-        use std::sync::atomic::Ordering;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        let at = std::time::Instant::now();
+        let mut counts = self.counts.lock().expect("request counts lock");
+        counts.total += 1;
+        counts.in_flight += 1;
+        counts.arrivals += since_epoch(at);
+        InFlight { requests: self.clone(), at }
     }
 }
 
-struct InFlight(Arc<Requests>);
+struct InFlight {
+    requests: Arc<Requests>,
+    at: std::time::Instant,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut counts = self.requests.counts.lock().expect("request counts lock");
+        counts.in_flight -= 1;
+        counts.arrivals -= since_epoch(self.at);
+        counts.ended += self.at.elapsed().as_nanos();
     }
 }
 

@@ -14,6 +14,19 @@ use crate::error::FieldError;
 use crate::resource::Conversion;
 use crate::table::{self, Column};
 
+/// The Services `hpa` scales from zero (the HPAScaleToZero rule): with `minReplicas: 0`, those
+/// its `Object` metrics describe (`v1` Services). A node holds requests to them while they have
+/// no endpoint, and the HPA wakes when it does.
+pub fn scaled_from_zero(hpa: &HorizontalPodAutoscaler) -> impl Iterator<Item = &str> {
+    let spec = hpa.spec.as_ref().filter(|spec| spec.min_replicas == Some(0));
+    spec.into_iter().flat_map(|spec| spec.metrics.iter().flatten()).filter_map(|metric| {
+        let object = metric.object.as_ref().filter(|_| metric.type_ == "Object")?;
+        let described = &object.described_object;
+        let service = described.kind == "Service" && described.api_version.as_deref().is_none_or(|v| v == "v1");
+        service.then_some(described.name.as_str())
+    })
+}
+
 /// The metric an HPA without any scales on: CPU at 80% of what the pods request.
 const DEFAULT_CPU_UTILIZATION: i32 = 80;
 

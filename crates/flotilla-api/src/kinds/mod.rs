@@ -11,6 +11,7 @@ pub mod metrics;
 mod pod;
 mod service;
 
+pub use autoscaling::scaled_from_zero;
 pub use core::{NAMESPACE_NAME_LABEL, SERVING_CERT_ANNOTATION};
 pub use pod::WASM_RUNTIME_CLASS;
 

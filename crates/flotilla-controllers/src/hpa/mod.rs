@@ -77,7 +77,7 @@ pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<
         let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
         let service = event.involved_object.name.as_deref().unwrap_or_default();
         for hpa in hpas_now.in_namespace(namespace) {
-            if scales_from_zero(&hpa, service) {
+            if flotilla_api::kinds::scaled_from_zero(&hpa).any(|name| name == service) {
                 woken.add(ObjectKey::of(&*hpa));
             }
         }
@@ -122,18 +122,6 @@ impl Reconciler for Autoscaler {
         self.context.write_status(&*hpa, &self.hpas, status).await?;
         Ok(Next::After(self.sync_period))
     }
-}
-
-/// Whether `hpa` scales from zero on the requests of Service `service`: `minReplicas: 0` and
-/// an `Object` metric that describes it.
-fn scales_from_zero(hpa: &HorizontalPodAutoscaler, service: &str) -> bool {
-    let Some(spec) = &hpa.spec else { return false };
-    spec.min_replicas == Some(0)
-        && spec.metrics.iter().flatten().any(|m| {
-            m.object
-                .as_ref()
-                .is_some_and(|o| o.described_object.kind == "Service" && o.described_object.name == service)
-        })
 }
 
 /// One evaluation of an HPA: the conditions it sets as it goes.
