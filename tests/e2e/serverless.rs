@@ -192,3 +192,45 @@ fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()
     })?;
     Ok(())
 }
+
+#[test]
+fn a_function_answers_the_requests_it_holds_when_its_pod_is_deleted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\nspec:\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: slow\n    image: handler:v1\n    imagePullPolicy: IfNotPresent\n    ports:\n    - containerPort: 8080\n";
+    apply(&k, pod)?;
+    k.ok(&["wait", "--for=condition=Ready", "pod/slow", "--timeout=60s"])?;
+    let ip = k.ok(&["get", "pod", "slow", "-o", "jsonpath={.status.podIP}"])?;
+    let url = format!("http://{ip}:8080/?sleep_ms=3000");
+    let slow = std::thread::spawn(move || curl(&url, 20));
+    std::thread::sleep(Duration::from_millis(1000));
+    let deleted = Instant::now();
+    k.ok(&["delete", "pod", "slow", "--wait=false"])?;
+    // No new connection is taken once the pod is stopping; the one in flight is answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while curl(&format!("http://{ip}:8080/"), 1)?.0 == "200" {
+        ensure!(Instant::now() < deadline, "the stopping pod still takes new connections");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = slow.join().expect("the curl thread")?;
+    ensure!(code == "200" && body.starts_with("hello from slow"), "{code}: {body}");
+    // And the pod goes once it has, not at the end of its grace period.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !k.ok(&["get", "pods", "--field-selector=metadata.name=slow", "-o", "name"])?.is_empty() {
+        ensure!(Instant::now() < deadline, "the pod stayed after its last request");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(deleted.elapsed() < Duration::from_secs(15), "gone after {:?}", deleted.elapsed());
+    let said = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=slow,reason=Killing",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(said.contains("Stopping container slow"), "{said}");
+    Ok(())
+}

@@ -320,8 +320,10 @@ fn busy(spec: &ContainerSpec, concurrency: usize) -> hyper::Response<HyperOutgoi
     response
 }
 
-/// Serves `pre` until the future is dropped, which ends every request in flight. Ends by
-/// itself only if it cannot listen.
+/// Serves `pre` until the future is dropped, which ends every request in flight, or until the
+/// container is told to stop ([`Terminate`](crate::Terminate)): then it takes no more
+/// connections, lets each open one finish the request it carries (closing it after), and
+/// ends with exit 0 once all have. Ends by itself otherwise only if it cannot listen.
 pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: ContainerSpec) -> Exit {
     let Some(network) = spec.network.clone() else {
         return Exit::Failed {
@@ -355,10 +357,11 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = spec.terminate.received() => break,
         };
         let _ = stream.set_nodelay(true);
         let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
-        let (gate, pool) = (gate.clone(), pool.clone());
+        let (gate, pool, terminate) = (gate.clone(), pool.clone(), spec.terminate.clone());
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let (engine, pre, spec, stopped) = (engine.clone(), pre.clone(), spec.clone(), stopped.clone());
@@ -371,13 +374,25 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
                     Ok(handle(&engine, &pre, &spec, stopped, request, permit, pool).await)
                 }
             });
-            if let Err(err) =
-                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await
-            {
+            let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = terminate.received() => {
+                    // The request it carries is finished and answered, and the connection closed.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(%err, "a wasi:http connection ended with an error");
             }
         });
     }
+    // Told to stop: no more connections; those open end once their requests are answered.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Exit::Exited(0)
 }
 
 /// One request: a fresh instance, its `handle` called, its response streamed back. A failure

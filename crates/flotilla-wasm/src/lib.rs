@@ -30,7 +30,7 @@ pub use crate::http::{DEFAULT_HTTP_CONCURRENCY, Requests};
 pub use crate::limits::{CpuTime, MemoryPool};
 pub use crate::output::{OutputSink, Stream};
 pub use crate::program::{LoadError, Program, ProgramKind, digest, validate};
-pub use crate::run::{ContainerSpec, Exit, Frontends, Names, Network, Pick, PodNetwork, Preopen, Protocol};
+pub use crate::run::{ContainerSpec, Exit, Frontends, Names, Network, Pick, PodNetwork, Preopen, Protocol, Terminate};
 
 /// How often the engine's epoch advances: the CPU time slice. A guest that computes without
 /// calling the host is interrupted at the next tick, yields to the other tasks of the node

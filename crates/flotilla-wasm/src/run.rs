@@ -38,6 +38,8 @@ pub struct ContainerSpec {
     pub cpu_time: Arc<CpuTime>,
     /// The requests a `wasi:http` component is serving and has served, counted for the node.
     pub requests: Arc<Requests>,
+    /// The container's stop signal.
+    pub terminate: Arc<Terminate>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
     /// The pod's network; `None` gives the guest no socket at all.
@@ -46,6 +48,29 @@ pub struct ContainerSpec {
     /// [`DEFAULT_HTTP_CONCURRENCY`](crate::DEFAULT_HTTP_CONCURRENCY).
     pub http_concurrency: Option<usize>,
     pub output: Arc<dyn OutputSink>,
+}
+
+/// A container's stop signal, as SIGTERM is a process's: a `wasi:http` component's server stops
+/// taking connections, lets those open finish the requests they carry, and ends (exit 0) when
+/// they have; a command has no handler for it (WASI has no signals) and runs on until it is
+/// killed (its run future dropped).
+#[derive(Debug)]
+pub struct Terminate(tokio::sync::watch::Sender<bool>);
+
+impl Terminate {
+    pub fn new() -> Arc<Terminate> {
+        Arc::new(Terminate(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Sends the signal; sending it again changes nothing.
+    pub fn send(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Once the signal is sent.
+    pub(crate) async fn received(&self) {
+        let _ = self.0.subscribe().wait_for(|sent| *sent).await;
+    }
 }
 
 /// A pod's network as its containers see it.
@@ -126,6 +151,7 @@ impl std::fmt::Debug for ContainerSpec {
             .field("memory", &self.memory)
             .field("cpu_time", &self.cpu_time)
             .field("requests", &self.requests)
+            .field("terminate", &self.terminate)
             .field("cpu_limit", &self.cpu_limit)
             .field("network", &self.network)
             .field("http_concurrency", &self.http_concurrency)

@@ -48,6 +48,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
         memory: flotilla_wasm::MemoryPool::new(None),
         cpu_time: flotilla_wasm::CpuTime::new(),
         requests: flotilla_wasm::Requests::new(),
+        terminate: flotilla_wasm::Terminate::new(),
         cpu_limit: None,
         network: None,
         http_concurrency: None,

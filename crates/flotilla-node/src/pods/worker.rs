@@ -70,13 +70,17 @@ pub(super) enum RunEvent {
     },
 }
 
-/// A run in progress: its task (aborting it kills the guest), its log, and its probes.
+/// A run in progress: its task (aborting it kills the guest), its log, and its probes; its
+/// stop signal and requests, and when it is killed if it was told to stop.
 #[derive(Debug)]
 struct ActiveRun {
     attempt: i32,
     task: JoinHandle<()>,
     log: Arc<ContainerLog>,
     probes: Option<JoinHandle<()>>,
+    terminate: Arc<flotilla_wasm::Terminate>,
+    requests: Arc<flotilla_wasm::Requests>,
+    killed_at: Option<Instant>,
 }
 
 impl ActiveRun {
@@ -240,6 +244,10 @@ impl Worker {
             let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
             if let Some(deadline) = self.deadline.filter(|_| self.stop.is_none()) {
                 at(deadline);
+            }
+            // A container told to stop is killed when its grace period is over.
+            if let Some(killed_at) = self.runs.values().filter_map(|run| run.killed_at).min() {
+                at(killed_at);
             }
             if let Some(read) = self.objects_read.filter(|_| self.projects_objects() && !self.is_terminal()) {
                 at(read + PROJECTION_REFRESH);
@@ -439,6 +447,7 @@ impl Worker {
             let stale = logs::container_path(&log_dir, &container.name, attempt - 2);
             let _ = std::fs::remove_file(&stale);
         }
+        let (terminate, requests) = (spec.terminate.clone(), spec.requests.clone());
         let task = tokio::spawn(run_container(RunRequest {
             node: self.node.clone(),
             pod: self.pod.clone(),
@@ -448,7 +457,8 @@ impl Worker {
             spec,
             events: self.events.clone(),
         }));
-        self.runs.insert(slot, ActiveRun { attempt, task, log, probes: None });
+        let run = ActiveRun { attempt, task, log, probes: None, terminate, requests, killed_at: None };
+        self.runs.insert(slot, run);
     }
 
     /// The container's argv, env, mounts and limits, or why they cannot be had.
@@ -518,6 +528,7 @@ impl Worker {
             memory,
             cpu_time,
             requests,
+            terminate: flotilla_wasm::Terminate::new(),
             cpu_limit,
             network: Some(Network {
                 pod_ip: ip.into(),
@@ -642,9 +653,37 @@ impl Worker {
         self.runs.get(&slot).is_some_and(|run| run.attempt == attempt)
     }
 
+    /// How long a container told to stop has before it is killed: the deletion's grace period,
+    /// else the pod's `terminationGracePeriodSeconds` (30 s by default), as the kubelet's.
+    fn grace_period(&self) -> Duration {
+        let spec = self.pod.spec.as_ref();
+        let seconds =
+            self.pod.metadata.deletion_grace_period_seconds.or_else(|| spec?.termination_grace_period_seconds);
+        Duration::from_secs(u64::try_from(seconds.unwrap_or(30)).unwrap_or(0))
+    }
+
     /// Ends a run: for good when the pod stops, or to restart it (a failed liveness probe).
-    /// `why` is the `Killing` event's message.
+    /// `why` is the `Killing` event's message. A container that can stop by itself (a
+    /// `wasi:http` server, which finishes the requests it holds) is told to first, and killed
+    /// only if it has not ended within the grace period, as the kubelet sends SIGTERM, then
+    /// SIGKILL; it is called again until then.
     fn kill(&mut self, slot: Slot, why: String) {
+        let grace = self.grace_period();
+        let Some(run) = self.runs.get_mut(&slot) else { return };
+        let told = run.killed_at.is_some();
+        if run.requests.counted() && !grace.is_zero() {
+            match run.killed_at {
+                None => {
+                    run.terminate.send();
+                    run.killed_at = Some(Instant::now() + grace);
+                    let name = self.record(slot).name.clone();
+                    self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+                    return;
+                }
+                Some(at) if Instant::now() < at => return,
+                Some(_) => {}
+            }
+        }
         let Some(run) = self.runs.remove(&slot) else { return };
         run.end();
         self.ended(slot);
@@ -654,7 +693,7 @@ impl Worker {
             _ => (Timestamp::now(), String::new()),
         };
         let name = record.name.clone();
-        // A wasm guest has no signal handler to run: it is stopped at once, which shows as a
+        // A wasm command has no signal handler to run: it is stopped at once, which shows as a
         // kill (137), as a process that ignored SIGTERM would show.
         let ended = Terminated {
             exit_code: 137,
@@ -665,7 +704,9 @@ impl Worker {
             container_id,
         };
         self.record(slot).exit(ended, Instant::now());
-        self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+        if !told {
+            self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+        }
     }
 
     /// Probes the run that just started, if its container has probes; without any it is started
