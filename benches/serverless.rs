@@ -9,15 +9,17 @@
 //!    the node holds it, the HPA wakes on the node's Event and scales the Deployment to one,
 //!    the pod starts and turns Ready, its EndpointSlice reaches the node, and the request goes
 //!    on. p50 and p99 over `--wakeups`, beside a warm request through the same Service.
-//!    Between wake-ups the benchmark scales the Deployment back to zero itself, rather than
-//!    wait for the HPA to find it idle.
+//!    Between wake-ups the HPA takes the idle function back to zero (its scale-down window is
+//!    0 here): a benchmark that scaled it down itself would have the HPA count each wake-up
+//!    against its scale-up rate (4 pods per 15 s) without the scale-down that offsets it.
 //! 2. Warm throughput through a Service whose function scales from zero (every connection
 //!    asks whether to hold it; every request is counted) beside a plain Service to the same
 //!    pod: `wrk` requests/s and the ratio.
-//! 3. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
-//!    agent's and the server's memory per function.
-//! 4. A load step: from one replica, `wrk` on a function whose requests each take 50 ms, timed
+//! 3. A load step: from one replica, `wrk` on a function whose requests each take 50 ms, timed
 //!    until the HPA scales the Deployment out (its metric read every second).
+//! 4. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
+//!    agent's and the server's memory per function. Last: their HPAs, evaluated every second,
+//!    would hold up the others'.
 //!
 //! `cargo bench -p flotilla-benches --bench serverless -- [--wakeups N] [--functions N]`
 
@@ -80,25 +82,24 @@ async fn main() -> Result<()> {
     let mut report = Report::solo("serverless").smoke(args.smoke);
 
     eprintln!("== a cold request from zero replicas, {} times", args.wakeups);
-    let ip = function(&mut connection, "cold", 1, 3).await?;
-    ready(&mut connection, "cold", 1).await?;
+    let ip = function(&mut connection, "cold", 0, 3, true).await?;
     let front = SocketAddr::new(ip.into(), 80);
-    let mut warm = Samples::default();
-    for _ in 0..20 {
-        warm.extend(vec![request(front, "/").await?]);
-    }
-    let mut cold = Samples::default();
+    let (mut cold, mut warm) = (Samples::default(), Samples::default());
     for _ in 0..args.wakeups {
-        to_zero(&mut connection, "cold").await?;
+        at_zero(&mut connection, "cold").await?;
         cold.extend(vec![request(front, "/").await?]);
+        // And at once another, to the pod now up.
+        warm.extend(vec![request(front, "/").await?]);
     }
     report.add("cold request through the Service, p50", "ms", cold.quantile_ms(0.5), None);
     report.add("cold request through the Service, p99", "ms", cold.quantile_ms(0.99), None);
     report.add("warm request through the Service, p50", "ms", warm.quantile_ms(0.5), None);
 
     eprintln!("== warm throughput: a Service that scales from zero beside a plain one");
+    let ip = function(&mut connection, "warm", 1, 1, false).await?;
+    ready(&mut connection, "warm", 1).await?;
     let held = format!("http://{ip}/");
-    let plain = plain_service(&mut connection, "cold").await?;
+    let plain = plain_service(&mut connection, "warm").await?;
     let plain = format!("http://{plain}/");
     match (wrk(&held, args.seconds, 32), wrk(&plain, args.seconds, 32)) {
         (Ok((held_rps, _)), Ok((plain_rps, _))) => {
@@ -109,11 +110,32 @@ async fn main() -> Result<()> {
         (held, plain) => eprintln!("wrk: {held:?} {plain:?} (scripts/bench installs it)"),
     }
 
+    eprintln!("== a load step to the HPA's first scale-out");
+    let step = function(&mut connection, "step", 1, 5, false).await?;
+    ready(&mut connection, "step", 1).await?;
+    let url = format!("http://{step}/?sleep_ms=50");
+    let started = Instant::now();
+    let seconds = if args.smoke { 5 } else { 20 };
+    let load = tokio::task::spawn_blocking(move || wrk(&url, seconds, 16));
+    let deployment = format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/step");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let took = loop {
+        let read: Value = serde_json::from_slice(&connection.get(&deployment).await?)?;
+        if read["spec"]["replicas"].as_i64().unwrap_or(0) > 1 {
+            break started.elapsed();
+        }
+        ensure!(Instant::now() < deadline, "the HPA never scaled out under load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    report.add("load step to the first scale-out", "ms", took.as_secs_f64() * 1e3, None);
+    if let Err(e) = load.await? {
+        eprintln!("wrk: {e} (scripts/bench installs it)");
+    }
     eprintln!("== {} functions at zero", args.functions);
     let (agent_before, _) = cluster.agent.memory_mib()?;
     let (server_before, _) = cluster.server.memory_mib()?;
     for i in 0..args.functions {
-        function(&mut connection, &format!("idle-{i}"), 0, 3).await?;
+        function(&mut connection, &format!("idle-{i}"), 0, 3, false).await?;
     }
     // Until the agent has seen them all: every Service's frontend listens, holding.
     let services = format!("/api/v1/namespaces/{NAMESPACE}/services");
@@ -140,27 +162,6 @@ async fn main() -> Result<()> {
     report.add(format!("{at_zero}: agent memory per function"), "KiB", per(agent_before, agent_after), None);
     report.add(format!("{at_zero}: server memory per function"), "KiB", per(server_before, server_after), None);
 
-    eprintln!("== a load step to the HPA's first scale-out");
-    let step = function(&mut connection, "step", 1, 5).await?;
-    ready(&mut connection, "step", 1).await?;
-    let url = format!("http://{step}/?sleep_ms=50");
-    let started = Instant::now();
-    let seconds = if args.smoke { 5 } else { 20 };
-    let load = tokio::task::spawn_blocking(move || wrk(&url, seconds, 16));
-    let deployment = format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/step");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let took = loop {
-        let read: Value = serde_json::from_slice(&connection.get(&deployment).await?)?;
-        if read["spec"]["replicas"].as_i64().unwrap_or(0) > 1 {
-            break started.elapsed();
-        }
-        ensure!(Instant::now() < deadline, "the HPA never scaled out under load");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    report.add("load step to the first scale-out", "ms", took.as_secs_f64() * 1e3, None);
-    if let Err(e) = load.await? {
-        eprintln!("wrk: {e} (scripts/bench installs it)");
-    }
     let (agent, _) = cluster.agent.memory_mib()?;
     report.add("agent RSS at the end", "MiB", agent, None);
     report.publish()?;
@@ -168,8 +169,15 @@ async fn main() -> Result<()> {
 }
 
 /// Function `name`: a Deployment of `replicas` handler pods, a Service, and an HPA from zero to
-/// `max` on its requests in flight (two per replica). Its cluster IP.
-async fn function(connection: &mut Connection, name: &str, replicas: i32, max: i32) -> Result<Ipv4Addr> {
+/// `max` on its requests in flight (two per replica), which scales it down at once when
+/// `idles_to_zero`, else never. Its cluster IP.
+async fn function(
+    connection: &mut Connection,
+    name: &str,
+    replicas: i32,
+    max: i32,
+    idles_to_zero: bool,
+) -> Result<Ipv4Addr> {
     let labels = json!({"app": name});
     let container = json!({"name": "handler", "image": "handler:bench", "ports": [{"containerPort": 8080}],
         "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}});
@@ -180,14 +188,17 @@ async fn function(connection: &mut Connection, name: &str, replicas: i32, max: i
         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}});
     connection.create(&format!("/api/v1/namespaces/{NAMESPACE}/services"), &service).await?;
     let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": name},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": 0, "maxReplicas": max,
-            "metrics": [{"type": "Object", "object": {
-                "describedObject": {"apiVersion": "v1", "kind": "Service", "name": name},
-                "metric": {"name": "requests_in_flight"},
-                "target": {"type": "AverageValue", "averageValue": "2"}}}],
-            // The benchmark takes its functions to zero itself; the HPA only wakes them.
-            "behavior": {"scaleDown": {"selectPolicy": "Disabled"}}}});
+    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": 0, "maxReplicas": max,
+        "metrics": [{"type": "Object", "object": {
+            "describedObject": {"apiVersion": "v1", "kind": "Service", "name": name},
+            "metric": {"name": "requests_in_flight"},
+            "target": {"type": "AverageValue", "averageValue": "2"}}}],
+        "behavior": {"scaleDown": if idles_to_zero {
+            json!({"stabilizationWindowSeconds": 0})
+        } else {
+            json!({"selectPolicy": "Disabled"})
+        }}}});
     connection.create(&format!("/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers"), &hpa).await?;
     let read: Value =
         serde_json::from_slice(&connection.get(&format!("/api/v1/namespaces/{NAMESPACE}/services/{name}")).await?)?;
@@ -225,13 +236,10 @@ async fn ready(connection: &mut Connection, name: &str, replicas: i64) -> Result
     }
 }
 
-/// Scales function `name` to zero and waits until its pods are gone and its Service has no
-/// endpoint left. (A node that has not caught up with the slice yet relays to a pod that is
-/// gone, is refused, and holds the connection all the same.)
-async fn to_zero(connection: &mut Connection, name: &str) -> Result<()> {
-    let scale = format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}/scale");
-    let patch = serde_json::to_vec(&json!({"spec": {"replicas": 0}}))?;
-    connection.call(http::Method::PATCH, &scale, "application/merge-patch+json", patch).await?;
+/// Waits until the HPA has taken idle function `name` to zero: its pods gone, its Service
+/// without endpoints, and a moment for the node to have the empty slice (a request before
+/// would go to the pod that is gone, and be refused).
+async fn at_zero(connection: &mut Connection, name: &str) -> Result<()> {
     let slices = format!(
         "/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{name}"
     );
@@ -252,6 +260,7 @@ async fn to_zero(connection: &mut Connection, name: &str) -> Result<()> {
         ensure!(Instant::now() < deadline, "{name} never went to zero");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
 
