@@ -148,6 +148,16 @@ fn a_stolen_node_a_join_token_and_a_local_process_get_only_what_they_may() -> Re
         &stolen.fails(&["delete", "pod", "pod-2", "--wait=false"])?,
         "node \"edge-1\" can only delete pods with spec.nodeName set to itself",
     )?;
+    // It reads the HPAs (its activator holds requests for the Services they scale from
+    // zero), but not the request counts other nodes report, nor the node API's held requests.
+    stolen.ok(&["get", "hpa", "-A"])?;
+    let metric = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/services/web/requests_in_flight");
+    forbidden(
+        &stolen.fails(&["get", "--raw", &metric])?,
+        &format!(
+            "{user_is} cannot get resource \"services/requests_in_flight\" in API group \"custom.metrics.k8s.io\" in the namespace \"{ns}\""
+        ),
+    )?;
     // Nor streams into a pod, not even its own: exec is no verb a node has.
     forbidden(&stolen.fails(&["exec", "pod-1", "--", "date"])?, "resource \"pods/exec\"")?;
     let failed = r#"{"status":{"phase":"Failed"}}"#;

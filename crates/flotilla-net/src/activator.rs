@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::frontends::Rotation;
+use crate::userspace::Frontend;
 use crate::{DataPath, PodNetwork, Protocol, Route};
 
 /// While connections stay held, the demand is told again this often: an Event lost, or an
@@ -211,19 +212,10 @@ impl<P: std::fmt::Debug> std::fmt::Debug for Activating<P> {
 
 /// The holding listener of one frontend of a Service that scales from zero: kept as long as it
 /// does, so that a connection held is never cut by the endpoints' coming.
+#[derive(Debug)]
 struct Holder {
     frontend: (Protocol, std::net::SocketAddr),
-    at: std::net::SocketAddr,
-    listener: Arc<tokio::net::TcpListener>,
-    rotation: watch::Sender<Arc<Rotation>>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
-        self.accepting.abort();
-    }
+    listener: Frontend,
 }
 
 impl<P: DataPath> Activating<P> {
@@ -244,22 +236,13 @@ impl<P: DataPath> Activating<P> {
         let frontend = (route.protocol, route.frontend);
         if let Some(i) = old.iter().position(|h| h.frontend == frontend) {
             let holder = old.swap_remove(i);
-            let next = holder.rotation.borrow().followed_by(route.clone());
-            holder.rotation.send_replace(Arc::new(next));
+            holder.listener.follow(route.clone());
             return Ok(holder);
         }
-        let listener = Arc::new(crate::userspace::listen(std::net::SocketAddr::new(self.node_ip, 0))?);
-        let at = listener.local_addr()?;
-        let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route.clone())));
+        let at = std::net::SocketAddr::new(self.node_ip, 0);
         let held = Some((self.activator.clone(), service.clone()));
-        let accepting = tokio::spawn(crate::userspace::accept(
-            listener.clone(),
-            rotations,
-            self.relays.clone(),
-            self.pods.clone(),
-            held,
-        ));
-        Ok(Holder { frontend, at, listener, rotation, accepting })
+        let listener = Frontend::open(at, route.clone(), self.relays.clone(), self.pods.clone(), held)?;
+        Ok(Holder { frontend, listener })
     }
 }
 
@@ -278,7 +261,7 @@ impl<P: DataPath> DataPath for Activating<P> {
                 match self.holder(service, &route, &mut old) {
                     Ok(holder) => {
                         if route.endpoints.is_empty() {
-                            route.endpoints = vec![holder.at];
+                            route.endpoints = vec![holder.listener.at];
                         }
                         kept.push(holder);
                     }

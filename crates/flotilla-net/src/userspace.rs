@@ -56,13 +56,39 @@ impl Userspace {
     }
 }
 
-/// A listening frontend.
+/// A listener that relays what it accepts: a Service's frontend here, or the activator's
+/// holding listener.
 #[derive(Debug)]
-struct Frontend {
-    at: SocketAddr,
+pub(crate) struct Frontend {
+    /// Where it listens.
+    pub(crate) at: SocketAddr,
     listener: Arc<TcpListener>,
     rotation: watch::Sender<Arc<Rotation>>,
     accepting: JoinHandle<()>,
+}
+
+impl Frontend {
+    /// Listens on `at` (port 0: any) and relays each connection to an endpoint of `route`, as
+    /// many at once as `relays` lets, holding them for `held`'s Service while there is none.
+    pub(crate) fn open(
+        at: SocketAddr,
+        route: Route,
+        relays: Arc<Semaphore>,
+        pods: Option<Arc<PodNetwork>>,
+        held: Option<(Arc<Activator>, ObjectKey)>,
+    ) -> std::io::Result<Frontend> {
+        let listener = Arc::new(listen(at)?);
+        let at = listener.local_addr()?;
+        let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
+        let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, pods, held));
+        Ok(Frontend { at, listener, rotation, accepting })
+    }
+
+    /// Relays to `route`'s endpoints from now on; connections already relayed are left alone.
+    pub(crate) fn follow(&self, route: Route) {
+        let next = self.rotation.borrow().followed_by(route);
+        self.rotation.send_replace(Arc::new(next));
+    }
 }
 
 impl Drop for Frontend {
@@ -85,21 +111,15 @@ impl DataPath for Userspace {
             }
             if let Some(i) = old.iter().position(|f| f.at == route.frontend) {
                 let frontend = old.swap_remove(i);
-                let next = frontend.rotation.borrow().followed_by(route);
-                frontend.rotation.send_replace(Arc::new(next));
+                frontend.follow(route);
                 kept.push(frontend);
                 continue;
             }
-            match listen(route.frontend) {
-                Ok(listener) => {
-                    let (at, listener) = (route.frontend, Arc::new(listener));
-                    let (rotation, rotations) = watch::channel(Arc::new(Rotation::new(route)));
-                    let relays = self.relays.clone();
-                    let accepting = tokio::spawn(accept(listener.clone(), rotations, relays, self.pods.clone(), None));
-                    kept.push(Frontend { at, listener, rotation, accepting });
-                }
+            let at = route.frontend;
+            match Frontend::open(at, route, self.relays.clone(), self.pods.clone(), None) {
+                Ok(frontend) => kept.push(frontend),
                 Err(e) => {
-                    tracing::warn!(%service, frontend = %route.frontend, error = %e, "cannot listen on a frontend")
+                    tracing::warn!(%service, frontend = %at, error = %e, "cannot listen on a frontend")
                 }
             }
         }
@@ -110,7 +130,7 @@ impl DataPath for Userspace {
     }
 }
 
-pub(crate) fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
+fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
@@ -120,7 +140,7 @@ pub(crate) fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until aborted, relaying each connection on a task of its own, as many at once as
 /// `relays` lets; while there is no endpoint, `held`'s activator holds them for its Service.
-pub(crate) async fn accept(
+async fn accept(
     listener: Arc<TcpListener>,
     rotation: watch::Receiver<Arc<Rotation>>,
     relays: Arc<Semaphore>,
