@@ -118,16 +118,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
         "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
     let at = k.ok(&["get", "node", &node, "-o", &format!("jsonpath={jsonpath}")])?;
     let pki = dir.path().join("pki");
-    let scrape = |credentials: &[&str]| -> Result<(String, String)> {
-        let out = std::process::Command::new("curl")
-            .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"])
-            .args(credentials)
-            .arg(format!("https://{at}/metrics/resource"))
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or_default();
-        Ok((code.to_string(), body.to_string()))
-    };
+    let scrape = |credentials: &[&str]| curl(&format!("https://{at}/metrics/resource"), credentials);
     let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
     let (code, scraped) = scrape(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])?;
     ensure!(code == "200", "{code}: {scraped}");
@@ -143,5 +134,108 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
     k.ok(&["delete", "pod", "burner", "--grace-period=1"])?;
     let after = k.fails(&["top", "pod", "burner"])?;
     ensure!(after.contains("not found"), "{after}");
+    Ok(())
+}
+
+/// `curl` of `url` with `args`: the status code and the body.
+fn curl(url: &str, args: &[&str]) -> Result<(String, String)> {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    Ok((code.to_string(), body.to_string()))
+}
+
+/// The value of the first sample in `text` whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), Ports::free())?;
+    import(dir.path(), examples::P1_HTTP, "http:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = node_name(&k)?;
+    // A Deployment: its controllers' queues, the scheduler, a pod the node starts.
+    k.ok(&["create", "deployment", "web", "--image=http:v1", "--port=8080"])?;
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+
+    let token = std::fs::read_to_string(dir.path().join("pki/metrics.token"))?;
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let with_token = ["-H", bearer.as_str()];
+
+    // The server: the API server's requests, the store as etcd names it, the scheduler, the
+    // controllers' work queues, all under upstream's names.
+    let (code, text) = curl(&format!("{}/metrics", server.url), &with_token)?;
+    ensure!(code == "200", "{code}: {text}");
+    let lists = text.lines().filter(|l| {
+        l.starts_with("apiserver_request_total{")
+            && l.contains("verb=\"LIST\"")
+            && l.contains("resource=\"pods\"")
+            && l.contains("code=\"200\"")
+    });
+    ensure!(lists.count() >= 1, "no LIST of pods counted:\n{text}");
+    let created = "apiserver_request_duration_seconds_count{verb=\"POST\",dry_run=\"\",group=\"apps\",version=\"v1\",resource=\"deployments\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"}";
+    ensure!(sample(&text, created) >= Some(1.0), "the Deployment's creation is not timed:\n{text}");
+    ensure!(sample(&text, "apiserver_storage_objects{resource=\"namespaces\"}") >= Some(4.0), "{text}");
+    ensure!(sample(&text, "etcd_server_has_leader ") == Some(1.0), "{text}");
+    ensure!(sample(&text, "etcd_server_is_leader ") == Some(1.0), "{text}");
+    ensure!(sample(&text, "etcd_disk_wal_fsync_duration_seconds_count ") > Some(0.0), "{text}");
+    ensure!(sample(&text, "etcd_mvcc_db_total_size_in_bytes ") > Some(0.0), "{text}");
+    let scheduled = "scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"}";
+    ensure!(sample(&text, scheduled) >= Some(1.0), "{text}");
+    ensure!(sample(&text, "scheduler_pod_scheduling_duration_seconds_count{attempts=\"1\"}") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "workqueue_adds_total{name=\"deployment\"}") >= Some(1.0), "{text}");
+    ensure!(text.contains("workqueue_depth{name=\"replicaset\"}"), "{text}");
+
+    // The token reads metrics and nothing else; no token, or a wrong one, reads nothing.
+    let (code, body) = curl(&format!("{}/api/v1/pods", server.url), &with_token)?;
+    ensure!(code == "403" && body.contains("flotilla:metrics-reader"), "{code}: {body}");
+    ensure!(curl(&format!("{}/metrics", server.url), &[])?.0 == "401", "anonymous");
+    let wrong = ["-H", "Authorization: Bearer not-the-metrics-token-but-long-enough-0123456789"];
+    ensure!(curl(&format!("{}/metrics", server.url), &wrong)?.0 == "401", "a wrong token");
+
+    // The node takes the same token, which it checks with the API server (a TokenReview): it
+    // holds no token of its own.
+    let jsonpath =
+        "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
+    let at = k.ok(&["get", "node", &node, "-o", &format!("jsonpath={jsonpath}")])?;
+    let (code, text) = curl(&format!("https://{at}/metrics"), &with_token)?;
+    ensure!(code == "200", "{code}: {text}");
+    ensure!(sample(&text, "kubelet_running_pods ") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "kubelet_running_containers{container_state=\"running\"}") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "kubelet_pod_start_duration_seconds_count ") >= Some(1.0), "{text}");
+    let (code, text) = curl(&format!("https://{at}/metrics/resource"), &with_token)?;
+    ensure!(code == "200" && text.contains("container_memory_working_set_bytes"), "{code}: {text}");
+    // Not the summary, the logs or the held connections; and a wrong token not even the metrics.
+    for path in ["stats/summary", "stats/held", &format!("containerLogs/{}/x/y", k.namespace)] {
+        let (code, body) = curl(&format!("https://{at}/{path}"), &with_token)?;
+        ensure!(code == "403", "{path}: {code}: {body}");
+    }
+    ensure!(curl(&format!("https://{at}/metrics"), &wrong)?.0 == "401", "a wrong token at the node");
+
+    // The review itself, as the admin (or a node) asks it.
+    let review = dir.path().join("review.json");
+    let asked = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token.trim()},
+    });
+    std::fs::write(&review, asked.to_string())?;
+    let answered =
+        k.ok(&["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f", review.to_str().unwrap()])?;
+    let answered: serde_json::Value = serde_json::from_str(&answered)?;
+    ensure!(answered["status"]["authenticated"] == true, "{answered}");
+    ensure!(answered["status"]["user"]["username"] == "flotilla:metrics-reader", "{answered}");
+    ensure!(answered["status"]["user"]["groups"][0] == "system:monitoring", "{answered}");
+    // Not for whoever holds the metrics token.
+    let (code, body) = curl(
+        &format!("{}/apis/authentication.k8s.io/v1/tokenreviews", server.url),
+        &["-X", "POST", "-H", bearer.as_str(), "-H", "Content-Type: application/json", "-d", &asked.to_string()],
+    )?;
+    ensure!(code == "403", "{code}: {body}");
     Ok(())
 }

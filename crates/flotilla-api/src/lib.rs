@@ -30,5 +30,9 @@ pub use kinds::{Admitted, FieldValidation, KindOps};
 pub use kinds::{SERVING_CERT_ANNOTATION, WASM_RUNTIME_CLASS};
 pub use resource::{ResourceDef, Subresource};
 
+/// Where a `TokenReview` (`authentication.k8s.io/v1`) is posted: a node asks the API server who
+/// a bearer token names, as the kubelet does.
+pub const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
 /// The Kubernetes release whose API Flotilla serves.
 pub const KUBERNETES_VERSION: (u32, u32) = (1, 33);

@@ -19,10 +19,12 @@ mod handlers;
 mod metrics;
 mod node_proxy;
 mod openapi;
+mod prometheus;
 mod registry;
 mod request;
 mod services;
 mod table;
+mod token_review;
 mod watch;
 
 use std::sync::Arc;
@@ -47,6 +49,7 @@ pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_hi
 pub use encryption::Encryption;
 pub use error::Error;
 pub use flotilla_api::Cidr;
+pub use prometheus::Prometheus;
 
 use crate::authz::Authorizer;
 use crate::handlers::{MAX_BODY_BYTES, json_response};
@@ -81,6 +84,9 @@ pub struct ApiServerConfig {
     pub advertise: Option<std::net::SocketAddr>,
     /// How often the resource metrics read every node (`--metrics-resolution`).
     pub metrics_resolution: std::time::Duration,
+    /// What `/metrics` writes: the server adds its own instruments, the process's other
+    /// components (the store, the scheduler, the controllers) theirs.
+    pub prometheus: Prometheus,
 }
 
 /// Pods tolerate an unreachable node for a minute, not upstream's five: a serverless workload
@@ -108,6 +114,7 @@ impl Default for ApiServerConfig {
             encryption: Encryption::default(),
             advertise: None,
             metrics_resolution: DEFAULT_METRICS_RESOLUTION,
+            prometheus: Prometheus::default(),
         }
     }
 }
@@ -126,6 +133,8 @@ struct Inner {
     authorizer: Authorizer,
     authority: Option<Arc<Authority>>,
     ready: AtomicBool,
+    prometheus: Prometheus,
+    instruments: prometheus::Instruments,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -155,6 +164,8 @@ impl ApiServer {
         }
         let nodes = NodeProxy::new(config.node_client);
         let metrics = metrics::Metrics::start(registry.clone(), nodes.clone(), config.metrics_resolution);
+        let instruments =
+            prometheus::Instruments::register(&mut config.prometheus.lock().expect("prometheus registry lock"));
         let inner = Inner {
             registry,
             nodes,
@@ -163,8 +174,12 @@ impl ApiServer {
             authorizer,
             authority: config.authority,
             ready: AtomicBool::new(false),
+            prometheus: config.prometheus,
+            instruments,
         };
-        Ok(ApiServer { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        inner.instruments.count_objects(Arc::downgrade(&inner));
+        Ok(ApiServer { inner })
     }
 
     /// Registers the node `name` runs as in this process, so that no one else can register
@@ -189,6 +204,8 @@ impl ApiServer {
             .route("/version", get(version))
             .route("/version/", get(version))
             .route("/cacerts", get(cacerts))
+            .route(prometheus::PATH, get(prometheus::serve))
+            .route(flotilla_api::TOKEN_REVIEWS_PATH, axum::routing::post(token_review::serve))
             .route(authz::NODE_CREDENTIALS_PATH, axum::routing::post(credentials::node_credentials))
             .fallback(dispatch)
             .with_state(self.clone())
@@ -350,6 +367,7 @@ async fn dispatch(
     // The OpenAPI documents are served as they are hashed (their ETag), as upstream serves
     // them: not negotiated, so never indented.
     let pretty = request::pretty(&uri, &headers) && !uri.path().starts_with("/openapi");
+    let asked = prometheus::asked(&method, &uri, &headers);
     let mut response = match route(&server, &user, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -357,6 +375,7 @@ async fn dispatch(
     if pretty {
         response = indented(response).await;
     }
+    server.inner.instruments.observe(asked, response.status(), started.elapsed());
     if let Some((verb, agent)) = logged {
         tracing::debug!(%verb, %uri, status = response.status().as_u16(), elapsed = ?started.elapsed(), %agent, "request");
     }

@@ -4,17 +4,24 @@
 //! with neither, the anonymous identity, which each listener's authorization then refuses or
 //! not. A bearer token that matches nothing is refused here, with 401.
 //!
+//! A listener that does not know a token itself may ask someone who does ([`ReviewToken`]): a
+//! node asks the API server with a `TokenReview`, as upstream's kubelet does with
+//! `--authentication-token-webhook`, so that one token (the metrics reader's) is good on every
+//! node without the nodes holding it. Answers are cached as the kubelet caches them.
+//!
 //! A request that already carries a `UserInfo` keeps it: only code in the same process can put
 //! one there (extensions never cross the network), which is how the server's own loops and its
 //! embedded node call the API in-process as themselves.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use futures::future::{Either, Ready, ready};
+use futures::future::BoxFuture;
 use http::{Request, StatusCode, header};
 use rustls::pki_types::CertificateDer;
 use tower::{Layer, Service};
@@ -26,10 +33,76 @@ use crate::identity::UserInfo;
 pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 
 /// How a listener tells who is calling.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Authenticator {
     /// Bearer tokens and whom they stand for.
     tokens: Vec<(String, UserInfo)>,
+    /// Who is asked about other bearer tokens, and what they said.
+    reviews: Option<Arc<Reviews>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens.len())
+            .field("reviews", &self.reviews.is_some())
+            .finish()
+    }
+}
+
+/// Asks someone who knows whom a bearer token names: the API server, with a `TokenReview`.
+pub trait ReviewToken: Send + Sync + 'static {
+    /// `Ok(None)`: the token names no one. `Err`: no answer (the server unreachable); the
+    /// caller is refused, and the question is asked again next time.
+    fn review(&self, token: String) -> BoxFuture<'static, Result<Option<UserInfo>, String>>;
+}
+
+/// How long an answer is kept: the kubelet's `--authentication-token-webhook-cache-ttl` for a
+/// token that names someone; a refusal only briefly, so that a token just made works soon.
+const REVIEWED_TTL: Duration = Duration::from_secs(120);
+const REFUSED_TTL: Duration = Duration::from_secs(10);
+/// At most this many answers are kept: a caller sending random tokens grows nothing beyond it.
+const MAX_REVIEWS: usize = 4096;
+
+struct Reviews {
+    reviewer: Box<dyn ReviewToken>,
+    /// By the token's SHA-256 (the tokens themselves are not kept).
+    answers: Mutex<HashMap<[u8; 32], Answer>>,
+}
+
+/// Until when an answer holds, and whom the token names (`None`: no one).
+type Answer = (Instant, Option<UserInfo>);
+
+impl Reviews {
+    async fn review(&self, token: &str) -> Option<UserInfo> {
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let now = Instant::now();
+        if let Some((until, answer)) = self.answers.lock().expect("reviews lock").get(&key)
+            && *until > now
+        {
+            return answer.clone();
+        }
+        let answer = match self.reviewer.review(token.to_string()).await {
+            Ok(answer) => answer,
+            Err(why) => {
+                tracing::warn!(%why, "cannot review a bearer token");
+                return None;
+            }
+        };
+        let ttl = if answer.is_some() { REVIEWED_TTL } else { REFUSED_TTL };
+        let mut answers = self.answers.lock().expect("reviews lock");
+        if answers.len() >= MAX_REVIEWS {
+            answers.retain(|_, (until, _)| *until > now);
+            if answers.len() >= MAX_REVIEWS {
+                answers.clear();
+            }
+        }
+        answers.insert(key, (now + ttl, answer.clone()));
+        answer
+    }
 }
 
 impl Authenticator {
@@ -44,7 +117,14 @@ impl Authenticator {
         self
     }
 
-    /// Who sent `request`; `Err` for a bearer token that names no one.
+    /// Asks `reviewer` about bearer tokens this authenticator does not know.
+    pub fn with_token_review(mut self, reviewer: impl ReviewToken) -> Authenticator {
+        self.reviews = Some(Arc::new(Reviews { reviewer: Box::new(reviewer), answers: Mutex::default() }));
+        self
+    }
+
+    /// Who sent `request`, as far as it can be told without asking anyone; `Err` for a bearer
+    /// token that names no one known here.
     pub fn authenticate<B>(&self, request: &Request<B>) -> Result<UserInfo, Unauthorized> {
         if let Some(user) = request.extensions().get::<UserInfo>() {
             return Ok(user.clone());
@@ -57,8 +137,7 @@ impl Authenticator {
                 Unauthorized
             });
         }
-        let Some(value) = request.headers().get(header::AUTHORIZATION) else { return Ok(UserInfo::anonymous()) };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or(Unauthorized)?;
+        let Some(token) = bearer(request)? else { return Ok(UserInfo::anonymous()) };
         // Every token is compared, in time independent of where they differ.
         let mut found = None;
         for (expected, user) in &self.tokens {
@@ -68,6 +147,13 @@ impl Authenticator {
         }
         found.cloned().ok_or(Unauthorized)
     }
+}
+
+/// The request's bearer token; `Err` for an `Authorization` header that carries none.
+fn bearer<B>(request: &Request<B>) -> Result<Option<&str>, Unauthorized> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else { return Ok(None) };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or(Unauthorized)?;
+    Ok(Some(token))
 }
 
 /// Credentials were presented, and they name no one.
@@ -118,24 +204,39 @@ impl<S> Layer<S> for AuthenticateLayer {
 
 impl<S> Service<Request<Body>> for Authenticate<S>
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        match self.authenticator.authenticate(&request) {
-            Ok(user) => {
-                request.extensions_mut().insert(user);
-                Either::Right(self.inner.call(request))
-            }
-            Err(unauthorized) => Either::Left(ready(Ok(unauthorized.into_response()))),
-        }
+        let authenticated = self.authenticator.authenticate(&request);
+        let reviews = self.authenticator.reviews.clone();
+        let token = match (&authenticated, &reviews) {
+            (Err(Unauthorized), Some(_)) => bearer(&request).ok().flatten().map(str::to_string),
+            _ => None,
+        };
+        // The service that was polled ready serves this request; a clone waits for the next.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        Box::pin(async move {
+            let user = match (authenticated, reviews, token) {
+                (Ok(user), _, _) => user,
+                (Err(_), Some(reviews), Some(token)) => match reviews.review(&token).await {
+                    Some(user) => user,
+                    None => return Ok(Unauthorized.into_response()),
+                },
+                (Err(unauthorized), _, _) => return Ok(unauthorized.into_response()),
+            };
+            request.extensions_mut().insert(user);
+            inner.call(request).await
+        })
     }
 }
 
@@ -179,5 +280,58 @@ mod tests {
         with_cert.extensions_mut().insert(PeerCertificates(Arc::new(vec![der])));
         let user = authn.authenticate(&with_cert).unwrap();
         assert_eq!((user.node_name(), user.in_group(AUTHENTICATED)), (Some("n2"), true));
+    }
+
+    /// Answers for one token, counting the questions.
+    struct Reviewer(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl ReviewToken for Reviewer {
+        fn review(&self, token: String) -> BoxFuture<'static, Result<Option<UserInfo>, String>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                match token.as_str() {
+                    "reviewed" => Ok(Some(UserInfo::new("metrics", &[crate::identity::MONITORING]))),
+                    "unreachable" => Err("no server".into()),
+                    _ => Ok(None),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_are_reviewed_and_the_answers_kept_a_while() {
+        use tower::ServiceExt;
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let authn = Authenticator::new().with_token("local", UserInfo::new("admin", &[MASTERS]));
+        let authn = authn.with_token_review(Reviewer(asked.clone()));
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            let user = request.extensions().get::<UserInfo>().cloned().unwrap();
+            Ok::<_, Infallible>(user.name.into_response())
+        });
+        let layer = Authenticate::layer(authn);
+        let call = |token: &'static str| {
+            let service = layer.layer(service);
+            async move {
+                let request = Request::get("/").header(header::AUTHORIZATION, format!("Bearer {token}"));
+                let response = service.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        // A token known here is not asked about.
+        assert_eq!(call("local").await, (StatusCode::OK, "admin".to_string()));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // One the reviewer vouches for, asked about once.
+        assert_eq!(call("reviewed").await, (StatusCode::OK, "metrics".to_string()));
+        assert_eq!(call("reviewed").await.0, StatusCode::OK);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // One it refuses, refused (and kept a while too); no answer refuses, and is not kept.
+        assert_eq!(call("forged").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call("forged").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(call("unreachable").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call("unreachable").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 }

@@ -23,6 +23,12 @@ pub const STORE_MEMBER_PREFIX: &str = "flotilla:store-member:";
 /// The control plane's own loops, run in the server's process by default.
 pub const SCHEDULER: &str = "system:kube-scheduler";
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+/// Readers of the components' metrics (upstream's `system:monitoring` group, which its role of
+/// the same name lets read `/metrics`): the server's `/metrics`, and the nodes' `/metrics` and
+/// `/metrics/resource`. Nothing else beyond what every authenticated identity may read.
+pub const MONITORING: &str = "system:monitoring";
+/// Who the server's metrics token names (`<data-dir>/metrics-token`).
+pub const METRICS_READER: &str = "flotilla:metrics-reader";
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,8 +10,8 @@
 //!   they, talk to each other (mutual TLS). It is derived from the store group's secret, so that
 //!   every member that holds the secret, the initial ones and those that join later, makes the
 //!   same CA without a word exchanged, as etcd members share a peer CA; see [`Authority::derived`].
-//! - Tokens: the admin's bearer token and the join secret nodes present once, to be issued
-//!   their certificate.
+//! - Tokens: the admin's bearer token, the join secret nodes present once, to be issued
+//!   their certificate, and the metrics reader's, which reads `/metrics` and nothing more.
 
 use std::fs;
 use std::io::Write;
@@ -54,6 +54,9 @@ pub struct Credentials {
     pub token: String,
     /// The secret of the join token: it lets a node ask for its certificate, nothing more.
     pub node_token: String,
+    /// The metrics reader's bearer token (`system:monitoring`): what Prometheus scrapes the
+    /// server and the nodes with.
+    pub metrics_token: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -82,6 +85,7 @@ const SERVER_CERT: &str = "server.crt";
 const SERVER_KEY: &str = "server.key";
 const TOKEN: &str = "admin.token";
 const NODE_TOKEN: &str = "node.token";
+const METRICS_TOKEN: &str = "metrics.token";
 
 /// A certificate authority: its certificate and the key that signs with it.
 pub struct Authority {
@@ -348,6 +352,7 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Credentials, PkiEr
 
     let token = load_or_create_secret(&dir.join(TOKEN))?;
     let node_token = load_or_create_secret(&dir.join(NODE_TOKEN))?;
+    let metrics_token = load_or_create_secret(&dir.join(METRICS_TOKEN))?;
     Ok(Credentials {
         ca_pem: authority.cert_pem().to_string(),
         authority: std::sync::Arc::new(authority),
@@ -357,6 +362,7 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Credentials, PkiEr
         kubelet_client,
         token,
         node_token,
+        metrics_token,
     })
 }
 

@@ -19,4 +19,4 @@ mod queue;
 pub use events::{EventType, Recorder};
 pub use informer::{Cache, Change, Informer, ObjectKey, controller_of, resource_version};
 pub use leader::{ElectionConfig, LeaderElection, candidate_identity};
-pub use queue::WorkQueue;
+pub use queue::{QueueMetrics, WorkQueue};

@@ -1,13 +1,19 @@
 //! The work queue of a control loop, as upstream's client-go `workqueue` behaves: a key queued
 //! twice is worked on once, a key is never worked on by two workers at once (a change that
 //! arrives meanwhile queues it again when the first is done), and failures retry with an
-//! exponential back-off per key.
+//! exponential back-off per key. A named queue is measured as client-go's are (`workqueue_*`,
+//! by `name`), in the [`QueueMetrics`] its process registers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 /// The first retry of a failed key waits this long, doubling up to [`MAX_RETRY_DELAY`].
@@ -16,9 +22,10 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 struct State<T> {
     queue: VecDeque<T>,
-    queued: HashSet<T>,
-    /// Keys a worker holds.
-    active: HashSet<T>,
+    /// Queued keys, and since when.
+    queued: HashMap<T, Instant>,
+    /// Keys a worker holds, and since when.
+    active: HashMap<T, Instant>,
     /// Active keys that changed while worked on.
     again: HashSet<T>,
     failures: HashMap<T, u32>,
@@ -27,12 +34,81 @@ struct State<T> {
 pub struct WorkQueue<T> {
     state: Arc<Mutex<State<T>>>,
     ready: Arc<Notify>,
+    measured: Measured,
 }
 
 impl<T> Clone for WorkQueue<T> {
     fn clone(&self) -> Self {
-        WorkQueue { state: self.state.clone(), ready: self.ready.clone() }
+        WorkQueue { state: self.state.clone(), ready: self.ready.clone(), measured: self.measured.clone() }
     }
+}
+
+/// The work queues' measurements, client-go's `workqueue_*` families labelled by each queue's
+/// name: register them once per process, and name each queue with them.
+#[derive(Clone, Debug)]
+pub struct QueueMetrics {
+    depth: Family<QueueName, Gauge>,
+    adds: Family<QueueName, Counter>,
+    retries: Family<QueueName, Counter>,
+    queue_duration: Family<QueueName, Histogram, fn() -> Histogram>,
+    work_duration: Family<QueueName, Histogram, fn() -> Histogram>,
+}
+
+type QueueName = [(&'static str, &'static str); 1];
+
+impl Default for QueueMetrics {
+    fn default() -> Self {
+        // client-go's buckets: 1 ns to 10 s, by tens.
+        let durations: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-8, 10.0, 10));
+        QueueMetrics {
+            depth: Family::default(),
+            adds: Family::default(),
+            retries: Family::default(),
+            queue_duration: Family::new_with_constructor(durations),
+            work_duration: Family::new_with_constructor(durations),
+        }
+    }
+}
+
+impl QueueMetrics {
+    pub fn register(registry: &mut Registry) -> QueueMetrics {
+        let metrics = QueueMetrics::default();
+        registry.register("workqueue_depth", "Current depth of workqueue", metrics.depth.clone());
+        registry.register("workqueue_adds", "Total number of adds handled by workqueue", metrics.adds.clone());
+        registry.register("workqueue_retries", "Total number of retries handled by workqueue", metrics.retries.clone());
+        registry.register(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested.",
+            metrics.queue_duration.clone(),
+        );
+        registry.register(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes.",
+            metrics.work_duration.clone(),
+        );
+        metrics
+    }
+
+    fn of(&self, name: &'static str) -> Measured {
+        let label = [("name", name)];
+        Measured {
+            depth: self.depth.get_or_create_owned(&label),
+            adds: self.adds.get_or_create_owned(&label),
+            retries: self.retries.get_or_create_owned(&label),
+            queue_duration: self.queue_duration.get_or_create_owned(&label),
+            work_duration: self.work_duration.get_or_create_owned(&label),
+        }
+    }
+}
+
+/// One queue's share of [`QueueMetrics`].
+#[derive(Clone, Debug)]
+struct Measured {
+    depth: Gauge,
+    adds: Counter,
+    retries: Counter,
+    queue_duration: Histogram,
+    work_duration: Histogram,
 }
 
 impl<T> std::fmt::Debug for WorkQueue<T> {
@@ -44,14 +120,22 @@ impl<T> std::fmt::Debug for WorkQueue<T> {
 
 impl<T> Default for WorkQueue<T> {
     fn default() -> Self {
+        // Measured, but in no registry.
+        WorkQueue::named("", &QueueMetrics::default())
+    }
+}
+
+impl<T> WorkQueue<T> {
+    /// A queue measured as `name` in `metrics`.
+    pub fn named(name: &'static str, metrics: &QueueMetrics) -> WorkQueue<T> {
         let state = State {
             queue: VecDeque::new(),
-            queued: HashSet::new(),
-            active: HashSet::new(),
+            queued: HashMap::new(),
+            active: HashMap::new(),
             again: HashSet::new(),
             failures: HashMap::new(),
         };
-        WorkQueue { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()) }
+        WorkQueue { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()), measured: metrics.of(name) }
     }
 }
 
@@ -62,17 +146,23 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
 
     pub fn add(&self, key: T) {
         let mut state = self.state.lock().expect("work queue lock");
-        if state.queued.contains(&key) {
+        self.measured.adds.inc();
+        if state.queued.contains_key(&key) {
             return;
         }
-        if state.active.contains(&key) {
+        if state.active.contains_key(&key) {
             state.again.insert(key);
             return;
         }
-        state.queued.insert(key.clone());
-        state.queue.push_back(key);
+        self.queue(&mut state, key);
         drop(state);
         self.ready.notify_one();
+    }
+
+    fn queue(&self, state: &mut State<T>, key: T) {
+        state.queued.insert(key.clone(), Instant::now());
+        state.queue.push_back(key);
+        self.measured.depth.set(state.queue.len() as i64);
     }
 
     /// Queues `key` once `delay` has passed (a deadline to check, a retry).
@@ -95,6 +185,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             *failures += 1;
             *failures
         };
+        self.measured.retries.inc();
         let delay = FIRST_RETRY_DELAY.saturating_mul(1 << (failures - 1).min(20)).min(MAX_RETRY_DELAY);
         self.add_after(key, delay);
     }
@@ -113,8 +204,12 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             {
                 let mut state = self.state.lock().expect("work queue lock");
                 if let Some(key) = state.queue.pop_front() {
-                    state.queued.remove(&key);
-                    state.active.insert(key.clone());
+                    let now = Instant::now();
+                    if let Some(since) = state.queued.remove(&key) {
+                        self.measured.queue_duration.observe(now.duration_since(since).as_secs_f64());
+                    }
+                    self.measured.depth.set(state.queue.len() as i64);
+                    state.active.insert(key.clone(), now);
                     if !state.queue.is_empty() {
                         // Wake another worker for the rest.
                         self.ready.notify_one();
@@ -128,10 +223,11 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
 
     pub fn done(&self, key: &T) {
         let mut state = self.state.lock().expect("work queue lock");
-        state.active.remove(key);
+        if let Some(since) = state.active.remove(key) {
+            self.measured.work_duration.observe(since.elapsed().as_secs_f64());
+        }
         if state.again.remove(key) {
-            state.queued.insert(key.clone());
-            state.queue.push_back(key.clone());
+            self.queue(&mut state, key.clone());
             drop(state);
             self.ready.notify_one();
         }

@@ -28,7 +28,7 @@ use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueu
 pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("daemonset", &context.queues);
     let q = queue.clone();
     informers.daemonsets.on_change(move |change| {
         let (Change::Applied { new: ds, .. } | Change::Deleted(ds)) = change;

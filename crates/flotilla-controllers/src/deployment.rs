@@ -35,7 +35,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 const WORKERS: usize = 4;
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("deployment", &context.queues);
     let q = queue.clone();
     informers.deployments.on_change(move |change| {
         let (Change::Applied { new: d, .. } | Change::Deleted(d)) = change;

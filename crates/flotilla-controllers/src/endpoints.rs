@@ -34,7 +34,7 @@ const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("endpoint_slice", &context.queues);
     let q = queue.clone();
     informers.services.on_change(move |change| {
         let (Change::Applied { new: service, .. } | Change::Deleted(service)) = change;

@@ -121,7 +121,7 @@ pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHan
         typed(context.controllerrevisions.clone(), true),
         typed(context.replicationcontrollers.clone(), true),
     ]);
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("garbage_collector_attempt_to_delete", &context.queues);
     watch(&mut informers.pods, &kinds, 0, &queue);
     watch(&mut informers.replicasets, &kinds, 1, &queue);
     watch(&mut informers.deployments, &kinds, 2, &queue);

@@ -34,7 +34,7 @@ const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(360);
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("job", &context.queues);
     let q = queue.clone();
     informers.jobs.on_change(move |change| {
         let (Change::Applied { new: job, .. } | Change::Deleted(job)) = change;

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_client::{Cache, Change, Informer, ObjectKey, Recorder, WorkQueue, controller_of};
+use flotilla_client::{Cache, Change, Informer, ObjectKey, QueueMetrics, Recorder, WorkQueue, controller_of};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -98,6 +98,8 @@ pub(crate) struct Context {
     pub(crate) statefulsets: Cache<StatefulSet>,
     pub(crate) nodes: Cache<Node>,
     pub(crate) leases: Cache<Lease>,
+    /// Where the controllers' work queues are measured.
+    pub(crate) queues: QueueMetrics,
 }
 
 impl std::fmt::Debug for Context {
@@ -126,7 +128,7 @@ pub(crate) struct Informers {
 }
 
 /// How the controllers behave where upstream lets the operator choose.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ControllersConfig {
     /// How long a node's Lease may go unrenewed before the node is `Ready=Unknown` and
     /// tainted unreachable (upstream's `--node-monitor-grace-period`).
@@ -134,11 +136,17 @@ pub struct ControllersConfig {
     /// How often every HorizontalPodAutoscaler is evaluated (upstream's
     /// `--horizontal-pod-autoscaler-sync-period`).
     pub hpa_sync_period: Duration,
+    /// Where the work queues are measured (`workqueue_*`, by controller).
+    pub queues: QueueMetrics,
 }
 
 impl Default for ControllersConfig {
     fn default() -> Self {
-        ControllersConfig { node_grace_period: DEFAULT_NODE_GRACE_PERIOD, hpa_sync_period: DEFAULT_HPA_SYNC_PERIOD }
+        ControllersConfig {
+            node_grace_period: DEFAULT_NODE_GRACE_PERIOD,
+            hpa_sync_period: DEFAULT_HPA_SYNC_PERIOD,
+            queues: QueueMetrics::default(),
+        }
     }
 }
 
@@ -212,6 +220,7 @@ impl Controllers {
             statefulsets: informers.statefulsets.cache(),
             nodes: informers.nodes.cache(),
             leases: informers.leases.cache(),
+            queues: config.queues.clone(),
         };
         let mut tasks = Vec::new();
         tasks.extend(replicaset::start::<ReplicaSet>(&context, &mut informers));
@@ -225,8 +234,9 @@ impl Controllers {
         tasks.extend(job::start(&context, &mut informers));
         tasks.extend(daemonset::start(&context, &mut informers));
         tasks.extend(statefulset::start(&context, &mut informers));
+        let hpa_sync_period = config.hpa_sync_period;
         tasks.extend(nodelifecycle::start(&context, &mut informers, config));
-        tasks.extend(hpa::start(&context, config.hpa_sync_period));
+        tasks.extend(hpa::start(&context, hpa_sync_period));
         share(&mut informers.pods, &mut informers.nodes);
         let Informers {
             pods,

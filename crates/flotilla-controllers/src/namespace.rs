@@ -22,7 +22,7 @@ const FINALIZER: &str = "kubernetes";
 const RECHECK: Duration = Duration::from_secs(2);
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("namespace", &context.queues);
     let q = queue.clone();
     informers.namespaces.on_change(move |change| {
         if let Change::Applied { new, .. } = change

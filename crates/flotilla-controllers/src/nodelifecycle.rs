@@ -33,7 +33,7 @@ const PRESSURE_TAINTS: [(&str, &str); 3] = [
 
 pub(crate) fn start(context: &Context, informers: &mut Informers, config: ControllersConfig) -> Vec<JoinHandle<()>> {
     // The queue holds node names.
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("node_lifecycle_controller", &context.queues);
     let q = queue.clone();
     informers.nodes.on_change(move |change| {
         let (Change::Applied { new: node, .. } | Change::Deleted(node)) = change;

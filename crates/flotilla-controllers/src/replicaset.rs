@@ -110,7 +110,7 @@ impl Replicated for ReplicationController {
 }
 
 pub(crate) fn start<K: Replicated>(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named(K::CONTROLLER, &context.queues);
     let q = queue.clone();
     K::informer(informers).on_change(move |change| {
         let (Change::Applied { new: owner, .. } | Change::Deleted(owner)) = change;

@@ -15,7 +15,7 @@ const DEFAULT: &str = "default";
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
     // The queue holds namespace names.
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("serviceaccount", &context.queues);
     let q = queue.clone();
     informers.namespaces.on_change(move |change| {
         if let Change::Applied { new, .. } = change {

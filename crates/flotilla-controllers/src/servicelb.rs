@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers};
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("service-lb-controller", &context.queues);
     let q = queue.clone();
     informers.services.on_change(move |change| {
         let (Change::Applied { new: service, .. } | Change::Deleted(service)) = change;

@@ -24,7 +24,7 @@ const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 pub(crate) fn start(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("statefulset", &context.queues);
     let q = queue.clone();
     informers.statefulsets.on_change(move |change| {
         let (Change::Applied { new: sts, .. } | Change::Deleted(sts)) = change;

@@ -17,6 +17,7 @@ pub mod logs;
 mod network;
 mod node;
 mod pods;
+mod prometheus;
 mod server;
 mod stats;
 
@@ -138,6 +139,8 @@ pub(crate) struct Node {
     frontends: Arc<ServiceFrontends>,
     /// Holds connections to Services scaling up from zero.
     activator: Arc<flotilla_net::Activator>,
+    /// What the node times as it goes, for `/metrics`.
+    instruments: prometheus::Instruments,
 }
 
 /// The pod network as the runtime asks it: which addresses are pods', and how to reach them.
@@ -237,6 +240,7 @@ impl Agent {
             pod_network: Arc::new(PodRanges(pod_network)),
             frontends: Arc::default(),
             activator,
+            instruments: prometheus::Instruments::default(),
             config,
         });
         let registered = node::register(&node).await?;

@@ -2,8 +2,10 @@
 //! `/containerLogs/{namespace}/{pod}/{container}`), and which other nodes tunnel to this node's
 //! pods through (`/tunnel/{address}`, see `flotilla_net::tunnel`). Who calls is told by the
 //! authentication layer every listener shares (`flotilla_auth`): a client certificate the
-//! cluster CA issued (the serving TLS verifies it); only `system:masters` (the API server's own
-//! certificate, the admin's) reads logs, and only nodes tunnel. Errors are `Status` objects,
+//! cluster CA issued (the serving TLS verifies it), or a bearer token the API server vouches for
+//! (a `TokenReview`); only `system:masters` (the API server's own certificate, the admin's)
+//! reads logs and stats, `system:monitoring` (the metrics token) too reads `/metrics` and
+//! `/metrics/resource`, and only nodes tunnel. Errors are `Status` objects,
 //! which the API server passes on as they are.
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use flotilla_auth::identity::{MASTERS, NODE_PREFIX, NODES};
+use flotilla_auth::identity::{MASTERS, MONITORING, NODE_PREFIX, NODES};
 use flotilla_auth::{Authenticate, Authenticator, UserInfo};
 use serde_json::json;
 
@@ -27,22 +29,25 @@ struct Server {
 }
 
 pub(crate) fn router(node: Arc<Node>) -> Router {
+    let authenticator = Authenticator::new().with_token_review(crate::prometheus::ApiTokenReview(node.client.clone()));
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(summary))
+        .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
         .route("/stats/held", get(held))
         .route_layer(axum::middleware::from_fn(masters_only))
         .route("/tunnel/{to}", get(tunnel))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Server { node })
-        .layer(Authenticate::layer(Authenticator::new()))
+        .layer(Authenticate::layer(authenticator))
 }
 
-/// Upstream's kubelet asks the API server whether a caller may read `nodes/log` (logs) or
-/// `nodes/stats` (the summary); here, with no RBAC yet, that is `system:masters`: the API
-/// server (which authorized the client's `pods/log` already, and reads the summaries for the
-/// resource metrics) and the admin.
+/// Upstream's kubelet asks the API server whether a caller may read `nodes/log` (logs),
+/// `nodes/stats` (the summary) or `nodes/metrics`; here, with no RBAC yet, that is
+/// `system:masters`: the API server (which authorized the client's `pods/log` already, and
+/// reads the summaries for the resource metrics) and the admin; and for the metrics,
+/// `system:monitoring`.
 async fn masters_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path();
     let resource = match () {
@@ -52,6 +57,7 @@ async fn masters_only(request: axum::extract::Request, next: axum::middleware::N
     };
     match request.extensions().get::<UserInfo>() {
         Some(user) if user.in_group(MASTERS) => next.run(request).await,
+        Some(user) if user.in_group(MONITORING) && resource == "nodes/metrics" => next.run(request).await,
         Some(user) if !user.is_anonymous() => status(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -83,6 +89,12 @@ async fn held(State(server): State<Server>) -> Response {
         });
     let body = serde_json::to_vec(&flotilla_api::stats::Held { services: services.collect() }).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The node's own measurements, in Prometheus text.
+async fn metrics(State(server): State<Server>) -> Response {
+    let text = crate::prometheus::text(&server.node);
+    ([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text).into_response()
 }
 
 /// The kubelet's resource metrics, in Prometheus text: what the summary says, for scrapers.

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod filter;
+mod prometheus;
 pub mod queue;
 pub mod resources;
 pub mod score;
@@ -28,6 +29,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::cluster::{Cluster, PodInfo};
 use crate::filter::{Reason, Topology, diagnosis, fits};
 use crate::queue::SchedulingQueue;
+
+pub use crate::prometheus::SchedulerMetrics;
 
 /// The scheduler's name: pods whose `schedulerName` is this (the default) are ours.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -95,14 +98,14 @@ enum Input {
     PodDeleted(Arc<Pod>),
     Node(Arc<Node>),
     NodeDeleted(String),
-    Bound { pod: Arc<Pod>, node: String, result: Result<(), kube::Error> },
+    Bound { pod: Arc<Pod>, node: String, attempts: u32, since: Instant, result: Result<(), kube::Error> },
 }
 
 /// Runs the scheduler until the task is dropped, with watches of its own.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, metrics: SchedulerMetrics) {
     let mut pods = Informer::<Pod>::all(client.clone());
     let mut nodes = Informer::<Node>::all(client.clone());
-    let scheduling = start(client, &mut pods, &mut nodes);
+    let scheduling = start(client, metrics, &mut pods, &mut nodes);
     let _watches = [tokio::spawn(pods.run()), tokio::spawn(nodes.run())].map(AbortOnDrop);
     scheduling.await
 }
@@ -112,6 +115,7 @@ pub async fn run(client: kube::Client) {
 /// future runs the scheduler until it is dropped.
 pub fn start(
     client: kube::Client,
+    metrics: SchedulerMetrics,
     pods: &mut Informer<Pod>,
     nodes: &mut Informer<Node>,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -130,13 +134,14 @@ pub fn start(
             Change::Deleted(node) => Input::NodeDeleted(node.metadata.name.clone().unwrap_or_default()),
         });
     });
-    run_loop(client, inputs, received, pods.cache(), nodes.cache())
+    run_loop(client, metrics, inputs, received, pods.cache(), nodes.cache())
 }
 
 /// The loop: takes in what the informers report, and decides whenever both caches are
 /// complete and a pod waits.
 async fn run_loop(
     client: kube::Client,
+    metrics: SchedulerMetrics,
     inputs: mpsc::UnboundedSender<Input>,
     mut received: mpsc::UnboundedReceiver<Input>,
     pods_cache: Cache<Pod>,
@@ -151,6 +156,7 @@ async fn run_loop(
         client,
         binds: Arc::new(Semaphore::new(PARALLEL_BINDS)),
         inputs,
+        metrics,
     };
     loop {
         while let Ok(input) = received.try_recv() {
@@ -192,6 +198,7 @@ struct Scheduler {
     client: kube::Client,
     binds: Arc<Semaphore>,
     inputs: mpsc::UnboundedSender<Input>,
+    metrics: SchedulerMetrics,
 }
 
 fn is_terminal(pod: &Pod) -> bool {
@@ -243,16 +250,18 @@ impl Scheduler {
                 self.queue.cluster_changed(now);
             }
             Input::NodeDeleted(name) => self.cluster.remove_node(&name),
-            Input::Bound { pod, node, result } => {
+            Input::Bound { pod, node, attempts, since, result } => {
                 let key = ObjectKey::of(&*pod);
                 match result {
                     // The watch confirms the binding; until then the pod stays assumed.
                     Ok(()) => {
+                        self.metrics.bound(attempts, since.elapsed());
                         let message = format!("Successfully assigned {key} to {node}");
                         self.events.object(&*pod, EventType::Normal, "Scheduled", message);
                     }
                     Err(err) => {
                         self.cluster.forget(&key);
+                        self.metrics.attempted(prometheus::Attempt::Error);
                         let message = format!("Binding rejected: {err}");
                         self.events.object(&*pod, EventType::Warning, "FailedScheduling", message);
                         match &err {
@@ -267,9 +276,10 @@ impl Scheduler {
 
     async fn schedule_next(&mut self) {
         let Some(queued) = self.queue.pop() else { return };
-        let (pod, info) = (queued.pod.clone(), queued.info.clone());
+        let (pod, info, attempts, since) = (queued.pod.clone(), queued.info.clone(), queued.attempts, queued.since);
         match schedule(&info, &self.cluster, self.start, &mut self.rng) {
             Ok(placement) => {
+                self.metrics.attempted(prometheus::Attempt::Scheduled);
                 self.start = placement.next_start;
                 self.cluster.place(info.clone(), &placement.node, true);
                 let permit = self.binds.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -277,10 +287,11 @@ impl Scheduler {
                 tokio::spawn(async move {
                     let result = bind(client, &pod, &node).await;
                     drop(permit);
-                    let _ = inputs.send(Input::Bound { pod, node, result });
+                    let _ = inputs.send(Input::Bound { pod, node, attempts, since, result });
                 });
             }
             Err(message) => {
+                self.metrics.attempted(prometheus::Attempt::Unschedulable);
                 tracing::debug!(pod = %info.key, %message, "unschedulable");
                 self.queue.failed(&info.key, true, Instant::now());
                 self.events.object(&*pod, EventType::Warning, "FailedScheduling", message.clone());

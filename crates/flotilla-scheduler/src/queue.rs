@@ -38,6 +38,8 @@ pub struct Queued {
     pub pod: Arc<Pod>,
     pub info: Arc<PodInfo>,
     pub attempts: u32,
+    /// When it was first queued: its scheduling takes from here to its binding.
+    pub since: Instant,
     state: State,
     /// Its place in the heap; heap entries with another number are stale.
     seq: u64,
@@ -89,7 +91,10 @@ impl SchedulingQueue {
                 }
             }
             _ => {
-                self.pods.insert(key.clone(), Queued { pod, info, attempts: 0, state: State::InFlight, seq: 0 });
+                self.pods.insert(
+                    key.clone(),
+                    Queued { pod, info, attempts: 0, since: Instant::now(), state: State::InFlight, seq: 0 },
+                );
                 self.activate(&key);
             }
         }

@@ -139,6 +139,19 @@ impl StoreDb {
         &self.db
     }
 
+    /// The bytes the database takes on disk (its files) and in its memtables, as RocksDB
+    /// estimates them; `None` if it cannot tell.
+    pub(crate) fn size(&self) -> Option<u64> {
+        let mut total = 0;
+        for name in COLUMN_FAMILIES {
+            let cf = self.cf(name);
+            for property in ["rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"] {
+                total += self.db.property_int_value_cf(cf, property).ok()??;
+            }
+        }
+        Some(total)
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -21,6 +21,7 @@ mod error;
 mod keyspace;
 mod kv;
 mod peer;
+mod prometheus;
 mod raft;
 mod request;
 mod store;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::keyspace;
 use crate::kv::{INITIAL_REVISION, KeyRange, KeyValue, Revision};
 use crate::peer::{self, PATH_MEMBERSHIP, PATH_READ_INDEX, PATH_WRITE};
+use crate::prometheus::Instruments;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{CallError, NetworkFactory, PeerClient};
 use crate::raft::proposer::Proposer;
@@ -38,13 +39,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A member of the store's Raft group. Cheap to clone; every clone is the same member.
 #[derive(Clone, Debug)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     id: u64,
-    raft: Raft,
-    shared: Arc<Shared>,
+    pub(crate) raft: Raft,
+    pub(crate) shared: Arc<Shared>,
     client: PeerClient,
     proposer: Proposer,
     config: StoreConfig,
@@ -139,8 +140,10 @@ impl Store {
             .map_err(|e| Error::Storage(format!("open task: {e}")))??;
         let db = Arc::new(db);
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
+        let instruments = Instruments::default();
         let shared = Arc::new(Shared {
             db: db.clone(),
+            instruments: instruments.clone(),
             hub: WatchHub::new(INITIAL_REVISION, config.watch_buffer),
             compact_floor: AtomicU64::new(0),
             snapshots,
@@ -148,7 +151,8 @@ impl Store {
         });
         let machine = StateMachine::open(shared.clone())?;
         shared.hub.publish(machine.revision(), Vec::new());
-        let log = LogStore::new(db).map_err(|e| Error::storage("start the log sync thread", e))?;
+        let log = LogStore::new(db, instruments.wal_fsync.clone())
+            .map_err(|e| Error::storage("start the log sync thread", e))?;
 
         let raft_config = openraft::Config {
             cluster_name: identity.cluster_id.to_string(),
@@ -345,6 +349,11 @@ impl Store {
             purged_index: metrics.purged.map(|l| l.index),
             membership: Membership::from_raft(metrics.membership_config.membership()),
         }
+    }
+
+    /// Adds the store's measurements to `registry` (see [`crate::prometheus`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.shared.instruments.register(registry, Arc::downgrade(&self.inner));
     }
 
     /// Builds a snapshot now (and purges the log behind it), instead of waiting for the policy.

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use flotilla_client::{ElectionConfig, LeaderElection, candidate_identity};
 use flotilla_controllers::{Controllers, ControllersConfig};
+use flotilla_scheduler::SchedulerMetrics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -105,7 +106,11 @@ async fn client(args: &ControlArgs) -> Result<kube::Client> {
 }
 
 pub(crate) async fn scheduler(args: ControlArgs) -> Result<()> {
-    let loops = ControlLoops { scheduler: Some(client(&args).await?), controllers: None };
+    let loops = ControlLoops {
+        scheduler: Some(client(&args).await?),
+        controllers: None,
+        scheduler_metrics: SchedulerMetrics::default(),
+    };
     run_standalone(loops, &args.election).await
 }
 
@@ -113,8 +118,13 @@ pub(crate) async fn controllers(args: ControlArgs) -> Result<()> {
     let config = ControllersConfig {
         node_grace_period: Duration::from_secs(args.node_grace_period),
         hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+        ..ControllersConfig::default()
     };
-    let loops = ControlLoops { scheduler: None, controllers: Some((client(&args).await?, config)) };
+    let loops = ControlLoops {
+        scheduler: None,
+        controllers: Some((client(&args).await?, config)),
+        scheduler_metrics: SchedulerMetrics::default(),
+    };
     run_standalone(loops, &args.election).await
 }
 
@@ -132,6 +142,8 @@ async fn run_standalone(loops: ControlLoops, election: &ElectionArgs) -> Result<
 pub(crate) struct ControlLoops {
     pub(crate) scheduler: Option<kube::Client>,
     pub(crate) controllers: Option<(kube::Client, ControllersConfig)>,
+    /// Kept across the scheduler's restarts.
+    pub(crate) scheduler_metrics: SchedulerMetrics,
 }
 
 /// What runs while the leaderships last; dropping it stops it.
@@ -190,12 +202,18 @@ impl ControlLoops {
             Some((client, config)) => {
                 let mut started = None;
                 let controllers = Controllers::start_sharing(client, config, |pods, nodes| {
-                    started = scheduler.map(|client| tokio::spawn(flotilla_scheduler::start(client, pods, nodes)));
+                    started = scheduler.map(|client| {
+                        tokio::spawn(flotilla_scheduler::start(client, self.scheduler_metrics.clone(), pods, nodes))
+                    });
                 });
                 Running { _controllers: Some(controllers), scheduler: started }
             }
             None => {
-                Running { _controllers: None, scheduler: scheduler.map(|c| tokio::spawn(flotilla_scheduler::run(c))) }
+                let metrics = self.scheduler_metrics.clone();
+                Running {
+                    _controllers: None,
+                    scheduler: scheduler.map(|c| tokio::spawn(flotilla_scheduler::run(c, metrics))),
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use flotilla_apiserver::{ApiServer, ApiServerConfig, Cidr, Encryption};
-use flotilla_auth::identity::{BOOTSTRAPPERS, CONTROLLER_MANAGER, MASTERS, SCHEDULER};
+use flotilla_auth::identity::{BOOTSTRAPPERS, CONTROLLER_MANAGER, MASTERS, METRICS_READER, MONITORING, SCHEDULER};
 use flotilla_auth::tls::ClientAuth;
 use flotilla_auth::{Authenticator, UserInfo, pki};
 use flotilla_store::{Store, StoreConfig};
@@ -196,7 +196,11 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         .context("cannot set up the cluster's certificates")?;
     let authenticator = Authenticator::new()
         .with_token(credentials.token.clone(), UserInfo::new("admin", &[MASTERS]))
-        .with_token(credentials.node_token.clone(), UserInfo::new("system:bootstrap:flotilla", &[BOOTSTRAPPERS]));
+        .with_token(credentials.node_token.clone(), UserInfo::new("system:bootstrap:flotilla", &[BOOTSTRAPPERS]))
+        .with_token(credentials.metrics_token.clone(), UserInfo::new(METRICS_READER, &[MONITORING]));
+    // `/metrics`: the store's measurements, the API server's, then the control loops'.
+    let prometheus = flotilla_apiserver::Prometheus::default();
+    store.register_metrics(&mut prometheus.lock().expect("prometheus registry lock"));
     let encryption = match &args.encryption_provider_config {
         Some(path) => Encryption::from_file(path).map_err(anyhow::Error::msg)?,
         None => Encryption::default(),
@@ -209,6 +213,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         default_toleration_seconds: args.default_toleration_seconds,
         encryption,
         metrics_resolution: args.metrics_resolution,
+        prometheus: prometheus.clone(),
         // The listen address, or the node's for a wildcard: where pods on any node reach it.
         advertise: Some(if api_addr.ip().is_unspecified() {
             SocketAddr::new(args.node.node_ip.into(), api_addr.port())
@@ -248,7 +253,15 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     // share the watches of pods and nodes, so every pod is decoded and held once.
     // The scheduler and the controllers, ordinary API clients in-process, each while this
     // member leads its Lease.
+    let (scheduler_metrics, queues) = {
+        let mut registry = prometheus.lock().expect("prometheus registry lock");
+        (
+            flotilla_scheduler::SchedulerMetrics::register(&mut registry),
+            flotilla_client::QueueMetrics::register(&mut registry),
+        )
+    };
     let loops = crate::control::ControlLoops {
+        scheduler_metrics,
         scheduler: match args.disable.contains(&Component::Scheduler) {
             true => None,
             false => Some(in_process_client(api.router(), UserInfo::new(SCHEDULER, &[]), "kube-scheduler")?),
@@ -260,6 +273,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
                 flotilla_controllers::ControllersConfig {
                     node_grace_period: Duration::from_secs(args.node_grace_period),
                     hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+                    queues,
                 },
             )),
         },

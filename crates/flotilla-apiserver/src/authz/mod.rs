@@ -8,11 +8,14 @@
 //! 1. `system:masters` may do anything (the admin's certificate and token).
 //! 2. The control plane's own loops (`system:kube-scheduler`, `system:kube-controller-manager`)
 //!    may do anything: until RBAC, there is nothing finer to give them.
-//! 3. Every authenticated identity may read discovery, OpenAPI, health and version.
+//! 3. Every authenticated identity may read discovery, OpenAPI, health and version;
+//!    `system:monitoring` (the metrics token) may read `/metrics` too.
 //! 4. Nodes get what upstream's Node authorizer gives them ([`node`]): their own Node and
 //!    Lease, the pods bound to them, and only the Secrets and ConfigMaps those pods use.
 //! 5. Holders of the join token may ask for a node's credentials, nothing more (and a node for
 //!    its own again, to renew them).
+//! 6. Nodes may ask who a bearer token names (a `TokenReview`), as upstream's `system:node`
+//!    role lets them, to authenticate those who call them.
 
 pub(crate) mod graph;
 pub(crate) mod node;
@@ -21,7 +24,7 @@ use flotilla_api::resource::{ResourceDef, Subresource};
 use flotilla_api::selector::FieldSelector;
 use flotilla_api::{ApiError, Reason};
 use flotilla_auth::UserInfo;
-use flotilla_auth::identity::{BOOTSTRAPPERS, CONTROLLER_MANAGER, MASTERS, SCHEDULER};
+use flotilla_auth::identity::{BOOTSTRAPPERS, CONTROLLER_MANAGER, MASTERS, MONITORING, SCHEDULER};
 
 pub(crate) use self::graph::NodeGraph;
 
@@ -103,12 +106,13 @@ fn privileged(attrs: &Attributes<'_>) -> Decision {
 }
 
 /// Upstream's `system:discovery` and `system:public-info-viewer` roles: any authenticated
-/// identity may read what the API serves and whether it is well.
+/// identity may read what the API serves and whether it is well; and its `system:monitoring`
+/// role: that group may read the metrics.
 fn discovery(attrs: &Attributes<'_>) -> Decision {
     let Request::Path(path) = attrs.target else { return Decision::NoOpinion(String::new()) };
-    let readable = ["/api", "/apis", "/openapi", "/version", "/healthz", "/livez", "/readyz"]
-        .iter()
-        .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")));
+    let under = |prefix: &str| path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    let readable = ["/api", "/apis", "/openapi", "/version", "/healthz", "/livez", "/readyz"].into_iter().any(under)
+        || (under(crate::prometheus::PATH) && attrs.user.in_group(MONITORING));
     if readable && attrs.verb == "get" && !attrs.user.is_anonymous() {
         Decision::Allow
     } else {
@@ -116,13 +120,17 @@ fn discovery(attrs: &Attributes<'_>) -> Decision {
     }
 }
 
-/// The join token's holders may ask for a node's credentials, and a node for its own again.
+/// The join token's holders may ask for a node's credentials, and a node for its own again;
+/// a node may review tokens.
 fn bootstrap(attrs: &Attributes<'_>) -> Decision {
     let user = attrs.user;
     match attrs.target {
         Request::Path(NODE_CREDENTIALS_PATH)
             if attrs.verb == "create" && (user.in_group(BOOTSTRAPPERS) || user.node_name().is_some()) =>
         {
+            Decision::Allow
+        }
+        Request::Path(flotilla_api::TOKEN_REVIEWS_PATH) if attrs.verb == "create" && user.node_name().is_some() => {
             Decision::Allow
         }
         _ => Decision::NoOpinion(String::new()),

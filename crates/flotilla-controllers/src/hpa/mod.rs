@@ -50,7 +50,7 @@ pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
 pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<()>> {
     // Every HPA once a second at most: a zero period would spin.
     let sync_period = sync_period.max(Duration::from_secs(1));
-    let queue = WorkQueue::new();
+    let queue = WorkQueue::named("horizontalpodautoscaler", &context.queues);
     let mut hpas = Informer::<HorizontalPodAutoscaler>::all(context.client.clone());
     let cache = hpas.cache();
     let changed = queue.clone();

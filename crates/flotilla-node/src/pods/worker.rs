@@ -121,6 +121,8 @@ pub(super) struct Worker {
     gone: bool,
     published: Option<Value>,
     publish_failed: bool,
+    /// When this worker first saw a pod no node had started, until the pod runs.
+    first_seen: Option<Instant>,
 }
 
 impl Worker {
@@ -199,6 +201,7 @@ impl Worker {
             gone: false,
             published: None,
             publish_failed: false,
+            first_seen: status.start_time.is_none().then(Instant::now),
         }
     }
 
@@ -784,7 +787,14 @@ impl Worker {
         if self.gone {
             return;
         }
-        let mut status = serde_json::to_value(self.render()).unwrap_or_default();
+        let rendered = self.render();
+        // Upstream's kubelet_pod_start_duration_seconds: first sight to the pod running.
+        if rendered.phase.as_deref() == Some(status::PHASE_RUNNING)
+            && let Some(seen) = self.first_seen.take()
+        {
+            self.node.instruments.pod_start.observe(seen.elapsed().as_secs_f64());
+        }
+        let mut status = serde_json::to_value(rendered).unwrap_or_default();
         if self.published.as_ref() == Some(&status) {
             return;
         }

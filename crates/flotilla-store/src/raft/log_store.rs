@@ -52,7 +52,11 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<StoreDb>) -> std::io::Result<Self> {
+    /// `fsyncs` times every fsync of the WAL.
+    pub(crate) fn new(
+        db: Arc<StoreDb>,
+        fsyncs: prometheus_client::metrics::histogram::Histogram,
+    ) -> std::io::Result<Self> {
         let (syncs, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_db = db.clone();
         // The thread ends when the last LogStore clone is dropped and the channel closes.
@@ -60,7 +64,9 @@ impl LogStore {
             while let Ok(first) = pending.recv() {
                 let mut batch = vec![first];
                 batch.extend(pending.try_iter());
+                let syncing = std::time::Instant::now();
                 let synced = sync_db.db().flush_wal(true);
+                fsyncs.observe(syncing.elapsed().as_secs_f64());
                 for flushed in batch {
                     flushed.log_io_completed(synced.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
                 }

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) compact_floor: AtomicU64,
     pub(crate) snapshots: SnapshotDir,
     pub(crate) cluster_id: Uuid,
+    pub(crate) instruments: crate::prometheus::Instruments,
 }
 
 #[derive(Debug)]
@@ -111,7 +112,9 @@ impl StateMachine {
             shared.compact_floor.store(state.compact_revision, Ordering::SeqCst);
         }
         // Not synced: the log entries are, and a crash re-applies them from there.
+        let writing = std::time::Instant::now();
         shared.db.db().write(batch)?;
+        shared.instruments.backend_commit.observe(writing.elapsed().as_secs_f64());
         self.state = state;
         shared.hub.publish(state.revision, changes);
         Ok(replies)
