@@ -180,7 +180,7 @@ fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<
             && l.contains("code=\"200\"")
     });
     ensure!(lists.count() >= 1, "no LIST of pods counted:\n{text}");
-    let created = "apiserver_request_duration_seconds_count{verb=\"POST\",dry_run=\"\",group=\"apps\",version=\"v1\",resource=\"deployments\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"}";
+    let created = "apiserver_request_duration_seconds_count{verb=\"POST\",dry_run=\"\",group=\"apps\",version=\"v1\",resource=\"deployments\",subresource=\"\",scope=\"resource\",component=\"apiserver\"}";
     ensure!(sample(&text, created) >= Some(1.0), "the Deployment's creation is not timed:\n{text}");
     ensure!(sample(&text, "apiserver_storage_objects{resource=\"namespaces\"}") >= Some(4.0), "{text}");
     ensure!(sample(&text, "etcd_server_has_leader ") == Some(1.0), "{text}");
@@ -189,9 +189,14 @@ fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<
     ensure!(sample(&text, "etcd_mvcc_db_total_size_in_bytes ") > Some(0.0), "{text}");
     let scheduled = "scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"}";
     ensure!(sample(&text, scheduled) >= Some(1.0), "{text}");
-    ensure!(sample(&text, "scheduler_pod_scheduling_duration_seconds_count{attempts=\"1\"}") >= Some(1.0), "{text}");
+    let bound = text
+        .lines()
+        .filter(|l| l.starts_with("scheduler_pod_scheduling_sli_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    ensure!(bound >= 1.0, "no pod's scheduling timed:\n{text}");
     ensure!(sample(&text, "workqueue_adds_total{name=\"deployment\"}") >= Some(1.0), "{text}");
-    ensure!(text.contains("workqueue_depth{name=\"replicaset\"}"), "{text}");
+    ensure!(sample(&text, "workqueue_work_duration_seconds_count{name=\"replicaset\"}") >= Some(1.0), "{text}");
 
     // The token reads metrics and nothing else; no token, or a wrong one, reads nothing.
     let (code, body) = curl(&format!("{}/api/v1/pods", server.url), &with_token)?;
@@ -218,6 +223,36 @@ fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<
         ensure!(code == "403", "{path}: {code}: {body}");
     }
     ensure!(curl(&format!("https://{at}/metrics"), &wrong)?.0 == "401", "a wrong token at the node");
+    // The admin's token and the join token are good at the API server, and nothing at a node:
+    // no one need send them there. Nor is the metrics token good for a tunnel.
+    for file in ["admin.token", "node.token"] {
+        let other = std::fs::read_to_string(dir.path().join("pki").join(file))?;
+        let other = format!("Authorization: Bearer {}", other.trim());
+        let (code, body) = curl(&format!("https://{at}/stats/summary"), &["-H", other.as_str()])?;
+        ensure!(code == "401", "{file} at the node: {code}: {body}");
+    }
+    let (code, body) = curl(&format!("https://{at}/tunnel/10.0.0.1:80"), &with_token)?;
+    ensure!(code == "403", "the metrics token tunnels: {code}: {body}");
+    // Unknown tokens by the hundred cost the API server a bounded number of questions.
+    let reviews = |text: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("apiserver_request_total{verb=\"POST\"") && l.contains("resource=\"tokenreviews\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // (The node asks at most 20 at once and 10 a second after that.)
+    let before = reviews(&curl(&format!("{}/metrics", server.url), &with_token)?.1);
+    let started = Instant::now();
+    for i in 0..100 {
+        let forged = format!("Authorization: Bearer forged-{i:058}");
+        ensure!(curl(&format!("https://{at}/metrics"), &["-H", forged.as_str()])?.0 == "401", "forged token {i}");
+    }
+    let bound = 21.0 + 10.0 * started.elapsed().as_secs_f64().ceil();
+    let after = reviews(&curl(&format!("{}/metrics", server.url), &with_token)?.1);
+    ensure!(after - before <= bound.min(99.0), "100 forged tokens cost {} reviews", after - before);
+    ensure!(after - before >= 1.0, "the node asked about no forged token: is it counted?");
 
     // The review itself, as the admin (or a node) asks it.
     let review = dir.path().join("review.json");
@@ -231,11 +266,15 @@ fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<
     ensure!(answered["status"]["authenticated"] == true, "{answered}");
     ensure!(answered["status"]["user"]["username"] == "flotilla:metrics-reader", "{answered}");
     ensure!(answered["status"]["user"]["groups"][0] == "system:monitoring", "{answered}");
-    // Not for whoever holds the metrics token.
-    let (code, body) = curl(
-        &format!("{}/apis/authentication.k8s.io/v1/tokenreviews", server.url),
-        &["-X", "POST", "-H", bearer.as_str(), "-H", "Content-Type: application/json", "-d", &asked.to_string()],
-    )?;
-    ensure!(code == "403", "{code}: {body}");
+    // Not for whoever holds the metrics token or the join token.
+    let join = std::fs::read_to_string(dir.path().join("pki/node.token"))?;
+    let join = format!("Authorization: Bearer {}", join.trim());
+    for holder in [bearer.as_str(), join.as_str()] {
+        let (code, body) = curl(
+            &format!("{}/apis/authentication.k8s.io/v1/tokenreviews", server.url),
+            &["-X", "POST", "-H", holder, "-H", "Content-Type: application/json", "-d", &asked.to_string()],
+        )?;
+        ensure!(code == "403", "{code}: {body}");
+    }
     Ok(())
 }

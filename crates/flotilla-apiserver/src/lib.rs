@@ -208,6 +208,8 @@ impl ApiServer {
             .route(flotilla_api::TOKEN_REVIEWS_PATH, axum::routing::post(token_review::serve))
             .route(authz::NODE_CREDENTIALS_PATH, axum::routing::post(credentials::node_credentials))
             .fallback(dispatch)
+            // Every request that gets past authentication is counted, whichever route serves it.
+            .layer(axum::middleware::from_fn_with_state(self.clone(), prometheus::count))
             .with_state(self.clone())
             .layer(Authenticate::layer(self.inner.authenticator.clone()))
     }
@@ -367,7 +369,6 @@ async fn dispatch(
     // The OpenAPI documents are served as they are hashed (their ETag), as upstream serves
     // them: not negotiated, so never indented.
     let pretty = request::pretty(&uri, &headers) && !uri.path().starts_with("/openapi");
-    let asked = prometheus::asked(&method, &uri, &headers);
     let mut response = match route(&server, &user, method, &uri, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -375,7 +376,6 @@ async fn dispatch(
     if pretty {
         response = indented(response).await;
     }
-    server.inner.instruments.observe(asked, response.status(), started.elapsed());
     if let Some((verb, agent)) = logged {
         tracing::debug!(%verb, %uri, status = response.status().as_u16(), elapsed = ?started.elapsed(), %agent, "request");
     }

@@ -124,18 +124,36 @@ impl Instruments {
     }
 }
 
-/// What `method` on `uri` asks, as upstream's `CleanVerb` and `RequestInfo` label it.
+/// Counts and times a request, whichever route serves it (the middleware every authenticated
+/// request passes).
+pub(crate) async fn count(
+    State(server): State<ApiServer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let asked = asked(request.method(), request.uri(), request.headers());
+    let response = next.run(request).await;
+    server.inner.instruments.observe(asked, response.status(), started.elapsed());
+    response
+}
+
+/// What `method` on `uri` asks, as upstream's `CleanVerb`, `CleanScope`, `cleanDryRun` and
+/// `RequestInfo` label it.
 pub(crate) fn asked(method: &Method, uri: &Uri, headers: &HeaderMap) -> Asked {
     let query = Query::parse(uri.query());
-    let dry_run = if query.has("dryRun") { "All" } else { "" };
+    let dry_run = match query.all("dryRun") {
+        [] => "",
+        values if values.iter().all(|v| v == "All") => "All",
+        _ => "invalid",
+    };
+    // Upstream's valid request methods; anything else is `other`.
     let method_verb = match *method {
         Method::GET => "GET",
-        Method::HEAD => "HEAD",
         Method::POST => "POST",
         Method::PUT => "PUT",
         Method::PATCH => "PATCH",
         Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
     let mut asked = Asked {
@@ -149,6 +167,12 @@ pub(crate) fn asked(method: &Method, uri: &Uri, headers: &HeaderMap) -> Asked {
         component: "apiserver",
     };
     let path = uri.path();
+    if path == flotilla_api::TOKEN_REVIEWS_PATH {
+        // Created and never stored, so not among the served resources; labelled as upstream's.
+        (asked.group, asked.version, asked.resource, asked.scope) =
+            ("authentication.k8s.io", "v1", "tokenreviews", "resource");
+        return asked;
+    }
     if !path.starts_with("/api") {
         return asked;
     }
@@ -157,21 +181,26 @@ pub(crate) fn asked(method: &Method, uri: &Uri, headers: &HeaderMap) -> Asked {
             let def = target.resource;
             let named = target.name.is_some();
             let reading = matches!(*method, Method::GET | Method::HEAD);
+            let creating = *method == Method::POST;
             let apply = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|t| t.to_str().ok())
                 .is_some_and(|t| t.starts_with("application/apply-patch"));
             asked.verb = match target.subresource {
-                Some(Subresource::Exec | Subresource::Attach | Subresource::PortForward) => "CONNECT",
+                Some(Subresource::Exec | Subresource::Attach | Subresource::PortForward | Subresource::Log) => {
+                    "CONNECT"
+                }
                 _ if reading && query.flag("watch") => "WATCH",
                 _ if reading && !named => "LIST",
                 _ if *method == Method::DELETE && !named => "DELETECOLLECTION",
                 _ if *method == Method::PATCH && apply => "APPLY",
+                _ if *method == Method::HEAD => "GET",
                 _ => method_verb,
             };
             (asked.group, asked.version, asked.resource) = (def.group, def.version, def.plural);
             asked.subresource = target.subresource.map(Subresource::name).unwrap_or_default();
-            asked.scope = match (named, &target.namespace) {
+            // A create names the object it makes, in its body: upstream's scope is `resource`.
+            asked.scope = match (named || creating, &target.namespace) {
                 (true, _) => "resource",
                 (false, Some(_)) => "namespace",
                 (false, None) => "cluster",
@@ -199,8 +228,10 @@ pub(crate) async fn serve(State(server): State<ApiServer>, Extension(user): Exte
         return Error(e).into_response();
     }
     let mut text = String::new();
-    // Writing to a String does not fail.
-    let _ = prometheus_text::encode(&mut text, &server.inner.prometheus.lock().expect("prometheus registry lock"));
+    // Writing to a String does not fail. A collector that panicked once leaves the registry as
+    // it was: it is read on.
+    let registry = server.inner.prometheus.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = prometheus_text::encode(&mut text, &registry);
     ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response()
 }
 
@@ -226,6 +257,12 @@ mod tests {
         assert_eq!((get.verb, get.subresource, get.scope), ("GET", "scale", "resource"));
         let exec = asked_of(Method::GET, "/api/v1/namespaces/d/pods/p/exec?command=ls", None);
         assert_eq!(exec.verb, "CONNECT");
+        let logs = asked_of(Method::GET, "/api/v1/namespaces/d/pods/p/log?follow=true", None);
+        assert_eq!((logs.verb, logs.subresource), ("CONNECT", "log"));
+        let create = asked_of(Method::POST, "/api/v1/namespaces/d/pods", None);
+        assert_eq!((create.verb, create.scope), ("POST", "resource"));
+        let odd = asked_of(Method::POST, "/api/v1/namespaces/d/pods?dryRun=All&dryRun=Some", None);
+        assert_eq!(odd.dry_run, "invalid");
         let apply = asked_of(
             Method::PATCH,
             "/api/v1/namespaces/d/configmaps/c?dryRun=All",
@@ -239,5 +276,6 @@ mod tests {
         assert_eq!((made_up.verb, made_up.resource, made_up.scope), ("GET", "", ""));
         let discovery = asked_of(Method::GET, "/apis", None);
         assert_eq!((discovery.verb, discovery.resource), ("GET", ""));
+        assert_eq!(asked_of(Method::OPTIONS, "/version", None).verb, "other");
     }
 }

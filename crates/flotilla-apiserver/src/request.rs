@@ -112,6 +112,11 @@ impl Query {
         self.0.contains_key(key)
     }
 
+    /// Every value of a list-valued parameter, in order.
+    pub(crate) fn all(&self, key: &str) -> &[String] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or_default()
+    }
+
     /// A boolean parameter (absent is false), spelled as any client spells it.
     pub(crate) fn flag(&self, key: &str) -> bool {
         self.first(key).is_some_and(query::boolean)
@@ -129,7 +134,7 @@ impl Query {
     /// `dryRun`, a list: every value must be `All` (an empty one too is refused), so that no
     /// spelling of a dry run is taken as a write.
     pub(crate) fn dry_run(&self) -> Result<bool> {
-        let values = self.0.get("dryRun").map(Vec::as_slice).unwrap_or_default();
+        let values = self.all("dryRun");
         match values.iter().find(|v| *v != "All") {
             None => Ok(!values.is_empty()),
             Some(other) => {

@@ -61,17 +61,80 @@ pub trait ReviewToken: Send + Sync + 'static {
 /// token that names someone; a refusal only briefly, so that a token just made works soon.
 const REVIEWED_TTL: Duration = Duration::from_secs(120);
 const REFUSED_TTL: Duration = Duration::from_secs(10);
-/// At most this many answers are kept: a caller sending random tokens grows nothing beyond it.
-const MAX_REVIEWS: usize = 4096;
+/// At most this many refusals are kept: a caller sending random tokens grows nothing beyond it
+/// (and evicts no approval, which only real tokens earn).
+const MAX_REFUSALS: usize = 4096;
+/// Questions asked at most, per second and in a burst: whoever sends unknown tokens may not make
+/// the listener ask the API server more often than this. Past it, they are refused unasked.
+const REVIEWS_PER_SECOND: f64 = 10.0;
+const REVIEW_BURST: f64 = 20.0;
+/// How long a question may take; and after a failed one, how long none is asked.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+const HOLD_OFF: Duration = Duration::from_secs(1);
 
 struct Reviews {
     reviewer: Box<dyn ReviewToken>,
-    /// By the token's SHA-256 (the tokens themselves are not kept).
-    answers: Mutex<HashMap<[u8; 32], Answer>>,
+    /// What a reviewed identity is taken as: only these of its groups (none of them, refused).
+    groups: Vec<String>,
+    state: Mutex<ReviewState>,
 }
 
-/// Until when an answer holds, and whom the token names (`None`: no one).
-type Answer = (Instant, Option<UserInfo>);
+/// By the token's SHA-256 (the tokens themselves are not kept): until when an answer holds.
+#[derive(Default)]
+struct ReviewState {
+    approved: HashMap<[u8; 32], (Instant, UserInfo)>,
+    refused: HashMap<[u8; 32], Instant>,
+    /// The questions that may be asked now (a token bucket), as of `refilled`.
+    budget: f64,
+    refilled: Option<Instant>,
+    /// No question is asked before this, after one failed.
+    held_off_until: Option<Instant>,
+}
+
+impl ReviewState {
+    /// The cached answer, if any: `Some(None)` for a refusal.
+    fn cached(&self, key: &[u8; 32], now: Instant) -> Option<Option<UserInfo>> {
+        if let Some((until, user)) = self.approved.get(key)
+            && *until > now
+        {
+            return Some(Some(user.clone()));
+        }
+        self.refused.get(key).filter(|until| **until > now).map(|_| None)
+    }
+
+    /// Whether a question may be asked now; spends one if so.
+    fn may_ask(&mut self, now: Instant) -> bool {
+        if self.held_off_until.is_some_and(|until| until > now) {
+            return false;
+        }
+        let elapsed = self.refilled.map_or(Duration::MAX, |at| now.duration_since(at));
+        self.budget = (self.budget + elapsed.as_secs_f64() * REVIEWS_PER_SECOND).min(REVIEW_BURST);
+        self.refilled = Some(now);
+        if self.budget < 1.0 {
+            return false;
+        }
+        self.budget -= 1.0;
+        true
+    }
+
+    fn keep(&mut self, key: [u8; 32], answer: Option<UserInfo>, now: Instant) {
+        match answer {
+            Some(user) => {
+                self.approved.retain(|_, (until, _)| *until > now);
+                self.approved.insert(key, (now + REVIEWED_TTL, user));
+            }
+            None => {
+                if self.refused.len() >= MAX_REFUSALS {
+                    self.refused.retain(|_, until| *until > now);
+                    if self.refused.len() >= MAX_REFUSALS {
+                        self.refused.clear();
+                    }
+                }
+                self.refused.insert(key, now + REFUSED_TTL);
+            }
+        }
+    }
+}
 
 impl Reviews {
     async fn review(&self, token: &str) -> Option<UserInfo> {
@@ -80,27 +143,40 @@ impl Reviews {
             .try_into()
             .expect("SHA-256 is 32 bytes");
         let now = Instant::now();
-        if let Some((until, answer)) = self.answers.lock().expect("reviews lock").get(&key)
-            && *until > now
         {
-            return answer.clone();
+            let mut state = self.state.lock().expect("reviews lock");
+            if let Some(answer) = state.cached(&key, now) {
+                return answer;
+            }
+            if !state.may_ask(now) {
+                return None;
+            }
         }
-        let answer = match self.reviewer.review(token.to_string()).await {
-            Ok(answer) => answer,
-            Err(why) => {
-                tracing::warn!(%why, "cannot review a bearer token");
+        let asked = tokio::time::timeout(REVIEW_TIMEOUT, self.reviewer.review(token.to_string())).await;
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("reviews lock");
+        let reviewed = match asked {
+            Ok(Ok(reviewed)) => reviewed,
+            failed => {
+                let why = match failed {
+                    Ok(Err(why)) => why,
+                    _ => "no answer in time".to_string(),
+                };
+                // Questions in flight together may fail together: told once.
+                if state.held_off_until.is_none_or(|until| until <= now) {
+                    tracing::warn!(%why, "cannot review a bearer token; refusing those not known here for a second");
+                }
+                state.held_off_until = Some(now + HOLD_OFF);
                 return None;
             }
         };
-        let ttl = if answer.is_some() { REVIEWED_TTL } else { REFUSED_TTL };
-        let mut answers = self.answers.lock().expect("reviews lock");
-        if answers.len() >= MAX_REVIEWS {
-            answers.retain(|_, (until, _)| *until > now);
-            if answers.len() >= MAX_REVIEWS {
-                answers.clear();
-            }
-        }
-        answers.insert(key, (now + ttl, answer.clone()));
+        // Only the groups this listener takes from a review; with none of them, no one.
+        let answer = reviewed.and_then(|user| {
+            let groups: Vec<&str> =
+                user.groups.iter().map(String::as_str).filter(|g| self.groups.iter().any(|t| t == g)).collect();
+            (!groups.is_empty()).then(|| UserInfo::new(user.name, &groups))
+        });
+        state.keep(key, answer.clone(), now);
         answer
     }
 }
@@ -117,9 +193,12 @@ impl Authenticator {
         self
     }
 
-    /// Asks `reviewer` about bearer tokens this authenticator does not know.
-    pub fn with_token_review(mut self, reviewer: impl ReviewToken) -> Authenticator {
-        self.reviews = Some(Arc::new(Reviews { reviewer: Box::new(reviewer), answers: Mutex::default() }));
+    /// Asks `reviewer` about bearer tokens this authenticator does not know, and takes the
+    /// identity it names in `groups` only: a node takes the metrics reader's token, not the
+    /// admin's, whose holder should never need to send it to a node.
+    pub fn with_token_review(mut self, reviewer: impl ReviewToken, groups: &[&str]) -> Authenticator {
+        let groups = groups.iter().map(|g| g.to_string()).collect();
+        self.reviews = Some(Arc::new(Reviews { reviewer: Box::new(reviewer), groups, state: Mutex::default() }));
         self
     }
 
@@ -218,8 +297,10 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let authenticated = self.authenticator.authenticate(&request);
         let reviews = self.authenticator.reviews.clone();
-        let token = match (&authenticated, &reviews) {
-            (Err(Unauthorized), Some(_)) => bearer(&request).ok().flatten().map(str::to_string),
+        // Only a token that named no one here is reviewed: not a refused certificate's.
+        let unknown_token = authenticated.is_err() && request.extensions().get::<PeerCertificates>().is_none();
+        let token = match (unknown_token, &reviews) {
+            (true, Some(_)) => bearer(&request).ok().flatten().map(str::to_string),
             _ => None,
         };
         // The service that was polled ready serves this request; a clone waits for the next.
@@ -291,6 +372,7 @@ mod tests {
             Box::pin(async move {
                 match token.as_str() {
                     "reviewed" => Ok(Some(UserInfo::new("metrics", &[crate::identity::MONITORING]))),
+                    "admin" => Ok(Some(UserInfo::new("admin", &[MASTERS]))),
                     "unreachable" => Err("no server".into()),
                     _ => Ok(None),
                 }
@@ -303,7 +385,7 @@ mod tests {
         use tower::ServiceExt;
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let authn = Authenticator::new().with_token("local", UserInfo::new("admin", &[MASTERS]));
-        let authn = authn.with_token_review(Reviewer(asked.clone()));
+        let authn = authn.with_token_review(Reviewer(asked.clone()), &[crate::identity::MONITORING]);
         let service = tower::service_fn(|request: Request<Body>| async move {
             let user = request.extensions().get::<UserInfo>().cloned().unwrap();
             Ok::<_, Infallible>(user.name.into_response())
@@ -330,8 +412,26 @@ mod tests {
         assert_eq!(call("forged").await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(call("forged").await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A token of a group this listener does not take from reviews names no one here.
+        assert_eq!(call("admin").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // No answer refuses, is not kept, and holds further questions off for a while.
         assert_eq!(call("unreachable").await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(call("unreachable").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call("another").await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
+        // What was approved before is still taken meanwhile.
+        assert_eq!(call("reviewed").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn questions_are_rationed() {
+        let mut state = ReviewState::default();
+        let start = Instant::now();
+        let asked = (0..100).filter(|_| state.may_ask(start)).count();
+        assert_eq!(asked, REVIEW_BURST as usize);
+        // A second later, a second's worth more.
+        let later = start + Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| state.may_ask(later)).count(), REVIEWS_PER_SECOND as usize);
     }
 }

@@ -27,7 +27,7 @@ pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 /// the same name lets read `/metrics`): the server's `/metrics`, and the nodes' `/metrics` and
 /// `/metrics/resource`. Nothing else beyond what every authenticated identity may read.
 pub const MONITORING: &str = "system:monitoring";
-/// Who the server's metrics token names (`<data-dir>/metrics-token`).
+/// Who the server's metrics token names (`<data-dir>/pki/metrics.token`).
 pub const METRICS_READER: &str = "flotilla:metrics-reader";
 
 /// Who is calling.

@@ -4,7 +4,7 @@
 //! exponential back-off per key. A named queue is measured as client-go's are (`workqueue_*`,
 //! by `name`), in the [`QueueMetrics`] its process registers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,20 +26,30 @@ struct State<T> {
     queued: HashMap<T, Instant>,
     /// Keys a worker holds, and since when.
     active: HashMap<T, Instant>,
-    /// Active keys that changed while worked on.
-    again: HashSet<T>,
+    /// Active keys that changed while worked on, and since when.
+    again: HashMap<T, Instant>,
     failures: HashMap<T, u32>,
+    /// Its share of the process's `workqueue_*`. Its depth is what waits, queued or to be
+    /// again, as client-go counts it: added to the family's gauge as it changes, so that queues
+    /// of one name (a loop restarted on a change of leader) add up.
+    measured: Measured,
+}
+
+impl<T> Drop for State<T> {
+    fn drop(&mut self) {
+        // A queue dropped with keys waiting takes them out of the depth.
+        self.measured.depth.dec_by((self.queue.len() + self.again.len()) as i64);
+    }
 }
 
 pub struct WorkQueue<T> {
     state: Arc<Mutex<State<T>>>,
     ready: Arc<Notify>,
-    measured: Measured,
 }
 
 impl<T> Clone for WorkQueue<T> {
     fn clone(&self) -> Self {
-        WorkQueue { state: self.state.clone(), ready: self.ready.clone(), measured: self.measured.clone() }
+        WorkQueue { state: self.state.clone(), ready: self.ready.clone() }
     }
 }
 
@@ -58,7 +68,7 @@ type QueueName = [(&'static str, &'static str); 1];
 
 impl Default for QueueMetrics {
     fn default() -> Self {
-        // client-go's buckets: 1 ns to 10 s, by tens.
+        // client-go's buckets: 10 ns to 10 s, by tens.
         let durations: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-8, 10.0, 10));
         QueueMetrics {
             depth: Family::default(),
@@ -132,10 +142,11 @@ impl<T> WorkQueue<T> {
             queue: VecDeque::new(),
             queued: HashMap::new(),
             active: HashMap::new(),
-            again: HashSet::new(),
+            again: HashMap::new(),
             failures: HashMap::new(),
+            measured: metrics.of(name),
         };
-        WorkQueue { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()), measured: metrics.of(name) }
+        WorkQueue { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()) }
     }
 }
 
@@ -146,23 +157,20 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
 
     pub fn add(&self, key: T) {
         let mut state = self.state.lock().expect("work queue lock");
-        self.measured.adds.inc();
-        if state.queued.contains_key(&key) {
+        // A key already waiting is not added again (nor counted).
+        if state.queued.contains_key(&key) || state.again.contains_key(&key) {
             return;
         }
+        state.measured.adds.inc();
+        state.measured.depth.inc();
         if state.active.contains_key(&key) {
-            state.again.insert(key);
+            state.again.insert(key, Instant::now());
             return;
         }
-        self.queue(&mut state, key);
-        drop(state);
-        self.ready.notify_one();
-    }
-
-    fn queue(&self, state: &mut State<T>, key: T) {
         state.queued.insert(key.clone(), Instant::now());
         state.queue.push_back(key);
-        self.measured.depth.set(state.queue.len() as i64);
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Queues `key` once `delay` has passed (a deadline to check, a retry).
@@ -181,11 +189,11 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     pub fn retry(&self, key: T) {
         let failures = {
             let mut state = self.state.lock().expect("work queue lock");
+            state.measured.retries.inc();
             let failures = state.failures.entry(key.clone()).or_default();
             *failures += 1;
             *failures
         };
-        self.measured.retries.inc();
         let delay = FIRST_RETRY_DELAY.saturating_mul(1 << (failures - 1).min(20)).min(MAX_RETRY_DELAY);
         self.add_after(key, delay);
     }
@@ -206,9 +214,9 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
                 if let Some(key) = state.queue.pop_front() {
                     let now = Instant::now();
                     if let Some(since) = state.queued.remove(&key) {
-                        self.measured.queue_duration.observe(now.duration_since(since).as_secs_f64());
+                        state.measured.queue_duration.observe(now.duration_since(since).as_secs_f64());
                     }
-                    self.measured.depth.set(state.queue.len() as i64);
+                    state.measured.depth.dec();
                     state.active.insert(key.clone(), now);
                     if !state.queue.is_empty() {
                         // Wake another worker for the rest.
@@ -224,10 +232,12 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     pub fn done(&self, key: &T) {
         let mut state = self.state.lock().expect("work queue lock");
         if let Some(since) = state.active.remove(key) {
-            self.measured.work_duration.observe(since.elapsed().as_secs_f64());
+            state.measured.work_duration.observe(since.elapsed().as_secs_f64());
         }
-        if state.again.remove(key) {
-            self.queue(&mut state, key.clone());
+        // Still waiting since it was added (the depth counts it already).
+        if let Some(since) = state.again.remove(key) {
+            state.queued.insert(key.clone(), since);
+            state.queue.push_back(key.clone());
             drop(state);
             self.ready.notify_one();
         }
@@ -267,6 +277,34 @@ mod tests {
         assert!(queue.is_empty(), "not handed to a second worker meanwhile");
         queue.done(&key);
         assert_eq!(queue.next().await, "a");
+    }
+
+    #[tokio::test]
+    async fn queues_are_measured_as_client_go_measures_them() {
+        let metrics = QueueMetrics::default();
+        let label = [("name", "test")];
+        let depth = || metrics.depth.get_or_create(&label).get();
+        let adds = || metrics.adds.get_or_create(&label).get();
+        let queue = WorkQueue::named("test", &metrics);
+        queue.add("a");
+        queue.add("a");
+        queue.add("b");
+        assert_eq!((depth(), adds()), (2, 2), "a key already waiting is not added again");
+        let a = queue.next().await;
+        queue.add("a");
+        queue.add("a");
+        assert_eq!((depth(), adds()), (2, 3), "changed while worked on: waiting again");
+        queue.done(&a);
+        assert_eq!(depth(), 2);
+        // A second queue of the same name (a loop restarted) adds to the same depth, and takes
+        // its keys out when it goes.
+        let other = WorkQueue::named("test", &metrics);
+        other.add("c");
+        assert_eq!(depth(), 3);
+        drop(other);
+        assert_eq!(depth(), 2);
+        drop(queue);
+        assert_eq!(depth(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,8 +43,10 @@ pub(crate) trait Replicated:
     + Sync
     + 'static
 {
-    /// The controller's name, in logs and metrics.
+    /// The controller's name, in logs.
     const CONTROLLER: &'static str;
+    /// Its work queue's name, as upstream's controller names it (`workqueue_*`).
+    const QUEUE: &'static str;
     fn cache(context: &Context) -> &Cache<Self>;
     fn informer(informers: &mut Informers) -> &mut Informer<Self>;
     fn selector(&self) -> Result<LabelSelector, Error>;
@@ -72,6 +74,7 @@ macro_rules! same_spec_fields {
 
 impl Replicated for ReplicaSet {
     const CONTROLLER: &'static str = "replicaset";
+    const QUEUE: &'static str = "replicaset";
 
     fn cache(context: &Context) -> &Cache<Self> {
         &context.replicasets
@@ -91,6 +94,7 @@ impl Replicated for ReplicaSet {
 
 impl Replicated for ReplicationController {
     const CONTROLLER: &'static str = "replicationcontroller";
+    const QUEUE: &'static str = "replicationmanager";
 
     fn cache(context: &Context) -> &Cache<Self> {
         &context.replicationcontrollers
@@ -110,7 +114,7 @@ impl Replicated for ReplicationController {
 }
 
 pub(crate) fn start<K: Replicated>(context: &Context, informers: &mut Informers) -> Vec<JoinHandle<()>> {
-    let queue = WorkQueue::named(K::CONTROLLER, &context.queues);
+    let queue = WorkQueue::named(K::QUEUE, &context.queues);
     let q = queue.clone();
     K::informer(informers).on_change(move |change| {
         let (Change::Applied { new: owner, .. } | Change::Deleted(owner)) = change;

@@ -255,6 +255,8 @@ impl Scheduler {
                 match result {
                     // The watch confirms the binding; until then the pod stays assumed.
                     Ok(()) => {
+                        // Upstream counts an attempt scheduled once its binding is done.
+                        self.metrics.attempted(prometheus::Attempt::Scheduled);
                         self.metrics.bound(attempts, since.elapsed());
                         let message = format!("Successfully assigned {key} to {node}");
                         self.events.object(&*pod, EventType::Normal, "Scheduled", message);
@@ -279,7 +281,6 @@ impl Scheduler {
         let (pod, info, attempts, since) = (queued.pod.clone(), queued.info.clone(), queued.attempts, queued.since);
         match schedule(&info, &self.cluster, self.start, &mut self.rng) {
             Ok(placement) => {
-                self.metrics.attempted(prometheus::Attempt::Scheduled);
                 self.start = placement.next_start;
                 self.cluster.place(info.clone(), &placement.node, true);
                 let permit = self.binds.clone().acquire_owned().await.expect("the semaphore is never closed");

@@ -1,5 +1,7 @@
-//! The scheduler's measurements, as kube-scheduler names them: its attempts by result, and how
-//! long pods took from first queued to bound.
+//! The scheduler's measurements, as kube-scheduler names them: its attempts by result (an
+//! attempt whose binding fails is an `error`, not also `scheduled`), and how long pods took from
+//! first queued to bound, under the current name and under the one deprecated in 1.29 that
+//! dashboards still read.
 
 use std::time::Duration;
 
@@ -36,14 +38,17 @@ struct Attempts {
 pub struct SchedulerMetrics {
     attempts: Family<Attempted, Counter>,
     durations: Family<Attempts, Histogram, fn() -> Histogram>,
+    deprecated_durations: Family<Attempts, Histogram, fn() -> Histogram>,
 }
 
 impl Default for SchedulerMetrics {
     fn default() -> Self {
         // Upstream's buckets: 10 ms to about 1.5 h, doubling.
+        let durations: fn() -> Histogram = || Histogram::new(exponential_buckets(0.01, 2.0, 20));
         SchedulerMetrics {
             attempts: Family::default(),
-            durations: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 20))),
+            durations: Family::new_with_constructor(durations),
+            deprecated_durations: Family::new_with_constructor(durations),
         }
     }
 }
@@ -57,9 +62,14 @@ impl SchedulerMetrics {
             metrics.attempts.clone(),
         );
         registry.register(
-            "scheduler_pod_scheduling_duration_seconds",
-            "[BETA] E2e latency for a pod being scheduled which may include multiple scheduling attempts.",
+            "scheduler_pod_scheduling_sli_duration_seconds",
+            "[BETA] E2e latency for a pod being scheduled, from the time the pod enters the scheduling queue and might involve multiple scheduling attempts.",
             metrics.durations.clone(),
+        );
+        registry.register(
+            "scheduler_pod_scheduling_duration_seconds",
+            "[ALPHA] (Deprecated since 1.29.0) E2e latency for a pod being scheduled which may include multiple scheduling attempts.",
+            metrics.deprecated_durations.clone(),
         );
         metrics
     }
@@ -77,6 +87,8 @@ impl SchedulerMetrics {
     pub(crate) fn bound(&self, attempts: u32, took: Duration) {
         // Pods tried 15 times or more share one label, so that the family stays small.
         let attempts = if attempts >= 15 { "15+".to_string() } else { attempts.to_string() };
-        self.durations.get_or_create(&Attempts { attempts }).observe(took.as_secs_f64());
+        let attempts = Attempts { attempts };
+        self.durations.get_or_create(&attempts).observe(took.as_secs_f64());
+        self.deprecated_durations.get_or_create(&attempts).observe(took.as_secs_f64());
     }
 }
