@@ -6,18 +6,20 @@
 //!   (Knative's concurrency: short requests between readings count), or at its one reading; a
 //!   Service's, the sum over the Running pods it selects, plus, while none of them is Ready,
 //!   the requests nodes hold for it (read from the nodes when asked for, and only from nodes
-//!   that told of holding some with an `Activating` Event on the Service): a Service at zero
+//!   that told of holding some with an `Activating` Event on the Service, which [`Holders`]
+//!   follows from the store rather than listing Events at every question): a Service at zero
 //!   asks for 0 replicas, or for enough to serve what waits. A Service one of whose Running pods
 //!   has not been read yet has no value: a pod just woken is not taken for an idle one.
 //! - `requests_per_second`: the rate between a pod's last two readings; a Service's, the sum.
 //!
 //! Values are `MetricValueList`s, computed when asked for, never stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::Response;
-use flotilla_api::selector::{FieldSelector, LabelSelector};
+use flotilla_api::selector::LabelSelector;
 use flotilla_api::stats::{ACTIVATING, Held, REQUESTS_IN_FLIGHT};
 use flotilla_api::{ApiError, Reason};
 use futures::StreamExt;
@@ -26,6 +28,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::error::Result;
+use crate::follow::{Followed, Followers, follow};
 use crate::handlers;
 use crate::metrics::{Metrics, PodRequests, Requests};
 use crate::node_proxy::NodeProxy;
@@ -45,6 +48,100 @@ const HOLDING_RECENTLY: Duration = Duration::from_secs(300);
 const MAX_HELD_BYTES: usize = 1024 * 1024;
 /// The most requests one node is believed to hold for a Service: what its activator may hold.
 const MAX_HELD_PER_NODE: u64 = 4096;
+
+/// How long a question waits for [`Holders`] to catch up with the store: an HPA woken by an
+/// `Activating` Event asks at once, and the index may be a revision short of that Event.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+const EVENTS: &str = "/registry/events/";
+
+/// Which nodes told, with an `Activating` Event, that they hold requests for which Service, and
+/// when they last did: followed from the store's Events, so that the custom metrics of a
+/// Service at zero cost a lookup, not a list of its namespace's Events. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Holders {
+    state: Arc<Mutex<Holding>>,
+    reached: tokio::sync::watch::Receiver<flotilla_store::Revision>,
+    store: flotilla_store::Store,
+    _follower: Arc<Followers>,
+}
+
+/// A Service, by namespace and name.
+type ServiceKey = (String, String);
+
+#[derive(Debug, Default)]
+struct Holding {
+    /// By Service, its `Activating` Events (by store key): the node, and when it last told.
+    /// One per node and Service: the nodes' recorders count repeats in one Event.
+    services: HashMap<ServiceKey, HashMap<Vec<u8>, (String, Timestamp)>>,
+    /// Each of those Events' Service.
+    events: HashMap<Vec<u8>, ServiceKey>,
+}
+
+impl Holding {
+    fn apply(&mut self, key: Vec<u8>, told: Option<(ServiceKey, String, Timestamp)>) {
+        if let Some(service) = self.events.remove(&key)
+            && let Some(events) = self.services.get_mut(&service)
+        {
+            events.remove(&key);
+            if events.is_empty() {
+                self.services.remove(&service);
+            }
+        }
+        if let Some((service, node, last)) = told {
+            self.events.insert(key.clone(), service.clone());
+            self.services.entry(service).or_default().insert(key, (node, last));
+        }
+    }
+}
+
+impl Holders {
+    pub(crate) fn follow(registry: Registry) -> Holders {
+        let state = Arc::new(Mutex::new(Holding::default()));
+        let (reached, revision) = tokio::sync::watch::channel(0);
+        let followed = Followed {
+            prefix: EVENTS,
+            def: flotilla_api::resource::find("", "v1", "events").expect("events are served"),
+            apply: |holding: &mut Holding, key, stored| holding.apply(key, stored.and_then(activating)),
+            reset: |holding| *holding = Holding::default(),
+        };
+        let store = registry.store().clone();
+        let follower = tokio::spawn(follow(registry, followed, state.clone(), reached));
+        Holders { state, reached: revision, store, _follower: Arc::new(Followers(vec![follower])) }
+    }
+
+    /// The nodes that told of holding requests for `namespace/name` since `since`, once the
+    /// index has caught up with the store (or has tried to for [`CATCH_UP`]).
+    async fn nodes(&self, namespace: &str, name: &str, since: Timestamp) -> Vec<String> {
+        let current = self.store.revision();
+        let mut reached = self.reached.clone();
+        let _ = tokio::time::timeout(CATCH_UP, reached.wait_for(|reached| *reached >= current)).await;
+        let holding = self.state.lock().expect("holders lock");
+        let service = (namespace.to_string(), name.to_string());
+        let events = holding.services.get(&service).into_iter().flat_map(HashMap::values);
+        let mut nodes: Vec<String> = events.filter(|(_, last)| *last >= since).map(|(node, _)| node.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+}
+
+/// What a stored Event tells, if it is a node's `Activating` Event on a Service.
+fn activating(stored: &[u8]) -> Option<(ServiceKey, String, Timestamp)> {
+    // Most Events are not: skip them before they are parsed.
+    let json = stored.get(4..)?;
+    if !json.windows(ACTIVATING.len()).any(|w| w == ACTIVATING.as_bytes()) {
+        return None;
+    }
+    let event: Value = serde_json::from_slice(json).ok()?;
+    let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+    if text("/reason")? != ACTIVATING || text("/involvedObject/kind")? != "Service" {
+        return None;
+    }
+    let service = (text("/involvedObject/namespace")?.to_string(), text("/involvedObject/name")?.to_string());
+    let last = text("/lastTimestamp")?.parse::<Timestamp>().ok()?;
+    Some((service, text("/source/host")?.to_string(), last))
+}
 
 /// `/apis/custom.metrics.k8s.io/v1beta2/[namespaces/<ns>/]<resource>/<name or *>/<metric>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +222,7 @@ pub(crate) async fn serve(
     registry: &Registry,
     nodes: &NodeProxy,
     metrics: &Metrics,
+    holders: &Holders,
 ) -> Result<Response> {
     if *method != Method::GET {
         return Err(handlers::method_not_allowed(method));
@@ -151,7 +249,7 @@ pub(crate) async fn serve(
                 PodRequests::Read(requests) => requests,
                 PodRequests::Unread | PodRequests::Uncounted => continue,
             },
-            _ => match service_requests(registry, nodes, metrics, object, now).await? {
+            _ => match service_requests(registry, nodes, metrics, holders, object, now).await? {
                 Ok(requests) => requests,
                 Err(unread) if request.name != "*" => {
                     let message = format!("{}: pod {unread} has not been read yet", metric_not_found(request).message);
@@ -217,6 +315,7 @@ async fn service_requests(
     registry: &Registry,
     nodes: &NodeProxy,
     metrics: &Metrics,
+    holders: &Holders,
     service: &Value,
     now: Timestamp,
 ) -> Result<std::result::Result<Requests, String>> {
@@ -249,7 +348,7 @@ async fn service_requests(
         conditions.into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
     });
     // Requests are held only while the Service has no endpoint: with a pod Ready, none waits.
-    let held = if ready { 0 } else { held(registry, nodes, namespace, name, now).await? };
+    let held = if ready { 0 } else { held(registry, nodes, holders, namespace, name, now).await? };
     let in_flight = read.iter().map(|r| r.in_flight).sum::<f64>() + held as f64;
     let rates: Option<Vec<f64>> = read.iter().map(|r| r.per_second).collect();
     let per_second = rates.map(|rates| rates.iter().sum());
@@ -260,25 +359,16 @@ async fn service_requests(
 
 /// The requests held for Service `namespace/name` by the nodes that recently told of holding
 /// some.
-async fn held(registry: &Registry, nodes: &NodeProxy, namespace: &str, name: &str, now: Timestamp) -> Result<u64> {
-    let events = flotilla_api::resource::find("", "v1", "events").expect("events are served");
-    let fields = format!("involvedObject.kind=Service,involvedObject.name={name},reason={ACTIVATING}");
-    let fields = FieldSelector::parse(&fields, |_| true).map_err(|e| ApiError::internal(e.message))?;
-    let listed = registry.list(events, Some(namespace), &ListOptions { fields, ..ListOptions::default() }).await?;
+async fn held(
+    registry: &Registry,
+    nodes: &NodeProxy,
+    holders: &Holders,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<u64> {
     let recently = now.checked_sub(HOLDING_RECENTLY).unwrap_or(Timestamp::UNIX_EPOCH);
-    let mut holding: Vec<String> = listed
-        .items
-        .iter()
-        .filter_map(|stored| stored.value().ok())
-        .filter(|event| {
-            let last =
-                event.pointer("/lastTimestamp").and_then(Value::as_str).and_then(|t| t.parse::<Timestamp>().ok());
-            last.is_some_and(|last| last >= recently)
-        })
-        .filter_map(|event| Some(event.pointer("/source/host")?.as_str()?.to_string()))
-        .collect();
-    holding.sort();
-    holding.dedup();
+    let holding = holders.nodes(namespace, name, recently).await;
     let nodes_def = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
     let counts = futures::stream::iter(holding)
         .map(|node| async move {
@@ -297,6 +387,32 @@ async fn held(registry: &Registry, nodes: &NodeProxy, namespace: &str, name: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holders_are_indexed_by_service_and_forgotten_with_their_events() {
+        let stored = |reason: &str, kind: &str, node: &str, at: &str| {
+            let event = json!({
+                "reason": reason, "lastTimestamp": at, "source": {"host": node},
+                "involvedObject": {"kind": kind, "namespace": "fn", "name": "hello"},
+            });
+            [b"k8s\0".to_vec(), serde_json::to_vec(&event).unwrap()].concat()
+        };
+        let at = "2026-12-05T10:00:00Z";
+        let told = activating(&stored(ACTIVATING, "Service", "n1", at)).unwrap();
+        assert_eq!(told, (("fn".to_string(), "hello".to_string()), "n1".to_string(), at.parse().unwrap()));
+        assert_eq!(activating(&stored("Scheduled", "Service", "n1", at)), None);
+        assert_eq!(activating(&stored(ACTIVATING, "Pod", "n1", at)), None);
+
+        let mut holding = Holding::default();
+        holding.apply(b"/registry/events/fn/a".to_vec(), Some(told.clone()));
+        let other = (told.0.clone(), "n2".to_string(), told.2);
+        holding.apply(b"/registry/events/fn/b".to_vec(), Some(other));
+        assert_eq!(holding.services[&told.0].len(), 2);
+        // An Event deleted, or rewritten as something else, holds no more.
+        holding.apply(b"/registry/events/fn/a".to_vec(), None);
+        holding.apply(b"/registry/events/fn/b".to_vec(), None);
+        assert!(holding.services.is_empty() && holding.events.is_empty());
+    }
 
     #[test]
     fn paths_name_an_object_or_all_and_a_metric() {

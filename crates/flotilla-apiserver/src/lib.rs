@@ -15,6 +15,7 @@ mod custom_metrics;
 mod discovery;
 mod encryption;
 mod error;
+mod follow;
 mod handlers;
 mod metrics;
 mod node_proxy;
@@ -129,6 +130,8 @@ struct Inner {
     registry: Registry,
     nodes: NodeProxy,
     metrics: metrics::Metrics,
+    /// The nodes holding requests for Services at zero, for the custom metrics.
+    holders: custom_metrics::Holders,
     authenticator: Authenticator,
     authorizer: Authorizer,
     authority: Option<Arc<Authority>>,
@@ -167,6 +170,7 @@ impl ApiServer {
         let instruments =
             prometheus::Instruments::register(&mut config.prometheus.lock().expect("prometheus registry lock"));
         let inner = Inner {
+            holders: custom_metrics::Holders::follow(registry.clone()),
             registry,
             nodes,
             metrics,
@@ -464,7 +468,8 @@ async fn route(
         }
         Route::CustomMetric(request) => {
             let inner = &server.inner;
-            custom_metrics::serve(&request, &method, &query, &inner.registry, &inner.nodes, &inner.metrics).await
+            let (registry, nodes, metrics) = (&inner.registry, &inner.nodes, &inner.metrics);
+            custom_metrics::serve(&request, &method, &query, registry, nodes, metrics, &inner.holders).await
         }
         Route::Object(target) => {
             let request = handlers::Request {

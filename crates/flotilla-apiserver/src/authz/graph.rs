@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_api::resource::ResourceDef;
-use flotilla_store::{EventKind, KeyRange, KeyValue, RangeRequest, Revision, Store, WatchRequest, WatchResponse};
+use flotilla_store::{Revision, Store};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::follow::{Followed, Followers, follow};
 use crate::registry::Registry;
 
 /// How long a question waits for the graph to catch up with the store before it is answered.
@@ -93,17 +93,6 @@ pub(crate) struct NodeGraph {
     _followers: Arc<Followers>,
 }
 
-#[derive(Debug)]
-struct Followers(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Followers {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
 impl NodeGraph {
     /// Follows the pods of `registry`'s store (decrypted, if they are stored encrypted) until
     /// the store is dropped.
@@ -167,18 +156,8 @@ impl NodeGraph {
 /// Where the registrations of nodes are kept (see `credentials`).
 const REGISTRATIONS: &str = "/registry/secrets/kube-system/";
 
-/// What the objects under a prefix contribute to the graph.
-struct Followed {
-    prefix: &'static str,
-    def: &'static ResourceDef,
-    /// What an object does to the graph: `None` for a deletion.
-    apply: fn(&mut State, Vec<u8>, Option<&[u8]>),
-    /// Forgets what all of them contributed, before a list puts it back.
-    reset: fn(&mut State),
-}
-
-impl Followed {
-    fn pods() -> Followed {
+impl Followed<State> {
+    fn pods() -> Followed<State> {
         Followed {
             prefix: PODS,
             def: flotilla_api::resource::find("", "v1", "pods").expect("pods are served"),
@@ -190,7 +169,7 @@ impl Followed {
         }
     }
 
-    fn registrations() -> Followed {
+    fn registrations() -> Followed<State> {
         Followed {
             prefix: REGISTRATIONS,
             def: flotilla_api::resource::find("", "v1", "secrets").expect("secrets are served"),
@@ -214,77 +193,6 @@ fn apply_registration(state: &mut State, key: Vec<u8>, stored: Option<&[u8]>) {
         Some(_) => state.registered.insert(node.to_string()),
         None => state.registered.remove(node),
     };
-}
-
-/// Lists the objects under `prefix`, then watches them from there; lists again whenever the
-/// watch ends (a slow watcher is cancelled by the store, a compaction overtakes it). A list
-/// replaces what the prefix contributed to the graph.
-async fn follow(registry: Registry, followed: Followed, state: Arc<Mutex<State>>, reached: watch::Sender<Revision>) {
-    let Followed { prefix, def, apply, reset } = followed;
-    let store = registry.store().clone();
-    // An object that cannot be decrypted is left out, and so gives its node nothing.
-    let put = |state: &mut State, kv: KeyValue| match registry.open(def, &kv.key, kv.value, kv.mod_revision) {
-        Ok(stored) => apply(state, kv.key, Some(&stored.bytes)),
-        Err(err) => {
-            tracing::warn!(error = %err.0, "the node graph cannot read an object");
-            apply(state, kv.key, None);
-        }
-    };
-    loop {
-        if reached.is_closed() {
-            return;
-        }
-        let listed = match store.range(RangeRequest::new(KeyRange::prefix(prefix))).await {
-            Ok(listed) => listed,
-            Err(err) => {
-                tracing::debug!(%err, prefix, "listing for the node graph; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        {
-            let mut state = state.lock().expect("graph lock");
-            reset(&mut state);
-            for kv in listed.kvs {
-                put(&mut state, kv);
-            }
-        }
-        let _ = reached.send(listed.revision);
-        let request =
-            WatchRequest::new(KeyRange::prefix(prefix)).from_revision(listed.revision + 1).with_progress_notify();
-        let mut watch = match store.watch(request) {
-            Ok(watch) => watch,
-            Err(err) => {
-                tracing::debug!(%err, prefix, "watching for the node graph; listing again");
-                continue;
-            }
-        };
-        while let Some(response) = watch.next().await {
-            let revision = match response {
-                Ok(WatchResponse::Events(events)) => {
-                    let mut state = state.lock().expect("graph lock");
-                    let mut last = None;
-                    for event in events {
-                        last = Some(event.kv.mod_revision);
-                        if event.kind == EventKind::Delete {
-                            apply(&mut state, event.kv.key, None);
-                        } else {
-                            put(&mut state, event.kv);
-                        }
-                    }
-                    last
-                }
-                Ok(WatchResponse::Progress { revision }) => Some(revision),
-                Err(err) => {
-                    tracing::debug!(%err, prefix, "the node graph's watch ended; listing again");
-                    break;
-                }
-            };
-            if let Some(revision) = revision {
-                let _ = reached.send(revision);
-            }
-        }
-    }
 }
 
 /// The node a stored pod is bound to and what it refers to; `None` for an unbound pod.
