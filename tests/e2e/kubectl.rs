@@ -431,3 +431,40 @@ fn users_see_upstreams_errors() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn events_expire_once_unchanged_for_the_event_ttl() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with(dir.path(), Ports::free(), &["--event-ttl", "3s"])?;
+    let k = Kubectl::new("1.33", &server)?;
+    let event = |name: &str, count: u32| {
+        format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: {name}\ninvolvedObject:\n  kind: ConfigMap\n  name: c\n  namespace: {}\nreason: Tested\nmessage: count {count}\ncount: {count}\ntype: Normal\n",
+            k.namespace
+        )
+    };
+    crate::pods::apply(&k, &event("idle", 1))?;
+    crate::pods::apply(&k, &event("busy", 1))?;
+    // One left alone goes within the TTL and a sweep; one written again all the while stays.
+    let started = Instant::now();
+    let mut count = 1;
+    let gone = loop {
+        count += 1;
+        crate::pods::apply(&k, &event("busy", count))?;
+        let names = k.ok(&["get", "events", "-o", "jsonpath={.items[*].metadata.name}"])?;
+        if !names.split_whitespace().any(|n| n == "idle") {
+            break started.elapsed();
+        }
+        ensure!(started.elapsed() < Duration::from_secs(20), "the idle Event outlived its TTL: {names}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    ensure!(gone >= Duration::from_secs(2), "the idle Event went after {gone:?}, before its TTL");
+    ensure!(k.ok(&["get", "event", "busy", "-o", "jsonpath={.count}"])? == count.to_string());
+    // Then left alone, it goes too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while k.ok(&["get", "events", "-o", "name"])?.contains("busy") {
+        ensure!(Instant::now() < deadline, "the busy Event outlived its TTL once left alone");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}

@@ -15,6 +15,7 @@ mod custom_metrics;
 mod discovery;
 mod encryption;
 mod error;
+mod event_ttl;
 mod follow;
 mod handlers;
 mod metrics;
@@ -49,6 +50,7 @@ use serde_json::{Value, json};
 pub use compaction::{DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL, compact_history};
 pub use encryption::Encryption;
 pub use error::Error;
+pub use event_ttl::expire_events;
 pub use flotilla_api::Cidr;
 pub use prometheus::Prometheus;
 

@@ -53,7 +53,7 @@ impl ElectionArgs {
     }
 }
 
-/// `15s`, `500ms`, `2m`, as Go writes durations (whole units only).
+/// `15s`, `500ms`, `2m`, `1h`, as Go writes durations (whole units only).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 15s"))?;
@@ -61,7 +61,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: the unit must be ms, s, m or h")),
     }
 }
 
@@ -228,6 +229,7 @@ mod tests {
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("fast").is_err() && parse_duration("3h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("fast").is_err() && parse_duration("3d").is_err());
     }
 }

@@ -44,6 +44,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, default_value_t = flotilla_apiserver::DEFAULT_COMPACTION_INTERVAL.as_secs())]
     compaction_interval: u64,
 
+    /// How long an Event is kept after it last changed, e.g. `1h` (upstream's `--event-ttl`).
+    /// 0 keeps Events for good.
+    #[arg(long, value_parser = crate::control::parse_duration, default_value = "1h")]
+    event_ttl: Duration,
+
     /// How often the resource metrics (`kubectl top`, the HPA) read every node's usage, e.g.
     /// `15s`: the shortest window they report a CPU rate over.
     #[arg(long, value_parser = crate::control::parse_period, default_value = "15s")]
@@ -235,6 +240,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let api_server =
         tokio::spawn(flotilla_auth::serve(api_listener, tls, api.router(), until_stopped(stopped.clone())));
 
+    let expiry = (!args.event_ttl.is_zero()).then(|| {
+        tokio::spawn(flotilla_apiserver::expire_events(store.clone(), args.event_ttl, until_stopped(stopped.clone())))
+    });
     let compactor = (args.compaction_interval > 0).then(|| {
         let interval = Duration::from_secs(args.compaction_interval);
         tokio::spawn(flotilla_apiserver::compact_history(store.clone(), interval, until_stopped(stopped.clone())))
@@ -321,8 +329,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let _ = stop.send(true);
     control.abort();
     let _ = api_server.await;
-    if let Some(compactor) = compactor {
-        let _ = compactor.await;
+    for task in [compactor, expiry].into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some((agent, server)) = node {
         drop(agent);
