@@ -114,9 +114,7 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
 
     // The node's own resource metrics, as the kubelet serves them to scrapers: for the
     // cluster's administrators only.
-    let jsonpath =
-        "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
-    let at = k.ok(&["get", "node", &node, "-o", &format!("jsonpath={jsonpath}")])?;
+    let at = node_api(&k, &node)?;
     let pki = dir.path().join("pki");
     let scrape = |credentials: &[&str]| curl(&format!("https://{at}/metrics/resource"), credentials);
     let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
@@ -137,6 +135,22 @@ fn kubectl_top_shows_what_nodes_and_pods_use() -> Result<()> {
     Ok(())
 }
 
+/// Where `node`'s API listens: `address:port`.
+pub(crate) fn node_api(k: &Kubectl, node: &str) -> Result<String> {
+    let jsonpath =
+        "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
+    k.ok(&["get", "node", node, "-o", &format!("jsonpath={jsonpath}")])
+}
+
+/// `/metrics` at `url` (a server's or a node's), read with the metrics token of the server whose
+/// data directory is `data_dir`.
+pub(crate) fn scrape(data_dir: &std::path::Path, url: &str) -> Result<String> {
+    let token = std::fs::read_to_string(data_dir.join("pki/metrics.token"))?;
+    let (code, text) = curl(&format!("{url}/metrics"), &["-H", &format!("Authorization: Bearer {}", token.trim())])?;
+    ensure!(code == "200", "{url}/metrics: {code}: {text}");
+    Ok(text)
+}
+
 /// `curl` of `url` with `args`: the status code and the body.
 fn curl(url: &str, args: &[&str]) -> Result<(String, String)> {
     let out = std::process::Command::new("curl")
@@ -150,7 +164,7 @@ fn curl(url: &str, args: &[&str]) -> Result<(String, String)> {
 }
 
 /// The value of the first sample in `text` whose line starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
 }
 
@@ -207,9 +221,7 @@ fn prometheus_reads_the_server_and_its_nodes_with_the_metrics_token() -> Result<
 
     // The node takes the same token, which it checks with the API server (a TokenReview): it
     // holds no token of its own.
-    let jsonpath =
-        "{.status.addresses[?(@.type==\"InternalIP\")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}";
-    let at = k.ok(&["get", "node", &node, "-o", &format!("jsonpath={jsonpath}")])?;
+    let at = node_api(&k, &node)?;
     let (code, text) = curl(&format!("https://{at}/metrics"), &with_token)?;
     ensure!(code == "200", "{code}: {text}");
     ensure!(sample(&text, "kubelet_running_pods ") >= Some(1.0), "{text}");

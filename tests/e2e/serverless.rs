@@ -13,6 +13,7 @@ use flotilla_examples as examples;
 use crate::autoscale::wait;
 use crate::harness::{Ports, Server};
 use crate::kubectl::Kubectl;
+use crate::metrics::{node_api, sample, scrape};
 use crate::pods::{apply, import};
 
 const FUNCTION: &str = "apiVersion: apps/v1
@@ -190,6 +191,15 @@ fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()
     wait(&k, "events", "{.items[?(@.reason==\"ActivationFailed\")].message}", 30, |m| {
         m.contains("No endpoint became ready within 15s of a request")
     })?;
+
+    // The node's metrics tell what became of the connections it held: the first, the burst and
+    // the guest's passed on; the last timed out.
+    let node = crate::pods::node_name(&k)?;
+    let text = scrape(dir.path(), &format!("https://{}", node_api(&k, &node)?))?;
+    let passed = sample(&text, "flotilla_activator_connections_total{result=\"passed\"}");
+    ensure!(passed >= Some(14.0), "{text}");
+    ensure!(sample(&text, "flotilla_activator_connections_total{result=\"timed_out\"}") >= Some(1.0), "{text}");
+    ensure!(sample(&text, "flotilla_activator_waited_seconds_total ") > Some(0.0), "{text}");
     Ok(())
 }
 

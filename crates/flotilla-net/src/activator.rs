@@ -54,6 +54,19 @@ pub struct Activator {
     total: std::sync::atomic::AtomicUsize,
     tell: mpsc::UnboundedSender<Activation>,
     timeout: Duration,
+    outcomes: Mutex<Outcomes>,
+}
+
+/// What became of the connections held so far (for the node's `/metrics`): how many went on to
+/// an endpoint, and how long they waited in all; and how many were let go, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub passed: u64,
+    pub waited: Duration,
+    pub timed_out: u64,
+    pub full: u64,
+    pub left: u64,
+    pub closed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -82,8 +95,14 @@ impl Activator {
     /// the receiver.
     pub fn new(timeout: Duration) -> (Arc<Activator>, mpsc::UnboundedReceiver<Activation>) {
         let (tell, told) = mpsc::unbounded_channel();
-        let activator =
-            Activator { services: RwLock::default(), held: Mutex::default(), total: Default::default(), tell, timeout };
+        let activator = Activator {
+            services: RwLock::default(),
+            held: Mutex::default(),
+            total: Default::default(),
+            tell,
+            timeout,
+            outcomes: Mutex::default(),
+        };
         (Arc::new(activator), told)
     }
 
@@ -116,6 +135,33 @@ impl Activator {
         left: impl Future<Output = ()>,
     ) -> Result<Arc<Rotation>, Unheld> {
         let since = Instant::now();
+        let outcome = self.wait(service, rotation, left, since).await;
+        let mut outcomes = self.outcomes.lock().expect("activator lock");
+        match outcome {
+            Ok(_) => {
+                outcomes.passed += 1;
+                outcomes.waited += since.elapsed();
+            }
+            Err(Unheld::TimedOut(_)) => outcomes.timed_out += 1,
+            Err(Unheld::Full) => outcomes.full += 1,
+            Err(Unheld::Left) => outcomes.left += 1,
+            Err(Unheld::Closed) => outcomes.closed += 1,
+        }
+        outcome
+    }
+
+    /// What became of the connections held so far.
+    pub fn outcomes(&self) -> Outcomes {
+        *self.outcomes.lock().expect("activator lock")
+    }
+
+    async fn wait(
+        &self,
+        service: &ObjectKey,
+        rotation: &mut watch::Receiver<Arc<Rotation>>,
+        left: impl Future<Output = ()>,
+        since: Instant,
+    ) -> Result<Arc<Rotation>, Unheld> {
         use std::sync::atomic::Ordering;
         {
             let mut held = self.held.lock().expect("activator lock");

@@ -1,7 +1,8 @@
 //! `/metrics`: the node's own measurements, under the kubelet's names where it has one
 //! (`kubelet_running_pods`, `kubelet_running_containers`, `kubelet_pod_start_duration_seconds`),
 //! and the data path's under Flotilla's: the requests each `wasi:http` container has served and
-//! is serving, and the connections the activator holds for Services scaling up from zero.
+//! is serving, and the connections the activator holds for Services scaling up from zero and
+//! what became of those it held.
 //! Read by `system:masters` and `system:monitoring`; the metrics token is checked with the API
 //! server ([`ApiTokenReview`]), as the kubelet checks bearer tokens.
 
@@ -110,6 +111,22 @@ impl Collector for Now {
             let labels = [("namespace", service.namespace.unwrap_or_default()), ("service", service.name)];
             ConstGauge::new(held as i64).encode(family.encode_family(&labels)?)?;
         }
+        let outcomes = self.0.activator.outcomes();
+        let help = "Connections the activator held, by what became of them: passed on to an endpoint, timed out (answered 503), refused for want of room, left by their client, or let go when their Service stopped scaling from zero";
+        let mut family =
+            encoder.encode_descriptor("flotilla_activator_connections", help, None, MetricType::Counter)?;
+        for (result, count) in [
+            ("passed", outcomes.passed),
+            ("timed_out", outcomes.timed_out),
+            ("full", outcomes.full),
+            ("left", outcomes.left),
+            ("closed", outcomes.closed),
+        ] {
+            ConstCounter::new(count).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        let help = "Seconds the connections passed on to an endpoint waited for it, in all";
+        let family = encoder.encode_descriptor("flotilla_activator_waited_seconds", help, None, MetricType::Counter)?;
+        ConstCounter::new(outcomes.waited.as_secs_f64()).encode(family)?;
         Ok(())
     }
 }
