@@ -18,8 +18,9 @@
 //! 3. A load step: from one replica, `wrk` on a function whose requests each take 50 ms, timed
 //!    until the HPA scales the Deployment out (its metric read every second).
 //! 4. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
-//!    agent's and the server's memory per function. Last: their HPAs, evaluated every second,
-//!    would hold up the others'.
+//!    agent's and the server's memory per function; then cold requests again, beside them (up
+//!    to 20): their HPAs, evaluated every second, each ask what nodes hold for their Service,
+//!    which must not hold up a wake-up.
 //!
 //! `cargo bench -p flotilla-benches --bench serverless -- [--wakeups N] [--functions N]`
 
@@ -158,9 +159,19 @@ async fn main() -> Result<()> {
     let (agent_after, _) = cluster.agent.memory_mib()?;
     let (server_after, _) = cluster.server.memory_mib()?;
     let per = |before: f64, after: f64| (after - before) * 1024.0 / args.functions as f64;
-    let at_zero = format!("{} functions at zero", args.functions);
-    report.add(format!("{at_zero}: agent memory per function"), "KiB", per(agent_before, agent_after), None);
-    report.add(format!("{at_zero}: server memory per function"), "KiB", per(server_before, server_after), None);
+    let idle = format!("{} functions at zero", args.functions);
+    report.add(format!("{idle}: agent memory per function"), "KiB", per(agent_before, agent_after), None);
+    report.add(format!("{idle}: server memory per function"), "KiB", per(server_before, server_after), None);
+
+    eprintln!("== a cold request beside {} functions at zero", args.functions);
+    // Their HPAs are evaluated every second, each asking what nodes hold for its Service: a
+    // wake-up must not wait behind them.
+    let mut beside = Samples::default();
+    for _ in 0..args.wakeups.min(20) {
+        at_zero(&mut connection, "cold").await?;
+        beside.extend(vec![request(front, "/").await?]);
+    }
+    report.add(format!("cold request beside {idle}, p50"), "ms", beside.quantile_ms(0.5), None);
 
     let (agent, _) = cluster.agent.memory_mib()?;
     report.add("agent RSS at the end", "MiB", agent, None);
