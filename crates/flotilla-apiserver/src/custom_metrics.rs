@@ -62,6 +62,7 @@ const EVENTS: &str = "/registry/events/";
 pub(crate) struct Holders {
     state: Arc<Mutex<Holding>>,
     reached: tokio::sync::watch::Receiver<flotilla_store::Revision>,
+    asked: Arc<tokio::sync::Notify>,
     store: flotilla_store::Store,
     _follower: Arc<Followers>,
 }
@@ -106,8 +107,9 @@ impl Holders {
             reset: |holding| *holding = Holding::default(),
         };
         let store = registry.store().clone();
-        let follower = tokio::spawn(follow(registry, followed, state.clone(), reached));
-        Holders { state, reached: revision, store, _follower: Arc::new(Followers(vec![follower])) }
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let follower = tokio::spawn(follow(registry, followed, state.clone(), reached, asked.clone()));
+        Holders { state, reached: revision, asked, store, _follower: Arc::new(Followers(vec![follower])) }
     }
 
     /// The nodes that told of holding requests for `namespace/name` since `since`, once the
@@ -115,7 +117,10 @@ impl Holders {
     async fn nodes(&self, namespace: &str, name: &str, since: Timestamp) -> Vec<String> {
         let current = self.store.revision();
         let mut reached = self.reached.clone();
-        let _ = tokio::time::timeout(CATCH_UP, reached.wait_for(|reached| *reached >= current)).await;
+        if *reached.borrow() < current {
+            self.asked.notify_one();
+            let _ = tokio::time::timeout(CATCH_UP, reached.wait_for(|reached| *reached >= current)).await;
+        }
         let holding = self.state.lock().expect("holders lock");
         let service = (namespace.to_string(), name.to_string());
         let events = holding.services.get(&service).into_iter().flat_map(HashMap::values);

@@ -26,12 +26,16 @@ pub(crate) struct Followed<S> {
 /// Lists the objects under the prefix, then watches them from there; lists again whenever the
 /// watch ends (a slow watcher is cancelled by the store, a compaction overtakes it). A list
 /// replaces what the prefix contributed. `reached` tells how far the state has followed the
-/// store; the loop ends once no one listens to it.
+/// store; the loop ends once no one listens to it. A notice on `asked` has the store tell at
+/// once how far it is (a progress notification behind every change so far): a question that
+/// must see the store's current revision then waits for the changes in flight, not for the
+/// store's next periodic progress.
 pub(crate) async fn follow<S>(
     registry: Registry,
     followed: Followed<S>,
     state: Arc<Mutex<S>>,
     reached: watch::Sender<Revision>,
+    asked: Arc<tokio::sync::Notify>,
 ) {
     let Followed { prefix, def, apply, reset } = followed;
     let store = registry.store().clone();
@@ -72,7 +76,15 @@ pub(crate) async fn follow<S>(
                 continue;
             }
         };
-        while let Some(response) = watch.next().await {
+        loop {
+            let response = tokio::select! {
+                response = watch.next() => response,
+                () = asked.notified() => {
+                    watch.request_progress();
+                    continue;
+                }
+            };
+            let Some(response) = response else { break };
             let revision = match response {
                 Ok(WatchResponse::Events(events)) => {
                     let mut state = state.lock().expect("followed state lock");

@@ -88,6 +88,8 @@ pub(crate) struct NodeGraph {
     state: Arc<Mutex<State>>,
     /// The revisions the watches of pods and of registrations have reached.
     revisions: [watch::Receiver<Revision>; 2],
+    /// Has the watches tell how far they are at once (see `follow`).
+    asked: [Arc<tokio::sync::Notify>; 2],
     store: Option<Store>,
     /// The watching tasks, which end with the last clone: they hold the store open.
     _followers: Arc<Followers>,
@@ -101,13 +103,21 @@ impl NodeGraph {
         let store = registry.store().clone();
         let (pods_reached, pods_revision) = watch::channel(0);
         let (registrations_reached, registrations_revision) = watch::channel(0);
+        let asked = [Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new())];
         let followers = Followers(vec![
-            tokio::spawn(follow(registry.clone(), Followed::pods(), state.clone(), pods_reached)),
-            tokio::spawn(follow(registry, Followed::registrations(), state.clone(), registrations_reached)),
+            tokio::spawn(follow(registry.clone(), Followed::pods(), state.clone(), pods_reached, asked[0].clone())),
+            tokio::spawn(follow(
+                registry,
+                Followed::registrations(),
+                state.clone(),
+                registrations_reached,
+                asked[1].clone(),
+            )),
         ]);
         NodeGraph {
             state,
             revisions: [pods_revision, registrations_revision],
+            asked,
             store: Some(store),
             _followers: Arc::new(followers),
         }
@@ -141,6 +151,9 @@ impl NodeGraph {
         }
         let Some(store) = &self.store else { return false };
         let current = store.revision();
+        for asked in &self.asked {
+            asked.notify_one();
+        }
         let caught_up = async {
             for revision in &self.revisions {
                 let mut revision = revision.clone();
