@@ -75,7 +75,10 @@ impl Collector for Now {
                 usage.iter().map(|(name, usage)| (pod.clone(), name.clone(), usage.clone())).collect::<Vec<_>>()
             })
             .collect();
-        let running_pods = pods.iter().filter(|pod| !pod.usage.lock().expect("pod entry lock").is_empty()).count();
+        // Pods with a container running: the distinct pods among the runs, read once above.
+        let mut running = usages.iter().map(|(pod, _, _)| Arc::as_ptr(pod)).collect::<Vec<_>>();
+        running.dedup();
+        let running_pods = running.len();
         let help = "[ALPHA] Number of pods that have a running pod sandbox";
         ConstGauge::new(running_pods as i64).encode(encoder.encode_descriptor(
             "kubelet_running_pods",
