@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// container's `userDefinedMetrics`, and of the custom metric served from it (the average in
 /// flight between two readings, from [`REQUESTS_IN_FLIGHT_SECONDS`]).
 pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+/// The custom metric of the requests a pod or a Service serves per second, from
+/// [`REQUESTS_TOTAL`].
+pub const REQUESTS_PER_SECOND: &str = "requests_per_second";
 /// The time its requests have spent in flight, in all: cumulative, in seconds. Its change over
 /// a window is the average number in flight over that window.
 pub const REQUESTS_IN_FLIGHT_SECONDS: &str = "requests_in_flight_seconds";

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::response::Response;
 use flotilla_api::selector::LabelSelector;
-use flotilla_api::stats::{ACTIVATING, Held, REQUESTS_IN_FLIGHT};
+use flotilla_api::stats::{ACTIVATING, Held, REQUESTS_IN_FLIGHT, REQUESTS_PER_SECOND};
 use flotilla_api::{ApiError, Reason};
 use futures::StreamExt;
 use http::{Method, StatusCode};
@@ -37,7 +37,6 @@ use crate::request::{Query, not_served};
 
 pub(crate) const GROUP: &str = "custom.metrics.k8s.io";
 pub(crate) const VERSION: &str = "v1beta2";
-const REQUESTS_PER_SECOND: &str = "requests_per_second";
 /// The metrics served, for each kind of object.
 const METRICS: &[&str] = &[REQUESTS_IN_FLIGHT, REQUESTS_PER_SECOND];
 /// How recent a node's `Activating` Event must be for it to be asked what it holds. A node

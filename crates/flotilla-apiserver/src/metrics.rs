@@ -11,6 +11,12 @@
 //! every container of which has a usage. A node whose read fails keeps its readings for a few
 //! resolutions, then has no metrics until it is read again. What a node says of pods is kept
 //! only up to [`MAX_PODS`], and served only for pods bound to it.
+//!
+//! The request counts of `wasi:http` containers, which the custom metrics serve for
+//! request-driven scaling, are read apart, every [`REQUESTS_RESOLUTION`] (a second), from a
+//! summary of only them (`/stats/summary?only_requests=true`): an autoscaler's panic window of
+//! a few seconds needs readings that fresh, and the whole summary of a node of thousands of
+//! pods is too much to read every second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,9 @@ use crate::table::{IncludeObject, ListMeta, table_of};
 
 /// How often nodes are read by default: metrics-server's shipped `--metric-resolution`.
 pub(crate) const DEFAULT_RESOLUTION: Duration = Duration::from_secs(15);
+/// How often nodes' request counts are read (at most): Knative's autoscaler reads its pods'
+/// every second too.
+pub(crate) const REQUESTS_RESOLUTION: Duration = Duration::from_secs(1);
 /// Nodes read at once.
 const CONCURRENT_READS: usize = 16;
 /// The most a Summary may hold: far more than a node of 10,000 pods writes.
@@ -50,35 +59,55 @@ const FRESH: Duration = Duration::from_secs(10);
 /// Rounds a node whose reads fail keeps its readings.
 const KEPT_ROUNDS: u32 = 3;
 
-/// The readings, and the task that takes them. Dropping it stops the task.
+/// The readings, and the tasks that take them. Dropping it stops the tasks.
 pub(crate) struct Metrics {
-    readings: Arc<Mutex<Readings>>,
-    task: JoinHandle<()>,
+    /// By node, what its summaries say.
+    usage: Readings<NodeReadings>,
+    /// By node, what its summaries of request counts say.
+    requests: Readings<NodeRequests>,
+    tasks: [JoinHandle<()>; 2],
 }
+
+/// What is kept of each node's reads, by node.
+type Readings<R> = Arc<Mutex<HashMap<String, R>>>;
 
 impl Drop for Metrics {
     fn drop(&mut self) {
-        self.task.abort();
+        self.tasks.iter().for_each(JoinHandle::abort);
     }
 }
 
 impl Metrics {
-    /// Reads every node through `nodes` each `resolution` (a second at least).
+    /// Reads every node's summary through `nodes` each `resolution` (a second at least), and
+    /// its request counts each [`REQUESTS_RESOLUTION`] (or `resolution`, if shorter).
     pub(crate) fn start(registry: Registry, nodes: NodeProxy, resolution: Duration) -> Metrics {
         let resolution = resolution.max(Duration::from_secs(1));
-        let readings = Arc::new(Mutex::new(Readings::default()));
-        let task = tokio::spawn(read_nodes(registry, nodes, resolution, readings.clone()));
-        Metrics { readings, task }
+        let (usage, requests) = (Readings::default(), Readings::default());
+        let read_usage = read_nodes(
+            registry.clone(),
+            nodes.clone(),
+            (resolution, "/stats/summary"),
+            move |summary, before| self::readings(summary, before, resolution),
+            Arc::clone(&usage),
+        );
+        let read_requests = read_nodes(
+            registry,
+            nodes,
+            (resolution.min(REQUESTS_RESOLUTION), "/stats/summary?only_requests=true"),
+            request_readings,
+            Arc::clone(&requests),
+        );
+        Metrics { usage, requests, tasks: [tokio::spawn(read_usage), tokio::spawn(read_requests)] }
     }
 
     fn node(&self, name: &str) -> Option<Usage> {
-        self.readings.lock().expect("metrics lock").nodes.get(name)?.node.usage()
+        self.usage.lock().expect("metrics lock").get(name)?.node.usage()
     }
 
     /// Each container's usage, if every one has one.
     fn pod(&self, node: &str, namespace: &str, name: &str, uid: &str) -> Option<Vec<(String, Usage)>> {
-        let readings = self.readings.lock().expect("metrics lock");
-        let pod = readings.nodes.get(node)?.pods.get(&(namespace.to_string(), name.to_string()))?;
+        let readings = self.usage.lock().expect("metrics lock");
+        let pod = readings.get(node)?.pods.get(&(namespace.to_string(), name.to_string()))?;
         if pod.uid != uid || pod.containers.is_empty() {
             return None;
         }
@@ -110,10 +139,18 @@ pub(crate) enum PodRequests {
 impl Metrics {
     /// The requests of a pod, from its node's readings.
     pub(crate) fn requests(&self, node: &str, namespace: &str, name: &str, uid: &str) -> PodRequests {
-        let readings = self.readings.lock().expect("metrics lock");
-        let read = readings.nodes.get(node).and_then(|n| n.pods.get(&(namespace.to_string(), name.to_string())));
-        let Some(pod) = read.filter(|pod| pod.uid == uid) else { return PodRequests::Unread };
-        let counted: Vec<&Series> = pod.containers.values().filter(|s| s.last.requests.is_some()).collect();
+        let key = (namespace.to_string(), name.to_string());
+        let requests = self.requests.lock().expect("metrics lock");
+        let counted = requests.get(node).and_then(|n| n.pods.get(&key)).filter(|pod| pod.uid == uid);
+        let Some(counted) = counted else {
+            // A summary of counts names only pods that count: one the whole summary names
+            // counts none.
+            drop(requests);
+            let usage = self.usage.lock().expect("metrics lock");
+            let read = usage.get(node).and_then(|n| n.pods.get(&key)).is_some_and(|pod| pod.uid == uid);
+            return if read { PodRequests::Uncounted } else { PodRequests::Unread };
+        };
+        let counted: Vec<&CountSeries> = counted.containers.values().collect();
         let Some(time) = counted.iter().map(|s| s.last.time).min() else { return PodRequests::Uncounted };
         // Each container's two readings of one run, and the window between them.
         let windows: Option<Vec<(Counts, Counts, Duration)>> = counted
@@ -121,11 +158,11 @@ impl Metrics {
             .map(|s| {
                 let (prev, last) = (s.prev?, s.last);
                 let window = Duration::try_from(last.time.duration_since(prev.time)).ok().filter(|w| !w.is_zero())?;
-                Some((prev.requests?, last.requests?, window))
+                Some((prev.counts, last.counts, window))
             })
             .collect();
         let Some(windows) = windows else {
-            let in_flight = counted.iter().filter_map(|s| s.last.requests).map(|c| c.in_flight).sum();
+            let in_flight = counted.iter().map(|s| s.last.counts.in_flight).sum();
             return PodRequests::Read(Requests { time, window: None, in_flight, per_second: None });
         };
         let rate = |before: f64, after: f64, window: Duration| (after - before).max(0.0) / window.as_secs_f64();
@@ -136,9 +173,10 @@ impl Metrics {
     }
 }
 
-#[derive(Default)]
-struct Readings {
-    nodes: HashMap<String, NodeReadings>,
+/// What is kept of a node's reads.
+trait Reading: Clone + Send + 'static {
+    /// When this server last read the node.
+    fn read(&self) -> std::time::Instant;
 }
 
 #[derive(Clone)]
@@ -150,10 +188,70 @@ struct NodeReadings {
     pods: HashMap<(String, String), PodReadings>,
 }
 
+impl Reading for NodeReadings {
+    fn read(&self) -> std::time::Instant {
+        self.read
+    }
+}
+
 #[derive(Clone)]
 struct PodReadings {
     uid: String,
     containers: BTreeMap<String, Series>,
+}
+
+/// What a node's summaries of request counts say, by pod.
+#[derive(Clone)]
+struct NodeRequests {
+    read: std::time::Instant,
+    /// By namespace and name.
+    pods: HashMap<(String, String), PodCounts>,
+}
+
+impl Reading for NodeRequests {
+    fn read(&self) -> std::time::Instant {
+        self.read
+    }
+}
+
+/// The counts of a pod's containers that count requests.
+#[derive(Clone)]
+struct PodCounts {
+    uid: String,
+    containers: BTreeMap<String, CountSeries>,
+}
+
+/// One reading of a container's request counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Counted {
+    time: Timestamp,
+    /// When its run started: counts of another run are no series with these.
+    start: Timestamp,
+    counts: Counts,
+}
+
+/// The last two readings of a container's request counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CountSeries {
+    prev: Option<Counted>,
+    last: Counted,
+}
+
+impl CountSeries {
+    /// The series after `point`, read after `old`.
+    fn next(old: Option<&CountSeries>, point: Counted) -> CountSeries {
+        match old {
+            Some(old) if point.time <= old.last.time => *old,
+            Some(old)
+                if point.start == old.last.start
+                    && point.counts.total >= old.last.counts.total
+                    && point.counts.busy >= old.last.counts.busy =>
+            {
+                CountSeries { prev: Some(old.last), last: point }
+            }
+            _ => CountSeries { prev: None, last: point },
+        }
+    }
 }
 
 /// One reading of a node or a container.
@@ -166,15 +264,13 @@ struct Point {
     cpu: u64,
     /// Working set, in bytes.
     memory: u64,
-    /// A `wasi:http` container's request counts, if it counts them.
-    requests: Option<Counts>,
 }
 
 impl Point {
     fn of(start: Timestamp, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>) -> Option<Point> {
         let (cpu, memory) = (cpu?, memory?);
         let (time, memory) = (cpu.time.0, memory.working_set_bytes?);
-        Some(Point { time, start, cpu: cpu.usage_core_nano_seconds?, memory, requests: None })
+        Some(Point { time, start, cpu: cpu.usage_core_nano_seconds?, memory })
     }
 }
 
@@ -211,8 +307,7 @@ impl Series {
                 let counts_from_start = fresh.is_some_and(|resolution| {
                     Duration::try_from(age).is_ok_and(|age| age >= FRESH && age < resolution)
                 });
-                let start =
-                    Point { time: point.start, cpu: 0, requests: point.requests.map(|_| Counts::default()), ..point };
+                let start = Point { time: point.start, cpu: 0, ..point };
                 Series { prev: counts_from_start.then_some(start), last: point }
             }
         }
@@ -272,8 +367,7 @@ fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration)
             .iter()
             .take(MAX_CONTAINERS)
             .filter_map(|c| {
-                let mut point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
-                point.requests = requests(&c.user_defined_metrics);
+                let point = Point::of(c.start_time.0, c.cpu.as_ref(), c.memory.as_ref())?;
                 let series = Series::next(before.and_then(|b| b.containers.get(&c.name)), point, Some(resolution));
                 Some((c.name.clone(), series))
             })
@@ -284,9 +378,40 @@ fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration)
     Some(NodeReadings { read: std::time::Instant::now(), node, pods })
 }
 
-async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, readings: Arc<Mutex<Readings>>) {
+/// What a node's request summary adds to its readings, `old` being what they were.
+fn request_readings(summary: &Summary, old: Option<&NodeRequests>) -> Option<NodeRequests> {
+    let mut pods = HashMap::new();
+    for pod in summary.pods.iter().take(MAX_PODS) {
+        let key = (pod.pod_ref.namespace.clone(), pod.pod_ref.name.clone());
+        let before = old.and_then(|o| o.pods.get(&key)).filter(|p| p.uid == pod.pod_ref.uid);
+        let containers: BTreeMap<String, CountSeries> = pod
+            .containers
+            .iter()
+            .take(MAX_CONTAINERS)
+            .filter_map(|c| {
+                let counts = requests(&c.user_defined_metrics)?;
+                let time = c.user_defined_metrics.iter().map(|m| m.time.0).min()?;
+                let point = Counted { time, start: c.start_time.0, counts };
+                Some((c.name.clone(), CountSeries::next(before.and_then(|b| b.containers.get(&c.name)), point)))
+            })
+            .collect();
+        if !containers.is_empty() {
+            pods.insert(key, PodCounts { uid: pod.pod_ref.uid.clone(), containers });
+        }
+    }
+    Some(NodeRequests { read: std::time::Instant::now(), pods })
+}
+
+/// Reads every node's `path` each `period`, and folds what each says into `readings`.
+async fn read_nodes<R: Reading>(
+    registry: Registry,
+    proxy: NodeProxy,
+    (period, path): (Duration, &'static str),
+    fold: impl Fn(&Summary, Option<&R>) -> Option<R> + Send + 'static,
+    readings: Readings<R>,
+) {
     let nodes_def = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
-    let mut tick = tokio::time::interval(resolution);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -302,7 +427,7 @@ async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, 
                 let proxy = proxy.clone();
                 async move {
                     let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-                    let read = tokio::time::timeout(resolution, proxy.read(&node, "/stats/summary", MAX_SUMMARY_BYTES));
+                    let read = tokio::time::timeout(period, proxy.read(&node, path, MAX_SUMMARY_BYTES));
                     let summary = match read.await {
                         // Up to 16 MiB of JSON: parsed off the async threads.
                         Ok(Ok(bytes)) => tokio::task::spawn_blocking(move || serde_json::from_slice::<Summary>(&bytes))
@@ -326,19 +451,19 @@ async fn read_nodes(registry: Registry, proxy: NodeProxy, resolution: Duration, 
         let mut new = HashMap::new();
         while let Some((name, summary)) = summaries.next().await {
             let last = readings.lock().expect("metrics lock");
-            let before = last.nodes.get(&name);
+            let before = last.get(&name);
             let read = summary
                 .filter(|s| s.node.node_name == name)
-                .and_then(|s| self::readings(&s, before, resolution))
+                .and_then(|s| fold(&s, before))
                 // A node that could not be read keeps its readings a while: one slow read is
                 // not a gap in its metrics.
-                .or_else(|| before.filter(|b| b.read.elapsed() < resolution * KEPT_ROUNDS).cloned());
+                .or_else(|| before.filter(|b| b.read().elapsed() < period * KEPT_ROUNDS).cloned());
             drop(last);
             if let Some(read) = read {
                 new.insert(name, read);
             }
         }
-        readings.lock().expect("metrics lock").nodes = new;
+        *readings.lock().expect("metrics lock") = new;
     }
 }
 
@@ -466,7 +591,7 @@ mod tests {
     }
 
     fn point(time: f64, start: f64, cpu_ms: u64) -> Point {
-        Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096, requests: None }
+        Point { time: at(time), start: at(start), cpu: cpu_ms * 1_000_000, memory: 4096 }
     }
 
     const RESOLUTION: Duration = Duration::from_secs(15);
@@ -552,5 +677,43 @@ mod tests {
         replaced.pods[0].containers[0].start_time.0 = at(105.0);
         let third = readings(&replaced, Some(&first), RESOLUTION).unwrap();
         assert_eq!(third.pods[&key].containers["c"].usage(), None, "a pod of its own, read once, 6 s after its start");
+    }
+
+    #[test]
+    fn request_counts_carry_on_within_a_run_and_start_over_in_another() {
+        let summary = |uid: &str, time: f64, start: f64, total: f64, busy: f64| -> Summary {
+            let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(time));
+            let metric = |name: &str, value: f64| json!({"name": name, "type": "cumulative", "units": "requests", "time": time, "value": value});
+            serde_json::from_value(json!({
+                "node": {"nodeName": "n1", "startTime": time},
+                "pods": [{
+                    "podRef": {"name": "fn", "namespace": "default", "uid": uid},
+                    "startTime": time,
+                    "containers": [{"name": "c", "startTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(start)), "userDefinedMetrics": [
+                        metric(stats::REQUESTS_IN_FLIGHT, 3.0),
+                        metric(stats::REQUESTS_TOTAL, total),
+                        metric(stats::REQUESTS_IN_FLIGHT_SECONDS, busy),
+                    ]}],
+                }],
+            }))
+            .unwrap()
+        };
+        let key = ("default".to_string(), "fn".to_string());
+        let first = request_readings(&summary("u1", 101.0, 100.0, 10.0, 2.0), None).unwrap();
+        assert_eq!(first.pods[&key].containers["c"].prev, None);
+        // A second later: 20 more requests, 4 s more in flight in all (4 on average).
+        let second = request_readings(&summary("u1", 102.0, 100.0, 30.0, 6.0), Some(&first)).unwrap();
+        let series = second.pods[&key].containers["c"];
+        let (prev, last) = (series.prev.unwrap(), series.last);
+        assert_eq!((last.counts.total - prev.counts.total, last.counts.busy - prev.counts.busy), (20.0, 4.0));
+        // A restarted container, counts that went back, or another pod of the name: over.
+        for (uid, start, total) in [("u1", 101.5, 40.0), ("u1", 100.0, 5.0), ("u2", 100.0, 40.0)] {
+            let next = request_readings(&summary(uid, 103.0, start, total, 7.0), Some(&second)).unwrap();
+            assert_eq!(next.pods[&key].containers["c"].prev, None, "{uid} {start} {total}");
+        }
+        // A node that says nothing of a container's requests names no pod.
+        let mut silent = summary("u1", 103.0, 100.0, 40.0, 7.0);
+        silent.pods[0].containers[0].user_defined_metrics.clear();
+        assert!(request_readings(&silent, Some(&second)).unwrap().pods.is_empty());
     }
 }

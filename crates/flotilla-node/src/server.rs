@@ -70,10 +70,13 @@ async fn masters_only(request: axum::extract::Request, next: axum::middleware::N
     }
 }
 
-/// The Summary API: what the node and its containers use now.
-async fn summary(State(server): State<Server>) -> Response {
+/// The Summary API: what the node and its containers use now; with `only_requests=true`, only
+/// the request counts of the containers that count them.
+async fn summary(State(server): State<Server>, RawQuery(query): RawQuery) -> Response {
     let node = server.node.clone();
-    match tokio::task::spawn_blocking(move || crate::stats::summary(&node)).await {
+    let only_requests = query.as_deref().unwrap_or_default().split('&').any(|pair| pair == "only_requests=true");
+    let only = if only_requests { crate::stats::Only::Requests } else { crate::stats::Only::Everything };
+    match tokio::task::spawn_blocking(move || crate::stats::summary(&node, only)).await {
         Ok(summary) => {
             let body = serde_json::to_vec(&summary).unwrap_or_default();
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -103,7 +106,11 @@ async fn metrics(State(server): State<Server>) -> Response {
 /// The kubelet's resource metrics, in Prometheus text: what the summary says, for scrapers.
 async fn resource_metrics(State(server): State<Server>) -> Response {
     let node = server.node.clone();
-    match tokio::task::spawn_blocking(move || crate::stats::resource_metrics(&crate::stats::summary(&node))).await {
+    match tokio::task::spawn_blocking(move || {
+        crate::stats::resource_metrics(&crate::stats::summary(&node, crate::stats::Only::Everything))
+    })
+    .await
+    {
         Ok(text) => {
             ([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text).into_response()
         }

@@ -21,29 +21,45 @@ use prometheus_client::registry::Registry;
 
 use crate::Node;
 
-/// The node's and its pods' usage now. Reads `/proc`: call it off the async threads.
-pub(crate) fn summary(node: &Node) -> Summary {
+/// What a Summary holds: everything, or only the request counts of the containers that count
+/// them (`?only_requests=true`, Flotilla's, as the kubelet has `?only_cpu_and_memory=true`),
+/// which the API server reads every second for request-driven scaling: cheap to take, and small
+/// on a node of thousands of pods that serve no HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Only {
+    Everything,
+    Requests,
+}
+
+/// The node's and its pods' usage now. Reads `/proc` (not for [`Only::Requests`]): call it off
+/// the async threads.
+pub(crate) fn summary(node: &Node, only: Only) -> Summary {
     let now = Timestamp::now();
-    let machine = Machine::read();
+    let everything = only == Only::Everything;
+    let machine = if everything { Machine::read() } else { Machine { booted: None, cpu_nanos: None, memory: None } };
     let pods = node
         .pods
         .all()
         .iter()
-        .map(|pod| {
+        .filter_map(|pod| {
             let usage = pod.usage.lock().expect("pod entry lock");
             let containers: Vec<ContainerStats> = usage
                 .iter()
+                .filter(|(_, usage)| everything || usage.requests.counted())
                 .map(|(name, usage)| ContainerStats {
                     name: name.clone(),
                     start_time: MicroTime(usage.started),
-                    cpu: Some(cpu(now, usage.cpu_time.used().as_nanos())),
-                    memory: Some(memory(now, usage.memory.used() as u64)),
+                    cpu: everything.then(|| cpu(now, usage.cpu_time.used().as_nanos())),
+                    memory: everything.then(|| memory(now, usage.memory.used() as u64)),
                     user_defined_metrics: requests(now, &usage.requests),
                 })
                 .collect();
+            if containers.is_empty() && !everything {
+                return None;
+            }
             let total_cpu = containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds).sum::<u64>();
             let total_memory = containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes).sum::<u64>();
-            PodStats {
+            Some(PodStats {
                 pod_ref: PodReference {
                     name: pod.name.clone(),
                     namespace: pod.namespace.clone(),
@@ -51,9 +67,9 @@ pub(crate) fn summary(node: &Node) -> Summary {
                 },
                 start_time: MicroTime(pod.started),
                 containers,
-                cpu: Some(cpu(now, u128::from(total_cpu))),
-                memory: Some(memory(now, total_memory)),
-            }
+                cpu: everything.then(|| cpu(now, u128::from(total_cpu))),
+                memory: everything.then(|| memory(now, total_memory)),
+            })
         })
         .collect();
     Summary {
