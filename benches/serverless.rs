@@ -11,12 +11,17 @@
 //!    on. p50 and p99 over `--wakeups`, beside a warm request through the same Service.
 //!    Between wake-ups the HPA takes the idle function back to zero (its scale-down window is
 //!    0 here): a benchmark that scaled it down itself would have the HPA count each wake-up
-//!    against its scale-up rate (4 pods per 15 s) without the scale-down that offsets it.
+//!    against its scale-up rate (4 pods per 15 s) without the scale-down that offsets it. Its
+//!    target is a total (`Value`), which the HPA's own algorithm scales on at its first idle
+//!    reading; a target per pod (`AverageValue`) scales as Knative's autoscaler does, which
+//!    goes to zero only after a stable window (6 s at least) without a request, and would
+//!    make 200 wake-ups last half an hour. The wake-up itself is the same for both.
 //! 2. Warm throughput through a Service whose function scales from zero (every connection
 //!    asks whether to hold it; every request is counted) beside a plain Service to the same
 //!    pod: `wrk` requests/s and the ratio.
 //! 3. A load step: from one replica, `wrk` on a function whose requests each take 50 ms, timed
-//!    until the HPA scales the Deployment out (its metric read every second).
+//!    until the HPA scales the Deployment out: its target per pod puts it in Knative's panic
+//!    mode, read every second, which evaluates the HPA at once, whatever its sync period.
 //! 4. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
 //!    agent's and the server's memory per function; then cold requests again, beside them (up
 //!    to 20): their HPAs, evaluated every second, each ask what nodes hold for their Service,
@@ -181,7 +186,8 @@ async fn main() -> Result<()> {
 
 /// Function `name`: a Deployment of `replicas` handler pods, a Service, and an HPA from zero to
 /// `max` on its requests in flight (two per replica), which scales it down at once when
-/// `idles_to_zero`, else never. Its cluster IP.
+/// `idles_to_zero` (on a total, by the HPA's own algorithm), else never (on a target per pod, by
+/// Knative's windows). Its cluster IP.
 async fn function(
     connection: &mut Connection,
     name: &str,
@@ -204,7 +210,11 @@ async fn function(
         "metrics": [{"type": "Object", "object": {
             "describedObject": {"apiVersion": "v1", "kind": "Service", "name": name},
             "metric": {"name": "requests_in_flight"},
-            "target": {"type": "AverageValue", "averageValue": "2"}}}],
+            "target": if idles_to_zero {
+                json!({"type": "Value", "value": "2"})
+            } else {
+                json!({"type": "AverageValue", "averageValue": "2"})
+            }}}],
         "behavior": {"scaleDown": if idles_to_zero {
             json!({"stabilizationWindowSeconds": 0})
         } else {

@@ -2,12 +2,14 @@
 //! `minReplicas: 0` on its Service's `requests_in_flight` (the custom metrics API) takes an idle
 //! Deployment to zero; a request to the Service's cluster IP is held by the node while the HPA,
 //! woken by the node's `Activating` Event, scales it back to one, and is answered once the pod
-//! is ready; a wake-up that cannot succeed answers 503 and leaves an Event.
+//! is ready; a wake-up that cannot succeed answers 503 and leaves an Event. Under `hey`, a
+//! function at one replica scales out in a panic (Knative's panic window), long before the
+//! HPA's next sync, with every request answered, and back to zero once idle.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use flotilla_examples as examples;
 
 use crate::autoscale::wait;
@@ -36,11 +38,14 @@ spec:
         - containerPort: 8080
 ";
 
-/// Zero when idle, one replica more per two requests in flight.
+/// Zero when idle (its requests averaged over Knative's shortest stable window, 6 s), one
+/// replica more per two requests in flight.
 pub(crate) const AUTOSCALER: &str = "apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata:
   name: fn
+  annotations:
+    autoscaling.knative.dev/window: 6s
 spec:
   scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: fn}
   minReplicas: 0
@@ -88,18 +93,25 @@ fn curl(url: &str, secs: u64) -> Result<(String, String)> {
     Ok((code, body.to_string()))
 }
 
-#[test]
-fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let args =
-        ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s", "--activation-timeout", "15s"];
-    let server = Server::start_with(dir.path(), Ports::free(), &args)?;
-    import(dir.path(), examples::P2_HANDLER, "handler:v1")?;
+/// A server started with `args` and the function running at one replica behind its Service:
+/// the Service's cluster IP.
+fn serving(dir: &std::path::Path, args: &[&str]) -> Result<(Server, Kubectl, String)> {
+    let server = Server::start_with(dir, Ports::free(), args)?;
+    import(dir, examples::P2_HANDLER, "handler:v1")?;
     let k = Kubectl::new("1.33", &server)?;
     apply(&k, FUNCTION)?;
     k.ok(&["rollout", "status", "deploy/fn", "--timeout=60s"])?;
     k.ok(&["expose", "deploy", "fn", "--port=80", "--target-port=8080"])?;
     let ip = k.ok(&["get", "svc", "fn", "-o", "jsonpath={.spec.clusterIP}"])?;
+    Ok((server, k, ip))
+}
+
+#[test]
+fn a_function_goes_to_zero_when_idle_and_a_request_brings_it_back() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args =
+        ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s", "--activation-timeout", "15s"];
+    let (_server, k, ip) = serving(dir.path(), &args)?;
     let url = format!("http://{ip}/");
 
     // The custom metrics API: the pods' and the Service's requests in flight.
@@ -242,5 +254,53 @@ fn a_function_answers_the_requests_it_holds_when_its_pod_is_deleted() -> Result<
         "jsonpath={.items[*].message}",
     ])?;
     ensure!(said.contains("Stopping container slow"), "{said}");
+    Ok(())
+}
+
+#[test]
+fn a_function_scales_out_in_a_panic_under_load_and_back_to_zero_when_idle() -> Result<()> {
+    // The HPA's sync period is a minute: only its panic window can scale out sooner.
+    let dir = tempfile::tempdir()?;
+    let args = ["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "60s"];
+    let (_server, k, ip) = serving(dir.path(), &args)?;
+    // At least one replica while loaded; four at most.
+    let autoscaler = AUTOSCALER.replace("minReplicas: 0", "minReplicas: 1").replace("maxReplicas: 3", "maxReplicas: 4");
+    apply(&k, &autoscaler)?;
+    wait(&k, "hpa/fn", "{.status.currentReplicas}", 30, |r| r == "1")?;
+    let created = Instant::now();
+
+    // Eight clients at once, each request 200 ms: eight in flight, four replicas' worth.
+    let url = format!("http://{ip}/?sleep_ms=200");
+    let hey = std::thread::spawn(move || Command::new("hey").args(["-c", "8", "-z", "12s", "-t", "20", &url]).output());
+    // Within the load (the next sync is a minute after the HPA's first evaluation).
+    let replicas = wait(&k, "deployment/fn", "{.spec.replicas}", 12, |r| r.parse::<i32>().is_ok_and(|r| r > 1))?;
+    let scaled = created.elapsed();
+    let out = hey.join().expect("hey's thread").context("run hey (scripts/test installs it)")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "hey failed: {report}");
+    ensure!(!report.contains("Error distribution"), "requests failed or hung: {report}");
+    // hey's "Status code distribution": `[200] 412 responses`, a line per status.
+    let statuses: Vec<(&str, u64)> = report
+        .lines()
+        .filter_map(|l| {
+            let (status, count) = l.trim().strip_prefix('[')?.split_once(']')?;
+            Some((status, count.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
+    let answered = statuses.iter().find(|(status, _)| *status == "200").map_or(0, |s| s.1);
+    let sent: u64 = statuses.iter().map(|s| s.1).sum();
+    ensure!(answered > 100 && answered == sent, "{answered} of {sent} answered 200: {report}");
+    let said =
+        k.ok(&["get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "jsonpath={.items[*].message}"])?;
+    ensure!(said.contains("reason: Service metric requests_in_flight above target"), "{said}");
+    eprintln!(
+        "scaled out to {replicas} in a panic {scaled:?} after the HPA's evaluation; {answered} requests answered"
+    );
+
+    // Idle, and allowed to: to zero, once the stable window (6 s) has seen no request and the
+    // panic is over (at the HPA's evaluation on its changed spec, not a minute later).
+    std::thread::sleep(Duration::from_secs(7));
+    k.ok(&["patch", "hpa", "fn", "--type=merge", "-p", r#"{"spec":{"minReplicas":0}}"#])?;
+    at_zero(&k)?;
     Ok(())
 }

@@ -17,8 +17,15 @@
 //! no endpoint writes an `Activating` Event on it; the HPAs whose `Object` metric describes that
 //! Service are evaluated at once, rather than at their next sync, and the held requests count
 //! as the Service's requests in flight.
+//!
+//! Request-driven scaling: a `Pods` or `Object` metric of the requests the nodes count with an
+//! `averageValue` target (a target per pod) scales as Knative's pod autoscaler does
+//! (`kpa.rs`), on its averages over a stable and a panic window rather than on one reading
+//! with the HPA's tolerance. While its target runs, such a metric is read every second, and an
+//! HPA whose panic window surges is evaluated at once.
 
 mod calculate;
+mod kpa;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +37,7 @@ use flotilla_client::{Cache, Change, EventType, Informer, ObjectKey, Recorder, W
 use jiff::Timestamp;
 use k8s_openapi::api::autoscaling::v2::{
     HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, MetricIdentifier, MetricSpec,
-    MetricStatus, MetricValueStatus, ObjectMetricStatus, PodsMetricStatus, ResourceMetricStatus,
+    MetricStatus, MetricValueStatus, ObjectMetricSource, ObjectMetricStatus, PodsMetricStatus, ResourceMetricStatus,
 };
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -42,6 +49,7 @@ use tokio::task::JoinHandle;
 use self::calculate::{
     Computed, Memory, Normalized, ObjectTarget, PodView, Policy, Rules, Said, Sample, Select, Target,
 };
+use self::kpa::{Observed, Windows};
 use crate::{Context, Error, Next, Reconciler, spawn_workers};
 
 /// How often every HPA is evaluated (upstream's `--horizontal-pod-autoscaler-sync-period`).
@@ -67,6 +75,7 @@ pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<
         hpas: cache.clone(),
         sync_period,
         memory: Mutex::default(),
+        observed: Mutex::default(),
     });
     // Requests held for a Service at zero: the HPAs that scale it from zero are evaluated now.
     let fields = format!("involvedObject.kind=Service,reason={}", flotilla_api::stats::ACTIVATING);
@@ -83,10 +92,12 @@ pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<
         }
     });
     let pods = context.pods.clone();
+    let sampler = tokio::spawn(sample_requests(autoscaler.clone(), queue.clone()));
     let mut tasks = spawn_workers(autoscaler, queue, 2, async move {
         cache.synced().await;
         pods.synced().await;
     });
+    tasks.push(sampler);
     tasks.push(tokio::spawn(hpas.run()));
     tasks.push(tokio::spawn(activations.run()));
     tasks
@@ -99,6 +110,64 @@ struct Autoscaler {
     sync_period: Duration,
     /// Each HPA's recent recommendations and scalings.
     memory: Mutex<HashMap<ObjectKey, Memory>>,
+    /// Each HPA's request metrics that scale as Knative's do: what was read of them, and the
+    /// selector of the target's pods (for a `Pods` metric) as its last evaluation found it.
+    observed: Mutex<HashMap<ObjectKey, Requests>>,
+}
+
+/// What is known of an HPA's request metrics.
+#[derive(Default)]
+struct Requests {
+    /// Of its target's scale.
+    selector: String,
+    /// By [`MetricSpec`], as [`per_pod_requests`] names it.
+    metrics: HashMap<String, Observed>,
+}
+
+/// Every [`kpa::TICK`], each HPA's request metrics with a target per pod, while its target
+/// runs: read into their windows, and an HPA whose panic window surges evaluated at once.
+async fn sample_requests(autoscaler: Arc<Autoscaler>, queue: WorkQueue<ObjectKey>) {
+    let mut tick = tokio::time::interval(kpa::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let hpas = autoscaler.hpas.list().into_iter().filter(|hpa| {
+            hpa.status.as_ref().and_then(|s| s.current_replicas).unwrap_or(0) > 0
+                && hpa.spec.iter().flat_map(|s| s.metrics.iter().flatten()).any(|m| per_pod_requests(m).is_some())
+        });
+        futures::StreamExt::for_each_concurrent(futures::stream::iter(hpas), 16, |hpa| {
+            let (autoscaler, queue) = (&autoscaler, &queue);
+            async move {
+                if autoscaler.sample(&hpa).await {
+                    queue.add(ObjectKey::of(&*hpa));
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// An HPA's metric of the requests the nodes count with a target per pod, which scales as
+/// Knative's pod autoscaler does: its name among the HPA's metrics, and the target in
+/// milli-units.
+fn per_pod_requests(spec: &MetricSpec) -> Option<(String, i64)> {
+    use flotilla_api::stats::{REQUESTS_IN_FLIGHT, REQUESTS_PER_SECOND};
+    let counted = |name: &str| name == REQUESTS_IN_FLIGHT || name == REQUESTS_PER_SECOND;
+    match spec.type_.as_str() {
+        "Pods" => {
+            let source = spec.pods.as_ref()?;
+            let target = milli(source.target.average_value.as_ref()?)?;
+            counted(&source.metric.name).then(|| (format!("Pods/{}", source.metric.name), target))
+        }
+        "Object" => {
+            let source = spec.object.as_ref()?;
+            let target = milli(source.target.average_value.as_ref()?)?;
+            let object = &source.described_object;
+            let name = format!("Object/{}/{}/{}", object.kind, object.name, source.metric.name);
+            counted(&source.metric.name).then_some((name, target))
+        }
+        _ => None,
+    }
 }
 
 impl Reconciler for Autoscaler {
@@ -108,6 +177,7 @@ impl Reconciler for Autoscaler {
     async fn reconcile(&self, key: &ObjectKey) -> Result<Next, Error> {
         let Some(hpa) = self.hpas.get(key) else {
             self.memory.lock().expect("hpa memory lock").remove(key);
+            self.observed.lock().expect("hpa requests lock").remove(key);
             return Ok(Next::Done);
         };
         let mut run = Run { hpa: &hpa, conditions: current_conditions(&hpa), now: Timestamp::now() };
@@ -361,6 +431,13 @@ impl Autoscaler {
             }
         };
         let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        if specs.iter().any(|spec| per_pod_requests(spec).is_some()) {
+            let mut observed = self.observed.lock().expect("hpa requests lock");
+            let requests = observed.entry(ObjectKey::of(hpa)).or_default();
+            requests.selector.clone_from(&scale.selector);
+            // A metric no longer named is forgotten.
+            requests.metrics.retain(|name, _| specs.iter().filter_map(per_pod_requests).any(|(n, _)| n == *name));
+        }
         let pods: Vec<Arc<Pod>> = self
             .context
             .pods
@@ -372,7 +449,7 @@ impl Autoscaler {
         let mut statuses = vec![MetricStatus::default(); specs.len()];
         let mut failures: Vec<(&'static str, String)> = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            match self.metric_replicas(spec, scale, namespace, &pods, run.now).await {
+            match self.metric_replicas(spec, scale, namespace, &pods, (hpa, run.now)).await {
                 Ok((replicas, name, status)) => {
                     statuses[i] = status;
                     if best.as_ref().is_none_or(|(most, _)| replicas > *most) {
@@ -416,8 +493,11 @@ impl Autoscaler {
         scale: &Scale,
         namespace: &str,
         pods: &[Arc<Pod>],
-        now: Timestamp,
+        (hpa, now): (&HorizontalPodAutoscaler, Timestamp),
     ) -> Proposed {
+        if let Some((name, target)) = per_pod_requests(spec) {
+            return self.requests_replicas(spec, scale, (name, target), pods, (hpa, now)).await;
+        }
         let unserved = |reason: &'static str, what: &str| {
             Err((reason, format!("unable to get {what}: the {what} API is not served by this cluster yet")))
         };
@@ -532,36 +612,11 @@ impl Autoscaler {
             |message: String| ("FailedGetObjectMetric", format!("failed to get object metric value: {message}"));
         let source = spec.object.as_ref().ok_or_else(|| failed("the Object metric names no object".into()))?;
         let (object, metric) = (&source.described_object, &source.metric.name);
-        let plural = match object.kind.as_str() {
-            "Service" => "services",
-            "Pod" => "pods",
-            other => {
-                return Err(failed(format!("unable to get metric {metric}: no custom metrics of {other} objects")));
-            }
-        };
-        let values = self
-            .custom_metric(&format!("namespaces/{namespace}/{plural}/{}/{metric}", object.name), None)
+        let usage = self
+            .object_metric(namespace, source)
             .await
             .map_err(|e| failed(format!("unable to get metric {metric}: {e}")))?;
-        let usage = values.first().map(|v| v.milli).ok_or_else(|| failed(format!("unable to get metric {metric}")))?;
         let name = format!("{} metric {metric}", object.kind);
-        let current = |value: i64| {
-            // What the status reports: the value, or its average per replica.
-            let (value, average_value) = if source.target.average_value.is_some() {
-                (None, Some(milli_quantity(value)))
-            } else {
-                (Some(milli_quantity(value)), None)
-            };
-            MetricStatus {
-                type_: "Object".into(),
-                object: Some(ObjectMetricStatus {
-                    described_object: object.clone(),
-                    metric: MetricIdentifier { name: metric.clone(), selector: source.metric.selector.clone() },
-                    current: MetricValueStatus { value, average_value, ..Default::default() },
-                }),
-                ..MetricStatus::default()
-            }
-        };
         let target = match (&source.target.average_value, &source.target.value) {
             (Some(average), _) => milli(average).map(ObjectTarget::AverageValue),
             (None, Some(value)) => milli(value).map(ObjectTarget::Value),
@@ -570,19 +625,124 @@ impl Autoscaler {
         let target = target.ok_or_else(|| {
             failed("invalid object metric source: neither a value target nor an average value target was set".into())
         })?;
-        let ready = pods
-            .iter()
-            .filter(|pod| {
-                let status = pod.status.as_ref();
-                status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && status
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
+        let ready = pods.iter().filter(|pod| ready(pod)).count();
         let (proposed, reported) =
             calculate::object_replicas(usage, target, scale.replicas, scale.status_replicas, ready);
-        Ok((proposed, name, current(reported)))
+        // What the status reports: the value, or its average per replica.
+        let current = match target {
+            ObjectTarget::AverageValue(_) => {
+                MetricValueStatus { average_value: Some(milli_quantity(reported)), ..Default::default() }
+            }
+            ObjectTarget::Value(_) => MetricValueStatus { value: Some(milli_quantity(reported)), ..Default::default() },
+        };
+        Ok((proposed, name, object_status(source, current)))
+    }
+
+    /// An `Object` metric's value now, in milli-units.
+    async fn object_metric(&self, namespace: &str, source: &ObjectMetricSource) -> Result<i64, String> {
+        let (object, metric) = (&source.described_object, &source.metric.name);
+        let plural = match object.kind.as_str() {
+            "Service" => "services",
+            "Pod" => "pods",
+            other => return Err(format!("no custom metrics of {other} objects")),
+        };
+        let values =
+            self.custom_metric(&format!("namespaces/{namespace}/{plural}/{}/{metric}", object.name), None).await?;
+        values.first().map(|v| v.milli).ok_or_else(|| "no value".to_string())
+    }
+
+    /// A request metric's value over the target's pods now, in milli-units, and how many pods
+    /// it was read of (an `Object` metric's, as one).
+    async fn requests_now(&self, spec: &MetricSpec, namespace: &str, selector: &str) -> Result<(i64, usize), String> {
+        if let Some(source) = &spec.object {
+            return Ok((self.object_metric(namespace, source).await?, 1));
+        }
+        let metric = spec.pods.as_ref().map(|p| p.metric.name.as_str()).unwrap_or_default();
+        let values = self.custom_metric(&format!("namespaces/{namespace}/pods/*/{metric}"), Some(selector)).await?;
+        if values.is_empty() {
+            return Err("no metrics returned from custom metrics API".into());
+        }
+        Ok((values.iter().map(|v| v.milli).fold(0, i64::saturating_add), values.len()))
+    }
+
+    /// What a request metric with a target per pod asks for: the pods its windows ask for
+    /// (`kpa.rs`), the value now recorded in them.
+    async fn requests_replicas(
+        &self,
+        spec: &MetricSpec,
+        scale: &Scale,
+        (name, target): (String, i64),
+        pods: &[Arc<Pod>],
+        (hpa, now): (&HorizontalPodAutoscaler, Timestamp),
+    ) -> Proposed {
+        let (reason, what) =
+            if spec.type_ == "Pods" { ("FailedGetPodsMetric", "pods") } else { ("FailedGetObjectMetric", "object") };
+        let failed = |message: String| (reason, format!("failed to get {what} metric value: {message}"));
+        let windows = Windows::of(hpa.metadata.annotations.as_ref(), parse_window).map_err(failed)?;
+        let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let (total, read) = self
+            .requests_now(spec, namespace, &scale.selector)
+            .await
+            .map_err(|e| failed(format!("unable to get metric {}: {e}", metric_name(spec))))?;
+        let ready = pods.iter().filter(|pod| ready(pod)).count();
+        let decision = {
+            let mut observed = self.observed.lock().expect("hpa requests lock");
+            let observed = observed.entry(ObjectKey::of(hpa)).or_default().metrics.entry(name).or_default();
+            observed.record(now, total as f64 / 1000.0, windows);
+            observed.decide(now, windows, target as f64 / 1000.0, ready)
+        };
+        let decision = decision.ok_or_else(|| failed("no value in the stable window".into()))?;
+        // The status reports the deciding average per pod: per pod read for a `Pods` metric,
+        // per replica for an `Object` one, as upstream reports either.
+        let per = if spec.type_ == "Pods" { read } else { scale.status_replicas.max(0) as usize };
+        let average = (decision.value * 1000.0 / per.max(1) as f64).ceil().min(i64::MAX as f64) as i64;
+        let current = MetricValueStatus { average_value: Some(milli_quantity(average)), ..Default::default() };
+        let status = match (&spec.pods, &spec.object) {
+            (Some(source), _) => MetricStatus {
+                type_: "Pods".into(),
+                pods: Some(PodsMetricStatus {
+                    metric: MetricIdentifier {
+                        name: source.metric.name.clone(),
+                        selector: source.metric.selector.clone(),
+                    },
+                    current,
+                }),
+                ..MetricStatus::default()
+            },
+            (None, Some(source)) => object_status(source, current),
+            (None, None) => return Err(failed("the metric names no pods and no object".into())),
+        };
+        let label = match &spec.object {
+            Some(source) => format!("{} metric {}", source.described_object.kind, source.metric.name),
+            None => format!("pods metric {}", metric_name(spec)),
+        };
+        Ok((decision.desired, label, status))
+    }
+
+    /// Reads an HPA's request metrics with a target per pod into their windows, once it has
+    /// been evaluated (which found its target's selector); whether one of them surges.
+    async fn sample(&self, hpa: &HorizontalPodAutoscaler) -> bool {
+        let key = ObjectKey::of(hpa);
+        let Ok(windows) = Windows::of(hpa.metadata.annotations.as_ref(), parse_window) else { return false };
+        let Some(selector) = self.observed.lock().expect("hpa requests lock").get(&key).map(|r| r.selector.clone())
+        else {
+            return false;
+        };
+        let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let current = hpa.status.as_ref().and_then(|s| s.current_replicas).unwrap_or(0);
+        let mut surging = false;
+        for spec in hpa.spec.iter().flat_map(|s| s.metrics.iter().flatten()) {
+            let Some((name, target)) = per_pod_requests(spec) else { continue };
+            let now = Timestamp::now();
+            let Ok((total, _)) = self.requests_now(spec, namespace, &selector).await else { continue };
+            let mut observed = self.observed.lock().expect("hpa requests lock");
+            // Deleted meanwhile: not brought back.
+            let Some(requests) = observed.get_mut(&key) else { return false };
+            let observed = requests.metrics.entry(name).or_default();
+            observed.record(now, total as f64 / 1000.0, windows);
+            surging |= observed.surging(now, windows, target as f64 / 1000.0, current);
+        }
+        surging
     }
 
     /// A custom metric's values (`custom.metrics.k8s.io/v1beta2`, `path` below a namespace's),
@@ -653,6 +813,34 @@ struct MetricValue {
     milli: i64,
     time: Timestamp,
     window: Duration,
+}
+
+/// An `Object` metric's status, its current value being `current`.
+fn object_status(source: &ObjectMetricSource, current: MetricValueStatus) -> MetricStatus {
+    MetricStatus {
+        type_: "Object".into(),
+        object: Some(ObjectMetricStatus {
+            described_object: source.described_object.clone(),
+            metric: MetricIdentifier { name: source.metric.name.clone(), selector: source.metric.selector.clone() },
+            current,
+        }),
+        ..MetricStatus::default()
+    }
+}
+
+/// The name of a `Pods` or `Object` metric.
+fn metric_name(spec: &MetricSpec) -> &str {
+    let pods = spec.pods.as_ref().map(|p| &p.metric);
+    pods.or(spec.object.as_ref().map(|o| &o.metric)).map_or("", |m| m.name.as_str())
+}
+
+/// Whether a pod is Running and Ready.
+fn ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn milli_quantity(milli: i64) -> Quantity {
