@@ -29,6 +29,8 @@ struct State<T> {
     /// Active keys that changed while worked on, and since when.
     again: HashMap<T, Instant>,
     failures: HashMap<T, u32>,
+    /// Keys to be queued later, and when: the earliest time asked for.
+    delayed: HashMap<T, Instant>,
     /// Its share of the process's `workqueue_*`. Its depth is what waits, queued or to be
     /// again, as client-go counts it: added to the family's gauge as it changes, so that queues
     /// of one name (a loop restarted on a change of leader) add up.
@@ -144,6 +146,7 @@ impl<T> WorkQueue<T> {
             active: HashMap::new(),
             again: HashMap::new(),
             failures: HashMap::new(),
+            delayed: HashMap::new(),
             measured: metrics.of(name),
         };
         WorkQueue { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()) }
@@ -156,31 +159,71 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     }
 
     pub fn add(&self, key: T) {
+        self.enqueue(key, false);
+    }
+
+    /// Queues `key` ahead of every other, or moves it ahead if it waits already: for work that
+    /// someone waits on now (a request held for a function at zero), which must not wait
+    /// behind a full round of periodic work. A key being worked on is queued again once it is
+    /// done, as with [`WorkQueue::add`].
+    pub fn add_first(&self, key: T) {
+        self.enqueue(key, true);
+    }
+
+    fn enqueue(&self, key: T, first: bool) {
         let mut state = self.state.lock().expect("work queue lock");
-        // A key already waiting is not added again (nor counted).
-        if state.queued.contains_key(&key) || state.again.contains_key(&key) {
+        // A key already waiting is not added again (nor counted); first, it moves ahead.
+        if state.again.contains_key(&key) || (state.queued.contains_key(&key) && !first) {
             return;
         }
-        state.measured.adds.inc();
-        state.measured.depth.inc();
-        if state.active.contains_key(&key) {
-            state.again.insert(key, Instant::now());
-            return;
+        if state.queued.contains_key(&key) {
+            if let Some(at) = state.queue.iter().position(|k| *k == key) {
+                state.queue.remove(at);
+            }
+        } else {
+            state.measured.adds.inc();
+            state.measured.depth.inc();
+            if state.active.contains_key(&key) {
+                state.again.insert(key, Instant::now());
+                return;
+            }
+            state.queued.insert(key.clone(), Instant::now());
         }
-        state.queued.insert(key.clone(), Instant::now());
-        state.queue.push_back(key);
+        if first {
+            state.queue.push_front(key);
+        } else {
+            state.queue.push_back(key);
+        }
         drop(state);
         self.ready.notify_one();
     }
 
-    /// Queues `key` once `delay` has passed (a deadline to check, a retry).
+    /// Queues `key` once `delay` has passed (a deadline to check, a retry, the next periodic
+    /// sync). A key waits once, for the earliest time asked for, as client-go's delaying queue
+    /// has it: a loop that asks for its next sync at every reconcile, however many things
+    /// queued it meanwhile, keeps one cadence rather than one more for each of them.
     pub fn add_after(&self, key: T, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
+        let due = Instant::now() + delay;
+        {
+            let mut state = self.state.lock().expect("work queue lock");
+            match state.delayed.get(&key) {
+                Some(earlier) if *earlier <= due => return,
+                _ => state.delayed.insert(key.clone(), due),
+            };
+        }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(due.into()).await;
+            let mut state = queue.state.lock().expect("work queue lock");
+            // Not if an earlier time took its place (and has passed, or will).
+            if state.delayed.get(&key) != Some(&due) {
+                return;
+            }
+            state.delayed.remove(&key);
+            drop(state);
             queue.add(key);
         });
     }
@@ -255,6 +298,45 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_waits_once_for_the_earliest_time_asked_for() {
+        let queue = WorkQueue::new();
+        queue.add_after("a", Duration::from_secs(15));
+        queue.add_after("a", Duration::from_secs(20));
+        queue.add_after("a", Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(queue.len(), 1, "queued at the earliest time");
+        let a = queue.next().await;
+        queue.done(&a);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(queue.is_empty(), "and not again at the later times");
+    }
+
+    #[tokio::test]
+    async fn a_key_added_first_jumps_the_queue_once() {
+        let queue = WorkQueue::new();
+        for key in ["a", "b", "c"] {
+            queue.add(key);
+        }
+        queue.add_first("c");
+        queue.add_first("d");
+        assert_eq!(queue.len(), 4, "c moved, not queued twice");
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let key = queue.next().await;
+            queue.done(&key);
+            order.push(key);
+        }
+        assert_eq!(order, ["d", "c", "a", "b"]);
+        // Worked on meanwhile: once more, after.
+        queue.add("e");
+        let e = queue.next().await;
+        queue.add_first("e");
+        assert!(queue.is_empty());
+        queue.done(&e);
+        assert_eq!(queue.next().await, "e");
+    }
 
     #[tokio::test]
     async fn a_key_queued_twice_is_worked_on_once() {
