@@ -272,9 +272,12 @@ fn a_function_scales_out_in_a_panic_under_load_and_back_to_zero_when_idle() -> R
     // Eight clients at once, each request 200 ms: eight in flight, four replicas' worth.
     let url = format!("http://{ip}/?sleep_ms=200");
     let hey = std::thread::spawn(move || Command::new("hey").args(["-c", "8", "-z", "12s", "-t", "20", &url]).output());
-    // Within the load (the next sync is a minute after the HPA's first evaluation).
+    // Within the load (the next sync is a minute after the HPA's first evaluation), and at
+    // once to the four that the panic window asks for: the stable window, still mostly the
+    // idle seconds before, would have asked for fewer first.
     let replicas = wait(&k, "deployment/fn", "{.spec.replicas}", 12, |r| r.parse::<i32>().is_ok_and(|r| r > 1))?;
     let scaled = created.elapsed();
+    ensure!(replicas == "4", "scaled out to {replicas} first, not in a panic");
     let out = hey.join().expect("hey's thread").context("run hey (scripts/test installs it)")?;
     let report = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "hey failed: {report}");
@@ -298,8 +301,9 @@ fn a_function_scales_out_in_a_panic_under_load_and_back_to_zero_when_idle() -> R
     );
 
     // Idle, and allowed to: to zero, once the stable window (6 s) has seen no request and the
-    // panic is over (at the HPA's evaluation on its changed spec, not a minute later).
-    std::thread::sleep(Duration::from_secs(7));
+    // panic is over (at the HPA's evaluation on its changed spec, not a minute later; the
+    // last counts, read each second, may trail the load by a second or two).
+    std::thread::sleep(Duration::from_secs(9));
     k.ok(&["patch", "hpa", "fn", "--type=merge", "-p", r#"{"spec":{"minReplicas":0}}"#])?;
     at_zero(&k)?;
     Ok(())

@@ -50,6 +50,12 @@ pub(crate) const REQUESTS_RESOLUTION: Duration = Duration::from_secs(1);
 const CONCURRENT_READS: usize = 16;
 /// The most a Summary may hold: far more than a node of 10,000 pods writes.
 pub(crate) const MAX_SUMMARY_BYTES: usize = 16 * 1024 * 1024;
+/// The most a summary of request counts may hold, read every second: a few hundred bytes for
+/// each of 10,000 pods.
+const MAX_REQUESTS_BYTES: usize = 4 * 1024 * 1024;
+/// The least time a node whose reads fail keeps its readings, however short the period: a
+/// node busy with a surge of requests may be slow to answer just when its counts matter.
+const MIN_KEPT: Duration = Duration::from_secs(10);
 /// The most pods of one node, and containers of one pod, that are kept: twice what a node may
 /// run, so that a node reporting more cannot hold the server's memory.
 const MAX_PODS: usize = 20_000;
@@ -86,14 +92,14 @@ impl Metrics {
         let read_usage = read_nodes(
             registry.clone(),
             nodes.clone(),
-            (resolution, "/stats/summary"),
+            (resolution, "/stats/summary", MAX_SUMMARY_BYTES),
             move |summary, before| self::readings(summary, before, resolution),
             Arc::clone(&usage),
         );
         let read_requests = read_nodes(
             registry,
             nodes,
-            (resolution.min(REQUESTS_RESOLUTION), "/stats/summary?only_requests=true"),
+            (resolution.min(REQUESTS_RESOLUTION), "/stats/summary?only_requests=true", MAX_REQUESTS_BYTES),
             request_readings,
             Arc::clone(&requests),
         );
@@ -141,8 +147,10 @@ impl Metrics {
     pub(crate) fn requests(&self, node: &str, namespace: &str, name: &str, uid: &str) -> PodRequests {
         let key = (namespace.to_string(), name.to_string());
         let requests = self.requests.lock().expect("metrics lock");
-        let counted = requests.get(node).and_then(|n| n.pods.get(&key)).filter(|pod| pod.uid == uid);
-        let Some(counted) = counted else {
+        // A node whose counts could not be read lately says nothing of its pods: not that they
+        // are idle.
+        let Some(counts) = requests.get(node) else { return PodRequests::Unread };
+        let Some(counted) = counts.pods.get(&key).filter(|pod| pod.uid == uid) else {
             // A summary of counts names only pods that count: one the whole summary names
             // counts none.
             drop(requests);
@@ -402,11 +410,13 @@ fn request_readings(summary: &Summary, old: Option<&NodeRequests>) -> Option<Nod
     Some(NodeRequests { read: std::time::Instant::now(), pods })
 }
 
-/// Reads every node's `path` each `period`, and folds what each says into `readings`.
+/// Reads every node's `path` (at most `limit` bytes) each `period`, and folds what each says
+/// into `readings`. A node whose read fails or takes longer than `period` keeps its readings
+/// for a few periods ([`MIN_KEPT`] at least): one slow read is not a gap in its metrics.
 async fn read_nodes<R: Reading>(
     registry: Registry,
     proxy: NodeProxy,
-    (period, path): (Duration, &'static str),
+    (period, path, limit): (Duration, &'static str, usize),
     fold: impl Fn(&Summary, Option<&R>) -> Option<R> + Send + 'static,
     readings: Readings<R>,
 ) {
@@ -422,12 +432,16 @@ async fn read_nodes<R: Reading>(
                 continue;
             }
         };
+        let listed: std::collections::HashSet<String> = nodes
+            .iter()
+            .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string))
+            .collect();
         let mut summaries = futures::stream::iter(nodes)
             .map(|node| {
                 let proxy = proxy.clone();
                 async move {
                     let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-                    let read = tokio::time::timeout(period, proxy.read(&node, path, MAX_SUMMARY_BYTES));
+                    let read = tokio::time::timeout(period, proxy.read(&node, path, limit));
                     let summary = match read.await {
                         // Up to 16 MiB of JSON: parsed off the async threads.
                         Ok(Ok(bytes)) => tokio::task::spawn_blocking(move || serde_json::from_slice::<Summary>(&bytes))
@@ -446,24 +460,19 @@ async fn read_nodes<R: Reading>(
                 }
             })
             .buffer_unordered(CONCURRENT_READS);
-        // Each summary is folded in as it comes, and the round's readings replace the last
-        // round's at its end: requests meanwhile are answered from the last round's.
-        let mut new = HashMap::new();
+        // Each summary is folded in as it comes, in place of its node's last.
         while let Some((name, summary)) = summaries.next().await {
-            let last = readings.lock().expect("metrics lock");
-            let before = last.get(&name);
-            let read = summary
-                .filter(|s| s.node.node_name == name)
-                .and_then(|s| fold(&s, before))
-                // A node that could not be read keeps its readings a while: one slow read is
-                // not a gap in its metrics.
-                .or_else(|| before.filter(|b| b.read().elapsed() < period * KEPT_ROUNDS).cloned());
-            drop(last);
-            if let Some(read) = read {
-                new.insert(name, read);
+            let mut readings = readings.lock().expect("metrics lock");
+            if let Some(read) = summary.filter(|s| s.node.node_name == name).and_then(|s| fold(&s, readings.get(&name)))
+            {
+                readings.insert(name, read);
             }
         }
-        *readings.lock().expect("metrics lock") = new;
+        let kept = (period * KEPT_ROUNDS).max(MIN_KEPT);
+        readings
+            .lock()
+            .expect("metrics lock")
+            .retain(|name, read| listed.contains(name) && read.read().elapsed() < kept);
     }
 }
 

@@ -90,6 +90,8 @@ pub(crate) struct Observed {
     panicked: Option<Timestamp>,
     /// The most pods asked for while panicking: a panic scales down to none fewer.
     max_panic_pods: i32,
+    /// The most pods a tick asked an evaluation for in this panic.
+    asked: i32,
 }
 
 /// What the windows say.
@@ -122,8 +124,9 @@ impl Observed {
 
     /// The average of the values in the `window` before `now`, if there are any.
     fn average(&self, now: Timestamp, window: Duration) -> Option<f64> {
-        let values: Vec<f64> = self.samples.iter().filter(|(at, _)| within(*at, now, window)).map(|s| s.1).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        let recent = self.samples.iter().rev().take_while(|(at, _)| within(*at, now, window));
+        let (sum, count) = recent.fold((0.0, 0usize), |(sum, count), (_, value)| (sum + value, count + 1));
+        (count > 0).then(|| sum / count as f64)
     }
 
     /// The pods needed for `target` per pod with `ready` pods ready, if any value was read in
@@ -139,6 +142,7 @@ impl Observed {
             Some(since) if !within(since, now, windows.stable) => {
                 self.panicked = None;
                 self.max_panic_pods = 0;
+                self.asked = 0;
             }
             _ => {}
         }
@@ -151,13 +155,18 @@ impl Observed {
         Some(Decision { desired: self.max_panic_pods, value, panicking: true })
     }
 
-    /// Whether the panic window asks for more pods than `current`, beyond the threshold: the
-    /// sampler's cue to evaluate the HPA now rather than at its next sync.
-    pub(crate) fn surging(&self, now: Timestamp, windows: Windows, target: f64, current: i32) -> bool {
-        let Some(panic) = self.average(now, windows.panic) else { return false };
-        let panic_pods = pods(panic, target);
-        panic_pods > current.max(self.max_panic_pods)
-            && f64::from(panic_pods) / f64::from(current.max(1)) >= windows.threshold
+    /// Knative's tick: decides as an evaluation would (so that a panic begins, goes on and
+    /// ends with the load, not with the HPA's syncs), and says whether a panic asks for more
+    /// than the `current` replicas, and more than it asked before: the sampler's cue to
+    /// evaluate the HPA now rather than at its next sync, once for each new high.
+    pub(crate) fn tick(&mut self, now: Timestamp, windows: Windows, target: f64, ready: usize, current: i32) -> bool {
+        match self.decide(now, windows, target, ready) {
+            Some(Decision { desired, panicking: true, .. }) if desired > current && desired > self.asked => {
+                self.asked = desired;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -210,13 +219,14 @@ mod tests {
         // Then 60 at once for 6 s: the panic window asks for 6 pods, 6 times the one ready,
         // beyond 200 %; the stable window, at 15, would ask for 2. Panic decides on 6.
         record(&mut observed, 60..66, 60.0);
-        assert!(observed.surging(at(65), windows, 10.0, 1));
+        assert!(observed.tick(at(65), windows, 10.0, 1, 1), "a new high: evaluate now");
+        assert!(!observed.tick(at(65), windows, 10.0, 1, 1), "asked once");
         let decision = observed.decide(at(65), windows, 10.0, 1).unwrap();
         assert_eq!((decision.desired, decision.value, decision.panicking), (6, 60.0, true));
         // With 6 ready and the load gone, a panic keeps 6 until a stable window has passed
         // since it last saw the surge.
         record(&mut observed, 66..125, 0.0);
-        assert!(!observed.surging(at(124), windows, 10.0, 6));
+        assert!(!observed.tick(at(124), windows, 10.0, 6, 6));
         assert_eq!(
             observed.decide(at(124), windows, 10.0, 6).unwrap(),
             Decision { desired: 6, value: observed.average(at(124), windows.stable).unwrap(), panicking: true }

@@ -86,8 +86,9 @@ pub(crate) fn start(context: &Context, sync_period: Duration) -> Vec<JoinHandle<
         let namespace = event.metadata.namespace.as_deref().unwrap_or("default");
         let service = event.involved_object.name.as_deref().unwrap_or_default();
         for hpa in hpas_now.in_namespace(namespace) {
+            // Ahead of the periodic evaluations: a client waits.
             if flotilla_api::kinds::scaled_from_zero(&hpa).any(|name| name == service) {
-                woken.add(ObjectKey::of(&*hpa));
+                woken.add_first(ObjectKey::of(&*hpa));
             }
         }
     });
@@ -118,11 +119,17 @@ struct Autoscaler {
 /// What is known of an HPA's request metrics.
 #[derive(Default)]
 struct Requests {
+    /// The HPA's: one made again under its name starts over.
+    uid: String,
     /// Of its target's scale.
     selector: String,
     /// By [`MetricSpec`], as [`per_pod_requests`] names it.
     metrics: HashMap<String, Observed>,
 }
+
+/// The most request metrics of one HPA read every tick: one HPA cannot make the sampler read
+/// more than this many times a second.
+const MAX_SAMPLED: usize = 4;
 
 /// Every [`kpa::TICK`], each HPA's request metrics with a target per pod, while its target
 /// runs: read into their windows, and an HPA whose panic window surges evaluated at once.
@@ -139,7 +146,7 @@ async fn sample_requests(autoscaler: Arc<Autoscaler>, queue: WorkQueue<ObjectKey
             let (autoscaler, queue) = (&autoscaler, &queue);
             async move {
                 if autoscaler.sample(&hpa).await {
-                    queue.add(ObjectKey::of(&*hpa));
+                    queue.add_first(ObjectKey::of(&*hpa));
                 }
             }
         })
@@ -434,6 +441,10 @@ impl Autoscaler {
         if specs.iter().any(|spec| per_pod_requests(spec).is_some()) {
             let mut observed = self.observed.lock().expect("hpa requests lock");
             let requests = observed.entry(ObjectKey::of(hpa)).or_default();
+            let uid = hpa.metadata.uid.as_deref().unwrap_or_default();
+            if requests.uid != uid {
+                *requests = Requests { uid: uid.to_string(), ..Requests::default() };
+            }
             requests.selector.clone_from(&scale.selector);
             // A metric no longer named is forgotten.
             requests.metrics.retain(|name, _| specs.iter().filter_map(per_pod_requests).any(|(n, _)| n == *name));
@@ -652,8 +663,16 @@ impl Autoscaler {
     }
 
     /// A request metric's value over the target's pods now, in milli-units, and how many pods
-    /// it was read of (an `Object` metric's, as one).
-    async fn requests_now(&self, spec: &MetricSpec, namespace: &str, selector: &str) -> Result<(i64, usize), String> {
+    /// it was read of (an `Object` metric's, as one). A `Pods` metric read of fewer pods than
+    /// `ready` counts the others at the average of those read, as Knative counts the pods it
+    /// did not scrape: a pod not read yet is not taken for an idle one.
+    async fn requests_now(
+        &self,
+        spec: &MetricSpec,
+        namespace: &str,
+        selector: &str,
+        ready: usize,
+    ) -> Result<(i64, usize), String> {
         if let Some(source) = &spec.object {
             return Ok((self.object_metric(namespace, source).await?, 1));
         }
@@ -662,7 +681,19 @@ impl Autoscaler {
         if values.is_empty() {
             return Err("no metrics returned from custom metrics API".into());
         }
-        Ok((values.iter().map(|v| v.milli).fold(0, i64::saturating_add), values.len()))
+        let total = values.iter().map(|v| v.milli).fold(0, i64::saturating_add);
+        let read = values.len();
+        let total =
+            if read < ready { (total as f64 * ready as f64 / read as f64).min(i64::MAX as f64) as i64 } else { total };
+        Ok((total, read))
+    }
+
+    /// How many of the pods `selector` picks in `namespace` are Running and Ready.
+    fn ready_pods(&self, namespace: &str, selector: &LabelSelector) -> usize {
+        let pods = self.context.pods.in_namespace(namespace);
+        pods.iter()
+            .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default())) && ready(p))
+            .count()
     }
 
     /// What a request metric with a target per pod asks for: the pods its windows ask for
@@ -680,11 +711,11 @@ impl Autoscaler {
         let failed = |message: String| (reason, format!("failed to get {what} metric value: {message}"));
         let windows = Windows::of(hpa.metadata.annotations.as_ref(), parse_window).map_err(failed)?;
         let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let ready = pods.iter().filter(|pod| ready(pod)).count();
         let (total, read) = self
-            .requests_now(spec, namespace, &scale.selector)
+            .requests_now(spec, namespace, &scale.selector, ready)
             .await
             .map_err(|e| failed(format!("unable to get metric {}: {e}", metric_name(spec))))?;
-        let ready = pods.iter().filter(|pod| ready(pod)).count();
         let decision = {
             let mut observed = self.observed.lock().expect("hpa requests lock");
             let observed = observed.entry(ObjectKey::of(hpa)).or_default().metrics.entry(name).or_default();
@@ -719,8 +750,9 @@ impl Autoscaler {
         Ok((decision.desired, label, status))
     }
 
-    /// Reads an HPA's request metrics with a target per pod into their windows, once it has
-    /// been evaluated (which found its target's selector); whether one of them surges.
+    /// Reads an HPA's request metrics with a target per pod into their windows and decides
+    /// on them, once it has been evaluated (which found its target's selector); whether one of
+    /// them asks for more pods in a panic.
     async fn sample(&self, hpa: &HorizontalPodAutoscaler) -> bool {
         let key = ObjectKey::of(hpa);
         let Ok(windows) = Windows::of(hpa.metadata.annotations.as_ref(), parse_window) else { return false };
@@ -728,21 +760,25 @@ impl Autoscaler {
         else {
             return false;
         };
+        let Ok(parsed) = LabelSelector::parse(&selector) else { return false };
         let namespace = hpa.metadata.namespace.as_deref().unwrap_or("default");
+        let ready = self.ready_pods(namespace, &parsed);
         let current = hpa.status.as_ref().and_then(|s| s.current_replicas).unwrap_or(0);
-        let mut surging = false;
-        for spec in hpa.spec.iter().flat_map(|s| s.metrics.iter().flatten()) {
-            let Some((name, target)) = per_pod_requests(spec) else { continue };
+        let mut urgent = false;
+        let specs = hpa.spec.iter().flat_map(|s| s.metrics.iter().flatten());
+        for (spec, (name, target)) in specs.filter_map(|s| Some((s, per_pod_requests(s)?))).take(MAX_SAMPLED) {
             let now = Timestamp::now();
-            let Ok((total, _)) = self.requests_now(spec, namespace, &selector).await else { continue };
+            // A read that takes longer than a tick is a tick without a value.
+            let read = tokio::time::timeout(kpa::TICK, self.requests_now(spec, namespace, &selector, ready)).await;
+            let Ok(Ok((total, _))) = read else { continue };
             let mut observed = self.observed.lock().expect("hpa requests lock");
             // Deleted meanwhile: not brought back.
             let Some(requests) = observed.get_mut(&key) else { return false };
             let observed = requests.metrics.entry(name).or_default();
             observed.record(now, total as f64 / 1000.0, windows);
-            surging |= observed.surging(now, windows, target as f64 / 1000.0, current);
+            urgent |= observed.tick(now, windows, target as f64 / 1000.0, ready, current);
         }
-        surging
+        urgent
     }
 
     /// A custom metric's values (`custom.metrics.k8s.io/v1beta2`, `path` below a namespace's),
@@ -910,7 +946,8 @@ fn parse_window(text: &str) -> Option<Duration> {
         total += value * scale;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    // Whatever a user writes in an annotation: not a panic.
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn group_of(api_version: &str) -> &str {
