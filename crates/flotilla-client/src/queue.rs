@@ -26,11 +26,12 @@ struct State<T> {
     queued: HashMap<T, Instant>,
     /// Keys a worker holds, and since when.
     active: HashMap<T, Instant>,
-    /// Active keys that changed while worked on, and since when.
-    again: HashMap<T, Instant>,
+    /// Active keys that changed while worked on, since when, and whether they go first.
+    again: HashMap<T, (Instant, bool)>,
     failures: HashMap<T, u32>,
-    /// Keys to be queued later, and when: the earliest time asked for.
-    delayed: HashMap<T, Instant>,
+    /// Keys to be queued later, and when: the earliest time asked for (on tokio's clock, which
+    /// the timers sleep on).
+    delayed: HashMap<T, tokio::time::Instant>,
     /// Its share of the process's `workqueue_*`. Its depth is what waits, queued or to be
     /// again, as client-go counts it: added to the family's gauge as it changes, so that queues
     /// of one name (a loop restarted on a change of leader) add up.
@@ -165,7 +166,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     /// Queues `key` ahead of every other, or moves it ahead if it waits already: for work that
     /// someone waits on now (a request held for a function at zero), which must not wait
     /// behind a full round of periodic work. A key being worked on is queued again once it is
-    /// done, as with [`WorkQueue::add`].
+    /// done, as with [`WorkQueue::add`], and first.
     pub fn add_first(&self, key: T) {
         self.enqueue(key, true);
     }
@@ -173,7 +174,11 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     fn enqueue(&self, key: T, first: bool) {
         let mut state = self.state.lock().expect("work queue lock");
         // A key already waiting is not added again (nor counted); first, it moves ahead.
-        if state.again.contains_key(&key) || (state.queued.contains_key(&key) && !first) {
+        if let Some((_, again_first)) = state.again.get_mut(&key) {
+            *again_first |= first;
+            return;
+        }
+        if state.queued.contains_key(&key) && !first {
             return;
         }
         if state.queued.contains_key(&key) {
@@ -184,7 +189,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             state.measured.adds.inc();
             state.measured.depth.inc();
             if state.active.contains_key(&key) {
-                state.again.insert(key, Instant::now());
+                state.again.insert(key, (Instant::now(), first));
                 return;
             }
             state.queued.insert(key.clone(), Instant::now());
@@ -206,7 +211,8 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
         if delay.is_zero() {
             return self.add(key);
         }
-        let due = Instant::now() + delay;
+        // A time beyond the clock's range never comes.
+        let Some(due) = tokio::time::Instant::now().checked_add(delay) else { return };
         {
             let mut state = self.state.lock().expect("work queue lock");
             match state.delayed.get(&key) {
@@ -216,7 +222,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
         }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(due.into()).await;
+            tokio::time::sleep_until(due).await;
             let mut state = queue.state.lock().expect("work queue lock");
             // Not if an earlier time took its place (and has passed, or will).
             if state.delayed.get(&key) != Some(&due) {
@@ -278,9 +284,13 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             state.measured.work_duration.observe(since.elapsed().as_secs_f64());
         }
         // Still waiting since it was added (the depth counts it already).
-        if let Some(since) = state.again.remove(key) {
+        if let Some((since, first)) = state.again.remove(key) {
             state.queued.insert(key.clone(), since);
-            state.queue.push_back(key.clone());
+            if first {
+                state.queue.push_front(key.clone());
+            } else {
+                state.queue.push_back(key.clone());
+            }
             drop(state);
             self.ready.notify_one();
         }
@@ -311,6 +321,10 @@ mod tests {
         queue.done(&a);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(queue.is_empty(), "and not again at the later times");
+        // A time past the clock's end (a deadline of i64::MAX seconds) never comes, and does
+        // not panic the worker that asks for it.
+        queue.add_after("b", Duration::from_secs(i64::MAX as u64));
+        assert!(queue.is_empty());
     }
 
     #[tokio::test]
@@ -329,11 +343,12 @@ mod tests {
             order.push(key);
         }
         assert_eq!(order, ["d", "c", "a", "b"]);
-        // Worked on meanwhile: once more, after.
+        // Worked on meanwhile: once more, when done, and still first.
         queue.add("e");
         let e = queue.next().await;
+        queue.add("f");
         queue.add_first("e");
-        assert!(queue.is_empty());
+        assert_eq!(queue.len(), 1);
         queue.done(&e);
         assert_eq!(queue.next().await, "e");
     }
@@ -392,10 +407,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_until_forgotten() {
         let queue = WorkQueue::new();
+        // The first failure waits 5 ms, the second 10 ms.
         queue.retry("a");
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        let a = queue.next().await;
+        queue.done(&a);
         queue.retry("a");
-        assert!(queue.is_empty());
-        tokio::time::sleep(Duration::from_millis(11)).await;
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        assert!(queue.is_empty(), "the second waits longer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(queue.next().await, "a");
         queue.forget(&"a");
         assert!(queue.state.lock().unwrap().failures.is_empty());

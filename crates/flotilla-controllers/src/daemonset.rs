@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::history;
-use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready};
+use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready, next_available};
 use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
 
 /// The label that names the template revision a pod was made from.
@@ -288,8 +288,7 @@ impl Reconciler for DaemonSetController {
         });
         self.context.write_status(&*ds, &self.context.daemonsets, status).await?;
         // Availability after `minReadySeconds` needs another look.
-        let waiting = current.values().any(|p| is_ready(p) && !is_available(p, min_ready, now));
-        Ok(if waiting { Next::After(min_ready) } else { Next::Done })
+        Ok(next_available(current.values(), min_ready, now))
     }
 }
 

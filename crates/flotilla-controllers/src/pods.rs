@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 
-use crate::{Context, Error, OBSERVE_TIMEOUT};
+use crate::{Context, Error, Next, OBSERVE_TIMEOUT};
 
 /// A pod that counts toward its controller's replicas: not finished, not being deleted.
 pub(crate) fn is_active(pod: &Pod) -> bool {
@@ -44,6 +44,19 @@ pub(crate) fn availability(pod: &Pod, min_ready: Duration, now: Timestamp) -> Re
 
 pub(crate) fn is_available(pod: &Pod, min_ready: Duration, now: Timestamp) -> bool {
     availability(pod, min_ready, now).is_ok()
+}
+
+/// When to look again at `pods`' availability: once the first of those Ready but not yet for
+/// `min_ready` has been (a work queue keeps one time per key, the earliest).
+pub(crate) fn next_available(
+    pods: impl IntoIterator<Item = impl AsRef<Pod>>,
+    min_ready: Duration,
+    now: Timestamp,
+) -> Next {
+    pods.into_iter().fold(Next::Done, |next, pod| match availability(pod.as_ref(), min_ready, now) {
+        Err(Some(wait)) => next.min(Next::After(wait + Duration::from_millis(100))),
+        _ => next,
+    })
 }
 
 /// Which of two pods to delete first when scaling down (upstream's `ActivePods` order):

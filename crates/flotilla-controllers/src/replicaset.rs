@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::pods::{availability, controller_reference, from_template, is_active, is_ready, sort_for_deletion};
+use crate::pods::{
+    controller_reference, from_template, is_active, is_available, is_ready, next_available, sort_for_deletion,
+};
 use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers};
 
 /// Pods created or deleted per reconcile at most (upstream's `burstReplicas`).
@@ -254,15 +256,8 @@ impl<K: Replicated> ReplicaSetController<K> {
         let template_labels = rs.template().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
         let now = jiff::Timestamp::now();
         let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
-        let mut next = Next::Done;
-        let mut available = 0;
-        for pod in &active {
-            match availability(pod, min_ready, now) {
-                Ok(()) => available += 1,
-                Err(Some(wait)) => next = next.min(Next::After(wait + Duration::from_millis(100))),
-                Err(None) => {}
-            }
-        }
+        let available = active.iter().filter(|pod| is_available(pod, min_ready, now)).count();
+        let next = next_available(&active, min_ready, now);
         let fully_labeled = active
             .iter()
             .filter(|p| template_labels.iter().flatten().all(|(k, v)| p.labels().get(k) == Some(v)))

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::daemonset::REVISION_LABEL;
 use crate::history;
-use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready};
+use crate::pods::{controller_reference, from_template, is_active, is_available, is_ready, next_available};
 use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, enqueue_controller, spawn_workers};
 
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -257,8 +257,7 @@ impl Reconciler for StatefulSetController {
             "collisionCount": synced.collisions.unwrap_or(0),
         });
         self.context.write_status(&*sts, &self.context.statefulsets, status).await?;
-        let waiting = active.iter().any(|p| is_ready(p) && !is_available(p, min_ready, now));
-        Ok(if waiting { Next::After(min_ready) } else { Next::Done })
+        Ok(next_available(&active, min_ready, now))
     }
 }
 

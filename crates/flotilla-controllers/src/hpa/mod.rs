@@ -725,7 +725,7 @@ impl Autoscaler {
         let decision = decision.ok_or_else(|| failed("no value in the stable window".into()))?;
         // The status reports the deciding average per pod: per pod read for a `Pods` metric,
         // per replica for an `Object` one, as upstream reports either.
-        let per = if spec.type_ == "Pods" { read } else { scale.status_replicas.max(0) as usize };
+        let per = if spec.type_ == "Pods" { read.max(ready) } else { scale.status_replicas.max(0) as usize };
         let average = (decision.value * 1000.0 / per.max(1) as f64).ceil().min(i64::MAX as f64) as i64;
         let current = MetricValueStatus { average_value: Some(milli_quantity(average)), ..Default::default() };
         let status = match (&spec.pods, &spec.object) {
