@@ -24,7 +24,9 @@
 //! 4. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
 //!    agent's and the server's memory per function; then cold requests again, beside them (up
 //!    to 20): their HPAs, evaluated every second, each ask what nodes hold for their Service,
-//!    which must not hold up a wake-up.
+//!    which must not hold up a wake-up. Last, as many functions whose HPA's minimum is 1
+//!    (their objects alone, nothing held for them): what a function at zero costs beyond its
+//!    objects is the difference.
 //!
 //! `cargo bench -p flotilla-benches --bench serverless -- [--wakeups N] [--functions N]`
 
@@ -87,7 +89,7 @@ async fn main() -> Result<()> {
     let mut report = Report::solo("serverless").smoke(args.smoke);
 
     eprintln!("== a cold request from zero replicas, {} times", args.wakeups);
-    let ip = function(&mut connection, "cold", 0, 3, true).await?;
+    let ip = function(&mut connection, "cold", 0, (0, 3), true).await?;
     let front = SocketAddr::new(ip.into(), 80);
     let (mut cold, mut warm) = (Samples::default(), Samples::default());
     for _ in 0..args.wakeups {
@@ -101,7 +103,7 @@ async fn main() -> Result<()> {
     report.add("warm request through the Service, p50", "ms", warm.quantile_ms(0.5), None);
 
     eprintln!("== warm throughput: a Service that scales from zero beside a plain one");
-    let ip = function(&mut connection, "warm", 1, 1, false).await?;
+    let ip = function(&mut connection, "warm", 1, (0, 1), false).await?;
     ready(&mut connection, "warm", 1).await?;
     let held = format!("http://{ip}/");
     let plain = plain_service(&mut connection, "warm").await?;
@@ -116,7 +118,7 @@ async fn main() -> Result<()> {
     }
 
     eprintln!("== a load step to the HPA's first scale-out");
-    let step = function(&mut connection, "step", 1, 5, false).await?;
+    let step = function(&mut connection, "step", 1, (0, 5), false).await?;
     ready(&mut connection, "step", 1).await?;
     let url = format!("http://{step}/?sleep_ms=50");
     let started = Instant::now();
@@ -140,7 +142,7 @@ async fn main() -> Result<()> {
     let (agent_before, _) = cluster.agent.memory_mib()?;
     let (server_before, _) = cluster.server.memory_mib()?;
     for i in 0..args.functions {
-        function(&mut connection, &format!("idle-{i}"), 0, 3, false).await?;
+        function(&mut connection, &format!("idle-{i}"), 0, (0, 3), false).await?;
     }
     // Until the agent has seen them all: every Service's frontend listens, holding.
     let services = format!("/api/v1/namespaces/{NAMESPACE}/services");
@@ -177,20 +179,41 @@ async fn main() -> Result<()> {
     }
     report.add(format!("cold request beside {idle}, p50"), "ms", beside.quantile_ms(0.5), None);
 
+    eprintln!("== {} functions at zero that do not scale from zero: their objects alone", args.functions);
+    // The same three objects, the HPA's minimum 1: an idle Deployment as upstream has it, with
+    // nothing held for it. What a function at zero costs beyond is what scaling from zero adds.
+    let (agent_before_plain, _) = cluster.agent.memory_mib()?;
+    let (server_before_plain, _) = cluster.server.memory_mib()?;
+    for i in 0..args.functions {
+        function(&mut connection, &format!("plain-{i}"), 0, (1, 3), false).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (agent_plain, _) = cluster.agent.memory_mib()?;
+    let (server_plain, _) = cluster.server.memory_mib()?;
+    let plain = format!("{} idle functions that do not scale from zero", args.functions);
+    let (agent_objects, server_objects) =
+        (per(agent_before_plain, agent_plain), per(server_before_plain, server_plain));
+    report.add(format!("{plain}: agent memory per function"), "KiB", agent_objects, None);
+    report.add(format!("{plain}: server memory per function"), "KiB", server_objects, None);
+    let (agent_at_zero, server_at_zero) = (per(agent_before, agent_after), per(server_before, server_after));
+    report.add("at zero beyond the objects: agent memory per function", "KiB", agent_at_zero - agent_objects, None);
+    report.add("at zero beyond the objects: server memory per function", "KiB", server_at_zero - server_objects, None);
+
     let (agent, _) = cluster.agent.memory_mib()?;
     report.add("agent RSS at the end", "MiB", agent, None);
     report.publish()?;
     Ok(())
 }
 
-/// Function `name`: a Deployment of `replicas` handler pods, a Service, and an HPA from zero to
-/// `max` on its requests in flight (two per replica), which scales it down at once when
-/// `idles_to_zero` (its stable window the shortest Knative allows), else never. Its cluster IP.
+/// Function `name`: a Deployment of `replicas` handler pods, a Service, and an HPA from `min`
+/// (zero: the function scales from zero) to `max` on its requests in flight (two per replica),
+/// which scales it down at once when `idles_to_zero` (its stable window the shortest Knative
+/// allows), else never. Its cluster IP.
 async fn function(
     connection: &mut Connection,
     name: &str,
     replicas: i32,
-    max: i32,
+    (min, max): (i32, i32),
     idles_to_zero: bool,
 ) -> Result<Ipv4Addr> {
     let labels = json!({"app": name});
@@ -206,7 +229,7 @@ async fn function(
     let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": name, "annotations": {"autoscaling.knative.dev/window": window}},
     "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": 0, "maxReplicas": max,
+        "minReplicas": min, "maxReplicas": max,
         "metrics": [{"type": "Object", "object": {
             "describedObject": {"apiVersion": "v1", "kind": "Service", "name": name},
             "metric": {"name": "requests_in_flight"},
