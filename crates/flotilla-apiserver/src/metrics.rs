@@ -75,7 +75,21 @@ pub(crate) struct Metrics {
 }
 
 /// What is kept of each node's reads, by node.
-type Readings<R> = Arc<Mutex<HashMap<String, R>>>;
+type Readings<R> = Arc<Mutex<HashMap<String, Read<R>>>>;
+
+/// What a node said, and when this server read it.
+struct Read<R> {
+    at: std::time::Instant,
+    said: R,
+}
+
+impl<R> std::ops::Deref for Read<R> {
+    type Target = R;
+
+    fn deref(&self) -> &R {
+        &self.said
+    }
+}
 
 impl Drop for Metrics {
     fn drop(&mut self) {
@@ -181,49 +195,24 @@ impl Metrics {
     }
 }
 
-/// What is kept of a node's reads.
-trait Reading: Clone + Send + 'static {
-    /// When this server last read the node.
-    fn read(&self) -> std::time::Instant;
-}
-
-#[derive(Clone)]
 struct NodeReadings {
-    /// When this server last read the node.
-    read: std::time::Instant,
     node: Series,
     /// By namespace and name.
     pods: HashMap<(String, String), PodReadings>,
 }
 
-impl Reading for NodeReadings {
-    fn read(&self) -> std::time::Instant {
-        self.read
-    }
-}
-
-#[derive(Clone)]
 struct PodReadings {
     uid: String,
     containers: BTreeMap<String, Series>,
 }
 
 /// What a node's summaries of request counts say, by pod.
-#[derive(Clone)]
 struct NodeRequests {
-    read: std::time::Instant,
     /// By namespace and name.
     pods: HashMap<(String, String), PodCounts>,
 }
 
-impl Reading for NodeRequests {
-    fn read(&self) -> std::time::Instant {
-        self.read
-    }
-}
-
 /// The counts of a pod's containers that count requests.
-#[derive(Clone)]
 struct PodCounts {
     uid: String,
     containers: BTreeMap<String, CountSeries>,
@@ -383,7 +372,7 @@ fn readings(summary: &Summary, old: Option<&NodeReadings>, resolution: Duration)
         pods.insert(key, PodReadings { uid: pod.pod_ref.uid.clone(), containers });
     }
     let node = Series::next(old.map(|o| &o.node), point, None);
-    Some(NodeReadings { read: std::time::Instant::now(), node, pods })
+    Some(NodeReadings { node, pods })
 }
 
 /// What a node's request summary adds to its readings, `old` being what they were.
@@ -407,13 +396,13 @@ fn request_readings(summary: &Summary, old: Option<&NodeRequests>) -> Option<Nod
             pods.insert(key, PodCounts { uid: pod.pod_ref.uid.clone(), containers });
         }
     }
-    Some(NodeRequests { read: std::time::Instant::now(), pods })
+    Some(NodeRequests { pods })
 }
 
 /// Reads every node's `path` (at most `limit` bytes) each `period`, and folds what each says
 /// into `readings`. A node whose read fails or takes longer than `period` keeps its readings
 /// for a few periods ([`MIN_KEPT`] at least): one slow read is not a gap in its metrics.
-async fn read_nodes<R: Reading>(
+async fn read_nodes<R: Send + 'static>(
     registry: Registry,
     proxy: NodeProxy,
     (period, path, limit): (Duration, &'static str, usize),
@@ -463,16 +452,15 @@ async fn read_nodes<R: Reading>(
         // Each summary is folded in as it comes, in place of its node's last.
         while let Some((name, summary)) = summaries.next().await {
             let mut readings = readings.lock().expect("metrics lock");
-            if let Some(read) = summary.filter(|s| s.node.node_name == name).and_then(|s| fold(&s, readings.get(&name)))
+            if let Some(read) = summary
+                .filter(|s| s.node.node_name == name)
+                .and_then(|s| fold(&s, readings.get(&name).map(|r| &r.said)))
             {
-                readings.insert(name, read);
+                readings.insert(name, Read { at: std::time::Instant::now(), said: read });
             }
         }
         let kept = (period * KEPT_ROUNDS).max(MIN_KEPT);
-        readings
-            .lock()
-            .expect("metrics lock")
-            .retain(|name, read| listed.contains(name) && read.read().elapsed() < kept);
+        readings.lock().expect("metrics lock").retain(|name, read| listed.contains(name) && read.at.elapsed() < kept);
     }
 }
 

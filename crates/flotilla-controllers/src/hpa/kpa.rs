@@ -298,5 +298,11 @@ mod tests {
             let error = of(&bad).unwrap_err();
             assert!(error.starts_with("invalid annotation autoscaling.knative.dev/"), "{error}");
         }
+        // Through the controller's own parser, a window past any duration is refused, not a
+        // panic of the sampler that reads it every second.
+        for huge in ["99999999999999999999s", &"9".repeat(400), "1e9s"] {
+            let annotations = BTreeMap::from([(WINDOW.to_string(), huge.to_string())]);
+            assert!(Windows::of(Some(&annotations), crate::hpa::parse_window).is_err(), "{huge}");
+        }
     }
 }
