@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flotilla_api::selector::LabelSelector;
-use flotilla_client::{Change, EventType, ObjectKey, WorkQueue};
+use flotilla_client::{Change, EventType, ObjectKey, WorkQueue, resource_version};
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
 };
@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::task::JoinHandle;
 
 use crate::pods::{controller_reference, is_ready};
-use crate::{Context, Error, Informers, Next, Reconciler, spawn_workers, unless_gone};
+use crate::{Context, Error, Informers, Next, OBSERVE_TIMEOUT, Reconciler, spawn_workers, unless_gone};
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -330,13 +330,32 @@ fn identity(endpoint: &Endpoint) -> String {
 }
 
 /// What to do to a Service's slices.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct SlicePlan {
     /// New slices, by their ports and endpoints.
     create: Vec<(Ports, Vec<Endpoint>)>,
     /// Slices to rewrite, by name, with their ports and endpoints.
     update: Vec<(String, Ports, Vec<Endpoint>)>,
     delete: Vec<String>,
+}
+
+impl SlicePlan {
+    /// Turns creates into rewrites of slices the plan would delete, where `reusable` allows
+    /// (upstream's `finalize`): one write instead of two, and a data path that watches sees the
+    /// slice change rather than go and another come. The placeholder of a Service at zero
+    /// becomes the slice of its first pod so.
+    fn reuse_deleted(&mut self, reusable: impl Fn(&str) -> bool) {
+        let mut i = 0;
+        while i < self.delete.len() && !self.create.is_empty() {
+            if reusable(&self.delete[i]) {
+                let name = self.delete.remove(i);
+                let (ports, endpoints) = self.create.pop().expect("checked above");
+                self.update.push((name, ports, endpoints));
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 /// The fewest writes that take the Service's slices (`existing`) to hold `desired`, at most
@@ -421,8 +440,15 @@ struct EndpointsController {
 }
 
 impl EndpointsController {
-    /// The Endpoints object: created, or replaced when its addresses or labels changed.
-    async fn write_endpoints(&self, key: &ObjectKey, service: &Service, pods: &[Arc<Pod>]) -> Result<(), Error> {
+    /// The Endpoints object: created, or replaced when its addresses or labels changed; the
+    /// revision written goes to `written`.
+    async fn write_endpoints(
+        &self,
+        key: &ObjectKey,
+        service: &Service,
+        pods: &[Arc<Pod>],
+        written: &mut u64,
+    ) -> Result<(), Error> {
         let namespace = key.namespace.as_deref().unwrap_or("default");
         let api: Api<Endpoints> = Api::namespaced(self.context.client.clone(), namespace);
         let mut subsets = subsets(service, pods);
@@ -449,15 +475,23 @@ impl EndpointsController {
             },
             subsets: (!subsets.is_empty()).then_some(subsets),
         };
-        match &current {
+        let stored = match &current {
             Some(_) => api.replace(&key.name, &PostParams::default(), &endpoints).await?,
             None => api.create(&PostParams::default(), &endpoints).await?,
         };
+        *written = resource_version(&stored);
         Ok(())
     }
 
-    /// The Service's EndpointSlices, by [`plan_slices`].
-    async fn write_slices(&self, key: &ObjectKey, service: &Service, pods: &[Arc<Pod>]) -> Result<(), Error> {
+    /// The Service's EndpointSlices, by [`plan_slices`]; the newest revision written goes to
+    /// `written`, also when a later write fails.
+    async fn write_slices(
+        &self,
+        key: &ObjectKey,
+        service: &Service,
+        pods: &[Arc<Pod>],
+        written: &mut u64,
+    ) -> Result<(), Error> {
         let namespace = key.namespace.as_deref().unwrap_or("default");
         let api: Api<EndpointSlice> = Api::namespaced(self.context.client.clone(), namespace);
         let zone_of = |node: &str| {
@@ -478,7 +512,16 @@ impl EndpointsController {
         let mut labels = service.metadata.labels.clone().unwrap_or_default();
         labels.insert(SERVICE_NAME_LABEL.into(), key.name.clone());
         labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-        let plan = plan_slices(&existing, desired, &labels, MAX_ENDPOINTS_PER_SLICE);
+        let mut plan = plan_slices(&existing, desired, &labels, MAX_ENDPOINTS_PER_SLICE);
+        // Not a slice left by an older Service of the same name, which the collector removes,
+        // nor one of another address type, which cannot change.
+        plan.reuse_deleted(|name| {
+            existing.iter().any(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.address_type == "IPv4"
+                    && s.owner_references().iter().any(|o| Some(&o.uid) == service.metadata.uid.as_ref())
+            })
+        });
         let slice = |name: Option<String>, ports: &Ports, endpoints: Vec<Endpoint>| EndpointSlice {
             metadata: ObjectMeta {
                 resource_version: name
@@ -497,13 +540,19 @@ impl EndpointsController {
             ports: slice_ports(ports),
         };
         for (name, ports, endpoints) in plan.update {
-            api.replace(&name, &PostParams::default(), &slice(Some(name.clone()), &ports, endpoints)).await?;
+            let slice = slice(Some(name.clone()), &ports, endpoints);
+            *written = resource_version(&api.replace(&name, &PostParams::default(), &slice).await?);
         }
         for (ports, endpoints) in plan.create {
-            api.create(&PostParams::default(), &slice(None, &ports, endpoints)).await?;
+            let slice = slice(None, &ports, endpoints);
+            *written = resource_version(&api.create(&PostParams::default(), &slice).await?);
         }
-        for name in plan.delete {
-            unless_gone(api.delete(&name, &DeleteParams::default()).await)?;
+        if !plan.delete.is_empty() {
+            for name in plan.delete {
+                unless_gone(api.delete(&name, &DeleteParams::default()).await)?;
+            }
+            // A deletion's revision is the store's, not the object's.
+            *written = crate::current_revision(&api).await?;
         }
         Ok(())
     }
@@ -529,8 +578,23 @@ impl Reconciler for EndpointsController {
         let namespace = key.namespace.as_deref().unwrap_or("default");
         let pods: Vec<Arc<Pod>> =
             self.context.pods.in_namespace(namespace).into_iter().filter(|p| selector.matches(p.labels())).collect();
-        self.write_endpoints(key, &service, &pods).await?;
-        self.write_slices(key, &service, &pods).await?;
+        // Upstream's two controllers, independent there too: a data path that reads slices
+        // does not wait for the Endpoints write.
+        let (mut endpoints, mut slices) = (0, 0);
+        let (wrote_endpoints, wrote_slices) = tokio::join!(
+            self.write_endpoints(key, &service, &pods, &mut endpoints),
+            self.write_slices(key, &service, &pods, &mut slices)
+        );
+        // The next reconcile of this Service starts from its own writes, even those of a
+        // reconcile that failed half-way, not from versions they replaced (a conflict, and a
+        // retry after a back-off, while a pod turns ready) or slices they created.
+        if (endpoints > 0 && !self.context.endpoints.observed(endpoints, OBSERVE_TIMEOUT).await)
+            || (slices > 0 && !self.context.endpointslices.observed(slices, OBSERVE_TIMEOUT).await)
+        {
+            return Err(Error::Lagging);
+        }
+        wrote_endpoints?;
+        wrote_slices?;
         for message in unresolved_ports(&service, &pods) {
             self.context.events.object(&*service, EventType::Warning, "TargetPortNotFound", message);
         }
@@ -756,14 +820,23 @@ mod tests {
         let mut other: Pod = (*pod("b", "127.1.0.2", true)).clone();
         other.spec.as_mut().unwrap().containers[0].ports.as_mut().unwrap()[0].container_port = 9090;
         let groups = slice_groups(&service, &[pod("a", "127.1.0.1", true), Arc::new(other)], |_| None);
-        let plan = plan_slices(&empty, groups, &labels(), MAX_ENDPOINTS_PER_SLICE);
+        let mut plan = plan_slices(&empty, groups, &labels(), MAX_ENDPOINTS_PER_SLICE);
         assert_eq!(plan.delete, ["s0"]);
         let ports: Vec<i32> = plan.create.iter().map(|(ports, _)| ports[0].1).collect();
         assert_eq!(ports, [8080, 9090]);
+        // ... rather, it becomes one of them, where it may: one write, not a create and a delete.
+        let mut kept = plan.clone();
+        kept.reuse_deleted(|_| false);
+        assert_eq!(kept, plan, "a slice that may not be reused is deleted");
+        plan.reuse_deleted(|name| name == "s0");
+        assert!(plan.delete.is_empty());
+        assert_eq!((plan.create.len(), plan.update[0].0.as_str(), plan.update[0].1[0].1), (1, "s0", 9090));
 
         // A slice whose labels drifted is rewritten.
         let slices = carry_out(empty, plan);
-        let mut drifted = (*slices[0]).clone();
+        assert_eq!(sizes(&slices), [1, 1]);
+        let a = slices.iter().find(|s| s.ports.as_ref().is_some_and(|p| p[0].port == Some(8080))).unwrap();
+        let mut drifted = (**a).clone();
         drifted.metadata.labels = None;
         let groups = slice_groups(&service, &[pod("a", "127.1.0.1", true)], |_| None);
         let plan = plan_slices(&[Arc::new(drifted)], groups, &labels(), MAX_ENDPOINTS_PER_SLICE);
