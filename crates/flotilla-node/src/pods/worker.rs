@@ -2,6 +2,11 @@
 //! volumes), runs init containers then containers as the plan says, restarts them by policy
 //! with back-off, writes the pod's status whenever it changes, and on deletion stops
 //! everything and removes the pod for good.
+//!
+//! The status is written beside the work, not in its way (the kubelet's status manager): one
+//! write at a time, of the latest status, while containers start and probes run. A pod that
+//! starts and turns ready during its first write is written ready next, not through every
+//! state between, and its containers do not wait for the API server to start.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -119,8 +124,15 @@ pub(super) struct Worker {
     stop: Option<Stop>,
     /// The pod was removed from the API (force-deleted, or while the agent was away).
     gone: bool,
+    /// The status last written, as rendered.
     published: Option<Value>,
-    publish_failed: bool,
+    /// After a status write failed: not before this time again.
+    publish_retry: Option<Instant>,
+    /// The resource version of the pod as the last status write left it: a watch event older
+    /// than that carries a status this worker has since replaced.
+    published_version: u64,
+    /// The status write under way: what it writes, and the task that writes it.
+    publishing: Option<(Value, JoinHandle<kube::Result<Pod>>)>,
     /// When this worker first saw a pod no node had started, until the pod runs.
     first_seen: Option<Instant>,
 }
@@ -200,7 +212,9 @@ impl Worker {
             stop,
             gone: false,
             published: None,
-            publish_failed: false,
+            publish_retry: None,
+            published_version: 0,
+            publishing: None,
             first_seen: status.start_time.is_none().then(Instant::now),
         }
     }
@@ -234,11 +248,14 @@ impl Worker {
                 self.start(slot).await;
             }
             self.report_backoffs();
-            self.publish().await;
+            self.publish();
             self.update_entry();
             if self.is_terminal() && self.runs.is_empty() {
                 self.release_sandbox();
-                if self.gone || (self.stop == Some(Stop::Deleted) && self.delete().await) {
+                // The pod's last status is written before the pod is removed (the kubelet's
+                // status manager deletes a pod only once its final status is stored).
+                let deleted = self.stop == Some(Stop::Deleted) && !self.gone;
+                if self.gone || (deleted && self.flush().await && self.delete().await) {
                     self.clean_up();
                     return;
                 }
@@ -255,7 +272,10 @@ impl Worker {
             if let Some(read) = self.objects_read.filter(|_| self.projects_objects() && !self.is_terminal()) {
                 at(read + PROJECTION_REFRESH);
             }
-            if self.publish_failed || (self.stop == Some(Stop::Deleted) && self.runs.is_empty()) {
+            if let Some(retry) = self.publish_retry {
+                at(retry);
+            }
+            if self.stop == Some(Stop::Deleted) && self.runs.is_empty() {
                 at(Instant::now() + API_RETRY);
             }
             let sleep = async {
@@ -264,7 +284,14 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let published = async {
+                match &mut self.publishing {
+                    Some((_, write)) => write.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                written = published => self.published(written),
                 changed = updates.changed() => {
                     if changed.is_err() {
                         // The agent is shutting down: its guests end with it.
@@ -272,7 +299,14 @@ impl Worker {
                         return;
                     }
                     match updates.borrow_and_update().clone() {
-                        Some(pod) if pod.metadata.uid == self.pod.metadata.uid => self.pod = pod,
+                        Some(pod) if pod.metadata.uid == self.pod.metadata.uid => {
+                            // The event of a write before this worker's last one would take the
+                            // status back (and its conditions' times with it): the rest is news.
+                            let stale = flotilla_client::resource_version(&pod) < self.published_version;
+                            let status = if stale { self.pod.status.take() } else { pod.status.clone() };
+                            self.pod = pod;
+                            self.pod.status = status;
+                        }
                         _ => self.gone = true,
                     }
                 }
@@ -597,7 +631,7 @@ impl Worker {
                 self.record(slot).failed_to_start(reason, message.clone(), Instant::now());
                 if reason == "ErrImagePull" {
                     // As upstream: the error is shown, then the back-off until the next try.
-                    self.publish().await;
+                    self.flush().await;
                     self.record(slot).run = Run::Waiting {
                         reason: "ImagePullBackOff".into(),
                         message: Some(format!("Back-off pulling image \"{image}\": {message}")),
@@ -734,6 +768,9 @@ impl Worker {
     }
 
     fn abort_all(&mut self) {
+        if let Some((_, write)) = self.publishing.take() {
+            write.abort();
+        }
         for (_, run) in self.runs.drain() {
             run.end();
         }
@@ -782,8 +819,10 @@ impl Worker {
         })
     }
 
-    /// Writes the pod's status when it differs from what was last written.
-    async fn publish(&mut self) {
+    /// Starts writing the pod's status when it differs from what was last written, unless a
+    /// write is under way (the loop calls again when that one is done, with the latest) or a
+    /// failed one waits to be retried.
+    fn publish(&mut self) {
         if self.gone {
             return;
         }
@@ -794,32 +833,71 @@ impl Worker {
         {
             self.node.instruments.pod_start.observe(seen.elapsed().as_secs_f64());
         }
-        let mut status = serde_json::to_value(rendered).unwrap_or_default();
+        if self.publishing.is_some() || self.publish_retry.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let status = serde_json::to_value(rendered).unwrap_or_default();
         if self.published.as_ref() == Some(&status) {
             return;
         }
+        let mut patch = status.clone();
         // A merge patch leaves out what it does not name: clear what the pod no longer has.
         for field in ["reason", "message"] {
-            if status.get(field).is_none() {
-                status[field] = Value::Null;
+            if patch.get(field).is_none() {
+                patch[field] = Value::Null;
             }
         }
         let api: Api<Pod> = Api::namespaced(self.node.client.clone(), self.namespace());
-        let patch = serde_json::json!({"status": status});
-        match api.patch_status(self.name(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(pod) => {
-                self.publish_failed = false;
-                self.published = Some(serde_json::to_value(self.render()).unwrap_or_default());
+        let name = self.name().to_string();
+        let write = tokio::spawn(async move {
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": patch}))).await
+        });
+        self.publishing = Some((status, write));
+    }
+
+    /// Takes in the end of the status write under way.
+    fn published(&mut self, written: Result<kube::Result<Pod>, tokio::task::JoinError>) {
+        let Some((status, _)) = self.publishing.take() else { return };
+        match written {
+            Ok(Ok(pod)) => {
+                self.publish_retry = None;
+                self.published_version = flotilla_client::resource_version(&pod);
+                // The status as stored: what the next rendering starts from (when each
+                // condition last changed), so that a status that did not change renders the same.
                 if pod.metadata.uid == self.pod.metadata.uid {
                     self.pod.status = pod.status;
                 }
+                self.published = Some(status);
             }
-            Err(kube::Error::Api(err)) if err.code == 404 => self.gone = true,
-            Err(err) => {
+            Ok(Err(kube::Error::Api(err))) if err.code == 404 => self.gone = true,
+            Ok(Err(err)) => {
                 tracing::warn!(pod = self.name(), %err, "cannot write the pod's status; retrying");
-                self.publish_failed = true;
+                self.publish_retry = Some(Instant::now() + API_RETRY);
+            }
+            Err(err) => {
+                tracing::warn!(pod = self.name(), %err, "the pod's status write ended; retrying");
+                self.publish_retry = Some(Instant::now() + API_RETRY);
             }
         }
+    }
+
+    /// Writes the pod's status as it is now: waits for the write under way, then for one of
+    /// what changed since. Whether that is stored; a write that failed is left to the loop to
+    /// retry after [`API_RETRY`].
+    async fn flush(&mut self) -> bool {
+        if self.publish_retry.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        for _ in 0..2 {
+            self.publish();
+            let Some((_, write)) = self.publishing.as_mut() else { break };
+            let written = write.await;
+            self.published(written);
+            if self.publish_retry.is_some() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Tells the log server which runs each container has had.
