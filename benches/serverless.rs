@@ -24,9 +24,12 @@
 //! 4. `--functions` functions deployed at zero (a Deployment, a Service and an HPA each): the
 //!    agent's and the server's memory per function; then cold requests again, beside them (up
 //!    to 20): their HPAs, evaluated every second, each ask what nodes hold for their Service,
-//!    which must not hold up a wake-up. Last, as many functions whose HPA's minimum is 1
-//!    (their objects alone, nothing held for them): what a function at zero costs beyond its
-//!    objects is the difference.
+//!    which must not hold up a wake-up.
+//! 5. What a function at zero costs beyond its objects: `--functions` functions at zero in a
+//!    new cluster, and as many whose HPA's minimum is 1 (the same objects, nothing held for
+//!    them, as upstream has an idle Deployment) in another, each measured from the same start.
+//!    The difference is what scaling from zero adds. (Measured one after the other in one
+//!    cluster, the second set finds the heap the first grew and looks cheaper.)
 //!
 //! `cargo bench -p flotilla-benches --bench serverless -- [--wakeups N] [--functions N]`
 
@@ -74,18 +77,7 @@ async fn main() -> Result<()> {
     if args.smoke {
         (args.wakeups, args.functions, args.seconds) = (3, 10, 1);
     }
-    let cluster = Cluster::start(&ClusterConfig {
-        node: NODE,
-        node_ip: Some(NODE_IP),
-        pod_cidr: POD_CIDR,
-        service_cidr: Some(SERVICE_CIDR),
-        max_pods: None,
-        images: &[(flotilla_examples::P2_HANDLER, "handler:bench")],
-        proxy_mode: None,
-        server_args: &["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s"],
-    })?;
-    let mut connection = cluster.api.connect().await?;
-    connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;
+    let (cluster, mut connection) = start().await?;
     let mut report = Report::solo("serverless").smoke(args.smoke);
 
     eprintln!("== a cold request from zero replicas, {} times", args.wakeups);
@@ -139,31 +131,9 @@ async fn main() -> Result<()> {
         eprintln!("wrk: {e} (scripts/bench installs it)");
     }
     eprintln!("== {} functions at zero", args.functions);
-    let (agent_before, _) = cluster.agent.memory_mib()?;
-    let (server_before, _) = cluster.server.memory_mib()?;
-    for i in 0..args.functions {
-        function(&mut connection, &format!("idle-{i}"), 0, (0, 3), false).await?;
-    }
-    // Until the agent has seen them all: every Service's frontend listens, holding.
-    let services = format!("/api/v1/namespaces/{NAMESPACE}/services");
-    let listed: Value = serde_json::from_slice(&connection.get(&services).await?)?;
-    let mut fronts = Vec::new();
-    for service in listed["items"].as_array().into_iter().flatten() {
-        let name = service["metadata"]["name"].as_str().unwrap_or_default();
-        if name.starts_with("idle-") {
-            fronts.push(service["spec"]["clusterIP"].as_str().context("a cluster IP")?.parse::<Ipv4Addr>()?);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for front in &fronts {
-        while TcpStream::connect((*front, 80)).await.is_err() {
-            ensure!(Instant::now() < deadline, "{front} never listened for its function at zero");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (agent_after, _) = cluster.agent.memory_mib()?;
-    let (server_after, _) = cluster.server.memory_mib()?;
+    let (agent_before, server_before) = memory(&cluster)?;
+    functions_at_zero(&mut connection, "idle", args.functions).await?;
+    let (agent_after, server_after) = memory(&cluster)?;
     let per = |before: f64, after: f64| (after - before) * 1024.0 / args.functions as f64;
     let idle = format!("{} functions at zero", args.functions);
     report.add(format!("{idle}: agent memory per function"), "KiB", per(agent_before, agent_after), None);
@@ -179,29 +149,116 @@ async fn main() -> Result<()> {
     }
     report.add(format!("cold request beside {idle}, p50"), "ms", beside.quantile_ms(0.5), None);
 
-    eprintln!("== {} functions at zero that do not scale from zero: their objects alone", args.functions);
-    // The same three objects, the HPA's minimum 1: an idle Deployment as upstream has it, with
-    // nothing held for it. What a function at zero costs beyond is what scaling from zero adds.
-    let (agent_before_plain, _) = cluster.agent.memory_mib()?;
-    let (server_before_plain, _) = cluster.server.memory_mib()?;
-    for i in 0..args.functions {
-        function(&mut connection, &format!("plain-{i}"), 0, (1, 3), false).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (agent_plain, _) = cluster.agent.memory_mib()?;
-    let (server_plain, _) = cluster.server.memory_mib()?;
-    let plain = format!("{} idle functions that do not scale from zero", args.functions);
-    let (agent_objects, server_objects) =
-        (per(agent_before_plain, agent_plain), per(server_before_plain, server_plain));
-    report.add(format!("{plain}: agent memory per function"), "KiB", agent_objects, None);
-    report.add(format!("{plain}: server memory per function"), "KiB", server_objects, None);
-    let (agent_at_zero, server_at_zero) = (per(agent_before, agent_after), per(server_before, server_after));
-    report.add("at zero beyond the objects: agent memory per function", "KiB", agent_at_zero - agent_objects, None);
-    report.add("at zero beyond the objects: server memory per function", "KiB", server_at_zero - server_objects, None);
-
     let (agent, _) = cluster.agent.memory_mib()?;
     report.add("agent RSS at the end", "MiB", agent, None);
+    drop(cluster);
+
+    eprintln!(
+        "== {} functions at zero, and as many that do not scale from zero, each in a new cluster",
+        args.functions
+    );
+    let (agent_at_zero, server_at_zero) = in_a_new_cluster(true, args.functions).await?;
+    let (agent_objects, server_objects) = in_a_new_cluster(false, args.functions).await?;
+    let plain = format!("{} idle functions that do not scale from zero", args.functions);
+    report.add(format!("{idle}, in a new cluster: agent memory per function"), "KiB", agent_at_zero, None);
+    report.add(format!("{idle}, in a new cluster: server memory per function"), "KiB", server_at_zero, None);
+    report.add(format!("{plain}: agent memory per function"), "KiB", agent_objects, None);
+    report.add(format!("{plain}: server memory per function"), "KiB", server_objects, None);
+    report.add("at zero beyond the objects: agent memory per function", "KiB", agent_at_zero - agent_objects, None);
+    report.add("at zero beyond the objects: server memory per function", "KiB", server_at_zero - server_objects, None);
     report.publish()?;
+    Ok(())
+}
+
+/// The agent's and the server's memory per function (KiB) in a new cluster, after `count`
+/// functions at zero or, unless `at_zero`, as many whose HPA's minimum is 1: the same three
+/// objects, nothing held for them, as upstream has an idle Deployment (an HPA does not scale a
+/// target at zero up to its minimum).
+async fn in_a_new_cluster(at_zero: bool, count: usize) -> Result<(f64, f64)> {
+    let (cluster, mut connection) = start().await?;
+    let (agent_before, server_before) = memory(&cluster)?;
+    if at_zero {
+        functions_at_zero(&mut connection, "idle", count).await?;
+    } else {
+        for i in 0..count {
+            function(&mut connection, &format!("plain-{i}"), 0, (1, 3), false).await?;
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+    let (agent_after, server_after) = memory(&cluster)?;
+    let per = |before: f64, after: f64| (after - before) * 1024.0 / count as f64;
+    Ok((per(agent_before, agent_after), per(server_before, server_after)))
+}
+
+/// A control plane and a node, the benchmark's namespace created: ready for functions.
+async fn start() -> Result<(Cluster, Connection)> {
+    let cluster = Cluster::start(&ClusterConfig {
+        node: NODE,
+        node_ip: Some(NODE_IP),
+        pod_cidr: POD_CIDR,
+        service_cidr: Some(SERVICE_CIDR),
+        max_pods: None,
+        images: &[(flotilla_examples::P2_HANDLER, "handler:bench")],
+        proxy_mode: None,
+        server_args: &["--metrics-resolution", "1s", "--horizontal-pod-autoscaler-sync-period", "1s"],
+    })?;
+    let mut connection = cluster.api.connect().await?;
+    connection.create("/api/v1/namespaces", &json!({"metadata": {"name": NAMESPACE}})).await?;
+    // Until the node is Ready and a moment more: memory measured from here is the functions'.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let node: Value = connection
+            .get(&format!("/api/v1/nodes/{NODE}"))
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if ready {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "node {NODE} never turned Ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok((cluster, connection))
+}
+
+/// The agent's and the server's resident memory, MiB.
+fn memory(cluster: &Cluster) -> Result<(f64, f64)> {
+    Ok((cluster.agent.memory_mib()?.0, cluster.server.memory_mib()?.0))
+}
+
+/// How long memory is left to settle after functions are deployed.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// `count` functions `<prefix>-<i>` deployed at zero, once the agent has seen them all (every
+/// Service's frontend listens, holding) and a moment after.
+async fn functions_at_zero(connection: &mut Connection, prefix: &str, count: usize) -> Result<()> {
+    for i in 0..count {
+        function(connection, &format!("{prefix}-{i}"), 0, (0, 3), false).await?;
+    }
+    let services = format!("/api/v1/namespaces/{NAMESPACE}/services");
+    let listed: Value = serde_json::from_slice(&connection.get(&services).await?)?;
+    let mut fronts = Vec::new();
+    for service in listed["items"].as_array().into_iter().flatten() {
+        let name = service["metadata"]["name"].as_str().unwrap_or_default();
+        if name.starts_with(&format!("{prefix}-")) {
+            fronts.push(service["spec"]["clusterIP"].as_str().context("a cluster IP")?.parse::<Ipv4Addr>()?);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for front in &fronts {
+        while TcpStream::connect((*front, 80)).await.is_err() {
+            ensure!(Instant::now() < deadline, "{front} never listened for its function at zero");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
     Ok(())
 }
 
