@@ -168,6 +168,11 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let watch_file = "    env: [{name: FILE, value: /config/colour}, {name: TICK_MS, value: \"200\"}]\n    volumeMounts: [{name: config, mountPath: /config}]\n";
     let config_volume = "  volumes:\n  - name: config\n    configMap:\n      name: palette\n";
     apply(k, &pod("palette", &node, "ticker:v1", "Always", watch_file, config_volume))?;
+    // The same through a projected volume, whose ConfigMap nothing else in the pod names.
+    k.ok(&["create", "configmap", "tint", "--from-literal=colour=red"])?;
+    let projected =
+        "  volumes:\n  - name: config\n    projected:\n      sources:\n      - configMap:\n          name: tint\n";
+    apply(k, &pod("tint", &node, "ticker:v1", "Always", watch_file, projected))?;
     let dead =
         "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
     apply(k, &pod("unhealthy", &node, "ticker:v1", "Always", dead, ""))?;
@@ -299,6 +304,9 @@ fn check_pods(k: &Kubectl) -> Result<()> {
         ensure!(Instant::now() < deadline, "the projected file never followed its ConfigMap");
         std::thread::sleep(Duration::from_millis(500));
     }
+    wait_for(k, "tint", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+    let tint = k.ok(&["logs", "tint", "--tail=1"])?;
+    ensure!(tint.ends_with(": red\n"), "a projected ConfigMap source: {tint:?}");
 
     // What cannot run says why, and the rest keeps running.
     let broken =

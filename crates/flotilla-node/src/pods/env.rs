@@ -55,6 +55,11 @@ pub(super) fn referenced(pod: &Pod) -> (Vec<String>, Vec<String>) {
     for volume in spec.into_iter().flat_map(|s| s.volumes.iter().flatten()) {
         config_maps.extend(volume.config_map.as_ref().map(|v| v.name.clone()));
         secrets.extend(volume.secret.as_ref().and_then(|v| v.secret_name.clone()));
+        // A projected volume's sources, which nothing else may name.
+        for source in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            config_maps.extend(source.config_map.as_ref().map(|c| c.name.clone()));
+            secrets.extend(source.secret.as_ref().map(|s| s.name.clone()));
+        }
     }
     for list in [&mut config_maps, &mut secrets] {
         list.sort();
@@ -399,5 +404,30 @@ mod tests {
             assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
             assert_eq!(get("DB_SERVICE_HOST"), db);
         }
+    }
+
+    #[test]
+    fn objects_are_referenced_from_env_volumes_and_projected_sources() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "containers": [{"name": "app", "envFrom": [{"configMapRef": {"name": "env-cfg"}}],
+                    "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "env-secret", "key": "k"}}}]}],
+                "volumes": [
+                    {"name": "a", "configMap": {"name": "vol-cfg"}},
+                    {"name": "b", "secret": {"secretName": "vol-secret"}},
+                    {"name": "c", "projected": {"sources": [
+                        {"configMap": {"name": "projected-cfg"}},
+                        {"secret": {"name": "projected-secret"}},
+                        {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                        {"configMap": {"name": "vol-cfg"}},
+                    ]}},
+                ],
+            }
+        }))
+        .unwrap();
+        let (config_maps, secrets) = referenced(&pod);
+        assert_eq!(config_maps, ["env-cfg", "projected-cfg", "vol-cfg"]);
+        assert_eq!(secrets, ["env-secret", "projected-secret", "vol-secret"]);
     }
 }
