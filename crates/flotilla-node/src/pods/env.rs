@@ -15,12 +15,11 @@ pub(super) struct Objects {
 }
 
 impl Objects {
+    /// A key of the ConfigMap's `data`: as the kubelet, an environment variable is text, and a
+    /// key of `binaryData` is not found (`envFrom` takes `data` alone too).
     fn config_map_value(&self, name: &str, key: &str) -> Option<Option<String>> {
         let map = self.config_maps.get(name)?.as_ref()?;
-        Some(map.data.as_ref().and_then(|d| d.get(key)).cloned().or_else(|| {
-            let binary = map.binary_data.as_ref()?.get(key)?;
-            Some(String::from_utf8_lossy(&binary.0).into_owned())
-        }))
+        Some(map.data.as_ref().and_then(|d| d.get(key)).cloned())
     }
 
     fn secret_value(&self, name: &str, key: &str) -> Option<Option<String>> {
@@ -381,6 +380,27 @@ mod tests {
         objects.config_maps.insert("cfg".into(), None);
         let err = environment(&pod, container, &placement(), &objects, &services).unwrap_err();
         assert_eq!(err, "configmap \"cfg\" not found");
+
+        // A key of `binaryData` is not an environment variable's value, as upstream's kubelet
+        // reads `data` alone.
+        let binary = json!({"metadata": {"name": "bin"}, "data": {"text": "t"}, "binaryData": {"blob": "AAE="}});
+        objects.config_maps.insert("bin".into(), Some(serde_json::from_value(binary).unwrap()));
+        objects
+            .config_maps
+            .insert("cfg".into(), Some(serde_json::from_value(json!({"metadata": {"name": "cfg"}})).unwrap()));
+        let mut container = container.clone();
+        let reference = |key: &str| {
+            serde_json::from_value(
+                json!({"name": key.to_uppercase(), "valueFrom": {"configMapKeyRef": {"name": "bin", "key": key}}}),
+            )
+            .unwrap()
+        };
+        container.env = Some(vec![reference("text")]);
+        let env = environment(&pod, &container, &placement(), &objects, &services).unwrap();
+        assert!(env.iter().any(|(n, v)| n == "TEXT" && v == "t"));
+        container.env = Some(vec![reference("blob")]);
+        let err = environment(&pod, &container, &placement(), &objects, &services).unwrap_err();
+        assert_eq!(err, "couldn't find key blob in ConfigMap ns/bin");
     }
 
     #[test]
