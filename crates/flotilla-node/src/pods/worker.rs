@@ -858,8 +858,10 @@ impl Worker {
     /// Takes in the end of the status write under way.
     fn published(&mut self, written: Result<kube::Result<Pod>, tokio::task::JoinError>) {
         let Some((status, _)) = self.publishing.take() else { return };
+        // A write whose task ended without an answer failed like one the API refused.
+        let written = written.unwrap_or_else(|err| Err(kube::Error::Service(err.into())));
         match written {
-            Ok(Ok(pod)) => {
+            Ok(pod) => {
                 self.publish_retry = None;
                 self.published_version = flotilla_client::resource_version(&pod);
                 // The status as stored: what the next rendering starts from (when each
@@ -869,13 +871,9 @@ impl Worker {
                 }
                 self.published = Some(status);
             }
-            Ok(Err(kube::Error::Api(err))) if err.code == 404 => self.gone = true,
-            Ok(Err(err)) => {
-                tracing::warn!(pod = self.name(), %err, "cannot write the pod's status; retrying");
-                self.publish_retry = Some(Instant::now() + API_RETRY);
-            }
+            Err(kube::Error::Api(err)) if err.code == 404 => self.gone = true,
             Err(err) => {
-                tracing::warn!(pod = self.name(), %err, "the pod's status write ended; retrying");
+                tracing::warn!(pod = self.name(), %err, "cannot write the pod's status; retrying");
                 self.publish_retry = Some(Instant::now() + API_RETRY);
             }
         }
