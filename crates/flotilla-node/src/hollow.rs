@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::Semaphore;
 
-use crate::node::{LEASE_RENEW, WASM_RUNTIME_LABEL, renew};
+use crate::node::{LEASE_RENEW, renew};
 
 /// The label every hollow node carries.
 pub const HOLLOW_LABEL: &str = "node.flotilla.dev/hollow";
@@ -176,7 +176,7 @@ async fn register(nodes: &Api<Node>, config: &HollowConfig, index: usize) -> Res
         ("kubernetes.io/hostname".to_string(), name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), "amd64".to_string()),
-        (WASM_RUNTIME_LABEL.to_string(), "true".to_string()),
+        (flotilla_api::runtime_label(flotilla_api::WASM_RUNTIME_CLASS), "true".to_string()),
         (HOLLOW_LABEL.to_string(), "true".to_string()),
     ]);
     let status = NodeStatus {

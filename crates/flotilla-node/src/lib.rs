@@ -18,6 +18,7 @@ mod network;
 mod node;
 mod pods;
 mod prometheus;
+mod runtime;
 mod server;
 mod stats;
 
@@ -34,7 +35,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::task::JoinHandle;
 
 pub use images::{ImageStore, Reference};
-pub use node::{Capacity, SERVING_CERT_ANNOTATION, WASM_RUNTIME_LABEL};
+pub use node::{Capacity, SERVING_CERT_ANNOTATION};
 
 /// How a node agent runs.
 #[derive(Debug, Clone)]
@@ -122,7 +123,8 @@ pub(crate) struct Node {
     memory: Arc<flotilla_wasm::MemoryPool>,
     /// The eviction manager last saw available memory below its threshold.
     memory_pressure: std::sync::atomic::AtomicBool,
-    runtime: Runtime,
+    /// The runtimes pods run on, by `runtimeClassName`.
+    runtimes: runtime::Runtimes,
     images: images::Images,
     addresses: network::PodAddresses,
     events: flotilla_client::Recorder,
@@ -205,9 +207,8 @@ impl Agent {
         let (pods_dir, logs_dir) = (dir("pods")?, dir("logs")?);
         let mut runtime_config = RuntimeConfig::new(dir("modules")?);
         runtime_config.instance_slots = config.max_pods;
-        let runtime = Runtime::new(runtime_config)?;
         let store = ImageStore::open(dir("images")?)?;
-        let images = images::Images::new(store, images::Registries::new(config.insecure_registries.clone()));
+        let images = images::Images::new(store.clone(), images::Registries::new(config.insecure_registries.clone()));
         let (services, services_writer) = reflector::store();
         let capacity = Capacity::of_this_machine();
         let pod_network = Arc::new(flotilla_net::PodNetwork::start(
@@ -219,26 +220,42 @@ impl Agent {
         let (activator, activations) = flotilla_net::Activator::new(config.activation_timeout);
         let for_pods = capacity.less(config.reserved);
         let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
+        let memory = flotilla_wasm::MemoryPool::new(Some(for_pods.memory));
+        let egress = Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone()));
+        let zone = Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN));
+        let pod_network = Arc::new(PodRanges(pod_network));
+        let frontends = Arc::new(ServiceFrontends::default());
+        let mut runtimes = runtime::Runtimes::default();
+        runtimes.add(Arc::new(runtime::WasmRuntime {
+            runtime: Arc::new(Runtime::new(runtime_config)?),
+            store,
+            memory: memory.clone(),
+            default_memory_limit: config.default_memory_limit,
+            egress: egress.clone(),
+            zone: zone.clone(),
+            pod_network: pod_network.clone(),
+            frontends: frontends.clone(),
+        }));
         let node = Arc::new(Node {
             events: flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
             addresses: network::PodAddresses::new(config.pod_cidr),
             capacity,
             allocatable,
-            memory: flotilla_wasm::MemoryPool::new(Some(for_pods.memory)),
+            memory,
             memory_pressure: Default::default(),
             pods: pods::PodTable::default(),
             client: client.clone(),
             data_dir,
             pods_dir,
             logs_dir,
-            runtime,
+            runtimes,
             images,
             services,
             probe_client: pods::probe_client(),
-            egress: Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone())),
-            zone: Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN)),
-            pod_network: Arc::new(PodRanges(pod_network)),
-            frontends: Arc::default(),
+            egress,
+            zone,
+            pod_network,
+            frontends,
             activator,
             instruments: prometheus::Instruments::default(),
             config,

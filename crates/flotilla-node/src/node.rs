@@ -16,8 +16,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use crate::Node as Agent;
 
 pub use flotilla_api::SERVING_CERT_ANNOTATION;
-/// The label that says a node runs wasm pods (one such label per runtime it offers).
-pub const WASM_RUNTIME_LABEL: &str = "runtime.flotilla.dev/wasm";
 /// How long a Lease holds without renewal (the kubelet's default).
 pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(40);
 /// How often the Lease is renewed: a quarter of its duration, as upstream does.
@@ -193,14 +191,15 @@ fn desired_node(agent: &Agent) -> Node {
         "aarch64" => "arm64",
         other => other,
     };
-    let labels = BTreeMap::from([
+    let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), config.name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), arch.to_string()),
         ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
         ("beta.kubernetes.io/arch".to_string(), arch.to_string()),
-        (WASM_RUNTIME_LABEL.to_string(), "true".to_string()),
     ]);
+    // One label per runtime class it offers, which the scheduler matches pods against.
+    labels.extend(agent.runtimes.handlers().into_iter().map(|h| (flotilla_api::runtime_label(h), "true".into())));
     let annotations = BTreeMap::from([(SERVING_CERT_ANNOTATION.to_string(), config.serving_cert_sha256.clone())]);
     let resources = |of: Capacity| {
         BTreeMap::from([
@@ -239,7 +238,7 @@ fn desired_node(agent: &Agent) -> Node {
             node_info: Some(NodeSystemInfo {
                 architecture: arch.into(),
                 boot_id: read("/proc/sys/kernel/random/boot_id"),
-                container_runtime_version: format!("wasmtime://{}", flotilla_wasm::Runtime::VERSION),
+                container_runtime_version: agent.runtimes.version(),
                 kernel_version: read("/proc/sys/kernel/osrelease"),
                 kube_proxy_version: String::new(),
                 kubelet_version: version,

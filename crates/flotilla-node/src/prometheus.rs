@@ -68,7 +68,7 @@ impl std::fmt::Debug for Now {
 impl Collector for Now {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let pods = self.0.pods.all();
-        let usages: Vec<(Arc<crate::pods::PodEntry>, String, crate::stats::ContainerUsage)> = pods
+        let usages: Vec<(Arc<crate::pods::PodEntry>, String, crate::runtime::ContainerUsage)> = pods
             .iter()
             .flat_map(|pod| {
                 let usage = pod.usage.lock().expect("pod entry lock");

@@ -5,8 +5,6 @@
 //! machine's, from `/proc` (CPU time since boot, memory in use less what the kernel can
 //! reclaim), as the kubelet reports its root cgroup.
 
-use std::sync::Arc;
-
 use flotilla_api::stats::{
     ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary, UserDefinedMetric,
 };
@@ -49,8 +47,8 @@ pub(crate) fn summary(node: &Node, only: Only) -> Summary {
                 .map(|(name, usage)| ContainerStats {
                     name: name.clone(),
                     start_time: MicroTime(usage.started),
-                    cpu: everything.then(|| cpu(now, usage.cpu_time.used().as_nanos())),
-                    memory: everything.then(|| memory(now, usage.memory.used() as u64)),
+                    cpu: everything.then(|| cpu(now, usage.meter.cpu().as_nanos())),
+                    memory: everything.then(|| memory(now, usage.meter.memory())),
                     user_defined_metrics: requests(now, &usage.requests),
                 })
                 .collect();
@@ -241,16 +239,6 @@ impl Collector for ResourceMetrics {
         ConstGauge::new(0i64).encode(family)?;
         Ok(())
     }
-}
-
-/// What one container's current run uses: the runtime's accounts of it.
-#[derive(Debug, Clone)]
-pub(crate) struct ContainerUsage {
-    pub memory: Arc<flotilla_wasm::MemoryPool>,
-    pub cpu_time: Arc<flotilla_wasm::CpuTime>,
-    pub requests: Arc<flotilla_wasm::Requests>,
-    /// When the run started: its CPU time counts from here.
-    pub started: Timestamp,
 }
 
 #[cfg(test)]

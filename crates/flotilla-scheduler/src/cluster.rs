@@ -12,11 +12,6 @@ use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodAffinityTerm, PodSpec, 
 
 use crate::resources::{Resources, allocatable, pod_requests};
 
-/// The label a node carries for each runtime class it offers (`runtime.flotilla.dev/wasm`).
-pub const RUNTIME_LABEL_PREFIX: &str = "runtime.flotilla.dev/";
-/// The runtime class of a pod that names none.
-pub const DEFAULT_RUNTIME_CLASS: &str = "wasm";
-
 /// What scheduling needs to know of a pod, read once.
 #[derive(Debug)]
 pub struct PodInfo {
@@ -35,6 +30,8 @@ pub struct PodInfo {
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
     pub affinity: Option<Affinity>,
+    /// The runtime class it asks for (`runtimeClassName`, or the default).
+    pub runtime_class: String,
     /// The node label that says a node offers its runtime class.
     pub runtime_label: String,
 }
@@ -67,16 +64,9 @@ impl PodInfo {
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             affinity: spec.affinity.clone(),
-            runtime_label: format!(
-                "{RUNTIME_LABEL_PREFIX}{}",
-                spec.runtime_class_name.as_deref().unwrap_or(DEFAULT_RUNTIME_CLASS)
-            ),
+            runtime_class: flotilla_api::runtime_class(spec).to_string(),
+            runtime_label: flotilla_api::runtime_label(flotilla_api::runtime_class(spec)),
         }
-    }
-
-    /// The runtime class the pod asks for (`runtimeClassName`, or the default).
-    pub fn runtime_class(&self) -> &str {
-        &self.runtime_label[RUNTIME_LABEL_PREFIX.len()..]
     }
 
     pub fn namespace(&self) -> &str {

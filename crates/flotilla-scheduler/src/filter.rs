@@ -105,7 +105,7 @@ pub fn fits(pod: &PodInfo, node: &NodeInfo, topology: &Topology) -> Result<(), V
         return Err(vec![Reason::NodeAffinity]);
     }
     if !node.labels.contains_key(&pod.runtime_label) {
-        return Err(vec![Reason::RuntimeClass(pod.runtime_class().to_string())]);
+        return Err(vec![Reason::RuntimeClass(pod.runtime_class.clone())]);
     }
     if pod.host_ports.iter().any(|port| node.port_taken(port)) {
         return Err(vec![Reason::Ports]);

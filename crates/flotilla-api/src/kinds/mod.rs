@@ -13,7 +13,7 @@ mod service;
 
 pub use autoscaling::scaled_from_zero;
 pub use core::{NAMESPACE_NAME_LABEL, SERVING_CERT_ANNOTATION};
-pub use pod::WASM_RUNTIME_CLASS;
+pub use pod::{WASM_RUNTIME_CLASS, runtime_class, runtime_label};
 
 use std::fmt;
 use std::marker::PhantomData;

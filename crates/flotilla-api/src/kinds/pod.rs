@@ -261,12 +261,26 @@ fn qos_class(spec: &PodSpec) -> &'static str {
 /// wasm.
 pub const WASM_RUNTIME_CLASS: &str = "wasm";
 
+/// What a node's label for each runtime class it offers starts with.
+const RUNTIME_LABEL_PREFIX: &str = "runtime.flotilla.dev/";
+
+/// The runtime class a pod runs as: its `runtimeClassName`, else wasm.
+pub fn runtime_class(spec: &PodSpec) -> &str {
+    spec.runtime_class_name.as_deref().unwrap_or(WASM_RUNTIME_CLASS)
+}
+
+/// The label a node carries when it offers runtime class `class` (`runtime.flotilla.dev/wasm`),
+/// which the scheduler matches pods against.
+pub fn runtime_label(class: &str) -> String {
+    format!("{RUNTIME_LABEL_PREFIX}{class}")
+}
+
 /// Why an `exec` handler cannot be honoured in a wasm pod.
 const NO_EXEC: &str = "a wasm container has no processes, so there is nothing to exec: use an httpGet or tcpSocket handler, or runtimeClassName \"oci\"";
 
 /// Validates a pod spec at `path` (`spec`, or `spec.template.spec` in a workload).
 pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<FieldError>) {
-    if spec.runtime_class_name.as_deref().unwrap_or(WASM_RUNTIME_CLASS) == WASM_RUNTIME_CLASS {
+    if runtime_class(spec) == WASM_RUNTIME_CLASS {
         forbid_exec(spec, path, errors);
     }
     let volumes: BTreeSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();

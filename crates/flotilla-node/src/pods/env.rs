@@ -172,15 +172,12 @@ pub(super) fn environment(
     Ok(env)
 }
 
-/// `argv`: `command` (else the program's own name) followed by `args`, with `$(VAR)` expanded.
-pub(super) fn argv(container: &Container, program: &str, env: &[(String, String)]) -> Vec<String> {
+/// `command` and `args` with `$(VAR)` expanded against `env`; what the image says fills in
+/// what they leave out (each runtime's image its own way).
+pub(super) fn command(container: &Container, env: &[(String, String)]) -> (Option<Vec<String>>, Option<Vec<String>>) {
     let defined: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut argv: Vec<String> = match container.command.as_deref() {
-        Some(command) if !command.is_empty() => command.iter().map(|c| expand(c, &defined)).collect(),
-        _ => vec![program.to_string()],
-    };
-    argv.extend(container.args.iter().flatten().map(|a| expand(a, &defined)));
-    argv
+    let expanded = |list: &Option<Vec<String>>| list.as_ref().map(|l| l.iter().map(|a| expand(a, &defined)).collect());
+    (expanded(&container.command), expanded(&container.args))
 }
 
 /// Upstream's `$(VAR)` expansion: a defined variable is replaced, an undefined reference is
@@ -375,7 +372,9 @@ mod tests {
         assert_eq!(get("CPU"), Some("2"));
         assert_eq!(get("PASSWORD"), Some("s3cr3t"));
         assert_eq!(get("GONE"), None);
-        assert_eq!(argv(container, "prog", &env), ["server", "--ip=127.44.0.9", "$(UNSET)"]);
+        let (command, args) = command(container, &env);
+        assert_eq!(command.unwrap(), ["server"]);
+        assert_eq!(args.unwrap(), ["--ip=127.44.0.9", "$(UNSET)"]);
 
         objects.config_maps.insert("cfg".into(), None);
         let err = environment(&pod, container, &placement(), &objects, &services).unwrap_err();

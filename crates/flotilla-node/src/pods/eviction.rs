@@ -49,7 +49,7 @@ impl Candidate {
             .iter()
             .map(|(name, request)| ContainerMemory {
                 name: name.clone(),
-                usage: usage.get(name).map_or(0, |usage| usage.memory.used() as u64),
+                usage: usage.get(name).map_or(0, |usage| usage.meter.memory()),
                 request: *request,
             })
             .collect();

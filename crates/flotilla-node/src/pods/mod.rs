@@ -56,7 +56,7 @@ pub(crate) struct PodEntry {
     pub log_dir: PathBuf,
     pub containers: Mutex<HashMap<String, ContainerLogs>>,
     /// What each running container's current run uses, by name.
-    pub usage: Mutex<HashMap<String, crate::stats::ContainerUsage>>,
+    pub usage: Mutex<HashMap<String, crate::runtime::ContainerUsage>>,
     /// The pod's `spec.priority`, which the eviction manager ranks by.
     pub priority: i32,
     /// What the pod's containers request of memory, in bytes, by name.

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use flotilla_wasm::Preopen;
+use crate::runtime::Mount;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 
@@ -22,11 +22,11 @@ use crate::beneath;
 /// The directory of each volume of a pod, open, and whether containers see it read-only.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Volumes {
-    dirs: HashMap<String, Mount>,
+    dirs: HashMap<String, VolumeDir>,
 }
 
 #[derive(Debug, Clone)]
-struct Mount {
+struct VolumeDir {
     dir: Arc<File>,
     read_only: bool,
 }
@@ -51,7 +51,7 @@ pub(super) fn prepare(pod: &Pod, pod_dir: &Path, objects: &Objects, allow_host_p
             beneath::create_dir_all(&root, Path::new(name)).map_err(|e| fail("creating its directory", e))
         };
         let mount = if volume.empty_dir.is_some() {
-            Mount { dir: Arc::new(own_dir()?), read_only: false }
+            VolumeDir { dir: Arc::new(own_dir()?), read_only: false }
         } else if let Some(host) = &volume.host_path {
             if !allow_host_path {
                 return Err(format!(
@@ -59,12 +59,12 @@ pub(super) fn prepare(pod: &Pod, pod_dir: &Path, objects: &Objects, allow_host_p
                      --allow-host-path permits them)"
                 ));
             }
-            Mount { dir: Arc::new(host_dir(name, &host.path, host.type_.as_deref())?), read_only: false }
+            VolumeDir { dir: Arc::new(host_dir(name, &host.path, host.type_.as_deref())?), read_only: false }
         } else {
             let files = projected_files(pod, volume, objects)?;
             let dir = own_dir()?;
             project(&dir, &files).map_err(|e| fail("writing its files", e))?;
-            Mount { dir: Arc::new(dir), read_only: true }
+            VolumeDir { dir: Arc::new(dir), read_only: true }
         };
         volumes.dirs.insert(name.clone(), mount);
     }
@@ -122,15 +122,11 @@ fn projected_files(pod: &Pod, volume: &Volume, objects: &Objects) -> Result<File
     }
 }
 
-/// The directories `container` mounts, as preopens at their mount paths. `env` is the
+/// The directories `container` mounts, at their mount paths. `env` is the
 /// container's environment, which `subPathExpr` expands against.
-pub(super) fn mounts(
-    container: &Container,
-    volumes: &Volumes,
-    env: &[(String, String)],
-) -> Result<Vec<Preopen>, String> {
+pub(super) fn mounts(container: &Container, volumes: &Volumes, env: &[(String, String)]) -> Result<Vec<Mount>, String> {
     let defined: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut preopens = Vec::new();
+    let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let name = &mount.name;
         let volume = volumes
@@ -162,13 +158,13 @@ pub(super) fn mounts(
             })?;
             Arc::new(dir)
         };
-        preopens.push(Preopen {
+        mounts.push(Mount {
             dir,
-            guest: mount.mount_path.clone(),
+            path: mount.mount_path.clone(),
             read_only: volume.read_only || mount.read_only == Some(true),
         });
     }
-    Ok(preopens)
+    Ok(mounts)
 }
 
 /// A configMap's files: `data` and `binaryData` alike, every key or the `items` named.
@@ -323,8 +319,8 @@ mod tests {
     }
 
     /// What the guest at `guest` would see at `path`, read through the handle it was given.
-    fn read(preopens: &[Preopen], guest: &str, path: &str) -> std::io::Result<String> {
-        let dir = &preopens.iter().find(|p| p.guest == guest).unwrap().dir;
+    fn read(mounts: &[Mount], guest: &str, path: &str) -> std::io::Result<String> {
+        let dir = &mounts.iter().find(|p| p.path == guest).unwrap().dir;
         beneath::read(dir, Path::new(path)).map(|b| String::from_utf8(b).unwrap())
     }
 
@@ -350,16 +346,16 @@ mod tests {
         objects.config_maps.insert("cfg".into(), Some(serde_json::from_value(config).unwrap()));
         let dir = tempfile::tempdir().unwrap();
         let volumes = prepare(&pod, dir.path(), &objects, false).unwrap();
-        let preopens = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &[]).unwrap();
-        let by_guest: HashMap<_, _> = preopens.iter().map(|p| (p.guest.as_str(), p)).collect();
+        let mounts = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &[]).unwrap();
+        let by_guest: HashMap<_, _> = mounts.iter().map(|p| (p.path.as_str(), p)).collect();
         assert!(!by_guest["/scratch"].read_only);
         assert!(by_guest["/etc/app"].read_only && by_guest["/info"].read_only);
-        assert_eq!(read(&preopens, "/etc/app", "conf/a.txt").unwrap(), "one");
-        assert!(read(&preopens, "/etc/app", "b").is_err());
-        assert_eq!(read(&preopens, "/info", "labels").unwrap(), "app=\"web\"\n");
+        assert_eq!(read(&mounts, "/etc/app", "conf/a.txt").unwrap(), "one");
+        assert!(read(&mounts, "/etc/app", "b").is_err());
+        assert_eq!(read(&mounts, "/info", "labels").unwrap(), "app=\"web\"\n");
         // A configMap volume and a projected configMap are one implementation: both keep
         // `binaryData`.
-        assert_eq!(read(&preopens, "/both", "b").unwrap(), "two");
+        assert_eq!(read(&mounts, "/both", "b").unwrap(), "two");
         assert_eq!(std::fs::read(dir.path().join("volumes/both/bin")).unwrap(), [0, 1]);
         assert_eq!(std::fs::read(dir.path().join("volumes/config/conf/a.txt")).unwrap(), b"one");
 
@@ -367,8 +363,8 @@ mod tests {
         let config = json!({"metadata": {"name": "cfg"}, "data": {"a": "uno"}});
         objects.config_maps.insert("cfg".into(), Some(serde_json::from_value(config).unwrap()));
         prepare(&pod, dir.path(), &objects, false).unwrap();
-        assert_eq!(read(&preopens, "/etc/app", "conf/a.txt").unwrap(), "uno");
-        assert!(read(&preopens, "/both", "b").is_err());
+        assert_eq!(read(&mounts, "/etc/app", "conf/a.txt").unwrap(), "uno");
+        assert!(read(&mounts, "/both", "b").is_err());
 
         // What the node cannot provide is refused with the reason.
         let host = pod_of(json!({"containers": [], "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}));
@@ -429,8 +425,8 @@ mod tests {
         std::fs::create_dir(scratch.join("real")).unwrap();
         symlink("real", scratch.join("inside")).unwrap();
         let pod = spec("inside/new", false);
-        let preopens = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap();
-        assert!(preopens.iter().all(|p| !p.read_only));
+        let mounts = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap();
+        assert!(mounts.iter().all(|p| !p.read_only));
         assert!(scratch.join("real/new").is_dir());
         assert_eq!(std::fs::read_to_string(host.path().join("canary")).unwrap(), "host secret");
         let mut beside: Vec<_> = std::fs::read_dir(host.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

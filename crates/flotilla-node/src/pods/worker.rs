@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_wasm::{ContainerSpec, Exit, Network, Program};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -30,9 +29,9 @@ use super::status::{self, StatusInput, Stop};
 use super::volumes::{self, Volumes};
 use super::{ContainerLogs, PodEntry};
 use crate::Node;
-use crate::images::PullPolicy;
+use crate::images::{ImageError, PullPolicy};
 use crate::logs::{self, ContainerLog};
-use crate::stats::ContainerUsage;
+use crate::runtime::{ContainerRuntime, ContainerUsage, Control, Exit, Launch, Started};
 use flotilla_client::EventType::{Normal, Warning};
 
 /// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
@@ -50,12 +49,14 @@ pub(super) enum RunEvent {
         image_id: String,
         container_id: String,
         started_at: Timestamp,
+        control: Arc<dyn Control>,
+        usage: ContainerUsage,
     },
+    /// Its image could not be had.
     StartFailed {
         slot: Slot,
         attempt: i32,
-        reason: &'static str,
-        message: String,
+        error: ImageError,
     },
     Exited {
         slot: Slot,
@@ -75,21 +76,21 @@ pub(super) enum RunEvent {
     },
 }
 
-/// A run in progress: its task (aborting it kills the guest), its log, and its probes; its
-/// stop signal and requests, and when it is killed if it was told to stop.
+/// A run in progress: its task, its log, and its probes; once started, its control; when it is
+/// killed if it was told to stop, and whether it was.
 #[derive(Debug)]
 struct ActiveRun {
     attempt: i32,
     task: JoinHandle<()>,
     log: Arc<ContainerLog>,
     probes: Option<JoinHandle<()>>,
-    terminate: Arc<flotilla_wasm::Terminate>,
-    requests: Arc<flotilla_wasm::Requests>,
+    control: Option<Arc<dyn Control>>,
     killed_at: Option<Instant>,
+    killed: bool,
 }
 
 impl ActiveRun {
-    /// Ends the run: the guest is killed if it still runs, its probes stop, its log closes.
+    /// Ends the run: its task (a run not yet started ends with it), its probes, its log.
     fn end(self) {
         self.task.abort();
         if let Some(probes) = self.probes {
@@ -108,6 +109,8 @@ struct Sandbox {
 
 pub(super) struct Worker {
     node: Arc<Node>,
+    /// The runtime of the pod's class (`None`: the node offers none, and the pod is rejected).
+    runtime: Option<Arc<dyn ContainerRuntime>>,
     pod: Pod,
     entry: Arc<PodEntry>,
     restart_policy: RestartPolicy,
@@ -168,14 +171,15 @@ impl Worker {
         let main_waiting = if has_init { "PodInitializing" } else { "ContainerCreating" };
         let main = restore(&spec.containers, status.container_statuses.as_ref(), main_waiting);
         let start_time = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
-        let runtime = spec.runtime_class_name.as_deref().unwrap_or(flotilla_api::WASM_RUNTIME_CLASS);
-        let stop = if runtime != flotilla_api::WASM_RUNTIME_CLASS {
+        let class = spec.runtime_class_name.as_deref().unwrap_or(flotilla_api::WASM_RUNTIME_CLASS);
+        let runtime = node.runtimes.get(class);
+        let stop = if runtime.is_none() {
+            let offered = node.runtimes.handlers().iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
             Some(Stop::Rejected {
                 reason: "UnsupportedRuntimeClass".into(),
                 message: format!(
-                    "Pod was rejected: runtime class {runtime:?} is not offered by node {:?}, which runs \"{}\" pods",
+                    "Pod was rejected: runtime class {class:?} is not offered by node {:?}, which runs {offered} pods",
                     node.config.name,
-                    flotilla_api::WASM_RUNTIME_CLASS
                 ),
             })
         } else if status.start_time.is_none()
@@ -198,6 +202,7 @@ impl Worker {
         Worker {
             restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
             node,
+            runtime,
             pod,
             entry,
             init,
@@ -266,7 +271,8 @@ impl Worker {
                 at(deadline);
             }
             // A container told to stop is killed when its grace period is over.
-            if let Some(killed_at) = self.runs.values().filter_map(|run| run.killed_at).min() {
+            if let Some(killed_at) = self.runs.values().filter(|run| !run.killed).filter_map(|run| run.killed_at).min()
+            {
                 at(killed_at);
             }
             if let Some(read) = self.objects_read.filter(|_| self.projects_objects() && !self.is_terminal()) {
@@ -448,6 +454,7 @@ impl Worker {
     async fn start(&mut self, slot: Slot) {
         let now = Instant::now();
         let Some(container) = self.container(slot) else { return };
+        let Some(runtime) = self.runtime.clone() else { return };
         let Some(sandbox) = &self.sandbox else { return };
         let (ip, dir) = (sandbox.ip, sandbox.dir.clone());
         {
@@ -469,9 +476,9 @@ impl Worker {
         };
         self.read_objects().await;
         let prepared = volumes::prepare(&self.pod, &dir, &self.objects, self.node.config.allow_host_path)
-            .and_then(|volumes| self.container_spec(&container, ip, &volumes, log.clone()));
-        let spec = match prepared {
-            Ok(spec) => spec,
+            .and_then(|volumes| self.launch(&container, attempt, ip, &volumes, log.clone()));
+        let launch = match prepared {
+            Ok(launch) => launch,
             Err(message) => {
                 log.close();
                 self.node.events.pod(&self.pod, Some(&container.name), Warning, "Failed", format!("Error: {message}"));
@@ -484,28 +491,30 @@ impl Worker {
             let stale = logs::container_path(&log_dir, &container.name, attempt - 2);
             let _ = std::fs::remove_file(&stale);
         }
-        let (terminate, requests) = (spec.terminate.clone(), spec.requests.clone());
         let task = tokio::spawn(run_container(RunRequest {
             node: self.node.clone(),
+            runtime,
             pod: self.pod.clone(),
             container,
             slot,
             attempt,
-            spec,
+            launch,
             events: self.events.clone(),
         }));
-        let run = ActiveRun { attempt, task, log, probes: None, terminate, requests, killed_at: None };
+        let run = ActiveRun { attempt, task, log, probes: None, control: None, killed_at: None, killed: false };
         self.runs.insert(slot, run);
     }
 
-    /// The container's argv, env, mounts and limits, or why they cannot be had.
-    fn container_spec(
+    /// One run of `container` as the node works it out (argv, env, mounts, limits), or why it
+    /// cannot be had.
+    fn launch(
         &self,
         container: &Container,
+        attempt: i32,
         ip: Ipv4Addr,
         volumes: &Volumes,
         output: Arc<ContainerLog>,
-    ) -> Result<ContainerSpec, String> {
+    ) -> Result<Launch, String> {
         let ip_text = ip.to_string();
         let placement = Placement {
             pod_ip: &ip_text,
@@ -523,11 +532,8 @@ impl Worker {
             .map(|s| (**s).clone())
             .collect();
         let environment = env::environment(&self.pod, container, &placement, &self.objects, &services)?;
-        let program = crate::images::Reference::parse(container.image.as_deref().unwrap_or_default())
-            .map(|r| r.short_name().to_string())
-            .unwrap_or_else(|_| container.name.clone());
-        let argv = env::argv(container, &program, &environment);
-        let dirs = volumes::mounts(container, volumes, &environment)?;
+        let (command, args) = env::command(container, &environment);
+        let mounts = volumes::mounts(container, volumes, &environment)?;
         let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
         let quantity = |name: &str| -> Result<Option<i128>, String> {
             limits
@@ -536,19 +542,6 @@ impl Worker {
                 .transpose()
         };
         let memory_limit = quantity("memory")?.map(|nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX));
-        // Every container is bounded, and all of them together by the node's pool.
-        let memory = flotilla_wasm::MemoryPool::within(
-            &self.node.memory,
-            Some(memory_limit.unwrap_or(self.node.config.default_memory_limit)),
-        );
-        let (cpu_time, requests) = (flotilla_wasm::CpuTime::new(), flotilla_wasm::Requests::new());
-        let usage = ContainerUsage {
-            memory: memory.clone(),
-            cpu_time: cpu_time.clone(),
-            requests: requests.clone(),
-            started: Timestamp::now(),
-        };
-        self.entry.usage.lock().expect("pod entry lock").insert(container.name.clone(), usage);
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
         let ports = container
             .ports
@@ -557,31 +550,22 @@ impl Worker {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect();
-        let spec = ContainerSpec {
-            argv,
+        let id = crate::images::sha256(format!("{:?}/{}/{attempt}", self.pod.metadata.uid, container.name).as_bytes());
+        Ok(Launch {
+            namespace: self.namespace().to_string(),
+            id: id["sha256:".len()..].to_string(),
+            command,
+            args,
             env: environment,
             working_dir: container.working_dir.clone(),
-            dirs,
-            memory,
-            cpu_time,
-            requests,
-            terminate: flotilla_wasm::Terminate::new(),
+            mounts,
+            memory_limit,
             cpu_limit,
-            network: Some(Network {
-                pod_ip: ip.into(),
-                ports,
-                egress: self.node.egress.clone(),
-                names: Some(Arc::new(PodNames {
-                    zone: self.node.zone.clone(),
-                    namespace: self.namespace().to_string(),
-                })),
-                pod_network: Some(self.node.pod_network.clone()),
-                frontends: Some(self.node.frontends.clone()),
-            }),
+            pod_ip: ip,
+            ports,
             http_concurrency: http_concurrency(&self.pod)?,
             output,
-        };
-        Ok(spec)
+        })
     }
 
     async fn apply(&mut self, event: RunEvent) {
@@ -592,9 +576,14 @@ impl Worker {
                     self.stop = Some(Stop::Evicted { message });
                 }
             }
-            RunEvent::Started { slot, attempt, image_id, container_id, started_at } => {
+            RunEvent::Started { slot, attempt, image_id, container_id, started_at, control, usage } => {
                 if !self.is_current(slot, attempt) {
                     return;
+                }
+                let name = self.record(slot).name.clone();
+                self.entry.usage.lock().expect("pod entry lock").insert(name, usage);
+                if let Some(run) = self.runs.get_mut(&slot) {
+                    run.control = Some(control);
                 }
                 let record = self.record(slot);
                 record.image_id = Some(image_id);
@@ -619,7 +608,7 @@ impl Worker {
                     }
                 }
             }
-            RunEvent::StartFailed { slot, attempt, reason, message } => {
+            RunEvent::StartFailed { slot, attempt, error } => {
                 if !self.is_current(slot, attempt) {
                     return;
                 }
@@ -628,8 +617,9 @@ impl Worker {
                 }
                 self.ended(slot);
                 let image = self.record(slot).image.clone();
-                self.record(slot).failed_to_start(reason, message.clone(), Instant::now());
-                if reason == "ErrImagePull" {
+                let message = error.to_string();
+                self.record(slot).failed_to_start(error.reason(), message.clone(), Instant::now());
+                if let ImageError::Pull(_) = error {
                     // As upstream: the error is shown, then the back-off until the next try.
                     self.flush().await;
                     self.record(slot).run = Run::Waiting {
@@ -661,15 +651,10 @@ impl Worker {
                     run.end();
                 }
                 self.ended(slot);
-                let (exit_code, reason, message) = match exit {
-                    Exit::Exited(code) => (code, if code == 0 { "Completed" } else { "Error" }, None),
-                    Exit::OutOfMemory { message } => (137, "OOMKilled", Some(message)),
-                    Exit::Trapped { ref message } => (exit.code(), "Error", Some(message.clone())),
-                    Exit::Failed { message } => (128, "StartError", Some(message)),
-                };
+                let Exit { code, reason, message } = exit;
                 let ended = Terminated {
-                    exit_code,
-                    reason: reason.into(),
+                    exit_code: code,
+                    reason: reason.as_str().into(),
                     message,
                     started_at,
                     finished_at: Timestamp::now(),
@@ -700,48 +685,54 @@ impl Worker {
     }
 
     /// Ends a run: for good when the pod stops, or to restart it (a failed liveness probe).
-    /// `why` is the `Killing` event's message. A container that can stop by itself (a
-    /// `wasi:http` server, which finishes the requests it holds) is told to first, and killed
-    /// only if it has not ended within the grace period, as the kubelet sends SIGTERM, then
-    /// SIGKILL; it is called again until then.
+    /// `why` is the `Killing` event's message. A container that can hear it is told to stop
+    /// first, and killed only if it has not ended within the grace period, as the kubelet sends
+    /// SIGTERM, then SIGKILL; it is called again until then. A killed run's end is reported by
+    /// its runtime, as any other end.
     fn kill(&mut self, slot: Slot, why: String) {
         let grace = self.grace_period();
         let Some(run) = self.runs.get_mut(&slot) else { return };
-        let told = run.killed_at.is_some();
-        if run.requests.counted() && !grace.is_zero() {
-            match run.killed_at {
-                None => {
-                    run.terminate.send();
-                    run.killed_at = Some(Instant::now() + grace);
-                    let name = self.record(slot).name.clone();
-                    self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
-                    return;
-                }
-                Some(at) if Instant::now() < at => return,
-                Some(_) => {}
+        let told = run.killed_at.is_some() || run.killed;
+        let Some(control) = run.control.clone() else {
+            // Not started yet (its image is being pulled, or its run made): nothing runs to
+            // stop, and the run ends here.
+            let Some(run) = self.runs.remove(&slot) else { return };
+            run.end();
+            self.ended(slot);
+            let record = self.record(slot);
+            let name = record.name.clone();
+            let killed = Exit::killed();
+            let ended = Terminated {
+                exit_code: killed.code,
+                reason: killed.reason.as_str().into(),
+                message: None,
+                started_at: Timestamp::now(),
+                finished_at: Timestamp::now(),
+                container_id: String::new(),
+            };
+            record.exit(ended, Instant::now());
+            if !told {
+                self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
             }
+            return;
+        };
+        if run.killed {
+            return;
         }
-        let Some(run) = self.runs.remove(&slot) else { return };
-        run.end();
-        self.ended(slot);
-        let record = self.record(slot);
-        let (started_at, container_id) = match &record.run {
-            Run::Running { started_at, container_id } => (*started_at, container_id.clone()),
-            _ => (Timestamp::now(), String::new()),
-        };
-        let name = record.name.clone();
-        // A wasm command has no signal handler to run: it is stopped at once, which shows as a
-        // kill (137), as a process that ignored SIGTERM would show.
-        let ended = Terminated {
-            exit_code: 137,
-            reason: "Error".into(),
-            message: None,
-            started_at,
-            finished_at: Timestamp::now(),
-            container_id,
-        };
-        self.record(slot).exit(ended, Instant::now());
+        match run.killed_at {
+            None if !grace.is_zero() && control.terminate() => {
+                run.killed_at = Some(Instant::now() + grace);
+                let name = self.record(slot).name.clone();
+                self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+                return;
+            }
+            Some(at) if Instant::now() < at => return,
+            _ => {}
+        }
+        control.kill();
+        run.killed = true;
         if !told {
+            let name = self.record(slot).name.clone();
             self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
         }
     }
@@ -990,30 +981,27 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
 /// Everything a run task needs.
 struct RunRequest {
     node: Arc<Node>,
+    runtime: Arc<dyn ContainerRuntime>,
     pod: Pod,
     container: Container,
     slot: Slot,
     attempt: i32,
-    spec: ContainerSpec,
+    launch: Launch,
     events: mpsc::UnboundedSender<RunEvent>,
 }
 
-/// One run of a container: resolve its image, load its module, run it, report each step.
+/// One run of a container: resolve its image, have the runtime make the run, start it, and
+/// report each step and its end.
 async fn run_container(request: RunRequest) {
-    let RunRequest { node, pod, container, slot, attempt, spec, events } = request;
+    let RunRequest { node, runtime, pod, container, slot, attempt, launch, events } = request;
     let name = container.name.clone();
     let image = container.image.clone().unwrap_or_default();
     let policy = PullPolicy::parse(container.image_pull_policy.as_deref(), &image);
-    let container_id = format!(
-        "wasm://{}",
-        &crate::images::sha256(format!("{:?}/{name}/{attempt}", pod.metadata.uid).as_bytes())[7..]
-    );
+    let container_id = format!("{}://{}", runtime.handler(), launch.id);
     let resolved = match node.images.resolve(&image, policy).await {
         Ok(resolved) => resolved,
-        Err(err) => {
-            let reason = err.reason();
-            let message = err.to_string();
-            if reason == "ErrImagePull" {
+        Err(error) => {
+            if let ImageError::Pull(message) = &error {
                 node.events.pod(
                     &pod,
                     Some(&name),
@@ -1022,8 +1010,8 @@ async fn run_container(request: RunRequest) {
                     format!("Failed to pull image \"{image}\": {message}"),
                 );
             }
-            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {reason}"));
-            let _ = events.send(RunEvent::StartFailed { slot, attempt, reason, message });
+            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {}", error.reason()));
+            let _ = events.send(RunEvent::StartFailed { slot, attempt, error });
             return;
         }
     };
@@ -1048,38 +1036,24 @@ async fn run_container(request: RunRequest) {
         ),
     }
     let started_at = Timestamp::now();
-    let program = match load(&node, &resolved.image.digest).await {
-        Ok(program) => program,
+    let created = match runtime.create(resolved.image, launch).await {
+        Ok(created) => created,
         Err(message) => {
             node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {message}"));
-            let exit = Exit::Failed { message };
+            let exit = Exit::start_error(message);
             let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
             return;
         }
     };
     node.events.pod(&pod, Some(&name), Normal, "Created", format!("Created container: {name}"));
     let started_at = Timestamp::now();
+    let Started { control, usage, exit } = created.start();
     let image_id = resolved.image_id.clone();
-    let _ = events.send(RunEvent::Started { slot, attempt, image_id, container_id: container_id.clone(), started_at });
+    let id = container_id.clone();
+    let _ = events.send(RunEvent::Started { slot, attempt, image_id, container_id: id, started_at, control, usage });
     node.events.pod(&pod, Some(&name), Normal, "Started", format!("Started container {name}"));
-    let exit = node.runtime.run(&program, spec).await;
+    let exit = exit.await;
     let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
-}
-
-/// The loaded program for a stored module: from memory, else read and compiled off the async
-/// threads (compiling a large module takes a while).
-async fn load(node: &Arc<Node>, digest: &str) -> Result<Arc<Program>, String> {
-    if let Some(program) = node.runtime.loaded(digest) {
-        return Ok(program);
-    }
-    let node = node.clone();
-    let path = node.images.store().blob_path(digest);
-    tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading the module {}: {e}", path.display()))?;
-        node.runtime.load(&bytes).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("loading the module: {e}"))?
 }
 
 /// The annotation that sets how many requests a pod's `wasi:http` containers serve at once.
@@ -1095,18 +1069,5 @@ fn http_concurrency(pod: &Pod) -> Result<Option<usize>, String> {
         _ => Err(format!(
             "annotation {HTTP_CONCURRENCY_ANNOTATION}: {value:?} is not a number of requests from 1 to 10000"
         )),
-    }
-}
-
-/// A pod's view of the cluster DNS's names: its search path starts in its own namespace.
-#[derive(Debug)]
-struct PodNames {
-    zone: Arc<flotilla_net::dns::Zone>,
-    namespace: String,
-}
-
-impl flotilla_wasm::Names for PodNames {
-    fn resolve(&self, name: &str) -> Option<Vec<std::net::IpAddr>> {
-        self.zone.resolve(&self.namespace, name)
     }
 }

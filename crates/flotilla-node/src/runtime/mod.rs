@@ -1,0 +1,193 @@
+//! The container runtimes a node runs pods' containers on, behind one seam: the pod worker
+//! chooses one per pod by its `runtimeClassName` and drives it through [`ContainerRuntime`],
+//! as the kubelet drives a CRI runtime. What every runtime shares stays with the node: the
+//! pod's address and volumes, its containers' environment, argv and mounts, their logs, the
+//! image store, and the kubelet's lifecycle (restarts, probes, grace periods, status).
+//!
+//! A run is created, then started (CRI's `CreateContainer`, `StartContainer`): a failure
+//! before the start is the pull's or the configuration's, one after it is the container's.
+
+mod wasm;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::images::Image;
+use crate::logs::ContainerLog;
+
+pub(crate) use wasm::WasmRuntime;
+
+/// A way of running containers: wasm modules, or Linux processes in namespaces and cgroups.
+pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
+    /// The `RuntimeClass` handler it serves, which pods name in `runtimeClassName`.
+    fn handler(&self) -> &'static str;
+
+    /// What the Node says it runs (`nodeInfo.containerRuntimeVersion`): `<name>://<version>`.
+    fn version(&self) -> String;
+
+    /// Makes a run of a container from its image: what can fail before the container starts
+    /// (a module that does not compile, a root filesystem that cannot be set up) fails here.
+    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>>;
+}
+
+/// A run made and ready to start.
+pub(crate) trait Created: Send {
+    /// Starts it. Its exit future ends when it does, killed ([`Control::kill`]) or not.
+    /// Dropping that future is for the agent's shutdown: a wasm guest ends with it.
+    fn start(self: Box<Self>) -> Started;
+}
+
+/// A started run: its handle and its end.
+pub(crate) struct Started {
+    pub control: Arc<dyn Control>,
+    /// What it uses, for the node's stats and its eviction manager.
+    pub usage: ContainerUsage,
+    pub exit: BoxFuture<'static, Exit>,
+}
+
+/// What the node may do to a running container.
+pub(crate) trait Control: Send + Sync + std::fmt::Debug {
+    /// Asks it to stop, as SIGTERM does: whether it can hear that. One that cannot (a wasm
+    /// command, which has no signal handler) is killed at once rather than after the grace
+    /// period, which it could not use.
+    fn terminate(&self) -> bool;
+
+    /// Ends it now, as SIGKILL does; its exit future then ends with [`Exit::killed`].
+    fn kill(&self);
+}
+
+/// What a container's run uses, as its runtime counts it.
+pub(crate) trait Meter: Send + Sync + std::fmt::Debug {
+    /// Its working set, in bytes.
+    fn memory(&self) -> u64;
+    /// CPU time used since the run started.
+    fn cpu(&self) -> Duration;
+}
+
+/// What one container's current run uses: the runtime's accounts of it.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerUsage {
+    pub meter: Arc<dyn Meter>,
+    /// The requests a `wasi:http` server is serving and has served (never counted by a
+    /// container that serves none).
+    pub requests: Arc<flotilla_wasm::Requests>,
+    /// When the run started: its CPU time counts from here.
+    pub started: jiff::Timestamp,
+}
+
+/// How a run ended, as the container's `terminated` state shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exit {
+    pub code: i32,
+    pub reason: ExitReason,
+    pub message: Option<String>,
+}
+
+impl Exit {
+    /// An exit of its own, with `code`.
+    pub(crate) fn exited(code: i32) -> Exit {
+        let reason = if code == 0 { ExitReason::Completed } else { ExitReason::Error };
+        Exit { code, reason, message: None }
+    }
+
+    /// Killed by the node (SIGKILL, 128 + 9), as upstream shows a container that did not stop
+    /// within its grace period.
+    pub(crate) fn killed() -> Exit {
+        Exit { code: 137, reason: ExitReason::Error, message: None }
+    }
+
+    /// Could not be started after it was created (128, as runc's start error shows).
+    pub(crate) fn start_error(message: String) -> Exit {
+        Exit { code: 128, reason: ExitReason::StartError, message: Some(message) }
+    }
+}
+
+/// The `reason` of a terminated container, as upstream's runtimes give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitReason {
+    Completed,
+    Error,
+    OomKilled,
+    StartError,
+}
+
+impl ExitReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Completed => "Completed",
+            ExitReason::Error => "Error",
+            ExitReason::OomKilled => "OOMKilled",
+            ExitReason::StartError => "StartError",
+        }
+    }
+}
+
+/// One run of a container as the node has worked it out, the same for every runtime.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    pub namespace: String,
+    /// The container's id (`<runtime>://…` is the runtime's to add).
+    pub id: String,
+    /// `command` and `args` with `$(VAR)` expanded; what the image says fills what they leave
+    /// out, as each runtime's image defines it.
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// `resources.limits.memory` in bytes.
+    pub memory_limit: Option<u64>,
+    /// `resources.limits.cpu` in cores (0.5 for `500m`).
+    pub cpu_limit: Option<f64>,
+    pub pod_ip: Ipv4Addr,
+    /// The container's declared TCP `containerPort`s.
+    pub ports: Vec<u16>,
+    /// Requests a `wasi:http` container serves at once, if the pod says.
+    pub http_concurrency: Option<usize>,
+    /// Where its output goes (the CRI log file).
+    pub output: Arc<ContainerLog>,
+}
+
+/// A directory of the pod's, shown to a container at `path`: a handle the node opened, so that
+/// no runtime resolves a host path on a pod's behalf (a link a container planted or swapped in
+/// cannot change which directory this is).
+#[derive(Debug, Clone)]
+pub(crate) struct Mount {
+    pub dir: Arc<File>,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// The node's runtimes by handler.
+#[derive(Debug, Default)]
+pub(crate) struct Runtimes(HashMap<&'static str, Arc<dyn ContainerRuntime>>);
+
+impl Runtimes {
+    pub(crate) fn add(&mut self, runtime: Arc<dyn ContainerRuntime>) {
+        self.0.insert(runtime.handler(), runtime);
+    }
+
+    /// The runtime for `handler`.
+    pub(crate) fn get(&self, handler: &str) -> Option<Arc<dyn ContainerRuntime>> {
+        self.0.get(handler).cloned()
+    }
+
+    /// Every handler, sorted.
+    pub(crate) fn handlers(&self) -> Vec<&'static str> {
+        let mut handlers: Vec<_> = self.0.keys().copied().collect();
+        handlers.sort_unstable();
+        handlers
+    }
+
+    /// What the Node says it runs: each runtime's version, joined.
+    pub(crate) fn version(&self) -> String {
+        let mut versions: Vec<_> = self.0.values().map(|r| r.version()).collect();
+        versions.sort();
+        versions.join(",")
+    }
+}

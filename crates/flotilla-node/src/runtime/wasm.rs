@@ -1,0 +1,198 @@
+//! The wasm runtime: each container a wasmtime instance (or a pool of them, for a `wasi:http`
+//! server) in the agent's own process, granted only what its [`Launch`] says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_wasm::{ContainerSpec, CpuTime, MemoryPool, Network, Preopen, Program, Requests, Runtime, Terminate};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::{ContainerRuntime, ContainerUsage, Control, Created, Exit, ExitReason, Launch, Meter, Started};
+use crate::images::{Image, ImageStore, Reference};
+
+/// The `RuntimeClass` handler of wasm pods, the default.
+pub(crate) const HANDLER: &str = flotilla_api::WASM_RUNTIME_CLASS;
+
+/// Runs containers on the node's wasmtime engine.
+#[derive(Debug)]
+pub(crate) struct WasmRuntime {
+    pub runtime: Arc<Runtime>,
+    /// Where modules are read from.
+    pub store: ImageStore,
+    /// What every guest on the node holds together: each container's pool sits within it.
+    pub memory: Arc<MemoryPool>,
+    /// The memory limit of a container that declares none: upstream leaves it unbounded, and a
+    /// guest would then be bounded only by its 4 GiB address space, times its instances.
+    pub default_memory_limit: u64,
+    /// Where the guests may not connect.
+    pub egress: Arc<flotilla_wasm::Egress>,
+    /// The cluster DNS's names, which guests resolve without asking it.
+    pub zone: Arc<flotilla_net::dns::Zone>,
+    /// Which addresses are pods', and how to reach them.
+    pub pod_network: Arc<dyn flotilla_wasm::PodNetwork>,
+    /// The Services' frontends, which guests connect through.
+    pub frontends: Arc<dyn flotilla_wasm::Frontends>,
+}
+
+impl WasmRuntime {
+    /// The loaded program for a stored module: from memory, else read and compiled off the
+    /// async threads (compiling a large module takes a while).
+    async fn load(&self, digest: &str) -> Result<Arc<Program>, String> {
+        if let Some(program) = self.runtime.loaded(digest) {
+            return Ok(program);
+        }
+        let runtime = self.runtime.clone();
+        let path = self.store.blob_path(digest);
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| format!("reading the module {}: {e}", path.display()))?;
+            runtime.load(&bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("loading the module: {e}"))?
+    }
+}
+
+impl ContainerRuntime for WasmRuntime {
+    fn handler(&self) -> &'static str {
+        HANDLER
+    }
+
+    fn version(&self) -> String {
+        format!("wasmtime://{}", Runtime::VERSION)
+    }
+
+    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>> {
+        async move {
+            let program = self.load(&image.digest).await?;
+            // A module has no entrypoint of its own: its argv[0] is its image's name.
+            let name = Reference::parse(&image.reference).map(|r| r.short_name().to_string()).unwrap_or_default();
+            let mut argv = launch.command.filter(|c| !c.is_empty()).unwrap_or_else(|| vec![name]);
+            argv.extend(launch.args.into_iter().flatten());
+            let limit = launch.memory_limit.unwrap_or(self.default_memory_limit);
+            let spec = ContainerSpec {
+                argv,
+                env: launch.env,
+                working_dir: launch.working_dir,
+                dirs: launch
+                    .mounts
+                    .into_iter()
+                    .map(|m| Preopen { dir: m.dir, guest: m.path, read_only: m.read_only })
+                    .collect(),
+                // Every container is bounded, and all of them together by the node's pool.
+                memory: MemoryPool::within(&self.memory, Some(limit)),
+                cpu_time: CpuTime::new(),
+                requests: Requests::new(),
+                terminate: Terminate::new(),
+                cpu_limit: launch.cpu_limit,
+                network: Some(Network {
+                    pod_ip: launch.pod_ip.into(),
+                    ports: launch.ports,
+                    egress: self.egress.clone(),
+                    names: Some(Arc::new(PodNames { zone: self.zone.clone(), namespace: launch.namespace })),
+                    pod_network: Some(self.pod_network.clone()),
+                    frontends: Some(self.frontends.clone()),
+                }),
+                http_concurrency: launch.http_concurrency,
+                output: launch.output,
+            };
+            Ok(Box::new(WasmRun { runtime: self.runtime.clone(), program, spec }) as Box<dyn Created>)
+        }
+        .boxed()
+    }
+}
+
+/// A wasm container made, not yet started.
+struct WasmRun {
+    runtime: Arc<Runtime>,
+    program: Arc<Program>,
+    spec: ContainerSpec,
+}
+
+impl Created for WasmRun {
+    fn start(self: Box<Self>) -> Started {
+        let WasmRun { runtime, program, spec } = *self;
+        let meter = Arc::new(WasmMeter { memory: spec.memory.clone(), cpu_time: spec.cpu_time.clone() });
+        let control = Arc::new(WasmControl {
+            terminate: spec.terminate.clone(),
+            requests: spec.requests.clone(),
+            kill: tokio::sync::watch::Sender::new(false),
+        });
+        let usage = ContainerUsage { meter, requests: spec.requests.clone(), started: jiff::Timestamp::now() };
+        let mut killed = control.kill.subscribe();
+        let exit = async move {
+            tokio::select! {
+                exit = runtime.run(&program, spec) => exit_of(exit),
+                // The guest is dropped with its run, at its next host call or epoch tick.
+                _ = killed.wait_for(|k| *k) => Exit::killed(),
+            }
+        };
+        Started { control, usage, exit: exit.boxed() }
+    }
+}
+
+/// How a wasm run's end shows: a trap as an aborted process's (134), a memory limit outgrown
+/// as the OOM killer's (137, `OOMKilled`).
+fn exit_of(exit: flotilla_wasm::Exit) -> Exit {
+    let code = exit.code();
+    match exit {
+        flotilla_wasm::Exit::Exited(code) => Exit::exited(code),
+        flotilla_wasm::Exit::OutOfMemory { message } => {
+            Exit { code, reason: ExitReason::OomKilled, message: Some(message) }
+        }
+        flotilla_wasm::Exit::Trapped { message } => Exit { code, reason: ExitReason::Error, message: Some(message) },
+        flotilla_wasm::Exit::Failed { message } => Exit::start_error(message),
+    }
+}
+
+#[derive(Debug)]
+struct WasmControl {
+    terminate: Arc<Terminate>,
+    requests: Arc<Requests>,
+    kill: tokio::sync::watch::Sender<bool>,
+}
+
+impl Control for WasmControl {
+    fn terminate(&self) -> bool {
+        // A `wasi:http` server stops taking requests and ends when those it holds are
+        // answered; a command has no handler for it (WASI has no signals).
+        let hears = self.requests.counted();
+        if hears {
+            self.terminate.send();
+        }
+        hears
+    }
+
+    fn kill(&self) {
+        self.kill.send_replace(true);
+    }
+}
+
+#[derive(Debug)]
+struct WasmMeter {
+    memory: Arc<MemoryPool>,
+    cpu_time: Arc<CpuTime>,
+}
+
+impl Meter for WasmMeter {
+    fn memory(&self) -> u64 {
+        self.memory.used() as u64
+    }
+
+    fn cpu(&self) -> Duration {
+        self.cpu_time.used()
+    }
+}
+
+/// A pod's view of the cluster DNS's names: its search path starts in its own namespace.
+#[derive(Debug)]
+struct PodNames {
+    zone: Arc<flotilla_net::dns::Zone>,
+    namespace: String,
+}
+
+impl flotilla_wasm::Names for PodNames {
+    fn resolve(&self, name: &str) -> Option<Vec<std::net::IpAddr>> {
+        self.zone.resolve(&self.namespace, name)
+    }
+}
