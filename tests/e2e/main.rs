@@ -14,6 +14,7 @@ mod kubectl;
 mod leader;
 mod metrics;
 mod nodes;
+mod oci;
 mod pods;
 mod pressure;
 mod registry;

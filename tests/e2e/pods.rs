@@ -162,7 +162,7 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     // A wasi:http handler, served by the node with an instance per request.
     apply(k, &pod("function", &node, "handler:v1", "Always", probe, ""))?;
     // A runtime this node does not offer.
-    apply(k, &pod("oci", &node, "hello:v1", "Always", "", "  runtimeClassName: oci\n"))?;
+    apply(k, &pod("gvisor", &node, "hello:v1", "Always", "", "  runtimeClassName: gvisor\n"))?;
     // A ConfigMap's keys as files, which follow the ConfigMap when it changes.
     k.ok(&["create", "configmap", "palette", "--from-literal=colour=blue"])?;
     let watch_file = "    env: [{name: FILE, value: /config/colour}, {name: TICK_MS, value: \"200\"}]\n    volumeMounts: [{name: config, mountPath: /config}]\n";
@@ -282,7 +282,7 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     ensure!(response.contains("hello from function at /hi (request 1 of this instance)"), "{response}");
     let logs = k.ok(&["logs", "function"])?;
     ensure!(logs.contains("handling /healthz") && logs.contains("handling /hi"), "function logs: {logs}");
-    let rejected = wait_for(k, "oci", "{.status.phase} {.status.reason}", 30, |r| r.starts_with("Failed"))?;
+    let rejected = wait_for(k, "gvisor", "{.status.phase} {.status.reason}", 30, |r| r.starts_with("Failed"))?;
     ensure!(rejected == "Failed UnsupportedRuntimeClass", "{rejected}");
     let restarts = wait_for(k, "unhealthy", "{.status.containerStatuses[0].restartCount}", 30, |n| {
         n.parse::<i32>().is_ok_and(|n| n >= 1)

@@ -19,14 +19,14 @@ use crate::kubectl::Kubectl;
 use crate::pods::{apply, node_name, pod, wait_for};
 
 /// `docker-registry` on 127.0.0.1, killed when dropped.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start() -> Result<Registry> {
+    pub(crate) fn start() -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let config = dir.path().join("config.yml");
@@ -54,7 +54,7 @@ impl Registry {
     }
 
     /// Uploads a blob; its digest.
-    fn push_blob(&self, name: &str, blob: &[u8]) -> Result<String> {
+    pub(crate) fn push_blob(&self, name: &str, blob: &[u8]) -> Result<String> {
         let digest = sha256(blob);
         let started = request(self.port, "POST", &format!("/v2/{name}/blobs/uploads/"), &[], &[])?;
         ensure!(started.status == 202, "starting an upload: {}", started.status);
@@ -69,7 +69,7 @@ impl Registry {
     }
 
     /// Puts an OCI manifest under `reference`; its digest.
-    fn push_manifest(&self, name: &str, reference: &str, manifest: &serde_json::Value) -> Result<String> {
+    pub(crate) fn push_manifest(&self, name: &str, reference: &str, manifest: &serde_json::Value) -> Result<String> {
         let body = serde_json::to_vec(manifest)?;
         let media = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
         let done = request(self.port, "PUT", &format!("/v2/{name}/manifests/{reference}"), &media, &body)?;

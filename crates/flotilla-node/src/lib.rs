@@ -1,7 +1,8 @@
-//! `flotilla-node`: the node agent, which does the kubelet's job for wasm pods.
+//! `flotilla-node`: the node agent, which does the kubelet's job.
 //!
 //! It registers its Node and renews its Lease, watches the pods bound to it, and runs each pod's
-//! containers on the wasm runtime (`flotilla-wasm`): images resolved through the node's image
+//! containers on a runtime behind one seam (`runtime`): wasm modules on `flotilla-wasm`, and,
+//! as root, container images as Linux containers (youki's `libcontainer`); images resolved through the node's image
 //! store or a registry, init containers in order, restarts by policy with upstream's back-off,
 //! status written as the kubelet shapes it, Events, and logs in the CRI format that its HTTP API
 //! serves for `kubectl logs`; and it carries traffic to Services (`flotilla-net`, kube-proxy's
@@ -80,6 +81,9 @@ pub struct NodeConfig {
     pub eviction_pressure_transition_period: std::time::Duration,
     /// How long a connection to a Service scaling up from zero waits for an endpoint.
     pub activation_timeout: std::time::Duration,
+    /// The program whose `oci-helper` creates Linux containers (the agent's own binary), when
+    /// the node runs container images (runtime class `oci`): it needs root.
+    pub oci_helper: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -91,6 +95,18 @@ impl NodeConfig {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into())
     }
+}
+
+/// The directories under a node's data directory that hold containers' filesystems (image
+/// snapshots, containers' own layers), whose files' modes and owners are theirs, not the node's.
+pub fn container_filesystems(data_dir: &std::path::Path) -> Vec<PathBuf> {
+    vec![data_dir.join("images/snapshots"), data_dir.join("oci/bundles")]
+}
+
+/// The `oci-helper` step `args` name (after `oci-helper`), run in this process, which must be a
+/// fresh single-threaded one: its exit code.
+pub fn oci_helper(args: &[String]) -> i32 {
+    runtime::oci::helper::main(args)
 }
 
 /// Why the agent could not start.
@@ -226,6 +242,12 @@ impl Agent {
         let pod_network = Arc::new(PodRanges(pod_network));
         let frontends = Arc::new(ServiceFrontends::default());
         let mut runtimes = runtime::Runtimes::default();
+        if let Some(helper) = &config.oci_helper {
+            match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?) {
+                Ok(oci) => runtimes.add(Arc::new(oci)),
+                Err(err) => tracing::warn!(%err, "this node runs no container images"),
+            }
+        }
         runtimes.add(Arc::new(runtime::WasmRuntime {
             runtime: Arc::new(Runtime::new(runtime_config)?),
             store,

@@ -1,6 +1,6 @@
-//! `flotilla image`: the modules in a node's image store, as `k3s ctr images` manages a
-//! containerd store. A module imported under a reference is what that reference means on the
-//! node: a pod naming it runs it, whatever its `imagePullPolicy`.
+//! `flotilla image`: the images in a node's image store (wasm modules and container images), as
+//! `k3s ctr images` manages a containerd store. An image imported under a reference is what that
+//! reference means on the node: a pod naming it runs it, whatever its `imagePullPolicy`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,13 +11,16 @@ use flotilla_node::{ImageStore, Reference};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
-    /// Put a `.wasm` module (a core module or a component) into the node's store under a name.
+    /// Put a `.wasm` module (a core module or a component) into the node's store under a name,
+    /// or the container images of a `docker save` archive or an OCI image layout (a directory
+    /// or a tar of one) under their own names.
     Import {
-        /// The module, e.g. `target/wasm32-wasip1/release/hello.wasm`.
+        /// The module (`target/wasm32-wasip1/release/hello.wasm`), or the archive or layout.
         file: PathBuf,
-        /// The image reference pods name it by, e.g. `hello:v1`.
+        /// The image reference pods name it by, e.g. `hello:v1`: needed for a module, and for an
+        /// archive's one image that has no name (else it overrides the archive's).
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         /// The server's or agent's data directory.
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
         data_dir: PathBuf,
@@ -33,12 +36,20 @@ pub(crate) enum ImageCommand {
 pub(crate) fn run(command: ImageCommand) -> Result<()> {
     match command {
         ImageCommand::Import { file, name, data_dir } => {
-            let reference = Reference::parse(&name).map_err(anyhow::Error::msg)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let reference = name.as_deref().map(Reference::parse).transpose().map_err(anyhow::Error::msg)?;
             let store = open(&data_dir)?;
-            let image =
-                store.import(&bytes, &reference).with_context(|| format!("cannot import {}", file.display()))?;
-            writeln!(std::io::stdout(), "imported {} ({}, {} bytes)", image.reference, image.digest, image.size)?;
+            let images = if is_module(&file) {
+                let reference = reference.context("a module needs a name: --name <reference>")?;
+                let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                vec![store.import(&bytes, &reference).with_context(|| format!("cannot import {}", file.display()))?]
+            } else {
+                flotilla_node::images::container::import_archive(&store, &file, reference.as_ref())
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("cannot import {}", file.display()))?
+            };
+            for image in images {
+                writeln!(std::io::stdout(), "imported {} ({}, {} bytes)", image.reference, image.digest, image.size)?;
+            }
         }
         ImageCommand::Ls { data_dir } => {
             let images = open(&data_dir)?.list()?;
@@ -55,6 +66,13 @@ pub(crate) fn run(command: ImageCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `file` is a wasm module (else an archive or a layout of container images).
+fn is_module(file: &std::path::Path) -> bool {
+    let mut magic = [0; 4];
+    std::fs::File::open(file).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && magic == *b"\0asm"
 }
 
 pub(crate) fn open(data_dir: &std::path::Path) -> Result<ImageStore> {

@@ -65,6 +65,12 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A step of the node's OCI runtime, run in a process of its own: single-threaded, before
+    // anything else starts (`flotilla_node::oci_helper`). Not a subcommand users type.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "oci-helper") {
+        let args: Vec<String> = std::env::args_os().skip(2).map(|a| a.to_string_lossy().into_owned()).collect();
+        std::process::exit(flotilla_node::oci_helper(&args));
+    }
     limit_malloc_arenas();
     raise_descriptor_limit();
     keep_files_private();
@@ -72,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,libcgroups=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -100,10 +106,14 @@ fn keep_files_private() {
 }
 
 /// Creates `dir` if need be and makes it and everything in it private to its owner: directories
-/// 0700, files 0600 (links are left alone, never followed).
+/// 0700, files 0600 (links are left alone, never followed). Containers' filesystems are left as
+/// they are, only their directories made private: their files' modes are the images' and the
+/// containers' own.
 pub(crate) fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fn walk(path: &std::path::Path) -> std::io::Result<()> {
+    let keep = flotilla_node::container_filesystems(&node::node_dir(dir));
+    let walk_dir = |path: &std::path::Path| walk(path, &keep);
+    fn walk(path: &std::path::Path, keep: &[std::path::PathBuf]) -> std::io::Result<()> {
         let meta = std::fs::symlink_metadata(path)?;
         let mode = if meta.is_dir() {
             0o700
@@ -115,15 +125,15 @@ pub(crate) fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
         if meta.permissions().mode() & 0o777 != mode {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         }
-        if meta.is_dir() {
+        if meta.is_dir() && !keep.iter().any(|k| k == path) {
             for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path())?;
+                walk(&entry?.path(), keep)?;
             }
         }
         Ok(())
     }
     std::fs::create_dir_all(dir)
-        .and_then(|()| walk(dir))
+        .and_then(|()| walk_dir(dir))
         .map_err(|e| anyhow::anyhow!("cannot make {} private to its owner: {e}", dir.display()))
 }
 

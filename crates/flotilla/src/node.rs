@@ -78,10 +78,30 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_parser = crate::control::parse_period, default_value = "30s")]
     activation_timeout: std::time::Duration,
 
+    /// Run no container images (runtime class `oci`), only wasm modules. A node not run as
+    /// root runs none in any case.
+    #[arg(long)]
+    no_oci: bool,
+
     /// The memory limit of a container that declares none (a guest's linear memories and its
     /// instances together), as a quantity.
     #[arg(long, value_parser = parse_bytes, default_value = "256Mi")]
     default_memory_limit: u64,
+}
+
+/// The program that creates Linux containers: this one, when the node may run them (as root,
+/// unless `--no-oci`).
+fn oci_helper(no_oci: bool) -> Option<PathBuf> {
+    if no_oci {
+        return None;
+    }
+    if !rustix::process::geteuid().is_root() {
+        tracing::info!("not running as root: this node runs no container images, only wasm modules");
+        return None;
+    }
+    std::env::current_exe()
+        .inspect_err(|err| tracing::warn!(%err, "cannot find this program: no container images"))
+        .ok()
 }
 
 /// A `--eviction-hard` memory threshold: bytes, or a share of the node's memory.
@@ -219,6 +239,7 @@ pub(crate) async fn start(
         eviction_memory_available,
         eviction_pressure_transition_period: args.eviction_pressure_transition_period,
         activation_timeout: args.activation_timeout,
+        oci_helper: oci_helper(args.no_oci),
     };
     let agent = Agent::start(client, config).await.context("cannot start the node agent")?;
     let tls = flotilla_auth::tls::server_config(

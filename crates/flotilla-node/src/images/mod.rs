@@ -1,6 +1,7 @@
 //! Images: resolving a container's `image:` to a wasm module on the node, by its pull policy,
 //! from the content-addressed store or a registry.
 
+pub mod container;
 mod reference;
 mod registry;
 mod store;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub use reference::Reference;
 pub use registry::Registries;
-pub use store::{Image, ImageStore, Source, StoreError, sha256};
+pub use store::{Image, ImageStore, Kind, Source, StoreError, sha256};
 
 /// `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

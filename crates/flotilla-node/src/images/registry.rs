@@ -1,7 +1,8 @@
-//! Pulling modules from OCI registries over the distribution API: wasm artifacts (a layer of
-//! type `application/vnd.wasm.content.layer.v1+wasm` or `application/wasm`), and OCI images
-//! whose root filesystem holds the `.wasm` their entrypoint names. Every blob is verified
-//! against its digest before it is stored.
+//! Pulling images from OCI registries over the distribution API: wasm artifacts (a layer of
+//! type `application/vnd.wasm.content.layer.v1+wasm` or `application/wasm`), OCI images whose
+//! root filesystem holds the `.wasm` their entrypoint names, and any other image as a
+//! container image (its manifest, config and layers). Every blob is verified against its
+//! digest before it is stored.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::store::{Image, ImageStore, Source, sha256};
+use super::store::{Image, ImageStore, Kind, Source, sha256};
 use super::{Reference, reference::DEFAULT_REGISTRY};
 
 /// Media types of a layer that is the module itself.
@@ -47,31 +48,38 @@ impl std::fmt::Debug for Registries {
     }
 }
 
-#[derive(Deserialize)]
+/// An image manifest or index, as registries, OCI layouts and the store hold them.
+#[derive(Deserialize, Serialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
-struct Manifest {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    config: Option<Descriptor>,
+pub(super) struct Manifest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Descriptor>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Serialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(super) struct Descriptor {
     #[serde(default)]
-    media_type: String,
-    digest: String,
+    pub media_type: String,
+    pub digest: String,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize, Clone)]
-struct Platform {
+#[derive(Deserialize, Serialize, Clone, Debug)]
+pub(super) struct Platform {
     #[serde(default)]
     os: String,
     #[serde(default)]
@@ -145,7 +153,10 @@ impl Registries {
         }
         let module = match manifest.layers.iter().find(|l| WASM_LAYERS.contains(&l.media_type.as_str())) {
             Some(layer) => session.blob(&layer.digest).await?,
-            None => self.module_from_rootfs(&mut session, &manifest).await?,
+            None => match self.module_from_rootfs(&mut session, &manifest).await? {
+                Some(module) => module,
+                None => return self.container(&mut session, store, reference, manifest, &manifest_bytes).await,
+            },
         };
         if !module.starts_with(b"\0asm") {
             return Err(
@@ -155,26 +166,48 @@ impl Registries {
         let digest = store.put_blob(&module, None).map_err(|e| e.to_string())?;
         let size = module.len() as u64;
         let pinned = Reference { tag: None, digest: Some(manifest_digest), ..reference.clone() };
-        store.tag(&pinned, &digest, size, Source::Pulled).map_err(|e| e.to_string())?;
-        store.tag(reference, &digest, size, Source::Pulled).map_err(|e| e.to_string())
+        store.tag(&pinned, &digest, size, Source::Pulled, Kind::Module).map_err(|e| e.to_string())?;
+        store.tag(reference, &digest, size, Source::Pulled, Kind::Module).map_err(|e| e.to_string())
+    }
+
+    /// Stores a container image: its config and layers, each verified, then its manifest.
+    async fn container(
+        &self,
+        session: &mut Session<'_>,
+        store: &ImageStore,
+        reference: &Reference,
+        manifest: Manifest,
+        manifest_bytes: &[u8],
+    ) -> Result<Image, String> {
+        let config = manifest.config.as_ref().ok_or("the manifest names no image config")?;
+        let mut size = manifest_bytes.len() as u64;
+        for blob in std::iter::once(config).chain(&manifest.layers) {
+            if !store.blob_path(&blob.digest).exists() {
+                let bytes = session.blob(&blob.digest).await?;
+                store.put_blob(&bytes, Some(&blob.digest)).map_err(|e| e.to_string())?;
+            }
+            size += blob.size;
+        }
+        let digest = store.put_blob(manifest_bytes, None).map_err(|e| e.to_string())?;
+        let pinned = Reference { tag: None, digest: Some(digest.clone()), ..reference.clone() };
+        store.tag(&pinned, &digest, size, Source::Pulled, Kind::Container).map_err(|e| e.to_string())?;
+        store.tag(reference, &digest, size, Source::Pulled, Kind::Container).map_err(|e| e.to_string())
     }
 
     /// The module an ordinary OCI image's entrypoint names, read from its layers (the last
-    /// layer that has the file wins, as it would in the unpacked root filesystem).
-    async fn module_from_rootfs(&self, session: &mut Session<'_>, manifest: &Manifest) -> Result<Vec<u8>, String> {
+    /// layer that has the file wins, as it would in the unpacked root filesystem); `None` when
+    /// its entrypoint is no `.wasm` file: a container image.
+    async fn module_from_rootfs(
+        &self,
+        session: &mut Session<'_>,
+        manifest: &Manifest,
+    ) -> Result<Option<Vec<u8>>, String> {
         let config = manifest.config.as_ref().ok_or("the manifest has neither a wasm layer nor an image config")?;
         let config: ImageConfig = serde_json::from_slice(&session.blob(&config.digest).await?)
             .map_err(|e| format!("the image config is not valid JSON: {e}"))?;
-        let entry = config
-            .config
-            .entrypoint
-            .filter(|e| !e.is_empty())
-            .or(config.config.cmd)
-            .and_then(|e| e.into_iter().next())
-            .ok_or("the image names no entrypoint: set ENTRYPOINT to the .wasm file")?;
-        if !entry.ends_with(".wasm") {
-            return Err(format!("the image's entrypoint {entry:?} is not a .wasm file"));
-        }
+        let entry =
+            config.config.entrypoint.filter(|e| !e.is_empty()).or(config.config.cmd).and_then(|e| e.into_iter().next());
+        let Some(entry) = entry.filter(|e| e.ends_with(".wasm")) else { return Ok(None) };
         let wanted = entry.trim_start_matches('/').to_string();
         for layer in manifest.layers.iter().rev() {
             let blob = session.blob(&layer.digest).await?;
@@ -184,7 +217,7 @@ impl Registries {
                 .await
                 .map_err(|e| format!("reading a layer: {e}"))??;
             if let Some(module) = found {
-                return Ok(module);
+                return Ok(Some(module));
             }
         }
         Err(format!("no layer of the image holds its entrypoint {entry:?}"))
@@ -201,7 +234,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
 }
 
 /// The manifest of an index to run: one for wasm first, else one for this node's platform.
-fn choose_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+pub(super) fn choose_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -1,9 +1,11 @@
-//! The node's content-addressed image store: module bytes under their SHA-256 digest, and one
-//! small file per reference naming the digest it resolves to.
+//! The node's content-addressed image store: blobs under their SHA-256 digest (a module, or a
+//! container image's manifest, config and layers), and one small file per reference naming the
+//! digest it resolves to (the module's, or the container image's manifest's).
 //!
 //! ```text
-//! <root>/blobs/sha256/<hex>          the module, verified against its name when written
-//! <root>/refs/<escaped reference>    {"digest": "sha256:<hex>", "size": N, "source": "imported"}
+//! <root>/blobs/sha256/<hex>          a blob, verified against its name when written
+//! <root>/refs/<escaped reference>    {"digest": "sha256:<hex>", "size": N, "source": "imported", "kind": "module"}
+//! <root>/snapshots/<hex>/            a container image unpacked (see `container.rs`)
 //! ```
 //!
 //! Every file is written to a temporary name and renamed into place, so a crash never leaves
@@ -28,13 +30,25 @@ pub enum Source {
     Pulled,
 }
 
-/// A reference in the store and the module it names.
+/// What a reference names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A wasm module or component: the digest is the module's.
+    #[default]
+    Module,
+    /// A container image (Linux layers): the digest is its manifest's.
+    Container,
+}
+
+/// A reference in the store and what it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub reference: String,
     pub digest: String,
     pub size: u64,
     pub source: Source,
+    pub kind: Kind,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +56,9 @@ struct RefFile {
     digest: String,
     size: u64,
     source: Source,
+    /// Absent in the files of a store older than container images: those name modules.
+    #[serde(default)]
+    kind: Kind,
 }
 
 /// Why the store could not do what was asked.
@@ -64,13 +81,18 @@ pub struct ImageStore {
 
 impl ImageStore {
     pub fn open(root: PathBuf) -> Result<ImageStore, StoreError> {
-        for dir in [root.join("blobs/sha256"), root.join("refs")] {
+        for dir in [root.join("blobs/sha256"), root.join("refs"), root.join("snapshots")] {
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
         }
         Ok(ImageStore { root })
     }
 
-    /// Where the module with `digest` is (whether or not it is there).
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` is (whether or not it is there).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
     }
@@ -90,20 +112,61 @@ impl ImageStore {
         Ok(digest)
     }
 
-    /// Points `reference` at the stored module `digest`.
-    pub fn tag(&self, reference: &Reference, digest: &str, size: u64, source: Source) -> Result<Image, StoreError> {
+    /// Stores the file at `path` under its digest, checking it against `expected` when given,
+    /// without holding it in memory (a layer may be large): the digest and the size.
+    pub fn put_file(&self, path: &Path, expected: Option<&str>) -> Result<(String, u64), StoreError> {
+        let io = |source| StoreError::Io { path: path.into(), source };
+        let partial = self.root.join("blobs").join(format!("import.partial-{}", std::process::id()));
+        let mut input = std::fs::File::open(path).map_err(io)?;
+        let mut output =
+            std::fs::File::create(&partial).map_err(|source| StoreError::Io { path: partial.clone(), source })?;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut input, &mut buffer).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            context.update(&buffer[..n]);
+            std::io::Write::write_all(&mut output, &buffer[..n])
+                .map_err(|source| StoreError::Io { path: partial.clone(), source })?;
+            size += n as u64;
+        }
+        let hex: String = context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = format!("sha256:{hex}");
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            let _ = std::fs::remove_file(&partial);
+            return Err(StoreError::DigestMismatch { expected: expected.into(), actual: digest });
+        }
+        let path = self.blob_path(&digest);
+        std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })?;
+        Ok((digest, size))
+    }
+
+    /// Points `reference` at the stored `digest`, a module or a container image's manifest.
+    pub fn tag(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        size: u64,
+        source: Source,
+        kind: Kind,
+    ) -> Result<Image, StoreError> {
         let name = reference.to_string();
-        let record = RefFile { digest: digest.into(), size, source };
+        let record = RefFile { digest: digest.into(), size, source, kind };
         let json = serde_json::to_vec(&record).expect("a reference record serialises");
         write_atomically(&self.ref_path(&name), &json)?;
-        Ok(Image { reference: name, digest: digest.into(), size, source })
+        Ok(Image { reference: name, digest: digest.into(), size, source, kind })
     }
 
     /// Imports a module under `reference`, once it is known to be one.
     pub fn import(&self, bytes: &[u8], reference: &Reference) -> Result<Image, StoreError> {
         flotilla_wasm::validate(bytes)?;
         let digest = self.put_blob(bytes, None)?;
-        self.tag(reference, &digest, bytes.len() as u64, Source::Imported)
+        self.tag(reference, &digest, bytes.len() as u64, Source::Imported, Kind::Module)
     }
 
     /// The stored image `reference` names: by name (a pulled `repo@sha256:<manifest digest>`
@@ -115,11 +178,18 @@ impl ImageStore {
         if let Some(record) = by_name
             && self.blob_path(&record.digest).exists()
         {
-            return Some(Image { reference: name, digest: record.digest, size: record.size, source: record.source });
+            let (digest, size, source, kind) = (record.digest, record.size, record.source, record.kind);
+            return Some(Image { reference: name, digest, size, source, kind });
         }
+        // A digest names a blob, which is a module or a container image's manifest.
         let digest = reference.digest.as_ref()?;
-        let size = std::fs::metadata(self.blob_path(digest)).ok()?.len();
-        Some(Image { reference: name, digest: digest.clone(), size, source: Source::Pulled })
+        let path = self.blob_path(digest);
+        let size = std::fs::metadata(&path).ok()?.len();
+        let mut magic = [0; 4];
+        let module = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+            && magic == *b"\0asm";
+        let kind = if module { Kind::Module } else { Kind::Container };
+        Some(Image { reference: name, digest: digest.clone(), size, source: Source::Pulled, kind })
     }
 
     /// Every reference in the store, sorted.
@@ -131,7 +201,8 @@ impl ImageStore {
             .filter_map(|entry| {
                 let name = unescape(entry.file_name().to_str()?)?;
                 let record: RefFile = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
-                Some(Image { reference: name, digest: record.digest, size: record.size, source: record.source })
+                let (digest, size, source, kind) = (record.digest, record.size, record.source, record.kind);
+                Some(Image { reference: name, digest, size, source, kind })
             })
             .collect();
         images.sort_by(|a, b| a.reference.cmp(&b.reference));

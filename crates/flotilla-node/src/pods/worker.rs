@@ -31,7 +31,7 @@ use super::{ContainerLogs, PodEntry};
 use crate::Node;
 use crate::images::{ImageError, PullPolicy};
 use crate::logs::{self, ContainerLog};
-use crate::runtime::{ContainerRuntime, ContainerUsage, Control, Exit, Launch, Started};
+use crate::runtime::{ContainerUsage, Control, Exit, Launch, Security, Started};
 use flotilla_client::EventType::{Normal, Warning};
 
 /// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
@@ -109,8 +109,8 @@ struct Sandbox {
 
 pub(super) struct Worker {
     node: Arc<Node>,
-    /// The runtime of the pod's class (`None`: the node offers none, and the pod is rejected).
-    runtime: Option<Arc<dyn ContainerRuntime>>,
+    /// The pod's `runtimeClassName`, if it names one (else each image decides its runtime).
+    class: Option<String>,
     pod: Pod,
     entry: Arc<PodEntry>,
     restart_policy: RestartPolicy,
@@ -171,9 +171,8 @@ impl Worker {
         let main_waiting = if has_init { "PodInitializing" } else { "ContainerCreating" };
         let main = restore(&spec.containers, status.container_statuses.as_ref(), main_waiting);
         let start_time = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
-        let class = spec.runtime_class_name.as_deref().unwrap_or(flotilla_api::WASM_RUNTIME_CLASS);
-        let runtime = node.runtimes.get(class);
-        let stop = if runtime.is_none() {
+        let class = spec.runtime_class_name.clone();
+        let stop = if let Some(class) = class.as_deref().filter(|c| node.runtimes.get(c).is_none()) {
             let offered = node.runtimes.handlers().iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
             Some(Stop::Rejected {
                 reason: "UnsupportedRuntimeClass".into(),
@@ -202,7 +201,7 @@ impl Worker {
         Worker {
             restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
             node,
-            runtime,
+            class,
             pod,
             entry,
             init,
@@ -407,6 +406,7 @@ impl Worker {
     fn release_sandbox(&mut self) {
         if let Some(sandbox) = self.sandbox.take() {
             self.node.addresses.release(sandbox.ip);
+            self.node.runtimes.release(self.uid());
         }
     }
 
@@ -454,7 +454,6 @@ impl Worker {
     async fn start(&mut self, slot: Slot) {
         let now = Instant::now();
         let Some(container) = self.container(slot) else { return };
-        let Some(runtime) = self.runtime.clone() else { return };
         let Some(sandbox) = &self.sandbox else { return };
         let (ip, dir) = (sandbox.ip, sandbox.dir.clone());
         {
@@ -493,7 +492,7 @@ impl Worker {
         }
         let task = tokio::spawn(run_container(RunRequest {
             node: self.node.clone(),
-            runtime,
+            class: self.class.clone(),
             pod: self.pod.clone(),
             container,
             slot,
@@ -543,6 +542,14 @@ impl Worker {
         };
         let memory_limit = quantity("memory")?.map(|nanos| u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX));
         let cpu_limit = quantity("cpu")?.map(|nanos| nanos as f64 / 1e9);
+        let cpu_request = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| flotilla_api::quantity::parse(&q.0).map_err(|e| format!("resources.requests.cpu: {e}")))
+            .transpose()?
+            .map(|nanos| nanos as f64 / 1e9);
         let ports = container
             .ports
             .iter()
@@ -551,8 +558,15 @@ impl Worker {
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect();
         let id = crate::images::sha256(format!("{:?}/{}/{attempt}", self.pod.metadata.uid, container.name).as_bytes());
+        let spec = self.pod.spec.as_ref();
+        let containers = spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
         Ok(Launch {
             namespace: self.namespace().to_string(),
+            pod_name: self.name().to_string(),
+            pod_uid: self.uid().to_string(),
+            qos: status::qos_class(containers),
+            cpu_request,
+            security: security(self.pod.spec.as_ref(), container),
             id: id["sha256:".len()..].to_string(),
             command,
             args,
@@ -981,7 +995,7 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
 /// Everything a run task needs.
 struct RunRequest {
     node: Arc<Node>,
-    runtime: Arc<dyn ContainerRuntime>,
+    class: Option<String>,
     pod: Pod,
     container: Container,
     slot: Slot,
@@ -993,11 +1007,10 @@ struct RunRequest {
 /// One run of a container: resolve its image, have the runtime make the run, start it, and
 /// report each step and its end.
 async fn run_container(request: RunRequest) {
-    let RunRequest { node, runtime, pod, container, slot, attempt, launch, events } = request;
+    let RunRequest { node, class, pod, container, slot, attempt, launch, events } = request;
     let name = container.name.clone();
     let image = container.image.clone().unwrap_or_default();
     let policy = PullPolicy::parse(container.image_pull_policy.as_deref(), &image);
-    let container_id = format!("{}://{}", runtime.handler(), launch.id);
     let resolved = match node.images.resolve(&image, policy).await {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -1036,24 +1049,48 @@ async fn run_container(request: RunRequest) {
         ),
     }
     let started_at = Timestamp::now();
+    let failed = |message: String, container_id: String| {
+        node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {message}"));
+        let exit = Exit::start_error(message);
+        let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
+    };
+    let runtime = match node.runtimes.for_image(class.as_deref(), resolved.image.kind) {
+        Ok(runtime) => runtime,
+        Err(message) => return failed(format!("image \"{image}\": {message}"), String::new()),
+    };
+    let container_id = format!("{}://{}", runtime.handler(), launch.id);
     let created = match runtime.create(resolved.image, launch).await {
         Ok(created) => created,
-        Err(message) => {
-            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {message}"));
-            let exit = Exit::start_error(message);
-            let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
-            return;
-        }
+        Err(message) => return failed(message, container_id),
     };
     node.events.pod(&pod, Some(&name), Normal, "Created", format!("Created container: {name}"));
     let started_at = Timestamp::now();
-    let Started { control, usage, exit } = created.start();
+    let Started { control, usage, exit } = match created.start().await {
+        Ok(started) => started,
+        Err(message) => return failed(message, container_id),
+    };
     let image_id = resolved.image_id.clone();
     let id = container_id.clone();
     let _ = events.send(RunEvent::Started { slot, attempt, image_id, container_id: id, started_at, control, usage });
     node.events.pod(&pod, Some(&name), Normal, "Started", format!("Started container {name}"));
     let exit = exit.await;
     let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
+}
+
+/// The container's security context, with the pod's where the container's says nothing.
+fn security(pod: Option<&k8s_openapi::api::core::v1::PodSpec>, container: &Container) -> Security {
+    let own = container.security_context.as_ref();
+    let pod = pod.and_then(|p| p.security_context.as_ref());
+    let capabilities = own.and_then(|c| c.capabilities.as_ref());
+    Security {
+        run_as_user: own.and_then(|c| c.run_as_user).or_else(|| pod?.run_as_user),
+        run_as_group: own.and_then(|c| c.run_as_group).or_else(|| pod?.run_as_group),
+        read_only_root: own.and_then(|c| c.read_only_root_filesystem).unwrap_or(false),
+        add_capabilities: capabilities.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop_capabilities: capabilities.and_then(|c| c.drop.clone()).unwrap_or_default(),
+        allow_privilege_escalation: own.and_then(|c| c.allow_privilege_escalation),
+        privileged: own.and_then(|c| c.privileged).unwrap_or(false),
+    }
 }
 
 /// The annotation that sets how many requests a pod's `wasi:http` containers serve at once.

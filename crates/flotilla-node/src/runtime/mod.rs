@@ -7,6 +7,7 @@
 //! A run is created, then started (CRI's `CreateContainer`, `StartContainer`): a failure
 //! before the start is the pull's or the configuration's, one after it is the container's.
 
+pub(crate) mod oci;
 mod wasm;
 
 use std::collections::HashMap;
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::images::Image;
+use crate::images::{Image, Kind};
 use crate::logs::ContainerLog;
 
+pub(crate) use oci::OciRuntime;
 pub(crate) use wasm::WasmRuntime;
 
 /// A way of running containers: wasm modules, or Linux processes in namespaces and cgroups.
@@ -30,16 +32,27 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// What the Node says it runs (`nodeInfo.containerRuntimeVersion`): `<name>://<version>`.
     fn version(&self) -> String;
 
+    /// Whether it runs images of `kind`.
+    fn runs(&self, kind: Kind) -> bool;
+
     /// Makes a run of a container from its image: what can fail before the container starts
     /// (a module that does not compile, a root filesystem that cannot be set up) fails here.
     fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>>;
+
+    /// The pod with `pod_uid` is done on the node (nothing of it runs): what the runtime holds
+    /// for it goes.
+    fn release(&self, pod_uid: &str) {
+        let _ = pod_uid;
+    }
 }
 
 /// A run made and ready to start.
 pub(crate) trait Created: Send {
-    /// Starts it. Its exit future ends when it does, killed ([`Control::kill`]) or not.
-    /// Dropping that future is for the agent's shutdown: a wasm guest ends with it.
-    fn start(self: Box<Self>) -> Started;
+    /// Starts it (a failure shows as upstream's `StartError`). Its exit future ends when it
+    /// does, killed ([`Control::kill`]) or not. Dropping that future is for the agent's
+    /// shutdown: a wasm guest ends with it, a Linux container does not. A run dropped before
+    /// it starts is removed.
+    fn start(self: Box<Self>) -> BoxFuture<'static, Result<Started, String>>;
 }
 
 /// A started run: its handle and its end.
@@ -131,6 +144,11 @@ impl ExitReason {
 #[derive(Debug)]
 pub(crate) struct Launch {
     pub namespace: String,
+    /// The pod's name (its hostname) and uid.
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// The pod's QoS class (`Guaranteed`, `Burstable`, `BestEffort`).
+    pub qos: &'static str,
     /// The container's id (`<runtime>://…` is the runtime's to add).
     pub id: String,
     /// `command` and `args` with `$(VAR)` expanded; what the image says fills what they leave
@@ -144,6 +162,9 @@ pub(crate) struct Launch {
     pub memory_limit: Option<u64>,
     /// `resources.limits.cpu` in cores (0.5 for `500m`).
     pub cpu_limit: Option<f64>,
+    /// `resources.requests.cpu` in cores.
+    pub cpu_request: Option<f64>,
+    pub security: Security,
     pub pod_ip: Ipv4Addr,
     /// The container's declared TCP `containerPort`s.
     pub ports: Vec<u16>,
@@ -151,6 +172,18 @@ pub(crate) struct Launch {
     pub http_concurrency: Option<usize>,
     /// Where its output goes (the CRI log file).
     pub output: Arc<ContainerLog>,
+}
+
+/// The container's `securityContext`, with the pod's where the container's says nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Security {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub read_only_root: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub allow_privilege_escalation: Option<bool>,
+    pub privileged: bool,
 }
 
 /// A directory of the pod's, shown to a container at `path`: a handle the node opened, so that
@@ -182,6 +215,35 @@ impl Runtimes {
         let mut handlers: Vec<_> = self.0.keys().copied().collect();
         handlers.sort_unstable();
         handlers
+    }
+
+    /// The runtime for an image of `kind`, in a pod of runtime class `class` (`None`: the pod
+    /// names none, and the image decides), or why there is none.
+    pub(crate) fn for_image(&self, class: Option<&str>, kind: Kind) -> Result<Arc<dyn ContainerRuntime>, String> {
+        let what = match kind {
+            Kind::Module => "a wasm module",
+            Kind::Container => "a container image",
+        };
+        match class {
+            Some(class) => {
+                let runtime = self.get(class).ok_or_else(|| format!("runtime class {class:?} is not offered here"))?;
+                if runtime.runs(kind) {
+                    Ok(runtime)
+                } else {
+                    Err(format!("the image is {what}, which runtime class {class:?} does not run"))
+                }
+            }
+            None => self.0.values().find(|r| r.runs(kind)).cloned().ok_or_else(|| {
+                format!("the image is {what}, and this node runs none: it offers {:?}", self.handlers())
+            }),
+        }
+    }
+
+    /// The pod with `pod_uid` is done on the node: every runtime lets go of it.
+    pub(crate) fn release(&self, pod_uid: &str) {
+        for runtime in self.0.values() {
+            runtime.release(pod_uid);
+        }
     }
 
     /// What the Node says it runs: each runtime's version, joined.

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::{ContainerRuntime, ContainerUsage, Control, Created, Exit, ExitReason, Launch, Meter, Started};
-use crate::images::{Image, ImageStore, Reference};
+use crate::images::{Image, ImageStore, Kind, Reference};
 
 /// The `RuntimeClass` handler of wasm pods, the default.
 pub(crate) const HANDLER: &str = flotilla_api::WASM_RUNTIME_CLASS;
@@ -62,6 +62,10 @@ impl ContainerRuntime for WasmRuntime {
         format!("wasmtime://{}", Runtime::VERSION)
     }
 
+    fn runs(&self, kind: Kind) -> bool {
+        kind == Kind::Module
+    }
+
     fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>> {
         async move {
             let program = self.load(&image.digest).await?;
@@ -110,7 +114,7 @@ struct WasmRun {
 }
 
 impl Created for WasmRun {
-    fn start(self: Box<Self>) -> Started {
+    fn start(self: Box<Self>) -> BoxFuture<'static, Result<Started, String>> {
         let WasmRun { runtime, program, spec } = *self;
         let meter = Arc::new(WasmMeter { memory: spec.memory.clone(), cpu_time: spec.cpu_time.clone() });
         let control = Arc::new(WasmControl {
@@ -127,7 +131,7 @@ impl Created for WasmRun {
                 _ = killed.wait_for(|k| *k) => Exit::killed(),
             }
         };
-        Started { control, usage, exit: exit.boxed() }
+        std::future::ready(Ok(Started { control, usage, exit: exit.boxed() })).boxed()
     }
 }
 

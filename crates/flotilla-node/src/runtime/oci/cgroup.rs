@@ -1,0 +1,131 @@
+//! Reading containers' cgroups (libcontainer writes them): memory and CPU for the node's
+//! stats, the OOM killer's count for a container's end, and removing a pod's cgroups once its
+//! containers are gone. cgroups v2 where `/sys/fs/cgroup` is unified, v1 otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::read_small;
+
+/// Where the controllers are.
+#[derive(Debug)]
+pub(super) enum Cgroups {
+    /// One hierarchy.
+    V2(PathBuf),
+    /// One hierarchy per controller, under this root.
+    V1(PathBuf),
+}
+
+/// The v1 controllers libcontainer puts a container in, whose pod directories are removed.
+const V1_CONTROLLERS: [&str; 9] =
+    ["memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio", "systemd"];
+
+impl Cgroups {
+    pub(super) fn detect() -> Cgroups {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() { Cgroups::V2(root) } else { Cgroups::V1(root) }
+    }
+
+    fn file(&self, controller: &str, cgroup: &str, name: &str) -> PathBuf {
+        let relative = cgroup.trim_start_matches('/');
+        match self {
+            Cgroups::V2(root) => root.join(relative).join(name),
+            Cgroups::V1(root) => root.join(controller).join(relative).join(name),
+        }
+    }
+
+    /// The working set, as the kubelet reads it: usage less inactive file pages.
+    pub(super) fn working_set(&self, cgroup: &str) -> u64 {
+        let (usage, inactive) = match self {
+            Cgroups::V2(_) => ("memory.current", "inactive_file"),
+            Cgroups::V1(_) => ("memory.usage_in_bytes", "total_inactive_file"),
+        };
+        let usage: u64 = read_small(&self.file("memory", cgroup, usage)).trim().parse().unwrap_or(0);
+        let stat = read_small(&self.file("memory", cgroup, "memory.stat"));
+        usage.saturating_sub(field(&stat, inactive).unwrap_or(0))
+    }
+
+    /// CPU time used.
+    pub(super) fn cpu(&self, cgroup: &str) -> Duration {
+        match self {
+            Cgroups::V2(_) => {
+                let stat = read_small(&self.file("cpu", cgroup, "cpu.stat"));
+                Duration::from_micros(field(&stat, "usage_usec").unwrap_or(0))
+            }
+            Cgroups::V1(_) => {
+                let nanos = read_small(&self.file("cpuacct", cgroup, "cpuacct.usage")).trim().parse().unwrap_or(0);
+                Duration::from_nanos(nanos)
+            }
+        }
+    }
+
+    /// Whether the OOM killer ended a process of the cgroup.
+    pub(super) fn oom_killed(&self, cgroup: &str) -> bool {
+        let text = match self {
+            Cgroups::V2(_) => read_small(&self.file("memory", cgroup, "memory.events")),
+            Cgroups::V1(_) => read_small(&self.file("memory", cgroup, "memory.oom_control")),
+        };
+        field(&text, "oom_kill").is_some_and(|kills| kills > 0)
+    }
+
+    /// Removes the (empty) cgroups of a pod whose containers are gone.
+    pub(super) fn remove_pod(&self, pod_uid: &str) {
+        let pod = format!("pod{pod_uid}");
+        let roots: Vec<PathBuf> = match self {
+            Cgroups::V2(root) => vec![root.join("flotilla")],
+            Cgroups::V1(root) => V1_CONTROLLERS.iter().map(|c| root.join(c).join("flotilla")).collect(),
+        };
+        for root in roots {
+            for parent in [root.clone(), root.join("burstable"), root.join("besteffort")] {
+                remove_tree(&parent.join(&pod));
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory and those beneath it, deepest first (cgroup directories are
+/// removed with `rmdir`, and only once empty of processes).
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// The value of `name` in a flat keyed file (`name value` per line).
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_from_both_hierarchies() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = Cgroups::V1(dir.path().into());
+        let memory = dir.path().join("memory/flotilla/podu/c");
+        std::fs::create_dir_all(&memory).unwrap();
+        std::fs::write(memory.join("memory.usage_in_bytes"), "1000\n").unwrap();
+        std::fs::write(memory.join("memory.stat"), "cache 5\ntotal_inactive_file 300\n").unwrap();
+        std::fs::write(memory.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
+        assert_eq!(v1.working_set("/flotilla/podu/c"), 700);
+        assert!(v1.oom_killed("/flotilla/podu/c"));
+        assert!(!v1.oom_killed("/flotilla/podu/other"));
+        let v2 = Cgroups::V2(dir.path().into());
+        let unified = dir.path().join("flotilla/podu/c");
+        std::fs::create_dir_all(&unified).unwrap();
+        std::fs::write(unified.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n").unwrap();
+        std::fs::write(unified.join("memory.events"), "low 0\noom 1\noom_kill 0\n").unwrap();
+        assert_eq!(v2.cpu("/flotilla/podu/c"), Duration::from_micros(2500));
+        assert!(!v2.oom_killed("/flotilla/podu/c"), "an OOM event without a kill is no OOM kill");
+    }
+}

@@ -1,0 +1,340 @@
+//! A container's OCI runtime spec (`config.json`), worked out from what the node and the image
+//! say: a pure function, so that every decision (argv, user, capabilities, limits, mounts,
+//! which namespaces are the pod's) is tested without root.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::images::container::{RunConfig, argv, merge_env};
+
+/// The capabilities a container has unless its `securityContext` says otherwise: containerd's
+/// default set, which upstream's clusters run with.
+pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The CFS period CPU limits are quotas of, as the kubelet's (100 ms).
+const CPU_PERIOD: u64 = 100_000;
+/// `PATH` when neither the image nor the pod sets one, as containerd's.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything one container's spec is made of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inputs {
+    pub image: RunConfig,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// The numeric user and group it runs as (`runAsUser`, `runAsGroup`, else the image's).
+    pub user: (u32, u32),
+    pub read_only_root: bool,
+    /// `securityContext.capabilities`.
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// The root filesystem, prepared by the node.
+    pub rootfs: PathBuf,
+    /// Host directories at container paths: `(source, destination, read-only)`.
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    /// The pod's namespaces, which its containers join: network, UTS, IPC.
+    pub network_ns: PathBuf,
+    pub uts_ns: PathBuf,
+    pub ipc_ns: PathBuf,
+    /// The cgroup it runs in (`/flotilla/<qos>/pod<uid>/<id>`).
+    pub cgroup: String,
+    pub memory_limit: Option<u64>,
+    /// In cores.
+    pub cpu_limit: Option<f64>,
+    /// In cores: what it is weighted by when the CPU is contended.
+    pub cpu_request: Option<f64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// The user and group an image's `User` names: numbers, or names looked up in the image's
+/// `/etc/passwd` and `/etc/group` (given as their contents).
+pub(crate) fn image_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+    let (name, group_name) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if name.is_empty() {
+        return Ok((0, 0));
+    }
+    let entry = |table: &str, key: &str| -> Option<Vec<String>> {
+        table
+            .lines()
+            .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.first().is_some_and(|n| n == key))
+    };
+    let (uid, primary_gid) = match name.parse::<u32>() {
+        Ok(uid) => (uid, entry_by_uid(passwd, uid).unwrap_or(0)),
+        Err(_) => {
+            let fields = entry(passwd, name)
+                .ok_or_else(|| format!("unable to find user {name}: no matching entries in passwd file"))?;
+            let parse = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok());
+            (parse(2).ok_or_else(|| format!("the passwd entry of {name} has no uid"))?, parse(3).unwrap_or(0))
+        }
+    };
+    let gid = match group_name {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => entry(group, g)
+                .and_then(|f| f.get(2).and_then(|gid| gid.parse().ok()))
+                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn entry_by_uid(passwd: &str, uid: u32) -> Option<u32> {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&uid.to_string().as_str()))?
+        .get(3)?
+        .parse()
+        .ok()
+}
+
+/// The spec, or why the container cannot be run as asked.
+pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
+    let args = argv(&inputs.image, inputs.command.clone(), inputs.args.clone());
+    if args.is_empty() {
+        return Err("no command specified: the pod gives none and the image has no entrypoint or cmd".into());
+    }
+    let mut env = merge_env(&inputs.image, &inputs.env);
+    if !env.iter().any(|(name, _)| name == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    let cwd = inputs.working_dir.clone().or_else(|| inputs.image.working_dir.clone()).filter(|d| !d.is_empty());
+    let cwd = cwd.unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(format!("workingDir {cwd:?} is not an absolute path"));
+    }
+    let capabilities = capabilities(&inputs.add_capabilities, &inputs.drop_capabilities)?;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for (source, destination, read_only) in &inputs.mounts {
+        if !destination.starts_with('/') {
+            return Err(format!("volume mount path {destination:?} is not an absolute path"));
+        }
+        let mut options = vec!["rbind", "rprivate"];
+        if *read_only {
+            options.push("ro");
+        }
+        mounts.push(json!({"destination": destination, "type": "bind", "source": source, "options": options}));
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(limit) = inputs.memory_limit {
+        resources["memory"] = json!({"limit": limit, "swap": limit});
+    }
+    let mut cpu = json!({});
+    if let Some(limit) = inputs.cpu_limit {
+        // At least 1 ms of every period, as the kubelet's minimum quota.
+        cpu["quota"] = json!(((limit * CPU_PERIOD as f64) as i64).max(1000));
+        cpu["period"] = json!(CPU_PERIOD);
+    }
+    // The kubelet's shares: 1024 per core requested, at least 2.
+    let shares = inputs.cpu_request.or(inputs.cpu_limit).map_or(2, |cores| ((cores * 1024.0) as u64).max(2));
+    cpu["shares"] = json!(shares);
+    resources["cpu"] = cpu;
+    if let Some(pids) = inputs.pids_limit {
+        resources["pids"] = json!({"limit": pids});
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        // No `rlimits`: the container inherits the agent's, as containerd's default spec does.
+        "process": {
+            "terminal": false,
+            "user": {"uid": inputs.user.0, "gid": inputs.user.1},
+            "args": args,
+            "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": capabilities,
+                "effective": capabilities,
+                "permitted": capabilities,
+            },
+            "noNewPrivileges": inputs.no_new_privileges,
+        },
+        "root": {"path": inputs.rootfs, "readonly": inputs.read_only_root},
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": inputs.cgroup,
+            "resources": resources,
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "mount"},
+                {"type": "network", "path": inputs.network_ns},
+                {"type": "uts", "path": inputs.uts_ns},
+                {"type": "ipc", "path": inputs.ipc_ns},
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap",
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            ],
+        },
+    }))
+}
+
+/// The default set with `add` added and `drop` taken away (`ALL` drops every one), upstream's
+/// names without the `CAP_` prefix accepted.
+fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    let name = |c: &String| -> Result<String, String> {
+        let upper = c.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+        if full[4..].chars().all(|c| c.is_ascii_uppercase() || c == '_') && full.len() > 4 {
+            Ok(full)
+        } else {
+            Err(format!("capability {c:?} is not a capability's name"))
+        }
+    };
+    let mut set: Vec<String> = if drop.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+        Vec::new()
+    } else {
+        let dropped = drop.iter().map(name).collect::<Result<Vec<_>, _>>()?;
+        DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).filter(|c| !dropped.contains(c)).collect()
+    };
+    for cap in add {
+        if cap.eq_ignore_ascii_case("ALL") {
+            return Err("capabilities.add: ALL is a privileged container's, which this node does not run".into());
+        }
+        let cap = name(cap)?;
+        if !set.contains(&cap) {
+            set.push(cap);
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Inputs {
+        Inputs {
+            image: RunConfig {
+                entrypoint: None,
+                cmd: Some(vec!["sh".into()]),
+                env: Some(vec!["PATH=/bin".into(), "HOME=/root".into()]),
+                ..Default::default()
+            },
+            rootfs: "/run/c/rootfs".into(),
+            network_ns: "/run/p/net".into(),
+            uts_ns: "/run/p/uts".into(),
+            ipc_ns: "/run/p/ipc".into(),
+            cgroup: "/flotilla/besteffort/podu/c1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_busybox_container_runs_the_pods_command_in_the_pods_namespaces() {
+        let mut inputs = inputs();
+        inputs.command = Some(vec!["sh".into(), "-c".into()]);
+        inputs.args = Some(vec!["echo hi; exit 3".into()]);
+        inputs.env = vec![("HOME".into(), "/home".into())];
+        inputs.mounts = vec![("/proc/1/fd/7".into(), "/data".into(), true)];
+        let spec = spec(&inputs).unwrap();
+        assert_eq!(spec["process"]["args"], json!(["sh", "-c", "echo hi; exit 3"]));
+        assert_eq!(spec["process"]["env"], json!(["PATH=/bin", "HOME=/home"]));
+        assert_eq!(spec["process"]["cwd"], "/");
+        assert_eq!(spec["linux"]["namespaces"][2], json!({"type": "network", "path": "/run/p/net"}));
+        assert_eq!(spec["linux"]["namespaces"][0], json!({"type": "pid"}), "each container has its own PIDs");
+        let data = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!(data["options"], json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 2, "BestEffort gets the minimum weight");
+        // The JSON is the runtime spec youki reads.
+        let parsed: libcontainer::oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();
+        assert_eq!(parsed.process().as_ref().unwrap().args().as_ref().unwrap()[0], "sh");
+    }
+
+    #[test]
+    fn limits_become_cgroup_settings_as_the_kubelets() {
+        let mut inputs = inputs();
+        inputs.memory_limit = Some(64 << 20);
+        inputs.cpu_limit = Some(0.25);
+        inputs.cpu_request = Some(0.1);
+        inputs.pids_limit = Some(100);
+        let resources = &spec(&inputs).unwrap()["linux"]["resources"];
+        assert_eq!(resources["memory"], json!({"limit": 64 << 20, "swap": 64 << 20}), "no swap beyond the limit");
+        assert_eq!(resources["cpu"]["quota"], 25_000);
+        assert_eq!(resources["cpu"]["period"], 100_000);
+        assert_eq!(resources["cpu"]["shares"], 102);
+        assert_eq!(resources["pids"]["limit"], 100);
+    }
+
+    #[test]
+    fn capabilities_and_privileges_are_upstreams() {
+        let mut inputs = inputs();
+        inputs.drop_capabilities = vec!["NET_RAW".into(), "cap_kill".into()];
+        inputs.add_capabilities = vec!["NET_ADMIN".into()];
+        inputs.no_new_privileges = true;
+        inputs.read_only_root = true;
+        let spec = spec(&inputs).unwrap();
+        let caps: Vec<String> = serde_json::from_value(spec["process"]["capabilities"]["bounding"].clone()).unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".into()) && caps.contains(&"CAP_CHOWN".into()));
+        assert!(!caps.contains(&"CAP_NET_RAW".into()) && !caps.contains(&"CAP_KILL".into()));
+        assert!(!caps.contains(&"CAP_SYS_ADMIN".into()));
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["root"]["readonly"], true);
+        inputs.drop_capabilities = vec!["ALL".into()];
+        inputs.add_capabilities = vec![];
+        assert_eq!(super::spec(&inputs).unwrap()["process"]["capabilities"]["bounding"], json!([]));
+        inputs.add_capabilities = vec!["ALL".into()];
+        assert!(super::spec(&inputs).is_err());
+        inputs.add_capabilities = vec!["NET ADMIN; rm".into()];
+        assert!(super::spec(&inputs).is_err());
+    }
+
+    #[test]
+    fn no_command_and_relative_paths_are_refused_with_a_reason() {
+        let mut inputs = inputs();
+        inputs.image = RunConfig::default();
+        assert!(spec(&inputs).unwrap_err().contains("no command specified"));
+        let mut inputs = super::tests::inputs();
+        inputs.working_dir = Some("data".into());
+        assert!(spec(&inputs).unwrap_err().contains("not an absolute path"));
+    }
+
+    #[test]
+    fn image_users_are_looked_up_as_runc_looks_them_up() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\nwww:x:33:33::/:/bin/false\n";
+        let group = "root:x:0:\nwww-data:x:33:\nstaff:x:50:\n";
+        assert_eq!(image_user("", passwd, group), Ok((0, 0)));
+        assert_eq!(image_user("nobody", passwd, group), Ok((65534, 65534)));
+        assert_eq!(image_user("33", passwd, group), Ok((33, 33)));
+        assert_eq!(image_user("1000", passwd, group), Ok((1000, 0)));
+        assert_eq!(image_user("www:staff", passwd, group), Ok((33, 50)));
+        assert_eq!(image_user("1000:1000", passwd, group), Ok((1000, 1000)));
+        assert!(image_user("ghost", passwd, group).unwrap_err().contains("unable to find user ghost"));
+    }
+}

@@ -1,0 +1,240 @@
+//! Container images as Linux containers (runtime class `oci`), driven by the real kubectl: a
+//! `busybox` image built from Debian's static busybox, imported as a `docker save` archive and
+//! pushed to a real registry, runs as upstream's clients expect (`kubectl run --image=busybox
+//! -- sh -c ...` ends Failed with its exit code and its output in `kubectl logs`), in the pod's
+//! own hostname, under its limits (an OOM kill shows as upstream's, a CPU limit is a CFS
+//! quota), a read-only root holds, a non-root user runs, and a deleted pod leaves nothing on
+//! the node: no mount, no cgroup, no bundle.
+//!
+//! Needs root and `busybox-static` (`scripts/setup busybox-static`); runs when
+//! `FLOTILLA_E2E_OCI=1`, which `scripts/test` sets.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::harness::{Ports, Server, flotilla_bin};
+use crate::kubectl::Kubectl;
+use crate::pods::{apply, node_name, pod, wait_for};
+use crate::registry::Registry;
+
+/// Debian's statically linked busybox.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A busybox root filesystem as one tar layer: the binary, a link per applet it lists,
+/// `/etc/passwd` and `/etc/group` with root and nobody, and a sticky `/tmp`.
+fn busybox_layer() -> Result<Vec<u8>> {
+    let binary = std::fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} (scripts/setup busybox-static)"))?;
+    let applets = std::process::Command::new(BUSYBOX).arg("--list").output()?;
+    let applets = String::from_utf8(applets.stdout)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, content: &[u8], link: Option<&str>| -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_size(content.len() as u64);
+        match link {
+            Some(target) => tar.append_link(&mut header, path, target)?,
+            None => tar.append_data(&mut header, path, content)?,
+        }
+        Ok(())
+    };
+    for dir in ["bin", "etc", "root", "proc", "sys", "dev", "var", "var/www"] {
+        add(dir, tar::EntryType::Directory, 0o755, &[], None)?;
+    }
+    add("tmp", tar::EntryType::Directory, 0o1777, &[], None)?;
+    add("bin/busybox", tar::EntryType::Regular, 0o755, &binary, None)?;
+    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        add(&format!("bin/{applet}"), tar::EntryType::Symlink, 0o777, &[], Some("busybox"))?;
+    }
+    add(
+        "etc/passwd",
+        tar::EntryType::Regular,
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        None,
+    )?;
+    add("etc/group", tar::EntryType::Regular, 0o644, b"root:x:0:\nnogroup:x:65534:\n", None)?;
+    add("var/www/index.html", tar::EntryType::Regular, 0o644, b"hello from busybox\n", None)?;
+    Ok(tar.into_inner()?)
+}
+
+fn image_config(layer: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [flotilla_wasm::digest(layer)]},
+    }))
+    .expect("a config serialises")
+}
+
+/// `docker save`'s format: the layer, the config and `manifest.json` naming `busybox:latest`.
+fn saved_image(dir: &Path, layer: &[u8]) -> Result<std::path::PathBuf> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let manifest =
+        serde_json::json!([{"Config": "config.json", "RepoTags": ["busybox:latest"], "Layers": ["l/layer.tar"]}]);
+    for (path, content) in [
+        ("l/layer.tar", layer.to_vec()),
+        ("config.json", image_config(layer)),
+        ("manifest.json", serde_json::to_vec(&manifest)?),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        tar.append_data(&mut header, path, content.as_slice())?;
+    }
+    let path = dir.join("busybox.tar");
+    std::fs::write(&path, tar.into_inner()?)?;
+    Ok(path)
+}
+
+/// What of a pod's containers is on the node: overlay and namespace mounts under the data
+/// directory, bundles, and cgroups of the pod.
+fn leftovers(data_dir: &Path, uid: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let data = data_dir.canonicalize()?.to_string_lossy().into_owned();
+    for line in std::fs::read_to_string("/proc/self/mountinfo")?.lines() {
+        if let Some(point) = line.split(' ').nth(4)
+            && point.starts_with(&data)
+        {
+            found.push(format!("mount {point}"));
+        }
+    }
+    for entry in std::fs::read_dir(data_dir.join("node/oci/bundles"))?.flatten() {
+        found.push(format!("bundle {}", entry.path().display()));
+    }
+    for controller in ["memory", "cpu", "pids", "cpuacct", "freezer", "devices", "blkio", "cpuset", ""] {
+        for qos in ["", "burstable/", "besteffort/"] {
+            let path = format!("/sys/fs/cgroup/{controller}/flotilla/{qos}pod{uid}");
+            if Path::new(&path).exists() {
+                found.push(format!("cgroup {path}"));
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[test]
+fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
+    if std::env::var_os("FLOTILLA_E2E_OCI").is_none() {
+        eprintln!("skipped: set FLOTILLA_E2E_OCI=1 (as root) to run container images (scripts/test does)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let layer = busybox_layer()?;
+    let archive = saved_image(dir.path(), &layer)?;
+    let data_dir = dir.path().join("data");
+    let imported = std::process::Command::new(flotilla_bin())
+        .args(["image", "import"])
+        .arg(&archive)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()?;
+    ensure!(imported.status.success(), "import: {}", String::from_utf8_lossy(&imported.stderr));
+    ensure!(String::from_utf8_lossy(&imported.stdout).contains("docker.io/library/busybox:latest"));
+
+    // The same image in a registry, with its layer gzipped, as registries serve them.
+    let registry = Registry::start()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer)?;
+    let gzipped = gz.finish()?;
+    let layer_digest = registry.push_blob("tools/busybox", &gzipped)?;
+    let config = image_config(&layer);
+    let config_digest = registry.push_blob("tools/busybox", &config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gzipped.len()}],
+    });
+    registry.push_manifest("tools/busybox", "v1", &manifest)?;
+    let address = format!("127.0.0.1:{}", registry.port);
+
+    let server = Server::start_with(&data_dir, Ports::free(), &["--insecure-registry", &address])?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = node_name(&k)?;
+    let labels = k.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels}"])?;
+    ensure!(labels.contains("runtime.flotilla.dev/oci"), "{labels}");
+
+    // What the upstream clients do: no runtime class, the image decides.
+    k.ok(&[
+        "run",
+        "hi",
+        "--image=busybox",
+        "--image-pull-policy=IfNotPresent",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; hostname; exit 3",
+    ])?;
+    wait_for(&k, "hi", "{.status.phase}", 60, |p| p == "Failed")?;
+    let code =
+        k.ok(&["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    ensure!(code == "3", "exit code {code}");
+    let id = k.ok(&["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].containerID}"])?;
+    ensure!(id.starts_with("oci://"), "{id}");
+    let logs = k.ok(&["logs", "hi"])?;
+    ensure!(logs == "hi\nhi\n", "the output, and the pod's name as its hostname: {logs:?}");
+
+    // Pulled from the registry.
+    let pulled = format!("{address}/tools/busybox:v1");
+    apply(
+        &k,
+        &pod("pulled", &node, &pulled, "Never", "    command: [\"sh\", \"-c\", \"cat /var/www/index.html\"]\n", ""),
+    )?;
+    wait_for(&k, "pulled", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    ensure!(k.ok(&["logs", "pulled"])? == "hello from busybox\n");
+
+    // Limits: an OOM kill as upstream shows it, a CPU limit as a CFS quota.
+    let hog = "    command: [\"sh\", \"-c\", \"x=$(head -c 200000000 /dev/zero | tr '\\\\0' a); echo survived\"]\n    resources:\n      limits:\n        memory: 32Mi\n";
+    apply(&k, &pod("hog", &node, "busybox", "Never", hog, ""))?;
+    wait_for(&k, "hog", "{.status.phase}", 60, |p| p == "Failed")?;
+    let state = k.ok(&["get", "pod", "hog", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    ensure!(state == "OOMKilled 137", "{state}");
+    let spin =
+        "    command: [\"sh\", \"-c\", \"while true; do :; done\"]\n    resources:\n      limits:\n        cpu: 200m\n";
+    apply(&k, &pod("spin", &node, "busybox", "Always", spin, ""))?;
+    wait_for(&k, "spin", "{.status.containerStatuses[0].state.running.startedAt}", 60, |s| !s.is_empty())?;
+    let uid = k.ok(&["get", "pod", "spin", "-o", "jsonpath={.metadata.uid}"])?;
+    let quota = std::fs::read_dir(format!("/sys/fs/cgroup/cpu/flotilla/burstable/pod{uid}"))
+        .ok()
+        .and_then(|mut entries| entries.find_map(|e| e.ok().filter(|e| e.path().is_dir())))
+        .map(|container| std::fs::read_to_string(container.path().join("cpu.cfs_quota_us")))
+        .transpose()?
+        .unwrap_or_default();
+    ensure!(quota.trim() == "20000", "the container's CFS quota: {quota:?}");
+
+    // A read-only root, a non-root user.
+    let locked = "    command: [\"sh\", \"-c\", \"touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /tmp/ok && echo tmp\"]\n    securityContext:\n      readOnlyRootFilesystem: true\n      runAsUser: 65534\n";
+    apply(&k, &pod("locked", &node, "busybox", "Never", locked, ""))?;
+    wait_for(&k, "locked", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "locked"])?;
+    ensure!(logs.starts_with("read-only\n65534\n"), "{logs:?}");
+
+    // The wrong runtime for an image says so.
+    apply(&k, &pod("wrong", &node, "busybox", "Never", "", "  runtimeClassName: wasm\n"))?;
+    let message =
+        wait_for(&k, "wrong", "{.status.containerStatuses[0].state.terminated.message}", 60, |m| !m.is_empty())?;
+    ensure!(message.contains("is a container image, which runtime class \"wasm\" does not run"), "{message}");
+
+    // Deleting a running pod stops its container (sh ignores SIGTERM as PID 1, so the grace
+    // period ends in SIGKILL) and leaves nothing of it behind.
+    k.ok(&["delete", "pod", "spin", "--grace-period=1"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = leftovers(&data_dir, &uid)?;
+        if left.is_empty() {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "left behind: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}
