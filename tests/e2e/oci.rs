@@ -94,8 +94,8 @@ fn saved_image(dir: &Path, layer: &[u8]) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// What of a pod's containers is on the node: overlay and namespace mounts under the data
-/// directory, bundles, and cgroups of the pod.
+/// What of pods' containers is on the node: overlay, volume and namespace mounts under the
+/// data directory, bundles, sandboxes, and the cgroups of the pod `uid`.
 fn leftovers(data_dir: &Path, uid: &str) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let data = data_dir.canonicalize()?.to_string_lossy().into_owned();
@@ -106,8 +106,10 @@ fn leftovers(data_dir: &Path, uid: &str) -> Result<Vec<String>> {
             found.push(format!("mount {point}"));
         }
     }
-    for entry in std::fs::read_dir(data_dir.join("node/oci/bundles"))?.flatten() {
-        found.push(format!("bundle {}", entry.path().display()));
+    for dir in ["bundles", "sandboxes"] {
+        for entry in std::fs::read_dir(data_dir.join("node/oci").join(dir))?.flatten() {
+            found.push(format!("{dir} {}", entry.path().display()));
+        }
     }
     for controller in ["memory", "cpu", "pids", "cpuacct", "freezer", "devices", "blkio", "cpuset", ""] {
         for qos in ["", "burstable/", "besteffort/"] {
@@ -183,6 +185,15 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let logs = k.ok(&["logs", "hi"])?;
     ensure!(logs == "hi\nhi\n", "the output, and the pod's name as its hostname: {logs:?}");
 
+    // A pod name longer than a hostname may be: cut to 63 characters, as the kubelet does.
+    let long = "a-pod-whose-name-is-longer-than-any-hostname-may-be-by-a-few-more-letters";
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {long}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [hostname]\n"
+    );
+    apply(&k, &manifest)?;
+    wait_for(&k, long, "{.status.phase}", 60, |p| p == "Succeeded")?;
+    ensure!(k.ok(&["logs", long])?.trim() == &long[..63], "the hostname of a long-named pod");
+
     // Pulled from the registry.
     let pulled = format!("{address}/tools/busybox:v1");
     apply(
@@ -198,6 +209,12 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     wait_for(&k, "hog", "{.status.phase}", 60, |p| p == "Failed")?;
     let state = k.ok(&["get", "pod", "hog", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"])?;
     ensure!(state == "OOMKilled 137", "{state}");
+    // A container sees its own limit, in its own cgroup.
+    let limit = "    command: [\"sh\", \"-c\", \"cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null\"]\n    resources:\n      limits:\n        memory: 48Mi\n";
+    apply(&k, &pod("limit", &node, "busybox", "Never", limit, ""))?;
+    wait_for(&k, "limit", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let seen = k.ok(&["logs", "limit"])?;
+    ensure!(seen.trim() == (48u64 << 20).to_string(), "the limit the container sees: {seen:?}");
     let spin =
         "    command: [\"sh\", \"-c\", \"while true; do :; done\"]\n    resources:\n      limits:\n        cpu: 200m\n";
     apply(&k, &pod("spin", &node, "busybox", "Always", spin, ""))?;
@@ -212,11 +229,35 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     ensure!(quota.trim() == "20000", "the container's CFS quota: {quota:?}");
 
     // A read-only root, a non-root user.
-    let locked = "    command: [\"sh\", \"-c\", \"touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /tmp/ok && echo tmp\"]\n    securityContext:\n      readOnlyRootFilesystem: true\n      runAsUser: 65534\n";
+    let locked = "    command: [\"sh\", \"-c\", \"touch /x 2>/dev/null && echo writable || echo read-only; id -u\"]\n    securityContext:\n      readOnlyRootFilesystem: true\n      runAsUser: 65534\n";
     apply(&k, &pod("locked", &node, "busybox", "Never", locked, ""))?;
     wait_for(&k, "locked", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
     let logs = k.ok(&["logs", "locked"])?;
-    ensure!(logs.starts_with("read-only\n65534\n"), "{logs:?}");
+    ensure!(logs == "read-only\n65534\n", "{logs:?}");
+
+    // Volumes, bound into the container: a ConfigMap's keys and a writable emptyDir.
+    k.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello from a configmap"])?;
+    let mounts = "    command: [\"sh\", \"-c\", \"cat /etc/cfg/greeting; echo; echo kept > /data/f && cat /data/f\"]\n    volumeMounts:\n    - {name: cfg, mountPath: /etc/cfg}\n    - {name: data, mountPath: /data}\n";
+    let volumes = "  volumes:\n  - {name: cfg, configMap: {name: cfg}}\n  - {name: data, emptyDir: {}}\n";
+    apply(&k, &pod("volumes", &node, "busybox", "Never", mounts, volumes))?;
+    wait_for(&k, "volumes", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "volumes"])?;
+    ensure!(logs == "hello from a configmap\nkept\n", "{logs:?}");
+
+    // What the node will not do waits with upstream's reason and says why: a capability that
+    // would reach the host, root for a pod that runs as non-root.
+    let admin = "    securityContext:\n      capabilities:\n        add: [\"SYS_ADMIN\"]\n";
+    apply(&k, &pod("admin", &node, "busybox", "Never", admin, ""))?;
+    let nonroot = "    securityContext:\n      runAsNonRoot: true\n";
+    apply(&k, &pod("nonroot", &node, "busybox", "Never", nonroot, ""))?;
+    for (name, why) in
+        [("admin", "CAP_SYS_ADMIN is not allowed on this node"), ("nonroot", "runAsNonRoot and image will run as root")]
+    {
+        let waiting =
+            "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}";
+        let state = wait_for(&k, name, waiting, 60, |s| s.starts_with("CreateContainerConfigError"))?;
+        ensure!(state.contains(why), "{name}: {state}");
+    }
 
     // The wrong runtime for an image says so.
     apply(&k, &pod("wrong", &node, "busybox", "Never", "", "  runtimeClassName: wasm\n"))?;
@@ -224,9 +265,9 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         wait_for(&k, "wrong", "{.status.containerStatuses[0].state.terminated.message}", 60, |m| !m.is_empty())?;
     ensure!(message.contains("is a container image, which runtime class \"wasm\" does not run"), "{message}");
 
-    // Deleting a running pod stops its container (sh ignores SIGTERM as PID 1, so the grace
-    // period ends in SIGKILL) and leaves nothing of it behind.
-    k.ok(&["delete", "pod", "spin", "--grace-period=1"])?;
+    // Deleting pods stops their containers (sh ignores SIGTERM as PID 1, so the grace period
+    // ends in SIGKILL for the running one) and leaves nothing of them behind.
+    k.ok(&["delete", "pods", "--all", "--grace-period=1"])?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let left = leftovers(&data_dir, &uid)?;

@@ -63,6 +63,11 @@ pub(crate) fn create_dir_all(root: &File, path: &Path) -> io::Result<File> {
     open_dir(root, path)
 }
 
+/// The file `path` names beneath `root`, open for reading.
+pub(crate) fn open_file(root: &File, path: &Path) -> io::Result<File> {
+    cap_primitives::fs::open(root, path, OpenOptions::new().read(true)).map_err(explain)
+}
+
 /// The contents of the file `path` names beneath `root`.
 pub(crate) fn read(root: &File, path: &Path) -> io::Result<Vec<u8>> {
     let mut file = cap_primitives::fs::open(root, path, OpenOptions::new().read(true)).map_err(explain)?;

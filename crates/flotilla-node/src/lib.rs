@@ -98,9 +98,10 @@ impl NodeConfig {
 }
 
 /// The directories under a node's data directory that hold containers' filesystems (image
-/// snapshots, containers' own layers), whose files' modes and owners are theirs, not the node's.
+/// snapshots, containers' own layers and mount points) and pods' namespaces, whose files'
+/// modes and owners are theirs, not the node's.
 pub fn container_filesystems(data_dir: &std::path::Path) -> Vec<PathBuf> {
-    vec![data_dir.join("images/snapshots"), data_dir.join("oci/bundles")]
+    ["images/snapshots", "oci/bundles", "oci/sandboxes"].iter().map(|dir| data_dir.join(dir)).collect()
 }
 
 /// The `oci-helper` step `args` name (after `oci-helper`), run in this process, which must be a

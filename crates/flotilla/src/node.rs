@@ -99,9 +99,8 @@ fn oci_helper(no_oci: bool) -> Option<PathBuf> {
         tracing::info!("not running as root: this node runs no container images, only wasm modules");
         return None;
     }
-    std::env::current_exe()
-        .inspect_err(|err| tracing::warn!(%err, "cannot find this program: no container images"))
-        .ok()
+    // This program as it runs, even if its file is replaced or removed meanwhile (an upgrade).
+    Some(PathBuf::from("/proc/self/exe"))
 }
 
 /// A `--eviction-hard` memory threshold: bytes, or a share of the node's memory.

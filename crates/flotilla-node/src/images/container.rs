@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use super::Reference;
-use super::registry::{Descriptor, Manifest, choose_platform};
+use super::registry::{Descriptor, Manifest, choose_platform, parse_manifest};
 use super::store::{Image, ImageStore, Kind, Source};
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -117,7 +117,7 @@ fn import_saved(store: &ImageStore, dir: &Path, name: Option<&Reference>) -> Res
     let mut images = Vec::new();
     for entry in saved {
         let put = |file: &str| -> Result<(String, u64), String> {
-            store.put_file(&inside(dir, file)?, None).map_err(|e| e.to_string())
+            store.put_file(&regular_file(dir, file)?, None).map_err(|e| e.to_string())
         };
         let (config_digest, config_size) = put(&entry.config)?;
         let mut layers = Vec::new();
@@ -138,13 +138,14 @@ fn import_saved(store: &ImageStore, dir: &Path, name: Option<&Reference>) -> Res
             Some(name) => vec![name.clone()],
             None => entry.repo_tags.iter().flatten().map(|t| Reference::parse(t)).collect::<Result<_, _>>()?,
         };
-        images.extend(tag_manifest(store, &manifest, &names)?);
+        let bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
+        images.extend(tag_manifest(store, &bytes, &manifest, &names)?);
     }
     Ok(images)
 }
 
 fn import_layout(store: &ImageStore, dir: &Path, name: Option<&Reference>) -> Result<Vec<Image>, String> {
-    let index = parse(&read(dir, "index.json")?, "index.json")?;
+    let index = parse_manifest(&read(dir, "index.json")?)?;
     if name.is_some() && index.manifests.len() != 1 {
         return Err(format!("--name names one image, and the layout holds {}", index.manifests.len()));
     }
@@ -157,27 +158,34 @@ fn import_layout(store: &ImageStore, dir: &Path, name: Option<&Reference>) -> Re
             (None, Some(named)) if named.contains(['/', ':', '@']) => vec![Reference::parse(named)?],
             (None, _) => continue,
         };
-        let mut manifest_descriptor = entry.clone();
-        let mut manifest = parse(&read_blob(dir, &manifest_descriptor.digest)?, "a manifest")?;
+        let mut bytes = read_blob(dir, &entry.digest)?;
+        let mut manifest = parse_manifest(&bytes)?;
         if !manifest.manifests.is_empty() {
-            manifest_descriptor = choose_platform(&manifest.manifests)
-                .ok_or("the image index has no manifest for this node's platform")?
-                .clone();
-            manifest = parse(&read_blob(dir, &manifest_descriptor.digest)?, "a manifest")?;
+            let chosen = choose_platform(&manifest.manifests)
+                .ok_or("the image index has no manifest for this node's platform")?;
+            bytes = read_blob(dir, &chosen.digest.clone())?;
+            manifest = parse_manifest(&bytes)?;
         }
         let config = manifest.config.as_ref().ok_or("a manifest of the layout names no image config")?;
         for blob in std::iter::once(config).chain(&manifest.layers) {
-            store.put_file(&blob_path(dir, &blob.digest)?, Some(&blob.digest)).map_err(|e| e.to_string())?;
+            store
+                .put_file(&regular_file(dir, &blob_name(&blob.digest)?)?, Some(&blob.digest))
+                .map_err(|e| e.to_string())?;
         }
-        images.extend(tag_manifest(store, &manifest, &names)?);
+        // The manifest as it was written, so that its digest is the one it is known by.
+        images.extend(tag_manifest(store, &bytes, &manifest, &names)?);
     }
     Ok(images)
 }
 
-/// Stores `manifest` and points each of `names` (and its digest) at it.
-fn tag_manifest(store: &ImageStore, manifest: &Manifest, names: &[Reference]) -> Result<Vec<Image>, String> {
-    let bytes = serde_json::to_vec(manifest).expect("a manifest serialises");
-    let digest = store.put_blob(&bytes, None).map_err(|e| e.to_string())?;
+/// Stores `manifest` (as `bytes`) and points each of `names` at it.
+fn tag_manifest(
+    store: &ImageStore,
+    bytes: &[u8],
+    manifest: &Manifest,
+    names: &[Reference],
+) -> Result<Vec<Image>, String> {
+    let digest = store.put_blob(bytes, None).map_err(|e| e.to_string())?;
     let size = bytes.len() as u64 + manifest.config.iter().chain(&manifest.layers).map(|d| d.size).sum::<u64>();
     names
         .iter()
@@ -189,16 +197,23 @@ fn descriptor(media_type: &str, digest: String, size: u64) -> Descriptor {
     Descriptor { media_type: media_type.into(), digest, size, platform: None, annotations: None }
 }
 
-fn parse(bytes: &[u8], what: &str) -> Result<Manifest, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("{what} is not an OCI manifest or index: {e}"))
-}
+/// Manifests, configs and indexes are small: a larger one is refused rather than read.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 fn read(dir: &Path, file: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(inside(dir, file)?).map_err(|e| format!("{file}: {e}"))
+    let path = regular_file(dir, file)?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{file}: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!("{file} is larger than {MAX_MANIFEST_BYTES} bytes"));
+    }
+    Ok(bytes)
 }
 
 fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(blob_path(dir, digest)?).map_err(|e| format!("blob {digest}: {e}"))?;
+    let bytes = read(dir, &blob_name(digest)?)?;
     let actual = super::sha256(&bytes);
     if actual != digest {
         return Err(format!("blob {digest} has the digest {actual}"));
@@ -206,18 +221,27 @@ fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, String> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
-    inside(dir, &format!("blobs/sha256/{hex}"))
+/// Where a layout keeps the blob `digest`.
+fn blob_name(digest: &str) -> Result<String, String> {
+    match digest.strip_prefix("sha256:").filter(|_| super::store::is_digest(digest)) {
+        Some(hex) => Ok(format!("blobs/sha256/{hex}")),
+        None => Err(format!("{digest:?} is not a sha256 digest")),
+    }
 }
 
-/// `file` beneath `dir`, if it names a place there (no `..`, not absolute).
-fn inside(dir: &Path, file: &str) -> Result<PathBuf, String> {
+/// The regular file `file` names beneath `dir`: no `..`, not absolute, and neither it nor a
+/// directory on the way a link (an archive's link could name any file of the host).
+fn regular_file(dir: &Path, file: &str) -> Result<PathBuf, String> {
     let relative = Path::new(file);
-    if relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        Ok(dir.join(relative))
-    } else {
-        Err(format!("{file:?} does not name a file of the archive"))
+    let refused = || format!("{file:?} does not name a regular file of the archive");
+    if !relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(refused());
+    }
+    let parent = within(dir, relative.parent().unwrap_or(Path::new(""))).ok_or_else(refused)?;
+    let path = parent.join(relative.file_name().ok_or_else(refused)?);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        _ => Err(refused()),
     }
 }
 
@@ -231,7 +255,7 @@ fn is_gzip(path: &Path) -> std::io::Result<bool> {
 fn manifest(store: &ImageStore, image: &Image) -> Result<Manifest, String> {
     let bytes =
         std::fs::read(store.blob_path(&image.digest)).map_err(|e| format!("reading {}: {e}", image.reference))?;
-    let manifest = parse(&bytes, "the image's manifest")?;
+    let manifest = parse_manifest(&bytes)?;
     if manifest.config.is_none() {
         return Err(format!("{} is not a container image: its manifest names no config", image.reference));
     }
@@ -332,9 +356,19 @@ fn apply_layer(blob: &Path, rootfs: &Path) -> std::io::Result<()> {
         let device =
             matches!(entry.header().entry_type(), tar::EntryType::Block | tar::EntryType::Char | tar::EntryType::Fifo);
         // Devices come from the runtime's own /dev, not from an image.
-        if !is_whiteout && !device {
-            entry.unpack_in(rootfs)?;
+        if is_whiteout || device {
+            continue;
         }
+        // A layer may put a file where a layer below has a directory, or the other way round:
+        // what was there goes first, as containerd's applier does (the tar crate would fail).
+        let is_dir = entry.header().entry_type().is_dir();
+        if let (Some(parent), Some(name)) = (within(rootfs, path.parent().unwrap_or(Path::new(""))), path.file_name())
+            && let Ok(existing) = std::fs::symlink_metadata(parent.join(name))
+            && existing.is_dir() != is_dir
+        {
+            remove(&parent.join(name))?;
+        }
+        entry.unpack_in(rootfs)?;
     }
     Ok(())
 }
@@ -463,6 +497,8 @@ mod tests {
             ("data/old", Some(b"hidden by an opaque dir")),
         ]);
         let upper = layer(&[
+            ("etc/keep", None),
+            ("etc/keep/now-a-dir", Some(b"replaced")),
             ("etc/.wh.gone", Some(b"")),
             ("data/.wh..wh..opq", Some(b"")),
             ("data/new", Some(b"new")),
@@ -486,7 +522,7 @@ mod tests {
         };
         assert_eq!(mode(""), 0o755, "the image's / is open to every user of the container");
         assert_eq!(mode("bin"), 0o755);
-        assert_eq!(read("etc/keep").as_deref(), Some("kept"));
+        assert_eq!(read("etc/keep/now-a-dir").as_deref(), Some("replaced"), "a file replaced by a directory");
         assert_eq!(read("etc/gone"), None);
         assert_eq!(read("data/old"), None);
         assert_eq!(read("data/new").as_deref(), Some("new"));

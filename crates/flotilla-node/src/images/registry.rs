@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use super::store::{Image, ImageStore, Kind, Source, sha256};
+use super::store::{Image, ImageStore, Kind, Source, is_digest, sha256};
 use super::{Reference, reference::DEFAULT_REGISTRY};
 
 /// Media types of a layer that is the module itself.
@@ -224,11 +224,16 @@ impl Registries {
     }
 }
 
-fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+pub(super) fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest =
         serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
     if manifest.media_type.as_deref().is_some_and(|t| t.contains("schema1")) {
         return Err("Docker schema 1 manifests are not supported".into());
+    }
+    // A digest names a file of the store: nothing but `sha256:` and 64 hex digits may.
+    let descriptors = manifest.manifests.iter().chain(&manifest.config).chain(&manifest.layers);
+    if let Some(bad) = descriptors.map(|d| &d.digest).find(|d| !is_digest(d)) {
+        return Err(format!("the manifest names {bad:?}, which is not a sha256 digest"));
     }
     Ok(manifest)
 }

@@ -61,6 +61,13 @@ struct RefFile {
     kind: Kind,
 }
 
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits, the only digests the store keeps.
+pub(super) fn is_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,9 +99,13 @@ impl ImageStore {
         &self.root
     }
 
-    /// Where the blob with `digest` is (whether or not it is there).
+    /// Where the blob with `digest` is (whether or not it is there). A digest that is none
+    /// (`sha256:` and 64 hex digits) names no file of the store: a path that never exists.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+        match digest.strip_prefix("sha256:").filter(|_| is_digest(digest)) {
+            Some(hex) => self.root.join("blobs/sha256").join(hex),
+            None => self.root.join("blobs/sha256/not-a-digest"),
+        }
     }
 
     /// Stores `bytes` under their digest, checking it against `expected` when given.

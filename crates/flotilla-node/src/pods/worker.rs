@@ -31,7 +31,7 @@ use super::{ContainerLogs, PodEntry};
 use crate::Node;
 use crate::images::{ImageError, PullPolicy};
 use crate::logs::{self, ContainerLog};
-use crate::runtime::{ContainerUsage, Control, Exit, Launch, Security, Started};
+use crate::runtime::{ContainerUsage, Control, CreateError, Exit, Launch, Security, Started};
 use flotilla_client::EventType::{Normal, Warning};
 
 /// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
@@ -52,11 +52,11 @@ pub(super) enum RunEvent {
         control: Arc<dyn Control>,
         usage: ContainerUsage,
     },
-    /// Its image could not be had.
+    /// Its image could not be had, or its run not be made as the pod asks.
     StartFailed {
         slot: Slot,
         attempt: i32,
-        error: ImageError,
+        failure: StartFailure,
     },
     Exited {
         slot: Slot,
@@ -74,6 +74,25 @@ pub(super) enum RunEvent {
     Evict {
         message: String,
     },
+}
+
+/// Why a container did not start, as its waiting state shows it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartFailure {
+    #[error(transparent)]
+    Image(ImageError),
+    /// Its run cannot be made as the pod asks.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl StartFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            StartFailure::Image(error) => error.reason(),
+            StartFailure::Config(_) => "CreateContainerConfigError",
+        }
+    }
 }
 
 /// A run in progress: its task, its log, and its probes; once started, its control; when it is
@@ -564,6 +583,8 @@ impl Worker {
             namespace: self.namespace().to_string(),
             pod_name: self.name().to_string(),
             pod_uid: self.uid().to_string(),
+            container: container.name.clone(),
+            hostname: hostname(&self.pod),
             qos: status::qos_class(containers),
             cpu_request,
             security: security(self.pod.spec.as_ref(), container),
@@ -622,7 +643,7 @@ impl Worker {
                     }
                 }
             }
-            RunEvent::StartFailed { slot, attempt, error } => {
+            RunEvent::StartFailed { slot, attempt, failure } => {
                 if !self.is_current(slot, attempt) {
                     return;
                 }
@@ -631,9 +652,9 @@ impl Worker {
                 }
                 self.ended(slot);
                 let image = self.record(slot).image.clone();
-                let message = error.to_string();
-                self.record(slot).failed_to_start(error.reason(), message.clone(), Instant::now());
-                if let ImageError::Pull(_) = error {
+                let message = failure.to_string();
+                self.record(slot).failed_to_start(failure.reason(), message.clone(), Instant::now());
+                if let StartFailure::Image(ImageError::Pull(_)) = failure {
                     // As upstream: the error is shown, then the back-off until the next try.
                     self.flush().await;
                     self.record(slot).run = Run::Waiting {
@@ -1024,7 +1045,7 @@ async fn run_container(request: RunRequest) {
                 );
             }
             node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {}", error.reason()));
-            let _ = events.send(RunEvent::StartFailed { slot, attempt, error });
+            let _ = events.send(RunEvent::StartFailed { slot, attempt, failure: StartFailure::Image(error) });
             return;
         }
     };
@@ -1061,7 +1082,12 @@ async fn run_container(request: RunRequest) {
     let container_id = format!("{}://{}", runtime.handler(), launch.id);
     let created = match runtime.create(resolved.image, launch).await {
         Ok(created) => created,
-        Err(message) => return failed(message, container_id),
+        Err(CreateError::Failed(message)) => return failed(message, container_id),
+        Err(CreateError::Config(message)) => {
+            node.events.pod(&pod, Some(&name), Warning, "Failed", format!("Error: {message}"));
+            let _ = events.send(RunEvent::StartFailed { slot, attempt, failure: StartFailure::Config(message) });
+            return;
+        }
     };
     node.events.pod(&pod, Some(&name), Normal, "Created", format!("Created container: {name}"));
     let started_at = Timestamp::now();
@@ -1077,6 +1103,16 @@ async fn run_container(request: RunRequest) {
     let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
 }
 
+/// The pod's hostname, as the kubelet's: its `spec.hostname`, else its name cut to 63
+/// characters with no trailing `-` or `.`.
+fn hostname(pod: &Pod) -> String {
+    if let Some(hostname) = pod.spec.as_ref().and_then(|s| s.hostname.clone()).filter(|h| !h.is_empty()) {
+        return hostname;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    name[..name.len().min(63)].trim_end_matches(['-', '.']).to_string()
+}
+
 /// The container's security context, with the pod's where the container's says nothing.
 fn security(pod: Option<&k8s_openapi::api::core::v1::PodSpec>, container: &Container) -> Security {
     let own = container.security_context.as_ref();
@@ -1085,6 +1121,7 @@ fn security(pod: Option<&k8s_openapi::api::core::v1::PodSpec>, container: &Conta
     Security {
         run_as_user: own.and_then(|c| c.run_as_user).or_else(|| pod?.run_as_user),
         run_as_group: own.and_then(|c| c.run_as_group).or_else(|| pod?.run_as_group),
+        run_as_non_root: own.and_then(|c| c.run_as_non_root).or_else(|| pod?.run_as_non_root),
         read_only_root: own.and_then(|c| c.read_only_root_filesystem).unwrap_or(false),
         add_capabilities: capabilities.and_then(|c| c.add.clone()).unwrap_or_default(),
         drop_capabilities: capabilities.and_then(|c| c.drop.clone()).unwrap_or_default(),

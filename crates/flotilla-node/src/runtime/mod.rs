@@ -37,13 +37,26 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
 
     /// Makes a run of a container from its image: what can fail before the container starts
     /// (a module that does not compile, a root filesystem that cannot be set up) fails here.
-    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>>;
+    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, CreateError>>;
 
     /// The pod with `pod_uid` is done on the node (nothing of it runs): what the runtime holds
     /// for it goes.
     fn release(&self, pod_uid: &str) {
         let _ = pod_uid;
     }
+}
+
+/// Why a run could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum CreateError {
+    /// The pod asks for what cannot be run as asked (a user the image does not have, a
+    /// capability the node does not give): upstream's `CreateContainerConfigError`, which
+    /// waits and is tried again with back-off.
+    #[error("{0}")]
+    Config(String),
+    /// Making it failed: the run ends as upstream's `StartError`.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A run made and ready to start.
@@ -144,9 +157,12 @@ impl ExitReason {
 #[derive(Debug)]
 pub(crate) struct Launch {
     pub namespace: String,
-    /// The pod's name (its hostname) and uid.
+    /// The pod's name and uid, the container's name, and the pod's hostname (its
+    /// `spec.hostname`, else its name cut to 63 characters, as the kubelet's).
     pub pod_name: String,
     pub pod_uid: String,
+    pub container: String,
+    pub hostname: String,
     /// The pod's QoS class (`Guaranteed`, `Burstable`, `BestEffort`).
     pub qos: &'static str,
     /// The container's id (`<runtime>://…` is the runtime's to add).
@@ -179,6 +195,7 @@ pub(crate) struct Launch {
 pub(crate) struct Security {
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
+    pub run_as_non_root: Option<bool>,
     pub read_only_root: bool,
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
@@ -201,8 +218,10 @@ pub(crate) struct Mount {
 pub(crate) struct Runtimes(HashMap<&'static str, Arc<dyn ContainerRuntime>>);
 
 impl Runtimes {
+    /// Adds a runtime: one per handler.
     pub(crate) fn add(&mut self, runtime: Arc<dyn ContainerRuntime>) {
-        self.0.insert(runtime.handler(), runtime);
+        let replaced = self.0.insert(runtime.handler(), runtime);
+        debug_assert!(replaced.is_none(), "two runtimes for one handler");
     }
 
     /// The runtime for `handler`.
@@ -233,7 +252,8 @@ impl Runtimes {
                     Err(format!("the image is {what}, which runtime class {class:?} does not run"))
                 }
             }
-            None => self.0.values().find(|r| r.runs(kind)).cloned().ok_or_else(|| {
+            // The first by name that runs it, so that the choice never depends on the map.
+            None => self.handlers().into_iter().filter_map(|h| self.get(h)).find(|r| r.runs(kind)).ok_or_else(|| {
                 format!("the image is {what}, and this node runs none: it offers {:?}", self.handlers())
             }),
         }

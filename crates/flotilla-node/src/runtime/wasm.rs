@@ -8,7 +8,9 @@ use flotilla_wasm::{ContainerSpec, CpuTime, MemoryPool, Network, Preopen, Progra
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{ContainerRuntime, ContainerUsage, Control, Created, Exit, ExitReason, Launch, Meter, Started};
+use super::{
+    ContainerRuntime, ContainerUsage, Control, CreateError, Created, Exit, ExitReason, Launch, Meter, Started,
+};
 use crate::images::{Image, ImageStore, Kind, Reference};
 
 /// The `RuntimeClass` handler of wasm pods, the default.
@@ -66,9 +68,9 @@ impl ContainerRuntime for WasmRuntime {
         kind == Kind::Module
     }
 
-    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>> {
+    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, CreateError>> {
         async move {
-            let program = self.load(&image.digest).await?;
+            let program = self.load(&image.digest).await.map_err(CreateError::Failed)?;
             // A module has no entrypoint of its own: its argv[0] is its image's name.
             let name = Reference::parse(&image.reference).map(|r| r.short_name().to_string()).unwrap_or_default();
             let mut argv = launch.command.filter(|c| !c.is_empty()).unwrap_or_else(|| vec![name]);

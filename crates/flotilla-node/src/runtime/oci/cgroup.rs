@@ -16,10 +16,6 @@ pub(super) enum Cgroups {
     V1(PathBuf),
 }
 
-/// The v1 controllers libcontainer puts a container in, whose pod directories are removed.
-const V1_CONTROLLERS: [&str; 9] =
-    ["memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio", "systemd"];
-
 impl Cgroups {
     pub(super) fn detect() -> Cgroups {
         let root = PathBuf::from("/sys/fs/cgroup");
@@ -68,17 +64,44 @@ impl Cgroups {
         field(&text, "oom_kill").is_some_and(|kills| kills > 0)
     }
 
+    /// Whether a memory limit can bound swap too: on v1 only where the kernel accounts for
+    /// swap (`memory.memsw.*`), which youki otherwise fails to write.
+    pub(super) fn limits_swap(&self) -> bool {
+        match self {
+            Cgroups::V2(_) => true,
+            Cgroups::V1(root) => root.join("memory/memory.memsw.limit_in_bytes").exists(),
+        }
+    }
+
+    /// The `flotilla` directory of every hierarchy (v1: each mounted controller's, every one
+    /// of which youki puts a container in).
+    fn roots(&self) -> Vec<PathBuf> {
+        match self {
+            Cgroups::V2(root) => vec![root.join("flotilla")],
+            Cgroups::V1(root) => std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|hierarchy| hierarchy.path().join("flotilla"))
+                .filter(|dir| dir.is_dir())
+                .collect(),
+        }
+    }
+
     /// Removes the (empty) cgroups of a pod whose containers are gone.
     pub(super) fn remove_pod(&self, pod_uid: &str) {
         let pod = format!("pod{pod_uid}");
-        let roots: Vec<PathBuf> = match self {
-            Cgroups::V2(root) => vec![root.join("flotilla")],
-            Cgroups::V1(root) => V1_CONTROLLERS.iter().map(|c| root.join(c).join("flotilla")).collect(),
-        };
-        for root in roots {
+        for root in self.roots() {
             for parent in [root.clone(), root.join("burstable"), root.join("besteffort")] {
                 remove_tree(&parent.join(&pod));
             }
+        }
+    }
+
+    /// Removes every pod's cgroups (their containers gone).
+    pub(super) fn remove_all(&self) {
+        for root in self.roots() {
+            remove_tree(&root);
         }
     }
 }

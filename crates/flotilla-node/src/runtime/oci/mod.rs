@@ -16,27 +16,31 @@
 
 mod cgroup;
 pub(crate) mod helper;
+mod sandbox;
 mod spec;
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flotilla_wasm::{OutputSink, Requests, Stream};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use rustix::mount::UnmountFlags;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::{ContainerRuntime, ContainerUsage, Control, Created, Exit, ExitReason, Launch, Meter, Started};
+use super::{
+    ContainerRuntime, ContainerUsage, Control, CreateError, Created, Exit, ExitReason, Launch, Meter, Started,
+};
 use crate::images::container::snapshot;
 use crate::images::{Image, ImageStore, Kind};
 use crate::logs::ContainerLog;
 use cgroup::Cgroups;
+use sandbox::Sandboxes;
 
 /// The `RuntimeClass` handler of Linux containers.
 pub(crate) const HANDLER: &str = "oci";
@@ -44,6 +48,15 @@ pub(crate) const HANDLER: &str = "oci";
 /// How long a container's output may still arrive after it exits (its pipes close when the
 /// last process of its PID namespace ends, at once unless something else holds them).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// How long one step of the helper may take before it is killed.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most of an image's `/etc/passwd` or `/etc/group` the agent reads.
+const MAX_USER_TABLE: u64 = 1 << 20;
+
+/// The capabilities a container may add beyond the default set. With no user namespace and no
+/// seccomp profile yet, a capability such as `SYS_ADMIN` would reach the host; the pod's own
+/// network is all `NET_ADMIN` governs.
+const ADDABLE_CAPABILITIES: [&str; 1] = ["CAP_NET_ADMIN"];
 
 /// Runs Linux containers.
 #[derive(Debug, Clone)]
@@ -54,37 +67,60 @@ struct Shared {
     /// The program whose `oci-helper` creates containers and sandboxes: the agent's own.
     helper: PathBuf,
     store: ImageStore,
-    /// `bundles/<id>/` (`config.json`, `rootfs`, the overlay's layers), `sandboxes/<pod uid>/`.
+    /// `bundles/<id>/` (`config.json`, `rootfs`, the overlay's layers, the volumes' mount
+    /// points), `sandboxes/<pod uid>/`.
     dir: PathBuf,
     /// libcontainer's state of each container.
     state: PathBuf,
     cgroups: Arc<Cgroups>,
-    /// The sandbox of each pod with a container here, by pod uid.
-    sandboxes: Mutex<HashMap<String, PathBuf>>,
+    sandboxes: Sandboxes,
 }
 
 impl OciRuntime {
     /// A runtime keeping its state under `dir`, creating containers with `helper`. Makes the
-    /// agent a child subreaper, so that containers' init processes become its children.
+    /// agent a child subreaper, so that containers' init processes become its children, and
+    /// removes what an earlier run of the agent left (containers are not re-adopted yet).
     pub(crate) fn new(helper: PathBuf, store: ImageStore, dir: PathBuf) -> Result<OciRuntime, String> {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| format!("becoming the containers' subreaper: {e}"))?;
         for sub in ["bundles", "sandboxes", "state"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
         }
-        Ok(OciRuntime(Arc::new(Shared {
+        let shared = Shared {
             helper,
             store,
             state: dir.join("state"),
             dir,
             cgroups: Arc::new(Cgroups::detect()),
-            sandboxes: Mutex::default(),
-        })))
+            sandboxes: Sandboxes::default(),
+        };
+        shared.collect_garbage();
+        Ok(OciRuntime(Arc::new(shared)))
     }
 }
 
 impl Shared {
-    /// Runs one step of the helper: its failure, as it wrote it.
+    /// Removes every container, bundle and sandbox an earlier run of the agent left, and
+    /// their cgroups.
+    fn collect_garbage(&self) {
+        let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+        for state in entries(&self.state) {
+            // Kills what still runs (through its cgroup), and removes its cgroup and state.
+            if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
+                let _ = container.delete(true);
+            }
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        for bundle in entries(&self.dir.join("bundles")) {
+            remove_bundle(&bundle);
+        }
+        for dir in entries(&self.dir.join("sandboxes")) {
+            sandbox::remove(&dir);
+        }
+        self.cgroups.remove_all();
+    }
+
+    /// Runs one step of the helper, killed after [`HELPER_TIMEOUT`]: its failure, as it wrote it.
     fn helper(&self, args: &[&str], stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<(), String> {
         let errors = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| format!("running the helper: {e}"))?;
         let mut command = std::process::Command::new(&self.helper);
@@ -92,7 +128,20 @@ impl Shared {
         command.stdin(std::process::Stdio::null());
         command.stdout(stdout.map_or_else(std::process::Stdio::null, std::process::Stdio::from));
         command.stderr(stderr.map_or_else(std::process::Stdio::null, std::process::Stdio::from));
-        let status = command.status().map_err(|e| format!("running {}: {e}", self.helper.display()))?;
+        let mut child = command.spawn().map_err(|e| format!("running {}: {e}", self.helper.display()))?;
+        drop(command);
+        let deadline = Instant::now() + HELPER_TIMEOUT;
+        let status = loop {
+            match child.try_wait().map_err(|e| format!("waiting for the helper: {e}"))? {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("the OCI helper took longer than {HELPER_TIMEOUT:?}"));
+                }
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
         if status.success() {
             return Ok(());
         }
@@ -102,34 +151,25 @@ impl Shared {
 
     /// The pod's sandbox, made by its first container.
     fn sandbox(&self, launch: &Launch) -> Result<PathBuf, String> {
-        let mut sandboxes = self.sandboxes.lock().expect("sandboxes lock");
-        if let Some(dir) = sandboxes.get(&launch.pod_uid) {
-            return Ok(dir.clone());
-        }
         let dir = self.dir.join("sandboxes").join(&launch.pod_uid);
-        let dir_text = dir.to_string_lossy().into_owned();
-        self.helper(&["sandbox", "--dir", &dir_text, "--hostname", &launch.pod_name], None, None)
-            .map_err(|e| format!("creating the pod's sandbox: {e}"))?;
-        sandboxes.insert(launch.pod_uid.clone(), dir.clone());
-        Ok(dir)
+        self.sandboxes
+            .get_or_make(&launch.pod_uid, dir, |dir| {
+                let dir = dir.to_string_lossy();
+                self.helper(&["sandbox", "--dir", &dir, "--hostname", &launch.hostname], None, None)
+            })
+            .map_err(|e| format!("creating the pod's sandbox: {e}"))
     }
 
     /// Everything one container's create does, off the async threads.
-    fn create_blocking(&self, image: &Image, launch: Launch) -> Result<OciRun, String> {
+    fn create_blocking(&self, image: &Image, launch: Launch) -> Result<OciRun, CreateError> {
         if launch.security.privileged {
-            return Err("privileged containers are not allowed on this node".into());
+            return Err(CreateError::Config("privileged containers are not allowed on this node".into()));
         }
-        let snapshot = snapshot(&self.store, image)?;
-        let sandbox = self.sandbox(&launch)?;
+        let failed = CreateError::Failed;
+        let snapshot = snapshot(&self.store, image).map_err(failed)?;
         let bundle = self.dir.join("bundles").join(&launch.id);
         let rootfs = bundle.join("rootfs");
-        for dir in [bundle.join("upper"), bundle.join("work"), rootfs.clone()] {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        }
-        // The overlay's root takes the upper layer's mode: the image's `/`, not the node's 0700.
-        let root_mode = std::fs::metadata(&snapshot.rootfs).map_err(|e| format!("reading the image's root: {e}"))?;
-        std::fs::set_permissions(bundle.join("upper"), root_mode.permissions())
-            .map_err(|e| format!("creating the container's layer: {e}"))?;
+        // From here on, what is made is removed when `run` is dropped, unless it starts.
         let mut run = OciRun {
             id: launch.id.clone(),
             bundle: bundle.clone(),
@@ -141,40 +181,38 @@ impl Shared {
             pipes: None,
             removed: false,
         };
+        for dir in [bundle.join("upper"), bundle.join("work"), bundle.join("mounts"), rootfs.clone()] {
+            std::fs::create_dir_all(&dir).map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
+        }
+        // The overlay's root takes the upper layer's mode: the image's `/`, not the node's 0700.
+        let root_mode =
+            std::fs::metadata(&snapshot.rootfs).map_err(|e| failed(format!("reading the image's root: {e}")))?;
+        std::fs::set_permissions(bundle.join("upper"), root_mode.permissions())
+            .map_err(|e| failed(format!("creating the container's layer: {e}")))?;
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             snapshot.rootfs.display(),
             bundle.join("upper").display(),
             bundle.join("work").display()
         );
-        let options = std::ffi::CString::new(options).map_err(|_| "an overlay path holds a NUL byte".to_string())?;
+        let options = std::ffi::CString::new(options).map_err(|_| failed("an overlay path holds a NUL byte".into()))?;
         rustix::mount::mount("overlay", &rootfs, "overlay", rustix::mount::MountFlags::empty(), options.as_c_str())
-            .map_err(|e| format!("mounting the container's root filesystem (overlay): {e}"))?;
-        let read = |path: &str| std::fs::read_to_string(rootfs.join(path)).unwrap_or_default();
-        let image_user = spec::image_user(
-            snapshot.config.user.as_deref().unwrap_or_default(),
-            &read("etc/passwd"),
-            &read("etc/group"),
-        )?;
-        let id = |value: Option<i64>, what: &str| -> Result<Option<u32>, String> {
-            value.map(|v| u32::try_from(v).map_err(|_| format!("{what} {v} is not a user or group id"))).transpose()
-        };
-        // A `runAsUser` without a `runAsGroup` takes that user's group from the image's
-        // /etc/passwd, as containerd does (root's when it has none).
-        let uid = id(launch.security.run_as_user, "runAsUser")?;
-        let group_of = |uid: u32| spec::image_user(&uid.to_string(), &read("etc/passwd"), "").map_or(0, |(_, gid)| gid);
-        let user = match (uid, id(launch.security.run_as_group, "runAsGroup")?) {
-            (Some(uid), Some(gid)) => (uid, gid),
-            (Some(uid), None) => (uid, group_of(uid)),
-            (None, Some(gid)) => (image_user.0, gid),
-            (None, None) => image_user,
-        };
-        let agent = std::process::id();
-        let mounts = launch
-            .mounts
-            .iter()
-            .map(|m| (PathBuf::from(format!("/proc/{agent}/fd/{}", raw_fd(&m.dir))), m.path.clone(), m.read_only))
-            .collect();
+            .map_err(|e| failed(format!("mounting the container's root filesystem (overlay): {e}")))?;
+        let user = user(&rootfs, &snapshot.config, &launch)?;
+        // Each volume is bound from the handle the node opened to a mount point of the
+        // bundle's, which is what the container's spec names: a path the node owns, which no
+        // container can swap for a link (youki resolves a mount's source by name).
+        let mut mounts = Vec::new();
+        for (i, mount) in launch.mounts.iter().enumerate() {
+            let point = bundle.join("mounts").join(i.to_string());
+            std::fs::create_dir(&point).map_err(|e| failed(format!("creating {}: {e}", point.display())))?;
+            rustix::mount::mount_bind(format!("/proc/self/fd/{}", mount.dir.as_raw_fd()), &point)
+                .map_err(|e| failed(format!("binding volume mount {}: {e}", mount.path)))?;
+            mounts.push((point, mount.path.clone(), mount.read_only));
+        }
+        // The bound mount points hold the volumes now: the handles are not needed.
+        let launch = Launch { mounts: Vec::new(), ..launch };
+        let sandbox = self.sandbox(&launch).map_err(failed)?;
         let inputs = spec::Inputs {
             image: snapshot.config,
             command: launch.command,
@@ -185,6 +223,7 @@ impl Shared {
             read_only_root: launch.security.read_only_root,
             add_capabilities: launch.security.add_capabilities,
             drop_capabilities: launch.security.drop_capabilities,
+            addable_capabilities: ADDABLE_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             no_new_privileges: launch.security.allow_privilege_escalation == Some(false),
             rootfs: rootfs.clone(),
             mounts,
@@ -193,41 +232,105 @@ impl Shared {
             ipc_ns: sandbox.join("ipc"),
             cgroup: run.cgroup.clone(),
             memory_limit: launch.memory_limit,
+            swap_limit: self.cgroups.limits_swap(),
             cpu_limit: launch.cpu_limit,
             cpu_request: launch.cpu_request,
             pids_limit: None,
         };
-        let config = spec::spec(&inputs)?;
+        let config = spec::spec(&inputs).map_err(CreateError::Config)?;
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).expect("a spec serialises"))
-            .map_err(|e| format!("writing the container's config: {e}"))?;
-        let (stdout_read, stdout_write) = std::io::pipe().map_err(|e| format!("creating the output pipes: {e}"))?;
-        let (stderr_read, stderr_write) = std::io::pipe().map_err(|e| format!("creating the output pipes: {e}"))?;
+            .map_err(|e| failed(format!("writing the container's config: {e}")))?;
+        let (stdout_read, stdout_write) =
+            std::io::pipe().map_err(|e| failed(format!("creating the output pipes: {e}")))?;
+        let (stderr_read, stderr_write) =
+            std::io::pipe().map_err(|e| failed(format!("creating the output pipes: {e}")))?;
         let pid_file = bundle.join("pid");
         let (bundle_text, state_text, pid_text) =
             (bundle.to_string_lossy(), self.state.to_string_lossy(), pid_file.to_string_lossy());
-        self.helper(
+        let created = self.helper(
             &["create", "--root", &state_text, "--bundle", &bundle_text, "--id", &launch.id, "--pid-file", &pid_text],
             Some(stdout_write.into()),
             Some(stderr_write.into()),
-        )?;
-        // The volumes' handles were needed until the container's mounts were made.
-        drop(launch.mounts);
+        );
+        // The container's init, once created, is the agent's child: it is reaped whatever
+        // else failed (its pid file is written before the helper returns).
+        let pid =
+            std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()).and_then(Pid::from_raw);
+        if let Some(pid) = pid {
+            let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+                .map_err(|e| failed(format!("opening the container's process: {e}")))?;
+            run.process = Some(Arc::new(pidfd));
+        }
+        created.map_err(failed)?;
+        if run.process.is_none() {
+            return Err(failed("the container's pid file is unreadable".into()));
+        }
         run.pipes = Some((stdout_read.into(), stderr_read.into()));
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .and_then(Pid::from_raw)
-            .ok_or("the container's pid file is unreadable")?;
-        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
-            .map_err(|e| format!("opening the container's process: {e}"))?;
-        run.process = Some(Arc::new(pidfd));
         Ok(run)
     }
 }
 
-fn raw_fd(file: &std::fs::File) -> i32 {
-    use std::os::fd::AsRawFd;
-    file.as_raw_fd()
+/// The user and group a container runs as: `runAsUser` and `runAsGroup`, else the image's
+/// `User`, with names looked up in its `/etc/passwd` and `/etc/group` (read through the
+/// container's root, never a link out of it). A `runAsUser` without a `runAsGroup` takes that
+/// user's group from the image, as containerd does. `runAsNonRoot` refuses root, as the kubelet.
+fn user(
+    rootfs: &Path,
+    image: &crate::images::container::RunConfig,
+    launch: &Launch,
+) -> Result<(u32, u32), CreateError> {
+    let root =
+        std::fs::File::open(rootfs).map_err(|e| CreateError::Failed(format!("opening the container's root: {e}")))?;
+    let read = |path: &str| -> String {
+        let mut text = String::new();
+        let _ = crate::beneath::open_file(&root, Path::new(path))
+            .and_then(|file| file.take(MAX_USER_TABLE).read_to_string(&mut text));
+        text
+    };
+    let (passwd, group) = (read("etc/passwd"), read("etc/group"));
+    let image_user =
+        spec::image_user(image.user.as_deref().unwrap_or_default(), &passwd, &group).map_err(CreateError::Config)?;
+    let id = |value: Option<i64>, what: &str| -> Result<Option<u32>, CreateError> {
+        value
+            .map(|v| u32::try_from(v).map_err(|_| CreateError::Config(format!("{what} {v} is not a user or group id"))))
+            .transpose()
+    };
+    let group_of = |uid: u32| spec::image_user(&uid.to_string(), &passwd, "").map_or(0, |(_, gid)| gid);
+    let user = match (id(launch.security.run_as_user, "runAsUser")?, id(launch.security.run_as_group, "runAsGroup")?) {
+        (Some(uid), Some(gid)) => (uid, gid),
+        (Some(uid), None) => (uid, group_of(uid)),
+        (None, Some(gid)) => (image_user.0, gid),
+        (None, None) => image_user,
+    };
+    if launch.security.run_as_non_root == Some(true) && user.0 == 0 {
+        return Err(CreateError::Config(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+            launch.pod_name, launch.namespace, launch.pod_uid, launch.container
+        )));
+    }
+    Ok(user)
+}
+
+/// Removes a container's bundle: its volumes' mount points and its root unmounted, then its
+/// files. Nothing is removed recursively that a mount could still be under: a volume that
+/// would not unmount keeps its mount point, and the pod's data stays.
+fn remove_bundle(bundle: &Path) {
+    let mounts = bundle.join("mounts");
+    for point in std::fs::read_dir(&mounts).into_iter().flatten().flatten() {
+        let _ = rustix::mount::unmount(point.path(), UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(point.path());
+    }
+    let _ = std::fs::remove_dir(&mounts);
+    let _ = rustix::mount::unmount(bundle.join("rootfs"), UnmountFlags::DETACH);
+    let _ = std::fs::remove_dir(bundle.join("rootfs"));
+    // The overlay's layers are the container's own, and mount nothing.
+    for dir in ["upper", "work"] {
+        let _ = std::fs::remove_dir_all(bundle.join(dir));
+    }
+    for file in ["config.json", "pid"] {
+        let _ = std::fs::remove_file(bundle.join(file));
+    }
+    let _ = std::fs::remove_dir(bundle);
 }
 
 /// `/flotilla[/<qos>]/pod<uid>/<id>`: Guaranteed pods directly under the root, as upstream's.
@@ -251,29 +354,25 @@ impl ContainerRuntime for OciRuntime {
         kind == Kind::Container
     }
 
-    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, String>> {
+    fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, CreateError>> {
         let shared = self.0.clone();
         async move {
             // Dropped before it is done (the pod stopped meanwhile), what it made is removed
             // when its result is dropped.
             let created = tokio::task::spawn_blocking(move || shared.create_blocking(&image, launch))
                 .await
-                .map_err(|e| format!("creating the container: {e}"))??;
+                .map_err(|e| CreateError::Failed(format!("creating the container: {e}")))??;
             Ok(Box::new(created) as Box<dyn Created>)
         }
         .boxed()
     }
 
     fn release(&self, pod_uid: &str) {
-        let Some(dir) = self.0.sandboxes.lock().expect("sandboxes lock").remove(pod_uid) else { return };
-        let cgroups = self.0.cgroups.clone();
+        let shared = self.0.clone();
         let pod_uid = pod_uid.to_string();
         tokio::task::spawn_blocking(move || {
-            for kind in ["net", "uts", "ipc"] {
-                let _ = rustix::mount::unmount(dir.join(kind), rustix::mount::UnmountFlags::DETACH);
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            cgroups.remove_pod(&pod_uid);
+            shared.sandboxes.release(&pod_uid);
+            shared.cgroups.remove_pod(&pod_uid);
         });
     }
 }
@@ -296,8 +395,8 @@ struct OciRun {
 }
 
 impl OciRun {
-    /// Removes the container: its processes (if they still run), state, cgroup, root
-    /// filesystem and bundle. Whatever of it was made, up to all of it.
+    /// Removes the container: its processes (if they still run, reaped), state, cgroup, root
+    /// filesystem and bundle; whatever of it was made, up to all of it. Blocking.
     fn remove(&mut self) {
         if std::mem::replace(&mut self.removed, true) {
             return;
@@ -310,17 +409,32 @@ impl OciRun {
         if let Ok(mut container) = libcontainer::container::Container::load(self.state.join(&self.id)) {
             let _ = container.delete(true);
         }
-        let _ = rustix::mount::unmount(self.bundle.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
-        let _ = std::fs::remove_dir_all(&self.bundle);
+        remove_bundle(&self.bundle);
     }
 }
 
 impl Drop for OciRun {
     /// A run whose create or start failed, or whose exit future was dropped (the agent
-    /// stopping), is removed here; one that ended was removed already. (An agent that stops
-    /// takes its containers with it: re-adopting them is not done yet.)
+    /// stopping), is removed here, on a thread of its own (removing blocks); one that ended
+    /// was removed already. An agent that stops takes its containers with it: re-adopting
+    /// them is not done yet.
     fn drop(&mut self) {
-        self.remove();
+        if self.removed {
+            return;
+        }
+        let mut run = OciRun {
+            id: std::mem::take(&mut self.id),
+            bundle: std::mem::take(&mut self.bundle),
+            state: std::mem::take(&mut self.state),
+            cgroup: std::mem::take(&mut self.cgroup),
+            cgroups: self.cgroups.clone(),
+            process: self.process.take(),
+            output: self.output.clone(),
+            pipes: self.pipes.take(),
+            removed: false,
+        };
+        self.removed = true;
+        let _ = std::thread::Builder::new().name("oci-remove".into()).spawn(move || run.remove());
     }
 }
 
@@ -344,8 +458,11 @@ impl Created for OciRun {
             let usage = ContainerUsage { meter, requests: Requests::new(), started: jiff::Timestamp::now() };
             let exit = async move {
                 let status = wait(&pidfd).await;
-                for pump in pumps {
-                    let _ = tokio::time::timeout(OUTPUT_DRAIN, pump).await;
+                for mut pump in pumps {
+                    if tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_err() {
+                        // Something outside the container holds its pipe: the log is closed.
+                        pump.abort();
+                    }
                 }
                 let mut run = self;
                 tokio::task::spawn_blocking(move || {

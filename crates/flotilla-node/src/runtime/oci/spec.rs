@@ -46,6 +46,8 @@ pub(crate) struct Inputs {
     /// `securityContext.capabilities`.
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// What may be added beyond the default set.
+    pub addable_capabilities: Vec<String>,
     /// `allowPrivilegeEscalation: false`.
     pub no_new_privileges: bool,
     /// The root filesystem, prepared by the node.
@@ -59,6 +61,8 @@ pub(crate) struct Inputs {
     /// The cgroup it runs in (`/flotilla/<qos>/pod<uid>/<id>`).
     pub cgroup: String,
     pub memory_limit: Option<u64>,
+    /// Whether the memory limit bounds swap too (where the kernel accounts for it).
+    pub swap_limit: bool,
     /// In cores.
     pub cpu_limit: Option<f64>,
     /// In cores: what it is weighted by when the CPU is contended.
@@ -128,7 +132,7 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     if !cwd.starts_with('/') {
         return Err(format!("workingDir {cwd:?} is not an absolute path"));
     }
-    let capabilities = capabilities(&inputs.add_capabilities, &inputs.drop_capabilities)?;
+    let capabilities = capabilities(&inputs.add_capabilities, &inputs.drop_capabilities, &inputs.addable_capabilities)?;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -136,6 +140,9 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        // Its own cgroup, read-only at its root (a cgroup namespace): runtimes such as the
+        // JVM's and Go's size themselves by it.
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
     for (source, destination, read_only) in &inputs.mounts {
         if !destination.starts_with('/') {
@@ -149,7 +156,8 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(limit) = inputs.memory_limit {
-        resources["memory"] = json!({"limit": limit, "swap": limit});
+        resources["memory"] =
+            if inputs.swap_limit { json!({"limit": limit, "swap": limit}) } else { json!({"limit": limit}) };
     }
     let mut cpu = json!({});
     if let Some(limit) = inputs.cpu_limit {
@@ -191,6 +199,7 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
                 {"type": "network", "path": inputs.network_ns},
                 {"type": "uts", "path": inputs.uts_ns},
                 {"type": "ipc", "path": inputs.ipc_ns},
+                {"type": "cgroup"},
             ],
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -204,9 +213,9 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     }))
 }
 
-/// The default set with `add` added and `drop` taken away (`ALL` drops every one), upstream's
-/// names without the `CAP_` prefix accepted.
-fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+/// The default set with `add` added (of the default set and `addable`) and `drop` taken away
+/// (`ALL` drops every one), upstream's names without the `CAP_` prefix accepted.
+fn capabilities(add: &[String], drop: &[String], addable: &[String]) -> Result<Vec<String>, String> {
     let name = |c: &String| -> Result<String, String> {
         let upper = c.to_ascii_uppercase();
         let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
@@ -227,6 +236,12 @@ fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> 
             return Err("capabilities.add: ALL is a privileged container's, which this node does not run".into());
         }
         let cap = name(cap)?;
+        if !DEFAULT_CAPABILITIES.contains(&cap.as_str()) && !addable.contains(&cap) {
+            return Err(format!(
+                "capabilities.add: {cap} is not allowed on this node (it may add {})",
+                addable.join(", ")
+            ));
+        }
         if !set.contains(&cap) {
             set.push(cap);
         }
@@ -280,6 +295,7 @@ mod tests {
     fn limits_become_cgroup_settings_as_the_kubelets() {
         let mut inputs = inputs();
         inputs.memory_limit = Some(64 << 20);
+        inputs.swap_limit = true;
         inputs.cpu_limit = Some(0.25);
         inputs.cpu_request = Some(0.1);
         inputs.pids_limit = Some(100);
@@ -289,6 +305,9 @@ mod tests {
         assert_eq!(resources["cpu"]["period"], 100_000);
         assert_eq!(resources["cpu"]["shares"], 102);
         assert_eq!(resources["pids"]["limit"], 100);
+        inputs.swap_limit = false;
+        let resources = &spec(&inputs).unwrap()["linux"]["resources"];
+        assert_eq!(resources["memory"], json!({"limit": 64 << 20}), "no swap setting where swap is not accounted");
     }
 
     #[test]
@@ -296,6 +315,7 @@ mod tests {
         let mut inputs = inputs();
         inputs.drop_capabilities = vec!["NET_RAW".into(), "cap_kill".into()];
         inputs.add_capabilities = vec!["NET_ADMIN".into()];
+        inputs.addable_capabilities = vec!["CAP_NET_ADMIN".into()];
         inputs.no_new_privileges = true;
         inputs.read_only_root = true;
         let spec = spec(&inputs).unwrap();
@@ -312,6 +332,12 @@ mod tests {
         assert!(super::spec(&inputs).is_err());
         inputs.add_capabilities = vec!["NET ADMIN; rm".into()];
         assert!(super::spec(&inputs).is_err());
+        // With no user namespace nor seccomp profile, these would reach the host.
+        for escape in ["SYS_ADMIN", "SYS_MODULE", "DAC_READ_SEARCH", "SYS_PTRACE", "BPF"] {
+            inputs.add_capabilities = vec![escape.into()];
+            let err = super::spec(&inputs).unwrap_err();
+            assert!(err.contains("is not allowed on this node"), "{escape}: {err}");
+        }
     }
 
     #[test]

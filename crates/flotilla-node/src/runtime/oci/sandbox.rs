@@ -1,0 +1,113 @@
+//! Pods' sandboxes: each pod's network, UTS and IPC namespaces, kept by bind mounts at
+//! `sandboxes/<pod uid>/{net,uts,ipc}`, made by the pod's first container and removed once the
+//! pod is done. A pod released while one of its containers was still being made (its worker
+//! stopped it meanwhile) gets no new sandbox: the make is refused, not leaked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a released pod is remembered, so that a container still being made for it when it
+/// was released makes no sandbox again.
+const REMEMBER_RELEASED: Duration = Duration::from_secs(3600);
+
+/// The namespaces a sandbox keeps.
+pub(super) const NAMESPACES: [&str; 3] = ["net", "uts", "ipc"];
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    None,
+    Ready(PathBuf),
+    Released(Instant),
+}
+
+/// Every pod's sandbox on the node.
+#[derive(Debug, Default)]
+pub(super) struct Sandboxes {
+    /// By pod uid; each behind its own lock, so that making one (a helper process) holds up
+    /// nothing but that pod.
+    pods: Mutex<HashMap<String, Arc<Mutex<State>>>>,
+}
+
+impl Sandboxes {
+    fn entry(&self, pod_uid: &str) -> Arc<Mutex<State>> {
+        let mut pods = self.pods.lock().expect("sandboxes lock");
+        pods.retain(|_, state| !matches!(*state.lock().expect("sandbox lock"), State::Released(at) if at.elapsed() > REMEMBER_RELEASED));
+        pods.entry(pod_uid.to_string()).or_default().clone()
+    }
+
+    /// The pod's sandbox directory, made by `make` (which is given it) if there is none yet.
+    pub(super) fn get_or_make(
+        &self,
+        pod_uid: &str,
+        dir: PathBuf,
+        make: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<PathBuf, String> {
+        let entry = self.entry(pod_uid);
+        let mut state = entry.lock().expect("sandbox lock");
+        match &*state {
+            State::Ready(dir) => Ok(dir.clone()),
+            State::Released(_) => Err("the pod has stopped on this node".into()),
+            State::None => match make(&dir) {
+                Ok(()) => {
+                    *state = State::Ready(dir.clone());
+                    Ok(dir)
+                }
+                Err(err) => {
+                    // Whatever of it was made goes.
+                    remove(&dir);
+                    Err(err)
+                }
+            },
+        }
+    }
+
+    /// The pod is done: its sandbox goes, and none is made for it again (blocking).
+    pub(super) fn release(&self, pod_uid: &str) {
+        let entry = self.entry(pod_uid);
+        let mut state = entry.lock().expect("sandbox lock");
+        if let State::Ready(dir) = &*state {
+            remove(dir);
+        }
+        *state = State::Released(Instant::now());
+    }
+}
+
+/// Removes a sandbox directory: its namespaces' mounts, then its files (never recursively, so
+/// that a mount that would not go is never walked into).
+pub(super) fn remove(dir: &Path) {
+    for kind in NAMESPACES {
+        let _ = rustix::mount::unmount(dir.join(kind), rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_file(dir.join(kind));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_pod_gets_no_new_sandbox_and_a_failed_one_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes::default();
+        let dir = root.path().join("p1");
+        let failed = sandboxes.get_or_make("p1", dir.clone(), |dir| {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("net"), "").unwrap();
+            Err("no".into())
+        });
+        assert!(failed.is_err());
+        assert!(!dir.exists(), "a failed make leaves nothing");
+        let made = sandboxes.get_or_make("p1", dir.clone(), |dir| std::fs::create_dir(dir).map_err(|e| e.to_string()));
+        assert_eq!(made.unwrap(), dir);
+        let again = sandboxes.get_or_make("p1", dir.clone(), |_| panic!("made twice"));
+        assert_eq!(again.unwrap(), dir);
+        sandboxes.release("p1");
+        assert!(!dir.exists());
+        let late = sandboxes.get_or_make("p1", dir.clone(), |_| panic!("made after its pod was released"));
+        assert!(late.unwrap_err().contains("stopped"));
+    }
+}
