@@ -94,6 +94,18 @@ fn saved_image(dir: &Path, layer: &[u8]) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// `GET /` from `ip:port` over HTTP/1.0; the whole response.
+fn http_get(ip: &str, port: u16) -> Result<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect((ip, port)).with_context(|| format!("connect to {ip}:{port}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    ensure!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}
+
 /// What of pods' containers is on the node: overlay, volume and namespace mounts under the
 /// data directory, bundles, sandboxes, and the cgroups of the pod `uid`.
 fn leftovers(data_dir: &Path, uid: &str) -> Result<Vec<String>> {
@@ -194,6 +206,34 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     wait_for(&k, long, "{.status.phase}", 60, |p| p == "Succeeded")?;
     ensure!(k.ok(&["logs", long])?.trim() == &long[..63], "the hostname of a long-named pod");
 
+    // On the pod network: a busybox httpd answers on its pod IP from the host and through a
+    // Service, and another container pod reaches it by address and by the Service's name.
+    let httpd = "    command: [\"sh\", \"-c\", \"mkdir -p /www && echo hello over the pod network > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    ports:\n    - containerPort: 8080\n    readinessProbe:\n      tcpSocket: {port: 8080}\n      periodSeconds: 1\n";
+    apply(&k, &pod("web", &node, "busybox", "Always", httpd, ""))?;
+    wait_for(&k, "web", "{.status.containerStatuses[0].ready}", 60, |r| r == "true")?;
+    let web_ip = k.ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"])?;
+    let page = http_get(&web_ip, 8080)?;
+    ensure!(page.ends_with("hello over the pod network\n"), "{page}");
+    k.ok(&["label", "pod", "web", "app=web"])?;
+    k.ok(&["expose", "pod", "web", "--port=80", "--target-port=8080"])?;
+    let cluster_ip = k.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        match http_get(&cluster_ip, 80) {
+            Ok(page) => break page,
+            Err(err) if std::time::Instant::now() > deadline => return Err(err.context("the Service")),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
+    ensure!(page.ends_with("hello over the pod network\n"), "{page}");
+    let client = format!(
+        "    command: [\"sh\", \"-c\", \"printf 'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 5 {web_ip} 8080 | tail -1; printf 'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 5 web 80 | tail -1\"]\n"
+    );
+    apply(&k, &pod("client", &node, "busybox", "Never", &client, ""))?;
+    wait_for(&k, "client", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "client"])?;
+    ensure!(logs == "hello over the pod network\nhello over the pod network\n", "{logs:?}");
+
     // Pulled from the registry.
     let pulled = format!("{address}/tools/busybox:v1");
     apply(
@@ -277,5 +317,9 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         ensure!(std::time::Instant::now() < deadline, "left behind: {left:?}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Nor its interface: no route to the pod's address is left.
+    let routes = std::process::Command::new("ip").args(["route", "show", "table", "local"]).output()?;
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    ensure!(!routes.lines().any(|r| r.starts_with(&format!("{web_ip} "))), "a route to {web_ip} is left: {routes}");
     Ok(())
 }

@@ -244,7 +244,7 @@ impl Agent {
         let frontends = Arc::new(ServiceFrontends::default());
         let mut runtimes = runtime::Runtimes::default();
         if let Some(helper) = &config.oci_helper {
-            match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?) {
+            match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?, config.pod_cidr) {
                 Ok(oci) => runtimes.add(Arc::new(oci)),
                 Err(err) => tracing::warn!(%err, "this node runs no container images"),
             }

@@ -597,6 +597,12 @@ impl Worker {
             memory_limit,
             cpu_limit,
             pod_ip: ip,
+            dns: self.node.services.state().iter().find_map(|s| {
+                let (namespace, name) = flotilla_net::DNS_SERVICE;
+                let ours =
+                    s.metadata.namespace.as_deref() == Some(namespace) && s.metadata.name.as_deref() == Some(name);
+                s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok().filter(|_| ours)
+            }),
             ports,
             http_concurrency: http_concurrency(&self.pod)?,
             output,

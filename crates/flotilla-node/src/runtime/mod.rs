@@ -182,6 +182,8 @@ pub(crate) struct Launch {
     pub cpu_request: Option<f64>,
     pub security: Security,
     pub pod_ip: Ipv4Addr,
+    /// The cluster DNS's address (`kube-system/kube-dns`), if the node knows it.
+    pub dns: Option<Ipv4Addr>,
     /// The container's declared TCP `containerPort`s.
     pub ports: Vec<u16>,
     /// Requests a `wasi:http` container serves at once, if the pod says.

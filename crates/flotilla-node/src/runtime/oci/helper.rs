@@ -21,9 +21,10 @@ pub(crate) enum Step {
     /// Creates a container from its bundle (`config.json`, `rootfs`), its init process waiting
     /// to be started, and writes its pid to `pid_file`.
     Create { root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf },
-    /// Makes a pod's sandbox: new network (loopback up), UTS (`hostname`) and IPC namespaces,
-    /// kept by bind mounts at `dir/{net,uts,ipc}` for its containers to join.
-    Sandbox { dir: PathBuf, hostname: String },
+    /// Makes a pod's sandbox: new network (loopback up, and the pod's end of its interface,
+    /// `network.rs`), UTS (`hostname`) and IPC namespaces, kept by bind mounts at
+    /// `dir/{net,uts,ipc}` for its containers to join.
+    Sandbox { dir: PathBuf, hostname: String, interface: Option<Interface> },
 }
 
 impl Step {
@@ -44,7 +45,24 @@ impl Step {
                 id: value("--id")?,
                 pid_file: value("--pid-file")?.into(),
             },
-            Some("sandbox") => Step::Sandbox { dir: value("--dir")?.into(), hostname: value("--hostname")? },
+            Some("sandbox") => {
+                let interface = match value("--ip") {
+                    Ok(ip) => {
+                        let address = |text: String| text.parse().map_err(|e| format!("oci-helper: {text}: {e}"));
+                        Some(Interface {
+                            ip: address(ip)?,
+                            gateway: address(value("--gateway")?)?,
+                            link: value("--link")?,
+                            host_pid: value("--host-pid")?
+                                .parse()
+                                .map_err(|e| format!("oci-helper: --host-pid: {e}"))?,
+                            loopback: args.iter().any(|a| a == "--loopback"),
+                        })
+                    }
+                    Err(_) => None,
+                };
+                Step::Sandbox { dir: value("--dir")?.into(), hostname: value("--hostname")?, interface }
+            }
             other => return Err(format!("oci-helper: unknown step {other:?}")),
         };
         Ok((step, error_file))
@@ -64,7 +82,7 @@ impl Step {
                 .build()
                 .map(drop)
                 .map_err(|e| format!("creating the container: {e}")),
-            Step::Sandbox { dir, hostname } => sandbox(&dir, &hostname),
+            Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()),
         }
     }
 }
@@ -90,7 +108,17 @@ pub(crate) fn main(args: &[String]) -> i32 {
     }
 }
 
-fn sandbox(dir: &std::path::Path, hostname: &str) -> Result<(), String> {
+/// The pod's end of its interface, as the agent asks for it.
+#[derive(Debug)]
+pub(crate) struct Interface {
+    ip: std::net::Ipv4Addr,
+    gateway: std::net::Ipv4Addr,
+    link: String,
+    host_pid: u32,
+    loopback: bool,
+}
+
+fn sandbox(dir: &std::path::Path, hostname: &str, interface: Option<&Interface>) -> Result<(), String> {
     let syscall = create_syscall();
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     syscall
@@ -104,6 +132,9 @@ fn sandbox(dir: &std::path::Path, hostname: &str) -> Result<(), String> {
         .map_err(|e| format!("running ip: {e}"))?;
     if !up.success() {
         return Err(format!("ip link set lo up: {up}"));
+    }
+    if let Some(i) = interface {
+        super::network::make_pod_end(i.ip, i.gateway, &i.link, i.host_pid, i.loopback)?;
     }
     for kind in ["net", "uts", "ipc"] {
         let target = dir.join(kind);

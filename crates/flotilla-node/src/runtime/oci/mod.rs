@@ -16,6 +16,7 @@
 
 mod cgroup;
 pub(crate) mod helper;
+mod network;
 mod sandbox;
 mod spec;
 
@@ -74,13 +75,20 @@ struct Shared {
     state: PathBuf,
     cgroups: Arc<Cgroups>,
     sandboxes: Sandboxes,
+    /// The node's pod range: pods' addresses, and its first, their gateway.
+    pod_range: flotilla_api::Cidr,
 }
 
 impl OciRuntime {
     /// A runtime keeping its state under `dir`, creating containers with `helper`. Makes the
     /// agent a child subreaper, so that containers' init processes become its children, and
     /// removes what an earlier run of the agent left (containers are not re-adopted yet).
-    pub(crate) fn new(helper: PathBuf, store: ImageStore, dir: PathBuf) -> Result<OciRuntime, String> {
+    pub(crate) fn new(
+        helper: PathBuf,
+        store: ImageStore,
+        dir: PathBuf,
+        pod_range: flotilla_api::Cidr,
+    ) -> Result<OciRuntime, String> {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| format!("becoming the containers' subreaper: {e}"))?;
         for sub in ["bundles", "sandboxes", "state"] {
@@ -93,6 +101,7 @@ impl OciRuntime {
             dir,
             cgroups: Arc::new(Cgroups::detect()),
             sandboxes: Sandboxes::default(),
+            pod_range,
         };
         shared.collect_garbage();
         Ok(OciRuntime(Arc::new(shared)))
@@ -149,13 +158,23 @@ impl Shared {
         Err(if written.is_empty() { format!("the OCI helper failed: {status}") } else { written })
     }
 
-    /// The pod's sandbox, made by its first container.
+    /// The pod's sandbox, made by its first container: its namespaces, its interface, and
+    /// the files its containers see at `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`.
     fn sandbox(&self, launch: &Launch) -> Result<PathBuf, String> {
         let dir = self.dir.join("sandboxes").join(&launch.pod_uid);
+        let interface = network::PodInterface::new(&launch.pod_uid, launch.pod_ip, self.pod_range);
         self.sandboxes
             .get_or_make(&launch.pod_uid, dir, |dir| {
-                let dir = dir.to_string_lossy();
-                self.helper(&["sandbox", "--dir", &dir, "--hostname", &launch.hostname], None, None)
+                let dir_text = dir.to_string_lossy();
+                let mut args = vec!["sandbox", "--dir", &dir_text, "--hostname", &launch.hostname];
+                let network = interface.helper_args();
+                args.extend(network.iter().map(String::as_str));
+                self.helper(&args, None, None)?;
+                interface.attach(dir)?;
+                for (name, content) in sandbox::files(launch) {
+                    std::fs::write(dir.join(name), content).map_err(|e| format!("writing /etc/{name}: {e}"))?;
+                }
+                Ok(())
             })
             .map_err(|e| format!("creating the pod's sandbox: {e}"))
     }
@@ -213,6 +232,9 @@ impl Shared {
         // The bound mount points hold the volumes now: the handles are not needed.
         let launch = Launch { mounts: Vec::new(), ..launch };
         let sandbox = self.sandbox(&launch).map_err(failed)?;
+        for name in sandbox::FILES {
+            mounts.push((sandbox.join(name), format!("/etc/{name}"), false));
+        }
         let inputs = spec::Inputs {
             image: snapshot.config,
             command: launch.command,
@@ -416,8 +438,8 @@ impl OciRun {
 impl Drop for OciRun {
     /// A run whose create or start failed, or whose exit future was dropped (the agent
     /// stopping), is removed here, on a thread of its own (removing blocks); one that ended
-    /// was removed already. An agent that stops takes its containers with it: re-adopting
-    /// them is not done yet.
+    /// was removed already. Containers are not re-adopted yet: what an agent that stopped
+    /// could not remove, it removes when it starts again (`collect_garbage`).
     fn drop(&mut self) {
         if self.removed {
             return;

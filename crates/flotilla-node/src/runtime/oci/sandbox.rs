@@ -14,6 +14,8 @@ const REMEMBER_RELEASED: Duration = Duration::from_secs(3600);
 
 /// The namespaces a sandbox keeps.
 pub(super) const NAMESPACES: [&str; 3] = ["net", "uts", "ipc"];
+/// The files a sandbox gives its containers, at `/etc/<name>`, as the kubelet does.
+pub(super) const FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 
 #[derive(Debug, Default)]
 enum State {
@@ -75,9 +77,33 @@ impl Sandboxes {
     }
 }
 
+/// The files of a pod's sandbox, as the kubelet writes them: `/etc/hosts` with the pod's
+/// address under its hostname, `/etc/hostname`, and `/etc/resolv.conf` pointing at the
+/// cluster DNS with the pod's search path (`dnsPolicy: ClusterFirst`).
+pub(super) fn files(launch: &super::Launch) -> [(&'static str, String); 3] {
+    let hosts = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{}\n",
+        launch.pod_ip, launch.hostname
+    );
+    let domain = flotilla_net::dns::CLUSTER_DOMAIN;
+    let resolv = match launch.dns {
+        Some(server) => format!(
+            "search {}.svc.{domain} svc.{domain} {domain}\nnameserver {server}\noptions ndots:5\n",
+            launch.namespace
+        ),
+        None => String::new(),
+    };
+    [("hosts", hosts), ("hostname", format!("{}\n", launch.hostname)), ("resolv.conf", resolv)]
+}
+
 /// Removes a sandbox directory: its namespaces' mounts, then its files (never recursively, so
 /// that a mount that would not go is never walked into).
 pub(super) fn remove(dir: &Path) {
+    super::network::PodInterface::detach(dir);
+    for file in FILES {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
     for kind in NAMESPACES {
         let _ = rustix::mount::unmount(dir.join(kind), rustix::mount::UnmountFlags::DETACH);
         let _ = std::fs::remove_file(dir.join(kind));
