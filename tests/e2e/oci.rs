@@ -234,6 +234,24 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let logs = k.ok(&["logs", "client"])?;
     ensure!(logs == "hello over the pod network\nhello over the pod network\n", "{logs:?}");
 
+    // Kubernetes' own liveness example: an exec probe that starts failing restarts the
+    // container, and says why in the command's words.
+    let liveness = "    command: [\"sh\", \"-c\", \"touch /tmp/healthy; sleep 3; rm -f /tmp/healthy; sleep 600\"]\n    livenessProbe:\n      exec:\n        command: [cat, /tmp/healthy]\n      periodSeconds: 1\n      failureThreshold: 2\n";
+    apply(&k, &pod("liveness", &node, "busybox", "Always", liveness, "  terminationGracePeriodSeconds: 1\n"))?;
+    wait_for(&k, "liveness", "{.status.containerStatuses[0].restartCount}", 60, |n| {
+        n.parse::<i32>().is_ok_and(|n| n >= 1)
+    })?;
+    let described = k.ok(&["describe", "pod", "liveness"])?;
+    ensure!(
+        described.contains("Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory")
+            && described.contains("failed liveness probe, will be restarted"),
+        "{described}"
+    );
+
+    // `kubectl exec` says what is missing.
+    let refused = k.fails(&["exec", "web", "--", "true"])?;
+    ensure!(refused.contains("does not stream their input and output"), "{refused}");
+
     // Pulled from the registry.
     let pulled = format!("{address}/tools/busybox:v1");
     apply(

@@ -784,7 +784,16 @@ async fn stream_refused(req: &Request<'_>, name: &str, sub: Subresource) -> Resu
     }
     let whose =
         if container.is_empty() { format!("pod {name}") } else { format!("container {container} of pod {name}") };
+    // A Linux container (its id `oci://…`) has processes; what it lacks is the stream.
+    let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"];
+    let linux = statuses.iter().filter_map(|p| pod.pointer(p)?.as_array()).flatten().any(|status| {
+        status.get("name").and_then(Value::as_str) == Some(container.as_str())
+            && status.get("containerID").and_then(Value::as_str).is_some_and(|id| id.starts_with("oci://"))
+    });
     let message = match sub {
+        _ if linux => format!(
+            "{what} is not supported yet for {whose}: its node runs commands in Linux containers (exec probes do), but does not stream their input and output"
+        ),
         Subresource::PortForward => format!(
             "{what} is not supported for {whose}: its node runs WebAssembly containers, whose sockets are the runtime's, not a network namespace's"
         ),

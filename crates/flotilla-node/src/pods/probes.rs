@@ -1,8 +1,10 @@
 //! A running container's probes, with the kubelet's timing: the startup probe first (the others
 //! wait for it), then liveness and readiness on their own periods; thresholds of consecutive
-//! results; `httpGet` (a status from 200 to 399 passes) and `tcpSocket` (a connection passes).
+//! results; `httpGet` (a status from 200 to 399 passes), `tcpSocket` (a connection passes) and
+//! `exec` (the command, run in the container by its runtime, exits 0).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Empty;
@@ -11,6 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::runtime::Control;
 
 /// What a probe found, when it changes what the worker should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +40,10 @@ pub(crate) async fn run(
     container: Container,
     ip: IpAddr,
     client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    control: Arc<dyn Control>,
     report: impl Fn(Finding),
 ) {
-    let prober = Prober { container: &container, ip, client };
+    let prober = Prober { container: &container, ip, client, control };
     if let Some(probe) = &container.startup_probe {
         let timing = Timing::of(probe);
         tokio::time::sleep(timing.initial_delay).await;
@@ -142,6 +147,8 @@ struct Prober<'a> {
     container: &'a Container,
     ip: IpAddr,
     client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    /// The running container, which `exec` probes run their command in.
+    control: Arc<dyn Control>,
 }
 
 impl Prober<'_> {
@@ -188,7 +195,21 @@ impl Prober<'_> {
         if probe.grpc.is_some() {
             return Err("gRPC probes are not supported by this node: use httpGet or tcpSocket".into());
         }
-        // `exec` is refused when the pod is admitted; a probe with no handler passes.
+        if let Some(exec) = &probe.exec {
+            let command = exec.command.clone().unwrap_or_default();
+            let executed = self.control.exec(command.clone(), timeout).await?;
+            if executed.code == 0 {
+                return Ok(());
+            }
+            // As the kubelet: what the command wrote is why.
+            let output = String::from_utf8_lossy(&executed.output).trim_end().to_string();
+            return Err(if output.is_empty() {
+                format!("command {command:?} exited with {}", executed.code)
+            } else {
+                output
+            });
+        }
+        // A probe with no handler passes.
         Ok(())
     }
 

@@ -267,6 +267,14 @@ impl Worker {
                 let name = self.record(slot).name.clone();
                 self.kill(slot, format!("Stopping container {name}"));
             }
+            // A run told to stop (a failed liveness probe) that outlived its grace period.
+            let overdue: Vec<Slot> = (self.runs.iter())
+                .filter(|(_, run)| !run.killed && run.killed_at.is_some_and(|at| now >= at))
+                .map(|(slot, _)| *slot)
+                .collect();
+            for slot in overdue {
+                self.kill(slot, String::new());
+            }
             for slot in planned.start {
                 self.start(slot).await;
             }
@@ -796,7 +804,8 @@ impl Worker {
             let _ = events.send(RunEvent::Probe { slot, attempt, finding });
         };
         let client = self.node.probe_client.clone();
-        run.probes = Some(tokio::spawn(probes::run(container, sandbox.ip.into(), client, report)));
+        let Some(control) = run.control.clone() else { return };
+        run.probes = Some(tokio::spawn(probes::run(container, sandbox.ip.into(), client, control, report)));
     }
 
     fn abort_all(&mut self) {

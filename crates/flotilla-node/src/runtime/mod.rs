@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::images::{Image, Kind};
@@ -85,6 +86,23 @@ pub(crate) trait Control: Send + Sync + std::fmt::Debug {
 
     /// Ends it now, as SIGKILL does; its exit future then ends with [`Exit::killed`].
     fn kill(&self);
+
+    /// Runs `command` in it (its namespaces, its cgroup), as an `exec` probe does, for at most
+    /// `timeout`: its exit code and what it wrote (the first [`EXEC_OUTPUT`] bytes).
+    fn exec(&self, command: Vec<String>, timeout: Duration) -> BoxFuture<'static, Result<Executed, String>> {
+        let _ = (command, timeout);
+        std::future::ready(Err("this container runs no commands but its own".to_string())).boxed()
+    }
+}
+
+/// The most of a command's output an `exec` keeps, as the kubelet's prober (10 KiB).
+pub(crate) const EXEC_OUTPUT: usize = 10 << 10;
+
+/// How a command run in a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Executed {
+    pub code: i32,
+    pub output: Vec<u8>,
 }
 
 /// What a container's run uses, as its runtime counts it.

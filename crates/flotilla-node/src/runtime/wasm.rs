@@ -172,6 +172,11 @@ impl Control for WasmControl {
     fn kill(&self) {
         self.kill.send_replace(true);
     }
+
+    fn exec(&self, _: Vec<String>, _: Duration) -> BoxFuture<'static, Result<super::Executed, String>> {
+        let why = "a wasm container has no processes, so there is nothing to exec: use an httpGet or tcpSocket probe";
+        std::future::ready(Err(why.to_string())).boxed()
+    }
 }
 
 #[derive(Debug)]

@@ -25,7 +25,13 @@ pub(crate) enum Step {
     /// `network.rs`), UTS (`hostname`) and IPC namespaces, kept by bind mounts at
     /// `dir/{net,uts,ipc}` for its containers to join.
     Sandbox { dir: PathBuf, hostname: String, interface: Option<Interface> },
+    /// Runs `command` in a running container (its namespaces, cgroup and user), waits for it
+    /// at most `timeout_ms` (then kills it), and exits with its code.
+    Exec { root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64 },
 }
+
+/// The exit code of an `exec` whose command ran out of time, as `timeout(1)`'s.
+pub(crate) const TIMED_OUT: i32 = 124;
 
 impl Step {
     /// The step `args` (after `oci-helper`) name, and where its failure goes.
@@ -44,6 +50,12 @@ impl Step {
                 bundle: value("--bundle")?.into(),
                 id: value("--id")?,
                 pid_file: value("--pid-file")?.into(),
+            },
+            Some("exec") => Step::Exec {
+                root: value("--root")?.into(),
+                id: value("--id")?,
+                timeout_ms: value("--timeout-ms")?.parse().map_err(|e| format!("oci-helper: --timeout-ms: {e}"))?,
+                command: args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect(),
             },
             Some("sandbox") => {
                 let interface = match value("--ip") {
@@ -68,8 +80,8 @@ impl Step {
         Ok((step, error_file))
     }
 
-    /// Does the step.
-    pub(crate) fn run(self) -> Result<(), String> {
+    /// Does the step: the exit code the helper ends with.
+    pub(crate) fn run(self) -> Result<i32, String> {
         match self {
             Step::Create { root, bundle, id, pid_file } => ContainerBuilder::new(id, SyscallType::Linux)
                 .with_root_path(root)
@@ -80,9 +92,10 @@ impl Step {
                 .with_systemd(false)
                 .with_detach(true)
                 .build()
-                .map(drop)
+                .map(|_| 0)
                 .map_err(|e| format!("creating the container: {e}")),
-            Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()),
+            Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()).map(|()| 0),
+            Step::Exec { root, id, command, timeout_ms } => exec(root, id, command, timeout_ms),
         }
     }
 }
@@ -100,10 +113,48 @@ pub(crate) fn main(args: &[String]) -> i32 {
         }
     };
     match step.run() {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(message) => {
             let _ = std::fs::write(error_file, message);
             1
+        }
+    }
+}
+
+/// Runs `command` in the container `id` as one more of its processes (youki's tenant, as
+/// `runc exec`), waits for it, and gives its exit code (128 + a signal that ended it).
+fn exec(root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64) -> Result<i32, String> {
+    if command.is_empty() {
+        return Err("no command to exec".into());
+    }
+    let pid = ContainerBuilder::new(id, SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| e.to_string())?
+        .as_tenant()
+        .with_container_args(command)
+        .with_detach(false)
+        .build()
+        .map_err(|e| format!("running the command: {e}"))?;
+    let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("the command has no process")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return Ok(code);
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return Ok(128 + signal);
+                }
+            }
+            Ok(None) if std::time::Instant::now() > deadline => {
+                // Its own child: its pid cannot have been taken by another process.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                return Ok(TIMED_OUT);
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(format!("waiting for the command: {e}")),
         }
     }
 }

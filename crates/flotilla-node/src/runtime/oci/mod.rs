@@ -35,7 +35,8 @@ use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    ContainerRuntime, ContainerUsage, Control, CreateError, Created, Exit, ExitReason, Launch, Meter, Started,
+    ContainerRuntime, ContainerUsage, Control, CreateError, Created, EXEC_OUTPUT, Executed, Exit, ExitReason, Launch,
+    Meter, Started,
 };
 use crate::images::container::snapshot;
 use crate::images::{Image, ImageStore, Kind};
@@ -191,6 +192,7 @@ impl Shared {
         // From here on, what is made is removed when `run` is dropped, unless it starts.
         let mut run = OciRun {
             id: launch.id.clone(),
+            helper: self.helper.clone(),
             bundle: bundle.clone(),
             state: self.state.clone(),
             cgroup: cgroup_path(&launch),
@@ -403,6 +405,8 @@ impl ContainerRuntime for OciRuntime {
 #[derive(Debug)]
 struct OciRun {
     id: String,
+    /// The helper program, which runs commands in it.
+    helper: PathBuf,
     bundle: PathBuf,
     state: PathBuf,
     cgroup: String,
@@ -446,6 +450,7 @@ impl Drop for OciRun {
         }
         let mut run = OciRun {
             id: std::mem::take(&mut self.id),
+            helper: std::mem::take(&mut self.helper),
             bundle: std::mem::take(&mut self.bundle),
             state: std::mem::take(&mut self.state),
             cgroup: std::mem::take(&mut self.cgroup),
@@ -475,7 +480,13 @@ impl Created for OciRun {
             let (stdout, stderr) = self.pipes.take().expect("a created container has its pipes");
             let pumps =
                 [pump(stdout, Stream::Stdout, self.output.clone()), pump(stderr, Stream::Stderr, self.output.clone())];
-            let control = Arc::new(OciControl { pidfd: pidfd.clone() });
+            let control = Arc::new(OciControl {
+                pidfd: pidfd.clone(),
+                helper: self.helper.clone(),
+                state: self.state.clone(),
+                bundle: self.bundle.clone(),
+                id: self.id.clone(),
+            });
             let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
             let usage = ContainerUsage { meter, requests: Requests::new(), started: jiff::Timestamp::now() };
             let exit = async move {
@@ -507,6 +518,68 @@ impl Created for OciRun {
             Ok(Started { control, usage, exit: exit.boxed() })
         }
         .boxed()
+    }
+}
+
+/// Runs `command` in the container `id` through the helper, which kills it after `timeout`:
+/// its code and its output (stdout and stderr together, as the kubelet's prober keeps them).
+async fn exec(
+    helper: &Path,
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    command: Vec<String>,
+    timeout: Duration,
+) -> Result<Executed, String> {
+    let failed = |e: std::io::Error| format!("running the command: {e}");
+    let (output, writer) = std::io::pipe().map_err(failed)?;
+    let errors = tempfile::NamedTempFile::new_in(bundle).map_err(failed)?;
+    let mut child = tokio::process::Command::new(helper)
+        .arg("oci-helper")
+        .arg("exec")
+        .arg("--root")
+        .arg(state)
+        .args(["--id", id, "--timeout-ms", &timeout.as_millis().to_string(), "--error-file"])
+        .arg(errors.path())
+        .arg("--")
+        .args(&command)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone().map_err(failed)?)
+        .stderr(writer)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", helper.display()))?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output)).map_err(failed)?;
+    let mut kept = Vec::new();
+    let mut buffer = vec![0; 4096];
+    let keep = |kept: &mut Vec<u8>, bytes: &[u8]| {
+        kept.extend_from_slice(&bytes[..bytes.len().min(EXEC_OUTPUT.saturating_sub(kept.len()))]);
+    };
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(failed)?,
+            read = pipe.read(&mut buffer) => match read {
+                Ok(n) if n > 0 => keep(&mut kept, &buffer[..n]),
+                _ => break child.wait().await.map_err(failed)?,
+            },
+        }
+    };
+    // What it wrote before it ended; a process it left behind may hold the pipe, and is not
+    // waited for.
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), pipe.read(&mut buffer)).await {
+        if n == 0 {
+            break;
+        }
+        keep(&mut kept, &buffer[..n]);
+    }
+    let written = std::fs::read_to_string(errors.path()).unwrap_or_default();
+    if !written.is_empty() {
+        return Err(written);
+    }
+    match status.code() {
+        Some(helper::TIMED_OUT) => Err(format!("command {command:?} timed out")),
+        Some(code) => Ok(Executed { code, output: kept }),
+        None => Err(format!("running the command: {status}")),
     }
 }
 
@@ -553,6 +626,10 @@ async fn wait(pidfd: &Arc<OwnedFd>) -> Result<i32, String> {
 #[derive(Debug)]
 struct OciControl {
     pidfd: Arc<OwnedFd>,
+    helper: PathBuf,
+    state: PathBuf,
+    bundle: PathBuf,
+    id: String,
 }
 
 impl Control for OciControl {
@@ -562,6 +639,12 @@ impl Control for OciControl {
 
     fn kill(&self) {
         let _ = rustix::process::pidfd_send_signal(&*self.pidfd, Signal::KILL);
+    }
+
+    fn exec(&self, command: Vec<String>, timeout: Duration) -> BoxFuture<'static, Result<Executed, String>> {
+        let (helper, state, bundle, id) =
+            (self.helper.clone(), self.state.clone(), self.bundle.clone(), self.id.clone());
+        async move { exec(&helper, &state, &bundle, &id, command, timeout).await }.boxed()
     }
 }
 
