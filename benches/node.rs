@@ -10,8 +10,12 @@
 //!    the agent's resident memory, how much of it is the guests' linear memory (the pool's
 //!    mapping in `/proc/<pid>/smaps`), and the rest per pod.
 //! 4. The runtime alone: a container of a cached module, instantiation to exit.
+//! 5. Linux containers (as root, with `busybox-static`): each of `--oci-pods` busybox pods
+//!    created alone, timed as in 1., beside `runc run` of the same image (create, start, exit,
+//!    delete) in the same run; then the agent's resident memory per running busybox pod. (crun
+//!    refuses a hybrid cgroup hierarchy, which this machine has: runc is the peer.)
 //!
-//! `cargo bench -p flotilla-benches --bench node -- [--latency-pods N] [--density-pods N]`
+//! `cargo bench -p flotilla-benches --bench node -- [--latency-pods N] [--density-pods N] [--oci-pods N]`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +45,10 @@ struct Args {
     /// Requests to the wasi:http handler one at a time.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
+    /// Busybox pods (Linux containers) whose start is timed, one at a time, and then kept
+    /// running for the agent's memory per pod.
+    #[arg(long, default_value_t = 100)]
+    oci_pods: usize,
     /// Seconds of `wrk` against the handler.
     #[arg(long, default_value_t = 10)]
     wrk_seconds: u64,
@@ -60,15 +68,38 @@ async fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
         (args.latency_pods, args.density_pods, args.clients, args.requests, args.wrk_seconds) = (10, 20, 4, 20, 1);
+        args.oci_pods = 3;
     }
+    // Linux containers need root, and the test image busybox.
+    let oci_dir = tempfile::tempdir()?;
+    let busybox = if rustix::process::geteuid().is_root() {
+        match flotilla_examples::busybox::layer() {
+            Ok(layer) => {
+                let digest = flotilla_wasm::digest(&layer);
+                let archive = flotilla_examples::busybox::saved_image(oci_dir.path(), &layer, &digest)?;
+                Some((layer, archive.to_string_lossy().into_owned()))
+            }
+            Err(err) => {
+                eprintln!("no Linux containers: {err}");
+                None
+            }
+        }
+    } else {
+        eprintln!("no Linux containers: not root");
+        None
+    };
     let mut report = Report::solo("node").smoke(args.smoke);
-    let images = [(flotilla_examples::P1_TICKER, "ticker:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")];
+    let mut images =
+        vec![(flotilla_examples::P1_TICKER, "ticker:bench"), (flotilla_examples::P2_HANDLER, "handler:bench")];
+    if let Some((_, archive)) = &busybox {
+        images.push((archive, "busybox:bench"));
+    }
     let cluster = Cluster::start(&ClusterConfig {
         node: NODE,
         node_ip: None,
         pod_cidr: "127.64.0.0/16",
         service_cidr: None,
-        max_pods: Some(args.density_pods + 100),
+        max_pods: Some(args.density_pods + args.oci_pods + 100),
         images: &images,
         proxy_mode: None,
         server_args: &[],
@@ -84,16 +115,8 @@ async fn main() -> Result<()> {
     let collection = format!("/api/v1/namespaces/{NAMESPACE}/pods");
 
     eprintln!("== pod start latency, {} pods one at a time", args.latency_pods);
-    let mut latency = Samples::default();
-    let all = Instant::now();
-    for i in 0..args.latency_pods {
-        let name = format!("lat-{i}");
-        let sent = Instant::now();
-        connection.create(&collection, &ticker(&name)).await?;
-        let at = started.wait_for(&name).await?;
-        latency.extend(vec![at - sent]);
-    }
-    latency.elapsed = all.elapsed();
+    let names = (0..args.latency_pods).map(|i| format!("lat-{i}"));
+    let mut latency = one_at_a_time(&mut connection, &mut started, &collection, names, ticker).await?;
     let label = format!("pod start, create to started, {} pods one at a time", args.latency_pods);
     report.add(format!("{label}: p50"), "ms", latency.quantile_ms(0.50), None);
     report.add(format!("{label}: p99"), "ms", latency.quantile_ms(0.99), None);
@@ -163,7 +186,98 @@ async fn main() -> Result<()> {
     }
     report.add("cached module, instantiation to exit: p50", "µs", runs.quantile_ms(0.50) * 1e3, None);
     report.publish()?;
+
+    let Some((layer, _)) = busybox else { return Ok(()) };
+    let mut oci = Report::new("node-oci", "runc").smoke(args.smoke);
+    eprintln!("== Linux containers: {} busybox pods one at a time, and runc", args.oci_pods);
+    let mut runc = runc_runs(&layer, oci_dir.path(), args.oci_pods)?;
+    let (before, _) = cluster.agent.memory_mib()?;
+    let names = (0..args.oci_pods).map(|i| format!("oci-{i}"));
+    let mut latency = one_at_a_time(&mut connection, &mut started, &collection, names, busybox_pod).await?;
+    let scenario = "busybox pod created to started (ours) / runc run, create to delete (peer)";
+    oci.add(format!("{scenario}: p50"), "ms", latency.quantile_ms(0.50), runc.as_mut().map(|c| c.quantile_ms(0.50)));
+    oci.add(format!("{scenario}: p99"), "ms", latency.quantile_ms(0.99), runc.as_mut().map(|c| c.quantile_ms(0.99)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (after, _) = cluster.agent.memory_mib()?;
+    oci.add(
+        format!("agent RSS per running busybox pod ({} pods)", args.oci_pods),
+        "KiB",
+        (after - before) * 1024.0 / args.oci_pods as f64,
+        None,
+    );
+    for i in 0..args.oci_pods {
+        connection.call(Method::DELETE, &format!("{collection}/oci-{i}"), "application/json", Vec::new()).await?;
+    }
+    oci.publish()?;
     Ok(())
+}
+
+/// Creates the pods `names` (made by `pod`) one at a time, each once the one before started:
+/// how long each took from its create request to the watch event that shows it started.
+async fn one_at_a_time(
+    connection: &mut Connection,
+    started: &mut Started,
+    collection: &str,
+    names: impl Iterator<Item = String>,
+    pod: fn(&str) -> Value,
+) -> Result<Samples> {
+    let mut latency = Samples::default();
+    let all = Instant::now();
+    for name in names {
+        let sent = Instant::now();
+        connection.create(collection, &pod(&name)).await?;
+        let at = started.wait_for(&name).await?;
+        latency.extend(vec![at - sent]);
+    }
+    latency.elapsed = all.elapsed();
+    Ok(latency)
+}
+
+/// A busybox pod that sleeps (a Linux container) on the bench node.
+fn busybox_pod(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "sleep", "image": "busybox:bench", "imagePullPolicy": "IfNotPresent",
+            "command": ["sleep", "3600"],
+        }]},
+    })
+}
+
+/// `runc run` of the busybox image, `runs` times: each creates, starts, waits for and deletes
+/// a container running `true`, from a bundle made once (its root the layer unpacked, its
+/// config `runc spec`'s). `None` when runc is not installed.
+fn runc_runs(layer: &[u8], dir: &std::path::Path, runs: usize) -> Result<Option<Samples>> {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs"))?;
+    tar::Archive::new(layer).unpack(bundle.join("rootfs"))?;
+    match std::process::Command::new("runc").arg("spec").current_dir(&bundle).status() {
+        Ok(status) if status.success() => {}
+        _ => {
+            eprintln!("runc is not installed (scripts/bench installs it): no peer");
+            return Ok(None);
+        }
+    }
+    let config_path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!(["true"]);
+    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let mut samples = Samples::default();
+    let all = Instant::now();
+    for i in 0..runs {
+        let started = Instant::now();
+        let status = std::process::Command::new("runc")
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("flotilla-bench-{}-{i}", std::process::id()))
+            .stdin(std::process::Stdio::null())
+            .status()?;
+        ensure!(status.success(), "runc run: {status}");
+        samples.extend(vec![started.elapsed()]);
+    }
+    samples.elapsed = all.elapsed();
+    Ok(Some(samples))
 }
 
 /// A ticker pod (a line every five seconds) on the bench node.

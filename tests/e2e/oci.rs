@@ -14,85 +14,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 
+use flotilla_examples::busybox;
+
 use crate::harness::{Ports, Server, flotilla_bin};
 use crate::kubectl::Kubectl;
 use crate::pods::{apply, node_name, pod, wait_for};
 use crate::registry::Registry;
-
-/// Debian's statically linked busybox.
-const BUSYBOX: &str = "/bin/busybox";
-
-/// A busybox root filesystem as one tar layer: the binary, a link per applet it lists,
-/// `/etc/passwd` and `/etc/group` with root and nobody, and a sticky `/tmp`.
-fn busybox_layer() -> Result<Vec<u8>> {
-    let binary = std::fs::read(BUSYBOX).with_context(|| format!("{BUSYBOX} (scripts/setup busybox-static)"))?;
-    let applets = std::process::Command::new(BUSYBOX).arg("--list").output()?;
-    let applets = String::from_utf8(applets.stdout)?;
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: tar::EntryType, mode: u32, content: &[u8], link: Option<&str>| -> Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(1_700_000_000);
-        header.set_size(content.len() as u64);
-        match link {
-            Some(target) => tar.append_link(&mut header, path, target)?,
-            None => tar.append_data(&mut header, path, content)?,
-        }
-        Ok(())
-    };
-    for dir in ["bin", "etc", "root", "proc", "sys", "dev", "var", "var/www"] {
-        add(dir, tar::EntryType::Directory, 0o755, &[], None)?;
-    }
-    add("tmp", tar::EntryType::Directory, 0o1777, &[], None)?;
-    add("bin/busybox", tar::EntryType::Regular, 0o755, &binary, None)?;
-    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        add(&format!("bin/{applet}"), tar::EntryType::Symlink, 0o777, &[], Some("busybox"))?;
-    }
-    add(
-        "etc/passwd",
-        tar::EntryType::Regular,
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-        None,
-    )?;
-    add("etc/group", tar::EntryType::Regular, 0o644, b"root:x:0:\nnogroup:x:65534:\n", None)?;
-    add("var/www/index.html", tar::EntryType::Regular, 0o644, b"hello from busybox\n", None)?;
-    Ok(tar.into_inner()?)
-}
-
-fn image_config(layer: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [flotilla_wasm::digest(layer)]},
-    }))
-    .expect("a config serialises")
-}
-
-/// `docker save`'s format: the layer, the config and `manifest.json` naming `busybox:latest`.
-fn saved_image(dir: &Path, layer: &[u8]) -> Result<std::path::PathBuf> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let manifest =
-        serde_json::json!([{"Config": "config.json", "RepoTags": ["busybox:latest"], "Layers": ["l/layer.tar"]}]);
-    for (path, content) in [
-        ("l/layer.tar", layer.to_vec()),
-        ("config.json", image_config(layer)),
-        ("manifest.json", serde_json::to_vec(&manifest)?),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1_700_000_000);
-        tar.append_data(&mut header, path, content.as_slice())?;
-    }
-    let path = dir.join("busybox.tar");
-    std::fs::write(&path, tar.into_inner()?)?;
-    Ok(path)
-}
 
 /// `GET /` from `ip:port` over HTTP/1.0; the whole response.
 fn http_get(ip: &str, port: u16) -> Result<String> {
@@ -141,8 +68,8 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let layer = busybox_layer()?;
-    let archive = saved_image(dir.path(), &layer)?;
+    let layer = busybox::layer()?;
+    let archive = busybox::saved_image(dir.path(), &layer, &flotilla_wasm::digest(&layer))?;
     let data_dir = dir.path().join("data");
     let imported = std::process::Command::new(flotilla_bin())
         .args(["image", "import"])
@@ -159,7 +86,7 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     gz.write_all(&layer)?;
     let gzipped = gz.finish()?;
     let layer_digest = registry.push_blob("tools/busybox", &gzipped)?;
-    let config = image_config(&layer);
+    let config = busybox::config(&flotilla_wasm::digest(&layer));
     let config_digest = registry.push_blob("tools/busybox", &config)?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
