@@ -244,6 +244,15 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         ensure!(state.contains(why), "{name}: {state}");
     }
 
+    // The runtime classes are objects, and naming one places a pod where its runtime is.
+    let classes =
+        k.ok(&["get", "runtimeclasses", "-o", "jsonpath={range .items[*]}{.metadata.name}={.handler} {end}"])?;
+    ensure!(classes.trim() == "oci=oci wasm=wasm", "{classes}");
+    apply(&k, &pod("classy", &node, "busybox", "Never", "    command: [\"true\"]\n", "  runtimeClassName: oci\n"))?;
+    let selector = k.ok(&["get", "pod", "classy", "-o", "jsonpath={.spec.nodeSelector}"])?;
+    ensure!(selector == r#"{"runtime.flotilla.dev/oci":"true"}"#, "{selector}");
+    wait_for(&k, "classy", "{.status.phase}", 60, |p| p == "Succeeded")?;
+
     // The wrong runtime for an image says so.
     apply(&k, &pod("wrong", &node, "busybox", "Never", "", "  runtimeClassName: wasm\n"))?;
     let message =

@@ -162,7 +162,18 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     // A wasi:http handler, served by the node with an instance per request.
     apply(k, &pod("function", &node, "handler:v1", "Always", probe, ""))?;
     // A runtime this node does not offer.
+    // A RuntimeClass with no such runtime behind it here: the node refuses the pod.
+    apply(k, "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: gvisor\nhandler: runsc\n")?;
     apply(k, &pod("gvisor", &node, "hello:v1", "Always", "", "  runtimeClassName: gvisor\n"))?;
+    // A runtime class that does not exist: admission refuses the pod, as upstream's.
+    let missing = k.fails(&[
+        "run",
+        "missing-class",
+        "--image=hello:v1",
+        "--overrides",
+        r#"{"spec":{"runtimeClassName":"nosuch"}}"#,
+    ])?;
+    ensure!(missing.contains("forbidden: pod rejected: RuntimeClass \"nosuch\" not found"), "{missing}");
     // A ConfigMap's keys as files, which follow the ConfigMap when it changes.
     k.ok(&["create", "configmap", "palette", "--from-literal=colour=blue"])?;
     let watch_file = "    env: [{name: FILE, value: /config/colour}, {name: TICK_MS, value: \"200\"}]\n    volumeMounts: [{name: config, mountPath: /config}]\n";

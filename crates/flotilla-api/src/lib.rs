@@ -27,7 +27,7 @@ pub mod validation;
 pub use cidr::Cidr;
 pub use error::{ApiError, CauseType, FieldError, Reason, Result};
 pub use kinds::{Admitted, FieldValidation, KindOps};
-pub use kinds::{SERVING_CERT_ANNOTATION, WASM_RUNTIME_CLASS, runtime_class, runtime_label};
+pub use kinds::{SERVING_CERT_ANNOTATION, WASM_RUNTIME_CLASS, runtime_class, runtime_class_for, runtime_label};
 pub use resource::{ResourceDef, Subresource};
 
 /// Where a `TokenReview` (`authentication.k8s.io/v1`) is posted: a node asks the API server who

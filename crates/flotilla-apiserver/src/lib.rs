@@ -164,6 +164,7 @@ impl ApiServer {
             }
         }
         bootstrap_dns_service(&registry, config.service_cidr).await?;
+        bootstrap_runtime_classes(&registry).await?;
         if let Some(advertise) = config.advertise {
             bootstrap_kubernetes_service(&registry, config.service_cidr, advertise).await;
         }
@@ -298,6 +299,25 @@ async fn bootstrap_dns_service(registry: &Registry, range: flotilla_api::Cidr) -
         Err(Error(e)) if e.reason == Reason::AlreadyExists => {}
         // Its address taken by a Service of the user's: DNS lives without its Service.
         Err(e) => tracing::warn!(error = %e.0.message, "cannot create kube-system/kube-dns"),
+    }
+    Ok(())
+}
+
+/// A RuntimeClass for each of Flotilla's node handlers (`wasm`, `oci`), whose
+/// `scheduling.nodeSelector` is the label of the nodes that offer it, as a cluster's operator
+/// would create them upstream. An operator may change or delete them; they are created once.
+async fn bootstrap_runtime_classes(registry: &Registry) -> Result<(), Error> {
+    let classes = resource::find("node.k8s.io", "v1", "runtimeclasses").expect("runtime classes are served");
+    for handler in [flotilla_api::WASM_RUNTIME_CLASS, "oci"] {
+        let mut object =
+            serde_json::to_value(flotilla_api::runtime_class_for(handler)).expect("a RuntimeClass serialises");
+        object["apiVersion"] = "node.k8s.io/v1".into();
+        object["kind"] = "RuntimeClass".into();
+        match registry.create(classes, None, object, WriteOptions::default()).await {
+            Ok(_) => tracing::info!(handler, "created a runtime class"),
+            Err(Error(e)) if e.reason == Reason::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flotilla_api::managed::{self, FieldManager};
-use flotilla_api::resource::{ResourceDef, Subresource};
+use flotilla_api::resource::{self, ResourceDef, Subresource};
 use flotilla_api::selector::{FieldSelector, LabelSelector};
 use flotilla_api::{ApiError, FieldError, FieldValidation, Reason};
 use flotilla_store::{Compare, Consistency, KeyRange, Op, RangeRequest, Revision, Store, TxnRequest};
@@ -288,6 +288,7 @@ impl Registry {
             node::admit(node, Operation::Create, def, None, None, Some(&object))?;
         }
         if def.kind == "Pod" {
+            self.admit_runtime_class(&mut object, &name).await?;
             add_default_tolerations(&mut object, self.default_toleration_seconds);
         }
         if let Some(manager) = options.manager.as_ref().filter(|_| !options.applied) {
@@ -695,6 +696,57 @@ fn body(object: &Value) -> Option<Vec<(&String, &Value)>> {
     let mut fields: Vec<_> = object.as_object()?.iter().filter(|(k, _)| *k != "metadata" && *k != "status").collect();
     fields.sort_unstable_by_key(|(k, _)| *k);
     Some(fields)
+}
+
+impl Registry {
+    /// Upstream's RuntimeClass admission: a pod that names a runtime class that does not exist
+    /// is refused, and one that does takes its `scheduling` (node selector and tolerations), so
+    /// that it is placed only where its runtime is.
+    async fn admit_runtime_class(&self, pod: &mut Value, name: &str) -> Result<()> {
+        let Some(class) = pod.pointer("/spec/runtimeClassName").and_then(Value::as_str).map(str::to_string) else {
+            return Ok(());
+        };
+        let refused = |why: String| -> Error { ApiError::forbidden("", "pods", name, why).into() };
+        let classes = resource::find("node.k8s.io", "v1", "runtimeclasses").expect("runtime classes are served");
+        let runtime_class = match self.get(classes, None, &class).await {
+            Ok(found) => found.value()?,
+            Err(Error(e)) if e.reason == Reason::NotFound => {
+                return Err(refused(format!("pod rejected: RuntimeClass {class:?} not found")));
+            }
+            Err(e) => return Err(e),
+        };
+        let spec = pod
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
+        if let Some(selector) = runtime_class.pointer("/scheduling/nodeSelector").and_then(Value::as_object) {
+            let pods = spec.entry("nodeSelector").or_insert_with(|| json!({}));
+            let pods =
+                pods.as_object_mut().ok_or_else(|| ApiError::bad_request("spec.nodeSelector must be an object"))?;
+            for (key, value) in selector {
+                match pods.get(key) {
+                    Some(theirs) if theirs != value => {
+                        return Err(refused(format!(
+                            "conflict: runtimeClass.scheduling.nodeSelector[{key}] = {}; pod.spec.nodeSelector[{key}] = {}",
+                            value.as_str().unwrap_or_default(),
+                            theirs.as_str().unwrap_or_default()
+                        )));
+                    }
+                    _ => drop(pods.insert(key.clone(), value.clone())),
+                }
+            }
+        }
+        if let Some(tolerations) = runtime_class.pointer("/scheduling/tolerations").and_then(Value::as_array) {
+            let pods = spec.entry("tolerations").or_insert_with(|| json!([]));
+            let pods = pods.as_array_mut().ok_or_else(|| ApiError::bad_request("spec.tolerations must be a list"))?;
+            for toleration in tolerations {
+                if !pods.contains(toleration) {
+                    pods.push(toleration.clone());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Upstream's DefaultTolerationSeconds admission: a pod that does not say how long it tolerates

@@ -8,11 +8,13 @@ mod coordination;
 mod core;
 mod discovery;
 pub mod metrics;
+mod node;
 mod pod;
 mod service;
 
 pub use autoscaling::scaled_from_zero;
 pub use core::{NAMESPACE_NAME_LABEL, SERVING_CERT_ANNOTATION};
+pub use node::runtime_class_for;
 pub use pod::{WASM_RUNTIME_CLASS, runtime_class, runtime_label};
 
 use std::fmt;
@@ -27,6 +29,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, Pod, ReplicationController, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
@@ -329,6 +332,7 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     resource!(Job, "jobs", "job", namespaced: true, short: &[], categories: ALL, sub: &[Status], generation: true, fields: &["status.successful"]),
     resource!(Lease, "leases", "lease", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
     resource!(EndpointSlice, "endpointslices", "endpointslice", namespaced: true, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
+    resource!(RuntimeClass, "runtimeclasses", "runtimeclass", namespaced: false, short: &[], categories: &[], sub: &[], generation: false, fields: &[]),
     // Computed, not stored: `get` and `list` alone.
     ResourceDef {
         verbs: metrics::VERBS,
