@@ -209,6 +209,19 @@ async fn main() -> Result<()> {
         connection.call(Method::DELETE, &format!("{collection}/oci-{i}"), "application/json", Vec::new()).await?;
     }
     oci.publish()?;
+    // The agent removes a pod's container, mounts and interface before the pod goes from the
+    // API: it is stopped only then, so that it leaves nothing on the machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Value = serde_json::from_slice(&connection.get(&collection).await?)?;
+        let items = list["items"].as_array().into_iter().flatten();
+        if !items.filter_map(|pod| pod["metadata"]["name"].as_str()).any(|name| name.starts_with("oci-")) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the busybox pods were not removed within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(())
 }
 
