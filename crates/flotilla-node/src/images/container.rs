@@ -562,6 +562,34 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_cannot_import_a_host_file_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "host secret").unwrap();
+        // A `docker save` archive whose layer is a link to a file of the host.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        builder.append_link(&mut link, "l/layer.tar", &secret).unwrap();
+        let manifest = br#"[{"Config":"config.json","RepoTags":["evil:v1"],"Layers":["l/layer.tar"]}]"#;
+        for (path, content) in [("config.json", &b"{}"[..]), ("manifest.json", &manifest[..])] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, content).unwrap();
+        }
+        let archive = dir.path().join("evil.tar");
+        std::fs::write(&archive, builder.into_inner().unwrap()).unwrap();
+        let err = import_archive(&store, &archive, None).unwrap_err();
+        assert!(err.contains("does not name a regular file"), "{err}");
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
     fn argv_and_env_follow_upstreams_rules() {
         let image = RunConfig {
             entrypoint: Some(vec!["/entry".into()]),

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
+use super::container::ImageConfig;
 use super::store::{Image, ImageStore, Kind, Source, is_digest, sha256};
 use super::{Reference, reference::DEFAULT_REGISTRY};
 
@@ -86,21 +87,6 @@ pub(super) struct Platform {
     architecture: String,
 }
 
-#[derive(Deserialize)]
-struct ImageConfig {
-    #[serde(default)]
-    config: ImageConfigConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ImageConfigConfig {
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
-}
-
 impl Registries {
     /// `insecure` lists registries (`host:port`) reached over plain HTTP.
     pub fn new(insecure: Vec<String>) -> Registries {
@@ -165,9 +151,7 @@ impl Registries {
         }
         let digest = store.put_blob(&module, None).map_err(|e| e.to_string())?;
         let size = module.len() as u64;
-        let pinned = Reference { tag: None, digest: Some(manifest_digest), ..reference.clone() };
-        store.tag(&pinned, &digest, size, Source::Pulled, Kind::Module).map_err(|e| e.to_string())?;
-        store.tag(reference, &digest, size, Source::Pulled, Kind::Module).map_err(|e| e.to_string())
+        tag_pulled(store, reference, &manifest_digest, &digest, size, Kind::Module)
     }
 
     /// Stores a container image: its config and layers, each verified, then its manifest.
@@ -189,9 +173,7 @@ impl Registries {
             size += blob.size;
         }
         let digest = store.put_blob(manifest_bytes, None).map_err(|e| e.to_string())?;
-        let pinned = Reference { tag: None, digest: Some(digest.clone()), ..reference.clone() };
-        store.tag(&pinned, &digest, size, Source::Pulled, Kind::Container).map_err(|e| e.to_string())?;
-        store.tag(reference, &digest, size, Source::Pulled, Kind::Container).map_err(|e| e.to_string())
+        tag_pulled(store, reference, &digest, &digest, size, Kind::Container)
     }
 
     /// The module an ordinary OCI image's entrypoint names, read from its layers (the last
@@ -222,6 +204,21 @@ impl Registries {
         }
         Err(format!("no layer of the image holds its entrypoint {entry:?}"))
     }
+}
+
+/// Points `reference`, and the reference pinned to the manifest it resolved to, at the stored
+/// `digest` (the pinned one resolves without a second pull).
+fn tag_pulled(
+    store: &ImageStore,
+    reference: &Reference,
+    manifest_digest: &str,
+    digest: &str,
+    size: u64,
+    kind: Kind,
+) -> Result<Image, String> {
+    let pinned = Reference { tag: None, digest: Some(manifest_digest.to_string()), ..reference.clone() };
+    store.tag(&pinned, digest, size, Source::Pulled, kind).map_err(|e| e.to_string())?;
+    store.tag(reference, digest, size, Source::Pulled, kind).map_err(|e| e.to_string())
 }
 
 pub(super) fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
@@ -441,6 +438,19 @@ fn resolve(url: &str, location: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_whose_digest_names_a_path_is_refused() {
+        let hex = "ab".repeat(32);
+        for bad in ["sha256:../../../../etc/shadow", "/etc/shadow", "sha256:AB", "md5:00"] {
+            let manifest =
+                serde_json::json!({"config": {"digest": format!("sha256:{hex}")}, "layers": [{"digest": bad}]});
+            let err = parse_manifest(&serde_json::to_vec(&manifest).unwrap()).err().unwrap();
+            assert!(err.contains("not a sha256 digest"), "{bad}: {err}");
+        }
+        let store = ImageStore::open(tempfile::tempdir().unwrap().path().into()).unwrap();
+        assert!(store.blob_path("sha256:../../x").ends_with("not-a-digest"));
+    }
 
     #[test]
     fn challenges_indexes_and_layers_are_read() {

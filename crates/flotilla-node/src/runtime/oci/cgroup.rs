@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::read_small;
-
 /// Where the controllers are.
 #[derive(Debug)]
 pub(super) enum Cgroups {
@@ -104,6 +102,13 @@ impl Cgroups {
             remove_tree(&root);
         }
     }
+}
+
+/// Reads a small file of a cgroup, empty if it cannot.
+fn read_small(path: &Path) -> String {
+    let mut text = String::new();
+    let _ = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text));
+    text
 }
 
 /// Removes a cgroup directory and those beneath it, deepest first (cgroup directories are

@@ -663,10 +663,3 @@ impl Meter for OciMeter {
         self.cgroups.cpu(&self.cgroup)
     }
 }
-
-/// Reads a small file of a cgroup, empty if it cannot.
-fn read_small(path: &Path) -> String {
-    let mut text = String::new();
-    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text));
-    text
-}
