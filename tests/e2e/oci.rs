@@ -3,7 +3,8 @@
 //! pushed to a real registry, runs as upstream's clients expect (`kubectl run --image=busybox
 //! -- sh -c ...` ends Failed with its exit code and its output in `kubectl logs`), in the pod's
 //! own hostname, under its limits (an OOM kill shows as upstream's, a CPU limit is a CFS
-//! quota), a read-only root holds, a non-root user runs, and a deleted pod leaves nothing on
+//! quota), a read-only root holds, a non-root user runs, a wasm pod reaches a container pod,
+//! a pod of wasm and Linux containers shares one localhost, and a deleted pod leaves nothing on
 //! the node: no mount, no cgroup, no bundle.
 //!
 //! Needs root and `busybox-static` (`scripts/setup busybox-static`); runs when
@@ -12,21 +13,39 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
-use flotilla_examples::busybox;
+use flotilla_examples::{self as examples, busybox};
 
 use crate::harness::{Ports, Server, flotilla_bin};
 use crate::kubectl::Kubectl;
-use crate::pods::{apply, node_name, pod, wait_for};
+use crate::pods::{apply, import, node_name, pod, wait_for};
 use crate::registry::Registry;
 
 /// `GET /` from `ip:port` over HTTP/1.0; the whole response.
 fn http_get(ip: &str, port: u16) -> Result<String> {
+    http_get_path(ip, port, "/")
+}
+
+/// The logs of `container` in `pod` once `check` holds of them (30 s at most).
+fn wait_for_logs(k: &Kubectl, pod: &str, container: &str, check: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logs = k.ok(&["logs", pod, "-c", container])?;
+        if check(&logs) {
+            return Ok(logs);
+        }
+        ensure!(std::time::Instant::now() < deadline, "{pod}/{container}: {logs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `GET path` from `ip:port` over HTTP/1.0; the whole response.
+fn http_get_path(ip: &str, port: u16, path: &str) -> Result<String> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect((ip, port)).with_context(|| format!("connect to {ip}:{port}"))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     ensure!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
@@ -97,6 +116,12 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     registry.push_manifest("tools/busybox", "v1", &manifest)?;
     let address = format!("127.0.0.1:{}", registry.port);
 
+    for (wasm, name) in
+        [(examples::P2_ESCAPE, "escape:v1"), (examples::P2_HANDLER, "handler:v1"), (examples::P1_HTTP, "http:v1")]
+    {
+        import(&data_dir, wasm, name)?;
+    }
+
     let server = Server::start_with(&data_dir, Ports::free(), &["--insecure-registry", &address])?;
     let k = Kubectl::new("1.33", &server)?;
     let node = node_name(&k)?;
@@ -160,6 +185,45 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     wait_for(&k, "client", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
     let logs = k.ok(&["logs", "client"])?;
     ensure!(logs == "hello over the pod network\nhello over the pod network\n", "{logs:?}");
+
+    // A wasm pod reaches the container pod by its address, from the host's sockets.
+    let reach = format!(
+        "    env:\n    - {{name: MODE, value: connect}}\n    - {{name: TARGETS, value: \"{web_ip}:8080\"}}\n    - {{name: GET, value: /}}\n"
+    );
+    apply(&k, &pod("wasm-client", &node, "escape:v1", "Never", &reach, ""))?;
+    wait_for(&k, "wasm-client", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "wasm-client"])?;
+    ensure!(logs.contains(&format!("connect {web_ip}:8080: ok hello over the pod network")), "{logs:?}");
+
+    // A pod of wasm and Linux containers shares one localhost: a wasm `wasi:http` handler calls
+    // a busybox sidecar that listens on 127.0.0.1 only, and a busybox client calls a wasm
+    // server. The sidecar is out of the host's reach, as on loopback it should be.
+    let mixed = [
+        "- name: sidecar\n    image: busybox\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo from the sidecar > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www\"]\n",
+        "- name: handler\n    image: handler:v1\n    ports:\n    - containerPort: 8090\n",
+        "- name: server\n    image: http:v1\n    ports:\n    - containerPort: 8081\n",
+        "- name: client\n    image: busybox\n    command: [\"sh\", \"-c\", \"until wget -q -O - http://localhost:8081/from-busybox; do sleep 0.2; done; exec sleep 600\"]\n",
+    ]
+    .map(|container| format!("  {container}    imagePullPolicy: IfNotPresent\n"))
+    .concat();
+    let mixed = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mixed\nspec:\n  nodeName: {node}\n  containers:\n{mixed}"
+    );
+    apply(&k, &mixed)?;
+    wait_for(&k, "mixed", "{.status.phase}", 60, |p| p == "Running")?;
+    let mixed_ip = k.ok(&["get", "pod", "mixed", "-o", "jsonpath={.status.podIP}"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let called = http_get_path(&mixed_ip, 8090, "/?call=localhost:8080/index.html");
+        match called {
+            Ok(page) if page.ends_with("called localhost:8080/index.html: from the sidecar\n") => break,
+            _ if std::time::Instant::now() > deadline => bail!("the handler calling its sidecar: {called:?}"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+    let logs = wait_for_logs(&k, "mixed", "client", |l| l.contains("hello from"))?;
+    ensure!(logs.contains("at /from-busybox"), "{logs:?}");
+    ensure!(http_get(&mixed_ip, 8080).is_err(), "the sidecar listens on the pod's loopback only");
 
     // Kubernetes' own liveness example: an exec probe that starts failing restarts the
     // container, and says why in the command's words.

@@ -96,12 +96,17 @@ pub(crate) fn add_to_linker<T: GuestNetwork + 'static>(linker: &mut Linker<T>) -
 /// `None` when it is refused at once:
 /// - `localhost` (127.0.0.1, and "this host", 0.0.0.0) is the pod itself, as in a pod's own
 ///   network namespace: its containers reach each other there, and never the host's loopback
-///   services. (IPv6's `::1` is refused: the pod has no IPv6 address.)
+///   services. (IPv6's `::1` is refused: the pod has no IPv6 address.) In a namespace of the
+///   pod's own ([`Network::namespace`]) it is that namespace's loopback, left as it is.
 /// - a Service's frontend is the endpoint the node picks ([`Frontends`](crate::Frontends));
 /// - a pod's address is made reachable ([`PodNetwork::reach`](crate::PodNetwork::reach)),
 ///   if the egress policy lets the guest have it at all (what it refuses, wasmtime-wasi refuses
 ///   in turn; nothing is opened on the way).
 pub(crate) fn connect_to(network: &Network, protocol: Protocol, to: SocketAddr) -> Option<SocketAddr> {
+    if network.is_own_loopback(to.ip()) {
+        // The pod's own loopback, in its own namespace, where its other containers listen.
+        return Some(to);
+    }
     let to = match to.ip() {
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST || ip.is_unspecified() => {
             SocketAddr::new(network.pod_ip, to.port())
@@ -116,7 +121,7 @@ pub(crate) fn connect_to(network: &Network, protocol: Protocol, to: SocketAddr) 
     };
     match &network.pod_network {
         // Tunnels carry TCP alone: a datagram to a pod they would carry goes nowhere.
-        Some(pods) if protocol == Protocol::Tcp && network.egress.allows(to) && pods.contains(to.ip()) => {
+        Some(pods) if protocol == Protocol::Tcp && network.allows(to) && pods.contains(to.ip()) => {
             pods.reach(to).then_some(to)
         }
         _ => Some(to),
@@ -127,7 +132,8 @@ pub(crate) fn connect_to(network: &Network, protocol: Protocol, to: SocketAddr) 
 /// address, and the cluster's names are the cluster DNS's. `None`: ask the node's resolver.
 pub(crate) fn resolve(network: &Network, name: &str) -> Option<Vec<IpAddr>> {
     if name.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
-        return Some(vec![network.pod_ip]);
+        let own = if network.namespace { IpAddr::from(Ipv4Addr::LOCALHOST) } else { network.pod_ip };
+        return Some(vec![own]);
     }
     network.names.as_ref()?.resolve(name)
 }
@@ -138,4 +144,62 @@ fn answer<T>(view: &mut WasiSocketsCtxView<'_>, result: SocketResult<T>) -> wasm
         Ok(value) => Ok(value),
         Err(err) => Err(network::Host::convert_error_code(view, err)?),
     },))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn network(namespace: bool) -> Network {
+        Network {
+            pod_ip: "127.44.0.7".parse().unwrap(),
+            namespace,
+            egress: Default::default(),
+            ports: Vec::new(),
+            names: None,
+            pod_network: None,
+            frontends: None,
+        }
+    }
+
+    #[test]
+    fn localhost_is_the_pods_address_on_the_host_and_its_loopback_in_a_namespace_of_its_own() {
+        let on_host = network(false);
+        let own = network(true);
+        let to = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 8080);
+        assert_eq!(connect_to(&on_host, Protocol::Tcp, to("127.0.0.1")), Some(to("127.44.0.7")));
+        assert_eq!(connect_to(&on_host, Protocol::Tcp, to("0.0.0.0")), Some(to("127.44.0.7")));
+        assert_eq!(connect_to(&on_host, Protocol::Tcp, to("::1")), None);
+        assert_eq!(resolve(&on_host, "localhost"), Some(vec!["127.44.0.7".parse().unwrap()]));
+        for ip in ["127.0.0.1", "0.0.0.0", "::1"] {
+            assert_eq!(connect_to(&own, Protocol::Tcp, to(ip)), Some(to(ip)), "{ip}");
+        }
+        // The rest of 127.0.0.0/8 is the host's from the namespace, as it is from the host.
+        assert_eq!(connect_to(&own, Protocol::Tcp, to("127.0.0.2")), Some(to("127.0.0.2")));
+        assert!(!own.is_own_loopback("127.44.0.1".parse().unwrap()));
+        assert_eq!(resolve(&own, "localhost."), Some(vec!["127.0.0.1".parse().unwrap()]));
+        // What listens in the namespace, listens on all of it; on the host, on the pod's address.
+        assert_eq!(own.listen_ip(), "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(on_host.listen_ip(), "127.44.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_nodes_endpoints_stay_protected_but_a_namespaces_own_loopback_is_the_pods() {
+        let protect = |namespace| Network {
+            egress: Arc::new(crate::Egress::protecting(vec!["0.0.0.0:10250".parse().unwrap()])),
+            ..network(namespace)
+        };
+        let (on_host, own) = (protect(false), protect(true));
+        for to in ["127.0.0.1:10250", "[::1]:10250"] {
+            let to = to.parse().unwrap();
+            assert!(!on_host.allows(to), "{to}");
+            assert!(own.allows(to), "{to}");
+        }
+        // The node's other addresses (its gateway, its own) are the host's from any namespace.
+        for to in ["127.44.0.1:10250", "10.0.0.5:10250"] {
+            assert!(!own.allows(to.parse().unwrap()), "{to}");
+        }
+    }
 }

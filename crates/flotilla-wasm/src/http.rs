@@ -68,7 +68,7 @@ impl WasiHttpHooks for OutgoingHooks {
             let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let egress = network.as_ref().map(|n| n.egress.clone()).unwrap_or_default();
+            let allows = |to: SocketAddr| network.as_ref().is_none_or(|n| n.allows(to));
             let nxdomain = || HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None };
             let (destination, chosen) = match network.as_ref().and_then(|n| crate::cluster::resolve(n, &host)) {
                 // A name the node knows: one of its addresses, as a resolver's answer would be
@@ -82,7 +82,7 @@ impl WasiHttpHooks for OutgoingHooks {
                         .await
                         .map_err(|_| HttpError::DnsError { rcode: None, info_code: None })?
                         .collect();
-                    if addresses.iter().any(|address| !egress.allows(*address)) {
+                    if addresses.iter().any(|address| !allows(*address)) {
                         return Err(HttpError::DestinationIpProhibited);
                     }
                     (*addresses.first().ok_or_else(nxdomain)?, false)
@@ -94,7 +94,7 @@ impl WasiHttpHooks for OutgoingHooks {
                 Some(Some(to)) => (to, chosen || to != destination),
                 Some(None) => return Err(HttpError::ConnectionRefused),
             };
-            if !egress.allows(destination) {
+            if !allows(destination) {
                 return Err(HttpError::DestinationIpProhibited);
             }
             if chosen {
@@ -335,7 +335,7 @@ pub(crate) async fn serve(engine: &Engine, pre: &ProxyPre<ProxyGuest>, spec: Con
             message: "a wasi:http component is served on its container's port: declare a containerPort".into(),
         };
     };
-    let listener = match tokio::net::TcpListener::bind((network.pod_ip, port)).await {
+    let listener = match tokio::net::TcpListener::bind((network.listen_ip(), port)).await {
         Ok(listener) => listener,
         Err(err) => return Exit::Failed { message: format!("cannot listen on {}:{port}: {err}", network.pod_ip) },
     };

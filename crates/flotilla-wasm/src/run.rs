@@ -2,7 +2,7 @@
 //! `wasi:cli/run`, and how it ended.
 
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -76,8 +76,15 @@ impl Terminate {
 /// A pod's network as its containers see it.
 #[derive(Debug, Clone)]
 pub struct Network {
-    /// The pod's address: the only one a guest may bind.
+    /// The pod's address: the only one a guest may bind (but for its loopback, in a
+    /// [`namespace`](Network::namespace) of its own).
     pub pod_ip: IpAddr,
+    /// Whether the guest runs in a network namespace of the pod's own, which it shares with
+    /// the pod's Linux containers; the caller runs it there (its sockets are made in the
+    /// namespace of the thread that runs it). Then localhost is that namespace's loopback, as
+    /// in any pod, and what the node listens on for the guest listens on every address of it.
+    /// Otherwise the guest's sockets are the host's, and localhost is the pod's address.
+    pub namespace: bool,
     /// Where the guest may not connect.
     pub egress: Arc<Egress>,
     /// The container's declared TCP `containerPort`s. A p1 core module, which cannot bind, gets
@@ -92,6 +99,36 @@ pub struct Network {
     /// The Services' frontends the node resolves at `connect`. `None`: a connection goes where
     /// it was asked to (through whatever data path the host has).
     pub frontends: Option<Arc<dyn Frontends>>,
+}
+
+impl Network {
+    /// Where the node listens for the guest (a p1 module's ports, a `wasi:http` server): the
+    /// pod's address, or in a namespace of its own its every address, so that the pod's other
+    /// containers reach the guest on localhost.
+    pub(crate) fn listen_ip(&self) -> IpAddr {
+        if self.namespace { IpAddr::from([0, 0, 0, 0]) } else { self.pod_ip }
+    }
+
+    /// Whether the guest may bind `ip`: the pod's address, or in a namespace of its own, its
+    /// loopback and wildcard addresses too.
+    fn binds(&self, ip: IpAddr) -> bool {
+        ip == self.pod_ip || self.is_own_loopback(ip)
+    }
+
+    /// Whether the guest may connect to `to`: what the egress policy allows, and in a namespace
+    /// of its own, its loopback, which is the pod's and no one else's.
+    pub(crate) fn allows(&self, to: SocketAddr) -> bool {
+        self.is_own_loopback(to.ip()) || self.egress.allows(to)
+    }
+
+    /// Whether `ip` is the loopback of the pod's own namespace (`127.0.0.1`, `::1`, or "this
+    /// host"): only those. The rest of 127.0.0.0/8 is the node's from there (the namespace's
+    /// local route is narrowed to 127.0.0.1, so that a pod range on loopback, its gateway
+    /// included, is routed to the host).
+    pub(crate) fn is_own_loopback(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.namespace && (ip == Ipv4Addr::LOCALHOST || ip == Ipv6Addr::LOCALHOST || ip.is_unspecified())
+    }
 }
 
 /// The frontends of Services (a cluster IP and port, a node port): a guest's TCP connection to
@@ -290,7 +327,7 @@ fn listen(network: Option<&Network>) -> Result<Vec<(u16, tokio::net::TcpListener
         .ports
         .iter()
         .map(|&port| {
-            let listener = std::net::TcpListener::bind((network.pod_ip, port))
+            let listener = std::net::TcpListener::bind((network.listen_ip(), port))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(tokio::net::TcpListener::from_std)
                 .map_err(|err| format!("cannot listen on {}:{port}: {err}", network.pod_ip))?;
@@ -328,20 +365,19 @@ fn exit(result: Result<i32, Failure>, memory: &MemoryLimit) -> Exit {
 /// connect wherever its egress policy allows, and look names up.
 pub(crate) fn grant_network(wasi: &mut WasiCtxBuilder, network: Option<&Network>) {
     let Some(network) = network else { return };
-    let pod_ip = network.pod_ip;
-    let egress = network.egress.clone();
+    let network = network.clone();
     wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
-        let egress = egress.clone();
+        let network = network.clone();
         Box::pin(async move {
             match usage {
                 // A connect binds implicitly to the wildcard address and port 0 first; anything
                 // else bound is the pod's own address.
                 SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-                    addr.ip() == pod_ip || (addr.ip().is_unspecified() && addr.port() == 0)
+                    network.binds(addr.ip()) || (addr.ip().is_unspecified() && addr.port() == 0)
                 }
                 // What listens, listens on the pod's address only (not on the host's).
-                SocketAddrUse::TcpListen => addr.ip() == pod_ip,
-                SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => egress.allows(addr),
+                SocketAddrUse::TcpListen => network.binds(addr.ip()),
+                SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => network.allows(addr),
                 SocketAddrUse::TcpAccept | SocketAddrUse::UdpReceive => true,
             }
         })

@@ -60,6 +60,7 @@ fn spec(name: &str, output: &Arc<Captured>) -> ContainerSpec {
 fn network(pod_ip: &str) -> Network {
     Network {
         pod_ip: pod_ip.parse().unwrap(),
+        namespace: false,
         ports: Vec::new(),
         egress: Default::default(),
         names: None,

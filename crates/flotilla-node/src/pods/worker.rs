@@ -29,7 +29,7 @@ use super::status::{self, StatusInput, Stop};
 use super::volumes::{self, Volumes};
 use super::{ContainerLogs, PodEntry};
 use crate::Node;
-use crate::images::{ImageError, PullPolicy};
+use crate::images::{ImageError, Kind, PullPolicy, Reference};
 use crate::logs::{self, ContainerLog};
 use crate::runtime::{ContainerUsage, Control, CreateError, Exit, Launch, Security, Started};
 use flotilla_client::EventType::{Normal, Warning};
@@ -124,6 +124,8 @@ impl ActiveRun {
 struct Sandbox {
     ip: Ipv4Addr,
     dir: PathBuf,
+    /// Whether all its containers join one network namespace ([`Launch::netns`]).
+    shares_netns: bool,
 }
 
 pub(super) struct Worker {
@@ -427,7 +429,24 @@ impl Worker {
             return;
         };
         let dir = self.node.pods_dir.join(self.uid());
-        self.sandbox = Some(Sandbox { ip, dir });
+        self.sandbox = Some(Sandbox { ip, dir, shares_netns: self.may_mix_runtimes() });
+    }
+
+    /// Whether the pod may mix wasm and Linux containers, which then share one network
+    /// namespace (made before the first of them starts, so that localhost is one place for
+    /// all): a pod of more than one container that names no runtime class, unless every one of
+    /// its images is a wasm module in the node's store. (One whose images are not here yet
+    /// shares one too: which they are is known only once they are pulled, and a namespace
+    /// serves wasm containers just as well.) On a node that gives pods no namespace, none.
+    fn may_mix_runtimes(&self) -> bool {
+        let Some(spec) = self.pod.spec.as_ref() else { return false };
+        let mut images = spec.init_containers.iter().flatten().chain(&spec.containers).map(|c| c.image.as_deref());
+        self.class.is_none()
+            && spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len) > 1
+            && !images.all(|image| {
+                let reference = image.and_then(|i| Reference::parse(i).ok());
+                reference.and_then(|r| self.node.images.store().lookup(&r)).is_some_and(|i| i.kind == Kind::Module)
+            })
     }
 
     fn release_sandbox(&mut self) {
@@ -482,7 +501,7 @@ impl Worker {
         let now = Instant::now();
         let Some(container) = self.container(slot) else { return };
         let Some(sandbox) = &self.sandbox else { return };
-        let (ip, dir) = (sandbox.ip, sandbox.dir.clone());
+        let (ip, dir, shares_netns) = (sandbox.ip, sandbox.dir.clone(), sandbox.shares_netns);
         {
             let record = self.record(slot);
             if let (Run::Exited(_), Some(exited_at)) = (&record.run, record.exited_at) {
@@ -520,6 +539,7 @@ impl Worker {
         let task = tokio::spawn(run_container(RunRequest {
             node: self.node.clone(),
             class: self.class.clone(),
+            shares_netns,
             pod: self.pod.clone(),
             container,
             slot,
@@ -605,6 +625,7 @@ impl Worker {
             memory_limit,
             cpu_limit,
             pod_ip: ip,
+            netns: None,
             dns: self.node.services.state().iter().find_map(|s| {
                 let (namespace, name) = flotilla_net::DNS_SERVICE;
                 let ours =
@@ -1032,6 +1053,8 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
 struct RunRequest {
     node: Arc<Node>,
     class: Option<String>,
+    /// Whether the run joins the pod's network namespace, which the node's runtimes give.
+    shares_netns: bool,
     pod: Pod,
     container: Container,
     slot: Slot,
@@ -1043,7 +1066,7 @@ struct RunRequest {
 /// One run of a container: resolve its image, have the runtime make the run, start it, and
 /// report each step and its end.
 async fn run_container(request: RunRequest) {
-    let RunRequest { node, class, pod, container, slot, attempt, launch, events } = request;
+    let RunRequest { node, class, shares_netns, pod, container, slot, attempt, mut launch, events } = request;
     let name = container.name.clone();
     let image = container.image.clone().unwrap_or_default();
     let policy = PullPolicy::parse(container.image_pull_policy.as_deref(), &image);
@@ -1095,6 +1118,12 @@ async fn run_container(request: RunRequest) {
         Err(message) => return failed(format!("image \"{image}\": {message}"), String::new()),
     };
     let container_id = format!("{}://{}", runtime.handler(), launch.id);
+    if shares_netns {
+        match node.runtimes.pod_netns(&launch).await {
+            Ok(netns) => launch.netns = netns,
+            Err(message) => return failed(message, container_id),
+        }
+    }
     let created = match runtime.create(resolved.image, launch).await {
         Ok(created) => created,
         Err(CreateError::Failed(message)) => return failed(message, container_id),

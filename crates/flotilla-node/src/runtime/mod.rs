@@ -40,6 +40,15 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// (a module that does not compile, a root filesystem that cannot be set up) fails here.
     fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, CreateError>>;
 
+    /// The network namespace of the pod whose run `launch` is, made if it is not yet (CRI's
+    /// `RunPodSandbox`), for a runtime whose pods have one: the containers of another runtime
+    /// in a pod that mixes them join it ([`Launch::netns`]). `None`: this runtime's pods have
+    /// none of their own.
+    fn pod_netns(&self, launch: &Launch) -> BoxFuture<'_, Result<Option<Arc<File>>, String>> {
+        let _ = launch;
+        std::future::ready(Ok(None)).boxed()
+    }
+
     /// The pod with `pod_uid` is done on the node (nothing of it runs): what the runtime holds
     /// for it goes.
     fn release(&self, pod_uid: &str) {
@@ -172,7 +181,7 @@ impl ExitReason {
 }
 
 /// One run of a container as the node has worked it out, the same for every runtime.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Launch {
     pub namespace: String,
     /// The pod's name and uid, the container's name, and the pod's hostname (its
@@ -200,6 +209,11 @@ pub(crate) struct Launch {
     pub cpu_request: Option<f64>,
     pub security: Security,
     pub pod_ip: Ipv4Addr,
+    /// The pod's network namespace, when it has one that this run is to join: a pod that mixes
+    /// wasm and Linux containers has one (its Linux containers' sandbox), so that they all
+    /// reach each other on localhost. `None`: the runtime's own way (a wasm guest's sockets
+    /// are the host's, on the pod's address; a Linux container makes its pod's sandbox).
+    pub netns: Option<Arc<File>>,
     /// The cluster DNS's address (`kube-system/kube-dns`), if the node knows it.
     pub dns: Option<Ipv4Addr>,
     /// The container's declared TCP `containerPort`s.
@@ -277,6 +291,17 @@ impl Runtimes {
                 format!("the image is {what}, and this node runs none: it offers {:?}", self.handlers())
             }),
         }
+    }
+
+    /// The network namespace of the pod whose run `launch` is, from the first runtime that
+    /// gives its pods one ([`ContainerRuntime::pod_netns`]); `None` if none does.
+    pub(crate) async fn pod_netns(&self, launch: &Launch) -> Result<Option<Arc<File>>, String> {
+        for runtime in self.handlers().into_iter().filter_map(|h| self.get(h)) {
+            if let Some(netns) = runtime.pod_netns(launch).await? {
+                return Ok(Some(netns));
+            }
+        }
+        Ok(None)
     }
 
     /// The pod with `pod_uid` is done on the node: every runtime lets go of it.

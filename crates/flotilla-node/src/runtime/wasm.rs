@@ -1,12 +1,16 @@
 //! The wasm runtime: each container a wasmtime instance (or a pool of them, for a `wasi:http`
 //! server) in the agent's own process, granted only what its [`Launch`] says.
 
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_wasm::{ContainerSpec, CpuTime, MemoryPool, Network, Preopen, Program, Requests, Runtime, Terminate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use rustix::thread::LinkNameSpaceType;
 
 use super::{
     ContainerRuntime, ContainerUsage, Control, CreateError, Created, Exit, ExitReason, Launch, Meter, Started,
@@ -93,6 +97,7 @@ impl ContainerRuntime for WasmRuntime {
                 cpu_limit: launch.cpu_limit,
                 network: Some(Network {
                     pod_ip: launch.pod_ip.into(),
+                    namespace: launch.netns.is_some(),
                     ports: launch.ports,
                     egress: self.egress.clone(),
                     names: Some(Arc::new(PodNames { zone: self.zone.clone(), namespace: launch.namespace })),
@@ -102,7 +107,8 @@ impl ContainerRuntime for WasmRuntime {
                 http_concurrency: launch.http_concurrency,
                 output: launch.output,
             };
-            Ok(Box::new(WasmRun { runtime: self.runtime.clone(), program, spec }) as Box<dyn Created>)
+            let netns = launch.netns;
+            Ok(Box::new(WasmRun { runtime: self.runtime.clone(), program, spec, netns }) as Box<dyn Created>)
         }
         .boxed()
     }
@@ -113,11 +119,13 @@ struct WasmRun {
     runtime: Arc<Runtime>,
     program: Arc<Program>,
     spec: ContainerSpec,
+    /// The pod's network namespace, if the guest is to run in it.
+    netns: Option<Arc<File>>,
 }
 
 impl Created for WasmRun {
     fn start(self: Box<Self>) -> BoxFuture<'static, Result<Started, String>> {
-        let WasmRun { runtime, program, spec } = *self;
+        let WasmRun { runtime, program, spec, netns } = *self;
         let meter = Arc::new(WasmMeter { memory: spec.memory.clone(), cpu_time: spec.cpu_time.clone() });
         let control = Arc::new(WasmControl {
             terminate: spec.terminate.clone(),
@@ -126,14 +134,54 @@ impl Created for WasmRun {
         });
         let usage = ContainerUsage { meter, requests: spec.requests.clone(), started: jiff::Timestamp::now() };
         let mut killed = control.kill.subscribe();
-        let exit = async move {
+        let run = async move {
             tokio::select! {
                 exit = runtime.run(&program, spec) => exit_of(exit),
                 // The guest is dropped with its run, at its next host call or epoch tick.
                 _ = killed.wait_for(|k| *k) => Exit::killed(),
             }
         };
-        std::future::ready(Ok(Started { control, usage, exit: exit.boxed() })).boxed()
+        let exit = match netns {
+            None => run.boxed(),
+            Some(netns) => in_netns(netns, run).boxed(),
+        };
+        std::future::ready(Ok(Started { control, usage, exit })).boxed()
+    }
+}
+
+/// Runs `run` on a thread of its own that has joined the network namespace `netns`, so that
+/// every socket the guest makes (each is made on the thread that polls it, or on a thread that
+/// one starts) is the namespace's: a thread per container, only for the containers of pods that
+/// mix wasm and Linux containers, which cost a process each anyway. Dropping the future ends
+/// `run` there, as dropping it would here.
+async fn in_netns(netns: Arc<File>, run: impl Future<Output = Exit> + Send + 'static) -> Exit {
+    let (exited, exit) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("wasm-netns".into()).spawn(move || {
+        let mut exited = exited;
+        let joined = rustix::thread::move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))
+            .map_err(|e| format!("joining the pod's network namespace: {e}"));
+        let runtime = joined.and_then(|()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the container's thread: {e}"))
+        });
+        let exit = match runtime {
+            Ok(runtime) => runtime.block_on(async {
+                tokio::select! {
+                    exit = run => Some(exit),
+                    () = exited.closed() => None,
+                }
+            }),
+            Err(message) => Some(Exit::start_error(message)),
+        };
+        if let Some(exit) = exit {
+            let _ = exited.send(exit);
+        }
+    });
+    match thread {
+        Ok(_) => exit.await.unwrap_or_else(|_| Exit::start_error("the container's thread ended".into())),
+        Err(err) => Exit::start_error(format!("starting the container's thread: {err}")),
     }
 }
 

@@ -391,6 +391,21 @@ impl ContainerRuntime for OciRuntime {
         .boxed()
     }
 
+    fn pod_netns(&self, launch: &Launch) -> BoxFuture<'_, Result<Option<Arc<std::fs::File>>, String>> {
+        let shared = self.0.clone();
+        let launch = Launch { mounts: Vec::new(), ..launch.clone() };
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let net = shared.sandbox(&launch)?.join("net");
+                let netns = std::fs::File::open(&net).map_err(|e| format!("opening {}: {e}", net.display()))?;
+                Ok(Some(Arc::new(netns)))
+            })
+            .await
+            .map_err(|e| format!("creating the pod's sandbox: {e}"))?
+        }
+        .boxed()
+    }
+
     fn release(&self, pod_uid: &str) {
         let shared = self.0.clone();
         let pod_uid = pod_uid.to_string();
@@ -432,7 +447,12 @@ impl OciRun {
             let _ = rustix::process::pidfd_send_signal(&*pidfd, Signal::KILL);
             let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
         }
-        if let Ok(mut container) = libcontainer::container::Container::load(self.state.join(&self.id)) {
+        // A run refused before the helper made it has no state (and libcontainer logs an
+        // error for a load that finds none).
+        let state = self.state.join(&self.id);
+        if state.exists()
+            && let Ok(mut container) = libcontainer::container::Container::load(state)
+        {
             let _ = container.delete(true);
         }
         remove_bundle(&self.bundle);
