@@ -225,6 +225,18 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     ensure!(logs.contains("at /from-busybox"), "{logs:?}");
     ensure!(http_get(&mixed_ip, 8080).is_err(), "the sidecar listens on the pod's loopback only");
 
+    // A container that gives up its own 127.0.0.1 (NET_ADMIN, in its namespace), so that the
+    // address is routed through its gateway as the rest of 127.0.0.0/8 is, does not reach what
+    // listens on the node's 127.0.0.1: here the registry (CVE-2020-8558's pattern).
+    let registry_port = registry.port;
+    let reroute = format!(
+        "    command: [\"sh\", \"-c\", \"ip addr del 127.0.0.1/8 dev lo && ip route get 127.0.0.1 && (printf 'GET /v2/ HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 3 127.0.0.1 {registry_port} | grep -q 200 && echo reached || echo refused)\"]\n    securityContext:\n      capabilities:\n        add: [\"NET_ADMIN\"]\n"
+    );
+    apply(&k, &pod("reroute", &node, "busybox", "Never", &reroute, ""))?;
+    wait_for(&k, "reroute", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "reroute"])?;
+    ensure!(logs.contains("dev eth0") && logs.ends_with("refused\n"), "{logs:?}");
+
     // Kubernetes' own liveness example: an exec probe that starts failing restarts the
     // container, and says why in the command's words.
     let liveness = "    command: [\"sh\", \"-c\", \"touch /tmp/healthy; sleep 3; rm -f /tmp/healthy; sleep 600\"]\n    livenessProbe:\n      exec:\n        command: [cat, /tmp/healthy]\n      periodSeconds: 1\n      failureThreshold: 2\n";

@@ -29,7 +29,7 @@ mod userspace;
 pub use activator::{Activating, Activation, Activator};
 pub use frontends::{Frontends, Pick};
 pub use guard::Guarded;
-pub use nftables::{Nftables, TABLE, route_localnet_record};
+pub use nftables::{Nftables, TABLE, nft, route_localnet_record};
 pub use pods::{PodNetwork, ROUTE_PROTOCOL};
 pub use proxy::{DNS_SERVICE, ProxyConfig, ServiceProxy};
 pub use routes::{Protocol, Route, routes};

@@ -480,7 +480,7 @@ impl Drop for Nftables {
 }
 
 /// Runs `nft -f -` on `script`: one transaction.
-fn nft(script: &str) -> Result<String, String> {
+pub fn nft(script: &str) -> Result<String, String> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])

@@ -90,6 +90,16 @@ impl OciRuntime {
         dir: PathBuf,
         pod_range: flotilla_api::Cidr,
     ) -> Result<OciRuntime, String> {
+        if pod_range.network.is_loopback() {
+            let node_loopback: flotilla_api::Cidr = network::NODE_LOOPBACK.parse().expect("a CIDR");
+            if pod_range.overlaps(node_loopback) {
+                return Err(format!(
+                    "the pod range {pod_range} overlaps the node's own loopback addresses ({node_loopback}), which \
+                     containers may not reach"
+                ));
+            }
+            network::guard_node_loopback()?;
+        }
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| format!("becoming the containers' subreaper: {e}"))?;
         for sub in ["bundles", "sandboxes", "state"] {

@@ -10,6 +10,14 @@
 //! is narrowed to 127.0.0.1, so that the rest of 127.0.0.0/8 (other pods, the node's Service
 //! addresses) is reached through `eth0`, and `localhost` stays the pod's own.
 //!
+//! That opens the host's loopback to the pods' links, which is what kube-proxy's CVE-2020-8558
+//! was: a container that routes 127.0.0.1 out of its own `eth0` (with `NET_ADMIN` in its
+//! namespace, or by crafting frames with `NET_RAW`) would reach what listens on the node's
+//! 127.0.0.1 alone (the API server, the store's peer port, the node API, anything of the
+//! host's). [`guard_node_loopback`] drops that, as kube-proxy's fix does: nothing a pod starts
+//! reaches 127.0.0.0/16, which a loopback pod range may not overlap; the pods' and Services'
+//! addresses lie elsewhere in 127.0.0.0/8.
+//!
 //! Every step runs iproute2's `ip`, as `flotilla-net` programs its routes.
 
 use std::net::Ipv4Addr;
@@ -20,6 +28,28 @@ use flotilla_api::Cidr;
 
 /// The file of a sandbox that names its interface, for removing it after a crash.
 const SAVED: &str = "network";
+
+/// The node's own loopback addresses, which no pod reaches: the host's services listen on
+/// 127.0.0.1 (and on others of this block, as a host resolver does on 127.0.0.53).
+pub(super) const NODE_LOOPBACK: &str = "127.0.0.0/16";
+
+/// The nftables table that keeps pods off [`NODE_LOOPBACK`]: the same for every agent of the
+/// host, so each writes it whole, and none removes it (it holds a rule for pods' links alone).
+const GUARD_TABLE: &str = "flotilla-pods";
+
+/// Drops what a pod's link brings for the node's own loopback addresses: every connection a
+/// pod starts (one the host started, or a DNAT to an endpoint there, is not the pod's doing).
+pub(super) fn guard_node_loopback() -> Result<(), String> {
+    flotilla_net::nft(&format!(
+        "add table ip {GUARD_TABLE}\ndelete table ip {GUARD_TABLE}\ntable ip {GUARD_TABLE} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"flp*\" ip daddr {NODE_LOOPBACK} ct state new,invalid,untracked ct status & dnat == 0 drop\n\
+         \t}}\n}}\n"
+    ))
+    .map(drop)
+    .map_err(|e| format!("keeping pods off the node's loopback: {e}"))
+}
 
 /// A pod's interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
