@@ -143,7 +143,9 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     wait_for(&k, "hi", "{.status.phase}", 60, |p| p == "Failed")?;
     let code =
         k.ok(&["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}"])?;
-    ensure!(code == "3", "exit code {code}");
+    let message =
+        k.ok(&["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.message}"])?;
+    ensure!(code == "3", "exit code {code}: {message}");
     let id = k.ok(&["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].containerID}"])?;
     ensure!(id.starts_with("oci://"), "{id}");
     let logs = k.ok(&["logs", "hi"])?;
@@ -305,15 +307,32 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let logs = k.ok(&["logs", "volumes"])?;
     ensure!(logs == "hello from a configmap\nkept\n", "{logs:?}");
 
+    // Under the `RuntimeDefault` seccomp profile, which a container gets unless it asks for
+    // none, the kernel's reach is cut: no user namespace (a classic way to privileges, and
+    // allowed here to anyone by the kernel), as the same command shows when unconfined.
+    let userns = "    command: [\"sh\", \"-c\", \"grep Seccomp: /proc/self/status; unshare -U true && echo unshared || echo refused\"]\n";
+    apply(&k, &pod("confined", &node, "busybox", "Never", userns, ""))?;
+    let unconfined = "  securityContext:\n    seccompProfile: {type: Unconfined}\n";
+    apply(&k, &pod("unconfined", &node, "busybox", "Never", userns, unconfined))?;
+    for (name, mode, end) in [("confined", "2", "refused\n"), ("unconfined", "0", "unshared\n")] {
+        wait_for(&k, name, "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+        let logs = k.ok(&["logs", name])?;
+        ensure!(logs.starts_with(&format!("Seccomp:\t{mode}\n")) && logs.ends_with(end), "{name}: {logs:?}");
+    }
+
     // What the node will not do waits with upstream's reason and says why: a capability that
     // would reach the host, root for a pod that runs as non-root.
     let admin = "    securityContext:\n      capabilities:\n        add: [\"SYS_ADMIN\"]\n";
     apply(&k, &pod("admin", &node, "busybox", "Never", admin, ""))?;
     let nonroot = "    securityContext:\n      runAsNonRoot: true\n";
     apply(&k, &pod("nonroot", &node, "busybox", "Never", nonroot, ""))?;
-    for (name, why) in
-        [("admin", "CAP_SYS_ADMIN is not allowed on this node"), ("nonroot", "runAsNonRoot and image will run as root")]
-    {
+    let localhost = "    securityContext:\n      seccompProfile: {type: Localhost, localhostProfile: mine.json}\n";
+    apply(&k, &pod("localhost", &node, "busybox", "Never", localhost, ""))?;
+    for (name, why) in [
+        ("admin", "CAP_SYS_ADMIN is not allowed on this node"),
+        ("nonroot", "runAsNonRoot and image will run as root"),
+        ("localhost", "seccomp profile type \"Localhost\" is not supported on this node"),
+    ] {
         let waiting =
             "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}";
         let state = wait_for(&k, name, waiting, 60, |s| s.starts_with("CreateContainerConfigError"))?;

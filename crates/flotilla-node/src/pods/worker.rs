@@ -1171,6 +1171,10 @@ fn security(pod: Option<&k8s_openapi::api::core::v1::PodSpec>, container: &Conta
         drop_capabilities: capabilities.and_then(|c| c.drop.clone()).unwrap_or_default(),
         allow_privilege_escalation: own.and_then(|c| c.allow_privilege_escalation),
         privileged: own.and_then(|c| c.privileged).unwrap_or(false),
+        seccomp: own
+            .and_then(|c| c.seccomp_profile.as_ref())
+            .or_else(|| pod?.seccomp_profile.as_ref())
+            .map(|p| p.type_.clone()),
     }
 }
 

@@ -235,6 +235,8 @@ pub(crate) struct Security {
     pub drop_capabilities: Vec<String>,
     pub allow_privilege_escalation: Option<bool>,
     pub privileged: bool,
+    /// `seccompProfile.type` (`RuntimeDefault`, `Unconfined`, `Localhost`), if set.
+    pub seccomp: Option<String>,
 }
 
 /// A directory of the pod's, shown to a container at `path`: a handle the node opened, so that

@@ -18,6 +18,7 @@ mod cgroup;
 pub(crate) mod helper;
 mod network;
 mod sandbox;
+mod seccomp;
 mod spec;
 
 use std::io::Read;
@@ -55,9 +56,9 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most of an image's `/etc/passwd` or `/etc/group` the agent reads.
 const MAX_USER_TABLE: u64 = 1 << 20;
 
-/// The capabilities a container may add beyond the default set. With no user namespace and no
-/// seccomp profile yet, a capability such as `SYS_ADMIN` would reach the host; the pod's own
-/// network is all `NET_ADMIN` governs.
+/// The capabilities a container may add beyond the default set. With no user namespace yet
+/// (and a pod free to ask for no seccomp profile), a capability such as `SYS_ADMIN` would reach
+/// the host; the pod's own network is all `NET_ADMIN` governs.
 const ADDABLE_CAPABILITIES: [&str; 1] = ["CAP_NET_ADMIN"];
 
 /// Runs Linux containers.
@@ -195,6 +196,18 @@ impl Shared {
         if launch.security.privileged {
             return Err(CreateError::Config("privileged containers are not allowed on this node".into()));
         }
+        // The kubelet's `--seccomp-default`: a container that names no profile runs under
+        // `RuntimeDefault`.
+        let seccomp = match launch.security.seccomp.as_deref() {
+            None | Some("RuntimeDefault") => true,
+            Some("Unconfined") => false,
+            Some(other) => {
+                return Err(CreateError::Config(format!(
+                    "seccomp profile type {other:?} is not supported on this node (it runs RuntimeDefault and \
+                     Unconfined)"
+                )));
+            }
+        };
         let failed = CreateError::Failed;
         let snapshot = snapshot(&self.store, image).map_err(failed)?;
         let bundle = self.dir.join("bundles").join(&launch.id);
@@ -259,6 +272,7 @@ impl Shared {
             drop_capabilities: launch.security.drop_capabilities,
             addable_capabilities: ADDABLE_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             no_new_privileges: launch.security.allow_privilege_escalation == Some(false),
+            seccomp,
             rootfs: rootfs.clone(),
             mounts,
             network_ns: sandbox.join("net"),

@@ -50,6 +50,9 @@ pub(crate) struct Inputs {
     pub addable_capabilities: Vec<String>,
     /// `allowPrivilegeEscalation: false`.
     pub no_new_privileges: bool,
+    /// The seccomp profile it runs under (`RuntimeDefault` unless the pod asks for
+    /// `Unconfined`): `false` for none.
+    pub seccomp: bool,
     /// The root filesystem, prepared by the node.
     pub rootfs: PathBuf,
     /// Host directories at container paths: `(source, destination, read-only)`.
@@ -172,7 +175,7 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     if let Some(pids) = inputs.pids_limit {
         resources["pids"] = json!({"limit": pids});
     }
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         // No `rlimits`: the container inherits the agent's, as containerd's default spec does.
         "process": {
@@ -186,7 +189,6 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
                 "effective": capabilities,
                 "permitted": capabilities,
             },
-            "noNewPrivileges": inputs.no_new_privileges,
         },
         "root": {"path": inputs.rootfs, "readonly": inputs.read_only_root},
         "mounts": mounts,
@@ -210,7 +212,17 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
             ],
         },
-    }))
+    });
+    // Set only when true: libcontainer takes `false` as set too, and then loads the seccomp
+    // filter after the capabilities are dropped, where the kernel refuses it without
+    // `no_new_privs`.
+    if inputs.no_new_privileges {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    if inputs.seccomp {
+        spec["linux"]["seccomp"] = super::seccomp::runtime_default(&capabilities);
+    }
+    Ok(spec)
 }
 
 /// The default set with `add` added (of the default set and `addable`) and `drop` taken away
@@ -325,6 +337,13 @@ mod tests {
         assert!(!caps.contains(&"CAP_SYS_ADMIN".into()));
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["root"]["readonly"], true);
+        assert!(spec["linux"]["seccomp"].is_null(), "unconfined");
+        inputs.no_new_privileges = false;
+        assert!(super::spec(&inputs).unwrap()["process"]["noNewPrivileges"].is_null(), "not written when false");
+        inputs.seccomp = true;
+        let profile = &super::spec(&inputs).unwrap()["linux"]["seccomp"];
+        assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+        inputs.seccomp = false;
         inputs.drop_capabilities = vec!["ALL".into()];
         inputs.add_capabilities = vec![];
         assert_eq!(super::spec(&inputs).unwrap()["process"]["capabilities"]["bounding"], json!([]));
@@ -332,7 +351,7 @@ mod tests {
         assert!(super::spec(&inputs).is_err());
         inputs.add_capabilities = vec!["NET ADMIN; rm".into()];
         assert!(super::spec(&inputs).is_err());
-        // With no user namespace nor seccomp profile, these would reach the host.
+        // With no user namespace (and seccomp a pod may turn off), these would reach the host.
         for escape in ["SYS_ADMIN", "SYS_MODULE", "DAC_READ_SEARCH", "SYS_PTRACE", "BPF"] {
             inputs.add_capabilities = vec![escape.into()];
             let err = super::spec(&inputs).unwrap_err();
