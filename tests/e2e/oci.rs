@@ -114,6 +114,11 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gzipped.len()}],
     });
     registry.push_manifest("tools/busybox", "v1", &manifest)?;
+    // The same layer under a manifest that understates its size: a registry may not make the
+    // node store more than a manifest says.
+    let mut short = manifest.clone();
+    short["layers"][0]["size"] = serde_json::json!(gzipped.len() - 1);
+    registry.push_manifest("tools/busybox", "short", &short)?;
     let address = format!("127.0.0.1:{}", registry.port);
 
     for (wasm, name) in
@@ -257,7 +262,14 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let refused = k.fails(&["exec", "web", "--", "true"])?;
     ensure!(refused.contains("does not stream their input and output"), "{refused}");
 
-    // Pulled from the registry.
+    // Pulled from the registry, a layer at a time, each held to its manifest's size.
+    let understated = format!("{address}/tools/busybox:short");
+    apply(&k, &pod("short", &node, &understated, "Never", "", ""))?;
+    let waiting =
+        "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}";
+    let state =
+        wait_for(&k, "short", waiting, 60, |s| s.starts_with("ErrImagePull") || s.starts_with("ImagePullBackOff"))?;
+    ensure!(state.contains("the blob is larger than"), "{state}");
     let pulled = format!("{address}/tools/busybox:v1");
     apply(
         &k,

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
 use super::container::ImageConfig;
-use super::store::{Image, ImageStore, Kind, Source, is_digest, sha256};
+use super::store::{Image, ImageStore, Kind, Source, StoreError, is_digest, sha256};
 use super::{Reference, reference::DEFAULT_REGISTRY};
 
 /// Media types of a layer that is the module itself.
@@ -30,8 +30,12 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, applicati
     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 /// A manifest larger than this is refused: a registry must not make the node buffer without end.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
-/// A blob (module or layer) larger than this is refused, for the same reason.
+/// A blob read into memory (a module, an image config, a layer searched for a module) larger
+/// than this is refused, for the same reason; a container image's layer is written to the store
+/// as it arrives instead, held to the size its manifest gives.
 const MAX_BLOB_BYTES: usize = 512 << 20;
+/// What a blob written to the store is written in: what a pull holds of it at once.
+const BLOB_CHUNK: usize = 1 << 20;
 /// Redirects followed for one blob (registries send blobs to storage by redirect).
 const MAX_REDIRECTS: usize = 5;
 
@@ -116,7 +120,7 @@ impl Registries {
             Session { registries: self, base: format!("{scheme}://{host}/v2/{}", reference.repository), token: None };
         let tag_or_digest =
             reference.digest.clone().or_else(|| reference.tag.clone()).unwrap_or_else(|| "latest".into());
-        let (mut manifest_bytes, _) =
+        let mut manifest_bytes =
             session.get(&format!("manifests/{tag_or_digest}"), MANIFEST_TYPES, MAX_MANIFEST_BYTES).await?;
         let mut manifest_digest = sha256(&manifest_bytes);
         if let Some(pinned) = &reference.digest
@@ -129,7 +133,7 @@ impl Registries {
             let chosen = choose_platform(&manifest.manifests).ok_or_else(|| {
                 "the image index has no manifest for wasm (wasi/wasm) or this node's platform".to_string()
             })?;
-            (manifest_bytes, _) =
+            manifest_bytes =
                 session.get(&format!("manifests/{}", chosen.digest), MANIFEST_TYPES, MAX_MANIFEST_BYTES).await?;
             manifest_digest = sha256(&manifest_bytes);
             if manifest_digest != chosen.digest {
@@ -167,8 +171,7 @@ impl Registries {
         let mut size = manifest_bytes.len() as u64;
         for blob in std::iter::once(config).chain(&manifest.layers) {
             if !store.blob_path(&blob.digest).exists() {
-                let bytes = session.blob(&blob.digest).await?;
-                store.put_blob(&bytes, Some(&blob.digest)).map_err(|e| e.to_string())?;
+                session.store_blob(store, blob).await?;
             }
             size += blob.size;
         }
@@ -284,7 +287,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// A blob, verified against its digest.
     async fn blob(&mut self, digest: &str) -> Result<Vec<u8>, String> {
-        let (bytes, _) = self.get(&format!("blobs/{digest}"), "*/*", MAX_BLOB_BYTES).await?;
+        let bytes = self.get(&format!("blobs/{digest}"), "*/*", MAX_BLOB_BYTES).await?;
         let actual = sha256(&bytes);
         if actual != digest {
             return Err(format!("blob {digest} arrived with digest {actual}"));
@@ -292,7 +295,61 @@ impl Session<'_> {
         Ok(bytes.to_vec())
     }
 
-    async fn get(&mut self, path: &str, accept: &str, limit: usize) -> Result<(Bytes, HeaderMap), String> {
+    /// A blob written into `store` as it arrives, a piece at a time (a layer may be larger than
+    /// the node's memory), held to the size its descriptor gives and verified against its digest.
+    async fn store_blob(&mut self, store: &ImageStore, blob: &Descriptor) -> Result<(), String> {
+        let limit = if blob.size > 0 { blob.size } else { MAX_BLOB_BYTES as u64 };
+        let (mut body, url) = self.open(&format!("blobs/{}", blob.digest), "*/*").await?;
+        let stored = |e: StoreError| format!("storing blob {}: {e}", blob.digest);
+        let mut writer = store.blob_writer().map_err(stored)?;
+        let mut pending = Vec::with_capacity(BLOB_CHUNK);
+        loop {
+            let frame = body.frame().await.transpose().map_err(|e| format!("reading {url}: {e}"))?;
+            let data = frame.map(|f| f.into_data().unwrap_or_default());
+            if let Some(data) = &data {
+                if writer.size() + (pending.len() + data.len()) as u64 > limit {
+                    return Err(format!("{url}: the blob is larger than the {limit} bytes its manifest says"));
+                }
+                pending.extend_from_slice(data);
+            }
+            // Written off the async threads, a chunk at a time.
+            if pending.len() >= BLOB_CHUNK || (data.is_none() && !pending.is_empty()) {
+                let chunk = std::mem::take(&mut pending);
+                writer = tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer))
+                    .await
+                    .map_err(|e| format!("storing blob {}: {e}", blob.digest))?
+                    .map_err(stored)?;
+            }
+            if data.is_none() {
+                break;
+            }
+        }
+        if blob.size > 0 && writer.size() != blob.size {
+            return Err(format!("{url}: the blob is {} bytes, not the {} its manifest says", writer.size(), blob.size));
+        }
+        let expected = blob.digest.clone();
+        tokio::task::spawn_blocking(move || writer.finish(Some(&expected)))
+            .await
+            .map_err(|e| format!("storing blob {}: {e}", blob.digest))?
+            .map_err(|e| match e {
+                StoreError::DigestMismatch { actual, .. } => {
+                    format!("blob {} arrived with digest {actual}", blob.digest)
+                }
+                e => stored(e),
+            })?;
+        Ok(())
+    }
+
+    /// The body of `path`, of at most `limit` bytes, in memory.
+    async fn get(&mut self, path: &str, accept: &str, limit: usize) -> Result<Bytes, String> {
+        let (body, url) = self.open(path, accept).await?;
+        let body = Limited::new(body, limit).collect().await.map_err(|e| format!("reading {url}: {e}"))?;
+        Ok(body.to_bytes())
+    }
+
+    /// The body of a successful `GET` of `path`, through the registry's token and redirects,
+    /// and the URL it came from.
+    async fn open(&mut self, path: &str, accept: &str) -> Result<(hyper::body::Incoming, String), String> {
         let mut url = format!("{}/{path}", self.base);
         let mut authorized = true;
         for _ in 0..=MAX_REDIRECTS {
@@ -315,20 +372,16 @@ impl Session<'_> {
                 url = next;
                 continue;
             }
-            let headers = response.headers().clone();
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| format!("reading {url}: {e}"))?
-                .to_bytes();
             if !status.is_success() {
+                let body = Limited::new(response.into_body(), 4096).collect().await.map(|b| b.to_bytes());
+                let body = body.unwrap_or_default();
                 let detail = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string();
                 return Err(format!(
                     "{url}: {status}{}",
                     if detail.is_empty() { String::new() } else { format!(": {detail}") }
                 ));
             }
-            return Ok((body, headers));
+            return Ok((response.into_body(), url));
         }
         Err(format!("{url}: too many redirects"))
     }

@@ -8,8 +8,10 @@
 //! <root>/snapshots/<hex>/            a container image unpacked (see `container.rs`)
 //! ```
 //!
-//! Every file is written to a temporary name and renamed into place, so a crash never leaves
-//! half a module or half a reference, and `flotilla image import` can run while the agent does.
+//! Every file is written to a temporary name, flushed to disk and renamed into place, so neither
+//! a crash nor a power loss leaves half a module, half a layer or half a reference, and
+//! `flotilla image import` can run while the agent does. A layer is written as it arrives
+//! ([`BlobWriter`]), never held in memory whole.
 
 use std::path::{Path, PathBuf};
 
@@ -127,34 +129,27 @@ impl ImageStore {
     /// without holding it in memory (a layer may be large): the digest and the size.
     pub fn put_file(&self, path: &Path, expected: Option<&str>) -> Result<(String, u64), StoreError> {
         let io = |source| StoreError::Io { path: path.into(), source };
-        let partial = self.root.join("blobs").join(format!("import.partial-{}", std::process::id()));
         let mut input = std::fs::File::open(path).map_err(io)?;
-        let mut output =
-            std::fs::File::create(&partial).map_err(|source| StoreError::Io { path: partial.clone(), source })?;
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut writer = self.blob_writer()?;
         let mut buffer = vec![0; 1 << 16];
-        let mut size = 0u64;
         loop {
             let n = std::io::Read::read(&mut input, &mut buffer).map_err(io)?;
             if n == 0 {
                 break;
             }
-            context.update(&buffer[..n]);
-            std::io::Write::write_all(&mut output, &buffer[..n])
-                .map_err(|source| StoreError::Io { path: partial.clone(), source })?;
-            size += n as u64;
+            writer.write(&buffer[..n])?;
         }
-        let hex: String = context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let digest = format!("sha256:{hex}");
-        if let Some(expected) = expected
-            && expected != digest
-        {
-            let _ = std::fs::remove_file(&partial);
-            return Err(StoreError::DigestMismatch { expected: expected.into(), actual: digest });
-        }
-        let path = self.blob_path(&digest);
-        std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })?;
-        Ok((digest, size))
+        writer.finish(expected)
+    }
+
+    /// A blob to write a piece at a time (a layer as it arrives), stored once it is finished.
+    pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        let dir = self.root.join("blobs");
+        let file = tempfile::Builder::new()
+            .prefix("blob.partial-")
+            .tempfile_in(&dir)
+            .map_err(|source| StoreError::Io { path: dir, source })?;
+        Ok(BlobWriter { store: self.clone(), file, digest: ring::digest::Context::new(&ring::digest::SHA256), size: 0 })
     }
 
     /// Points `reference` at the stored `digest`, a module or a container image's manifest.
@@ -225,11 +220,62 @@ impl ImageStore {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file, flushed to disk before it is renamed into
+/// place: after a power loss the file is whole or absent.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let partial = path.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::write(&partial, bytes)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|source| StoreError::Io { path: path.into(), source })
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io = |source| StoreError::Io { path: path.into(), source };
+    let mut file = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// A blob being written: hashed as it is, and stored under its digest when finished (a writer
+/// dropped unfinished leaves nothing).
+pub struct BlobWriter {
+    store: ImageStore,
+    file: tempfile::NamedTempFile,
+    digest: ring::digest::Context,
+    size: u64,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter").field("file", &self.file.path()).field("size", &self.size).finish()
+    }
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.digest.update(bytes);
+        self.size += bytes.len() as u64;
+        std::io::Write::write_all(&mut self.file, bytes)
+            .map_err(|source| StoreError::Io { path: self.file.path().into(), source })
+    }
+
+    /// What was written so far, in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Stores the blob under its digest, flushed to disk first, checking the digest against
+    /// `expected` when given: the digest and the size.
+    pub fn finish(self, expected: Option<&str>) -> Result<(String, u64), StoreError> {
+        let hex: String = self.digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = format!("sha256:{hex}");
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(StoreError::DigestMismatch { expected: expected.into(), actual: digest });
+        }
+        let io = |source| StoreError::Io { path: self.file.path().into(), source };
+        self.file.as_file().sync_all().map_err(io)?;
+        let path = self.store.blob_path(&digest);
+        self.file.persist(&path).map_err(|e| StoreError::Io { path, source: e.error })?;
+        Ok((digest, self.size))
+    }
 }
 
 /// A reference as a file name: `/`, `:`, `@` and `%` percent-encoded.
@@ -257,6 +303,30 @@ fn unescape(file: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blob_written_in_pieces_is_stored_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().into()).unwrap();
+        let partials = || std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        let before = partials();
+        let mut writer = store.blob_writer().unwrap();
+        writer.write(b"hello, ").unwrap();
+        writer.write(b"layer").unwrap();
+        let (digest, size) = writer.finish(Some(&sha256(b"hello, layer"))).unwrap();
+        assert_eq!(size, 12);
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"hello, layer");
+        // A blob that is not what it was named by, or one abandoned half-way, leaves nothing.
+        let mut wrong = store.blob_writer().unwrap();
+        wrong.write(b"tampered").unwrap();
+        let err = wrong.finish(Some(&digest)).unwrap_err();
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        let mut abandoned = store.blob_writer().unwrap();
+        abandoned.write(b"half").unwrap();
+        drop(abandoned);
+        assert_eq!(partials(), before);
+        assert!(!store.blob_path(&sha256(b"tampered")).exists());
+    }
 
     #[test]
     fn imported_modules_are_found_by_name_and_by_digest() {
