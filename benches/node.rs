@@ -205,6 +205,16 @@ async fn main() -> Result<()> {
         (after - before) * 1024.0 / args.oci_pods as f64,
         None,
     );
+    // The containers' parent, one per node (not per pod), which outlives the agent.
+    let keeper = cluster.agent.child_with_arg("keep").context("the agent started no keeper")?;
+    // Most of its RSS is the binary's pages, which the agent maps too: its own is the rest.
+    let with = format!("with {} busybox pods", args.oci_pods);
+    let (keeper_rss, keeper_own) = (
+        flotilla_benches::process::status_mib(keeper, "VmRSS:")?,
+        flotilla_benches::process::status_mib(keeper, "RssAnon:")?,
+    );
+    oci.add(format!("keeper RSS, the node's one, {with}"), "MiB", keeper_rss, None);
+    oci.add(format!("keeper memory of its own (RssAnon), {with}"), "MiB", keeper_own, None);
     for i in 0..args.oci_pods {
         connection.call(Method::DELETE, &format!("{collection}/oci-{i}"), "application/json", Vec::new()).await?;
     }

@@ -23,6 +23,19 @@ pub fn flotilla_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The resident memory of the process `pid` now (`VmRSS`) and at its peak (`VmHWM`), in MiB.
+pub fn memory_mib(pid: u32) -> Result<(f64, f64)> {
+    Ok((status_mib(pid, "VmRSS:")?, status_mib(pid, "VmHWM:")?))
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, …), in MiB.
+pub fn status_mib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
+    let kib: f64 = line.trim_start_matches(field).trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kib / 1024.0)
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; taken by whoever binds it first).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -57,13 +70,19 @@ impl Running {
 
     /// Resident memory now (`VmRSS`) and at its peak (`VmHWM`), in MiB.
     pub fn memory_mib(&self) -> Result<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| -> Result<f64> {
-            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
-            let kib: f64 = line.trim_start_matches(name).trim().trim_end_matches("kB").trim().parse()?;
-            Ok(kib / 1024.0)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        memory_mib(self.pid())
+    }
+
+    /// A process this one started whose command line has the argument `arg`, if one runs.
+    pub fn child_with_arg(&self, arg: &str) -> Option<u32> {
+        let children = std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok());
+        children.into_iter().find(|pid: &u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: the parent is the second field after the command.
+            let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(self.pid()) && cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes())
+        })
     }
 
     /// CPU time the process has used so far, user and system, all threads.

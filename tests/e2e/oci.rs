@@ -4,8 +4,10 @@
 //! -- sh -c ...` ends Failed with its exit code and its output in `kubectl logs`), in the pod's
 //! own hostname, under its limits (an OOM kill shows as upstream's, a CPU limit is a CFS
 //! quota), a read-only root holds, a non-root user runs, a wasm pod reaches a container pod,
-//! a pod of wasm and Linux containers shares one localhost, and a deleted pod leaves nothing on
-//! the node: no mount, no cgroup, no bundle.
+//! a pod of wasm and Linux containers shares one localhost, an agent killed and started again
+//! adopts the containers it left (no restart, no output lost, the end of one that ended
+//! meanwhile known), and a deleted pod leaves nothing on the node: no mount, no cgroup, no
+//! bundle.
 //!
 //! Needs root and `busybox-static` (`scripts/setup busybox-static`); runs when
 //! `FLOTILLA_E2E_OCI=1`, which `scripts/test` sets.
@@ -127,7 +129,8 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         import(&data_dir, wasm, name)?;
     }
 
-    let server = Server::start_with(&data_dir, Ports::free(), &["--insecure-registry", &address])?;
+    let ports = Ports::free();
+    let server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
     let k = Kubectl::new("1.33", &server)?;
     let node = node_name(&k)?;
     let labels = k.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels}"])?;
@@ -329,7 +332,8 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     for (name, mode, end) in [("confined", "2", "refused\n"), ("unconfined", "0", "unshared\n")] {
         wait_for(&k, name, "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
         let logs = k.ok(&["logs", name])?;
-        ensure!(logs.starts_with(&format!("Seccomp:\t{mode}\n")) && logs.ends_with(end), "{name}: {logs:?}");
+        // (Its stdout and stderr are read apart: their lines' order between them may differ.)
+        ensure!(logs.contains(&format!("Seccomp:\t{mode}\n")) && logs.contains(end), "{name}: {logs:?}");
     }
 
     // What the node will not do waits with upstream's reason and says why: a capability that
@@ -366,8 +370,36 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         wait_for(&k, "wrong", "{.status.containerStatuses[0].state.terminated.message}", 60, |m| !m.is_empty())?;
     ensure!(message.contains("is a container image, which runtime class \"wasm\" does not run"), "{message}");
 
+    // An agent killed and started again adopts the Linux containers it left running: the same
+    // run (no restart), its output kept while no agent read it, its end learned when it comes.
+    let ticker = "    command: [\"sh\", \"-c\", \"i=0; while [ $i -lt 120 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; exit 7\"]\n";
+    apply(&k, &pod("survivor", &node, "busybox", "Never", ticker, ""))?;
+    // One that ends while no agent runs: its end is known all the same (a Job's pod that
+    // succeeded meanwhile succeeded).
+    apply(&k, &pod("brief", &node, "busybox", "Never", "    command: [\"sleep\", \"1\"]\n", ""))?;
+    let run = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}";
+    let before = wait_for(&k, "survivor", run, 60, |s| s.split_whitespace().count() == 2)?;
+    wait_for(&k, "brief", run, 60, |s| s.split_whitespace().count() == 2)?;
+    server.kill()?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
+    let ended = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.terminated.startedAt} \
+                 {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.terminated.exitCode}";
+    let after = wait_for(&k, "survivor", "{.status.phase}", 60, |p| p == "Failed" || p == "Succeeded")
+        .and_then(|_| k.ok(&["get", "pod", "survivor", "-o", &format!("jsonpath={ended}")]))?;
+    ensure!(after == format!("{before} 0 7"), "before the restart: {before}; after: {after}");
+    let ticks: Vec<String> = k.ok(&["logs", "survivor"])?.lines().map(str::to_string).collect();
+    let expected: Vec<String> = (0..120).map(|i| format!("tick {i}")).collect();
+    ensure!(ticks == expected, "the output across the restart: {ticks:?}");
+    let brief = "{.status.phase} {.status.containerStatuses[0].state.terminated.reason} \
+                 {.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].restartCount}";
+    let brief = k.ok(&["get", "pod", "brief", "-o", &format!("jsonpath={brief}")])?;
+    ensure!(brief == "Succeeded Completed 0 0", "a container that ended while no agent ran: {brief}");
+
     // Deleting pods stops their containers (sh ignores SIGTERM as PID 1, so the grace period
     // ends in SIGKILL for the running one) and leaves nothing of them behind.
+    // A pod force-deleted goes with its containers all the same.
+    k.ok(&["delete", "pod", "spin", "--grace-period=0", "--force"])?;
     k.ok(&["delete", "pods", "--all", "--grace-period=1"])?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

@@ -55,6 +55,15 @@ impl ContainerLog {
         })
     }
 
+    /// A log that keeps nothing: for a run whose output has nowhere to go yet.
+    pub fn discarding() -> ContainerLog {
+        ContainerLog {
+            path: PathBuf::new(),
+            state: Mutex::new(State { file: None, size: 0, partial: [Vec::new(), Vec::new()] }),
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -129,6 +129,9 @@ pub(crate) async fn run(node: Arc<Node>) {
             }
             Ok(Event::Init) => listed.clear(),
             Ok(Event::InitDone) => {
+                // Every pod listed has its worker, which adopted what an earlier run of the
+                // agent left running of it: the rest goes.
+                node.runtimes.discard_unadopted(&listed);
                 // Pods deleted while the watch was down are not in the new list.
                 for (uid, worker) in &workers {
                     if !listed.contains(uid) {

@@ -219,7 +219,7 @@ impl Worker {
             let elapsed = Timestamp::now().duration_since(start_time).unsigned_abs();
             Instant::now() + Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed)
         });
-        Worker {
+        let mut worker = Worker {
             restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
             node,
             class,
@@ -241,7 +241,70 @@ impl Worker {
             published_version: 0,
             publishing: None,
             first_seen: status.start_time.is_none().then(Instant::now),
+        };
+        let statuses = [
+            (status.init_container_statuses, Slot::Init as fn(usize) -> Slot),
+            (status.container_statuses, Slot::Main),
+        ];
+        for (statuses, slot) in statuses {
+            for (i, status) in statuses.iter().flatten().enumerate() {
+                worker.adopt(slot(i), status);
+            }
         }
+        worker
+    }
+
+    /// Adopts the run of the container in `slot` that `status` says was running when an
+    /// earlier run of the agent stopped, if its runtime still runs it (a Linux container
+    /// outlives the agent; a wasm guest does not): the record is running again, with no
+    /// restart counted, and the run's end is reported as any other's.
+    fn adopt(&mut self, slot: Slot, status: &ContainerStatus) {
+        let (Some(running), Some(container_id)) =
+            (status.state.as_ref().and_then(|s| s.running.as_ref()), status.container_id.as_deref())
+        else {
+            return;
+        };
+        let name = self.record(slot).name.clone();
+        if name != status.name || self.stop.is_some() {
+            return;
+        }
+        let attempt = status.restart_count;
+        let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
+        let Ok(log) = ContainerLog::create(logs::container_path(&log_dir, &name, attempt)).map(Arc::new) else {
+            return;
+        };
+        let started_at = running.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0);
+        let uid = self.uid().to_string();
+        let Some(adopted) = self.node.runtimes.adopt(&uid, container_id, log.clone(), started_at) else {
+            return;
+        };
+        let Started { control, usage, exit } = match adopted {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::warn!(pod = self.name(), container = name, %err, "cannot adopt a container left running");
+                return;
+            }
+        };
+        let record = self.record(slot);
+        record.run = Run::Starting { shown: None };
+        record.exited_at = None;
+        let (events, container_id, image_id) = (self.events.clone(), container_id.to_string(), status.image_id.clone());
+        let task = tokio::spawn(async move {
+            let id = container_id.clone();
+            let _ = events.send(RunEvent::Started {
+                slot,
+                attempt,
+                image_id,
+                container_id: id,
+                started_at,
+                control,
+                usage,
+            });
+            let exit = exit.await;
+            let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
+        });
+        let run = ActiveRun { attempt, task, log, probes: None, control: None, killed_at: None, killed: false };
+        self.runs.insert(slot, run);
     }
 
     pub(super) async fn run(
@@ -328,8 +391,10 @@ impl Worker {
                 written = published => self.published(written),
                 changed = updates.changed() => {
                     if changed.is_err() {
-                        // The agent is shutting down: its guests end with it.
-                        self.abort_all();
+                        // The agent is shutting down: its wasm guests end with it; its Linux
+                        // containers run on, for the next agent to adopt, in the pod's
+                        // sandbox, which stays.
+                        self.end_runs();
                         return;
                     }
                     match updates.borrow_and_update().clone() {
@@ -746,12 +811,14 @@ impl Worker {
     }
 
     /// How long a container told to stop has before it is killed: the deletion's grace period,
-    /// else the pod's `terminationGracePeriodSeconds` (30 s by default), as the kubelet's.
+    /// else the pod's `terminationGracePeriodSeconds` (30 s by default), as the kubelet's. A pod
+    /// gone from the API (force-deleted) has at most the kubelet's minimum, 2 s.
     fn grace_period(&self) -> Duration {
         let spec = self.pod.spec.as_ref();
         let seconds =
             self.pod.metadata.deletion_grace_period_seconds.or_else(|| spec?.termination_grace_period_seconds);
-        Duration::from_secs(u64::try_from(seconds.unwrap_or(30)).unwrap_or(0))
+        let seconds = u64::try_from(seconds.unwrap_or(30)).unwrap_or(0);
+        Duration::from_secs(if self.gone { seconds.min(FORCED_GRACE_PERIOD) } else { seconds })
     }
 
     /// Ends a run: for good when the pod stops, or to restart it (a failed liveness probe).
@@ -829,14 +896,20 @@ impl Worker {
         run.probes = Some(tokio::spawn(probes::run(container, sandbox.ip.into(), client, control, report)));
     }
 
+    /// The pod is done on the node: every run ends, and its sandbox goes.
     fn abort_all(&mut self) {
+        self.end_runs();
+        self.release_sandbox();
+    }
+
+    /// Every run's task ends (a container a runtime runs outside the agent, it keeps running).
+    fn end_runs(&mut self) {
         if let Some((_, write)) = self.publishing.take() {
             write.abort();
         }
         for (_, run) in self.runs.drain() {
             run.end();
         }
-        self.release_sandbox();
     }
 
     /// One `BackOff` event per wait, as the kubelet writes one per sync that backs off.
@@ -1013,8 +1086,9 @@ impl Worker {
 }
 
 /// Rebuilds a container's record from the status an earlier run of the agent wrote. A run that
-/// was going when the agent stopped ended with it: it is recorded as ended, and the restart
-/// policy decides what happens next, as for any other end.
+/// was going when the agent stopped is recorded as ended, and the restart policy decides what
+/// happens next, as for any other end, unless its runtime still runs it: then the worker
+/// adopts it ([`Worker::adopt`]), and the record is running again.
 fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
     record.restart_count = status.restart_count;
     record.image_id = Some(status.image_id.clone()).filter(|i| !i.is_empty());
@@ -1048,6 +1122,10 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
         record.restart_count = status.restart_count;
     }
 }
+
+/// The grace period of a pod removed from the API without one (force-deleted): the kubelet's
+/// minimum (`minimumGracePeriodInSeconds`).
+const FORCED_GRACE_PERIOD: u64 = 2;
 
 /// Everything a run task needs.
 struct RunRequest {

@@ -10,7 +10,7 @@
 pub(crate) mod oci;
 mod wasm;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -49,8 +49,29 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
         std::future::ready(Ok(None)).boxed()
     }
 
-    /// The pod with `pod_uid` is done on the node (nothing of it runs): what the runtime holds
-    /// for it goes.
+    /// The container `id` of the pod `pod_uid`, if an earlier run of the agent left it running
+    /// here, as this agent's run of it (started at `started`), its output going to `output`
+    /// from now on: `None` when there is no such container to adopt.
+    fn adopt(
+        &self,
+        pod_uid: &str,
+        id: &str,
+        output: Arc<ContainerLog>,
+        started: jiff::Timestamp,
+    ) -> Option<Result<Started, String>> {
+        let _ = (pod_uid, id, output, started);
+        None
+    }
+
+    /// Every pod on the node (`pods_here`, by uid) has adopted what it will
+    /// ([`adopt`](Self::adopt)): the containers left running that none did go, and what the
+    /// runtime holds for pods no longer here.
+    fn discard_unadopted(&self, pods_here: &HashSet<String>) {
+        let _ = pods_here;
+    }
+
+    /// The pod with `pod_uid` is done on the node: what the runtime holds for it goes,
+    /// containers still running included.
     fn release(&self, pod_uid: &str) {
         let _ = pod_uid;
     }
@@ -73,8 +94,9 @@ pub(crate) enum CreateError {
 pub(crate) trait Created: Send {
     /// Starts it (a failure shows as upstream's `StartError`). Its exit future ends when it
     /// does, killed ([`Control::kill`]) or not. Dropping that future is for the agent's
-    /// shutdown: a wasm guest ends with it, a Linux container does not. A run dropped before
-    /// it starts is removed.
+    /// shutdown: a wasm guest ends with it, a Linux container does not (the next agent adopts
+    /// it, or [`ContainerRuntime::release`] removes it with its pod). A run dropped before it
+    /// starts is removed.
     fn start(self: Box<Self>) -> BoxFuture<'static, Result<Started, String>>;
 }
 
@@ -304,6 +326,27 @@ impl Runtimes {
             }
         }
         Ok(None)
+    }
+
+    /// The container `container_id` (`<handler>://<id>`) of the pod `pod_uid`, left running
+    /// by an earlier run of the agent, adopted from its runtime
+    /// ([`ContainerRuntime::adopt`]); `None` when there is none to adopt.
+    pub(crate) fn adopt(
+        &self,
+        pod_uid: &str,
+        container_id: &str,
+        output: Arc<ContainerLog>,
+        started: jiff::Timestamp,
+    ) -> Option<Result<Started, String>> {
+        let (handler, id) = container_id.split_once("://")?;
+        self.get(handler)?.adopt(pod_uid, id, output, started)
+    }
+
+    /// Every pod on the node (`pods_here`) has adopted what it will: what no pod adopted goes.
+    pub(crate) fn discard_unadopted(&self, pods_here: &HashSet<String>) {
+        for runtime in self.0.values() {
+            runtime.discard_unadopted(pods_here);
+        }
     }
 
     /// The pod with `pod_uid` is done on the node: every runtime lets go of it.

@@ -19,8 +19,11 @@ use nix::sched::CloneFlags;
 #[derive(Debug)]
 pub(crate) enum Step {
     /// Creates a container from its bundle (`config.json`, `rootfs`), its init process waiting
-    /// to be started, and writes its pid to `pid_file`.
-    Create { root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf },
+    /// to be started with the FIFOs `stdout` and `stderr` as its output, and writes its pid to
+    /// `pid_file`. Run by the keeper (`keeper.rs`), which its init process is left to.
+    Create { root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf, stdout: PathBuf, stderr: PathBuf },
+    /// Runs the keeper of the runtime directory `dir`.
+    Keep { dir: PathBuf },
     /// Makes a pod's sandbox: new network (loopback up, and the pod's end of its interface,
     /// `network.rs`), UTS (`hostname`) and IPC namespaces, kept by bind mounts at
     /// `dir/{net,uts,ipc}` for its containers to join.
@@ -50,7 +53,10 @@ impl Step {
                 bundle: value("--bundle")?.into(),
                 id: value("--id")?,
                 pid_file: value("--pid-file")?.into(),
+                stdout: value("--stdout")?.into(),
+                stderr: value("--stderr")?.into(),
             },
+            Some("keep") => Step::Keep { dir: value("--dir")?.into() },
             Some("exec") => Step::Exec {
                 root: value("--root")?.into(),
                 id: value("--id")?,
@@ -83,21 +89,50 @@ impl Step {
     /// Does the step: the exit code the helper ends with.
     pub(crate) fn run(self) -> Result<i32, String> {
         match self {
-            Step::Create { root, bundle, id, pid_file } => ContainerBuilder::new(id, SyscallType::Linux)
-                .with_root_path(root)
-                .and_then(|b| b.with_pid_file(Some(pid_file)))
-                .and_then(|b| b.validate_id())
-                .map_err(|e| e.to_string())?
-                .as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map(|_| 0)
-                .map_err(|e| format!("creating the container: {e}")),
+            Step::Create { root, bundle, id, pid_file, stdout, stderr } => {
+                output_to(&stdout, &stderr)?;
+                create(root, bundle, id, pid_file)
+            }
+            Step::Keep { dir } => super::keeper::run(&dir).map(|()| 0),
             Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()).map(|()| 0),
             Step::Exec { root, id, command, timeout_ms } => exec(root, id, command, timeout_ms),
         }
     }
+}
+
+/// Makes the FIFOs `stdout` and `stderr` this process's output, which the container inherits.
+/// Each is opened for reading too, so that it always has a reader: a write never fails, as it
+/// would once the agent, its reader, went away (the container waits instead, once the FIFO is
+/// full, until a new agent reads it). Each holds 1 MiB, so that a container outlives a
+/// restarting agent without waiting.
+fn output_to(stdout: &std::path::Path, stderr: &std::path::Path) -> Result<(), String> {
+    let open = |path: &std::path::Path| {
+        let fifo = rustix::fs::open(path, rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty())
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&fifo, OUTPUT_BUFFER);
+        Ok::<_, String>(fifo)
+    };
+    let (out, err) = (open(stdout)?, open(stderr)?);
+    rustix::stdio::dup2_stdout(&out).map_err(|e| format!("opening {}: {e}", stdout.display()))?;
+    rustix::stdio::dup2_stderr(&err).map_err(|e| format!("opening {}: {e}", stderr.display()))?;
+    Ok(())
+}
+
+/// What a container's output FIFO holds before the container waits for a reader.
+const OUTPUT_BUFFER: usize = 1 << 20;
+
+fn create(root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf) -> Result<i32, String> {
+    ContainerBuilder::new(id, SyscallType::Linux)
+        .with_root_path(root)
+        .and_then(|b| b.with_pid_file(Some(pid_file)))
+        .and_then(|b| b.validate_id())
+        .map_err(|e| e.to_string())?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map(|_| 0)
+        .map_err(|e| format!("creating the container: {e}"))
 }
 
 /// Runs the helper with `args` (after `oci-helper`): its exit code.

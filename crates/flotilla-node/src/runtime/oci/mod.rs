@@ -6,21 +6,30 @@
 //!   container has its own mount and PID namespaces.
 //! - A container's **root filesystem** is its image's snapshot (`images::container`) as the
 //!   lower layer of an overlay, with a writable layer of its own.
-//! - It is **created** by the helper process (`helper.rs`); the agent, a child subreaper,
-//!   inherits its init process when the helper exits, **starts** it (libcontainer's start, no
-//!   fork), and waits for its end on a pidfd, which also carries the stop signals, so that a
-//!   reused pid is never signalled.
-//! - Its **output** is two pipes the agent reads into the CRI log.
+//! - It is **created** by the helper process (`helper.rs`), which the keeper (`keeper.rs`, one
+//!   small process per node that outlives the agent) runs: the keeper, a child subreaper,
+//!   inherits its init process when the helper exits, reaps it when it ends and records how.
+//!   The agent **starts** it (libcontainer's start, no fork), signals it through a pidfd (a
+//!   reused pid is never signalled), and learns its end when the pidfd turns readable, from the
+//!   keeper's record.
+//! - Its **output** is two FIFOs in its bundle, which it holds open for reading too (a write
+//!   never fails for want of a reader) and the agent reads into the CRI log.
+//! - An agent that starts **adopts** what an earlier one left: a container still running (its
+//!   bundle, its pod's sandbox) waits for its pod's worker to take it up as the run its status
+//!   shows, with no restart; one that ended meanwhile ends with the code the keeper recorded.
+//!   What no pod takes up once the node's pods are listed is removed.
 //! - Its **cgroup** is `/flotilla[/<qos>]/pod<uid>/<id>`, as the kubelet's `kubepods` tree;
 //!   its memory and CPU are read from there, and an OOM kill is told by its counter.
 
 mod cgroup;
 pub(crate) mod helper;
+mod keeper;
 mod network;
 mod sandbox;
 mod seccomp;
 mod spec;
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -30,8 +39,9 @@ use std::time::{Duration, Instant};
 use flotilla_wasm::{OutputSink, Requests, Stream};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use rustix::fs::OFlags;
 use rustix::mount::UnmountFlags;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 
@@ -43,11 +53,16 @@ use crate::images::container::snapshot;
 use crate::images::{Image, ImageStore, Kind};
 use crate::logs::ContainerLog;
 use cgroup::Cgroups;
+use keeper::Keeper;
 use sandbox::Sandboxes;
 
 /// The `RuntimeClass` handler of Linux containers.
 pub(crate) const HANDLER: &str = "oci";
 
+/// The FIFOs in a container's bundle its output goes to: stdout, stderr.
+const OUTPUT: [&str; 2] = ["stdout", "stderr"];
+/// How long the keeper may take to record a container's end once it has ended.
+const EXIT_RECORD: Duration = Duration::from_secs(5);
 /// How long a container's output may still arrive after it exits (its pipes close when the
 /// last process of its PID namespace ends, at once unless something else holds them).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -79,12 +94,29 @@ struct Shared {
     sandboxes: Sandboxes,
     /// The node's pod range: pods' addresses, and its first, their gateway.
     pod_range: flotilla_api::Cidr,
+    /// Creates the containers, and is their parent.
+    keeper: Keeper,
+    /// Containers an earlier run of the agent left running, until their pods' workers adopt
+    /// them (or the pods are found gone): by id.
+    adoptable: std::sync::Mutex<std::collections::HashMap<String, LeftBehind>>,
+    /// Every container created or adopted and not yet removed: its pod's uid, by id. A run
+    /// whose exit future is dropped leaves its container running: its pod's release removes it.
+    containers: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+/// A container an earlier run of the agent left.
+#[derive(Debug)]
+struct LeftBehind {
+    run: OciRun,
+    pod_uid: String,
+    /// Its exit code, if it ended while no agent watched.
+    ended: Option<i32>,
 }
 
 impl OciRuntime {
-    /// A runtime keeping its state under `dir`, creating containers with `helper`. Makes the
-    /// agent a child subreaper, so that containers' init processes become its children, and
-    /// removes what an earlier run of the agent left (containers are not re-adopted yet).
+    /// A runtime keeping its state under `dir`, running commands in containers with `helper`,
+    /// keeping for adoption what an earlier run of the agent left running, and removing the
+    /// rest of what it left.
     pub(crate) fn new(
         helper: PathBuf,
         store: ImageStore,
@@ -101,19 +133,20 @@ impl OciRuntime {
             }
             network::guard_node_loopback()?;
         }
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-            .map_err(|e| format!("becoming the containers' subreaper: {e}"))?;
-        for sub in ["bundles", "sandboxes", "state"] {
+        for sub in ["bundles", "sandboxes", "state", keeper::EXITS] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
         }
         let shared = Shared {
             helper,
             store,
             state: dir.join("state"),
-            dir,
+            dir: dir.clone(),
             cgroups: Arc::new(Cgroups::detect()),
             sandboxes: Sandboxes::default(),
             pod_range,
+            keeper: Keeper::new(dir.clone()),
+            adoptable: Default::default(),
+            containers: Default::default(),
         };
         shared.collect_garbage();
         Ok(OciRuntime(Arc::new(shared)))
@@ -121,34 +154,119 @@ impl OciRuntime {
 }
 
 impl Shared {
-    /// Removes every container, bundle and sandbox an earlier run of the agent left, and
-    /// their cgroups.
+    /// Takes up what an earlier run of the agent left: a container still running is kept for
+    /// its pod's worker to adopt, with its bundle and its pod's sandbox; everything else of
+    /// theirs goes (a container that was created but never started, one that ended, bundles and
+    /// sandboxes of no such container, empty cgroups).
     fn collect_garbage(&self) {
         let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+        let mut adoptable = self.adoptable.lock().expect("adoptable lock");
         for state in entries(&self.state) {
-            // Kills what still runs (through its cgroup), and removes its cgroup and state.
-            if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
-                let _ = container.delete(true);
+            let Ok(mut container) = libcontainer::container::Container::load(state.clone()) else {
+                let _ = std::fs::remove_dir_all(&state);
+                continue;
+            };
+            match self.left_behind(&container) {
+                Some(left) => {
+                    self.containers.lock().expect("containers lock").insert(left.run.id.clone(), left.pod_uid.clone());
+                    adoptable.insert(left.run.id.clone(), left);
+                }
+                // Kills what still runs (through its cgroup), and removes its cgroup and state.
+                None => {
+                    let _ = container.delete(true);
+                    let _ = std::fs::remove_dir_all(&state);
+                }
             }
-            let _ = std::fs::remove_dir_all(&state);
         }
+        let name = |path: &Path| path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         for bundle in entries(&self.dir.join("bundles")) {
-            remove_bundle(&bundle);
+            if !adoptable.contains_key(&name(&bundle)) {
+                remove_bundle(&bundle);
+            }
         }
         for dir in entries(&self.dir.join("sandboxes")) {
-            sandbox::remove(&dir);
+            let uid = name(&dir);
+            if adoptable.values().any(|left| left.pod_uid == uid) {
+                self.sandboxes.adopt(&uid, dir);
+            } else {
+                sandbox::remove(&dir);
+            }
         }
         self.cgroups.remove_all();
     }
 
+    /// A container an earlier agent started, as a run to adopt: one that still runs (the
+    /// process its state names, if that process is in its cgroup still: a pid taken by another
+    /// process since is not it), or one that ended while no agent watched, whose end the keeper
+    /// recorded. Its cgroup and its pod come from its spec.
+    fn left_behind(&self, container: &libcontainer::container::Container) -> Option<LeftBehind> {
+        use libcontainer::container::ContainerStatus;
+        let id = container.id().to_string();
+        let pid = container.pid()?.as_raw();
+        let bundle = self.dir.join("bundles").join(&id);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+        let cgroup = config["linux"]["cgroupsPath"].as_str()?.to_string();
+        // The pod's uid names its cgroup (`…/pod<uid>/<id>`) and its sandbox.
+        let pod_uid = cgroup.rsplit('/').nth(1)?.strip_prefix("pod")?.to_string();
+        let (process, ended) = match container.status() {
+            ContainerStatus::Running => {
+                let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                if !in_cgroup.lines().any(|line| line.ends_with(&cgroup)) {
+                    return None;
+                }
+                (Some(Process::open(pid, &self.dir).ok()?), None)
+            }
+            ContainerStatus::Stopped => {
+                let record = self.dir.join(keeper::EXITS).join(pid.to_string());
+                let code = std::fs::read_to_string(&record).ok()?.trim().parse().ok()?;
+                let _ = std::fs::remove_file(&record);
+                (None, Some(code))
+            }
+            _ => return None,
+        };
+        let run = OciRun {
+            id,
+            helper: self.helper.clone(),
+            bundle,
+            state: self.state.clone(),
+            cgroup,
+            cgroups: self.cgroups.clone(),
+            process,
+            // Its log is its worker's to give.
+            output: Arc::new(ContainerLog::discarding()),
+            output_fifos: Vec::new(),
+            containers: self.containers.clone(),
+            started: false,
+            removed: false,
+        };
+        Some(LeftBehind { run, pod_uid, ended })
+    }
+
+    /// Kills and removes the container `id`, whose run was let go of while it ran. Blocking.
+    fn remove_container(&self, id: &str) {
+        let state = self.state.join(id);
+        if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
+            if let Some(process) = container.pid().and_then(|pid| Process::open(pid.as_raw(), &self.dir).ok()) {
+                let _ = rustix::process::pidfd_send_signal(&*process.pidfd, Signal::KILL);
+                let _ = process.ended_within(Duration::from_secs(5));
+                let _ = std::fs::remove_file(&process.exit);
+            }
+            let _ = container.delete(true);
+        }
+        let _ = std::fs::remove_dir_all(&state);
+        remove_bundle(&self.dir.join("bundles").join(id));
+        self.containers.lock().expect("containers lock").remove(id);
+    }
+
     /// Runs one step of the helper, killed after [`HELPER_TIMEOUT`]: its failure, as it wrote it.
-    fn helper(&self, args: &[&str], stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<(), String> {
+    fn helper(&self, args: &[&str]) -> Result<(), String> {
         let errors = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| format!("running the helper: {e}"))?;
         let mut command = std::process::Command::new(&self.helper);
         command.arg("oci-helper").args(args).arg("--error-file").arg(errors.path());
         command.stdin(std::process::Stdio::null());
-        command.stdout(stdout.map_or_else(std::process::Stdio::null, std::process::Stdio::from));
-        command.stderr(stderr.map_or_else(std::process::Stdio::null, std::process::Stdio::from));
+        command.stdout(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::null());
         let mut child = command.spawn().map_err(|e| format!("running {}: {e}", self.helper.display()))?;
         drop(command);
         let deadline = Instant::now() + HELPER_TIMEOUT;
@@ -181,7 +299,7 @@ impl Shared {
                 let mut args = vec!["sandbox", "--dir", &dir_text, "--hostname", &launch.hostname];
                 let network = interface.helper_args();
                 args.extend(network.iter().map(String::as_str));
-                self.helper(&args, None, None)?;
+                self.helper(&args)?;
                 interface.attach(dir)?;
                 for (name, content) in sandbox::files(launch) {
                     std::fs::write(dir.join(name), content).map_err(|e| format!("writing /etc/{name}: {e}"))?;
@@ -222,7 +340,9 @@ impl Shared {
             cgroups: self.cgroups.clone(),
             process: None,
             output: launch.output.clone(),
-            pipes: None,
+            output_fifos: Vec::new(),
+            containers: self.containers.clone(),
+            started: false,
             removed: false,
         };
         for dir in [bundle.join("upper"), bundle.join("work"), bundle.join("mounts"), rootfs.clone()] {
@@ -288,32 +408,59 @@ impl Shared {
         let config = spec::spec(&inputs).map_err(CreateError::Config)?;
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).expect("a spec serialises"))
             .map_err(|e| failed(format!("writing the container's config: {e}")))?;
-        let (stdout_read, stdout_write) =
-            std::io::pipe().map_err(|e| failed(format!("creating the output pipes: {e}")))?;
-        let (stderr_read, stderr_write) =
-            std::io::pipe().map_err(|e| failed(format!("creating the output pipes: {e}")))?;
+        // Opened for reading before the container can write: what it writes is kept from the
+        // first byte, even if it has ended before it is read.
+        let mut readers = Vec::new();
+        for name in OUTPUT {
+            let fifo = bundle.join(name);
+            rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o600.into(), 0)
+                .and_then(|()| rustix::fs::open(&fifo, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, 0.into()))
+                .map(|reader| readers.push(reader))
+                .map_err(|e| failed(format!("creating the container's {name}: {e}")))?;
+        }
+        run.output_fifos = readers;
         let pid_file = bundle.join("pid");
-        let (bundle_text, state_text, pid_text) =
-            (bundle.to_string_lossy(), self.state.to_string_lossy(), pid_file.to_string_lossy());
-        let created = self.helper(
-            &["create", "--root", &state_text, "--bundle", &bundle_text, "--id", &launch.id, "--pid-file", &pid_text],
-            Some(stdout_write.into()),
-            Some(stderr_write.into()),
-        );
-        // The container's init, once created, is the agent's child: it is reaped whatever
+        let errors =
+            tempfile::NamedTempFile::new_in(&bundle).map_err(|e| failed(format!("creating the container: {e}")))?;
+        let (stdout, stderr) = (bundle.join(OUTPUT[0]), bundle.join(OUTPUT[1]));
+        let args = [
+            "create",
+            "--root",
+            &self.state.to_string_lossy(),
+            "--bundle",
+            &bundle.to_string_lossy(),
+            "--id",
+            &launch.id,
+            "--pid-file",
+            &pid_file.to_string_lossy(),
+            "--stdout",
+            &stdout.to_string_lossy(),
+            "--stderr",
+            &stderr.to_string_lossy(),
+            "--error-file",
+            &errors.path().to_string_lossy(),
+        ]
+        .map(|a| a.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let created = match self.keeper.run_step(&args, HELPER_TIMEOUT) {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(std::fs::read_to_string(errors.path())
+                .ok()
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| format!("the OCI helper failed with exit code {code}"))),
+            Err(e) => Err(e),
+        };
+        // The container's init, once created, is the keeper's child, and is removed whatever
         // else failed (its pid file is written before the helper returns).
-        let pid =
-            std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()).and_then(Pid::from_raw);
+        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
-            let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
-                .map_err(|e| failed(format!("opening the container's process: {e}")))?;
-            run.process = Some(Arc::new(pidfd));
+            run.process = Some(Process::open(pid, &self.dir).map_err(failed)?);
+            self.containers.lock().expect("containers lock").insert(launch.id.clone(), launch.pod_uid.clone());
         }
         created.map_err(failed)?;
         if run.process.is_none() {
             return Err(failed("the container's pid file is unreadable".into()));
         }
-        run.pipes = Some((stdout_read.into(), stderr_read.into()));
         Ok(run)
     }
 }
@@ -375,7 +522,7 @@ fn remove_bundle(bundle: &Path) {
     for dir in ["upper", "work"] {
         let _ = std::fs::remove_dir_all(bundle.join(dir));
     }
-    for file in ["config.json", "pid"] {
+    for file in ["config.json", "pid"].into_iter().chain(OUTPUT) {
         let _ = std::fs::remove_file(bundle.join(file));
     }
     let _ = std::fs::remove_dir(bundle);
@@ -430,10 +577,53 @@ impl ContainerRuntime for OciRuntime {
         .boxed()
     }
 
+    fn adopt(
+        &self,
+        pod_uid: &str,
+        id: &str,
+        output: Arc<ContainerLog>,
+        started: jiff::Timestamp,
+    ) -> Option<Result<Started, String>> {
+        let mut adoptable = self.0.adoptable.lock().expect("adoptable lock");
+        if adoptable.get(id).is_none_or(|left| left.pod_uid != pod_uid) {
+            return None;
+        }
+        let mut left = adoptable.remove(id)?;
+        left.run.output = output;
+        match left.ended {
+            None => Some(left.run.running(started)),
+            Some(code) => Some(Ok(left.run.ended(code, started))),
+        }
+    }
+
+    fn discard_unadopted(&self, pods_here: &HashSet<String>) {
+        let left: Vec<_> = self.0.adoptable.lock().expect("adoptable lock").drain().map(|(_, left)| left).collect();
+        if left.is_empty() {
+            return;
+        }
+        tracing::info!(containers = left.len(), "removing the containers left running that no pod adopted");
+        let gone: HashSet<String> =
+            left.iter().map(|l| l.pod_uid.clone()).filter(|uid| !pods_here.contains(uid)).collect();
+        // Each is removed as it is dropped, on a thread of its own; then the sandboxes and
+        // cgroups of pods no longer here.
+        drop(left);
+        for uid in gone {
+            self.release(&uid);
+        }
+    }
+
     fn release(&self, pod_uid: &str) {
         let shared = self.0.clone();
         let pod_uid = pod_uid.to_string();
         tokio::task::spawn_blocking(move || {
+            shared.adoptable.lock().expect("adoptable lock").retain(|_, left| left.pod_uid != pod_uid);
+            let ids: Vec<String> = {
+                let containers = shared.containers.lock().expect("containers lock");
+                containers.iter().filter(|(_, pod)| **pod == pod_uid).map(|(id, _)| id.clone()).collect()
+            };
+            for id in ids {
+                shared.remove_container(&id);
+            }
             shared.sandboxes.release(&pod_uid);
             shared.cgroups.remove_pod(&pod_uid);
         });
@@ -450,13 +640,70 @@ struct OciRun {
     state: PathBuf,
     cgroup: String,
     cgroups: Arc<Cgroups>,
-    /// Its init process's pidfd, once created.
-    process: Option<Arc<OwnedFd>>,
+    /// Its init process, once created.
+    process: Option<Process>,
     output: Arc<ContainerLog>,
-    /// The read ends of its stdout and stderr.
-    pipes: Option<(OwnedFd, OwnedFd)>,
+    /// The read ends of its stdout and stderr FIFOs, opened when they were made.
+    output_fifos: Vec<OwnedFd>,
+    /// The runtime's containers, which it is one of once created.
+    containers: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Whether it was started (or adopted): then dropping it leaves it running.
+    started: bool,
     /// Whether it was removed.
     removed: bool,
+}
+
+/// A container's init process: the keeper's child, not the agent's.
+#[derive(Debug, Clone)]
+struct Process {
+    /// Its pidfd, which signals it (never another process that took its pid) and turns
+    /// readable when it ends.
+    pidfd: Arc<OwnedFd>,
+    /// Where the keeper records how it ended.
+    exit: PathBuf,
+}
+
+impl Process {
+    /// The process `pid`, whose end the keeper of the runtime directory `dir` records. A record
+    /// of an earlier process with its pid goes.
+    fn open(pid: i32, dir: &Path) -> Result<Process, String> {
+        let raw = Pid::from_raw(pid).ok_or("the container's pid is not a pid")?;
+        let pidfd = rustix::process::pidfd_open(raw, PidfdFlags::empty())
+            .map_err(|e| format!("opening the container's process: {e}"))?;
+        let exit = dir.join(keeper::EXITS).join(pid.to_string());
+        let _ = std::fs::remove_file(&exit);
+        Ok(Process { pidfd: Arc::new(pidfd), exit })
+    }
+
+    /// Whether it has ended (blocking for at most `timeout`).
+    fn ended_within(&self, timeout: Duration) -> bool {
+        let mut fds = [rustix::event::PollFd::new(&*self.pidfd, rustix::event::PollFlags::IN)];
+        let timeout =
+            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as i64 };
+        rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0)
+    }
+
+    /// Its exit code as the keeper recorded it, once it has ended (the keeper reaps it at
+    /// once; a keeper that is gone records nothing, and the code is unknown).
+    async fn exit_code(&self) -> Result<i32, String> {
+        let owned = self.pidfd.as_fd().try_clone_to_owned().map_err(|e| format!("waiting for the container: {e}"))?;
+        // Deprecated for a `T` whose descriptor could change or close under it; an `OwnedFd`
+        // is owned by the `AsyncFd` for its whole life, which is what `register` asks.
+        #[allow(deprecated)]
+        let readable = AsyncFd::new(owned).map_err(|e| format!("waiting for the container: {e}"))?;
+        drop(readable.readable().await.map_err(|e| format!("waiting for the container: {e}"))?);
+        let deadline = Instant::now() + EXIT_RECORD;
+        loop {
+            if let Ok(code) = tokio::fs::read_to_string(&self.exit).await {
+                let _ = tokio::fs::remove_file(&self.exit).await;
+                return code.trim().parse().map_err(|_| format!("the keeper recorded {code:?} as its end"));
+            }
+            if Instant::now() > deadline {
+                return Err("the container ended, and how is unknown: its keeper recorded nothing".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl OciRun {
@@ -466,10 +713,12 @@ impl OciRun {
         if std::mem::replace(&mut self.removed, true) {
             return;
         }
-        if let Some(pidfd) = self.process.take() {
-            // Gone and reaped already when it ended by itself: both calls then fail at once.
-            let _ = rustix::process::pidfd_send_signal(&*pidfd, Signal::KILL);
-            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        self.containers.lock().expect("containers lock").remove(&self.id);
+        if let Some(process) = self.process.take() {
+            // Gone already when it ended by itself: the signal then fails at once.
+            let _ = rustix::process::pidfd_send_signal(&*process.pidfd, Signal::KILL);
+            let _ = process.ended_within(Duration::from_secs(5));
+            let _ = std::fs::remove_file(&process.exit);
         }
         // A run refused before the helper made it has no state (and libcontainer logs an
         // error for a load that finds none).
@@ -484,12 +733,12 @@ impl OciRun {
 }
 
 impl Drop for OciRun {
-    /// A run whose create or start failed, or whose exit future was dropped (the agent
-    /// stopping), is removed here, on a thread of its own (removing blocks); one that ended
-    /// was removed already. Containers are not re-adopted yet: what an agent that stopped
-    /// could not remove, it removes when it starts again (`collect_garbage`).
+    /// A run whose create or start failed is removed here, on a thread of its own (removing
+    /// blocks). One that ended was removed already; one that runs, whose exit future was
+    /// dropped (the agent stopping), runs on: the next agent adopts it, or its pod's release
+    /// removes it (`release`).
     fn drop(&mut self) {
-        if self.removed {
+        if self.removed || self.started {
             return;
         }
         let mut run = OciRun {
@@ -501,7 +750,9 @@ impl Drop for OciRun {
             cgroups: self.cgroups.clone(),
             process: self.process.take(),
             output: self.output.clone(),
-            pipes: self.pipes.take(),
+            output_fifos: std::mem::take(&mut self.output_fifos),
+            containers: self.containers.clone(),
+            started: false,
             removed: false,
         };
         self.removed = true;
@@ -510,7 +761,7 @@ impl Drop for OciRun {
 }
 
 impl Created for OciRun {
-    fn start(mut self: Box<Self>) -> BoxFuture<'static, Result<Started, String>> {
+    fn start(self: Box<Self>) -> BoxFuture<'static, Result<Started, String>> {
         async move {
             let state = self.state.join(&self.id);
             tokio::task::spawn_blocking(move || {
@@ -520,48 +771,86 @@ impl Created for OciRun {
             })
             .await
             .map_err(|e| format!("starting the container: {e}"))??;
-            let pidfd = self.process.clone().expect("a created container has its process");
-            let (stdout, stderr) = self.pipes.take().expect("a created container has its pipes");
-            let pumps =
-                [pump(stdout, Stream::Stdout, self.output.clone()), pump(stderr, Stream::Stderr, self.output.clone())];
-            let control = Arc::new(OciControl {
-                pidfd: pidfd.clone(),
-                helper: self.helper.clone(),
-                state: self.state.clone(),
-                bundle: self.bundle.clone(),
-                id: self.id.clone(),
-            });
-            let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
-            let usage = ContainerUsage { meter, requests: Requests::new(), started: jiff::Timestamp::now() };
-            let exit = async move {
-                let status = wait(&pidfd).await;
-                for mut pump in pumps {
-                    if tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_err() {
-                        // Something outside the container holds its pipe: the log is closed.
-                        pump.abort();
-                    }
-                }
-                let mut run = self;
-                tokio::task::spawn_blocking(move || {
-                    // As the kubelet: a container the kernel's OOM killer ended is OOMKilled.
-                    let oom = run.cgroups.oom_killed(&run.cgroup);
-                    run.remove();
-                    match status {
-                        Ok(code) if oom => Exit { code, reason: ExitReason::OomKilled, message: None },
-                        Ok(code) => Exit::exited(code),
-                        Err(message) => Exit { code: 128, reason: ExitReason::Error, message: Some(message) },
-                    }
-                })
-                .await
-                .unwrap_or_else(|e| Exit {
-                    code: 128,
-                    reason: ExitReason::Error,
-                    message: Some(e.to_string()),
-                })
-            };
-            Ok(Started { control, usage, exit: exit.boxed() })
+            self.running(jiff::Timestamp::now())
         }
         .boxed()
+    }
+}
+
+impl OciRun {
+    /// The handle and the end of a container that ended with `code` while no agent watched: an
+    /// end at once, as it was.
+    fn ended(mut self, code: i32, started: jiff::Timestamp) -> Started {
+        self.started = true;
+        let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
+        let usage = ContainerUsage { meter, requests: Requests::new(), started };
+        let mut run = self;
+        let exit = async move {
+            tokio::task::spawn_blocking(move || run.finish(Ok(code))).await.unwrap_or_else(|e| Exit {
+                code: 128,
+                reason: ExitReason::Error,
+                message: Some(e.to_string()),
+            })
+        };
+        Started { control: Arc::new(Ended), usage, exit: exit.boxed() }
+    }
+
+    /// Its end, once it has ended with `status`: as the kubelet, a container the kernel's OOM
+    /// killer ended is `OOMKilled`. Then it is removed. Blocking.
+    fn finish(&mut self, status: Result<i32, String>) -> Exit {
+        let oom = self.cgroups.oom_killed(&self.cgroup);
+        self.remove();
+        match status {
+            Ok(code) if oom => Exit { code, reason: ExitReason::OomKilled, message: None },
+            Ok(code) => Exit::exited(code),
+            Err(message) => Exit { code: 137, reason: ExitReason::Error, message: Some(message) },
+        }
+    }
+
+    /// The handle and the end of a container that runs (started by this agent at `started`, or
+    /// by an earlier one): its output read from its FIFOs into its log, its end from the keeper.
+    fn running(mut self, started: jiff::Timestamp) -> Result<Started, String> {
+        let process = self.process.clone().ok_or("a created container has its process")?;
+        self.started = true;
+        if self.output_fifos.is_empty() {
+            // Adopted: its FIFOs, which it holds open, are opened again.
+            for name in OUTPUT {
+                let fifo = self.bundle.join(name);
+                let reader = rustix::fs::open(&fifo, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, 0.into())
+                    .map_err(|e| format!("opening {}: {e}", fifo.display()))?;
+                self.output_fifos.push(reader);
+            }
+        }
+        let pumps = [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .zip(std::mem::take(&mut self.output_fifos))
+            .map(|(stream, fifo)| pump(fifo, stream, self.output.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let control = Arc::new(OciControl {
+            pidfd: process.pidfd.clone(),
+            helper: self.helper.clone(),
+            state: self.state.clone(),
+            bundle: self.bundle.clone(),
+            id: self.id.clone(),
+        });
+        let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
+        let usage = ContainerUsage { meter, requests: Requests::new(), started };
+        let exit = async move {
+            let status = process.exit_code().await;
+            for mut pump in pumps {
+                if tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_err() {
+                    // Something outside the container holds its FIFO: the log is closed.
+                    pump.abort();
+                }
+            }
+            let mut run = self;
+            tokio::task::spawn_blocking(move || run.finish(status)).await.unwrap_or_else(|e| Exit {
+                code: 128,
+                reason: ExitReason::Error,
+                message: Some(e.to_string()),
+            })
+        };
+        Ok(Started { control, usage, exit: exit.boxed() })
     }
 }
 
@@ -627,44 +916,32 @@ async fn exec(
     }
 }
 
-/// Copies one of a container's output pipes into its log until the pipe closes.
-fn pump(fd: OwnedFd, stream: Stream, log: Arc<ContainerLog>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+/// Copies one of a container's output FIFOs into its log until every process that could write
+/// to it has ended.
+fn pump(fifo: OwnedFd, stream: Stream, log: Arc<ContainerLog>) -> Result<tokio::task::JoinHandle<()>, String> {
+    let mut fifo = tokio::net::unix::pipe::Receiver::from_owned_fd(fifo)
+        .map_err(|e| format!("reading the container's output: {e}"))?;
+    Ok(tokio::spawn(async move {
         let mut buffer = vec![0; 16 << 10];
-        while let Ok(n) = pipe.read(&mut buffer).await {
+        while let Ok(n) = fifo.read(&mut buffer).await {
             if n == 0 {
                 break;
             }
             log.write(stream, &buffer[..n]);
         }
-    })
+    }))
 }
 
-/// The exit of the process behind `pidfd` (a child of the agent): its code as upstream shows
-/// it (128 + the signal for one killed by a signal).
-async fn wait(pidfd: &Arc<OwnedFd>) -> Result<i32, String> {
-    let owned = pidfd.as_fd().try_clone_to_owned().map_err(|e| format!("waiting for the container: {e}"))?;
-    // Deprecated for a `T` whose descriptor could change or close under it; an `OwnedFd` is
-    // owned by the `AsyncFd` for its whole life, which is what `register` asks (unsafely).
-    #[allow(deprecated)]
-    let readable = AsyncFd::new(owned).map_err(|e| format!("waiting for the container: {e}"))?;
-    loop {
-        let mut guard = readable.readable().await.map_err(|e| format!("waiting for the container: {e}"))?;
-        match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
-            Ok(Some(status)) => {
-                if let Some(code) = status.exit_status() {
-                    return Ok(code);
-                }
-                if let Some(signal) = status.terminating_signal() {
-                    return Ok(128 + signal);
-                }
-                return Err("the container's process ended in a way that is neither an exit nor a signal".into());
-            }
-            Ok(None) => guard.clear_ready(),
-            Err(e) => return Err(format!("waiting for the container: {e}")),
-        }
+/// The control of a container that has ended: nothing is left to signal.
+#[derive(Debug)]
+struct Ended;
+
+impl Control for Ended {
+    fn terminate(&self) -> bool {
+        false
     }
+
+    fn kill(&self) {}
 }
 
 #[derive(Debug)]

@@ -66,6 +66,12 @@ impl Sandboxes {
         }
     }
 
+    /// The sandbox `dir` of the pod `pod_uid`, made by an earlier run of the agent, is the
+    /// pod's still.
+    pub(super) fn adopt(&self, pod_uid: &str, dir: PathBuf) {
+        *self.entry(pod_uid).lock().expect("sandbox lock") = State::Ready(dir);
+    }
+
     /// The pod is done: its sandbox goes, and none is made for it again (blocking).
     pub(super) fn release(&self, pod_uid: &str) {
         let entry = self.entry(pod_uid);
