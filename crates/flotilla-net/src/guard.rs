@@ -66,11 +66,15 @@ impl<P: DataPath> Guarded<P> {
                 continue;
             }
             let before = route.endpoints.len();
+            let api = is_api_service(service);
             route.endpoints.retain(|e| {
-                (self.allows)(*e) && !self.owners.contains_key(e) && !routes.iter().any(|r| r.frontend == *e)
+                (self.allows)(*e)
+                    && (api || !is_node_loopback(e.ip()))
+                    && !self.owners.contains_key(e)
+                    && !routes.iter().any(|r| r.frontend == *e)
             });
             if route.endpoints.len() < before {
-                tracing::warn!(%service, frontend = %route.frontend, "endpoints that are the node's own, or frontends, are left out");
+                tracing::warn!(%service, frontend = %route.frontend, "endpoints that are the node's own (its ports, its loopback), or frontends, are left out");
             }
             kept.push(route);
         }
@@ -103,6 +107,25 @@ impl<P: DataPath> DataPath for Guarded<P> {
     fn commit(&mut self) -> Result<(), String> {
         self.path.commit()
     }
+}
+
+/// Whether `ip` is one of the node's own loopback addresses, where its host services listen
+/// (127.0.0.1, a resolver's 127.0.0.53, `::1`): `127.0.0.0/16`. Pods' and Services' ranges on
+/// loopback lie elsewhere in 127.0.0.0/8. An endpoint here would take a pod's connection to
+/// the host's loopback on its behalf (the relay connects from the host; the kernel path's DNAT
+/// lands there), which the node keeps its containers from (upstream refuses loopback endpoints
+/// in validation).
+fn is_node_loopback(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.octets()[..2] == [127, 0],
+        std::net::IpAddr::V6(v6) => v6.is_loopback(),
+    }
+}
+
+/// The API server's own Service (`default/kubernetes`), whose endpoint is the API server's
+/// address: on one host, a loopback one.
+fn is_api_service(service: &ObjectKey) -> bool {
+    service.namespace.as_deref() == Some("default") && service.name == "kubernetes"
 }
 
 #[cfg(test)]
@@ -142,6 +165,12 @@ mod tests {
 
         path.sync(&web, vec![route("127.43.0.5:80", &["10.244.1.2:8080", "10.0.0.1:10250"])]);
         assert_eq!(handed(&web), [route("127.43.0.5:80", &["10.244.1.2:8080"])], "the node API is left out");
+        // The host's loopback services are no Service's endpoints, but the API server's own.
+        let (sneaky, api) = (ObjectKey::new(Some("a"), "sneaky"), ObjectKey::new(Some("default"), "kubernetes"));
+        path.sync(&sneaky, vec![route("127.43.0.7:80", &["127.0.0.1:2379", "127.0.0.53:53", "127.44.0.9:80"])]);
+        assert_eq!(handed(&sneaky), [route("127.43.0.7:80", &["127.44.0.9:80"])]);
+        path.sync(&api, vec![route("127.43.0.1:443", &["127.0.0.1:6443"])]);
+        assert_eq!(handed(&api), [route("127.43.0.1:443", &["127.0.0.1:6443"])]);
         // A load balancer on the node API's port, a second port on one frontend, and web's
         // frontend: all refused.
         path.sync(

@@ -303,11 +303,11 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_endpoints_follow_syncs_and_are_refused_without_any() {
-        let a = named("127.0.0.21:0", "a").await;
-        let b = named("127.0.0.22:0", "b").await;
-        let frontend = free_port("127.0.0.20");
+        let a = named("127.45.0.21:0", "a").await;
+        let b = named("127.45.0.22:0", "b").await;
+        let frontend = free_port("127.45.0.20");
         let service = ObjectKey::new(Some("default"), "web");
-        let protected: SocketAddr = "127.0.0.24:2380".parse().unwrap();
+        let protected: SocketAddr = "127.45.0.24:2380".parse().unwrap();
         let mut path = crate::Guarded::new(move |endpoint| endpoint != protected, Userspace::new(None));
         path.sync(
             &service,
@@ -336,7 +336,7 @@ pub(crate) mod tests {
         }
 
         // An endpoint that went away is skipped.
-        let gone = free_port("127.0.0.23");
+        let gone = free_port("127.45.0.23");
         path.sync(
             &service,
             vec![Route {
@@ -378,7 +378,7 @@ pub(crate) mod tests {
         assert_eq!(ask(frontend).await.unwrap(), "a");
         // Another Service cannot take the frontend, nor relay to it.
         let thief = ObjectKey::new(Some("default"), "thief");
-        let elsewhere = free_port("127.0.0.25");
+        let elsewhere = free_port("127.45.0.25");
         path.sync(
             &thief,
             vec![
