@@ -168,6 +168,16 @@ impl Registries {
         manifest_bytes: &[u8],
     ) -> Result<Image, String> {
         let config = manifest.config.as_ref().ok_or("the manifest names no image config")?;
+        // What the manifest says it holds must fit on the node's disk, with room to spare: a
+        // registry must not fill it (each blob is then held to the size it declares).
+        let declared: u64 = std::iter::once(config).chain(&manifest.layers).map(|b| b.size).sum();
+        let free = rustix::fs::statvfs(store.root()).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
+        if declared.saturating_mul(2) > free {
+            return Err(format!(
+                "the image is {declared} bytes, and the node's image store has {free} bytes free: it needs twice \
+                 the image's size (its layers and their unpacked files)"
+            ));
+        }
         let mut size = manifest_bytes.len() as u64;
         for blob in std::iter::once(config).chain(&manifest.layers) {
             if !store.blob_path(&blob.digest).exists() {

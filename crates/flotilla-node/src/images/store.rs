@@ -93,6 +93,18 @@ impl ImageStore {
         for dir in [root.join("blobs/sha256"), root.join("refs"), root.join("snapshots")] {
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
         }
+        // Files a writer killed half-way left (a pull, an import): an hour old, none is being
+        // written still.
+        for dir in [root.join("blobs"), root.join("refs")] {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let stale = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if entry.file_name().to_string_lossy().contains(".partial-")
+                    && stale.is_some_and(|age| age > std::time::Duration::from_secs(3600))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(ImageStore { root })
     }
 
