@@ -240,12 +240,16 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     // listens on the node's 127.0.0.1: here the registry (CVE-2020-8558's pattern).
     let registry_port = registry.port;
     let reroute = format!(
-        "    command: [\"sh\", \"-c\", \"ip addr del 127.0.0.1/8 dev lo && ip route get 127.0.0.1 && (printf 'GET /v2/ HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 3 127.0.0.1 {registry_port} | grep -q 200 && echo reached || echo refused)\"]\n    securityContext:\n      capabilities:\n        add: [\"NET_ADMIN\"]\n"
+        "    command: [\"sh\", \"-c\", \"printf 'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 3 {web_ip} 8080 | tail -1; ip addr del 127.0.0.1/8 dev lo && ip route get 127.0.0.1 && (printf 'GET /v2/ HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 3 127.0.0.1 {registry_port} | grep -q 200 && echo reached || echo refused)\"]\n    securityContext:\n      capabilities:\n        add: [\"NET_ADMIN\"]\n"
     );
     apply(&k, &pod("reroute", &node, "busybox", "Never", &reroute, ""))?;
     wait_for(&k, "reroute", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
     let logs = k.ok(&["logs", "reroute"])?;
-    ensure!(logs.contains("dev eth0") && logs.ends_with("refused\n"), "{logs:?}");
+    // (The same `nc` reaches a pod: what it cannot reach, it is kept from.)
+    ensure!(
+        logs.starts_with("hello over the pod network\n") && logs.contains("dev eth0") && logs.ends_with("refused\n"),
+        "{logs:?}"
+    );
 
     // Kubernetes' own liveness example: an exec probe that starts failing restarts the
     // container, and says why in the command's words.
@@ -313,6 +317,12 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let logs = k.ok(&["logs", "locked"])?;
     ensure!(logs == "read-only\n65534\n", "{logs:?}");
 
+    // A command an exec probe runs, runs as the container's user (youki's exec alone would
+    // run it as root).
+    let probed = "    command: [\"sleep\", \"600\"]\n    securityContext:\n      runAsUser: 65534\n    readinessProbe:\n      exec:\n        command: [\"sh\", \"-c\", \"test $(id -u) = 65534\"]\n      periodSeconds: 1\n";
+    apply(&k, &pod("probed", &node, "busybox", "Always", probed, "  terminationGracePeriodSeconds: 1\n"))?;
+    wait_for(&k, "probed", "{.status.containerStatuses[0].ready}", 60, |r| r == "true")?;
+
     // Volumes, bound into the container: a ConfigMap's keys and a writable emptyDir.
     k.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello from a configmap"])?;
     let mounts = "    command: [\"sh\", \"-c\", \"cat /etc/cfg/greeting; echo; echo kept > /data/f && cat /data/f\"]\n    volumeMounts:\n    - {name: cfg, mountPath: /etc/cfg}\n    - {name: data, mountPath: /data}\n";
@@ -376,12 +386,12 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     apply(&k, &pod("survivor", &node, "busybox", "Never", ticker, ""))?;
     // One that ends while no agent runs: its end is known all the same (a Job's pod that
     // succeeded meanwhile succeeded).
-    apply(&k, &pod("brief", &node, "busybox", "Never", "    command: [\"sleep\", \"1\"]\n", ""))?;
+    apply(&k, &pod("brief", &node, "busybox", "Never", "    command: [\"sleep\", \"2\"]\n", ""))?;
     let run = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}";
     let before = wait_for(&k, "survivor", run, 60, |s| s.split_whitespace().count() == 2)?;
     wait_for(&k, "brief", run, 60, |s| s.split_whitespace().count() == 2)?;
     server.kill()?;
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(std::time::Duration::from_secs(3));
     let _server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
     let ended = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.terminated.startedAt} \
                  {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.terminated.exitCode}";

@@ -264,8 +264,9 @@ impl Worker {
         else {
             return;
         };
+        // A pod stopping is adopted all the same: its worker stops it then, as it would have.
         let name = self.record(slot).name.clone();
-        if name != status.name || self.stop.is_some() {
+        if name != status.name {
             return;
         }
         let attempt = status.restart_count;
@@ -669,7 +670,12 @@ impl Worker {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect();
-        let id = crate::images::sha256(format!("{:?}/{}/{attempt}", self.pod.metadata.uid, container.name).as_bytes());
+        // Unique to this run, whatever an earlier agent made of the same attempt (one it left
+        // running, unknown to the status it published, keeps its own).
+        let nonce = Timestamp::now().as_nanosecond();
+        let id = crate::images::sha256(
+            format!("{:?}/{}/{attempt}/{nonce}", self.pod.metadata.uid, container.name).as_bytes(),
+        );
         let spec = self.pod.spec.as_ref();
         let containers = spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
         Ok(Launch {

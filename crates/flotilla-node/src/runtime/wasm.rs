@@ -101,7 +101,10 @@ impl ContainerRuntime for WasmRuntime {
                     ports: launch.ports,
                     egress: self.egress.clone(),
                     names: Some(Arc::new(PodNames { zone: self.zone.clone(), namespace: launch.namespace })),
-                    pod_network: Some(self.pod_network.clone()),
+                    // In the pod's own namespace, its connections leave through the pod's
+                    // interface, as its Linux containers' do: no tunnel entrance is made from
+                    // there (it would be the namespace's, and live on the container's thread).
+                    pod_network: launch.netns.is_none().then(|| self.pod_network.clone()),
                     frontends: Some(self.frontends.clone()),
                 }),
                 http_concurrency: launch.http_concurrency,

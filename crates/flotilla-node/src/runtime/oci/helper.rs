@@ -5,8 +5,8 @@
 //! code in the child; in the agent, a multi-threaded process whose allocator arenas other
 //! threads may hold, that child could deadlock on its first allocation. The helper is
 //! single-threaded, does one step and exits, as `runc create` does: no process stays per pod but
-//! the container's own, which the agent (a child subreaper) inherits when the helper exits.
-//! A failure is written to `--error-file`: the helper's stdout and stderr are the container's.
+//! the container's own, which the keeper (`keeper.rs`, a child subreaper) inherits when the
+//! helper exits. A failure is written to `--error-file`.
 
 use std::path::PathBuf;
 
@@ -22,8 +22,8 @@ pub(crate) enum Step {
     /// to be started with the FIFOs `stdout` and `stderr` as its output, and writes its pid to
     /// `pid_file`. Run by the keeper (`keeper.rs`), which its init process is left to.
     Create { root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf, stdout: PathBuf, stderr: PathBuf },
-    /// Runs the keeper of the runtime directory `dir`.
-    Keep { dir: PathBuf },
+    /// Runs the keeper of the runtime directory `dir`, listening on `socket`.
+    Keep { dir: PathBuf, socket: PathBuf },
     /// Makes a pod's sandbox: new network (loopback up, and the pod's end of its interface,
     /// `network.rs`), UTS (`hostname`) and IPC namespaces, kept by bind mounts at
     /// `dir/{net,uts,ipc}` for its containers to join.
@@ -56,7 +56,7 @@ impl Step {
                 stdout: value("--stdout")?.into(),
                 stderr: value("--stderr")?.into(),
             },
-            Some("keep") => Step::Keep { dir: value("--dir")?.into() },
+            Some("keep") => Step::Keep { dir: value("--dir")?.into(), socket: value("--socket")?.into() },
             Some("exec") => Step::Exec {
                 root: value("--root")?.into(),
                 id: value("--id")?,
@@ -93,7 +93,7 @@ impl Step {
                 output_to(&stdout, &stderr)?;
                 create(root, bundle, id, pid_file)
             }
-            Step::Keep { dir } => super::keeper::run(&dir).map(|()| 0),
+            Step::Keep { dir, socket } => super::keeper::run(&dir, &socket).map(|()| 0),
             Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()).map(|()| 0),
             Step::Exec { root, id, command, timeout_ms } => exec(root, id, command, timeout_ms),
         }
@@ -103,8 +103,9 @@ impl Step {
 /// Makes the FIFOs `stdout` and `stderr` this process's output, which the container inherits.
 /// Each is opened for reading too, so that it always has a reader: a write never fails, as it
 /// would once the agent, its reader, went away (the container waits instead, once the FIFO is
-/// full, until a new agent reads it). Each holds 1 MiB, so that a container outlives a
-/// restarting agent without waiting.
+/// full, until a new agent reads it). Each holds 256 KiB (runc's pipes hold 64), so that a
+/// container outlives a restarting agent without waiting; the kernel counts a pipe's size
+/// against its user's `pipe-user-pages-soft`, which larger ones would use up.
 fn output_to(stdout: &std::path::Path, stderr: &std::path::Path) -> Result<(), String> {
     let open = |path: &std::path::Path| {
         let fifo = rustix::fs::open(path, rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty())
@@ -119,7 +120,7 @@ fn output_to(stdout: &std::path::Path, stderr: &std::path::Path) -> Result<(), S
 }
 
 /// What a container's output FIFO holds before the container waits for a reader.
-const OUTPUT_BUFFER: usize = 1 << 20;
+const OUTPUT_BUFFER: usize = 256 << 10;
 
 fn create(root: PathBuf, bundle: PathBuf, id: String, pid_file: PathBuf) -> Result<i32, String> {
     ContainerBuilder::new(id, SyscallType::Linux)
@@ -162,10 +163,18 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64) -> Res
     if command.is_empty() {
         return Err("no command to exec".into());
     }
+    // As the container's own user (its `runAsUser`, `runAsGroup`): youki's tenant runs as root
+    // unless told, as `runc exec` does not.
+    let container = libcontainer::container::Container::load(root.join(&id)).map_err(|e| e.to_string())?;
+    let config = std::fs::read(container.bundle().join("config.json")).map_err(|e| format!("reading the spec: {e}"))?;
+    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("reading the spec: {e}"))?;
+    let id_of = |key: &str| config["process"]["user"][key].as_u64().and_then(|n| u32::try_from(n).ok());
     let pid = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| e.to_string())?
         .as_tenant()
+        .with_user(id_of("uid"))
+        .with_group(id_of("gid"))
         .with_container_args(command)
         .with_detach(false)
         .build()

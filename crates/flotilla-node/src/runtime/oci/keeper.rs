@@ -10,14 +10,23 @@
 //! reads once the container's pidfd says it has ended. Nothing else lives in it: it holds no
 //! pipe (containers write to FIFOs in their bundles) and no state but its children.
 //!
-//! The agent talks to it over `keeper.sock` in the runtime's directory: a request is the
-//! helper's arguments, NUL-separated; the answer, once that helper ends, its exit code. The
+//! The agent talks to it over `keeper-<binary>.sock` in the runtime's directory: a request is
+//! the helper's arguments, NUL-separated; the answer, once that helper ends, its exit code. The
 //! keeper is started by the agent when none answers, in a process group of its own, and ends
-//! by itself once it has had no child and no request for [`IDLE`].
+//! by itself once it has had no child and no request for [`IDLE`]. The socket is named by the
+//! agent's binary (its device, inode and modification time): an agent upgraded in place starts
+//! a keeper of its own version, and the old one keeps the containers it parents until they end
+//! (their ends go to the same records).
+//!
+//! A supervisor that stops the agent by killing its whole cgroup (systemd's default
+//! `KillMode=control-group`) kills the keeper too, and the containers are orphaned to PID 1:
+//! the agent's unit wants `KillMode=process`, as containerd's has. (Should the keeper die while
+//! the agent runs, the agent, a child subreaper too, inherits its containers and reaps them.)
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,8 +36,6 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::WaitOptions;
 
-/// The socket's name in the runtime's directory.
-pub(super) const SOCKET: &str = "keeper.sock";
 /// Where the ends of containers are recorded, by pid.
 pub(super) const EXITS: &str = "exits";
 /// How long a keeper with nothing to keep waits before it ends.
@@ -38,17 +45,21 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request the keeper reads.
 const MAX_REQUEST: u64 = 64 << 10;
 
-/// Runs the keeper for the runtime directory `dir` until it has been idle for [`IDLE`].
-pub(crate) fn run(dir: &Path) -> Result<(), String> {
+/// Runs the keeper for the runtime directory `dir`, listening on `socket`, until it has been
+/// idle for [`IDLE`].
+pub(crate) fn run(dir: &Path, socket: &Path) -> Result<(), String> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| format!("becoming the containers' subreaper: {e}"))?;
     let exits = dir.join(EXITS);
     std::fs::create_dir_all(&exits).map_err(|e| format!("creating {}: {e}", exits.display()))?;
-    let socket = dir.join(SOCKET);
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
     listener.set_nonblocking(true).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
-    let helper = std::env::current_exe().map_err(|e| format!("finding the helper: {e}"))?;
+    // The socket as bound: another keeper may replace it, and its socket is not this one's to
+    // remove.
+    let bound = std::fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok();
+    // Its own binary, even once an upgrade has replaced the file it was started from.
+    let helper = PathBuf::from("/proc/self/exe");
     // Each running step: its process, who asked, and when it is killed.
     let mut steps: HashMap<i32, (Child, UnixStream, Instant)> = HashMap::new();
     let mut busy_at = Instant::now();
@@ -93,7 +104,10 @@ pub(crate) fn run(dir: &Path) -> Result<(), String> {
             busy_at = Instant::now();
         } else if busy_at.elapsed() > IDLE {
             // Gone before it stops answering: an agent that finds no socket starts a keeper.
-            let _ = std::fs::remove_file(&socket);
+            // (One that connected just before is answered by nothing, and asks again.)
+            if std::fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok() == bound {
+                let _ = std::fs::remove_file(socket);
+            }
             return Ok(());
         }
     }
@@ -133,6 +147,8 @@ fn record(exits: &Path, pid: i32, code: i32) {
 #[derive(Debug)]
 pub(super) struct Keeper {
     dir: PathBuf,
+    /// `keeper-<binary>.sock`: the keeper of this agent's binary.
+    socket: PathBuf,
     /// The keeper this agent started last, reaped once it has ended (the agent is a child
     /// subreaper, and nothing else waits for its children).
     started: std::sync::Mutex<Option<Child>>,
@@ -140,31 +156,48 @@ pub(super) struct Keeper {
 
 impl Keeper {
     pub(super) fn new(dir: PathBuf) -> Keeper {
-        Keeper { dir, started: std::sync::Mutex::new(None) }
+        let binary = std::fs::metadata("/proc/self/exe")
+            .map(|m| format!("{:x}-{:x}-{:x}", m.dev(), m.ino(), m.mtime()))
+            .unwrap_or_default();
+        let socket = dir.join(format!("keeper-{binary}.sock"));
+        Keeper { dir, socket, started: std::sync::Mutex::new(None) }
     }
 
     /// Runs a helper step through the keeper, waiting for it at most `timeout`: the step's
-    /// exit code.
+    /// exit code. A keeper that ends as it is asked (it was idle) is asked again, once.
     pub(super) fn run_step(&self, args: &[&str], timeout: Duration) -> Result<i32, String> {
+        match self.ask(args, timeout) {
+            Ok(Some(code)) => Ok(code),
+            Ok(None) => self.ask(args, timeout)?.ok_or_else(|| "the keeper ended without an answer".to_string()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The step's exit code, or `None` if the keeper closed the connection without answering.
+    fn ask(&self, args: &[&str], timeout: Duration) -> Result<Option<i32>, String> {
         let mut stream = self.connect()?;
         let failed = |e: std::io::Error| format!("asking the keeper: {e}");
         stream.write_all(args.join("\0").as_bytes()).map_err(failed)?;
         stream.shutdown(std::net::Shutdown::Write).map_err(failed)?;
         stream.set_read_timeout(Some(timeout)).map_err(failed)?;
         let mut answer = String::new();
-        stream.read_to_string(&mut answer).map_err(failed)?;
-        answer.trim().parse().map_err(|_| "the keeper ended without an answer".to_string())
+        match stream.read_to_string(&mut answer) {
+            Ok(_) if answer.is_empty() => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
+            Ok(_) => answer.trim().parse().map(Some).map_err(|_| format!("the keeper answered {answer:?}")),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     /// A connection to the keeper, starting one if none answers.
     fn connect(&self) -> Result<UnixStream, String> {
-        let socket = self.dir.join(SOCKET);
-        if let Ok(stream) = UnixStream::connect(&socket) {
+        let socket = &self.socket;
+        if let Ok(stream) = UnixStream::connect(socket) {
             return Ok(stream);
         }
         let mut started = self.started.lock().expect("keeper lock");
         // Another thread may have started one meanwhile.
-        if let Ok(stream) = UnixStream::connect(&socket) {
+        if let Ok(stream) = UnixStream::connect(socket) {
             return Ok(stream);
         }
         if let Some(mut old) = started.take() {
@@ -175,6 +208,8 @@ impl Keeper {
             .arg("keep")
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--socket")
+            .arg(socket)
             .arg("--error-file")
             .arg(self.dir.join("keeper.error"))
             .stdin(Stdio::null())
@@ -187,7 +222,7 @@ impl Keeper {
         *started = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match UnixStream::connect(&socket) {
+            match UnixStream::connect(socket) {
                 Ok(stream) => return Ok(stream),
                 Err(e) if Instant::now() > deadline => return Err(format!("the keeper does not answer: {e}")),
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),

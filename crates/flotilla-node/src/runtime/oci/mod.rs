@@ -41,7 +41,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rustix::fs::OFlags;
 use rustix::mount::UnmountFlags;
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 
@@ -109,8 +109,16 @@ struct Shared {
 struct LeftBehind {
     run: OciRun,
     pod_uid: String,
-    /// Its exit code, if it ended while no agent watched.
-    ended: Option<i32>,
+    /// How it ended, if it ended while no agent watched.
+    ended: Option<Ended>,
+}
+
+/// How a container that ended while no agent watched ended.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    code: i32,
+    /// The kernel's OOM killer ended it.
+    oom: bool,
 }
 
 impl OciRuntime {
@@ -133,6 +141,9 @@ impl OciRuntime {
             }
             network::guard_node_loopback()?;
         }
+        // Should a keeper die while the agent runs, its containers come to the agent.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| format!("becoming a subreaper: {e}"))?;
         for sub in ["bundles", "sandboxes", "state", keeper::EXITS] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
         }
@@ -215,13 +226,14 @@ impl Shared {
                 if !in_cgroup.lines().any(|line| line.ends_with(&cgroup)) {
                     return None;
                 }
-                (Some(Process::open(pid, &self.dir).ok()?), None)
+                (Some(Process::open(pid, &self.dir, false).ok()?), None)
             }
             ContainerStatus::Stopped => {
                 let record = self.dir.join(keeper::EXITS).join(pid.to_string());
                 let code = std::fs::read_to_string(&record).ok()?.trim().parse().ok()?;
                 let _ = std::fs::remove_file(&record);
-                (None, Some(code))
+                // Read now: the empty cgroups go before any worker adopts it.
+                (None, Some(Ended { code, oom: self.cgroups.oom_killed(&cgroup) }))
             }
             _ => return None,
         };
@@ -238,6 +250,7 @@ impl Shared {
             output_fifos: Vec::new(),
             containers: self.containers.clone(),
             started: false,
+            exit_read: false,
             removed: false,
         };
         Some(LeftBehind { run, pod_uid, ended })
@@ -247,10 +260,8 @@ impl Shared {
     fn remove_container(&self, id: &str) {
         let state = self.state.join(id);
         if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
-            if let Some(process) = container.pid().and_then(|pid| Process::open(pid.as_raw(), &self.dir).ok()) {
-                let _ = rustix::process::pidfd_send_signal(&*process.pidfd, Signal::KILL);
-                let _ = process.ended_within(Duration::from_secs(5));
-                let _ = std::fs::remove_file(&process.exit);
+            if let Some(process) = container.pid().and_then(|pid| Process::open(pid.as_raw(), &self.dir, false).ok()) {
+                process.kill_and_forget();
             }
             let _ = container.delete(true);
         }
@@ -343,6 +354,7 @@ impl Shared {
             output_fifos: Vec::new(),
             containers: self.containers.clone(),
             started: false,
+            exit_read: false,
             removed: false,
         };
         for dir in [bundle.join("upper"), bundle.join("work"), bundle.join("mounts"), rootfs.clone()] {
@@ -454,7 +466,7 @@ impl Shared {
         // else failed (its pid file is written before the helper returns).
         let pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
-            run.process = Some(Process::open(pid, &self.dir).map_err(failed)?);
+            run.process = Some(Process::open(pid, &self.dir, true).map_err(failed)?);
             self.containers.lock().expect("containers lock").insert(launch.id.clone(), launch.pod_uid.clone());
         }
         created.map_err(failed)?;
@@ -592,7 +604,7 @@ impl ContainerRuntime for OciRuntime {
         left.run.output = output;
         match left.ended {
             None => Some(left.run.running(started)),
-            Some(code) => Some(Ok(left.run.ended(code, started))),
+            Some(ended) => Some(Ok(left.run.ended(ended, started))),
         }
     }
 
@@ -649,6 +661,8 @@ struct OciRun {
     containers: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// Whether it was started (or adopted): then dropping it leaves it running.
     started: bool,
+    /// Whether its end is known (its record read): nothing is left to kill or wait for.
+    exit_read: bool,
     /// Whether it was removed.
     removed: bool,
 }
@@ -664,15 +678,31 @@ struct Process {
 }
 
 impl Process {
-    /// The process `pid`, whose end the keeper of the runtime directory `dir` records. A record
-    /// of an earlier process with its pid goes.
-    fn open(pid: i32, dir: &Path) -> Result<Process, String> {
+    /// The process `pid`, whose end the keeper of the runtime directory `dir` records. For a
+    /// process just made (`fresh`), a record left by an earlier process with its pid goes.
+    fn open(pid: i32, dir: &Path, fresh: bool) -> Result<Process, String> {
         let raw = Pid::from_raw(pid).ok_or("the container's pid is not a pid")?;
         let pidfd = rustix::process::pidfd_open(raw, PidfdFlags::empty())
             .map_err(|e| format!("opening the container's process: {e}"))?;
         let exit = dir.join(keeper::EXITS).join(pid.to_string());
-        let _ = std::fs::remove_file(&exit);
+        if fresh {
+            let _ = std::fs::remove_file(&exit);
+        }
         Ok(Process { pidfd: Arc::new(pidfd), exit })
+    }
+
+    /// Kills it, waits for its end, and removes the record of it (blocking): once the keeper
+    /// has written it, so that none is left behind for a later process with its pid.
+    fn kill_and_forget(&self) {
+        let _ = rustix::process::pidfd_send_signal(&*self.pidfd, Signal::KILL);
+        let _ = self.ended_within(Duration::from_secs(5));
+        // Reaped here if the agent is its parent (its keeper died before it).
+        let _ =
+            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+        let deadline = Instant::now() + EXIT_RECORD;
+        while std::fs::remove_file(&self.exit).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether it has ended (blocking for at most `timeout`).
@@ -692,6 +722,12 @@ impl Process {
         #[allow(deprecated)]
         let readable = AsyncFd::new(owned).map_err(|e| format!("waiting for the container: {e}"))?;
         drop(readable.readable().await.map_err(|e| format!("waiting for the container: {e}"))?);
+        // The agent's own child when the keeper died before it (the agent is a subreaper too).
+        if let Ok(Some(status)) =
+            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+        {
+            return Ok(status.exit_status().or_else(|| status.terminating_signal().map(|s| 128 + s)).unwrap_or(128));
+        }
         let deadline = Instant::now() + EXIT_RECORD;
         loop {
             if let Ok(code) = tokio::fs::read_to_string(&self.exit).await {
@@ -714,11 +750,10 @@ impl OciRun {
             return;
         }
         self.containers.lock().expect("containers lock").remove(&self.id);
-        if let Some(process) = self.process.take() {
-            // Gone already when it ended by itself: the signal then fails at once.
-            let _ = rustix::process::pidfd_send_signal(&*process.pidfd, Signal::KILL);
-            let _ = process.ended_within(Duration::from_secs(5));
-            let _ = std::fs::remove_file(&process.exit);
+        if let Some(process) = self.process.take()
+            && !self.exit_read
+        {
+            process.kill_and_forget();
         }
         // A run refused before the helper made it has no state (and libcontainer logs an
         // error for a load that finds none).
@@ -753,6 +788,7 @@ impl Drop for OciRun {
             output_fifos: std::mem::take(&mut self.output_fifos),
             containers: self.containers.clone(),
             started: false,
+            exit_read: false,
             removed: false,
         };
         self.removed = true;
@@ -780,25 +816,25 @@ impl Created for OciRun {
 impl OciRun {
     /// The handle and the end of a container that ended with `code` while no agent watched: an
     /// end at once, as it was.
-    fn ended(mut self, code: i32, started: jiff::Timestamp) -> Started {
+    fn ended(mut self, ended: Ended, started: jiff::Timestamp) -> Started {
         self.started = true;
+        self.exit_read = true;
         let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
         let usage = ContainerUsage { meter, requests: Requests::new(), started };
         let mut run = self;
-        let exit = async move {
-            tokio::task::spawn_blocking(move || run.finish(Ok(code))).await.unwrap_or_else(|e| Exit {
-                code: 128,
-                reason: ExitReason::Error,
-                message: Some(e.to_string()),
-            })
-        };
-        Started { control: Arc::new(Ended), usage, exit: exit.boxed() }
+        let exit =
+            async move {
+                tokio::task::spawn_blocking(move || run.finish(Ok(ended.code), ended.oom))
+                    .await
+                    .unwrap_or_else(|e| Exit { code: 128, reason: ExitReason::Error, message: Some(e.to_string()) })
+            };
+        Started { control: Arc::new(NothingRuns), usage, exit: exit.boxed() }
     }
 
     /// Its end, once it has ended with `status`: as the kubelet, a container the kernel's OOM
-    /// killer ended is `OOMKilled`. Then it is removed. Blocking.
-    fn finish(&mut self, status: Result<i32, String>) -> Exit {
-        let oom = self.cgroups.oom_killed(&self.cgroup);
+    /// killer ended (or `oom`, known already) is `OOMKilled`. Then it is removed. Blocking.
+    fn finish(&mut self, status: Result<i32, String>, oom: bool) -> Exit {
+        let oom = oom || self.cgroups.oom_killed(&self.cgroup);
         self.remove();
         match status {
             Ok(code) if oom => Exit { code, reason: ExitReason::OomKilled, message: None },
@@ -811,7 +847,6 @@ impl OciRun {
     /// by an earlier one): its output read from its FIFOs into its log, its end from the keeper.
     fn running(mut self, started: jiff::Timestamp) -> Result<Started, String> {
         let process = self.process.clone().ok_or("a created container has its process")?;
-        self.started = true;
         if self.output_fifos.is_empty() {
             // Adopted: its FIFOs, which it holds open, are opened again.
             for name in OUTPUT {
@@ -826,6 +861,8 @@ impl OciRun {
             .zip(std::mem::take(&mut self.output_fifos))
             .map(|(stream, fifo)| pump(fifo, stream, self.output.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        // From here on, dropping it leaves it running.
+        self.started = true;
         let control = Arc::new(OciControl {
             pidfd: process.pidfd.clone(),
             helper: self.helper.clone(),
@@ -844,7 +881,8 @@ impl OciRun {
                 }
             }
             let mut run = self;
-            tokio::task::spawn_blocking(move || run.finish(status)).await.unwrap_or_else(|e| Exit {
+            run.exit_read = status.is_ok();
+            tokio::task::spawn_blocking(move || run.finish(status, false)).await.unwrap_or_else(|e| Exit {
                 code: 128,
                 reason: ExitReason::Error,
                 message: Some(e.to_string()),
@@ -934,9 +972,9 @@ fn pump(fifo: OwnedFd, stream: Stream, log: Arc<ContainerLog>) -> Result<tokio::
 
 /// The control of a container that has ended: nothing is left to signal.
 #[derive(Debug)]
-struct Ended;
+struct NothingRuns;
 
-impl Control for Ended {
+impl Control for NothingRuns {
     fn terminate(&self) -> bool {
         false
     }

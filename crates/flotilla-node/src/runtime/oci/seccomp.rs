@@ -29,7 +29,7 @@ const ALLOWED: &[&str] = &[
     "statx", "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "tee", "truncate", "umask", "unlink",
     "unlinkat", "utime", "utimensat", "utimes", "vmsplice", "write", "writev", "cachestat",
     // Memory.
-    "brk", "get_mempolicy", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "mincore", "mlock", "mlock2",
+    "brk", "get_mempolicy", "getrandom", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "mincore", "mlock", "mlock2",
     "mlockall", "mmap", "mprotect", "mremap", "mseal", "msync", "munlock", "munlockall", "munmap", "pkey_alloc",
     "pkey_free", "pkey_mprotect", "remap_file_pages",
     // Processes and threads (`clone` is allowed below without namespace flags).
@@ -42,8 +42,8 @@ const ALLOWED: &[&str] = &[
     "sched_getscheduler", "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam",
     "sched_setscheduler", "sched_yield", "seccomp", "set_robust_list", "set_thread_area", "set_tid_address",
     "setfsgid", "setfsuid", "setgid", "setgroups", "setpgid", "setpriority", "setregid", "setresgid", "setresuid",
-    "setreuid", "setrlimit", "setsid", "setuid", "sysinfo", "tgkill", "times", "tkill", "uname", "vfork", "wait4",
-    "waitid",
+    "setreuid", "setrlimit", "setsid", "setuid", "sysinfo", "tgkill", "times", "tkill", "uname", "uretprobe",
+    "vfork", "wait4", "waitid",
     // Signals.
     "alarm", "pause", "rt_sigaction", "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn",
     "rt_sigsuspend", "rt_sigtimedwait", "rt_tgsigqueueinfo", "sigaltstack", "signalfd", "signalfd4",
@@ -117,7 +117,9 @@ mod tests {
         let profile = runtime_default(&[]);
         assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
         let names = allowed(&profile);
-        for everyday in ["read", "openat", "mmap", "execve", "socket", "futex", "rseq", "statx", "close_range"] {
+        let everyday =
+            ["read", "openat", "mmap", "execve", "socket", "futex", "rseq", "statx", "close_range", "getrandom"];
+        for everyday in everyday {
             assert!(names.iter().any(|n| n == everyday), "{everyday}");
         }
         for escape in [
