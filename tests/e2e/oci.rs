@@ -317,6 +317,15 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     let logs = k.ok(&["logs", "locked"])?;
     ensure!(logs == "read-only\n65534\n", "{logs:?}");
 
+    // A container starts with no signal blocked (its keeper blocks SIGCHLD for itself).
+    apply(
+        &k,
+        &pod("mask", &node, "busybox", "Never", "    command: [\"grep\", \"SigBlk\", \"/proc/self/status\"]\n", ""),
+    )?;
+    wait_for(&k, "mask", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let mask = k.ok(&["logs", "mask"])?;
+    ensure!(mask.trim() == "SigBlk:\t0000000000000000", "{mask:?}");
+
     // A command an exec probe runs, runs as the container's user (youki's exec alone would
     // run it as root).
     let probed = "    command: [\"sleep\", \"600\"]\n    securityContext:\n      runAsUser: 65534\n    readinessProbe:\n      exec:\n        command: [\"sh\", \"-c\", \"test $(id -u) = 65534\"]\n      periodSeconds: 1\n";

@@ -141,6 +141,13 @@ pub(crate) fn main(args: &[String]) -> i32 {
     // The agent keeps its own files private (umask 077); a container starts with runc's 022,
     // which its devices and its processes' files are made under.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    // A step the keeper runs starts with its mask (it blocks SIGCHLD, to read it from a
+    // signalfd): a container starts with none blocked.
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     let (step, error_file) = match Step::parse(args) {
         Ok(parsed) => parsed,
         Err(message) => {

@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::WaitOptions;
 
@@ -60,12 +62,20 @@ pub(crate) fn run(dir: &Path, socket: &Path) -> Result<(), String> {
     let bound = std::fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok();
     // Its own binary, even once an upgrade has replaced the file it was started from.
     let helper = PathBuf::from("/proc/self/exe");
+    // A child's end wakes the loop at once (a step's answer, a container's record, are what
+    // pods wait for). The mask is the keeper's own: each child starts with an empty one.
+    let mut children_end = SigSet::empty();
+    children_end.add(Signal::SIGCHLD);
+    children_end.thread_block().map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+    let ended = SignalFd::with_flags(&children_end, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("watching for children's ends: {e}"))?;
     // Each running step: its process, who asked, and when it is killed.
     let mut steps: HashMap<i32, (Child, UnixStream, Instant)> = HashMap::new();
     let mut busy_at = Instant::now();
     loop {
-        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
-        let _ = poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 }));
+        let mut fds = [PollFd::new(&listener, PollFlags::IN), PollFd::new(&ended, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 }));
+        while let Ok(Some(_)) = ended.read_signal() {}
         while let Ok((stream, _)) = listener.accept() {
             busy_at = Instant::now();
             match start_step(&helper, stream) {
