@@ -63,8 +63,8 @@ pub(crate) const HANDLER: &str = "oci";
 const OUTPUT: [&str; 2] = ["stdout", "stderr"];
 /// How long the keeper may take to record a container's end once it has ended.
 const EXIT_RECORD: Duration = Duration::from_secs(5);
-/// How long a container's output may still arrive after it exits (its pipes close when the
-/// last process of its PID namespace ends, at once unless something else holds them).
+/// How long a container's output may still arrive after it exits (its FIFOs have no writer
+/// once the last process of its PID namespace ends, at once unless something else holds them).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// How long one step of the helper may take before it is killed.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -295,8 +295,7 @@ impl Shared {
         if status.success() {
             return Ok(());
         }
-        let written = std::fs::read_to_string(errors.path()).unwrap_or_default();
-        Err(if written.is_empty() { format!("the OCI helper failed: {status}") } else { written })
+        Err(step_failure(errors.path(), status))
     }
 
     /// The pod's sandbox, made by its first container: its namespaces, its interface, and
@@ -456,10 +455,7 @@ impl Shared {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let created = match self.keeper.run_step(&args, HELPER_TIMEOUT) {
             Ok(0) => Ok(()),
-            Ok(code) => Err(std::fs::read_to_string(errors.path())
-                .ok()
-                .filter(|e| !e.is_empty())
-                .unwrap_or_else(|| format!("the OCI helper failed with exit code {code}"))),
+            Ok(code) => Err(step_failure(errors.path(), format!("exit code {code}"))),
             Err(e) => Err(e),
         };
         // The container's init, once created, is the keeper's child, and is removed whatever
@@ -516,6 +512,13 @@ fn user(
         )));
     }
     Ok(user)
+}
+
+/// Why a helper step that ended with `status` failed: what it wrote to its error file, else
+/// its status.
+fn step_failure(errors: &Path, status: impl std::fmt::Display) -> String {
+    let written = std::fs::read_to_string(errors).unwrap_or_default();
+    if written.is_empty() { format!("the OCI helper failed: {status}") } else { written }
 }
 
 /// Removes a container's bundle: its volumes' mount points and its root unmounted, then its
