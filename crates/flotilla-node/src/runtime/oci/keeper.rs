@@ -21,7 +21,7 @@
 //! A supervisor that stops the agent by killing its whole cgroup (systemd's default
 //! `KillMode=control-group`) kills the keeper too, and the containers are orphaned to PID 1:
 //! the agent's unit wants `KillMode=process`, as containerd's has. (Should the keeper die while
-//! the agent runs, the agent, a child subreaper too, inherits its containers and reaps them.)
+//! the agent runs, its containers go to PID 1, and their ends are unknown.)
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -159,8 +159,8 @@ pub(super) struct Keeper {
     dir: PathBuf,
     /// `keeper-<binary>.sock`: the keeper of this agent's binary.
     socket: PathBuf,
-    /// The keeper this agent started last, reaped once it has ended (the agent is a child
-    /// subreaper, and nothing else waits for its children).
+    /// The keeper this agent started last, reaped once it has ended (nothing else waits for
+    /// the agent's children).
     started: std::sync::Mutex<Option<Child>>,
 }
 

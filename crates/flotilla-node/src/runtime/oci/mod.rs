@@ -41,7 +41,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rustix::fs::OFlags;
 use rustix::mount::UnmountFlags;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 
@@ -141,9 +141,9 @@ impl OciRuntime {
             }
             network::guard_node_loopback()?;
         }
-        // Should a keeper die while the agent runs, its containers come to the agent.
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-            .map_err(|e| format!("becoming a subreaper: {e}"))?;
+        // The agent is no subreaper: an `exec` helper killed half-way (a probe given up) would
+        // leave it the command's process, a zombie that nothing reaps and that keeps the
+        // container's PID namespace, and so the container, from ever ending.
         for sub in ["bundles", "sandboxes", "state", keeper::EXITS] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
         }
@@ -699,9 +699,6 @@ impl Process {
     fn kill_and_forget(&self) {
         let _ = rustix::process::pidfd_send_signal(&*self.pidfd, Signal::KILL);
         let _ = self.ended_within(Duration::from_secs(5));
-        // Reaped here if the agent is its parent (its keeper died before it).
-        let _ =
-            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
         let deadline = Instant::now() + EXIT_RECORD;
         while std::fs::remove_file(&self.exit).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -725,12 +722,6 @@ impl Process {
         #[allow(deprecated)]
         let readable = AsyncFd::new(owned).map_err(|e| format!("waiting for the container: {e}"))?;
         drop(readable.readable().await.map_err(|e| format!("waiting for the container: {e}"))?);
-        // The agent's own child when the keeper died before it (the agent is a subreaper too).
-        if let Ok(Some(status)) =
-            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
-        {
-            return Ok(status.exit_status().or_else(|| status.terminating_signal().map(|s| 128 + s)).unwrap_or(128));
-        }
         let deadline = Instant::now() + EXIT_RECORD;
         loop {
             if let Ok(code) = tokio::fs::read_to_string(&self.exit).await {
