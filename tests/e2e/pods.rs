@@ -40,6 +40,21 @@ pub(crate) fn apply(k: &Kubectl, manifest: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `kubectl args` until its output passes `check`; returns that output.
+pub(crate) fn eventually(k: &Kubectl, args: &[&str], secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match k.ok(args) {
+            Ok(out) if check(&out) => return Ok(out),
+            Ok(out) => last = out,
+            Err(err) => last = err.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("kubectl {args:?} still says {last:?} after {secs} s")
+}
+
 /// Waits (up to `secs`) until `jsonpath` of `pod` reads as `check` wants; returns what it read.
 pub(crate) fn wait_for(
     k: &Kubectl,

@@ -3,6 +3,7 @@
 //! node offers are evicted as the kubelet evicts them, so that the node and a neighbour live.
 //! The node reserves all but 700Mi of this machine for the system (`--system-reserved`), so
 //! the test needs no more than that of it, and the pods reach the limits in seconds.
+//! A node short of disk reports it, and is sent no pods.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use flotilla_examples as examples;
 
 use crate::harness::{Ports, Server};
 use crate::kubectl::Kubectl;
-use crate::pods::{apply, import, node_name, pod, wait_for};
+use crate::pods::{apply, eventually, import, node_name, pod, wait_for};
 
 /// A value from `/proc/meminfo`, in KiB.
 fn meminfo_kib(field: &str) -> u64 {
@@ -109,5 +110,28 @@ fn a_node_short_of_memory_evicts_the_greediest_pod_and_keeps_the_rest() -> Resul
     ])?;
     ensure!(neighbour == "Running 0", "{neighbour}");
     ensure!(node_field("{.status.conditions[?(@.type==\"Ready\")].status}")? == "True");
+    Ok(())
+}
+
+/// A node whose disk is short (here: a threshold no disk meets, `nodefs.available<100%`)
+/// reports `DiskPressure`, is tainted for it, and the scheduler sends it no pod.
+#[test]
+fn a_node_short_of_disk_reports_disk_pressure_and_is_sent_no_pods() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with(dir.path(), Ports::free(), &["--eviction-hard", "nodefs.available<100%"])?;
+    import(dir.path(), examples::P1_HTTP, "http:v1")?;
+    let k = Kubectl::new("1.33", &server)?;
+    let node = node_name(&k)?;
+    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"DiskPressure\")].reason} {.spec.taints[*].key}";
+    eventually(&k, &["get", "node", &node, "-o", jsonpath], 30, |out| {
+        out.starts_with("KubeletHasDiskPressure ") && out.contains("node.kubernetes.io/disk-pressure")
+    })?;
+    let unplaced = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: unplaced\nspec:\n  containers:\n  - name: http\n    image: http:v1\n    imagePullPolicy: IfNotPresent\n";
+    apply(&k, unplaced)?;
+    let events = eventually(&k, &["get", "events", "--field-selector", "involvedObject.name=unplaced"], 30, |out| {
+        out.contains("FailedScheduling")
+    })?;
+    ensure!(events.contains("untolerated taint {node.kubernetes.io/disk-pressure: }"), "{events}");
+    ensure!(k.ok(&["get", "pod", "unplaced", "-o", "jsonpath={.spec.nodeName}"])?.is_empty());
     Ok(())
 }

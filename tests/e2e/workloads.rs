@@ -6,12 +6,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use flotilla_examples as examples;
 
 use crate::harness::{Ports, Server, flotilla_bin};
 use crate::kubectl::Kubectl;
-use crate::pods::{apply, import};
+use crate::pods::{apply, eventually, import};
 
 /// `flotilla agent --hollow N`: N simulated nodes named `<prefix>-0…`; killed when dropped.
 struct Hollow(Child);
@@ -39,21 +39,6 @@ impl Drop for Hollow {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Runs `kubectl args` until its output passes `check`; returns that output.
-fn eventually(k: &Kubectl, args: &[&str], secs: u64, check: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match k.ok(args) {
-            Ok(out) if check(&out) => return Ok(out),
-            Ok(out) => last = out,
-            Err(err) => last = err.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("kubectl {args:?} still says {last:?} after {secs} s")
 }
 
 /// A server without a node of its own, and `nodes` hollow nodes `hollow-0…`, all Ready.

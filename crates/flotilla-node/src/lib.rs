@@ -76,6 +76,10 @@ pub struct NodeConfig {
     /// Pods are evicted when the memory available falls below this (the kubelet's
     /// `--eviction-hard memory.available<100Mi`).
     pub eviction_memory_available: u64,
+    /// The node reports `DiskPressure`, and takes no more pods, when the space free on the
+    /// data directory's file system falls below this (`--eviction-hard nodefs.available<5%`);
+    /// `None`: never.
+    pub eviction_nodefs_available: Option<Threshold>,
     /// How long `MemoryPressure` stays after the threshold was last met (the kubelet's
     /// `--eviction-pressure-transition-period`).
     pub eviction_pressure_transition_period: std::time::Duration,
@@ -84,6 +88,23 @@ pub struct NodeConfig {
     /// The program whose `oci-helper` creates Linux containers (the agent's own binary), when
     /// the node runs container images (runtime class `oci`): it needs root.
     pub oci_helper: Option<PathBuf>,
+}
+
+/// An eviction threshold (`100Mi`, `5%`): an amount, or a share of the whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Threshold {
+    /// The threshold in bytes, of a resource of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            Threshold::Bytes(bytes) => bytes,
+            Threshold::Percent(percent) => (total as f64 * percent / 100.0) as u64,
+        }
+    }
 }
 
 impl NodeConfig {

@@ -22,8 +22,6 @@ pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(40);
 pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How often the Node's status is written when nothing in it changed.
 pub(crate) const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// Disk pressure below this share of the data directory's file system (`nodefs.available<10%`).
-const DISK_PRESSURE_SHARE: f64 = 0.10;
 
 /// What the node has to offer.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +154,8 @@ fn conditions(agent: &Agent) -> Vec<NodeCondition> {
         last_transition_time: Some(now.clone()),
     };
     let memory_low = agent.memory_pressure.load(std::sync::atomic::Ordering::Relaxed);
-    let disk_low = disk_available_share(&agent.data_dir).is_some_and(|share| share < DISK_PRESSURE_SHARE);
+    let disk_low =
+        agent.config.eviction_nodefs_available.is_some_and(|threshold| free_space_below(&agent.data_dir, threshold));
     vec![
         if memory_low {
             condition(
@@ -178,10 +177,13 @@ fn conditions(agent: &Agent) -> Vec<NodeCondition> {
     ]
 }
 
-/// The share of the file system under `dir` that is free, from `df`'s view of it.
-fn disk_available_share(dir: &std::path::Path) -> Option<f64> {
-    let stat = rustix::fs::statvfs(dir).ok()?;
-    (stat.f_blocks > 0).then(|| stat.f_bavail as f64 / stat.f_blocks as f64)
+/// Whether the space free on the file system under `dir` (to an unprivileged writer, as `df`
+/// shows it) is below `threshold`, a share of its size or an amount.
+fn free_space_below(dir: &std::path::Path, threshold: crate::Threshold) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|stat| {
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        available < threshold.bytes(stat.f_blocks.saturating_mul(stat.f_frsize))
+    })
 }
 
 fn desired_node(agent: &Agent) -> Node {

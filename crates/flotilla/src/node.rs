@@ -10,7 +10,7 @@ use clap::Args;
 use flotilla_apiserver::Cidr;
 use flotilla_auth::pki;
 use flotilla_auth::tls::ClientAuth;
-use flotilla_node::{Agent, Capacity, NodeConfig};
+use flotilla_node::{Agent, Capacity, NodeConfig, Threshold};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -64,10 +64,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_parser = parse_reserved, default_value = "")]
     kube_reserved: Capacity,
 
-    /// When to evict pods, as `memory.available<100Mi` or `memory.available<5%` (of the
-    /// node's memory); memory is the signal this node evicts on.
-    #[arg(long, value_parser = parse_eviction_hard, default_value = "memory.available<100Mi")]
-    eviction_hard: EvictionThreshold,
+    /// The kubelet's hard eviction thresholds, as `memory.available<100Mi,nodefs.available<5%`
+    /// (an amount, or a share of the whole): below the first the node evicts pods; below the
+    /// second, space free on the data directory's file system, it reports DiskPressure and
+    /// takes no more pods. A signal left out is not acted on, as upstream.
+    #[arg(long, value_parser = parse_eviction_hard, default_value = "memory.available<100Mi,nodefs.available<5%")]
+    eviction_hard: EvictionHard,
 
     /// How long the node reports MemoryPressure after the threshold was last met.
     #[arg(long, value_parser = crate::control::parse_duration, default_value = "5m")]
@@ -103,20 +105,11 @@ fn oci_helper(no_oci: bool) -> Option<PathBuf> {
     Some(PathBuf::from("/proc/self/exe"))
 }
 
-/// A `--eviction-hard` memory threshold: bytes, or a share of the node's memory.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum EvictionThreshold {
-    Bytes(u64),
-    Percent(f64),
-}
-
-impl EvictionThreshold {
-    fn bytes(self, capacity: Capacity) -> u64 {
-        match self {
-            EvictionThreshold::Bytes(bytes) => bytes,
-            EvictionThreshold::Percent(share) => (capacity.memory as f64 * share / 100.0) as u64,
-        }
-    }
+/// `--eviction-hard`: the signals this node acts on, each with its threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct EvictionHard {
+    memory_available: Option<Threshold>,
+    nodefs_available: Option<Threshold>,
 }
 
 fn parse_proxy_mode(text: &str) -> Result<flotilla_net::ProxyMode, String> {
@@ -152,20 +145,34 @@ fn parse_reserved(text: &str) -> Result<Capacity, String> {
     Ok(reserved)
 }
 
-/// `memory.available<100Mi` or `memory.available<10%`, as the kubelet's `--eviction-hard`.
-fn parse_eviction_hard(text: &str) -> Result<EvictionThreshold, String> {
-    let value = text.strip_prefix("memory.available<").ok_or_else(|| {
-        format!("{text:?}: this node evicts on memory only; the threshold reads memory.available<100Mi")
-    })?;
-    match value.strip_suffix('%') {
-        Some(percent) => percent
-            .parse::<f64>()
-            .ok()
-            .filter(|p| (0.0..=100.0).contains(p))
-            .map(EvictionThreshold::Percent)
-            .ok_or_else(|| format!("{value:?} is not a percentage")),
-        None => parse_bytes(value).map(EvictionThreshold::Bytes),
+/// `memory.available<100Mi,nodefs.available<5%`, as the kubelet's `--eviction-hard`: each
+/// signal with its threshold, an amount or a percentage of the whole.
+fn parse_eviction_hard(text: &str) -> Result<EvictionHard, String> {
+    let mut thresholds = EvictionHard::default();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (signal, value) = pair
+            .split_once('<')
+            .ok_or_else(|| format!("{pair:?} is not signal<quantity, as memory.available<100Mi"))?;
+        let threshold = match value.strip_suffix('%') {
+            Some(percent) => percent
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(Threshold::Percent)
+                .ok_or_else(|| format!("{pair:?}: {value:?} is not a percentage"))?,
+            None => Threshold::Bytes(parse_bytes(value).map_err(|err| format!("{pair:?}: {err}"))?),
+        };
+        match signal {
+            "memory.available" => thresholds.memory_available = Some(threshold),
+            "nodefs.available" => thresholds.nodefs_available = Some(threshold),
+            _ => {
+                return Err(format!(
+                    "{signal:?}: the signals this node acts on are memory.available and nodefs.available"
+                ));
+            }
+        }
     }
+    Ok(thresholds)
 }
 
 impl NodeArgs {
@@ -212,7 +219,7 @@ pub(crate) async fn start(
         args.node_ip,
         args.pod_cidr
     );
-    let eviction_memory_available = args.eviction_hard.bytes(capacity);
+    let eviction_memory_available = args.eviction_hard.memory_available.map_or(0, |t| t.bytes(capacity.memory));
     anyhow::ensure!(
         reserved.memory.saturating_add(eviction_memory_available) < capacity.memory,
         "--system-reserved, --kube-reserved and --eviction-hard keep {} of memory, and this machine has {}: \
@@ -236,6 +243,7 @@ pub(crate) async fn start(
         reserved,
         default_memory_limit: args.default_memory_limit,
         eviction_memory_available,
+        eviction_nodefs_available: args.eviction_hard.nodefs_available,
         eviction_pressure_transition_period: args.eviction_pressure_transition_period,
         activation_timeout: args.activation_timeout,
         oci_helper: oci_helper(args.no_oci),
@@ -249,4 +257,30 @@ pub(crate) async fn start(
     .context("cannot configure the node's TLS")?;
     let server = tokio::spawn(flotilla_auth::serve(listener, tls, agent.router(), shutdown));
     Ok((agent, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_hard_reads_the_kubelets_list_of_signals() {
+        let parsed = parse_eviction_hard("memory.available<100Mi,nodefs.available<5%").unwrap();
+        assert_eq!(parsed.memory_available, Some(Threshold::Bytes(100 << 20)));
+        assert_eq!(parsed.nodefs_available, Some(Threshold::Percent(5.0)));
+        // A signal left out is not acted on.
+        let memory_only = parse_eviction_hard("memory.available<10%").unwrap();
+        assert_eq!(
+            memory_only,
+            EvictionHard { memory_available: Some(Threshold::Percent(10.0)), nodefs_available: None }
+        );
+        assert_eq!(
+            parse_eviction_hard("nodefs.available<1Gi").unwrap().nodefs_available,
+            Some(Threshold::Bytes(1 << 30))
+        );
+        for bad in ["imagefs.available<15%", "memory.available=100Mi", "nodefs.available<120%", "memory.available<-1Mi"]
+        {
+            assert!(parse_eviction_hard(bad).is_err(), "{bad}");
+        }
+    }
 }
