@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use flotilla_benches::kube_api::Api;
-use flotilla_benches::process::{Running, flotilla_bin, free_port};
+use flotilla_benches::process::{EVICTION_HARD, Running, flotilla_bin, free_port};
 use flotilla_benches::{Report, Samples};
 use http::Method;
 use http_body_util::BodyExt;
@@ -168,7 +168,9 @@ impl Server {
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()?)]);
         match shape {
-            Shape::Default => command.args(["--node-listen", "127.0.0.1:0", "--proxy-mode", "userspace"]),
+            Shape::Default => {
+                command.args(["--node-listen", "127.0.0.1:0", "--proxy-mode", "userspace"]).args(EVICTION_HARD)
+            }
             Shape::ControlPlane => command.arg("--no-node"),
             Shape::ApiAlone => command.args(["--no-node", "--disable", "scheduler,controllers"]),
         };

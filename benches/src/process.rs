@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// The hard eviction thresholds of the benchmarks' nodes: the kubelet's for memory, and disk
+/// pressure only below 1 GiB free. They run on machines whose one large disk is shared and often
+/// nine tenths full, where a share of it (the default's 5%) would keep every pod off the node.
+pub const EVICTION_HARD: [&str; 2] = ["--eviction-hard", "memory.available<100Mi,nodefs.available<1Gi"];
+
 /// The release `flotilla` binary: `FLOTILLA_BIN`, else `target/release/flotilla` beside this benchmark.
 pub fn flotilla_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("FLOTILLA_BIN") {
@@ -187,7 +192,8 @@ impl Cluster {
             .arg(agent_dir.path())
             .args(["--node-name", config.node, "--node-ip", node_ip, "--node-listen", &format!("{node_ip}:0")])
             .args(["--pod-cidr", config.pod_cidr])
-            .args(["--proxy-mode", config.proxy_mode.unwrap_or("userspace")]);
+            .args(["--proxy-mode", config.proxy_mode.unwrap_or("userspace")])
+            .args(EVICTION_HARD);
         if let Some(max_pods) = config.max_pods {
             command.args(["--max-pods", &max_pods.to_string()]);
         }

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// The hard eviction thresholds of the tests' nodes: the kubelet's for memory, and disk
+/// pressure only below 1 GiB free. The suite runs on machines whose one large disk is shared and
+/// often nine tenths full, where a share of it (the default's 5%) would keep every pod off a
+/// test's node; `pressure.rs` sets its own.
+pub(crate) const EVICTION_HARD: [&str; 2] = ["--eviction-hard", "memory.available<100Mi,nodefs.available<1Gi"];
+
 /// The `flotilla` binary next to this test's build: `FLOTILLA_BIN` when set, else
 /// `target/<profile>/flotilla`.
 pub(crate) fn flotilla_bin() -> PathBuf {
@@ -93,6 +99,9 @@ impl Server {
             // host in a namespace of its own).
             .args(["--proxy-mode", "userspace"])
             .args(extra);
+        if !extra.contains(&EVICTION_HARD[0]) {
+            command.args(EVICTION_HARD);
+        }
         Server::spawn(command, &format!("127.0.0.1:{}", ports.api), &format!("127.0.0.1:{}", ports.peer))
     }
 

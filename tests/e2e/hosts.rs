@@ -118,6 +118,8 @@ impl Hosts {
             format!("{address}:10250"),
             "--pod-cidr".into(),
             self.pod_range(i),
+            crate::harness::EVICTION_HARD[0].into(),
+            crate::harness::EVICTION_HARD[1].into(),
             "--proxy-mode".into(),
             proxy_mode.into(),
         ]

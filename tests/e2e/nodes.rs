@@ -75,7 +75,8 @@ impl Agent {
             .args(["agent", "--server", &server.url, "--token", token, "--data-dir"])
             .arg(data_dir)
             .args(["--node-name", name, "--node-ip", &own.node_ip, "--node-listen", &format!("{}:0", own.node_ip)])
-            .args(["--pod-cidr", &own.pods, "--proxy-mode", "userspace"]);
+            .args(["--pod-cidr", &own.pods, "--proxy-mode", "userspace"])
+            .args(crate::harness::EVICTION_HARD);
         Agent::spawn(command)
     }
 
