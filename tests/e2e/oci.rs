@@ -68,7 +68,9 @@ fn leftovers(data_dir: &Path, uid: &str) -> Result<Vec<String>> {
     }
     for dir in ["bundles", "sandboxes"] {
         for entry in std::fs::read_dir(data_dir.join("node/oci").join(dir))?.flatten() {
-            found.push(format!("{dir} {}", entry.path().display()));
+            let held: Vec<_> =
+                std::fs::read_dir(entry.path()).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+            found.push(format!("{dir} {} holding {held:?}", entry.path().display()));
         }
     }
     for controller in ["memory", "cpu", "pids", "cpuacct", "freezer", "devices", "blkio", "cpuset", ""] {
@@ -268,6 +270,56 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         described.contains("Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory")
             && described.contains("failed liveness probe, will be restarted"),
         "{described}"
+    );
+
+    // Lifecycle hooks, in the container: its postStart is done before it is running (and
+    // probed); when a failed liveness probe stops it, its preStop runs before SIGTERM.
+    let hooked = r#"    command: ["sh", "-c", "trap 'echo TERM after $(cat /tmp/pre-stop); exit 0' TERM; until [ -f /tmp/post-start ]; do sleep 0.1; done; echo saw $(cat /tmp/post-start); touch /tmp/stop-now; while true; do sleep 0.1; done"]
+    lifecycle:
+      postStart:
+        exec:
+          command: ["sh", "-c", "echo post-start > /tmp/post-start"]
+      preStop:
+        exec:
+          command: ["sh", "-c", "echo pre-stop > /tmp/pre-stop"]
+    livenessProbe:
+      exec:
+        command: ["sh", "-c", "test ! -f /tmp/stop-now"]
+      periodSeconds: 1
+      failureThreshold: 1
+"#;
+    apply(&k, &pod("hooked", &node, "busybox", "Always", hooked, ""))?;
+    wait_for(&k, "hooked", "{.status.containerStatuses[0].restartCount}", 60, |n| {
+        n.parse::<i32>().is_ok_and(|n| n >= 1)
+    })?;
+    let previous = k.ok(&["logs", "hooked", "--previous"])?;
+    ensure!(previous == "saw post-start\nTERM after pre-stop\n", "{previous:?}");
+    // A failing postStart stops the container (its preStop runs, and fails too): both say so.
+    let failing = r#"    command: ["sleep", "600"]
+    lifecycle:
+      postStart:
+        exec:
+          command: ["sh", "-c", "echo no; exit 7"]
+      preStop:
+        exec:
+          command: ["false"]
+"#;
+    apply(&k, &pod("unhooked", &node, "busybox", "Never", failing, "  terminationGracePeriodSeconds: 1\n"))?;
+    wait_for(&k, "unhooked", "{.status.phase}", 60, |p| p == "Failed")?;
+    let events = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unhooked",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])?;
+    ensure!(
+        events.lines().any(|l| l.starts_with(
+            "FailedPostStartHook: Exec lifecycle hook ([sh -c echo no; exit 7]) for Container \"unhooked\""
+        ) && l.contains("exited with 7"))
+            && events.lines().any(|l| l == "FailedPreStopHook: PreStopHook failed"),
+        "{events}"
     );
 
     // `kubectl exec` says what is missing.

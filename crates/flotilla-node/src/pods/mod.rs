@@ -3,6 +3,7 @@
 
 mod env;
 pub(crate) mod eviction;
+mod hooks;
 mod plan;
 mod probes;
 mod record;

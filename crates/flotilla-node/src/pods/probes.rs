@@ -11,7 +11,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::runtime::Control;
@@ -155,27 +155,7 @@ impl Prober<'_> {
     /// One check: `Ok` if it passed, else why not, as upstream words it.
     async fn check(&self, probe: &Probe, timeout: Duration) -> Result<(), String> {
         if let Some(get) = &probe.http_get {
-            let port = self.port(&get.port)?;
-            let host = get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| self.ip.to_string());
-            let scheme = get.scheme.as_deref().unwrap_or("HTTP");
-            if !scheme.eq_ignore_ascii_case("HTTP") {
-                return Err(format!("{scheme} probes are not supported by this node: use HTTP"));
-            }
-            let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-            let path = if path.starts_with('/') { path } else { format!("/{path}") };
-            let url = format!("http://{host}:{port}{path}");
-            let mut request = http::Request::get(&url).header(http::header::USER_AGENT, "kube-probe/1.33");
-            for header in get.http_headers.iter().flatten() {
-                request = request.header(header.name.as_str(), header.value.as_str());
-            }
-            let request = request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))?;
-            let response = tokio::time::timeout(timeout, self.client.request(request))
-                .await
-                .map_err(|_| {
-                    format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
-                })?
-                .map_err(|e| format!("Get {url:?}: {}", connect_error(&e)))?;
-            let status = response.status().as_u16();
+            let status = http_get(&self.client, get, self.container, self.ip, timeout, "kube-probe/1.33").await?;
             return if (200..400).contains(&status) {
                 Ok(())
             } else {
@@ -183,7 +163,7 @@ impl Prober<'_> {
             };
         }
         if let Some(socket) = &probe.tcp_socket {
-            let port = self.port(&socket.port)?;
+            let port = port(self.container, &socket.port)?;
             let host: IpAddr = socket.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(self.ip);
             let address = SocketAddr::new(host, port);
             return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
@@ -212,23 +192,55 @@ impl Prober<'_> {
         // A probe with no handler passes.
         Ok(())
     }
+}
 
-    /// A port by number, or by the name of one of the container's ports.
-    fn port(&self, port: &IntOrString) -> Result<u16, String> {
-        match port {
-            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
-            IntOrString::String(name) => match name.parse::<u16>() {
-                Ok(n) => Ok(n),
-                Err(_) => self
-                    .container
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .and_then(|p| u16::try_from(p.container_port).ok())
-                    .ok_or_else(|| format!("port {name:?} is not a named port of the container")),
-            },
-        }
+/// `httpGet` against the pod (or the action's host): the answer's status code, or why there
+/// was none, as upstream words it. A probe and a lifecycle hook judge the answer each their way.
+pub(crate) async fn http_get(
+    client: &Client<HttpConnector, Empty<bytes::Bytes>>,
+    get: &HTTPGetAction,
+    container: &Container,
+    ip: IpAddr,
+    timeout: Duration,
+    user_agent: &str,
+) -> Result<u16, String> {
+    let port = port(container, &get.port)?;
+    let host = get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+    let scheme = get.scheme.as_deref().unwrap_or("HTTP");
+    if !scheme.eq_ignore_ascii_case("HTTP") {
+        return Err(format!("{scheme} is not supported by this node: use HTTP"));
+    }
+    let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let path = if path.starts_with('/') { path } else { format!("/{path}") };
+    let url = format!("http://{host}:{port}{path}");
+    let mut request = http::Request::get(&url).header(http::header::USER_AGENT, user_agent);
+    for header in get.http_headers.iter().flatten() {
+        request = request.header(header.name.as_str(), header.value.as_str());
+    }
+    let request = request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))?;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| {
+            format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
+        })?
+        .map_err(|e| format!("Get {url:?}: {}", connect_error(&e)))?;
+    Ok(response.status().as_u16())
+}
+
+/// A port by number, or by the name of one of the container's ports.
+fn port(container: &Container, port: &IntOrString) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::String(name) => match name.parse::<u16>() {
+            Ok(n) => Ok(n),
+            Err(_) => container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .ok_or_else(|| format!("port {name:?} is not a named port of the container")),
+        },
     }
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::env::{self, Objects, Placement};
+use super::hooks::{self, Hook};
 use super::plan::{PodView, RestartPolicy, Slot, plan};
 use super::probes::{self, Finding};
 use super::record::{ContainerRecord, Run, Terminated};
@@ -51,6 +52,8 @@ pub(super) enum RunEvent {
         started_at: Timestamp,
         control: Arc<dyn Control>,
         usage: ContainerUsage,
+        /// Adopted from an earlier run of the agent, which ran its `postStart` hook.
+        adopted: bool,
     },
     /// Its image could not be had, or its run not be made as the pod asks.
     StartFailed {
@@ -69,6 +72,13 @@ pub(super) enum RunEvent {
         slot: Slot,
         attempt: i32,
         finding: Finding,
+    },
+    /// A lifecycle hook ended: why it failed, if it did.
+    Hook {
+        slot: Slot,
+        attempt: i32,
+        hook: Hook,
+        result: Result<(), String>,
     },
     /// The eviction manager chose the pod to free memory; `message` says why.
     Evict {
@@ -104,16 +114,36 @@ struct ActiveRun {
     log: Arc<ContainerLog>,
     probes: Option<JoinHandle<()>>,
     control: Option<Arc<dyn Control>>,
+    /// The lifecycle hook that runs: its `postStart` (the run is not yet shown running), or,
+    /// once it is told to stop ([`killed_at`](Self::killed_at) set), its `preStop` (it is not
+    /// yet told to stop).
+    hook: Option<JoinHandle<()>>,
+    /// When the run started and its container's id, while its `postStart` hook runs.
+    started: Option<(Timestamp, String)>,
     killed_at: Option<Instant>,
     killed: bool,
 }
 
 impl ActiveRun {
-    /// Ends the run: its task (a run not yet started ends with it), its probes, its log.
+    fn new(attempt: i32, task: JoinHandle<()>, log: Arc<ContainerLog>) -> ActiveRun {
+        ActiveRun {
+            attempt,
+            task,
+            log,
+            probes: None,
+            control: None,
+            hook: None,
+            started: None,
+            killed_at: None,
+            killed: false,
+        }
+    }
+
+    /// Ends the run: its task (a run not yet started ends with it), its probes and hook, its log.
     fn end(self) {
         self.task.abort();
-        if let Some(probes) = self.probes {
-            probes.abort();
+        for task in [self.probes, self.hook].into_iter().flatten() {
+            task.abort();
         }
         self.log.close();
     }
@@ -300,12 +330,12 @@ impl Worker {
                 started_at,
                 control,
                 usage,
+                adopted: true,
             });
             let exit = exit.await;
             let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
         });
-        let run = ActiveRun { attempt, task, log, probes: None, control: None, killed_at: None, killed: false };
-        self.runs.insert(slot, run);
+        self.runs.insert(slot, ActiveRun::new(attempt, task, log));
     }
 
     pub(super) async fn run(
@@ -613,7 +643,7 @@ impl Worker {
             launch,
             events: self.events.clone(),
         }));
-        let run = ActiveRun { attempt, task, log, probes: None, control: None, killed_at: None, killed: false };
+        let run = ActiveRun::new(attempt, task, log);
         self.runs.insert(slot, run);
     }
 
@@ -717,7 +747,7 @@ impl Worker {
                     self.stop = Some(Stop::Evicted { message });
                 }
             }
-            RunEvent::Started { slot, attempt, image_id, container_id, started_at, control, usage } => {
+            RunEvent::Started { slot, attempt, image_id, container_id, started_at, control, usage, adopted } => {
                 if !self.is_current(slot, attempt) {
                     return;
                 }
@@ -726,10 +756,49 @@ impl Worker {
                 if let Some(run) = self.runs.get_mut(&slot) {
                     run.control = Some(control);
                 }
-                let record = self.record(slot);
-                record.image_id = Some(image_id);
-                record.running(started_at, container_id);
-                self.start_probes(slot, attempt);
+                self.record(slot).image_id = Some(image_id);
+                // As the kubelet: a container is running once its postStart hook is done.
+                if !adopted && self.run_hook(slot, attempt, Hook::PostStart, POST_START_TIMEOUT) {
+                    if let Some(run) = self.runs.get_mut(&slot) {
+                        run.started = Some((started_at, container_id));
+                    }
+                } else {
+                    self.record(slot).running(started_at, container_id);
+                    self.start_probes(slot, attempt);
+                }
+            }
+            RunEvent::Hook { slot, attempt, hook, result } => {
+                if !self.is_current(slot, attempt) {
+                    return;
+                }
+                let Some(run) = self.runs.get_mut(&slot) else { return };
+                // A hook given up on (a postStart as the container is stopped, a preStop past
+                // the grace period) is done with.
+                if run.hook.take().is_none() {
+                    return;
+                }
+                let started = run.started.take();
+                let name = self.record(slot).name.clone();
+                match (hook, result) {
+                    (Hook::PostStart, Ok(())) => {
+                        if let Some((started_at, container_id)) = started {
+                            self.record(slot).running(started_at, container_id);
+                            self.start_probes(slot, attempt);
+                        }
+                    }
+                    (Hook::PostStart, Err(message)) => {
+                        self.node.events.pod(&self.pod, Some(&name), Warning, "FailedPostStartHook", message);
+                        self.kill(slot, "FailedPostStartHook".into());
+                    }
+                    (Hook::PreStop, result) => {
+                        if result.is_err() {
+                            // Upstream's words alone: the hook's own may carry secrets.
+                            let message = "PreStopHook failed".to_string();
+                            self.node.events.pod(&self.pod, Some(&name), Warning, "FailedPreStopHook", message);
+                        }
+                        self.terminate(slot, Instant::now());
+                    }
+                }
             }
             RunEvent::Probe { slot, attempt, finding } => {
                 if !self.is_current(slot, attempt) {
@@ -824,16 +893,20 @@ impl Worker {
         let seconds =
             self.pod.metadata.deletion_grace_period_seconds.or_else(|| spec?.termination_grace_period_seconds);
         let seconds = u64::try_from(seconds.unwrap_or(30)).unwrap_or(0);
-        Duration::from_secs(if self.gone { seconds.min(FORCED_GRACE_PERIOD) } else { seconds })
+        let grace = Duration::from_secs(seconds);
+        if self.gone { grace.min(MINIMUM_GRACE_PERIOD) } else { grace }
     }
 
     /// Ends a run: for good when the pod stops, or to restart it (a failed liveness probe).
     /// `why` is the `Killing` event's message. A container that can hear it is told to stop
     /// first, and killed only if it has not ended within the grace period, as the kubelet sends
-    /// SIGTERM, then SIGKILL; it is called again until then. A killed run's end is reported by
-    /// its runtime, as any other end.
+    /// SIGTERM, then SIGKILL; it is called again until then. A container with a `preStop` hook
+    /// runs it first, within the grace period; what the hook leaves of it (2 s at the least) is
+    /// the container's. A killed run's end is reported by its runtime, as any other end.
     fn kill(&mut self, slot: Slot, why: String) {
         let grace = self.grace_period();
+        let pre_stop = self.container(slot).is_some_and(|c| Hook::PreStop.handler(&c).is_some());
+        let now = Instant::now();
         let Some(run) = self.runs.get_mut(&slot) else { return };
         let told = run.killed_at.is_some() || run.killed;
         let Some(control) = run.control.clone() else {
@@ -863,13 +936,32 @@ impl Worker {
             return;
         }
         match run.killed_at {
-            None if !grace.is_zero() && control.terminate() => {
-                run.killed_at = Some(Instant::now() + grace);
-                let name = self.record(slot).name.clone();
-                self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+            // Its preStop hook runs: the container is told to stop once it is done, or once
+            // the grace period is over, whichever comes first.
+            Some(at) if run.hook.is_some() => {
+                if now >= at {
+                    if let Some(hook) = run.hook.take() {
+                        hook.abort();
+                    }
+                    self.terminate(slot, now);
+                }
                 return;
             }
-            Some(at) if Instant::now() < at => return,
+            None if !grace.is_zero() => {
+                // A postStart hook still running is given up on.
+                if let Some(hook) = run.hook.take() {
+                    hook.abort();
+                }
+                run.killed_at = Some(now + grace);
+                let attempt = run.attempt;
+                let name = self.record(slot).name.clone();
+                self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+                if !(pre_stop && self.run_hook(slot, attempt, Hook::PreStop, grace)) {
+                    self.terminate(slot, now + grace);
+                }
+                return;
+            }
+            Some(at) if now < at => return,
             _ => {}
         }
         control.kill();
@@ -878,6 +970,36 @@ impl Worker {
             let name = self.record(slot).name.clone();
             self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
         }
+    }
+
+    /// Tells the run in `slot` to stop, as SIGTERM does, to be killed at `deadline` (at the
+    /// earliest 2 s from now, the kubelet's minimum); one that cannot hear it is killed now.
+    fn terminate(&mut self, slot: Slot, deadline: Instant) {
+        let Some(run) = self.runs.get_mut(&slot) else { return };
+        let Some(control) = run.control.clone() else { return };
+        if control.terminate() {
+            run.killed_at = Some(deadline.max(Instant::now() + MINIMUM_GRACE_PERIOD));
+        } else {
+            control.kill();
+            run.killed = true;
+        }
+    }
+
+    /// Runs the container's `hook`, if it has one, for at most `timeout`: whether it does. Its
+    /// end comes back as [`RunEvent::Hook`].
+    fn run_hook(&mut self, slot: Slot, attempt: i32, hook: Hook, timeout: Duration) -> bool {
+        let Some(container) = self.container(slot) else { return false };
+        let (Some(handler), Some(sandbox)) = (hook.handler(&container).cloned(), &self.sandbox) else { return false };
+        let pod = format!("{}_{}({})", self.name(), self.namespace(), self.uid());
+        let (ip, client, events) = (sandbox.ip.into(), self.node.probe_client.clone(), self.events.clone());
+        let Some(run) = self.runs.get_mut(&slot) else { return false };
+        let Some(control) = run.control.clone() else { return false };
+        run.hook = Some(tokio::spawn(async move {
+            let target = hooks::Target { ip, client, control };
+            let result = hooks::run(&handler, &container, &pod, target, timeout).await;
+            let _ = events.send(RunEvent::Hook { slot, attempt, hook, result });
+        }));
+        true
     }
 
     /// Probes the run that just started, if its container has probes; without any it is started
@@ -1129,9 +1251,13 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
     }
 }
 
-/// The grace period of a pod removed from the API without one (force-deleted): the kubelet's
-/// minimum (`minimumGracePeriodInSeconds`).
-const FORCED_GRACE_PERIOD: u64 = 2;
+/// The kubelet's `minimumGracePeriodInSeconds`: the grace period of a pod removed from the API
+/// without one (force-deleted), and the least a container has to stop after its `preStop` hook.
+const MINIMUM_GRACE_PERIOD: Duration = Duration::from_secs(2);
+
+/// How long a `postStart` hook may run: the kubelet sets no bound, and neither does this but in
+/// name (the container is stopped meanwhile if it must be).
+const POST_START_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Everything a run task needs.
 struct RunRequest {
@@ -1225,7 +1351,9 @@ async fn run_container(request: RunRequest) {
     };
     let image_id = resolved.image_id.clone();
     let id = container_id.clone();
-    let _ = events.send(RunEvent::Started { slot, attempt, image_id, container_id: id, started_at, control, usage });
+    let started =
+        RunEvent::Started { slot, attempt, image_id, container_id: id, started_at, control, usage, adopted: false };
+    let _ = events.send(started);
     node.events.pod(&pod, Some(&name), Normal, "Started", format!("Started container {name}"));
     let exit = exit.await;
     let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });

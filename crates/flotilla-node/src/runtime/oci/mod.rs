@@ -431,8 +431,10 @@ impl Shared {
         }
         run.output_fifos = readers;
         let pid_file = bundle.join("pid");
-        let errors =
-            tempfile::NamedTempFile::new_in(&bundle).map_err(|e| failed(format!("creating the container: {e}")))?;
+        let errors = tempfile::Builder::new()
+            .prefix(".create-")
+            .tempfile_in(&bundle)
+            .map_err(|e| failed(format!("creating the container: {e}")))?;
         let (stdout, stderr) = (bundle.join(OUTPUT[0]), bundle.join(OUTPUT[1]));
         let args = [
             "create",
@@ -537,8 +539,12 @@ fn remove_bundle(bundle: &Path) {
     for dir in ["upper", "work"] {
         let _ = std::fs::remove_dir_all(bundle.join(dir));
     }
-    for file in ["config.json", "pid"].into_iter().chain(OUTPUT) {
-        let _ = std::fs::remove_file(bundle.join(file));
+    // Its files, and any a step made beside them (a command's error file, while it ran): no
+    // directory, which could hold a mount still.
+    for entry in std::fs::read_dir(bundle).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
     let _ = std::fs::remove_dir(bundle);
 }
@@ -898,7 +904,7 @@ async fn exec(
 ) -> Result<Executed, String> {
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let (output, writer) = std::io::pipe().map_err(failed)?;
-    let errors = tempfile::NamedTempFile::new_in(bundle).map_err(failed)?;
+    let errors = tempfile::Builder::new().prefix(".exec-").tempfile_in(bundle).map_err(failed)?;
     let mut child = tokio::process::Command::new(helper)
         .arg("oci-helper")
         .arg("exec")
