@@ -21,7 +21,7 @@ use flotilla_examples::{self as examples, busybox};
 
 use crate::harness::{Ports, Server, flotilla_bin};
 use crate::kubectl::Kubectl;
-use crate::pods::{apply, import, node_name, pod, wait_for};
+use crate::pods::{apply, eventually, import, node_name, pod, wait_for};
 use crate::registry::Registry;
 
 /// `GET /` from `ip:port` over HTTP/1.0; the whole response.
@@ -272,19 +272,21 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         "{described}"
     );
 
-    // Lifecycle hooks, in the container: its postStart is done before it is running (and
-    // probed); when a failed liveness probe stops it, its preStop runs before SIGTERM.
-    let hooked = r#"    command: ["sh", "-c", "trap 'echo TERM after $(cat /tmp/pre-stop); exit 0' TERM; until [ -f /tmp/post-start ]; do sleep 0.1; done; echo saw $(cat /tmp/post-start); touch /tmp/stop-now; while true; do sleep 0.1; done"]
+    // Lifecycle hooks, in the container. Its postStart (slow) is done before it is running
+    // and probed: a liveness probe before it would fail, and restart it without the line that
+    // says so. When its probe then fails, its preStop runs before SIGTERM, and what the hook
+    // left of the grace period is the container's (a trap that takes 3 s is not killed).
+    let hooked = r#"    command: ["sh", "-c", "trap 'sleep 3; echo TERM after $(cat /tmp/pre-stop); exit 0' TERM; until [ -f /tmp/post-start ]; do sleep 0.1; done; echo saw $(cat /tmp/post-start); touch /tmp/stop-now; while true; do sleep 0.1; done"]
     lifecycle:
       postStart:
         exec:
-          command: ["sh", "-c", "echo post-start > /tmp/post-start"]
+          command: ["sh", "-c", "sleep 2; echo post-start > /tmp/post-start"]
       preStop:
         exec:
           command: ["sh", "-c", "echo pre-stop > /tmp/pre-stop"]
     livenessProbe:
       exec:
-        command: ["sh", "-c", "test ! -f /tmp/stop-now"]
+        command: ["sh", "-c", "test -f /tmp/post-start -a ! -f /tmp/stop-now"]
       periodSeconds: 1
       failureThreshold: 1
 "#;
@@ -304,23 +306,15 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         exec:
           command: ["false"]
 "#;
-    apply(&k, &pod("unhooked", &node, "busybox", "Never", failing, "  terminationGracePeriodSeconds: 1\n"))?;
+    apply(&k, &pod("unhooked", &node, "busybox", "Never", failing, "  terminationGracePeriodSeconds: 5\n"))?;
     wait_for(&k, "unhooked", "{.status.phase}", 60, |p| p == "Failed")?;
-    let events = k.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=unhooked",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ])?;
-    ensure!(
-        events.lines().any(|l| l.starts_with(
-            "FailedPostStartHook: Exec lifecycle hook ([sh -c echo no; exit 7]) for Container \"unhooked\""
-        ) && l.contains("exited with 7"))
-            && events.lines().any(|l| l == "FailedPreStopHook: PreStopHook failed"),
-        "{events}"
-    );
+    let events = ["get", "events", "--field-selector", "involvedObject.name=unhooked", "-o"];
+    let events = [&events[..], &["jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}"]].concat();
+    let post_start = "FailedPostStartHook: Exec lifecycle hook ([sh -c echo no; exit 7]) for Container \"unhooked\"";
+    eventually(&k, &events, 30, |events| {
+        events.lines().any(|l| l.starts_with(post_start) && l.contains("exited with 7"))
+            && events.lines().any(|l| l == "FailedPreStopHook: PreStopHook failed")
+    })?;
 
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;

@@ -113,12 +113,12 @@ fn a_node_short_of_memory_evicts_the_greediest_pod_and_keeps_the_rest() -> Resul
     Ok(())
 }
 
-/// A node whose disk is short (here: a threshold no disk meets, `nodefs.available<100%`)
+/// A node whose disk is short (here: a threshold no disk meets, `nodefs.available<1Ei`)
 /// reports `DiskPressure`, is tainted for it, and the scheduler sends it no pod.
 #[test]
 fn a_node_short_of_disk_reports_disk_pressure_and_is_sent_no_pods() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Server::start_with(dir.path(), Ports::free(), &["--eviction-hard", "nodefs.available<100%"])?;
+    let server = Server::start_with(dir.path(), Ports::free(), &["--eviction-hard", "nodefs.available<1Ei"])?;
     import(dir.path(), examples::P1_HTTP, "http:v1")?;
     let k = Kubectl::new("1.33", &server)?;
     let node = node_name(&k)?;

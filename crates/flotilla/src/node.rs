@@ -146,25 +146,33 @@ fn parse_reserved(text: &str) -> Result<Capacity, String> {
 }
 
 /// `memory.available<100Mi,nodefs.available<5%`, as the kubelet's `--eviction-hard`: each
-/// signal with its threshold, an amount or a percentage of the whole.
+/// signal with its threshold, an amount (more than none) or a percentage of the whole, where
+/// `0%` and `100%` leave the signal out, as upstream reads them.
 fn parse_eviction_hard(text: &str) -> Result<EvictionHard, String> {
     let mut thresholds = EvictionHard::default();
-    for pair in text.split(',').filter(|p| !p.is_empty()) {
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (signal, value) = pair
             .split_once('<')
             .ok_or_else(|| format!("{pair:?} is not signal<quantity, as memory.available<100Mi"))?;
+        let (signal, value) = (signal.trim(), value.trim());
         let threshold = match value.strip_suffix('%') {
-            Some(percent) => percent
-                .parse::<f64>()
-                .ok()
-                .filter(|p| (0.0..=100.0).contains(p))
-                .map(Threshold::Percent)
-                .ok_or_else(|| format!("{pair:?}: {value:?} is not a percentage"))?,
-            None => Threshold::Bytes(parse_bytes(value).map_err(|err| format!("{pair:?}: {err}"))?),
+            Some("0" | "100") => None,
+            Some(percent) => Some(
+                percent
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .map(Threshold::Percent)
+                    .ok_or_else(|| format!("{pair:?}: {value:?} is not a percentage"))?,
+            ),
+            None => match parse_bytes(value).map_err(|err| format!("{pair:?}: {err}"))? {
+                0 => return Err(format!("{pair:?}: the threshold must be positive")),
+                bytes => Some(Threshold::Bytes(bytes)),
+            },
         };
         match signal {
-            "memory.available" => thresholds.memory_available = Some(threshold),
-            "nodefs.available" => thresholds.nodefs_available = Some(threshold),
+            "memory.available" => thresholds.memory_available = threshold,
+            "nodefs.available" => thresholds.nodefs_available = threshold,
             _ => {
                 return Err(format!(
                     "{signal:?}: the signals this node acts on are memory.available and nodefs.available"
@@ -278,8 +286,11 @@ mod tests {
             parse_eviction_hard("nodefs.available<1Gi").unwrap().nodefs_available,
             Some(Threshold::Bytes(1 << 30))
         );
-        for bad in ["imagefs.available<15%", "memory.available=100Mi", "nodefs.available<120%", "memory.available<-1Mi"]
-        {
+        // Upstream's ways of leaving one out, and spaces.
+        let none = parse_eviction_hard(" memory.available < 0% , nodefs.available<100%").unwrap();
+        assert_eq!(none, EvictionHard::default());
+        let bad = ["imagefs.available<15%", "memory.available=100Mi", "nodefs.available<120%", "memory.available<-1Mi"];
+        for bad in bad.into_iter().chain(["nodefs.available<0"]) {
             assert!(parse_eviction_hard(bad).is_err(), "{bad}");
         }
     }

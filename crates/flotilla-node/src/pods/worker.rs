@@ -117,7 +117,7 @@ struct ActiveRun {
     /// The lifecycle hook that runs: its `postStart` (the run is not yet shown running), or,
     /// once it is told to stop ([`killed_at`](Self::killed_at) set), its `preStop` (it is not
     /// yet told to stop).
-    hook: Option<JoinHandle<()>>,
+    hook: Option<(Hook, JoinHandle<()>)>,
     /// When the run started and its container's id, while its `postStart` hook runs.
     started: Option<(Timestamp, String)>,
     killed_at: Option<Instant>,
@@ -142,7 +142,7 @@ impl ActiveRun {
     /// Ends the run: its task (a run not yet started ends with it), its probes and hook, its log.
     fn end(self) {
         self.task.abort();
-        for task in [self.probes, self.hook].into_iter().flatten() {
+        for task in [self.probes, self.hook.map(|(_, task)| task)].into_iter().flatten() {
             task.abort();
         }
         self.log.close();
@@ -772,12 +772,16 @@ impl Worker {
                     return;
                 }
                 let Some(run) = self.runs.get_mut(&slot) else { return };
-                // A hook given up on (a postStart as the container is stopped, a preStop past
-                // the grace period) is done with.
-                if run.hook.take().is_none() {
-                    return;
+                // The end of the hook that runs: one given up on (a postStart as the container
+                // is stopped, a preStop past the grace period) is done with.
+                match run.hook.take() {
+                    Some((running, _)) if running == hook => {}
+                    other => {
+                        run.hook = other;
+                        return;
+                    }
                 }
-                let started = run.started.take();
+                let (started, deadline) = (run.started.take(), run.killed_at);
                 let name = self.record(slot).name.clone();
                 match (hook, result) {
                     (Hook::PostStart, Ok(())) => {
@@ -791,12 +795,14 @@ impl Worker {
                         self.kill(slot, "FailedPostStartHook".into());
                     }
                     (Hook::PreStop, result) => {
-                        if result.is_err() {
+                        if let Err(error) = result {
+                            tracing::warn!(pod = self.name(), container = name, %error, "a preStop hook failed");
                             // Upstream's words alone: the hook's own may carry secrets.
                             let message = "PreStopHook failed".to_string();
                             self.node.events.pod(&self.pod, Some(&name), Warning, "FailedPreStopHook", message);
                         }
-                        self.terminate(slot, Instant::now());
+                        // What the hook left of the grace period is the container's.
+                        self.terminate(slot, deadline.unwrap_or_else(Instant::now));
                     }
                 }
             }
@@ -887,8 +893,11 @@ impl Worker {
 
     /// How long a container told to stop has before it is killed: the deletion's grace period,
     /// else the pod's `terminationGracePeriodSeconds` (30 s by default), as the kubelet's. A pod
-    /// gone from the API (force-deleted) has at most the kubelet's minimum, 2 s.
+    /// gone from the API (force-deleted) has at most the kubelet's minimum, 2 s; one evicted, 1 s.
     fn grace_period(&self) -> Duration {
+        if let Some(Stop::Evicted { .. }) = self.stop {
+            return EVICTION_GRACE_PERIOD;
+        }
         let spec = self.pod.spec.as_ref();
         let seconds =
             self.pod.metadata.deletion_grace_period_seconds.or_else(|| spec?.termination_grace_period_seconds);
@@ -935,12 +944,16 @@ impl Worker {
         if run.killed {
             return;
         }
+        // A postStart hook still running is given up on: the container is to stop.
+        if let Some((Hook::PostStart, hook)) = run.hook.take_if(|(hook, _)| *hook == Hook::PostStart) {
+            hook.abort();
+        }
         match run.killed_at {
             // Its preStop hook runs: the container is told to stop once it is done, or once
             // the grace period is over, whichever comes first.
             Some(at) if run.hook.is_some() => {
                 if now >= at {
-                    if let Some(hook) = run.hook.take() {
+                    if let Some((_, hook)) = run.hook.take() {
                         hook.abort();
                     }
                     self.terminate(slot, now);
@@ -948,10 +961,6 @@ impl Worker {
                 return;
             }
             None if !grace.is_zero() => {
-                // A postStart hook still running is given up on.
-                if let Some(hook) = run.hook.take() {
-                    hook.abort();
-                }
                 run.killed_at = Some(now + grace);
                 let attempt = run.attempt;
                 let name = self.record(slot).name.clone();
@@ -994,11 +1003,12 @@ impl Worker {
         let (ip, client, events) = (sandbox.ip.into(), self.node.probe_client.clone(), self.events.clone());
         let Some(run) = self.runs.get_mut(&slot) else { return false };
         let Some(control) = run.control.clone() else { return false };
-        run.hook = Some(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let target = hooks::Target { ip, client, control };
             let result = hooks::run(&handler, &container, &pod, target, timeout).await;
             let _ = events.send(RunEvent::Hook { slot, attempt, hook, result });
-        }));
+        });
+        run.hook = Some((hook, task));
         true
     }
 
@@ -1254,6 +1264,10 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
 /// The kubelet's `minimumGracePeriodInSeconds`: the grace period of a pod removed from the API
 /// without one (force-deleted), and the least a container has to stop after its `preStop` hook.
 const MINIMUM_GRACE_PERIOD: Duration = Duration::from_secs(2);
+
+/// The grace period of a pod evicted to free memory: the kubelet's for a hard eviction
+/// (`immediateEvictionGracePeriodSeconds`), so that the memory is had back soon.
+const EVICTION_GRACE_PERIOD: Duration = Duration::from_secs(1);
 
 /// How long a `postStart` hook may run: the kubelet sets no bound, and neither does this but in
 /// name (the container is stopped meanwhile if it must be).
