@@ -303,6 +303,22 @@ pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<Fie
                 errors.push(FieldError::duplicate(format!("{at}.name"), &container.name));
             }
             validate_container(container, &at, &volumes, errors);
+            // An init container runs to its end before the next starts: it has no lifecycle to
+            // hook or to probe, unless it is a sidecar that runs on beside the pod's containers.
+            if list == "initContainers" && container.restart_policy.as_deref() != Some("Always") {
+                let set = [
+                    ("lifecycle", container.lifecycle.is_some()),
+                    ("livenessProbe", container.liveness_probe.is_some()),
+                    ("readinessProbe", container.readiness_probe.is_some()),
+                    ("startupProbe", container.startup_probe.is_some()),
+                ];
+                for (field, _) in set.into_iter().filter(|(_, set)| *set) {
+                    errors.push(FieldError::forbidden(
+                        format!("{at}.{field}"),
+                        "may not be set for init containers without restartPolicy=Always",
+                    ));
+                }
+            }
         }
     }
     let mut volume_names = BTreeSet::new();
@@ -779,6 +795,25 @@ mod tests {
                 "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             ]
         );
+    }
+
+    #[test]
+    fn an_init_container_has_hooks_and_probes_only_as_a_sidecar() {
+        let init = |restart: Option<&str>| {
+            refusals(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+                "initContainers": [{"name": "i", "image": "i", "restartPolicy": restart,
+                    "lifecycle": {"preStop": {"sleep": {"seconds": 1}}},
+                    "readinessProbe": {"tcpSocket": {"port": 80}}}],
+                "containers": [{"name": "c", "image": "i"}]}}))
+        };
+        assert_eq!(
+            init(None),
+            [
+                "spec.initContainers[0].lifecycle: Forbidden: may not be set for init containers without restartPolicy=Always",
+                "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
+            ]
+        );
+        assert!(init(Some("Always")).is_empty());
     }
 
     #[test]
