@@ -51,19 +51,18 @@ pub(crate) async fn run(
     let name = &container.name;
     if let Some(exec) = &handler.exec {
         let command = exec.command.clone().unwrap_or_default();
-        let executed = target.control.exec(command.clone(), timeout).await;
-        let (error, output) = match executed {
+        let line = command.join(" ");
+        let (error, output) = match target.control.exec(command, timeout).await {
             Ok(executed) if executed.code == 0 => return Ok(()),
             Ok(executed) => {
                 let output = String::from_utf8_lossy(&executed.output).into_owned();
-                (format!("command '{}' exited with {}: {output}", command.join(" "), executed.code), output)
+                (format!("command '{line}' exited with {}: {output}", executed.code), output)
             }
             Err(error) => (error, String::new()),
         };
         return Err(format!(
-            "Exec lifecycle hook ([{}]) for Container {name:?} in Pod {pod:?} failed - error: {error}, message: \
-             {output:?}",
-            command.join(" ")
+            "Exec lifecycle hook ([{line}]) for Container {name:?} in Pod {pod:?} failed - error: {error}, message: \
+             {output:?}"
         ));
     }
     if let Some(get) = &handler.http_get {
@@ -113,7 +112,7 @@ mod tests {
     fn target(code: i32, output: &'static str) -> Target {
         Target {
             ip: "127.0.0.1".parse().unwrap(),
-            client: super::super::probes::client(),
+            client: crate::pods::probes::client(),
             control: Arc::new(Exits(code, output)),
         }
     }
