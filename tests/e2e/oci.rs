@@ -4,7 +4,8 @@
 //! -- sh -c ...` ends Failed with its exit code and its output in `kubectl logs`), in the pod's
 //! own hostname, under its limits (an OOM kill shows as upstream's, a CPU limit is a CFS
 //! quota), a read-only root holds, a non-root user runs, a wasm pod reaches a container pod,
-//! a pod of wasm and Linux containers shares one localhost, an agent killed and started again
+//! a pod of wasm and Linux containers shares one localhost, one that shares its processes
+//! sees them all, an agent killed and started again
 //! adopts the containers it left (no restart, no output lost, the end of one that ended
 //! meanwhile known), and a deleted pod leaves nothing on the node: no mount, no cgroup, no
 //! bundle.
@@ -29,13 +30,16 @@ fn http_get(ip: &str, port: u16) -> Result<String> {
     http_get_path(ip, port, "/")
 }
 
-/// The logs of `container` in `pod` once `check` holds of them (30 s at most).
+/// The logs of `container` in `pod` once `check` holds of them (30 s at most; a container not
+/// started yet has none).
 fn wait_for_logs(k: &Kubectl, pod: &str, container: &str, check: impl Fn(&str) -> bool) -> Result<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let logs = k.ok(&["logs", pod, "-c", container])?;
-        if check(&logs) {
-            return Ok(logs);
+        let logs = k.ok(&["logs", pod, "-c", container]);
+        if let Ok(logs) = &logs
+            && check(logs)
+        {
+            return Ok(logs.clone());
         }
         ensure!(std::time::Instant::now() < deadline, "{pod}/{container}: {logs:?}");
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -440,6 +444,34 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
         wait_for(&k, "wrong", "{.status.containerStatuses[0].state.terminated.message}", 60, |m| !m.is_empty())?;
     ensure!(message.contains("is a container image, which runtime class \"wasm\" does not run"), "{message}");
 
+    // Containers that share their pod's processes (`shareProcessNamespace`) see each other's,
+    // under the pod's pause process, which holds nothing a container could use: its root is
+    // closed to them. A pod's containers see only their own otherwise.
+    let processes = |share: bool| {
+        let containers = [
+            "- name: app\n    image: busybox\n    command: [\"sleep\", \"4242\"]\n",
+            "- name: looker\n    image: busybox\n    command: [\"sh\", \"-c\", \"until ps | grep -q '[s]leep 4242'; do sleep 0.2; done; echo sees app; echo 1 is $(head -c 6 /proc/1/cmdline); ls /proc/1/root/ >/dev/null 2>&1 && echo root open || echo root closed; exec sleep 86400\"]\n",
+        ]
+        .map(|container| format!("  {container}    imagePullPolicy: IfNotPresent\n"))
+        .concat();
+        let name = if share { "shared" } else { "apart" };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  shareProcessNamespace: {share}\n  terminationGracePeriodSeconds: 1\n  containers:\n{containers}"
+        )
+    };
+    apply(&k, &processes(true))?;
+    apply(&k, &processes(false))?;
+    wait_for_logs(&k, "shared", "looker", |l| l == "sees app\n1 is /pause\nroot closed\n")?;
+    let both_running = "{.status.containerStatuses[*].state.running.startedAt}";
+    wait_for(&k, "apart", both_running, 60, |s| s.split_whitespace().count() == 2)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let apart = k.ok(&["logs", "apart", "-c", "looker"])?;
+    ensure!(apart.is_empty(), "a container of a pod that shares nothing sees: {apart:?}");
+    let shared_uid = k.ok(&["get", "pod", "shared", "-o", "jsonpath={.metadata.uid}"])?;
+    let pause = std::fs::read_to_string(data_dir.join("node/oci/sandboxes").join(&shared_uid).join("pause"))?;
+    let pause_ns = |pid: &str| std::fs::read_link(format!("/proc/{}/ns/pid", pid.trim())).ok();
+    let shared_ns = pause_ns(&pause).context("the shared pod's pause process")?;
+
     // An agent killed and started again adopts the Linux containers it left running: the same
     // run (no restart), its output kept while no agent read it, its end learned when it comes.
     let ticker = "    command: [\"sh\", \"-c\", \"i=0; while [ $i -lt 120 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; exit 7\"]\n";
@@ -465,6 +497,9 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
                  {.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].restartCount}";
     let brief = k.ok(&["get", "pod", "brief", "-o", &format!("jsonpath={brief}")])?;
     ensure!(brief == "Succeeded Completed 0 0", "a container that ended while no agent ran: {brief}");
+    // The shared pod's containers still share its pause, and its looker has not restarted.
+    let restarts = k.ok(&["get", "pod", "shared", "-o", "jsonpath={.status.containerStatuses[*].restartCount}"])?;
+    ensure!(restarts == "0 0" && pause_ns(&pause).as_ref() == Some(&shared_ns), "across the restart: {restarts}");
 
     // Deleting pods stops their containers (sh ignores SIGTERM as PID 1, so the grace period
     // ends in SIGKILL for the running one) and leaves nothing of them behind.
@@ -473,7 +508,10 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     k.ok(&["delete", "pods", "--all", "--grace-period=1"])?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let left = leftovers(&data_dir, &uid)?;
+        let mut left = leftovers(&data_dir, &uid)?;
+        if pause_ns(&pause).as_ref() == Some(&shared_ns) {
+            left.push(format!("the pause process {}", pause.trim()));
+        }
         if left.is_empty() {
             break;
         }

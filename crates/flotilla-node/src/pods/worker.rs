@@ -717,6 +717,7 @@ impl Worker {
             qos: status::qos_class(containers),
             cpu_request,
             security: security(self.pod.spec.as_ref(), container),
+            share_pids: self.pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false),
             id: id["sha256:".len()..].to_string(),
             command,
             args,

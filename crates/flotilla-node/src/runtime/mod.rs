@@ -230,6 +230,8 @@ pub(crate) struct Launch {
     /// `resources.requests.cpu` in cores.
     pub cpu_request: Option<f64>,
     pub security: Security,
+    /// `shareProcessNamespace`: the pod's Linux containers see each other's processes.
+    pub share_pids: bool,
     pub pod_ip: Ipv4Addr,
     /// The pod's network namespace, when it has one that this run is to join: a pod that mixes
     /// wasm and Linux containers has one (its Linux containers' sandbox), so that they all

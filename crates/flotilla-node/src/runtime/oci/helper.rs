@@ -26,8 +26,12 @@ pub(crate) enum Step {
     Keep { dir: PathBuf, socket: PathBuf },
     /// Makes a pod's sandbox: new network (loopback up, and the pod's end of its interface,
     /// `network.rs`), UTS (`hostname`) and IPC namespaces, kept by bind mounts at
-    /// `dir/{net,uts,ipc}` for its containers to join.
-    Sandbox { dir: PathBuf, hostname: String, interface: Option<Interface> },
+    /// `dir/{net,uts,ipc}` for its containers to join; and, for a pod whose containers share
+    /// their processes (`share_pids`), a PID namespace at `dir/pid` with its first process.
+    /// Run by the keeper, which that process is left to.
+    Sandbox { dir: PathBuf, hostname: String, interface: Option<Interface>, share_pids: bool },
+    /// Is the first process of a pod's PID namespace (`Sandbox` starts it there).
+    Pause,
     /// Runs `command` in a running container (its namespaces, cgroup and user), waits for it
     /// at most `timeout_ms` (then kills it), and exits with its code.
     Exec { root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64 },
@@ -79,8 +83,10 @@ impl Step {
                     }
                     Err(_) => None,
                 };
-                Step::Sandbox { dir: value("--dir")?.into(), hostname: value("--hostname")?, interface }
+                let share_pids = args.iter().any(|a| a == "--share-pids");
+                Step::Sandbox { dir: value("--dir")?.into(), hostname: value("--hostname")?, interface, share_pids }
             }
+            Some("pause") => Step::Pause,
             other => return Err(format!("oci-helper: unknown step {other:?}")),
         };
         Ok((step, error_file))
@@ -94,8 +100,15 @@ impl Step {
                 create(root, bundle, id, pid_file)
             }
             Step::Keep { dir, socket } => super::keeper::run(&dir, &socket).map(|()| 0),
-            Step::Sandbox { dir, hostname, interface } => sandbox(&dir, &hostname, interface.as_ref()).map(|()| 0),
+            Step::Sandbox { dir, hostname, interface, share_pids } => {
+                sandbox(&dir, &hostname, interface.as_ref())?;
+                if share_pids {
+                    keep_pid_namespace(&dir)?;
+                }
+                Ok(0)
+            }
             Step::Exec { root, id, command, timeout_ms } => exec(root, id, command, timeout_ms),
+            Step::Pause => pause(),
         }
     }
 }
@@ -248,3 +261,88 @@ fn sandbox(dir: &std::path::Path, hostname: &str, interface: Option<&Interface>)
     }
     Ok(())
 }
+
+/// Makes the pod's PID namespace, which `shareProcessNamespace` has its containers join, with
+/// its first process, the kubelet's pause: this binary again (`oci-helper pause`), which does
+/// nothing but reap what is left to it, and whose end (killed by the agent once the pod is
+/// done) ends every process in the namespace. The namespace is kept at `dir/pid`, and the
+/// process's id at `dir/pause`; the process is left to the keeper when this one exits. It goes
+/// on only once told to, after both are recorded: a step killed half-way leaves no pause that
+/// nothing knows of.
+fn keep_pid_namespace(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    create_syscall().unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the pod's PID namespace: {e}"))?;
+    let mut pause = std::process::Command::new("/proc/self/exe")
+        .arg0("/pause")
+        .args(["oci-helper", "pause", "--error-file", "/dev/null"])
+        .env_clear()
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the pod's first process: {e}"))?;
+    let pid = pause.id();
+    let kept = (|| {
+        let target = dir.join(super::sandbox::PID_NAMESPACE);
+        std::fs::File::create(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+        let source = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+        create_syscall()
+            .mount(Some(&source), &target, None, MsFlags::MS_BIND, None)
+            .map_err(|e| format!("keeping the pod's PID namespace at {}: {e}", target.display()))?;
+        let partial = dir.join(super::sandbox::PARTIAL_PAUSE);
+        std::fs::write(&partial, pid.to_string())
+            .and_then(|()| std::fs::rename(&partial, dir.join(super::sandbox::PAUSE)))
+            .map_err(|e| format!("recording the pod's first process: {e}"))?;
+        let go = pause.stdin.take().ok_or("the pause process has no input")?;
+        (&go).write_all(PAUSE_GO).map_err(|e| format!("starting the pod's first process: {e}"))
+    })();
+    if kept.is_err() {
+        let _ = pause.kill();
+        let _ = pause.wait();
+    }
+    kept
+}
+
+/// What the helper tells the pause once the pause is recorded.
+const PAUSE_GO: &[u8] = b"go";
+
+/// The pause process: the first of its PID namespace, which the processes of the pod's
+/// containers are left to when their parents end. It reaps them, and waits for more; no signal
+/// but SIGKILL reaches it (the kernel's rule for a namespace's first process). The containers
+/// see it as their PID 1: it holds nothing of the node's once it is told to go on (an
+/// unprivileged user, as upstream's pause image runs, no groups, no new privileges, and not
+/// dumpable, so that no container may trace it or open its root or memory).
+fn pause() -> ! {
+    use std::io::Read;
+    let mut go = [0; PAUSE_GO.len()];
+    if std::io::stdin().read_exact(&mut go).is_err() || go != PAUSE_GO {
+        std::process::exit(0);
+    }
+    if let Ok(null) = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    // Its only thread: the thread's ids are the process's.
+    let nobody = (rustix::process::Gid::from_raw(PAUSE_ID), rustix::process::Uid::from_raw(PAUSE_ID));
+    let dropped = rustix::thread::set_thread_groups(&[])
+        .and_then(|()| rustix::thread::set_thread_res_gid(nobody.0, nobody.0, nobody.0))
+        .and_then(|()| rustix::thread::set_thread_res_uid(nobody.1, nobody.1, nobody.1))
+        .and_then(|()| rustix::thread::set_no_new_privs(true))
+        .and_then(|()| rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable));
+    if dropped.is_err() {
+        // A pause that would hold root's powers is no pause: its namespace ends with it, and
+        // the pod's containers cannot start in it.
+        std::process::exit(1);
+    }
+    let mut ended = nix::sys::signal::SigSet::empty();
+    ended.add(nix::sys::signal::Signal::SIGCHLD);
+    let _ = ended.thread_block();
+    loop {
+        while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
+        let _ = ended.wait();
+    }
+}
+
+/// The user and group the pause runs as: upstream's pause image's (65535).
+const PAUSE_ID: u32 = 65535;

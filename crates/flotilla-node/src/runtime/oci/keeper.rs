@@ -7,16 +7,18 @@
 //! tell how it ended (only a parent learns an exit status). So the agent asks the keeper to
 //! run each `create` step of the helper: the keeper, a child subreaper, becomes every
 //! container's parent, reaps each as it ends, and records how at `exits/<pid>`, which the agent
-//! reads once the container's pidfd says it has ended. Nothing else lives in it: it holds no
-//! pipe (containers write to FIFOs in their bundles) and no state but its children.
+//! reads once the container's pidfd says it has ended. It runs each `sandbox` step too, whose
+//! pause process (a pod that shares its processes) it parents as a container's. Nothing else
+//! lives in it: it holds no pipe (containers write to FIFOs in their bundles) and no state but
+//! its children.
 //!
 //! The agent talks to it over `keeper-<binary>.sock` in the runtime's directory: a request is
 //! the helper's arguments, NUL-separated; the answer, once that helper ends, its exit code. The
 //! keeper is started by the agent when none answers, in a process group of its own, and ends
 //! by itself once it has had no child and no request for [`IDLE`]. The socket is named by the
 //! agent's binary (its device, inode and modification time): an agent upgraded in place starts
-//! a keeper of its own version, and the old one keeps the containers it parents until they end
-//! (their ends go to the same records).
+//! a keeper of its own version, and the old one keeps the containers (and pauses) it parents
+//! until they end (their ends go to the same records).
 //!
 //! A supervisor that stops the agent by killing its whole cgroup (systemd's default
 //! `KillMode=control-group`) kills the keeper too, and the containers are orphaned to PID 1:
@@ -43,7 +45,7 @@ pub(super) const EXITS: &str = "exits";
 /// How long a keeper with nothing to keep waits before it ends.
 const IDLE: Duration = Duration::from_secs(60);
 /// How long a helper step may take before the keeper kills it.
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request the keeper reads.
 const MAX_REQUEST: u64 = 64 << 10;
 

@@ -3,7 +3,9 @@
 //!
 //! - A pod's **sandbox** is a network namespace (its loopback up), a UTS namespace (hostname =
 //!   the pod's name) and an IPC namespace, kept by bind mounts, which its containers join; each
-//!   container has its own mount and PID namespaces.
+//!   container has its own mount and PID namespaces, unless the pod shares its processes
+//!   (`shareProcessNamespace`): then the sandbox keeps a PID namespace too, whose first process
+//!   is the pod's pause.
 //! - A container's **root filesystem** is its image's snapshot (`images::container`) as the
 //!   lower layer of an overlay, with a writable layer of its own.
 //! - It is **created** by the helper process (`helper.rs`), which the keeper (`keeper.rs`, one
@@ -66,8 +68,10 @@ const EXIT_RECORD: Duration = Duration::from_secs(5);
 /// How long a container's output may still arrive after it exits (its FIFOs have no writer
 /// once the last process of its PID namespace ends, at once unless something else holds them).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
-/// How long one step of the helper may take before it is killed.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent waits for the keeper's answer to a step: longer than the keeper lets the
+/// step run, so that a step that took too long has been killed (and is not still at work on
+/// what the agent then removes) when the agent hears of it.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(keeper::STEP_TIMEOUT.as_secs() + 5);
 /// The most of an image's `/etc/passwd` or `/etc/group` the agent reads.
 const MAX_USER_TABLE: u64 = 1 << 20;
 
@@ -270,34 +274,6 @@ impl Shared {
         self.containers.lock().expect("containers lock").remove(id);
     }
 
-    /// Runs one step of the helper, killed after [`HELPER_TIMEOUT`]: its failure, as it wrote it.
-    fn helper(&self, args: &[&str]) -> Result<(), String> {
-        let errors = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| format!("running the helper: {e}"))?;
-        let mut command = std::process::Command::new(&self.helper);
-        command.arg("oci-helper").args(args).arg("--error-file").arg(errors.path());
-        command.stdin(std::process::Stdio::null());
-        command.stdout(std::process::Stdio::null());
-        command.stderr(std::process::Stdio::null());
-        let mut child = command.spawn().map_err(|e| format!("running {}: {e}", self.helper.display()))?;
-        drop(command);
-        let deadline = Instant::now() + HELPER_TIMEOUT;
-        let status = loop {
-            match child.try_wait().map_err(|e| format!("waiting for the helper: {e}"))? {
-                Some(status) => break status,
-                None if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("the OCI helper took longer than {HELPER_TIMEOUT:?}"));
-                }
-                None => std::thread::sleep(Duration::from_millis(2)),
-            }
-        };
-        if status.success() {
-            return Ok(());
-        }
-        Err(step_failure(errors.path(), status))
-    }
-
     /// The pod's sandbox, made by its first container: its namespaces, its interface, and
     /// the files its containers see at `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`.
     fn sandbox(&self, launch: &Launch) -> Result<PathBuf, String> {
@@ -305,11 +281,23 @@ impl Shared {
         let interface = network::PodInterface::new(&launch.pod_uid, launch.pod_ip, self.pod_range);
         self.sandboxes
             .get_or_make(&launch.pod_uid, dir, |dir| {
-                let dir_text = dir.to_string_lossy();
+                let errors = tempfile::Builder::new()
+                    .prefix(".sandbox-")
+                    .tempfile_in(&self.dir)
+                    .map_err(|e| format!("running the helper: {e}"))?;
+                let (dir_text, errors_text) = (dir.to_string_lossy(), errors.path().to_string_lossy());
                 let mut args = vec!["sandbox", "--dir", &dir_text, "--hostname", &launch.hostname];
                 let network = interface.helper_args();
                 args.extend(network.iter().map(String::as_str));
-                self.helper(&args)?;
+                if launch.share_pids {
+                    args.push("--share-pids");
+                }
+                args.extend(["--error-file", &errors_text]);
+                // Through the keeper, which a shared PID namespace's first process is left to.
+                match self.keeper.run_step(&args, HELPER_TIMEOUT)? {
+                    0 => {}
+                    code => return Err(step_failure(errors.path(), format!("exit code {code}"))),
+                }
                 interface.attach(dir)?;
                 for (name, content) in sandbox::files(launch) {
                     std::fs::write(dir.join(name), content).map_err(|e| format!("writing /etc/{name}: {e}"))?;
@@ -409,6 +397,7 @@ impl Shared {
             network_ns: sandbox.join("net"),
             uts_ns: sandbox.join("uts"),
             ipc_ns: sandbox.join("ipc"),
+            pid_ns: if launch.share_pids { sandbox::shared_pids(&sandbox).map_err(failed)? } else { None },
             cgroup: run.cgroup.clone(),
             memory_limit: launch.memory_limit,
             swap_limit: self.cgroups.limits_swap(),

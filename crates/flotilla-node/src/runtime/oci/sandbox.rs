@@ -1,6 +1,7 @@
 //! Pods' sandboxes: each pod's network, UTS and IPC namespaces, kept by bind mounts at
-//! `sandboxes/<pod uid>/{net,uts,ipc}`, made by the pod's first container and removed once the
-//! pod is done. A pod released while one of its containers was still being made (its worker
+//! `sandboxes/<pod uid>/{net,uts,ipc}` (and its PID namespace at `pid`, with its pause process,
+//! when its containers share their processes), made by the pod's first container and removed
+//! once the pod is done. A pod released while one of its containers was still being made (its worker
 //! stopped it meanwhile) gets no new sandbox: the make is refused, not leaked.
 
 use std::collections::HashMap;
@@ -14,6 +15,12 @@ const REMEMBER_RELEASED: Duration = Duration::from_secs(3600);
 
 /// The namespaces a sandbox keeps.
 pub(super) const NAMESPACES: [&str; 3] = ["net", "uts", "ipc"];
+/// The PID namespace of a sandbox whose containers share their processes
+/// (`shareProcessNamespace`), and the id of its first process, the pause.
+pub(super) const PID_NAMESPACE: &str = "pid";
+pub(super) const PAUSE: &str = "pause";
+/// The pause's id while it is written.
+pub(super) const PARTIAL_PAUSE: &str = ".pause";
 /// The files a sandbox gives its containers, at `/etc/<name>`, as the kubelet does.
 pub(super) const FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 
@@ -103,18 +110,56 @@ pub(super) fn files(launch: &super::Launch) -> [(&'static str, String); 3] {
     [("hosts", hosts), ("hostname", format!("{}\n", launch.hostname)), ("resolv.conf", resolv)]
 }
 
-/// Removes a sandbox directory: its namespaces' mounts, then its files (never recursively, so
-/// that a mount that would not go is never walked into).
+/// Removes a sandbox directory: its pause process (and every process left in its PID
+/// namespace with it), its namespaces' mounts, then its files (never recursively, so that a
+/// mount that would not go is never walked into). Blocking.
 pub(super) fn remove(dir: &Path) {
+    if let Some(pause) = pause(dir) {
+        pause.kill_and_forget();
+    }
+    let _ = std::fs::remove_file(dir.join(PAUSE));
+    let _ = std::fs::remove_file(dir.join(PARTIAL_PAUSE));
     super::network::PodInterface::detach(dir);
     for file in FILES {
         let _ = std::fs::remove_file(dir.join(file));
     }
-    for kind in NAMESPACES {
+    for kind in NAMESPACES.into_iter().chain([PID_NAMESPACE]) {
         let _ = rustix::mount::unmount(dir.join(kind), rustix::mount::UnmountFlags::DETACH);
         let _ = std::fs::remove_file(dir.join(kind));
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// The PID namespace a container of a pod that shares its processes joins: its sandbox's,
+/// while its pause runs. A sandbox made before the node honoured `shareProcessNamespace` has
+/// none, and its containers have their own, as they had.
+pub(super) fn shared_pids(dir: &Path) -> Result<Option<PathBuf>, String> {
+    let kept = dir.join(PID_NAMESPACE);
+    if !kept.exists() {
+        return Ok(None);
+    }
+    match pause(dir) {
+        Some(_) => Ok(Some(kept)),
+        None => Err("the pod's shared PID namespace is gone: its pause process ended, and every process in it \
+                     with it; delete the pod to run it again"
+            .into()),
+    }
+}
+
+/// The sandbox's pause process, if it has one that still runs: the process its `pause` file
+/// names, if that process is in the PID namespace the sandbox keeps (a pid taken since by
+/// another process is not; nor can a process of the namespace have it, since the pause's end
+/// ends them all).
+fn pause(dir: &Path) -> Option<super::Process> {
+    use std::os::unix::fs::MetadataExt;
+    let pid: i32 = std::fs::read_to_string(dir.join(PAUSE)).ok()?.trim().parse().ok()?;
+    let kept = std::fs::metadata(dir.join(PID_NAMESPACE)).ok()?;
+    // Opened before its namespace is looked at, so that the process checked is the one signalled.
+    // The keeper that reaps it records its end beside the containers' (`<runtime>/exits`).
+    let runtime_dir = dir.parent()?.parent()?;
+    let process = super::Process::open(pid, runtime_dir, false).ok()?;
+    let found = std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?;
+    (found.dev() == kept.dev() && found.ino() == kept.ino()).then_some(process)
 }
 
 #[cfg(test)]

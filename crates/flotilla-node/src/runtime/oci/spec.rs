@@ -61,6 +61,9 @@ pub(crate) struct Inputs {
     pub network_ns: PathBuf,
     pub uts_ns: PathBuf,
     pub ipc_ns: PathBuf,
+    /// The pod's PID namespace, if its containers share one (`shareProcessNamespace`); else
+    /// each has its own.
+    pub pid_ns: Option<PathBuf>,
     /// The cgroup it runs in (`/flotilla/<qos>/pod<uid>/<id>`).
     pub cgroup: String,
     pub memory_limit: Option<u64>,
@@ -196,7 +199,10 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
             "cgroupsPath": inputs.cgroup,
             "resources": resources,
             "namespaces": [
-                {"type": "pid"},
+                match &inputs.pid_ns {
+                    Some(path) => json!({"type": "pid", "path": path}),
+                    None => json!({"type": "pid"}),
+                },
                 {"type": "mount"},
                 {"type": "network", "path": inputs.network_ns},
                 {"type": "uts", "path": inputs.uts_ns},
@@ -295,6 +301,13 @@ mod tests {
         assert_eq!(spec["process"]["cwd"], "/");
         assert_eq!(spec["linux"]["namespaces"][2], json!({"type": "network", "path": "/run/p/net"}));
         assert_eq!(spec["linux"]["namespaces"][0], json!({"type": "pid"}), "each container has its own PIDs");
+        inputs.pid_ns = Some("/run/p/pid".into());
+        let shared = super::spec(&inputs).unwrap();
+        assert_eq!(
+            shared["linux"]["namespaces"][0],
+            json!({"type": "pid", "path": "/run/p/pid"}),
+            "shareProcessNamespace"
+        );
         let data = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
         assert_eq!(data["options"], json!(["rbind", "rprivate", "ro"]));
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 2, "BestEffort gets the minimum weight");
