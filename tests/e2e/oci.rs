@@ -320,6 +320,38 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
             && events.lines().any(|l| l == "FailedPreStopHook: PreStopHook failed")
     })?;
 
+    // A pod's containers start in order, each once the one before it is up, its postStart
+    // done: the second reads what the first's (slow) hook wrote.
+    let ordered = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ordered
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: first
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "86400"]
+    lifecycle:
+      postStart:
+        exec:
+          command: ["sh", "-c", "sleep 2; echo first is up > /shared/up"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  - name: second
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /shared/up 2>/dev/null || echo too soon; exec sleep 86400"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+"#
+    );
+    apply(&k, &ordered)?;
+    let second = wait_for_logs(&k, "ordered", "second", |l| !l.is_empty())?;
+    ensure!(second == "first is up\n", "the second container started before the first was up: {second:?}");
+
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;
     ensure!(refused.contains("does not stream their input and output"), "{refused}");

@@ -17,6 +17,7 @@ pub mod images;
 pub mod logs;
 mod network;
 mod node;
+mod objects;
 mod pods;
 mod prometheus;
 mod runtime;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use flotilla_api::Cidr;
 use flotilla_wasm::{Runtime, RuntimeConfig};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::task::JoinHandle;
@@ -168,6 +169,9 @@ pub(crate) struct Node {
     events: flotilla_client::Recorder,
     pods: pods::PodTable,
     services: reflector::Store<Service>,
+    /// The ConfigMaps and Secrets the node's pods use.
+    config_maps: objects::ObjectWatches<ConfigMap>,
+    secrets: objects::ObjectWatches<Secret>,
     probe_client: pods::ProbeClient,
     /// Where the guests may not connect.
     egress: Arc<flotilla_wasm::Egress>,
@@ -295,6 +299,8 @@ impl Agent {
             runtimes,
             images,
             services,
+            config_maps: objects::ObjectWatches::new(client.clone()),
+            secrets: objects::ObjectWatches::new(client.clone()),
             probe_client: pods::probe_client(),
             egress,
             zone,

@@ -3,10 +3,16 @@
 //! defined before them, and `command`/`args` expanded against the result.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// The ConfigMaps and Secrets a pod's containers refer to, fetched before they start; `None`
+use crate::Node;
+use crate::objects::Subscription;
+
+/// The ConfigMaps and Secrets a pod's containers refer to, as known when they start; `None`
 /// for one that does not exist.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Objects {
@@ -32,6 +38,56 @@ impl Objects {
                 .map(|v| String::from_utf8_lossy(&v.0).into_owned())
                 .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned()),
         )
+    }
+}
+
+/// The watches of the ConfigMaps and Secrets a pod uses (`crate::objects`), held while its
+/// containers may start.
+pub(super) struct Watched {
+    config_maps: Vec<(String, Subscription<ConfigMap>)>,
+    secrets: Vec<(String, Subscription<Secret>)>,
+}
+
+impl Watched {
+    pub(super) fn subscribe(node: &Node, pod: &Pod) -> Watched {
+        let (config_maps, secrets) = referenced(pod);
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        Watched {
+            config_maps: config_maps
+                .into_iter()
+                .map(|n| (n.clone(), node.config_maps.subscribe(namespace, &n)))
+                .collect(),
+            secrets: secrets.into_iter().map(|n| (n.clone(), node.secrets.subscribe(namespace, &n))).collect(),
+        }
+    }
+
+    /// The objects as last known, waiting at most `wait` in all for the first lists; or why one
+    /// is not known, as the kubelet says it.
+    pub(super) async fn read(&mut self, wait: Duration) -> Result<Objects, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut objects = Objects::default();
+        for (name, watch) in &mut self.config_maps {
+            let found = watch.read(deadline).await;
+            let found = found.ok_or("failed to sync configmap cache: timed out waiting for the condition")?;
+            objects.config_maps.insert(name.clone(), found);
+        }
+        for (name, watch) in &mut self.secrets {
+            let found = watch.read(deadline).await;
+            let found = found.ok_or("failed to sync secret cache: timed out waiting for the condition")?;
+            objects.secrets.insert(name.clone(), found);
+        }
+        Ok(objects)
+    }
+
+    /// Resolves when one of the objects changes from what `read` last returned.
+    pub(super) async fn changed(&mut self) {
+        let config_maps = self.config_maps.iter_mut().map(|(_, w)| w.changed().boxed());
+        let secrets = self.secrets.iter_mut().map(|(_, w)| w.changed().boxed());
+        let all: Vec<_> = config_maps.chain(secrets).collect();
+        if all.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(all).await;
     }
 }
 
@@ -214,25 +270,69 @@ pub(super) fn expand(text: &str, defined: &HashMap<&str, &str>) -> String {
 }
 
 fn field_value(pod: &Pod, field: &ObjectFieldSelector, placement: &Placement<'_>) -> Result<String, String> {
-    let meta = &pod.metadata;
     let path = field.field_path.as_str();
-    let label_or_annotation = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
-        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
-    };
     let value = match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => placement.node_name.to_string(),
         "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => placement.host_ip.to_string(),
         "status.podIP" | "status.podIPs" => placement.pod_ip.to_string(),
-        _ => label_or_annotation(meta.labels.as_ref(), "metadata.labels['")
-            .or_else(|| label_or_annotation(meta.annotations.as_ref(), "metadata.annotations['"))
-            .ok_or_else(|| format!("unsupported fieldRef path {path:?}"))?,
+        // A whole map is a volume's file; a variable names one key (upstream's validation).
+        "metadata.labels" | "metadata.annotations" => return Err(format!("unsupported fieldRef path {path:?}")),
+        _ => metadata_field(&pod.metadata, path).ok_or_else(|| format!("unsupported fieldRef path {path:?}"))?,
     };
     Ok(value)
+}
+
+/// A field of the pod's metadata by its `fieldRef` path, as upstream's
+/// `ExtractFieldPathAsString` reads it: the one reading, for environment variables and
+/// downwardAPI volumes alike. A whole map is a `key="value"` line per entry, in key order.
+pub(super) fn metadata_field(meta: &ObjectMeta, path: &str) -> Option<String> {
+    let format_map = |map: Option<&BTreeMap<String, String>>| {
+        map.into_iter().flatten().map(|(k, v)| format!("{k}={}", go_quote(v))).collect::<Vec<_>>().join("\n")
+    };
+    let subscripted = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    Some(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
+        _ => subscripted(meta.labels.as_ref(), "metadata.labels['")
+            .or_else(|| subscripted(meta.annotations.as_ref(), "metadata.annotations['"))?,
+    })
+}
+
+/// `text` quoted as Go's `%q` quotes it (`strconv.Quote`), which upstream's downwardAPI files
+/// hold: `\"` and `\\`, C's escapes for control characters, `\xNN` for other ASCII controls,
+/// `\uNNNN` (or `\UNNNNNNNN`) for other controls and spaces but the space itself; the rest as
+/// it is (Go also escapes Unicode's format characters, which Rust's library cannot tell).
+fn go_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || c.is_whitespace() && c != ' ' => match c as u32 {
+                n if n < 0x10000 => out.push_str(&format!("\\u{n:04x}")),
+                n => out.push_str(&format!("\\U{n:08x}")),
+            },
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `limits.cpu`, `requests.memory`, …, in units of `divisor` rounded up, as upstream's
@@ -423,6 +523,23 @@ mod tests {
             assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
             assert_eq!(get("DB_SERVICE_HOST"), db);
         }
+    }
+
+    #[test]
+    fn whole_maps_are_written_as_upstreams_downward_api_files() {
+        let meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "labels": {"tier": "web", "app": "shop"},
+            "annotations": {"note": "say \"hi\"\n\tthen\u{7}go \u{85}é \\ end"},
+        }))
+        .unwrap();
+        assert_eq!(metadata_field(&meta, "metadata.labels").unwrap(), "app=\"shop\"\ntier=\"web\"");
+        assert_eq!(
+            metadata_field(&meta, "metadata.annotations").unwrap(),
+            r#"note="say \"hi\"\n\tthen\ago \u0085é \\ end""#
+        );
+        assert_eq!(metadata_field(&meta, "metadata.labels['app']").unwrap(), "shop");
+        assert_eq!(metadata_field(&meta, "metadata.labels['none']").unwrap(), "");
+        assert_eq!(metadata_field(&meta, "spec.nodeName"), None);
     }
 
     #[test]

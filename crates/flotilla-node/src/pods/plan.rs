@@ -89,18 +89,27 @@ pub(super) fn plan(pod: &PodView<'_>, now: Instant) -> Plan {
             }
         }
     }
+    // The kubelet starts a pod's containers one at a time, in order, each once the one before
+    // it has started and its postStart hook is done (a sidecar proxy that must be up before
+    // the app relies on it): one still starting holds back those after it. One waiting out a
+    // back-off or a retry delay holds back nothing.
     for (i, container) in pod.main.iter().enumerate() {
         match &container.run {
-            Run::Running { .. } | Run::Starting { .. } => {}
+            Run::Running { .. } => {}
+            Run::Starting { .. } => return plan,
             Run::Exited(ended) if !pod.restart_policy.restarts(ended.exit_code) => {}
-            Run::Exited(_) | Run::Waiting { .. } => start_when_due(&mut plan, Slot::Main(i), container, now),
+            Run::Exited(_) | Run::Waiting { .. } => {
+                if start_when_due(&mut plan, Slot::Main(i), container, now) {
+                    return plan;
+                }
+            }
         }
     }
     plan
 }
 
-/// Starts a container now, or plans to when its back-off or retry delay is over.
-fn start_when_due(plan: &mut Plan, slot: Slot, container: &ContainerRecord, now: Instant) {
+/// Starts a container now (`true`), or plans to when its back-off or retry delay is over.
+fn start_when_due(plan: &mut Plan, slot: Slot, container: &ContainerRecord, now: Instant) -> bool {
     let due = match (&container.run, container.exited_at) {
         (Run::Exited(_), Some(exited_at)) => container.backoff.remaining(exited_at, now).map(|wait| now + wait),
         _ => container.retry_at.filter(|at| *at > now),
@@ -109,6 +118,7 @@ fn start_when_due(plan: &mut Plan, slot: Slot, container: &ContainerRecord, now:
         Some(at) => plan.wake(at),
         None => plan.start.push(slot),
     }
+    due.is_none()
 }
 
 #[cfg(test)]
@@ -202,6 +212,26 @@ mod tests {
         let mut pod = view(RestartPolicy::Always, &[], &main);
         pod.stopping = true;
         assert_eq!(plan(&pod, now), Plan { start: vec![], kill: vec![Slot::Main(0)], wake_at: None });
+    }
+
+    #[test]
+    fn containers_start_one_at_a_time_each_once_the_one_before_it_has_started() {
+        let now = Instant::now();
+        let main = [waiting("proxy"), waiting("app")];
+        assert_eq!(plan(&view(RestartPolicy::Always, &[], &main), now).start, [Slot::Main(0)]);
+        // Started, its postStart not done yet: the next waits.
+        let mut starting = waiting("proxy");
+        starting.begin();
+        let main = [starting, waiting("app")];
+        assert_eq!(plan(&view(RestartPolicy::Always, &[], &main), now), Plan::default());
+        let main = [running("proxy"), waiting("app")];
+        assert_eq!(plan(&view(RestartPolicy::Always, &[], &main), now).start, [Slot::Main(1)]);
+        // One waiting out its back-off holds back nothing.
+        let mut main = [exited("proxy", 1, now), waiting("app")];
+        main[0].backoff.next(now);
+        let planned = plan(&view(RestartPolicy::Always, &[], &main), now + Duration::from_secs(1));
+        assert_eq!(planned.start, [Slot::Main(1)]);
+        assert_eq!(planned.wake_at, Some(now + Duration::from_secs(10)));
     }
 
     #[test]

@@ -35,40 +35,55 @@ struct VolumeDir {
 type Files = BTreeMap<PathBuf, Vec<u8>>;
 
 /// Creates (or refreshes) the pod's volumes under `pod_dir`, or says why one cannot be made.
+/// A volume that fails leaves the others made all the same (a refresh goes on past a ConfigMap
+/// deleted meanwhile, as the kubelet's volumes are set up each on its own).
 pub(super) fn prepare(pod: &Pod, pod_dir: &Path, objects: &Objects, allow_host_path: bool) -> Result<Volumes, String> {
     let root = pod_dir.join("volumes");
     let root = std::fs::create_dir_all(&root)
         .and_then(|()| File::open(&root))
         .map_err(|e| format!("creating the pod's volume directory: {e}"))?;
     let mut volumes = Volumes::default();
+    let mut failed = None;
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let name = &volume.name;
-        let fail = |what: &str, err: std::io::Error| format!("volume {name:?}: {what}: {err}");
-        let own_dir = || {
-            if !beneath::is_plain_name(name) {
-                return Err(format!("volume {name:?}: not a valid volume name"));
-            }
-            beneath::create_dir_all(&root, Path::new(name)).map_err(|e| fail("creating its directory", e))
-        };
-        let mount = if volume.empty_dir.is_some() {
-            VolumeDir { dir: Arc::new(own_dir()?), read_only: false }
-        } else if let Some(host) = &volume.host_path {
-            if !allow_host_path {
-                return Err(format!(
-                    "volume {name:?}: hostPath volumes are not allowed on this node (an agent started with \
-                     --allow-host-path permits them)"
-                ));
-            }
-            VolumeDir { dir: Arc::new(host_dir(name, &host.path, host.type_.as_deref())?), read_only: false }
-        } else {
-            let files = projected_files(pod, volume, objects)?;
-            let dir = own_dir()?;
-            project(&dir, &files).map_err(|e| fail("writing its files", e))?;
-            VolumeDir { dir: Arc::new(dir), read_only: true }
-        };
-        volumes.dirs.insert(name.clone(), mount);
+        match prepare_one(pod, volume, &root, objects, allow_host_path) {
+            Ok(dir) => drop(volumes.dirs.insert(volume.name.clone(), dir)),
+            Err(err) => failed = failed.or(Some(err)),
+        }
     }
-    Ok(volumes)
+    failed.map_or(Ok(volumes), Err)
+}
+
+fn prepare_one(
+    pod: &Pod,
+    volume: &Volume,
+    root: &File,
+    objects: &Objects,
+    allow_host_path: bool,
+) -> Result<VolumeDir, String> {
+    let name = &volume.name;
+    let fail = |what: &str, err: std::io::Error| format!("volume {name:?}: {what}: {err}");
+    let own_dir = || {
+        if !beneath::is_plain_name(name) {
+            return Err(format!("volume {name:?}: not a valid volume name"));
+        }
+        beneath::create_dir_all(root, Path::new(name)).map_err(|e| fail("creating its directory", e))
+    };
+    Ok(if volume.empty_dir.is_some() {
+        VolumeDir { dir: Arc::new(own_dir()?), read_only: false }
+    } else if let Some(host) = &volume.host_path {
+        if !allow_host_path {
+            return Err(format!(
+                "volume {name:?}: hostPath volumes are not allowed on this node (an agent started with \
+                 --allow-host-path permits them)"
+            ));
+        }
+        VolumeDir { dir: Arc::new(host_dir(name, &host.path, host.type_.as_deref())?), read_only: false }
+    } else {
+        let files = projected_files(pod, volume, objects)?;
+        let dir = own_dir()?;
+        project(&dir, &files).map_err(|e| fail("writing its files", e))?;
+        VolumeDir { dir: Arc::new(dir), read_only: true }
+    })
 }
 
 /// A `hostPath` directory. Its path is the pod author's, on a node whose operator allowed them,
@@ -238,24 +253,14 @@ fn select(
 }
 
 fn downward(pod: &Pod, items: &[DownwardAPIVolumeFile], volume: &str) -> Result<Files, String> {
-    let meta = &pod.metadata;
-    let map_text = |map: Option<&BTreeMap<String, String>>| {
-        map.into_iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>()
-    };
     let mut files = Files::new();
     for item in items {
         let path = file_path(&item.path, volume)?;
         let Some(field) = &item.field_ref else {
             return Err(format!("downwardAPI item {:?}: only fieldRef items are supported", item.path));
         };
-        let value = match field.field_path.as_str() {
-            "metadata.name" => meta.name.clone().unwrap_or_default(),
-            "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-            "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-            "metadata.labels" => map_text(meta.labels.as_ref()),
-            "metadata.annotations" => map_text(meta.annotations.as_ref()),
-            other => return Err(format!("downwardAPI item {:?}: unsupported fieldRef {other:?}", item.path)),
-        };
+        let value = env::metadata_field(&pod.metadata, &field.field_path)
+            .ok_or_else(|| format!("downwardAPI item {:?}: unsupported fieldRef {:?}", item.path, field.field_path))?;
         files.insert(path, value.into_bytes());
     }
     Ok(files)
@@ -352,7 +357,7 @@ mod tests {
         assert!(by_guest["/etc/app"].read_only && by_guest["/info"].read_only);
         assert_eq!(read(&mounts, "/etc/app", "conf/a.txt").unwrap(), "one");
         assert!(read(&mounts, "/etc/app", "b").is_err());
-        assert_eq!(read(&mounts, "/info", "labels").unwrap(), "app=\"web\"\n");
+        assert_eq!(read(&mounts, "/info", "labels").unwrap(), "app=\"web\"");
         // A configMap volume and a projected configMap are one implementation: both keep
         // `binaryData`.
         assert_eq!(read(&mounts, "/both", "b").unwrap(), "two");

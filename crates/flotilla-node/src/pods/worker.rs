@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::env::{self, Objects, Placement};
+use super::env::{self, Objects, Placement, Watched};
 use super::hooks::{self, Hook};
 use super::plan::{PodView, RestartPolicy, Slot, plan};
 use super::probes::{self, Finding};
@@ -32,14 +32,15 @@ use super::{ContainerLogs, PodEntry};
 use crate::Node;
 use crate::images::{ImageError, Kind, PullPolicy, Reference};
 use crate::logs::{self, ContainerLog};
+use crate::objects::SYNC_TIMEOUT;
 use crate::runtime::{ContainerUsage, Control, CreateError, Exit, Launch, Security, Started};
 use flotilla_client::EventType::{Normal, Warning};
 
-/// How often the ConfigMaps and Secrets a running pod's volumes project are read again, so
-/// that their files follow changes (the kubelet's sync period is a minute; this is quicker).
-const PROJECTION_REFRESH: Duration = Duration::from_secs(10);
 /// How long to wait before retrying a status write or the final deletion that failed.
 const API_RETRY: Duration = Duration::from_secs(2);
+/// How long before a pod's projected volumes that could not be written are tried again (the
+/// kubelet's pod sync period), unless one of their objects changes first.
+const REFRESH_RETRY: Duration = Duration::from_secs(60);
 
 /// What a container's run task reports to its worker.
 #[derive(Debug)]
@@ -170,8 +171,13 @@ pub(super) struct Worker {
     runs: HashMap<Slot, ActiveRun>,
     events: mpsc::UnboundedSender<RunEvent>,
     sandbox: Option<Sandbox>,
+    /// The ConfigMaps and Secrets its containers use, as read for the last start or refresh.
     objects: Objects,
-    objects_read: Option<Instant>,
+    /// Their watches, held from its first container's start (or adoption) until the pod is done.
+    watched: Option<Watched>,
+    /// When the projected volumes' files are to be written again: after an adoption (nothing
+    /// of the objects has been read), or a refresh that failed.
+    refresh_at: Option<Instant>,
     start_time: Timestamp,
     /// When the pod's `activeDeadlineSeconds` runs out, if it has one.
     deadline: Option<Instant>,
@@ -261,7 +267,8 @@ impl Worker {
             events,
             sandbox: None,
             objects: Objects::default(),
-            objects_read: None,
+            watched: None,
+            refresh_at: None,
             start_time,
             deadline,
             stop,
@@ -280,6 +287,11 @@ impl Worker {
             for (i, status) in statuses.iter().flatten().enumerate() {
                 worker.adopt(slot(i), status);
             }
+        }
+        if !worker.runs.is_empty() {
+            // Adopted runs' volumes follow their objects and labels from now on, as a start's do.
+            worker.watched = Some(Watched::subscribe(&worker.node, &worker.pod));
+            worker.refresh_at = Some(Instant::now());
         }
         worker
     }
@@ -371,6 +383,9 @@ impl Worker {
             for slot in overdue {
                 self.kill(slot, String::new());
             }
+            // A start that failed at once (its volumes, say) lets the next container start:
+            // plan again.
+            let started = !planned.start.is_empty() && self.sandbox.is_some();
             for slot in planned.start {
                 self.start(slot).await;
             }
@@ -389,6 +404,9 @@ impl Worker {
             }
             let mut wake = planned.wake_at;
             let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+            if started {
+                at(Instant::now());
+            }
             if let Some(deadline) = self.deadline.filter(|_| self.stop.is_none()) {
                 at(deadline);
             }
@@ -397,11 +415,11 @@ impl Worker {
             {
                 at(killed_at);
             }
-            if let Some(read) = self.objects_read.filter(|_| self.projects_objects() && !self.is_terminal()) {
-                at(read + PROJECTION_REFRESH);
-            }
             if let Some(retry) = self.publish_retry {
                 at(retry);
+            }
+            if let Some(refresh) = self.refresh_at {
+                at(refresh);
             }
             if self.stop == Some(Stop::Deleted) && self.runs.is_empty() {
                 at(Instant::now() + API_RETRY);
@@ -412,9 +430,16 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let (publishing, watched) = (&mut self.publishing, &mut self.watched);
             let published = async {
-                match &mut self.publishing {
+                match publishing {
                     Some((_, write)) => write.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let objects_changed = async {
+                match watched {
+                    Some(watched) => watched.changed().await,
                     None => std::future::pending().await,
                 }
             };
@@ -428,21 +453,29 @@ impl Worker {
                         self.end_runs();
                         return;
                     }
-                    match updates.borrow_and_update().clone() {
+                    let update = updates.borrow_and_update().clone();
+                    match update {
                         Some(pod) if pod.metadata.uid == self.pod.metadata.uid => {
                             // The event of a write before this worker's last one would take the
                             // status back (and its conditions' times with it): the rest is news.
                             let stale = flotilla_client::resource_version(&pod) < self.published_version;
                             let status = if stale { self.pod.status.take() } else { pod.status.clone() };
+                            // A downwardAPI volume's labels and annotations follow the pod's.
+                            let (old, new) = (&self.pod.metadata, &pod.metadata);
+                            let relabelled = old.labels != new.labels || old.annotations != new.annotations;
                             self.pod = pod;
                             self.pod.status = status;
+                            if relabelled {
+                                self.refresh_projections().await;
+                            }
                         }
                         _ => self.gone = true,
                     }
                 }
                 Some(event) = events.recv() => self.apply(event).await,
+                () = objects_changed => self.refresh_projections().await,
                 () = sleep => {
-                    if self.objects_read.is_some_and(|r| r.elapsed() >= PROJECTION_REFRESH) && !self.is_terminal() {
+                    if self.refresh_at.is_some_and(|at| at <= Instant::now()) {
                         self.refresh_projections().await;
                     }
                 }
@@ -546,51 +579,57 @@ impl Worker {
     }
 
     fn release_sandbox(&mut self) {
+        // Nothing of the pod starts again: its objects' watches go too.
+        self.watched = None;
         if let Some(sandbox) = self.sandbox.take() {
             self.node.addresses.release(sandbox.ip);
             self.node.runtimes.release(self.uid());
         }
     }
 
-    /// Reads the ConfigMaps and Secrets the pod refers to.
-    async fn read_objects(&mut self) {
-        let (config_maps, secrets) = env::referenced(&self.pod);
-        let namespace = self.namespace().to_string();
-        let mut objects = Objects::default();
-        let maps: Api<ConfigMap> = Api::namespaced(self.node.client.clone(), &namespace);
-        for name in config_maps {
-            match maps.get_opt(&name).await {
-                Ok(found) => drop(objects.config_maps.insert(name, found)),
-                Err(err) => tracing::debug!(%err, configmap = name, "cannot read a configmap"),
-            }
-        }
-        let api: Api<Secret> = Api::namespaced(self.node.client.clone(), &namespace);
-        for name in secrets {
-            match api.get_opt(&name).await {
-                Ok(found) => drop(objects.secrets.insert(name, found)),
-                Err(err) => tracing::debug!(%err, secret = name, "cannot read a secret"),
-            }
-        }
-        self.objects = objects;
-        self.objects_read = Some(Instant::now());
+    /// Reads the ConfigMaps and Secrets the pod refers to, watching them from now on, waiting at
+    /// most `wait` for the first lists.
+    async fn read_objects(&mut self, wait: Duration) -> Result<(), String> {
+        let watched = self.watched.get_or_insert_with(|| Watched::subscribe(&self.node, &self.pod));
+        self.objects = watched.read(wait).await?;
+        Ok(())
     }
 
-    fn projects_objects(&self) -> bool {
-        self.pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
+    /// Makes (or refreshes) the pod's volumes from the objects last read, off the async threads:
+    /// it writes files.
+    async fn prepare_volumes(&self, dir: PathBuf) -> Result<Volumes, String> {
+        let (pod, objects, allow_host_path) =
+            (self.pod.clone(), self.objects.clone(), self.node.config.allow_host_path);
+        tokio::task::spawn_blocking(move || volumes::prepare(&pod, &dir, &objects, allow_host_path))
+            .await
+            .map_err(|e| format!("preparing the pod's volumes: {e}"))?
     }
 
-    /// Writes the volumes' files again from fresh copies of their objects.
+    /// Writes the projected volumes' files again, from the objects as they are now and the pod's
+    /// labels and annotations, once its containers have started. It waits for nothing (an object
+    /// not listed yet is a change to come); one that fails is tried again shortly.
     async fn refresh_projections(&mut self) {
-        self.read_objects().await;
-        if let Some(sandbox) = &self.sandbox
-            && let Err(err) = volumes::prepare(&self.pod, &sandbox.dir, &self.objects, self.node.config.allow_host_path)
-        {
-            tracing::debug!(pod = self.name(), %err, "cannot refresh projected volumes");
+        if self.watched.is_none() {
+            return;
         }
+        // Read whatever follows: what was read is what the next change is told from.
+        let read = self.read_objects(Duration::ZERO).await;
+        if self.is_terminal() {
+            self.refresh_at = None;
+            return;
+        }
+        let Some(dir) = self.sandbox.as_ref().map(|s| s.dir.clone()) else { return };
+        // An object not listed yet is read again soon; a volume that cannot be made (its
+        // ConfigMap deleted, say) is tried again at the kubelet's pod sync period, or when one
+        // of its objects changes.
+        let failed = match read {
+            Ok(()) => self.prepare_volumes(dir).await.err().map(|err| (err, REFRESH_RETRY)),
+            Err(err) => Some((err, API_RETRY)),
+        };
+        self.refresh_at = failed.map(|(err, retry)| {
+            tracing::debug!(pod = self.name(), %err, "cannot refresh projected volumes");
+            Instant::now() + retry
+        });
     }
 
     async fn start(&mut self, slot: Slot) {
@@ -615,9 +654,11 @@ impl Worker {
                 return;
             }
         };
-        self.read_objects().await;
-        let prepared = volumes::prepare(&self.pod, &dir, &self.objects, self.node.config.allow_host_path)
-            .and_then(|volumes| self.launch(&container, attempt, ip, &volumes, log.clone()));
+        let prepared = match self.read_objects(SYNC_TIMEOUT).await {
+            Ok(()) => self.prepare_volumes(dir).await,
+            Err(err) => Err(err),
+        };
+        let prepared = prepared.and_then(|volumes| self.launch(&container, attempt, ip, &volumes, log.clone()));
         let launch = match prepared {
             Ok(launch) => launch,
             Err(message) => {
