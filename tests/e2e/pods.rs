@@ -199,6 +199,9 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let projected =
         "  volumes:\n  - name: config\n    projected:\n      sources:\n      - configMap:\n          name: tint\n";
     apply(k, &pod("tint", &node, "ticker:v1", "Always", watch_file, projected))?;
+    // A label as a file, which follows the pod's labels.
+    let downward = "  volumes:\n  - name: config\n    downwardAPI:\n      items:\n      - path: colour\n        fieldRef: {fieldPath: \"metadata.labels['colour']\"}\n";
+    apply(k, &pod("labelled", &node, "ticker:v1", "Always", watch_file, downward))?;
     let dead =
         "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
     apply(k, &pod("unhealthy", &node, "ticker:v1", "Always", dead, ""))?;
@@ -333,6 +336,13 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     wait_for(k, "tint", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
     let tint = k.ok(&["logs", "tint", "--tail=1"])?;
     ensure!(tint.ends_with(": red\n"), "a projected ConfigMap source: {tint:?}");
+    wait_for(k, "labelled", "{.status.containerStatuses[0].ready}", 30, |r| r == "true")?;
+    k.ok(&["label", "pod", "labelled", "colour=violet"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !k.ok(&["logs", "labelled", "--tail=1"])?.ends_with(": violet\n") {
+        ensure!(Instant::now() < deadline, "the downwardAPI file never followed the pod's label");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // What cannot run says why, and the rest keeps running.
     let broken =
