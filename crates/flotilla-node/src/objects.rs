@@ -150,3 +150,72 @@ impl<K: Clone> Subscription<K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event;
+
+    use super::*;
+
+    fn map(version: &str, colour: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "palette", "namespace": "default", "resourceVersion": version},
+            "data": {"colour": colour},
+        }))
+        .unwrap()
+    }
+
+    fn subscriber(known: &Arc<watch::Sender<Known<ConfigMap>>>) -> Subscription<ConfigMap> {
+        let task = tokio::spawn(std::future::pending::<()>());
+        let watch = Arc::new(ObjectWatch { known: known.clone(), task: task.abort_handle() });
+        Subscription { known: known.subscribe(), _watch: watch }
+    }
+
+    fn colour(found: Option<Option<ConfigMap>>) -> Option<Option<String>> {
+        found.map(|object| object.map(|o| o.data.unwrap()["colour"].clone()))
+    }
+
+    #[tokio::test]
+    async fn a_watch_tells_its_objects_changes_and_nothing_else() {
+        let known = Arc::new(watch::Sender::new(Known::Syncing));
+        let mut pod = subscriber(&known);
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+        // Before its first list, a read waits, then gives up.
+        assert!(pod.read(soon()).await.is_none());
+
+        let (events, rx) = futures::channel::mpsc::unbounded();
+        let following = tokio::spawn(follow(rx, known.clone()));
+        let send = |event: Event<ConfigMap>| events.unbounded_send(Ok(event)).unwrap();
+        send(Event::Init);
+        send(Event::InitApply(map("1", "blue")));
+        send(Event::InitDone);
+        pod.changed().await;
+        assert_eq!(colour(pod.read(soon()).await), Some(Some("blue".into())));
+
+        // A watch restarted that lists it as it was is no news; a change is. (The test's
+        // runtime has one thread: a sleep lets the follower take in all that was sent.)
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        send(Event::Init);
+        send(Event::InitApply(map("1", "blue")));
+        send(Event::InitDone);
+        settle().await;
+        assert!(!pod.known.has_changed().unwrap(), "a relist of the same object was told as a change");
+        send(Event::Apply(map("2", "green")));
+        pod.changed().await;
+        assert_eq!(colour(pod.read(soon()).await), Some(Some("green".into())));
+
+        // Deleted: known not to exist, and so a relist that finds nothing is no news either.
+        send(Event::Delete(map("2", "green")));
+        pod.changed().await;
+        assert_eq!(colour(pod.read(soon()).await), Some(None));
+        send(Event::Init);
+        send(Event::InitDone);
+        settle().await;
+        assert!(!pod.known.has_changed().unwrap(), "a relist that finds nothing was told as a change");
+        send(Event::Apply(map("3", "red")));
+        pod.changed().await;
+        assert_eq!(colour(pod.read(soon()).await), Some(Some("red".into())));
+        following.abort();
+    }
+}

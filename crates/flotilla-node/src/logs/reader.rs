@@ -1,12 +1,13 @@
 //! Reading a container's log back as `kubectl logs` asks: tail, since, timestamps, a byte limit,
 //! and follow.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use jiff::Timestamp;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 
 use super::writer::Progress;
@@ -106,13 +107,14 @@ async fn stream(
     let follow = options.follow;
     let tail = options.tail_lines;
     let mut formatter = Formatter { options, written: 0 };
-    let mut file = match std::fs::File::open(&path) {
+    // Through tokio's files: the reads run on its blocking threads, not the async ones.
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
     let mut text = Vec::new();
-    file.read_to_end(&mut text)?;
+    file.read_to_end(&mut text).await?;
     // Only whole lines: a line still being written is read on the next round.
     let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut offset = whole as u64;
@@ -122,14 +124,14 @@ async fn stream(
     let more = formatter.format(entries.into_iter().skip(skip), &mut out);
     send(tx, out).await?;
     let Some(mut progress) = progress.filter(|_| follow && more) else { return Ok(()) };
-    let mut inode = file.metadata()?.ino();
+    let mut inode = file.metadata().await?.ino();
     loop {
         let closed = progress.borrow_and_update().closed;
         // Read what was added to the open file, then, if it was rotated away, the new one.
         loop {
-            file.seek(SeekFrom::Start(offset))?;
+            file.seek(SeekFrom::Start(offset)).await?;
             let mut added = Vec::new();
-            file.read_to_end(&mut added)?;
+            file.read_to_end(&mut added).await?;
             let whole = added.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             offset += whole as u64;
             let mut out = Vec::new();
@@ -138,10 +140,10 @@ async fn stream(
             if !more {
                 return Ok(());
             }
-            match std::fs::metadata(&path) {
+            match tokio::fs::metadata(&path).await {
                 Ok(current) if current.ino() != inode => {
-                    file = std::fs::File::open(&path)?;
-                    inode = file.metadata()?.ino();
+                    file = tokio::fs::File::open(&path).await?;
+                    inode = file.metadata().await?.ino();
                     offset = 0;
                 }
                 _ => break,

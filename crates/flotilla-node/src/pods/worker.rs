@@ -1255,12 +1255,16 @@ impl Worker {
         }
     }
 
-    /// Removes what the pod left on the node: its volumes and its logs.
+    /// Removes what the pod left on the node: its volumes and its logs (off the async threads:
+    /// an emptyDir may hold much).
     fn clean_up(&mut self) {
         self.abort_all();
-        let _ = std::fs::remove_dir_all(self.node.pods_dir.join(self.uid()));
+        let pod_dir = self.node.pods_dir.join(self.uid());
         let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
-        let _ = std::fs::remove_dir_all(log_dir);
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(pod_dir);
+            let _ = std::fs::remove_dir_all(log_dir);
+        });
         self.node.pods.remove(self.namespace(), self.name(), self.uid());
     }
 }
