@@ -134,6 +134,13 @@ impl<K: Clone> Subscription<K> {
     /// The object as last known, once its first list is in (`None`: there is no such object),
     /// waiting for that until `deadline`: `None` if it did not come.
     pub(crate) async fn read(&mut self, deadline: tokio::time::Instant) -> Option<Option<K>> {
+        if deadline <= tokio::time::Instant::now() {
+            // No wait at all (tokio's budget could make even a ready wait time out).
+            return match &*self.known.borrow_and_update() {
+                Known::Synced(object) => Some(object.clone()),
+                Known::Syncing => None,
+            };
+        }
         let synced = |known: &Known<K>| matches!(known, Known::Synced(_));
         let known = tokio::time::timeout_at(deadline, self.known.wait_for(synced)).await.ok()?.ok()?;
         match &*known {

@@ -178,6 +178,8 @@ pub(super) struct Worker {
     /// When the projected volumes' files are to be written again: after an adoption (nothing
     /// of the objects has been read), or a refresh that failed.
     refresh_at: Option<Instant>,
+    /// Runs were adopted from an earlier agent, whose runtime holds what is left of them.
+    adopted: bool,
     start_time: Timestamp,
     /// When the pod's `activeDeadlineSeconds` runs out, if it has one.
     deadline: Option<Instant>,
@@ -269,6 +271,7 @@ impl Worker {
             objects: Objects::default(),
             watched: None,
             refresh_at: None,
+            adopted: false,
             start_time,
             deadline,
             stop,
@@ -332,6 +335,8 @@ impl Worker {
         record.run = Run::Starting { shown: None };
         record.exited_at = None;
         let (events, container_id, image_id) = (self.events.clone(), container_id.to_string(), status.image_id.clone());
+        // The run can be stopped before its start is applied (a pod deleted while no agent ran).
+        let held = control.clone();
         let task = tokio::spawn(async move {
             let id = container_id.clone();
             let _ = events.send(RunEvent::Started {
@@ -347,7 +352,10 @@ impl Worker {
             let exit = exit.await;
             let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
         });
-        self.runs.insert(slot, ActiveRun::new(attempt, task, log));
+        let mut run = ActiveRun::new(attempt, task, log);
+        run.control = Some(held);
+        self.runs.insert(slot, run);
+        self.adopted = true;
     }
 
     pub(super) async fn run(
@@ -407,7 +415,7 @@ impl Worker {
             if started {
                 at(Instant::now());
             }
-            if let Some(deadline) = self.deadline.filter(|_| self.stop.is_none()) {
+            if let Some(deadline) = self.deadline.filter(|_| self.stop.is_none() && !self.is_terminal()) {
                 at(deadline);
             }
             // A container told to stop is killed when its grace period is over.
@@ -415,7 +423,8 @@ impl Worker {
             {
                 at(killed_at);
             }
-            if let Some(retry) = self.publish_retry {
+            // (The retried write under way is waited for instead.)
+            if let Some(retry) = self.publish_retry.filter(|_| self.publishing.is_none()) {
                 at(retry);
             }
             if let Some(refresh) = self.refresh_at {
@@ -581,8 +590,13 @@ impl Worker {
     fn release_sandbox(&mut self) {
         // Nothing of the pod starts again: its objects' watches go too.
         self.watched = None;
-        if let Some(sandbox) = self.sandbox.take() {
+        self.refresh_at = None;
+        let sandbox = self.sandbox.take();
+        if let Some(sandbox) = &sandbox {
             self.node.addresses.release(sandbox.ip);
+        }
+        // What an adopted run left is the runtime's to remove, sandbox recorded or not.
+        if sandbox.is_some() || std::mem::take(&mut self.adopted) {
             self.node.runtimes.release(self.uid());
         }
     }
@@ -609,16 +623,22 @@ impl Worker {
     /// labels and annotations, once its containers have started. It waits for nothing (an object
     /// not listed yet is a change to come); one that fails is tried again shortly.
     async fn refresh_projections(&mut self) {
+        // Set again below if this one fails: a time left in the past would wake the loop at
+        // once, again and again.
+        self.refresh_at = None;
         if self.watched.is_none() {
             return;
         }
         // Read whatever follows: what was read is what the next change is told from.
         let read = self.read_objects(Duration::ZERO).await;
         if self.is_terminal() {
-            self.refresh_at = None;
             return;
         }
-        let Some(dir) = self.sandbox.as_ref().map(|s| s.dir.clone()) else { return };
+        // An adopted pod before its sandbox is recorded: refreshed once it is.
+        let Some(dir) = self.sandbox.as_ref().map(|s| s.dir.clone()) else {
+            self.refresh_at = Some(Instant::now() + API_RETRY);
+            return;
+        };
         // An object not listed yet is read again soon; a volume that cannot be made (its
         // ConfigMap deleted, say) is tried again at the kubelet's pod sync period, or when one
         // of its objects changes.
