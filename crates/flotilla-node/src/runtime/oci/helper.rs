@@ -266,11 +266,12 @@ fn sandbox(dir: &std::path::Path, hostname: &str, interface: Option<&Interface>)
 /// its first process, the kubelet's pause: this binary again (`oci-helper pause`), which does
 /// nothing but reap what is left to it, and whose end (killed by the agent once the pod is
 /// done) ends every process in the namespace. The namespace is kept at `dir/pid`, and the
-/// process's id at `dir/pause`; the process is left to the keeper when this one exits. It goes
-/// on only once told to, after both are recorded: a step killed half-way leaves no pause that
-/// nothing knows of.
+/// process's id at `dir/pause`; the process is left to the keeper when this one exits. The two
+/// shake hands: the pause says it is ready once it has given up its privileges (a step that
+/// reports success has a pause that holds none), and goes on only once told to, after it is
+/// recorded (a step killed half-way leaves no pause that nothing knows of).
 fn keep_pid_namespace(dir: &std::path::Path) -> Result<(), String> {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     create_syscall().unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the pod's PID namespace: {e}"))?;
     let mut pause = std::process::Command::new("/proc/self/exe")
@@ -279,12 +280,17 @@ fn keep_pid_namespace(dir: &std::path::Path) -> Result<(), String> {
         .env_clear()
         .current_dir("/")
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("starting the pod's first process: {e}"))?;
     let pid = pause.id();
     let kept = (|| {
+        let mut ready = [0; PAUSE_READY.len()];
+        let said = pause.stdout.take().ok_or("the pause process has no output")?.read_exact(&mut ready);
+        if said.is_err() || ready != PAUSE_READY {
+            return Err("the pod's first process could not give up its privileges".to_string());
+        }
         let target = dir.join(super::sandbox::PID_NAMESPACE);
         std::fs::File::create(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
         let source = PathBuf::from(format!("/proc/{pid}/ns/pid"));
@@ -305,7 +311,9 @@ fn keep_pid_namespace(dir: &std::path::Path) -> Result<(), String> {
     kept
 }
 
-/// What the helper tells the pause once the pause is recorded.
+/// What the pause tells the helper once it holds no privileges, and what the helper tells the
+/// pause once it is recorded.
+const PAUSE_READY: &[u8] = b"ready";
 const PAUSE_GO: &[u8] = b"go";
 
 /// The pause process: the first of its PID namespace, which the processes of the pod's
@@ -315,14 +323,7 @@ const PAUSE_GO: &[u8] = b"go";
 /// unprivileged user, as upstream's pause image runs, no groups, no new privileges, and not
 /// dumpable, so that no container may trace it or open its root or memory).
 fn pause() -> ! {
-    use std::io::Read;
-    let mut go = [0; PAUSE_GO.len()];
-    if std::io::stdin().read_exact(&mut go).is_err() || go != PAUSE_GO {
-        std::process::exit(0);
-    }
-    if let Ok(null) = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()) {
-        let _ = rustix::stdio::dup2_stdin(&null);
-    }
+    use std::io::{Read, Write};
     // Its only thread: the thread's ids are the process's.
     let nobody = (rustix::process::Gid::from_raw(PAUSE_ID), rustix::process::Uid::from_raw(PAUSE_ID));
     let dropped = rustix::thread::set_thread_groups(&[])
@@ -330,10 +331,18 @@ fn pause() -> ! {
         .and_then(|()| rustix::thread::set_thread_res_uid(nobody.1, nobody.1, nobody.1))
         .and_then(|()| rustix::thread::set_no_new_privs(true))
         .and_then(|()| rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable));
-    if dropped.is_err() {
-        // A pause that would hold root's powers is no pause: its namespace ends with it, and
-        // the pod's containers cannot start in it.
+    // A pause that would hold root's powers is no pause: it says nothing, and ends (and its
+    // namespace with it); the step that made it fails.
+    if dropped.is_err() || std::io::stdout().write_all(PAUSE_READY).and_then(|()| std::io::stdout().flush()).is_err() {
         std::process::exit(1);
+    }
+    let mut go = [0; PAUSE_GO.len()];
+    if std::io::stdin().read_exact(&mut go).is_err() || go != PAUSE_GO {
+        std::process::exit(0);
+    }
+    if let Ok(null) = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDWR, rustix::fs::Mode::empty()) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
     }
     let mut ended = nix::sys::signal::SigSet::empty();
     ended.add(nix::sys::signal::Signal::SIGCHLD);
