@@ -194,18 +194,20 @@ mod tests {
         let (events, rx) = futures::channel::mpsc::unbounded();
         let following = tokio::spawn(follow(rx, known.clone()));
         let send = |event: Event<ConfigMap>| events.unbounded_send(Ok(event)).unwrap();
-        send(Event::Init);
-        send(Event::InitApply(map("1", "blue")));
-        send(Event::InitDone);
+        // A (re)started watch's list, which finds the object or not.
+        let list = |found: Option<ConfigMap>| {
+            send(Event::Init);
+            found.into_iter().for_each(|object| send(Event::InitApply(object)));
+            send(Event::InitDone);
+        };
+        list(Some(map("1", "blue")));
         pod.changed().await;
         assert_eq!(colour(pod.read(soon()).await), Some(Some("blue".into())));
 
         // A watch restarted that lists it as it was is no news; a change is. (The test's
         // runtime has one thread: a sleep lets the follower take in all that was sent.)
         let settle = || tokio::time::sleep(Duration::from_millis(20));
-        send(Event::Init);
-        send(Event::InitApply(map("1", "blue")));
-        send(Event::InitDone);
+        list(Some(map("1", "blue")));
         settle().await;
         assert!(!pod.known.has_changed().unwrap(), "a relist of the same object was told as a change");
         send(Event::Apply(map("2", "green")));
@@ -216,8 +218,7 @@ mod tests {
         send(Event::Delete(map("2", "green")));
         pod.changed().await;
         assert_eq!(colour(pod.read(soon()).await), Some(None));
-        send(Event::Init);
-        send(Event::InitDone);
+        list(None);
         settle().await;
         assert!(!pod.known.has_changed().unwrap(), "a relist that finds nothing was told as a change");
         send(Event::Apply(map("3", "red")));

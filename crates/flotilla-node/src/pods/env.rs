@@ -65,18 +65,10 @@ impl Watched {
     /// is not known, as the kubelet says it.
     pub(super) async fn read(&mut self, wait: Duration) -> Result<Objects, String> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut objects = Objects::default();
-        for (name, watch) in &mut self.config_maps {
-            let found = watch.read(deadline).await;
-            let found = found.ok_or("failed to sync configmap cache: timed out waiting for the condition")?;
-            objects.config_maps.insert(name.clone(), found);
-        }
-        for (name, watch) in &mut self.secrets {
-            let found = watch.read(deadline).await;
-            let found = found.ok_or("failed to sync secret cache: timed out waiting for the condition")?;
-            objects.secrets.insert(name.clone(), found);
-        }
-        Ok(objects)
+        Ok(Objects {
+            config_maps: read_all(&mut self.config_maps, deadline, "configmap").await?,
+            secrets: read_all(&mut self.secrets, deadline, "secret").await?,
+        })
     }
 
     /// Resolves when one of the objects changes from what `read` last returned.
@@ -89,6 +81,22 @@ impl Watched {
         }
         futures::future::select_all(all).await;
     }
+}
+
+/// Each watched object of one kind, by name, as last known.
+async fn read_all<K: Clone>(
+    watches: &mut [(String, Subscription<K>)],
+    deadline: tokio::time::Instant,
+    kind: &str,
+) -> Result<HashMap<String, Option<K>>, String> {
+    let mut found = HashMap::new();
+    for (name, watch) in watches {
+        let object = watch.read(deadline).await;
+        let object =
+            object.ok_or_else(|| format!("failed to sync {kind} cache: timed out waiting for the condition"))?;
+        found.insert(name.clone(), object);
+    }
+    Ok(found)
 }
 
 /// The names of the ConfigMaps and Secrets the containers' env and the pod's volumes use.
