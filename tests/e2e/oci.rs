@@ -351,6 +351,7 @@ spec:
     apply(&k, &ordered)?;
     let second = wait_for_logs(&k, "ordered", "second", |l| !l.is_empty())?;
     ensure!(second == "first is up\n", "the second container started before the first was up: {second:?}");
+    check_sidecars(&k, &node)?;
 
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;
@@ -554,5 +555,89 @@ spec:
     let routes = std::process::Command::new("ip").args(["route", "show", "table", "local"]).output()?;
     let routes = String::from_utf8_lossy(&routes.stdout);
     ensure!(!routes.lines().any(|r| r.starts_with(&format!("{web_ip} "))), "a route to {web_ip} is left: {routes}");
+    Ok(())
+}
+
+/// Sidecars (init containers that restart always): what follows one starts once it has started
+/// (its startup probe passed, 2 s in), and reaches it on localhost; once the pod's containers
+/// are done, it is stopped and the pod succeeds. A pod deleted stops its own containers first,
+/// and its sidecar only once they have ended.
+fn check_sidecars(k: &Kubectl, node: &str) -> Result<()> {
+    let manifest = |name: &str, policy: &str, setup: &str, app: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 10
+  initContainers:
+  - name: proxy
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    restartPolicy: Always
+    command: ["sh", "-c", "trap 'echo proxy stopped; exit 0' TERM; sleep 2; mkdir -p /www; echo from the proxy > /www/index.html; httpd -f -p 8080 -h /www & wait"]
+    startupProbe:
+      httpGet: {{path: /, port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 30
+{setup}  containers:
+  - name: app
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "{app}"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+"#
+        )
+    };
+    let setup = r#"  - name: setup
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "wget -qO- http://localhost:8080/ > /shared/page"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+"#;
+    let app = "cat /shared/page; wget -qO- http://localhost:8080/";
+    apply(k, &manifest("sidecars", "Never", setup, app))?;
+    wait_for(k, "sidecars", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    let logs = k.ok(&["logs", "sidecars", "-c", "app"])?;
+    ensure!(logs == "from the proxy\nfrom the proxy\n", "the app's view of its sidecar: {logs:?}");
+    ensure!(k.ok(&["logs", "sidecars", "-c", "proxy"])? == "proxy stopped\n", "the sidecar was not told to stop");
+    let proxy = "{.status.initContainerStatuses[0].state.terminated.exitCode} {.status.initContainerStatuses[*].ready}";
+    let proxy = k.ok(&["get", "pod", "sidecars", "-o", &format!("jsonpath={proxy}")])?;
+    ensure!(proxy == "0 false true", "the sidecar's and the init container's statuses: {proxy}");
+
+    // Deleted, the app (which takes 2 s to stop) ends before its sidecar is told to.
+    let app = "trap 'sleep 2; exit 0' TERM; while true; do sleep 0.1; done";
+    apply(k, &manifest("layered", "Always", "", app))?;
+    eventually(k, &["get", "pod", "layered", "--no-headers"], 60, |row| {
+        row.contains(" 2/2 ") && row.contains(" Running ")
+    })?;
+    let mut watch =
+        k.command(&["get", "pod", "layered", "-w", "-o", "json"]).stdout(std::process::Stdio::piped()).spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    k.ok(&["delete", "pod", "layered", "--wait=true"])?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = watch.kill();
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().context("the watch's output")?, &mut seen)?;
+    let _ = watch.wait();
+    let state = |pod: &serde_json::Value, list: &str| pod["status"][list][0]["state"].clone();
+    let mut last = None;
+    for pod in serde_json::Deserializer::from_str(&seen).into_iter::<serde_json::Value>() {
+        let pod = pod?;
+        let (app, proxy) = (state(&pod, "containerStatuses"), state(&pod, "initContainerStatuses"));
+        ensure!(
+            !(app.get("running").is_some() && proxy.get("running").is_none()),
+            "the sidecar stopped while the app ran: {app} {proxy}"
+        );
+        if app.get("terminated").is_some() && proxy.get("terminated").is_some() {
+            last = Some((app["terminated"]["finishedAt"].clone(), proxy["terminated"]["finishedAt"].clone()));
+        }
+    }
+    let (app, proxy) = last.context("no status showed both containers ended")?;
+    ensure!(proxy.as_str() >= app.as_str(), "the sidecar ended at {proxy}, before the app, at {app}");
     Ok(())
 }

@@ -225,6 +225,9 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let init = "  volumes:\n  - name: work\n    emptyDir: {}\n  initContainers:\n  - name: prepare\n    image: share:v1\n    imagePullPolicy: IfNotPresent\n    env: [{name: MODE, value: write}, {name: MESSAGE, value: prepared}, {name: DIR, value: /work}]\n    volumeMounts: [{name: work, mountPath: /work}]\n";
     let reads = "    env: [{name: MODE, value: read}, {name: DIR, value: /work}]\n    volumeMounts: [{name: work, mountPath: /work}]\n";
     apply(k, &pod("initialized", &node, "share:v1", "Never", reads, init))?;
+    // A sidecar runs beside the pod's container, and is stopped once that is done.
+    let sidecar = "  initContainers:\n  - name: ticker\n    image: ticker:v1\n    imagePullPolicy: IfNotPresent\n    restartPolicy: Always\n";
+    apply(k, &pod("sidecar", &node, "hello:v1", "Never", "", sidecar))?;
 
     wait_for(k, "shared-volume", "{.status.phase}", 60, |p| p == "Succeeded")?;
     let read = k.ok(&["logs", "shared-volume", "-c", "reader"])?;
@@ -234,6 +237,10 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     wait_for(k, "initialized", "{.status.phase}", 60, |p| p == "Succeeded")?;
     ensure!(k.ok(&["logs", "initialized"])? == "read: prepared\n");
     ensure!(k.ok(&["logs", "initialized", "-c", "prepare"])? == "wrote /work/message.txt\n");
+    wait_for(k, "sidecar", "{.status.phase}", 60, |p| p == "Succeeded")?;
+    let ended = "{.status.initContainerStatuses[0].state.terminated.finishedAt}";
+    wait_for(k, "sidecar", ended, 5, |at| !at.is_empty())?;
+    ensure!(k.ok(&["logs", "sidecar", "-c", "ticker"])?.starts_with("tick 0\n"));
 
     // Run to completion, as a core module and as a component.
     for name in ["hello", "hello-p2"] {

@@ -303,6 +303,19 @@ pub(crate) fn validate_pod_spec(spec: &PodSpec, path: &str, errors: &mut Vec<Fie
                 errors.push(FieldError::duplicate(format!("{at}.name"), &container.name));
             }
             validate_container(container, &at, &volumes, errors);
+            // A container's own restart policy makes an init container a sidecar; nothing else.
+            match (list, container.restart_policy.as_deref()) {
+                (_, None) | ("initContainers", Some("Always")) => {}
+                ("initContainers", Some(policy)) => {
+                    errors.push(FieldError::not_supported(format!("{at}.restartPolicy"), policy, &["Always"]));
+                }
+                (_, Some(_)) => {
+                    errors.push(FieldError::forbidden(
+                        format!("{at}.restartPolicy"),
+                        "may not be set for non-init containers",
+                    ));
+                }
+            }
             // An init container runs to its end before the next starts: it has no lifecycle to
             // hook or to probe, unless it is a sidecar that runs on beside the pod's containers.
             if list == "initContainers" && container.restart_policy.as_deref() != Some("Always") {
@@ -814,6 +827,20 @@ mod tests {
             ]
         );
         assert!(init(Some("Always")).is_empty());
+    }
+
+    #[test]
+    fn only_an_init_container_restarts_on_its_own_and_only_always() {
+        let shown = refusals(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i", "image": "i", "restartPolicy": "Never"}],
+            "containers": [{"name": "c", "image": "i", "restartPolicy": "Always"}]}}));
+        assert_eq!(
+            shown,
+            [
+                "spec.initContainers[0].restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+                "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+            ]
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub(super) enum Run {
 pub(super) struct ContainerRecord {
     pub name: String,
     pub image: String,
+    /// A sidecar: an init container that restarts always and runs beside the others.
+    pub sidecar: bool,
     /// The image's digest-pinned reference, once resolved.
     pub image_id: Option<String>,
     pub restart_count: i32,
@@ -79,6 +81,7 @@ impl ContainerRecord {
         ContainerRecord {
             name: name.into(),
             image: image.into(),
+            sidecar: false,
             image_id: None,
             restart_count: 0,
             run: Run::Waiting { reason: reason.into(), message: None },
@@ -95,6 +98,11 @@ impl ContainerRecord {
 
     pub(super) fn is_running(&self) -> bool {
         matches!(self.run, Run::Running { .. })
+    }
+
+    /// It has run, or its first run is under way (upstream: the runtime has a container of it).
+    pub(super) fn has_run(&self) -> bool {
+        !matches!(self.run, Run::Waiting { .. }) || self.last.is_some()
     }
 
     /// Running or about to (its start is under way).

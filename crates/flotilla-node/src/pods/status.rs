@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::RestartPolicy;
+use super::plan::{self, RestartPolicy, is_sidecar};
 use super::record::{ContainerRecord, Run, Terminated};
 
 /// Why a pod is being stopped for good.
@@ -54,8 +54,10 @@ pub(super) fn render(input: &StatusInput<'_>) -> PodStatus {
     let init_specs = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
     let main_specs = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     let stopping = input.stop.is_some();
+    // Nothing restarts once the pod stops or its regular containers are done, sidecars included.
+    let winding_down = stopping || plan::finished(input.restart_policy, input.init, input.main);
     let container_statuses = |records: &[ContainerRecord], init: bool| -> Vec<ContainerStatus> {
-        records.iter().map(|record| container_status(input, record, init, stopping)).collect()
+        records.iter().map(|record| container_status(input, record, init, winding_down)).collect()
     };
     let init_statuses = container_statuses(input.init, true);
     let main_statuses = container_statuses(input.main, false);
@@ -104,17 +106,25 @@ pub(super) fn render(input: &StatusInput<'_>) -> PodStatus {
         });
     };
     condition("PodReadyToStartContainers", input.sandbox_ready && !terminal, None, None);
-    let incomplete: Vec<&str> = init_statuses
+    // A regular init container is done once it has completed (it is then `ready`), a sidecar
+    // once it has started. A pod whose regular containers have run was initialized, whatever its
+    // sidecars do since.
+    let incomplete: Vec<&str> = init_specs
         .iter()
-        .filter(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_none_or(|t| t.exit_code != 0))
-        .map(|s| s.name.as_str())
+        .zip(&init_statuses)
+        .filter(|(spec, s)| if is_sidecar(spec) { s.started != Some(true) } else { !s.ready })
+        .map(|(_, s)| s.name.as_str())
         .collect();
-    if incomplete.is_empty() {
+    if phase == PHASE_SUCCEEDED {
+        condition("Initialized", true, Some("PodCompleted"), None);
+    } else if incomplete.is_empty() || any_started(&main_statuses) {
         condition("Initialized", true, None, None);
     } else {
         condition("Initialized", false, Some("ContainersNotInitialized"), Some(listed("incomplete", &incomplete)));
     }
-    let unready: Vec<&str> = main_statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    // Sidecars count towards the pod's readiness, before its regular containers.
+    let sidecars = init_specs.iter().zip(&init_statuses).filter(|(spec, _)| is_sidecar(spec)).map(|(_, s)| s);
+    let unready: Vec<&str> = sidecars.chain(&main_statuses).filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
     for kind in ["Ready", "ContainersReady"] {
         if phase == PHASE_SUCCEEDED {
             condition(kind, false, Some("PodCompleted"), None);
@@ -151,7 +161,13 @@ fn listed(what: &str, names: &[&str]) -> String {
     format!("containers with {what} status: [{}]", names.join(" "))
 }
 
-fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: bool, stopping: bool) -> ContainerStatus {
+/// A container's status; `winding_down`, nothing of the pod restarts.
+fn container_status(
+    input: &StatusInput<'_>,
+    record: &ContainerRecord,
+    init: bool,
+    winding_down: bool,
+) -> ContainerStatus {
     let terminated = |t: &Terminated| ContainerState {
         terminated: Some(ContainerStateTerminated {
             exit_code: t.exit_code,
@@ -183,12 +199,14 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
         }
         Run::Exited(ended) => {
             container_id = Some(ended.container_id.clone());
-            let again = if init {
+            let again = if record.sidecar {
+                true
+            } else if init {
                 ended.exit_code != 0 && input.restart_policy.retries_init()
             } else {
                 input.restart_policy.restarts(ended.exit_code)
             };
-            if again && !stopping {
+            if again && !winding_down {
                 last = Some(terminated(ended));
                 let pod = input.pod.metadata.name.as_deref().unwrap_or_default();
                 let namespace = input.pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -204,12 +222,14 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
             }
         }
     };
+    // A regular init container that has completed is ready, as upstream's prober shows it.
+    let completed = init && !record.sidecar && matches!(&record.run, Run::Exited(ended) if ended.exit_code == 0);
     ContainerStatus {
         name: record.name.clone(),
         image: record.image.clone(),
         image_id: record.image_id.clone().unwrap_or_default(),
         container_id,
-        ready: record.ready && record.started && record.is_running(),
+        ready: completed || (record.ready && record.started && record.is_running()),
         started: Some(record.started && record.is_running()),
         restart_count: record.restart_count,
         state: Some(state),
@@ -218,7 +238,8 @@ fn container_status(input: &StatusInput<'_>, record: &ContainerRecord, init: boo
     }
 }
 
-/// Upstream's `getPhase`, over the rendered container statuses.
+/// Upstream's `getPhase`, over the rendered container statuses. A sidecar that has ended is
+/// left out; one running counts as running, and holds the pod pending until it has started.
 fn phase(
     policy: RestartPolicy,
     init_specs: &[Container],
@@ -227,6 +248,7 @@ fn phase(
     terminal: bool,
 ) -> &'static str {
     let (mut pending_init, mut failed_init) = (0, 0);
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for spec in init_specs {
         let Some(status) = init.iter().find(|s| s.name == spec.name) else {
             pending_init += 1;
@@ -234,6 +256,21 @@ fn phase(
         };
         let state = status.state.clone().unwrap_or_default();
         let last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        if is_sidecar(spec) {
+            match (state.running, state.terminated, state.waiting) {
+                (Some(_), _, _) => {
+                    pending_init += usize::from(status.started != Some(true));
+                    running += 1;
+                }
+                (_, Some(_), _) => {}
+                (_, _, Some(_)) if last.is_some() => {}
+                _ => {
+                    pending_init += 1;
+                    waiting += 1;
+                }
+            }
+            continue;
+        }
         match (state.running, state.terminated, state.waiting) {
             (Some(_), _, _) => pending_init += 1,
             (_, Some(t), _) => failed_init += usize::from(t.exit_code != 0),
@@ -244,7 +281,6 @@ fn phase(
             _ => pending_init += 1,
         }
     }
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for status in main {
         let state = status.state.clone().unwrap_or_default();
         match (state.running, state.terminated, state.waiting) {
@@ -260,9 +296,8 @@ fn phase(
     if failed_init > 0 && policy == RestartPolicy::Never {
         return PHASE_FAILED;
     }
-    let any_started =
-        main.iter().any(|s| s.started == Some(true) || s.state.as_ref().is_some_and(|st| st.terminated.is_some()));
-    if (pending_init > 0 && !any_started) || waiting > 0 {
+    // A pod whose regular containers have run is not pending again while a sidecar restarts.
+    if (pending_init > 0 && !any_started(main)) || waiting > 0 {
         return PHASE_PENDING;
     }
     if running > 0 {
@@ -280,6 +315,12 @@ fn phase(
         };
     }
     PHASE_PENDING
+}
+
+/// Whether any of the pod's regular containers has started (upstream's
+/// `HasAnyRegularContainerStarted`): its init containers were done then.
+fn any_started(main: &[ContainerStatus]) -> bool {
+    main.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some() || st.terminated.is_some()))
 }
 
 /// Upstream's QoS class: Guaranteed when every container limits cpu and memory and requests

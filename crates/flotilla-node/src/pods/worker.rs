@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::env::{self, Objects, Placement, Watched};
 use super::hooks::{self, Hook};
-use super::plan::{PodView, RestartPolicy, Slot, plan};
+use super::plan::{PodView, RestartPolicy, Slot, is_sidecar, plan};
 use super::probes::{self, Finding};
 use super::record::{ContainerRecord, Run, Terminated};
 use super::status::{self, StatusInput, Stop};
@@ -122,6 +122,9 @@ struct ActiveRun {
     /// When the run started and its container's id, while its `postStart` hook runs.
     started: Option<(Timestamp, String)>,
     killed_at: Option<Instant>,
+    /// A sidecar told that its turn to stop is coming ([`Worker::pre_stop`]): it is not told to
+    /// stop, its `preStop` hook done, until it has.
+    awaiting_turn: bool,
     killed: bool,
 }
 
@@ -136,6 +139,7 @@ impl ActiveRun {
             hook: None,
             started: None,
             killed_at: None,
+            awaiting_turn: false,
             killed: false,
         }
     }
@@ -184,6 +188,9 @@ pub(super) struct Worker {
     /// When the pod's `activeDeadlineSeconds` runs out, if it has one.
     deadline: Option<Instant>,
     stop: Option<Stop>,
+    /// When the pod, winding down, must have stopped: its grace period's end, from when it
+    /// began to wind down.
+    stop_by: Option<Instant>,
     /// The pod was removed from the API (force-deleted, or while the agent was away).
     gone: bool,
     /// The status last written, as rendered.
@@ -215,6 +222,7 @@ impl Worker {
                 .iter()
                 .map(|c| {
                     let mut record = ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default(), waiting);
+                    record.sidecar = is_sidecar(c);
                     if let Some(found) = statuses.and_then(|s| s.iter().find(|s| s.name == c.name)) {
                         restore_record(&mut record, found);
                     }
@@ -275,6 +283,7 @@ impl Worker {
             start_time,
             deadline,
             stop,
+            stop_by: None,
             gone: false,
             published: None,
             publish_retry: None,
@@ -370,15 +379,21 @@ impl Worker {
                 self.create_sandbox();
             }
             let now = Instant::now();
-            let planned = plan(
-                &PodView {
-                    restart_policy: self.restart_policy,
-                    stopping: self.stop.is_some(),
-                    init: &self.init,
-                    main: &self.main,
-                },
-                now,
-            );
+            let mut view = PodView {
+                restart_policy: self.restart_policy,
+                stopping: self.stop.is_some(),
+                stop_by: self.stop_by,
+                init: &self.init,
+                main: &self.main,
+            };
+            if view.winding_down() && self.stop_by.is_none() {
+                self.stop_by = Some(now + self.grace_period());
+                view.stop_by = self.stop_by;
+            }
+            let planned = plan(&view, now);
+            for slot in planned.pre_stop {
+                self.pre_stop(slot);
+            }
             for slot in planned.kill {
                 let name = self.record(slot).name.clone();
                 self.kill(slot, format!("Stopping container {name}"));
@@ -843,7 +858,7 @@ impl Worker {
                         return;
                     }
                 }
-                let (started, deadline) = (run.started.take(), run.killed_at);
+                let (started, deadline, awaiting_turn) = (run.started.take(), run.killed_at, run.awaiting_turn);
                 let name = self.record(slot).name.clone();
                 match (hook, result) {
                     (Hook::PostStart, Ok(())) => {
@@ -863,8 +878,11 @@ impl Worker {
                             let message = "PreStopHook failed".to_string();
                             self.node.events.pod(&self.pod, Some(&name), Warning, "FailedPreStopHook", message);
                         }
-                        // What the hook left of the grace period is the container's.
-                        self.terminate(slot, deadline.unwrap_or_else(Instant::now));
+                        // What the hook left of the grace period is the container's, once its
+                        // turn to stop has come.
+                        if !awaiting_turn {
+                            self.terminate(slot, deadline.unwrap_or_else(Instant::now));
+                        }
                     }
                 }
             }
@@ -975,9 +993,14 @@ impl Worker {
     /// runs it first, within the grace period; what the hook leaves of it (2 s at the least) is
     /// the container's. A killed run's end is reported by its runtime, as any other end.
     fn kill(&mut self, slot: Slot, why: String) {
-        let grace = self.grace_period();
-        let pre_stop = self.container(slot).is_some_and(|c| Hook::PreStop.handler(&c).is_some());
         let now = Instant::now();
+        // A pod winding down has what is left of its grace period (its sidecars stop after its
+        // other containers), 2 s at the least, as upstream gives each container.
+        let grace = match (self.grace_period(), self.stop_by) {
+            (grace, Some(by)) if !grace.is_zero() => by.saturating_duration_since(now).max(MINIMUM_GRACE_PERIOD),
+            (grace, _) => grace,
+        };
+        let pre_stop = self.container(slot).is_some_and(|c| Hook::PreStop.handler(&c).is_some());
         let Some(run) = self.runs.get_mut(&slot) else { return };
         let told = run.killed_at.is_some() || run.killed;
         let Some(control) = run.control.clone() else {
@@ -1014,12 +1037,18 @@ impl Worker {
             // Its preStop hook runs: the container is told to stop once it is done, or once
             // the grace period is over, whichever comes first.
             Some(at) if run.hook.is_some() => {
+                run.awaiting_turn = false;
                 if now >= at {
                     if let Some((_, hook)) = run.hook.take() {
                         hook.abort();
                     }
                     self.terminate(slot, now);
                 }
+                return;
+            }
+            // A sidecar whose preStop hook ran while it waited: its turn has come.
+            Some(at) if std::mem::take(&mut run.awaiting_turn) => {
+                self.terminate(slot, at);
                 return;
             }
             None if !grace.is_zero() => {
@@ -1040,6 +1069,30 @@ impl Worker {
         if !told {
             let name = self.record(slot).name.clone();
             self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", why);
+        }
+    }
+
+    /// Tells a sidecar of a pod winding down that its turn to stop is coming, as upstream's
+    /// `killContainer` does before it waits for that turn: its `preStop` hook runs now, within
+    /// the pod's grace period, and it is told to stop once its turn has come
+    /// ([`kill`](Self::kill)).
+    fn pre_stop(&mut self, slot: Slot) {
+        let Some(by) = self.stop_by else { return };
+        let name = self.record(slot).name.clone();
+        let pre_stop = self.container(slot).is_some_and(|c| Hook::PreStop.handler(&c).is_some());
+        let Some(run) = self.runs.get_mut(&slot) else { return };
+        if run.control.is_none() || run.killed_at.is_some() || run.killed {
+            return;
+        }
+        if let Some((Hook::PostStart, hook)) = run.hook.take_if(|(hook, _)| *hook == Hook::PostStart) {
+            hook.abort();
+        }
+        run.killed_at = Some(by);
+        run.awaiting_turn = true;
+        let attempt = run.attempt;
+        self.node.events.pod(&self.pod, Some(&name), Normal, "Killing", format!("Stopping container {name}"));
+        if pre_stop {
+            self.run_hook(slot, attempt, Hook::PreStop, by.saturating_duration_since(Instant::now()));
         }
     }
 

@@ -174,3 +174,62 @@ fn a_retried_start_goes_on_showing_why_the_last_attempt_failed() {
     let waiting = status.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
     assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
 }
+
+#[test]
+fn sidecars_count_towards_readiness_but_not_towards_the_phase_once_ended() {
+    let pod = pod(json!({
+        "restartPolicy": "Never",
+        "initContainers": [
+            {"name": "proxy", "image": "hello", "restartPolicy": "Always"},
+            {"name": "setup", "image": "hello"},
+        ],
+        "containers": [{"name": "app", "image": "hello"}],
+    }));
+    let running = |name: &str, started: bool| {
+        let mut r = record(name, Run::Running { started_at: Timestamp::now(), container_id: "wasm://1".into() });
+        r.sidecar = name == "proxy";
+        (r.started, r.ready) = (started, started);
+        r
+    };
+    let initializing = Run::Waiting { reason: "PodInitializing".into(), message: None };
+    // A sidecar that has not started yet holds the pod pending and uninitialized.
+    let init = [running("proxy", false), record("setup", initializing.clone())];
+    let main = [record("app", initializing.clone())];
+    let status = render_with(&pod, RestartPolicy::Never, &init, &main);
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let initialized = condition(&status, "Initialized");
+    assert_eq!(initialized.message.as_deref(), Some("containers with incomplete status: [proxy setup]"));
+    // Started, and the init container completed (it is then ready, as upstream shows it): the
+    // pod runs; the sidecar's readiness counts, before the app's.
+    let mut proxy = running("proxy", true);
+    proxy.ready = false;
+    let init = [proxy, record("setup", Run::Exited(ended(0)))];
+    let main = [running("app", true)];
+    let status = render_with(&pod, RestartPolicy::Never, &init, &main);
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized").status, "True");
+    let statuses = status.init_container_statuses.as_ref().unwrap();
+    assert_eq!((statuses[0].ready, statuses[0].started), (false, Some(true)));
+    assert_eq!((statuses[1].ready, statuses[1].started), (true, Some(false)));
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready.message.as_deref(), Some("containers with unready status: [proxy]"));
+    // A sidecar that ended restarts whatever the pod's policy: it waits in back-off, and the pod,
+    // whose app has run, is initialized and running all the same.
+    let mut ended_proxy = record("proxy", Run::Exited(ended(1)));
+    ended_proxy.sidecar = true;
+    let init = [ended_proxy.clone(), record("setup", Run::Exited(ended(0)))];
+    let status = render_with(&pod, RestartPolicy::Never, &init, &main);
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized").status, "True");
+    let proxy = &status.init_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(proxy.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+    // Once the app is done, the sidecar's end is final, and left out of the phase.
+    let main = [record("app", Run::Exited(ended(0)))];
+    let init = [ended_proxy, record("setup", Run::Exited(ended(0)))];
+    let status = render_with(&pod, RestartPolicy::Never, &init, &main);
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let proxy = &status.init_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(proxy.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
+    let initialized = condition(&status, "Initialized");
+    assert_eq!((initialized.status.as_str(), initialized.reason.as_deref()), ("True", Some("PodCompleted")));
+}
