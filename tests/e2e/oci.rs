@@ -561,7 +561,7 @@ spec:
 /// Sidecars (init containers that restart always): what follows one starts once it has started
 /// (its startup probe passed, 2 s in), and reaches it on localhost; once the pod's containers
 /// are done, it is stopped and the pod succeeds. A pod deleted stops its own containers first,
-/// and its sidecar only once they have ended.
+/// and its sidecar only once they have ended, its preStop hook run at once.
 fn check_sidecars(k: &Kubectl, node: &str) -> Result<()> {
     let manifest = |name: &str, policy: &str, setup: &str, app: &str| {
         format!(
@@ -579,6 +579,11 @@ spec:
     imagePullPolicy: IfNotPresent
     restartPolicy: Always
     command: ["sh", "-c", "trap 'echo proxy stopped; exit 0' TERM; sleep 2; mkdir -p /www; echo from the proxy > /www/index.html; httpd -f -p 8080 -h /www & wait"]
+    lifecycle:
+      preStop:
+        exec:
+          command: ["touch", "/shared/pre-stop"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
     startupProbe:
       httpGet: {{path: /, port: 8080}}
       periodSeconds: 1
@@ -609,35 +614,44 @@ spec:
     let proxy = k.ok(&["get", "pod", "sidecars", "-o", &format!("jsonpath={proxy}")])?;
     ensure!(proxy == "0 false true", "the sidecar's and the init container's statuses: {proxy}");
 
-    // Deleted, the app (which takes 2 s to stop) ends before its sidecar is told to.
-    let app = "trap 'sleep 2; exit 0' TERM; while true; do sleep 0.1; done";
+    // Deleted, the app (which takes 2 s to stop) ends before its sidecar is told to; the
+    // sidecar's preStop hook has run by then (the app's exit code says whether it saw it).
+    let app = "trap 'sleep 2; test -f /shared/pre-stop && exit 0; exit 3' TERM; while true; do sleep 0.1; done";
     apply(k, &manifest("layered", "Always", "", app))?;
     eventually(k, &["get", "pod", "layered", "--no-headers"], 60, |row| {
         row.contains(" 2/2 ") && row.contains(" Running ")
     })?;
     let mut watch =
         k.command(&["get", "pod", "layered", "-w", "-o", "json"]).stdout(std::process::Stdio::piped()).spawn()?;
+    let mut output = watch.stdout.take().context("the watch's output")?;
+    // Read as it comes: a watch that fills its pipe would stop printing.
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let _ = std::io::Read::read_to_string(&mut output, &mut seen);
+        seen
+    });
     std::thread::sleep(std::time::Duration::from_millis(500));
     k.ok(&["delete", "pod", "layered", "--wait=true"])?;
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = watch.kill();
-    let mut seen = String::new();
-    std::io::Read::read_to_string(&mut watch.stdout.take().context("the watch's output")?, &mut seen)?;
     let _ = watch.wait();
+    let seen = reader.join().expect("the watch's reader");
     let state = |pod: &serde_json::Value, list: &str| pod["status"][list][0]["state"].clone();
     let mut last = None;
-    for pod in serde_json::Deserializer::from_str(&seen).into_iter::<serde_json::Value>() {
-        let pod = pod?;
+    // (The last object may be cut short by the kill.)
+    for pod in serde_json::Deserializer::from_str(&seen).into_iter::<serde_json::Value>().map_while(Result::ok) {
         let (app, proxy) = (state(&pod, "containerStatuses"), state(&pod, "initContainerStatuses"));
         ensure!(
             !(app.get("running").is_some() && proxy.get("running").is_none()),
             "the sidecar stopped while the app ran: {app} {proxy}"
         );
         if app.get("terminated").is_some() && proxy.get("terminated").is_some() {
-            last = Some((app["terminated"]["finishedAt"].clone(), proxy["terminated"]["finishedAt"].clone()));
+            last = Some((app["terminated"].clone(), proxy["terminated"]["finishedAt"].clone()));
         }
     }
     let (app, proxy) = last.context("no status showed both containers ended")?;
-    ensure!(proxy.as_str() >= app.as_str(), "the sidecar ended at {proxy}, before the app, at {app}");
+    let ended = app["finishedAt"].as_str().unwrap_or_default();
+    ensure!(proxy.as_str().is_some_and(|at| at >= ended), "the sidecar ended at {proxy}, before the app: {app}");
+    ensure!(app["exitCode"] == 0, "the app did not see the sidecar's preStop hook run: {app}");
     Ok(())
 }

@@ -41,9 +41,10 @@ impl Sub for Resources {
     }
 }
 
-/// `(requests, requests with upstream's non-zero defaults for scoring)` of a pod: the larger of
-/// its containers' sum and its largest init container, plus its overhead, as upstream computes
-/// `PodRequests`.
+/// `(requests, requests with upstream's non-zero defaults for scoring)` of a pod, plus its
+/// overhead, as upstream computes `PodRequests`: the larger of what runs once it is initialized
+/// (its containers and its sidecars) and the most that runs while it initializes (an init
+/// container beside the sidecars before it).
 pub fn pod_requests(spec: &PodSpec) -> (Resources, Resources) {
     let of = |requests: Option<&BTreeMap<String, Quantity>>, non_zero: bool| {
         let value = |name: &str, scale: i128| {
@@ -71,10 +72,22 @@ pub fn pod_requests(spec: &PodSpec) -> (Resources, Resources) {
             .iter()
             .map(|c| of(c.resources.as_ref().and_then(|r| r.requests.as_ref()), non_zero))
             .fold(Resources::default(), Add::add);
-        let init = spec.init_containers.iter().flatten().fold(Resources::default(), |max, c| {
-            let r = of(c.resources.as_ref().and_then(|r| r.requests.as_ref()), non_zero);
-            Resources { milli_cpu: max.milli_cpu.max(r.milli_cpu), memory: max.memory.max(r.memory), pods: 0 }
-        });
+        let (mut sidecars, mut init) = (Resources::default(), Resources::default());
+        for container in spec.init_containers.iter().flatten() {
+            let r = of(container.resources.as_ref().and_then(|r| r.requests.as_ref()), non_zero);
+            // A sidecar runs on beside all that follows it.
+            let sidecar = container.restart_policy.as_deref() == Some("Always");
+            if sidecar {
+                sidecars = sidecars + r;
+            }
+            let running = if sidecar { sidecars } else { sidecars + r };
+            init = Resources {
+                milli_cpu: init.milli_cpu.max(running.milli_cpu),
+                memory: init.memory.max(running.memory),
+                pods: 0,
+            };
+        }
+        let sum = sum + sidecars;
         let overhead = of(spec.overhead.as_ref(), false);
         *total = Resources {
             milli_cpu: sum.milli_cpu.max(init.milli_cpu) + overhead.milli_cpu,
@@ -121,5 +134,20 @@ mod tests {
         assert_eq!(requests, Resources { milli_cpu: 2000, memory: 64 << 20, pods: 1 });
         // `b` asks for no memory: scored as 200Mi.
         assert_eq!(non_zero, Resources { milli_cpu: 2000, memory: (64 << 20) + (200 << 20), pods: 1 });
+    }
+
+    #[test]
+    fn sidecars_count_beside_what_follows_them() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "initContainers": [
+                {"name": "proxy", "restartPolicy": "Always", "resources": {"requests": {"cpu": "1", "memory": "100Mi"}}},
+                {"name": "migrate", "resources": {"requests": {"cpu": "2", "memory": "10Mi"}}},
+            ],
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}}}],
+        }}))
+        .unwrap();
+        // While `migrate` runs, 3 CPUs; then 1.5 CPUs and 164Mi.
+        let (requests, _) = pod_requests(pod.spec.as_ref().unwrap());
+        assert_eq!(requests, Resources { milli_cpu: 3000, memory: 164 << 20, pods: 1 });
     }
 }

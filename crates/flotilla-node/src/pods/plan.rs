@@ -1,6 +1,6 @@
-//! What to do next for a pod: a pure function of its restart policy, whether it is stopping,
-//! and its containers' records (the kubelet's `computePodActions`). The worker executes the plan
-//! and plans again whenever something changes.
+//! What to do next for a pod: a pure function of its restart policy, whether it is stopping
+//! (and by when), its containers' records and the time (the kubelet's `computePodActions`). The
+//! worker executes the plan and plans again whenever something changes.
 
 use std::time::Instant;
 
@@ -82,7 +82,7 @@ pub(super) struct Plan {
     /// run now, as upstream's do, and they are stopped (put in [`kill`](Self::kill)) once their
     /// turn has come.
     pub pre_stop: Vec<Slot>,
-    /// A back-off or retry ends then: plan again.
+    /// A back-off or retry ends then, or the grace period that sidecars wait within: plan again.
     pub wake_at: Option<Instant>,
 }
 
@@ -95,7 +95,7 @@ impl Plan {
 /// Whether the pod's work is over for good, though its sidecars may still run: every regular
 /// container has ended and is not to restart, or an init container failed and the policy is
 /// `Never` (upstream's `KillPod` when nothing is left to keep or to start). Its sidecars are
-/// then stopped, and the pod's phase is its regular containers'.
+/// then stopped: the pod runs until they have, and its phase is then its regular containers'.
 pub(super) fn finished(policy: RestartPolicy, init: &[ContainerRecord], main: &[ContainerRecord]) -> bool {
     let failed_init = |c: &ContainerRecord| !c.sidecar && matches!(&c.run, Run::Exited(ended) if ended.exit_code != 0);
     if !policy.retries_init() && init.iter().any(failed_init) {
@@ -158,16 +158,17 @@ fn initialize(pod: &PodView<'_>, now: Instant, plan: &mut Plan) -> bool {
     true
 }
 
-/// Stops a pod winding down in upstream's order: its regular containers (and a regular init
-/// container) at once; its sidecars after them, the last first, each once every container after
-/// it has ended, or once the pod's grace period is over, whichever comes first.
+/// Stops a pod winding down in upstream's order (its `terminationOrdering`): its regular
+/// containers, and an init container that runs, at once; its sidecars after the regular
+/// containers, the last first, each once the regular containers and the sidecars after it have
+/// ended, or once the pod's grace period is over, whichever comes first.
 fn stop_in_order(pod: &PodView<'_>, now: Instant, plan: &mut Plan) {
     let slots = pod.init.iter().enumerate().map(|(i, c)| (Slot::Init(i), c));
     let slots = slots.chain(pod.main.iter().enumerate().map(|(i, c)| (Slot::Main(i), c)));
-    let (sidecars, regular): (Vec<_>, Vec<_>) = slots.filter(|(_, c)| c.is_active()).partition(|(_, c)| c.sidecar);
-    plan.kill.extend(regular.iter().map(|(slot, _)| *slot));
+    let (sidecars, others): (Vec<_>, Vec<_>) = slots.filter(|(_, c)| c.is_active()).partition(|(_, c)| c.sidecar);
+    plan.kill.extend(others.iter().map(|(slot, _)| *slot));
     let overdue = pod.stop_by.is_some_and(|by| now >= by);
-    let mut after = !regular.is_empty();
+    let mut after = others.iter().any(|(slot, _)| matches!(slot, Slot::Main(_)));
     for (slot, _) in sidecars.into_iter().rev() {
         if after && !overdue {
             plan.pre_stop.push(slot);
@@ -401,5 +402,11 @@ mod tests {
         // No stop deadline known yet: they wait all the same, with nothing to wake for.
         pod.stop_by = None;
         assert_eq!(plan(&pod, now).wake_at, None);
+        // An init container that runs is stopped beside them, not waited for.
+        let init = [sidecar(running("a")), running("setup")];
+        let main = [waiting("app")];
+        let mut pod = view(RestartPolicy::Always, &init, &main);
+        pod.stopping = true;
+        assert_eq!(plan(&pod, now).kill, [Slot::Init(1), Slot::Init(0)]);
     }
 }

@@ -264,10 +264,7 @@ fn phase(
                 }
                 (_, Some(_), _) => {}
                 (_, _, Some(_)) if last.is_some() => {}
-                _ => {
-                    pending_init += 1;
-                    waiting += 1;
-                }
+                _ => pending_init += 1,
             }
             continue;
         }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::env::{self, Objects, Placement, Watched};
 use super::hooks::{self, Hook};
-use super::plan::{PodView, RestartPolicy, Slot, is_sidecar, plan};
+use super::plan::{self, PodView, RestartPolicy, Slot, is_sidecar};
 use super::probes::{self, Finding};
 use super::record::{ContainerRecord, Run, Terminated};
 use super::status::{self, StatusInput, Stop};
@@ -386,11 +386,14 @@ impl Worker {
                 init: &self.init,
                 main: &self.main,
             };
-            if view.winding_down() && self.stop_by.is_none() {
-                self.stop_by = Some(now + self.grace_period());
+            // A shorter grace period than the one it began with (a second deletion's, a force
+            // deletion's) brings the end forward.
+            if view.winding_down() {
+                let by = now + self.grace_period();
+                self.stop_by = Some(self.stop_by.map_or(by, |t| t.min(by)));
                 view.stop_by = self.stop_by;
             }
-            let planned = plan(&view, now);
+            let planned = plan::plan(&view, now);
             for slot in planned.pre_stop {
                 self.pre_stop(slot);
             }
@@ -898,6 +901,9 @@ impl Worker {
                         let message = format!("{probe} probe failed: {message}");
                         self.node.events.pod(&self.pod, Some(&name), Warning, "Unhealthy", message);
                     }
+                    // A container told to stop is not restarted for a failed probe: a sidecar
+                    // waiting for its turn to stop stays until then, as upstream's would.
+                    Finding::Unhealthy { .. } if self.runs.get(&slot).is_some_and(|run| run.killed_at.is_some()) => {}
                     Finding::Unhealthy { probe } => {
                         let why = format!("Container {name} failed {} probe, will be restarted", probe.to_lowercase());
                         self.kill(slot, why);
@@ -1003,6 +1009,10 @@ impl Worker {
         let pre_stop = self.container(slot).is_some_and(|c| Hook::PreStop.handler(&c).is_some());
         let Some(run) = self.runs.get_mut(&slot) else { return };
         let told = run.killed_at.is_some() || run.killed;
+        // Told already: a shorter grace period since (a second deletion's) brings its end forward.
+        if let Some(at) = run.killed_at.filter(|_| !grace.is_zero()) {
+            run.killed_at = Some(at.min(now + grace));
+        }
         let Some(control) = run.control.clone() else {
             // Not started yet (its image is being pulled, or its run made): nothing runs to
             // stop, and the run ends here.
@@ -1167,7 +1177,8 @@ impl Worker {
 
     /// One `BackOff` event per wait, as the kubelet writes one per sync that backs off.
     fn report_backoffs(&mut self) {
-        let stopping = self.stop.is_some();
+        // Nothing restarts once the pod stops or its regular containers are done.
+        let stopping = self.stop.is_some() || plan::finished(self.restart_policy, &self.init, &self.main);
         let (pod, namespace, uid) = (self.name().to_string(), self.namespace().to_string(), self.uid().to_string());
         let mut waiting = Vec::new();
         for record in self.init.iter_mut().chain(self.main.iter_mut()) {
