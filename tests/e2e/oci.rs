@@ -352,6 +352,7 @@ spec:
     let second = wait_for_logs(&k, "ordered", "second", |l| !l.is_empty())?;
     ensure!(second == "first is up\n", "the second container started before the first was up: {second:?}");
     check_sidecars(&k, &node)?;
+    check_log_flood(&k, &node, &data_dir)?;
 
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;
@@ -653,5 +654,28 @@ spec:
     let ended = app["finishedAt"].as_str().unwrap_or_default();
     ensure!(proxy.as_str().is_some_and(|at| at >= ended), "the sidecar ended at {proxy}, before the app: {app}");
     ensure!(app["exitCode"] == 0, "the app did not see the sidecar's preStop hook run: {app}");
+    Ok(())
+}
+
+/// A container that prints without end (`yes`) is held to its log's pace and size: its log is
+/// rotated, at most 5 files of 10 MiB are kept, and the node answers meanwhile.
+fn check_log_flood(k: &Kubectl, node: &str, data_dir: &Path) -> Result<()> {
+    apply(k, &pod("chatter", node, "busybox", "Always", "    command: [\"yes\", \"hello\"]\n", ""))?;
+    wait_for(k, "chatter", "{.status.containerStatuses[0].state.running.startedAt}", 60, |s| !s.is_empty())?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    ensure!(k.ok(&["logs", "chatter", "--tail=1"])? == "hello\n", "the flooding container's last line");
+    let ready = k.ok(&["get", "node", node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])?;
+    ensure!(ready == "True", "the node under a flood of output: Ready is {ready:?}");
+    let logs = std::fs::read_dir(data_dir.join("node/logs"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains("_chatter_"))
+        .context("the flooding pod's logs")?
+        .path()
+        .join("chatter");
+    let files: Vec<u64> =
+        std::fs::read_dir(&logs)?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).collect();
+    let total: u64 = files.iter().sum();
+    ensure!(files.len() <= 5 && total <= 5 * (10 << 20) + (1 << 20), "kept {} files, {total} bytes", files.len());
+    k.ok(&["delete", "pod", "chatter", "--grace-period=1"])?;
     Ok(())
 }

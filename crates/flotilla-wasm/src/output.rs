@@ -1,5 +1,6 @@
 //! A guest's stdout and stderr, handed to whoever keeps the container's log.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,10 +29,24 @@ impl Stream {
 }
 
 /// Receives a container's output as the guest writes it. Writes arrive in order per stream,
-/// in whatever pieces the guest wrote; a sink splits them into lines itself. It must not block
-/// for long: it runs on the guest's task.
+/// in whatever pieces the guest wrote; a sink splits them into lines itself. It must not block:
+/// it runs on the guest's task. A sink that cannot keep up says so ([`has_room`]), and the
+/// guest waits for [`room`] before it writes again.
+///
+/// [`has_room`]: OutputSink::has_room
+/// [`room`]: OutputSink::room
 pub trait OutputSink: Send + Sync + 'static {
     fn write(&self, stream: Stream, bytes: &[u8]);
+
+    /// Whether the sink takes more now.
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// Once the sink takes more.
+    fn room(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// One of a guest's output streams, as WASI p1 and p2 both want it.
@@ -75,16 +90,19 @@ impl OutputStream for OutputPipe {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        // Always ready: a sink takes whatever it is given.
-        Ok(64 * 1024)
+        // Nothing while the sink is full: the guest waits until it is `ready`.
+        Ok(if self.sink.has_room() { 64 * 1024 } else { 0 })
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for OutputPipe {
-    async fn ready(&mut self) {}
+    async fn ready(&mut self) {
+        self.sink.room().await;
+    }
 }
 
+/// (For WASIp3's streams, which this runtime does not offer: it takes all it is given.)
 impl AsyncWrite for OutputPipe {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.sink.write(self.stream, buf);

@@ -60,6 +60,7 @@ mod tests {
         log.write(Stream::Stderr, b"oops\n");
         log.write(Stream::Stdout, b"ond\n\nunfinished");
         log.close();
+        log.closed().await;
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<_> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         assert_eq!(lines, ["stdout F first", "stderr F oops", "stdout F second", "stdout F ", "stdout F unfinished"]);
@@ -78,6 +79,7 @@ mod tests {
         log.write(Stream::Stdout, long.as_bytes());
         log.write(Stream::Stdout, b"\n");
         log.close();
+        log.closed().await;
         let tags: Vec<_> =
             std::fs::read_to_string(&path).unwrap().lines().map(|l| l.split(' ').nth(2).unwrap().to_string()).collect();
         assert_eq!(tags, ["P", "P", "F"]);
@@ -106,5 +108,23 @@ mod tests {
         assert!(text.starts_with("before\n") && text.ends_with("after\n"), "{}", &text[..20]);
         assert_eq!(text.lines().count(), lines + 2);
         assert!(!writer::rotated_files(&path).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_waits_for_room_loses_nothing_and_a_deferred_log_is_made_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = container_path(dir.path(), "app", 3);
+        let log = ContainerLog::deferred(path.clone());
+        assert!(!path.exists(), "nothing written, nothing made");
+        let line = format!("{}\n", "z".repeat(1023));
+        let chunk = line.repeat(64);
+        for _ in 0..48 {
+            log.room().await;
+            log.write(Stream::Stdout, chunk.as_bytes());
+        }
+        log.close();
+        log.closed().await;
+        let text = collect(read(path, LogOptions::default(), None)).await;
+        assert_eq!(text.len(), chunk.len() * 48);
     }
 }

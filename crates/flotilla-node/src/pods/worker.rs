@@ -325,9 +325,8 @@ impl Worker {
         }
         let attempt = status.restart_count;
         let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
-        let Ok(log) = ContainerLog::create(logs::container_path(&log_dir, &name, attempt)).map(Arc::new) else {
-            return;
-        };
+        // Opened when first written to: this runs on an async thread.
+        let log = Arc::new(ContainerLog::deferred(logs::container_path(&log_dir, &name, attempt)));
         let started_at = running.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0);
         let uid = self.uid().to_string();
         let Some(adopted) = self.node.runtimes.adopt(&uid, container_id, log.clone(), started_at) else {
@@ -684,7 +683,18 @@ impl Worker {
         }
         let attempt = self.record(slot).restart_count;
         let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
-        let log = match ContainerLog::create(logs::container_path(&log_dir, &container.name, attempt)) {
+        let path = logs::container_path(&log_dir, &container.name, attempt);
+        // The kubelet keeps the logs of the current and the previous run (`--previous`).
+        let stale = (attempt >= 2).then(|| logs::container_path(&log_dir, &container.name, attempt - 2));
+        let created = tokio::task::spawn_blocking(move || {
+            if let Some(stale) = stale {
+                let _ = std::fs::remove_file(stale);
+            }
+            ContainerLog::create(path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let log = match created {
             Ok(log) => Arc::new(log),
             Err(err) => {
                 let message = format!("cannot create the container's log: {err}");
@@ -706,11 +716,6 @@ impl Worker {
                 return;
             }
         };
-        // The kubelet keeps the logs of the current and the previous run (`--previous`).
-        if attempt >= 2 {
-            let stale = logs::container_path(&log_dir, &container.name, attempt - 2);
-            let _ = std::fs::remove_file(&stale);
-        }
         let task = tokio::spawn(run_container(RunRequest {
             node: self.node.clone(),
             class: self.class.clone(),
@@ -950,7 +955,11 @@ impl Worker {
                     return;
                 }
                 if let Some(run) = self.runs.remove(&slot) {
+                    let log = run.log.clone();
                     run.end();
+                    // What it wrote is in its log before its end is shown: `kubectl logs` of a
+                    // pod that has completed reads it all.
+                    let _ = tokio::time::timeout(LOG_FLUSH_WAIT, log.closed()).await;
                 }
                 self.ended(slot);
                 let Exit { code, reason, message } = exit;
@@ -1394,6 +1403,9 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
 /// The kubelet's `minimumGracePeriodInSeconds`: the grace period of a pod removed from the API
 /// without one (force-deleted), and the least a container has to stop after its `preStop` hook.
 const MINIMUM_GRACE_PERIOD: Duration = Duration::from_secs(2);
+
+/// How long a run's end waits for its output to be in its log.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// The grace period of a pod evicted to free memory: the kubelet's for a hard eviction
 /// (`immediateEvictionGracePeriodSeconds`), so that the memory is had back soon.

@@ -950,7 +950,8 @@ fn pump(fifo: OwnedFd, stream: Stream, log: Arc<ContainerLog>) -> Result<tokio::
         .map_err(|e| format!("reading the container's output: {e}"))?;
     Ok(tokio::spawn(async move {
         let mut buffer = vec![0; 16 << 10];
-        while let Ok(n) = fifo.read(&mut buffer).await {
+        // A log that cannot keep up is waited for: the container's writes wait on a full pipe.
+        while let ((), Ok(n)) = (log.room().await, fifo.read(&mut buffer).await) {
             if n == 0 {
                 break;
             }
