@@ -353,6 +353,7 @@ spec:
     ensure!(second == "first is up\n", "the second container started before the first was up: {second:?}");
     check_sidecars(&k, &node)?;
     check_log_flood(&k, &node, &data_dir)?;
+    check_termination_messages(&k, &node)?;
 
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;
@@ -677,5 +678,21 @@ fn check_log_flood(k: &Kubectl, node: &str, data_dir: &Path) -> Result<()> {
     let total: u64 = files.iter().sum();
     ensure!(files.len() <= 5 && total <= 5 * (10 << 20) + (1 << 20), "kept {} files, {total} bytes", files.len());
     k.ok(&["delete", "pod", "chatter", "--grace-period=1"])?;
+    Ok(())
+}
+
+/// What a container leaves at its `terminationMessagePath` (writable by any user) is its
+/// terminated state's message; with `FallbackToLogsOnError`, a failed one that left nothing
+/// there has the end of its log.
+fn check_termination_messages(k: &Kubectl, node: &str) -> Result<()> {
+    let written = "    command: [\"sh\", \"-c\", \"printf 'gone fishing' > /dev/termination-log; exit 3\"]\n    securityContext: {runAsUser: 65534}\n";
+    apply(k, &pod("last-words", node, "busybox", "Never", written, ""))?;
+    let fallback = "    command: [\"sh\", \"-c\", \"echo one; echo two; exit 4\"]\n    terminationMessagePolicy: FallbackToLogsOnError\n";
+    apply(k, &pod("fallback", node, "busybox", "Never", fallback, ""))?;
+    let ended = "{.status.containerStatuses[0].state.terminated.exitCode}:{.status.containerStatuses[0].state.terminated.message}";
+    let last = wait_for(k, "last-words", ended, 60, |s| !s.is_empty())?;
+    ensure!(last == "3:gone fishing", "{last:?}");
+    let fell_back = wait_for(k, "fallback", ended, 60, |s| !s.is_empty())?;
+    ensure!(fell_back == "4:one\ntwo\n", "{fell_back:?}");
     Ok(())
 }

@@ -228,6 +228,9 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     // A sidecar runs beside the pod's container, and is stopped once that is done.
     let sidecar = "  initContainers:\n  - name: ticker\n    image: ticker:v1\n    imagePullPolicy: IfNotPresent\n    restartPolicy: Always\n";
     apply(k, &pod("sidecar", &node, "hello:v1", "Never", "", sidecar))?;
+    // A guest's termination message, written where its path says.
+    let last_words = "    env: [{name: MODE, value: write}, {name: MESSAGE, value: all done}, {name: DIR, value: /dev}]\n    terminationMessagePath: /dev/message.txt\n";
+    apply(k, &pod("last-words", &node, "share:v1", "Never", last_words, ""))?;
 
     wait_for(k, "shared-volume", "{.status.phase}", 60, |p| p == "Succeeded")?;
     let read = k.ok(&["logs", "shared-volume", "-c", "reader"])?;
@@ -241,6 +244,9 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let ended = "{.status.initContainerStatuses[0].state.terminated.finishedAt}";
     wait_for(k, "sidecar", ended, 5, |at| !at.is_empty())?;
     ensure!(k.ok(&["logs", "sidecar", "-c", "ticker"])?.starts_with("tick 0\n"));
+    let message = "{.status.containerStatuses[0].state.terminated.message}";
+    let message = wait_for(k, "last-words", message, 60, |m| !m.is_empty())?;
+    ensure!(message == "all done", "{message:?}");
 
     // Run to completion, as a core module and as a component.
     for name in ["hello", "hello-p2"] {

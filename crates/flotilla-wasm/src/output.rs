@@ -54,11 +54,14 @@ pub trait OutputSink: Send + Sync + 'static {
 pub(crate) struct OutputPipe {
     sink: Arc<dyn OutputSink>,
     stream: Stream,
+    /// What the guest may write before it asks again (`check-write`): the host passes its
+    /// writes on unchecked, and a guest that wrote past it would grow the sink without bound.
+    permit: usize,
 }
 
 impl OutputPipe {
     pub(crate) fn new(sink: Arc<dyn OutputSink>, stream: Stream) -> OutputPipe {
-        OutputPipe { sink, stream }
+        OutputPipe { sink, stream, permit: 0 }
     }
 }
 
@@ -81,6 +84,11 @@ impl StdoutStream for OutputPipe {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for OutputPipe {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // As wasmtime's own streams: past the permit is the guest's error, and ends it.
+        self.permit = self
+            .permit
+            .checked_sub(bytes.len())
+            .ok_or_else(|| wasmtime_wasi::p2::StreamError::trap("write beyond what check-write permitted"))?;
         self.sink.write(self.stream, &bytes);
         Ok(())
     }
@@ -91,7 +99,8 @@ impl OutputStream for OutputPipe {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         // Nothing while the sink is full: the guest waits until it is `ready`.
-        Ok(if self.sink.has_room() { 64 * 1024 } else { 0 })
+        self.permit = if self.sink.has_room() { 64 * 1024 } else { 0 };
+        Ok(self.permit)
     }
 }
 
@@ -115,5 +124,47 @@ impl AsyncWrite for OutputPipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use wasmtime_wasi::p2::StreamError;
+
+    use super::*;
+
+    /// A sink that keeps what it is given, and is full when told.
+    #[derive(Default)]
+    struct Kept {
+        bytes: Mutex<Vec<u8>>,
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl OutputSink for Kept {
+        fn write(&self, _: Stream, bytes: &[u8]) {
+            self.bytes.lock().unwrap().extend_from_slice(bytes);
+        }
+
+        fn has_room(&self) -> bool {
+            !self.full.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_guest_writes_only_what_check_write_permits() {
+        let sink = Arc::new(Kept::default());
+        let mut pipe = OutputPipe::new(sink.clone(), Stream::Stdout);
+        // Unasked, nothing is permitted: the host passes writes on unchecked.
+        assert!(matches!(pipe.write(Bytes::from_static(b"x")), Err(StreamError::Trap(_))));
+        let permit = pipe.check_write().unwrap();
+        pipe.write(Bytes::from(vec![b'a'; permit - 1])).unwrap();
+        pipe.write(Bytes::from_static(b"b")).unwrap();
+        assert!(matches!(pipe.write(Bytes::from_static(b"c")), Err(StreamError::Trap(_))));
+        assert_eq!(sink.bytes.lock().unwrap().len(), permit);
+        // A full sink permits nothing until it has room.
+        sink.full.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(pipe.check_write().unwrap(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use flotilla_wasm::{OutputSink, Stream};
 use tokio::sync::{Notify, watch};
@@ -118,7 +118,7 @@ impl ContainerLog {
     /// Writes what is left of unfinished lines; once all is in the file, tells followers that
     /// nothing more comes ([`closed`](Self::closed)).
     pub fn close(&self) {
-        let mut lines = self.shared.lines.lock().expect("log lock");
+        let mut lines = self.shared.lines.lock().unwrap_or_else(PoisonError::into_inner);
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(&mut lines.partial[index(stream)]);
             if !rest.is_empty() {
@@ -136,7 +136,7 @@ impl ContainerLog {
 
     /// Whether the log takes more output now.
     fn has_room(&self) -> bool {
-        self.shared.lines.lock().expect("log lock").pending.len() < MAX_PENDING_BYTES
+        self.shared.lines.lock().unwrap_or_else(PoisonError::into_inner).pending.len() < MAX_PENDING_BYTES
     }
 }
 
@@ -151,7 +151,7 @@ impl Shared {
     /// The writer's part: what is pending goes to the file.
     fn flush(&self) {
         let (pending, entries, closing) = {
-            let mut lines = self.lines.lock().expect("log lock");
+            let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
             lines.queued = false;
             (std::mem::take(&mut lines.pending), std::mem::take(&mut lines.entries), lines.closing)
         };
@@ -166,7 +166,7 @@ impl Shared {
     }
 
     fn write(&self, entries: &[u8]) {
-        let mut target = self.file.lock().expect("log file lock");
+        let mut target = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Target::Deferred = *target {
             *target = match open(&self.path) {
                 Ok((file, size)) => Target::Open { file, size },
@@ -236,7 +236,11 @@ fn writer() -> &'static Sender<Arc<Shared>> {
             .name("container-logs".into())
             .spawn(move || {
                 for log in logs {
-                    log.flush();
+                    // One log's fault must not end the thread every log needs.
+                    let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.flush()));
+                    if flushed.is_err() {
+                        tracing::error!(path = %log.path.display(), "writing a container log panicked");
+                    }
                 }
             })
             .expect("starting the container log writer");
@@ -282,7 +286,11 @@ fn index(stream: Stream) -> usize {
 
 impl OutputSink for ContainerLog {
     fn write(&self, stream: Stream, mut bytes: &[u8]) {
-        let mut lines = self.shared.lines.lock().expect("log lock");
+        let mut lines = self.shared.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        // Closed: followers were told that nothing more comes (a guest cut off mid-write).
+        if lines.closing {
+            return;
+        }
         let before = lines.entries;
         while !bytes.is_empty() {
             let partial = &mut lines.partial[index(stream)];

@@ -8,6 +8,7 @@ mod plan;
 mod probes;
 mod record;
 mod status;
+mod termination;
 mod volumes;
 mod worker;
 

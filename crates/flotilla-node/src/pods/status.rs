@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::{self, RestartPolicy, is_sidecar};
 use super::record::{ContainerRecord, Run, Terminated};
+use super::termination;
 
 /// Why a pod is being stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,11 +169,13 @@ fn container_status(
     init: bool,
     winding_down: bool,
 ) -> ContainerStatus {
+    // A pod's termination messages share 12 KiB, as the kubelet's status manager cuts them.
+    let containers = input.init.len() + input.main.len();
     let terminated = |t: &Terminated| ContainerState {
         terminated: Some(ContainerStateTerminated {
             exit_code: t.exit_code,
             reason: Some(t.reason.clone()),
-            message: t.message.clone(),
+            message: t.message.as_deref().map(|m| termination::within_share(m, containers).to_string()),
             started_at: Some(Time(t.started_at)),
             finished_at: Some(Time(t.finished_at)),
             container_id: Some(t.container_id.clone()),

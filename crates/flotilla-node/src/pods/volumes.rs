@@ -177,6 +177,7 @@ pub(super) fn mounts(container: &Container, volumes: &Volumes, env: &[(String, S
             dir,
             path: mount.mount_path.clone(),
             read_only: volume.read_only || mount.read_only == Some(true),
+            file: None,
         });
     }
     Ok(mounts)

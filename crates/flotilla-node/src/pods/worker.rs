@@ -27,6 +27,7 @@ use super::plan::{self, PodView, RestartPolicy, Slot, is_sidecar};
 use super::probes::{self, Finding};
 use super::record::{ContainerRecord, Run, Terminated};
 use super::status::{self, StatusInput, Stop};
+use super::termination;
 use super::volumes::{self, Volumes};
 use super::{ContainerLogs, PodEntry};
 use crate::Node;
@@ -686,18 +687,19 @@ impl Worker {
         let path = logs::container_path(&log_dir, &container.name, attempt);
         // The kubelet keeps the logs of the current and the previous run (`--previous`).
         let stale = (attempt >= 2).then(|| logs::container_path(&log_dir, &container.name, attempt - 2));
+        let (pod_dir, spec) = (dir.clone(), container.clone());
         let created = tokio::task::spawn_blocking(move || {
             if let Some(stale) = stale {
                 let _ = std::fs::remove_file(stale);
             }
-            ContainerLog::create(path)
+            Ok((ContainerLog::create(path)?, termination::prepare(&pod_dir, &spec, attempt)?))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let log = match created {
-            Ok(log) => Arc::new(log),
+        let (log, termination) = match created {
+            Ok((log, termination)) => (Arc::new(log), termination),
             Err(err) => {
-                let message = format!("cannot create the container's log: {err}");
+                let message = format!("cannot create the container's log or termination message file: {err}");
                 self.record(slot).failed_to_start("CreateContainerError", message, now);
                 return;
             }
@@ -707,6 +709,10 @@ impl Worker {
             Err(err) => Err(err),
         };
         let prepared = prepared.and_then(|volumes| self.launch(&container, attempt, ip, &volumes, log.clone()));
+        let prepared = prepared.map(|mut launch| {
+            launch.mounts.extend(termination);
+            launch
+        });
         let launch = match prepared {
             Ok(launch) => launch,
             Err(message) => {
@@ -962,7 +968,19 @@ impl Worker {
                     let _ = tokio::time::timeout(LOG_FLUSH_WAIT, log.closed()).await;
                 }
                 self.ended(slot);
-                let Exit { code, reason, message } = exit;
+                let Exit { code, reason, mut message } = exit;
+                // What the container left as its termination message follows the runtime's
+                // words, as upstream joins them.
+                if let Some(container) = self.container(slot) {
+                    let pod_dir = self.node.pods_dir.join(self.uid());
+                    let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
+                    if let Some(left) = termination::message(&pod_dir, &log_dir, &container, attempt, code).await {
+                        message = Some(match message {
+                            Some(said) if !said.is_empty() => format!("{said}: {left}"),
+                            _ => left,
+                        });
+                    }
+                }
                 let ended = Terminated {
                     exit_code: code,
                     reason: reason.as_str().into(),
@@ -1019,8 +1037,8 @@ impl Worker {
         let Some(run) = self.runs.get_mut(&slot) else { return };
         let told = run.killed_at.is_some() || run.killed;
         // Told already: a shorter grace period since (a second deletion's) brings its end forward.
-        if let Some(at) = run.killed_at.filter(|_| !grace.is_zero()) {
-            run.killed_at = Some(at.min(now + grace));
+        if let Some(at) = run.killed_at {
+            run.killed_at = Some(at.min(now + grace.max(MINIMUM_GRACE_PERIOD)));
         }
         let Some(control) = run.control.clone() else {
             // Not started yet (its image is being pulled, or its run made): nothing runs to

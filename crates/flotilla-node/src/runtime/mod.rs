@@ -271,6 +271,10 @@ pub(crate) struct Mount {
     pub dir: Arc<File>,
     pub path: String,
     pub read_only: bool,
+    /// The file of `dir` so named is what is shown at `path`, rather than the whole directory
+    /// (a termination message file): a runtime whose mounts are directories (wasm) shows `dir`
+    /// at `path`'s parent instead, where the file's name is `path`'s.
+    pub file: Option<String>,
 }
 
 /// The node's runtimes by handler.

@@ -84,11 +84,7 @@ impl ContainerRuntime for WasmRuntime {
                 argv,
                 env: launch.env,
                 working_dir: launch.working_dir,
-                dirs: launch
-                    .mounts
-                    .into_iter()
-                    .map(|m| Preopen { dir: m.dir, guest: m.path, read_only: m.read_only })
-                    .collect(),
+                dirs: preopens(launch.mounts),
                 // Every container is bounded, and all of them together by the node's pool.
                 memory: MemoryPool::within(&self.memory, Some(limit)),
                 cpu_time: CpuTime::new(),
@@ -190,6 +186,28 @@ async fn in_netns(netns: Arc<File>, run: impl Future<Output = Exit> + Send + 'st
 
 /// How a wasm run's end shows: a trap as an aborted process's (134), a memory limit outgrown
 /// as the OOM killer's (137, `OOMKilled`).
+/// A guest's directories: each mount's, and a file's directory (a termination message file's)
+/// at the parent of its path, where it is named as the path ends, unless another mount is
+/// there already.
+fn preopens(mounts: Vec<super::Mount>) -> Vec<Preopen> {
+    let taken: Vec<String> = mounts.iter().filter(|m| m.file.is_none()).map(|m| m.path.clone()).collect();
+    mounts
+        .into_iter()
+        .filter_map(|m| {
+            let guest = match &m.file {
+                None => m.path,
+                Some(name) => {
+                    let path = std::path::Path::new(&m.path);
+                    let parent = path.parent()?.to_str()?.to_string();
+                    let named = path.file_name().is_some_and(|n| n == name.as_str());
+                    (named && !taken.contains(&parent)).then_some(parent)?
+                }
+            };
+            Some(Preopen { dir: m.dir, guest, read_only: m.read_only })
+        })
+        .collect()
+}
+
 fn exit_of(exit: flotilla_wasm::Exit) -> Exit {
     let code = exit.code();
     match exit {

@@ -368,8 +368,21 @@ impl Shared {
         let mut mounts = Vec::new();
         for (i, mount) in launch.mounts.iter().enumerate() {
             let point = bundle.join("mounts").join(i.to_string());
-            std::fs::create_dir(&point).map_err(|e| failed(format!("creating {}: {e}", point.display())))?;
-            rustix::mount::mount_bind(format!("/proc/self/fd/{}", mount.dir.as_raw_fd()), &point)
+            // A file is bound from a handle of its own, onto a file.
+            let file = match &mount.file {
+                None => None,
+                Some(name) => Some(
+                    crate::beneath::open_file(&mount.dir, Path::new(name))
+                        .map_err(|e| failed(format!("opening the file of mount {}: {e}", mount.path)))?,
+                ),
+            };
+            let created = match &file {
+                None => std::fs::create_dir(&point),
+                Some(_) => std::fs::File::create_new(&point).map(drop),
+            };
+            created.map_err(|e| failed(format!("creating {}: {e}", point.display())))?;
+            let source = file.as_ref().map_or_else(|| mount.dir.as_raw_fd(), |f| f.as_raw_fd());
+            rustix::mount::mount_bind(format!("/proc/self/fd/{source}"), &point)
                 .map_err(|e| failed(format!("binding volume mount {}: {e}", mount.path)))?;
             mounts.push((point, mount.path.clone(), mount.read_only));
         }
@@ -519,7 +532,7 @@ fn remove_bundle(bundle: &Path) {
     let mounts = bundle.join("mounts");
     for point in std::fs::read_dir(&mounts).into_iter().flatten().flatten() {
         let _ = rustix::mount::unmount(point.path(), UnmountFlags::DETACH);
-        let _ = std::fs::remove_dir(point.path());
+        let _ = std::fs::remove_dir(point.path()).or_else(|_| std::fs::remove_file(point.path()));
     }
     let _ = std::fs::remove_dir(&mounts);
     let _ = rustix::mount::unmount(bundle.join("rootfs"), UnmountFlags::DETACH);
@@ -845,10 +858,11 @@ impl OciRun {
                 self.output_fifos.push(reader);
             }
         }
+        let ended = tokio::sync::watch::Sender::new(false);
         let pumps = [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .zip(std::mem::take(&mut self.output_fifos))
-            .map(|(stream, fifo)| pump(fifo, stream, self.output.clone()))
+            .map(|(stream, fifo)| pump(fifo, stream, self.output.clone(), ended.subscribe()))
             .collect::<Result<Vec<_>, _>>()?;
         // From here on, dropping it leaves it running.
         self.started = true;
@@ -863,6 +877,7 @@ impl OciRun {
         let usage = ContainerUsage { meter, requests: Requests::new(), started };
         let exit = async move {
             let status = process.exit_code().await;
+            ended.send_replace(true);
             for mut pump in pumps {
                 if tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_err() {
                     // Something outside the container holds its FIFO: the log is closed.
@@ -944,18 +959,27 @@ async fn exec(
 }
 
 /// Copies one of a container's output FIFOs into its log until every process that could write
-/// to it has ended.
-fn pump(fifo: OwnedFd, stream: Stream, log: Arc<ContainerLog>) -> Result<tokio::task::JoinHandle<()>, String> {
+/// to it has ended. While the container runs, a log that cannot keep up is waited for (the
+/// container's writes wait on a full pipe); once it has `ended`, what is left is read at once.
+fn pump(
+    fifo: OwnedFd,
+    stream: Stream,
+    log: Arc<ContainerLog>,
+    mut ended: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
     let mut fifo = tokio::net::unix::pipe::Receiver::from_owned_fd(fifo)
         .map_err(|e| format!("reading the container's output: {e}"))?;
     Ok(tokio::spawn(async move {
         let mut buffer = vec![0; 16 << 10];
-        // A log that cannot keep up is waited for: the container's writes wait on a full pipe.
-        while let ((), Ok(n)) = (log.room().await, fifo.read(&mut buffer).await) {
-            if n == 0 {
-                break;
+        loop {
+            tokio::select! {
+                () = log.room() => {}
+                _ = ended.wait_for(|ended| *ended) => {}
             }
-            log.write(stream, &buffer[..n]);
+            match fifo.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log.write(stream, &buffer[..n]),
+            }
         }
     }))
 }

@@ -1,0 +1,167 @@
+//! A container's termination message, as the kubelet keeps it: a file of the node's that the
+//! container sees at its `terminationMessagePath` (`/dev/termination-log`), read when the
+//! container ends into `state.terminated.message`; with `FallbackToLogsOnError`, the end of
+//! its log when it failed and wrote nothing there.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Container;
+
+use crate::logs::{self, LogOptions};
+use crate::runtime::Mount;
+
+/// What is read of the file: its last 4 KiB (upstream's `MaxContainerTerminationMessageLength`).
+const MAX_FILE_BYTES: u64 = 4 << 10;
+/// What is read of the log instead: its last 80 lines, 2 KiB at most
+/// (`MaxContainerTerminationMessageLogLines`, `…LogLength`).
+const MAX_LOG_LINES: u64 = 80;
+const MAX_LOG_BYTES: u64 = 2 << 10;
+/// All of a pod's containers' messages together, shared out evenly
+/// (`MaxPodTerminationMessageLogLength`).
+pub(super) const MAX_POD_BYTES: usize = 12 << 10;
+
+/// The file of run `attempt` of `container`, under its pod's directory: `containers/<name>/
+/// <attempt>/<the path's file name>`, so that a wasm guest, whose mounts are directories, sees
+/// it at its path too (its run's directory at the path's parent).
+fn file(pod_dir: &Path, container: &Container, attempt: i32) -> Option<PathBuf> {
+    let path = container.termination_message_path.as_deref().filter(|p| !p.is_empty())?;
+    let name = Path::new(path).file_name()?;
+    Some(pod_dir.join("containers").join(&container.name).join(attempt.to_string()).join(name))
+}
+
+/// Makes the (empty, world-writable, as upstream's) file of run `attempt`, removing those of
+/// the container's earlier runs, whose messages are in its status: the mount that shows it. It
+/// blocks.
+pub(super) fn prepare(pod_dir: &Path, container: &Container, attempt: i32) -> std::io::Result<Option<Mount>> {
+    let Some(file) = file(pod_dir, container, attempt) else { return Ok(None) };
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return Ok(None);
+    };
+    if let Some(runs) = dir.parent() {
+        for earlier in std::fs::read_dir(runs).into_iter().flatten().flatten() {
+            if earlier.path() != dir {
+                let _ = std::fs::remove_dir_all(earlier.path());
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    File::create(&file)?;
+    // Whatever user the container runs as writes it (the umask would have the last word).
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let path = container.termination_message_path.clone().unwrap_or_default();
+    Ok(Some(Mount { dir: Arc::new(File::open(dir)?), path, read_only: false, file: Some(name.to_string()) }))
+}
+
+/// The message of run `attempt` of `container`, which ended with `code`, if it left one.
+pub(super) async fn message(
+    pod_dir: &Path,
+    log_dir: &Path,
+    container: &Container,
+    attempt: i32,
+    code: i32,
+) -> Option<String> {
+    let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") && code != 0;
+    let written = match file(pod_dir, container, attempt) {
+        Some(file) => tokio::task::spawn_blocking(move || read_tail(&file)).await.ok().flatten(),
+        None => None,
+    };
+    match written {
+        Some(text) if !text.is_empty() || !fallback => Some(text).filter(|t| !t.is_empty()),
+        _ if fallback => {
+            let path = logs::container_path(log_dir, &container.name, attempt);
+            let options =
+                LogOptions { tail_lines: Some(MAX_LOG_LINES), limit_bytes: Some(MAX_LOG_BYTES), ..Default::default() };
+            let mut chunks = logs::read(path, options, None);
+            let mut text = Vec::new();
+            while let Some(chunk) = chunks.recv().await {
+                text.extend_from_slice(&chunk);
+            }
+            Some(String::from_utf8_lossy(&text).into_owned()).filter(|t| !t.is_empty())
+        }
+        _ => None,
+    }
+}
+
+/// The last [`MAX_FILE_BYTES`] of the file (upstream's `tail.ReadAtMost`): `None` if there is
+/// none, an error's words if it cannot be read.
+fn read_tail(path: &Path) -> Option<String> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        let size = file.metadata()?.len();
+        file.seek(SeekFrom::Start(size.saturating_sub(MAX_FILE_BYTES)))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => Some(format!("Error on reading termination log {}: {err}", path.display())),
+    }
+}
+
+/// `message` cut to a pod's share of [`MAX_POD_BYTES`] among its `containers` (the kubelet's
+/// status manager), at a character's end.
+pub(super) fn within_share(message: &str, containers: usize) -> &str {
+    let share = MAX_POD_BYTES / containers.max(1);
+    if message.len() <= share {
+        return message;
+    }
+    let end = (0..=share).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+    &message[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(policy: &str) -> Container {
+        Container {
+            name: "app".into(),
+            termination_message_path: Some("/dev/termination-log".into()),
+            termination_message_policy: Some(policy.into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_file_is_read_else_with_fallback_the_end_of_a_failed_runs_log() {
+        let pod = tempfile::tempdir().unwrap();
+        let log_dir = pod.path().join("logs");
+        let app = container("FallbackToLogsOnError");
+        let mount = prepare(pod.path(), &app, 0).unwrap().unwrap();
+        assert_eq!((mount.path.as_str(), mount.file.as_deref()), ("/dev/termination-log", Some("termination-log")));
+        let file = pod.path().join("containers/app/0/termination-log");
+        assert!(std::fs::read(&file).unwrap().is_empty());
+        // Nothing written, and it succeeded: no message.
+        assert_eq!(message(pod.path(), &log_dir, &app, 0, 0).await, None);
+        // Failed: the end of its log, 80 lines at most.
+        let log = logs::ContainerLog::create(logs::container_path(&log_dir, "app", 0)).unwrap();
+        for i in 0..100 {
+            flotilla_wasm::OutputSink::write(&log, flotilla_wasm::Stream::Stdout, format!("line {i}\n").as_bytes());
+        }
+        log.close();
+        log.closed().await;
+        let tail = message(pod.path(), &log_dir, &app, 0, 1).await.unwrap();
+        assert!(tail.starts_with("line 20\n") && tail.ends_with("line 99\n"), "{tail}");
+        // What it wrote wins, its last 4 KiB.
+        std::fs::write(&file, format!("{}the end", "x".repeat(5000))).unwrap();
+        let written = message(pod.path(), &log_dir, &app, 0, 1).await.unwrap();
+        assert_eq!((written.len(), written.ends_with("the end")), (4096, true));
+        // The next run's file replaces it.
+        prepare(pod.path(), &app, 1).unwrap();
+        assert!(!file.exists() && pod.path().join("containers/app/1/termination-log").exists());
+        // With the default policy, a failed run's log is not read.
+        assert_eq!(message(pod.path(), &log_dir, &container("File"), 1, 1).await, None);
+    }
+
+    #[test]
+    fn a_pods_messages_share_twelve_kib() {
+        assert_eq!(within_share(&"a".repeat(5000), 4).len(), 3072);
+        assert_eq!(within_share("é".repeat(4000).as_str(), 3).len(), 4096);
+        assert_eq!(within_share("short", 100), "short");
+    }
+}
