@@ -208,5 +208,17 @@ fn a_hostile_guest_cannot_leave_its_volumes() -> Result<()> {
         let err = k.fails(&["apply", "-f", file.path().to_str().unwrap()])?;
         ensure!(err.contains("spec.containers[0].volumeMounts[0].subPath") && err.contains(why), "{err}");
     }
+    // Its termination message file swapped for a link to the canary: the node does not follow
+    // it, and says so in the message.
+    let leak = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: last-words\nspec:\n  nodeName: {node}\n  restartPolicy: Never\n  containers:\n  - name: leak\n    image: escape:v1\n    imagePullPolicy: IfNotPresent\n    env: [{{name: MODE, value: plant}}, {{name: DIR, value: /dev}}, {{name: LINKS, value: 'termination-log={UP}/{canary_rel}/secret.txt'}}]\n"
+    );
+    apply(&k, &leak)?;
+    let message = "{.status.containerStatuses[0].state.terminated.message}";
+    let message = wait_for(&k, "last-words", message, 60, |m| !m.is_empty())?;
+    ensure!(message.starts_with("Error on reading termination log") && !message.contains(CANARY), "{message}");
+    let planted = k.ok(&["logs", "last-words"])?;
+    ensure!(planted.contains("symlink /dev/termination-log: ok"), "{planted}");
+    canary_intact(&canary)?;
     Ok(())
 }

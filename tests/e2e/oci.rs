@@ -690,9 +690,9 @@ fn check_termination_messages(k: &Kubectl, node: &str) -> Result<()> {
     let fallback = "    command: [\"sh\", \"-c\", \"echo one; echo two; exit 4\"]\n    terminationMessagePolicy: FallbackToLogsOnError\n";
     apply(k, &pod("fallback", node, "busybox", "Never", fallback, ""))?;
     let ended = "{.status.containerStatuses[0].state.terminated.exitCode}:{.status.containerStatuses[0].state.terminated.message}";
-    let last = wait_for(k, "last-words", ended, 60, |s| !s.is_empty())?;
+    let last = wait_for(k, "last-words", ended, 60, |s| !s.starts_with(':'))?;
     ensure!(last == "3:gone fishing", "{last:?}");
-    let fell_back = wait_for(k, "fallback", ended, 60, |s| !s.is_empty())?;
+    let fell_back = wait_for(k, "fallback", ended, 60, |s| !s.starts_with(':'))?;
     ensure!(fell_back == "4:one\ntwo\n", "{fell_back:?}");
     Ok(())
 }

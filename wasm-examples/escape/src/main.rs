@@ -2,7 +2,8 @@
 //! printed as one line, `<verb> <path>: ok ...` or `<verb> <path>: error ...`, so that a test
 //! reads from the log what the guest could and could not do.
 //!
-//! - `MODE=plant`: in `$DIR`, creates each link of `LINKS` (`name=target,...`), a regular file
+//! - `MODE=plant`: in `$DIR`, creates each link of `LINKS` (`name=target,...`) in place of
+//!   whatever has that name, a regular file
 //!   `file`, a directory `real`, and hard-links each pair of `HARD_LINKS` (`from=to,...`).
 //! - `MODE=probe`: reads each path of `PATHS` (comma-separated) and writes `owned` over it.
 //! - `MODE=connect`: opens a TCP connection to each address of `TARGETS` (comma-separated,
@@ -72,6 +73,7 @@ fn main() {
         Ok("plant") => {
             for (name, target) in pairs("LINKS") {
                 let link = dir.join(&name);
+                let _ = std::fs::remove_file(&link);
                 report("symlink", &link.display().to_string(), symlink(&target, &link).map(|()| target));
             }
             report("create", "file", std::fs::write(dir.join("file"), "a file").map(|()| String::new()));

@@ -5,10 +5,12 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
+use rustix::fs::{Mode, OFlags};
 
 use crate::logs::{self, LogOptions};
 use crate::runtime::Mount;
@@ -18,41 +20,44 @@ const MAX_FILE_BYTES: u64 = 4 << 10;
 /// What is read of the log instead: its last 80 lines, 2 KiB at most
 /// (`MaxContainerTerminationMessageLogLines`, `…LogLength`).
 const MAX_LOG_LINES: u64 = 80;
-const MAX_LOG_BYTES: u64 = 2 << 10;
+const MAX_LOG_BYTES: usize = 2 << 10;
+/// How long a run's end waits for its file to be read.
+const READ_WAIT: Duration = Duration::from_secs(2);
 /// All of a pod's containers' messages together, shared out evenly
 /// (`MaxPodTerminationMessageLogLength`).
 pub(super) const MAX_POD_BYTES: usize = 12 << 10;
 
-/// The file of run `attempt` of `container`, under its pod's directory: `containers/<name>/
-/// <attempt>/<the path's file name>`, so that a wasm guest, whose mounts are directories, sees
-/// it at its path too (its run's directory at the path's parent).
-fn file(pod_dir: &Path, container: &Container, attempt: i32) -> Option<PathBuf> {
-    let path = container.termination_message_path.as_deref().filter(|p| !p.is_empty())?;
-    let name = Path::new(path).file_name()?;
-    Some(pod_dir.join("containers").join(&container.name).join(attempt.to_string()).join(name))
+/// The directory of run `attempt` of `container` under its pod's directory, and the file's
+/// name in it: `containers/<name>/<attempt>/<the path's file name>`, so that a wasm guest, whose
+/// mounts are directories, sees the file at its path too (the run's directory at the path's
+/// parent). A path that is not absolute, or that climbs (`..`), has none.
+fn file(pod_dir: &Path, container: &Container, attempt: i32) -> Option<(PathBuf, String)> {
+    let path = Path::new(container.termination_message_path.as_deref()?);
+    let plain = path.is_absolute() && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let name = path.file_name().filter(|_| plain)?.to_str()?.to_string();
+    Some((pod_dir.join("containers").join(&container.name).join(attempt.to_string()), name))
 }
 
-/// Makes the (empty, world-writable, as upstream's) file of run `attempt`, removing those of
-/// the container's earlier runs, whose messages are in its status: the mount that shows it. It
-/// blocks.
+/// Makes the (empty, world-writable, as upstream's) file of run `attempt`, after removing what
+/// the container's runs left before (their messages are in its status; a guest may have put
+/// anything there): the mount that shows it. It blocks.
 pub(super) fn prepare(pod_dir: &Path, container: &Container, attempt: i32) -> std::io::Result<Option<Mount>> {
-    let Some(file) = file(pod_dir, container, attempt) else { return Ok(None) };
-    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
-        return Ok(None);
-    };
+    let Some((dir, name)) = file(pod_dir, container, attempt) else { return Ok(None) };
     if let Some(runs) = dir.parent() {
+        // (`remove_dir_all` removes links; it does not follow them.)
         for earlier in std::fs::read_dir(runs).into_iter().flatten().flatten() {
-            if earlier.path() != dir {
-                let _ = std::fs::remove_dir_all(earlier.path());
-            }
+            let _ = std::fs::remove_dir_all(earlier.path());
         }
     }
-    std::fs::create_dir_all(dir)?;
-    File::create(&file)?;
-    // Whatever user the container runs as writes it (the umask would have the last word).
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    std::fs::create_dir_all(&dir)?;
+    let dir = File::open(&dir)?;
+    // Whatever user the container runs as writes it: its mode is set on the file made, the
+    // umask notwithstanding.
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let made = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o666))?;
+    rustix::fs::fchmod(&made, Mode::from_raw_mode(0o666))?;
     let path = container.termination_message_path.clone().unwrap_or_default();
-    Ok(Some(Mount { dir: Arc::new(File::open(dir)?), path, read_only: false, file: Some(name.to_string()) }))
+    Ok(Some(Mount { dir: Arc::new(dir), path, read_only: false, file: Some(name) }))
 }
 
 /// The message of run `attempt` of `container`, which ended with `code`, if it left one.
@@ -65,33 +70,48 @@ pub(super) async fn message(
 ) -> Option<String> {
     let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") && code != 0;
     let written = match file(pod_dir, container, attempt) {
-        Some(file) => tokio::task::spawn_blocking(move || read_tail(&file)).await.ok().flatten(),
+        Some((dir, name)) => {
+            let read = tokio::task::spawn_blocking(move || read_tail(&dir, &name));
+            tokio::time::timeout(READ_WAIT, read).await.ok().and_then(Result::ok).flatten()
+        }
         None => None,
     };
     match written {
         Some(text) if !text.is_empty() || !fallback => Some(text).filter(|t| !t.is_empty()),
         _ if fallback => {
             let path = logs::container_path(log_dir, &container.name, attempt);
-            let options =
-                LogOptions { tail_lines: Some(MAX_LOG_LINES), limit_bytes: Some(MAX_LOG_BYTES), ..Default::default() };
+            let options = LogOptions { tail_lines: Some(MAX_LOG_LINES), ..Default::default() };
             let mut chunks = logs::read(path, options, None);
             let mut text = Vec::new();
             while let Some(chunk) = chunks.recv().await {
                 text.extend_from_slice(&chunk);
             }
-            Some(String::from_utf8_lossy(&text).into_owned()).filter(|t| !t.is_empty())
+            // The last 2 KiB of those lines, as upstream's ring buffer keeps them.
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let mut start = text.len().saturating_sub(MAX_LOG_BYTES);
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            Some(text[start..].to_string()).filter(|t| !t.is_empty())
         }
         _ => None,
     }
 }
 
-/// The last [`MAX_FILE_BYTES`] of the file (upstream's `tail.ReadAtMost`): `None` if there is
-/// none, an error's words if it cannot be read.
-fn read_tail(path: &Path) -> Option<String> {
+/// The last [`MAX_FILE_BYTES`] of the file `name` in the run's directory `dir` (upstream's
+/// `tail.ReadAtMost`): `None` if there is none, an error's words if it cannot be read. A wasm
+/// guest could have put anything there: a link is not followed, and only a regular file is
+/// read (a FIFO is not waited on).
+fn read_tail(dir: &Path, name: &str) -> Option<String> {
     let read = || -> std::io::Result<Vec<u8>> {
-        let mut file = File::open(path)?;
-        let size = file.metadata()?.len();
-        file.seek(SeekFrom::Start(size.saturating_sub(MAX_FILE_BYTES)))?;
+        let dir = File::open(dir)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let mut file = File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?);
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        file.seek(SeekFrom::Start(metadata.len().saturating_sub(MAX_FILE_BYTES)))?;
         let mut bytes = Vec::new();
         file.take(MAX_FILE_BYTES).read_to_end(&mut bytes)?;
         Ok(bytes)
@@ -99,7 +119,7 @@ fn read_tail(path: &Path) -> Option<String> {
     match read() {
         Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => Some(format!("Error on reading termination log {}: {err}", path.display())),
+        Err(err) => Some(format!("Error on reading termination log {}: {err}", dir.join(name).display())),
     }
 }
 
@@ -156,6 +176,32 @@ mod tests {
         assert!(!file.exists() && pod.path().join("containers/app/1/termination-log").exists());
         // With the default policy, a failed run's log is not read.
         assert_eq!(message(pod.path(), &log_dir, &container("File"), 1, 1).await, None);
+    }
+
+    #[tokio::test]
+    async fn what_a_guest_puts_in_place_of_the_file_is_not_followed_nor_waited_on() {
+        let pod = tempfile::tempdir().unwrap();
+        let app = container("File");
+        prepare(pod.path(), &app, 0).unwrap();
+        let file = pod.path().join("containers/app/0/termination-log");
+        let secret = pod.path().join("secret");
+        std::fs::write(&secret, "the node's secret").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink("../../../secret", &file).unwrap();
+        let read = message(pod.path(), pod.path(), &app, 0, 1).await.unwrap();
+        assert!(read.starts_with("Error on reading termination log") && !read.contains("secret\""), "{read}");
+        std::fs::remove_file(&file).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, &file, rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o666), 0).unwrap();
+        let read = message(pod.path(), pod.path(), &app, 0, 1).await.unwrap();
+        assert!(read.ends_with("not a regular file"), "{read}");
+        // The next run's directory is made afresh, whatever the last one held.
+        prepare(pod.path(), &app, 0).unwrap();
+        assert!(std::fs::symlink_metadata(&file).unwrap().is_file());
+        // A path that is not absolute or climbs has no file.
+        for path in ["termination-log", "/dev/../x", "/"] {
+            let odd = Container { termination_message_path: Some(path.into()), ..container("File") };
+            assert!(prepare(pod.path(), &odd, 0).unwrap().is_none(), "{path}");
+        }
     }
 
     #[test]

@@ -184,12 +184,11 @@ async fn in_netns(netns: Arc<File>, run: impl Future<Output = Exit> + Send + 'st
     }
 }
 
-/// How a wasm run's end shows: a trap as an aborted process's (134), a memory limit outgrown
-/// as the OOM killer's (137, `OOMKilled`).
 /// A guest's directories: each mount's, and a file's directory (a termination message file's)
 /// at the parent of its path, where it is named as the path ends, unless another mount is
 /// there already.
 fn preopens(mounts: Vec<super::Mount>) -> Vec<Preopen> {
+    use std::path::Path;
     let taken: Vec<String> = mounts.iter().filter(|m| m.file.is_none()).map(|m| m.path.clone()).collect();
     mounts
         .into_iter()
@@ -197,10 +196,11 @@ fn preopens(mounts: Vec<super::Mount>) -> Vec<Preopen> {
             let guest = match &m.file {
                 None => m.path,
                 Some(name) => {
-                    let path = std::path::Path::new(&m.path);
-                    let parent = path.parent()?.to_str()?.to_string();
+                    let path = Path::new(&m.path);
+                    let parent = path.parent()?;
                     let named = path.file_name().is_some_and(|n| n == name.as_str());
-                    (named && !taken.contains(&parent)).then_some(parent)?
+                    let free = !taken.iter().any(|t| Path::new(t) == parent);
+                    (named && free).then(|| parent.to_string_lossy().into_owned())?
                 }
             };
             Some(Preopen { dir: m.dir, guest, read_only: m.read_only })
@@ -208,6 +208,8 @@ fn preopens(mounts: Vec<super::Mount>) -> Vec<Preopen> {
         .collect()
 }
 
+/// How a wasm run's end shows: a trap as an aborted process's (134), a memory limit outgrown
+/// as the OOM killer's (137, `OOMKilled`).
 fn exit_of(exit: flotilla_wasm::Exit) -> Exit {
     let code = exit.code();
     match exit {

@@ -68,6 +68,9 @@ const EXIT_RECORD: Duration = Duration::from_secs(5);
 /// How long a container's output may still arrive after it exits (its FIFOs have no writer
 /// once the last process of its PID namespace ends, at once unless something else holds them).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// What of a container's output is read once it has ended without waiting for its log: more
+/// than its pipe holds.
+const DRAIN_BYTES: usize = 1 << 20;
 /// How long the agent waits for the keeper's answer to a step: longer than the keeper lets the
 /// step run, so that a step that took too long has been killed (and is not still at work on
 /// what the agent then removes) when the agent hears of it.
@@ -960,7 +963,8 @@ async fn exec(
 
 /// Copies one of a container's output FIFOs into its log until every process that could write
 /// to it has ended. While the container runs, a log that cannot keep up is waited for (the
-/// container's writes wait on a full pipe); once it has `ended`, what is left is read at once.
+/// container's writes wait on a full pipe); once it has `ended`, what its pipe held is read at
+/// once ([`DRAIN_BYTES`]), and then (a process it left writes on) the log is waited for again.
 fn pump(
     fifo: OwnedFd,
     stream: Stream,
@@ -971,14 +975,23 @@ fn pump(
         .map_err(|e| format!("reading the container's output: {e}"))?;
     Ok(tokio::spawn(async move {
         let mut buffer = vec![0; 16 << 10];
+        let mut drained = 0;
         loop {
-            tokio::select! {
-                () = log.room() => {}
-                _ = ended.wait_for(|ended| *ended) => {}
+            let over = *ended.borrow();
+            match over {
+                true if drained < DRAIN_BYTES => {}
+                true => log.room().await,
+                false => tokio::select! {
+                    () = log.room() => {}
+                    _ = ended.wait_for(|ended| *ended) => {}
+                },
             }
             match fifo.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => log.write(stream, &buffer[..n]),
+                Ok(n) => {
+                    drained += if over { n } else { 0 };
+                    log.write(stream, &buffer[..n]);
+                }
             }
         }
     }))
