@@ -55,12 +55,10 @@ pub fn pod_requests(spec: &PodSpec) -> (Resources, Resources) {
         };
         let cpu = value("cpu", 1_000_000);
         let memory = value("memory", 1_000_000_000);
+        // A request left out is scored as upstream's default; one of 0 is 0, as upstream's
+        // `GetNonzeroRequestForResource` overrides only what is unset.
         if non_zero {
-            Resources {
-                milli_cpu: cpu.filter(|c| *c > 0).unwrap_or(DEFAULT_MILLI_CPU),
-                memory: memory.filter(|m| *m > 0).unwrap_or(DEFAULT_MEMORY),
-                pods: 0,
-            }
+            Resources { milli_cpu: cpu.unwrap_or(DEFAULT_MILLI_CPU), memory: memory.unwrap_or(DEFAULT_MEMORY), pods: 0 }
         } else {
             Resources { milli_cpu: cpu.unwrap_or(0), memory: memory.unwrap_or(0), pods: 0 }
         }
@@ -149,5 +147,15 @@ mod tests {
         // While `migrate` runs, 3 CPUs; then 1.5 CPUs and 164Mi.
         let (requests, _) = pod_requests(pod.spec.as_ref().unwrap());
         assert_eq!(requests, Resources { milli_cpu: 3000, memory: 164 << 20, pods: 1 });
+    }
+
+    #[test]
+    fn a_request_of_zero_is_scored_as_zero_and_one_left_out_as_the_default() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "0"}}}],
+        }}))
+        .unwrap();
+        let (_, non_zero) = pod_requests(pod.spec.as_ref().unwrap());
+        assert_eq!(non_zero, Resources { milli_cpu: 0, memory: DEFAULT_MEMORY, pods: 1 });
     }
 }
