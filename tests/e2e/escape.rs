@@ -117,7 +117,7 @@ fn a_hostile_guest_cannot_leave_its_volumes() -> Result<()> {
 ";
     apply(&k, &escape_pod("file", &node, "{name: LINKS, value: ''}", containers))?;
     let why = refused(&k, "file", "probe", &canary)?;
-    ensure!(why.contains("is not a directory"), "{why}");
+    ensure!(why.contains("wasm containers mount directories only"), "{why}");
 
     // The guest follows its own links, and hard-links a file it may only read into a volume
     // it may write: the runtime refuses both, and a link that stays inside is followed.

@@ -354,6 +354,7 @@ spec:
     check_sidecars(&k, &node)?;
     check_log_flood(&k, &node, &data_dir)?;
     check_termination_messages(&k, &node)?;
+    check_sub_path_files(&k, &node)?;
 
     // `kubectl exec` says what is missing.
     let refused = k.fails(&["exec", "web", "--", "true"])?;
@@ -694,5 +695,18 @@ fn check_termination_messages(k: &Kubectl, node: &str) -> Result<()> {
     ensure!(last == "3:gone fishing", "{last:?}");
     let fell_back = wait_for(k, "fallback", ended, 60, |s| !s.starts_with(':'))?;
     ensure!(fell_back == "4:one\ntwo\n", "{fell_back:?}");
+    Ok(())
+}
+
+/// A `subPath` that names a file (a ConfigMap's key as a config file) shows that file alone,
+/// read-only as its volume is.
+fn check_sub_path_files(k: &Kubectl, node: &str) -> Result<()> {
+    k.ok(&["create", "configmap", "site", "--from-literal=index.html=from a key", "--from-literal=other=no"])?;
+    let keyed = "    command: [\"sh\", \"-c\", \"cat /www/index.html; echo; ls /www; (echo x > /www/index.html) 2>/dev/null && echo writable || echo read-only\"]\n    volumeMounts: [{name: site, mountPath: /www/index.html, subPath: index.html}]\n";
+    let volume = "  volumes: [{name: site, configMap: {name: site}}]\n";
+    apply(k, &pod("keyed", node, "busybox", "Never", keyed, volume))?;
+    wait_for(k, "keyed", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
+    let logs = k.ok(&["logs", "keyed"])?;
+    ensure!(logs == "from a key\nindex.html\nread-only\n", "{logs:?}");
     Ok(())
 }

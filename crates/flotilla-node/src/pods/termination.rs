@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Container;
 use rustix::fs::{Mode, OFlags};
 
 use crate::logs::{self, LogOptions};
-use crate::runtime::Mount;
+use crate::runtime::{FileMount, Mount};
 
 /// What is read of the file: its last 4 KiB (upstream's `MaxContainerTerminationMessageLength`).
 const MAX_FILE_BYTES: u64 = 4 << 10;
@@ -57,7 +57,8 @@ pub(super) fn prepare(pod_dir: &Path, container: &Container, attempt: i32) -> st
     let made = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o666))?;
     rustix::fs::fchmod(&made, Mode::from_raw_mode(0o666))?;
     let path = container.termination_message_path.clone().unwrap_or_default();
-    Ok(Some(Mount { dir: Arc::new(dir), path, read_only: false, file: Some(name) }))
+    let file = Some(FileMount { name, optional: true });
+    Ok(Some(Mount { dir: Arc::new(dir), path, read_only: false, file }))
 }
 
 /// The message of run `attempt` of `container`, which ended with `code`, if it left one.
@@ -153,7 +154,8 @@ mod tests {
         let log_dir = pod.path().join("logs");
         let app = container("FallbackToLogsOnError");
         let mount = prepare(pod.path(), &app, 0).unwrap().unwrap();
-        assert_eq!((mount.path.as_str(), mount.file.as_deref()), ("/dev/termination-log", Some("termination-log")));
+        let name = mount.file.as_ref().map(|f| f.name.as_str());
+        assert_eq!((mount.path.as_str(), name), ("/dev/termination-log", Some("termination-log")));
         let file = pod.path().join("containers/app/0/termination-log");
         assert!(std::fs::read(&file).unwrap().is_empty());
         // Nothing written, and it succeeded: no message.

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::runtime::Mount;
+use crate::runtime::{FileMount, Mount};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 
@@ -153,31 +153,41 @@ pub(super) fn mounts(container: &Container, volumes: &Volumes, env: &[(String, S
             (_, Some(expr)) if !expr.is_empty() => env::expand(expr, &defined),
             _ => String::new(),
         };
-        let dir = if sub.is_empty() {
-            volume.dir.clone()
+        let (dir, file) = if sub.is_empty() {
+            (volume.dir.clone(), None)
         } else {
             let path = beneath::descending(&sub).ok_or_else(|| {
                 format!("volume mount {name:?}: subPath {sub:?} must be a relative path that does not contain '..'")
             })?;
-            // A missing subPath of a writable volume is made, as the kubelet makes it.
-            let opened = if volume.read_only {
-                beneath::open_dir(&volume.dir, &path)
-            } else {
-                beneath::create_dir_all(&volume.dir, &path)
-            };
-            let dir = opened.map_err(|err| match err.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::NOTDIR.raw_os_error() => format!(
-                    "volume mount {name:?}: subPath {sub:?} is not a directory; wasm containers mount directories only"
-                ),
-                _ => format!("volume mount {name:?}: subPath {sub:?}: {err}"),
-            })?;
-            Arc::new(dir)
+            let failed = |err: std::io::Error| format!("volume mount {name:?}: subPath {sub:?}: {err}");
+            // A subPath that names a file shows that file alone (a ConfigMap's key as a
+            // config file), as upstream binds it, through the directory that holds it: the
+            // file is looked up from there, within the volume, by the runtime.
+            let is_file = beneath::open_file(&volume.dir, &path).and_then(|f| f.metadata()).is_ok_and(|m| m.is_file());
+            match (is_file, path.parent(), path.file_name().and_then(|n| n.to_str())) {
+                (true, Some(parent), Some(file)) => {
+                    let parent = match parent.as_os_str().is_empty() {
+                        true => volume.dir.clone(),
+                        false => Arc::new(beneath::open_dir(&volume.dir, parent).map_err(failed)?),
+                    };
+                    (parent, Some(FileMount { name: file.to_string(), optional: false }))
+                }
+                _ => {
+                    // A missing subPath of a writable volume is made, as the kubelet makes it.
+                    let opened = if volume.read_only {
+                        beneath::open_dir(&volume.dir, &path)
+                    } else {
+                        beneath::create_dir_all(&volume.dir, &path)
+                    };
+                    (Arc::new(opened.map_err(failed)?), None)
+                }
+            }
         };
         mounts.push(Mount {
             dir,
             path: mount.mount_path.clone(),
             read_only: volume.read_only || mount.read_only == Some(true),
-            file: None,
+            file,
         });
     }
     Ok(mounts)
@@ -418,9 +428,11 @@ mod tests {
             let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
             assert!(err.contains("leads outside the volume"), "{sub}: {err}");
         }
+        // A file is shown alone, from the directory that holds it.
         let pod = spec("file", false);
-        let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
-        assert!(err.contains("is not a directory"), "{err}");
+        let shown = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap();
+        let file = shown[1].file.as_ref().unwrap();
+        assert_eq!((file.name.as_str(), file.optional, shown[1].path.as_str()), ("file", false, "/sub"));
         // Refused before anything is resolved, as upstream's validation refuses them.
         for sub in ["../..", "/etc", "a/../../b"] {
             let pod = spec(sub, false);

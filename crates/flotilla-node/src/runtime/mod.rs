@@ -271,10 +271,19 @@ pub(crate) struct Mount {
     pub dir: Arc<File>,
     pub path: String,
     pub read_only: bool,
-    /// The file of `dir` so named is what is shown at `path`, rather than the whole directory
-    /// (a termination message file): a runtime whose mounts are directories (wasm) shows `dir`
-    /// at `path`'s parent instead, where the file's name is `path`'s.
-    pub file: Option<String>,
+    /// A file of `dir` is what is shown at `path`, rather than the whole directory.
+    pub file: Option<FileMount>,
+}
+
+/// A file shown on its own (a `subPath` that names a file, a termination message file).
+#[derive(Debug, Clone)]
+pub(crate) struct FileMount {
+    /// Its name in the mount's directory.
+    pub name: String,
+    /// A runtime whose mounts are directories (wasm) may show the directory at `path`'s parent
+    /// instead, where the file's name is `path`'s, or go without (a termination message file);
+    /// otherwise such a runtime refuses the run.
+    pub optional: bool,
 }
 
 /// The node's runtimes by handler.

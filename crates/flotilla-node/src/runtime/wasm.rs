@@ -84,7 +84,7 @@ impl ContainerRuntime for WasmRuntime {
                 argv,
                 env: launch.env,
                 working_dir: launch.working_dir,
-                dirs: preopens(launch.mounts),
+                dirs: preopens(launch.mounts)?,
                 // Every container is bounded, and all of them together by the node's pool.
                 memory: MemoryPool::within(&self.memory, Some(limit)),
                 cpu_time: CpuTime::new(),
@@ -184,28 +184,36 @@ async fn in_netns(netns: Arc<File>, run: impl Future<Output = Exit> + Send + 'st
     }
 }
 
-/// A guest's directories: each mount's, and a file's directory (a termination message file's)
-/// at the parent of its path, where it is named as the path ends, unless another mount is
-/// there already.
-fn preopens(mounts: Vec<super::Mount>) -> Vec<Preopen> {
+/// A guest's directories: each mount's, and an optional file's directory (a termination
+/// message file's) at the parent of its path, where it is named as the path ends, unless
+/// another mount is there already. A file that must be shown on its own (a `subPath` naming a
+/// file) cannot be: the run is refused, saying why.
+fn preopens(mounts: Vec<super::Mount>) -> Result<Vec<Preopen>, CreateError> {
     use std::path::Path;
     let taken: Vec<String> = mounts.iter().filter(|m| m.file.is_none()).map(|m| m.path.clone()).collect();
-    mounts
-        .into_iter()
-        .filter_map(|m| {
-            let guest = match &m.file {
-                None => m.path,
-                Some(name) => {
-                    let path = Path::new(&m.path);
-                    let parent = path.parent()?;
-                    let named = path.file_name().is_some_and(|n| n == name.as_str());
-                    let free = !taken.iter().any(|t| Path::new(t) == parent);
-                    (named && free).then(|| parent.to_string_lossy().into_owned())?
+    let mut preopens = Vec::new();
+    for m in mounts {
+        let guest = match &m.file {
+            None => m.path,
+            Some(file) if !file.optional => {
+                return Err(CreateError::Config(format!(
+                    "the volume mount at {} is a file, not a directory; wasm containers mount directories only",
+                    m.path
+                )));
+            }
+            Some(file) => {
+                let path = Path::new(&m.path);
+                let Some(parent) = path.parent() else { continue };
+                let named = path.file_name().is_some_and(|n| n == file.name.as_str());
+                if !named || taken.iter().any(|t| Path::new(t) == parent) {
+                    continue;
                 }
-            };
-            Some(Preopen { dir: m.dir, guest, read_only: m.read_only })
-        })
-        .collect()
+                parent.to_string_lossy().into_owned()
+            }
+        };
+        preopens.push(Preopen { dir: m.dir, guest, read_only: m.read_only });
+    }
+    Ok(preopens)
 }
 
 /// How a wasm run's end shows: a trap as an aborted process's (134), a memory limit outgrown

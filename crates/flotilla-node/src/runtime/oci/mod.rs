@@ -374,8 +374,8 @@ impl Shared {
             // A file is bound from a handle of its own, onto a file.
             let file = match &mount.file {
                 None => None,
-                Some(name) => Some(
-                    crate::beneath::open_file(&mount.dir, Path::new(name))
+                Some(file) => Some(
+                    crate::beneath::open_file(&mount.dir, Path::new(&file.name))
                         .map_err(|e| failed(format!("opening the file of mount {}: {e}", mount.path)))?,
                 ),
             };
