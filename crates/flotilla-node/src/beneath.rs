@@ -63,6 +63,15 @@ pub(crate) fn create_dir_all(root: &File, path: &Path) -> io::Result<File> {
     open_dir(root, path)
 }
 
+/// What `path` names beneath `root`, held without being opened (`O_PATH`): nothing a pod put
+/// there (a FIFO, a device) is opened by looking, and the handle is what a mount binds.
+pub(crate) fn open_path(root: &File, path: &Path) -> io::Result<File> {
+    use cap_primitives::fs::OpenOptionsExt;
+    // (`openat2` takes nothing beside `O_PATH` but `O_CLOEXEC`, `O_DIRECTORY`, `O_NOFOLLOW`.)
+    let flags = rustix::fs::OFlags::PATH.bits() as i32;
+    cap_primitives::fs::open(root, path, OpenOptions::new().read(true).custom_flags(flags)).map_err(explain)
+}
+
 /// The file `path` names beneath `root`, open for reading.
 pub(crate) fn open_file(root: &File, path: &Path) -> io::Result<File> {
     cap_primitives::fs::open(root, path, OpenOptions::new().read(true)).map_err(explain)

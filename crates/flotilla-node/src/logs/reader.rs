@@ -127,7 +127,10 @@ async fn stream(
     let mut inode = file.metadata().await?.ino();
     loop {
         let closed = progress.borrow_and_update().closed;
-        // Read what was added to the open file, then, if it was rotated away, the new one.
+        // Read what was added to the open file, then, if it was rotated away, what was added to
+        // it before that (the writer writes no more to a file once it has renamed it), then the
+        // new one.
+        let mut rotated = false;
         loop {
             file.seek(SeekFrom::Start(offset)).await?;
             let mut added = Vec::new();
@@ -140,12 +143,14 @@ async fn stream(
             if !more {
                 return Ok(());
             }
+            if std::mem::take(&mut rotated) {
+                file = tokio::fs::File::open(&path).await?;
+                inode = file.metadata().await?.ino();
+                offset = 0;
+                continue;
+            }
             match tokio::fs::metadata(&path).await {
-                Ok(current) if current.ino() != inode => {
-                    file = tokio::fs::File::open(&path).await?;
-                    inode = file.metadata().await?.ino();
-                    offset = 0;
-                }
+                Ok(current) if current.ino() != inode => rotated = true,
                 _ => break,
             }
         }

@@ -57,7 +57,7 @@ pub(super) fn prepare(pod_dir: &Path, container: &Container, attempt: i32) -> st
     let made = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o666))?;
     rustix::fs::fchmod(&made, Mode::from_raw_mode(0o666))?;
     let path = container.termination_message_path.clone().unwrap_or_default();
-    let file = Some(FileMount { name, optional: true });
+    let file = Some(FileMount { file: Arc::new(File::from(made)), name, optional: true });
     Ok(Some(Mount { dir: Arc::new(dir), path, read_only: false, file }))
 }
 

@@ -160,17 +160,15 @@ pub(super) fn mounts(container: &Container, volumes: &Volumes, env: &[(String, S
                 format!("volume mount {name:?}: subPath {sub:?} must be a relative path that does not contain '..'")
             })?;
             let failed = |err: std::io::Error| format!("volume mount {name:?}: subPath {sub:?}: {err}");
-            // A subPath that names a file shows that file alone (a ConfigMap's key as a
-            // config file), as upstream binds it, through the directory that holds it: the
-            // file is looked up from there, within the volume, by the runtime.
-            let is_file = beneath::open_file(&volume.dir, &path).and_then(|f| f.metadata()).is_ok_and(|m| m.is_file());
-            match (is_file, path.parent(), path.file_name().and_then(|n| n.to_str())) {
-                (true, Some(parent), Some(file)) => {
-                    let parent = match parent.as_os_str().is_empty() {
-                        true => volume.dir.clone(),
-                        false => Arc::new(beneath::open_dir(&volume.dir, parent).map_err(failed)?),
-                    };
-                    (parent, Some(FileMount { name: file.to_string(), optional: false }))
+            // A subPath that names a regular file shows that file alone (a ConfigMap's key as
+            // a config file), as upstream binds it: held as found (looking opens nothing, a
+            // FIFO or a device a container made there included), and bound from that handle.
+            let held = beneath::open_path(&volume.dir, &path).ok();
+            let regular = held.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| m.is_file());
+            match (held.filter(|_| regular), path.file_name().and_then(|n| n.to_str())) {
+                (Some(file), Some(name)) => {
+                    let file = FileMount { file: Arc::new(file), name: name.to_string(), optional: false };
+                    (volume.dir.clone(), Some(file))
                 }
                 _ => {
                     // A missing subPath of a writable volume is made, as the kubelet makes it.
@@ -433,6 +431,13 @@ mod tests {
         let shown = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap();
         let file = shown[1].file.as_ref().unwrap();
         assert_eq!((file.name.as_str(), file.optional, shown[1].path.as_str()), ("file", false, "/sub"));
+        // A FIFO a container made there is not opened by looking (which would wait for a
+        // writer), nor shown.
+        rustix::fs::mknodat(rustix::fs::CWD, scratch.join("fifo"), rustix::fs::FileType::Fifo, 0o644.into(), 0)
+            .unwrap();
+        let pod = spec("fifo", false);
+        let err = mounts(&pod.spec.as_ref().unwrap().containers[0], &volumes, &env).unwrap_err();
+        assert!(err.contains("subPath \"fifo\""), "{err}");
         // Refused before anything is resolved, as upstream's validation refuses them.
         for sub in ["../..", "/etc", "a/../../b"] {
             let pod = spec(sub, false);

@@ -278,6 +278,9 @@ pub(crate) struct Mount {
 /// A file shown on its own (a `subPath` that names a file, a termination message file).
 #[derive(Debug, Clone)]
 pub(crate) struct FileMount {
+    /// The file, held (`O_PATH`) when the node found it a regular file: what a runtime binds,
+    /// so that nothing swapped in for it since is.
+    pub file: Arc<File>,
     /// Its name in the mount's directory.
     pub name: String,
     /// A runtime whose mounts are directories (wasm) may show the directory at `path`'s parent

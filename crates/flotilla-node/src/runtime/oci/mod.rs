@@ -371,20 +371,13 @@ impl Shared {
         let mut mounts = Vec::new();
         for (i, mount) in launch.mounts.iter().enumerate() {
             let point = bundle.join("mounts").join(i.to_string());
-            // A file is bound from a handle of its own, onto a file.
-            let file = match &mount.file {
-                None => None,
-                Some(file) => Some(
-                    crate::beneath::open_file(&mount.dir, Path::new(&file.name))
-                        .map_err(|e| failed(format!("opening the file of mount {}: {e}", mount.path)))?,
-                ),
-            };
-            let created = match &file {
+            // A file is bound from the handle the node held it by, onto a file.
+            let created = match &mount.file {
                 None => std::fs::create_dir(&point),
                 Some(_) => std::fs::File::create_new(&point).map(drop),
             };
             created.map_err(|e| failed(format!("creating {}: {e}", point.display())))?;
-            let source = file.as_ref().map_or_else(|| mount.dir.as_raw_fd(), |f| f.as_raw_fd());
+            let source = mount.file.as_ref().map_or_else(|| mount.dir.as_raw_fd(), |f| f.file.as_raw_fd());
             rustix::mount::mount_bind(format!("/proc/self/fd/{source}"), &point)
                 .map_err(|e| failed(format!("binding volume mount {}: {e}", mount.path)))?;
             mounts.push((point, mount.path.clone(), mount.read_only));
