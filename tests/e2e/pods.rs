@@ -205,6 +205,12 @@ fn check_pods(k: &Kubectl) -> Result<()> {
     let dead =
         "    livenessProbe:\n      tcpSocket:\n        port: 9\n      periodSeconds: 1\n      failureThreshold: 2\n";
     apply(k, &pod("unhealthy", &node, "ticker:v1", "Always", dead, ""))?;
+    // A probe that names the node's own API: the node does not call it for the pod.
+    let api_port = k.ok(&["get", "node", &node, "-o", "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}"])?;
+    let prying = format!(
+        "    readinessProbe:\n      httpGet: {{host: localhost, port: {api_port}, path: /pods}}\n      periodSeconds: 1\n"
+    );
+    apply(k, &pod("prying", &node, "ticker:v1", "Always", &prying, ""))?;
     apply(k, &pod("absent", &node, "absent:v1", "Always", "", "").replace("IfNotPresent", "Never"))?;
 
     // The manifests users copy: the Pod, bound to the node until the scheduler lands; the
@@ -330,6 +336,11 @@ fn check_pods(k: &Kubectl) -> Result<()> {
         n.parse::<i32>().is_ok_and(|n| n >= 1)
     })?;
     ensure!(restarts.parse::<i32>()? >= 1);
+    let events =
+        ["get", "events", "--field-selector", "involvedObject.name=prying", "-o", "jsonpath={.items[*].message}"];
+    let refused = eventually(k, &events, 30, |m| m.contains("Readiness probe failed"))?;
+    ensure!(refused.contains("connect: permission denied (one of the node's own endpoints)"), "{refused}");
+    ensure!(k.ok(&["get", "pod", "prying", "-o", "jsonpath={.status.containerStatuses[0].ready}"])? == "false");
     let described = k.ok(&["describe", "pod", "unhealthy"])?;
     ensure!(
         described.contains("Liveness probe failed: dial tcp")

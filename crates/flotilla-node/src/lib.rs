@@ -301,7 +301,7 @@ impl Agent {
             services,
             config_maps: objects::ObjectWatches::new(client.clone()),
             secrets: objects::ObjectWatches::new(client.clone()),
-            probe_client: pods::probe_client(),
+            probe_client: pods::ProbeClient::new(egress.clone()),
             egress,
             zone,
             pod_network,

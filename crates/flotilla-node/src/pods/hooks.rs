@@ -7,9 +7,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
 
 use crate::runtime::Control;
@@ -35,7 +32,7 @@ impl Hook {
 /// What a hook may need: the pod's address, an HTTP client, the running container.
 pub(crate) struct Target {
     pub ip: IpAddr,
-    pub client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    pub client: super::ProbeClient,
     pub control: Arc<dyn Control>,
 }
 
@@ -112,7 +109,7 @@ mod tests {
     fn target(code: i32, output: &'static str) -> Target {
         Target {
             ip: "127.0.0.1".parse().unwrap(),
-            client: crate::pods::probes::client(),
+            client: super::super::ProbeClient::new(Default::default()),
             control: Arc::new(Exits(code, output)),
         }
     }

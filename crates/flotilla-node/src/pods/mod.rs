@@ -27,13 +27,7 @@ use tokio::task::JoinHandle;
 use crate::Node;
 use crate::logs::ContainerLog;
 
-pub(crate) use probes::client as probe_client;
-
-/// The HTTP client the node's probes share.
-pub(crate) type ProbeClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
+pub(crate) use probes::ProbeClient;
 
 /// What the log server needs of a container: which run it is on, that run's log while it is
 /// being written, and why it waits if it has not started.

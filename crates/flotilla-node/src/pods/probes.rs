@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::runtime::Control;
+use flotilla_wasm::Egress;
 
 /// What a probe found, when it changes what the worker should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +31,48 @@ pub(crate) enum Finding {
     Unhealthy { probe: &'static str },
 }
 
-/// An HTTP client for probes: a new connection each time, as the kubelet's prober makes.
-pub(crate) fn client() -> Client<HttpConnector, Empty<bytes::Bytes>> {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http()
+/// How the node reaches what a pod's probes and hooks name: over a new connection each time, as
+/// the kubelet's prober does, and never at one of the node's own endpoints (its API, the
+/// store's peers), which the pod's guests may not reach either: a pod's author would otherwise
+/// have the agent call them for it, from the host, as upstream's kubelet would.
+#[derive(Debug, Clone)]
+pub(crate) struct ProbeClient {
+    http: Client<HttpConnector, Empty<bytes::Bytes>>,
+    egress: Arc<Egress>,
+}
+
+impl ProbeClient {
+    pub(crate) fn new(egress: Arc<Egress>) -> ProbeClient {
+        ProbeClient { http: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http(), egress }
+    }
+
+    /// Where a probe or a hook connects for `port`: the pod's address `ip`, unless `host` names
+    /// another (an address, or a name, resolved here and connected to as resolved). One of the
+    /// node's own endpoints is refused: the pod's address too, since a wasm pod's is one of the
+    /// host's (on its loopback), where a listener on every address answers.
+    async fn target(&self, host: Option<&str>, ip: IpAddr, port: u16) -> Result<SocketAddr, String> {
+        let host = host.filter(|h| !h.is_empty());
+        let found: Vec<SocketAddr> = match host.map(|h| (h, h.parse::<IpAddr>())) {
+            None => vec![SocketAddr::new(ip, port)],
+            Some((_, Ok(ip))) => vec![SocketAddr::new(ip, port)],
+            Some((host, Err(_))) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("dial tcp: lookup {host}: {e}"))?
+                .collect(),
+        };
+        let first = *found.first().ok_or_else(|| format!("dial tcp: lookup {host:?}: no such host"))?;
+        found
+            .into_iter()
+            .find(|address| self.egress.allows(*address))
+            .ok_or_else(|| format!("dial tcp {first}: connect: permission denied (one of the node's own endpoints)"))
+    }
 }
 
 /// Runs `container`'s probes against `ip` until the task is dropped, reporting findings.
 pub(crate) async fn run(
     container: Container,
     ip: IpAddr,
-    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    client: ProbeClient,
     control: Arc<dyn Control>,
     report: impl Fn(Finding),
 ) {
@@ -146,7 +179,7 @@ impl Timing {
 struct Prober<'a> {
     container: &'a Container,
     ip: IpAddr,
-    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    client: ProbeClient,
     /// The running container, which `exec` probes run their command in.
     control: Arc<dyn Control>,
 }
@@ -164,8 +197,7 @@ impl Prober<'_> {
         }
         if let Some(socket) = &probe.tcp_socket {
             let port = port(self.container, &socket.port)?;
-            let host: IpAddr = socket.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(self.ip);
-            let address = SocketAddr::new(host, port);
+            let address = self.client.target(socket.host.as_deref(), self.ip, port).await?;
             return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("dial tcp {address}: connect: {e}")),
@@ -197,7 +229,7 @@ impl Prober<'_> {
 /// `httpGet` against the pod (or the action's host): the answer's status code, or why there
 /// was none, as upstream words it. A probe and a lifecycle hook judge the answer each their way.
 pub(crate) async fn http_get(
-    client: &Client<HttpConnector, Empty<bytes::Bytes>>,
+    client: &ProbeClient,
     get: &HTTPGetAction,
     container: &Container,
     ip: IpAddr,
@@ -205,20 +237,27 @@ pub(crate) async fn http_get(
     user_agent: &str,
 ) -> Result<u16, String> {
     let port = port(container, &get.port)?;
-    let host = get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
     let scheme = get.scheme.as_deref().unwrap_or("HTTP");
     if !scheme.eq_ignore_ascii_case("HTTP") {
         return Err(format!("{scheme} is not supported by this node: use HTTP"));
     }
+    let address = client.target(get.host.as_deref(), ip, port).await?;
     let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
     let path = if path.starts_with('/') { path } else { format!("/{path}") };
-    let url = format!("http://{host}:{port}{path}");
+    // To the address found, named as the action names it.
+    let url = format!("http://{address}{path}");
     let mut request = http::Request::get(&url).header(http::header::USER_AGENT, user_agent);
+    if let Some(host) = get.host.as_deref().filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err()) {
+        let named = get.http_headers.iter().flatten().any(|h| h.name.eq_ignore_ascii_case("host"));
+        if !named {
+            request = request.header(http::header::HOST, format!("{host}:{port}"));
+        }
+    }
     for header in get.http_headers.iter().flatten() {
         request = request.header(header.name.as_str(), header.value.as_str());
     }
     let request = request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))?;
-    let response = tokio::time::timeout(timeout, client.request(request))
+    let response = tokio::time::timeout(timeout, client.http.request(request))
         .await
         .map_err(|_| {
             format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
@@ -251,4 +290,38 @@ fn connect_error(err: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_may_not_name_one_of_the_nodes_own_endpoints() {
+        let own = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (own, other) = (own.local_addr().unwrap(), other.local_addr().unwrap());
+        let client = ProbeClient::new(Arc::new(Egress::protecting(vec![own])));
+        let pod: IpAddr = "127.0.0.1".parse().unwrap();
+        // By address, by name, and through "this host": refused.
+        for host in ["127.0.0.1", "localhost", "0.0.0.0"] {
+            let refused = client.target(Some(host), pod, own.port()).await.unwrap_err();
+            assert!(refused.contains("one of the node's own endpoints"), "{host}: {refused}");
+        }
+        // Nor the pod's own address, when that is the host's and the port one of the node's.
+        assert!(client.target(None, pod, own.port()).await.is_err());
+        // Another port of the host, and the pod's own address, as the action names them.
+        assert_eq!(client.target(Some("127.0.0.1"), pod, other.port()).await, Ok(other));
+        let elsewhere: IpAddr = "127.44.0.9".parse().unwrap();
+        assert_eq!(client.target(None, elsewhere, other.port()).await, Ok(SocketAddr::new(elsewhere, other.port())));
+        // An httpGet probe is refused before anything is sent.
+        let get = HTTPGetAction {
+            host: Some("localhost".into()),
+            port: IntOrString::Int(own.port().into()),
+            ..Default::default()
+        };
+        let container = Container::default();
+        let refused = http_get(&client, &get, &container, pod, Duration::from_secs(1), "kube-probe/1.33").await;
+        assert!(refused.unwrap_err().contains("one of the node's own endpoints"));
+    }
 }
