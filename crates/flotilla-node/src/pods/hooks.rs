@@ -32,6 +32,8 @@ impl Hook {
 /// What a hook may need: the pod's address, an HTTP client, the running container.
 pub(crate) struct Target {
     pub ip: IpAddr,
+    /// The pod's address is one of the host's (`ProbeClient::targets`).
+    pub hosted: bool,
     pub client: super::ProbeClient,
     pub control: Arc<dyn Control>,
 }
@@ -64,7 +66,8 @@ pub(crate) async fn run(
     }
     if let Some(get) = &handler.http_get {
         let path = get.path.as_deref().unwrap_or_default();
-        return super::probes::http_get(&target.client, get, container, target.ip, timeout, "kube-lifecycle/1.33")
+        let to = super::probes::Target { ip: target.ip, hosted: target.hosted };
+        return super::probes::http_get(&target.client, get, container, to, timeout, "kube-lifecycle/1.33")
             .await
             .map(drop)
             .map_err(|error| {
@@ -109,6 +112,7 @@ mod tests {
     fn target(code: i32, output: &'static str) -> Target {
         Target {
             ip: "127.0.0.1".parse().unwrap(),
+            hosted: false,
             client: super::super::ProbeClient::new(Default::default()),
             control: Arc::new(Exits(code, output)),
         }

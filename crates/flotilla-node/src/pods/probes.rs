@@ -46,13 +46,21 @@ impl ProbeClient {
         ProbeClient { http: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http(), egress }
     }
 
-    /// Where a probe or a hook connects for `port`: the pod's address `ip`, unless `host` names
-    /// another (an address, or a name, resolved here and connected to as resolved). One of the
-    /// node's own endpoints is refused: the pod's address too, since a wasm pod's is one of the
-    /// host's (on its loopback), where a listener on every address answers.
-    async fn target(&self, host: Option<&str>, ip: IpAddr, port: u16) -> Result<SocketAddr, String> {
+    /// Where a probe or a hook may connect for `port`, in order: the pod's address `ip`,
+    /// unless `host` names another (an address, or a name, resolved here and connected to as
+    /// resolved). One of the node's own endpoints is left out, and with nothing left the target
+    /// is refused: the pod's own address too when it is one of the host's (`hosted`: a wasm
+    /// pod's, on the host's loopback, where a listener on every address answers).
+    async fn targets(
+        &self,
+        host: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+        hosted: bool,
+    ) -> Result<Vec<SocketAddr>, String> {
         let host = host.filter(|h| !h.is_empty());
         let found: Vec<SocketAddr> = match host.map(|h| (h, h.parse::<IpAddr>())) {
+            None if !hosted => return Ok(vec![SocketAddr::new(ip, port)]),
             None => vec![SocketAddr::new(ip, port)],
             Some((_, Ok(ip))) => vec![SocketAddr::new(ip, port)],
             Some((host, Err(_))) => tokio::net::lookup_host((host, port))
@@ -60,11 +68,12 @@ impl ProbeClient {
                 .map_err(|e| format!("dial tcp: lookup {host}: {e}"))?
                 .collect(),
         };
-        let first = *found.first().ok_or_else(|| format!("dial tcp: lookup {host:?}: no such host"))?;
-        found
-            .into_iter()
-            .find(|address| self.egress.allows(*address))
-            .ok_or_else(|| format!("dial tcp {first}: connect: permission denied (one of the node's own endpoints)"))
+        let first = *found.first().ok_or_else(|| format!("dial tcp: lookup {}: no such host", host.unwrap_or("")))?;
+        let allowed: Vec<SocketAddr> = found.into_iter().filter(|address| self.egress.allows(*address)).collect();
+        if allowed.is_empty() {
+            return Err(format!("dial tcp {first}: connect: permission denied (one of the node's own endpoints)"));
+        }
+        Ok(allowed)
     }
 }
 
@@ -72,11 +81,12 @@ impl ProbeClient {
 pub(crate) async fn run(
     container: Container,
     ip: IpAddr,
+    hosted: bool,
     client: ProbeClient,
     control: Arc<dyn Control>,
     report: impl Fn(Finding),
 ) {
-    let prober = Prober { container: &container, ip, client, control };
+    let prober = Prober { container: &container, ip, hosted, client, control };
     if let Some(probe) = &container.startup_probe {
         let timing = Timing::of(probe);
         tokio::time::sleep(timing.initial_delay).await;
@@ -179,6 +189,8 @@ impl Timing {
 struct Prober<'a> {
     container: &'a Container,
     ip: IpAddr,
+    /// The pod's address is one of the host's ([`ProbeClient::targets`]).
+    hosted: bool,
     client: ProbeClient,
     /// The running container, which `exec` probes run their command in.
     control: Arc<dyn Control>,
@@ -188,7 +200,8 @@ impl Prober<'_> {
     /// One check: `Ok` if it passed, else why not, as upstream words it.
     async fn check(&self, probe: &Probe, timeout: Duration) -> Result<(), String> {
         if let Some(get) = &probe.http_get {
-            let status = http_get(&self.client, get, self.container, self.ip, timeout, "kube-probe/1.33").await?;
+            let target = Target { ip: self.ip, hosted: self.hosted };
+            let status = http_get(&self.client, get, self.container, target, timeout, "kube-probe/1.33").await?;
             return if (200..400).contains(&status) {
                 Ok(())
             } else {
@@ -197,11 +210,21 @@ impl Prober<'_> {
         }
         if let Some(socket) = &probe.tcp_socket {
             let port = port(self.container, &socket.port)?;
-            let address = self.client.target(socket.host.as_deref(), self.ip, port).await?;
-            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("dial tcp {address}: connect: {e}")),
-                Err(_) => Err(format!("dial tcp {address}: i/o timeout")),
+            let host = socket.host.as_deref();
+            let dial = async {
+                let mut failed = String::new();
+                for address in self.client.targets(host, self.ip, port, self.hosted).await? {
+                    match tokio::net::TcpStream::connect(address).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => failed = format!("dial tcp {address}: connect: {e}"),
+                    }
+                }
+                Err(failed)
+            };
+            // The lookup as well as the connections, within the probe's timeout.
+            return match tokio::time::timeout(timeout, dial).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("dial tcp {}:{port}: i/o timeout", host.unwrap_or(&self.ip.to_string()))),
             };
         }
         if probe.grpc.is_some() {
@@ -226,13 +249,21 @@ impl Prober<'_> {
     }
 }
 
+/// Where a probe or a hook goes unless its action names a host: the pod's address, and
+/// whether that is one of the host's ([`ProbeClient::targets`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub ip: IpAddr,
+    pub hosted: bool,
+}
+
 /// `httpGet` against the pod (or the action's host): the answer's status code, or why there
 /// was none, as upstream words it. A probe and a lifecycle hook judge the answer each their way.
 pub(crate) async fn http_get(
     client: &ProbeClient,
     get: &HTTPGetAction,
     container: &Container,
-    ip: IpAddr,
+    target: Target,
     timeout: Duration,
     user_agent: &str,
 ) -> Result<u16, String> {
@@ -241,29 +272,37 @@ pub(crate) async fn http_get(
     if !scheme.eq_ignore_ascii_case("HTTP") {
         return Err(format!("{scheme} is not supported by this node: use HTTP"));
     }
-    let address = client.target(get.host.as_deref(), ip, port).await?;
+    let host = get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| target.ip.to_string());
     let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
     let path = if path.starts_with('/') { path } else { format!("/{path}") };
-    // To the address found, named as the action names it.
-    let url = format!("http://{address}{path}");
-    let mut request = http::Request::get(&url).header(http::header::USER_AGENT, user_agent);
-    if let Some(host) = get.host.as_deref().filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err()) {
-        let named = get.http_headers.iter().flatten().any(|h| h.name.eq_ignore_ascii_case("host"));
+    let url = format!("http://{host}:{port}{path}");
+    let named = get.http_headers.iter().flatten().any(|h| h.name.eq_ignore_ascii_case("host"));
+    let get_one = |address: SocketAddr| {
+        // To the address found, named as the action names it.
+        let mut request =
+            http::Request::get(format!("http://{address}{path}")).header(http::header::USER_AGENT, user_agent);
         if !named {
             request = request.header(http::header::HOST, format!("{host}:{port}"));
         }
-    }
-    for header in get.http_headers.iter().flatten() {
-        request = request.header(header.name.as_str(), header.value.as_str());
-    }
-    let request = request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))?;
-    let response = tokio::time::timeout(timeout, client.http.request(request))
-        .await
-        .map_err(|_| {
-            format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
-        })?
-        .map_err(|e| format!("Get {url:?}: {}", connect_error(&e)))?;
-    Ok(response.status().as_u16())
+        for header in get.http_headers.iter().flatten() {
+            request = request.header(header.name.as_str(), header.value.as_str());
+        }
+        request.body(Empty::new()).map_err(|e| format!("Get {url:?}: {e}"))
+    };
+    // The lookup as well as the request, within the timeout; each address found in turn.
+    let answer = async {
+        let mut failed = String::new();
+        for address in client.targets(get.host.as_deref(), target.ip, port, target.hosted).await? {
+            match client.http.request(get_one(address)?).await {
+                Ok(response) => return Ok(response.status().as_u16()),
+                Err(e) => failed = format!("Get {url:?}: {}", connect_error(&e)),
+            }
+        }
+        Err(failed)
+    };
+    tokio::time::timeout(timeout, answer).await.map_err(|_| {
+        format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
+    })?
 }
 
 /// A port by number, or by the name of one of the container's ports.
@@ -304,24 +343,33 @@ mod tests {
         let client = ProbeClient::new(Arc::new(Egress::protecting(vec![own])));
         let pod: IpAddr = "127.0.0.1".parse().unwrap();
         // By address, by name, and through "this host": refused.
-        for host in ["127.0.0.1", "localhost", "0.0.0.0"] {
-            let refused = client.target(Some(host), pod, own.port()).await.unwrap_err();
+        for host in ["127.0.0.1", "localhost", "0.0.0.0", "::ffff:127.0.0.1"] {
+            let refused = client.targets(Some(host), pod, own.port(), false).await.unwrap_err();
             assert!(refused.contains("one of the node's own endpoints"), "{host}: {refused}");
         }
-        // Nor the pod's own address, when that is the host's and the port one of the node's.
-        assert!(client.target(None, pod, own.port()).await.is_err());
-        // Another port of the host, and the pod's own address, as the action names them.
-        assert_eq!(client.target(Some("127.0.0.1"), pod, other.port()).await, Ok(other));
-        let elsewhere: IpAddr = "127.44.0.9".parse().unwrap();
-        assert_eq!(client.target(None, elsewhere, other.port()).await, Ok(SocketAddr::new(elsewhere, other.port())));
+        // The pod's own address, when it is one of the host's (a wasm pod's); not when the pod
+        // has a network of its own, where that port is the pod's.
+        assert!(client.targets(None, pod, own.port(), true).await.is_err());
+        assert_eq!(client.targets(None, pod, own.port(), false).await, Ok(vec![own]));
+        // Another port of the host, as the action names it.
+        assert_eq!(client.targets(Some("127.0.0.1"), pod, other.port(), true).await, Ok(vec![other]));
         // An httpGet probe is refused before anything is sent.
         let get = HTTPGetAction {
             host: Some("localhost".into()),
             port: IntOrString::Int(own.port().into()),
             ..Default::default()
         };
-        let container = Container::default();
-        let refused = http_get(&client, &get, &container, pod, Duration::from_secs(1), "kube-probe/1.33").await;
+        let (container, target) = (Container::default(), Target { ip: pod, hosted: true });
+        let refused = http_get(&client, &get, &container, target, Duration::from_secs(1), "kube-probe/1.33").await;
         assert!(refused.unwrap_err().contains("one of the node's own endpoints"));
+        // A name is tried at each of its addresses the node allows: `localhost`'s `::1`, where
+        // nothing listens, then 127.0.0.1.
+        let get = HTTPGetAction {
+            host: Some("localhost".into()),
+            port: IntOrString::Int(other.port().into()),
+            ..Default::default()
+        };
+        let answered = http_get(&client, &get, &container, target, Duration::from_secs(1), "kube-probe/1.33").await;
+        assert!(!answered.unwrap_err().contains("own endpoints"));
     }
 }

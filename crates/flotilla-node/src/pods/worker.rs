@@ -1153,10 +1153,11 @@ impl Worker {
         let (Some(handler), Some(sandbox)) = (hook.handler(&container).cloned(), &self.sandbox) else { return false };
         let pod = format!("{}_{}({})", self.name(), self.namespace(), self.uid());
         let (ip, client, events) = (sandbox.ip.into(), self.node.probe_client.clone(), self.events.clone());
+        let hosted = self.hosted(slot);
         let Some(run) = self.runs.get_mut(&slot) else { return false };
         let Some(control) = run.control.clone() else { return false };
         let task = tokio::spawn(async move {
-            let target = hooks::Target { ip, client, control };
+            let target = hooks::Target { ip, hosted, client, control };
             let result = hooks::run(&handler, &container, &pod, target, timeout).await;
             let _ = events.send(RunEvent::Hook { slot, attempt, hook, result });
         });
@@ -1171,7 +1172,7 @@ impl Worker {
         let probed = container.startup_probe.is_some()
             || container.liveness_probe.is_some()
             || container.readiness_probe.is_some();
-        let (Some(sandbox), Some(run), true) = (&self.sandbox, self.runs.get_mut(&slot), probed) else {
+        let (Some(sandbox), true, true) = (&self.sandbox, self.runs.contains_key(&slot), probed) else {
             let record = self.record(slot);
             record.started = true;
             record.ready = true;
@@ -1181,9 +1182,30 @@ impl Worker {
         let report = move |finding| {
             let _ = events.send(RunEvent::Probe { slot, attempt, finding });
         };
-        let client = self.node.probe_client.clone();
+        let (client, ip) = (self.node.probe_client.clone(), sandbox.ip.into());
+        let hosted = self.hosted(slot);
+        let Some(run) = self.runs.get_mut(&slot) else { return };
         let Some(control) = run.control.clone() else { return };
-        run.probes = Some(tokio::spawn(probes::run(container, sandbox.ip.into(), client, control, report)));
+        run.probes = Some(tokio::spawn(probes::run(container, ip, hosted, client, control, report)));
+    }
+
+    /// Whether the pod's address is one of the host's for the run in `slot`, which its probes
+    /// and hooks must then keep from the node's own endpoints: a wasm guest's is, unless its
+    /// pod has a network namespace (one that mixes runtimes); a Linux container's is not.
+    fn hosted(&self, slot: Slot) -> bool {
+        if self.sandbox.as_ref().is_some_and(|s| s.shares_netns) {
+            return false;
+        }
+        let record = match slot {
+            Slot::Init(i) => &self.init[i],
+            Slot::Main(i) => &self.main[i],
+        };
+        let id = match &record.run {
+            Run::Running { container_id, .. } => Some(container_id.as_str()),
+            _ => self.runs.get(&slot).and_then(|run| run.started.as_ref()).map(|(_, id)| id.as_str()),
+        };
+        let runtime = id.and_then(|id| id.split_once("://")).and_then(|(handler, _)| self.node.runtimes.get(handler));
+        !runtime.is_some_and(|r| r.isolates_network())
     }
 
     /// The pod is done on the node: every run ends, and its sandbox goes.

@@ -36,6 +36,12 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// Whether it runs images of `kind`.
     fn runs(&self, kind: Kind) -> bool;
 
+    /// Whether its pods have a network namespace of their own, so that their address is not
+    /// one of the host's (a wasm guest's sockets are the host's, on the pod's address).
+    fn isolates_network(&self) -> bool {
+        false
+    }
+
     /// Makes a run of a container from its image: what can fail before the container starts
     /// (a module that does not compile, a root filesystem that cannot be set up) fails here.
     fn create(&self, image: Image, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Created>, CreateError>>;

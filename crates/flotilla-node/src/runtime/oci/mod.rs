@@ -560,6 +560,10 @@ impl ContainerRuntime for OciRuntime {
         HANDLER
     }
 
+    fn isolates_network(&self) -> bool {
+        true
+    }
+
     fn version(&self) -> String {
         "youki://0.7.0".into()
     }
