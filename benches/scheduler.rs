@@ -130,7 +130,10 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("the hollow nodes reported every pod Running {:.1} s later", started.elapsed().as_secs_f64());
+    report.add("hollow nodes: every pod Running, after the last binding", "s", started.elapsed().as_secs_f64(), None);
+    let pods = args.pods + args.latency_pods;
+    let hollow_rss = hollow.memory_mib()?.0;
+    report.add(format!("hollow nodes RSS, {pods} pods Running on {} nodes", args.nodes), "MiB", hollow_rss, None);
 
     eprintln!("== a Deployment of {} replicas", args.replicas);
     connection.create("/api/v1/namespaces", &json!({"metadata": {"name": "deploy"}})).await?;

@@ -1,6 +1,6 @@
 //! Workloads as users run them: the scheduler places pods and the controllers keep Deployments,
 //! Jobs, DaemonSets and StatefulSets as declared, driven by the real kubectl. Most run on hollow
-//! nodes (`flotilla agent --hollow`), which report pods Running without running them; Jobs and
+//! nodes (`flotilla agent --hollow`), the real agent on a runtime that runs nothing; Jobs and
 //! `kubectl logs deploy/…` run real wasm on the embedded node.
 
 use std::process::{Child, Command, Stdio};
@@ -84,6 +84,53 @@ fn placements(k: &Kubectl, selector: &str) -> Result<Vec<(String, String)>> {
         .filter(|(name, _)| !deleting.contains(name))
         .map(|(n, node)| (n.to_string(), node.to_string()))
         .collect())
+}
+
+/// A hollow node is the real agent on a runtime that runs nothing: its pods go through the
+/// kubelet's lifecycle (init containers, volumes from ConfigMaps, probes, graceful deletion),
+/// where the old hollow nodes only wrote each pod Running.
+#[test]
+fn hollow_nodes_take_pods_through_the_kubelets_lifecycle() -> Result<()> {
+    let (_dir, _server, _hollow, k) = hollow_cluster(1, &[])?;
+    let node = k.ok(&[
+        "get",
+        "node",
+        "hollow-0",
+        "-o",
+        "jsonpath={.metadata.labels.node\\.flotilla\\.dev/hollow} {.status.nodeInfo.containerRuntimeVersion} [{.spec.podCIDR}]",
+    ])?;
+    ensure!(node == "true hollow://0.1 []", "a hollow node publishes no pod range: {node}");
+    let pod = |name: &str, config_map: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  initContainers:\n  - name: setup\n    image: setup:v1\n  containers:\n  - name: app\n    image: app:v1\n    readinessProbe:\n      httpGet:\n        port: 8080\n      periodSeconds: 1\n    volumeMounts:\n    - name: config\n      mountPath: /config\n  volumes:\n  - name: config\n    configMap:\n      name: {config_map}\n"
+        )
+    };
+    apply(&k, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n")?;
+    apply(&k, &pod("full", "settings"))?;
+    apply(&k, &pod("wanting", "missing"))?;
+    k.ok(&["wait", "pod/full", "--for=condition=Ready", "--timeout=60s"])?;
+    let status = k.ok(&[
+        "get",
+        "pod",
+        "full",
+        "-o",
+        "jsonpath={.status.initContainerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].containerID} {.status.podIP}",
+    ])?;
+    let fields: Vec<&str> = status.split(' ').collect();
+    ensure!(fields.len() == 3 && fields[0] == "Completed", "the init container ran to completion: {status}");
+    ensure!(fields[1].starts_with("wasm://") && fields[2].starts_with("127.128.0."), "{status}");
+    // Without its ConfigMap a pod waits, saying why, as on any node.
+    eventually(
+        &k,
+        &["get", "pod", "wanting", "-o", "jsonpath={.status.initContainerStatuses[0].state.waiting.reason}"],
+        30,
+        |reason| reason == "CreateContainerConfigError",
+    )?;
+    // Deleted, its container is stopped and the pod goes.
+    k.ok(&["delete", "pod", "full", "wanting", "--timeout=30s"])?;
+    let left = k.ok(&["get", "pods", "-o", "name"])?;
+    ensure!(left.is_empty(), "{left}");
+    Ok(())
 }
 
 #[test]

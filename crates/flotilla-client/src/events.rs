@@ -46,7 +46,8 @@ pub struct Recorder {
     /// `source.host`, `reportingInstance`: the node, for a kubelet.
     host: Option<Arc<str>>,
     series: Arc<Mutex<HashMap<String, Series>>>,
-    queue: mpsc::Sender<(Api<Event>, Request)>,
+    /// Where events go to be written; `None`: nowhere ([`Recorder::discarding`]).
+    queue: Option<mpsc::Sender<(Api<Event>, Request)>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -78,7 +79,14 @@ impl Recorder {
     pub fn new(client: kube::Client, component: &str, host: Option<&str>) -> Recorder {
         let (queue, waiting) = mpsc::channel(QUEUED_EVENTS);
         tokio::spawn(write_events(waiting));
+        let queue = Some(queue);
         Recorder { client, component: component.into(), host: host.map(Into::into), series: Arc::default(), queue }
+    }
+
+    /// A recorder that writes nothing: for simulated components (hollow nodes), whose events
+    /// would only load the API server that they are there to measure.
+    pub fn discarding(client: kube::Client, component: &str) -> Recorder {
+        Recorder { client, component: component.into(), host: None, series: Arc::default(), queue: None }
     }
 
     /// Records an event about `object`.
@@ -106,8 +114,9 @@ impl Recorder {
         // Events are best effort: a burst beyond the queue loses some rather than slowing the
         // component down (checked first, so a lost event starts no series; the send below
         // fails too only if another clone filled the queue meanwhile).
+        let Some(queue) = &self.queue else { return };
         let dropped = || tracing::debug!(reason, "too many events waiting to be written; one dropped");
-        if self.queue.capacity() == 0 {
+        if queue.capacity() == 0 {
             return dropped();
         }
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
@@ -161,7 +170,7 @@ impl Recorder {
                 Request::Patch(name, serde_json::json!({"count": count, "lastTimestamp": now}))
             }
         };
-        if self.queue.try_send((api, request)).is_err() {
+        if queue.try_send((api, request)).is_err() {
             dropped();
         }
     }

@@ -177,14 +177,17 @@ pub(crate) struct Node {
     egress: Arc<flotilla_wasm::Egress>,
     /// The cluster DNS's names, which guests resolve without asking it.
     zone: Arc<flotilla_net::dns::Zone>,
-    /// Every node's pod range, and this node's routes to them.
-    pod_network: Arc<PodRanges>,
+    /// Every node's pod range, and this node's routes to them (none on a hollow node, whose
+    /// pods have no traffic to route).
+    pod_network: Option<Arc<PodRanges>>,
     /// The Services' frontends, which guests connect through.
     frontends: Arc<ServiceFrontends>,
     /// Holds connections to Services scaling up from zero.
     activator: Arc<flotilla_net::Activator>,
     /// What the node times as it goes, for `/metrics`.
     instruments: prometheus::Instruments,
+    /// The node runs nothing (`hollow`).
+    hollow: bool,
 }
 
 /// The pod network as the runtime asks it: which addresses are pods', and how to reach them.
@@ -227,8 +230,15 @@ impl flotilla_wasm::Frontends for ServiceFrontends {
 pub struct Agent {
     node: Arc<Node>,
     tasks: Vec<JoinHandle<()>>,
-    /// Traffic to Services, through this node.
-    _proxy: flotilla_net::ServiceProxy,
+    /// Traffic to Services, through this node (none through a hollow one).
+    _proxy: Option<flotilla_net::ServiceProxy>,
+}
+
+/// What a node's pods run on: this machine, or nothing (a hollow node, as kubemark's: the real
+/// agent on a runtime that runs nothing, with what [`hollow::Plugs`] gives it).
+enum Host {
+    Real,
+    Hollow(hollow::Plugs),
 }
 
 impl std::fmt::Debug for Agent {
@@ -240,6 +250,11 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Registers the node through `client` and starts running the pods bound to it.
     pub async fn start(client: kube::Client, config: NodeConfig) -> Result<Agent, Error> {
+        Agent::launch(client, config, Host::Real).await
+    }
+
+    /// The agent of a node that runs on `host`.
+    async fn launch(client: kube::Client, config: NodeConfig, host: Host) -> Result<Agent, Error> {
         let data_dir = config.data_dir.clone();
         let dir = |name: &str| -> Result<PathBuf, Error> {
             let path = data_dir.join(name);
@@ -247,45 +262,68 @@ impl Agent {
             Ok(path)
         };
         let (pods_dir, logs_dir) = (dir("pods")?, dir("logs")?);
-        let mut runtime_config = RuntimeConfig::new(dir("modules")?);
-        runtime_config.instance_slots = config.max_pods;
         let store = ImageStore::open(dir("images")?)?;
-        let images = images::Images::new(store.clone(), images::Registries::new(config.insecure_registries.clone()));
-        let (services, services_writer) = reflector::store();
-        let capacity = Capacity::of_this_machine();
-        let pod_network = Arc::new(flotilla_net::PodNetwork::start(
-            client.clone(),
-            config.name.clone(),
-            config.pod_cidr,
-            config.identity.clone(),
-        ));
+        let hollow = matches!(host, Host::Hollow(_));
+        let capacity = match &host {
+            Host::Real => Capacity::of_this_machine(),
+            Host::Hollow(plugs) => plugs.capacity,
+        };
         let (activator, activations) = flotilla_net::Activator::new(config.activation_timeout);
         let for_pods = capacity.less(config.reserved);
         let allocatable = for_pods.less(Capacity { cpu: 0.0, memory: config.eviction_memory_available });
         let memory = flotilla_wasm::MemoryPool::new(Some(for_pods.memory));
         let egress = Arc::new(flotilla_wasm::Egress::protecting(config.protected_endpoints.clone()));
         let zone = Arc::new(flotilla_net::dns::Zone::new(flotilla_net::dns::CLUSTER_DOMAIN));
-        let pod_network = Arc::new(PodRanges(pod_network));
         let frontends = Arc::new(ServiceFrontends::default());
         let mut runtimes = runtime::Runtimes::default();
-        if let Some(helper) = &config.oci_helper {
-            match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?, config.pod_cidr) {
-                Ok(oci) => runtimes.add(Arc::new(oci)),
-                Err(err) => tracing::warn!(%err, "this node runs no container images"),
+        let (images, pod_network, events, services, pod_events, watch_services) = match host {
+            Host::Real => {
+                let pod_network = Arc::new(PodRanges(Arc::new(flotilla_net::PodNetwork::start(
+                    client.clone(),
+                    config.name.clone(),
+                    config.pod_cidr,
+                    config.identity.clone(),
+                ))));
+                if let Some(helper) = &config.oci_helper {
+                    match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?, config.pod_cidr) {
+                        Ok(oci) => runtimes.add(Arc::new(oci)),
+                        Err(err) => tracing::warn!(%err, "this node runs no container images"),
+                    }
+                }
+                let mut runtime_config = RuntimeConfig::new(dir("modules")?);
+                runtime_config.instance_slots = config.max_pods;
+                runtimes.add(Arc::new(runtime::WasmRuntime {
+                    runtime: Arc::new(Runtime::new(runtime_config)?),
+                    store: store.clone(),
+                    memory: memory.clone(),
+                    default_memory_limit: config.default_memory_limit,
+                    egress: egress.clone(),
+                    zone: zone.clone(),
+                    pod_network: pod_network.clone(),
+                    frontends: frontends.clone(),
+                }));
+                let (services, writer) = reflector::store();
+                let watch = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer)
+                    .for_each(|_| async {});
+                (
+                    images::Images::new(store, images::Registries::new(config.insecure_registries.clone())),
+                    Some(pod_network),
+                    flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
+                    services,
+                    pods::watch(client.clone(), &config.name),
+                    Some(futures::FutureExt::boxed(watch)),
+                )
             }
-        }
-        runtimes.add(Arc::new(runtime::WasmRuntime {
-            runtime: Arc::new(Runtime::new(runtime_config)?),
-            store,
-            memory: memory.clone(),
-            default_memory_limit: config.default_memory_limit,
-            egress: egress.clone(),
-            zone: zone.clone(),
-            pod_network: pod_network.clone(),
-            frontends: frontends.clone(),
-        }));
+            Host::Hollow(plugs) => {
+                runtimes.add(Arc::new(runtime::HollowRuntime));
+                let events = flotilla_client::Recorder::discarding(client.clone(), "kubelet");
+                (images::Images::made_up(store), None, events, plugs.services, plugs.pods, None)
+            }
+        };
         let node = Arc::new(Node {
-            events: flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
+            events,
             addresses: network::PodAddresses::new(config.pod_cidr),
             capacity,
             allocatable,
@@ -301,47 +339,49 @@ impl Agent {
             services,
             config_maps: objects::ObjectWatches::new(client.clone()),
             secrets: objects::ObjectWatches::new(client.clone()),
-            probe_client: pods::ProbeClient::new(egress.clone()),
+            probe_client: if hollow { pods::ProbeClient::hollow() } else { pods::ProbeClient::new(egress.clone()) },
             egress,
             zone,
             pod_network,
             frontends,
             activator,
             instruments: prometheus::Instruments::default(),
+            hollow,
             config,
         });
         let registered = node::register(&node).await?;
-        tracing::info!(node = node.config.name, pods = %node.config.pod_cidr, "node registered");
-        let proxy = flotilla_net::ServiceProxy::start(
-            client.clone(),
-            flotilla_net::ProxyConfig {
-                node_name: node.config.name.clone(),
-                node_ip: node.config.node_ip,
-                upstream_dns: flotilla_net::dns::system_resolver(),
-            },
-            node.zone.clone(),
-            {
-                // Guests reach Services through it: it goes nowhere they may not.
-                let egress = node.egress.clone();
-                let allows = move |endpoint| egress.allows(endpoint);
-                let pods = node.pod_network.0.clone();
-                let (mode, frontends) = (node.config.proxy_mode, node.frontends.0.clone());
-                let activator = (node.activator.clone(), node.config.node_ip.into());
-                flotilla_net::data_path(mode, pods, allows, frontends, activator).map_err(Error::DataPath)?
-            },
-            Some(node.activator.clone()),
-        );
-        let services = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
-            .default_backoff()
-            .reflect(services_writer)
-            .for_each(|_| async {});
-        let tasks = vec![
-            tokio::spawn(node::heartbeat(node.clone(), registered)),
-            tokio::spawn(services),
-            tokio::spawn(pods::run(node.clone())),
-            tokio::spawn(pods::eviction::run(node.clone())),
-            tokio::spawn(activations::tell(node.clone(), activations)),
-        ];
+        if !hollow {
+            tracing::info!(node = node.config.name, pods = %node.config.pod_cidr, "node registered");
+        }
+        let proxy = match &node.pod_network {
+            Some(pod_network) => Some(flotilla_net::ServiceProxy::start(
+                client,
+                flotilla_net::ProxyConfig {
+                    node_name: node.config.name.clone(),
+                    node_ip: node.config.node_ip,
+                    upstream_dns: flotilla_net::dns::system_resolver(),
+                },
+                node.zone.clone(),
+                {
+                    // Guests reach Services through it: it goes nowhere they may not.
+                    let egress = node.egress.clone();
+                    let allows = move |endpoint| egress.allows(endpoint);
+                    let (mode, frontends) = (node.config.proxy_mode, node.frontends.0.clone());
+                    let activator = (node.activator.clone(), node.config.node_ip.into());
+                    flotilla_net::data_path(mode, pod_network.0.clone(), allows, frontends, activator)
+                        .map_err(Error::DataPath)?
+                },
+                Some(node.activator.clone()),
+            )),
+            None => None,
+        };
+        let mut tasks = vec![tokio::spawn(node::heartbeat(node.clone(), registered))];
+        tasks.extend(watch_services.map(tokio::spawn));
+        tasks.push(tokio::spawn(pods::run(node.clone(), pod_events)));
+        if !hollow {
+            tasks.push(tokio::spawn(pods::eviction::run(node.clone())));
+            tasks.push(tokio::spawn(activations::tell(node.clone(), activations)));
+        }
         Ok(Agent { node, tasks, _proxy: proxy })
     }
 

@@ -64,9 +64,10 @@ pub(crate) async fn register(agent: &Arc<Agent>) -> Result<Node, kube::Error> {
     let node = match api.create(&PostParams::default(), &desired).await {
         Ok(node) => node,
         Err(kube::Error::Api(err)) if err.code == 409 => {
+            let spec = desired.spec.unwrap_or_default();
             let patch = serde_json::json!({
                 "metadata": {"labels": desired.metadata.labels, "annotations": desired.metadata.annotations},
-                "spec": {"podCIDR": agent.addresses.range().to_string(), "podCIDRs": [agent.addresses.range().to_string()]},
+                "spec": {"podCIDR": spec.pod_cidr, "podCIDRs": spec.pod_cidrs},
             });
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?
         }
@@ -93,6 +94,13 @@ pub(crate) async fn heartbeat(agent: Arc<Agent>, node: Node) {
     let mut reported = tokio::time::Instant::now();
     let mut last = conditions_key(&conditions(agent.as_ref()));
     let mut ticks = tokio::time::interval(LEASE_RENEW);
+    if agent.hollow {
+        // Hollow nodes register together, a thousand within seconds, and would renew together
+        // ever after: each takes a phase of its own, as separate machines would have.
+        let hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        ticks.reset_after(LEASE_RENEW.mul_f64((hash % 1000) as f64 / 1000.0));
+    }
     loop {
         ticks.tick().await;
         if let Err(err) = renew(&leases, &name, &owner).await {
@@ -202,6 +210,9 @@ fn desired_node(agent: &Agent) -> Node {
     ]);
     // One label per runtime class it offers, which the scheduler matches pods against.
     labels.extend(agent.runtimes.handlers().into_iter().map(|h| (flotilla_api::runtime_label(h), "true".into())));
+    if agent.hollow {
+        labels.insert(crate::hollow::HOLLOW_LABEL.into(), "true".into());
+    }
     let annotations = BTreeMap::from([(SERVING_CERT_ANNOTATION.to_string(), config.serving_cert_sha256.clone())]);
     let resources = |of: Capacity| {
         BTreeMap::from([
@@ -217,7 +228,8 @@ fn desired_node(agent: &Agent) -> Node {
         .unwrap_or_else(|| "Linux".into());
     let (major, minor) = flotilla_api::KUBERNETES_VERSION;
     let version = format!("v{major}.{minor}.0+flotilla.{}", env!("CARGO_PKG_VERSION"));
-    let range = agent.addresses.range().to_string();
+    // A hollow node's pods are reached nowhere: other nodes are not to route to its range.
+    let range = (!agent.hollow).then(|| agent.addresses.range().to_string());
     Node {
         metadata: ObjectMeta {
             name: Some(config.name.clone()),
@@ -225,7 +237,7 @@ fn desired_node(agent: &Agent) -> Node {
             annotations: Some(annotations),
             ..Default::default()
         },
-        spec: Some(NodeSpec { pod_cidr: Some(range.clone()), pod_cidrs: Some(vec![range]), ..Default::default() }),
+        spec: Some(NodeSpec { pod_cidrs: range.clone().map(|r| vec![r]), pod_cidr: range, ..Default::default() }),
         status: Some(NodeStatus {
             allocatable: Some(resources(agent.allocatable)),
             capacity: Some(resources(agent.capacity)),

@@ -164,7 +164,14 @@ async fn tunnel(
     if !server.node.egress.allows(to) {
         return forbidden(format!("{to} is one of the node's own endpoints"));
     }
-    let far = match server.node.pod_network.0.answer(&caller, from, to).await {
+    let Some(pod_network) = &server.node.pod_network else {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this node carries no pod traffic".into(),
+        );
+    };
+    let far = match pod_network.0.answer(&caller, from, to).await {
         Ok(far) => far,
         Err(flotilla_net::tunnel::Refusal::Forbidden(why)) => return forbidden(why),
         Err(flotilla_net::tunnel::Refusal::Unavailable(why)) => {

@@ -24,6 +24,9 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use crate::node::NodeArgs;
 
+/// Requests the hollow nodes have in flight at once (their watches' streams not counted).
+const HOLLOW_REQUESTS_IN_FLIGHT: usize = 64;
+
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
     /// The API server to join, e.g. `https://10.0.0.1:6443`.
@@ -39,12 +42,12 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     data_dir: PathBuf,
 
-    /// Run this many hollow nodes instead of a real one (as kubemark does): they register,
-    /// renew their Leases and report the pods bound to them Running without running anything,
-    /// to test and measure the scheduler and controllers at scale. They act for many nodes at
-    /// once, which no node identity may, so they take the admin's `--kubeconfig`.
-    #[arg(long, value_name = "N", requires = "kubeconfig")]
-    hollow: Option<usize>,
+    /// Run this many hollow nodes instead of a real one (as kubemark does): each the agent of a
+    /// node, on a runtime that runs nothing, taking its pods through their lifecycle to test and
+    /// measure the scheduler and controllers at scale. They act for many nodes at once, which
+    /// no node identity may, so they take the admin's `--kubeconfig`.
+    #[arg(long, value_name = "N", requires = "kubeconfig", value_parser = clap::value_parser!(u16).range(1..=flotilla_node::hollow::MAX_NODES as i64))]
+    hollow: Option<u16>,
 
     /// The hollow nodes' names: `<prefix>-0`, `<prefix>-1`, …
     #[arg(long, default_value = "hollow", requires = "hollow")]
@@ -64,8 +67,14 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         let file = kube::config::Kubeconfig::read_from(kubeconfig)
             .with_context(|| format!("cannot read the kubeconfig {}", kubeconfig.display()))?;
         let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
-        let client = kube::Client::try_from(config).context("cannot build a client for the API server")?;
-        let mut config = flotilla_node::hollow::HollowConfig::new(count);
+        // The nodes share one client, which speaks HTTP/1.1: each request at once is a
+        // connection. Bounded, a slow server is not met with ever more of them (a kubelet's own
+        // client is bounded by its queries per second).
+        let client = kube::client::ClientBuilder::try_from(config)
+            .context("cannot build a client for the API server")?
+            .with_layer(&tower::limit::ConcurrencyLimitLayer::new(HOLLOW_REQUESTS_IN_FLIGHT))
+            .build();
+        let mut config = flotilla_node::hollow::HollowConfig::new(count.into(), args.data_dir.join("hollow"));
         config.prefix = args.hollow_prefix;
         tokio::select! {
             result = flotilla_node::hollow::run(client, config) => result.context("cannot run the hollow nodes")?,

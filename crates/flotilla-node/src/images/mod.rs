@@ -67,16 +67,30 @@ pub struct Resolved {
     pub pulled_in: Option<Duration>,
 }
 
-/// The node's images: its store and the registries it pulls from.
+/// The node's images: its store and where it pulls from.
 #[derive(Debug, Clone)]
 pub struct Images {
     store: ImageStore,
-    registries: Registries,
+    origin: Origin,
+}
+
+/// Where the images not in the store come from.
+#[derive(Debug, Clone)]
+enum Origin {
+    Registries(Box<Registries>),
+    /// Nowhere: every image is present, made up from its reference (a hollow node's, as
+    /// kubemark's fake image service has every image).
+    MadeUp,
 }
 
 impl Images {
     pub fn new(store: ImageStore, registries: Registries) -> Images {
-        Images { store, registries }
+        Images { store, origin: Origin::Registries(Box::new(registries)) }
+    }
+
+    /// A hollow node's images: every reference resolves, to an image that holds nothing.
+    pub(crate) fn made_up(store: ImageStore) -> Images {
+        Images { store, origin: Origin::MadeUp }
     }
 
     pub fn store(&self) -> &ImageStore {
@@ -88,6 +102,16 @@ impl Images {
     /// registry; a pulled one is checked against its registry under `Always`, as upstream does.
     pub async fn resolve(&self, image: &str, policy: PullPolicy) -> Result<Resolved, ImageError> {
         let reference = Reference::parse(image).map_err(ImageError::InvalidName)?;
+        let registries = match &self.origin {
+            Origin::Registries(registries) => registries,
+            Origin::MadeUp => {
+                let digest = reference.digest.clone().unwrap_or_else(|| sha256(reference.to_string().as_bytes()));
+                let image_id = reference.with_digest(&digest);
+                let (reference, source, kind) = (reference.to_string(), Source::Imported, Kind::Module);
+                let image = Image { reference, digest, size: 0, source, kind };
+                return Ok(Resolved { image, image_id, pulled_in: None });
+            }
+        };
         let local = self.store.lookup(&reference);
         let use_local = match (&local, policy) {
             (None, PullPolicy::Never) => return Err(ImageError::NeverPull(image.into())),
@@ -100,7 +124,7 @@ impl Images {
             return Ok(Resolved { image, image_id, pulled_in: None });
         }
         let started = Instant::now();
-        let image = self.registries.pull(&self.store, &reference).await.map_err(ImageError::Pull)?;
+        let image = registries.pull(&self.store, &reference).await.map_err(ImageError::Pull)?;
         let image_id = reference.with_digest(&image.digest);
         Ok(Resolved { image, image_id, pulled_in: Some(started.elapsed()) })
     }
@@ -136,5 +160,19 @@ mod tests {
             images.resolve("Bad Name", PullPolicy::IfNotPresent).await.unwrap_err().reason(),
             "InvalidImageName"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hollow_node_has_every_image_and_no_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::made_up(ImageStore::open(dir.path().into()).unwrap());
+        let resolved = images.resolve("web:v1", PullPolicy::Never).await.unwrap();
+        assert_eq!(resolved.image.reference, "docker.io/library/web:v1");
+        assert!(resolved.image_id.starts_with("docker.io/library/web@sha256:"), "{}", resolved.image_id);
+        assert!(resolved.pulled_in.is_none(), "nothing is pulled");
+        let again = images.resolve("docker.io/library/web:v1", PullPolicy::Always).await.unwrap();
+        assert_eq!(again.image_id, resolved.image_id, "one image per reference");
+        assert_ne!(images.resolve("web:v2", PullPolicy::Always).await.unwrap().image_id, resolved.image_id);
+        assert_eq!(images.resolve("Bad Name", PullPolicy::Always).await.unwrap_err().reason(), "InvalidImageName");
     }
 }

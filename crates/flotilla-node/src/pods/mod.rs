@@ -103,11 +103,17 @@ struct WorkerHandle {
     task: JoinHandle<()>,
 }
 
-/// Watches the pods bound to the node and keeps one worker per pod until the pod is gone.
-pub(crate) async fn run(node: Arc<Node>) {
-    let api: Api<Pod> = Api::all(node.client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", node.config.name));
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+/// What the node learns of the pods bound to it: a watch's events.
+pub(crate) type PodEvents = futures::stream::BoxStream<'static, Result<Event<Pod>, watcher::Error>>;
+
+/// A watch on the pods bound to the node `name`, as the kubelet's.
+pub(crate) fn watch(client: kube::Client, name: &str) -> PodEvents {
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
+    watcher::watcher(Api::<Pod>::all(client), config).default_backoff().boxed()
+}
+
+/// Keeps one worker per pod bound to the node, as `events` tell of them, until the pod is gone.
+pub(crate) async fn run(node: Arc<Node>, mut events: PodEvents) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut listed = HashSet::new();
     while let Some(event) = events.next().await {

@@ -687,12 +687,15 @@ impl Worker {
         let path = logs::container_path(&log_dir, &container.name, attempt);
         // The kubelet keeps the logs of the current and the previous run (`--previous`).
         let stale = (attempt >= 2).then(|| logs::container_path(&log_dir, &container.name, attempt - 2));
-        let (pod_dir, spec) = (dir.clone(), container.clone());
+        let (pod_dir, spec, hollow) = (dir.clone(), container.clone(), self.node.hollow);
         let created = tokio::task::spawn_blocking(move || {
             if let Some(stale) = stale {
                 let _ = std::fs::remove_file(stale);
             }
-            Ok((ContainerLog::create(path)?, termination::prepare(&pod_dir, &spec, attempt)?))
+            // A hollow node's runs write nothing: a file held open for each would only run the
+            // process out of descriptors.
+            let log = if hollow { ContainerLog::deferred(path) } else { ContainerLog::create(path)? };
+            Ok((log, termination::prepare(&pod_dir, &spec, attempt)?))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -798,6 +801,8 @@ impl Worker {
         );
         let spec = self.pod.spec.as_ref();
         let containers = spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
+        let mut init_containers = spec.iter().flat_map(|s| s.init_containers.iter().flatten());
+        let runs_to_completion = !plan::is_sidecar(container) && init_containers.any(|c| c.name == container.name);
         Ok(Launch {
             namespace: self.namespace().to_string(),
             pod_name: self.name().to_string(),
@@ -827,6 +832,7 @@ impl Worker {
             ports,
             http_concurrency: http_concurrency(&self.pod)?,
             output,
+            runs_to_completion,
         })
     }
 
@@ -1551,6 +1557,8 @@ async fn run_container(request: RunRequest) {
         RunEvent::Started { slot, attempt, image_id, container_id: id, started_at, control, usage, adopted: false };
     let _ = events.send(started);
     node.events.pod(&pod, Some(&name), Normal, "Started", format!("Started container {name}"));
+    // Not held while the run goes on: the worker has the pod.
+    drop((pod, container));
     let exit = exit.await;
     let _ = events.send(RunEvent::Exited { slot, attempt, exit, started_at, container_id });
 }

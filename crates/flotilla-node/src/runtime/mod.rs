@@ -7,6 +7,7 @@
 //! A run is created, then started (CRI's `CreateContainer`, `StartContainer`): a failure
 //! before the start is the pull's or the configuration's, one after it is the container's.
 
+mod hollow;
 pub(crate) mod oci;
 mod wasm;
 
@@ -22,6 +23,7 @@ use futures::future::BoxFuture;
 use crate::images::{Image, Kind};
 use crate::logs::ContainerLog;
 
+pub(crate) use hollow::HollowRuntime;
 pub(crate) use oci::OciRuntime;
 pub(crate) use wasm::WasmRuntime;
 
@@ -252,6 +254,8 @@ pub(crate) struct Launch {
     pub http_concurrency: Option<usize>,
     /// Where its output goes (the CRI log file).
     pub output: Arc<ContainerLog>,
+    /// The pod goes on only once this run has ended well: a regular init container.
+    pub runs_to_completion: bool,
 }
 
 /// The container's `securityContext`, with the pod's where the container's says nothing.
