@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use flotilla_examples as examples;
+use flotilla_examples::{self as examples, busybox};
 
-use crate::harness::{Ports, Server};
+use crate::harness::{Ports, Server, flotilla_bin};
 use crate::pods::import;
 
 fn enabled() -> bool {
@@ -36,11 +36,24 @@ fn target() -> Result<Target> {
     let server = Server::start(dir.path(), Ports::free())?;
     import(dir.path(), examples::P1_TICKER, "ticker:e2e")?;
     import(dir.path(), examples::P1_HELLO, "hello:e2e")?;
-    let env = vec![
+    let mut env = vec![
         ("KUBECONFIG", server.kubeconfig.display().to_string()),
         ("FLOTILLA_IMAGE_RUN", "ticker:e2e".into()),
         ("FLOTILLA_IMAGE_ONCE", "hello:e2e".into()),
     ];
+    // Where Linux containers run (as root), `busybox` too, which the clients' own suites use.
+    if std::env::var_os("FLOTILLA_E2E_OCI").is_some() {
+        let layer = busybox::layer()?;
+        let archive = busybox::saved_image(dir.path(), &layer, &flotilla_wasm::digest(&layer))?;
+        let imported = Command::new(flotilla_bin())
+            .args(["image", "import"])
+            .arg(&archive)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()?;
+        ensure!(imported.status.success(), "import: {}", String::from_utf8_lossy(&imported.stderr));
+        env.push(("FLOTILLA_IMAGE_BUSYBOX", "busybox".into()));
+    }
     Ok(Target { _server: server, _dir: dir, env })
 }
 

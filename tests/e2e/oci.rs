@@ -356,9 +356,7 @@ spec:
     check_termination_messages(&k, &node)?;
     check_sub_path_files(&k, &node)?;
 
-    // `kubectl exec` says what is missing.
-    let refused = k.fails(&["exec", "web", "--", "true"])?;
-    ensure!(refused.contains("does not stream their input and output"), "{refused}");
+    check_exec(&k, &server, &node)?;
 
     // Pulled from the registry, a layer at a time, each held to its manifest's size.
     let understated = format!("{address}/tools/busybox:short");
@@ -705,6 +703,76 @@ fn check_termination_messages(k: &Kubectl, node: &str) -> Result<()> {
     let fell_back = wait_for(k, "fallback", ended, 60, |s| !s.starts_with(':'))?;
     ensure!(fell_back == "4:one\ntwo\n", "{fell_back:?}");
     Ok(())
+}
+
+/// `kubectl exec` into a running busybox: output and errors apart, the exit code, input, a
+/// terminal, a command that cannot start, a client that goes away (its command goes too), and
+/// the clear refusals of what is not served.
+fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
+    use std::process::Stdio;
+    let run = |args: &[&str], input: Option<&str>| -> Result<std::process::Output> {
+        let mut command = k.command(args);
+        command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let out = run(&["exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None)?;
+    ensure!(text(&out.stdout) == "out\n", "{out:?}");
+    ensure!(text(&out.stderr).starts_with("err\n"), "errors apart from the output: {out:?}");
+    ensure!(text(&out.stderr).contains("command terminated with exit code 3"), "{out:?}");
+    ensure!(out.status.code() == Some(3), "kubectl exits with the command's code: {out:?}");
+    // Input, to its end (v5's close of stdin), and the container's own view of things.
+    let out =
+        run(&["exec", "-i", "web", "--", "sh", "-c", "cat; echo done as $(id -u) on $(hostname)"], Some("piped\n"))?;
+    ensure!(out.status.success() && text(&out.stdout) == "piped\ndone as 0 on web\n", "{out:?}");
+    // A terminal: `script` gives kubectl one, as a user's shell would, of a size it passes on.
+    let line =
+        shell_line(&k.command(&["exec", "-it", "web", "--", "sh", "-c", "test -t 0 && echo on a terminal; stty size"]));
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &format!("stty cols 91 rows 27; {line}"), "/dev/null"]).stdin(Stdio::null());
+    let out = script.output()?;
+    let shown = text(&out.stdout);
+    ensure!(out.status.success() && shown.contains("on a terminal") && shown.contains("27 91"), "{out:?}");
+    // A command that cannot start says why, and kubectl fails.
+    let out = run(&["exec", "web", "--", "no-such-command"], None)?;
+    ensure!(!out.status.success(), "{out:?}");
+    // A client that goes away takes its command with it.
+    let mut gone =
+        k.command(&["exec", "web", "--", "sleep", "4343"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    eventually(k, &["exec", "web", "--", "ps"], 30, |ps| ps.contains("sleep 4343"))?;
+    gone.kill()?;
+    gone.wait()?;
+    eventually(k, &["exec", "web", "--", "ps"], 30, |ps| !ps.contains("sleep 4343"))?;
+    // What is not served is refused, saying so: a container that is not running, attach, and
+    // SPDY (kubectl 1.29 speaks nothing else).
+    let mut ended = pod("ended", node, "busybox", "Never", "    command: [\"true\"]\n", "");
+    ended.push_str(
+        "  - name: app\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"600\"]\n",
+    );
+    apply(k, &ended)?;
+    wait_for(k, "ended", "{.status.containerStatuses[?(@.name==\"ended\")].state.terminated.reason}", 60, |r| {
+        r == "Completed"
+    })?;
+    let refused = k.fails(&["exec", "ended", "-c", "ended", "--", "true"])?;
+    ensure!(refused.contains("container not found (\"ended\")"), "{refused}");
+    let refused = k.fails(&["attach", "web"])?;
+    ensure!(refused.contains("attach is not supported yet"), "{refused}");
+    let mut old = Kubectl::new("1.29", server)?;
+    old.namespace = k.namespace.clone();
+    let refused = old.fails(&["exec", "web", "--", "true"])?;
+    ensure!(refused.contains("this client asked for SPDY"), "{refused}");
+    k.ok(&["delete", "pod", "ended", "--wait=false"])?;
+    Ok(())
+}
+
+/// `command` as one line of shell, each word quoted.
+fn shell_line(command: &std::process::Command) -> String {
+    let quote = |word: &std::ffi::OsStr| format!("'{}'", word.to_string_lossy().replace('\'', "'\\''"));
+    std::iter::once(quote(command.get_program())).chain(command.get_args().map(quote)).collect::<Vec<_>>().join(" ")
 }
 
 /// A `subPath` that names a file (a ConfigMap's key as a config file) shows that file alone,

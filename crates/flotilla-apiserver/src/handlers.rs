@@ -37,6 +37,9 @@ pub(crate) struct Request<'a> {
     pub(crate) query: Query,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// The client's side of an upgrade it asked for (a stream into a pod), once the answer
+    /// switches protocols: taken by whoever answers it.
+    pub(crate) upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
     /// The version the client asked in, when the target is another version it is stored as
     /// (`conversion.rs`): a patch applies to the object as this version shows it.
     pub(crate) view: Option<&'static ResourceDef>,
@@ -78,7 +81,7 @@ pub(crate) async fn handle(req: Request<'_>) -> Result<Response> {
             &Method::GET | &Method::POST,
             Some(name),
             Some(sub @ (Subresource::Exec | Subresource::Attach | Subresource::PortForward)),
-        ) => stream_refused(&req, &name, sub).await,
+        ) => stream(&req, &name, sub).await,
         (method, _, _) => Err(method_not_allowed(method)),
     }
 }
@@ -763,11 +766,12 @@ async fn pod_container(req: &Request<'_>, name: &str) -> Result<(Value, String)>
 }
 
 /// `pods/exec`, `pods/attach` and `pods/portforward`: checked as upstream checks them (the pod,
-/// the container, a node assigned, an upgrade asked for), then refused with a Status that says
-/// why, since a wasm container has no commands to run and no terminal. Both of kubectl's
-/// attempts (a WebSocket GET, then a SPDY POST) get the same answer, which kubectl prints as
-/// `Error from server (BadRequest): …`.
-async fn stream_refused(req: &Request<'_>, name: &str, sub: Subresource) -> Result<Response> {
+/// the container, a node assigned, an upgrade asked for). An `exec` into a running Linux
+/// container is carried to its node over the client's WebSocket (`NodeProxy::upgrade`); the
+/// rest is refused with a Status that says why (a wasm container has no commands to run and no
+/// terminal). Both of kubectl's attempts (a WebSocket GET, then, when that is refused, a SPDY
+/// POST) get the same refusal, which kubectl prints as `Error from server (BadRequest): …`.
+async fn stream(req: &Request<'_>, name: &str, sub: Subresource) -> Result<Response> {
     let what = sub.name();
     let (pod, container) = if sub == Subresource::PortForward {
         let pod = req.registry.get(req.target.resource, req.target.namespace.as_deref(), name).await?.value()?;
@@ -790,10 +794,13 @@ async fn stream_refused(req: &Request<'_>, name: &str, sub: Subresource) -> Resu
         status.get("name").and_then(Value::as_str) == Some(container.as_str())
             && status.get("containerID").and_then(Value::as_str).is_some_and(|id| id.starts_with("oci://"))
     });
+    if linux && sub == Subresource::Exec {
+        return exec(req, &pod, name, &container).await;
+    }
     let message = match sub {
-        _ if linux => format!(
-            "{what} is not supported yet for {whose}: its node runs commands in Linux containers (exec probes do), but does not stream their input and output"
-        ),
+        _ if linux => {
+            format!("{what} is not supported yet for {whose}: its node streams only exec into Linux containers")
+        }
         Subresource::PortForward => format!(
             "{what} is not supported for {whose}: its node runs WebAssembly containers, whose sockets are the runtime's, not a network namespace's"
         ),
@@ -802,6 +809,49 @@ async fn stream_refused(req: &Request<'_>, name: &str, sub: Subresource) -> Resu
         ),
     };
     Err(ApiError::bad_request(message).into())
+}
+
+/// The protocols a stream into a pod is served in (the node's), the newest first.
+const STREAM_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// `pods/exec` into the running Linux container `container` of `pod`, carried to its node.
+async fn exec(req: &Request<'_>, pod: &Value, name: &str, container: &str) -> Result<Response> {
+    let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"];
+    let running = statuses.iter().filter_map(|p| pod.pointer(p)?.as_array()).flatten().any(|status| {
+        status.get("name").and_then(Value::as_str) == Some(container) && status.pointer("/state/running").is_some()
+    });
+    if !running {
+        let message = format!("unable to upgrade connection: container not found ({container:?})");
+        return Err(ApiError::bad_request(message).into());
+    }
+    let websocket = header(&req.headers, header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let offered = header(&req.headers, header::SEC_WEBSOCKET_PROTOCOL).unwrap_or_default();
+    let speaks = offered.split(',').any(|p| STREAM_PROTOCOLS.contains(&p.trim()));
+    if !websocket || !speaks {
+        return Err(ApiError::bad_request(format!(
+            "exec streams are served over a WebSocket in {} (kubectl 1.30 and newer, the Python client): this client asked for {}",
+            STREAM_PROTOCOLS.join(" or "),
+            if websocket { format!("{offered:?}") } else { "SPDY".to_string() }
+        ))
+        .into());
+    }
+    let Some(upgrade) = req.upgrade.lock().expect("upgrade lock").take() else {
+        return Err(ApiError::bad_request("Upgrade request required").into());
+    };
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    let nodes = flotilla_api::resource::find("", "v1", "nodes").expect("nodes are served");
+    let node = req.registry.get(nodes, None, node_name).await?.value()?;
+    let namespace = req.target.namespace.as_deref().unwrap_or_default();
+    let mut query: Vec<String> =
+        req.query.all("command").iter().map(|part| format!("command={}", encode_query(part))).collect();
+    query.extend(
+        ["stdin", "stdout", "stderr", "tty"]
+            .into_iter()
+            .filter(|key| req.query.flag(key))
+            .map(|key| format!("{key}=true")),
+    );
+    let path = format!("/exec/{namespace}/{name}/{container}?{}", query.join("&"));
+    req.nodes.upgrade(&node, &path, &req.headers, upgrade).await
 }
 
 /// `pods/log`: served by the node that runs the pod, through the API server as upstream does.

@@ -353,8 +353,10 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     mut headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     // Everything past the open paths needs credentials, as with upstream's
     // `--anonymous-auth=false`.
     if user.is_anonymous() {
@@ -395,7 +397,7 @@ async fn dispatch(
     // The OpenAPI documents are served as they are hashed (their ETag), as upstream serves
     // them: not negotiated, so never indented.
     let pretty = request::pretty(&uri, &headers) && !uri.path().starts_with("/openapi");
-    let mut response = match route(&server, &user, method, &uri, headers, body).await {
+    let mut response = match route(&server, &user, method, &uri, headers, body, upgrade).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -441,6 +443,7 @@ async fn route(
     uri: &Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response, Error> {
     let path = uri.path();
     let query = Query::parse(uri.query());
@@ -503,6 +506,7 @@ async fn route(
                 query,
                 headers,
                 body,
+                upgrade: std::sync::Mutex::new(upgrade),
                 view: None,
             };
             if request.target.resource.conversion.is_some() {

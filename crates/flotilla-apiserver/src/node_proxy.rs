@@ -1,4 +1,4 @@
-//! Requests the API server makes to nodes on a client's behalf (`pods/log`), as upstream's
+//! Requests the API server makes to nodes on a client's behalf (`pods/log`, `pods/exec`), as upstream's
 //! apiserver proxies to the kubelet. A node serves HTTPS with a certificate of its own; the
 //! server accepts only the certificate whose SHA-256 the node published on its Node object
 //! (which NodeRestriction lets only that node write), and presents the server's own client
@@ -10,8 +10,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use flotilla_api::{ApiError, Reason, SERVING_CERT_ANNOTATION};
-use http::{Request, StatusCode, header};
+use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
@@ -38,7 +39,7 @@ impl NodeProxy {
 
     /// `GET path_and_query` on `node`, the answer streamed back as the node gave it.
     pub(crate) async fn get(&self, node: &Value, path_and_query: &str) -> Result<Response> {
-        let response = self.send(node, path_and_query).await?;
+        let response = self.send(node, path_and_query, &HeaderMap::new()).await?;
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::OK);
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let mut answer = Response::new(Body::new(response.into_body()));
@@ -51,7 +52,7 @@ impl NodeProxy {
 
     /// `GET path_and_query` on `node`, its answer read whole: at most `limit` bytes.
     pub(crate) async fn read(&self, node: &Value, path_and_query: &str, limit: usize) -> Result<bytes::Bytes> {
-        let response = self.send(node, path_and_query).await?;
+        let response = self.send(node, path_and_query, &HeaderMap::new()).await?;
         let read = http_body_util::Limited::new(response.into_body(), limit).collect().await;
         read.map(|body| body.to_bytes()).map_err(|e| {
             let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
@@ -59,8 +60,53 @@ impl NodeProxy {
         })
     }
 
-    /// The node's answer to `GET path_and_query`: a success, or else its refusal as an error.
-    async fn send(&self, node: &Value, path_and_query: &str) -> Result<hyper::Response<hyper::body::Incoming>> {
+    /// Carries a client's stream into a pod (`pods/exec`'s WebSocket) to `path_and_query` on
+    /// `node`, as upstream's API server proxies it to the kubelet: the upgrade is asked of the
+    /// node with the client's WebSocket headers, the node's answer is the client's, and once
+    /// both sides have switched, bytes flow both ways untouched.
+    pub(crate) async fn upgrade(
+        &self,
+        node: &Value,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        client: OnUpgrade,
+    ) -> Result<Response> {
+        let forwarded = [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_VERSION,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ];
+        let asked = forwarded.iter().filter_map(|name| Some((name.clone(), headers.get(name)?.clone()))).collect();
+        let mut response = self.send(node, path_and_query, &asked).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ApiError::internal(format!("the node answered {} to an upgrade", response.status())).into());
+        }
+        let node_side = hyper::upgrade::on(&mut response);
+        let mut answer = Response::new(Body::empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT, header::SEC_WEBSOCKET_PROTOCOL]
+        {
+            if let Some(value) = response.headers().get(&name) {
+                answer.headers_mut().insert(name, value.clone());
+            }
+        }
+        tokio::spawn(async move {
+            let (Ok(client), Ok(node)) = tokio::join!(client, node_side) else { return };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(node)).await;
+        });
+        Ok(answer)
+    }
+
+    /// The node's answer to `GET path_and_query` with `headers`: a success (or the switch an
+    /// upgrade asked for), or else its refusal as an error.
+    async fn send(
+        &self,
+        node: &Value,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let unreachable =
             |why: String| ApiError::new(Reason::ServiceUnavailable, format!("cannot reach node {name:?}: {why}"));
@@ -102,14 +148,15 @@ impl NodeProxy {
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
+                if let Err(err) = connection.with_upgrades().await {
                     tracing::debug!(%err, "a node connection ended");
                 }
             });
-            let request = Request::get(path_and_query)
+            let mut request = Request::get(path_and_query)
                 .header(header::HOST, format!("{host}:{port}"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
+            request.headers_mut().extend(headers.clone());
             sender.send_request(request).await.map_err(|e| e.to_string())
         };
         let response = tokio::time::timeout(NODE_TIMEOUT, connect)
@@ -117,7 +164,7 @@ impl NodeProxy {
             .map_err(|_| unreachable(format!("no answer within {}s", NODE_TIMEOUT.as_secs())))?
             .map_err(unreachable)?;
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        if !status.is_success() {
+        if !status.is_success() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(refusal(status, response.into_body()).await.into());
         }
         Ok(response)

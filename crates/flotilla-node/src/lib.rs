@@ -12,6 +12,7 @@
 
 mod activations;
 mod beneath;
+mod exec;
 pub mod hollow;
 pub mod images;
 pub mod logs;

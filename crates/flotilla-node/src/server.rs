@@ -35,6 +35,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
     let authenticator = Authenticator::new().with_token_review(review, &[MONITORING]);
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/stats/summary", get(summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
@@ -56,6 +57,7 @@ async fn masters_only(request: axum::extract::Request, next: axum::middleware::N
     let resource = match () {
         _ if path.starts_with("/stats") => "nodes/stats",
         _ if path.starts_with("/metrics") => "nodes/metrics",
+        _ if path.starts_with("/exec") => "nodes/proxy",
         _ => "nodes/log",
     };
     match request.extensions().get::<UserInfo>() {
@@ -225,8 +227,39 @@ impl LogQuery {
     }
 }
 
+/// `kubectl exec` in a running container of a pod on this node, over the WebSocket the request
+/// upgrades to (`exec.rs`).
+async fn exec(
+    State(server): State<Server>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let bad = |message: String| status(StatusCode::BAD_REQUEST, "BadRequest", message);
+    let options = match crate::exec::Options::parse(query.as_deref()) {
+        Ok(options) => options,
+        Err(message) => return bad(message),
+    };
+    let control = server
+        .node
+        .pods
+        .get(&namespace, &pod)
+        .and_then(|entry| entry.running.lock().expect("pod entry lock").get(&container).cloned());
+    let Some(control) = control else {
+        return bad(format!("unable to upgrade connection: container not found ({container:?})"));
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade.protocols(crate::exec::PROTOCOLS),
+        Err(rejection) => return bad(format!("a stream is a WebSocket upgrade: {rejection}")),
+    };
+    if upgrade.selected_protocol().is_none() {
+        return bad(format!("a stream is served in {}", crate::exec::PROTOCOLS.join(" or ")));
+    }
+    crate::exec::serve(upgrade, control, options)
+}
+
 /// Percent-decoding of a query value (`+` is a space).
-fn decode(value: &str) -> String {
+pub(crate) fn decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

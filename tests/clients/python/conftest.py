@@ -1,6 +1,7 @@
 """Shared by every Python client's suite: the server under test is the one the Rust e2e driver
 (`tests/e2e/clients.rs`) started, named by KUBECONFIG; FLOTILLA_IMAGE_RUN names a module that
-runs until stopped and prints a line a second, FLOTILLA_IMAGE_ONCE one that prints and exits 0."""
+runs until stopped and prints a line a second, FLOTILLA_IMAGE_ONCE one that prints and exits 0,
+FLOTILLA_IMAGE_BUSYBOX a busybox image, where the node runs Linux containers."""
 
 import os
 import time
@@ -10,6 +11,8 @@ import pytest
 KUBECONFIG = os.environ["KUBECONFIG"]
 IMAGE_RUN = os.environ.get("FLOTILLA_IMAGE_RUN", "ticker:e2e")
 IMAGE_ONCE = os.environ.get("FLOTILLA_IMAGE_ONCE", "hello:e2e")
+# A busybox image, where the node runs Linux containers; otherwise empty.
+IMAGE_BUSYBOX = os.environ.get("FLOTILLA_IMAGE_BUSYBOX", "")
 
 
 def eventually(check, timeout=60, interval=0.2):

@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from conftest import IMAGE_ONCE, IMAGE_RUN, KUBECONFIG, eventually, upstream_status
+from conftest import IMAGE_BUSYBOX, IMAGE_ONCE, IMAGE_RUN, KUBECONFIG, eventually, upstream_status
 from kubernetes import client, config, dynamic, utils, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.informer import SharedInformer
@@ -122,6 +122,57 @@ def test_pods_run_log_and_refuse_exec(api):
         stream(core.connect_get_namespaced_pod_exec, "ticker", NS, command=["date"], stdout=True, stderr=True)
     assert "400" in str(refused.value) and "exec" in str(refused.value), refused.value
     core.delete_namespaced_pod("ticker", NS, body={}, grace_period_seconds=0)
+
+
+@pytest.mark.skipif(not IMAGE_BUSYBOX, reason="no Linux containers here (FLOTILLA_E2E_OCI)")
+def test_busybox_exec_as_the_clients_own_e2e_suite(api):
+    """The client's own e2e tests of a busybox pod (`test_pod_apis`, `test_exit_code`): commands
+    run through `stream`, whole and interactive, and their exit codes."""
+    from kubernetes.stream import stream
+    from kubernetes.stream.ws_client import ERROR_CHANNEL
+
+    core = client.CoreV1Api(api)
+    pod = {
+        "metadata": {"name": "busybox-test"},
+        "spec": {"containers": [{
+            "name": "busybox", "image": IMAGE_BUSYBOX, "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", "while true; do date; sleep 5; done"],
+        }]},
+    }
+    core.create_namespaced_pod(NS, pod)
+    eventually(lambda: core.read_namespaced_pod("busybox-test", NS).status.phase == "Running")
+    exec_pod = core.connect_get_namespaced_pod_exec
+    said = stream(exec_pod, "busybox-test", NS, command=["/bin/sh", "-c", "for i in $(seq 1 3); do date; done"],
+                  stderr=False, stdin=False, stdout=True, tty=False)
+    assert len(said.splitlines()) == 3, said
+    said = stream(exec_pod, "busybox-test", NS, command=["uptime"], stderr=False, stdin=False, stdout=True, tty=False)
+    assert len(said.splitlines()) == 1, said
+
+    shell = stream(exec_pod, "busybox-test", NS, command=["/bin/sh"], stderr=True, stdin=True, stdout=True, tty=False,
+                   _preload_content=False)
+    shell.write_stdin("echo test string 1\n")
+    assert "test string 1" in shell.readline_stdout(timeout=5)
+    shell.write_stdin("echo test string 2 >&2\n")
+    assert "test string 2" in shell.readline_stderr(timeout=5)
+    shell.write_stdin("exit\n")
+    shell.update(timeout=5)
+
+    def ended():
+        shell.update(timeout=1)
+        return shell.read_channel(ERROR_CHANNEL)
+
+    status = eventually(ended, timeout=10)
+    assert json.loads(status)["status"] == "Success", status
+    shell.update(timeout=5)
+    assert not shell.is_open()
+
+    for command, code in ((["false"], 1), (["/bin/sh", "-c", "sleep 1; exit 3"], 3), (["true"], 0),
+                          (["/bin/sh", "-c", "ls /"], 0)):
+        ran = stream(exec_pod, "busybox-test", NS, command=command, stderr=True, stdin=False, stdout=True, tty=False,
+                     _preload_content=False)
+        ran.run_forever(timeout=10)
+        assert ran.returncode == code, (command, ran.returncode)
+    core.delete_namespaced_pod("busybox-test", NS, body={}, grace_period_seconds=0)
 
 
 def test_deployments_scale_through_the_subresource(api):

@@ -53,6 +53,8 @@ pub(crate) struct PodEntry {
     pub containers: Mutex<HashMap<String, ContainerLogs>>,
     /// What each running container's current run uses, by name.
     pub usage: Mutex<HashMap<String, crate::runtime::ContainerUsage>>,
+    /// Each running container's current run, by name, which `kubectl exec` runs commands in.
+    pub running: Mutex<HashMap<String, Arc<dyn crate::runtime::Control>>>,
     /// The pod's `spec.priority`, which the eviction manager ranks by.
     pub priority: i32,
     /// What the pod's containers request of memory, in bytes, by name.
@@ -175,6 +177,7 @@ fn dispatch(node: &Arc<Node>, workers: &mut HashMap<String, WorkerHandle>, pod: 
         log_dir: crate::logs::pod_dir(&node.logs_dir, &namespace, &name, &uid),
         containers: Mutex::default(),
         usage: Mutex::default(),
+        running: Mutex::default(),
         priority: spec.and_then(|s| s.priority).unwrap_or(0),
         memory_requests: spec.iter().flat_map(|s| &s.containers).map(|c| (c.name.clone(), memory_request(c))).collect(),
         worker: events_tx.clone(),

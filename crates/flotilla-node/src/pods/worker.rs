@@ -849,7 +849,8 @@ impl Worker {
                     return;
                 }
                 let name = self.record(slot).name.clone();
-                self.entry.usage.lock().expect("pod entry lock").insert(name, usage);
+                self.entry.usage.lock().expect("pod entry lock").insert(name.clone(), usage);
+                self.entry.running.lock().expect("pod entry lock").insert(name, control.clone());
                 if let Some(run) = self.runs.get_mut(&slot) {
                     run.control = Some(control);
                 }
@@ -1004,6 +1005,7 @@ impl Worker {
     fn ended(&mut self, slot: Slot) {
         let name = self.record(slot).name.clone();
         self.entry.usage.lock().expect("pod entry lock").remove(&name);
+        self.entry.running.lock().expect("pod entry lock").remove(&name);
     }
 
     fn is_current(&mut self, slot: Slot, attempt: i32) -> bool {

@@ -130,8 +130,41 @@ pub(crate) trait Control: Send + Sync + std::fmt::Debug {
     /// `timeout`: its exit code and what it wrote (the first [`EXEC_OUTPUT`] bytes).
     fn exec(&self, command: Vec<String>, timeout: Duration) -> BoxFuture<'static, Result<Executed, String>> {
         let _ = (command, timeout);
-        std::future::ready(Err("this container runs no commands but its own".to_string())).boxed()
+        std::future::ready(Err(NO_COMMANDS.to_string())).boxed()
     }
+
+    /// Starts `command` in it as `kubectl exec` does, with the `streams` asked for.
+    fn spawn(&self, command: Vec<String>, streams: Streams) -> BoxFuture<'static, Result<Spawned, String>> {
+        let _ = (command, streams);
+        std::future::ready(Err(NO_COMMANDS.to_string())).boxed()
+    }
+}
+
+const NO_COMMANDS: &str = "this container runs no commands but its own";
+
+/// Which of a command's streams a client attaches to: `kubectl exec`'s input (`-i`), output,
+/// errors, and whether they are one terminal (`-t`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A command started in a container for `kubectl exec`: the streams asked for (the others
+/// lead nowhere), its terminal's size, its end.
+pub(crate) struct Spawned {
+    pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    pub stdout: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    /// Its errors, apart from its output (none on a terminal, which has one stream).
+    pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    /// Gives its terminal a new size (columns, rows).
+    pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
+    /// Its exit code (128 + a signal that ended it), or why it could not be run.
+    pub exit: BoxFuture<'static, Result<i32, String>>,
+    /// Ends it now: no one is listening any more.
+    pub kill: Box<dyn FnOnce() + Send>,
 }
 
 /// The most of a command's output an `exec` keeps, as the kubelet's prober (10 KiB).

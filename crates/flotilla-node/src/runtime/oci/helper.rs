@@ -33,18 +33,31 @@ pub(crate) enum Step {
     /// Is the first process of a pod's PID namespace (`Sandbox` starts it there).
     Pause,
     /// Runs `command` in a running container (its namespaces, cgroup and user), waits for it
-    /// at most `timeout_ms` (then kills it), and exits with its code.
-    Exec { root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64 },
+    /// at most `timeout_ms` (then kills it), or for as long as the pipe `lifeline` (a
+    /// descriptor it inherited) has a writer, and exits with its code.
+    Exec { root: PathBuf, id: String, command: Vec<String>, until: Until },
 }
 
 /// The exit code of an `exec` whose command ran out of time, as `timeout(1)`'s.
 pub(crate) const TIMED_OUT: i32 = 124;
 
+/// How long an `exec`'s command may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// So many milliseconds (an `exec` probe's timeout).
+    Milliseconds(u64),
+    /// While the pipe whose read end is this descriptor has a writer (`kubectl exec`'s client
+    /// is there): the agent holds the write end.
+    Lifeline(i32),
+}
+
 impl Step {
     /// The step `args` (after `oci-helper`) name, and where its failure goes.
     pub(crate) fn parse(args: &[String]) -> Result<(Step, PathBuf), String> {
+        // The helper's own arguments: what follows `--` is a command's.
+        let own = &args[..args.iter().position(|a| a == "--").unwrap_or(args.len())];
         let value = |name: &str| -> Result<String, String> {
-            args.iter()
+            own.iter()
                 .position(|a| a == name)
                 .and_then(|i| args.get(i + 1))
                 .cloned()
@@ -64,7 +77,12 @@ impl Step {
             Some("exec") => Step::Exec {
                 root: value("--root")?.into(),
                 id: value("--id")?,
-                timeout_ms: value("--timeout-ms")?.parse().map_err(|e| format!("oci-helper: --timeout-ms: {e}"))?,
+                until: match value("--lifeline-fd") {
+                    Ok(fd) => Until::Lifeline(fd.parse().map_err(|e| format!("oci-helper: --lifeline-fd: {e}"))?),
+                    Err(_) => Until::Milliseconds(
+                        value("--timeout-ms")?.parse().map_err(|e| format!("oci-helper: --timeout-ms: {e}"))?,
+                    ),
+                },
                 command: args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect(),
             },
             Some("sandbox") => {
@@ -107,7 +125,7 @@ impl Step {
                 }
                 Ok(0)
             }
-            Step::Exec { root, id, command, timeout_ms } => exec(root, id, command, timeout_ms),
+            Step::Exec { root, id, command, until } => exec(root, id, command, until),
             Step::Pause => pause(),
         }
     }
@@ -179,7 +197,20 @@ pub(crate) fn main(args: &[String]) -> i32 {
 
 /// Runs `command` in the container `id` as one more of its processes (youki's tenant, as
 /// `runc exec`), waits for it, and gives its exit code (128 + a signal that ended it).
-fn exec(root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64) -> Result<i32, String> {
+fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result<i32, String> {
+    // The inherited pipe, opened anew through its number (a FIFO's open, without waiting for
+    // a writer), before there is a command to leave unwatched.
+    let lifeline = match until {
+        Until::Lifeline(fd) => Some(
+            rustix::fs::open(
+                format!("/proc/self/fd/{fd}"),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("opening the lifeline: {e}"))?,
+        ),
+        Until::Milliseconds(_) => None,
+    };
     if command.is_empty() {
         return Err("no command to exec".into());
     }
@@ -200,7 +231,15 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64) -> Res
         .build()
         .map_err(|e| format!("running the command: {e}"))?;
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("the command has no process")?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let deadline = match until {
+        Until::Milliseconds(ms) => Some(std::time::Instant::now() + std::time::Duration::from_millis(ms)),
+        Until::Lifeline(_) => None,
+    };
+    // Its own child: its pid cannot have been taken by another process.
+    let kill = || {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    };
     loop {
         match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
             Ok(Some((_, status))) => {
@@ -211,13 +250,22 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, timeout_ms: u64) -> Res
                     return Ok(128 + signal);
                 }
             }
-            Ok(None) if std::time::Instant::now() > deadline => {
-                // Its own child: its pid cannot have been taken by another process.
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Ok(None) if deadline.is_some_and(|deadline| std::time::Instant::now() > deadline) => {
+                kill();
                 return Ok(TIMED_OUT);
             }
-            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Ok(None) => match &lifeline {
+                None => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Some(lifeline) => {
+                    let mut polled = [rustix::event::PollFd::new(lifeline, rustix::event::PollFlags::IN)];
+                    let timeout = rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
+                    // Readable: its writer is gone (the agent writes nothing to it).
+                    if rustix::event::poll(&mut polled, Some(&timeout)).is_ok_and(|ready| ready > 0) {
+                        kill();
+                        return Ok(128 + 9);
+                    }
+                }
+            },
             Err(e) => return Err(format!("waiting for the command: {e}")),
         }
     }

@@ -34,6 +34,8 @@ mod spec;
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +51,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{
     ContainerRuntime, ContainerUsage, Control, CreateError, Created, EXEC_OUTPUT, Executed, Exit, ExitReason, Launch,
-    Meter, Started,
+    Meter, Spawned, Started, Streams,
 };
 use crate::images::container::snapshot;
 use crate::images::{Image, ImageStore, Kind};
@@ -958,6 +960,165 @@ async fn exec(
     }
 }
 
+/// Starts `command` in the container `id` for `kubectl exec`: a helper step as for [`exec`],
+/// with the `streams` asked for as pipes (the others lead nowhere), or all three on a terminal
+/// (`tty`) whose other side the node keeps. The helper kills the command once its lifeline,
+/// the read end of a pipe whose write end the returned `kill` holds, breaks: the client went
+/// away, or the agent did.
+fn spawn(
+    helper: &Path,
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    command: Vec<String>,
+    streams: Streams,
+) -> Result<Spawned, String> {
+    use std::process::Stdio;
+    let failed = |e: std::io::Error| format!("running the command: {e}");
+    let errors = tempfile::Builder::new().prefix(".exec-").tempfile_in(bundle).map_err(failed)?;
+    let (lifeline, held) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
+    // The helper inherits the read end (a child started meanwhile may too: it only reads).
+    rustix::io::fcntl_setfd(&lifeline, rustix::io::FdFlags::empty()).map_err(|e| failed(e.into()))?;
+    let mut helper_command = tokio::process::Command::new(helper);
+    helper_command
+        .arg("oci-helper")
+        .arg("exec")
+        .arg("--root")
+        .arg(state)
+        .args(["--id", id, "--lifeline-fd", &lifeline.as_raw_fd().to_string(), "--error-file"])
+        .arg(errors.path())
+        .arg("--")
+        .args(&command);
+    let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
+    let terminal = if streams.tty {
+        let (master, slave) = open_terminal().map_err(failed)?;
+        let (input, output) = (slave.try_clone().map_err(failed)?, slave.try_clone().map_err(failed)?);
+        helper_command.stdin(input).stdout(output).stderr(slave);
+        Some(master)
+    } else {
+        helper_command.stdin(piped(streams.stdin)).stdout(piped(streams.stdout)).stderr(piped(streams.stderr));
+        None
+    };
+    let mut child = helper_command.spawn().map_err(|e| format!("running {}: {e}", helper.display()))?;
+    drop(lifeline);
+    let mut spawned = Spawned {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        resize: None,
+        exit: futures::future::pending().boxed(),
+        kill: Box::new(move || drop(held)),
+    };
+    match terminal {
+        Some(master) => {
+            // Deprecated for a `T` whose descriptor could close under it: the `AsyncFd` owns it.
+            #[allow(deprecated)]
+            let master = Arc::new(AsyncFd::new(master).map_err(failed)?);
+            if streams.stdin {
+                spawned.stdin = Some(Box::new(Terminal(master.clone())));
+            }
+            if streams.stdout {
+                spawned.stdout = Some(Box::new(Terminal(master.clone())));
+            }
+            spawned.resize = Some(Box::new(move |columns: u16, rows: u16| {
+                let size = rustix::termios::Winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
+                let _ = rustix::termios::tcsetwinsize(master.get_ref(), size);
+            }));
+        }
+        None => {
+            spawned.stdin = child.stdin.take().map(|s| Box::new(s) as _);
+            spawned.stdout = child.stdout.take().map(|s| Box::new(s) as _);
+            spawned.stderr = child.stderr.take().map(|s| Box::new(s) as _);
+        }
+    }
+    spawned.exit = async move {
+        let status = child.wait().await.map_err(|e| format!("running the command: {e}"))?;
+        let written = std::fs::read_to_string(errors.path()).unwrap_or_default();
+        if !written.is_empty() {
+            return Err(written);
+        }
+        status.code().ok_or_else(|| format!("running the command: {status}"))
+    }
+    .boxed();
+    Ok(spawned)
+}
+
+/// A new terminal: its side the node keeps (not blocking), and the side a command gets as its
+/// input and output.
+fn open_terminal() -> std::io::Result<(OwnedFd, std::fs::File)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags((OFlags::NOCTTY | OFlags::CLOEXEC).bits() as i32)
+        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+    Ok((master, slave))
+}
+
+/// The node's side of a command's terminal, read and written as the tokio reactor says it
+/// may be: no thread waits on it.
+struct Terminal(Arc<AsyncFd<OwnedFd>>);
+
+impl tokio::io::AsyncRead for Terminal {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            let mut ready = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match ready.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // Every holder of the command's side has closed it: its end.
+                Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Terminal {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut ready = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match ready.try_io(|fd| rustix::io::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+                Ok(written) => return std::task::Poll::Ready(written),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Copies one of a container's output FIFOs into its log until every process that could write
 /// to it has ended. While the container runs, a log that cannot keep up is waited for (the
 /// container's writes wait on a full pipe); once it has `ended`, what its pipe held is read at
@@ -1028,6 +1189,11 @@ impl Control for OciControl {
         let (helper, state, bundle, id) =
             (self.helper.clone(), self.state.clone(), self.bundle.clone(), self.id.clone());
         async move { exec(&helper, &state, &bundle, &id, command, timeout).await }.boxed()
+    }
+
+    fn spawn(&self, command: Vec<String>, streams: Streams) -> BoxFuture<'static, Result<Spawned, String>> {
+        let started = spawn(&self.helper, &self.state, &self.bundle, &self.id, command, streams);
+        std::future::ready(started).boxed()
     }
 }
 
