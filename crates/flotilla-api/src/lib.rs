@@ -34,5 +34,9 @@ pub use resource::{ResourceDef, Subresource};
 /// a bearer token names, as the kubelet does.
 pub const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
+/// The protocols a stream into a pod (`kubectl exec`) is served in, over a WebSocket, the
+/// newest first: the API server carries them to the node, which speaks them.
+pub const STREAM_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
 /// The Kubernetes release whose API Flotilla serves.
 pub const KUBERNETES_VERSION: (u32, u32) = (1, 33);

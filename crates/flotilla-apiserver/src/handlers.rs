@@ -811,9 +811,6 @@ async fn stream(req: &Request<'_>, name: &str, sub: Subresource) -> Result<Respo
     Err(ApiError::bad_request(message).into())
 }
 
-/// The protocols a stream into a pod is served in (the node's), the newest first.
-const STREAM_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
 /// `pods/exec` into the running Linux container `container` of `pod`, carried to its node.
 async fn exec(req: &Request<'_>, pod: &Value, name: &str, container: &str) -> Result<Response> {
     let statuses = ["/status/containerStatuses", "/status/initContainerStatuses"];
@@ -826,11 +823,11 @@ async fn exec(req: &Request<'_>, pod: &Value, name: &str, container: &str) -> Re
     }
     let websocket = header(&req.headers, header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     let offered = header(&req.headers, header::SEC_WEBSOCKET_PROTOCOL).unwrap_or_default();
-    let speaks = offered.split(',').any(|p| STREAM_PROTOCOLS.contains(&p.trim()));
+    let speaks = offered.split(',').any(|p| flotilla_api::STREAM_PROTOCOLS.contains(&p.trim()));
     if !websocket || !speaks {
         return Err(ApiError::bad_request(format!(
             "exec streams are served over a WebSocket in {} (kubectl 1.30 and newer, the Python client): this client asked for {}",
-            STREAM_PROTOCOLS.join(" or "),
+            flotilla_api::STREAM_PROTOCOLS.join(" or "),
             if websocket { format!("{offered:?}") } else { "SPDY".to_string() }
         ))
         .into());

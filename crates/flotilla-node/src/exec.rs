@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::runtime::{Control, Spawned, Streams};
 
-/// The protocols served, the newest first.
-pub(crate) const PROTOCOLS: [&str; 2] = [V5, "v4.channel.k8s.io"];
-const V5: &str = "v5.channel.k8s.io";
+pub(crate) use flotilla_api::STREAM_PROTOCOLS as PROTOCOLS;
+/// The newest protocol, which closes a client's stream apart from the rest.
+const V5: &str = PROTOCOLS[0];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;

@@ -106,11 +106,7 @@ pub async fn run(client: kube::Client, config: HollowConfig) -> Result<(), Error
         routes.insert(config.name(index), route);
         shares.push(share);
     }
-    let (services, writer) = reflector::store();
-    let watch_services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|_| async {});
+    let (services, watch_services) = crate::watch_services(client.clone());
     let _tasks = Tasks(vec![tokio::spawn(watch_services), tokio::spawn(split_pods(client.clone(), routes))]);
     let agents: Vec<Agent> = futures::stream::iter(shares.into_iter().enumerate())
         .map(|(index, share)| {

@@ -191,6 +191,16 @@ pub(crate) struct Node {
     hollow: bool,
 }
 
+/// The cluster's Services, as a reflector keeps them, and the watch that keeps them (to run).
+fn watch_services(client: kube::Client) -> (reflector::Store<Service>, futures::future::BoxFuture<'static, ()>) {
+    let (services, writer) = reflector::store();
+    let watch = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| async {});
+    (services, futures::FutureExt::boxed(watch))
+}
+
 /// The pod network as the runtime asks it: which addresses are pods', and how to reach them.
 #[derive(Debug)]
 struct PodRanges(Arc<flotilla_net::PodNetwork>);
@@ -303,18 +313,14 @@ impl Agent {
                     pod_network: pod_network.clone(),
                     frontends: frontends.clone(),
                 }));
-                let (services, writer) = reflector::store();
-                let watch = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-                    .default_backoff()
-                    .reflect(writer)
-                    .for_each(|_| async {});
+                let (services, watch) = watch_services(client.clone());
                 (
                     images::Images::new(store, images::Registries::new(config.insecure_registries.clone())),
                     Some(pod_network),
                     flotilla_client::Recorder::new(client.clone(), "kubelet", Some(&config.name)),
                     services,
                     pods::watch(client.clone(), &config.name),
-                    Some(futures::FutureExt::boxed(watch)),
+                    Some(watch),
                 )
             }
             Host::Hollow(plugs) => {

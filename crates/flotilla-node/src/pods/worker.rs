@@ -529,6 +529,13 @@ impl Worker {
         }
     }
 
+    fn record_ref(&self, slot: Slot) -> &ContainerRecord {
+        match slot {
+            Slot::Init(i) => &self.init[i],
+            Slot::Main(i) => &self.main[i],
+        }
+    }
+
     fn container(&self, slot: Slot) -> Option<Container> {
         let spec = self.pod.spec.as_ref()?;
         match slot {
@@ -1204,11 +1211,7 @@ impl Worker {
         if self.sandbox.as_ref().is_some_and(|s| s.shares_netns) {
             return false;
         }
-        let record = match slot {
-            Slot::Init(i) => &self.init[i],
-            Slot::Main(i) => &self.main[i],
-        };
-        let id = match &record.run {
+        let id = match &self.record_ref(slot).run {
             Run::Running { container_id, .. } => Some(container_id.as_str()),
             _ => self.runs.get(&slot).and_then(|run| run.started.as_ref()).map(|(_, id)| id.as_str()),
         };

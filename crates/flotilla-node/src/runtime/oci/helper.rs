@@ -403,3 +403,44 @@ fn pause() -> ! {
 
 /// The user and group the pause runs as: upstream's pause image's (65535).
 const PAUSE_ID: u32 = 65535;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_commands_words_are_never_the_helpers_flags() {
+        // A probe's command that names the helper's flags does not switch its mode.
+        let probe = args(&[
+            "exec",
+            "--root",
+            "/r",
+            "--id",
+            "c",
+            "--timeout-ms",
+            "1000",
+            "--error-file",
+            "/e",
+            "--",
+            "sh",
+            "--lifeline-fd",
+            "0",
+            "--id",
+            "other",
+        ]);
+        let (Step::Exec { id, until, command, .. }, _) = Step::parse(&probe).unwrap() else { panic!("not exec") };
+        assert_eq!((id.as_str(), until), ("c", Until::Milliseconds(1000)));
+        assert_eq!(command, ["sh", "--lifeline-fd", "0", "--id", "other"]);
+        // Nor do they stand in for a flag the helper was not given.
+        let missing = args(&["exec", "--root", "/r", "--error-file", "/e", "--", "--id", "c", "--timeout-ms", "5"]);
+        assert!(Step::parse(&missing).is_err());
+        let session =
+            args(&["exec", "--root", "/r", "--id", "c", "--lifeline-fd", "7", "--error-file", "/e", "--", "sh"]);
+        let (Step::Exec { until, .. }, _) = Step::parse(&session).unwrap() else { panic!("not exec") };
+        assert_eq!(until, Until::Lifeline(7));
+    }
+}

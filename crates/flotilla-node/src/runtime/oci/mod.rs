@@ -898,6 +898,33 @@ impl OciRun {
     }
 }
 
+/// The helper's `exec` step: `command` in the container `id`, for as long as `until` says
+/// (`--timeout-ms` or `--lifeline-fd`, and its value), its failure written to `errors`.
+fn helper_exec(
+    helper: &Path,
+    state: &Path,
+    id: &str,
+    until: (&str, u128),
+    errors: &Path,
+    command: &[String],
+) -> tokio::process::Command {
+    let mut step = tokio::process::Command::new(helper);
+    step.arg("oci-helper")
+        .arg("exec")
+        .arg("--root")
+        .arg(state)
+        .args(["--id", id, until.0, &until.1.to_string(), "--error-file"])
+        .arg(errors)
+        .arg("--")
+        .args(command);
+    step
+}
+
+/// Why the helper's step failed, if it wrote why to `errors`.
+fn helper_failure(errors: &Path) -> Option<String> {
+    std::fs::read_to_string(errors).ok().filter(|written| !written.is_empty())
+}
+
 /// Runs `command` in the container `id` through the helper, which kills it after `timeout`:
 /// its code and its output (stdout and stderr together, as the kubelet's prober keeps them).
 async fn exec(
@@ -911,15 +938,7 @@ async fn exec(
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let (output, writer) = std::io::pipe().map_err(failed)?;
     let errors = tempfile::Builder::new().prefix(".exec-").tempfile_in(bundle).map_err(failed)?;
-    let mut child = tokio::process::Command::new(helper)
-        .arg("oci-helper")
-        .arg("exec")
-        .arg("--root")
-        .arg(state)
-        .args(["--id", id, "--timeout-ms", &timeout.as_millis().to_string(), "--error-file"])
-        .arg(errors.path())
-        .arg("--")
-        .args(&command)
+    let mut child = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), errors.path(), &command)
         .stdin(std::process::Stdio::null())
         .stdout(writer.try_clone().map_err(failed)?)
         .stderr(writer)
@@ -949,9 +968,8 @@ async fn exec(
         }
         keep(&mut kept, &buffer[..n]);
     }
-    let written = std::fs::read_to_string(errors.path()).unwrap_or_default();
-    if !written.is_empty() {
-        return Err(written);
+    if let Some(failure) = helper_failure(errors.path()) {
+        return Err(failure);
     }
     match status.code() {
         Some(helper::TIMED_OUT) => Err(format!("command {command:?} timed out")),
@@ -979,16 +997,8 @@ fn spawn(
     let (lifeline, held) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
     // The helper inherits the read end (a child started meanwhile may too: it only reads).
     rustix::io::fcntl_setfd(&lifeline, rustix::io::FdFlags::empty()).map_err(|e| failed(e.into()))?;
-    let mut helper_command = tokio::process::Command::new(helper);
-    helper_command
-        .arg("oci-helper")
-        .arg("exec")
-        .arg("--root")
-        .arg(state)
-        .args(["--id", id, "--lifeline-fd", &lifeline.as_raw_fd().to_string(), "--error-file"])
-        .arg(errors.path())
-        .arg("--")
-        .args(&command);
+    let until = ("--lifeline-fd", u128::try_from(lifeline.as_raw_fd()).unwrap_or_default());
+    let mut helper_command = helper_exec(helper, state, id, until, errors.path(), &command);
     let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
     let terminal = if streams.tty {
         let (master, slave) = open_terminal().map_err(failed)?;
@@ -1033,9 +1043,8 @@ fn spawn(
     }
     spawned.exit = async move {
         let status = child.wait().await.map_err(|e| format!("running the command: {e}"))?;
-        let written = std::fs::read_to_string(errors.path()).unwrap_or_default();
-        if !written.is_empty() {
-            return Err(written);
+        if let Some(failure) = helper_failure(errors.path()) {
+            return Err(failure);
         }
         status.code().ok_or_else(|| format!("running the command: {status}"))
     }
