@@ -416,10 +416,11 @@ spec:
     ensure!(mask.trim() == "SigBlk:\t0000000000000000", "{mask:?}");
 
     // A command an exec probe runs, runs as the container's user (youki's exec alone would
-    // run it as root).
-    let probed = "    command: [\"sleep\", \"600\"]\n    securityContext:\n      runAsUser: 65534\n    readinessProbe:\n      exec:\n        command: [\"sh\", \"-c\", \"test $(id -u) = 65534\"]\n      periodSeconds: 1\n";
+    // run it as root), with no more capabilities than the container: here none.
+    let probed = "    command: [\"sleep\", \"600\"]\n    securityContext:\n      runAsUser: 65534\n      capabilities: {drop: [ALL]}\n    readinessProbe:\n      exec:\n        command: [\"sh\", \"-c\", \"test $(id -u) = 65534\"]\n      periodSeconds: 1\n";
     apply(&k, &pod("probed", &node, "busybox", "Always", probed, "  terminationGracePeriodSeconds: 1\n"))?;
     wait_for(&k, "probed", "{.status.containerStatuses[0].ready}", 60, |r| r == "true")?;
+    check_exec_confinement(&k, "probed")?;
 
     // Volumes, bound into the container: a ConfigMap's keys and a writable emptyDir.
     k.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello from a configmap"])?;
@@ -730,13 +731,28 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         run(&["exec", "-i", "web", "--", "sh", "-c", "cat; echo done as $(id -u) on $(hostname)"], Some("piped\n"))?;
     ensure!(out.status.success() && text(&out.stdout) == "piped\ndone as 0 on web\n", "{out:?}");
     // A terminal: `script` gives kubectl one, as a user's shell would, of a size it passes on.
-    let line =
-        shell_line(&k.command(&["exec", "-it", "web", "--", "sh", "-c", "test -t 0 && echo on a terminal; stty size"]));
+    // It is the command's controlling terminal (so that ^C is SIGINT): `/dev/tty` opens.
+    let line = shell_line(&k.command(&[
+        "exec",
+        "-it",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && echo on a terminal; stty size; echo controlled > /dev/tty",
+    ]));
     let mut script = std::process::Command::new("script");
     script.args(["-qec", &format!("stty cols 91 rows 27; {line}"), "/dev/null"]).stdin(Stdio::null());
     let out = script.output()?;
     let shown = text(&out.stdout);
-    ensure!(out.status.success() && shown.contains("on a terminal") && shown.contains("27 91"), "{out:?}");
+    ensure!(
+        out.status.success()
+            && shown.contains("on a terminal")
+            && shown.contains("27 91")
+            && shown.contains("controlled"),
+        "{out:?}"
+    );
+    check_exec_confinement(k, "web")?;
     // A command that cannot start says why, and kubectl fails.
     let out = run(&["exec", "web", "--", "no-such-command"], None)?;
     ensure!(!out.status.success(), "{out:?}");
@@ -766,6 +782,33 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
     let refused = old.fails(&["exec", "web", "--", "true"])?;
     ensure!(refused.contains("this client asked for SPDY"), "{refused}");
     k.ok(&["delete", "pod", "ended", "--wait=false"])?;
+    Ok(())
+}
+
+/// A command run in `pod` by `kubectl exec` is as confined as its container's own process (its
+/// PID 1): the same seccomp mode and capabilities; and it has `no_new_privs` (youki's exec
+/// gives it that).
+fn check_exec_confinement(k: &Kubectl, pod: &str) -> Result<()> {
+    let status = "grep -E '^(Seccomp|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc";
+    let both = k.ok(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        &format!("{status}/self/status; grep NoNewPrivs: /proc/self/status; echo; {status}/1/status"),
+    ])?;
+    let (command, container) = both.split_once("\n\n").unwrap_or((&both, ""));
+    let (own, no_new_privs): (Vec<&str>, Vec<&str>) = command.lines().partition(|l| !l.starts_with("NoNewPrivs:"));
+    ensure!(
+        own == container.lines().collect::<Vec<_>>(),
+        "{pod}: the command's confinement, then its container's: {both}"
+    );
+    ensure!(own.contains(&"Seccomp:\t2") && no_new_privs == ["NoNewPrivs:\t1"], "{pod}: {both}");
+    // The filter bites: no user namespace, as for the container's own processes.
+    let refused =
+        k.ok(&["exec", pod, "--", "sh", "-c", "unshare -U true 2>/dev/null && echo unshared || echo refused"])?;
+    ensure!(refused == "refused\n", "{pod}: {refused:?}");
     Ok(())
 }
 

@@ -220,9 +220,11 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result
     let config = std::fs::read(container.bundle().join("config.json")).map_err(|e| format!("reading the spec: {e}"))?;
     let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("reading the spec: {e}"))?;
     let id_of = |key: &str| config["process"]["user"][key].as_u64().and_then(|n| u32::try_from(n).ok());
+    let confinement = Confinement::of(&config)?;
     let pid = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| e.to_string())?
+        .with_executor(confinement.clone())
         .as_tenant()
         .with_user(id_of("uid"))
         .with_group(id_of("gid"))
@@ -268,6 +270,71 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result
             },
             Err(e) => return Err(format!("waiting for the command: {e}")),
         }
+    }
+}
+
+/// What youki's tenant leaves out of a command it runs in a container, done in the command's
+/// process just before the command replaces it (libcontainer's `Executor`): the container's
+/// seccomp filter, which the tenant drops when it rebuilds the spec's `linux`, and a terminal
+/// as the command's controlling terminal.
+///
+/// The tenant gives the command `no_new_privs` whatever the container has (its process
+/// builder's default), which lets it load the filter after it has dropped to the container's
+/// capabilities. runc's `exec` loads the filter before it drops them instead, and leaves a
+/// set-user-ID program free to gain its privileges where the container's own processes may.
+#[derive(Clone)]
+struct Confinement {
+    filter: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl Confinement {
+    /// The confinement of a command in the container whose spec is `config`.
+    fn of(config: &serde_json::Value) -> Result<Confinement, String> {
+        let filter = match &config["linux"]["seccomp"] {
+            serde_json::Value::Null => None,
+            profile => Some(
+                serde_json::from_value(profile.clone()).map_err(|e| format!("reading the container's seccomp: {e}"))?,
+            ),
+        };
+        Ok(Confinement { filter })
+    }
+
+    fn confine(&self) -> Result<(), String> {
+        // The tenant's process leads a session of its own, without a controlling terminal: a
+        // terminal it was given becomes that, so that ^C is SIGINT and `/dev/tty` opens.
+        if rustix::termios::isatty(std::io::stdin()) {
+            rustix::process::ioctl_tiocsctty(std::io::stdin())
+                .map_err(|e| format!("making the terminal the command's own: {e}"))?;
+        }
+        if let Some(filter) = &self.filter {
+            // The kernel takes a filter from a process without `CAP_SYS_ADMIN` only under
+            // `no_new_privs`: checked, so that a tenant that stopped setting it fails here, not
+            // with a command left unfiltered.
+            if !rustix::thread::no_new_privs().unwrap_or(false) {
+                return Err("the command has no no_new_privs to load the container's seccomp filter under".into());
+            }
+            libcontainer::seccomp::initialize_seccomp(filter)
+                .map_err(|e| format!("loading the container's seccomp filter: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl libcontainer::workload::Executor for Confinement {
+    fn exec(&self, spec: &libcontainer::oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        if let Err(message) = self.confine() {
+            // Its error output is the command's: the one place the caller reads from here.
+            eprintln!("oci-helper: {message}");
+            return Err(libcontainer::workload::ExecutorError::Other(message));
+        }
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
 }
 
