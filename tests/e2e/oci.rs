@@ -753,9 +753,10 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         "{out:?}"
     );
     check_exec_confinement(k, "web")?;
-    // A command that cannot start says why, and kubectl fails.
+    // A command that cannot start says why (the helper's failure, read from memory), and
+    // kubectl fails.
     let out = run(&["exec", "web", "--", "no-such-command"], None)?;
-    ensure!(!out.status.success(), "{out:?}");
+    ensure!(!out.status.success() && text(&out.stderr).contains("executable 'no-such-command' not found"), "{out:?}");
     // A client that goes away takes its command with it.
     let mut gone =
         k.command(&["exec", "web", "--", "sleep", "4343"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;

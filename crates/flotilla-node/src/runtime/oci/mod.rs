@@ -872,7 +872,6 @@ impl OciRun {
             pidfd: process.pidfd.clone(),
             helper: self.helper.clone(),
             state: self.state.clone(),
-            bundle: self.bundle.clone(),
             id: self.id.clone(),
         });
         let meter = Arc::new(OciMeter { cgroups: self.cgroups.clone(), cgroup: self.cgroup.clone() });
@@ -920,9 +919,32 @@ fn helper_exec(
     step
 }
 
-/// Why the helper's step failed, if it wrote why to `errors`.
-fn helper_failure(errors: &Path) -> Option<String> {
-    std::fs::read_to_string(errors).ok().filter(|written| !written.is_empty())
+/// Where a helper step that the agent starts itself (an `exec`) writes why it failed: a file
+/// in memory, which the step opens through the descriptor it inherits. An `exec` probe runs
+/// every few seconds for as long as its pod does: nothing of it touches the disk (an edge
+/// node's flash), and nothing blocks the task that starts it. (The steps the keeper starts
+/// write to a file in the bundle: the keeper's children do not inherit the agent's
+/// descriptors.) A child the agent starts meanwhile inherits it too, as it does the lifeline:
+/// it holds at most what one step wrote.
+struct StepErrors(OwnedFd);
+
+impl StepErrors {
+    fn new() -> std::io::Result<StepErrors> {
+        // Not close-on-exec: the step inherits it.
+        Ok(StepErrors(rustix::fs::memfd_create("oci-helper-errors", rustix::fs::MemfdFlags::empty())?))
+    }
+
+    /// The path the step opens it by, in its own process.
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+    }
+
+    /// What the step wrote, if it wrote anything.
+    fn written(&self) -> Option<String> {
+        let mut buffer = vec![0; 16 << 10];
+        let n = rustix::io::pread(&self.0, &mut buffer, 0).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..n]).into_owned()).filter(|written| !written.is_empty())
+    }
 }
 
 /// Runs `command` in the container `id` through the helper, which kills it after `timeout`:
@@ -930,15 +952,14 @@ fn helper_failure(errors: &Path) -> Option<String> {
 async fn exec(
     helper: &Path,
     state: &Path,
-    bundle: &Path,
     id: &str,
     command: Vec<String>,
     timeout: Duration,
 ) -> Result<Executed, String> {
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let (output, writer) = std::io::pipe().map_err(failed)?;
-    let errors = tempfile::Builder::new().prefix(".exec-").tempfile_in(bundle).map_err(failed)?;
-    let mut child = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), errors.path(), &command)
+    let errors = StepErrors::new().map_err(failed)?;
+    let mut child = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), &errors.path(), &command)
         .stdin(std::process::Stdio::null())
         .stdout(writer.try_clone().map_err(failed)?)
         .stderr(writer)
@@ -968,7 +989,7 @@ async fn exec(
         }
         keep(&mut kept, &buffer[..n]);
     }
-    if let Some(failure) = helper_failure(errors.path()) {
+    if let Some(failure) = errors.written() {
         return Err(failure);
     }
     match status.code() {
@@ -983,22 +1004,15 @@ async fn exec(
 /// (`tty`) whose other side the node keeps. The helper kills the command once its lifeline,
 /// the read end of a pipe whose write end the returned `kill` holds, breaks: the client went
 /// away, or the agent did.
-fn spawn(
-    helper: &Path,
-    state: &Path,
-    bundle: &Path,
-    id: &str,
-    command: Vec<String>,
-    streams: Streams,
-) -> Result<Spawned, String> {
+fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: Streams) -> Result<Spawned, String> {
     use std::process::Stdio;
     let failed = |e: std::io::Error| format!("running the command: {e}");
-    let errors = tempfile::Builder::new().prefix(".exec-").tempfile_in(bundle).map_err(failed)?;
+    let errors = StepErrors::new().map_err(failed)?;
     let (lifeline, held) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
     // The helper inherits the read end (a child started meanwhile may too: it only reads).
     rustix::io::fcntl_setfd(&lifeline, rustix::io::FdFlags::empty()).map_err(|e| failed(e.into()))?;
     let until = ("--lifeline-fd", u128::try_from(lifeline.as_raw_fd()).unwrap_or_default());
-    let mut helper_command = helper_exec(helper, state, id, until, errors.path(), &command);
+    let mut helper_command = helper_exec(helper, state, id, until, &errors.path(), &command);
     let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
     let terminal = if streams.tty {
         let (master, slave) = open_terminal().map_err(failed)?;
@@ -1043,7 +1057,7 @@ fn spawn(
     }
     spawned.exit = async move {
         let status = child.wait().await.map_err(|e| format!("running the command: {e}"))?;
-        if let Some(failure) = helper_failure(errors.path()) {
+        if let Some(failure) = errors.written() {
             return Err(failure);
         }
         status.code().ok_or_else(|| format!("running the command: {status}"))
@@ -1181,7 +1195,6 @@ struct OciControl {
     pidfd: Arc<OwnedFd>,
     helper: PathBuf,
     state: PathBuf,
-    bundle: PathBuf,
     id: String,
 }
 
@@ -1195,13 +1208,12 @@ impl Control for OciControl {
     }
 
     fn exec(&self, command: Vec<String>, timeout: Duration) -> BoxFuture<'static, Result<Executed, String>> {
-        let (helper, state, bundle, id) =
-            (self.helper.clone(), self.state.clone(), self.bundle.clone(), self.id.clone());
-        async move { exec(&helper, &state, &bundle, &id, command, timeout).await }.boxed()
+        let (helper, state, id) = (self.helper.clone(), self.state.clone(), self.id.clone());
+        async move { exec(&helper, &state, &id, command, timeout).await }.boxed()
     }
 
     fn spawn(&self, command: Vec<String>, streams: Streams) -> BoxFuture<'static, Result<Spawned, String>> {
-        let started = spawn(&self.helper, &self.state, &self.bundle, &self.id, command, streams);
+        let started = spawn(&self.helper, &self.state, &self.id, command, streams);
         std::future::ready(started).boxed()
     }
 }
