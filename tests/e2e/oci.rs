@@ -517,6 +517,17 @@ spec:
     let run = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}";
     let before = wait_for(&k, "survivor", run, 60, |s| s.split_whitespace().count() == 2)?;
     wait_for(&k, "brief", run, 60, |s| s.split_whitespace().count() == 2)?;
+    // One whose postStart hook still runs when the agent stops, so that no status shows it
+    // running: adopted all the same (found by whose run it is, as the kubelet finds its
+    // containers in the runtime), not started again, its hook not run again.
+    let hooked = "    command: [\"sh\", \"-c\", \"echo born $(date +%s); exec sleep 86400\"]\n    lifecycle:\n      postStart:\n        exec:\n          command: [\"sleep\", \"600\"]\n";
+    apply(&k, &pod("hooked-long", &node, "busybox", "Always", hooked, "  terminationGracePeriodSeconds: 1\n"))?;
+    let started = ["get", "events", "--field-selector", "involvedObject.name=hooked-long,reason=Started", "-o", "name"];
+    eventually(&k, &started, 60, |events| !events.trim().is_empty())?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let shown = "{.status.containerStatuses[0].state.running.startedAt}";
+    ensure!(k.ok(&["get", "pod", "hooked-long", "-o", &format!("jsonpath={shown}")])?.is_empty(), "shown running");
+    let stopped_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     server.kill()?;
     std::thread::sleep(std::time::Duration::from_secs(3));
     let _server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
@@ -535,6 +546,15 @@ spec:
     // The shared pod's containers still share its pause, and its looker has not restarted.
     let restarts = k.ok(&["get", "pod", "shared", "-o", "jsonpath={.status.containerStatuses[*].restartCount}"])?;
     ensure!(restarts == "0 0" && pause_ns(&pause).as_ref() == Some(&shared_ns), "across the restart: {restarts}");
+    wait_for(&k, "hooked-long", shown, 60, |s| !s.is_empty())?;
+    let restarts =
+        k.ok(&["get", "pod", "hooked-long", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?;
+    let born = k.ok(&["logs", "hooked-long"])?;
+    let born_at: Option<i64> = born.strip_prefix("born ").and_then(|at| at.trim().parse().ok());
+    ensure!(
+        restarts == "0" && born.lines().count() == 1 && born_at.is_some_and(|at| at <= stopped_at),
+        "a container in its postStart hook when the agent stopped at {stopped_at}: {restarts} restarts, {born:?}"
+    );
 
     // Deleting pods stops their containers (sh ignores SIGTERM as PID 1, so the grace period
     // ends in SIGKILL for the running one) and leaves nothing of them behind.

@@ -293,12 +293,19 @@ impl Worker {
             first_seen: status.start_time.is_none().then(Instant::now),
         };
         let statuses = [
-            (status.init_container_statuses, Slot::Init as fn(usize) -> Slot),
-            (status.container_statuses, Slot::Main),
+            (status.init_container_statuses.unwrap_or_default(), worker.init.len(), Slot::Init as fn(usize) -> Slot),
+            (status.container_statuses.unwrap_or_default(), worker.main.len(), Slot::Main),
         ];
-        for (statuses, slot) in statuses {
-            for (i, status) in statuses.iter().flatten().enumerate() {
-                worker.adopt(slot(i), status);
+        for (statuses, count, slot) in statuses {
+            for i in 0..count {
+                let name = worker.record(slot(i)).name.clone();
+                // A container the status does not show yet may have a run left all the same.
+                let status = statuses
+                    .iter()
+                    .find(|s| s.name == name)
+                    .cloned()
+                    .unwrap_or_else(|| ContainerStatus { name, ..Default::default() });
+                worker.adopt(slot(i), &status);
             }
         }
         if !worker.runs.is_empty() {
@@ -309,41 +316,52 @@ impl Worker {
         worker
     }
 
-    /// Adopts the run of the container in `slot` that `status` says was running when an
-    /// earlier run of the agent stopped, if its runtime still runs it (a Linux container
-    /// outlives the agent; a wasm guest does not): the record is running again, with no
-    /// restart counted, and the run's end is reported as any other's.
+    /// Adopts the run of the container in `slot` that an earlier run of the agent left, if
+    /// its runtime still holds it (a Linux container outlives the agent; a wasm guest does
+    /// not): the one `status` says was running, else the newest the runtime knows was made for
+    /// the container after the status was written (during its `postStart` hook, or while the
+    /// API server was out of reach), as the kubelet learns its containers from the runtime.
+    /// The record is running again, with no restart counted (nor a `postStart` hook run again,
+    /// as the kubelet's), and the run's end is reported as any other's.
     fn adopt(&mut self, slot: Slot, status: &ContainerStatus) {
-        let (Some(running), Some(container_id)) =
-            (status.state.as_ref().and_then(|s| s.running.as_ref()), status.container_id.as_deref())
-        else {
-            return;
-        };
-        // A pod stopping is adopted all the same: its worker stops it then, as it would have.
-        let name = self.record(slot).name.clone();
-        if name != status.name {
-            return;
-        }
-        let attempt = status.restart_count;
-        let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
-        // Opened when first written to: this runs on an async thread.
-        let log = Arc::new(ContainerLog::deferred(logs::container_path(&log_dir, &name, attempt)));
-        let started_at = running.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0);
-        let uid = self.uid().to_string();
-        let Some(adopted) = self.node.runtimes.adopt(&uid, container_id, log.clone(), started_at) else {
-            return;
-        };
-        let Started { control, usage, exit } = match adopted {
-            Ok(started) => started,
-            Err(err) => {
-                tracing::warn!(pod = self.name(), container = name, %err, "cannot adopt a container left running");
-                return;
+        let name = status.name.clone();
+        let state = status.state.clone().unwrap_or_default();
+        let shown_running = state.running.as_ref().zip(status.container_id.as_deref()).map(|(running, id)| {
+            (id.to_string(), status.restart_count, running.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0))
+        });
+        let adopted =
+            shown_running.and_then(|(id, attempt, started_at)| self.adopt_run(&name, id, attempt, started_at));
+        let (adopted, begun_after_status) = match adopted {
+            Some(adopted) => (adopted, false),
+            None => {
+                let Some(left) = self.node.runtimes.left_behind(self.uid(), &name) else { return };
+                // A run the status shows ended was reported; one older than its run is not
+                // the newest.
+                let reported =
+                    [state.terminated.as_ref(), status.last_state.as_ref().and_then(|s| s.terminated.as_ref())]
+                        .into_iter()
+                        .flatten()
+                        .any(|ended| ended.container_id.as_deref() == Some(left.id.as_str()));
+                if reported || left.attempt < status.restart_count {
+                    return;
+                }
+                let Some(adopted) = self.adopt_run(&name, left.id, left.attempt, left.created) else { return };
+                (adopted, true)
             }
         };
+        let Adopted { started, log, container_id, attempt, started_at } = adopted;
+        let Started { control, usage, exit } = started;
         let record = self.record(slot);
+        // The run the status shows ended (or gone with the agent) is the one before it.
+        if let (true, Run::Exited(previous)) =
+            (begun_after_status, std::mem::replace(&mut record.run, Run::Starting { shown: None }))
+        {
+            record.last = Some(previous);
+        }
+        record.restart_count = attempt;
         record.run = Run::Starting { shown: None };
         record.exited_at = None;
-        let (events, container_id, image_id) = (self.events.clone(), container_id.to_string(), status.image_id.clone());
+        let (events, image_id) = (self.events.clone(), status.image_id.clone());
         // The run can be stopped before its start is applied (a pod deleted while no agent ran).
         let held = control.clone();
         let task = tokio::spawn(async move {
@@ -365,6 +383,21 @@ impl Worker {
         run.control = Some(held);
         self.runs.insert(slot, run);
         self.adopted = true;
+    }
+
+    /// Adopts the run `container_id` (number `attempt`) of the container `name` from its
+    /// runtime, its output going to that run's log: `None` when the runtime holds no such run.
+    fn adopt_run(&self, name: &str, container_id: String, attempt: i32, started_at: Timestamp) -> Option<Adopted> {
+        let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
+        // Opened when first written to: this runs on an async thread.
+        let log = Arc::new(ContainerLog::deferred(logs::container_path(&log_dir, name, attempt)));
+        match self.node.runtimes.adopt(self.uid(), &container_id, log.clone(), started_at)? {
+            Ok(started) => Some(Adopted { started, log, container_id, attempt, started_at }),
+            Err(err) => {
+                tracing::warn!(pod = self.name(), container = name, %err, "cannot adopt a container left running");
+                None
+            }
+        }
     }
 
     pub(super) async fn run(
@@ -821,6 +854,7 @@ impl Worker {
             security: security(self.pod.spec.as_ref(), container),
             share_pids: self.pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false),
             id: id["sha256:".len()..].to_string(),
+            attempt,
             command,
             args,
             env: environment,
@@ -1411,6 +1445,15 @@ impl Worker {
         });
         self.node.pods.remove(self.namespace(), self.name(), self.uid());
     }
+}
+
+/// A run adopted from its runtime ([`Worker::adopt_run`]).
+struct Adopted {
+    started: Started,
+    log: Arc<ContainerLog>,
+    container_id: String,
+    attempt: i32,
+    started_at: Timestamp,
 }
 
 /// Rebuilds a container's record from the status an earlier run of the agent wrote. A run that

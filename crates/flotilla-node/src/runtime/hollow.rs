@@ -117,6 +117,7 @@ mod tests {
             pod_uid: "u".into(),
             container: "c".into(),
             hostname: "p".into(),
+            attempt: 0,
             qos: "BestEffort",
             id: "u-c-0".into(),
             command: None,

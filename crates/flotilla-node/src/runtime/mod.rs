@@ -71,6 +71,16 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The newest run of the container `container` of the pod `pod_uid` that an earlier run
+    /// of the agent left here (running, or ended while no agent watched), found by whose run
+    /// it was made as rather than by a status: a status may not show it yet (the agent was
+    /// stopped during its `postStart` hook, or while the API server was out of reach), as the
+    /// kubelet, too, learns its containers from the runtime. `None`: there is none.
+    fn left_behind(&self, pod_uid: &str, container: &str) -> Option<LeftRun> {
+        let _ = (pod_uid, container);
+        None
+    }
+
     /// Every pod on the node (`pods_here`, by uid) has adopted what it will
     /// ([`adopt`](Self::adopt)): the containers left running that none did go, and what the
     /// runtime holds for pods no longer here.
@@ -83,6 +93,17 @@ pub(crate) trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     fn release(&self, pod_uid: &str) {
         let _ = pod_uid;
     }
+}
+
+/// A run an earlier run of the agent left ([`ContainerRuntime::left_behind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeftRun {
+    /// Its id (`<runtime>://…` once [`Runtimes::left_behind`] gives it).
+    pub id: String,
+    /// Its number (the container's restart count when it was made).
+    pub attempt: i32,
+    /// When it was made: its start, near enough, for a run no status says started.
+    pub created: jiff::Timestamp,
 }
 
 /// Why a run could not be made.
@@ -257,6 +278,8 @@ pub(crate) struct Launch {
     pub qos: &'static str,
     /// The container's id (`<runtime>://…` is the runtime's to add).
     pub id: String,
+    /// The run's number: the container's restart count.
+    pub attempt: i32,
     /// `command` and `args` with `$(VAR)` expanded; what the image says fills what they leave
     /// out, as each runtime's image defines it.
     pub command: Option<Vec<String>>,
@@ -401,6 +424,18 @@ impl Runtimes {
     ) -> Option<Result<Started, String>> {
         let (handler, id) = container_id.split_once("://")?;
         self.get(handler)?.adopt(pod_uid, id, output, started)
+    }
+
+    /// The newest run of the container `container` of the pod `pod_uid` that an earlier run
+    /// of the agent left, of any runtime ([`ContainerRuntime::left_behind`]), its id whole.
+    pub(crate) fn left_behind(&self, pod_uid: &str, container: &str) -> Option<LeftRun> {
+        self.0
+            .iter()
+            .filter_map(|(handler, runtime)| {
+                let left = runtime.left_behind(pod_uid, container)?;
+                Some(LeftRun { id: format!("{handler}://{}", left.id), ..left })
+            })
+            .max_by_key(|left| left.attempt)
     }
 
     /// Every pod on the node (`pods_here`) has adopted what it will: what no pod adopted goes.

@@ -51,7 +51,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{
     ContainerRuntime, ContainerUsage, Control, CreateError, Created, EXEC_OUTPUT, Executed, Exit, ExitReason, Launch,
-    Meter, Spawned, Started, Streams,
+    LeftRun, Meter, Spawned, Started, Streams,
 };
 use crate::images::container::snapshot;
 use crate::images::{Image, ImageStore, Kind};
@@ -118,6 +118,10 @@ struct Shared {
 struct LeftBehind {
     run: OciRun,
     pod_uid: String,
+    /// Whose run it is, if its spec says (one an earlier version of the agent made does not).
+    labels: Option<spec::RunLabels>,
+    /// When it was made.
+    created: jiff::Timestamp,
     /// How it ended, if it ended while no agent watched.
     ended: Option<Ended>,
 }
@@ -229,6 +233,11 @@ impl Shared {
         let cgroup = config["linux"]["cgroupsPath"].as_str()?.to_string();
         // The pod's uid names its cgroup (`…/pod<uid>/<id>`) and its sandbox.
         let pod_uid = cgroup.rsplit('/').nth(1)?.strip_prefix("pod")?.to_string();
+        let labels = spec::RunLabels::of(&config).filter(|labels| labels.pod_uid == pod_uid);
+        let created = container
+            .created()
+            .and_then(|at| jiff::Timestamp::new(at.timestamp(), at.timestamp_subsec_nanos() as i32).ok())
+            .unwrap_or_else(jiff::Timestamp::now);
         let (process, ended) = match container.status() {
             ContainerStatus::Running => {
                 let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -262,7 +271,7 @@ impl Shared {
             exit_read: false,
             removed: false,
         };
-        Some(LeftBehind { run, pod_uid, ended })
+        Some(LeftBehind { run, pod_uid, labels, created, ended })
     }
 
     /// Kills and removes the container `id`, whose run was let go of while it ran. Blocking.
@@ -391,6 +400,11 @@ impl Shared {
             mounts.push((sandbox.join(name), format!("/etc/{name}"), false));
         }
         let inputs = spec::Inputs {
+            labels: spec::RunLabels {
+                pod_uid: launch.pod_uid.clone(),
+                container: launch.container.clone(),
+                attempt: launch.attempt,
+            },
             image: snapshot.config,
             command: launch.command,
             args: launch.args,
@@ -619,6 +633,17 @@ impl ContainerRuntime for OciRuntime {
             None => Some(left.run.running(started)),
             Some(ended) => Some(Ok(left.run.ended(ended, started))),
         }
+    }
+
+    fn left_behind(&self, pod_uid: &str, container: &str) -> Option<LeftRun> {
+        let adoptable = self.0.adoptable.lock().expect("adoptable lock");
+        adoptable
+            .iter()
+            .filter_map(|(id, left)| {
+                let labels = left.labels.as_ref().filter(|l| l.pod_uid == pod_uid && l.container == container)?;
+                Some(LeftRun { id: id.clone(), attempt: labels.attempt, created: left.created })
+            })
+            .max_by_key(|left| (left.attempt, left.created))
     }
 
     fn discard_unadopted(&self, pods_here: &HashSet<String>) {

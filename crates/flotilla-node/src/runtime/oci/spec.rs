@@ -35,6 +35,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Everything one container's spec is made of.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Inputs {
+    /// Whose run it is: the pod's uid, the container's name, and the run's number (its
+    /// restart count), written as the kubelet's annotations for an agent that finds it left
+    /// behind ([`RunLabels::of`]).
+    pub labels: RunLabels,
     pub image: RunConfig,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
@@ -74,6 +78,32 @@ pub(crate) struct Inputs {
     /// In cores: what it is weighted by when the CPU is contended.
     pub cpu_request: Option<f64>,
     pub pids_limit: Option<i64>,
+}
+
+/// Whose run a container is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RunLabels {
+    pub pod_uid: String,
+    pub container: String,
+    pub attempt: i32,
+}
+
+/// The kubelet's names for them, as annotations of the spec.
+const POD_UID: &str = "io.kubernetes.pod.uid";
+const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+
+impl RunLabels {
+    /// Whose run the container whose spec is `spec` is; `None` for one made before specs said
+    /// (an earlier version of the agent), which only a status naming its id can adopt.
+    pub(crate) fn of(spec: &Value) -> Option<RunLabels> {
+        let annotation = |name: &str| spec["annotations"][name].as_str();
+        Some(RunLabels {
+            pod_uid: annotation(POD_UID)?.to_string(),
+            container: annotation(CONTAINER_NAME)?.to_string(),
+            attempt: annotation(RESTART_COUNT)?.parse().ok()?,
+        })
+    }
 }
 
 /// The user and group an image's `User` names: numbers, or names looked up in the image's
@@ -180,6 +210,11 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     }
     let mut spec = json!({
         "ociVersion": "1.0.2",
+        "annotations": {
+            POD_UID: inputs.labels.pod_uid,
+            CONTAINER_NAME: inputs.labels.container,
+            RESTART_COUNT: inputs.labels.attempt.to_string(),
+        },
         // No `rlimits`: the container inherits the agent's, as containerd's default spec does.
         "process": {
             "terminal": false,
@@ -286,6 +321,17 @@ mod tests {
             cgroup: "/flotilla/besteffort/podu/c1".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_run_says_whose_it_is() {
+        let mut inputs = inputs();
+        inputs.labels = RunLabels { pod_uid: "u-1".into(), container: "app".into(), attempt: 3 };
+        let spec = spec(&inputs).unwrap();
+        assert_eq!(spec["annotations"]["io.kubernetes.container.restartCount"], "3", "as the kubelet writes it");
+        assert_eq!(RunLabels::of(&spec), Some(inputs.labels));
+        // A spec made before runs said whose they are (an earlier agent's) says nothing.
+        assert_eq!(RunLabels::of(&json!({"process": {}})), None);
     }
 
     #[test]
