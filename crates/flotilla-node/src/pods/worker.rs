@@ -249,19 +249,15 @@ impl Worker {
                     node.config.name,
                 ),
             })
-        } else if status.start_time.is_none()
-            && node.memory_pressure.load(std::sync::atomic::Ordering::Relaxed)
-            && status::qos_class(spec.containers.iter().chain(spec.init_containers.iter().flatten())) == "BestEffort"
-        {
-            // The kubelet's eviction admission: a new pod (no node has started it) that
-            // requests nothing is not taken on while the node is short of memory.
-            Some(Stop::Rejected {
-                reason: "Evicted".into(),
-                message: "The node had condition: [MemoryPressure]. ".into(),
-            })
         } else {
             None
         };
+        // The kubelet's eviction admission: a new pod (no node has started it, nor left a
+        // run of it here) that requests nothing is not taken on while the node is short of
+        // memory. Decided once what was left is adopted.
+        let evicted_on_admission = status.start_time.is_none()
+            && node.memory_pressure.load(std::sync::atomic::Ordering::Relaxed)
+            && status::qos_class(spec.containers.iter().chain(spec.init_containers.iter().flatten())) == "BestEffort";
         let deadline = spec.active_deadline_seconds.map(|secs| {
             let elapsed = Timestamp::now().duration_since(start_time).unsigned_abs();
             Instant::now() + Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed)
@@ -308,6 +304,12 @@ impl Worker {
                 worker.adopt(slot(i), &status);
             }
         }
+        if evicted_on_admission && worker.stop.is_none() && !worker.adopted {
+            worker.stop = Some(Stop::Rejected {
+                reason: "Evicted".into(),
+                message: "The node had condition: [MemoryPressure]. ".into(),
+            });
+        }
         if !worker.runs.is_empty() {
             // Adopted runs' volumes follow their objects and labels from now on, as a start's do.
             worker.watched = Some(Watched::subscribe(&worker.node, &worker.pod));
@@ -329,11 +331,15 @@ impl Worker {
         let shown_running = state.running.as_ref().zip(status.container_id.as_deref()).map(|(running, id)| {
             (id.to_string(), status.restart_count, running.started_at.as_ref().map_or_else(Timestamp::now, |t| t.0))
         });
-        let adopted =
-            shown_running.and_then(|(id, attempt, started_at)| self.adopt_run(&name, id, attempt, started_at));
+        let adopted = match shown_running {
+            Some((id, attempt, started_at)) => self.adopt_run(&name, id, attempt, started_at),
+            None => Ok(None),
+        };
         let (adopted, begun_after_status) = match adopted {
-            Some(adopted) => (adopted, false),
-            None => {
+            Ok(Some(adopted)) => (adopted, false),
+            // The run the status shows is held, but cannot be taken up: not another in its place.
+            Err(()) => return,
+            Ok(None) => {
                 let Some(left) = self.node.runtimes.left_behind(self.uid(), &name) else { return };
                 // A run the status shows ended was reported; one older than its run is not
                 // the newest.
@@ -342,10 +348,12 @@ impl Worker {
                         .into_iter()
                         .flatten()
                         .any(|ended| ended.container_id.as_deref() == Some(left.id.as_str()));
-                if reported || left.attempt < status.restart_count {
+                // Nor one the pod could not have got to as recorded: a regular init container
+                // before it whose end went with the agent would run again beside it.
+                if reported || left.attempt < status.restart_count || !self.initialized_before(slot) {
                     return;
                 }
-                let Some(adopted) = self.adopt_run(&name, left.id, left.attempt, left.created) else { return };
+                let Ok(Some(adopted)) = self.adopt_run(&name, left.id, left.attempt, left.created) else { return };
                 (adopted, true)
             }
         };
@@ -386,18 +394,35 @@ impl Worker {
     }
 
     /// Adopts the run `container_id` (number `attempt`) of the container `name` from its
-    /// runtime, its output going to that run's log: `None` when the runtime holds no such run.
-    fn adopt_run(&self, name: &str, container_id: String, attempt: i32, started_at: Timestamp) -> Option<Adopted> {
+    /// runtime, its output going to that run's log: `None` when the runtime holds no such run,
+    /// an error (logged) when it holds one that cannot be taken up.
+    fn adopt_run(
+        &self,
+        name: &str,
+        container_id: String,
+        attempt: i32,
+        started_at: Timestamp,
+    ) -> Result<Option<Adopted>, ()> {
         let log_dir = logs::pod_dir(&self.node.logs_dir, self.namespace(), self.name(), self.uid());
         // Opened when first written to: this runs on an async thread.
         let log = Arc::new(ContainerLog::deferred(logs::container_path(&log_dir, name, attempt)));
-        match self.node.runtimes.adopt(self.uid(), &container_id, log.clone(), started_at)? {
-            Ok(started) => Some(Adopted { started, log, container_id, attempt, started_at }),
-            Err(err) => {
+        match self.node.runtimes.adopt(self.uid(), &container_id, log.clone(), started_at) {
+            None => Ok(None),
+            Some(Ok(started)) => Ok(Some(Adopted { started, log, container_id, attempt, started_at })),
+            Some(Err(err)) => {
                 tracing::warn!(pod = self.name(), container = name, %err, "cannot adopt a container left running");
-                None
+                Err(())
             }
         }
+    }
+
+    /// Whether every regular init container before `slot` is recorded as completed.
+    fn initialized_before(&self, slot: Slot) -> bool {
+        let before = match slot {
+            Slot::Init(i) => &self.init[..i],
+            Slot::Main(_) => &self.init[..],
+        };
+        before.iter().all(|c| c.sidecar || matches!(&c.run, Run::Exited(ended) if ended.exit_code == 0))
     }
 
     pub(super) async fn run(
@@ -1485,12 +1510,16 @@ fn restore_record(record: &mut ContainerRecord, status: &ContainerStatus) {
         record.exit(ended, Instant::now());
     } else if let Some(ended) = state.terminated.as_ref() {
         record.exit(terminated(ended), Instant::now());
-    } else if state.waiting.is_some()
+    } else if let Some(waiting) = state.waiting.as_ref()
         && let Some(last) = record.last.take()
     {
-        // Waiting to restart after a run that ended: that run is the current one again.
+        // Waiting to restart after a run that ended (`CrashLoopBackOff`): that run is the
+        // current one again. Waiting otherwise, a new run had begun, and was counted, but
+        // never ran (its start failed, or the agent stopped first): it counts when it begins
+        // again.
         record.exit(last, Instant::now());
-        record.restart_count = status.restart_count;
+        let begun = waiting.reason.as_deref() != Some("CrashLoopBackOff");
+        record.restart_count = if begun { (status.restart_count - 1).max(0) } else { status.restart_count };
     }
 }
 
@@ -1655,5 +1684,39 @@ fn http_concurrency(pod: &Pod) -> Result<Option<usize>, String> {
         _ => Err(format!(
             "annotation {HTTP_CONCURRENCY_ANNOTATION}: {value:?} is not a number of requests from 1 to 10000"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStateWaiting};
+
+    use super::*;
+
+    /// The run that the record begins next has the number the kubelet's would: one more
+    /// than the last that ran, whatever the agent was doing when it stopped.
+    #[test]
+    fn a_restored_record_numbers_the_next_run_as_the_one_after_the_last_that_ran() {
+        let ended = ContainerStateTerminated { exit_code: 1, container_id: Some("oci://a".into()), ..Default::default() };
+        let status = |restart_count: i32, reason: &str| ContainerStatus {
+            name: "c".into(),
+            restart_count,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), ..Default::default() }),
+                ..Default::default()
+            }),
+            last_state: Some(ContainerState { terminated: Some(ended.clone()), ..Default::default() }),
+            ..Default::default()
+        };
+        let next = |status: &ContainerStatus| {
+            let mut record = ContainerRecord::new("c", "busybox", "ContainerCreating");
+            restore_record(&mut record, status);
+            record.begin();
+            (record.restart_count, record.last.map(|last| last.container_id))
+        };
+        // Backing off after run 2 ended; then run 3 begun (and shown creating, or failing).
+        assert_eq!(next(&status(2, "CrashLoopBackOff")), (3, Some("oci://a".into())));
+        assert_eq!(next(&status(3, "ContainerCreating")), (3, Some("oci://a".into())));
+        assert_eq!(next(&status(3, "ErrImagePull")), (3, Some("oci://a".into())));
     }
 }

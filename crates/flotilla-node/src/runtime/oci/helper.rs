@@ -198,6 +198,12 @@ pub(crate) fn main(args: &[String]) -> i32 {
 /// Runs `command` in the container `id` as one more of its processes (youki's tenant, as
 /// `runc exec`), waits for it, and gives its exit code (128 + a signal that ended it).
 fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result<i32, String> {
+    // Not dumpable, as runc's exec: the command's process, a child of this one, sits in the
+    // container's PID namespace as the container's user before its filter is loaded and its
+    // program runs, where a container's process could otherwise open its `/proc/<pid>/fd` or
+    // write its memory. The command's `execve` makes it dumpable again.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("making the helper undumpable: {e}"))?;
     // The inherited pipe, opened anew through its number (a FIFO's open, without waiting for
     // a writer), before there is a command to leave unwatched.
     let lifeline = match until {
@@ -313,8 +319,12 @@ impl Confinement {
             if !rustix::thread::no_new_privs().unwrap_or(false) {
                 return Err("the command has no no_new_privs to load the container's seccomp filter under".into());
             }
-            libcontainer::seccomp::initialize_seccomp(filter)
+            let listener = libcontainer::seccomp::initialize_seccomp(filter)
                 .map_err(|e| format!("loading the container's seccomp filter: {e}"))?;
+            // A profile that hands syscalls to a listener would hold them forever: there is none.
+            if listener.is_some() {
+                return Err("the container's seccomp profile notifies a listener, which exec does not run".into());
+            }
         }
         Ok(())
     }
@@ -322,11 +332,8 @@ impl Confinement {
 
 impl libcontainer::workload::Executor for Confinement {
     fn exec(&self, spec: &libcontainer::oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorError> {
-        if let Err(message) = self.confine() {
-            // Its error output is the command's: the one place the caller reads from here.
-            eprintln!("oci-helper: {message}");
-            return Err(libcontainer::workload::ExecutorError::Other(message));
-        }
+        // A failure goes back to the helper (the tenant's builder fails), which reports it.
+        self.confine().map_err(libcontainer::workload::ExecutorError::Other)?;
         libcontainer::workload::default::DefaultExecutor {}.exec(spec)
     }
 

@@ -215,6 +215,8 @@ impl Keeper {
         if let Some(mut old) = started.take() {
             let _ = old.try_wait();
         }
+        // Under the fork lock: it lives on, and inherits no descriptor meant for a step.
+        let held = super::FORK_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let child = Command::new("/proc/self/exe")
             .arg("oci-helper")
             .arg("keep")
@@ -231,6 +233,7 @@ impl Keeper {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("starting the keeper: {e}"))?;
+        drop(held);
         *started = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -945,18 +945,24 @@ fn helper_exec(
 }
 
 /// Where a helper step that the agent starts itself (an `exec`) writes why it failed: a file
-/// in memory, which the step opens through the descriptor it inherits. An `exec` probe runs
-/// every few seconds for as long as its pod does: nothing of it touches the disk (an edge
-/// node's flash), and nothing blocks the task that starts it. (The steps the keeper starts
-/// write to a file in the bundle: the keeper's children do not inherit the agent's
-/// descriptors.) A child the agent starts meanwhile inherits it too, as it does the lifeline:
-/// it holds at most what one step wrote.
+/// in memory, which the step inherits ([`spawn_inheriting`]) and opens as its own
+/// `/proc/self/fd/<n>`. An `exec` probe runs every few seconds for as long as its pod does:
+/// nothing of it touches the disk (an edge node's flash), and nothing blocks the task that
+/// starts it. (The steps the keeper starts write to a file in the bundle: they run off the
+/// async threads, and the keeper's children inherit nothing of the agent's.)
 struct StepErrors(OwnedFd);
 
 impl StepErrors {
     fn new() -> std::io::Result<StepErrors> {
-        // Not close-on-exec: the step inherits it.
-        Ok(StepErrors(rustix::fs::memfd_create("oci-helper-errors", rustix::fs::MemfdFlags::empty())?))
+        use rustix::fs::{MemfdFlags, memfd_create};
+        let name = "oci-helper-errors";
+        // Sealed against execution where the kernel knows how (6.3), and where it insists
+        // (`vm.memfd_noexec = 2`).
+        let memfd = match memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
+            Err(rustix::io::Errno::INVAL) => memfd_create(name, MemfdFlags::CLOEXEC)?,
+            made => made?,
+        };
+        Ok(StepErrors(memfd))
     }
 
     /// The path the step opens it by, in its own process.
@@ -972,6 +978,30 @@ impl StepErrors {
     }
 }
 
+/// Held while a descriptor of the agent's is inheritable, for the one child that is to have
+/// it, from just before that child is started to just after: Go's `syscall.ForkLock`. Every
+/// descriptor the agent opens is close-on-exec otherwise, and the keeper, a child that lives
+/// on, is started under it too, so that it never holds a step's descriptor.
+pub(super) static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts `command` with `inherited` (close-on-exec descriptors of the agent's) open in it,
+/// at the numbers they have here.
+fn spawn_inheriting(
+    command: &mut tokio::process::Command,
+    inherited: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<tokio::process::Child> {
+    use rustix::io::{FdFlags, fcntl_setfd};
+    let _held = FORK_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for fd in inherited {
+        fcntl_setfd(fd, FdFlags::empty())?;
+    }
+    let child = command.spawn();
+    for fd in inherited {
+        fcntl_setfd(fd, FdFlags::CLOEXEC)?;
+    }
+    child
+}
+
 /// Runs `command` in the container `id` through the helper, which kills it after `timeout`:
 /// its code and its output (stdout and stderr together, as the kubelet's prober keeps them).
 async fn exec(
@@ -984,13 +1014,13 @@ async fn exec(
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let (output, writer) = std::io::pipe().map_err(failed)?;
     let errors = StepErrors::new().map_err(failed)?;
-    let mut child = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), &errors.path(), &command)
-        .stdin(std::process::Stdio::null())
+    let mut step = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), &errors.path(), &command);
+    step.stdin(std::process::Stdio::null())
         .stdout(writer.try_clone().map_err(failed)?)
         .stderr(writer)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", helper.display()))?;
+        .kill_on_drop(true);
+    let mut child =
+        spawn_inheriting(&mut step, &[errors.0.as_fd()]).map_err(|e| format!("running {}: {e}", helper.display()))?;
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output)).map_err(failed)?;
     let mut kept = Vec::new();
     let mut buffer = vec![0; 4096];
@@ -1033,9 +1063,8 @@ fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: S
     use std::process::Stdio;
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let errors = StepErrors::new().map_err(failed)?;
+    // The helper inherits the read end.
     let (lifeline, held) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
-    // The helper inherits the read end (a child started meanwhile may too: it only reads).
-    rustix::io::fcntl_setfd(&lifeline, rustix::io::FdFlags::empty()).map_err(|e| failed(e.into()))?;
     let until = ("--lifeline-fd", u128::try_from(lifeline.as_raw_fd()).unwrap_or_default());
     let mut helper_command = helper_exec(helper, state, id, until, &errors.path(), &command);
     let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
@@ -1048,7 +1077,8 @@ fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: S
         helper_command.stdin(piped(streams.stdin)).stdout(piped(streams.stdout)).stderr(piped(streams.stderr));
         None
     };
-    let mut child = helper_command.spawn().map_err(|e| format!("running {}: {e}", helper.display()))?;
+    let mut child = spawn_inheriting(&mut helper_command, &[errors.0.as_fd(), lifeline.as_fd()])
+        .map_err(|e| format!("running {}: {e}", helper.display()))?;
     drop(lifeline);
     let mut spawned = Spawned {
         stdin: None,
@@ -1256,5 +1286,31 @@ impl Meter for OciMeter {
 
     fn cpu(&self) -> Duration {
         self.cgroups.cpu(&self.cgroup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a step writes to its error file reaches the agent; a child started without it
+    /// does not hold it.
+    #[tokio::test]
+    async fn a_steps_error_file_is_its_own() {
+        let errors = StepErrors::new().unwrap();
+        let path = errors.path().to_string_lossy().into_owned();
+        let mut step = tokio::process::Command::new("sh");
+        step.args(["-c", &format!("echo the step failed > {path}")]);
+        assert!(spawn_inheriting(&mut step, &[errors.0.as_fd()]).unwrap().wait().await.unwrap().success());
+        assert_eq!(errors.written().as_deref(), Some("the step failed\n"));
+        let fd = errors.0.as_raw_fd();
+        let other = tokio::process::Command::new("sh")
+            .args(["-c", &format!("readlink /proc/self/fd/{fd} || true")])
+            .output()
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&other.stdout).contains("oci-helper-errors"), "{other:?}");
+        // Nothing written: nothing to say.
+        assert_eq!(StepErrors::new().unwrap().written(), None);
     }
 }
