@@ -849,5 +849,19 @@ fn check_sub_path_files(k: &Kubectl, node: &str) -> Result<()> {
     wait_for(k, "keyed", "{.status.phase}", 60, |p| p == "Succeeded" || p == "Failed")?;
     let logs = k.ok(&["logs", "keyed"])?;
     ensure!(logs == "from a key\nindex.html\nread-only\n", "{logs:?}");
+    // The subPath attack (CVE-2017-1002101) from a Linux container: an init container plants
+    // links out of its emptyDir, to `/` and up past the volume, which its neighbour then names
+    // by `subPath`. The node resolves a subPath beneath its volume, as for a wasm guest, and
+    // the container binds what it resolved: it never starts, and says why.
+    for (name, link) in [("to-root", "/"), ("climbs", "../../../../../../../../../../..")] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  restartPolicy: Never\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  initContainers:\n  - name: plant\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"ln\", \"-s\", \"{link}\", \"/scratch/out\"]\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  containers:\n  - name: probe\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"ls\", \"/host/etc\"]\n    volumeMounts: [{{name: scratch, mountPath: /host, subPath: out}}]\n"
+        );
+        apply(k, &manifest)?;
+        let waiting =
+            "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}";
+        let why = wait_for(k, name, waiting, 60, |s| s.starts_with("CreateContainerConfigError"))?;
+        ensure!(why.contains("leads outside the volume"), "{name}: {why}");
+    }
     Ok(())
 }

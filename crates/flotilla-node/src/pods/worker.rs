@@ -1697,7 +1697,8 @@ mod tests {
     /// than the last that ran, whatever the agent was doing when it stopped.
     #[test]
     fn a_restored_record_numbers_the_next_run_as_the_one_after_the_last_that_ran() {
-        let ended = ContainerStateTerminated { exit_code: 1, container_id: Some("oci://a".into()), ..Default::default() };
+        let ended =
+            ContainerStateTerminated { exit_code: 1, container_id: Some("oci://a".into()), ..Default::default() };
         let status = |restart_count: i32, reason: &str| ContainerStatus {
             name: "c".into(),
             restart_count,
