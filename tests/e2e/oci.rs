@@ -136,7 +136,9 @@ fn busybox_runs_as_a_linux_container_beside_wasm_pods() -> Result<()> {
     }
 
     let ports = Ports::free();
-    let server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
+    // A pod's processes are bounded low enough for a fork bomb to meet its bound here.
+    let flags = ["--insecure-registry", &address, "--pod-max-pids", "64"];
+    let server = Server::start_with(&data_dir, ports.clone(), &flags)?;
     let k = Kubectl::new("1.33", &server)?;
     let node = node_name(&k)?;
     let labels = k.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels}"])?;
@@ -422,6 +424,20 @@ spec:
     wait_for(&k, "probed", "{.status.containerStatuses[0].ready}", 60, |r| r == "true")?;
     check_exec_confinement(&k, "probed")?;
 
+    // A fork bomb stops at its pod's bound (`--pod-max-pids`, on the pod's cgroup), not at
+    // the node's: the forks past it fail, and what it started before goes on.
+    let bomb =
+        "    command: [\"sh\", \"-c\", \"(for i in $(seq 200); do sleep 600 & done); echo bounded; exec sleep 600\"]\n";
+    apply(&k, &pod("bomb", &node, "busybox", "Never", bomb, "  terminationGracePeriodSeconds: 1\n"))?;
+    let logs = wait_for_logs(&k, "bomb", "bomb", |l| l.contains("bounded"))?;
+    ensure!(logs.contains("can't fork"), "{logs:?}");
+    let bomb_uid = k.ok(&["get", "pod", "bomb", "-o", "jsonpath={.metadata.uid}"])?;
+    let pids =
+        |file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/pids/flotilla/besteffort/pod{bomb_uid}/{file}"));
+    let (max, current) = (pids("pids.max")?, pids("pids.current")?);
+    ensure!(max.trim() == "64" && current.trim().parse::<u32>()? <= 64, "pids.max {max:?}, pids.current {current:?}");
+    k.ok(&["delete", "pod", "bomb", "--wait=false"])?;
+
     // Volumes, bound into the container: a ConfigMap's keys and a writable emptyDir.
     k.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello from a configmap"])?;
     let mounts = "    command: [\"sh\", \"-c\", \"cat /etc/cfg/greeting; echo; echo kept > /data/f && cat /data/f\"]\n    volumeMounts:\n    - {name: cfg, mountPath: /etc/cfg}\n    - {name: data, mountPath: /data}\n";
@@ -530,7 +546,7 @@ spec:
     let stopped_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     server.kill()?;
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let _server = Server::start_with(&data_dir, ports.clone(), &["--insecure-registry", &address])?;
+    let _server = Server::start_with(&data_dir, ports.clone(), &flags)?;
     let ended = "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.terminated.startedAt} \
                  {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.terminated.exitCode}";
     let after = wait_for(&k, "survivor", "{.status.phase}", 60, |p| p == "Failed" || p == "Succeeded")

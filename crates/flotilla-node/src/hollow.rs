@@ -80,6 +80,7 @@ impl HollowConfig {
             protected_endpoints: Vec::new(),
             reserved: Capacity::NONE,
             default_memory_limit: 128 << 20,
+            pod_max_pids: None,
             eviction_memory_available: 0,
             eviction_nodefs_available: None,
             eviction_pressure_transition_period: std::time::Duration::from_secs(300),

@@ -75,6 +75,9 @@ pub struct NodeConfig {
     /// The memory limit of a container that declares none: upstream leaves it unbounded, and a
     /// guest would then be bounded only by its 4 GiB address space, times its instances.
     pub default_memory_limit: u64,
+    /// The processes (threads included) a pod's Linux containers may have together, if
+    /// bounded (the kubelet's `--pod-max-pids`).
+    pub pod_max_pids: Option<u32>,
     /// Pods are evicted when the memory available falls below this (the kubelet's
     /// `--eviction-hard memory.available<100Mi`).
     pub eviction_memory_available: u64,
@@ -296,7 +299,14 @@ impl Agent {
                     config.identity.clone(),
                 ))));
                 if let Some(helper) = &config.oci_helper {
-                    match runtime::OciRuntime::new(helper.clone(), store.clone(), dir("oci")?, config.pod_cidr) {
+                    let oci = runtime::OciRuntime::new(
+                        helper.clone(),
+                        store.clone(),
+                        dir("oci")?,
+                        config.pod_cidr,
+                        config.pod_max_pids,
+                    );
+                    match oci {
                         Ok(oci) => runtimes.add(Arc::new(oci)),
                         Err(err) => tracing::warn!(%err, "this node runs no container images"),
                     }

@@ -89,6 +89,12 @@ pub(crate) struct NodeArgs {
     /// instances together), as a quantity.
     #[arg(long, value_parser = parse_bytes, default_value = "256Mi")]
     default_memory_limit: u64,
+
+    /// The processes (threads included) a pod's Linux containers may have together, as the
+    /// kubelet's `--pod-max-pids`; -1 (upstream's default) for no bound. A fork bomb in a pod
+    /// stops at its own bound, not at the node's.
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+    pod_max_pids: i64,
 }
 
 /// The program that creates Linux containers: this one, when the node may run them (as root,
@@ -250,6 +256,7 @@ pub(crate) async fn start(
         protected_endpoints: protected,
         reserved,
         default_memory_limit: args.default_memory_limit,
+        pod_max_pids: u32::try_from(args.pod_max_pids).ok().filter(|max| *max > 0),
         eviction_memory_available,
         eviction_nodefs_available: args.eviction_hard.nodefs_available,
         eviction_pressure_transition_period: args.eviction_pressure_transition_period,

@@ -71,6 +71,41 @@ impl Cgroups {
         }
     }
 
+    /// Bounds the processes (and threads) of the pod whose cgroup is `pod` (`…/pod<uid>`) to
+    /// `max`, as the kubelet's `--pod-max-pids` bounds a pod's cgroup: made here, before the
+    /// first of its containers, which are made beneath it. Nothing is bounded where the kernel
+    /// has no `pids` controller to bound with.
+    pub(super) fn limit_pids(&self, pod: &str, max: u32) -> Result<(), String> {
+        let relative = pod.trim_start_matches('/');
+        let failed = |path: &Path, e: std::io::Error| format!("bounding the pod's processes ({}): {e}", path.display());
+        let dir = match self {
+            Cgroups::V1(root) => {
+                let hierarchy = root.join("pids");
+                if !hierarchy.is_dir() {
+                    return Ok(());
+                }
+                hierarchy.join(relative)
+            }
+            Cgroups::V2(root) => {
+                if !read_small(&root.join("cgroup.controllers")).split_whitespace().any(|c| c == "pids") {
+                    return Ok(());
+                }
+                // Each cgroup above the pod's hands the controller down to the one below.
+                let mut dir = root.clone();
+                for part in relative.split('/') {
+                    let control = dir.join("cgroup.subtree_control");
+                    std::fs::write(&control, "+pids").map_err(|e| failed(&control, e))?;
+                    dir = dir.join(part);
+                    std::fs::create_dir_all(&dir).map_err(|e| failed(&dir, e))?;
+                }
+                dir
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| failed(&dir, e))?;
+        let limit = dir.join("pids.max");
+        std::fs::write(&limit, max.to_string()).map_err(|e| failed(&limit, e))
+    }
+
     /// The `flotilla` directory of every hierarchy (v1: each mounted controller's, every one
     /// of which youki puts a container in).
     fn roots(&self) -> Vec<PathBuf> {
@@ -155,5 +190,26 @@ mod tests {
         std::fs::write(unified.join("memory.events"), "low 0\noom 1\noom_kill 0\n").unwrap();
         assert_eq!(v2.cpu("/flotilla/podu/c"), Duration::from_micros(2500));
         assert!(!v2.oom_killed("/flotilla/podu/c"), "an OOM event without a kill is no OOM kill");
+    }
+
+    #[test]
+    fn a_pods_processes_are_bounded_at_its_own_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |path: &str| std::fs::read_to_string(dir.path().join(path)).unwrap();
+        // v1: in the pids hierarchy, where there is one.
+        let v1 = Cgroups::V1(dir.path().into());
+        v1.limit_pids("/flotilla/besteffort/podu", 64).unwrap();
+        assert!(!dir.path().join("pids").exists(), "no pids hierarchy, nothing bounded");
+        std::fs::create_dir(dir.path().join("pids")).unwrap();
+        v1.limit_pids("/flotilla/besteffort/podu", 64).unwrap();
+        assert_eq!(read("pids/flotilla/besteffort/podu/pids.max"), "64");
+        // v2: each cgroup above the pod's hands the controller down.
+        let unified = dir.path().join("unified");
+        std::fs::create_dir(&unified).unwrap();
+        std::fs::write(unified.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        Cgroups::V2(unified.clone()).limit_pids("/flotilla/podg", 128).unwrap();
+        assert_eq!(read("unified/cgroup.subtree_control"), "+pids");
+        assert_eq!(read("unified/flotilla/cgroup.subtree_control"), "+pids");
+        assert_eq!(read("unified/flotilla/podg/pids.max"), "128");
     }
 }

@@ -103,6 +103,8 @@ struct Shared {
     sandboxes: Sandboxes,
     /// The node's pod range: pods' addresses, and its first, their gateway.
     pod_range: flotilla_api::Cidr,
+    /// The processes a pod's containers may have together (`--pod-max-pids`), if bounded.
+    pod_max_pids: Option<u32>,
     /// Creates the containers, and is their parent.
     keeper: Keeper,
     /// Containers an earlier run of the agent left running, until their pods' workers adopt
@@ -143,6 +145,7 @@ impl OciRuntime {
         store: ImageStore,
         dir: PathBuf,
         pod_range: flotilla_api::Cidr,
+        pod_max_pids: Option<u32>,
     ) -> Result<OciRuntime, String> {
         if pod_range.network.is_loopback() {
             let node_loopback: flotilla_api::Cidr = network::NODE_LOOPBACK.parse().expect("a CIDR");
@@ -168,6 +171,7 @@ impl OciRuntime {
             cgroups: Arc::new(Cgroups::detect()),
             sandboxes: Sandboxes::default(),
             pod_range,
+            pod_max_pids,
             keeper: Keeper::new(dir.clone()),
             adoptable: Default::default(),
             containers: Default::default(),
@@ -295,6 +299,10 @@ impl Shared {
         let interface = network::PodInterface::new(&launch.pod_uid, launch.pod_ip, self.pod_range);
         self.sandboxes
             .get_or_make(&launch.pod_uid, dir, |dir| {
+                if let Some(max) = self.pod_max_pids {
+                    let container = cgroup_path(launch);
+                    self.cgroups.limit_pids(container.rsplit_once('/').map_or("", |(pod, _)| pod), max)?;
+                }
                 let errors = tempfile::Builder::new()
                     .prefix(".sandbox-")
                     .tempfile_in(&self.dir)
