@@ -767,7 +767,8 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         run(&["exec", "-i", "web", "--", "sh", "-c", "cat; echo done as $(id -u) on $(hostname)"], Some("piped\n"))?;
     ensure!(out.status.success() && text(&out.stdout) == "piped\ndone as 0 on web\n", "{out:?}");
     // A terminal: `script` gives kubectl one, as a user's shell would, of a size it passes on.
-    // It is the command's controlling terminal (so that ^C is SIGINT): `/dev/tty` opens.
+    // It is the command's controlling terminal (so that ^C is SIGINT): `/dev/tty` opens. And
+    // it is one of the container's own, which `tty` names.
     let line = shell_line(&k.command(&[
         "exec",
         "-it",
@@ -775,7 +776,7 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         "--",
         "sh",
         "-c",
-        "test -t 0 && echo on a terminal; stty size; echo controlled > /dev/tty",
+        "test -t 0 && echo on a terminal; stty size; echo controlled > /dev/tty; tty",
     ]));
     let mut script = std::process::Command::new("script");
     script.args(["-qec", &format!("stty cols 91 rows 27; {line}"), "/dev/null"]).stdin(Stdio::null());
@@ -785,7 +786,8 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         out.status.success()
             && shown.contains("on a terminal")
             && shown.contains("27 91")
-            && shown.contains("controlled"),
+            && shown.contains("controlled")
+            && shown.contains("/dev/pts/0"),
         "{out:?}"
     );
     check_exec_confinement(k, "web")?;

@@ -34,8 +34,6 @@ mod spec;
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -719,6 +717,8 @@ struct Process {
     /// Its pidfd, which signals it (never another process that took its pid) and turns
     /// readable when it ends.
     pidfd: Arc<OwnedFd>,
+    /// Its pid, which names it in `/proc` for as long as `pidfd` says it runs.
+    pid: i32,
     /// Where the keeper records how it ended.
     exit: PathBuf,
 }
@@ -734,7 +734,7 @@ impl Process {
         if fresh {
             let _ = std::fs::remove_file(&exit);
         }
-        Ok(Process { pidfd: Arc::new(pidfd), exit })
+        Ok(Process { pidfd: Arc::new(pidfd), pid, exit })
     }
 
     /// Kills it, waits for its end, and removes the record of it (blocking): once the keeper
@@ -902,7 +902,7 @@ impl OciRun {
         // From here on, dropping it leaves it running.
         self.started = true;
         let control = Arc::new(OciControl {
-            pidfd: process.pidfd.clone(),
+            process: process.clone(),
             helper: self.helper.clone(),
             state: self.state.clone(),
             id: self.id.clone(),
@@ -1067,7 +1067,14 @@ async fn exec(
 /// (`tty`) whose other side the node keeps. The helper kills the command once its lifeline,
 /// the read end of a pipe whose write end the returned `kill` holds, breaks: the client went
 /// away, or the agent did.
-fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: Streams) -> Result<Spawned, String> {
+fn spawn(
+    helper: &Path,
+    state: &Path,
+    id: &str,
+    init: &Process,
+    command: Vec<String>,
+    streams: Streams,
+) -> Result<Spawned, String> {
     use std::process::Stdio;
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let errors = StepErrors::new().map_err(failed)?;
@@ -1077,7 +1084,7 @@ fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: S
     let mut helper_command = helper_exec(helper, state, id, until, &errors.path(), &command);
     let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
     let terminal = if streams.tty {
-        let (master, slave) = open_terminal().map_err(failed)?;
+        let (master, slave) = open_terminal(init).map_err(failed)?;
         let (input, output) = (slave.try_clone().map_err(failed)?, slave.try_clone().map_err(failed)?);
         helper_command.stdin(input).stdout(output).stderr(slave);
         Some(master)
@@ -1129,20 +1136,34 @@ fn spawn(helper: &Path, state: &Path, id: &str, command: Vec<String>, streams: S
     Ok(spawned)
 }
 
-/// A new terminal: its side the node keeps (not blocking), and the side a command gets as its
-/// input and output.
-fn open_terminal() -> std::io::Result<(OwnedFd, std::fs::File)> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
+/// A new terminal of the container whose init is `init`: its side the node keeps (not
+/// blocking), and the side a command gets as its input and output. Made in the container's own
+/// `/dev/pts`, as runc makes a console in the container, so that the command's terminal has a
+/// name there (`tty`, `ttyname`). The path is resolved beneath the container's root with no
+/// link followed; its `/dev/pts` is its devpts, which it cannot remount or change (a
+/// privileged container is refused), and what is opened must answer as a terminal's master.
+fn open_terminal(init: &Process) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::fs::{Mode, ResolveFlags};
+    use rustix::pty::{OpenptFlags, ioctl_tiocgptpeer, unlockpt};
+    let root = rustix::fs::open(
+        format!("/proc/{}/root", init.pid),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // The pid was the container's when its root was opened: it runs still.
+    if init.ended_within(Duration::ZERO) {
+        return Err(std::io::Error::other("the container has ended"));
+    }
+    let master = rustix::fs::openat2(
+        &root,
+        "dev/pts/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?;
     unlockpt(&master)?;
+    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
-    let name = ptsname(&master, Vec::new())?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags((OFlags::NOCTTY | OFlags::CLOEXEC).bits() as i32)
-        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
     Ok((master, slave))
 }
 
@@ -1255,7 +1276,8 @@ impl Control for NothingRuns {
 
 #[derive(Debug)]
 struct OciControl {
-    pidfd: Arc<OwnedFd>,
+    /// The container's init.
+    process: Process,
     helper: PathBuf,
     state: PathBuf,
     id: String,
@@ -1263,11 +1285,11 @@ struct OciControl {
 
 impl Control for OciControl {
     fn terminate(&self) -> bool {
-        rustix::process::pidfd_send_signal(&*self.pidfd, Signal::TERM).is_ok()
+        rustix::process::pidfd_send_signal(&*self.process.pidfd, Signal::TERM).is_ok()
     }
 
     fn kill(&self) {
-        let _ = rustix::process::pidfd_send_signal(&*self.pidfd, Signal::KILL);
+        let _ = rustix::process::pidfd_send_signal(&*self.process.pidfd, Signal::KILL);
     }
 
     fn exec(&self, command: Vec<String>, timeout: Duration) -> BoxFuture<'static, Result<Executed, String>> {
@@ -1276,7 +1298,7 @@ impl Control for OciControl {
     }
 
     fn spawn(&self, command: Vec<String>, streams: Streams) -> BoxFuture<'static, Result<Spawned, String>> {
-        let started = spawn(&self.helper, &self.state, &self.id, command, streams);
+        let started = spawn(&self.helper, &self.state, &self.id, &self.process, command, streams);
         std::future::ready(started).boxed()
     }
 }
