@@ -423,6 +423,22 @@ spec:
     apply(&k, &pod("probed", &node, "busybox", "Always", probed, "  terminationGracePeriodSeconds: 1\n"))?;
     wait_for(&k, "probed", "{.status.containerStatuses[0].ready}", 60, |r| r == "true")?;
     check_exec_confinement(&k, "probed")?;
+    // A non-root command's terminal is its own: it opens it by its name.
+    let line = shell_line(&k.command(&[
+        "exec",
+        "-it",
+        "probed",
+        "--",
+        "sh",
+        "-c",
+        "echo by its name > $(tty) && stat -c owner=%u $(tty)",
+    ]));
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    ensure!(shown.contains("by its name") && shown.contains("owner=65534"), "{out:?}");
 
     // A fork bomb stops at its pod's bound (`--pod-max-pids`, on the pod's cgroup), not at
     // the node's: the forks past it fail, and what it started before goes on.
@@ -791,6 +807,20 @@ fn check_exec(k: &Kubectl, server: &Server, node: &str) -> Result<()> {
         "{out:?}"
     );
     check_exec_confinement(k, "web")?;
+    // A container whose /dev/pts is not its devpts (a volume over it, with a FIFO planted as
+    // its ptmx) gets a terminal all the same: the node's, the FIFO never opened as one.
+    let planted = "    command: [\"sh\", \"-c\", \"mkfifo /dev/pts/ptmx && exec sleep 600\"]\n    volumeMounts: [{name: fake, mountPath: /dev/pts}]\n";
+    let volume = "  terminationGracePeriodSeconds: 1\n  volumes: [{name: fake, emptyDir: {}}]\n";
+    apply(k, &pod("fake-pts", node, "busybox", "Never", planted, volume))?;
+    wait_for(k, "fake-pts", "{.status.containerStatuses[0].state.running.startedAt}", 60, |s| !s.is_empty())?;
+    eventually(k, &["exec", "fake-pts", "--", "sh", "-c", "test -p /dev/pts/ptmx && echo planted"], 30, |o| {
+        o.contains("planted")
+    })?;
+    let line =
+        shell_line(&k.command(&["exec", "-it", "fake-pts", "--", "sh", "-c", "test -t 0 && echo on a terminal"]));
+    let out = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output()?;
+    ensure!(out.status.success() && text(&out.stdout).contains("on a terminal"), "{out:?}");
+    k.ok(&["delete", "pod", "fake-pts", "--wait=false"])?;
     // A command that cannot start says why (the helper's failure, read from memory), and
     // kubectl fails.
     let out = run(&["exec", "web", "--", "no-such-command"], None)?;

@@ -91,9 +91,10 @@ pub(crate) struct NodeArgs {
     default_memory_limit: u64,
 
     /// The processes (threads included) a pod's Linux containers may have together, as the
-    /// kubelet's `--pod-max-pids`; -1 (upstream's default) for no bound. A fork bomb in a pod
-    /// stops at its own bound, not at the node's.
-    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+    /// kubelet's `--pod-max-pids`, at most the kernel's 4194304; -1 (upstream's default) or 0
+    /// for no bound. A fork bomb in a pod stops at its own bound, not at the node's.
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..=4_194_304))]
     pod_max_pids: i64,
 }
 

@@ -62,6 +62,17 @@ impl Cgroups {
         field(&text, "oom_kill").is_some_and(|kills| kills > 0)
     }
 
+    /// Whether the kernel bounds which devices a container's processes may open: v1's
+    /// `devices` controller, which libcontainer programs. On v2 that takes an eBPF program,
+    /// which this build of libcontainer does not load: a device node a container made itself
+    /// (`CAP_MKNOD`) would open the node's own disks there.
+    pub(super) fn controls_devices(&self) -> bool {
+        match self {
+            Cgroups::V2(_) => false,
+            Cgroups::V1(root) => root.join("devices").is_dir(),
+        }
+    }
+
     /// Whether a memory limit can bound swap too: on v1 only where the kernel accounts for
     /// swap (`memory.memsw.*`), which youki otherwise fails to write.
     pub(super) fn limits_swap(&self) -> bool {
@@ -90,11 +101,18 @@ impl Cgroups {
                 if !read_small(&root.join("cgroup.controllers")).split_whitespace().any(|c| c == "pids") {
                     return Ok(());
                 }
-                // Each cgroup above the pod's hands the controller down to the one below.
+                // Each cgroup above the pod's hands the controller down to the one below. Where
+                // one cannot (the agent's cgroup namespace has processes at its root, as in a
+                // container), the pod goes unbounded rather than unstarted, as libcontainer
+                // hands its controllers down.
                 let mut dir = root.clone();
                 for part in relative.split('/') {
                     let control = dir.join("cgroup.subtree_control");
-                    std::fs::write(&control, "+pids").map_err(|e| failed(&control, e))?;
+                    let handed = read_small(&control).split_whitespace().any(|c| c == "pids");
+                    if !handed && let Err(e) = std::fs::write(&control, "+pids") {
+                        tracing::warn!(cgroup = %dir.display(), %e, "pods' processes go unbounded: no pids controller to hand down");
+                        return Ok(());
+                    }
                     dir = dir.join(part);
                     std::fs::create_dir_all(&dir).map_err(|e| failed(&dir, e))?;
                 }

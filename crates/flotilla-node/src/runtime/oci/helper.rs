@@ -227,6 +227,12 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result
     let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("reading the spec: {e}"))?;
     let id_of = |key: &str| config["process"]["user"][key].as_u64().and_then(|n| u32::try_from(n).ok());
     let confinement = Confinement::of(&config)?;
+    // A terminal is the command's user's own, as runc gives it: it may open it by its name.
+    if rustix::termios::isatty(std::io::stdin()) {
+        let owner = id_of("uid").map(rustix::process::Uid::from_raw);
+        rustix::fs::fchown(std::io::stdin(), owner, None)
+            .map_err(|e| format!("giving the terminal to its user: {e}"))?;
+    }
     let pid = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| e.to_string())?

@@ -297,10 +297,6 @@ impl Shared {
         let interface = network::PodInterface::new(&launch.pod_uid, launch.pod_ip, self.pod_range);
         self.sandboxes
             .get_or_make(&launch.pod_uid, dir, |dir| {
-                if let Some(max) = self.pod_max_pids {
-                    let container = cgroup_path(launch);
-                    self.cgroups.limit_pids(container.rsplit_once('/').map_or("", |(pod, _)| pod), max)?;
-                }
                 let errors = tempfile::Builder::new()
                     .prefix(".sandbox-")
                     .tempfile_in(&self.dir)
@@ -401,6 +397,12 @@ impl Shared {
         }
         // The bound mount points hold the volumes now: the handles are not needed.
         let launch = Launch { mounts: Vec::new(), ..launch };
+        // Set at every create, not once with the sandbox: a pod's cgroup goes with its last
+        // container (an agent that starts removes the empty ones), and the bound with it.
+        if let Some(max) = self.pod_max_pids {
+            let pod = run.cgroup.rsplit_once('/').map_or("", |(pod, _)| pod);
+            self.cgroups.limit_pids(pod, max).map_err(failed)?;
+        }
         let sandbox = self.sandbox(&launch).map_err(failed)?;
         for name in sandbox::FILES {
             mounts.push((sandbox.join(name), format!("/etc/{name}"), false));
@@ -421,6 +423,9 @@ impl Shared {
             add_capabilities: launch.security.add_capabilities,
             drop_capabilities: launch.security.drop_capabilities,
             addable_capabilities: ADDABLE_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            // A device node made in the container opens what it names where no device
+            // controller bounds it: no making them there.
+            withheld_capabilities: if self.cgroups.controls_devices() { Vec::new() } else { vec!["CAP_MKNOD".into()] },
             no_new_privileges: launch.security.allow_privilege_escalation == Some(false),
             seccomp,
             rootfs: rootfs.clone(),
@@ -1136,15 +1141,33 @@ fn spawn(
     Ok(spawned)
 }
 
-/// A new terminal of the container whose init is `init`: its side the node keeps (not
-/// blocking), and the side a command gets as its input and output. Made in the container's own
-/// `/dev/pts`, as runc makes a console in the container, so that the command's terminal has a
-/// name there (`tty`, `ttyname`). The path is resolved beneath the container's root with no
-/// link followed; its `/dev/pts` is its devpts, which it cannot remount or change (a
-/// privileged container is refused), and what is opened must answer as a terminal's master.
+/// A new terminal for a command in the container whose init is `init`: its side the node
+/// keeps (not blocking), and the side the command gets as its input and output. Made in the
+/// container's own devpts, as runc makes a console in the container, so that the command's
+/// terminal has a name there (`tty`, `ttyname`); else (a container whose `/dev/pts` is not its
+/// devpts, or out of terminals) the node's, which works as well, unnamed.
 fn open_terminal(init: &Process) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{OpenptFlags, ioctl_tiocgptpeer, openpt, unlockpt};
+    let master = match open_container_ptmx(init) {
+        Ok(master) => master,
+        Err(e) => {
+            tracing::debug!(%e, "a command's terminal from the node's devpts, not its container's");
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?
+        }
+    };
+    unlockpt(&master)?;
+    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
+    Ok((master, slave))
+}
+
+/// The `ptmx` of the devpts at the container's `/dev/pts`: found beneath its root with no
+/// link followed, and opened only once it is that (a devpts file system's 5:2). What is there
+/// is the container's to arrange (its init may `chroot`; a volume may cover `/dev`), and a
+/// device node it made could name any device of the node's, which the node would open outside
+/// the container's device cgroup.
+fn open_container_ptmx(init: &Process) -> std::io::Result<OwnedFd> {
     use rustix::fs::{Mode, ResolveFlags};
-    use rustix::pty::{OpenptFlags, ioctl_tiocgptpeer, unlockpt};
     let root = rustix::fs::open(
         format!("/proc/{}/root", init.pid),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -1154,18 +1177,31 @@ fn open_terminal(init: &Process) -> std::io::Result<(OwnedFd, OwnedFd)> {
     if init.ended_within(Duration::ZERO) {
         return Err(std::io::Error::other("the container has ended"));
     }
-    let master = rustix::fs::openat2(
+    let found = rustix::fs::openat2(
         &root,
         "dev/pts/ptmx",
-        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?;
-    unlockpt(&master)?;
-    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
-    Ok((master, slave))
+    let stat = rustix::fs::fstat(&found)?;
+    let devpts = rustix::fs::fstatfs(&found)?.f_type as u64 == DEVPTS_SUPER_MAGIC;
+    let is_ptmx = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::CharacterDevice
+        && rustix::fs::major(stat.st_rdev) == 5
+        && rustix::fs::minor(stat.st_rdev) == 2;
+    if !(devpts && is_ptmx) {
+        return Err(std::io::Error::other("the container's /dev/pts/ptmx is not a devpts ptmx"));
+    }
+    // Opened anew through the handle: the very file checked.
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", found.as_raw_fd()),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
+
+/// `statfs`'s type of a devpts file system.
+const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 
 /// The node's side of a command's terminal, read and written as the tokio reactor says it
 /// may be: no thread waits on it.
@@ -1298,8 +1334,15 @@ impl Control for OciControl {
     }
 
     fn spawn(&self, command: Vec<String>, streams: Streams) -> BoxFuture<'static, Result<Spawned, String>> {
-        let started = spawn(&self.helper, &self.state, &self.id, &self.process, command, streams);
-        std::future::ready(started).boxed()
+        let (helper, state, id, process) =
+            (self.helper.clone(), self.state.clone(), self.id.clone(), self.process.clone());
+        // Off the async threads: it opens files the container arranged (its terminal's).
+        async move {
+            tokio::task::spawn_blocking(move || spawn(&helper, &state, &id, &process, command, streams))
+                .await
+                .map_err(|e| format!("running the command: {e}"))?
+        }
+        .boxed()
     }
 }
 

@@ -52,6 +52,8 @@ pub(crate) struct Inputs {
     pub drop_capabilities: Vec<String>,
     /// What may be added beyond the default set.
     pub addable_capabilities: Vec<String>,
+    /// What the node withholds whatever the pod asks, of the default set too.
+    pub withheld_capabilities: Vec<String>,
     /// `allowPrivilegeEscalation: false`.
     pub no_new_privileges: bool,
     /// The seccomp profile it runs under (`RuntimeDefault` unless the pod asks for
@@ -168,11 +170,16 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
     if !cwd.starts_with('/') {
         return Err(format!("workingDir {cwd:?} is not an absolute path"));
     }
-    let capabilities = capabilities(&inputs.add_capabilities, &inputs.drop_capabilities, &inputs.addable_capabilities)?;
+    let capabilities = capabilities(
+        &inputs.add_capabilities,
+        &inputs.drop_capabilities,
+        &inputs.addable_capabilities,
+        &inputs.withheld_capabilities,
+    )?;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5", "max=1024"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
@@ -268,7 +275,12 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
 
 /// The default set with `add` added (of the default set and `addable`) and `drop` taken away
 /// (`ALL` drops every one), upstream's names without the `CAP_` prefix accepted.
-fn capabilities(add: &[String], drop: &[String], addable: &[String]) -> Result<Vec<String>, String> {
+fn capabilities(
+    add: &[String],
+    drop: &[String],
+    addable: &[String],
+    withheld: &[String],
+) -> Result<Vec<String>, String> {
     let name = |c: &String| -> Result<String, String> {
         let upper = c.to_ascii_uppercase();
         let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
@@ -289,6 +301,9 @@ fn capabilities(add: &[String], drop: &[String], addable: &[String]) -> Result<V
             return Err("capabilities.add: ALL is a privileged container's, which this node does not run".into());
         }
         let cap = name(cap)?;
+        if withheld.contains(&cap) {
+            return Err(format!("capabilities.add: {cap} is not allowed on this node"));
+        }
         if !DEFAULT_CAPABILITIES.contains(&cap.as_str()) && !addable.contains(&cap) {
             return Err(format!(
                 "capabilities.add: {cap} is not allowed on this node (it may add {})",
@@ -299,6 +314,7 @@ fn capabilities(add: &[String], drop: &[String], addable: &[String]) -> Result<V
             set.push(cap);
         }
     }
+    set.retain(|cap| !withheld.contains(cap));
     Ok(set)
 }
 
@@ -416,6 +432,16 @@ mod tests {
             let err = super::spec(&inputs).unwrap_err();
             assert!(err.contains("is not allowed on this node"), "{escape}: {err}");
         }
+        // Withheld by the node (CAP_MKNOD where no device controller bounds a device node):
+        // gone from the default set, and refused when asked for.
+        inputs.drop_capabilities = vec![];
+        inputs.add_capabilities = vec![];
+        inputs.withheld_capabilities = vec!["CAP_MKNOD".into()];
+        let caps = super::spec(&inputs).unwrap()["process"]["capabilities"]["bounding"].clone();
+        let caps: Vec<String> = serde_json::from_value(caps).unwrap();
+        assert!(!caps.contains(&"CAP_MKNOD".into()) && caps.contains(&"CAP_CHOWN".into()), "{caps:?}");
+        inputs.add_capabilities = vec!["MKNOD".into()];
+        assert!(super::spec(&inputs).unwrap_err().contains("CAP_MKNOD is not allowed on this node"));
     }
 
     #[test]
