@@ -110,7 +110,10 @@ impl Cgroups {
                     let control = dir.join("cgroup.subtree_control");
                     let handed = read_small(&control).split_whitespace().any(|c| c == "pids");
                     if !handed && let Err(e) = std::fs::write(&control, "+pids") {
-                        tracing::warn!(cgroup = %dir.display(), %e, "pods' processes go unbounded: no pids controller to hand down");
+                        static SAID: std::sync::Once = std::sync::Once::new();
+                        SAID.call_once(|| {
+                            tracing::warn!(cgroup = %dir.display(), %e, "pods' processes go unbounded: no pids controller to hand down");
+                        });
                         return Ok(());
                     }
                     dir = dir.join(part);

@@ -35,7 +35,9 @@ pub(crate) enum Step {
     /// Runs `command` in a running container (its namespaces, cgroup and user), waits for it
     /// at most `timeout_ms` (then kills it), or for as long as the pipe `lifeline` (a
     /// descriptor it inherited) has a writer, and exits with its code.
-    Exec { root: PathBuf, id: String, command: Vec<String>, until: Until },
+    /// `own_terminal`: its terminal (its stdin) is one of the container's, to give to the
+    /// command's user.
+    Exec { root: PathBuf, id: String, command: Vec<String>, until: Until, own_terminal: bool },
 }
 
 /// The exit code of an `exec` whose command ran out of time, as `timeout(1)`'s.
@@ -84,6 +86,7 @@ impl Step {
                     ),
                 },
                 command: args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect(),
+                own_terminal: own.iter().any(|a| a == "--own-terminal"),
             },
             Some("sandbox") => {
                 let interface = match value("--ip") {
@@ -125,7 +128,7 @@ impl Step {
                 }
                 Ok(0)
             }
-            Step::Exec { root, id, command, until } => exec(root, id, command, until),
+            Step::Exec { root, id, command, until, own_terminal } => exec(root, id, command, until, own_terminal),
             Step::Pause => pause(),
         }
     }
@@ -197,7 +200,7 @@ pub(crate) fn main(args: &[String]) -> i32 {
 
 /// Runs `command` in the container `id` as one more of its processes (youki's tenant, as
 /// `runc exec`), waits for it, and gives its exit code (128 + a signal that ended it).
-fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result<i32, String> {
+fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until, own_terminal: bool) -> Result<i32, String> {
     // Not dumpable, as runc's exec: the command's process, a child of this one, sits in the
     // container's PID namespace as the container's user before its filter is loaded and its
     // program runs, where a container's process could otherwise open its `/proc/<pid>/fd` or
@@ -227,8 +230,9 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until) -> Result
     let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("reading the spec: {e}"))?;
     let id_of = |key: &str| config["process"]["user"][key].as_u64().and_then(|n| u32::try_from(n).ok());
     let confinement = Confinement::of(&config)?;
-    // A terminal is the command's user's own, as runc gives it: it may open it by its name.
-    if rustix::termios::isatty(std::io::stdin()) {
+    // The container's terminal is the command's user's, as runc gives it: it may open it by
+    // its name. (The node's, when it had to be, stays the node's.)
+    if own_terminal && rustix::termios::isatty(std::io::stdin()) {
         let owner = id_of("uid").map(rustix::process::Uid::from_raw);
         rustix::fs::fchown(std::io::stdin(), owner, None)
             .map_err(|e| format!("giving the terminal to its user: {e}"))?;
@@ -511,10 +515,13 @@ mod tests {
             "0",
             "--id",
             "other",
+            "--own-terminal",
         ]);
-        let (Step::Exec { id, until, command, .. }, _) = Step::parse(&probe).unwrap() else { panic!("not exec") };
-        assert_eq!((id.as_str(), until), ("c", Until::Milliseconds(1000)));
-        assert_eq!(command, ["sh", "--lifeline-fd", "0", "--id", "other"]);
+        let (Step::Exec { id, until, command, own_terminal, .. }, _) = Step::parse(&probe).unwrap() else {
+            panic!("not exec")
+        };
+        assert_eq!((id.as_str(), until, own_terminal), ("c", Until::Milliseconds(1000), false));
+        assert_eq!(command, ["sh", "--lifeline-fd", "0", "--id", "other", "--own-terminal"]);
         // Nor do they stand in for a flag the helper was not given.
         let missing = args(&["exec", "--root", "/r", "--error-file", "/e", "--", "--id", "c", "--timeout-ms", "5"]);
         assert!(Step::parse(&missing).is_err());

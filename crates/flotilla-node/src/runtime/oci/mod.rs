@@ -375,7 +375,8 @@ impl Shared {
             bundle.join("work").display()
         );
         let options = std::ffi::CString::new(options).map_err(|_| failed("an overlay path holds a NUL byte".into()))?;
-        rustix::mount::mount("overlay", &rootfs, "overlay", rustix::mount::MountFlags::empty(), options.as_c_str())
+        // No device node in it opens a device (its `/dev` is a mount of its own).
+        rustix::mount::mount("overlay", &rootfs, "overlay", rustix::mount::MountFlags::NODEV, options.as_c_str())
             .map_err(|e| failed(format!("mounting the container's root filesystem (overlay): {e}")))?;
         let user = user(&rootfs, &snapshot.config, &launch)?;
         // Each volume is bound from the handle the node opened to a mount point of the
@@ -935,26 +936,23 @@ impl OciRun {
     }
 }
 
-/// The helper's `exec` step: `command` in the container `id`, for as long as `until` says
-/// (`--timeout-ms` or `--lifeline-fd`, and its value), its failure written to `errors`.
-fn helper_exec(
-    helper: &Path,
-    state: &Path,
-    id: &str,
-    until: (&str, u128),
-    errors: &Path,
-    command: &[String],
-) -> tokio::process::Command {
+/// The helper's `exec` step, its own flags: a command (its flags then [`exec_command`]) in
+/// the container `id`, for as long as `until` says (`--timeout-ms` or `--lifeline-fd`, and
+/// its value), its failure written to `errors`.
+fn helper_exec(helper: &Path, state: &Path, id: &str, until: (&str, u128), errors: &Path) -> tokio::process::Command {
     let mut step = tokio::process::Command::new(helper);
     step.arg("oci-helper")
         .arg("exec")
         .arg("--root")
         .arg(state)
         .args(["--id", id, until.0, &until.1.to_string(), "--error-file"])
-        .arg(errors)
-        .arg("--")
-        .args(command);
+        .arg(errors);
     step
+}
+
+/// The end of an exec step's arguments (after its own flags): the command, after `--`.
+fn exec_command(step: &mut tokio::process::Command, command: &[String]) {
+    step.arg("--").args(command);
 }
 
 /// Where a helper step that the agent starts itself (an `exec`) writes why it failed: a file
@@ -1027,7 +1025,8 @@ async fn exec(
     let failed = |e: std::io::Error| format!("running the command: {e}");
     let (output, writer) = std::io::pipe().map_err(failed)?;
     let errors = StepErrors::new().map_err(failed)?;
-    let mut step = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), &errors.path(), &command);
+    let mut step = helper_exec(helper, state, id, ("--timeout-ms", timeout.as_millis()), &errors.path());
+    exec_command(&mut step, &command);
     step.stdin(std::process::Stdio::null())
         .stdout(writer.try_clone().map_err(failed)?)
         .stderr(writer)
@@ -1086,10 +1085,14 @@ fn spawn(
     // The helper inherits the read end.
     let (lifeline, held) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
     let until = ("--lifeline-fd", u128::try_from(lifeline.as_raw_fd()).unwrap_or_default());
-    let mut helper_command = helper_exec(helper, state, id, until, &errors.path(), &command);
+    let mut helper_command = helper_exec(helper, state, id, until, &errors.path());
     let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
     let terminal = if streams.tty {
-        let (master, slave) = open_terminal(init).map_err(failed)?;
+        let (master, slave, own) = open_terminal(init).map_err(failed)?;
+        // The container's own terminal is given to the command's user; never the node's.
+        if own {
+            helper_command.arg("--own-terminal");
+        }
         let (input, output) = (slave.try_clone().map_err(failed)?, slave.try_clone().map_err(failed)?);
         helper_command.stdin(input).stdout(output).stderr(slave);
         Some(master)
@@ -1097,6 +1100,7 @@ fn spawn(
         helper_command.stdin(piped(streams.stdin)).stdout(piped(streams.stdout)).stderr(piped(streams.stderr));
         None
     };
+    exec_command(&mut helper_command, &command);
     let mut child = spawn_inheriting(&mut helper_command, &[errors.0.as_fd(), lifeline.as_fd()])
         .map_err(|e| format!("running {}: {e}", helper.display()))?;
     drop(lifeline);
@@ -1145,20 +1149,26 @@ fn spawn(
 /// keeps (not blocking), and the side the command gets as its input and output. Made in the
 /// container's own devpts, as runc makes a console in the container, so that the command's
 /// terminal has a name there (`tty`, `ttyname`); else (a container whose `/dev/pts` is not its
-/// devpts, or out of terminals) the node's, which works as well, unnamed.
-fn open_terminal(init: &Process) -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// devpts, or out of terminals) the node's, which works as well, unnamed. Whether it is the
+/// container's is the last of the three.
+fn open_terminal(init: &Process) -> std::io::Result<(OwnedFd, OwnedFd, bool)> {
     use rustix::pty::{OpenptFlags, ioctl_tiocgptpeer, openpt, unlockpt};
-    let master = match open_container_ptmx(init) {
-        Ok(master) => master,
+    let (master, own) = match open_container_ptmx(init) {
+        Ok(master) => (master, true),
         Err(e) => {
-            tracing::debug!(%e, "a command's terminal from the node's devpts, not its container's");
-            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // Something else stands where its ptmx would: planted, as like as not.
+                tracing::warn!(%e, "a command's terminal from the node's devpts, not its container's");
+            } else {
+                tracing::debug!(%e, "a command's terminal from the node's devpts, not its container's");
+            }
+            (openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?, false)
         }
     };
     unlockpt(&master)?;
     let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
-    Ok((master, slave))
+    Ok((master, slave, own))
 }
 
 /// The `ptmx` of the devpts at the container's `/dev/pts`: found beneath its root with no
@@ -1190,7 +1200,10 @@ fn open_container_ptmx(init: &Process) -> std::io::Result<OwnedFd> {
         && rustix::fs::major(stat.st_rdev) == 5
         && rustix::fs::minor(stat.st_rdev) == 2;
     if !(devpts && is_ptmx) {
-        return Err(std::io::Error::other("the container's /dev/pts/ptmx is not a devpts ptmx"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the container's /dev/pts/ptmx is not a devpts ptmx",
+        ));
     }
     // Opened anew through the handle: the very file checked.
     Ok(rustix::fs::open(

@@ -191,7 +191,10 @@ pub(crate) fn spec(inputs: &Inputs) -> Result<Value, String> {
         if !destination.starts_with('/') {
             return Err(format!("volume mount path {destination:?} is not an absolute path"));
         }
-        let mut options = vec!["rbind", "rprivate"];
+        // No device node in a volume opens a device: a container's devices are its runtime's,
+        // in its own `/dev` (and where no device controller bounds them, one that a container
+        // made before, or that a host path holds, would open the node's).
+        let mut options = vec!["rbind", "rprivate", "nodev"];
         if *read_only {
             options.push("ro");
         }
@@ -371,7 +374,7 @@ mod tests {
             "shareProcessNamespace"
         );
         let data = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
-        assert_eq!(data["options"], json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(data["options"], json!(["rbind", "rprivate", "nodev", "ro"]));
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 2, "BestEffort gets the minimum weight");
         // The JSON is the runtime spec youki reads.
         let parsed: libcontainer::oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();
