@@ -360,14 +360,12 @@ impl Worker {
         let Adopted { started, log, container_id, attempt, started_at } = adopted;
         let Started { control, usage, exit } = started;
         let record = self.record(slot);
+        let shown = std::mem::replace(&mut record.run, Run::Starting { shown: None });
         // The run the status shows ended (or gone with the agent) is the one before it.
-        if let (true, Run::Exited(previous)) =
-            (begun_after_status, std::mem::replace(&mut record.run, Run::Starting { shown: None }))
-        {
+        if let (true, Run::Exited(previous)) = (begun_after_status, shown) {
             record.last = Some(previous);
         }
         record.restart_count = attempt;
-        record.run = Run::Starting { shown: None };
         record.exited_at = None;
         let (events, image_id) = (self.events.clone(), status.image_id.clone());
         // The run can be stopped before its start is applied (a pod deleted while no agent ran).

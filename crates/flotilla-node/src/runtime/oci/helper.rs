@@ -240,7 +240,7 @@ fn exec(root: PathBuf, id: String, command: Vec<String>, until: Until, own_termi
     let pid = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| e.to_string())?
-        .with_executor(confinement.clone())
+        .with_executor(confinement)
         .as_tenant()
         .with_user(id_of("uid"))
         .with_group(id_of("gid"))
